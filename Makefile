@@ -1,0 +1,45 @@
+# The consent authority. Fresh clone: `make install`, then `make run` or `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PYTHON := $(BIN)/python
+
+.PHONY: install run test proto proto-check lint fmt bench clean
+
+install: $(VENV)/.installed ## create .venv and install server, client and dev tools
+
+$(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet --upgrade pip
+	$(PYTHON) -m pip install --quiet -e clients/python -e '.[dev]'
+	touch $@
+
+run: install ## start the server on the embedded (in-memory, NOT durable) store
+	$(PYTHON) -m consent_server
+
+test: install ## the whole suite: unit, property, store (fakeredis + real redis-server), e2e
+	$(PYTHON) -m pytest -n 2 --dist loadgroup -q
+
+proto: install ## regenerate clients/python/consent_client/v1 from proto/
+	$(PYTHON) scripts/gen_proto.py
+
+proto-check: proto ## fail when the committed generated code is stale
+	git diff --exit-code -- clients/python/consent_client/v1 \
+		|| (echo "generated code is stale: run 'make proto' and commit" >&2; exit 1)
+	test -z "$$(git status --porcelain -- clients/python/consent_client/v1)" \
+		|| (echo "untracked generated files: run 'make proto' and commit" >&2; exit 1)
+
+lint: install ## ruff (format + check) and mypy --strict
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+fmt: install ## apply ruff formatting and safe fixes
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: install ## load test: prints our numbers beside same-run baselines
+	$(PYTHON) -m bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

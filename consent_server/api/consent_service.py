@@ -1,0 +1,194 @@
+"""The consent.v1.ConsentService servicer: decode, call the domain, encode."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+
+from consent_client.v1 import consent_pb2 as pb
+from consent_client.v1 import consent_pb2_grpc as pb_grpc
+from consent_server.domain.errors import ConsentError, NotImplementedYet
+from consent_server.domain.model import Action
+from consent_server.domain.service import BatchItemError, ChangeResult, ConsentAuthority
+
+from . import convert as cv
+from .errors import DOMAIN, _pack, abort
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Ctx = grpc.aio.ServicerContext[Any, Any]
+Handler = Callable[[Any, Any, Ctx], Awaitable[Resp]]
+
+
+def rpc(fn: Handler[Resp]) -> Handler[Resp]:
+    """Map every exception to a rich gRPC status; nothing escapes as a bare string."""
+
+    @functools.wraps(fn)
+    async def wrapper(self: Any, request: Any, context: Ctx) -> Resp:
+        try:
+            return await fn(self, request, context)
+        except Exception as exc:  # noqa: BLE001 - every error becomes a status
+            await abort(context, exc)
+            raise AssertionError("unreachable") from exc  # abort always raises
+
+    return wrapper
+
+
+def principal_of(context: Ctx) -> str:
+    """The calling principal; authentication (API keys) sets it in a later version."""
+    return "anonymous"
+
+
+class ConsentServicer(pb_grpc.ConsentServiceServicer):
+    """Serves consent.v1.ConsentService on a ConsentAuthority."""
+
+    def __init__(self, authority: ConsentAuthority) -> None:
+        self._a = authority
+
+    @rpc
+    async def CheckConsent(self, request: pb.CheckConsentRequest, context: Ctx) -> pb.CheckConsentResponse:
+        result = await self._a.check(
+            request.tenant_id,
+            cv.optional_recipient(request.HasField("recipient"), request.recipient),
+            request.topic,
+        )
+        return cv.check_response(result.recipient, result.topic, result.decision)
+
+    @rpc
+    async def BatchCheckConsent(
+        self, request: pb.BatchCheckConsentRequest, context: Ctx
+    ) -> pb.BatchCheckConsentResponse:
+        results = await self._a.batch_check(
+            request.tenant_id, request.topic, [cv.raw_recipient(r) for r in request.recipients]
+        )
+        out = pb.BatchCheckConsentResponse()
+        for item in results:
+            if isinstance(item, BatchItemError):
+                bad = error_details_pb2.BadRequest(
+                    field_violations=[
+                        error_details_pb2.BadRequest.FieldViolation(
+                            field=v.field, description=v.description
+                        )
+                        for v in item.violations
+                    ]
+                )
+                info = error_details_pb2.ErrorInfo(reason="INVALID_REQUEST", domain=DOMAIN)
+                out.results.add(
+                    error=status_pb2.Status(
+                        code=code_pb2.INVALID_ARGUMENT,
+                        message="; ".join(f"{v.field}: {v.description}" for v in item.violations),
+                        details=_pack(info, bad),
+                    )
+                )
+            else:
+                out.results.add(decision=cv.check_response(item.recipient, item.topic, item.decision))
+        return out
+
+    async def _change(self, action: Action, request: Any, context: Ctx) -> ChangeResult:
+        return await self._a.change(
+            action,
+            tenant_id=request.tenant_id,
+            recipient=cv.optional_recipient(request.HasField("recipient"), request.recipient),
+            topic=request.topic,
+            source=cv.source(request.source),
+            evidence=request.evidence,
+            occurred_at=cv.raw_timestamp(request.HasField("occurred_at"), request.occurred_at),
+            event_id=request.event_id,
+            principal=principal_of(context),
+        )
+
+    @staticmethod
+    def _change_fields(result: ChangeResult) -> dict[str, Any]:
+        o = result.outcome
+        return {
+            "applied": o.applied,
+            "changed": o.changed,
+            "status": cv.status(o.status),
+            "revision": o.revision,
+            "event_id": o.event_id,
+            "duplicate": o.duplicate,
+            "recipient": cv.recipient(result.recipient),
+            "topic": result.topic,
+            "recorded_at": cv.timestamp(o.recorded_at_ms),
+        }
+
+    @rpc
+    async def OptOut(self, request: pb.OptOutRequest, context: Ctx) -> pb.OptOutResponse:
+        result = await self._change(Action.OPT_OUT, request, context)
+        return pb.OptOutResponse(**self._change_fields(result))
+
+    @rpc
+    async def OptIn(self, request: pb.OptInRequest, context: Ctx) -> pb.OptInResponse:
+        result = await self._change(Action.OPT_IN, request, context)
+        return pb.OptInResponse(**self._change_fields(result))
+
+    @rpc
+    async def SendIfAllowed(
+        self, request: pb.SendIfAllowedRequest, context: Ctx
+    ) -> pb.SendIfAllowedResponse:
+        result = await self._a.send(
+            tenant_id=request.tenant_id,
+            recipient=cv.optional_recipient(request.HasField("recipient"), request.recipient),
+            topic=request.topic,
+            message=cv.raw_message(request.HasField("message"), request.message),
+            idempotency_key=request.idempotency_key,
+            not_after=cv.raw_timestamp(request.HasField("not_after"), request.not_after),
+            metadata=dict(request.metadata),
+        )
+        acc = result.accepted
+        return pb.SendIfAllowedResponse(
+            message_id=acc.message_id,
+            accepted_at=cv.timestamp(acc.accepted_at_ms),
+            consent_revision=acc.consent_revision,
+            duplicate=acc.duplicate,
+            recipient=cv.recipient(result.recipient),
+        )
+
+    @rpc
+    async def HandleInboundMessage(
+        self, request: pb.HandleInboundMessageRequest, context: Ctx
+    ) -> pb.HandleInboundMessageResponse:
+        raise NotImplementedYet(
+            "HandleInboundMessage is part of consent.v1 but not served by this version yet; "
+            "record opt-outs and opt-ins with OptOut/OptIn"
+        )
+
+    @rpc
+    async def ListConsentEvents(
+        self, request: pb.ListConsentEventsRequest, context: Ctx
+    ) -> pb.ListConsentEventsResponse:
+        page = await self._a.history(
+            request.tenant_id,
+            cv.optional_recipient(request.HasField("recipient"), request.recipient),
+            request.page_size,
+            request.page_token,
+        )
+        return pb.ListConsentEventsResponse(
+            events=[cv.event(e) for e in page.events],
+            next_page_token=page.next_page_token,
+            recipient=cv.recipient(page.recipient),
+        )
+
+    @rpc
+    async def GetMessageStatus(
+        self, request: pb.GetMessageStatusRequest, context: Ctx
+    ) -> pb.GetMessageStatusResponse:
+        info = await self._a.message_status(request.tenant_id, request.message_id)
+        return pb.GetMessageStatusResponse(
+            message_id=info.message_id,
+            status=cv.message_state(info.state),
+            attempts=info.attempts,
+            last_error=info.last_error,
+            provider_message_id=info.provider_message_id,
+            accepted_at=cv.timestamp(info.accepted_at_ms),
+            updated_at=cv.timestamp(info.updated_at_ms),
+            recipient=cv.recipient(info.recipient),
+            topic=info.topic,
+        )
+
+
+__all__ = ["ConsentError", "ConsentServicer"]

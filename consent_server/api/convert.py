@@ -1,0 +1,149 @@
+"""Conversions between generated proto messages and domain values."""
+
+from __future__ import annotations
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from consent_client.v1 import consent_pb2 as pb
+from consent_server.domain.model import (
+    Action,
+    Channel,
+    ConsentEvent,
+    Decision,
+    MessageState,
+    Recipient,
+    Scope,
+    Source,
+    Status,
+)
+from consent_server.domain.validation import RawMessage, RawRecipient, RawTimestamp
+
+_CHANNEL_FROM_PB = {
+    pb.CHANNEL_WHATSAPP: Channel.WHATSAPP,
+    pb.CHANNEL_SMS: Channel.SMS,
+    pb.CHANNEL_EMAIL: Channel.EMAIL,
+    pb.CHANNEL_RCS: Channel.RCS,
+    pb.CHANNEL_VOICE: Channel.VOICE,
+}
+_CHANNEL_TO_PB = {v: k for k, v in _CHANNEL_FROM_PB.items()}
+_SOURCE_TO_PB = {s: pb.Source.Value(f"SOURCE_{s.name}") for s in Source}
+_SOURCE_FROM_PB = {v: k for k, v in _SOURCE_TO_PB.items()}
+_STATUS_TO_PB = {
+    Status.OPTED_IN: pb.CONSENT_STATUS_OPTED_IN,
+    Status.OPTED_OUT: pb.CONSENT_STATUS_OPTED_OUT,
+    Status.NO_RECORD: pb.CONSENT_STATUS_NO_RECORD,
+}
+_SCOPE_TO_PB = {
+    Scope.TOPIC: pb.SCOPE_TOPIC,
+    Scope.ALL: pb.SCOPE_ALL,
+    Scope.DEFAULT_POLICY: pb.SCOPE_DEFAULT_POLICY,
+}
+_ACTION_TO_PB = {Action.OPT_OUT: pb.CONSENT_ACTION_OPT_OUT, Action.OPT_IN: pb.CONSENT_ACTION_OPT_IN}
+_MESSAGE_STATE_TO_PB = {s: pb.MessageStatus.Value(f"MESSAGE_STATUS_{s.name}") for s in MessageState}
+
+
+def raw_recipient(recipient: pb.Recipient) -> RawRecipient:
+    """The wire recipient as plain values (unknown channel -> None)."""
+    return RawRecipient(_CHANNEL_FROM_PB.get(recipient.channel), recipient.address)
+
+
+def optional_recipient(has: bool, recipient: pb.Recipient) -> RawRecipient | None:
+    """None when the request did not set the recipient at all."""
+    return RawRecipient(_CHANNEL_FROM_PB.get(recipient.channel), recipient.address) if has else None
+
+
+def source(value: int) -> Source | None:
+    """SOURCE_UNSPECIFIED means API; unknown numbers are None (rejected)."""
+    if value == pb.SOURCE_UNSPECIFIED:
+        return Source.API
+    return _SOURCE_FROM_PB.get(value)  # type: ignore[call-overload]
+
+
+def raw_timestamp(has: bool, ts: Timestamp) -> RawTimestamp | None:
+    """None when unset."""
+    return RawTimestamp(ts.seconds, ts.nanos) if has else None
+
+
+def raw_message(has: bool, message: pb.Message) -> RawMessage | None:
+    """The wire message as plain values."""
+    if not has:
+        return None
+    kind = message.WhichOneof("content")
+    size = message.ByteSize()
+    if kind == "text":
+        return RawMessage("text", text=message.text, serialized_size=size)
+    if kind == "template":
+        t = message.template
+        return RawMessage(
+            "template",
+            template_name=t.name,
+            template_language=t.language,
+            template_parameters=tuple(t.parameters),
+            serialized_size=size,
+        )
+    if kind == "payload":
+        return RawMessage(
+            "payload",
+            content_type=message.payload.content_type,
+            data=message.payload.data,
+            serialized_size=size,
+        )
+    return RawMessage(None, serialized_size=size)
+
+
+def timestamp(ms: int) -> Timestamp:
+    """A proto Timestamp of Unix milliseconds."""
+    return Timestamp(seconds=ms // 1000, nanos=(ms % 1000) * 1_000_000)
+
+
+def recipient(value: Recipient) -> pb.Recipient:
+    """The normalised recipient on the wire."""
+    return pb.Recipient(channel=_CHANNEL_TO_PB[value.channel], address=value.address)
+
+
+def status(value: Status) -> pb.ConsentStatus.ValueType:
+    """A domain status on the wire."""
+    return _STATUS_TO_PB[value]
+
+
+def source_pb(value: Source) -> pb.Source.ValueType:
+    """A domain source on the wire."""
+    return _SOURCE_TO_PB[value]
+
+
+def message_state(value: MessageState) -> pb.MessageStatus.ValueType:
+    """A message state on the wire."""
+    return _MESSAGE_STATE_TO_PB[value]
+
+
+def check_response(rcpt: Recipient, topic: str, decision: Decision) -> pb.CheckConsentResponse:
+    """A CheckConsentResponse for a decision."""
+    resp = pb.CheckConsentResponse(
+        allowed=decision.allowed,
+        status=_STATUS_TO_PB[decision.status],
+        decided_by=_SCOPE_TO_PB[decision.decided_by],
+        reason=decision.block_reason.value if decision.block_reason else "",
+        recipient=recipient(rcpt),
+        topic=topic,
+    )
+    if decision.record is not None:
+        resp.since.CopyFrom(timestamp(decision.record.occurred_at_ms))
+        resp.source = _SOURCE_TO_PB[decision.record.source]
+        resp.revision = decision.record.revision
+    return resp
+
+
+def event(value: ConsentEvent) -> pb.ConsentEvent:
+    """A history entry on the wire."""
+    return pb.ConsentEvent(
+        event_id=value.event_id,
+        action=_ACTION_TO_PB[value.action],
+        topic=value.topic,
+        source=_SOURCE_TO_PB[value.source],
+        evidence=value.evidence,
+        occurred_at=timestamp(value.occurred_at_ms),
+        recorded_at=timestamp(value.recorded_at_ms),
+        applied=value.applied,
+        revision=value.revision,
+        principal=value.principal,
+    )

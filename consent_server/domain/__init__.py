@@ -1,0 +1,1 @@
+"""Pure domain logic: no gRPC, no Redis. Values, normalisation, validation, the decision rule."""

@@ -1,0 +1,48 @@
+"""The decision rule (SPEC §3), as a pure function.
+
+The same rule is implemented in Lua inside the send script (it must be atomic
+with the enqueue); tests check both agree.
+"""
+
+from __future__ import annotations
+
+from .model import BlockReason, ConsentRecord, Decision, Policy, Scope, Status
+
+
+def newer(a: ConsentRecord | None, b: ConsentRecord | None) -> ConsentRecord | None:
+    """The newer of two records by (occurred_at, revision); None when both are None."""
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return a if (a.occurred_at_ms, a.revision) > (b.occurred_at_ms, b.revision) else b
+
+
+def decide(
+    topic_record: ConsentRecord | None,
+    all_record: ConsentRecord | None,
+    policy: Policy,
+) -> Decision:
+    """Decide from the topic's record, the all-topics record and the default policy.
+
+    The newer record decides: allowed iff it is an opt-in. With no record the
+    policy decides. For the empty topic pass ``topic_record=None``.
+    """
+    winner = newer(topic_record, all_record)
+    if winner is None:
+        allowed = policy is Policy.ALLOW_UNLESS_OPTED_OUT
+        return Decision(
+            allowed=allowed,
+            status=Status.NO_RECORD,
+            decided_by=Scope.DEFAULT_POLICY,
+            record=None,
+            block_reason=None if allowed else BlockReason.OPT_IN_REQUIRED,
+        )
+    allowed = winner.status is Status.OPTED_IN
+    return Decision(
+        allowed=allowed,
+        status=winner.status,
+        decided_by=Scope.ALL if winner is all_record else Scope.TOPIC,
+        record=winner,
+        block_reason=None if allowed else BlockReason.RECIPIENT_OPTED_OUT,
+    )

@@ -1,0 +1,64 @@
+"""Domain errors. The api layer maps each to a gRPC status with rich details.
+
+Hierarchy::
+
+    ConsentError
+    ├── InvalidArgument      bad input; carries one FieldViolation per bad field
+    ├── SendBlocked          consent does not allow the send (decision attached)
+    ├── NotFound             unknown id (or another tenant's)
+    ├── StoreUnavailable     Redis unreachable: fail closed
+    └── NotImplementedYet    in the contract, not served by this version
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .model import Decision, Recipient
+
+
+@dataclass(frozen=True, slots=True)
+class FieldViolation:
+    """One bad field: its path in the request (``recipient.address``) and why."""
+
+    field: str
+    description: str
+
+
+class ConsentError(Exception):
+    """Base of every error the domain reports to callers."""
+
+
+class InvalidArgument(ConsentError):
+    """One or more request fields are invalid; nothing was written."""
+
+    def __init__(self, violations: list[FieldViolation]) -> None:
+        self.violations = list(violations)
+        super().__init__("; ".join(f"{v.field}: {v.description}" for v in self.violations))
+
+    @classmethod
+    def single(cls, field: str, description: str) -> InvalidArgument:
+        """An error for one bad field."""
+        return cls([FieldViolation(field, description)])
+
+
+class SendBlocked(ConsentError):
+    """The recipient's consent does not allow a message about the topic."""
+
+    def __init__(self, recipient: Recipient, topic: str, decision: Decision) -> None:
+        self.recipient = recipient
+        self.topic = topic
+        self.decision = decision
+        super().__init__(decision.block_reason.value if decision.block_reason else "blocked")
+
+
+class NotFound(ConsentError):
+    """The named thing does not exist for this tenant."""
+
+
+class StoreUnavailable(ConsentError):
+    """The consent store could not be reached; nothing was decided or written."""
+
+
+class NotImplementedYet(ConsentError):
+    """The RPC is in the contract but this server version does not serve it."""

@@ -1,0 +1,37 @@
+"""Masking of addresses for logs and error messages (never log a full number or e-mail)."""
+
+from __future__ import annotations
+
+import re
+
+_EMAIL_RE = re.compile(r"([A-Za-z0-9._%+\-]+)@([A-Za-z0-9.\-]+\.[A-Za-z]{2,})")
+# A '+' followed by a digit run (spaces, dashes, brackets allowed), or a bare run of
+# 8-15 digits (WhatsApp IDs). Dots are excluded so IP addresses stay readable.
+_PHONE_RE = re.compile(r"\+\d[\d ()\-]{5,}\d|(?<![\d.])\d{8,15}(?![\d.])")
+
+
+def mask_phone(number: str) -> str:
+    """``+919876543210`` -> ``+91987*****10``: country code and prefix stay, the rest is hidden."""
+    if len(number) <= 6:
+        return "*" * len(number)
+    keep_head = min(6, len(number) - 4)
+    return number[:keep_head] + "*" * (len(number) - keep_head - 2) + number[-2:]
+
+
+def mask_email(address: str) -> str:
+    """``jane@example.com`` -> ``j***@example.com``."""
+    local, sep, domain = address.partition("@")
+    if not sep:
+        return mask_phone(address)
+    return (local[:1] or "*") + "***@" + domain
+
+
+def mask_address(address: str) -> str:
+    """Mask a normalised address of any channel."""
+    return mask_email(address) if "@" in address else mask_phone(address)
+
+
+def mask_text(text: str) -> str:
+    """Mask every e-mail address and phone-number-like run inside free text."""
+    text = _EMAIL_RE.sub(lambda m: mask_email(m.group(0)), text)
+    return _PHONE_RE.sub(lambda m: mask_phone(re.sub(r"[ ()\-]", "", m.group(0))), text)

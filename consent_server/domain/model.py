@@ -1,0 +1,243 @@
+"""Domain values shared by the api and store layers.
+
+Enum values are named like the proto enums without their prefix; the api layer
+converts by name, so the domain never imports generated code.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class Channel(enum.Enum):
+    """The channel a recipient is reached on."""
+
+    WHATSAPP = "whatsapp"
+    SMS = "sms"
+    EMAIL = "email"
+    RCS = "rcs"
+    VOICE = "voice"
+
+    @property
+    def is_phone(self) -> bool:
+        """True for channels addressed by phone number."""
+        return self is not Channel.EMAIL
+
+
+class Status(enum.Enum):
+    """Consent status of a record (or its absence)."""
+
+    OPTED_IN = "in"
+    OPTED_OUT = "out"
+    NO_RECORD = "none"
+
+
+class Action(enum.Enum):
+    """What a consent event does."""
+
+    OPT_OUT = "out"
+    OPT_IN = "in"
+
+    @property
+    def status(self) -> Status:
+        """The status a scope has after this action is applied."""
+        return Status.OPTED_OUT if self is Action.OPT_OUT else Status.OPTED_IN
+
+
+class Scope(enum.Enum):
+    """Which record decided."""
+
+    TOPIC = "topic"
+    ALL = "all"
+    DEFAULT_POLICY = "default_policy"
+
+
+class Source(enum.Enum):
+    """Where a consent change came from."""
+
+    API = "api"
+    KEYWORD = "keyword"
+    BUTTON = "button"
+    LINK = "link"
+    ADMIN = "admin"
+    IMPORT = "import"
+    PROVIDER = "provider"
+    ERASURE = "erasure"
+
+
+class Policy(enum.Enum):
+    """Default policy when a recipient has no record."""
+
+    ALLOW_UNLESS_OPTED_OUT = "allow"
+    REQUIRE_OPT_IN = "require_opt_in"
+
+
+class BlockReason(enum.Enum):
+    """Why a send is blocked; the value is the wire ErrorInfo.reason."""
+
+    RECIPIENT_OPTED_OUT = "RECIPIENT_OPTED_OUT"
+    OPT_IN_REQUIRED = "OPT_IN_REQUIRED"
+
+
+class MessageState(enum.Enum):
+    """Delivery status of an accepted message."""
+
+    ACCEPTED = "accepted"
+    DELIVERED = "delivered"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+    EXPIRED = "expired"
+
+
+@dataclass(frozen=True, slots=True)
+class Recipient:
+    """A normalised recipient; ``address`` is E.164 or a lower-cased e-mail."""
+
+    channel: Channel
+    address: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConsentRecord:
+    """The current record of one scope. Times are Unix milliseconds."""
+
+    status: Status
+    occurred_at_ms: int
+    revision: int
+    source: Source
+    event_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The outcome of the decision rule for one recipient and topic."""
+
+    allowed: bool
+    status: Status
+    decided_by: Scope
+    record: ConsentRecord | None
+    block_reason: BlockReason | None
+
+
+@dataclass(frozen=True, slots=True)
+class ConsentEventInput:
+    """A validated opt-out or opt-in, ready to record."""
+
+    tenant_id: str
+    recipient: Recipient
+    topic: str
+    action: Action
+    source: Source
+    evidence: str
+    occurred_at_ms: int
+    event_id: str
+    principal: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeOutcome:
+    """What recording an event did (or did the first time, when ``duplicate``)."""
+
+    applied: bool
+    changed: bool
+    status: Status
+    revision: int
+    event_id: str
+    duplicate: bool
+    recorded_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class ConsentEvent:
+    """One entry of a recipient's history."""
+
+    event_id: str
+    action: Action
+    topic: str
+    source: Source
+    evidence: str
+    occurred_at_ms: int
+    recorded_at_ms: int
+    applied: bool
+    revision: int
+    principal: str
+
+
+@dataclass(frozen=True, slots=True)
+class EventPage:
+    """A page of history, newest first; ``next_revision`` continues it (None: last page)."""
+
+    events: list[ConsentEvent]
+    next_before_revision: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundMessage:
+    """A message body: exactly one of text, template or payload (kind says which)."""
+
+    kind: str  # "text" | "template" | "payload"
+    text: str = ""
+    template_name: str = ""
+    template_language: str = ""
+    template_parameters: tuple[str, ...] = ()
+    content_type: str = ""
+    data: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class SendInput:
+    """A validated SendIfAllowed request."""
+
+    tenant_id: str
+    recipient: Recipient
+    topic: str
+    message: OutboundMessage
+    idempotency_key: str
+    not_after_ms: int
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class SendAccepted:
+    """An accepted (or replayed) send."""
+
+    message_id: str
+    accepted_at_ms: int
+    consent_revision: int
+    duplicate: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SendBlocked:
+    """A refused send and the decision that refused it."""
+
+    decision: Decision
+
+
+@dataclass(frozen=True, slots=True)
+class MessageStatusInfo:
+    """The stored status of one message."""
+
+    message_id: str
+    state: MessageState
+    recipient: Recipient
+    topic: str
+    attempts: int
+    last_error: str
+    provider_message_id: str
+    accepted_at_ms: int
+    updated_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class TenantSettings:
+    """The per-tenant settings this version reads (admin RPCs arrive later)."""
+
+    default_region: str | None = None
+    default_policy: Policy = Policy.ALLOW_UNLESS_OPTED_OUT
+    topic_policies: dict[str, Policy] = field(default_factory=dict)
+
+    def policy_for(self, topic: str) -> Policy:
+        """The default policy for ``topic`` ("" = tenant-wide)."""
+        return self.topic_policies.get(topic, self.default_policy) if topic else self.default_policy

@@ -1,0 +1,115 @@
+"""Recipient address normalisation (SPEC §2): one spelling per real address.
+
+Phone numbers become E.164 via ``phonenumbers``; we reject what is not a
+*possible* number but never on *validity* metadata, so fictional 555-01xx
+numbers work. E-mail is trimmed and lower-cased.
+"""
+
+from __future__ import annotations
+
+import re
+
+import phonenumbers
+
+from .model import Channel
+
+MAX_ADDRESS_LEN = 254
+
+_PREFIXES = ("whatsapp:", "tel:", "sms:")
+# Digits and the separators people type; anything else (letters, "ext") is refused
+# rather than guessed at.
+_PHONE_CHARS_RE = re.compile(r"^\+?[\d\s\-.()/]+$")
+_SEPARATORS_RE = re.compile(r"[\s\-.()/]")
+_WHATSAPP_ID_RE = re.compile(r"^\d{8,15}$")
+_EMAIL_LOCAL_FORBIDDEN = set(' "(),:;<>[\\]@')
+_DOMAIN_LABEL_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+class AddressError(ValueError):
+    """The address cannot be normalised; the message says why, for a person."""
+
+
+def is_valid_region(region: str) -> bool:
+    """True for a region code ``phonenumbers`` knows (``IN``, ``US``...)."""
+    return region in phonenumbers.SUPPORTED_REGIONS
+
+
+def normalise_address(channel: Channel, raw: str, default_region: str | None) -> str:
+    """Return the normalised form of ``raw`` on ``channel`` or raise AddressError."""
+    if not raw or not raw.strip():
+        raise AddressError("must not be empty")
+    if len(raw) > MAX_ADDRESS_LEN:
+        raise AddressError(f"must be at most {MAX_ADDRESS_LEN} characters")
+    if channel is Channel.EMAIL:
+        return normalise_email(raw)
+    return normalise_phone(raw, default_region, whatsapp=channel is Channel.WHATSAPP)
+
+
+def normalise_phone(raw: str, default_region: str | None, *, whatsapp: bool = False) -> str:
+    """E.164 for a phone number typed in any of the accepted spellings."""
+    text = raw.strip()
+    lowered = text.lower()
+    for prefix in _PREFIXES:
+        if lowered.startswith(prefix):
+            text = text[len(prefix) :].strip()
+            break
+    if not text:
+        raise AddressError("has a prefix but no number")
+    if not _PHONE_CHARS_RE.match(text):
+        raise AddressError(
+            "may contain only digits, spaces, dashes, dots, brackets and a leading '+'"
+        )
+    digits = _SEPARATORS_RE.sub("", text)
+    if whatsapp and _WHATSAPP_ID_RE.match(digits) and digits == text:
+        # A WhatsApp ID as webhooks deliver it: E.164 without the '+'.
+        text = "+" + digits
+    region = None if text.startswith("+") else default_region
+    if region is None and not text.startswith("+"):
+        raise AddressError(
+            "has no country code and the tenant has no default region; "
+            "use E.164, e.g. +14155550123"
+        )
+    try:
+        number = phonenumbers.parse(text, region)
+    except phonenumbers.NumberParseException as exc:
+        raise AddressError(f"is not a phone number ({_parse_error(exc)})") from None
+    if not phonenumbers.is_possible_number(number):
+        raise AddressError("is not a possible phone number (wrong length or country code)")
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def _parse_error(exc: phonenumbers.NumberParseException) -> str:
+    names = {
+        phonenumbers.NumberParseException.INVALID_COUNTRY_CODE: "unknown country code",
+        phonenumbers.NumberParseException.NOT_A_NUMBER: "not a number",
+        phonenumbers.NumberParseException.TOO_SHORT_AFTER_IDD: "too short",
+        phonenumbers.NumberParseException.TOO_SHORT_NSN: "too short",
+        phonenumbers.NumberParseException.TOO_LONG: "too long",
+    }
+    return names.get(exc.error_type, "unparseable")
+
+
+def normalise_email(raw: str) -> str:
+    """Trimmed, lower-cased ``local@domain`` with a dot in the domain."""
+    text = raw.strip().lower()
+    if len(text) > MAX_ADDRESS_LEN:
+        raise AddressError(f"must be at most {MAX_ADDRESS_LEN} characters")
+    local, sep, domain = text.rpartition("@")
+    if not sep or not local or not domain:
+        raise AddressError("must look like local@domain")
+    if len(local) > 64:
+        raise AddressError("local part must be at most 64 characters")
+    if any(ch in _EMAIL_LOCAL_FORBIDDEN or ord(ch) < 0x21 or ord(ch) == 0x7F for ch in local):
+        raise AddressError("local part has a character not allowed in an e-mail address")
+    if local.startswith(".") or local.endswith(".") or ".." in local:
+        raise AddressError("local part must not start or end with a dot or repeat dots")
+    try:
+        ascii_domain = domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        raise AddressError("domain is not a valid host name") from None
+    labels = ascii_domain.split(".")
+    if len(labels) < 2:
+        raise AddressError("domain must contain a dot")
+    if not all(_DOMAIN_LABEL_RE.match(label) for label in labels):
+        raise AddressError("domain is not a valid host name")
+    return f"{local}@{ascii_domain}"

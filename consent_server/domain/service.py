@@ -1,0 +1,305 @@
+"""The consent authority's use cases: validate and normalise, then one store call.
+
+Inputs are raw wire values converted to plain Python by the api layer; outputs
+are domain values. Raises ConsentError subclasses only.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from . import validation as val
+from .decision import decide
+from .errors import FieldViolation, InvalidArgument, NotFound, SendBlocked
+from .model import (
+    Action,
+    ChangeOutcome,
+    ConsentEvent,
+    ConsentEventInput,
+    Decision,
+    MessageStatusInfo,
+    Recipient,
+    SendAccepted,
+    SendInput,
+    Source,
+    TenantSettings,
+)
+from .ports import ConsentStore
+from .recipients import AddressError, normalise_address
+from .validation import RawMessage, RawRecipient, RawTimestamp, Violations
+
+MAX_BATCH = 10_000
+MAX_PAGE_SIZE = 1000
+DEFAULT_PAGE_SIZE = 100
+ANONYMOUS = "anonymous"
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    """A decision about one normalised recipient and topic."""
+
+    recipient: Recipient
+    topic: str
+    decision: Decision
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeResult:
+    """The outcome of an opt-out/opt-in about a normalised recipient."""
+
+    recipient: Recipient
+    topic: str
+    outcome: ChangeOutcome
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    """An accepted send."""
+
+    recipient: Recipient
+    accepted: SendAccepted
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    """A page of a recipient's history."""
+
+    recipient: Recipient
+    events: list[ConsentEvent]
+    next_page_token: str
+
+
+@dataclass(frozen=True, slots=True)
+class BatchItemError:
+    """Why one batch item could not be decided."""
+
+    violations: list[FieldViolation]
+
+
+def encode_page_token(before_revision: int) -> str:
+    """Opaque page token: history continues below this revision."""
+    return base64.urlsafe_b64encode(f"v1:{before_revision}".encode()).decode().rstrip("=")
+
+
+def decode_page_token(token: str) -> int:
+    """The revision a page token continues below; ValueError when it is not ours."""
+    try:
+        text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode("ascii")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise ValueError("not a page token") from None
+    prefix, _, number = text.partition(":")
+    if prefix != "v1" or not number.isdigit() or len(number) > 19:
+        raise ValueError("not a page token")
+    return int(number)
+
+
+class ConsentAuthority:
+    """Validates requests and runs them against a ConsentStore."""
+
+    def __init__(
+        self,
+        store: ConsentStore,
+        *,
+        default_region: str | None = None,
+        clock_ms: Callable[[], int] = _now_ms,
+    ) -> None:
+        self._store = store
+        self._default_region = default_region
+        self._clock_ms = clock_ms
+
+    async def _settings(self, tenant_id: str) -> TenantSettings:
+        if not tenant_id:  # invalid id: validate the rest with server defaults, no store call
+            return TenantSettings()
+        return await self._store.tenant_settings(tenant_id)
+
+    def _region(self, settings: TenantSettings) -> str | None:
+        return settings.default_region or self._default_region
+
+    async def check(self, tenant_id: str, raw: RawRecipient | None, topic: str) -> CheckResult:
+        """CheckConsent."""
+        v = Violations()
+        tenant = val.tenant_id(v, tenant_id)
+        settings = await self._settings(tenant)
+        rcpt = val.recipient(v, raw, self._region(settings))
+        norm_topic = val.topic(v, topic)
+        v.raise_if_any()
+        assert rcpt is not None
+        [(topic_record, all_record)] = await self._store.read_records(tenant, [rcpt], norm_topic)
+        decision = decide(topic_record, all_record, settings.policy_for(norm_topic))
+        return CheckResult(rcpt, norm_topic, decision)
+
+    async def batch_check(
+        self, tenant_id: str, topic: str, raws: Sequence[RawRecipient]
+    ) -> list[CheckResult | BatchItemError]:
+        """BatchCheckConsent: results in request order, bad items as per-item errors."""
+        v = Violations()
+        tenant = val.tenant_id(v, tenant_id)
+        norm_topic = val.topic(v, topic)
+        if not raws:
+            v.add("recipients", "must name at least one recipient")
+        elif len(raws) > MAX_BATCH:
+            v.add("recipients", f"must name at most {MAX_BATCH} recipients")
+        v.raise_if_any()
+        settings = await self._settings(tenant)
+        region = self._region(settings)
+        items: list[Recipient | BatchItemError] = []
+        for i, raw in enumerate(raws):
+            if raw.channel is None:
+                items.append(
+                    BatchItemError(
+                        [FieldViolation(f"recipients[{i}].channel", "must be one of WHATSAPP, "
+                                        "SMS, EMAIL, RCS, VOICE")]
+                    )
+                )
+                continue
+            try:
+                items.append(Recipient(raw.channel, normalise_address(raw.channel, raw.address,
+                                                                      region)))
+            except AddressError as exc:
+                items.append(BatchItemError([FieldViolation(f"recipients[{i}].address",
+                                                            str(exc))]))
+        good = [item for item in items if isinstance(item, Recipient)]
+        pairs = iter(await self._store.read_records(tenant, good, norm_topic) if good else [])
+        policy = settings.policy_for(norm_topic)
+        results: list[CheckResult | BatchItemError] = []
+        for item in items:
+            if isinstance(item, BatchItemError):
+                results.append(item)
+            else:
+                topic_record, all_record = next(pairs)
+                results.append(CheckResult(item, norm_topic, decide(topic_record, all_record,
+                                                                    policy)))
+        return results
+
+    async def change(
+        self,
+        action: Action,
+        *,
+        tenant_id: str,
+        recipient: RawRecipient | None,
+        topic: str,
+        source: Source | None,
+        evidence: str,
+        occurred_at: RawTimestamp | None,
+        event_id: str,
+        principal: str = ANONYMOUS,
+    ) -> ChangeResult:
+        """OptOut / OptIn (SPEC §4)."""
+        v = Violations()
+        tenant = val.tenant_id(v, tenant_id)
+        settings = await self._settings(tenant)
+        rcpt = val.recipient(v, recipient, self._region(settings))
+        norm_topic = val.topic(v, topic)
+        if source is None:
+            v.add("source", "is not a known Source")
+        text = val.evidence(v, evidence)
+        when = val.occurred_at(v, occurred_at, self._clock_ms(), "occurred_at")
+        ident = val.identifier(v, event_id, "event_id") or f"ev_{uuid.uuid4().hex}"
+        v.raise_if_any()
+        assert rcpt is not None and source is not None
+        outcome = await self._store.record_event(
+            ConsentEventInput(
+                tenant_id=tenant,
+                recipient=rcpt,
+                topic=norm_topic,
+                action=action,
+                source=source,
+                evidence=text,
+                occurred_at_ms=when,
+                event_id=ident,
+                principal=principal,
+            )
+        )
+        return ChangeResult(rcpt, norm_topic, outcome)
+
+    async def send(
+        self,
+        *,
+        tenant_id: str,
+        recipient: RawRecipient | None,
+        topic: str,
+        message: RawMessage | None,
+        idempotency_key: str,
+        not_after: RawTimestamp | None,
+        metadata: Mapping[str, str],
+    ) -> SendResult:
+        """SendIfAllowed: raises SendBlocked when consent does not allow it."""
+        v = Violations()
+        tenant = val.tenant_id(v, tenant_id)
+        settings = await self._settings(tenant)
+        rcpt = val.recipient(v, recipient, self._region(settings))
+        norm_topic = val.topic(v, topic, required=True)
+        body = val.message(v, message)
+        key = val.identifier(v, idempotency_key, "idempotency_key")
+        expires = val.timestamp_ms(v, not_after, "not_after")
+        if expires is not None and expires <= self._clock_ms():
+            v.add("not_after", "is in the past: the message would expire before delivery")
+        meta = val.metadata(v, metadata)
+        v.raise_if_any()
+        assert rcpt is not None
+        result = await self._store.send(
+            SendInput(
+                tenant_id=tenant,
+                recipient=rcpt,
+                topic=norm_topic,
+                message=body,
+                idempotency_key=key,
+                not_after_ms=expires or 0,
+                metadata=meta,
+            ),
+            settings.policy_for(norm_topic),
+        )
+        if isinstance(result, SendAccepted):
+            return SendResult(rcpt, result)
+        raise SendBlocked(rcpt, norm_topic, result.decision)
+
+    async def history(
+        self, tenant_id: str, recipient: RawRecipient | None, page_size: int, page_token: str
+    ) -> HistoryPage:
+        """ListConsentEvents: newest first, paged by an opaque token."""
+        v = Violations()
+        tenant = val.tenant_id(v, tenant_id)
+        settings = await self._settings(tenant)
+        rcpt = val.recipient(v, recipient, self._region(settings))
+        if page_size < 0 or page_size > MAX_PAGE_SIZE:
+            v.add("page_size", f"must be between 0 and {MAX_PAGE_SIZE} (0 = {DEFAULT_PAGE_SIZE})")
+        before: int | None = None
+        if page_token:
+            try:
+                before = decode_page_token(page_token)
+            except ValueError:
+                v.add("page_token", "is not a token returned by ListConsentEvents")
+        v.raise_if_any()
+        assert rcpt is not None
+        page = await self._store.list_events(
+            tenant, rcpt, page_size or DEFAULT_PAGE_SIZE, before
+        )
+        token = (
+            encode_page_token(page.next_before_revision)
+            if page.next_before_revision is not None
+            else ""
+        )
+        return HistoryPage(rcpt, page.events, token)
+
+    async def message_status(self, tenant_id: str, message_id: str) -> MessageStatusInfo:
+        """GetMessageStatus: NotFound for unknown ids and other tenants' ids."""
+        v = Violations()
+        tenant = val.tenant_id(v, tenant_id)
+        ident = val.identifier(v, message_id, "message_id", required=True)
+        v.raise_if_any()
+        info = await self._store.message_status(tenant, ident)
+        if info is None:
+            raise NotFound("no message with that id for this tenant")
+        return info
+
+
+__all__ = ["ConsentAuthority", "InvalidArgument"]

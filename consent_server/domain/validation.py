@@ -1,0 +1,224 @@
+"""Field validation (SPEC §2, §4, §5). Every check adds to a Violations list, so one
+INVALID_ARGUMENT names every bad field at once; nothing is written before all pass."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from .errors import FieldViolation, InvalidArgument
+from .model import Channel, OutboundMessage, Recipient
+from .recipients import AddressError, normalise_address
+
+TENANT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+TOPIC_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+ID_RE = re.compile(r"^[\x21-\x7e]{1,128}$")
+
+MAX_EVIDENCE_BYTES = 1024
+MAX_METADATA_ENTRIES = 32
+MAX_METADATA_KEY = 64
+MAX_METADATA_VALUE = 512
+MAX_TEXT_CHARS = 4096
+MAX_TEMPLATE_NAME = 512
+MAX_TEMPLATE_LANGUAGE = 16
+MAX_TEMPLATE_PARAMS = 100
+MAX_CONTENT_TYPE = 255
+MAX_MESSAGE_BYTES = 64 * 1024
+MAX_FUTURE_MS = 5 * 60 * 1000
+# 0001-01-01 .. 9999-12-31, as google.protobuf.Timestamp allows.
+_MIN_TS_SECONDS = -62135596800
+_MAX_TS_SECONDS = 253402300799
+
+
+@dataclass(frozen=True, slots=True)
+class RawTimestamp:
+    """A timestamp as it came off the wire, not yet validated."""
+
+    seconds: int
+    nanos: int
+
+
+@dataclass(frozen=True, slots=True)
+class RawRecipient:
+    """A recipient as it came off the wire; channel None = unspecified or unknown."""
+
+    channel: Channel | None
+    address: str
+
+
+@dataclass(frozen=True, slots=True)
+class RawMessage:
+    """A message body as it came off the wire; ``kind`` None = no content set."""
+
+    kind: str | None
+    text: str = ""
+    template_name: str = ""
+    template_language: str = ""
+    template_parameters: tuple[str, ...] = ()
+    content_type: str = ""
+    data: bytes = b""
+    serialized_size: int = 0
+
+
+class Violations:
+    """Collects field violations; ``raise_if_any`` turns them into InvalidArgument."""
+
+    def __init__(self) -> None:
+        self.items: list[FieldViolation] = []
+
+    def add(self, field: str, description: str) -> None:
+        """Record that ``field`` is bad."""
+        self.items.append(FieldViolation(field, description))
+
+    def raise_if_any(self) -> None:
+        """Raise InvalidArgument naming every violation, if there is one."""
+        if self.items:
+            raise InvalidArgument(self.items)
+
+
+def tenant_id(v: Violations, value: str, field: str = "tenant_id") -> str:
+    """A tenant id, or "" after recording a violation."""
+    if not value:
+        v.add(field, "is required")
+    elif not TENANT_RE.match(value):
+        v.add(field, "must match ^[a-z0-9][a-z0-9_-]{0,63}$")
+    else:
+        return value
+    return ""
+
+
+def topic(v: Violations, value: str, *, required: bool = False, field: str = "topic") -> str:
+    """A lower-cased topic ("" = all topics) or "" after recording a violation."""
+    lowered = value.lower()
+    if not lowered:
+        if required:
+            v.add(field, "is required: name what the message is about, e.g. 'marketing'")
+        return ""
+    if not TOPIC_RE.match(lowered):
+        v.add(field, "must match ^[a-z0-9][a-z0-9_.-]{0,63}$ (case-insensitive)")
+        return ""
+    return lowered
+
+
+def identifier(v: Violations, value: str, field: str, *, required: bool = False) -> str:
+    """An id: 1-128 printable ASCII characters without spaces."""
+    if not value:
+        if required:
+            v.add(field, "is required")
+        return ""
+    if not ID_RE.match(value):
+        v.add(field, "must be 1-128 printable ASCII characters without spaces")
+        return ""
+    return value
+
+
+def recipient(
+    v: Violations, raw: RawRecipient | None, region: str | None, field: str = "recipient"
+) -> Recipient | None:
+    """A normalised recipient, or None after recording violations."""
+    if raw is None:
+        v.add(field, "is required")
+        return None
+    if raw.channel is None:
+        v.add(f"{field}.channel", "must be one of WHATSAPP, SMS, EMAIL, RCS, VOICE")
+        return None
+    try:
+        return Recipient(raw.channel, normalise_address(raw.channel, raw.address, region))
+    except AddressError as exc:
+        v.add(f"{field}.address", str(exc))
+        return None
+
+
+def evidence(v: Violations, value: str, field: str = "evidence") -> str:
+    """Free-text evidence, at most 1 KiB of UTF-8, without NUL characters."""
+    if len(value.encode("utf-8", "surrogatepass")) > MAX_EVIDENCE_BYTES:
+        v.add(field, f"must be at most {MAX_EVIDENCE_BYTES} bytes of UTF-8")
+        return ""
+    if "\x00" in value:
+        v.add(field, "must not contain NUL characters")
+        return ""
+    return value
+
+
+def timestamp_ms(v: Violations, raw: RawTimestamp | None, field: str) -> int | None:
+    """Unix milliseconds of a wire timestamp; None when unset or invalid."""
+    if raw is None:
+        return None
+    if not (0 <= raw.nanos < 1_000_000_000) or not (
+        _MIN_TS_SECONDS <= raw.seconds <= _MAX_TS_SECONDS
+    ):
+        v.add(field, "is not a valid timestamp")
+        return None
+    if raw.seconds < 0:
+        v.add(field, "must not be before 1970-01-01")
+        return None
+    return raw.seconds * 1000 + raw.nanos // 1_000_000
+
+
+def occurred_at(v: Violations, raw: RawTimestamp | None, now_ms: int, field: str) -> int:
+    """When the customer acted: defaults to now; at most 5 minutes in the future."""
+    ms = timestamp_ms(v, raw, field)
+    if ms is None:
+        return now_ms
+    if ms > now_ms + MAX_FUTURE_MS:
+        v.add(field, "is more than 5 minutes in the future")
+    return ms
+
+
+def metadata(v: Violations, value: Mapping[str, str], field: str = "metadata") -> dict[str, str]:
+    """Caller metadata within the documented limits."""
+    if len(value) > MAX_METADATA_ENTRIES:
+        v.add(field, f"must have at most {MAX_METADATA_ENTRIES} entries")
+        return {}
+    ok = True
+    for key, val in value.items():
+        if not key or len(key) > MAX_METADATA_KEY or "\x00" in key:
+            v.add(f"{field}[{key[:64]!r}]", f"keys must be 1-{MAX_METADATA_KEY} characters")
+            ok = False
+        elif len(val) > MAX_METADATA_VALUE or "\x00" in val:
+            v.add(f"{field}[{key!r}]", f"values must be at most {MAX_METADATA_VALUE} characters")
+            ok = False
+    return dict(value) if ok else {}
+
+
+def message(v: Violations, raw: RawMessage | None, field: str = "message") -> OutboundMessage:
+    """A message body: exactly one of text, template or payload, at most 64 KiB."""
+    empty = OutboundMessage(kind="text")
+    if raw is None or raw.kind is None:
+        v.add(field, "is required: set one of text, template or payload")
+        return empty
+    if raw.serialized_size > MAX_MESSAGE_BYTES:
+        v.add(field, f"must be at most {MAX_MESSAGE_BYTES} bytes")
+        return empty
+    before = len(v.items)
+    if raw.kind == "text":
+        if not raw.text.strip():
+            v.add(f"{field}.text", "must not be empty")
+        elif len(raw.text) > MAX_TEXT_CHARS:
+            v.add(f"{field}.text", f"must be at most {MAX_TEXT_CHARS} characters")
+    elif raw.kind == "template":
+        if not raw.template_name.strip() or len(raw.template_name) > MAX_TEMPLATE_NAME:
+            v.add(f"{field}.template.name", f"must be 1-{MAX_TEMPLATE_NAME} characters")
+        if len(raw.template_language) > MAX_TEMPLATE_LANGUAGE:
+            v.add(f"{field}.template.language", "must be at most 16 characters")
+        if len(raw.template_parameters) > MAX_TEMPLATE_PARAMS:
+            v.add(f"{field}.template.parameters", "must have at most 100 entries")
+    elif raw.kind == "payload":
+        if not raw.content_type or len(raw.content_type) > MAX_CONTENT_TYPE:
+            v.add(f"{field}.payload.content_type", "must be 1-255 characters")
+        if not raw.data:
+            v.add(f"{field}.payload.data", "must not be empty")
+    else:
+        v.add(field, "has an unknown kind of content")
+    if len(v.items) != before:
+        return empty
+    return OutboundMessage(
+        kind=raw.kind,
+        text=raw.text,
+        template_name=raw.template_name,
+        template_language=raw.template_language,
+        template_parameters=raw.template_parameters,
+        content_type=raw.content_type,
+        data=raw.data,
+    )

@@ -1,0 +1,1 @@
+"""Redis storage: key schema, Lua scripts, the repository and the embedded store."""

@@ -1,0 +1,95 @@
+"""The Redis key schema.
+
+Every key of a (tenant, recipient) carries the hash tag of the recipient's
+partition, ``{cpNN}``, and so does the outbox stream of that partition: a send
+script can decide and enqueue atomically even on Redis Cluster (a script may
+only touch keys of one slot). The partition is a fixed function of (tenant,
+channel, address), so each recipient has exactly one hash tag. PARTITIONS must
+never change once data exists.
+
+    ca:{cpNN}:<tenant>:<channel>:<address>:s     hash: revision, scope records, event ids
+    ca:{cpNN}:<tenant>:<channel>:<address>:h     stream: history, entry id = <revision>-0
+    ca:{cpNN}:<tenant>:<channel>:<address>:i:<k> string: send idempotency key -> message
+    ca:{cpNN}:<tenant>:m:<message_id>            hash: message status
+    ca:{cpNN}:outbox                             stream: accepted messages to deliver
+    ca:tenant:<tenant>:settings                  hash: tenant settings
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+import zlib
+
+from consent_server.domain.model import Recipient
+
+PARTITIONS = 16
+MESSAGE_ID_RE = re.compile(r"^m[0-9a-f]{30}$")
+
+
+def partition(tenant_id: str, recipient: Recipient) -> int:
+    """The recipient's partition: stable, spread evenly over PARTITIONS."""
+    key = f"{tenant_id}\x00{recipient.channel.value}\x00{recipient.address}".encode()
+    return zlib.crc32(key) % PARTITIONS
+
+
+def tag(part: int) -> str:
+    """The hash tag of a partition."""
+    return f"{{cp{part:02d}}}"
+
+
+def recipient_base(tenant_id: str, recipient: Recipient) -> str:
+    """The common prefix of a recipient's keys."""
+    return (
+        f"ca:{tag(partition(tenant_id, recipient))}:{tenant_id}:"
+        f"{recipient.channel.value}:{recipient.address}"
+    )
+
+
+def state(base: str) -> str:
+    """The recipient's state hash."""
+    return base + ":s"
+
+
+def history(base: str) -> str:
+    """The recipient's history stream."""
+    return base + ":h"
+
+
+def idempotency(base: str, key: str) -> str:
+    """A send idempotency key of the recipient."""
+    return f"{base}:i:{key}"
+
+
+def outbox(part: int) -> str:
+    """The outbox stream of a partition."""
+    return f"ca:{tag(part)}:outbox"
+
+
+def new_message_id(part: int) -> str:
+    """A new message id that names its partition: m<pp><time ms><random>."""
+    return f"m{part:02x}{time.time_ns() // 1_000_000:012x}{secrets.token_hex(8)}"
+
+
+def message_partition(message_id: str) -> int | None:
+    """The partition a message id names, or None when it is not one of ours."""
+    if not MESSAGE_ID_RE.match(message_id):
+        return None
+    part = int(message_id[1:3], 16)
+    return part if part < PARTITIONS else None
+
+
+def message(tenant_id: str, part: int, message_id: str) -> str:
+    """A message's status hash; tenant-scoped, so another tenant's id is not found."""
+    return f"ca:{tag(part)}:{tenant_id}:m:{message_id}"
+
+
+def tenant_settings(tenant_id: str) -> str:
+    """A tenant's settings hash."""
+    return f"ca:tenant:{tenant_id}:settings"
+
+
+def scope_field(topic: str) -> str:
+    """The state-hash field holding a scope's record ("" = all topics)."""
+    return "s:" + (topic or "*")

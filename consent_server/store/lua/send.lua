@@ -1,0 +1,56 @@
+-- Decide (SPEC §3) and, if allowed, enqueue (SPEC §8) in one atomic step, so no
+-- message is accepted after an opt-out has been acknowledged.
+-- KEYS[1] state hash, KEYS[2] idempotency key, KEYS[3] outbox stream,
+-- KEYS[4] message status hash (all with the recipient's hash tag).
+-- ARGV: topic field, policy ("allow"|"require_opt_in"), use idempotency ("1"|"0"),
+--       idempotency ttl s, message retention s, message_id, tenant, channel,
+--       address, topic, body json, not_after ms, metadata json.
+-- Returns {"duplicate", "message_id|accepted_ms|revision"}
+--       | {"blocked", all-topics record or false, topic record or false}
+--       | {"accepted", message_id, accepted_ms, revision}.
+local state, idem, outbox, msg = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local field, policy, use_idem = ARGV[1], ARGV[2], ARGV[3]
+local idem_ttl, retention, message_id = ARGV[4], ARGV[5], ARGV[6]
+
+if use_idem == '1' then
+  local prev = redis.call('GET', idem)
+  if prev then
+    return {'duplicate', prev}
+  end
+end
+
+local recs = redis.call('HMGET', state, 's:*', field, 'rev')
+local function parse(rec)
+  if not rec then return nil end
+  local status, occurred, rev = string.match(rec, '^(%a+)|(%d+)|(%d+)|')
+  return {status, tonumber(occurred), tonumber(rev)}
+end
+local all, top = parse(recs[1]), parse(recs[2])
+-- The newer record by (occurred_at, revision) decides; none -> the policy.
+local winner = all
+if top and (not all or top[2] > all[2] or (top[2] == all[2] and top[3] > all[3])) then
+  winner = top
+end
+local allowed
+if winner then
+  allowed = winner[1] == 'in'
+else
+  allowed = policy == 'allow'
+end
+if not allowed then
+  return {'blocked', recs[1], recs[2]}
+end
+
+local t = redis.call('TIME')
+local now = string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+local rev = recs[3] or '0'
+redis.call('XADD', outbox, '*',
+  'id', message_id, 'tenant', ARGV[7], 'ch', ARGV[8], 'addr', ARGV[9], 'topic', ARGV[10],
+  'body', ARGV[11], 'not_after', ARGV[12], 'meta', ARGV[13], 'rev', rev, 'at', now)
+redis.call('HSET', msg, 'st', 'accepted', 'ch', ARGV[8], 'addr', ARGV[9], 'topic', ARGV[10],
+  'at', now, 'up', now, 'att', 0, 'err', '', 'pid', '')
+redis.call('EXPIRE', msg, retention)
+if use_idem == '1' then
+  redis.call('SET', idem, message_id .. '|' .. now .. '|' .. rev, 'EX', idem_ttl)
+end
+return {'accepted', message_id, now, rev}

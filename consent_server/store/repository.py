@@ -1,0 +1,250 @@
+"""The Redis repository: the one class that talks to Redis (implements domain.ports.ConsentStore)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from importlib import resources
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+import redis.exceptions as rex
+
+from consent_server.domain.errors import StoreUnavailable
+from consent_server.domain.model import (
+    Channel,
+    ChangeOutcome,
+    ConsentEventInput,
+    EventPage,
+    MessageState,
+    MessageStatusInfo,
+    Policy,
+    Recipient,
+    SendAccepted,
+    SendBlocked,
+    SendInput,
+    TenantSettings,
+)
+from consent_server.domain.decision import decide
+from consent_server.domain.ports import RecordPair
+
+from . import keys
+from .records import encode_body, parse_history_entry, parse_outcome, parse_record
+
+T = TypeVar("T")
+
+IDEMPOTENCY_TTL_S = 24 * 3600
+MESSAGE_RETENTION_S = 30 * 24 * 3600
+SETTINGS_CACHE_S = 1.0
+
+# Errors that mean "the store is not reachable or not serving": fail closed.
+_UNAVAILABLE = (
+    rex.ConnectionError,
+    rex.TimeoutError,
+    rex.BusyLoadingError,
+    rex.ReadOnlyError,
+    rex.ClusterDownError,
+    rex.TryAgainError,
+    OSError,
+)
+
+
+def _load_script(name: str) -> str:
+    return (resources.files("consent_server.store") / "lua" / name).read_text()
+
+
+def _s(value: bytes | str | None) -> str:
+    if value is None:
+        return ""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class RedisConsentStore:
+    """Consent storage on Redis (or the embedded fakeredis); every change is one Lua script."""
+
+    def __init__(self, client: aioredis.Redis, *, settings_cache_s: float = SETTINGS_CACHE_S):
+        self._r = client
+        self._record = client.register_script(_load_script("record_event.lua"))
+        self._send = client.register_script(_load_script("send.lua"))
+        self._settings_cache: dict[str, tuple[float, TenantSettings]] = {}
+        self._settings_cache_s = settings_cache_s
+
+    @property
+    def client(self) -> aioredis.Redis:
+        """The underlying client (tests and health checks use it)."""
+        return self._r
+
+    async def _call(self, fn: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await fn()
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(f"consent store unreachable: {type(exc).__name__}") from exc
+
+    async def ping(self) -> None:
+        """Raise StoreUnavailable unless Redis answers."""
+        await self._call(self._r.ping)
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._r.aclose()
+
+    # -- tenant settings -------------------------------------------------------------
+
+    async def tenant_settings(self, tenant_id: str) -> TenantSettings:
+        """The tenant's settings, cached for about a second per process."""
+        now = time.monotonic()
+        cached = self._settings_cache.get(tenant_id)
+        if cached and now - cached[0] < self._settings_cache_s:
+            return cached[1]
+        raw: dict[bytes, bytes] = await self._call(
+            lambda: self._r.hgetall(keys.tenant_settings(tenant_id))  # type: ignore[misc]
+        )
+        fields = {_s(k): _s(v) for k, v in raw.items()}
+        policies = {
+            name.removeprefix("policy:"): Policy(value)
+            for name, value in fields.items()
+            if name.startswith("policy:")
+        }
+        settings = TenantSettings(
+            default_region=fields.get("default_region") or None,
+            default_policy=Policy(fields.get("default_policy") or Policy.ALLOW_UNLESS_OPTED_OUT.value),
+            topic_policies=policies,
+        )
+        if len(self._settings_cache) > 10_000:
+            self._settings_cache.clear()
+        self._settings_cache[tenant_id] = (now, settings)
+        return settings
+
+    async def put_tenant_settings(self, tenant_id: str, settings: TenantSettings) -> None:
+        """Replace the tenant's settings (the admin API arrives later; tests and tools use this)."""
+        mapping = {"default_policy": settings.default_policy.value}
+        if settings.default_region:
+            mapping["default_region"] = settings.default_region
+        mapping.update({f"policy:{t}": p.value for t, p in settings.topic_policies.items()})
+        key = keys.tenant_settings(tenant_id)
+
+        async def write() -> None:
+            async with self._r.pipeline(transaction=True) as pipe:
+                pipe.delete(key)
+                pipe.hset(key, mapping=mapping)
+                await pipe.execute()
+
+        await self._call(write)
+        self._settings_cache.pop(tenant_id, None)
+
+    # -- reads -----------------------------------------------------------------------
+
+    async def read_records(
+        self, tenant_id: str, recipients: Sequence[Recipient], topic: str
+    ) -> list[RecordPair]:
+        """One HMGET per recipient, all in one pipeline (one round trip per node)."""
+        fields = ["s:*", keys.scope_field(topic)] if topic else ["s:*"]
+
+        async def read() -> list[Any]:
+            if len(recipients) == 1:
+                base = keys.recipient_base(tenant_id, recipients[0])
+                return [await self._r.hmget(keys.state(base), fields)]  # type: ignore[misc]
+            pipe = self._r.pipeline(transaction=False)
+            for rcpt in recipients:
+                pipe.hmget(keys.state(keys.recipient_base(tenant_id, rcpt)), fields)
+            return await pipe.execute()  # type: ignore[no-any-return]
+
+        rows = await self._call(read)
+        if topic:
+            return [(parse_record(row[1]), parse_record(row[0])) for row in rows]
+        return [(None, parse_record(row[0])) for row in rows]
+
+    async def list_events(
+        self, tenant_id: str, recipient: Recipient, limit: int, before_revision: int | None
+    ) -> EventPage:
+        """History newest first; fetches one extra entry to know whether a next page exists."""
+        key = keys.history(keys.recipient_base(tenant_id, recipient))
+        start = "+" if before_revision is None else f"({before_revision}-0"
+        entries = await self._call(lambda: self._r.xrevrange(key, start, "-", count=limit + 1))
+        events = [parse_history_entry(eid, fields) for eid, fields in entries[:limit]]
+        more = len(entries) > limit
+        return EventPage(events, events[-1].revision if more and events else None)
+
+    async def message_status(self, tenant_id: str, message_id: str) -> MessageStatusInfo | None:
+        """A message's status; None for unknown ids and other tenants' ids."""
+        part = keys.message_partition(message_id)
+        if part is None:
+            return None
+        raw: dict[bytes, bytes] = await self._call(
+            lambda: self._r.hgetall(keys.message(tenant_id, part, message_id))  # type: ignore[misc]
+        )
+        if not raw:
+            return None
+        f = {_s(k): _s(v) for k, v in raw.items()}
+        return MessageStatusInfo(
+            message_id=message_id,
+            state=MessageState(f["st"]),
+            recipient=Recipient(Channel(f["ch"]), f["addr"]),
+            topic=f["topic"],
+            attempts=int(f.get("att") or 0),
+            last_error=f.get("err", ""),
+            provider_message_id=f.get("pid", ""),
+            accepted_at_ms=int(f["at"]),
+            updated_at_ms=int(f.get("up") or f["at"]),
+        )
+
+    # -- writes ----------------------------------------------------------------------
+
+    async def record_event(self, event: ConsentEventInput) -> ChangeOutcome:
+        """Run record_event.lua: idempotency, ordering, revision and history in one step."""
+        base = keys.recipient_base(event.tenant_id, event.recipient)
+        args = [
+            event.event_id,
+            event.action.value,
+            keys.scope_field(event.topic),
+            event.topic,
+            event.source.value,
+            event.evidence,
+            str(event.occurred_at_ms),
+            event.principal,
+        ]
+        dup, outcome = await self._call(
+            lambda: self._record(keys=[keys.state(base), keys.history(base)], args=args)
+        )
+        return parse_outcome(outcome, event.event_id, duplicate=bool(int(dup)))
+
+    async def send(self, request: SendInput, policy: Policy) -> SendAccepted | SendBlocked:
+        """Run send.lua: idempotency, decision, outbox append and status record in one step."""
+        part = keys.partition(request.tenant_id, request.recipient)
+        base = keys.recipient_base(request.tenant_id, request.recipient)
+        message_id = keys.new_message_id(part)
+        script_keys = [
+            keys.state(base),
+            keys.idempotency(base, request.idempotency_key or "-"),
+            keys.outbox(part),
+            keys.message(request.tenant_id, part, message_id),
+        ]
+        args = [
+            keys.scope_field(request.topic),
+            "allow" if policy is Policy.ALLOW_UNLESS_OPTED_OUT else "require_opt_in",
+            "1" if request.idempotency_key else "0",
+            IDEMPOTENCY_TTL_S,
+            MESSAGE_RETENTION_S,
+            message_id,
+            request.tenant_id,
+            request.recipient.channel.value,
+            request.recipient.address,
+            request.topic,
+            encode_body(request.message),
+            request.not_after_ms,
+            json.dumps(request.metadata, ensure_ascii=False, sort_keys=True),
+        ]
+        reply = await self._call(lambda: self._send(keys=script_keys, args=args))
+        kind = _s(reply[0])
+        if kind == "accepted":
+            return SendAccepted(_s(reply[1]), int(reply[2]), int(reply[3]), duplicate=False)
+        if kind == "duplicate":
+            first_id, accepted, revision = _s(reply[1]).split("|")
+            return SendAccepted(first_id, int(accepted), int(revision), duplicate=True)
+        # Blocked: rebuild the decision with the pure rule for the error details.
+        all_record, topic_record = (parse_record(r or None) for r in reply[1:3])
+        decision = decide(topic_record, all_record, policy)
+        if decision.allowed:  # the Lua and Python rules disagree: a bug, never a silent send
+            raise RuntimeError("send.lua blocked a send the decision rule allows")
+        return SendBlocked(decision)
