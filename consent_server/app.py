@@ -8,10 +8,11 @@ import logging
 import signal
 
 import grpc
+from consent_client.v1 import consent_pb2, consent_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection
 
-from consent_client.v1 import consent_pb2, consent_pb2_grpc
 from consent_server.api.consent_service import ConsentServicer
 from consent_server.config import ConfigError, Settings
 from consent_server.domain.errors import StoreUnavailable
@@ -27,13 +28,13 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
 
-async def _set_health(servicer: health.aio.HealthServicer, status: int) -> None:
+async def _set_health(servicer: health_aio.HealthServicer, status: int) -> None:
     for name in ("", SERVICE_NAME):
-        await servicer.set(name, status)  # type: ignore[arg-type]
+        await servicer.set(name, status)
 
 
 async def watch_store(
-    store: RedisConsentStore, servicer: health.aio.HealthServicer, interval_s: float
+    store: RedisConsentStore, servicer: health_aio.HealthServicer, interval_s: float
 ) -> None:
     """Keep the health status in step with Redis reachability (NOT_SERVING while down)."""
     serving: bool | None = None
@@ -60,9 +61,14 @@ async def serve(settings: Settings) -> int:
             "EMBEDDED STORE IN USE: consent data lives in this process's memory only and is "
             "LOST when it stops. NOT DURABLE - set CONSENT_REDIS_URL for production."
         )
-    if settings.require_auth == "0" and not settings.host.startswith("127.") and settings.host not in (
-        "localhost",
-        "::1",
+    if (
+        settings.require_auth == "0"
+        and not settings.host.startswith("127.")
+        and settings.host
+        not in (
+            "localhost",
+            "::1",
+        )
     ):
         log.warning("serving WITHOUT authentication beyond loopback (CONSENT_REQUIRE_AUTH=0)")
     store = open_store(
@@ -78,7 +84,7 @@ async def serve(settings: Settings) -> int:
         ]
     )
     consent_pb2_grpc.add_ConsentServiceServicer_to_server(ConsentServicer(authority), server)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
@@ -104,7 +110,9 @@ async def serve(settings: Settings) -> int:
     watcher = asyncio.create_task(watch_store(store, health_servicer, settings.health_interval_s))
     await stop.wait()
 
-    log.info("shutting down: draining in-flight calls", extra={"grace_s": settings.shutdown_grace_s})
+    log.info(
+        "shutting down: draining in-flight calls", extra={"grace_s": settings.shutdown_grace_s}
+    )
     watcher.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await watcher

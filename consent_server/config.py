@@ -54,25 +54,55 @@ class Settings:
 # (setting name, env var, flag, help)
 _OPTIONS: tuple[tuple[str, str, str, str], ...] = (
     ("listen", "CONSENT_LISTEN", "--listen", "gRPC listen address host:port"),
-    ("redis_url", "CONSENT_REDIS_URL", "--redis-url", "redis://, rediss:// or unix:// URL; unset = embedded store"),
-    ("redis_cluster", "CONSENT_REDIS_CLUSTER", "--redis-cluster", "1 = the URL points at a Redis Cluster"),
-    ("redis_timeout_s", "CONSENT_REDIS_TIMEOUT", "--redis-timeout", "seconds before a Redis call counts as failed"),
+    (
+        "redis_url",
+        "CONSENT_REDIS_URL",
+        "--redis-url",
+        "redis://, rediss:// or unix:// URL; unset = embedded store",
+    ),
+    (
+        "redis_cluster",
+        "CONSENT_REDIS_CLUSTER",
+        "--redis-cluster",
+        "1 = the URL points at a Redis Cluster",
+    ),
+    (
+        "redis_timeout_s",
+        "CONSENT_REDIS_TIMEOUT",
+        "--redis-timeout",
+        "seconds before a Redis call counts as failed",
+    ),
     ("log_level", "CONSENT_LOG_LEVEL", "--log-level", "debug, info, warning or error"),
     ("log_format", "CONSENT_LOG_FORMAT", "--log-format", "json or text"),
-    ("default_region", "CONSENT_DEFAULT_REGION", "--default-region", "region for numbers without +, when the tenant sets none"),
+    (
+        "default_region",
+        "CONSENT_DEFAULT_REGION",
+        "--default-region",
+        "region for numbers without +, when the tenant sets none",
+    ),
     ("require_auth", "CONSENT_REQUIRE_AUTH", "--require-auth", "auto, 1 or 0"),
     ("tls_cert", "CONSENT_TLS_CERT", "--tls-cert", "server certificate (PEM)"),
     ("tls_key", "CONSENT_TLS_KEY", "--tls-key", "server private key (PEM)"),
-    ("tls_client_ca", "CONSENT_TLS_CLIENT_CA", "--tls-client-ca", "CA for client certificates (mTLS)"),
+    (
+        "tls_client_ca",
+        "CONSENT_TLS_CLIENT_CA",
+        "--tls-client-ca",
+        "CA for client certificates (mTLS)",
+    ),
     ("delivery", "CONSENT_DELIVERY", "--delivery", "inline or off"),
-    ("shutdown_grace_s", "CONSENT_SHUTDOWN_GRACE", "--shutdown-grace", "seconds to drain calls on SIGTERM"),
+    (
+        "shutdown_grace_s",
+        "CONSENT_SHUTDOWN_GRACE",
+        "--shutdown-grace",
+        "seconds to drain calls on SIGTERM",
+    ),
 )
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="consent-server",
-        description="The consent authority gRPC server. Every flag mirrors an environment variable.",
+        description="The consent authority gRPC server. Flags mirror environment variables.",
     )
     for name, env, flag, text in _OPTIONS:
         p.add_argument(flag, dest=name, default=None, help=f"{text} (env {env})")

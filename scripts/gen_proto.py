@@ -56,7 +56,9 @@ def main() -> int:
             text = _IMPORT_RE.sub(r"\1consent_client.v1", src.read_text())
             text = _MODULE_RE.sub(r"'consent_client.v1.\1'", text)
             (OUT_DIR / src.name).write_text(text)
-        (OUT_DIR / "__init__.py").write_text('"""Generated from proto/consent/v1 by `make proto`. Do not edit."""\n')
+        (OUT_DIR / "__init__.py").write_text(
+            '"""Generated from proto/consent/v1 by `make proto`. Do not edit."""\n'
+        )
     return 0
 
 

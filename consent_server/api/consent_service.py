@@ -7,10 +7,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
-from google.rpc import code_pb2, error_details_pb2, status_pb2
-
 from consent_client.v1 import consent_pb2 as pb
 from consent_client.v1 import consent_pb2_grpc as pb_grpc
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+
 from consent_server.domain.errors import ConsentError, NotImplementedYet
 from consent_server.domain.model import Action
 from consent_server.domain.service import BatchItemError, ChangeResult, ConsentAuthority
@@ -31,7 +31,7 @@ def rpc(fn: Handler[Resp]) -> Handler[Resp]:
     async def wrapper(self: Any, request: Any, context: Ctx) -> Resp:
         try:
             return await fn(self, request, context)
-        except Exception as exc:  # noqa: BLE001 - every error becomes a status
+        except Exception as exc:
             await abort(context, exc)
             raise AssertionError("unreachable") from exc  # abort always raises
 
@@ -50,7 +50,9 @@ class ConsentServicer(pb_grpc.ConsentServiceServicer):
         self._a = authority
 
     @rpc
-    async def CheckConsent(self, request: pb.CheckConsentRequest, context: Ctx) -> pb.CheckConsentResponse:
+    async def CheckConsent(
+        self, request: pb.CheckConsentRequest, context: Ctx
+    ) -> pb.CheckConsentResponse:
         result = await self._a.check(
             request.tenant_id,
             cv.optional_recipient(request.HasField("recipient"), request.recipient),
@@ -85,7 +87,9 @@ class ConsentServicer(pb_grpc.ConsentServiceServicer):
                     )
                 )
             else:
-                out.results.add(decision=cv.check_response(item.recipient, item.topic, item.decision))
+                out.results.add(
+                    decision=cv.check_response(item.recipient, item.topic, item.decision)
+                )
         return out
 
     async def _change(self, action: Action, request: Any, context: Ctx) -> ChangeResult:

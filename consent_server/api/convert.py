@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from consent_client.v1 import consent_pb2 as pb
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from consent_client.v1 import consent_pb2 as pb
 from consent_server.domain.model import (
     Action,
     Channel,
@@ -56,7 +56,7 @@ def source(value: int) -> Source | None:
     """SOURCE_UNSPECIFIED means API; unknown numbers are None (rejected)."""
     if value == pb.SOURCE_UNSPECIFIED:
         return Source.API
-    return _SOURCE_FROM_PB.get(value)  # type: ignore[call-overload]
+    return _SOURCE_FROM_PB.get(value)  # type: ignore[call-overload, no-any-return]
 
 
 def raw_timestamp(has: bool, ts: Timestamp) -> RawTimestamp | None:

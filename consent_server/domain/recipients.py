@@ -66,8 +66,7 @@ def normalise_phone(raw: str, default_region: str | None, *, whatsapp: bool = Fa
     region = None if text.startswith("+") else default_region
     if region is None and not text.startswith("+"):
         raise AddressError(
-            "has no country code and the tenant has no default region; "
-            "use E.164, e.g. +14155550123"
+            "has no country code and the tenant has no default region; use E.164, e.g. +14155550123"
         )
     try:
         number = phonenumbers.parse(text, region)

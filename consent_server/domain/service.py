@@ -156,17 +156,21 @@ class ConsentAuthority:
             if raw.channel is None:
                 items.append(
                     BatchItemError(
-                        [FieldViolation(f"recipients[{i}].channel", "must be one of WHATSAPP, "
-                                        "SMS, EMAIL, RCS, VOICE")]
+                        [
+                            FieldViolation(
+                                f"recipients[{i}].channel",
+                                "must be one of WHATSAPP, SMS, EMAIL, RCS, VOICE",
+                            )
+                        ]
                     )
                 )
                 continue
             try:
-                items.append(Recipient(raw.channel, normalise_address(raw.channel, raw.address,
-                                                                      region)))
+                items.append(
+                    Recipient(raw.channel, normalise_address(raw.channel, raw.address, region))
+                )
             except AddressError as exc:
-                items.append(BatchItemError([FieldViolation(f"recipients[{i}].address",
-                                                            str(exc))]))
+                items.append(BatchItemError([FieldViolation(f"recipients[{i}].address", str(exc))]))
         good = [item for item in items if isinstance(item, Recipient)]
         pairs = iter(await self._store.read_records(tenant, good, norm_topic) if good else [])
         policy = settings.policy_for(norm_topic)
@@ -176,8 +180,9 @@ class ConsentAuthority:
                 results.append(item)
             else:
                 topic_record, all_record = next(pairs)
-                results.append(CheckResult(item, norm_topic, decide(topic_record, all_record,
-                                                                    policy)))
+                results.append(
+                    CheckResult(item, norm_topic, decide(topic_record, all_record, policy))
+                )
         return results
 
     async def change(
@@ -280,9 +285,7 @@ class ConsentAuthority:
                 v.add("page_token", "is not a token returned by ListConsentEvents")
         v.raise_if_any()
         assert rcpt is not None
-        page = await self._store.list_events(
-            tenant, rcpt, page_size or DEFAULT_PAGE_SIZE, before
-        )
+        page = await self._store.list_events(tenant, rcpt, page_size or DEFAULT_PAGE_SIZE, before)
         token = (
             encode_page_token(page.next_before_revision)
             if page.next_before_revision is not None

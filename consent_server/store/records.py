@@ -1,4 +1,4 @@
-"""Encoding of the values the Lua scripts store (kept apart so both directions stay in one place)."""
+"""Encoding of the values the Lua scripts store: both directions in one place."""
 
 from __future__ import annotations
 

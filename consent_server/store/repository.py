@@ -1,4 +1,4 @@
-"""The Redis repository: the one class that talks to Redis (implements domain.ports.ConsentStore)."""
+"""The Redis repository: the one class that talks to Redis (domain.ports.ConsentStore)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 import redis.exceptions as rex
 
+from consent_server.domain.decision import decide
 from consent_server.domain.errors import StoreUnavailable
 from consent_server.domain.model import (
-    Channel,
     ChangeOutcome,
+    Channel,
     ConsentEventInput,
     EventPage,
     MessageState,
@@ -26,7 +27,6 @@ from consent_server.domain.model import (
     SendInput,
     TenantSettings,
 )
-from consent_server.domain.decision import decide
 from consent_server.domain.ports import RecordPair
 
 from . import keys
@@ -64,7 +64,8 @@ class RedisConsentStore:
     """Consent storage on Redis (or the embedded fakeredis); every change is one Lua script."""
 
     def __init__(self, client: aioredis.Redis, *, settings_cache_s: float = SETTINGS_CACHE_S):
-        self._r = client
+        # redis-py's async stubs type replies as "Awaitable[T] | T"; Any keeps this readable.
+        self._r: Any = client
         self._record = client.register_script(_load_script("record_event.lua"))
         self._send = client.register_script(_load_script("send.lua"))
         self._settings_cache: dict[str, tuple[float, TenantSettings]] = {}
@@ -73,7 +74,8 @@ class RedisConsentStore:
     @property
     def client(self) -> aioredis.Redis:
         """The underlying client (tests and health checks use it)."""
-        return self._r
+        client: aioredis.Redis = self._r
+        return client
 
     async def _call(self, fn: Callable[[], Awaitable[T]]) -> T:
         try:
@@ -98,7 +100,7 @@ class RedisConsentStore:
         if cached and now - cached[0] < self._settings_cache_s:
             return cached[1]
         raw: dict[bytes, bytes] = await self._call(
-            lambda: self._r.hgetall(keys.tenant_settings(tenant_id))  # type: ignore[misc]
+            lambda: self._r.hgetall(keys.tenant_settings(tenant_id))
         )
         fields = {_s(k): _s(v) for k, v in raw.items()}
         policies = {
@@ -108,7 +110,9 @@ class RedisConsentStore:
         }
         settings = TenantSettings(
             default_region=fields.get("default_region") or None,
-            default_policy=Policy(fields.get("default_policy") or Policy.ALLOW_UNLESS_OPTED_OUT.value),
+            default_policy=Policy(
+                fields.get("default_policy") or Policy.ALLOW_UNLESS_OPTED_OUT.value
+            ),
             topic_policies=policies,
         )
         if len(self._settings_cache) > 10_000:
@@ -118,7 +122,7 @@ class RedisConsentStore:
 
     async def put_tenant_settings(self, tenant_id: str, settings: TenantSettings) -> None:
         """Replace the tenant's settings (the admin API arrives later; tests and tools use this)."""
-        mapping = {"default_policy": settings.default_policy.value}
+        mapping: dict[str | bytes, str | bytes] = {"default_policy": settings.default_policy.value}
         if settings.default_region:
             mapping["default_region"] = settings.default_region
         mapping.update({f"policy:{t}": p.value for t, p in settings.topic_policies.items()})
@@ -144,11 +148,12 @@ class RedisConsentStore:
         async def read() -> list[Any]:
             if len(recipients) == 1:
                 base = keys.recipient_base(tenant_id, recipients[0])
-                return [await self._r.hmget(keys.state(base), fields)]  # type: ignore[misc]
+                return [await self._r.hmget(keys.state(base), fields)]
             pipe = self._r.pipeline(transaction=False)
             for rcpt in recipients:
                 pipe.hmget(keys.state(keys.recipient_base(tenant_id, rcpt)), fields)
-            return await pipe.execute()  # type: ignore[no-any-return]
+            rows: list[Any] = await pipe.execute()
+            return rows
 
         rows = await self._call(read)
         if topic:
@@ -161,7 +166,9 @@ class RedisConsentStore:
         """History newest first; fetches one extra entry to know whether a next page exists."""
         key = keys.history(keys.recipient_base(tenant_id, recipient))
         start = "+" if before_revision is None else f"({before_revision}-0"
-        entries = await self._call(lambda: self._r.xrevrange(key, start, "-", count=limit + 1))
+        entries: list[tuple[bytes, dict[bytes, bytes]]] = await self._call(
+            lambda: self._r.xrevrange(key, start, "-", count=limit + 1)
+        )
         events = [parse_history_entry(eid, fields) for eid, fields in entries[:limit]]
         more = len(entries) > limit
         return EventPage(events, events[-1].revision if more and events else None)
@@ -172,7 +179,7 @@ class RedisConsentStore:
         if part is None:
             return None
         raw: dict[bytes, bytes] = await self._call(
-            lambda: self._r.hgetall(keys.message(tenant_id, part, message_id))  # type: ignore[misc]
+            lambda: self._r.hgetall(keys.message(tenant_id, part, message_id))
         )
         if not raw:
             return None

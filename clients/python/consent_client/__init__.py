@@ -1,0 +1,1 @@
+"""Thin Python client for the consent authority (consent.v1)."""

@@ -1,0 +1,75 @@
+"""Shared fixtures: stores on fakeredis and on a real redis-server, and server processes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import fakeredis
+import grpc
+import pytest
+import redis.asyncio as aioredis
+from consent_client.v1 import consent_pb2_grpc
+
+from consent_server.store.repository import RedisConsentStore
+
+from .support import RedisProcess, ServerProcess
+
+
+@pytest.fixture(scope="session")
+def redis_proc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
+    """One private redis-server per test worker process."""
+    proc = RedisProcess(tmp_path_factory.mktemp("redis")).start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(params=["fakeredis", "redis-server"])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[RedisConsentStore]:
+    """The repository on the embedded fakeredis and on a real redis-server (flushed)."""
+    if request.param == "fakeredis":
+        client = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
+    else:
+        proc: RedisProcess = request.getfixturevalue("redis_proc")
+        client = aioredis.Redis.from_url(proc.url)
+        await client.flushdb()
+    s = RedisConsentStore(client, settings_cache_s=0)
+    yield s
+    await s.aclose()
+
+
+@pytest.fixture(scope="module", params=["embedded", "redis-server"])
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    """The real server process, on the embedded store and on a private redis-server."""
+    env: dict[str, str] = {}
+    redis_proc = None
+    if request.param == "redis-server":
+        redis_proc = RedisProcess(tmp_path_factory.mktemp("srv-redis")).start()
+        env["CONSENT_REDIS_URL"] = redis_proc.url
+    srv = ServerProcess(env).start()
+    yield srv
+    srv.stop()
+    if redis_proc:
+        redis_proc.stop()
+
+
+@pytest.fixture(scope="module")
+def stub(server: ServerProcess) -> Iterator[consent_pb2_grpc.ConsentServiceStub]:
+    """A raw generated stub talking to the server process."""
+    with grpc.insecure_channel(server.target) as channel:
+        yield consent_pb2_grpc.ConsentServiceStub(channel)
+
+
+@pytest.fixture
+def tenant(request: pytest.FixtureRequest) -> str:
+    """A tenant id unique to the test, so module-scoped servers need no flushing."""
+    import hashlib
+
+    return "t-" + hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:16]
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    return tmp_path

@@ -1,0 +1,172 @@
+"""Real components for tests: a redis-server on a free port in a temp dir, and the
+consent server as a separate process spoken to over gRPC, like a user would."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import redis
+
+REDIS_SERVER = shutil.which("redis-server")
+
+
+def free_port() -> int:
+    """A TCP port free on loopback right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RedisProcess:
+    """A private redis-server: free port, its own directory, never the machine's 6379."""
+
+    def __init__(self, workdir: Path, *, appendonly: bool = False) -> None:
+        if REDIS_SERVER is None:
+            raise RuntimeError("redis-server is not installed (make install / .ci/run installs it)")
+        self.workdir = workdir
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.appendonly = appendonly
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisProcess:
+        args = [
+            REDIS_SERVER,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.workdir),
+            "--save",
+            "",
+            "--daemonize",
+            "no",
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--appendfsync",
+            "always",
+            "--logfile",
+            str(self.workdir / "redis.log"),
+        ]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        while time.monotonic() < deadline:
+            try:
+                if client.ping():
+                    client.close()
+                    return self
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError(f"redis-server on {self.port} did not start")
+
+    def kill(self) -> None:
+        """SIGKILL: what a crash looks like."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port)
+
+
+class ServerProcess:
+    """``python -m consent_server`` on a free port, with the given environment."""
+
+    def __init__(self, env: dict[str, str] | None = None, *, args: list[str] | None = None) -> None:
+        self.env = {**os.environ, "CONSENT_LOG_LEVEL": "info", **(env or {})}
+        self.env.pop(
+            "CONSENT_REDIS_URL", None
+        ) if env is not None and "CONSENT_REDIS_URL" not in env else None
+        self.args = args or []
+        self.proc: subprocess.Popen[str] | None = None
+        self.lines: list[str] = []
+        self.target = ""
+        self._reader: threading.Thread | None = None
+
+    def start(self, timeout: float = 20) -> ServerProcess:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "consent_server", "--listen", "127.0.0.1:0", *self.args],
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        ready = threading.Event()
+
+        def read() -> None:
+            assert self.proc and self.proc.stdout
+            for line in self.proc.stdout:
+                self.lines.append(line)
+                if not self.target and '"consent authority serving"' in line:
+                    self.target = json.loads(line)["address"]
+                    ready.set()
+
+        self._reader = threading.Thread(target=read, daemon=True)
+        self._reader.start()
+        if not ready.wait(timeout):
+            self.kill()
+            raise RuntimeError("server did not start:\n" + "".join(self.lines))
+        self.wait_serving(timeout)
+        return self
+
+    def wait_serving(self, timeout: float = 20) -> None:
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        deadline = time.monotonic() + timeout
+        with grpc.insecure_channel(self.target) as ch:
+            stub = health_pb2_grpc.HealthStub(ch)
+            while time.monotonic() < deadline:
+                try:
+                    resp = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                    if resp.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.RpcError:
+                    pass
+                time.sleep(0.05)
+        raise RuntimeError("server never became SERVING:\n" + self.log())
+
+    def log(self) -> str:
+        return "".join(self.lines)
+
+    def signal(self, sig: int = signal.SIGTERM) -> None:
+        assert self.proc
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 30) -> int:
+        assert self.proc
+        code = self.proc.wait(timeout)
+        if self._reader:
+            self._reader.join(5)
+        return code
+
+    def stop(self) -> int:
+        if self.proc and self.proc.poll() is None:
+            self.signal(signal.SIGTERM)
+            return self.wait()
+        return self.proc.returncode if self.proc else 0
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)

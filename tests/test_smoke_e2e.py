@@ -1,0 +1,59 @@
+"""The seed scenario over gRPC against the real server process (embedded and real Redis)."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from consent_client.v1 import consent_pb2 as pb
+from google.rpc import error_details_pb2, status_pb2
+
+
+def rich(err: grpc.RpcError) -> tuple[status_pb2.Status, dict[str, object]]:
+    """The google.rpc.Status of a failed call and its unpacked details by type name."""
+    md = dict(err.trailing_metadata() or ())  # type: ignore[attr-defined]
+    st = status_pb2.Status.FromString(md["grpc-status-details-bin"])
+    details: dict[str, object] = {}
+    for any_ in st.details:
+        for cls in (
+            error_details_pb2.ErrorInfo,
+            error_details_pb2.BadRequest,
+            error_details_pb2.RetryInfo,
+        ):
+            if any_.Is(cls.DESCRIPTOR):
+                msg = cls()
+                any_.Unpack(msg)
+                details[cls.DESCRIPTOR.name] = msg
+    return st, details
+
+
+def test_seed_scenario(stub, tenant) -> None:
+    wa = pb.Recipient(channel=pb.CHANNEL_WHATSAPP, address="+91 98765 43210")
+    send = pb.SendIfAllowedRequest(
+        tenant_id=tenant, recipient=wa, topic="marketing", message=pb.Message(text="20% off today")
+    )
+    assert stub.SendIfAllowed(send).message_id
+
+    out = stub.OptOut(pb.OptOutRequest(tenant_id=tenant, recipient=wa, source=pb.SOURCE_BUTTON))
+    assert out.applied and out.changed and out.status == pb.CONSENT_STATUS_OPTED_OUT
+
+    check = stub.CheckConsent(
+        pb.CheckConsentRequest(tenant_id=tenant, recipient=wa, topic="marketing")
+    )
+    assert not check.allowed and check.decided_by == pb.SCOPE_ALL
+    assert check.reason == "RECIPIENT_OPTED_OUT" and check.source == pb.SOURCE_BUTTON
+
+    with pytest.raises(grpc.RpcError) as blocked:
+        stub.SendIfAllowed(send)
+    assert blocked.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    _, details = rich(blocked.value)
+    info = details["ErrorInfo"]
+    assert info.reason == "RECIPIENT_OPTED_OUT" and info.domain == "consent.v1"
+    assert info.metadata["scope"] == "ALL" and info.metadata["source"] == "SOURCE_BUTTON"
+    assert info.metadata["topic"] == "marketing" and info.metadata["since"]
+    assert (
+        "+91987*****10" in blocked.value.details() and "9876543210" not in blocked.value.details()
+    )
+
+    back = stub.OptIn(pb.OptInRequest(tenant_id=tenant, recipient=wa, source=pb.SOURCE_KEYWORD))
+    assert back.changed and back.revision > out.revision
+    assert stub.SendIfAllowed(send).message_id
