@@ -18,7 +18,7 @@ MAX_ADDRESS_LEN = 254
 _PREFIXES = ("whatsapp:", "tel:", "sms:")
 # Digits and the separators people type; anything else (letters, "ext") is refused
 # rather than guessed at.
-_PHONE_CHARS_RE = re.compile(r"^\+?[\d\s\-.()/]+$")
+_PHONE_CHARS_RE = re.compile(r"[\s(]*\+?[\d\s\-.()/]+")
 _SEPARATORS_RE = re.compile(r"[\s\-.()/]")
 _WHATSAPP_ID_RE = re.compile(r"^\d{8,15}$")
 _EMAIL_LOCAL_FORBIDDEN = set(' "(),:;<>[\\]@')
@@ -55,21 +55,24 @@ def normalise_phone(raw: str, default_region: str | None, *, whatsapp: bool = Fa
             break
     if not text:
         raise AddressError("has a prefix but no number")
-    if not _PHONE_CHARS_RE.match(text):
+    if not _PHONE_CHARS_RE.fullmatch(text):
         raise AddressError(
             "may contain only digits, spaces, dashes, dots, brackets and a leading '+'"
         )
-    digits = _SEPARATORS_RE.sub("", text)
-    if whatsapp and _WHATSAPP_ID_RE.match(digits) and digits == text:
+    compact = _SEPARATORS_RE.sub("", text)  # "(+91) 98765.43210" -> "+919876543210"
+    if "+" in compact[1:]:
+        raise AddressError("may contain '+' only before the country code")
+    if whatsapp and compact == text and _WHATSAPP_ID_RE.fullmatch(compact):
         # A WhatsApp ID as webhooks deliver it: E.164 without the '+'.
-        text = "+" + digits
-    region = None if text.startswith("+") else default_region
-    if region is None and not text.startswith("+"):
+        compact = "+" + compact
+    region = None if compact.startswith("+") else default_region
+    if region is None and not compact.startswith("+"):
         raise AddressError(
-            "has no country code and the tenant has no default region; use E.164, e.g. +14155550123"
+            "has no country code and the tenant has no default region; "
+            "use E.164: '+', country code, number"
         )
     try:
-        number = phonenumbers.parse(text, region)
+        number = phonenumbers.parse(compact, region)
     except phonenumbers.NumberParseException as exc:
         raise AddressError(f"is not a phone number ({_parse_error(exc)})") from None
     if not phonenumbers.is_possible_number(number):
@@ -109,6 +112,6 @@ def normalise_email(raw: str) -> str:
     labels = ascii_domain.split(".")
     if len(labels) < 2:
         raise AddressError("domain must contain a dot")
-    if not all(_DOMAIN_LABEL_RE.match(label) for label in labels):
+    if not all(_DOMAIN_LABEL_RE.fullmatch(label) for label in labels):
         raise AddressError("domain is not a valid host name")
     return f"{local}@{ascii_domain}"

@@ -93,7 +93,8 @@ def encode_page_token(before_revision: int) -> str:
 def decode_page_token(token: str) -> int:
     """The revision a page token continues below; ValueError when it is not ours."""
     try:
-        text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode("ascii")
+        padded = token + "=" * (-len(token) % 4)
+        text = base64.b64decode(padded, altchars=b"-_", validate=True).decode("ascii")
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raise ValueError("not a page token") from None
     prefix, _, number = text.partition(":")

@@ -81,7 +81,7 @@ def tenant_id(v: Violations, value: str, field: str = "tenant_id") -> str:
     """A tenant id, or "" after recording a violation."""
     if not value:
         v.add(field, "is required")
-    elif not TENANT_RE.match(value):
+    elif not TENANT_RE.fullmatch(value):
         v.add(field, "must match ^[a-z0-9][a-z0-9_-]{0,63}$")
     else:
         return value
@@ -95,7 +95,7 @@ def topic(v: Violations, value: str, *, required: bool = False, field: str = "to
         if required:
             v.add(field, "is required: name what the message is about, e.g. 'marketing'")
         return ""
-    if not TOPIC_RE.match(lowered):
+    if not TOPIC_RE.fullmatch(lowered):
         v.add(field, "must match ^[a-z0-9][a-z0-9_.-]{0,63}$ (case-insensitive)")
         return ""
     return lowered
@@ -107,7 +107,7 @@ def identifier(v: Violations, value: str, field: str, *, required: bool = False)
         if required:
             v.add(field, "is required")
         return ""
-    if not ID_RE.match(value):
+    if not ID_RE.fullmatch(value):
         v.add(field, "must be 1-128 printable ASCII characters without spaces")
         return ""
     return value
