@@ -140,5 +140,5 @@ def test_page_tokens_round_trip(revision: int) -> None:
 
 @pytest.mark.parametrize("token", ["", "garbage", "djE6", "djE6LTE", "djI6MTA", "!!!", "djE6MTA=x"])
 def test_bad_page_tokens(token: str) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="not a page token"):
         decode_page_token(token)
