@@ -8,6 +8,7 @@ numbers work. E-mail is trimmed and lower-cased.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 import phonenumbers
 
@@ -34,6 +35,10 @@ def is_valid_region(region: str) -> bool:
     return region in phonenumbers.SUPPORTED_REGIONS
 
 
+# phonenumbers.parse costs ~50 us; senders ask about the same recipients again and
+# again (check, then send; daily campaigns), and the function is pure, so a bounded
+# cache is safe. Refusals are not cached (lru_cache does not cache exceptions).
+@lru_cache(maxsize=100_000)
 def normalise_address(channel: Channel, raw: str, default_region: str | None) -> str:
     """Return the normalised form of ``raw`` on ``channel`` or raise AddressError."""
     if not raw or not raw.strip():
