@@ -8,11 +8,11 @@ import logging
 import signal
 
 import grpc
-from consent_client.v1 import consent_pb2, consent_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection
 
+from consent_client.v1 import consent_pb2, consent_pb2_grpc
 from consent_server.api.consent_service import ConsentServicer
 from consent_server.config import ConfigError, Settings
 from consent_server.domain.errors import StoreUnavailable

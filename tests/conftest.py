@@ -9,8 +9,8 @@ import fakeredis
 import grpc
 import pytest
 import redis.asyncio as aioredis
-from consent_client.v1 import consent_pb2_grpc
 
+from consent_client.v1 import consent_pb2_grpc
 from consent_server.store.repository import RedisConsentStore
 
 from .support import RedisProcess, ServerProcess

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from consent_client.v1 import consent_pb2 as pb
 from google.rpc import error_details_pb2, status_pb2
+
+from consent_client.v1 import consent_pb2 as pb
 
 
 def rich(err: grpc.RpcError) -> tuple[status_pb2.Status, dict[str, object]]:

@@ -7,10 +7,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
-from consent_client.v1 import consent_pb2 as pb
-from consent_client.v1 import consent_pb2_grpc as pb_grpc
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
+from consent_client.v1 import consent_pb2 as pb
+from consent_client.v1 import consent_pb2_grpc as pb_grpc
 from consent_server.domain.errors import ConsentError, NotImplementedYet
 from consent_server.domain.model import Action
 from consent_server.domain.service import BatchItemError, ChangeResult, ConsentAuthority

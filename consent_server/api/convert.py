@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from consent_client.v1 import consent_pb2 as pb
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from consent_client.v1 import consent_pb2 as pb
 from consent_server.domain.model import (
     Action,
     Channel,
