@@ -1,1 +1,100 @@
-"""Thin Python client for the consent authority (consent.v1)."""
+"""Thin Python client for the consent authority (consent.v1).
+
+Usage::
+
+    from consent_client import ConsentClient, RecipientOptedOut
+
+    with ConsentClient("127.0.0.1:50051", api_key="...") as client:
+        decision = client.check_consent("acme", "whatsapp", "+919876543210", "marketing")
+        try:
+            client.send_if_allowed("acme", "whatsapp", "+919876543210", "marketing", text="Hi")
+        except RecipientOptedOut as blocked:
+            print(blocked.since, blocked.source)
+
+:class:`AsyncConsentClient` is the asyncio twin. Errors are the typed exceptions of
+the hierarchy documented in :mod:`consent_client._errors` (all subclasses of
+:class:`ConsentError`). The generated protobuf modules live in ``consent_client.v1``.
+"""
+
+from ._async_client import AsyncConsentClient
+from ._calls import Backoff
+from ._client import ConsentClient
+from ._errors import (
+    ConsentError,
+    DeadlineExceeded,
+    FailedPrecondition,
+    InternalError,
+    InvalidArgument,
+    NotFound,
+    OptInRequired,
+    OtherError,
+    PermissionDenied,
+    RecipientOptedOut,
+    ResourceExhausted,
+    SendBlocked,
+    Unauthenticated,
+    Unavailable,
+    Unimplemented,
+)
+from ._types import (
+    BatchItem,
+    ChangeResult,
+    Channel,
+    ConsentAction,
+    ConsentEvent,
+    ConsentStatus,
+    Decision,
+    EventPage,
+    InboundAction,
+    InboundResult,
+    MessageState,
+    MessageStatus,
+    Payload,
+    Recipient,
+    Scope,
+    SendResult,
+    Source,
+    Template,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncConsentClient",
+    "Backoff",
+    "BatchItem",
+    "ChangeResult",
+    "Channel",
+    "ConsentAction",
+    "ConsentClient",
+    "ConsentError",
+    "ConsentEvent",
+    "ConsentStatus",
+    "DeadlineExceeded",
+    "Decision",
+    "EventPage",
+    "FailedPrecondition",
+    "InboundAction",
+    "InboundResult",
+    "InternalError",
+    "InvalidArgument",
+    "MessageState",
+    "MessageStatus",
+    "NotFound",
+    "OptInRequired",
+    "OtherError",
+    "Payload",
+    "PermissionDenied",
+    "Recipient",
+    "RecipientOptedOut",
+    "ResourceExhausted",
+    "Scope",
+    "SendBlocked",
+    "SendResult",
+    "Source",
+    "Template",
+    "Unauthenticated",
+    "Unavailable",
+    "Unimplemented",
+    "__version__",
+]

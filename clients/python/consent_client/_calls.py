@@ -1,0 +1,248 @@
+"""What each RPC sends, whether it may be retried, and how its answer is read.
+
+Shared by the sync and asyncio clients, which only differ in how they wait.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+
+import grpc
+from google.protobuf.message import Message as ProtoMessage
+
+from ._errors import error_from_status
+from ._types import (
+    BatchItem,
+    ChangeResult,
+    ChannelLike,
+    Decision,
+    EventPage,
+    InboundResult,
+    MessageStatus,
+    Payload,
+    RecipientLike,
+    SendResult,
+    SourceLike,
+    Template,
+    channel_to_pb,
+    datetime_to_ts,
+    recipient_to_pb,
+    source_to_pb,
+)
+from .v1 import consent_pb2 as pb
+
+T = TypeVar("T")
+
+
+class RetryMode(enum.Enum):
+    """Which failures a call may be retried on without changing its effect."""
+
+    NEVER = "never"
+    """Not idempotent: a retry could apply it twice."""
+    IDEMPOTENT_WRITE = "idempotent_write"
+    """A write carrying its idempotency key: retried on UNAVAILABLE."""
+    READ = "read"
+    """Read-only: retried on UNAVAILABLE and DEADLINE_EXCEEDED."""
+
+    def retries_on(self, code: grpc.StatusCode) -> bool:
+        """True when a failure with ``code`` may be retried in this mode."""
+        if self is RetryMode.READ:
+            return code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+        if self is RetryMode.IDEMPOTENT_WRITE:
+            return code is grpc.StatusCode.UNAVAILABLE
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Exponential backoff with jitter, honouring the server's RetryInfo hint."""
+
+    initial: float = 0.1
+    maximum: float = 2.0
+    multiplier: float = 2.0
+    max_hint: float = 30.0
+
+    def delay(self, attempt: int, hint: float | None = None) -> float:
+        """Seconds to wait before retry number ``attempt + 1`` (``attempt`` from 0)."""
+        if hint is not None and hint > 0:
+            return min(hint, self.max_hint) * random.uniform(1.0, 1.2)
+        ceiling = min(self.maximum, self.initial * self.multiplier**attempt)
+        return ceiling * random.uniform(0.5, 1.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Call(Generic[T]):
+    """One RPC to make: the stub attribute, the request, its retry mode and its parser."""
+
+    method: str
+    request: ProtoMessage
+    mode: RetryMode
+    parse: Callable[[Any], T]
+
+
+def new_event_id() -> str:
+    """A fresh event id for OptOut/OptIn, so that retries are idempotent."""
+    return "ev_" + uuid.uuid4().hex
+
+
+def new_idempotency_key() -> str:
+    """A fresh idempotency key for SendIfAllowed, so that retries never double-queue."""
+    return "idem_" + uuid.uuid4().hex
+
+
+def _recipient(channel: ChannelLike, address: str) -> pb.Recipient:
+    return pb.Recipient(channel=channel_to_pb(channel), address=address)
+
+
+def check_consent(tenant_id: str, channel: ChannelLike, address: str, topic: str) -> Call[Decision]:
+    """CheckConsent: read-only."""
+    req = pb.CheckConsentRequest(
+        tenant_id=tenant_id, recipient=_recipient(channel, address), topic=topic
+    )
+    return Call("CheckConsent", req, RetryMode.READ, Decision.from_pb)
+
+
+def batch_check_consent(
+    tenant_id: str, recipients: Iterable[RecipientLike], topic: str
+) -> Call[list[BatchItem]]:
+    """BatchCheckConsent: read-only; per-item errors become typed exceptions."""
+    req = pb.BatchCheckConsentRequest(
+        tenant_id=tenant_id, topic=topic, recipients=[recipient_to_pb(r) for r in recipients]
+    )
+
+    def parse(resp: pb.BatchCheckConsentResponse) -> list[BatchItem]:
+        items: list[BatchItem] = []
+        for i, r in enumerate(resp.results):
+            if r.WhichOneof("result") == "decision":
+                items.append(BatchItem(i, Decision.from_pb(r.decision), None))
+            else:
+                items.append(BatchItem(i, None, error_from_status(r.error)))
+        return items
+
+    return Call("BatchCheckConsent", req, RetryMode.READ, parse)
+
+
+def change(
+    method: str,
+    tenant_id: str,
+    channel: ChannelLike,
+    address: str,
+    topic: str,
+    source: SourceLike,
+    evidence: str,
+    occurred_at: datetime | None,
+    event_id: str | None,
+) -> Call[ChangeResult]:
+    """OptOut / OptIn: an event_id is generated when none is given, so retries are safe."""
+    fields: dict[str, Any] = {
+        "tenant_id": tenant_id,
+        "recipient": _recipient(channel, address),
+        "topic": topic,
+        "source": source_to_pb(source),
+        "evidence": evidence,
+        "event_id": event_id if event_id is not None else new_event_id(),
+    }
+    if occurred_at is not None:
+        fields["occurred_at"] = datetime_to_ts(occurred_at, "occurred_at")
+    req: ProtoMessage = (
+        pb.OptOutRequest(**fields) if method == "OptOut" else pb.OptInRequest(**fields)
+    )
+    mode = RetryMode.IDEMPOTENT_WRITE if fields["event_id"] else RetryMode.NEVER
+    return Call(method, req, mode, ChangeResult.from_pb)
+
+
+def message(
+    text: str | None,
+    template: Template | pb.TemplateMessage | None,
+    payload: Payload | pb.Payload | None,
+) -> pb.Message:
+    """The ``consent.v1.Message`` for exactly one of text, template and payload."""
+    given = [x for x in (text, template, payload) if x is not None]
+    if len(given) != 1:
+        raise ValueError("give exactly one of text=, template= and payload=")
+    if text is not None:
+        return pb.Message(text=text)
+    if template is not None:
+        return pb.Message(
+            template=template if isinstance(template, pb.TemplateMessage) else template.to_pb()
+        )
+    assert payload is not None
+    return pb.Message(payload=payload if isinstance(payload, pb.Payload) else payload.to_pb())
+
+
+def send_if_allowed(
+    tenant_id: str,
+    channel: ChannelLike,
+    address: str,
+    topic: str,
+    content: pb.Message,
+    idempotency_key: str | None,
+    auto_idempotency_key: bool,
+    not_after: datetime | None,
+    metadata: Mapping[str, str] | None,
+) -> Call[SendResult]:
+    """SendIfAllowed: retried only when it carries an idempotency key (generated by default)."""
+    key = idempotency_key
+    if key is None and auto_idempotency_key:
+        key = new_idempotency_key()
+    req = pb.SendIfAllowedRequest(
+        tenant_id=tenant_id,
+        recipient=_recipient(channel, address),
+        topic=topic,
+        message=content,
+        idempotency_key=key or "",
+        metadata=dict(metadata or {}),
+    )
+    if not_after is not None:
+        req.not_after.CopyFrom(datetime_to_ts(not_after, "not_after"))
+    mode = RetryMode.IDEMPOTENT_WRITE if key else RetryMode.NEVER
+    used = key or ""
+    return Call("SendIfAllowed", req, mode, lambda r: SendResult.from_pb(r, used))
+
+
+def handle_inbound_message(
+    tenant_id: str,
+    channel: ChannelLike,
+    address: str,
+    text: str,
+    button_payload: str,
+    provider_message_id: str,
+    received_at: datetime | None,
+) -> Call[InboundResult]:
+    """HandleInboundMessage: idempotent by provider_message_id, so retried on UNAVAILABLE."""
+    req = pb.HandleInboundMessageRequest(
+        tenant_id=tenant_id,
+        recipient=_recipient(channel, address),
+        text=text,
+        button_payload=button_payload,
+        provider_message_id=provider_message_id,
+    )
+    if received_at is not None:
+        req.received_at.CopyFrom(datetime_to_ts(received_at, "received_at"))
+    mode = RetryMode.IDEMPOTENT_WRITE if provider_message_id else RetryMode.NEVER
+    return Call("HandleInboundMessage", req, mode, InboundResult.from_pb)
+
+
+def list_consent_events(
+    tenant_id: str, channel: ChannelLike, address: str, page_size: int, page_token: str
+) -> Call[EventPage]:
+    """ListConsentEvents: read-only."""
+    req = pb.ListConsentEventsRequest(
+        tenant_id=tenant_id,
+        recipient=_recipient(channel, address),
+        page_size=page_size,
+        page_token=page_token,
+    )
+    return Call("ListConsentEvents", req, RetryMode.READ, EventPage.from_pb)
+
+
+def get_message_status(tenant_id: str, message_id: str) -> Call[MessageStatus]:
+    """GetMessageStatus: read-only."""
+    req = pb.GetMessageStatusRequest(tenant_id=tenant_id, message_id=message_id)
+    return Call("GetMessageStatus", req, RetryMode.READ, MessageStatus.from_pb)

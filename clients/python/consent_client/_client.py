@@ -1,0 +1,341 @@
+"""The synchronous client (grpcio)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import grpc
+
+from . import _calls
+from ._calls import Backoff, Call
+from ._errors import error_from_rpc
+from ._types import (
+    BatchItem,
+    ChangeResult,
+    ChannelLike,
+    ConsentEvent,
+    Decision,
+    EventPage,
+    InboundResult,
+    MessageStatus,
+    Payload,
+    RecipientLike,
+    SendResult,
+    SourceLike,
+    Template,
+)
+from .v1 import consent_pb2 as pb
+from .v1 import consent_pb2_grpc as pb_grpc
+
+T = TypeVar("T")
+
+USER_AGENT = "consent-client-python/0.1.0"
+
+
+class _Options:
+    """What the sync and asyncio clients share: options, metadata, retry decisions."""
+
+    def __init__(
+        self,
+        target: str,
+        api_key: str | None,
+        timeout: float,
+        retries: int,
+        backoff: Backoff | None,
+    ) -> None:
+        if not isinstance(timeout, int | float) or timeout <= 0:
+            raise ValueError("timeout must be a positive number of seconds")
+        if not isinstance(retries, int) or retries < 0:
+            raise ValueError("retries must be an integer >= 0")
+        self.target = target
+        self.timeout = float(timeout)
+        self.retries = retries
+        self.backoff = backoff or Backoff()
+        self.metadata: tuple[tuple[str, str], ...] = (
+            (("authorization", f"Bearer {api_key}"),) if api_key else ()
+        )
+        self.channel_options: list[tuple[str, Any]] = [("grpc.primary_user_agent", USER_AGENT)]
+
+    def deadline(self, timeout: float | None) -> float:
+        """The per-attempt deadline in seconds: the call's ``timeout`` or the client's."""
+        if timeout is None:
+            return self.timeout
+        if timeout <= 0:
+            raise ValueError("timeout must be a positive number of seconds")
+        return float(timeout)
+
+    def retry_delay(
+        self, call: Call[Any], code: grpc.StatusCode, attempt: int, hint: float | None
+    ) -> float | None:
+        """Seconds to wait before retrying, or None when the failure must be raised."""
+        if attempt >= self.retries or not call.mode.retries_on(code):
+            return None
+        return self.backoff.delay(attempt, hint)
+
+
+class ConsentClient:
+    """A synchronous client for ``consent.v1.ConsentService``.
+
+    Args:
+        target: ``host:port`` of the consent authority (e.g. ``"127.0.0.1:50051"``).
+        api_key: sent as ``authorization: Bearer <api_key>`` on every call, if given.
+        timeout: the deadline of every call attempt, in seconds; every method also
+            takes ``timeout=`` to override it for one call.
+        retries: how many times a call that failed transiently is retried, when that
+            is safe (see the package docs); 0 disables retries.
+        channel: a ``grpc.Channel`` to use instead of a new insecure one to ``target``
+            (e.g. a secure channel); the caller keeps ownership and closes it.
+        credentials: TLS credentials for a new secure channel to ``target``.
+        backoff: the retry backoff (exponential with jitter; defaults are fine).
+
+    Use it as a context manager, or call :meth:`close` when done.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        api_key: str | None = None,
+        timeout: float = 5.0,
+        retries: int = 3,
+        channel: grpc.Channel | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self._o = _Options(target, api_key, timeout, retries, backoff)
+        self._owns_channel = channel is None
+        if channel is not None:
+            self._channel = channel
+        elif credentials is not None:
+            self._channel = grpc.secure_channel(target, credentials, self._o.channel_options)
+        else:
+            self._channel = grpc.insecure_channel(target, self._o.channel_options)
+        self._stub = pb_grpc.ConsentServiceStub(self._channel)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the channel (unless it was passed in by the caller)."""
+        if self._owns_channel:
+            self._channel.close()
+
+    def _invoke(self, call: Call[T], timeout: float | None) -> T:
+        fn = getattr(self._stub, call.method)
+        deadline = self._o.deadline(timeout)
+        attempt = 0
+        while True:
+            try:
+                response = fn(call.request, timeout=deadline, metadata=self._o.metadata)
+            except grpc.RpcError as err:
+                exc = error_from_rpc(err)
+                delay = self._o.retry_delay(call, exc.code, attempt, exc.retry_delay)
+                if delay is None:
+                    raise exc from err
+                time.sleep(delay)
+                attempt += 1
+                continue
+            return call.parse(response)
+
+    def check_consent(
+        self,
+        tenant_id: str,
+        channel: ChannelLike,
+        address: str,
+        topic: str = "",
+        *,
+        timeout: float | None = None,
+    ) -> Decision:
+        """Decide whether ``address`` on ``channel`` may be messaged about ``topic`` now.
+
+        ``topic=""`` asks about all topics. Read-only; retried when safe.
+        """
+        return self._invoke(_calls.check_consent(tenant_id, channel, address, topic), timeout)
+
+    def batch_check_consent(
+        self,
+        tenant_id: str,
+        recipients: Iterable[RecipientLike],
+        topic: str = "",
+        *,
+        timeout: float | None = None,
+    ) -> list[BatchItem]:
+        """Decide for up to 10,000 recipients at once, about one topic.
+
+        ``recipients`` are ``(channel, address)`` tuples or :class:`Recipient` values.
+        Results come back in request order; an address that cannot be normalised is a
+        :class:`BatchItem` whose ``error`` is set (usually :class:`InvalidArgument`).
+        """
+        return self._invoke(_calls.batch_check_consent(tenant_id, recipients, topic), timeout)
+
+    def opt_out(
+        self,
+        tenant_id: str,
+        channel: ChannelLike,
+        address: str,
+        topic: str = "",
+        *,
+        source: SourceLike = "api",
+        evidence: str = "",
+        occurred_at: datetime | None = None,
+        event_id: str | None = None,
+        timeout: float | None = None,
+    ) -> ChangeResult:
+        """Record that the recipient withdrew consent for ``topic`` ("" = all topics).
+
+        ``occurred_at`` is when the customer acted (tz-aware; default now). When
+        ``event_id`` is None the client generates one (``ev_<hex>``) so that a retried
+        call is applied once; a replay returns ``duplicate=True``.
+        """
+        call = _calls.change(
+            "OptOut", tenant_id, channel, address, topic, source, evidence, occurred_at, event_id
+        )
+        return self._invoke(call, timeout)
+
+    def opt_in(
+        self,
+        tenant_id: str,
+        channel: ChannelLike,
+        address: str,
+        topic: str = "",
+        *,
+        source: SourceLike = "api",
+        evidence: str = "",
+        occurred_at: datetime | None = None,
+        event_id: str | None = None,
+        timeout: float | None = None,
+    ) -> ChangeResult:
+        """Record that the recipient gave consent for ``topic`` ("" = all topics).
+
+        Arguments as in :meth:`opt_out`.
+        """
+        call = _calls.change(
+            "OptIn", tenant_id, channel, address, topic, source, evidence, occurred_at, event_id
+        )
+        return self._invoke(call, timeout)
+
+    def send_if_allowed(
+        self,
+        tenant_id: str,
+        channel: ChannelLike,
+        address: str,
+        topic: str,
+        text: str | None = None,
+        *,
+        template: Template | pb.TemplateMessage | None = None,
+        payload: Payload | pb.Payload | None = None,
+        idempotency_key: str | None = None,
+        auto_idempotency_key: bool = True,
+        not_after: datetime | None = None,
+        metadata: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> SendResult:
+        """Hand a message over: accepted into the outbox only if consent allows it.
+
+        Give exactly one of ``text``, ``template`` and ``payload``. When
+        ``idempotency_key`` is None the client generates one (``idem_<hex>``, returned
+        in :attr:`SendResult.idempotency_key`) so that a retried send never queues
+        twice; pass ``auto_idempotency_key=False`` to send without a key, in which case
+        the call is never retried.
+
+        Raises:
+            RecipientOptedOut: the recipient opted out of the topic or of all topics.
+            OptInRequired: the topic requires an opt-in the recipient never gave.
+        """
+        call = _calls.send_if_allowed(
+            tenant_id,
+            channel,
+            address,
+            topic,
+            _calls.message(text, template, payload),
+            idempotency_key,
+            auto_idempotency_key,
+            not_after,
+            metadata,
+        )
+        return self._invoke(call, timeout)
+
+    def handle_inbound_message(
+        self,
+        tenant_id: str,
+        channel: ChannelLike,
+        address: str,
+        *,
+        provider_message_id: str,
+        text: str = "",
+        button_payload: str = "",
+        received_at: datetime | None = None,
+        timeout: float | None = None,
+    ) -> InboundResult:
+        """Feed an inbound reply or button tap (STOP, START, HELP...) to the authority.
+
+        ``provider_message_id`` is the event id: a redelivered webhook changes nothing,
+        so the call is retried when safe.
+        """
+        call = _calls.handle_inbound_message(
+            tenant_id, channel, address, text, button_payload, provider_message_id, received_at
+        )
+        return self._invoke(call, timeout)
+
+    def list_consent_events(
+        self,
+        tenant_id: str,
+        channel: ChannelLike,
+        address: str,
+        page_size: int = 0,
+        page_token: str = "",
+        *,
+        timeout: float | None = None,
+    ) -> EventPage:
+        """One page of the recipient's consent history, newest first.
+
+        ``page_size`` is 1-1000 (0 = the server's default, 100). See
+        :meth:`iter_consent_events` to walk every page.
+        """
+        call = _calls.list_consent_events(tenant_id, channel, address, page_size, page_token)
+        return self._invoke(call, timeout)
+
+    def iter_consent_events(
+        self,
+        tenant_id: str,
+        channel: ChannelLike,
+        address: str,
+        page_size: int = 0,
+        *,
+        timeout: float | None = None,
+    ) -> Iterator[ConsentEvent]:
+        """Every consent event of the recipient, newest first, following page tokens.
+
+        ``timeout`` applies to each page request.
+        """
+        token = ""
+        while True:
+            page = self.list_consent_events(
+                tenant_id, channel, address, page_size, token, timeout=timeout
+            )
+            yield from page.events
+            token = page.next_page_token
+            if not token:
+                return
+
+    def get_message_status(
+        self, tenant_id: str, message_id: str, *, timeout: float | None = None
+    ) -> MessageStatus:
+        """The delivery status of a message accepted by :meth:`send_if_allowed`.
+
+        Raises:
+            NotFound: no such message for the tenant.
+        """
+        return self._invoke(_calls.get_message_status(tenant_id, message_id), timeout)

@@ -1,0 +1,479 @@
+"""Plain Python values the client takes and returns (frozen dataclasses and str enums).
+
+Every result keeps the response proto it was built from in ``.raw`` (left out of
+``repr`` and equality), for fields a newer server may add.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, TypeAlias, TypeVar
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from .v1 import consent_pb2 as pb
+
+if TYPE_CHECKING:
+    from ._errors import ConsentError
+
+
+class Channel(enum.StrEnum):
+    """The channel a recipient is reached on (``consent.v1.Channel``)."""
+
+    WHATSAPP = "whatsapp"
+    SMS = "sms"
+    EMAIL = "email"
+    RCS = "rcs"
+    VOICE = "voice"
+    UNSPECIFIED = "unspecified"
+
+
+class Source(enum.StrEnum):
+    """Where a consent change came from (``consent.v1.Source``)."""
+
+    API = "api"
+    KEYWORD = "keyword"
+    BUTTON = "button"
+    LINK = "link"
+    ADMIN = "admin"
+    IMPORT = "import"
+    PROVIDER = "provider"
+    ERASURE = "erasure"
+    UNSPECIFIED = "unspecified"
+
+
+class ConsentStatus(enum.StrEnum):
+    """The consent state of a scope (``consent.v1.ConsentStatus``)."""
+
+    OPTED_IN = "opted_in"
+    OPTED_OUT = "opted_out"
+    NO_RECORD = "no_record"
+    UNSPECIFIED = "unspecified"
+
+
+class Scope(enum.StrEnum):
+    """Which record decided (``consent.v1.Scope``)."""
+
+    TOPIC = "topic"
+    ALL = "all"
+    DEFAULT_POLICY = "default_policy"
+    UNSPECIFIED = "unspecified"
+
+
+class ConsentAction(enum.StrEnum):
+    """What a consent event did (``consent.v1.ConsentAction``)."""
+
+    OPT_OUT = "opt_out"
+    OPT_IN = "opt_in"
+    UNSPECIFIED = "unspecified"
+
+
+class InboundAction(enum.StrEnum):
+    """What an inbound message did (``consent.v1.InboundAction``)."""
+
+    NONE = "none"
+    OPTED_OUT = "opted_out"
+    OPTED_IN = "opted_in"
+    HELP = "help"
+    UNSPECIFIED = "unspecified"
+
+
+class MessageState(enum.StrEnum):
+    """Where an accepted message is in its life (``consent.v1.MessageStatus``)."""
+
+    ACCEPTED = "accepted"
+    DELIVERED = "delivered"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+    EXPIRED = "expired"
+    UNSPECIFIED = "unspecified"
+
+
+ChannelLike: TypeAlias = Channel | str | int
+"""A channel: ``Channel.SMS``, ``"sms"``, ``"CHANNEL_SMS"`` or ``pb.CHANNEL_SMS``."""
+
+SourceLike: TypeAlias = Source | str | int
+"""A source: ``Source.KEYWORD``, ``"keyword"``, ``"SOURCE_KEYWORD"`` or ``pb.SOURCE_KEYWORD``."""
+
+_E = TypeVar("_E", bound=enum.StrEnum)
+
+
+def _enum_from_proto(cls: type[_E], prefix: str, name_of: Mapping[int, str], value: int) -> _E:
+    """The str enum member for a proto enum number; UNSPECIFIED for 0 and unknown numbers."""
+    name = name_of.get(value, "")
+    short = name.removeprefix(prefix).lower()
+    try:
+        return cls(short)
+    except ValueError:
+        return cls("unspecified")
+
+
+def _enum_to_proto(
+    cls: type[_E], prefix: str, value_of: Mapping[str, int], value: _E | str | int, what: str
+) -> int:
+    """The proto enum number for a friendly string, a str enum member or a number."""
+    if isinstance(value, bool):
+        raise TypeError(f"{what} must be a string or a consent.v1.{what.title()} value")
+    if isinstance(value, int):
+        if value not in value_of.values():
+            raise ValueError(f"unknown {what} number {value}")
+        return value
+    if isinstance(value, str):
+        key = value.strip().upper().replace("-", "_").replace(" ", "_")
+        number = value_of.get(key if key.startswith(prefix) else prefix + key)
+        if number is None:
+            choices = ", ".join(repr(m.value) for m in cls if m.value != "unspecified")
+            raise ValueError(f"unknown {what} {value!r}; expected one of {choices}")
+        return number
+    raise TypeError(f"{what} must be a string or a consent.v1.{what.title()} value")
+
+
+_CHANNEL_NAMES = {int(v): k for k, v in pb.Channel.items()}
+_SOURCE_NAMES = {int(v): k for k, v in pb.Source.items()}
+_STATUS_NAMES = {int(v): k for k, v in pb.ConsentStatus.items()}
+_SCOPE_NAMES = {int(v): k for k, v in pb.Scope.items()}
+_ACTION_NAMES = {int(v): k for k, v in pb.ConsentAction.items()}
+_INBOUND_NAMES = {int(v): k for k, v in pb.InboundAction.items()}
+_MESSAGE_NAMES = {int(v): k for k, v in pb.MessageStatus.items()}
+
+
+def channel_to_pb(value: ChannelLike) -> pb.Channel.ValueType:
+    """The ``consent.v1.Channel`` number for a friendly channel value."""
+    return pb.Channel.ValueType(
+        _enum_to_proto(Channel, "CHANNEL_", dict(pb.Channel.items()), value, "channel")
+    )
+
+
+def source_to_pb(value: SourceLike) -> pb.Source.ValueType:
+    """The ``consent.v1.Source`` number for a friendly source value."""
+    return pb.Source.ValueType(
+        _enum_to_proto(Source, "SOURCE_", dict(pb.Source.items()), value, "source")
+    )
+
+
+def channel_from_pb(value: int) -> Channel:
+    """The :class:`Channel` for a ``consent.v1.Channel`` number."""
+    return _enum_from_proto(Channel, "CHANNEL_", _CHANNEL_NAMES, value)
+
+
+def source_from_pb(value: int) -> Source:
+    """The :class:`Source` for a ``consent.v1.Source`` number."""
+    return _enum_from_proto(Source, "SOURCE_", _SOURCE_NAMES, value)
+
+
+def ts_to_datetime(ts: Timestamp) -> datetime:
+    """A protobuf Timestamp as a tz-aware UTC datetime."""
+    return ts.ToDatetime(tzinfo=UTC)
+
+
+def datetime_to_ts(value: datetime, what: str) -> Timestamp:
+    """A tz-aware datetime as a protobuf Timestamp (naive datetimes are ambiguous: rejected)."""
+    if not isinstance(value, datetime):
+        raise TypeError(f"{what} must be a datetime")
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"{what} must be timezone-aware (e.g. datetime.now(UTC))")
+    ts = Timestamp()
+    ts.FromDatetime(value.astimezone(UTC))
+    return ts
+
+
+@dataclass(frozen=True, slots=True)
+class Recipient:
+    """Who is messaged: a channel and an address on it.
+
+    ``channel`` accepts the friendly forms of :data:`ChannelLike` and is stored as a
+    :class:`Channel`.
+    """
+
+    channel: Channel
+    address: str
+
+    def __init__(self, channel: ChannelLike, address: str) -> None:
+        object.__setattr__(self, "channel", channel_from_pb(channel_to_pb(channel)))
+        object.__setattr__(self, "address", address)
+
+    def to_pb(self) -> pb.Recipient:
+        """The ``consent.v1.Recipient`` message."""
+        return pb.Recipient(channel=channel_to_pb(self.channel), address=self.address)
+
+    @classmethod
+    def from_pb(cls, msg: pb.Recipient) -> Recipient:
+        """A Recipient from a ``consent.v1.Recipient`` message (any channel number)."""
+        r = object.__new__(cls)
+        object.__setattr__(r, "channel", channel_from_pb(msg.channel))
+        object.__setattr__(r, "address", msg.address)
+        return r
+
+
+RecipientLike: TypeAlias = Recipient | pb.Recipient | tuple[ChannelLike, str]
+"""A recipient: :class:`Recipient`, ``consent.v1.Recipient`` or ``(channel, address)``."""
+
+
+def recipient_to_pb(value: RecipientLike) -> pb.Recipient:
+    """The ``consent.v1.Recipient`` for any accepted recipient form."""
+    if isinstance(value, pb.Recipient):
+        return value
+    if isinstance(value, Recipient):
+        return value.to_pb()
+    if isinstance(value, tuple) and len(value) == 2:
+        channel, address = value
+        return pb.Recipient(channel=channel_to_pb(channel), address=address)
+    raise TypeError("a recipient is a Recipient, a consent.v1.Recipient or (channel, address)")
+
+
+@dataclass(frozen=True, slots=True)
+class Template:
+    """A pre-approved provider template (``consent.v1.TemplateMessage``)."""
+
+    name: str
+    language: str = ""
+    parameters: tuple[str, ...] = ()
+
+    def to_pb(self) -> pb.TemplateMessage:
+        """The ``consent.v1.TemplateMessage`` message."""
+        return pb.TemplateMessage(
+            name=self.name, language=self.language, parameters=list(self.parameters)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Payload:
+    """Opaque content handed to the provider as is (``consent.v1.Payload``)."""
+
+    content_type: str
+    data: bytes
+
+    def to_pb(self) -> pb.Payload:
+        """The ``consent.v1.Payload`` message."""
+        return pb.Payload(content_type=self.content_type, data=self.data)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """Whether a recipient may be messaged about a topic now (``CheckConsent``)."""
+
+    allowed: bool
+    status: ConsentStatus
+    decided_by: Scope
+    reason: str
+    """Empty when allowed; else ``"RECIPIENT_OPTED_OUT"`` or ``"OPT_IN_REQUIRED"``."""
+    since: datetime | None
+    """When the customer acted; None when the default policy decided."""
+    source: Source | None
+    """Source of the deciding record; None when the default policy decided."""
+    revision: int
+    recipient: Recipient
+    topic: str
+    raw: pb.CheckConsentResponse = field(repr=False, compare=False)
+
+    @classmethod
+    def from_pb(cls, msg: pb.CheckConsentResponse) -> Decision:
+        """A Decision from a ``CheckConsentResponse``."""
+        source = source_from_pb(msg.source)
+        return cls(
+            allowed=msg.allowed,
+            status=_enum_from_proto(ConsentStatus, "CONSENT_STATUS_", _STATUS_NAMES, msg.status),
+            decided_by=_enum_from_proto(Scope, "SCOPE_", _SCOPE_NAMES, msg.decided_by),
+            reason=msg.reason,
+            since=ts_to_datetime(msg.since) if msg.HasField("since") else None,
+            source=None if source is Source.UNSPECIFIED else source,
+            revision=msg.revision,
+            recipient=Recipient.from_pb(msg.recipient),
+            topic=msg.topic,
+            raw=msg,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class BatchItem:
+    """One answer of :meth:`~consent_client.ConsentClient.batch_check_consent`.
+
+    Exactly one of ``decision`` and ``error`` is set; ``error`` is the typed exception
+    (usually :class:`~consent_client.InvalidArgument`) that item would have raised.
+    """
+
+    index: int
+    decision: Decision | None
+    error: ConsentError | None
+
+    @property
+    def ok(self) -> bool:
+        """True when the item was decided (``decision`` is set)."""
+        return self.decision is not None
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeResult:
+    """The outcome of ``OptOut`` / ``OptIn``."""
+
+    applied: bool
+    """False when an older event arrived late: kept in history, state unchanged."""
+    changed: bool
+    """True when the scope's status flipped (or the scope had no record)."""
+    status: ConsentStatus
+    revision: int
+    event_id: str
+    duplicate: bool
+    """True when this event_id was seen before (a replay or a client retry)."""
+    recipient: Recipient
+    topic: str
+    recorded_at: datetime
+    raw: pb.OptOutResponse | pb.OptInResponse = field(repr=False, compare=False)
+
+    @classmethod
+    def from_pb(cls, msg: pb.OptOutResponse | pb.OptInResponse) -> ChangeResult:
+        """A ChangeResult from an ``OptOutResponse`` or ``OptInResponse``."""
+        return cls(
+            applied=msg.applied,
+            changed=msg.changed,
+            status=_enum_from_proto(ConsentStatus, "CONSENT_STATUS_", _STATUS_NAMES, msg.status),
+            revision=msg.revision,
+            event_id=msg.event_id,
+            duplicate=msg.duplicate,
+            recipient=Recipient.from_pb(msg.recipient),
+            topic=msg.topic,
+            recorded_at=ts_to_datetime(msg.recorded_at),
+            raw=msg,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    """An accepted message (``SendIfAllowed``)."""
+
+    message_id: str
+    accepted_at: datetime
+    consent_revision: int
+    duplicate: bool
+    """True when the idempotency key was seen before: nothing new was queued."""
+    recipient: Recipient
+    idempotency_key: str
+    """The key the send was made with (generated by the client unless disabled); "" if none."""
+    raw: pb.SendIfAllowedResponse = field(repr=False, compare=False)
+
+    @classmethod
+    def from_pb(cls, msg: pb.SendIfAllowedResponse, idempotency_key: str = "") -> SendResult:
+        """A SendResult from a ``SendIfAllowedResponse``."""
+        return cls(
+            message_id=msg.message_id,
+            accepted_at=ts_to_datetime(msg.accepted_at),
+            consent_revision=msg.consent_revision,
+            duplicate=msg.duplicate,
+            recipient=Recipient.from_pb(msg.recipient),
+            idempotency_key=idempotency_key,
+            raw=msg,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class InboundResult:
+    """What an inbound message did (``HandleInboundMessage``)."""
+
+    action: InboundAction
+    matched_keyword: str
+    reply_text: str
+    reply_message_id: str
+    revision: int
+    raw: pb.HandleInboundMessageResponse = field(repr=False, compare=False)
+
+    @classmethod
+    def from_pb(cls, msg: pb.HandleInboundMessageResponse) -> InboundResult:
+        """An InboundResult from a ``HandleInboundMessageResponse``."""
+        return cls(
+            action=_enum_from_proto(InboundAction, "INBOUND_ACTION_", _INBOUND_NAMES, msg.action),
+            matched_keyword=msg.matched_keyword,
+            reply_text=msg.reply_text,
+            reply_message_id=msg.reply_message_id,
+            revision=msg.revision,
+            raw=msg,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ConsentEvent:
+    """One recorded consent event (the evidence)."""
+
+    event_id: str
+    action: ConsentAction
+    topic: str
+    source: Source
+    evidence: str
+    occurred_at: datetime
+    recorded_at: datetime
+    applied: bool
+    revision: int
+    principal: str
+    raw: pb.ConsentEvent = field(repr=False, compare=False)
+
+    @classmethod
+    def from_pb(cls, msg: pb.ConsentEvent) -> ConsentEvent:
+        """A ConsentEvent from a ``consent.v1.ConsentEvent``."""
+        return cls(
+            event_id=msg.event_id,
+            action=_enum_from_proto(ConsentAction, "CONSENT_ACTION_", _ACTION_NAMES, msg.action),
+            topic=msg.topic,
+            source=source_from_pb(msg.source),
+            evidence=msg.evidence,
+            occurred_at=ts_to_datetime(msg.occurred_at),
+            recorded_at=ts_to_datetime(msg.recorded_at),
+            applied=msg.applied,
+            revision=msg.revision,
+            principal=msg.principal,
+            raw=msg,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class EventPage:
+    """A page of consent history, newest first (``ListConsentEvents``)."""
+
+    events: tuple[ConsentEvent, ...]
+    next_page_token: str
+    """Pass as ``page_token`` for the next page; empty on the last page."""
+    recipient: Recipient
+    raw: pb.ListConsentEventsResponse = field(repr=False, compare=False)
+
+    @classmethod
+    def from_pb(cls, msg: pb.ListConsentEventsResponse) -> EventPage:
+        """An EventPage from a ``ListConsentEventsResponse``."""
+        return cls(
+            events=tuple(ConsentEvent.from_pb(e) for e in msg.events),
+            next_page_token=msg.next_page_token,
+            recipient=Recipient.from_pb(msg.recipient),
+            raw=msg,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class MessageStatus:
+    """A message's delivery status (``GetMessageStatus``)."""
+
+    message_id: str
+    status: MessageState
+    attempts: int
+    last_error: str
+    provider_message_id: str
+    accepted_at: datetime
+    updated_at: datetime
+    recipient: Recipient
+    topic: str
+    raw: pb.GetMessageStatusResponse = field(repr=False, compare=False)
+
+    @classmethod
+    def from_pb(cls, msg: pb.GetMessageStatusResponse) -> MessageStatus:
+        """A MessageStatus from a ``GetMessageStatusResponse``."""
+        return cls(
+            message_id=msg.message_id,
+            status=_enum_from_proto(MessageState, "MESSAGE_STATUS_", _MESSAGE_NAMES, msg.status),
+            attempts=msg.attempts,
+            last_error=msg.last_error,
+            provider_message_id=msg.provider_message_id,
+            accepted_at=ts_to_datetime(msg.accepted_at),
+            updated_at=ts_to_datetime(msg.updated_at),
+            recipient=Recipient.from_pb(msg.recipient),
+            topic=msg.topic,
+            raw=msg,
+        )

@@ -1,0 +1,191 @@
+"""An in-process fake ConsentService for the client tests.
+
+It records every call (method, request, invocation metadata) and plays a per-method
+script of actions; without an action it forwards the call to a real server
+(``upstream``) or fails with UNIMPLEMENTED. It runs on a thread pool, so both the
+sync and the asyncio client can talk to it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from concurrent import futures
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.protobuf.message import Message
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from consent_client.v1 import consent_pb2_grpc as pb_grpc
+
+Forward = Callable[[Message], Message]
+Action = Callable[[Message, grpc.ServicerContext, Forward], Message]
+
+
+@dataclass
+class Seen:
+    method: str
+    request: Any
+    metadata: dict[str, str]
+
+
+def rich_status(code: grpc.StatusCode, message: str, *details: Message) -> status_pb2.Status:
+    packed = []
+    for d in details:
+        a = any_pb2.Any()
+        a.Pack(d)
+        packed.append(a)
+    return status_pb2.Status(code=code.value[0], message=message, details=packed)
+
+
+def fail(code: grpc.StatusCode, message: str = "injected", *details: Message) -> Action:
+    """Fail the call without forwarding it."""
+
+    def act(request: Message, context: grpc.ServicerContext, forward: Forward) -> Message:
+        context.abort_with_status(rpc_status.to_status(rich_status(code, message, *details)))
+        raise AssertionError("unreachable")
+
+    return act
+
+
+def unavailable(retry_after: float | None = None) -> Action:
+    """UNAVAILABLE (optionally with RetryInfo), without forwarding."""
+    details: list[Message] = [
+        error_details_pb2.ErrorInfo(reason="STORE_UNAVAILABLE", domain="consent.v1")
+    ]
+    if retry_after is not None:
+        d = duration_pb2.Duration()
+        d.FromNanoseconds(int(retry_after * 1e9))
+        details.append(error_details_pb2.RetryInfo(retry_delay=d))
+    return fail(grpc.StatusCode.UNAVAILABLE, "store unavailable", *details)
+
+
+def forward_then_unavailable() -> Action:
+    """Apply the call upstream, then lose the answer: the client sees UNAVAILABLE."""
+
+    def act(request: Message, context: grpc.ServicerContext, forward: Forward) -> Message:
+        forward(request)
+        context.abort(grpc.StatusCode.UNAVAILABLE, "connection reset after the write")
+        raise AssertionError("unreachable")
+
+    return act
+
+
+def sleep_then_forward(seconds: float) -> Action:
+    """Answer late (after the client's deadline, if it is shorter)."""
+
+    def act(request: Message, context: grpc.ServicerContext, forward: Forward) -> Message:
+        time.sleep(seconds)
+        return forward(request)
+
+    return act
+
+
+class FakeConsentService(pb_grpc.ConsentServiceServicer):
+    def __init__(self, upstream: str | None = None) -> None:
+        self.calls: list[Seen] = []
+        self.script: dict[str, list[Action]] = defaultdict(list)
+        self._lock = threading.Lock()
+        self._channel = grpc.insecure_channel(upstream) if upstream else None
+        self._stub = pb_grpc.ConsentServiceStub(self._channel) if self._channel else None
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
+        pb_grpc.add_ConsentServiceServicer_to_server(self, self.server)
+        port = self.server.add_insecure_port("127.0.0.1:0")
+        self.target = f"127.0.0.1:{port}"
+
+    def start(self) -> FakeConsentService:
+        self.server.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.stop(0).wait(5)
+        if self._channel:
+            self._channel.close()
+
+    def on(self, method: str, *actions: Action) -> FakeConsentService:
+        """Queue actions for the next calls of ``method`` (then back to forwarding)."""
+        self.script[method].extend(actions)
+        return self
+
+    def seen(self, method: str) -> list[Seen]:
+        return [c for c in self.calls if c.method == method]
+
+    def _forward(self, method: str, context: grpc.ServicerContext) -> Forward:
+        def forward(request: Message) -> Message:
+            if self._stub is None:
+                context.abort(grpc.StatusCode.UNIMPLEMENTED, "fake has no upstream")
+            try:
+                response: Message = getattr(self._stub, method)(request, timeout=10)
+                return response
+            except grpc.RpcError as err:
+                context.set_trailing_metadata(err.trailing_metadata())  # type: ignore[arg-type]
+                context.abort(err.code(), err.details() or "")
+            raise AssertionError("unreachable")
+
+        return forward
+
+    def _handle(self, method: str, request: Message, context: grpc.ServicerContext) -> Any:
+        with self._lock:
+            md = {k: str(v) for k, v in context.invocation_metadata()}
+            self.calls.append(Seen(method, request, md))
+            queue = self.script.get(method)
+            action = queue.pop(0) if queue else None
+        forward = self._forward(method, context)
+        if action is None:
+            return forward(request)
+        return action(request, context, forward)
+
+    def CheckConsent(self, request, context):  # type: ignore[no-untyped-def]
+        return self._handle("CheckConsent", request, context)
+
+    def BatchCheckConsent(self, request, context):  # type: ignore[no-untyped-def]
+        return self._handle("BatchCheckConsent", request, context)
+
+    def OptOut(self, request, context):  # type: ignore[no-untyped-def]
+        return self._handle("OptOut", request, context)
+
+    def OptIn(self, request, context):  # type: ignore[no-untyped-def]
+        return self._handle("OptIn", request, context)
+
+    def SendIfAllowed(self, request, context):  # type: ignore[no-untyped-def]
+        return self._handle("SendIfAllowed", request, context)
+
+    def HandleInboundMessage(self, request, context):  # type: ignore[no-untyped-def]
+        return self._handle("HandleInboundMessage", request, context)
+
+    def ListConsentEvents(self, request, context):  # type: ignore[no-untyped-def]
+        return self._handle("ListConsentEvents", request, context)
+
+    def GetMessageStatus(self, request, context):  # type: ignore[no-untyped-def]
+        return self._handle("GetMessageStatus", request, context)
+
+
+def opted_out_info(topic: str = "marketing") -> error_details_pb2.ErrorInfo:
+    return error_details_pb2.ErrorInfo(
+        reason="RECIPIENT_OPTED_OUT",
+        domain="consent.v1",
+        metadata={
+            "topic": topic,
+            "scope": "ALL",
+            "since": "2024-05-01T10:00:00.000Z",
+            "source": "SOURCE_KEYWORD",
+            "channel": "WHATSAPP",
+        },
+    )
+
+
+def bad_request(field: str, description: str) -> list[Message]:
+    return [
+        error_details_pb2.ErrorInfo(reason="INVALID_REQUEST", domain="consent.v1"),
+        error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(field=field, description=description)
+            ]
+        ),
+    ]

@@ -1,0 +1,161 @@
+"""The asyncio thin client (consent_client.AsyncConsentClient): the same behaviour as the
+sync client, against the real server process and the in-process fake."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Iterator
+
+import grpc
+import pytest
+
+from consent_client import (
+    AsyncConsentClient,
+    Backoff,
+    ConsentStatus,
+    DeadlineExceeded,
+    InvalidArgument,
+    NotFound,
+    RecipientOptedOut,
+    Scope,
+    Source,
+    Unavailable,
+    Unimplemented,
+)
+
+from .client_fake import (
+    FakeConsentService,
+    fail,
+    forward_then_unavailable,
+    opted_out_info,
+    sleep_then_forward,
+    unavailable,
+)
+from .support import ServerProcess, free_port
+
+WA = "+91 98765 43210"
+SMS = "+1 202 555 0100"
+FAST = Backoff(initial=0.01, maximum=0.05)
+
+
+@pytest.fixture
+async def client(server: ServerProcess) -> AsyncIterator[AsyncConsentClient]:
+    async with AsyncConsentClient(server.target, timeout=10) as c:
+        yield c
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeConsentService]:
+    f = FakeConsentService().start()
+    yield f
+    f.stop()
+
+
+@pytest.fixture
+def proxy(server: ServerProcess) -> Iterator[FakeConsentService]:
+    f = FakeConsentService(upstream=server.target).start()
+    yield f
+    f.stop()
+
+
+async def test_seed_scenario(client: AsyncConsentClient, tenant: str) -> None:
+    assert (await client.send_if_allowed(tenant, "whatsapp", WA, "marketing", "20% off")).message_id
+    out = await client.opt_out(tenant, "whatsapp", WA, source="button")
+    assert out.applied and out.changed and out.status is ConsentStatus.OPTED_OUT
+
+    decision = await client.check_consent(tenant, "whatsapp", WA, "marketing")
+    assert not decision.allowed and decision.decided_by is Scope.ALL
+    assert decision.source is Source.BUTTON
+
+    with pytest.raises(RecipientOptedOut) as blocked:
+        await client.send_if_allowed(tenant, "whatsapp", WA, "marketing", "20% off")
+    assert blocked.value.scope is Scope.ALL and blocked.value.source is Source.BUTTON
+    assert blocked.value.since is not None and blocked.value.topic == "marketing"
+
+    back = await client.opt_in(tenant, "whatsapp", WA, source="keyword")
+    assert back.changed and back.revision > out.revision
+    assert (await client.send_if_allowed(tenant, "whatsapp", WA, "marketing", "hi")).message_id
+
+
+async def test_errors_batch_and_paging(client: AsyncConsentClient, tenant: str) -> None:
+    with pytest.raises(InvalidArgument) as bad:
+        await client.check_consent(tenant, "sms", SMS, "Not A Topic!")
+    assert "topic" in bad.value.fields
+    with pytest.raises(NotFound):
+        await client.get_message_status(tenant, "msg_nope")
+
+    items = await client.batch_check_consent(tenant, [("sms", SMS), ("email", "nope")])
+    assert items[0].ok and not items[1].ok
+    assert isinstance(items[1].error, InvalidArgument)
+    assert items[1].error.fields == ["recipients[1].address"]
+
+    ids = [(await client.opt_out(tenant, "sms", SMS, f"topic{i}")).event_id for i in range(5)]
+    events = [e async for e in client.iter_consent_events(tenant, "sms", SMS, page_size=2)]
+    assert [e.event_id for e in events] == ids[::-1]
+
+
+async def test_inbound(client: AsyncConsentClient, tenant: str) -> None:
+    try:
+        result = await client.handle_inbound_message(
+            tenant, "sms", SMS, text="STOP", provider_message_id="sm-1"
+        )
+    except Unimplemented:
+        return
+    assert result.action.value == "opted_out"
+
+
+async def test_retried_opt_out_is_applied_once(
+    proxy: FakeConsentService, client: AsyncConsentClient, tenant: str
+) -> None:
+    proxy.on("OptOut", forward_then_unavailable())
+    async with AsyncConsentClient(proxy.target, backoff=FAST) as c:
+        result = await c.opt_out(tenant, "sms", SMS)
+    calls = proxy.seen("OptOut")
+    assert len(calls) == 2 and calls[0].request.event_id == calls[1].request.event_id
+    assert result.duplicate
+    events = [e async for e in client.iter_consent_events(tenant, "sms", SMS)]
+    assert [e.event_id for e in events] == [result.event_id]
+
+
+async def test_retried_send_is_queued_once(proxy: FakeConsentService, tenant: str) -> None:
+    proxy.on("SendIfAllowed", forward_then_unavailable())
+    async with AsyncConsentClient(proxy.target, backoff=FAST) as c:
+        result = await c.send_if_allowed(tenant, "sms", SMS, "otp", "1234")
+    assert result.duplicate and len(proxy.seen("SendIfAllowed")) == 2
+
+
+async def test_no_retry_on_failed_precondition(fake: FakeConsentService) -> None:
+    fake.on("SendIfAllowed", fail(grpc.StatusCode.FAILED_PRECONDITION, "no", opted_out_info()))
+    async with AsyncConsentClient(fake.target, backoff=FAST) as c:
+        with pytest.raises(RecipientOptedOut) as blocked:
+            await c.send_if_allowed("t", "whatsapp", WA, "marketing", "hi")
+    assert blocked.value.source is Source.KEYWORD
+    assert len(fake.seen("SendIfAllowed")) == 1
+
+
+async def test_unavailable_retried_then_raised(fake: FakeConsentService) -> None:
+    fake.on("GetMessageStatus", *[unavailable(retry_after=0.05)] * 2)
+    async with AsyncConsentClient(fake.target, retries=1, backoff=FAST) as c:
+        with pytest.raises(Unavailable) as down:
+            await c.get_message_status("t", "m")
+    assert down.value.retry_delay == pytest.approx(0.05)
+    assert len(fake.seen("GetMessageStatus")) == 2
+
+
+async def test_deadline_and_api_key(fake: FakeConsentService) -> None:
+    fake.on("OptIn", sleep_then_forward(2.0))
+    async with AsyncConsentClient(fake.target, api_key="k-1", timeout=0.3) as c:
+        start = time.monotonic()
+        with pytest.raises(DeadlineExceeded):
+            await c.opt_in("t", "sms", SMS)
+        assert time.monotonic() - start < 1.5
+    assert len(fake.seen("OptIn")) == 1  # a write is not retried on DEADLINE_EXCEEDED
+    assert fake.calls[0].metadata["authorization"] == "Bearer k-1"
+
+
+async def test_unavailable_when_nothing_listens() -> None:
+    async with AsyncConsentClient(
+        f"127.0.0.1:{free_port()}", timeout=2, retries=1, backoff=FAST
+    ) as c:
+        with pytest.raises(Unavailable):
+            await c.check_consent("t", "sms", SMS)
