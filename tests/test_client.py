@@ -85,6 +85,7 @@ def proxy(server: ServerProcess) -> Iterator[FakeConsentService]:
 
 def test_public_names_are_pinned() -> None:
     assert sorted(consent_client.__all__) == [
+        "AlreadyExists",
         "AsyncConsentClient",
         "Backoff",
         "BatchItem",

@@ -58,3 +58,32 @@ def test_seed_scenario(stub, tenant) -> None:
     back = stub.OptIn(pb.OptInRequest(tenant_id=tenant, recipient=wa, source=pb.SOURCE_KEYWORD))
     assert back.changed and back.revision > out.revision
     assert stub.SendIfAllowed(send).message_id
+
+
+def test_reused_ids_for_different_requests_are_refused(stub, tenant) -> None:
+    """A reused event_id / idempotency_key must not silently drop an opt-out or a message."""
+    sms = pb.Recipient(channel=pb.CHANNEL_SMS, address="+1 415 555 0199")
+    stub.OptIn(pb.OptInRequest(tenant_id=tenant, recipient=sms, event_id="evt-1"))
+    with pytest.raises(grpc.RpcError) as err:
+        stub.OptOut(pb.OptOutRequest(tenant_id=tenant, recipient=sms, event_id="evt-1"))
+    assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    _, details = rich(err.value)
+    assert details["ErrorInfo"].reason == "EVENT_ID_REUSED"
+    assert [v.field for v in details["BadRequest"].field_violations] == ["event_id"]
+    events = stub.ListConsentEvents(pb.ListConsentEventsRequest(tenant_id=tenant, recipient=sms))
+    assert len(events.events) == 1
+
+    send = pb.SendIfAllowedRequest(
+        tenant_id=tenant,
+        recipient=sms,
+        topic="orders",
+        message=pb.Message(text="your order shipped"),
+        idempotency_key="order-9",
+    )
+    first = stub.SendIfAllowed(send)
+    assert stub.SendIfAllowed(send).message_id == first.message_id
+    send.message.text = "a different message"
+    with pytest.raises(grpc.RpcError) as err:
+        stub.SendIfAllowed(send)
+    assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert rich(err.value)[1]["ErrorInfo"].reason == "IDEMPOTENCY_KEY_REUSED"

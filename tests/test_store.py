@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import uuid
 
@@ -14,7 +15,7 @@ from hypothesis import strategies as st
 from redis.crc import key_slot
 
 from consent_server.domain.decision import decide
-from consent_server.domain.errors import StoreUnavailable
+from consent_server.domain.errors import IdConflict, StoreUnavailable
 from consent_server.domain.model import (
     Action,
     Channel,
@@ -95,8 +96,9 @@ async def test_event_id_replay_returns_first_outcome_and_adds_no_history(
     store: RedisConsentStore,
 ) -> None:
     first = await store.record_event(event(Action.OPT_OUT, event_id="wamid.1"))
-    # Same id, even with other content: the first outcome, nothing written.
-    replay = await store.record_event(event(Action.OPT_IN, event_id="wamid.1", at=T0 + 5))
+    # The same change again (a redelivered webhook, a retry with a fresh occurred_at):
+    # the first outcome, nothing written.
+    replay = await store.record_event(event(Action.OPT_OUT, event_id="wamid.1", at=T0 + 5))
     assert replay.duplicate and not first.duplicate
     assert (replay.applied, replay.changed, replay.status, replay.revision) == (
         first.applied,
@@ -107,6 +109,18 @@ async def test_event_id_replay_returns_first_outcome_and_adds_no_history(
     assert replay.recorded_at_ms == first.recorded_at_ms
     page = await store.list_events("acme", ALICE, 10, None)
     assert [e.event_id for e in page.events] == ["wamid.1"]
+    # The same id for a different change would silently drop it: refused, nothing written.
+    for other_change in (
+        event(Action.OPT_IN, event_id="wamid.1"),
+        event(Action.OPT_OUT, topic="marketing", event_id="wamid.1"),
+    ):
+        with pytest.raises(IdConflict) as conflict:
+            await store.record_event(other_change)
+        assert conflict.value.field == "event_id" and conflict.value.reason == "EVENT_ID_REUSED"
+    page = await store.list_events("acme", ALICE, 10, None)
+    assert [e.event_id for e in page.events] == ["wamid.1"]
+    [(_, all_rec)] = await store.read_records("acme", [ALICE], "")
+    assert all_rec is not None and all_rec.status is Status.OPTED_OUT
     # Idempotency is per recipient: the same id for Bob is a new event.
     other = await store.record_event(event(Action.OPT_OUT, event_id="wamid.1", recipient=BOB))
     assert not other.duplicate
@@ -151,6 +165,13 @@ async def test_send_idempotency_key_replays_first_message(store: RedisConsentSto
     assert isinstance(first, SendAccepted) and isinstance(again, SendAccepted)
     assert again.duplicate and again.message_id == first.message_id
     assert again.accepted_at_ms == first.accepted_at_ms
+    # The same key for a different message is refused and queues nothing.
+    other = dataclasses.replace(
+        send_input(key="order-42"), message=OutboundMessage(kind="text", text="a different text")
+    )
+    with pytest.raises(IdConflict) as conflict:
+        await store.send(other, Policy.ALLOW_UNLESS_OPTED_OUT)
+    assert conflict.value.field == "idempotency_key"
     part = keys.partition("acme", ALICE)
     assert await store.client.xlen(keys.outbox(part)) == 1
 

@@ -12,6 +12,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from consent_server.domain.errors import (
     ConsentError,
+    IdConflict,
     InvalidArgument,
     NotFound,
     NotImplementedYet,
@@ -70,6 +71,15 @@ def to_status(exc: Exception) -> status_pb2.Status:
             code=code_pb2.UNAVAILABLE,
             message="consent store unavailable: nothing was decided or written; retry later",
             details=_pack(_info("STORE_UNAVAILABLE"), retry),
+        )
+    if isinstance(exc, IdConflict):
+        bad = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(field=exc.field, description=str(exc))
+            ]
+        )
+        return status_pb2.Status(
+            code=code_pb2.ALREADY_EXISTS, message=str(exc), details=_pack(_info(exc.reason), bad)
         )
     if isinstance(exc, NotFound):
         return status_pb2.Status(

@@ -5,6 +5,7 @@ Hierarchy::
     ConsentError
     ├── InvalidArgument      bad input; carries one FieldViolation per bad field
     ├── SendBlocked          consent does not allow the send (decision attached)
+    ├── IdConflict           an event_id / idempotency_key reused for a different request
     ├── NotFound             unknown id (or another tenant's)
     ├── StoreUnavailable     Redis unreachable: fail closed
     └── NotImplementedYet    in the contract, not served by this version
@@ -50,6 +51,15 @@ class SendBlocked(ConsentError):
         self.topic = topic
         self.decision = decision
         super().__init__(decision.block_reason.value if decision.block_reason else "blocked")
+
+
+class IdConflict(ConsentError):
+    """An idempotency id was already used for a different request; nothing was written."""
+
+    def __init__(self, field: str, reason: str, description: str) -> None:
+        self.field = field
+        self.reason = reason
+        super().__init__(description)
 
 
 class NotFound(ConsentError):

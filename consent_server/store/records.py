@@ -37,8 +37,8 @@ def parse_record(raw: bytes | str | None) -> ConsentRecord | None:
 
 
 def parse_outcome(raw: bytes | str, event_id: str, *, duplicate: bool) -> ChangeOutcome:
-    """An event outcome ``applied|changed|status|revision|recorded_ms``."""
-    applied, changed, status, revision, recorded = _text(raw).split("|")
+    """An event outcome ``applied|changed|status|revision|recorded_ms|action:topic``."""
+    applied, changed, status, revision, recorded, _fingerprint = _text(raw).split("|")
     return ChangeOutcome(
         applied=applied == "1",
         changed=changed == "1",

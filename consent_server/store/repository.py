@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -12,7 +13,7 @@ import redis.asyncio as aioredis
 import redis.exceptions as rex
 
 from consent_server.domain.decision import decide
-from consent_server.domain.errors import StoreUnavailable
+from consent_server.domain.errors import IdConflict, StoreUnavailable
 from consent_server.domain.model import (
     ChangeOutcome,
     Channel,
@@ -211,10 +212,18 @@ class RedisConsentStore:
             str(event.occurred_at_ms),
             event.principal,
         ]
-        dup, outcome = await self._call(
+        kind, outcome = await self._call(
             lambda: self._record(keys=[keys.state(base), keys.history(base)], args=args)
         )
-        return parse_outcome(outcome, event.event_id, duplicate=bool(int(dup)))
+        first = parse_outcome(outcome, event.event_id, duplicate=True)
+        if int(kind) == 2:
+            raise IdConflict(
+                "event_id",
+                "EVENT_ID_REUSED",
+                f"event_id was already used for a different change of this recipient "
+                f"(revision {first.revision}); use a new event_id for a new change",
+            )
+        return parse_outcome(outcome, event.event_id, duplicate=int(kind) == 1)
 
     async def send(self, request: SendInput, policy: Policy) -> SendAccepted | SendBlocked:
         """Run send.lua: idempotency, decision, outbox append and status record in one step."""
@@ -227,6 +236,12 @@ class RedisConsentStore:
             keys.outbox(part),
             keys.message(request.tenant_id, part, message_id),
         ]
+        body = encode_body(request.message)
+        metadata = json.dumps(request.metadata, ensure_ascii=False, sort_keys=True)
+        # What makes two sends "the same request" for the idempotency key.
+        fingerprint = hashlib.sha256(
+            "\x00".join([request.topic, body, str(request.not_after_ms), metadata]).encode()
+        ).hexdigest()[:32]
         args = [
             keys.scope_field(request.topic),
             "allow" if policy is Policy.ALLOW_UNLESS_OPTED_OUT else "require_opt_in",
@@ -238,16 +253,24 @@ class RedisConsentStore:
             request.recipient.channel.value,
             request.recipient.address,
             request.topic,
-            encode_body(request.message),
+            body,
             request.not_after_ms,
-            json.dumps(request.metadata, ensure_ascii=False, sort_keys=True),
+            metadata,
+            fingerprint,
         ]
         reply = await self._call(lambda: self._send(keys=script_keys, args=args))
         kind = _s(reply[0])
         if kind == "accepted":
             return SendAccepted(_s(reply[1]), int(reply[2]), int(reply[3]), duplicate=False)
-        if kind == "duplicate":
-            first_id, accepted, revision = _s(reply[1]).split("|")
+        if kind in ("duplicate", "conflict"):
+            first_id, accepted, revision, _ = _s(reply[1]).split("|")
+            if kind == "conflict":
+                raise IdConflict(
+                    "idempotency_key",
+                    "IDEMPOTENCY_KEY_REUSED",
+                    "idempotency_key was already used for a different message to this "
+                    "recipient within 24 hours; use a new key for a new message",
+                )
             return SendAccepted(first_id, int(accepted), int(revision), duplicate=True)
         # Blocked: rebuild the decision with the pure rule for the error details.
         all_record, topic_record = (parse_record(r or None) for r in reply[1:3])

@@ -20,6 +20,7 @@ from ._async_client import AsyncConsentClient
 from ._calls import Backoff
 from ._client import ConsentClient
 from ._errors import (
+    AlreadyExists,
     ConsentError,
     DeadlineExceeded,
     FailedPrecondition,
@@ -60,6 +61,7 @@ from ._types import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "AlreadyExists",
     "AsyncConsentClient",
     "Backoff",
     "BatchItem",

@@ -8,6 +8,7 @@ Our exception hierarchy::
     │   └── SendBlocked           the send was not accepted; .topic .scope .since .source .channel
     │       ├── RecipientOptedOut reason RECIPIENT_OPTED_OUT: the recipient opted out
     │       └── OptInRequired     reason OPT_IN_REQUIRED: REQUIRE_OPT_IN and no opt-in
+    ├── AlreadyExists             ALREADY_EXISTS (EVENT_ID_REUSED, IDEMPOTENCY_KEY_REUSED)
     ├── NotFound                  NOT_FOUND (e.g. MESSAGE_NOT_FOUND)
     ├── Unauthenticated           UNAUTHENTICATED: missing or unknown API key
     ├── PermissionDenied          PERMISSION_DENIED: the key's role may not do this
@@ -201,6 +202,13 @@ class OptInRequired(SendBlocked):
     """The topic requires an explicit opt-in and the recipient has none."""
 
 
+class AlreadyExists(ConsentError):
+    """An event_id or idempotency_key was reused for a different request (reason
+    ``EVENT_ID_REUSED`` / ``IDEMPOTENCY_KEY_REUSED``); nothing was written."""
+
+    grpc_code = grpc.StatusCode.ALREADY_EXISTS
+
+
 class NotFound(ConsentError):
     """NOT_FOUND: e.g. no message with that id exists for the tenant."""
 
@@ -260,6 +268,7 @@ _BY_CODE: dict[grpc.StatusCode, type[ConsentError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
     grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
     grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
     grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
     grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
     grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,

@@ -2,14 +2,22 @@
 -- KEYS[1] state hash, KEYS[2] history stream (same hash tag).
 -- ARGV: event_id, action ("in"|"out"), scope field, topic, source, evidence,
 --       occurred_at ms, principal.
--- Returns {duplicate 0|1, "applied|changed|status|revision|recorded_ms"}.
+-- Returns {0 new | 1 replay | 2 id reused for another change,
+--          "applied|changed|status|revision|recorded_ms|action:topic"}.
 local state, hist = KEYS[1], KEYS[2]
 local event_id, action, field, topic = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local source, evidence, occurred, principal = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 
 -- Idempotency: the first outcome of an event id is returned, nothing is written.
+-- The same id for a different change (another action or topic) is a caller bug that
+-- would silently drop an opt-out or opt-in: report it instead.
+local fingerprint = action .. ':' .. topic
 local seen = redis.call('HGET', state, 'e:' .. event_id)
 if seen then
+  local first = string.match(seen, '|([^|]*)$')
+  if first ~= fingerprint then
+    return {2, seen}
+  end
   return {1, seen}
 end
 
@@ -40,6 +48,6 @@ redis.call('XADD', hist, rev .. '-0',
   'r', string.format('%d', recorded), 'ap', applied, 'id', event_id, 'p', principal)
 
 local outcome = applied .. '|' .. changed .. '|' .. status .. '|' .. rev .. '|'
-  .. string.format('%d', recorded)
+  .. string.format('%d', recorded) .. '|' .. fingerprint
 redis.call('HSET', state, 'e:' .. event_id, outcome)
 return {0, outcome}

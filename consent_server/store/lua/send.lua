@@ -4,8 +4,9 @@
 -- KEYS[4] message status hash (all with the recipient's hash tag).
 -- ARGV: topic field, policy ("allow"|"require_opt_in"), use idempotency ("1"|"0"),
 --       idempotency ttl s, message retention s, message_id, tenant, channel,
---       address, topic, body json, not_after ms, metadata json.
--- Returns {"duplicate", "message_id|accepted_ms|revision"}
+--       address, topic, body json, not_after ms, metadata json, request fingerprint.
+-- Returns {"duplicate", "message_id|accepted_ms|revision|fingerprint"}
+--       | {"conflict", the same} when the key was used for a different message
 --       | {"blocked", all-topics record or false, topic record or false}
 --       | {"accepted", message_id, accepted_ms, revision}.
 local state, idem, outbox, msg = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
@@ -15,6 +16,9 @@ local idem_ttl, retention, message_id = ARGV[4], ARGV[5], ARGV[6]
 if use_idem == '1' then
   local prev = redis.call('GET', idem)
   if prev then
+    if string.match(prev, '|([^|]*)$') ~= ARGV[14] then
+      return {'conflict', prev}
+    end
     return {'duplicate', prev}
   end
 end
@@ -51,6 +55,6 @@ redis.call('HSET', msg, 'st', 'accepted', 'ch', ARGV[8], 'addr', ARGV[9], 'topic
   'at', now, 'up', now, 'att', 0, 'err', '', 'pid', '')
 redis.call('EXPIRE', msg, retention)
 if use_idem == '1' then
-  redis.call('SET', idem, message_id .. '|' .. now .. '|' .. rev, 'EX', idem_ttl)
+  redis.call('SET', idem, message_id .. '|' .. now .. '|' .. rev .. '|' .. ARGV[14], 'EX', idem_ttl)
 end
 return {'accepted', message_id, now, rev}

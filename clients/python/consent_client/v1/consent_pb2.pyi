@@ -264,6 +264,16 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """UNIMPLEMENTED: the RPC is part of the contract but not served by this
     version of the server.
     """
+    EVENT_ID_REUSED: _ErrorReason.ValueType  # 7
+    """ALREADY_EXISTS: the event_id was already used for a different change (another
+    action or topic) of the same recipient. Nothing was written. A BadRequest
+    names "event_id". Replays of the same change are not errors (duplicate=true).
+    """
+    IDEMPOTENCY_KEY_REUSED: _ErrorReason.ValueType  # 8
+    """ALREADY_EXISTS: the idempotency_key was already used within 24 hours for a
+    different message (topic, content, not_after or metadata) to the same
+    recipient. Nothing was queued. A BadRequest names "idempotency_key".
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The machine-readable reasons carried in google.rpc.ErrorInfo.reason (domain
@@ -297,6 +307,16 @@ MESSAGE_NOT_FOUND: ErrorReason.ValueType  # 5
 NOT_IMPLEMENTED: ErrorReason.ValueType  # 6
 """UNIMPLEMENTED: the RPC is part of the contract but not served by this
 version of the server.
+"""
+EVENT_ID_REUSED: ErrorReason.ValueType  # 7
+"""ALREADY_EXISTS: the event_id was already used for a different change (another
+action or topic) of the same recipient. Nothing was written. A BadRequest
+names "event_id". Replays of the same change are not errors (duplicate=true).
+"""
+IDEMPOTENCY_KEY_REUSED: ErrorReason.ValueType  # 8
+"""ALREADY_EXISTS: the idempotency_key was already used within 24 hours for a
+different message (topic, content, not_after or metadata) to the same
+recipient. Nothing was queued. A BadRequest names "idempotency_key".
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
@@ -612,7 +632,8 @@ class OptOutRequest(_message.Message):
     event_id: _builtins.str
     """Idempotency key: the same event_id for the same tenant and recipient is
     applied once, and a replay returns the first outcome with duplicate=true.
-    Unset means a new id is generated (and returned).
+    Reusing it for a different action or topic fails with ALREADY_EXISTS
+    (EVENT_ID_REUSED). Unset means a new id is generated (and returned).
     """
     @_builtins.property
     def recipient(self) -> Global___Recipient:
@@ -728,7 +749,9 @@ class OptInRequest(_message.Message):
     evidence: _builtins.str
     """Free-text evidence (form URL, message id...), at most 1024 bytes UTF-8."""
     event_id: _builtins.str
-    """Idempotency key, as in OptOutRequest.event_id."""
+    """Idempotency key, as in OptOutRequest.event_id (reuse for a different
+    change fails with ALREADY_EXISTS, EVENT_ID_REUSED).
+    """
     @_builtins.property
     def recipient(self) -> Global___Recipient:
         """Who opted in."""
@@ -950,7 +973,8 @@ class SendIfAllowedRequest(_message.Message):
     idempotency_key: _builtins.str
     """Optional idempotency key (1-128 printable ASCII, no spaces): a replay with
     the same key for the same tenant and recipient within 24 hours returns
-    the first message_id with duplicate=true and queues nothing.
+    the first message_id with duplicate=true and queues nothing. Reusing it
+    for a different message fails with ALREADY_EXISTS (IDEMPOTENCY_KEY_REUSED).
     """
     @_builtins.property
     def recipient(self) -> Global___Recipient:
