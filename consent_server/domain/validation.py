@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from .errors import FieldViolation, InvalidArgument
+from .masking import mask_text
 from .model import Channel, OutboundMessage, Recipient
 from .recipients import AddressError, normalise_address
 
@@ -173,11 +174,16 @@ def metadata(v: Violations, value: Mapping[str, str], field: str = "metadata") -
         return {}
     ok = True
     for key, val in value.items():
-        if not key or len(key) > MAX_METADATA_KEY or "\x00" in key:
-            v.add(f"{field}[{key[:64]!r}]", f"keys must be 1-{MAX_METADATA_KEY} characters")
+        # The key names the field, masked: a caller may have used an address as a key.
+        path = f"{field}[{mask_text(key[:MAX_METADATA_KEY])!r}]"
+        if not key or len(key) > MAX_METADATA_KEY:
+            v.add(path, f"keys must be 1-{MAX_METADATA_KEY} characters")
             ok = False
-        elif len(val) > MAX_METADATA_VALUE or "\x00" in val:
-            v.add(f"{field}[{key!r}]", f"values must be at most {MAX_METADATA_VALUE} characters")
+        elif "\x00" in key or "\x00" in val:
+            v.add(path, "must not contain NUL characters")
+            ok = False
+        elif len(val) > MAX_METADATA_VALUE:
+            v.add(path, f"values must be at most {MAX_METADATA_VALUE} characters")
             ok = False
     return dict(value) if ok else {}
 
@@ -197,6 +203,8 @@ def message(v: Violations, raw: RawMessage | None, field: str = "message") -> Ou
             v.add(f"{field}.text", "must not be empty")
         elif len(raw.text) > MAX_TEXT_CHARS:
             v.add(f"{field}.text", f"must be at most {MAX_TEXT_CHARS} characters")
+        elif "\x00" in raw.text:
+            v.add(f"{field}.text", "must not contain NUL characters")
     elif raw.kind == "template":
         if not raw.template_name.strip() or len(raw.template_name) > MAX_TEMPLATE_NAME:
             v.add(f"{field}.template.name", f"must be 1-{MAX_TEMPLATE_NAME} characters")

@@ -165,6 +165,8 @@ class RedisConsentStore:
         self, tenant_id: str, recipient: Recipient, limit: int, before_revision: int | None
     ) -> EventPage:
         """History newest first; fetches one extra entry to know whether a next page exists."""
+        if before_revision is not None and before_revision < 1:
+            return EventPage([], None)  # nothing below revision 0; Redis rejects "(0-0"
         key = keys.history(keys.recipient_base(tenant_id, recipient))
         start = "+" if before_revision is None else f"({before_revision}-0"
         entries: list[tuple[bytes, dict[bytes, bytes]]] = await self._call(
