@@ -713,7 +713,10 @@ def test_signal_drains_an_in_flight_call_then_exits_0(
             redis_aof.pause()
             caller = threading.Thread(target=in_flight, daemon=True)
             caller.start()
-            time.sleep(0.5)  # the call reaches the server and waits on Redis
+            # Time for the call to reach the server and wait on Redis. Should a loaded
+            # machine need longer, the call is refused and the test fails; it never
+            # passes without draining a call.
+            time.sleep(1.0)
             srv.signal(sig)
             wait_until(lambda: "shutting down" in srv.log(), "the shutdown log line", 10)
             time.sleep(0.3)
