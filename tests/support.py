@@ -38,6 +38,7 @@ class RedisProcess:
         self.appendonly = appendonly
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
+        self.paused = False
 
     @property
     def url(self) -> str:
@@ -80,11 +81,29 @@ class RedisProcess:
         if self.proc and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+        self.paused = False
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(10)
+
+    def pause(self) -> None:
+        """SIGSTOP: a hung Redis that accepts connections but never answers."""
+        assert self.proc and self.proc.poll() is None
+        self.proc.send_signal(signal.SIGSTOP)
+        self.paused = True
+
+    def resume(self) -> None:
+        """SIGCONT after pause(); Redis then runs whatever was queued on its sockets."""
+        assert self.proc and self.proc.poll() is None
+        self.proc.send_signal(signal.SIGCONT)
+        self.paused = False
+
+    def resume_if_paused(self) -> None:
+        """Clean-up: a paused Redis ignores SIGTERM until it is continued."""
+        if self.paused and self.proc and self.proc.poll() is None:
+            self.resume()
 
     def client(self) -> redis.Redis:
         return redis.Redis(port=self.port)
@@ -104,7 +123,9 @@ class ServerProcess:
         self.target = ""
         self._reader: threading.Thread | None = None
 
-    def start(self, timeout: float = 20) -> ServerProcess:
+    def start(self, timeout: float = 20, *, wait_serving: bool = True) -> ServerProcess:
+        """Start and wait for the "serving" log line (and, unless told not to, for
+        health SERVING: a server whose Redis is down starts but stays NOT_SERVING)."""
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "consent_server", "--listen", "127.0.0.1:0", *self.args],
             env=self.env,
@@ -127,7 +148,8 @@ class ServerProcess:
         if not ready.wait(timeout):
             self.kill()
             raise RuntimeError("server did not start:\n" + "".join(self.lines))
-        self.wait_serving(timeout)
+        if wait_serving:
+            self.wait_serving(timeout)
         return self
 
     def wait_serving(self, timeout: float = 20) -> None:
@@ -145,6 +167,30 @@ class ServerProcess:
                     pass
                 time.sleep(0.05)
         raise RuntimeError("server never became SERVING:\n" + self.log())
+
+    def health(self, service: str = "", timeout: float = 2) -> int | None:
+        """The health status the server reports for ``service`` now; None if no answer."""
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        with grpc.insecure_channel(self.target) as ch:
+            try:
+                resp = health_pb2_grpc.HealthStub(ch).Check(
+                    health_pb2.HealthCheckRequest(service=service), timeout=timeout
+                )
+            except grpc.RpcError:
+                return None
+            return int(resp.status)
+
+    def wait_health(self, status: int, timeout: float = 15, service: str = "") -> float:
+        """Wait until health reports ``status``; return the seconds it took."""
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            if self.health(service) == status:
+                return time.monotonic() - started
+            time.sleep(0.05)
+        raise AssertionError(
+            f"health of {service!r} never became {status} within {timeout}s:\n" + self.log()
+        )
 
     def log(self) -> str:
         return "".join(self.lines)

@@ -69,7 +69,14 @@ def to_status(exc: Exception) -> status_pb2.Status:
         retry = error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=1))
         return status_pb2.Status(
             code=code_pb2.UNAVAILABLE,
-            message="consent store unavailable: nothing was decided or written; retry later",
+            # Nothing was allowed or accepted by this call. But a store that timed out
+            # rather than refused may still run a change it received, so the outcome of a
+            # change is unknown: say so, and say how to retry safely.
+            message=(
+                "consent store unavailable: nothing was allowed or accepted by this call; "
+                "a change or send may still have been recorded, so retry with the same "
+                "event_id / idempotency_key (a replay is never applied twice)"
+            ),
             details=_pack(_info("STORE_UNAVAILABLE"), retry),
         )
     if isinstance(exc, IdConflict):

@@ -67,7 +67,8 @@ class NotFound(ConsentError):
 
 
 class StoreUnavailable(ConsentError):
-    """The consent store could not be reached; nothing was decided or written."""
+    """The consent store could not be reached or did not answer in time: nothing was
+    allowed or accepted, but a change sent to a slow store may still be recorded."""
 
 
 class NotImplementedYet(ConsentError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -20,7 +21,10 @@ def open_store(
         client: Any = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
     elif cluster:
         client = RedisCluster.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+            url,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            **_without_maintenance_notifications(RedisCluster),
         )
     else:
         client = aioredis.Redis.from_url(
@@ -29,5 +33,24 @@ def open_store(
             socket_connect_timeout=timeout_s,
             health_check_interval=30,
             max_connections=256,
+            **_without_maintenance_notifications(aioredis.Redis),
         )
     return RedisConsentStore(client)
+
+
+def _without_maintenance_notifications(cls: type) -> dict[str, Any]:
+    """Client options that turn RESP3 maintenance notifications off, where supported.
+
+    redis-py 8.1 turns them on by default ("auto"), and with them on its pool stops
+    checking whether an idle pooled connection was closed by the server
+    (redis/redis-py#4252, fixed upstream by #4260): after a Redis restart the first call
+    on every idle connection failed with UNAVAILABLE while health already said SERVING.
+    We use no maintenance notifications (a managed-Redis feature), so nothing is lost.
+    """
+    try:
+        from redis.maint_notifications import MaintNotificationsConfig
+    except ImportError:  # redis-py without the feature has the check unconditionally
+        return {}
+    if "maint_notifications_config" not in inspect.signature(cls).parameters:
+        return {}
+    return {"maint_notifications_config": MaintNotificationsConfig(enabled=False)}

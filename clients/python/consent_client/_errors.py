@@ -234,9 +234,10 @@ class ResourceExhausted(ConsentError):
 
 
 class Unavailable(ConsentError):
-    """UNAVAILABLE: the server or its store cannot be reached; nothing was decided or
-    written. Raised after the client's retries ran out; ``retry_delay`` is the
-    server's hint (RetryInfo), if any."""
+    """UNAVAILABLE: the server or its store cannot be reached; nothing was allowed or
+    accepted. A change sent to a slow store may still be recorded: retry with the same
+    event_id / idempotency_key. Raised after the client's retries ran out;
+    ``retry_delay`` is the server's hint (RetryInfo), if any."""
 
     grpc_code = grpc.StatusCode.UNAVAILABLE
 

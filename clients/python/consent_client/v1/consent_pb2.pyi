@@ -255,8 +255,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     detail names each. Nothing was written.
     """
     STORE_UNAVAILABLE: _ErrorReason.ValueType  # 4
-    """UNAVAILABLE: the consent store (Redis) could not be reached. Nothing was
-    decided or written; the call is safe to retry (fail closed).
+    """UNAVAILABLE: the consent store (Redis) could not be reached or did not
+    answer in time. Nothing was allowed or accepted (fail closed); a change sent
+    to a slow store may still be recorded, so retry with the same event_id /
+    idempotency_key (a replay is never applied twice).
     """
     MESSAGE_NOT_FOUND: _ErrorReason.ValueType  # 5
     """NOT_FOUND: no message with that id exists for the tenant."""
@@ -299,8 +301,10 @@ INVALID_REQUEST: ErrorReason.ValueType  # 3
 detail names each. Nothing was written.
 """
 STORE_UNAVAILABLE: ErrorReason.ValueType  # 4
-"""UNAVAILABLE: the consent store (Redis) could not be reached. Nothing was
-decided or written; the call is safe to retry (fail closed).
+"""UNAVAILABLE: the consent store (Redis) could not be reached or did not
+answer in time. Nothing was allowed or accepted (fail closed); a change sent
+to a slow store may still be recorded, so retry with the same event_id /
+idempotency_key (a replay is never applied twice).
 """
 MESSAGE_NOT_FOUND: ErrorReason.ValueType  # 5
 """NOT_FOUND: no message with that id exists for the tenant."""
