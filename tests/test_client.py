@@ -418,14 +418,16 @@ def test_opt_out_replay_is_duplicate(client: ConsentClient, tenant: str) -> None
 
 
 def test_handle_inbound_message(client: ConsentClient, tenant: str) -> None:
-    try:
-        result = client.handle_inbound_message(
-            tenant, "whatsapp", WA, text="STOP", provider_message_id="wamid.in.1"
-        )
-    except Unimplemented:
-        return  # not served by this server version yet
-    assert result.action.value == "opted_out" and result.matched_keyword
+    result = client.handle_inbound_message(
+        tenant, "whatsapp", WA, text="STOP", provider_message_id="wamid.in.1"
+    )
+    assert result.action.value == "opted_out" and result.matched_keyword == "stop"
+    assert result.reply_message_id and "START" in result.reply_text
     assert not client.check_consent(tenant, "whatsapp", WA, "marketing").allowed
+    again = client.handle_inbound_message(
+        tenant, "whatsapp", WA, text="STOP", provider_message_id="wamid.in.1"
+    )
+    assert again == result
 
 
 # -- retries ------------------------------------------------------------------------------

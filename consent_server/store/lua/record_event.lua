@@ -2,8 +2,15 @@
 -- KEYS[1] state hash, KEYS[2] history stream (same hash tag).
 -- ARGV: event_id, action ("in"|"out"), scope field, topic, source, evidence,
 --       occurred_at ms, principal.
+-- Inbound replies (HandleInboundMessage) also pass KEYS[3] the partition's outbox
+-- stream and KEYS[4] a new message's status hash (same hash tag), and ARGV[9]
+-- message id, ARGV[10] tenant, ARGV[11] channel, ARGV[12] address, ARGV[13]
+-- confirmation body json, ARGV[14] message retention s: when the event changes the
+-- scope's status, the confirmation is queued in this same step (docs/outbox.md), so
+-- it is neither lost nor doubled, and a repeated STOP queues nothing.
 -- Returns {0 new | 1 replay | 2 id reused for another change,
---          "applied|changed|status|revision|recorded_ms|action:topic"}.
+--          "applied|changed|status|revision|recorded_ms|action:topic",
+--          id of the confirmation queued by this event or ""}.
 local state, hist = KEYS[1], KEYS[2]
 local event_id, action, field, topic = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local source, evidence, occurred, principal = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
@@ -16,9 +23,9 @@ local seen = redis.call('HGET', state, 'e:' .. event_id)
 if seen then
   local first = string.match(seen, '|([^|]*)$')
   if first ~= fingerprint then
-    return {2, seen}
+    return {2, seen, ''}
   end
-  return {1, seen}
+  return {1, seen, redis.call('HGET', state, 'c:' .. event_id) or ''}
 end
 
 local t = redis.call('TIME')
@@ -50,4 +57,19 @@ redis.call('XADD', hist, rev .. '-0',
 local outcome = applied .. '|' .. changed .. '|' .. status .. '|' .. rev .. '|'
   .. string.format('%d', recorded) .. '|' .. fingerprint
 redis.call('HSET', state, 'e:' .. event_id, outcome)
-return {0, outcome}
+
+local confirmation = ''
+if #KEYS >= 4 and changed == 1 then
+  local outbox, msg, message_id = KEYS[3], KEYS[4], ARGV[9]
+  local now = string.format('%d', recorded)
+  redis.call('XADD', outbox, '*',
+    'id', message_id, 'tenant', ARGV[10], 'ch', ARGV[11], 'addr', ARGV[12], 'topic', '',
+    'body', ARGV[13], 'not_after', '0', 'meta', '{}', 'rev', rev, 'at', now,
+    'purpose', 'confirmation')
+  redis.call('HSET', msg, 'st', 'accepted', 'ch', ARGV[11], 'addr', ARGV[12], 'topic', '',
+    'at', now, 'up', now, 'att', 0, 'err', '', 'pid', '')
+  redis.call('EXPIRE', msg, ARGV[14])
+  redis.call('HSET', state, 'c:' .. event_id, message_id)
+  confirmation = message_id
+end
+return {0, outcome, confirmation}
