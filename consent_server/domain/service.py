@@ -367,7 +367,7 @@ class ConsentAuthority:
                 action=action,
                 # The customer acted through a button whenever a payload came with it.
                 source=Source.BUTTON if button_payload else Source.KEYWORD,
-                evidence=_inbound_evidence(found, event_id),
+                evidence=_inbound_evidence(found),
                 occurred_at_ms=when,
                 event_id=event_id,
                 principal=principal,
@@ -434,11 +434,9 @@ class ConsentAuthority:
 __all__ = ["ConsentAuthority", "InvalidArgument"]
 
 
-def _inbound_evidence(found: Match, provider_message_id: str) -> str:
+def _inbound_evidence(found: Match) -> str:
+    """What the customer sent, as evidence; the provider message id is the event id."""
     what = "button payload" if found.button else "keyword"
     how = " inside a longer message" if found.inferred else ""
-    text = (
-        f'inbound {what} "{found.keyword}"{how} ({found.language}), '
-        f"provider message {provider_message_id}"
-    )
+    text = f'inbound {what} "{found.keyword}"{how} ({found.language})'
     return text.encode()[: val.MAX_EVIDENCE_BYTES].decode(errors="ignore")
