@@ -547,3 +547,17 @@ def test_bad_tenant_id_on_admin_rpcs(env: Env) -> None:
         with pytest.raises(grpc.RpcError) as err:
             call()
         assert bad_fields(err.value) == ["tenant_id"]
+
+
+def test_unmasked_fields_are_not_read(env: Env, tenant: str) -> None:
+    """A bad value in a field the mask does not name is ignored, not refused."""
+    new = update(
+        env,
+        tenant,
+        ["business_name"],
+        business_name="Only This",
+        keyword_sets=[apb.KeywordSet(language="??", kind=99, keywords=[""])],
+        default_policy=42,  # type: ignore[arg-type]
+    )
+    assert new.business_name == "Only This"
+    assert "stop" in {k for s in new.keyword_sets for k in s.keywords}

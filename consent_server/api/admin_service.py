@@ -162,6 +162,10 @@ class ConsentAdminServicer(apb_grpc.ConsentAdminServiceServicer):
     ) -> apb.TenantSettings:
         paths = list(request.update_mask.paths)
         patch, bad = settings_from_pb(request.settings)
+        # Only fields the mask names are read, so only their decoding problems count.
+        if "*" not in paths:
+            masked = tuple(f"settings.{p}" for p in paths)
+            bad = [v for v in bad if v.field.startswith(masked)]
         settings = await self._a.update_settings(request.tenant_id, patch, paths, bad)
         return settings_to_pb(request.tenant_id, settings)
 

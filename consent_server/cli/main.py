@@ -127,7 +127,7 @@ def settings_get(ctx: typer.Context, tenant: Tenant) -> None:
 
 def _split(value: str, n: int, what: str, example: str) -> list[str]:
     parts = value.split(":", n - 1)
-    if len(parts) < n - 1:
+    if len(parts) < n:
         raise typer.BadParameter(f"{what} must look like {example}")
     return parts
 
