@@ -561,3 +561,34 @@ def test_unmasked_fields_are_not_read(env: Env, tenant: str) -> None:
     )
     assert new.business_name == "Only This"
     assert "stop" in {k for s in new.keyword_sets for k in s.keywords}
+
+
+def test_stop_promotions_after_stop_queues_nothing(env: Env, tenant: str) -> None:
+    """Marketing was already blocked by the newer STOP: the tap changes nothing the
+    recipient receives, so no second confirmation reaches an opted-out customer."""
+    first = inbound(env, tenant, "wamid.sp.1", text="STOP")
+    tap = inbound(env, tenant, "wamid.sp.2", button="STOP_PROMOTIONS")
+    assert tap.action == OUT and tap.reply_message_id == "" and tap.reply_text == ""
+    assert tap.revision == first.revision + 1 and events(env, tenant)[0].topic == "marketing"
+    # START re-allows everything, with a confirmation; STOP PROMOTIONS now does change
+    # what the recipient receives, so it confirms.
+    assert inbound(env, tenant, "wamid.sp.3", text="START").reply_message_id
+    again = inbound(env, tenant, "wamid.sp.4", text="stop promotions")
+    assert again.reply_message_id and "marketing" in again.reply_text
+    assert not allowed(env, tenant, "marketing") and allowed(env, tenant, "order_updates")
+    if env.redis is not None:
+        assert len(env.confirmations(tenant)) == 3
+
+
+def test_stop_after_a_newer_topic_opt_in_confirms(env: Env, tenant: str) -> None:
+    """All topics stay opted out, but marketing (opted in later) stops: that is a change
+    the customer should hear about."""
+    inbound(env, tenant, "wamid.t.1", text="STOP")
+    env.stub.OptIn(pb.OptInRequest(tenant_id=tenant, recipient=WA, topic="marketing"))
+    assert allowed(env, tenant, "marketing") and not allowed(env, tenant, "order_updates")
+    again = inbound(env, tenant, "wamid.t.2", text="STOP")
+    assert again.reply_message_id and not allowed(env, tenant, "marketing")
+    # Now everything is out: one more STOP changes nothing.
+    assert inbound(env, tenant, "wamid.t.3", text="STOP").reply_message_id == ""
+    if env.redis is not None:
+        assert len(env.confirmations(tenant)) == 2

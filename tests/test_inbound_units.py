@@ -7,9 +7,13 @@ import asyncio
 import dataclasses
 import json
 
+import fakeredis
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from consent_server.domain import settings as tsettings
+from consent_server.domain.decision import decide
 from consent_server.domain.errors import InvalidArgument, SettingsConflict
 from consent_server.domain.model import (
     DEFAULT_KEYWORD_SETS,
@@ -21,6 +25,7 @@ from consent_server.domain.model import (
     KeywordSet,
     LanguageTemplates,
     OutboundMessage,
+    Policy,
     Source,
     TenantSettings,
 )
@@ -262,3 +267,72 @@ async def test_authority_inbound_and_concurrent_updates(store: RedisConsentStore
     with pytest.raises(InvalidArgument) as err:
         await authority.update_settings("acme", TenantSettings(), [])
     assert [v.field for v in err.value.violations] == ["update_mask"]
+
+
+# -- property: a confirmation is queued iff what the recipient receives changed -------------
+
+TOPICS = ("marketing", "orders")
+INBOUND_EVENTS = st.lists(
+    st.tuples(
+        st.sampled_from(["", *TOPICS]),
+        st.sampled_from([Action.OPT_OUT, Action.OPT_IN]),
+        st.integers(min_value=0, max_value=5),  # occurred offset: ties and late events
+    ),
+    min_size=1,
+    max_size=12,
+)
+
+
+async def _deciders(store: RedisConsentStore, tenant: str) -> dict[str, object]:
+    """The deciding record's status per scope ("" = the all-topics record itself)."""
+    out: dict[str, object] = {}
+    for topic in TOPICS:
+        [(topic_rec, all_rec)] = await store.read_records(tenant, [ALICE], topic)
+        record = decide(topic_rec, all_rec, Policy.ALLOW_UNLESS_OPTED_OUT).record
+        out[topic] = (record.status, topic_rec is not None) if record else None
+        out[""] = all_rec.status if all_rec else None
+    return out
+
+
+@settings(
+    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(events=INBOUND_EVENTS)
+def test_confirmation_iff_the_decision_changes(
+    events: list[tuple[str, Action, int]],
+) -> None:
+    """Oracle: the pure decision rule before and after each event. A topic event
+    confirms iff that topic's deciding status changed (or it had none); an all-topics
+    event iff the all-topics record's status changed or some topic's did."""
+
+    async def run() -> None:
+        store = RedisConsentStore(
+            fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer()), settings_cache_s=0
+        )
+        body = OutboundMessage(kind="text", text="ok")
+        for i, (topic, action, at) in enumerate(events):
+            before = await _deciders(store, "acme")
+            ev = dataclasses.replace(
+                _inbound_event(f"wamid.{i}", action, topic), occurred_at_ms=T0 + at
+            )
+            got = await store.record_inbound(ev, body)
+            after = await _deciders(store, "acme")
+
+            def status(d: dict[str, object], scope: str) -> object:
+                v = d[scope]
+                return v[0] if isinstance(v, tuple) else v
+
+            if topic:
+                expected = got.outcome.applied and (
+                    before[topic] is None or status(before, topic) != status(after, topic)
+                )
+            else:
+                expected = got.outcome.applied and (
+                    before[""] is None
+                    or before[""] != after[""]
+                    or any(status(before, t) != status(after, t) for t in TOPICS)
+                )
+            assert bool(got.confirmation_id) == expected, (i, events)
+        await store.aclose()
+
+    asyncio.run(run())
