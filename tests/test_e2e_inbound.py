@@ -592,3 +592,39 @@ def test_stop_after_a_newer_topic_opt_in_confirms(env: Env, tenant: str) -> None
     assert inbound(env, tenant, "wamid.t.3", text="STOP").reply_message_id == ""
     if env.redis is not None:
         assert len(env.confirmations(tenant)) == 2
+
+
+def test_store_down_fails_closed(tmp_path_factory: pytest.TempPathFactory, tenant: str) -> None:
+    """Redis unreachable: inbound replies and settings calls answer UNAVAILABLE and nothing
+    is half-applied; once Redis is back the same webhook applies normally."""
+    redis_proc = RedisProcess(tmp_path_factory.mktemp("down-redis")).start()
+    srv = ServerProcess(
+        {"CONSENT_REDIS_URL": redis_proc.url, "CONSENT_REDIS_TIMEOUT": "0.5"}
+    ).start()
+    try:
+        with grpc.insecure_channel(srv.target) as channel:
+            env = Env(
+                srv,
+                consent_pb2_grpc.ConsentServiceStub(channel),
+                admin_pb2_grpc.ConsentAdminServiceStub(channel),
+                None,
+            )
+            redis_proc.stop()
+            calls = [
+                lambda: inbound(env, tenant, "wamid.down.1", text="STOP"),
+                lambda: env.admin.GetTenantSettings(apb.GetTenantSettingsRequest(tenant_id=tenant)),
+                lambda: update(env, tenant, ["business_name"], business_name="x"),
+            ]
+            for call in calls:
+                with pytest.raises(grpc.RpcError) as err:
+                    call()
+                assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+                _, details = rich(err.value)
+                assert details["ErrorInfo"].reason == "STORE_UNAVAILABLE"  # type: ignore[attr-defined]
+            redis_proc.start()
+            srv.wait_serving()
+            out = inbound(env, tenant, "wamid.down.1", text="STOP")
+            assert out.action == OUT and out.reply_message_id
+    finally:
+        assert srv.stop() == 0
+        redis_proc.stop()
