@@ -7,8 +7,6 @@ the domain's own validation in one BadRequest.
 
 from __future__ import annotations
 
-from typing import Any
-
 from consent_client.v1 import admin_pb2 as apb
 from consent_client.v1 import admin_pb2_grpc as apb_grpc
 from consent_client.v1 import consent_pb2 as pb
@@ -170,4 +168,4 @@ class ConsentAdminServicer(apb_grpc.ConsentAdminServiceServicer):
         return settings_to_pb(request.tenant_id, settings)
 
 
-__all__: list[Any] = ["ConsentAdminServicer", "settings_from_pb", "settings_to_pb"]
+__all__ = ["ConsentAdminServicer", "settings_from_pb", "settings_to_pb"]

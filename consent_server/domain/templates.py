@@ -30,18 +30,68 @@ _TOKEN_RE = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
 # "Reply START", "responde ALTA", "envoyez ARRET". Quoted words ("ALTA", «ALTA») are
 # promises in any language. Scripts without case (Devanagari, CJK) promise by quoting.
 _REPLY_VERBS = frozenset(
-    " ".join(
-        [
-            "reply text send type respond answer sms msg message",
-            "responde responda responder envía envia envíe envie escribe escriba contesta manda",
-            "réponds répondez repondez répondre envoyez envoie tapez écrivez",
-            "antworte antworten sende senden schreibe schreiben",
-            "rispondi rispondete invia inviate scrivi digite mande",
-        ]
-    ).split(" ")
+    (
+        "reply",
+        "text",
+        "send",
+        "type",
+        "respond",
+        "answer",
+        "sms",
+        "msg",
+        "message",
+        "responde",
+        "responda",
+        "responder",
+        "envía",
+        "envia",
+        "envíe",
+        "envie",
+        "escribe",
+        "escriba",
+        "contesta",
+        "manda",
+        "réponds",
+        "répondez",
+        "repondez",
+        "répondre",
+        "envoyez",
+        "envoie",
+        "tapez",
+        "écrivez",
+        "antworte",
+        "antworten",
+        "sende",
+        "senden",
+        "schreibe",
+        "schreiben",
+        "rispondi",
+        "rispondete",
+        "invia",
+        "inviate",
+        "scrivi",
+        "digite",
+        "mande",
+    )
 )
+# Words allowed between the verb and the keyword ("Reply with the word START").
 _FILLERS = frozenset(
-    " ".join(["with the word con la palabra avec le mot mit dem wort com a"]).split(" ")
+    (
+        "with",
+        "the",
+        "word",
+        "con",
+        "la",
+        "palabra",
+        "avec",
+        "le",
+        "mot",
+        "mit",
+        "dem",
+        "wort",
+        "com",
+        "a",
+    )
 )
 # Straight, curly (U+2018/9, U+201C/D/E), guillemet and CJK corner quotes.
 _QUOTES = "\"'\u2018\u2019\u201c\u201d\u201e\u00ab\u00bb\u300c\u300d\u300e\u300f"
