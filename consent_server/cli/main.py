@@ -343,7 +343,7 @@ def history(
     tenant: Tenant,
     address: Address,
     channel: Channel = "whatsapp",
-    limit: Annotated[int, typer.Option(help="At most this many events, newest first.")] = 50,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many events, newest first.")] = 50,
 ) -> None:
     """The recipient's consent events, newest first, as a table."""
 
