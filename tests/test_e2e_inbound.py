@@ -504,6 +504,54 @@ BAD_SETTINGS = [
         ["settings.topic_policies['Bad Topic!']"],
         id="topic-policy-bad-topic",
     ),
+    pytest.param(
+        ["keyword_sets"],
+        {
+            "keyword_sets": [
+                apb.KeywordSet(language="en", kind=apb.KEYWORD_KIND_OPT_OUT, keywords=["x" * 65])
+            ]
+        },
+        ["settings.keyword_sets[0].keywords[0]"],
+        id="keyword-65-chars",
+    ),
+    pytest.param(
+        ["keyword_sets"],
+        {
+            "keyword_sets": [
+                apb.KeywordSet(
+                    language="en",
+                    kind=apb.KEYWORD_KIND_OPT_OUT,
+                    keywords=[f"k{i}" for i in range(501)],
+                )
+            ]
+        },
+        ["settings.keyword_sets"],
+        id="keywords-501",
+    ),
+    pytest.param(
+        ["templates"],
+        {"templates": [apb.LanguageTemplates(language="en", help="x" * 1025)]},
+        ["settings.templates[0].help"],
+        id="template-1025-chars",
+    ),
+    pytest.param(
+        ["templates"],
+        {"templates": [apb.LanguageTemplates(language="en", opt_in_confirmation="hi\x00there")]},
+        ["settings.templates[0].opt_in_confirmation"],
+        id="template-nul",
+    ),
+    pytest.param(
+        ["button_payloads"],
+        {"button_payloads": [apb.ButtonPayload(payload="P" * 257, kind=apb.KEYWORD_KIND_OPT_OUT)]},
+        ["settings.button_payloads[0].payload"],
+        id="button-payload-257",
+    ),
+    pytest.param(
+        ["resubscribe_url"],
+        {"resubscribe_url": "https://x.example/a b"},
+        ["settings.resubscribe_url"],
+        id="resubscribe-url-space",
+    ),
     pytest.param([], {"business_name": "x"}, ["update_mask"], id="mask-empty"),
     pytest.param(
         ["business_name", "nope"],
@@ -540,9 +588,13 @@ def test_template_promise_names_the_keyword(env: Env, tenant: str) -> None:
 
 
 def test_bad_tenant_id_on_admin_rpcs(env: Env) -> None:
+    lua = "x');redis.call('FLUSHALL');--"
     for call in (
         lambda: env.admin.GetTenantSettings(apb.GetTenantSettingsRequest(tenant_id="BAD")),
+        lambda: env.admin.GetTenantSettings(apb.GetTenantSettingsRequest(tenant_id=lua)),
+        lambda: env.admin.GetTenantSettings(apb.GetTenantSettingsRequest(tenant_id="{cp01}")),
         lambda: update(env, "", ["business_name"], business_name="x"),
+        lambda: update(env, "a" * 65, ["business_name"], business_name="x"),
     ):
         with pytest.raises(grpc.RpcError) as err:
             call()
