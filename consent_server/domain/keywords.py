@@ -16,6 +16,7 @@ that is not configured falls back to the text (quick replies carry both).
 
 from __future__ import annotations
 
+import functools
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -177,3 +178,20 @@ class KeywordMatcher:
             if found is not None:
                 return found
         return self.match_text(text)
+
+
+@functools.lru_cache(maxsize=1024)
+def matcher_for(
+    keyword_sets: tuple[KeywordSet, ...],
+    buttons: tuple[ButtonPayload, ...],
+    default_language: str,
+    infer_opt_out_in_sentences: bool,
+) -> KeywordMatcher:
+    """A (shared, read-only) matcher for these tables: tenants' settings change rarely,
+    so the tables are built once, not on every inbound message."""
+    return KeywordMatcher(
+        keyword_sets,
+        buttons,
+        default_language=default_language,
+        infer_opt_out_in_sentences=infer_opt_out_in_sentences,
+    )

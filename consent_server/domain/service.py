@@ -17,7 +17,7 @@ from . import settings as tenant_settings
 from . import validation as val
 from .decision import decide
 from .errors import FieldViolation, InvalidArgument, NotFound, SendBlocked, SettingsConflict
-from .keywords import KeywordMatcher, Match
+from .keywords import Match, matcher_for
 from .model import (
     Action,
     ChangeOutcome,
@@ -345,11 +345,11 @@ class ConsentAuthority:
         when = val.occurred_at(v, received_at, self._clock_ms(), "received_at")
         v.raise_if_any()
         assert rcpt is not None
-        matcher = KeywordMatcher(
+        matcher = matcher_for(
             settings.keyword_sets,
             settings.button_payloads,
-            default_language=settings.default_language,
-            infer_opt_out_in_sentences=settings.infer_opt_out_in_sentences,
+            settings.default_language,
+            settings.infer_opt_out_in_sentences,
         )
         found = matcher.match(text, button_payload)
         if found is None:
