@@ -40,6 +40,7 @@ from consent_client import (
     Unimplemented,
 )
 from consent_client._errors import error_from_status
+from consent_client.v1 import admin_pb2
 from consent_client.v1 import consent_pb2 as pb
 
 from .client_fake import (
@@ -418,14 +419,16 @@ def test_opt_out_replay_is_duplicate(client: ConsentClient, tenant: str) -> None
 
 
 def test_handle_inbound_message(client: ConsentClient, tenant: str) -> None:
-    try:
-        result = client.handle_inbound_message(
-            tenant, "whatsapp", WA, text="STOP", provider_message_id="wamid.in.1"
-        )
-    except Unimplemented:
-        return  # not served by this server version yet
-    assert result.action.value == "opted_out" and result.matched_keyword
+    result = client.handle_inbound_message(
+        tenant, "whatsapp", WA, text="STOP", provider_message_id="wamid.in.1"
+    )
+    assert result.action.value == "opted_out" and result.matched_keyword == "stop"
+    assert result.reply_message_id and "START" in result.reply_text
     assert not client.check_consent(tenant, "whatsapp", WA, "marketing").allowed
+    again = client.handle_inbound_message(
+        tenant, "whatsapp", WA, text="STOP", provider_message_id="wamid.in.1"
+    )
+    assert again == result
 
 
 # -- retries ------------------------------------------------------------------------------
@@ -568,3 +571,24 @@ def test_caller_owned_channel_is_not_closed(server: ServerProcess, tenant: str) 
     with ConsentClient("ignored", channel=channel) as c:
         assert c.check_consent(tenant, "sms", "+1 202 555 0100").allowed
     channel.close()
+
+
+def test_tenant_settings_round_trip(client: ConsentClient, tenant: str) -> None:
+    current = client.get_tenant_settings(tenant)
+    current.keyword_sets.add(language="es", kind=admin_pb2.KEYWORD_KIND_OPT_OUT, keywords=["BAJA"])
+    new = client.update_tenant_settings(tenant, current, ["keyword_sets"])
+    assert ["baja"] in [list(s.keywords) for s in new.keyword_sets]
+    assert (
+        client.handle_inbound_message(
+            tenant, "whatsapp", WA, text="Baja", provider_message_id="wamid.baja"
+        ).matched_keyword
+        == "baja"
+    )
+    with pytest.raises(ValueError, match="update_mask"):
+        client.update_tenant_settings(tenant, current)
+    with pytest.raises(InvalidArgument) as err:
+        client.update_tenant_settings(
+            tenant,
+            {"templates": [{"language": "es", "opt_out_confirmation": "Responde ALTA"}]},
+        )
+    assert err.value.fields == ["settings.templates[0].opt_out_confirmation"]

@@ -20,7 +20,6 @@ from consent_client import (
     Scope,
     Source,
     Unavailable,
-    Unimplemented,
 )
 
 from .client_fake import (
@@ -95,13 +94,13 @@ async def test_errors_batch_and_paging(client: AsyncConsentClient, tenant: str) 
 
 
 async def test_inbound(client: AsyncConsentClient, tenant: str) -> None:
-    try:
-        result = await client.handle_inbound_message(
-            tenant, "sms", SMS, text="STOP", provider_message_id="sm-1"
-        )
-    except Unimplemented:
-        return
-    assert result.action.value == "opted_out"
+    result = await client.handle_inbound_message(
+        tenant, "sms", SMS, text="STOP", provider_message_id="sm-1"
+    )
+    assert result.action.value == "opted_out" and result.matched_keyword == "stop"
+    assert result.reply_message_id
+    status = await client.get_message_status(tenant, result.reply_message_id)
+    assert status.topic == "" and status.status.value == "accepted"
 
 
 async def test_retried_opt_out_is_applied_once(
@@ -159,3 +158,22 @@ async def test_unavailable_when_nothing_listens() -> None:
     ) as c:
         with pytest.raises(Unavailable):
             await c.check_consent("t", "sms", SMS)
+
+
+async def test_tenant_settings_and_inbound(client: AsyncConsentClient, tenant: str) -> None:
+    got = await client.get_tenant_settings(tenant)
+    assert got.infer_opt_out_in_sentences and got.version == 0
+    new = await client.update_tenant_settings(
+        tenant, {"business_name": "Meal Box", "resubscribe_url": "https://meal.example/back"}
+    )
+    assert new.business_name == "Meal Box" and new.version == 1
+    result = await client.handle_inbound_message(
+        tenant, "whatsapp", WA, text="stop!", provider_message_id="wamid.async.1"
+    )
+    assert result.reply_text == (
+        "You have been unsubscribed from Meal Box messages. "
+        "Reply START or visit https://meal.example/back to subscribe again."
+    )
+    with pytest.raises(InvalidArgument) as err:
+        await client.update_tenant_settings(tenant, {"resubscribeUrl": "ftp://nope"})
+    assert err.value.fields == ["settings.resubscribe_url"]

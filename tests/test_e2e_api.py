@@ -205,6 +205,11 @@ def list_req(**over: _Override) -> Callable[[str], Any]:
     return _build(pb.ListConsentEventsRequest, {"recipient": WA, "page_size": 10}, over)
 
 
+def inbound_req(**over: _Override) -> Callable[[str], Any]:
+    defaults = {"recipient": WA, "text": "STOP", "provider_message_id": "wamid.matrix"}
+    return _build(pb.HandleInboundMessageRequest, defaults, over)
+
+
 def status_req(**over: _Override) -> Callable[[str], Any]:
     return _build(pb.GetMessageStatusRequest, {"message_id": "m" + "0" * 30}, over)
 
@@ -629,6 +634,79 @@ MATRIX = [
     B("ListConsentEvents", list_req(page_token=_V1_NEG), "page_token", id="list-token-negative"),
     B("ListConsentEvents", list_req(recipient=OMIT), "recipient", id="list-recipient-missing"),
     B("ListConsentEvents", list_req(tenant_id="*"), "tenant_id", id="list-tenant-glob"),
+    # HandleInboundMessage: a bad field refuses the whole message, even a matching STOP
+    B("HandleInboundMessage", inbound_req(tenant_id=""), "tenant_id", id="inbound-tenant-empty"),
+    B(
+        "HandleInboundMessage",
+        inbound_req(tenant_id=LUA_TENANT),
+        "tenant_id",
+        id="inbound-tenant-lua",
+    ),
+    B(
+        "HandleInboundMessage",
+        inbound_req(provider_message_id=""),
+        "provider_message_id",
+        id="inbound-provider-id-missing",
+    ),
+    B(
+        "HandleInboundMessage",
+        inbound_req(provider_message_id="wamid 1"),
+        "provider_message_id",
+        id="inbound-provider-id-space",
+    ),
+    B(
+        "HandleInboundMessage",
+        inbound_req(provider_message_id="w" * 129),
+        "provider_message_id",
+        id="inbound-provider-id-129",
+    ),
+    B("HandleInboundMessage", inbound_req(recipient=OMIT), "recipient", id="inbound-no-recipient"),
+    B(
+        "HandleInboundMessage",
+        inbound_req(recipient=rcpt(pb.CHANNEL_UNSPECIFIED, WA_NORM)),
+        "recipient.channel",
+        id="inbound-channel-unspecified",
+    ),
+    B(
+        "HandleInboundMessage",
+        inbound_req(recipient=rcpt(pb.CHANNEL_WHATSAPP, "STOP")),
+        "recipient.address",
+        id="inbound-address-garbage",
+    ),
+    B(
+        "HandleInboundMessage",
+        inbound_req(text="STOP " + "x" * 4096),
+        "text",
+        id="inbound-text-4097",
+    ),
+    B("HandleInboundMessage", inbound_req(text="STOP\x00"), "text", id="inbound-text-nul"),
+    B(
+        "HandleInboundMessage",
+        inbound_req(button_payload="U" * 257),
+        "button_payload",
+        id="inbound-button-257",
+    ),
+    B(
+        "HandleInboundMessage",
+        inbound_req(received_at=FUTURE),
+        "received_at",
+        id="inbound-received-in-future",
+    ),
+    B(
+        "HandleInboundMessage",
+        inbound_req(received_at=Timestamp(seconds=0, nanos=-1)),
+        "received_at",
+        id="inbound-received-bad-nanos",
+    ),
+    B(
+        "HandleInboundMessage",
+        inbound_req(tenant_id="", provider_message_id="", recipient=OMIT, text="x" * 5000),
+        "tenant_id",
+        "provider_message_id",
+        "recipient",
+        "text",
+        id="inbound-names-every-bad-field",
+    ),
     # GetMessageStatus
     B("GetMessageStatus", status_req(message_id=""), "message_id", id="status-id-empty"),
     B("GetMessageStatus", status_req(message_id="m 1"), "message_id", id="status-id-space"),
@@ -698,25 +776,8 @@ def test_matrix_is_big_enough_and_covers_every_rpc() -> None:
         "SendIfAllowed",
         "ListConsentEvents",
         "GetMessageStatus",
+        "HandleInboundMessage",
     }
-
-
-def test_handle_inbound_message_is_not_implemented_and_changes_nothing(
-    stub: Any, tenant: str
-) -> None:
-    before = snapshot(stub, tenant)
-    with pytest.raises(grpc.RpcError) as raised:
-        stub.HandleInboundMessage(
-            pb.HandleInboundMessageRequest(
-                tenant_id=tenant, recipient=WA, text="STOP", provider_message_id="wamid.1"
-            )
-        )
-    assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    _, details = rich(raised.value)
-    assert details["ErrorInfo"].reason == "NOT_IMPLEMENTED"
-    assert details["ErrorInfo"].domain == "consent.v1"
-    assert snapshot(stub, tenant) == before
-    assert check(stub, tenant).allowed
 
 
 def test_other_tenants_message_id_is_not_found(stub: Any, tenant: str) -> None:

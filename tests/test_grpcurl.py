@@ -77,3 +77,58 @@ def test_grpcurl_lists_describes_and_calls(server: Any, tenant: str) -> None:
     kinds = {d["@type"].rsplit("/", 1)[-1]: d for d in status["details"]}
     assert kinds["google.rpc.ErrorInfo"]["reason"] == "INVALID_REQUEST"
     assert kinds["google.rpc.BadRequest"]["field_violations"][0]["field"] == "tenant_id"
+
+
+def test_grpcurl_inbound_flow_and_settings(server: Any, tenant: str) -> None:
+    """The README's inbound and admin examples, as written there."""
+    target = server.target
+    code, out, err = _run(target, "list")
+    assert code == 0, err
+    assert "consent.v1.ConsentAdminService" in out.split()
+    code, out, err = _run(target, "describe", "consent.v1.ConsentAdminService")
+    assert code == 0, err
+    assert "rpc GetTenantSettings (" in out and "rpc UpdateTenantSettings (" in out
+
+    recipient = {"channel": "CHANNEL_WHATSAPP", "address": "919876543210"}
+    tap = {
+        "tenant_id": tenant,
+        "recipient": recipient,
+        "text": "Unsubscribe",
+        "button_payload": "UNSUBSCRIBE",
+        "provider_message_id": "wamid.HBgLOTE5ODc2NTQzMjEwFQIAEhgg",
+    }
+    code, out, err = _run(target, "consent.v1.ConsentService/HandleInboundMessage", data=tap)
+    assert code == 0, err
+    done = json.loads(out)
+    assert done["action"] == "INBOUND_ACTION_OPTED_OUT" and done["matched_keyword"] == "unsubscribe"
+    assert "Reply START" in done["reply_text"] and done["reply_message_id"]
+
+    update = {
+        "tenant_id": tenant,
+        "settings": {"business_name": "Meal Box", "resubscribe_url": "https://meal.example/back"},
+        "update_mask": {"paths": ["business_name", "resubscribe_url"]},
+    }
+    code, out, err = _run(
+        target, "consent.v1.ConsentAdminService/UpdateTenantSettings", data=update
+    )
+    assert code == 0, err
+    assert json.loads(out)["business_name"] == "Meal Box"
+
+    start = {**tap, "text": "START", "button_payload": "", "provider_message_id": "wamid.2"}
+    code, out, err = _run(target, "consent.v1.ConsentService/HandleInboundMessage", data=start)
+    assert code == 0, err
+    assert json.loads(out)["reply_text"] == (
+        "You are now subscribed to Meal Box messages. Reply STOP to unsubscribe."
+    )
+
+    bad = {
+        "tenant_id": tenant,
+        "settings": {"templates": [{"language": "es", "opt_out_confirmation": "Responde ALTA"}]},
+        "update_mask": {"paths": ["templates"]},
+    }
+    code, out, err = _run(target, "consent.v1.ConsentAdminService/UpdateTenantSettings", data=bad)
+    assert code != 0
+    status = json.loads(err)
+    kinds = {d["@type"].rsplit("/", 1)[-1]: d for d in status["details"]}
+    [violation] = kinds["google.rpc.BadRequest"]["field_violations"]
+    assert violation["field"] == "settings.templates[0].opt_out_confirmation"

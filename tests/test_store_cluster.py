@@ -15,6 +15,7 @@ from consent_server.store import keys
 from consent_server.store.connect import open_store
 from consent_server.store.repository import RedisConsentStore
 
+from . import test_inbound_units as inbound
 from . import test_store as base
 from .cluster_support import RedisClusterProcesses
 from .support import ServerProcess
@@ -31,6 +32,10 @@ CASES = [
     base.test_read_records_keeps_request_order,
     base.test_history_pages_newest_first,
     base.test_tenant_settings_round_trip,
+    inbound.test_record_inbound_queues_once_per_change,
+    inbound.test_concurrent_record_inbound_is_one_event,
+    inbound.test_settings_write_is_version_checked,
+    inbound.test_authority_inbound_and_concurrent_updates,
 ]
 
 

@@ -11,7 +11,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from consent_client.v1 import consent_pb2 as pb
 from consent_client.v1 import consent_pb2_grpc as pb_grpc
-from consent_server.domain.errors import ConsentError, NotImplementedYet
+from consent_server.domain.errors import ConsentError
 from consent_server.domain.model import Action
 from consent_server.domain.service import BatchItemError, ChangeResult, ConsentAuthority
 
@@ -156,9 +156,21 @@ class ConsentServicer(pb_grpc.ConsentServiceServicer):
     async def HandleInboundMessage(
         self, request: pb.HandleInboundMessageRequest, context: Ctx
     ) -> pb.HandleInboundMessageResponse:
-        raise NotImplementedYet(
-            "HandleInboundMessage is part of consent.v1 but not served by this version yet; "
-            "record opt-outs and opt-ins with OptOut/OptIn"
+        result = await self._a.inbound(
+            tenant_id=request.tenant_id,
+            recipient=cv.optional_recipient(request.HasField("recipient"), request.recipient),
+            text=request.text,
+            button_payload=request.button_payload,
+            provider_message_id=request.provider_message_id,
+            received_at=cv.raw_timestamp(request.HasField("received_at"), request.received_at),
+            principal=principal_of(context),
+        )
+        return pb.HandleInboundMessageResponse(
+            action=cv.inbound_action(result.action),
+            matched_keyword=result.matched_keyword,
+            reply_text=result.reply_text,
+            reply_message_id=result.reply_message_id,
+            revision=result.revision,
         )
 
     @rpc

@@ -10,6 +10,7 @@ from consent_server.domain.model import (
     Channel,
     ConsentEvent,
     Decision,
+    InboundAction,
     MessageState,
     Recipient,
     Scope,
@@ -39,6 +40,7 @@ _SCOPE_TO_PB = {
     Scope.DEFAULT_POLICY: pb.SCOPE_DEFAULT_POLICY,
 }
 _ACTION_TO_PB = {Action.OPT_OUT: pb.CONSENT_ACTION_OPT_OUT, Action.OPT_IN: pb.CONSENT_ACTION_OPT_IN}
+_INBOUND_TO_PB = {a: pb.InboundAction.Value(f"INBOUND_ACTION_{a.name}") for a in InboundAction}
 _MESSAGE_STATE_TO_PB = {s: pb.MessageStatus.Value(f"MESSAGE_STATUS_{s.name}") for s in MessageState}
 
 
@@ -109,6 +111,11 @@ def status(value: Status) -> pb.ConsentStatus.ValueType:
 def source_pb(value: Source) -> pb.Source.ValueType:
     """A domain source on the wire."""
     return _SOURCE_TO_PB[value]
+
+
+def inbound_action(value: InboundAction) -> pb.InboundAction.ValueType:
+    """What an inbound message did, on the wire."""
+    return _INBOUND_TO_PB[value]
 
 
 def message_state(value: MessageState) -> pb.MessageStatus.ValueType:

@@ -17,6 +17,7 @@ from consent_server.domain.errors import (
     NotFound,
     NotImplementedYet,
     SendBlocked,
+    SettingsConflict,
     StoreUnavailable,
 )
 from consent_server.domain.masking import mask_address
@@ -91,6 +92,12 @@ def to_status(exc: Exception) -> status_pb2.Status:
     if isinstance(exc, NotFound):
         return status_pb2.Status(
             code=code_pb2.NOT_FOUND, message=str(exc), details=_pack(_info("MESSAGE_NOT_FOUND"))
+        )
+    if isinstance(exc, SettingsConflict):
+        return status_pb2.Status(
+            code=code_pb2.ABORTED,
+            message=f"{exc}; nothing was written, read the settings again and retry",
+            details=_pack(_info("SETTINGS_CONFLICT")),
         )
     if isinstance(exc, NotImplementedYet):
         return status_pb2.Status(

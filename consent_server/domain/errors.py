@@ -8,6 +8,7 @@ Hierarchy::
     ├── IdConflict           an event_id / idempotency_key reused for a different request
     ├── NotFound             unknown id (or another tenant's)
     ├── StoreUnavailable     Redis unreachable: fail closed
+    ├── SettingsConflict     tenant settings written concurrently (retried, then ABORTED)
     └── NotImplementedYet    in the contract, not served by this version
 """
 
@@ -69,6 +70,10 @@ class NotFound(ConsentError):
 class StoreUnavailable(ConsentError):
     """The consent store could not be reached or did not answer in time: nothing was
     allowed or accepted, but a change sent to a slow store may still be recorded."""
+
+
+class SettingsConflict(ConsentError):
+    """The tenant's settings changed between read and write; nothing was written."""
 
 
 class NotImplementedYet(ConsentError):

@@ -149,6 +149,15 @@ class ChangeOutcome:
 
 
 @dataclass(frozen=True, slots=True)
+class ConfirmedChange:
+    """A recorded inbound change and the confirmation it queued ("" = none queued:
+    the status did not change, or this is a replay whose first delivery queued none)."""
+
+    outcome: ChangeOutcome
+    confirmation_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class ConsentEvent:
     """One entry of a recipient's history."""
 
@@ -230,13 +239,105 @@ class MessageStatusInfo:
     updated_at_ms: int
 
 
+class InboundAction(enum.Enum):
+    """What an inbound message did."""
+
+    NONE = "none"
+    OPTED_OUT = "opted_out"
+    OPTED_IN = "opted_in"
+    HELP = "help"
+
+
+class KeywordKind(enum.Enum):
+    """What an inbound keyword or button does."""
+
+    OPT_OUT = "opt_out"
+    OPT_IN = "opt_in"
+    HELP = "help"
+
+
+@dataclass(frozen=True, slots=True)
+class KeywordSet:
+    """Keywords of one language and kind; opt-outs/opt-ins act on ``topic`` ("" = all).
+
+    Keywords are stored normalised (``domain.keywords.normalise``)."""
+
+    language: str
+    kind: KeywordKind
+    keywords: tuple[str, ...]
+    topic: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ButtonPayload:
+    """A quick-reply button payload and what tapping it does.
+
+    ``language`` picks the confirmation template ("" = the tenant's default language)."""
+
+    payload: str
+    kind: KeywordKind
+    topic: str = ""
+    language: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class LanguageTemplates:
+    """The reply texts of one language; "" = the built-in default text."""
+
+    language: str
+    opt_out_confirmation: str = ""
+    opt_in_confirmation: str = ""
+    help: str = ""
+
+
+DEFAULT_LANGUAGE = "en"
+
+# SPEC section 7: the keywords every tenant starts with (already normalised).
+DEFAULT_KEYWORD_SETS: tuple[KeywordSet, ...] = (
+    KeywordSet(
+        "en",
+        KeywordKind.OPT_OUT,
+        (
+            "stop",
+            "stopall",
+            "unsubscribe",
+            "cancel",
+            "end",
+            "quit",
+            "revoke",
+            "optout",
+            "opt out",
+        ),
+    ),
+    KeywordSet("en", KeywordKind.OPT_OUT, ("stop promotions",), "marketing"),
+    KeywordSet("en", KeywordKind.OPT_IN, ("start", "unstop", "subscribe", "opt in")),
+    KeywordSet("en", KeywordKind.HELP, ("help", "info")),
+)
+
+# Issue 4: WhatsApp-style quick-reply payloads every tenant starts with.
+DEFAULT_BUTTON_PAYLOADS: tuple[ButtonPayload, ...] = (
+    ButtonPayload("UNSUBSCRIBE", KeywordKind.OPT_OUT),
+    ButtonPayload("STOP_PROMOTIONS", KeywordKind.OPT_OUT, "marketing"),
+    ButtonPayload("SUBSCRIBE", KeywordKind.OPT_IN),
+)
+
+
 @dataclass(frozen=True, slots=True)
 class TenantSettings:
-    """The per-tenant settings this version reads (admin RPCs arrive later)."""
+    """A tenant's settings; every field has a default, so a new tenant works at once."""
 
     default_region: str | None = None
     default_policy: Policy = Policy.ALLOW_UNLESS_OPTED_OUT
     topic_policies: dict[str, Policy] = field(default_factory=dict)
+    business_name: str = ""
+    default_language: str = DEFAULT_LANGUAGE
+    keyword_sets: tuple[KeywordSet, ...] = DEFAULT_KEYWORD_SETS
+    button_payloads: tuple[ButtonPayload, ...] = DEFAULT_BUTTON_PAYLOADS
+    templates: tuple[LanguageTemplates, ...] = ()
+    infer_opt_out_in_sentences: bool = True
+    resubscribe_url: str = ""
+    # The stored version (0 = never written); a write must name the version it read.
+    version: int = 0
 
     def policy_for(self, topic: str) -> Policy:
         """The default policy for ``topic`` ("" = tenant-wide)."""

@@ -7,10 +7,12 @@ from typing import Protocol
 
 from .model import (
     ChangeOutcome,
+    ConfirmedChange,
     ConsentEventInput,
     ConsentRecord,
     EventPage,
     MessageStatusInfo,
+    OutboundMessage,
     Policy,
     Recipient,
     SendAccepted,
@@ -38,6 +40,22 @@ class ConsentStore(Protocol):
 
     async def record_event(self, event: ConsentEventInput) -> ChangeOutcome:
         """Apply an opt-out/opt-in atomically (SPEC §4) and append it to history."""
+        ...
+
+    async def record_inbound(
+        self, event: ConsentEventInput, confirmation: OutboundMessage
+    ) -> ConfirmedChange:
+        """Like record_event; when the scope's status changes, also queue
+        ``confirmation`` for delivery in the same atomic step (docs/outbox.md)."""
+        ...
+
+    async def fresh_tenant_settings(self, tenant_id: str) -> TenantSettings:
+        """The tenant's settings read from the store now, bypassing any cache."""
+        ...
+
+    async def put_tenant_settings(self, tenant_id: str, settings: TenantSettings) -> None:
+        """Replace the tenant's settings if still at ``settings.version`` (else raise
+        SettingsConflict); the next read in this process sees them."""
         ...
 
     async def send(self, request: SendInput, policy: Policy) -> SendAccepted | SendBlocked:

@@ -13,16 +13,21 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from . import settings as tenant_settings
 from . import validation as val
 from .decision import decide
-from .errors import FieldViolation, InvalidArgument, NotFound, SendBlocked
+from .errors import FieldViolation, InvalidArgument, NotFound, SendBlocked, SettingsConflict
+from .keywords import Match, matcher_for
 from .model import (
     Action,
     ChangeOutcome,
     ConsentEvent,
     ConsentEventInput,
     Decision,
+    InboundAction,
+    KeywordKind,
     MessageStatusInfo,
+    OutboundMessage,
     Recipient,
     SendAccepted,
     SendInput,
@@ -31,10 +36,13 @@ from .model import (
 )
 from .ports import ConsentStore
 from .recipients import AddressError, normalise_address
+from .templates import reply_text
 from .validation import RawMessage, RawRecipient, RawTimestamp, Violations
 
 MAX_BATCH = 10_000
 MAX_PAGE_SIZE = 1000
+MAX_BUTTON_PAYLOAD = 256
+SETTINGS_WRITE_ATTEMPTS = 5
 DEFAULT_PAGE_SIZE = 100
 ANONYMOUS = "anonymous"
 
@@ -76,6 +84,18 @@ class HistoryPage:
     recipient: Recipient
     events: list[ConsentEvent]
     next_page_token: str
+
+
+@dataclass(frozen=True, slots=True)
+class InboundResult:
+    """What an inbound reply or button tap did (HandleInboundMessage)."""
+
+    recipient: Recipient
+    action: InboundAction
+    matched_keyword: str
+    reply_text: str
+    reply_message_id: str
+    revision: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,6 +314,111 @@ class ConsentAuthority:
         )
         return HistoryPage(rcpt, page.events, token)
 
+    async def inbound(
+        self,
+        *,
+        tenant_id: str,
+        recipient: RawRecipient | None,
+        text: str,
+        button_payload: str,
+        provider_message_id: str,
+        received_at: RawTimestamp | None,
+        principal: str = ANONYMOUS,
+    ) -> InboundResult:
+        """HandleInboundMessage (SPEC section 7): keyword/button -> opt-out, opt-in or help.
+
+        The provider message id is the event id, so a redelivery returns the first
+        outcome and queues nothing; a change queues its confirmation atomically."""
+        v = Violations()
+        tenant = val.tenant_id(v, tenant_id)
+        settings = await self._settings(tenant)
+        rcpt = val.recipient(v, recipient, self._region(settings))
+        if len(text) > val.MAX_TEXT_CHARS:
+            v.add("text", f"must be at most {val.MAX_TEXT_CHARS} characters")
+        elif "\x00" in text:
+            v.add("text", "must not contain NUL characters")
+        if len(button_payload) > MAX_BUTTON_PAYLOAD:
+            v.add("button_payload", f"must be at most {MAX_BUTTON_PAYLOAD} characters")
+        elif "\x00" in button_payload:
+            v.add("button_payload", "must not contain NUL characters")
+        event_id = val.identifier(v, provider_message_id, "provider_message_id", required=True)
+        when = val.occurred_at(v, received_at, self._clock_ms(), "received_at")
+        v.raise_if_any()
+        assert rcpt is not None
+        matcher = matcher_for(
+            settings.keyword_sets,
+            settings.button_payloads,
+            settings.default_language,
+            settings.infer_opt_out_in_sentences,
+        )
+        found = matcher.match(text, button_payload)
+        if found is None:
+            return InboundResult(rcpt, InboundAction.NONE, "", "", "", 0)
+        if found.kind is KeywordKind.HELP:
+            help_text = reply_text(settings, tenant, KeywordKind.HELP, found.language, "")
+            return InboundResult(rcpt, InboundAction.HELP, found.keyword, help_text, "", 0)
+        action = Action.OPT_OUT if found.kind is KeywordKind.OPT_OUT else Action.OPT_IN
+        confirmation = reply_text(settings, tenant, found.kind, found.language, found.topic)
+        change = await self._store.record_inbound(
+            ConsentEventInput(
+                tenant_id=tenant,
+                recipient=rcpt,
+                topic=found.topic,
+                action=action,
+                # The customer acted through a button whenever a payload came with it.
+                source=Source.BUTTON if button_payload else Source.KEYWORD,
+                evidence=_inbound_evidence(found),
+                occurred_at_ms=when,
+                event_id=event_id,
+                principal=principal,
+            ),
+            OutboundMessage(kind="text", text=confirmation),
+        )
+        queued = change.confirmation_id
+        return InboundResult(
+            rcpt,
+            InboundAction.OPTED_OUT if action is Action.OPT_OUT else InboundAction.OPTED_IN,
+            found.keyword,
+            confirmation if queued else "",
+            queued,
+            change.outcome.revision,
+        )
+
+    async def get_settings(self, tenant_id: str) -> TenantSettings:
+        """GetTenantSettings: the effective settings (defaults filled in)."""
+        v = Violations()
+        tenant = val.tenant_id(v, tenant_id)
+        v.raise_if_any()
+        return await self._store.fresh_tenant_settings(tenant)
+
+    async def update_settings(
+        self,
+        tenant_id: str,
+        patch: TenantSettings,
+        paths: Sequence[str],
+        conversion_violations: Sequence[FieldViolation] = (),
+    ) -> TenantSettings:
+        """UpdateTenantSettings: merge the masked fields, validate all, write if nobody
+        wrote meanwhile (else re-read and retry). ``conversion_violations`` are problems
+        the api layer found decoding the request (unknown enum values)."""
+        v = Violations()
+        tenant = val.tenant_id(v, tenant_id)
+        tenant_settings.check_paths(v, paths)
+        v.items.extend(conversion_violations)
+        v.raise_if_any()
+        for _ in range(SETTINGS_WRITE_ATTEMPTS):
+            current = await self._store.fresh_tenant_settings(tenant)
+            merged = tenant_settings.merge(current, patch, paths)
+            v = Violations()
+            checked = tenant_settings.validate(v, merged)
+            v.raise_if_any()
+            try:
+                await self._store.put_tenant_settings(tenant, checked)
+            except SettingsConflict:
+                continue
+            return await self._store.fresh_tenant_settings(tenant)
+        raise SettingsConflict("tenant settings are being changed by someone else right now; retry")
+
     async def message_status(self, tenant_id: str, message_id: str) -> MessageStatusInfo:
         """GetMessageStatus: NotFound for unknown ids and other tenants' ids."""
         v = Violations()
@@ -307,3 +432,11 @@ class ConsentAuthority:
 
 
 __all__ = ["ConsentAuthority", "InvalidArgument"]
+
+
+def _inbound_evidence(found: Match) -> str:
+    """What the customer sent, as evidence; the provider message id is the event id."""
+    what = "button payload" if found.button else "keyword"
+    how = " inside a longer message" if found.inferred else ""
+    text = f'inbound {what} "{found.keyword}"{how} ({found.language})'
+    return text.encode()[: val.MAX_EVIDENCE_BYTES].decode(errors="ignore")

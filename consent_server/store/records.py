@@ -7,12 +7,18 @@ import json
 
 from consent_server.domain.model import (
     Action,
+    ButtonPayload,
     ChangeOutcome,
     ConsentEvent,
     ConsentRecord,
+    KeywordKind,
+    KeywordSet,
+    LanguageTemplates,
     OutboundMessage,
+    Policy,
     Source,
     Status,
+    TenantSettings,
 )
 
 _STATUS = {"in": Status.OPTED_IN, "out": Status.OPTED_OUT}
@@ -85,3 +91,92 @@ def encode_body(message: OutboundMessage) -> str:
             "data": base64.b64encode(message.data).decode(),
         }
     return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+
+
+# -- tenant settings -----------------------------------------------------------------
+# A per-tenant hash: scalar fields as strings, lists as JSON. A field that is absent
+# means "the default" (TenantSettings' field default), so tenants stored before a
+# field existed read as the defaults.
+
+
+def encode_settings(settings: TenantSettings) -> dict[str, str]:
+    """The hash fields of a tenant's settings (all of them: a write replaces the hash)."""
+    fields = {
+        "default_policy": settings.default_policy.value,
+        "business_name": settings.business_name,
+        "default_language": settings.default_language,
+        "resubscribe_url": settings.resubscribe_url,
+        "infer_opt_out": "1" if settings.infer_opt_out_in_sentences else "0",
+        "keywords": json.dumps(
+            [
+                {"lang": k.language, "kind": k.kind.value, "topic": k.topic, "kw": list(k.keywords)}
+                for k in settings.keyword_sets
+            ],
+            ensure_ascii=False,
+        ),
+        "buttons": json.dumps(
+            [
+                {"p": b.payload, "kind": b.kind.value, "topic": b.topic, "lang": b.language}
+                for b in settings.button_payloads
+            ],
+            ensure_ascii=False,
+        ),
+        "templates": json.dumps(
+            [
+                {
+                    "lang": t.language,
+                    "out": t.opt_out_confirmation,
+                    "in": t.opt_in_confirmation,
+                    "help": t.help,
+                }
+                for t in settings.templates
+            ],
+            ensure_ascii=False,
+        ),
+    }
+    if settings.default_region:
+        fields["default_region"] = settings.default_region
+    fields.update({f"policy:{t}": p.value for t, p in settings.topic_policies.items()})
+    return fields
+
+
+def parse_settings(raw: dict[bytes, bytes] | dict[str, str]) -> TenantSettings:
+    """A tenant's settings from its hash; absent fields take their defaults."""
+    f = {_text(k): _text(v) for k, v in raw.items()}
+    d = TenantSettings()
+    policies = {
+        name.removeprefix("policy:"): Policy(value)
+        for name, value in f.items()
+        if name.startswith("policy:")
+    }
+    keyword_sets = d.keyword_sets
+    if "keywords" in f:
+        keyword_sets = tuple(
+            KeywordSet(k["lang"], KeywordKind(k["kind"]), tuple(k["kw"]), k["topic"])
+            for k in json.loads(f["keywords"])
+        )
+    buttons = d.button_payloads
+    if "buttons" in f:
+        buttons = tuple(
+            ButtonPayload(b["p"], KeywordKind(b["kind"]), b["topic"], b["lang"])
+            for b in json.loads(f["buttons"])
+        )
+    templates = d.templates
+    if "templates" in f:
+        templates = tuple(
+            LanguageTemplates(t["lang"], t["out"], t["in"], t["help"])
+            for t in json.loads(f["templates"])
+        )
+    return TenantSettings(
+        default_region=f.get("default_region") or None,
+        default_policy=Policy(f.get("default_policy") or d.default_policy.value),
+        topic_policies=policies,
+        business_name=f.get("business_name", d.business_name),
+        default_language=f.get("default_language") or d.default_language,
+        keyword_sets=keyword_sets,
+        button_payloads=buttons,
+        templates=templates,
+        infer_opt_out_in_sentences=f.get("infer_opt_out", "1") != "0",
+        resubscribe_url=f.get("resubscribe_url", d.resubscribe_url),
+        version=int(f.get("ver") or 0),
+    )

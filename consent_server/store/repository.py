@@ -13,14 +13,16 @@ import redis.asyncio as aioredis
 import redis.exceptions as rex
 
 from consent_server.domain.decision import decide
-from consent_server.domain.errors import IdConflict, StoreUnavailable
+from consent_server.domain.errors import IdConflict, SettingsConflict, StoreUnavailable
 from consent_server.domain.model import (
     ChangeOutcome,
     Channel,
+    ConfirmedChange,
     ConsentEventInput,
     EventPage,
     MessageState,
     MessageStatusInfo,
+    OutboundMessage,
     Policy,
     Recipient,
     SendAccepted,
@@ -31,7 +33,14 @@ from consent_server.domain.model import (
 from consent_server.domain.ports import RecordPair
 
 from . import keys
-from .records import encode_body, parse_history_entry, parse_outcome, parse_record
+from .records import (
+    encode_body,
+    encode_settings,
+    parse_history_entry,
+    parse_outcome,
+    parse_record,
+    parse_settings,
+)
 
 T = TypeVar("T")
 
@@ -69,6 +78,7 @@ class RedisConsentStore:
         self._r: Any = client
         self._record = client.register_script(_load_script("record_event.lua"))
         self._send = client.register_script(_load_script("send.lua"))
+        self._put_settings = client.register_script(_load_script("put_settings.lua"))
         self._settings_cache: dict[str, tuple[float, TenantSettings]] = {}
         self._settings_cache_s = settings_cache_s
 
@@ -95,7 +105,10 @@ class RedisConsentStore:
     # -- tenant settings -------------------------------------------------------------
 
     async def tenant_settings(self, tenant_id: str) -> TenantSettings:
-        """The tenant's settings, cached for about a second per process."""
+        """The tenant's settings, cached for about a second per process.
+
+        A write through this object drops its cache entry, so the next call in this
+        process sees it; other processes see it once their entry expires."""
         now = time.monotonic()
         cached = self._settings_cache.get(tenant_id)
         if cached and now - cached[0] < self._settings_cache_s:
@@ -103,40 +116,32 @@ class RedisConsentStore:
         raw: dict[bytes, bytes] = await self._call(
             lambda: self._r.hgetall(keys.tenant_settings(tenant_id))
         )
-        fields = {_s(k): _s(v) for k, v in raw.items()}
-        policies = {
-            name.removeprefix("policy:"): Policy(value)
-            for name, value in fields.items()
-            if name.startswith("policy:")
-        }
-        settings = TenantSettings(
-            default_region=fields.get("default_region") or None,
-            default_policy=Policy(
-                fields.get("default_policy") or Policy.ALLOW_UNLESS_OPTED_OUT.value
-            ),
-            topic_policies=policies,
-        )
+        settings = parse_settings(raw)
         if len(self._settings_cache) > 10_000:
             self._settings_cache.clear()
         self._settings_cache[tenant_id] = (now, settings)
         return settings
 
-    async def put_tenant_settings(self, tenant_id: str, settings: TenantSettings) -> None:
-        """Replace the tenant's settings (the admin API arrives later; tests and tools use this)."""
-        mapping: dict[str | bytes, str | bytes] = {"default_policy": settings.default_policy.value}
-        if settings.default_region:
-            mapping["default_region"] = settings.default_region
-        mapping.update({f"policy:{t}": p.value for t, p in settings.topic_policies.items()})
-        key = keys.tenant_settings(tenant_id)
-
-        async def write() -> None:
-            async with self._r.pipeline(transaction=True) as pipe:
-                pipe.delete(key)
-                pipe.hset(key, mapping=mapping)
-                await pipe.execute()
-
-        await self._call(write)
+    async def fresh_tenant_settings(self, tenant_id: str) -> TenantSettings:
+        """The tenant's settings read from the store now (for read-modify-write)."""
         self._settings_cache.pop(tenant_id, None)
+        return await self.tenant_settings(tenant_id)
+
+    async def put_tenant_settings(self, tenant_id: str, settings: TenantSettings) -> None:
+        """Replace the tenant's settings if they are still at ``settings.version``.
+
+        Raises SettingsConflict when another writer got there first (re-read and retry)."""
+        fields = encode_settings(settings)
+        args: list[str | int] = [str(settings.version)]
+        for name, value in fields.items():
+            args += [name, value]
+        key = keys.tenant_settings(tenant_id)
+        try:
+            version = await self._call(lambda: self._put_settings(keys=[key], args=args))
+        finally:
+            self._settings_cache.pop(tenant_id, None)
+        if int(version) < 0:
+            raise SettingsConflict("tenant settings changed meanwhile")
 
     # -- reads -----------------------------------------------------------------------
 
@@ -203,8 +208,34 @@ class RedisConsentStore:
 
     async def record_event(self, event: ConsentEventInput) -> ChangeOutcome:
         """Run record_event.lua: idempotency, ordering, revision and history in one step."""
+        outcome, _ = await self._run_record(event, [], [])
+        return outcome
+
+    async def record_inbound(
+        self, event: ConsentEventInput, confirmation: OutboundMessage
+    ) -> ConfirmedChange:
+        """Run record_event.lua with the recipient's outbox: when the event changes the
+        scope's status, ``confirmation`` is queued (purpose ``confirmation``) in the same
+        atomic step; a replay of the event id returns the first outcome and queues nothing."""
+        part = keys.partition(event.tenant_id, event.recipient)
+        message_id = keys.new_message_id(part)
+        extra_keys = [keys.outbox(part), keys.message(event.tenant_id, part, message_id)]
+        extra_args: list[str | int] = [
+            message_id,
+            event.tenant_id,
+            event.recipient.channel.value,
+            event.recipient.address,
+            encode_body(confirmation),
+            MESSAGE_RETENTION_S,
+        ]
+        outcome, queued = await self._run_record(event, extra_keys, extra_args)
+        return ConfirmedChange(outcome, queued)
+
+    async def _run_record(
+        self, event: ConsentEventInput, extra_keys: list[str], extra_args: list[str | int]
+    ) -> tuple[ChangeOutcome, str]:
         base = keys.recipient_base(event.tenant_id, event.recipient)
-        args = [
+        args: list[str | int] = [
             event.event_id,
             event.action.value,
             keys.scope_field(event.topic),
@@ -213,10 +244,10 @@ class RedisConsentStore:
             event.evidence,
             str(event.occurred_at_ms),
             event.principal,
+            *extra_args,
         ]
-        kind, outcome = await self._call(
-            lambda: self._record(keys=[keys.state(base), keys.history(base)], args=args)
-        )
+        script_keys = [keys.state(base), keys.history(base), *extra_keys]
+        kind, outcome, queued = await self._call(lambda: self._record(keys=script_keys, args=args))
         first = parse_outcome(outcome, event.event_id, duplicate=True)
         if int(kind) == 2:
             raise IdConflict(
@@ -225,7 +256,7 @@ class RedisConsentStore:
                 f"event_id was already used for a different change of this recipient "
                 f"(revision {first.revision}); use a new event_id for a new change",
             )
-        return parse_outcome(outcome, event.event_id, duplicate=int(kind) == 1)
+        return parse_outcome(outcome, event.event_id, duplicate=int(kind) == 1), _s(queued)
 
     async def send(self, request: SendInput, policy: Policy) -> SendAccepted | SendBlocked:
         """Run send.lua: idempotency, decision, outbox append and status record in one step."""

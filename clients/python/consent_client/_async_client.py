@@ -33,6 +33,8 @@ from ._types import (
     SourceLike,
     Template,
 )
+from .v1 import admin_pb2 as apb
+from .v1 import admin_pb2_grpc as apb_grpc
 from .v1 import consent_pb2 as pb
 from .v1 import consent_pb2_grpc as pb_grpc
 
@@ -80,6 +82,7 @@ class AsyncConsentClient:
         else:
             self._channel = grpc.aio.insecure_channel(target, self._o.channel_options)
         self._stub = pb_grpc.ConsentServiceStub(self._channel)
+        self._admin = apb_grpc.ConsentAdminServiceStub(self._channel)
 
     async def __aenter__(self) -> Self:
         return self
@@ -98,7 +101,7 @@ class AsyncConsentClient:
             await self._channel.close(None)
 
     async def _invoke(self, call: Call[T], timeout: float | None) -> T:
-        fn = getattr(self._stub, call.method)
+        fn = getattr(self._admin if call.admin else self._stub, call.method)
         deadline = self._o.deadline(timeout)
         attempt = 0
         while True:
@@ -305,3 +308,33 @@ class AsyncConsentClient:
             NotFound: no such message for the tenant.
         """
         return await self._invoke(_calls.get_message_status(tenant_id, message_id), timeout)
+
+    # -- ConsentAdminService: tenant settings --------------------------------------------
+
+    async def get_tenant_settings(
+        self, tenant_id: str, *, timeout: float | None = None
+    ) -> apb.TenantSettings:
+        """The tenant's effective settings (defaults filled in) as the proto message."""
+        return await self._invoke(_calls.get_tenant_settings(tenant_id), timeout)
+
+    async def update_tenant_settings(
+        self,
+        tenant_id: str,
+        settings: _calls.SettingsLike,
+        update_mask: Iterable[str] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> apb.TenantSettings:
+        """Change the settings fields named by ``update_mask``; returns the new settings.
+
+        ``settings`` is a ``TenantSettings`` message or a dict in its JSON form, e.g.
+        ``{"business_name": "Meal Box", "resubscribe_url": "https://..."}``; for a
+        dict, ``update_mask`` defaults to its keys. Repeated fields (``keyword_sets``,
+        ``templates``...) are replaced whole: read, edit, write back.
+
+        Raises:
+            InvalidArgument: a bad value; ``field_violations`` name each field
+                (e.g. ``settings.templates[0].opt_out_confirmation``).
+        """
+        call = _calls.update_tenant_settings(tenant_id, settings, update_mask)
+        return await self._invoke(call, timeout)

@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 import grpc
+from google.protobuf import field_mask_pb2, json_format
 from google.protobuf.message import Message as ProtoMessage
 
 from ._errors import error_from_status
@@ -35,6 +36,7 @@ from ._types import (
     recipient_to_pb,
     source_to_pb,
 )
+from .v1 import admin_pb2 as apb
 from .v1 import consent_pb2 as pb
 
 T = TypeVar("T")
@@ -84,6 +86,8 @@ class Call(Generic[T]):
     request: ProtoMessage
     mode: RetryMode
     parse: Callable[[Any], T]
+    admin: bool = False
+    """True for a ``consent.v1.ConsentAdminService`` method."""
 
 
 def new_event_id() -> str:
@@ -246,3 +250,40 @@ def get_message_status(tenant_id: str, message_id: str) -> Call[MessageStatus]:
     """GetMessageStatus: read-only."""
     req = pb.GetMessageStatusRequest(tenant_id=tenant_id, message_id=message_id)
     return Call("GetMessageStatus", req, RetryMode.READ, MessageStatus.from_pb)
+
+
+# -- ConsentAdminService: tenant settings -------------------------------------------------
+
+SettingsLike = apb.TenantSettings | Mapping[str, Any]
+
+
+def get_tenant_settings(tenant_id: str) -> Call[apb.TenantSettings]:
+    """GetTenantSettings: read-only."""
+    req = apb.GetTenantSettingsRequest(tenant_id=tenant_id)
+    return Call("GetTenantSettings", req, RetryMode.READ, lambda r: r, admin=True)
+
+
+def update_tenant_settings(
+    tenant_id: str, settings: SettingsLike, update_mask: Iterable[str] | None
+) -> Call[apb.TenantSettings]:
+    """UpdateTenantSettings: ``settings`` as a message or a dict in the proto's JSON
+    form; without ``update_mask`` a dict's top-level keys are the mask. Setting fields
+    to given values is idempotent, so it is retried on UNAVAILABLE."""
+    if isinstance(settings, apb.TenantSettings):
+        msg = settings
+        if update_mask is None:
+            raise ValueError("update_mask is required when settings is a TenantSettings message")
+    else:
+        msg = json_format.ParseDict(dict(settings), apb.TenantSettings())
+        if update_mask is None:
+            update_mask = list(settings)
+    paths = [_snake(p) for p in update_mask]
+    req = apb.UpdateTenantSettingsRequest(
+        tenant_id=tenant_id, settings=msg, update_mask=field_mask_pb2.FieldMask(paths=paths)
+    )
+    return Call("UpdateTenantSettings", req, RetryMode.IDEMPOTENT_WRITE, lambda r: r, admin=True)
+
+
+def _snake(path: str) -> str:
+    """``businessName`` (JSON spelling) -> ``business_name``; snake_case passes through."""
+    return "".join("_" + c.lower() if c.isupper() else c for c in path)

@@ -28,6 +28,8 @@ from ._types import (
     SourceLike,
     Template,
 )
+from .v1 import admin_pb2 as apb
+from .v1 import admin_pb2_grpc as apb_grpc
 from .v1 import consent_pb2 as pb
 from .v1 import consent_pb2_grpc as pb_grpc
 
@@ -115,6 +117,7 @@ class ConsentClient:
         else:
             self._channel = grpc.insecure_channel(target, self._o.channel_options)
         self._stub = pb_grpc.ConsentServiceStub(self._channel)
+        self._admin = apb_grpc.ConsentAdminServiceStub(self._channel)
 
     def __enter__(self) -> Self:
         return self
@@ -133,7 +136,7 @@ class ConsentClient:
             self._channel.close()
 
     def _invoke(self, call: Call[T], timeout: float | None) -> T:
-        fn = getattr(self._stub, call.method)
+        fn = getattr(self._admin if call.admin else self._stub, call.method)
         deadline = self._o.deadline(timeout)
         attempt = 0
         while True:
@@ -339,3 +342,33 @@ class ConsentClient:
             NotFound: no such message for the tenant.
         """
         return self._invoke(_calls.get_message_status(tenant_id, message_id), timeout)
+
+    # -- ConsentAdminService: tenant settings --------------------------------------------
+
+    def get_tenant_settings(
+        self, tenant_id: str, *, timeout: float | None = None
+    ) -> apb.TenantSettings:
+        """The tenant's effective settings (defaults filled in) as the proto message."""
+        return self._invoke(_calls.get_tenant_settings(tenant_id), timeout)
+
+    def update_tenant_settings(
+        self,
+        tenant_id: str,
+        settings: _calls.SettingsLike,
+        update_mask: Iterable[str] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> apb.TenantSettings:
+        """Change the settings fields named by ``update_mask``; returns the new settings.
+
+        ``settings`` is a ``TenantSettings`` message or a dict in its JSON form, e.g.
+        ``{"business_name": "Meal Box", "resubscribe_url": "https://..."}``; for a
+        dict, ``update_mask`` defaults to its keys. Repeated fields (``keyword_sets``,
+        ``templates``...) are replaced whole: read, edit, write back.
+
+        Raises:
+            InvalidArgument: a bad value; ``field_violations`` name each field
+                (e.g. ``settings.templates[0].opt_out_confirmation``).
+        """
+        call = _calls.update_tenant_settings(tenant_id, settings, update_mask)
+        return self._invoke(call, timeout)

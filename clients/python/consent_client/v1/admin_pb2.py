@@ -27,13 +27,31 @@ from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mas
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x63onsent/v1/admin.proto\x12\nconsent.v1\x1a\x18\x63onsent/v1/consent.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto2\x15\n\x13\x43onsentAdminServiceb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x63onsent/v1/admin.proto\x12\nconsent.v1\x1a\x18\x63onsent/v1/consent.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"-\n\x18GetTenantSettingsRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\"\x8f\x01\n\x1bUpdateTenantSettingsRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12,\n\x08settings\x18\x02 \x01(\x0b\x32\x1a.consent.v1.TenantSettings\x12/\n\x0bupdate_mask\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"f\n\nKeywordSet\x12\x10\n\x08language\x18\x01 \x01(\t\x12%\n\x04kind\x18\x02 \x01(\x0e\x32\x17.consent.v1.KeywordKind\x12\r\n\x05topic\x18\x03 \x01(\t\x12\x10\n\x08keywords\x18\x04 \x03(\t\"h\n\rButtonPayload\x12\x0f\n\x07payload\x18\x01 \x01(\t\x12%\n\x04kind\x18\x02 \x01(\x0e\x32\x17.consent.v1.KeywordKind\x12\r\n\x05topic\x18\x03 \x01(\t\x12\x10\n\x08language\x18\x04 \x01(\t\"n\n\x11LanguageTemplates\x12\x10\n\x08language\x18\x01 \x01(\t\x12\x1c\n\x14opt_out_confirmation\x18\x02 \x01(\t\x12\x1b\n\x13opt_in_confirmation\x18\x03 \x01(\t\x12\x0c\n\x04help\x18\x04 \x01(\t\"\x99\x04\n\x0eTenantSettings\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x15\n\rbusiness_name\x18\x02 \x01(\t\x12\x16\n\x0e\x64\x65\x66\x61ult_region\x18\x03 \x01(\t\x12\x31\n\x0e\x64\x65\x66\x61ult_policy\x18\x04 \x01(\x0e\x32\x19.consent.v1.DefaultPolicy\x12\x45\n\x0etopic_policies\x18\x05 \x03(\x0b\x32-.consent.v1.TenantSettings.TopicPoliciesEntry\x12\x18\n\x10\x64\x65\x66\x61ult_language\x18\x06 \x01(\t\x12,\n\x0ckeyword_sets\x18\x07 \x03(\x0b\x32\x16.consent.v1.KeywordSet\x12\x32\n\x0f\x62utton_payloads\x18\x08 \x03(\x0b\x32\x19.consent.v1.ButtonPayload\x12\x30\n\ttemplates\x18\t \x03(\x0b\x32\x1d.consent.v1.LanguageTemplates\x12\"\n\x1ainfer_opt_out_in_sentences\x18\n \x01(\x08\x12\x17\n\x0fresubscribe_url\x18\x0b \x01(\t\x12\x0f\n\x07version\x18\x0c \x01(\x03\x1aO\n\x12TopicPoliciesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12(\n\x05value\x18\x02 \x01(\x0e\x32\x19.consent.v1.DefaultPolicy:\x02\x38\x01*u\n\x0bKeywordKind\x12\x1c\n\x18KEYWORD_KIND_UNSPECIFIED\x10\x00\x12\x18\n\x14KEYWORD_KIND_OPT_OUT\x10\x01\x12\x17\n\x13KEYWORD_KIND_OPT_IN\x10\x02\x12\x15\n\x11KEYWORD_KIND_HELP\x10\x03\x32\xc9\x01\n\x13\x43onsentAdminService\x12U\n\x11GetTenantSettings\x12$.consent.v1.GetTenantSettingsRequest\x1a\x1a.consent.v1.TenantSettings\x12[\n\x14UpdateTenantSettings\x12\'.consent.v1.UpdateTenantSettingsRequest\x1a\x1a.consent.v1.TenantSettingsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'consent_client.v1.admin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CONSENTADMINSERVICE']._serialized_start=131
-  _globals['_CONSENTADMINSERVICE']._serialized_end=152
+  _globals['_TENANTSETTINGS_TOPICPOLICIESENTRY']._loaded_options = None
+  _globals['_TENANTSETTINGS_TOPICPOLICIESENTRY']._serialized_options = b'8\001'
+  _globals['_KEYWORDKIND']._serialized_start=1186
+  _globals['_KEYWORDKIND']._serialized_end=1303
+  _globals['_GETTENANTSETTINGSREQUEST']._serialized_start=131
+  _globals['_GETTENANTSETTINGSREQUEST']._serialized_end=176
+  _globals['_UPDATETENANTSETTINGSREQUEST']._serialized_start=179
+  _globals['_UPDATETENANTSETTINGSREQUEST']._serialized_end=322
+  _globals['_KEYWORDSET']._serialized_start=324
+  _globals['_KEYWORDSET']._serialized_end=426
+  _globals['_BUTTONPAYLOAD']._serialized_start=428
+  _globals['_BUTTONPAYLOAD']._serialized_end=532
+  _globals['_LANGUAGETEMPLATES']._serialized_start=534
+  _globals['_LANGUAGETEMPLATES']._serialized_end=644
+  _globals['_TENANTSETTINGS']._serialized_start=647
+  _globals['_TENANTSETTINGS']._serialized_end=1184
+  _globals['_TENANTSETTINGS_TOPICPOLICIESENTRY']._serialized_start=1105
+  _globals['_TENANTSETTINGS_TOPICPOLICIESENTRY']._serialized_end=1184
+  _globals['_CONSENTADMINSERVICE']._serialized_start=1306
+  _globals['_CONSENTADMINSERVICE']._serialized_end=1507
 # @@protoc_insertion_point(module_scope)

@@ -6,6 +6,347 @@ erasure. Callers need an admin key of the tenant (or an operator key "*")
 once authentication is on.
 """
 
+from collections import abc as _abc
+from consent_client.v1 import consent_pb2 as _consent_pb2
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
+from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+import builtins as _builtins
+import sys
+import typing as _typing
+
+if sys.version_info >= (3, 11):
+    from typing import TypeAlias as _TypeAlias, Never as _Never
+else:
+    from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _KeywordKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _KeywordKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_KeywordKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    KEYWORD_KIND_UNSPECIFIED: _KeywordKind.ValueType  # 0
+    """Rejected."""
+    KEYWORD_KIND_OPT_OUT: _KeywordKind.ValueType  # 1
+    """Opts the recipient out of the set's topic (empty = all topics)."""
+    KEYWORD_KIND_OPT_IN: _KeywordKind.ValueType  # 2
+    """Opts the recipient in to the set's topic (empty = all topics). Only ever
+    matched as the whole message.
+    """
+    KEYWORD_KIND_HELP: _KeywordKind.ValueType  # 3
+    """Answers with the help text; changes nothing. Topic must be empty."""
+
+class KeywordKind(_KeywordKind, metaclass=_KeywordKindEnumTypeWrapper):
+    """What an inbound keyword or button does."""
+
+KEYWORD_KIND_UNSPECIFIED: KeywordKind.ValueType  # 0
+"""Rejected."""
+KEYWORD_KIND_OPT_OUT: KeywordKind.ValueType  # 1
+"""Opts the recipient out of the set's topic (empty = all topics)."""
+KEYWORD_KIND_OPT_IN: KeywordKind.ValueType  # 2
+"""Opts the recipient in to the set's topic (empty = all topics). Only ever
+matched as the whole message.
+"""
+KEYWORD_KIND_HELP: KeywordKind.ValueType  # 3
+"""Answers with the help text; changes nothing. Topic must be empty."""
+Global___KeywordKind: _TypeAlias = KeywordKind  # noqa: Y015
+
+@_typing.final
+class GetTenantSettingsRequest(_message.Message):
+    """==== Tenant settings messages ====
+
+    Asks for a tenant's settings.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    """The tenant."""
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tenant_id", b"tenant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTenantSettingsRequest: _TypeAlias = GetTenantSettingsRequest  # noqa: Y015
+
+@_typing.final
+class UpdateTenantSettingsRequest(_message.Message):
+    """Changes some of a tenant's settings."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    SETTINGS_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    """The tenant."""
+    @_builtins.property
+    def settings(self) -> Global___TenantSettings:
+        """The new values; only the fields named in update_mask are read."""
+
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """The TenantSettings fields to replace, e.g. ["business_name",
+        "keyword_sets"]; "*" replaces every field. Required: an empty mask is
+        refused rather than read as "replace everything". A repeated field
+        (keyword_sets, templates...) is replaced as a whole: read, edit, write back.
+        """
+
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+        settings: Global___TenantSettings | None = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings", "update_mask", b"update_mask"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings", "tenant_id", b"tenant_id", "update_mask", b"update_mask"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateTenantSettingsRequest: _TypeAlias = UpdateTenantSettingsRequest  # noqa: Y015
+
+@_typing.final
+class KeywordSet(_message.Message):
+    """Keywords of one language and kind. Matching is on the normalised form
+    (Unicode NFKC, case-folded, surrounding punctuation and emoji stripped, inner
+    whitespace collapsed), which is also how they are stored and returned.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LANGUAGE_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    TOPIC_FIELD_NUMBER: _builtins.int
+    KEYWORDS_FIELD_NUMBER: _builtins.int
+    language: _builtins.str
+    """Language tag ("en", "es", "hi", "zh"...), lower-cased; a match picks this
+    language's templates.
+    """
+    kind: Global___KeywordKind.ValueType
+    """What the keywords do."""
+    topic: _builtins.str
+    """The topic an opt-out/opt-in applies to; empty = all topics."""
+    @_builtins.property
+    def keywords(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The keywords, in any script (e.g. "BAJA", "रोकें", "停止"); at least one, each
+        at most 64 characters once normalised, unique across all sets of the tenant.
+        The first opt-in/opt-out keyword of a language is the one {opt_in_keyword}
+        and {opt_out_keyword} name.
+        """
+
+    def __init__(
+        self,
+        *,
+        language: _builtins.str = ...,
+        kind: Global___KeywordKind.ValueType = ...,
+        topic: _builtins.str = ...,
+        keywords: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keywords", b"keywords", "kind", b"kind", "language", b"language", "topic", b"topic"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___KeywordSet: _TypeAlias = KeywordSet  # noqa: Y015
+
+@_typing.final
+class ButtonPayload(_message.Message):
+    """A quick-reply button payload and what tapping it does."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAYLOAD_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    TOPIC_FIELD_NUMBER: _builtins.int
+    LANGUAGE_FIELD_NUMBER: _builtins.int
+    payload: _builtins.str
+    """The payload the channel delivers (e.g. "UNSUBSCRIBE"), at most 256
+    characters; matched case-insensitively, unique per tenant.
+    """
+    kind: Global___KeywordKind.ValueType
+    """What tapping it does."""
+    topic: _builtins.str
+    """The topic an opt-out/opt-in applies to; empty = all topics."""
+    language: _builtins.str
+    """The language of the confirmation; empty = the tenant's default_language."""
+    def __init__(
+        self,
+        *,
+        payload: _builtins.str = ...,
+        kind: Global___KeywordKind.ValueType = ...,
+        topic: _builtins.str = ...,
+        language: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "language", b"language", "payload", b"payload", "topic", b"topic"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ButtonPayload: _TypeAlias = ButtonPayload  # noqa: Y015
+
+@_typing.final
+class LanguageTemplates(_message.Message):
+    """The reply texts of one language. Empty = the built-in default text, which
+    names the business and the way back. Placeholders: {business_name},
+    {resubscribe_url} (only when resubscribe_url is set), {opt_in_keyword},
+    {opt_out_keyword} (the language's first such keyword, upper-cased), {topic};
+    "{{" and "}}" are literal braces; any other placeholder is rejected. A text
+    may only promise keywords the tenant has: an upper-case word after a reply
+    verb ("Reply ALTA", "responde ALTA") or a quoted word must be an opt-in (or
+    help) keyword in an opt-out confirmation, an opt-out (or help) keyword in an
+    opt-in confirmation, any keyword in the help text.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LANGUAGE_FIELD_NUMBER: _builtins.int
+    OPT_OUT_CONFIRMATION_FIELD_NUMBER: _builtins.int
+    OPT_IN_CONFIRMATION_FIELD_NUMBER: _builtins.int
+    HELP_FIELD_NUMBER: _builtins.int
+    language: _builtins.str
+    """Language tag, lower-cased; unique among the tenant's templates."""
+    opt_out_confirmation: _builtins.str
+    """Sent once when a keyword or button opts the recipient out; at most 1024
+    characters.
+    """
+    opt_in_confirmation: _builtins.str
+    """Sent once when a keyword or button opts the recipient in; at most 1024
+    characters.
+    """
+    help: _builtins.str
+    """The answer to a help keyword; at most 1024 characters."""
+    def __init__(
+        self,
+        *,
+        language: _builtins.str = ...,
+        opt_out_confirmation: _builtins.str = ...,
+        opt_in_confirmation: _builtins.str = ...,
+        help: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["help", b"help", "language", b"language", "opt_in_confirmation", b"opt_in_confirmation", "opt_out_confirmation", b"opt_out_confirmation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LanguageTemplates: _TypeAlias = LanguageTemplates  # noqa: Y015
+
+@_typing.final
+class TenantSettings(_message.Message):
+    """A tenant's settings. Every field has a default, so an unconfigured tenant works."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class TopicPoliciesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _consent_pb2.DefaultPolicy.ValueType
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _consent_pb2.DefaultPolicy.ValueType = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    BUSINESS_NAME_FIELD_NUMBER: _builtins.int
+    DEFAULT_REGION_FIELD_NUMBER: _builtins.int
+    DEFAULT_POLICY_FIELD_NUMBER: _builtins.int
+    TOPIC_POLICIES_FIELD_NUMBER: _builtins.int
+    DEFAULT_LANGUAGE_FIELD_NUMBER: _builtins.int
+    KEYWORD_SETS_FIELD_NUMBER: _builtins.int
+    BUTTON_PAYLOADS_FIELD_NUMBER: _builtins.int
+    TEMPLATES_FIELD_NUMBER: _builtins.int
+    INFER_OPT_OUT_IN_SENTENCES_FIELD_NUMBER: _builtins.int
+    RESUBSCRIBE_URL_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    """The tenant (output only; ignored in updates)."""
+    business_name: _builtins.str
+    """The business name confirmations use ({business_name}); at most 128
+    characters. Empty = the tenant id.
+    """
+    default_region: _builtins.str
+    """ISO 3166 region (e.g. "IN") for phone numbers written without "+"; empty =
+    the server's default.
+    """
+    default_policy: _consent_pb2.DefaultPolicy.ValueType
+    """The tenant-wide default policy (UNSPECIFIED = ALLOW_UNLESS_OPTED_OUT)."""
+    default_language: _builtins.str
+    """The language of button confirmations and the fallback for languages
+    without templates; default "en".
+    """
+    infer_opt_out_in_sentences: _builtins.bool
+    """Whether an opt-out keyword standing as a whole word inside a longer
+    message ("please stop texting me") opts out; default true.
+    """
+    resubscribe_url: _builtins.str
+    """An absolute http(s) URL where the customer can opt back in; empty = none."""
+    version: _builtins.int
+    """The stored settings' version, increased by every update (output only)."""
+    @_builtins.property
+    def topic_policies(self) -> _containers.ScalarMap[_builtins.str, _consent_pb2.DefaultPolicy.ValueType]:
+        """Per-topic default policies; a topic not listed uses default_policy."""
+
+    @_builtins.property
+    def keyword_sets(self) -> _containers.RepeatedCompositeFieldContainer[Global___KeywordSet]:
+        """Inbound keywords; default: SPEC section 7 (English STOP, START, HELP...)."""
+
+    @_builtins.property
+    def button_payloads(self) -> _containers.RepeatedCompositeFieldContainer[Global___ButtonPayload]:
+        """Button payloads; default UNSUBSCRIBE (opt-out, all), STOP_PROMOTIONS
+        (opt-out, marketing), SUBSCRIBE (opt-in, all).
+        """
+
+    @_builtins.property
+    def templates(self) -> _containers.RepeatedCompositeFieldContainer[Global___LanguageTemplates]:
+        """Reply texts per language; default none (built-in English texts)."""
+
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+        business_name: _builtins.str = ...,
+        default_region: _builtins.str = ...,
+        default_policy: _consent_pb2.DefaultPolicy.ValueType = ...,
+        topic_policies: _abc.Mapping[_builtins.str, _consent_pb2.DefaultPolicy.ValueType] | None = ...,
+        default_language: _builtins.str = ...,
+        keyword_sets: _abc.Iterable[Global___KeywordSet] | None = ...,
+        button_payloads: _abc.Iterable[Global___ButtonPayload] | None = ...,
+        templates: _abc.Iterable[Global___LanguageTemplates] | None = ...,
+        infer_opt_out_in_sentences: _builtins.bool = ...,
+        resubscribe_url: _builtins.str = ...,
+        version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["business_name", b"business_name", "button_payloads", b"button_payloads", "default_language", b"default_language", "default_policy", b"default_policy", "default_region", b"default_region", "infer_opt_out_in_sentences", b"infer_opt_out_in_sentences", "keyword_sets", b"keyword_sets", "resubscribe_url", b"resubscribe_url", "templates", b"templates", "tenant_id", b"tenant_id", "topic_policies", b"topic_policies", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TenantSettings: _TypeAlias = TenantSettings  # noqa: Y015

@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from consent_client.v1 import admin_pb2 as consent_dot_v1_dot_admin__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -35,6 +36,16 @@ class ConsentAdminServiceStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.GetTenantSettings = channel.unary_unary(
+                '/consent.v1.ConsentAdminService/GetTenantSettings',
+                request_serializer=consent_dot_v1_dot_admin__pb2.GetTenantSettingsRequest.SerializeToString,
+                response_deserializer=consent_dot_v1_dot_admin__pb2.TenantSettings.FromString,
+                _registered_method=True)
+        self.UpdateTenantSettings = channel.unary_unary(
+                '/consent.v1.ConsentAdminService/UpdateTenantSettings',
+                request_serializer=consent_dot_v1_dot_admin__pb2.UpdateTenantSettingsRequest.SerializeToString,
+                response_deserializer=consent_dot_v1_dot_admin__pb2.TenantSettings.FromString,
+                _registered_method=True)
 
 
 class ConsentAdminServiceServicer:
@@ -42,9 +53,41 @@ class ConsentAdminServiceServicer:
     ---- Tenant settings (keywords, templates, policies) ----
     """
 
+    def GetTenantSettings(self, request, context):
+        """Returns the tenant's effective settings: what is stored, with the built-in
+        defaults (SPEC section 7 keywords, default buttons and texts) for every field
+        never set. A tenant that was never configured gets the defaults. Read-only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateTenantSettings(self, request, context):
+        """Changes the fields named by update_mask and returns the new effective
+        settings. The whole result is validated before anything is written; a bad
+        value fails with INVALID_ARGUMENT and a BadRequest naming each bad field
+        (e.g. "settings.templates[0].opt_out_confirmation") and changes nothing.
+        Concurrent updates are serialised (the loser re-reads and re-applies its
+        mask; ABORTED if it keeps losing). The change applies to the next call on
+        the same server process and to other processes within about a second.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ConsentAdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'GetTenantSettings': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTenantSettings,
+                    request_deserializer=consent_dot_v1_dot_admin__pb2.GetTenantSettingsRequest.FromString,
+                    response_serializer=consent_dot_v1_dot_admin__pb2.TenantSettings.SerializeToString,
+            ),
+            'UpdateTenantSettings': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateTenantSettings,
+                    request_deserializer=consent_dot_v1_dot_admin__pb2.UpdateTenantSettingsRequest.FromString,
+                    response_serializer=consent_dot_v1_dot_admin__pb2.TenantSettings.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'consent.v1.ConsentAdminService', rpc_method_handlers)
@@ -57,3 +100,57 @@ class ConsentAdminService:
     """ConsentAdminService configures tenants and manages access and erasure.
     ---- Tenant settings (keywords, templates, policies) ----
     """
+
+    @staticmethod
+    def GetTenantSettings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/consent.v1.ConsentAdminService/GetTenantSettings',
+            consent_dot_v1_dot_admin__pb2.GetTenantSettingsRequest.SerializeToString,
+            consent_dot_v1_dot_admin__pb2.TenantSettings.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateTenantSettings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/consent.v1.ConsentAdminService/UpdateTenantSettings',
+            consent_dot_v1_dot_admin__pb2.UpdateTenantSettingsRequest.SerializeToString,
+            consent_dot_v1_dot_admin__pb2.TenantSettings.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

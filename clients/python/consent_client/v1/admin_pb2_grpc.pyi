@@ -7,6 +7,7 @@ once authentication is on.
 """
 
 from collections import abc as _abc
+from consent_client.v1 import admin_pb2 as _admin_pb2
 from grpc import aio as _aio
 import abc as _abc_1
 import grpc as _grpc
@@ -37,6 +38,20 @@ class ConsentAdminServiceStub:
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> ConsentAdminServiceAsyncStub: ...
+    GetTenantSettings: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetTenantSettingsRequest, _admin_pb2.TenantSettings]
+    """Returns the tenant's effective settings: what is stored, with the built-in
+    defaults (SPEC section 7 keywords, default buttons and texts) for every field
+    never set. A tenant that was never configured gets the defaults. Read-only.
+    """
+    UpdateTenantSettings: _grpc.UnaryUnaryMultiCallable[_admin_pb2.UpdateTenantSettingsRequest, _admin_pb2.TenantSettings]
+    """Changes the fields named by update_mask and returns the new effective
+    settings. The whole result is validated before anything is written; a bad
+    value fails with INVALID_ARGUMENT and a BadRequest naming each bad field
+    (e.g. "settings.templates[0].opt_out_confirmation") and changes nothing.
+    Concurrent updates are serialised (the loser re-reads and re-applies its
+    mask; ABORTED if it keeps losing). The change applies to the next call on
+    the same server process and to other processes within about a second.
+    """
 
 @_typing.type_check_only
 class ConsentAdminServiceAsyncStub(ConsentAdminServiceStub):
@@ -45,12 +60,50 @@ class ConsentAdminServiceAsyncStub(ConsentAdminServiceStub):
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
+    GetTenantSettings: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetTenantSettingsRequest, _admin_pb2.TenantSettings]  # type: ignore[assignment]
+    """Returns the tenant's effective settings: what is stored, with the built-in
+    defaults (SPEC section 7 keywords, default buttons and texts) for every field
+    never set. A tenant that was never configured gets the defaults. Read-only.
+    """
+    UpdateTenantSettings: _aio.UnaryUnaryMultiCallable[_admin_pb2.UpdateTenantSettingsRequest, _admin_pb2.TenantSettings]  # type: ignore[assignment]
+    """Changes the fields named by update_mask and returns the new effective
+    settings. The whole result is validated before anything is written; a bad
+    value fails with INVALID_ARGUMENT and a BadRequest naming each bad field
+    (e.g. "settings.templates[0].opt_out_confirmation") and changes nothing.
+    Concurrent updates are serialised (the loser re-reads and re-applies its
+    mask; ABORTED if it keeps losing). The change applies to the next call on
+    the same server process and to other processes within about a second.
+    """
 
 class ConsentAdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """ConsentAdminService configures tenants and manages access and erasure.
     ---- Tenant settings (keywords, templates, policies) ----
     """
 
-    ...
+    @_abc_1.abstractmethod
+    def GetTenantSettings(
+        self,
+        request: _admin_pb2.GetTenantSettingsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.TenantSettings, _abc.Awaitable[_admin_pb2.TenantSettings]]:
+        """Returns the tenant's effective settings: what is stored, with the built-in
+        defaults (SPEC section 7 keywords, default buttons and texts) for every field
+        never set. A tenant that was never configured gets the defaults. Read-only.
+        """
+
+    @_abc_1.abstractmethod
+    def UpdateTenantSettings(
+        self,
+        request: _admin_pb2.UpdateTenantSettingsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.TenantSettings, _abc.Awaitable[_admin_pb2.TenantSettings]]:
+        """Changes the fields named by update_mask and returns the new effective
+        settings. The whole result is validated before anything is written; a bad
+        value fails with INVALID_ARGUMENT and a BadRequest naming each bad field
+        (e.g. "settings.templates[0].opt_out_confirmation") and changes nothing.
+        Concurrent updates are serialised (the loser re-reads and re-applies its
+        mask; ABORTED if it keeps losing). The change applies to the next call on
+        the same server process and to other processes within about a second.
+        """
 
 def add_ConsentAdminServiceServicer_to_server(servicer: ConsentAdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

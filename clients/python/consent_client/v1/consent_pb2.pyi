@@ -262,6 +262,11 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """
     MESSAGE_NOT_FOUND: _ErrorReason.ValueType  # 5
     """NOT_FOUND: no message with that id exists for the tenant."""
+    SETTINGS_CONFLICT: _ErrorReason.ValueType  # 20
+    """ABORTED: UpdateTenantSettings (ConsentAdminService) kept losing to
+    concurrent updates of the same tenant's settings. Nothing was written; read
+    the settings again and retry.
+    """
     NOT_IMPLEMENTED: _ErrorReason.ValueType  # 6
     """UNIMPLEMENTED: the RPC is part of the contract but not served by this
     version of the server.
@@ -308,6 +313,11 @@ idempotency_key (a replay is never applied twice).
 """
 MESSAGE_NOT_FOUND: ErrorReason.ValueType  # 5
 """NOT_FOUND: no message with that id exists for the tenant."""
+SETTINGS_CONFLICT: ErrorReason.ValueType  # 20
+"""ABORTED: UpdateTenantSettings (ConsentAdminService) kept losing to
+concurrent updates of the same tenant's settings. Nothing was written; read
+the settings again and retry.
+"""
 NOT_IMPLEMENTED: ErrorReason.ValueType  # 6
 """UNIMPLEMENTED: the RPC is part of the contract but not served by this
 version of the server.
@@ -1133,7 +1143,10 @@ class HandleInboundMessageResponse(_message.Message):
     reply_message_id: _builtins.str
     """The id of the queued confirmation message; empty when none was queued."""
     revision: _builtins.int
-    """The recipient's revision after the change."""
+    """The recipient's revision after the change (also after a repeated opt-out
+    that changed nothing: it is still recorded as evidence); 0 for NONE and
+    HELP, which record nothing.
+    """
     def __init__(
         self,
         *,

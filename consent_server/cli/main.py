@@ -1,0 +1,386 @@
+"""consentctl: operate the consent authority over gRPC with the thin client.
+
+    consentctl settings get TENANT
+    consentctl settings set TENANT --business-name "Meal Box" --add-keyword es:opt_out:BAJA
+    consentctl inbound TENANT +919876543210 --text STOP
+    consentctl check TENANT +919876543210 --topic marketing
+    consentctl opt-out TENANT +919876543210 / opt-in ... / history ...
+
+Every command takes ``--target`` (env CONSENT_TARGET, default 127.0.0.1:50051) and
+``--api-key`` (env CONSENT_API_KEY). A refused call prints the server's reason and
+each bad field, and exits 1. Addresses are shown as the server echoes them.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from google.protobuf import json_format
+from rich.console import Console
+from rich.table import Table
+
+from consent_client import ConsentClient, ConsentError, InvalidArgument
+from consent_client.v1 import admin_pb2 as apb
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    name="consentctl",
+    help="Operate the consent authority: tenant settings, inbound replies, consent records.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+settings_app = typer.Typer(help="Read and change a tenant's settings.", no_args_is_help=True)
+app.add_typer(settings_app, name="settings")
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+KINDS = {
+    "opt_out": apb.KEYWORD_KIND_OPT_OUT,
+    "opt_in": apb.KEYWORD_KIND_OPT_IN,
+    "help": apb.KEYWORD_KIND_HELP,
+}
+TEMPLATE_FIELDS = ("opt_out_confirmation", "opt_in_confirmation", "help")
+
+
+@dataclass
+class Options:
+    """The connection options every command shares."""
+
+    target: str
+    api_key: str | None
+    timeout: float
+
+
+@app.callback()
+def _connection(
+    ctx: typer.Context,
+    target: Annotated[
+        str, typer.Option(envvar="CONSENT_TARGET", help="host:port of the consent authority.")
+    ] = "127.0.0.1:50051",
+    api_key: Annotated[
+        str | None, typer.Option(envvar="CONSENT_API_KEY", help="API key (Bearer).")
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="Deadline of each call, in seconds.")] = 10.0,
+) -> None:
+    ctx.obj = Options(target, api_key, timeout)
+
+
+@contextmanager
+def _client(ctx: typer.Context) -> Iterator[ConsentClient]:
+    """A client for the command; a refused call becomes a readable message and exit 1."""
+    opts: Options = ctx.obj
+    try:
+        with ConsentClient(opts.target, api_key=opts.api_key, timeout=opts.timeout) as client:
+            yield client
+    except ConsentError as exc:
+        err.print(f"[bold red]error[/]: {exc.code.name}", end="")
+        err.print(f" [{exc.reason}]" if exc.reason else "", markup=False, end="")
+        if isinstance(exc, InvalidArgument) and exc.field_violations:
+            err.print(": the request was refused, nothing changed")
+            for field, description in exc.field_violations:
+                err.print(f"  {field}: {description}", markup=False)
+        else:
+            err.print(f": {exc.message}", markup=False)
+        raise typer.Exit(1) from None
+    except ValueError as exc:  # the client refused an argument before calling
+        err.print(f"[bold red]error[/]: {exc}")
+        raise typer.Exit(2) from None
+
+
+def _call(ctx: typer.Context, fn: Callable[[ConsentClient], T]) -> T:
+    with _client(ctx) as client:
+        return fn(client)
+
+
+Channel = Annotated[
+    str, typer.Option("--channel", "-c", help="whatsapp, sms, email, rcs or voice.")
+]
+Topic = Annotated[str, typer.Option("--topic", "-t", help='The topic; "" = all topics.')]
+Tenant = Annotated[str, typer.Argument(help="The tenant id.")]
+Address = Annotated[str, typer.Argument(help="Phone number, WhatsApp id or e-mail address.")]
+
+
+# -- settings ------------------------------------------------------------------------------
+
+
+def _print_settings(settings: apb.TenantSettings) -> None:
+    text = json_format.MessageToJson(
+        settings, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+    out.print_json(text)
+
+
+@settings_app.command("get")
+def settings_get(ctx: typer.Context, tenant: Tenant) -> None:
+    """Print the tenant's effective settings as JSON (defaults filled in)."""
+    _print_settings(_call(ctx, lambda c: c.get_tenant_settings(tenant)))
+
+
+def _split(value: str, n: int, what: str, example: str) -> list[str]:
+    parts = value.split(":", n - 1)
+    if len(parts) < n:
+        raise typer.BadParameter(f"{what} must look like {example}")
+    return parts
+
+
+@settings_app.command("set")
+def settings_set(
+    ctx: typer.Context,
+    tenant: Tenant,
+    business_name: Annotated[str | None, typer.Option(help="The business name.")] = None,
+    default_region: Annotated[str | None, typer.Option(help="e.g. IN, US.")] = None,
+    default_language: Annotated[str | None, typer.Option(help="e.g. en, es.")] = None,
+    resubscribe_url: Annotated[
+        str | None, typer.Option(help='Re-subscribe URL ("" removes it).')
+    ] = None,
+    infer_opt_out: Annotated[
+        bool | None,
+        typer.Option(
+            "--infer-opt-out/--no-infer-opt-out",
+            help="Whether 'please stop texting me' opts out.",
+        ),
+    ] = None,
+    add_keyword: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="LANG:KIND:KEYWORD[:TOPIC], KIND one of opt_out, opt_in, help "
+            "(e.g. es:opt_out:BAJA). Repeatable."
+        ),
+    ] = None,
+    template: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="LANG:FIELD=TEXT, FIELD one of opt_out_confirmation, opt_in_confirmation, "
+            'help (e.g. "es:opt_out_confirmation=Responde ALTA para volver"). Repeatable.'
+        ),
+    ] = None,
+    from_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--from-file",
+            help="A JSON file of TenantSettings fields; its top-level keys are replaced.",
+        ),
+    ] = None,
+) -> None:
+    """Change some settings; everything else stays. Prints the new settings."""
+    fields: dict[str, Any] = {}
+    if from_file is not None:
+        loaded = json.loads(from_file.read_text())
+        if not isinstance(loaded, dict):
+            raise typer.BadParameter("the file must hold a JSON object", param_hint="--from-file")
+        fields.update(loaded)
+    scalars = {
+        "business_name": business_name,
+        "default_region": default_region,
+        "default_language": default_language,
+        "resubscribe_url": resubscribe_url,
+        "infer_opt_out_in_sentences": infer_opt_out,
+    }
+    fields.update({k: v for k, v in scalars.items() if v is not None})
+
+    with _client(ctx) as client:
+        current = None
+        if add_keyword or template:
+            current = client.get_tenant_settings(tenant)
+        if add_keyword and current is not None:
+            sets = [json_format.MessageToDict(s) for s in current.keyword_sets]
+            for spec in add_keyword:
+                lang, kind, rest = _split(spec, 3, "--add-keyword", "es:opt_out:BAJA")
+                keyword, _, topic = rest.partition(":")
+                if kind not in KINDS:
+                    raise typer.BadParameter(f"kind must be one of {', '.join(KINDS)}")
+                sets.append(
+                    {
+                        "language": lang,
+                        "kind": apb.KeywordKind.Name(KINDS[kind]),
+                        "topic": topic,
+                        "keywords": [keyword],
+                    }
+                )
+            fields["keyword_sets"] = sets
+        if template and current is not None:
+            by_lang = {
+                t.language: json_format.MessageToDict(t, preserving_proto_field_name=True)
+                for t in current.templates
+            }
+            for spec in template:
+                head, sep, text = spec.partition("=")
+                lang, _, name = head.partition(":")
+                if not sep or name not in TEMPLATE_FIELDS or not lang:
+                    raise typer.BadParameter(
+                        "--template must look like es:opt_out_confirmation=TEXT"
+                    )
+                by_lang.setdefault(lang.lower(), {"language": lang.lower()})[name] = text
+            fields["templates"] = list(by_lang.values())
+        if not fields:
+            raise typer.BadParameter("nothing to change: give at least one option")
+        new = client.update_tenant_settings(tenant, fields)
+    _print_settings(new)
+
+
+# -- consent -------------------------------------------------------------------------------
+
+
+@app.command()
+def inbound(
+    ctx: typer.Context,
+    tenant: Tenant,
+    address: Address,
+    text: Annotated[str, typer.Option("--text", help="The reply text (e.g. STOP).")] = "",
+    button: Annotated[str, typer.Option(help="A button payload (e.g. UNSUBSCRIBE).")] = "",
+    message_id: Annotated[
+        str | None,
+        typer.Option(help="The provider message id (the event id); default: a new one."),
+    ] = None,
+    channel: Channel = "whatsapp",
+) -> None:
+    """Simulate an inbound reply or button tap, as a channel webhook would deliver it."""
+    ident = message_id or f"consentctl.{uuid.uuid4().hex}"
+    result = _call(
+        ctx,
+        lambda c: c.handle_inbound_message(
+            tenant, channel, address, provider_message_id=ident, text=text, button_payload=button
+        ),
+    )
+    out.print(f"action:           {result.action.name}")
+    out.print(f"matched keyword:  {result.matched_keyword or '-'}", markup=False)
+    out.print(f"reply:            {result.reply_text or '-'}", markup=False)
+    out.print(f"reply message id: {result.reply_message_id or '-'}")
+    out.print(f"revision:         {result.revision}")
+    out.print(f"provider msg id:  {ident}", markup=False)
+
+
+@app.command()
+def check(
+    ctx: typer.Context,
+    tenant: Tenant,
+    address: Address,
+    topic: Topic = "",
+    channel: Channel = "whatsapp",
+) -> None:
+    """May the recipient be messaged about the topic now? Exit code 0 = yes, 3 = no."""
+    d = _call(ctx, lambda c: c.check_consent(tenant, channel, address, topic))
+    verdict = "[bold green]ALLOWED[/]" if d.allowed else "[bold red]BLOCKED[/]"
+    out.print(f"{verdict} {d.recipient.address} on {d.recipient.channel.name}", end="")
+    out.print(f" topic '{topic or '*'}'", markup=False)
+    out.print(f"status: {d.status.name}  decided by: {d.decided_by.name}", end="")
+    out.print(f"  reason: {d.reason}" if d.reason else "", markup=False)
+    if d.since is not None:
+        source = d.source.name if d.source else "-"
+        out.print(f"since: {d.since.isoformat()}  source: {source}  revision: {d.revision}")
+    if not d.allowed:
+        raise typer.Exit(3)
+
+
+def _change(
+    ctx: typer.Context,
+    opt_in: bool,
+    tenant: str,
+    address: str,
+    topic: str,
+    channel: str,
+    evidence: str,
+    event_id: str | None,
+) -> None:
+    def run(c: ConsentClient) -> Any:
+        fn = c.opt_in if opt_in else c.opt_out
+        return fn(
+            tenant, channel, address, topic, source="admin", evidence=evidence, event_id=event_id
+        )
+
+    r = _call(ctx, run)
+    what = "opted in to" if opt_in else "opted out of"
+    scope = f"topic '{r.topic}'" if r.topic else "all topics"
+    note = " (replay: nothing new)" if r.duplicate else "" if r.changed else " (no change)"
+    out.print(f"{r.recipient.address} {what} {scope}{note}", markup=False)
+    out.print(f"status: {r.status.name}  revision: {r.revision}  event id: {r.event_id}")
+
+
+Evidence = Annotated[str, typer.Option(help="Why (e.g. a ticket number), kept as evidence.")]
+EventId = Annotated[str | None, typer.Option(help="Idempotency id; default: a new one per call.")]
+
+
+@app.command("opt-out")
+def opt_out(
+    ctx: typer.Context,
+    tenant: Tenant,
+    address: Address,
+    topic: Topic = "",
+    channel: Channel = "whatsapp",
+    evidence: Evidence = "consentctl",
+    event_id: EventId = None,
+) -> None:
+    """Record an opt-out (source ADMIN)."""
+    _change(ctx, False, tenant, address, topic, channel, evidence, event_id)
+
+
+@app.command("opt-in")
+def opt_in(
+    ctx: typer.Context,
+    tenant: Tenant,
+    address: Address,
+    topic: Topic = "",
+    channel: Channel = "whatsapp",
+    evidence: Evidence = "consentctl",
+    event_id: EventId = None,
+) -> None:
+    """Record an opt-in (source ADMIN); keep the evidence of the customer's consent."""
+    _change(ctx, True, tenant, address, topic, channel, evidence, event_id)
+
+
+@app.command()
+def history(
+    ctx: typer.Context,
+    tenant: Tenant,
+    address: Address,
+    channel: Channel = "whatsapp",
+    limit: Annotated[int, typer.Option(min=1, help="At most this many events, newest first.")] = 50,
+) -> None:
+    """The recipient's consent events, newest first, as a table."""
+
+    def run(c: ConsentClient) -> list[Any]:
+        events = []
+        for e in c.iter_consent_events(tenant, channel, address, page_size=min(limit, 1000)):
+            events.append(e)
+            if len(events) >= limit:
+                break
+        return events
+
+    events = _call(ctx, run)
+    table = Table(title=f"consent history of {address} on {channel} ({tenant})")
+    for col in ("rev", "occurred at (UTC)", "action", "topic", "source", "applied"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("event id", overflow="fold", min_width=12)
+    table.add_column("evidence", overflow="fold", min_width=12)
+    for e in events:
+        table.add_row(
+            str(e.revision),
+            e.occurred_at.strftime("%Y-%m-%d %H:%M:%S"),
+            e.action.name,
+            e.topic or "*",
+            e.source.name,
+            "yes" if e.applied else "no (late)",
+            e.event_id,
+            e.evidence,
+        )
+    out.print(table)
+    if not events:
+        out.print("no events")
+
+
+def main() -> None:
+    """The console script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

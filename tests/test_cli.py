@@ -1,0 +1,149 @@
+"""consentctl, run as the installed console script against the real server process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .support import ServerProcess, free_port
+
+CONSENTCTL = str(Path(sys.executable).parent / "consentctl")
+PHONE = "+91 98765 43210"
+
+
+def run(
+    server: ServerProcess | None, *args: str, target: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"}
+    env.pop("CONSENT_TARGET", None)
+    if server is not None:
+        env["CONSENT_TARGET"] = server.target
+    argv = [CONSENTCTL, *(["--target", target] if target else []), *args]
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, check=False)
+
+
+def ok(server: ServerProcess, *args: str) -> str:
+    proc = run(server, *args)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def test_unsubscribe_flow_from_the_command_line(server: ServerProcess, tenant: str) -> None:
+    out = ok(
+        server, "inbound", tenant, PHONE, "--button", "UNSUBSCRIBE", "--message-id", "wamid.c1"
+    )
+    assert "OPTED_OUT" in out and "Reply START to subscribe again." in out
+    assert "unsubscribe" in out and "wamid.c1" in out
+
+    blocked = run(server, "check", tenant, PHONE, "--topic", "marketing")
+    assert blocked.returncode == 3 and "BLOCKED" in blocked.stdout
+    assert "RECIPIENT_OPTED_OUT" in blocked.stdout and "BUTTON" in blocked.stdout
+
+    # The same webhook again: nothing new (same reply message id).
+    again = ok(
+        server, "inbound", tenant, PHONE, "--button", "UNSUBSCRIBE", "--message-id", "wamid.c1"
+    )
+    assert again == out
+
+    back = ok(server, "inbound", tenant, PHONE, "--text", "start")
+    assert "OPTED_IN" in back and "Reply STOP to unsubscribe." in back
+    allowed = run(server, "check", tenant, PHONE, "--topic", "marketing")
+    assert allowed.returncode == 0 and "ALLOWED" in allowed.stdout
+
+    help_ = ok(server, "inbound", tenant, PHONE, "--text", "HELP")
+    assert "HELP" in help_ and "reply STOP to unsubscribe" in help_
+
+    ok(server, "opt-out", tenant, PHONE, "--topic", "marketing", "--evidence", "ticket 42")
+    assert run(server, "check", tenant, PHONE, "--topic", "marketing").returncode == 3
+    assert run(server, "check", tenant, PHONE, "--topic", "order_updates").returncode == 0
+    changed = ok(server, "opt-in", tenant, PHONE, "--topic", "marketing", "--event-id", "ev-c1")
+    assert "opted in to topic 'marketing'" in changed and "ev-c1" in changed
+
+    table = ok(server, "history", tenant, PHONE)
+    lines = [line for line in table.splitlines() if "OPT_" in line]
+    assert len(lines) == 4  # button, START, admin opt-out, admin opt-in (HELP records nothing)
+    assert "BUTTON" in lines[-1] and "wamid.c1" in lines[-1]
+    assert "ADMIN" in lines[0] and "ticket 42" in table
+
+
+def test_settings_get_and_set(server: ServerProcess, tenant: str, tmp_path: Path) -> None:
+    got = json.loads(ok(server, "settings", "get", tenant))
+    assert got["tenant_id"] == tenant and got["infer_opt_out_in_sentences"] is True
+    assert "stop" in got["keyword_sets"][0]["keywords"]
+
+    new = json.loads(
+        ok(
+            server,
+            "settings",
+            "set",
+            tenant,
+            "--business-name",
+            "Comida Rápida",
+            "--add-keyword",
+            "es:opt_out:BAJA",
+            "--add-keyword",
+            "es:opt_in:ALTA",
+            "--template",
+            "es:opt_out_confirmation=Te diste de baja de {business_name}. "
+            "Responde ALTA para volver.",
+        )
+    )
+    assert new["business_name"] == "Comida Rápida" and new["version"] == "1"
+    assert {"language": "es", "kind": "KEYWORD_KIND_OPT_IN", "topic": "", "keywords": ["alta"]} in (
+        new["keyword_sets"]
+    )
+    out = ok(server, "inbound", tenant, PHONE, "--text", "Baja")
+    assert "Te diste de baja de Comida Rápida. Responde ALTA para volver." in out
+
+    refused = run(
+        server, "settings", "set", tenant, "--template", "es:opt_in_confirmation=Responde FOO"
+    )
+    assert refused.returncode == 1
+    assert "settings.templates[0].opt_in_confirmation" in refused.stderr
+    assert "FOO" in refused.stderr
+
+    spec = tmp_path / "settings.json"
+    spec.write_text(
+        json.dumps({"resubscribe_url": "https://example.com/back", "default_region": "IN"})
+    )
+    from_file = json.loads(ok(server, "settings", "set", tenant, "--from-file", str(spec)))
+    assert from_file["resubscribe_url"] == "https://example.com/back"
+    assert from_file["default_region"] == "IN" and from_file["business_name"] == "Comida Rápida"
+    # A national number now reads in India.
+    assert "+919876543210" in ok(server, "check", tenant, "098765 43210", "--channel", "sms")
+
+
+def test_no_inference_switch(server: ServerProcess, tenant: str) -> None:
+    ok(server, "settings", "set", tenant, "--no-infer-opt-out")
+    out = ok(server, "inbound", tenant, PHONE, "--text", "please stop texting me")
+    assert "NONE" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (("inbound", "TENANT", "not a number", "--text", "STOP"), "recipient.address"),
+        (("check", "TENANT", PHONE, "--channel", "pigeon"), "channel"),
+        (("settings", "set", "TENANT", "--resubscribe-url", "ftp://x"), "settings.resubscribe_url"),
+        (("settings", "set", "TENANT"), "nothing to change"),
+        (("history", "Bad Tenant", PHONE), "tenant_id"),
+    ],
+    ids=["bad-address", "bad-channel", "bad-url", "nothing-to-set", "bad-tenant"],
+)
+def test_refusals_exit_non_zero_and_say_why(
+    server: ServerProcess, tenant: str, args: tuple[str, ...], needle: str
+) -> None:
+    proc = run(server, *(tenant if a == "TENANT" else a for a in args))
+    assert proc.returncode != 0
+    assert needle in proc.stderr + proc.stdout
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_unreachable_server(tenant: str) -> None:
+    proc = run(None, "--timeout", "2", "check", tenant, PHONE, target=f"127.0.0.1:{free_port()}")
+    assert proc.returncode == 1 and "UNAVAILABLE" in proc.stderr
