@@ -12,17 +12,23 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection
 
-from consent_client.v1 import consent_pb2, consent_pb2_grpc
+from consent_client.v1 import admin_pb2, consent_pb2, consent_pb2_grpc
+from consent_server.api import admin_security
+from consent_server.api.auth import AuthInterceptor
 from consent_server.api.consent_service import ConsentServicer
-from consent_server.config import ConfigError, Settings
+from consent_server.config import ConfigError, Settings, is_loopback
+from consent_server.domain.auth import OPERATOR_TENANT, Role
 from consent_server.domain.errors import StoreUnavailable
-from consent_server.domain.service import ConsentAuthority
+from consent_server.domain.security import RateLimits, SecurityAuthority
+from consent_server.domain.service import ConsentAuthority, Limits
 from consent_server.store.connect import open_store
 from consent_server.store.repository import RedisConsentStore
+from consent_server.store.security import RedisSecurityStore
 
 log = logging.getLogger("consent_server")
 
 SERVICE_NAME = consent_pb2.DESCRIPTOR.services_by_name["ConsentService"].full_name
+ADMIN_SERVICE_NAME = admin_pb2.DESCRIPTOR.services_by_name["ConsentAdminService"].full_name
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
@@ -61,37 +67,51 @@ async def serve(settings: Settings) -> int:
             "EMBEDDED STORE IN USE: consent data lives in this process's memory only and is "
             "LOST when it stops. NOT DURABLE - set CONSENT_REDIS_URL for production."
         )
-    if (
-        settings.require_auth == "0"
-        and not settings.host.startswith("127.")
-        and settings.host
-        not in (
-            "localhost",
-            "::1",
-        )
-    ):
-        log.warning("serving WITHOUT authentication beyond loopback (CONSENT_REQUIRE_AUTH=0)")
+    _warn_security(settings)
     store = open_store(
         settings.redis_url, cluster=settings.redis_cluster, timeout_s=settings.redis_timeout_s
     )
-    authority = ConsentAuthority(store, default_region=settings.default_region)
+    authority = ConsentAuthority(
+        store, default_region=settings.default_region, limits=limits_of(settings)
+    )
+    security = SecurityAuthority(
+        RedisSecurityStore(store.client, store.tombstones),
+        store,
+        limits=RateLimits(settings.rate_limit, settings.rate_burst),
+        default_region=settings.default_region,
+    )
 
     server = grpc.aio.server(
+        interceptors=[AuthInterceptor(security, required=settings.auth_required)],
         options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", settings.max_request_bytes),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_concurrent_streams", settings.max_concurrent_streams),
             ("grpc.so_reuseport", 0),
-        ]
+        ],
     )
     consent_pb2_grpc.add_ConsentServiceServicer_to_server(ConsentServicer(authority), server)
+    admin_security.add_to_server(admin_security.SecurityAdminServicer(security), server)
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        (SERVICE_NAME, ADMIN_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     await _set_health(health_servicer, NOT_SERVING)
+    bootstrap: asyncio.Task[bool] | None = None
+    # Installed before serving, so the first call can already use it; while Redis is
+    # down the server starts anyway (NOT_SERVING) and keeps trying in the background.
+    if settings.bootstrap_admin_key and not await install_bootstrap_key(
+        security, settings.bootstrap_admin_key, retry=False
+    ):
+        bootstrap = asyncio.create_task(
+            install_bootstrap_key(security, settings.bootstrap_admin_key, retry=True)
+        )
     try:
-        port = server.add_insecure_port(settings.listen)
+        if settings.tls:
+            port = server.add_secure_port(settings.listen, server_credentials(settings))
+        else:
+            port = server.add_insecure_port(settings.listen)
     except RuntimeError:
         port = 0
     if port == 0 and not settings.listen.endswith(":0"):
@@ -100,7 +120,12 @@ async def serve(settings: Settings) -> int:
     host = settings.listen.rsplit(":", 1)[0]
     log.info(
         "consent authority serving",
-        extra={"address": f"{host}:{port}", "store": "embedded" if settings.embedded else "redis"},
+        extra={
+            "address": f"{host}:{port}",
+            "store": "embedded" if settings.embedded else "redis",
+            "auth": "required" if settings.auth_required else "optional",
+            "tls": "mtls" if settings.tls_client_ca else ("tls" if settings.tls else "off"),
+        },
     )
 
     stop = asyncio.Event()
@@ -116,8 +141,85 @@ async def serve(settings: Settings) -> int:
     watcher.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await watcher
+    if bootstrap is not None:
+        bootstrap.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await bootstrap
     await health_servicer.enter_graceful_shutdown()
     await server.stop(settings.shutdown_grace_s)
     await store.aclose()
     log.info("stopped")
     return 0
+
+
+def limits_of(settings: Settings) -> Limits:
+    """The request limits the settings configure."""
+    return Limits(
+        max_batch=settings.max_batch,
+        max_page_size=settings.max_page_size,
+        max_evidence_bytes=settings.max_evidence_bytes,
+        max_metadata_entries=settings.max_metadata_entries,
+        max_metadata_value=settings.max_metadata_value,
+    )
+
+
+def server_credentials(settings: Settings) -> grpc.ServerCredentials:
+    """TLS credentials; with CONSENT_TLS_CLIENT_CA every client must present a certificate."""
+    assert settings.tls_cert and settings.tls_key
+    with open(settings.tls_key, "rb") as fh:
+        key = fh.read()
+    with open(settings.tls_cert, "rb") as fh:
+        cert = fh.read()
+    client_ca = None
+    if settings.tls_client_ca:
+        with open(settings.tls_client_ca, "rb") as fh:
+            client_ca = fh.read()
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
+
+
+def _warn_security(settings: Settings) -> None:
+    beyond = not is_loopback(settings.host)
+    if not settings.auth_required:
+        if beyond:
+            log.warning(
+                "serving WITHOUT authentication beyond loopback "
+                "(CONSENT_REQUIRE_AUTH=0, CONSENT_ALLOW_INSECURE=1): anyone who reaches "
+                "the port can read and change consent"
+            )
+    elif beyond and not settings.tls:
+        log.warning(
+            "authentication is on but TLS is off: API keys cross the network in clear text; "
+            "set CONSENT_TLS_CERT/CONSENT_TLS_KEY unless a proxy terminates TLS"
+        )
+    if settings.auth_required and settings.embedded and not settings.bootstrap_admin_key:
+        log.warning(
+            "authentication is on with the embedded store and no CONSENT_BOOTSTRAP_ADMIN_KEY: "
+            "no key exists, so every call will fail with UNAUTHENTICATED"
+        )
+
+
+async def install_bootstrap_key(security: SecurityAuthority, token: str, *, retry: bool) -> bool:
+    """Install CONSENT_BOOTSTRAP_ADMIN_KEY as an operator admin key; False if Redis is down.
+
+    With ``retry`` it keeps trying every second until Redis answers. An existing key of
+    that id is never changed: a revoked bootstrap key stays revoked.
+    """
+    while True:
+        try:
+            outcome = await security.install_key(token, OPERATOR_TENANT, Role.ADMIN, "bootstrap")
+        except StoreUnavailable:
+            log.error("bootstrap API key not installed yet: store unreachable; retrying")
+            if not retry:
+                return False
+            await asyncio.sleep(1)
+            continue
+        if outcome == "revoked":
+            log.warning(
+                "CONSENT_BOOTSTRAP_ADMIN_KEY names a revoked key: it stays revoked; "
+                "unset the variable"
+            )
+        else:
+            log.info("bootstrap operator key ready", extra={"key_id": token[3:19]})
+        return True

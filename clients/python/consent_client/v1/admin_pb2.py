@@ -27,13 +27,33 @@ from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mas
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x63onsent/v1/admin.proto\x12\nconsent.v1\x1a\x18\x63onsent/v1/consent.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto2\x15\n\x13\x43onsentAdminServiceb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x63onsent/v1/admin.proto\x12\nconsent.v1\x1a\x18\x63onsent/v1/consent.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8a\x02\n\x06\x41piKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12$\n\x04role\x18\x03 \x01(\x0e\x32\x16.consent.v1.ApiKeyRole\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ncreated_by\x18\x06 \x01(\t\x12\x0f\n\x07revoked\x18\x07 \x01(\x08\x12.\n\nrevoked_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1d\n\x15rate_limit_per_second\x18\t \x01(\r\"\x82\x01\n\x13\x43reateApiKeyRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12$\n\x04role\x18\x02 \x01(\x0e\x32\x16.consent.v1.ApiKeyRole\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x1d\n\x15rate_limit_per_second\x18\x04 \x01(\r\"H\n\x14\x43reateApiKeyResponse\x12\x1f\n\x03key\x18\x01 \x01(\x0b\x32\x12.consent.v1.ApiKey\x12\x0f\n\x07\x61pi_key\x18\x02 \x01(\t\"@\n\x12ListApiKeysRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x17\n\x0finclude_revoked\x18\x02 \x01(\x08\"7\n\x13ListApiKeysResponse\x12 \n\x04keys\x18\x01 \x03(\x0b\x32\x12.consent.v1.ApiKey\"8\n\x13RevokeApiKeyRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0e\n\x06key_id\x18\x02 \x01(\t\"P\n\x14RevokeApiKeyResponse\x12\x1f\n\x03key\x18\x01 \x01(\x0b\x32\x12.consent.v1.ApiKey\x12\x17\n\x0f\x61lready_revoked\x18\x02 \x01(\x08\"U\n\x16\x46orgetRecipientRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12(\n\trecipient\x18\x02 \x01(\x0b\x32\x15.consent.v1.Recipient\"\x91\x02\n\x17\x46orgetRecipientResponse\x12\x17\n\x0frecords_removed\x18\x01 \x01(\x05\x12\x16\n\x0e\x65vents_removed\x18\x02 \x01(\x05\x12#\n\x1bidempotency_entries_removed\x18\x03 \x01(\x05\x12\x1a\n\x12messages_cancelled\x18\x04 \x01(\x05\x12\x17\n\x0fmessages_erased\x18\x05 \x01(\x05\x12\x12\n\nsuppressed\x18\x06 \x01(\x08\x12\x19\n\x11suppressed_topics\x18\x07 \x03(\t\x12\x12\n\nerasure_id\x18\x08 \x01(\t\x12(\n\trecipient\x18\t \x01(\x0b\x32\x15.consent.v1.Recipient*\x8d\x01\n\nApiKeyRole\x12\x1c\n\x18\x41PI_KEY_ROLE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x41PI_KEY_ROLE_ADMIN\x10\x01\x12\x17\n\x13\x41PI_KEY_ROLE_WRITER\x10\x02\x12\x17\n\x13\x41PI_KEY_ROLE_SENDER\x10\x03\x12\x17\n\x13\x41PI_KEY_ROLE_READER\x10\x04\x32\xe7\x02\n\x13\x43onsentAdminService\x12Q\n\x0c\x43reateApiKey\x12\x1f.consent.v1.CreateApiKeyRequest\x1a .consent.v1.CreateApiKeyResponse\x12N\n\x0bListApiKeys\x12\x1e.consent.v1.ListApiKeysRequest\x1a\x1f.consent.v1.ListApiKeysResponse\x12Q\n\x0cRevokeApiKey\x12\x1f.consent.v1.RevokeApiKeyRequest\x1a .consent.v1.RevokeApiKeyResponse\x12Z\n\x0f\x46orgetRecipient\x12\".consent.v1.ForgetRecipientRequest\x1a#.consent.v1.ForgetRecipientResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'consent_client.v1.admin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CONSENTADMINSERVICE']._serialized_start=131
-  _globals['_CONSENTADMINSERVICE']._serialized_end=152
+  _globals['_APIKEYROLE']._serialized_start=1234
+  _globals['_APIKEYROLE']._serialized_end=1375
+  _globals['_APIKEY']._serialized_start=132
+  _globals['_APIKEY']._serialized_end=398
+  _globals['_CREATEAPIKEYREQUEST']._serialized_start=401
+  _globals['_CREATEAPIKEYREQUEST']._serialized_end=531
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=533
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=605
+  _globals['_LISTAPIKEYSREQUEST']._serialized_start=607
+  _globals['_LISTAPIKEYSREQUEST']._serialized_end=671
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=673
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=728
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_start=730
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_end=786
+  _globals['_REVOKEAPIKEYRESPONSE']._serialized_start=788
+  _globals['_REVOKEAPIKEYRESPONSE']._serialized_end=868
+  _globals['_FORGETRECIPIENTREQUEST']._serialized_start=870
+  _globals['_FORGETRECIPIENTREQUEST']._serialized_end=955
+  _globals['_FORGETRECIPIENTRESPONSE']._serialized_start=958
+  _globals['_FORGETRECIPIENTRESPONSE']._serialized_end=1231
+  _globals['_CONSENTADMINSERVICE']._serialized_start=1378
+  _globals['_CONSENTADMINSERVICE']._serialized_end=1737
 # @@protoc_insertion_point(module_scope)

@@ -1,0 +1,1 @@
+"""consentctl: the operators' command line."""
