@@ -168,7 +168,7 @@ def new_key() -> tuple[str, str, str]:
 
 def parse_key(token: str) -> tuple[str, str]:
     """(key_id, secret) of a ``ck_`` token; Unauthenticated when it is not one."""
-    match = _KEY_RE.match(token)
+    match = _KEY_RE.fullmatch(token)
     if not match:
         raise Unauthenticated("the API key is not valid (unknown, revoked or malformed)")
     return match.group(1), match.group(2)
@@ -176,7 +176,7 @@ def parse_key(token: str) -> tuple[str, str]:
 
 def is_key_token(token: str) -> bool:
     """True when ``token`` has the shape of an API key."""
-    return _KEY_RE.match(token) is not None
+    return _KEY_RE.fullmatch(token) is not None
 
 
 def hash_secret(secret: str) -> str:
