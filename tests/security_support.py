@@ -106,3 +106,13 @@ class TlsServerProcess(ServerProcess):
                     pass
                 time.sleep(0.05)
         raise RuntimeError("TLS server never became SERVING:\n" + self.log())
+
+
+def failure(fn: Callable[..., Any], request: Any, key: str | None, **kw: Any) -> grpc.RpcError:
+    """The error of a call that must fail (AssertionError when it succeeds)."""
+    metadata = kw.pop("metadata", None)
+    try:
+        fn(request, metadata=md(key) if metadata is None else metadata, timeout=10, **kw)
+    except grpc.RpcError as err:
+        return err
+    raise AssertionError(f"call succeeded: {request!r}")

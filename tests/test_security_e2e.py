@@ -22,7 +22,7 @@ from consent_client.v1 import admin_pb2 as apb
 from consent_client.v1 import consent_pb2 as pb
 from consent_server.domain.auth import new_key
 
-from .security_support import ROLES, Stubs, code_of, details, md
+from .security_support import ROLES, Stubs, code_of, details, failure, md
 from .support import RedisProcess, ServerProcess
 
 pytestmark = pytest.mark.xdist_group("security-e2e")
@@ -166,12 +166,10 @@ def test_each_role_against_each_rpc(world: World, role: str, rpc: str) -> None:
         assert code in expected, (role, rpc, code)
     else:
         assert code == DENIED, (role, rpc, code)
-        try:
-            fn(request, metadata=md(world.key(A, role)), timeout=10)
-        except grpc.RpcError as err:
-            info = details(err)["ErrorInfo"]
-            assert info.reason == "ROLE_NOT_ALLOWED" and info.domain == "consent.v1"
-            assert role in err.details() and rpc in err.details()  # type: ignore[attr-defined]
+        err = failure(fn, request, world.key(A, role))
+        info = details(err)["ErrorInfo"]
+        assert info.reason == "ROLE_NOT_ALLOWED" and info.domain == "consent.v1"
+        assert role in err.details() and rpc in err.details()  # type: ignore[attr-defined]
 
 
 def snapshot(w: World) -> tuple[Any, ...]:
@@ -200,14 +198,9 @@ def test_cross_tenant_calls_are_denied_and_change_nothing(world: World, rpc: str
     fn, request = call_for(world, rpc, A)  # a request about tenant A ...
     before = snapshot(world)
     for role in ROLES:  # ... made with every key of tenant B
-        try:
-            fn(request, metadata=md(world.key(B, role)), timeout=10)
-        except grpc.RpcError as err:
-            assert err.code() == DENIED, (role, rpc, err)  # type: ignore[attr-defined]
-            text = err.details()  # type: ignore[attr-defined]
-            assert B not in text  # nothing about the caller's or other tenants
-        else:
-            raise AssertionError(f"{role} key of {B} was allowed {rpc} on {A}")
+        err = failure(fn, request, world.key(B, role))
+        assert err.code() == DENIED, (role, rpc, err)  # type: ignore[attr-defined]
+        assert B not in err.details()  # type: ignore[attr-defined]  # nothing about tenant B
     assert snapshot(world) == before
 
 
@@ -215,13 +208,10 @@ def test_denial_does_not_reveal_whether_a_tenant_exists(world: World) -> None:
     key = world.key(B, "reader")
     texts = []
     for tenant in (A, "t-never-existed"):
-        try:
-            world.s1.consent.CheckConsent(
-                pb.CheckConsentRequest(tenant_id=tenant, recipient=VICTIM), metadata=md(key)
-            )
-        except grpc.RpcError as err:
-            assert err.code() == DENIED  # type: ignore[attr-defined]
-            texts.append(err.details().replace(tenant, "T"))  # type: ignore[attr-defined]
+        req = pb.CheckConsentRequest(tenant_id=tenant, recipient=VICTIM)
+        err = failure(world.s1.consent.CheckConsent, req, key)
+        assert err.code() == DENIED  # type: ignore[attr-defined]
+        texts.append(err.details().replace(tenant, "T"))  # type: ignore[attr-defined]
     assert len(texts) == 2 and texts[0] == texts[1]
 
 
@@ -236,15 +226,11 @@ def test_every_rpc_needs_a_valid_key(world: World, rpc: str) -> None:
     admin = world.key(A, "admin")
     tampered = admin[:-1] + ("A" if admin[-1] != "A" else "B")
     for key in (None, "", "not-a-key", unknown, revoked.api_key, tampered, admin + "x"):
-        try:
-            fn(request, metadata=md(key) if key != "" else (("authorization", ""),), timeout=10)
-        except grpc.RpcError as err:
-            assert err.code() == UNAUTH, (rpc, err)  # type: ignore[attr-defined]
-            assert details(err)["ErrorInfo"].reason == "UNAUTHENTICATED"
-            text = err.details()  # type: ignore[attr-defined]
-            assert admin[20:] not in text and revoked.api_key[20:] not in text
-        else:
-            raise AssertionError(f"{rpc} accepted key {key!r}")
+        err = failure(fn, request, key, metadata=(("authorization", ""),) if key == "" else None)
+        assert err.code() == UNAUTH, (rpc, err)  # type: ignore[attr-defined]
+        assert details(err)["ErrorInfo"].reason == "UNAUTHENTICATED"
+        text = err.details()  # type: ignore[attr-defined]
+        assert admin[20:] not in text and revoked.api_key[20:] not in text
 
 
 def test_health_and_reflection_stay_open(world: World) -> None:
@@ -316,16 +302,12 @@ def test_rate_limit_is_resource_exhausted_with_retry_info(world: World) -> None:
     req = pb.CheckConsentRequest(tenant_id=A, recipient=VICTIM)
     codes = [code_of(world.s1.consent.CheckConsent, req, slow.api_key) for _ in range(3)]
     assert codes[:2] == [OK, OK] and codes[2] == grpc.StatusCode.RESOURCE_EXHAUSTED
-    try:
-        world.s2.consent.CheckConsent(req, metadata=md(slow.api_key))  # shared across processes
-    except grpc.RpcError as err:
-        assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
-        d = details(err)
-        delay = d["RetryInfo"].retry_delay
-        assert 0 < delay.seconds * 1000 + delay.nanos / 1e6 <= 1000
-        assert d["ErrorInfo"].reason == "RATE_LIMITED"
-    else:
-        raise AssertionError("rate limit not shared between processes")
+    err = failure(world.s2.consent.CheckConsent, req, slow.api_key)  # shared across processes
+    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
+    d = details(err)
+    delay = d["RetryInfo"].retry_delay
+    assert 0 < delay.seconds * 1000 + delay.nanos / 1e6 <= 1000
+    assert d["ErrorInfo"].reason == "RATE_LIMITED"
     with ConsentClient(world.one.target, api_key=slow.api_key, retries=0) as client:
         with pytest.raises(ResourceExhausted) as exc:
             client.check_consent(A, "whatsapp", VICTIM.address, "")
@@ -362,14 +344,10 @@ def test_erasure_over_grpc_keeps_the_suppression(world: World) -> None:
     send = pb.SendIfAllowedRequest(
         tenant_id=A, recipient=who, topic="marketing", message=pb.Message(text="again")
     )
-    try:
-        c.SendIfAllowed(send, metadata=md(adm))
-    except grpc.RpcError as err:
-        assert err.code() == grpc.StatusCode.FAILED_PRECONDITION  # type: ignore[attr-defined]
-        info = details(err)["ErrorInfo"]
-        assert info.reason == "RECIPIENT_OPTED_OUT" and info.metadata["source"] == "SOURCE_ERASURE"
-    else:
-        raise AssertionError("erased opted-out recipient was messaged")
+    err = failure(c.SendIfAllowed, send, adm)
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION  # type: ignore[attr-defined]
+    info = details(err)["ErrorInfo"]
+    assert info.reason == "RECIPIENT_OPTED_OUT" and info.metadata["source"] == "SOURCE_ERASURE"
     c.OptIn(pb.OptInRequest(tenant_id=A, recipient=who, source=pb.SOURCE_KEYWORD), metadata=md(adm))
     assert c.SendIfAllowed(send, metadata=md(adm)).message_id
 
