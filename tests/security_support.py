@@ -111,8 +111,9 @@ class TlsServerProcess(ServerProcess):
 def failure(fn: Callable[..., Any], request: Any, key: str | None, **kw: Any) -> grpc.RpcError:
     """The error of a call that must fail (AssertionError when it succeeds)."""
     metadata = kw.pop("metadata", None)
+    timeout = kw.pop("timeout", 10 if "wait_for_ready" not in kw else 1)
     try:
-        fn(request, metadata=md(key) if metadata is None else metadata, timeout=10, **kw)
+        fn(request, metadata=md(key) if metadata is None else metadata, timeout=timeout, **kw)
     except grpc.RpcError as err:
         return err
     raise AssertionError(f"call succeeded: {request!r}")
