@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import grpc
 
 from consent_server.domain.auth import Caller, is_open
+from consent_server.domain.errors import InvalidArgument
 from consent_server.domain.security import SecurityAuthority
 from consent_server.domain.service import ANONYMOUS
 
@@ -53,6 +54,34 @@ def request_tenant(request: Any) -> str | None:
         return None
     value: str = request.tenant_id
     return value
+
+
+class Undecodable:
+    """Stands in for a request whose bytes are not a valid message of the method's type."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def _lenient(
+    deserializer: Callable[[bytes], Any] | None, method: str
+) -> Callable[[bytes], Any] | None:
+    """A deserializer that turns corrupt bytes into Undecodable instead of raising.
+
+    grpc would answer a raising deserializer with UNKNOWN and the parser's own text;
+    a corrupt request is the caller's error: INVALID_ARGUMENT naming the message type.
+    """
+    if deserializer is None:
+        return None
+    name = method.rsplit("/", 1)[-1]
+
+    def decode(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception:
+            return Undecodable(f"is not a valid {name} request message (corrupt wire format)")
+
+    return decode
 
 
 def _authorization(details: grpc.HandlerCallDetails) -> str | None:
@@ -87,52 +116,58 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             return handler
         header = _authorization(handler_call_details)
         if header is None and not self._required:
-            return handler
-        return self._wrap(handler, method, header)
+            return self._wrap(handler, method, None, authenticate=False)
+        return self._wrap(handler, method, header, authenticate=True)
 
     async def _admit(self, method: str, header: str | None, request: Any) -> Caller:
         caller = await self._security.authenticate(header)
         self._security.authorize(caller, method, request_tenant(request))
         return caller
 
-    def _wrap(self, handler: Handler, method: str, header: str | None) -> Handler:
+    def _wrap(
+        self, handler: Handler, method: str, header: str | None, *, authenticate: bool
+    ) -> Handler:
         admit = self._admit
+        deserializer = _lenient(handler.request_deserializer, method)
+
+        async def enter(request: Any, context: Ctx) -> None:
+            """Refuse an undecodable request, then authenticate and authorize."""
+            try:
+                if isinstance(request, Undecodable):
+                    raise InvalidArgument.single("request", request.reason)
+                if authenticate:
+                    _caller.set(await admit(method, header, request))
+            except Exception as exc:
+                await abort(context, exc)
+                raise
 
         if handler.unary_unary is not None:
             inner_uu: Any = handler.unary_unary
 
             async def unary_unary(request: Any, context: Ctx) -> Any:
-                try:
-                    caller = await admit(method, header, request)
-                except Exception as exc:
-                    await abort(context, exc)
-                    raise
-                _caller.set(caller)
+                await enter(request, context)
                 return await inner_uu(request, context)
 
             return grpc.unary_unary_rpc_method_handler(
                 unary_unary,
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             inner_us: Any = handler.unary_stream
 
             async def unary_stream(request: Any, context: Ctx) -> AsyncIterator[Any]:
-                try:
-                    caller = await admit(method, header, request)
-                except Exception as exc:
-                    await abort(context, exc)
-                    raise
-                _caller.set(caller)
+                await enter(request, context)
                 async for item in inner_us(request, context):
                     yield item
 
             return grpc.unary_stream_rpc_method_handler(
                 unary_stream,
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=deserializer,
                 response_serializer=handler.response_serializer,
             )
+        if not authenticate:
+            return handler
         return self._wrap_client_stream(handler, method, header)
 
     def _wrap_client_stream(self, handler: Handler, method: str, header: str | None) -> Handler:
