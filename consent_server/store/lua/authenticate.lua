@@ -15,13 +15,17 @@ local revoked = tonumber(rec[4] or '0') or 0
 if rec[3] ~= ARGV[1] or revoked > 0 then
   return {1, rec[1], rec[2], rec[3], revoked, 0, 0}
 end
+-- A key's own rate comes with a bucket of twice that rate; otherwise the server's.
 local rate = tonumber(rec[5] or '0') or 0
-if rate <= 0 then rate = tonumber(ARGV[2]) end
+local burst = rate * 2
+if rate <= 0 then
+  rate = tonumber(ARGV[2])
+  burst = tonumber(ARGV[3])
+  if burst <= 0 then burst = rate * 2 end
+end
 if rate <= 0 then
   return {1, rec[1], rec[2], rec[3], 0, 1, 0}
 end
-local burst = tonumber(ARGV[3])
-if burst <= 0 then burst = rate * 2 end
 if burst < 1 then burst = 1 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
