@@ -222,8 +222,7 @@ FUZZ = settings(
 )
 
 
-@pytest.mark.parametrize("method", METHODS, ids=lambda m: m.name)
-def test_random_requests_never_get_internal(target: Target, method: Any) -> None:
+def fuzz_messages(target: Target, method: Any) -> None:
     @FUZZ
     @given(request=message(method.input_type), key=st.integers(0, 6))
     def run(request: Any, key: int) -> None:
@@ -232,8 +231,7 @@ def test_random_requests_never_get_internal(target: Target, method: Any) -> None
     run()
 
 
-@pytest.mark.parametrize("method", METHODS, ids=lambda m: m.name)
-def test_random_bytes_never_get_internal(target: Target, method: Any) -> None:
+def fuzz_bytes(target: Target, method: Any) -> None:
     @settings(FUZZ, max_examples=RAW_EXAMPLES_PER_RPC)
     @given(payload=st.binary(max_size=400), key=st.integers(0, 6))
     def run(payload: bytes, key: int) -> None:
@@ -242,8 +240,12 @@ def test_random_bytes_never_get_internal(target: Target, method: Any) -> None:
     run()
 
 
-def test_the_server_survived_and_logged_no_unexpected_error(target: Target) -> None:
-    assert target.calls >= len(METHODS) * (EXAMPLES_PER_RPC + RAW_EXAMPLES_PER_RPC) * 0.9
+def test_random_requests_for_every_rpc_never_get_internal(target: Target) -> None:
+    # One test, so the totals below cannot run before the fuzzing (xdist reorders tests).
+    for method in METHODS:
+        fuzz_messages(target, method)
+        fuzz_bytes(target, method)
+    assert target.calls >= 3000, target.calls  # "a few thousand"
     assert target.srv.proc is not None and target.srv.proc.poll() is None
     time.sleep(0.2)
     assert "unexpected error" not in target.srv.log()
