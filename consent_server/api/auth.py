@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
 
-from consent_server.domain.auth import Caller, is_open
+from consent_server.domain.auth import AuthError, Caller, is_open
 from consent_server.domain.errors import InvalidArgument
 from consent_server.domain.security import SecurityAuthority
 from consent_server.domain.service import ANONYMOUS
@@ -198,7 +198,11 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 
             async def stream_unary(requests: AsyncIterator[Any], context: Ctx) -> Any:
                 caller = await start(context)
-                return await inner_su(checked(requests, caller), context)
+                try:
+                    return await inner_su(checked(requests, caller), context)
+                except AuthError as exc:  # a streamed message named another tenant
+                    await abort(context, exc)
+                    raise
 
             return grpc.stream_unary_rpc_method_handler(
                 stream_unary,
@@ -210,8 +214,12 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 
         async def stream_stream(requests: AsyncIterator[Any], context: Ctx) -> AsyncIterator[Any]:
             caller = await start(context)
-            async for item in inner_ss(checked(requests, caller), context):
-                yield item
+            try:
+                async for item in inner_ss(checked(requests, caller), context):
+                    yield item
+            except AuthError as exc:  # a streamed message named another tenant
+                await abort(context, exc)
+                raise
 
         return grpc.stream_stream_rpc_method_handler(
             stream_stream,
