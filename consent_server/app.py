@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import ssl
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -107,9 +108,10 @@ async def serve(settings: Settings) -> int:
         bootstrap = asyncio.create_task(
             install_bootstrap_key(security, settings.bootstrap_admin_key, retry=True)
         )
+    reloader = CertificateReloader(settings) if settings.tls else None
     try:
-        if settings.tls:
-            port = server.add_secure_port(settings.listen, server_credentials(settings))
+        if reloader is not None:
+            port = server.add_secure_port(settings.listen, server_credentials(reloader, settings))
         else:
             port = server.add_insecure_port(settings.listen)
     except RuntimeError:
@@ -132,6 +134,8 @@ async def serve(settings: Settings) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if reloader is not None:
+        loop.add_signal_handler(signal.SIGHUP, reloader.reload)
     watcher = asyncio.create_task(watch_store(store, health_servicer, settings.health_interval_s))
     await stop.wait()
 
@@ -163,19 +167,62 @@ def limits_of(settings: Settings) -> Limits:
     )
 
 
-def server_credentials(settings: Settings) -> grpc.ServerCredentials:
+class CertificateReloader:
+    """Serves the TLS files and re-reads them on SIGHUP, without dropping connections.
+
+    gRPC asks :meth:`fetch` on each new handshake; it returns the new configuration
+    once after a reload (None = keep the current one). Established connections keep
+    the certificate they were made with. A reload that fails keeps the old files.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._pending: grpc.ServerCertificateConfiguration | None = None
+        self.initial = self._read()
+
+    def _read(self) -> grpc.ServerCertificateConfiguration:
+        s = self._settings
+        assert s.tls_cert and s.tls_key
+        # gRPC would only find a bad pair at the next handshake, failing every new
+        # connection; the ssl module checks the key matches the certificate now.
+        check = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        check.load_cert_chain(s.tls_cert, s.tls_key)
+        if s.tls_client_ca:
+            check.load_verify_locations(s.tls_client_ca)
+        with open(s.tls_key, "rb") as fh:
+            key = fh.read()
+        with open(s.tls_cert, "rb") as fh:
+            cert = fh.read()
+        client_ca = None
+        if s.tls_client_ca:
+            with open(s.tls_client_ca, "rb") as fh:
+                client_ca = fh.read()
+        return grpc.ssl_server_certificate_configuration([(key, cert)], client_ca)
+
+    def reload(self) -> None:
+        """Re-read the files (SIGHUP); new handshakes use them."""
+        try:
+            self._pending = self._read()
+        except (OSError, ValueError, ssl.SSLError) as exc:
+            log.error(
+                "TLS files not reloaded; keeping the current ones",
+                extra={"error": type(exc).__name__},
+            )
+            return
+        log.info("TLS certificates reloaded; new connections use them")
+
+    def fetch(self) -> grpc.ServerCertificateConfiguration | None:
+        """gRPC's per-handshake question: a new configuration, or None."""
+        pending, self._pending = self._pending, None
+        return pending
+
+
+def server_credentials(reloader: CertificateReloader, settings: Settings) -> grpc.ServerCredentials:
     """TLS credentials; with CONSENT_TLS_CLIENT_CA every client must present a certificate."""
-    assert settings.tls_cert and settings.tls_key
-    with open(settings.tls_key, "rb") as fh:
-        key = fh.read()
-    with open(settings.tls_cert, "rb") as fh:
-        cert = fh.read()
-    client_ca = None
-    if settings.tls_client_ca:
-        with open(settings.tls_client_ca, "rb") as fh:
-            client_ca = fh.read()
-    return grpc.ssl_server_credentials(
-        [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
+    return grpc.dynamic_ssl_server_credentials(
+        reloader.initial,
+        reloader.fetch,  # type: ignore[arg-type]  # gRPC documents None as "no change"
+        require_client_authentication=settings.tls_client_ca is not None,
     )
 
 

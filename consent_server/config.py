@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlparse
@@ -311,6 +312,14 @@ def _validate_security(raw: dict[str, tuple[str, str]], values: dict[str, object
     if "tls_cert" in raw:
         values["tls_cert"] = _pem_file(*raw["tls_cert"], "CERTIFICATE")
         values["tls_key"] = _pem_file(*raw["tls_key"], "PRIVATE KEY")
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(
+                str(values["tls_cert"]), str(values["tls_key"])
+            )
+        except (ssl.SSLError, ValueError):
+            raise ConfigError(
+                "CONSENT_TLS_KEY: not the private key of CONSENT_TLS_CERT (or unreadable PEM)"
+            ) from None
     if "tls_client_ca" in raw:
         values["tls_client_ca"] = _pem_file(*raw["tls_client_ca"], "CERTIFICATE")
     if "allow_insecure" in raw:

@@ -57,11 +57,12 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     d = tmp_path_factory.mktemp("pki")
     ca = trustme.CA()
     cert = ca.issue_cert("localhost")
+    ca.issue_cert("other").private_key_pem.write_to_path(str(d / "otherkey.pem"))
     ca.cert_pem.write_to_path(str(d / "ca.pem"))
     cert.cert_chain_pems[0].write_to_path(str(d / "cert.pem"))
     cert.private_key_pem.write_to_path(str(d / "key.pem"))
     (d / "junk.pem").write_text("hello")
-    return {n: str(d / f"{n}.pem") for n in ("ca", "cert", "key", "junk")}
+    return {n: str(d / f"{n}.pem") for n in ("ca", "cert", "key", "junk", "otherkey")}
 
 
 def test_tls_settings(pki: dict[str, str]) -> None:
@@ -86,6 +87,7 @@ def test_tls_settings(pki: dict[str, str]) -> None:
         ({"CONSENT_TLS_CERT": "missing", "CONSENT_TLS_KEY": "key"}, "CONSENT_TLS_CERT"),
         ({"CONSENT_TLS_CERT": "junk", "CONSENT_TLS_KEY": "key"}, "CONSENT_TLS_CERT"),
         ({"CONSENT_TLS_CERT": "cert", "CONSENT_TLS_KEY": "cert"}, "CONSENT_TLS_KEY"),
+        ({"CONSENT_TLS_CERT": "cert", "CONSENT_TLS_KEY": "otherkey"}, "CONSENT_TLS_KEY"),
         (
             {"CONSENT_TLS_CERT": "cert", "CONSENT_TLS_KEY": "key", "CONSENT_TLS_CLIENT_CA": "key"},
             "CONSENT_TLS_CLIENT_CA",

@@ -156,3 +156,46 @@ def test_client_tls_options_are_checked(pki: Pki) -> None:
         ConsentClient("localhost:1", tls_ca="/nonexistent/ca.pem")
     with pytest.raises(ValueError, match="either credentials"):
         ConsentClient("localhost:1", tls_ca=pki.ca_pem, credentials=grpc.ssl_channel_credentials())
+
+
+def test_sighup_reloads_certificates_without_dropping_connections(pki: Pki, tmp_path: Path) -> None:
+    import signal
+    import time
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_bytes(pki.pem("server_cert"))
+    key.write_bytes(pki.pem("server_key"))
+    srv = TlsServerProcess(
+        {"CONSENT_TLS_CERT": str(cert), "CONSENT_TLS_KEY": str(key)}, ca=pki.ca_pem
+    ).start()
+    try:
+        old = ConsentClient(srv.target, tls_ca=pki.ca_pem)
+        assert old.check_consent("acme", "sms", "+14155550100", "x").allowed
+        # Rotate to a certificate from another CA; a broken file first must not hurt.
+        key.write_text("not a key")
+        srv.signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while "TLS files not reloaded" not in srv.log() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "TLS files not reloaded" in srv.log()
+        with ConsentClient(srv.target, tls_ca=pki.ca_pem) as still:  # new connections work
+            assert still.check_consent("acme", "sms", "+14155550100", "x").allowed
+        rotated = pki.other_ca.issue_cert("localhost", "127.0.0.1")
+        cert.write_bytes(rotated.cert_chain_pems[0].bytes())
+        key.write_bytes(rotated.private_key_pem.bytes())
+        srv.signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while "TLS certificates reloaded" not in srv.log() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with ConsentClient(srv.target, tls_ca=pki.other_ca.cert_pem.bytes()) as new:
+            assert new.check_consent("acme", "sms", "+14155550100", "x").allowed
+        with (
+            ConsentClient(srv.target, tls_ca=pki.ca_pem, retries=0, timeout=3) as stale,
+            pytest.raises(Unavailable),
+        ):
+            stale.check_consent("acme", "sms", "+14155550100", "x")
+        # The connection made before the rotation still works.
+        assert old.check_consent("acme", "sms", "+14155550100", "x").allowed
+        old.close()
+    finally:
+        assert srv.stop() == 0
