@@ -199,3 +199,19 @@ def test_sighup_reloads_certificates_without_dropping_connections(pki: Pki, tmp_
         old.close()
     finally:
         assert srv.stop() == 0
+
+
+def test_consentctl_over_tls(tls_server: TlsServerProcess, pki: Pki) -> None:
+    from typer.testing import CliRunner
+
+    from consent_server.cli.keys import app
+
+    runner = CliRunner()
+    base = ["--tenant", "acme", "--server", tls_server.target]
+    made = runner.invoke(app, ["create", "--role", "reader", *base, "--tls-ca", pki.paths["ca"]])
+    assert made.exit_code == 0, made.output
+    key_id = made.stdout.strip()[3:19]
+    listed = runner.invoke(app, ["list", *base, "--tls-ca", pki.paths["ca"]])
+    assert key_id in listed.stdout
+    plain = runner.invoke(app, ["list", *base])  # no TLS options: plaintext, refused
+    assert plain.exit_code == 1 and "UNAVAILABLE" in plain.stderr
