@@ -196,3 +196,17 @@ def test_masking_hides_key_secrets_but_keeps_ids() -> None:
     assert token not in text and token[20:] not in text
     assert f"ck_{key_id}_****" in text
     assert "+91987*****10" in text and "j***@example.com" in text
+
+
+def test_every_security_reason_is_in_the_proto_enum() -> None:
+    names = set(consent_pb2.ErrorReason.keys())
+    assert {
+        "UNAUTHENTICATED",
+        "ROLE_NOT_ALLOWED",
+        "TENANT_NOT_ALLOWED",
+        "RATE_LIMITED",
+        "API_KEY_NOT_FOUND",
+    } <= names
+    with pytest.raises(PermissionDenied) as err:
+        authorize(Caller("0123abcd0123abcd", "acme", Role.READER), CONSENT[0], "globex")
+    assert err.value.reason in names
