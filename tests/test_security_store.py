@@ -223,6 +223,15 @@ async def test_erasure_removes_everything_but_keeps_the_suppression(
     await opt(a, Action.OPT_OUT, ALICE, "marketing")
     await send(a, CAROL, "marketing")  # another recipient: untouched
     before_carol = await a.check("acme", CAROL, "marketing")
+    # Per-recipient data another feature keeps under the recipient's prefix goes too.
+    from consent_server.domain.model import Channel, Recipient
+    from consent_server.store import keys as k
+
+    base = k.recipient_base("acme", Recipient(Channel.WHATSAPP, PHONE))
+    await store.client.set(base + ":x-feature", "1")
+    await store.client.hset(base + ":links", mapping={"a": "b"})
+    carol_base = k.recipient_base("acme", Recipient(Channel.EMAIL, "carol@example.com"))
+    await store.client.set(carol_base + ":x-feature", "1")
 
     result = await sec.forget("acme", raw("whatsapp", "+91 98765-43210"), "key-op")
     c = result.counts
@@ -231,6 +240,8 @@ async def test_erasure_removes_everything_but_keeps_the_suppression(
     assert c.idempotency_entries_removed == 4  # three event ids + one send key
     assert c.messages_cancelled == 1 and c.messages_erased == 1  # its outbox entry
     assert c.suppressed_topics == ["", "marketing"]
+    assert c.other_records_removed == 2
+    assert await store.client.exists(carol_base + ":x-feature") == 1
 
     # The address is gone from every key and value; the tombstone is a keyed hash.
     for key, blob in await _everything(store):

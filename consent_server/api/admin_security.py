@@ -130,6 +130,7 @@ class SecurityAdminServicer:
             idempotency_entries_removed=c.idempotency_entries_removed,
             messages_cancelled=c.messages_cancelled,
             messages_erased=c.messages_erased,
+            other_records_removed=c.other_records_removed,
             suppressed=bool(c.suppressed_topics),
             suppressed_topics=c.suppressed_topics,
             erasure_id=result.erasure_id,

@@ -54,6 +54,7 @@ class ErasureCounts:
     idempotency_entries_removed: int
     messages_cancelled: int
     messages_erased: int
+    other_records_removed: int = 0
     suppressed_topics: list[str] = field(default_factory=list)
 
 

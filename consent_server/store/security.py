@@ -171,12 +171,18 @@ class RedisSecurityStore:
         async def erase() -> Any:
             secret = await self._tombstones.secret(tenant_id)
             digest = TombstoneNames.digest(secret, recipient)
-            idem = [
+            # Every key under the recipient's prefix: idempotency keys, and whatever
+            # per-recipient data other features keep there.
+            prefix = base + ":"
+            found = [
                 _s(k)
                 async for k in self._r.scan_iter(
-                    match=keys.glob_escape(base + ":i:") + "*", count=_SCAN_COUNT
+                    match=keys.glob_escape(prefix) + "*", count=_SCAN_COUNT
                 )
             ]
+            fixed = {keys.state(base), keys.history(base)}
+            idem = sorted(k for k in found if k.startswith(prefix + "i:"))
+            other = sorted(k for k in found if k not in fixed and not k.startswith(prefix + "i:"))
             messages = await self._messages_of(tenant_id, part, recipient)
             entries = await self._outbox_entries(tenant_id, part, recipient)
             script_keys = [
@@ -186,10 +192,12 @@ class RedisSecurityStore:
                 keys.outbox(part),
                 keys.erasure_log(tenant_id, part),
                 *idem,
+                *other,
                 *messages,
             ]
             args = [
                 len(idem),
+                len(other),
                 len(messages),
                 erasure_id,
                 principal,
@@ -200,14 +208,15 @@ class RedisSecurityStore:
             return await self._forget(keys=script_keys, args=args)
 
         reply = await self._call(erase)
-        records, events, idem_n, cancelled, erased = (int(x) for x in reply[:5])
-        scopes = sorted(_s(f).removeprefix("s:").replace("*", "") for f in reply[5:])
+        records, events, idem_n, cancelled, erased, other_n = (int(x) for x in reply[:6])
+        scopes = sorted(_s(f).removeprefix("s:").replace("*", "") for f in reply[6:])
         return ErasureCounts(
             records_removed=records,
             events_removed=events,
             idempotency_entries_removed=idem_n,
             messages_cancelled=cancelled,
             messages_erased=erased,
+            other_records_removed=other_n,
             suppressed_topics=scopes,
         )
 

@@ -344,6 +344,7 @@ class ForgetRecipientResponse(_message.Message):
     SUPPRESSED_TOPICS_FIELD_NUMBER: _builtins.int
     ERASURE_ID_FIELD_NUMBER: _builtins.int
     RECIPIENT_FIELD_NUMBER: _builtins.int
+    OTHER_RECORDS_REMOVED_FIELD_NUMBER: _builtins.int
     records_removed: _builtins.int
     """Consent records (one per scope: all topics, or a topic) removed."""
     events_removed: _builtins.int
@@ -362,6 +363,10 @@ class ForgetRecipientResponse(_message.Message):
     """
     erasure_id: _builtins.str
     """The id of the erasure in the tenant's erasure log."""
+    other_records_removed: _builtins.int
+    """Other per-recipient records removed (data other features keep under the
+    recipient's key prefix, e.g. inbound or link state).
+    """
     @_builtins.property
     def suppressed_topics(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The topics the tombstone keeps suppressed; "" = all topics."""
@@ -382,10 +387,11 @@ class ForgetRecipientResponse(_message.Message):
         suppressed_topics: _abc.Iterable[_builtins.str] | None = ...,
         erasure_id: _builtins.str = ...,
         recipient: _consent_pb2.Recipient | None = ...,
+        other_records_removed: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["recipient", b"recipient"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["erasure_id", b"erasure_id", "events_removed", b"events_removed", "idempotency_entries_removed", b"idempotency_entries_removed", "messages_cancelled", b"messages_cancelled", "messages_erased", b"messages_erased", "recipient", b"recipient", "records_removed", b"records_removed", "suppressed", b"suppressed", "suppressed_topics", b"suppressed_topics"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["erasure_id", b"erasure_id", "events_removed", b"events_removed", "idempotency_entries_removed", b"idempotency_entries_removed", "messages_cancelled", b"messages_cancelled", "messages_erased", b"messages_erased", "other_records_removed", b"other_records_removed", "recipient", b"recipient", "records_removed", b"records_removed", "suppressed", b"suppressed", "suppressed_topics", b"suppressed_topics"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
