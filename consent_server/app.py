@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import ssl
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -13,13 +14,17 @@ from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined
 from grpc_reflection.v1alpha import reflection
 
 from consent_client.v1 import admin_pb2, admin_pb2_grpc, consent_pb2, consent_pb2_grpc
-from consent_server.api.admin_service import ConsentAdminServicer
+from consent_server.api.admin import ConsentAdminService
+from consent_server.api.auth import AuthInterceptor
 from consent_server.api.consent_service import ConsentServicer
-from consent_server.config import ConfigError, Settings
+from consent_server.config import ConfigError, Settings, is_loopback
+from consent_server.domain.auth import OPERATOR_TENANT, Role
 from consent_server.domain.errors import StoreUnavailable
-from consent_server.domain.service import ConsentAuthority
+from consent_server.domain.security import RateLimits, SecurityAuthority
+from consent_server.domain.service import ConsentAuthority, Limits
 from consent_server.store.connect import open_store
 from consent_server.store.repository import RedisConsentStore
+from consent_server.store.security import RedisSecurityStore
 
 log = logging.getLogger("consent_server")
 
@@ -63,31 +68,32 @@ async def serve(settings: Settings) -> int:
             "EMBEDDED STORE IN USE: consent data lives in this process's memory only and is "
             "LOST when it stops. NOT DURABLE - set CONSENT_REDIS_URL for production."
         )
-    if (
-        settings.require_auth == "0"
-        and not settings.host.startswith("127.")
-        and settings.host
-        not in (
-            "localhost",
-            "::1",
-        )
-    ):
-        log.warning("serving WITHOUT authentication beyond loopback (CONSENT_REQUIRE_AUTH=0)")
+    _warn_security(settings)
     store = open_store(
         settings.redis_url, cluster=settings.redis_cluster, timeout_s=settings.redis_timeout_s
     )
-    authority = ConsentAuthority(store, default_region=settings.default_region)
+    authority = ConsentAuthority(
+        store, default_region=settings.default_region, limits=limits_of(settings)
+    )
+    security = SecurityAuthority(
+        RedisSecurityStore(store.client, store.tombstones),
+        store,
+        limits=RateLimits(settings.rate_limit, settings.rate_burst),
+        default_region=settings.default_region,
+    )
 
     server = grpc.aio.server(
+        interceptors=[AuthInterceptor(security, required=settings.auth_required)],
         options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", settings.max_request_bytes),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_concurrent_streams", settings.max_concurrent_streams),
             ("grpc.so_reuseport", 0),
-        ]
+        ],
     )
     consent_pb2_grpc.add_ConsentServiceServicer_to_server(ConsentServicer(authority), server)
     admin_pb2_grpc.add_ConsentAdminServiceServicer_to_server(
-        ConsentAdminServicer(authority), server
+        ConsentAdminService(authority, security), server
     )
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -95,8 +101,21 @@ async def serve(settings: Settings) -> int:
         (SERVICE_NAME, ADMIN_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     await _set_health(health_servicer, NOT_SERVING)
+    bootstrap: asyncio.Task[bool] | None = None
+    # Installed before serving, so the first call can already use it; while Redis is
+    # down the server starts anyway (NOT_SERVING) and keeps trying in the background.
+    if settings.bootstrap_admin_key and not await install_bootstrap_key(
+        security, settings.bootstrap_admin_key, retry=False
+    ):
+        bootstrap = asyncio.create_task(
+            install_bootstrap_key(security, settings.bootstrap_admin_key, retry=True)
+        )
+    reloader = CertificateReloader(settings) if settings.tls else None
     try:
-        port = server.add_insecure_port(settings.listen)
+        if reloader is not None:
+            port = server.add_secure_port(settings.listen, server_credentials(reloader, settings))
+        else:
+            port = server.add_insecure_port(settings.listen)
     except RuntimeError:
         port = 0
     if port == 0 and not settings.listen.endswith(":0"):
@@ -105,13 +124,20 @@ async def serve(settings: Settings) -> int:
     host = settings.listen.rsplit(":", 1)[0]
     log.info(
         "consent authority serving",
-        extra={"address": f"{host}:{port}", "store": "embedded" if settings.embedded else "redis"},
+        extra={
+            "address": f"{host}:{port}",
+            "store": "embedded" if settings.embedded else "redis",
+            "auth": "required" if settings.auth_required else "optional",
+            "tls": "mtls" if settings.tls_client_ca else ("tls" if settings.tls else "off"),
+        },
     )
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if reloader is not None:
+        loop.add_signal_handler(signal.SIGHUP, reloader.reload)
     watcher = asyncio.create_task(watch_store(store, health_servicer, settings.health_interval_s))
     await stop.wait()
 
@@ -121,8 +147,128 @@ async def serve(settings: Settings) -> int:
     watcher.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await watcher
+    if bootstrap is not None:
+        bootstrap.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await bootstrap
     await health_servicer.enter_graceful_shutdown()
     await server.stop(settings.shutdown_grace_s)
     await store.aclose()
     log.info("stopped")
     return 0
+
+
+def limits_of(settings: Settings) -> Limits:
+    """The request limits the settings configure."""
+    return Limits(
+        max_batch=settings.max_batch,
+        max_page_size=settings.max_page_size,
+        max_evidence_bytes=settings.max_evidence_bytes,
+        max_metadata_entries=settings.max_metadata_entries,
+        max_metadata_value=settings.max_metadata_value,
+    )
+
+
+class CertificateReloader:
+    """Serves the TLS files and re-reads them on SIGHUP, without dropping connections.
+
+    gRPC asks :meth:`fetch` on each new handshake; it returns the new configuration
+    once after a reload (None = keep the current one). Established connections keep
+    the certificate they were made with. A reload that fails keeps the old files.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._pending: grpc.ServerCertificateConfiguration | None = None
+        self.initial = self._read()
+
+    def _read(self) -> grpc.ServerCertificateConfiguration:
+        s = self._settings
+        assert s.tls_cert and s.tls_key
+        # gRPC would only find a bad pair at the next handshake, failing every new
+        # connection; the ssl module checks the key matches the certificate now.
+        check = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        check.load_cert_chain(s.tls_cert, s.tls_key)
+        if s.tls_client_ca:
+            check.load_verify_locations(s.tls_client_ca)
+        with open(s.tls_key, "rb") as fh:
+            key = fh.read()
+        with open(s.tls_cert, "rb") as fh:
+            cert = fh.read()
+        client_ca = None
+        if s.tls_client_ca:
+            with open(s.tls_client_ca, "rb") as fh:
+                client_ca = fh.read()
+        return grpc.ssl_server_certificate_configuration([(key, cert)], client_ca)
+
+    def reload(self) -> None:
+        """Re-read the files (SIGHUP); new handshakes use them."""
+        try:
+            self._pending = self._read()
+        except (OSError, ValueError, ssl.SSLError) as exc:
+            log.error(
+                "TLS files not reloaded; keeping the current ones",
+                extra={"error": type(exc).__name__},
+            )
+            return
+        log.info("TLS certificates reloaded; new connections use them")
+
+    def fetch(self) -> grpc.ServerCertificateConfiguration | None:
+        """gRPC's per-handshake question: a new configuration, or None."""
+        pending, self._pending = self._pending, None
+        return pending
+
+
+def server_credentials(reloader: CertificateReloader, settings: Settings) -> grpc.ServerCredentials:
+    """TLS credentials; with CONSENT_TLS_CLIENT_CA every client must present a certificate."""
+    return grpc.dynamic_ssl_server_credentials(
+        reloader.initial,
+        reloader.fetch,  # type: ignore[arg-type]  # gRPC documents None as "no change"
+        require_client_authentication=settings.tls_client_ca is not None,
+    )
+
+
+def _warn_security(settings: Settings) -> None:
+    beyond = not is_loopback(settings.host)
+    if not settings.auth_required:
+        if beyond:
+            log.warning(
+                "serving WITHOUT authentication beyond loopback "
+                "(CONSENT_REQUIRE_AUTH=0, CONSENT_ALLOW_INSECURE=1): anyone who reaches "
+                "the port can read and change consent"
+            )
+    elif beyond and not settings.tls:
+        log.warning(
+            "authentication is on but TLS is off: API keys cross the network in clear text; "
+            "set CONSENT_TLS_CERT/CONSENT_TLS_KEY unless a proxy terminates TLS"
+        )
+    if settings.auth_required and settings.embedded and not settings.bootstrap_admin_key:
+        log.warning(
+            "authentication is on with the embedded store and no CONSENT_BOOTSTRAP_ADMIN_KEY: "
+            "no key exists, so every call will fail with UNAUTHENTICATED"
+        )
+
+
+async def install_bootstrap_key(security: SecurityAuthority, token: str, *, retry: bool) -> bool:
+    """Install CONSENT_BOOTSTRAP_ADMIN_KEY as an operator admin key; False if Redis is down.
+
+    With ``retry`` it keeps trying every second until Redis answers. An existing key of
+    that id is never changed: a revoked bootstrap key stays revoked.
+    """
+    while True:
+        try:
+            outcome = await security.install_key(token, OPERATOR_TENANT, Role.ADMIN, "bootstrap")
+        except StoreUnavailable:
+            log.error("bootstrap API key not installed yet: store unreachable; retrying")
+            if not retry:
+                return False
+            await asyncio.sleep(1)
+            continue
+        if outcome == "revoked":
+            log.warning(
+                "CONSENT_BOOTSTRAP_ADMIN_KEY names a revoked key: it stays revoked; "
+                "unset the variable"
+            )
+        else:
+            log.info("bootstrap operator key ready", extra={"key_id": token[3:19]})
+        return True

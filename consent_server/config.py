@@ -10,10 +10,12 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
+from consent_server.domain.auth import is_key_token
 from consent_server.domain.recipients import is_valid_region
 
 
@@ -39,11 +41,43 @@ class Settings:
     delivery: str = "inline"
     shutdown_grace_s: float = 10.0
     health_interval_s: float = 1.0
+    # -- security (README "Security") --
+    allow_insecure: bool = False
+    bootstrap_admin_key: str | None = None
+    rate_limit: int = 1000
+    rate_burst: int = 0
+    max_request_bytes: int = 4 * 1024 * 1024
+    max_concurrent_streams: int = 100
+    max_batch: int = 10_000
+    max_page_size: int = 1000
+    max_evidence_bytes: int = 1024
+    max_metadata_entries: int = 32
+    max_metadata_value: int = 512
 
     @property
     def host(self) -> str:
         """The listen host without brackets."""
         return self.listen.rsplit(":", 1)[0].strip("[]")
+
+    @property
+    def auth_required(self) -> bool:
+        """True when every call needs an API key: ``1``, or ``auto`` beyond loopback."""
+        if self.require_auth == "auto":
+            return not is_loopback(self.host)
+        return self.require_auth == "1"
+
+    @property
+    def tls(self) -> bool:
+        """True when the server speaks TLS."""
+        return self.tls_cert is not None
+
+    def __repr__(self) -> str:
+        # The bootstrap key is a secret: never in a repr, a log line or a traceback.
+        shown = {
+            name: ("<set>" if name == "bootstrap_admin_key" and value else value)
+            for name, value in ((f, getattr(self, f)) for f in self.__dataclass_fields__)
+        }
+        return "Settings(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
 
     @property
     def embedded(self) -> bool:
@@ -91,6 +125,51 @@ _OPTIONS: tuple[tuple[str, str, str, str], ...] = (
     ),
     ("delivery", "CONSENT_DELIVERY", "--delivery", "inline or off"),
     (
+        "allow_insecure",
+        "CONSENT_ALLOW_INSECURE",
+        "--allow-insecure",
+        "1 = allow CONSENT_REQUIRE_AUTH=0 beyond loopback",
+    ),
+    (
+        "rate_limit",
+        "CONSENT_RATE_LIMIT",
+        "--rate-limit",
+        "requests per second per API key (0 = unlimited)",
+    ),
+    ("rate_burst", "CONSENT_RATE_BURST", "--rate-burst", "bucket size per key (0 = 2x rate)"),
+    (
+        "max_request_bytes",
+        "CONSENT_MAX_REQUEST_BYTES",
+        "--max-request-bytes",
+        "largest request message accepted",
+    ),
+    (
+        "max_concurrent_streams",
+        "CONSENT_MAX_CONCURRENT_STREAMS",
+        "--max-concurrent-streams",
+        "concurrent calls per connection",
+    ),
+    ("max_batch", "CONSENT_MAX_BATCH", "--max-batch", "BatchCheckConsent recipients"),
+    ("max_page_size", "CONSENT_MAX_PAGE_SIZE", "--max-page-size", "ListConsentEvents page"),
+    (
+        "max_evidence_bytes",
+        "CONSENT_MAX_EVIDENCE_BYTES",
+        "--max-evidence-bytes",
+        "evidence size (UTF-8 bytes)",
+    ),
+    (
+        "max_metadata_entries",
+        "CONSENT_MAX_METADATA_ENTRIES",
+        "--max-metadata-entries",
+        "SendIfAllowed metadata entries",
+    ),
+    (
+        "max_metadata_value",
+        "CONSENT_MAX_METADATA_VALUE",
+        "--max-metadata-value",
+        "SendIfAllowed metadata value length",
+    ),
+    (
         "shutdown_grace_s",
         "CONSENT_SHUTDOWN_GRACE",
         "--shutdown-grace",
@@ -120,7 +199,47 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             value = env.get(var)
         if value is not None and value != "":
             raw[name] = (var, value)
+    # A secret: environment only (a flag would show in `ps`).
+    if env.get(BOOTSTRAP_ENV):
+        raw["bootstrap_admin_key"] = (BOOTSTRAP_ENV, env[BOOTSTRAP_ENV])
     return _validate(raw)
+
+
+BOOTSTRAP_ENV = "CONSENT_BOOTSTRAP_ADMIN_KEY"
+
+# (setting, lowest, highest, default): the SPEC maxima cannot be raised, only lowered.
+_INTEGERS: tuple[tuple[str, int, int], ...] = (
+    ("rate_limit", 0, 1_000_000),
+    ("rate_burst", 0, 10_000_000),
+    ("max_request_bytes", 64 * 1024, 64 * 1024 * 1024),
+    ("max_concurrent_streams", 1, 100_000),
+    ("max_batch", 1, 10_000),
+    ("max_page_size", 1, 1000),
+    ("max_evidence_bytes", 0, 1024),
+    ("max_metadata_entries", 0, 32),
+    ("max_metadata_value", 0, 512),
+)
+
+
+def _integer(var: str, text: str, low: int, high: int) -> int:
+    try:
+        value = int(text.strip())
+    except ValueError:
+        raise ConfigError(f"{var}={text!r}: expected a whole number") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{var}={text!r}: must be between {low} and {high}")
+    return value
+
+
+def _pem_file(var: str, path: str, marker: str) -> str:
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(1 << 20)
+    except OSError as exc:
+        raise ConfigError(f"{var}={path!r}: cannot read it ({exc.strerror})") from None
+    if b"-----BEGIN " not in data or marker.encode() not in data:
+        raise ConfigError(f"{var}={path!r}: not a PEM file with a {marker}")
+    return path
 
 
 def _number(var: str, text: str, low: float, high: float) -> float:
@@ -173,12 +292,7 @@ def _validate(raw: dict[str, tuple[str, str]]) -> Settings:
         values["default_region"] = text.upper()
     if "require_auth" in raw:
         values["require_auth"] = _choice(*raw["require_auth"], ("auto", "1", "0"))
-    for name in ("tls_cert", "tls_key", "tls_client_ca"):
-        if name in raw:
-            var, text = raw[name]
-            # TLS arrives with the security work (issue 7); refusing beats serving plaintext
-            # to someone who asked for TLS.
-            raise ConfigError(f"{var}: TLS is not supported by this version yet; unset it")
+    _validate_security(raw, values)
     if "delivery" in raw:
         values["delivery"] = _choice(*raw["delivery"], ("inline", "off"))
     if values.get("redis_cluster") and "redis_url" not in values:
@@ -186,6 +300,42 @@ def _validate(raw: dict[str, tuple[str, str]]) -> Settings:
     settings = Settings(**values)  # type: ignore[arg-type]
     _check_auth(settings)
     return settings
+
+
+def _validate_security(raw: dict[str, tuple[str, str]], values: dict[str, object]) -> None:
+    """TLS files, the insecure switch, the bootstrap key and the limits."""
+    if ("tls_cert" in raw) != ("tls_key" in raw):
+        missing = "CONSENT_TLS_KEY" if "tls_cert" in raw else "CONSENT_TLS_CERT"
+        raise ConfigError(f"{missing}: TLS needs both CONSENT_TLS_CERT and CONSENT_TLS_KEY")
+    if "tls_client_ca" in raw and "tls_cert" not in raw:
+        raise ConfigError("CONSENT_TLS_CLIENT_CA: mTLS needs CONSENT_TLS_CERT and CONSENT_TLS_KEY")
+    if "tls_cert" in raw:
+        values["tls_cert"] = _pem_file(*raw["tls_cert"], "CERTIFICATE")
+        values["tls_key"] = _pem_file(*raw["tls_key"], "PRIVATE KEY")
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(
+                str(values["tls_cert"]), str(values["tls_key"])
+            )
+        except (ssl.SSLError, ValueError):
+            raise ConfigError(
+                "CONSENT_TLS_KEY: not the private key of CONSENT_TLS_CERT (or unreadable PEM)"
+            ) from None
+    if "tls_client_ca" in raw:
+        values["tls_client_ca"] = _pem_file(*raw["tls_client_ca"], "CERTIFICATE")
+    if "allow_insecure" in raw:
+        values["allow_insecure"] = _choice(*raw["allow_insecure"], ("0", "1")) == "1"
+    if "bootstrap_admin_key" in raw:
+        var, text = raw["bootstrap_admin_key"]
+        if not is_key_token(text.strip()):
+            # Never echo the value: it is meant to be a secret.
+            raise ConfigError(
+                f"{var}: not an API key of the form ck_<16 hex>_<43 url-safe characters>; "
+                "make one with `consentctl keys generate`"
+            )
+        values["bootstrap_admin_key"] = text.strip()
+    for name, low, high in _INTEGERS:
+        if name in raw:
+            values[name] = _integer(*raw[name], low, high)
 
 
 def is_loopback(host: str) -> bool:
@@ -199,15 +349,11 @@ def is_loopback(host: str) -> bool:
 
 
 def _check_auth(settings: Settings) -> None:
-    # API keys arrive with the security work (issue 7). Until then the server only
-    # starts where no authentication is required, or where the operator said so.
-    if settings.require_auth == "1":
+    """Refuse to serve beyond loopback without authentication unless told so explicitly."""
+    beyond_loopback = not is_loopback(settings.host)
+    if not settings.auth_required and beyond_loopback and not settings.allow_insecure:
         raise ConfigError(
-            "CONSENT_REQUIRE_AUTH=1: API-key authentication is not supported by this version yet"
-        )
-    if settings.require_auth == "auto" and not is_loopback(settings.host):
-        raise ConfigError(
-            f"CONSENT_LISTEN={settings.listen!r} is beyond loopback, where authentication is "
-            "required (CONSENT_REQUIRE_AUTH=auto); this version has none: set "
-            "CONSENT_REQUIRE_AUTH=0 to serve unauthenticated on purpose"
+            f"CONSENT_REQUIRE_AUTH=0 with CONSENT_LISTEN={settings.listen!r} beyond loopback "
+            "would let anyone who reaches the port change consent: set "
+            "CONSENT_ALLOW_INSECURE=1 to do it on purpose, or turn authentication on"
         )

@@ -819,7 +819,8 @@ BAD_CONFIG: list[tuple[dict[str, str], list[str], str]] = [
     ({"CONSENT_DEFAULT_REGION": "Atlantis"}, [], "CONSENT_DEFAULT_REGION"),
     ({"CONSENT_DELIVERY": "sometimes"}, [], "CONSENT_DELIVERY"),
     ({"CONSENT_REQUIRE_AUTH": "maybe"}, [], "CONSENT_REQUIRE_AUTH"),
-    ({"CONSENT_LISTEN": "0.0.0.0:0"}, [], "CONSENT_LISTEN"),  # beyond loopback, no auth
+    # Beyond loopback with authentication switched off needs the explicit switch.
+    ({"CONSENT_LISTEN": "0.0.0.0:0", "CONSENT_REQUIRE_AUTH": "0"}, [], "CONSENT_ALLOW_INSECURE"),
 ]
 
 

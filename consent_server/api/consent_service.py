@@ -16,6 +16,7 @@ from consent_server.domain.model import Action
 from consent_server.domain.service import BatchItemError, ChangeResult, ConsentAuthority
 
 from . import convert as cv
+from .auth import current_principal
 from .errors import DOMAIN, _pack, abort
 
 Req = TypeVar("Req")
@@ -39,8 +40,8 @@ def rpc(fn: Handler[Resp]) -> Handler[Resp]:
 
 
 def principal_of(context: Ctx) -> str:
-    """The calling principal; authentication (API keys) sets it in a later version."""
-    return "anonymous"
+    """The calling principal: the API key id set by the auth interceptor, or "anonymous"."""
+    return current_principal()
 
 
 class ConsentServicer(pb_grpc.ConsentServiceServicer):

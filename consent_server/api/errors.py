@@ -23,6 +23,8 @@ from consent_server.domain.errors import (
 from consent_server.domain.masking import mask_address
 from consent_server.domain.model import BlockReason, Scope
 
+from .security_errors import security_status
+
 DOMAIN = "consent.v1"
 log = logging.getLogger("consent_server.api")
 
@@ -50,6 +52,9 @@ def _rfc3339(ms: int) -> str:
 
 def to_status(exc: Exception) -> status_pb2.Status:
     """The google.rpc.Status for an error raised by the domain (or anything else)."""
+    secured = security_status(exc)
+    if secured is not None:
+        return secured
     if isinstance(exc, InvalidArgument):
         bad = error_details_pb2.BadRequest(
             field_violations=[

@@ -29,6 +29,8 @@ from rich.table import Table
 from consent_client import ConsentClient, ConsentError, InvalidArgument
 from consent_client.v1 import admin_pb2 as apb
 
+from .keys import app as keys_app
+
 T = TypeVar("T")
 
 app = typer.Typer(
@@ -39,6 +41,7 @@ app = typer.Typer(
 )
 settings_app = typer.Typer(help="Read and change a tenant's settings.", no_args_is_help=True)
 app.add_typer(settings_app, name="settings")
+app.add_typer(keys_app, name="keys")
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)

@@ -10,6 +10,10 @@ _EMAIL_RE = re.compile(r"([A-Za-z0-9._%+\-]+)@([A-Za-z0-9.\-]+\.[A-Za-z]{2,})")
 _PHONE_RE = re.compile(r"\+\d[\d ()\-]{5,}\d|(?<![\d.])\d{8,15}(?![\d.])")
 
 
+# An API key ck_<id>_<secret>: the id may be shown, the secret never.
+_KEY_RE = re.compile(r"\b(ck_[0-9a-f]{16}_)[A-Za-z0-9_-]{8,}")
+
+
 def mask_phone(number: str) -> str:
     """``+919876543210`` -> ``+91987*****10``: country code and prefix stay, the rest is hidden."""
     if len(number) <= 6:
@@ -32,6 +36,7 @@ def mask_address(address: str) -> str:
 
 
 def mask_text(text: str) -> str:
-    """Mask every e-mail address and phone-number-like run inside free text."""
+    """Mask every API key secret, e-mail address and phone-number-like run inside free text."""
+    text = _KEY_RE.sub(lambda m: m.group(1) + "****", text)
     text = _EMAIL_RE.sub(lambda m: mask_email(m.group(0)), text)
     return _PHONE_RE.sub(lambda m: mask_phone(re.sub(r"[ ()\-]", "", m.group(0))), text)

@@ -52,6 +52,17 @@ def _now_ms() -> int:
 
 
 @dataclass(frozen=True, slots=True)
+class Limits:
+    """Request limits; operators may lower them (CONSENT_MAX_*), never raise them past SPEC."""
+
+    max_batch: int = MAX_BATCH
+    max_page_size: int = MAX_PAGE_SIZE
+    max_evidence_bytes: int = val.MAX_EVIDENCE_BYTES
+    max_metadata_entries: int = val.MAX_METADATA_ENTRIES
+    max_metadata_value: int = val.MAX_METADATA_VALUE
+
+
+@dataclass(frozen=True, slots=True)
 class CheckResult:
     """A decision about one normalised recipient and topic."""
 
@@ -132,10 +143,12 @@ class ConsentAuthority:
         *,
         default_region: str | None = None,
         clock_ms: Callable[[], int] = _now_ms,
+        limits: Limits | None = None,
     ) -> None:
         self._store = store
         self._default_region = default_region
         self._clock_ms = clock_ms
+        self._limits = limits or Limits()
 
     async def _settings(self, tenant_id: str) -> TenantSettings:
         if not tenant_id:  # invalid id: validate the rest with server defaults, no store call
@@ -167,8 +180,8 @@ class ConsentAuthority:
         norm_topic = val.topic(v, topic)
         if not raws:
             v.add("recipients", "must name at least one recipient")
-        elif len(raws) > MAX_BATCH:
-            v.add("recipients", f"must name at most {MAX_BATCH} recipients")
+        elif len(raws) > self._limits.max_batch:
+            v.add("recipients", f"must name at most {self._limits.max_batch} recipients")
         v.raise_if_any()
         settings = await self._settings(tenant)
         region = self._region(settings)
@@ -227,7 +240,7 @@ class ConsentAuthority:
         norm_topic = val.topic(v, topic)
         if source is None:
             v.add("source", "is not a known Source")
-        text = val.evidence(v, evidence)
+        text = val.evidence(v, evidence, max_bytes=self._limits.max_evidence_bytes)
         when = val.occurred_at(v, occurred_at, self._clock_ms(), "occurred_at")
         ident = val.identifier(v, event_id, "event_id") or f"ev_{uuid.uuid4().hex}"
         v.raise_if_any()
@@ -269,7 +282,12 @@ class ConsentAuthority:
         expires = val.timestamp_ms(v, not_after, "not_after")
         if expires is not None and expires <= self._clock_ms():
             v.add("not_after", "is in the past: the message would expire before delivery")
-        meta = val.metadata(v, metadata)
+        meta = val.metadata(
+            v,
+            metadata,
+            max_entries=self._limits.max_metadata_entries,
+            max_value=self._limits.max_metadata_value,
+        )
         v.raise_if_any()
         assert rcpt is not None
         result = await self._store.send(
@@ -296,8 +314,10 @@ class ConsentAuthority:
         tenant = val.tenant_id(v, tenant_id)
         settings = await self._settings(tenant)
         rcpt = val.recipient(v, recipient, self._region(settings))
-        if page_size < 0 or page_size > MAX_PAGE_SIZE:
-            v.add("page_size", f"must be between 0 and {MAX_PAGE_SIZE} (0 = {DEFAULT_PAGE_SIZE})")
+        max_page = self._limits.max_page_size
+        if page_size < 0 or page_size > max_page:
+            default = min(DEFAULT_PAGE_SIZE, max_page)
+            v.add("page_size", f"must be between 0 and {max_page} (0 = {default})")
         before: int | None = None
         if page_token:
             try:
@@ -306,7 +326,8 @@ class ConsentAuthority:
                 v.add("page_token", "is not a token returned by ListConsentEvents")
         v.raise_if_any()
         assert rcpt is not None
-        page = await self._store.list_events(tenant, rcpt, page_size or DEFAULT_PAGE_SIZE, before)
+        size = page_size or min(DEFAULT_PAGE_SIZE, max_page)
+        page = await self._store.list_events(tenant, rcpt, size, before)
         token = (
             encode_page_token(page.next_before_revision)
             if page.next_before_revision is not None

@@ -131,10 +131,12 @@ def recipient(
         return None
 
 
-def evidence(v: Violations, value: str, field: str = "evidence") -> str:
-    """Free-text evidence, at most 1 KiB of UTF-8, without NUL characters."""
-    if len(value.encode("utf-8", "surrogatepass")) > MAX_EVIDENCE_BYTES:
-        v.add(field, f"must be at most {MAX_EVIDENCE_BYTES} bytes of UTF-8")
+def evidence(
+    v: Violations, value: str, field: str = "evidence", *, max_bytes: int = MAX_EVIDENCE_BYTES
+) -> str:
+    """Free-text evidence, at most ``max_bytes`` (1 KiB) of UTF-8, without NUL characters."""
+    if len(value.encode("utf-8", "surrogatepass")) > max_bytes:
+        v.add(field, f"must be at most {max_bytes} bytes of UTF-8")
         return ""
     if "\x00" in value:
         v.add(field, "must not contain NUL characters")
@@ -167,10 +169,17 @@ def occurred_at(v: Violations, raw: RawTimestamp | None, now_ms: int, field: str
     return ms
 
 
-def metadata(v: Violations, value: Mapping[str, str], field: str = "metadata") -> dict[str, str]:
-    """Caller metadata within the documented limits."""
-    if len(value) > MAX_METADATA_ENTRIES:
-        v.add(field, f"must have at most {MAX_METADATA_ENTRIES} entries")
+def metadata(
+    v: Violations,
+    value: Mapping[str, str],
+    field: str = "metadata",
+    *,
+    max_entries: int = MAX_METADATA_ENTRIES,
+    max_value: int = MAX_METADATA_VALUE,
+) -> dict[str, str]:
+    """Caller metadata within the documented (or configured, lower) limits."""
+    if len(value) > max_entries:
+        v.add(field, f"must have at most {max_entries} entries")
         return {}
     ok = True
     for key, val in value.items():
@@ -182,8 +191,8 @@ def metadata(v: Violations, value: Mapping[str, str], field: str = "metadata") -
         elif "\x00" in key or "\x00" in val:
             v.add(path, "must not contain NUL characters")
             ok = False
-        elif len(val) > MAX_METADATA_VALUE:
-            v.add(path, f"values must be at most {MAX_METADATA_VALUE} characters")
+        elif len(val) > max_value:
+            v.add(path, f"values must be at most {max_value} characters")
             ok = False
     return dict(value) if ok else {}
 

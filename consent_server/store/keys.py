@@ -93,3 +93,60 @@ def tenant_settings(tenant_id: str) -> str:
 def scope_field(topic: str) -> str:
     """The state-hash field holding a scope's record ("" = all topics)."""
     return "s:" + (topic or "*")
+
+
+# -- security: API keys, rate limits, erasure ---------------------------------------
+#
+#    ca:{ak:<key_id>}:key                         hash: an API key (tenant, role, hash...)
+#    ca:{ak:<key_id>}:rl                          hash: the key's token bucket
+#    ca:akidx:<tenant>                            zset: a tenant's key ids by creation ms
+#    ca:tenant:<tenant>:erasure-secret            string: the tenant's tombstone HMAC secret
+#    ca:{cpNN}:<tenant>:x:<channel>:<hmac>        hash: suppression tombstone, scope records
+#    ca:{cpNN}:<tenant>:erasures                  stream: the partition's erasure log
+#
+# A key and its bucket share a hash tag so one script authenticates and rate-limits;
+# different keys land on different cluster slots. A tombstone and the erasure log
+# carry the recipient's partition tag, so send.lua and forget.lua can use them.
+
+
+def api_key(key_id: str) -> str:
+    """An API key's record."""
+    return f"ca:{{ak:{key_id}}}:key"
+
+
+def rate_bucket(key_id: str) -> str:
+    """An API key's token bucket (same hash tag as the record)."""
+    return f"ca:{{ak:{key_id}}}:rl"
+
+
+def api_key_index(tenant_id: str) -> str:
+    """A tenant's key ids, scored by creation time."""
+    return f"ca:akidx:{tenant_id}"
+
+
+def erasure_secret(tenant_id: str) -> str:
+    """The tenant's secret for tombstone hashes."""
+    return f"ca:tenant:{tenant_id}:erasure-secret"
+
+
+def tombstone(tenant_id: str, recipient: Recipient, digest: str) -> str:
+    """A recipient's suppression tombstone: named by a keyed hash, never by the address."""
+    return (
+        f"ca:{tag(partition(tenant_id, recipient))}:{tenant_id}:x:"
+        f"{recipient.channel.value}:{digest}"
+    )
+
+
+def erasure_log(tenant_id: str, part: int) -> str:
+    """The erasure log of a tenant's partition."""
+    return f"ca:{tag(part)}:{tenant_id}:erasures"
+
+
+def message_pattern(tenant_id: str, part: int) -> str:
+    """A SCAN pattern for every message status hash of a tenant in a partition."""
+    return f"{glob_escape(f'ca:{tag(part)}:{tenant_id}:m:')}*"
+
+
+def glob_escape(text: str) -> str:
+    """``text`` with Redis glob metacharacters escaped, for SCAN MATCH."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)

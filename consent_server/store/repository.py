@@ -41,6 +41,7 @@ from .records import (
     parse_record,
     parse_settings,
 )
+from .tombstones import TombstoneNames, newer
 
 T = TypeVar("T")
 
@@ -81,6 +82,7 @@ class RedisConsentStore:
         self._put_settings = client.register_script(_load_script("put_settings.lua"))
         self._settings_cache: dict[str, tuple[float, TenantSettings]] = {}
         self._settings_cache_s = settings_cache_s
+        self.tombstones = TombstoneNames(client)
 
     @property
     def client(self) -> aioredis.Redis:
@@ -148,23 +150,32 @@ class RedisConsentStore:
     async def read_records(
         self, tenant_id: str, recipients: Sequence[Recipient], topic: str
     ) -> list[RecordPair]:
-        """One HMGET per recipient, all in one pipeline (one round trip per node)."""
+        """Each recipient's records, merged with its erasure tombstone, in one pipeline.
+
+        Two HMGETs per recipient (live state and tombstone, same hash tag), one round
+        trip per node; per scope the newer of the live and the tombstone record decides.
+        """
         fields = ["s:*", keys.scope_field(topic)] if topic else ["s:*"]
+        secret = await self._call(lambda: self.tombstones.secret(tenant_id))
 
         async def read() -> list[Any]:
-            if len(recipients) == 1:
-                base = keys.recipient_base(tenant_id, recipients[0])
-                return [await self._r.hmget(keys.state(base), fields)]
             pipe = self._r.pipeline(transaction=False)
             for rcpt in recipients:
                 pipe.hmget(keys.state(keys.recipient_base(tenant_id, rcpt)), fields)
+                digest = TombstoneNames.digest(secret, rcpt)
+                pipe.hmget(keys.tombstone(tenant_id, rcpt, digest), fields)
             rows: list[Any] = await pipe.execute()
             return rows
 
         rows = await self._call(read)
-        if topic:
-            return [(parse_record(row[1]), parse_record(row[0])) for row in rows]
-        return [(None, parse_record(row[0])) for row in rows]
+        out: list[RecordPair] = []
+        for live, tomb in zip(rows[0::2], rows[1::2], strict=True):
+            all_record = newer(parse_record(live[0]), parse_record(tomb[0]))
+            if topic:
+                out.append((newer(parse_record(live[1]), parse_record(tomb[1])), all_record))
+            else:
+                out.append((None, all_record))
+        return out
 
     async def list_events(
         self, tenant_id: str, recipient: Recipient, limit: int, before_revision: int | None
@@ -263,11 +274,13 @@ class RedisConsentStore:
         part = keys.partition(request.tenant_id, request.recipient)
         base = keys.recipient_base(request.tenant_id, request.recipient)
         message_id = keys.new_message_id(part)
+        tomb = await self._call(lambda: self.tombstones.key(request.tenant_id, request.recipient))
         script_keys = [
             keys.state(base),
             keys.idempotency(base, request.idempotency_key or "-"),
             keys.outbox(part),
             keys.message(request.tenant_id, part, message_id),
+            tomb,
         ]
         body = encode_body(request.message)
         metadata = json.dumps(request.metadata, ensure_ascii=False, sort_keys=True)

@@ -16,7 +16,7 @@ import grpc
 
 from . import _calls
 from ._calls import Backoff, Call
-from ._client import _Options
+from ._client import PemSource, _Options, tls_credentials
 from ._errors import error_from_rpc
 from ._types import (
     BatchItem,
@@ -57,6 +57,7 @@ class AsyncConsentClient:
         channel: a ``grpc.aio.Channel`` to use instead of a new insecure one to ``target``
             (e.g. a secure channel); the caller keeps ownership and closes it.
         credentials: TLS credentials for a new secure channel to ``target``.
+        tls, tls_ca, tls_cert, tls_key: TLS and mTLS options, as on :class:`ConsentClient`.
         backoff: the retry backoff (exponential with jitter; defaults are fine).
 
     Use it as a context manager, or call :meth:`close` when done.
@@ -72,8 +73,15 @@ class AsyncConsentClient:
         channel: grpc.aio.Channel | None = None,
         credentials: grpc.ChannelCredentials | None = None,
         backoff: Backoff | None = None,
+        tls: bool = False,
+        tls_ca: PemSource | None = None,
+        tls_cert: PemSource | None = None,
+        tls_key: PemSource | None = None,
     ) -> None:
         self._o = _Options(target, api_key, timeout, retries, backoff)
+        credentials = tls_credentials(
+            tls=tls, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, credentials=credentials
+        )
         self._owns_channel = channel is None
         if channel is not None:
             self._channel = channel

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime
@@ -36,6 +37,49 @@ from .v1 import consent_pb2_grpc as pb_grpc
 T = TypeVar("T")
 
 USER_AGENT = "consent-client-python/0.1.0"
+
+PemSource = bytes | str | os.PathLike[str]
+
+
+def _pem(value: PemSource | None, name: str) -> bytes | None:
+    """PEM bytes as given, or read from a path."""
+    if value is None or isinstance(value, bytes):
+        return value
+    try:
+        with open(value, "rb") as fh:
+            return fh.read()
+    except OSError as exc:
+        raise ValueError(f"{name}: cannot read {os.fspath(value)!r} ({exc.strerror})") from None
+
+
+def tls_credentials(
+    *,
+    tls: bool = False,
+    tls_ca: PemSource | None = None,
+    tls_cert: PemSource | None = None,
+    tls_key: PemSource | None = None,
+    credentials: grpc.ChannelCredentials | None = None,
+) -> grpc.ChannelCredentials | None:
+    """Channel credentials from the TLS options; None = plaintext.
+
+    ``tls_ca`` is the CA that signed the server's certificate (default: the system's
+    roots); ``tls_cert``/``tls_key`` are the client's certificate and key for a server
+    that requires them (mTLS). Each is PEM bytes or a file path.
+    """
+    if (tls_cert is None) != (tls_key is None):
+        raise ValueError("tls_cert and tls_key go together (mTLS needs both)")
+    wants_tls = tls or tls_ca is not None or tls_cert is not None
+    if credentials is not None:
+        if wants_tls:
+            raise ValueError("pass either credentials or the tls_* options, not both")
+        return credentials
+    if not wants_tls:
+        return None
+    return grpc.ssl_channel_credentials(
+        root_certificates=_pem(tls_ca, "tls_ca"),
+        private_key=_pem(tls_key, "tls_key"),
+        certificate_chain=_pem(tls_cert, "tls_cert"),
+    )
 
 
 class _Options:
@@ -93,6 +137,10 @@ class ConsentClient:
             (e.g. a secure channel); the caller keeps ownership and closes it.
         credentials: TLS credentials for a new secure channel to ``target``.
         backoff: the retry backoff (exponential with jitter; defaults are fine).
+        tls: use TLS with the system's root certificates (implied by ``tls_ca``/``tls_cert``).
+        tls_ca: the CA certificate that signed the server's (PEM bytes or a path).
+        tls_cert: the client certificate, for a server that requires one (mTLS).
+        tls_key: the client certificate's private key (mTLS).
 
     Use it as a context manager, or call :meth:`close` when done.
     """
@@ -107,8 +155,15 @@ class ConsentClient:
         channel: grpc.Channel | None = None,
         credentials: grpc.ChannelCredentials | None = None,
         backoff: Backoff | None = None,
+        tls: bool = False,
+        tls_ca: PemSource | None = None,
+        tls_cert: PemSource | None = None,
+        tls_key: PemSource | None = None,
     ) -> None:
         self._o = _Options(target, api_key, timeout, retries, backoff)
+        credentials = tls_credentials(
+            tls=tls, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, credentials=credentials
+        )
         self._owns_channel = channel is None
         if channel is not None:
             self._channel = channel

@@ -1,7 +1,8 @@
 -- Decide (SPEC §3) and, if allowed, enqueue (SPEC §8) in one atomic step, so no
 -- message is accepted after an opt-out has been acknowledged.
 -- KEYS[1] state hash, KEYS[2] idempotency key, KEYS[3] outbox stream,
--- KEYS[4] message status hash (all with the recipient's hash tag).
+-- KEYS[4] message status hash, KEYS[5] suppression tombstone (all with the
+-- recipient's hash tag).
 -- ARGV: topic field, policy ("allow"|"require_opt_in"), use idempotency ("1"|"0"),
 --       idempotency ttl s, message retention s, message_id, tenant, channel,
 --       address, topic, body json, not_after ms, metadata json, request fingerprint.
@@ -28,6 +29,14 @@ local function parse(rec)
   if not rec then return nil end
   local status, occurred, rev = string.match(rec, '^(%a+)|(%d+)|(%d+)|')
   return {status, tonumber(occurred), tonumber(rev)}
+end
+-- An erased recipient's tombstone records compete like live ones: newer wins.
+local tomb = redis.call('HMGET', KEYS[5], 's:*', field)
+for i = 1, 2 do
+  local l, t = parse(recs[i]), parse(tomb[i])
+  if t and (not l or t[2] > l[2] or (t[2] == l[2] and t[3] > l[3])) then
+    recs[i] = tomb[i]
+  end
 end
 local all, top = parse(recs[1]), parse(recs[2])
 -- The newer record by (occurred_at, revision) decides; none -> the policy.

@@ -11,6 +11,7 @@ from consent_client.v1 import consent_pb2 as _consent_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
@@ -55,6 +56,45 @@ matched as the whole message.
 KEYWORD_KIND_HELP: KeywordKind.ValueType  # 3
 """Answers with the help text; changes nothing. Topic must be empty."""
 Global___KeywordKind: _TypeAlias = KeywordKind  # noqa: Y015
+
+class _ApiKeyRole:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ApiKeyRoleEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ApiKeyRole.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    API_KEY_ROLE_UNSPECIFIED: _ApiKeyRole.ValueType  # 0
+    """Not allowed on CreateApiKey; never returned."""
+    API_KEY_ROLE_ADMIN: _ApiKeyRole.ValueType  # 1
+    """Everything for its tenant, including every ConsentAdminService RPC."""
+    API_KEY_ROLE_WRITER: _ApiKeyRole.ValueType  # 2
+    """OptOut, OptIn, HandleInboundMessage, SendIfAllowed, CheckConsent,
+    BatchCheckConsent, ListConsentEvents.
+    """
+    API_KEY_ROLE_SENDER: _ApiKeyRole.ValueType  # 3
+    """CheckConsent, BatchCheckConsent, SendIfAllowed, GetMessageStatus."""
+    API_KEY_ROLE_READER: _ApiKeyRole.ValueType  # 4
+    """CheckConsent, BatchCheckConsent, ListConsentEvents, GetMessageStatus."""
+
+class ApiKeyRole(_ApiKeyRole, metaclass=_ApiKeyRoleEnumTypeWrapper):
+    """==== API key and erasure messages ====
+
+    What an API key may do. See the README's roles table.
+    """
+
+API_KEY_ROLE_UNSPECIFIED: ApiKeyRole.ValueType  # 0
+"""Not allowed on CreateApiKey; never returned."""
+API_KEY_ROLE_ADMIN: ApiKeyRole.ValueType  # 1
+"""Everything for its tenant, including every ConsentAdminService RPC."""
+API_KEY_ROLE_WRITER: ApiKeyRole.ValueType  # 2
+"""OptOut, OptIn, HandleInboundMessage, SendIfAllowed, CheckConsent,
+BatchCheckConsent, ListConsentEvents.
+"""
+API_KEY_ROLE_SENDER: ApiKeyRole.ValueType  # 3
+"""CheckConsent, BatchCheckConsent, SendIfAllowed, GetMessageStatus."""
+API_KEY_ROLE_READER: ApiKeyRole.ValueType  # 4
+"""CheckConsent, BatchCheckConsent, ListConsentEvents, GetMessageStatus."""
+Global___ApiKeyRole: _TypeAlias = ApiKeyRole  # noqa: Y015
 
 @_typing.final
 class GetTenantSettingsRequest(_message.Message):
@@ -350,3 +390,337 @@ class TenantSettings(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TenantSettings: _TypeAlias = TenantSettings  # noqa: Y015
+
+@_typing.final
+class ApiKey(_message.Message):
+    """An API key as stored: never its secret."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    CREATED_BY_FIELD_NUMBER: _builtins.int
+    REVOKED_FIELD_NUMBER: _builtins.int
+    REVOKED_AT_FIELD_NUMBER: _builtins.int
+    RATE_LIMIT_PER_SECOND_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    """The key's id (16 hex characters): the "<key_id>" of "ck_<key_id>_<secret>",
+    and the principal recorded on the consent events it causes.
+    """
+    tenant_id: _builtins.str
+    """The tenant it acts for; "*" for an operator key (every tenant)."""
+    role: Global___ApiKeyRole.ValueType
+    """What it may do."""
+    description: _builtins.str
+    """The free-text description given at creation."""
+    created_by: _builtins.str
+    """The key id that created it; "bootstrap" or "consentctl" for keys made
+    without the API.
+    """
+    revoked: _builtins.bool
+    """True once revoked."""
+    rate_limit_per_second: _builtins.int
+    """Its own rate limit in requests per second; 0 = the server's default."""
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was created."""
+
+    @_builtins.property
+    def revoked_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was revoked; unset while active."""
+
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+        tenant_id: _builtins.str = ...,
+        role: Global___ApiKeyRole.ValueType = ...,
+        description: _builtins.str = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        created_by: _builtins.str = ...,
+        revoked: _builtins.bool = ...,
+        revoked_at: _timestamp_pb2.Timestamp | None = ...,
+        rate_limit_per_second: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "revoked_at", b"revoked_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "created_by", b"created_by", "description", b"description", "key_id", b"key_id", "rate_limit_per_second", b"rate_limit_per_second", "revoked", b"revoked", "revoked_at", b"revoked_at", "role", b"role", "tenant_id", b"tenant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApiKey: _TypeAlias = ApiKey  # noqa: Y015
+
+@_typing.final
+class CreateApiKeyRequest(_message.Message):
+    """Creates an API key."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    RATE_LIMIT_PER_SECOND_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    """The tenant the key acts for, or "*" for an operator key (only an operator
+    key may create one).
+    """
+    role: Global___ApiKeyRole.ValueType
+    """What it may do; required."""
+    description: _builtins.str
+    """What the key is for ("billing backend"), at most 256 characters. Do not
+    put secrets or personal data here: it is shown by ListApiKeys.
+    """
+    rate_limit_per_second: _builtins.int
+    """Its own rate limit in requests per second, at most 100000; 0 = the
+    server's default (CONSENT_RATE_LIMIT).
+    """
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+        role: Global___ApiKeyRole.ValueType = ...,
+        description: _builtins.str = ...,
+        rate_limit_per_second: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "rate_limit_per_second", b"rate_limit_per_second", "role", b"role", "tenant_id", b"tenant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateApiKeyRequest: _TypeAlias = CreateApiKeyRequest  # noqa: Y015
+
+@_typing.final
+class CreateApiKeyResponse(_message.Message):
+    """A created key."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    API_KEY_FIELD_NUMBER: _builtins.int
+    api_key: _builtins.str
+    """The key itself, "ck_<key_id>_<secret>". Shown only here, only once: send
+    it as "authorization: Bearer <api_key>".
+    """
+    @_builtins.property
+    def key(self) -> Global___ApiKey:
+        """The key's stored description."""
+
+    def __init__(
+        self,
+        *,
+        key: Global___ApiKey | None = ...,
+        api_key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["key", b"key"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key", b"api_key", "key", b"key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateApiKeyResponse: _TypeAlias = CreateApiKeyResponse  # noqa: Y015
+
+@_typing.final
+class ListApiKeysRequest(_message.Message):
+    """Lists a tenant's keys."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    INCLUDE_REVOKED_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    """The tenant; "*" lists the operator keys."""
+    include_revoked: _builtins.bool
+    """Also list revoked keys."""
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+        include_revoked: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_revoked", b"include_revoked", "tenant_id", b"tenant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListApiKeysRequest: _TypeAlias = ListApiKeysRequest  # noqa: Y015
+
+@_typing.final
+class ListApiKeysResponse(_message.Message):
+    """A tenant's keys, oldest first (at most 1000)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEYS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def keys(self) -> _containers.RepeatedCompositeFieldContainer[Global___ApiKey]:
+        """The keys."""
+
+    def __init__(
+        self,
+        *,
+        keys: _abc.Iterable[Global___ApiKey] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keys", b"keys"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListApiKeysResponse: _TypeAlias = ListApiKeysResponse  # noqa: Y015
+
+@_typing.final
+class RevokeApiKeyRequest(_message.Message):
+    """Revokes a key."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    """The tenant the key belongs to."""
+    key_id: _builtins.str
+    """The key's id (16 hex characters, as ListApiKeys shows it). A key of
+    another tenant is NOT_FOUND.
+    """
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+        key_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id", "tenant_id", b"tenant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeApiKeyRequest: _TypeAlias = RevokeApiKeyRequest  # noqa: Y015
+
+@_typing.final
+class RevokeApiKeyResponse(_message.Message):
+    """A revoked key."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    ALREADY_REVOKED_FIELD_NUMBER: _builtins.int
+    already_revoked: _builtins.bool
+    """True when it was already revoked before this call."""
+    @_builtins.property
+    def key(self) -> Global___ApiKey:
+        """The key, now revoked."""
+
+    def __init__(
+        self,
+        *,
+        key: Global___ApiKey | None = ...,
+        already_revoked: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["key", b"key"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["already_revoked", b"already_revoked", "key", b"key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeApiKeyResponse: _TypeAlias = RevokeApiKeyResponse  # noqa: Y015
+
+@_typing.final
+class ForgetRecipientRequest(_message.Message):
+    """Erases a recipient."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    RECIPIENT_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    """The tenant."""
+    @_builtins.property
+    def recipient(self) -> _consent_pb2.Recipient:
+        """Whom to erase (normalised like everywhere else)."""
+
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+        recipient: _consent_pb2.Recipient | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["recipient", b"recipient"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["recipient", b"recipient", "tenant_id", b"tenant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ForgetRecipientRequest: _TypeAlias = ForgetRecipientRequest  # noqa: Y015
+
+@_typing.final
+class ForgetRecipientResponse(_message.Message):
+    """What an erasure removed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORDS_REMOVED_FIELD_NUMBER: _builtins.int
+    EVENTS_REMOVED_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_ENTRIES_REMOVED_FIELD_NUMBER: _builtins.int
+    MESSAGES_CANCELLED_FIELD_NUMBER: _builtins.int
+    MESSAGES_ERASED_FIELD_NUMBER: _builtins.int
+    SUPPRESSED_FIELD_NUMBER: _builtins.int
+    SUPPRESSED_TOPICS_FIELD_NUMBER: _builtins.int
+    ERASURE_ID_FIELD_NUMBER: _builtins.int
+    RECIPIENT_FIELD_NUMBER: _builtins.int
+    OTHER_RECORDS_REMOVED_FIELD_NUMBER: _builtins.int
+    records_removed: _builtins.int
+    """Consent records (one per scope: all topics, or a topic) removed."""
+    events_removed: _builtins.int
+    """History events removed."""
+    idempotency_entries_removed: _builtins.int
+    """Idempotency entries removed (event ids and send idempotency keys)."""
+    messages_cancelled: _builtins.int
+    """Queued messages cancelled (status CANCELLED, never delivered)."""
+    messages_erased: _builtins.int
+    """Message records erased (status records of past messages and outbox
+    entries of queued ones).
+    """
+    suppressed: _builtins.bool
+    """True when a suppression tombstone is kept: the recipient had opted out
+    of at least one scope (or had been erased while opted out before).
+    """
+    erasure_id: _builtins.str
+    """The id of the erasure in the tenant's erasure log."""
+    other_records_removed: _builtins.int
+    """Other per-recipient records removed (data other features keep under the
+    recipient's key prefix, e.g. inbound or link state).
+    """
+    @_builtins.property
+    def suppressed_topics(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The topics the tombstone keeps suppressed; "" = all topics."""
+
+    @_builtins.property
+    def recipient(self) -> _consent_pb2.Recipient:
+        """The recipient, normalised (the caller sent it; it is not stored)."""
+
+    def __init__(
+        self,
+        *,
+        records_removed: _builtins.int = ...,
+        events_removed: _builtins.int = ...,
+        idempotency_entries_removed: _builtins.int = ...,
+        messages_cancelled: _builtins.int = ...,
+        messages_erased: _builtins.int = ...,
+        suppressed: _builtins.bool = ...,
+        suppressed_topics: _abc.Iterable[_builtins.str] | None = ...,
+        erasure_id: _builtins.str = ...,
+        recipient: _consent_pb2.Recipient | None = ...,
+        other_records_removed: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["recipient", b"recipient"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["erasure_id", b"erasure_id", "events_removed", b"events_removed", "idempotency_entries_removed", b"idempotency_entries_removed", "messages_cancelled", b"messages_cancelled", "messages_erased", b"messages_erased", "other_records_removed", b"other_records_removed", "recipient", b"recipient", "records_removed", b"records_removed", "suppressed", b"suppressed", "suppressed_topics", b"suppressed_topics"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ForgetRecipientResponse: _TypeAlias = ForgetRecipientResponse  # noqa: Y015

@@ -46,6 +46,26 @@ class ConsentAdminServiceStub:
                 request_serializer=consent_dot_v1_dot_admin__pb2.UpdateTenantSettingsRequest.SerializeToString,
                 response_deserializer=consent_dot_v1_dot_admin__pb2.TenantSettings.FromString,
                 _registered_method=True)
+        self.CreateApiKey = channel.unary_unary(
+                '/consent.v1.ConsentAdminService/CreateApiKey',
+                request_serializer=consent_dot_v1_dot_admin__pb2.CreateApiKeyRequest.SerializeToString,
+                response_deserializer=consent_dot_v1_dot_admin__pb2.CreateApiKeyResponse.FromString,
+                _registered_method=True)
+        self.ListApiKeys = channel.unary_unary(
+                '/consent.v1.ConsentAdminService/ListApiKeys',
+                request_serializer=consent_dot_v1_dot_admin__pb2.ListApiKeysRequest.SerializeToString,
+                response_deserializer=consent_dot_v1_dot_admin__pb2.ListApiKeysResponse.FromString,
+                _registered_method=True)
+        self.RevokeApiKey = channel.unary_unary(
+                '/consent.v1.ConsentAdminService/RevokeApiKey',
+                request_serializer=consent_dot_v1_dot_admin__pb2.RevokeApiKeyRequest.SerializeToString,
+                response_deserializer=consent_dot_v1_dot_admin__pb2.RevokeApiKeyResponse.FromString,
+                _registered_method=True)
+        self.ForgetRecipient = channel.unary_unary(
+                '/consent.v1.ConsentAdminService/ForgetRecipient',
+                request_serializer=consent_dot_v1_dot_admin__pb2.ForgetRecipientRequest.SerializeToString,
+                response_deserializer=consent_dot_v1_dot_admin__pb2.ForgetRecipientResponse.FromString,
+                _registered_method=True)
 
 
 class ConsentAdminServiceServicer:
@@ -75,6 +95,50 @@ class ConsentAdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateApiKey(self, request, context):
+        """---- end of tenant settings ----
+
+        ---- API keys and erasure ----
+
+        Creates an API key bound to one tenant (or "*", an operator key for every
+        tenant, which only an operator key may create) and a role. The response
+        carries the key itself ("ck_<key_id>_<secret>") ONCE: only its hash is
+        stored, it cannot be shown again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListApiKeys(self, request, context):
+        """Lists the keys of a tenant (ids, roles, descriptions, never secrets).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeApiKey(self, request, context):
+        """Revokes a key. Effective immediately in every server process sharing the
+        store: the next call with it fails with UNAUTHENTICATED. Idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ForgetRecipient(self, request, context):
+        """Erases what the authority holds about a recipient (consent records,
+        history, idempotency entries, queued and past messages) and keeps a
+        suppression tombstone: a keyed hash (HMAC-SHA256 with a per-tenant secret)
+        of the normalised address, never the address. If the recipient had opted
+        out, the tombstone keeps them opted out: the default policy, a send or an
+        import dated before the erasure cannot re-allow them; only an opt-in that
+        occurs after the erasure can. Queued messages are cancelled, never sent.
+        The erasure is recorded (tenant erasure log, source SOURCE_ERASURE)
+        without the address.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ConsentAdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -87,6 +151,26 @@ def add_ConsentAdminServiceServicer_to_server(servicer, server):
                     servicer.UpdateTenantSettings,
                     request_deserializer=consent_dot_v1_dot_admin__pb2.UpdateTenantSettingsRequest.FromString,
                     response_serializer=consent_dot_v1_dot_admin__pb2.TenantSettings.SerializeToString,
+            ),
+            'CreateApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateApiKey,
+                    request_deserializer=consent_dot_v1_dot_admin__pb2.CreateApiKeyRequest.FromString,
+                    response_serializer=consent_dot_v1_dot_admin__pb2.CreateApiKeyResponse.SerializeToString,
+            ),
+            'ListApiKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListApiKeys,
+                    request_deserializer=consent_dot_v1_dot_admin__pb2.ListApiKeysRequest.FromString,
+                    response_serializer=consent_dot_v1_dot_admin__pb2.ListApiKeysResponse.SerializeToString,
+            ),
+            'RevokeApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeApiKey,
+                    request_deserializer=consent_dot_v1_dot_admin__pb2.RevokeApiKeyRequest.FromString,
+                    response_serializer=consent_dot_v1_dot_admin__pb2.RevokeApiKeyResponse.SerializeToString,
+            ),
+            'ForgetRecipient': grpc.unary_unary_rpc_method_handler(
+                    servicer.ForgetRecipient,
+                    request_deserializer=consent_dot_v1_dot_admin__pb2.ForgetRecipientRequest.FromString,
+                    response_serializer=consent_dot_v1_dot_admin__pb2.ForgetRecipientResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -145,6 +229,114 @@ class ConsentAdminService:
             '/consent.v1.ConsentAdminService/UpdateTenantSettings',
             consent_dot_v1_dot_admin__pb2.UpdateTenantSettingsRequest.SerializeToString,
             consent_dot_v1_dot_admin__pb2.TenantSettings.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/consent.v1.ConsentAdminService/CreateApiKey',
+            consent_dot_v1_dot_admin__pb2.CreateApiKeyRequest.SerializeToString,
+            consent_dot_v1_dot_admin__pb2.CreateApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListApiKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/consent.v1.ConsentAdminService/ListApiKeys',
+            consent_dot_v1_dot_admin__pb2.ListApiKeysRequest.SerializeToString,
+            consent_dot_v1_dot_admin__pb2.ListApiKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/consent.v1.ConsentAdminService/RevokeApiKey',
+            consent_dot_v1_dot_admin__pb2.RevokeApiKeyRequest.SerializeToString,
+            consent_dot_v1_dot_admin__pb2.RevokeApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ForgetRecipient(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/consent.v1.ConsentAdminService/ForgetRecipient',
+            consent_dot_v1_dot_admin__pb2.ForgetRecipientRequest.SerializeToString,
+            consent_dot_v1_dot_admin__pb2.ForgetRecipientResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -52,6 +52,31 @@ class ConsentAdminServiceStub:
     mask; ABORTED if it keeps losing). The change applies to the next call on
     the same server process and to other processes within about a second.
     """
+    CreateApiKey: _grpc.UnaryUnaryMultiCallable[_admin_pb2.CreateApiKeyRequest, _admin_pb2.CreateApiKeyResponse]
+    """---- API keys and erasure ----
+
+    Creates an API key bound to one tenant (or "*", an operator key for every
+    tenant, which only an operator key may create) and a role. The response
+    carries the key itself ("ck_<key_id>_<secret>") ONCE: only its hash is
+    stored, it cannot be shown again.
+    """
+    ListApiKeys: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListApiKeysRequest, _admin_pb2.ListApiKeysResponse]
+    """Lists the keys of a tenant (ids, roles, descriptions, never secrets)."""
+    RevokeApiKey: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RevokeApiKeyRequest, _admin_pb2.RevokeApiKeyResponse]
+    """Revokes a key. Effective immediately in every server process sharing the
+    store: the next call with it fails with UNAUTHENTICATED. Idempotent.
+    """
+    ForgetRecipient: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ForgetRecipientRequest, _admin_pb2.ForgetRecipientResponse]
+    """Erases what the authority holds about a recipient (consent records,
+    history, idempotency entries, queued and past messages) and keeps a
+    suppression tombstone: a keyed hash (HMAC-SHA256 with a per-tenant secret)
+    of the normalised address, never the address. If the recipient had opted
+    out, the tombstone keeps them opted out: the default policy, a send or an
+    import dated before the erasure cannot re-allow them; only an opt-in that
+    occurs after the erasure can. Queued messages are cancelled, never sent.
+    The erasure is recorded (tenant erasure log, source SOURCE_ERASURE)
+    without the address.
+    """
 
 @_typing.type_check_only
 class ConsentAdminServiceAsyncStub(ConsentAdminServiceStub):
@@ -73,6 +98,31 @@ class ConsentAdminServiceAsyncStub(ConsentAdminServiceStub):
     Concurrent updates are serialised (the loser re-reads and re-applies its
     mask; ABORTED if it keeps losing). The change applies to the next call on
     the same server process and to other processes within about a second.
+    """
+    CreateApiKey: _aio.UnaryUnaryMultiCallable[_admin_pb2.CreateApiKeyRequest, _admin_pb2.CreateApiKeyResponse]  # type: ignore[assignment]
+    """---- API keys and erasure ----
+
+    Creates an API key bound to one tenant (or "*", an operator key for every
+    tenant, which only an operator key may create) and a role. The response
+    carries the key itself ("ck_<key_id>_<secret>") ONCE: only its hash is
+    stored, it cannot be shown again.
+    """
+    ListApiKeys: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListApiKeysRequest, _admin_pb2.ListApiKeysResponse]  # type: ignore[assignment]
+    """Lists the keys of a tenant (ids, roles, descriptions, never secrets)."""
+    RevokeApiKey: _aio.UnaryUnaryMultiCallable[_admin_pb2.RevokeApiKeyRequest, _admin_pb2.RevokeApiKeyResponse]  # type: ignore[assignment]
+    """Revokes a key. Effective immediately in every server process sharing the
+    store: the next call with it fails with UNAUTHENTICATED. Idempotent.
+    """
+    ForgetRecipient: _aio.UnaryUnaryMultiCallable[_admin_pb2.ForgetRecipientRequest, _admin_pb2.ForgetRecipientResponse]  # type: ignore[assignment]
+    """Erases what the authority holds about a recipient (consent records,
+    history, idempotency entries, queued and past messages) and keeps a
+    suppression tombstone: a keyed hash (HMAC-SHA256 with a per-tenant secret)
+    of the normalised address, never the address. If the recipient had opted
+    out, the tombstone keeps them opted out: the default policy, a send or an
+    import dated before the erasure cannot re-allow them; only an opt-in that
+    occurs after the erasure can. Queued messages are cancelled, never sent.
+    The erasure is recorded (tenant erasure log, source SOURCE_ERASURE)
+    without the address.
     """
 
 class ConsentAdminServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -104,6 +154,55 @@ class ConsentAdminServiceServicer(metaclass=_abc_1.ABCMeta):
         Concurrent updates are serialised (the loser re-reads and re-applies its
         mask; ABORTED if it keeps losing). The change applies to the next call on
         the same server process and to other processes within about a second.
+        """
+
+    @_abc_1.abstractmethod
+    def CreateApiKey(
+        self,
+        request: _admin_pb2.CreateApiKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.CreateApiKeyResponse, _abc.Awaitable[_admin_pb2.CreateApiKeyResponse]]:
+        """---- API keys and erasure ----
+
+        Creates an API key bound to one tenant (or "*", an operator key for every
+        tenant, which only an operator key may create) and a role. The response
+        carries the key itself ("ck_<key_id>_<secret>") ONCE: only its hash is
+        stored, it cannot be shown again.
+        """
+
+    @_abc_1.abstractmethod
+    def ListApiKeys(
+        self,
+        request: _admin_pb2.ListApiKeysRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListApiKeysResponse, _abc.Awaitable[_admin_pb2.ListApiKeysResponse]]:
+        """Lists the keys of a tenant (ids, roles, descriptions, never secrets)."""
+
+    @_abc_1.abstractmethod
+    def RevokeApiKey(
+        self,
+        request: _admin_pb2.RevokeApiKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.RevokeApiKeyResponse, _abc.Awaitable[_admin_pb2.RevokeApiKeyResponse]]:
+        """Revokes a key. Effective immediately in every server process sharing the
+        store: the next call with it fails with UNAUTHENTICATED. Idempotent.
+        """
+
+    @_abc_1.abstractmethod
+    def ForgetRecipient(
+        self,
+        request: _admin_pb2.ForgetRecipientRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ForgetRecipientResponse, _abc.Awaitable[_admin_pb2.ForgetRecipientResponse]]:
+        """Erases what the authority holds about a recipient (consent records,
+        history, idempotency entries, queued and past messages) and keeps a
+        suppression tombstone: a keyed hash (HMAC-SHA256 with a per-tenant secret)
+        of the normalised address, never the address. If the recipient had opted
+        out, the tombstone keeps them opted out: the default policy, a send or an
+        import dated before the erasure cannot re-allow them; only an opt-in that
+        occurs after the erasure can. Queued messages are cancelled, never sent.
+        The erasure is recorded (tenant erasure log, source SOURCE_ERASURE)
+        without the address.
         """
 
 def add_ConsentAdminServiceServicer_to_server(servicer: ConsentAdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -281,6 +281,28 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     different message (topic, content, not_after or metadata) to the same
     recipient. Nothing was queued. A BadRequest names "idempotency_key".
     """
+    UNAUTHENTICATED: _ErrorReason.ValueType  # 100
+    """100-119: authentication, authorization and rate limits.
+    UNAUTHENTICATED: no "authorization: Bearer <API key>" metadata, or the key
+    is malformed, unknown or revoked (one message for all four).
+    """
+    ROLE_NOT_ALLOWED: _ErrorReason.ValueType  # 101
+    """PERMISSION_DENIED: the key's role may not call this RPC. Metadata: missing
+    ("role:<the roles that may, separated by |>").
+    """
+    TENANT_NOT_ALLOWED: _ErrorReason.ValueType  # 102
+    """PERMISSION_DENIED: the request's tenant_id is not the key's tenant.
+    Metadata: missing ("tenant:<the tenant asked for>"). Says nothing about
+    whether that tenant exists.
+    """
+    RATE_LIMITED: _ErrorReason.ValueType  # 103
+    """RESOURCE_EXHAUSTED: the key's rate limit is spent; a google.rpc.RetryInfo
+    says when to retry. Metadata: retry_after_ms.
+    """
+    API_KEY_NOT_FOUND: _ErrorReason.ValueType  # 104
+    """NOT_FOUND: no API key with that id for the tenant (also for another
+    tenant's key).
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The machine-readable reasons carried in google.rpc.ErrorInfo.reason (domain
@@ -331,6 +353,28 @@ IDEMPOTENCY_KEY_REUSED: ErrorReason.ValueType  # 8
 """ALREADY_EXISTS: the idempotency_key was already used within 24 hours for a
 different message (topic, content, not_after or metadata) to the same
 recipient. Nothing was queued. A BadRequest names "idempotency_key".
+"""
+UNAUTHENTICATED: ErrorReason.ValueType  # 100
+"""100-119: authentication, authorization and rate limits.
+UNAUTHENTICATED: no "authorization: Bearer <API key>" metadata, or the key
+is malformed, unknown or revoked (one message for all four).
+"""
+ROLE_NOT_ALLOWED: ErrorReason.ValueType  # 101
+"""PERMISSION_DENIED: the key's role may not call this RPC. Metadata: missing
+("role:<the roles that may, separated by |>").
+"""
+TENANT_NOT_ALLOWED: ErrorReason.ValueType  # 102
+"""PERMISSION_DENIED: the request's tenant_id is not the key's tenant.
+Metadata: missing ("tenant:<the tenant asked for>"). Says nothing about
+whether that tenant exists.
+"""
+RATE_LIMITED: ErrorReason.ValueType  # 103
+"""RESOURCE_EXHAUSTED: the key's rate limit is spent; a google.rpc.RetryInfo
+says when to retry. Metadata: retry_after_ms.
+"""
+API_KEY_NOT_FOUND: ErrorReason.ValueType  # 104
+"""NOT_FOUND: no API key with that id for the tenant (also for another
+tenant's key).
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 

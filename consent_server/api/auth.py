@@ -1,0 +1,228 @@
+"""The authentication interceptor: API key -> caller -> role and tenant check -> handler.
+
+Every RPC except health and reflection passes through it. When authentication is
+required a call without a valid key fails with UNAUTHENTICATED; a key whose role or
+tenant does not allow the call fails with PERMISSION_DENIED; a key over its rate limit
+fails with RESOURCE_EXHAUSTED and a RetryInfo. When authentication is optional (the
+server on loopback with CONSENT_REQUIRE_AUTH=auto or 0) a call without a key runs as
+"anonymous", but a key that *is* presented is still checked and enforced.
+
+The tenant check reads the request's ``tenant_id`` field, so the handler is wrapped
+and the check runs after the request is decoded, before the servicer sees it. The
+authenticated caller is kept in a context variable for the servicers (the principal
+recorded on consent events). The key is never logged.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+import grpc
+
+from consent_server.domain.auth import AuthError, Caller, is_open
+from consent_server.domain.errors import InvalidArgument
+from consent_server.domain.security import SecurityAuthority
+from consent_server.domain.service import ANONYMOUS
+
+from .errors import abort
+
+log = logging.getLogger("consent_server.auth")
+
+_caller: contextvars.ContextVar[Caller | None] = contextvars.ContextVar(
+    "consent_caller", default=None
+)
+
+
+def current_caller() -> Caller | None:
+    """The authenticated caller of the current RPC; None when it runs anonymously."""
+    return _caller.get()
+
+
+def current_principal() -> str:
+    """The principal to record on consent events: the key id, or "anonymous"."""
+    caller = _caller.get()
+    return caller.principal if caller is not None else ANONYMOUS
+
+
+def request_tenant(request: Any) -> str | None:
+    """The request's ``tenant_id``; None when its message has no such field."""
+    descriptor = getattr(request, "DESCRIPTOR", None)
+    if descriptor is None or "tenant_id" not in descriptor.fields_by_name:
+        return None
+    value: str = request.tenant_id
+    return value
+
+
+class Undecodable:
+    """Stands in for a request whose bytes are not a valid message of the method's type."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def _lenient(
+    deserializer: Callable[[bytes], Any] | None, method: str
+) -> Callable[[bytes], Any] | None:
+    """A deserializer that turns corrupt bytes into Undecodable instead of raising.
+
+    grpc would answer a raising deserializer with UNKNOWN and the parser's own text;
+    a corrupt request is the caller's error: INVALID_ARGUMENT naming the message type.
+    """
+    if deserializer is None:
+        return None
+    name = method.rsplit("/", 1)[-1]
+
+    def decode(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception:
+            return Undecodable(f"is not a valid {name} request message (corrupt wire format)")
+
+    return decode
+
+
+def _authorization(details: grpc.HandlerCallDetails) -> str | None:
+    for key, value in details.invocation_metadata or ():
+        if key == "authorization":
+            return value if isinstance(value, str) else value.decode("latin-1")
+    return None
+
+
+Ctx = grpc.aio.ServicerContext[Any, Any]
+if TYPE_CHECKING:
+    Handler: TypeAlias = grpc.RpcMethodHandler[Any, Any]
+else:  # grpc's runtime class is not generic
+    Handler: TypeAlias = grpc.RpcMethodHandler
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Authenticates and authorizes every call (see the module docstring)."""
+
+    def __init__(self, security: SecurityAuthority, *, required: bool) -> None:
+        self._security = security
+        self._required = required
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or is_open(method):
+            return handler
+        header = _authorization(handler_call_details)
+        if header is None and not self._required:
+            return self._wrap(handler, method, None, authenticate=False)
+        return self._wrap(handler, method, header, authenticate=True)
+
+    async def _admit(self, method: str, header: str | None, request: Any) -> Caller:
+        caller = await self._security.authenticate(header)
+        self._security.authorize(caller, method, request_tenant(request))
+        return caller
+
+    def _wrap(
+        self, handler: Handler, method: str, header: str | None, *, authenticate: bool
+    ) -> Handler:
+        admit = self._admit
+        deserializer = _lenient(handler.request_deserializer, method)
+
+        async def enter(request: Any, context: Ctx) -> None:
+            """Refuse an undecodable request, then authenticate and authorize."""
+            try:
+                if isinstance(request, Undecodable):
+                    raise InvalidArgument.single("request", request.reason)
+                if authenticate:
+                    _caller.set(await admit(method, header, request))
+            except Exception as exc:
+                await abort(context, exc)
+                raise
+
+        if handler.unary_unary is not None:
+            inner_uu: Any = handler.unary_unary
+
+            async def unary_unary(request: Any, context: Ctx) -> Any:
+                await enter(request, context)
+                return await inner_uu(request, context)
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary_unary,
+                request_deserializer=deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            inner_us: Any = handler.unary_stream
+
+            async def unary_stream(request: Any, context: Ctx) -> AsyncIterator[Any]:
+                await enter(request, context)
+                async for item in inner_us(request, context):
+                    yield item
+
+            return grpc.unary_stream_rpc_method_handler(
+                unary_stream,
+                request_deserializer=deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if not authenticate:
+            return handler
+        return self._wrap_client_stream(handler, method, header)
+
+    def _wrap_client_stream(self, handler: Handler, method: str, header: str | None) -> Handler:
+        """Client streams: authenticate once, check the tenant of every request message."""
+        security = self._security
+
+        async def checked(requests: AsyncIterator[Any], caller: Caller) -> AsyncIterator[Any]:
+            async for request in requests:
+                security.authorize(caller, method, request_tenant(request))
+                yield request
+
+        async def start(context: Ctx) -> Caller:
+            try:
+                caller = await security.authenticate(header)
+                # Role check now; the tenant of each message as it arrives.
+                if caller.tenant_id != "*":
+                    security.authorize(caller, method, caller.tenant_id)
+                else:
+                    security.authorize(caller, method, None)
+            except Exception as exc:
+                await abort(context, exc)
+                raise
+            _caller.set(caller)
+            return caller
+
+        if handler.stream_unary is not None:
+            inner_su: Any = handler.stream_unary
+
+            async def stream_unary(requests: AsyncIterator[Any], context: Ctx) -> Any:
+                caller = await start(context)
+                try:
+                    return await inner_su(checked(requests, caller), context)
+                except AuthError as exc:  # a streamed message named another tenant
+                    await abort(context, exc)
+                    raise
+
+            return grpc.stream_unary_rpc_method_handler(
+                stream_unary,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        inner_ss: Any = handler.stream_stream
+        assert inner_ss is not None
+
+        async def stream_stream(requests: AsyncIterator[Any], context: Ctx) -> AsyncIterator[Any]:
+            caller = await start(context)
+            try:
+                async for item in inner_ss(checked(requests, caller), context):
+                    yield item
+            except AuthError as exc:  # a streamed message named another tenant
+                await abort(context, exc)
+                raise
+
+        return grpc.stream_stream_rpc_method_handler(
+            stream_stream,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )

@@ -1,0 +1,340 @@
+"""``consentctl keys``: create, list and revoke API keys.
+
+Two ways to reach the authority:
+
+* ``--target host:port`` (alias ``--server``; env ``CONSENT_TARGET``) with an admin
+  key (``--api-key`` or ``CONSENT_API_KEY``): over gRPC, like any
+  client. This is the normal way once a first admin key exists.
+* ``--redis-url`` (or ``CONSENT_REDIS_URL``) without ``--target``: straight into the
+  store, for the first key of a deployment (the bootstrap). Whoever can reach Redis
+  can already change everything, so this grants nothing new.
+
+The embedded store lives inside the server process, so it cannot be reached from
+here: start that server with ``CONSENT_BOOTSTRAP_ADMIN_KEY`` set to a key made with
+``consentctl keys generate`` instead.
+
+Keys are printed once, on stdout, alone on their line; everything else goes to stderr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+import grpc
+import typer
+
+from consent_client.v1 import admin_pb2 as apb
+from consent_client.v1 import admin_pb2_grpc as apb_grpc
+from consent_server.domain.auth import ApiKeyRecord, Role, new_key
+from consent_server.domain.errors import ConsentError
+from consent_server.domain.security import SecurityAuthority
+from consent_server.store.connect import open_store
+from consent_server.store.repository import RedisConsentStore
+from consent_server.store.security import RedisSecurityStore
+
+app = typer.Typer(
+    name="keys",
+    help="Create, list and revoke API keys (over gRPC, or straight into Redis for the first).",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+_ROLE_PB = {
+    Role.ADMIN: apb.API_KEY_ROLE_ADMIN,
+    Role.WRITER: apb.API_KEY_ROLE_WRITER,
+    Role.SENDER: apb.API_KEY_ROLE_SENDER,
+    Role.READER: apb.API_KEY_ROLE_READER,
+}
+_ROLE_NAME = {number: role.value for role, number in _ROLE_PB.items()}
+
+Server = Annotated[
+    str | None,
+    typer.Option(
+        "--target",
+        "--server",
+        envvar=["CONSENT_TARGET", "CONSENT_SERVER"],
+        help="host:port of the authority (gRPC mode); as in the other consentctl commands",
+    ),
+]
+ApiKey = Annotated[
+    str | None,
+    typer.Option(
+        "--api-key",
+        envvar="CONSENT_API_KEY",
+        help="an admin key (gRPC mode); prefer the env var",
+        show_default=False,
+    ),
+]
+RedisUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--redis-url", envvar="CONSENT_REDIS_URL", help="the store (direct mode, no --target)"
+    ),
+]
+RedisCluster = Annotated[
+    bool, typer.Option("--redis-cluster", envvar="CONSENT_REDIS_CLUSTER", help="Redis Cluster")
+]
+TlsCa = Annotated[
+    Path | None,
+    typer.Option("--tls-ca", envvar="CONSENT_CLIENT_TLS_CA", help="CA that signed the server"),
+]
+TlsCert = Annotated[
+    Path | None,
+    typer.Option("--tls-cert", envvar="CONSENT_CLIENT_TLS_CERT", help="client certificate"),
+]
+TlsKey = Annotated[
+    Path | None,
+    typer.Option("--tls-key", envvar="CONSENT_CLIENT_TLS_KEY", help="client private key"),
+]
+Tenant = Annotated[str, typer.Option("--tenant", help="the tenant, or '*' for operator keys")]
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    typer.echo(f"consentctl keys: {message}", err=True)
+    return typer.Exit(code)
+
+
+def _when(ms: int) -> str:
+    if not ms:
+        return "-"
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@contextmanager
+def _admin_stub(
+    server: str, tls_ca: Path | None, tls_cert: Path | None, tls_key: Path | None
+) -> Iterator[apb_grpc.ConsentAdminServiceStub]:
+    if tls_ca or tls_cert or tls_key:
+        if (tls_cert is None) != (tls_key is None):
+            raise _fail("--tls-cert and --tls-key go together", 2)
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=tls_ca.read_bytes() if tls_ca else None,
+            private_key=tls_key.read_bytes() if tls_key else None,
+            certificate_chain=tls_cert.read_bytes() if tls_cert else None,
+        )
+        channel = grpc.secure_channel(server, creds)
+    else:
+        channel = grpc.insecure_channel(server)
+    with channel:
+        yield apb_grpc.ConsentAdminServiceStub(channel)
+
+
+def _metadata(api_key: str | None) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {api_key}"),) if api_key else ()
+
+
+def _rpc_error(err: grpc.RpcError) -> typer.Exit:
+    code = err.code()
+    return _fail(f"{code.name}: {err.details()}")
+
+
+def _security(redis_url: str, cluster: bool) -> tuple[SecurityAuthority, RedisConsentStore]:
+    store = open_store(redis_url, cluster=cluster)
+    return SecurityAuthority(RedisSecurityStore(store.client, store.tombstones), store), store
+
+
+def _direct_url(server: str | None, redis_url: str | None) -> str:
+    if server is None and redis_url is None:
+        raise _fail(
+            "say where the authority is: --target host:port (with an admin --api-key) or "
+            "--redis-url redis://... (straight into the store, for the first key)",
+            2,
+        )
+    assert redis_url is not None
+    return redis_url
+
+
+def _print_keys(rows: list[tuple[str, str, str, str, str, str]]) -> None:
+    header = ("KEY_ID", "TENANT", "ROLE", "CREATED", "REVOKED", "DESCRIPTION")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(5)]
+    for row in [header, *rows]:
+        typer.echo(
+            "  ".join(c.ljust(w) for c, w in zip(row[:5], widths, strict=True)) + "  " + row[5]
+        )
+
+
+@app.command()
+def generate() -> None:
+    """Print a new random key without storing it (for CONSENT_BOOTSTRAP_ADMIN_KEY)."""
+    _, token, _ = new_key()
+    typer.echo(token)
+
+
+@app.command()
+def create(
+    tenant: Tenant,
+    role: Annotated[Role, typer.Option("--role", help="admin, writer, sender or reader")],
+    description: Annotated[str, typer.Option("--description", help="what it is for")] = "",
+    rate_limit: Annotated[
+        int, typer.Option("--rate-limit", help="requests/s for this key; 0 = server default")
+    ] = 0,
+    server: Server = None,
+    api_key: ApiKey = None,
+    redis_url: RedisUrl = None,
+    redis_cluster: RedisCluster = False,
+    tls_ca: TlsCa = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
+) -> None:
+    """Create a key and print it once (stdout); its id and role go to stderr."""
+    if server is not None:
+        with _admin_stub(server, tls_ca, tls_cert, tls_key) as stub:
+            try:
+                resp = stub.CreateApiKey(
+                    apb.CreateApiKeyRequest(
+                        tenant_id=tenant,
+                        role=_ROLE_PB[role],
+                        description=description,
+                        rate_limit_per_second=rate_limit,
+                    ),
+                    metadata=_metadata(api_key),
+                    timeout=10,
+                )
+            except grpc.RpcError as err:
+                raise _rpc_error(err) from None
+        key_id, token = resp.key.key_id, resp.api_key
+    else:
+        url = _direct_url(server, redis_url)
+
+        async def run() -> tuple[str, str]:
+            security, store = _security(url, redis_cluster)
+            try:
+                created = await security.create_key(
+                    tenant_id=tenant,
+                    role=role,
+                    description=description,
+                    rate_limit_per_s=rate_limit,
+                    created_by="consentctl",
+                    caller=None,
+                )
+            finally:
+                await store.aclose()
+            return created.record.key_id, created.api_key
+
+        try:
+            key_id, token = asyncio.run(run())
+        except ConsentError as exc:
+            raise _fail(str(exc)) from None
+    typer.echo(token)
+    typer.echo(
+        f"created key {key_id} ({role.value}) for tenant {tenant}; it is shown only now: "
+        "store it in a secret manager",
+        err=True,
+    )
+
+
+@app.command("list")
+def list_keys(
+    tenant: Tenant,
+    include_revoked: Annotated[bool, typer.Option("--all", help="also list revoked keys")] = False,
+    server: Server = None,
+    api_key: ApiKey = None,
+    redis_url: RedisUrl = None,
+    redis_cluster: RedisCluster = False,
+    tls_ca: TlsCa = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
+) -> None:
+    """List a tenant's keys (never their secrets)."""
+    rows: list[tuple[str, str, str, str, str, str]] = []
+    if server is not None:
+        with _admin_stub(server, tls_ca, tls_cert, tls_key) as stub:
+            try:
+                resp = stub.ListApiKeys(
+                    apb.ListApiKeysRequest(tenant_id=tenant, include_revoked=include_revoked),
+                    metadata=_metadata(api_key),
+                    timeout=10,
+                )
+            except grpc.RpcError as err:
+                raise _rpc_error(err) from None
+        for k in resp.keys:
+            created = k.created_at.seconds * 1000 + k.created_at.nanos // 1_000_000
+            revoked = k.revoked_at.seconds * 1000 + k.revoked_at.nanos // 1_000_000
+            rows.append(
+                (
+                    k.key_id,
+                    k.tenant_id,
+                    _ROLE_NAME.get(k.role, "?"),
+                    _when(created),
+                    _when(revoked) if k.revoked else "-",
+                    k.description,
+                )
+            )
+    else:
+        url = _direct_url(server, redis_url)
+
+        async def run() -> list[ApiKeyRecord]:
+            security, store = _security(url, redis_cluster)
+            try:
+                return await security.list_keys(tenant, include_revoked)
+            finally:
+                await store.aclose()
+
+        try:
+            records = asyncio.run(run())
+        except ConsentError as exc:
+            raise _fail(str(exc)) from None
+        rows = [
+            (
+                r.key_id,
+                r.tenant_id,
+                r.role.value,
+                _when(r.created_at_ms),
+                _when(r.revoked_at_ms),
+                r.description,
+            )
+            for r in records
+        ]
+    _print_keys(rows)
+
+
+@app.command()
+def revoke(
+    key_id: Annotated[str, typer.Argument(help="the key's id (16 hex characters)")],
+    tenant: Tenant,
+    server: Server = None,
+    api_key: ApiKey = None,
+    redis_url: RedisUrl = None,
+    redis_cluster: RedisCluster = False,
+    tls_ca: TlsCa = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
+) -> None:
+    """Revoke a key: every server process refuses it from the next call on."""
+    if server is not None:
+        with _admin_stub(server, tls_ca, tls_cert, tls_key) as stub:
+            try:
+                resp = stub.RevokeApiKey(
+                    apb.RevokeApiKeyRequest(tenant_id=tenant, key_id=key_id),
+                    metadata=_metadata(api_key),
+                    timeout=10,
+                )
+            except grpc.RpcError as err:
+                raise _rpc_error(err) from None
+        already = resp.already_revoked
+    else:
+        url = _direct_url(server, redis_url)
+
+        async def run() -> bool:
+            security, store = _security(url, redis_cluster)
+            try:
+                _, was = await security.revoke_key(tenant, key_id)
+                return was
+            finally:
+                await store.aclose()
+
+        try:
+            already = asyncio.run(run())
+        except ConsentError as exc:
+            raise _fail(str(exc)) from None
+    typer.echo(f"key {key_id} {'was already' if already else 'is now'} revoked", err=True)
+
+
+if __name__ == "__main__":
+    sys.exit(app())

@@ -1,0 +1,97 @@
+-- Erase a recipient and keep a suppression tombstone, in one atomic step.
+-- KEYS[1] state hash, KEYS[2] history stream, KEYS[3] tombstone hash, KEYS[4] outbox
+-- stream, KEYS[5] erasure log stream, then the send idempotency keys (ARGV[1] of
+-- them), then any other key under the recipient's prefix (ARGV[2]; per-recipient
+-- data other features add), then message status hashes (ARGV[3]); all share the
+-- recipient's hash tag.
+-- ARGV: those three counts, erasure id, principal, channel, tombstone digest, then
+--       the recipient's outbox entry ids.
+-- Returns {records, events, idempotency entries, messages cancelled, messages erased,
+--          other keys, suppressed scope field, ...}.
+local state, hist, tomb, outbox, elog = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local n_idem, n_other, n_msg = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local erasure_id, principal, channel, digest = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+
+local t = redis.call('TIME')
+local now = string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+
+local function parse(rec)
+  local status, occurred, rev = string.match(rec, '^(%a+)|(%d+)|(%d+)|')
+  return status, tonumber(occurred), tonumber(rev)
+end
+
+-- The effective record of every scope: the newer (occurred_at, revision) of the
+-- live record and an earlier tombstone's.
+local effective = {}
+local records, idem = 0, 0
+local s = redis.call('HGETALL', state)
+for i = 1, #s, 2 do
+  local f = s[i]
+  if string.sub(f, 1, 2) == 's:' then
+    records = records + 1
+    effective[f] = s[i + 1]
+  elseif string.sub(f, 1, 2) == 'e:' then
+    idem = idem + 1
+  end
+end
+local old = redis.call('HGETALL', tomb)
+for i = 1, #old, 2 do
+  local f, rec = old[i], old[i + 1]
+  local cur = effective[f]
+  if not cur then
+    effective[f] = rec
+  else
+    local _, co, cr = parse(cur)
+    local _, oo, orv = parse(rec)
+    if oo > co or (oo == co and orv > cr) then effective[f] = rec end
+  end
+end
+
+-- Scopes that end opted out stay suppressed, dated now: only an opt-in that
+-- occurs after the erasure is newer than the tombstone.
+redis.call('DEL', tomb)
+local suppressed = {}
+for f, rec in pairs(effective) do
+  local status = parse(rec)
+  if status == 'out' then
+    redis.call('HSET', tomb, f, 'out|' .. now .. '|0|erasure|' .. erasure_id)
+    table.insert(suppressed, f)
+  end
+end
+
+local events = redis.call('XLEN', hist)
+redis.call('DEL', state, hist)
+for i = 1, n_idem do
+  idem = idem + redis.call('DEL', KEYS[5 + i])
+end
+local other = 0
+for i = 1, n_other do
+  other = other + redis.call('DEL', KEYS[5 + n_idem + i])
+end
+
+-- Queued messages are cancelled (a delivery worker skips any status but
+-- accepted) and lose their address; past messages' records are deleted.
+local cancelled, erased = 0, 0
+for i = 1, n_msg do
+  local m = KEYS[5 + n_idem + n_other + i]
+  local st = redis.call('HGET', m, 'st')
+  if st == 'accepted' then
+    redis.call('HSET', m, 'st', 'cancelled', 'err', 'erased', 'addr', '', 'up', now)
+    cancelled = cancelled + 1
+  elseif st then
+    redis.call('DEL', m)
+    erased = erased + 1
+  end
+end
+for i = 8, #ARGV do
+  erased = erased + redis.call('XDEL', outbox, ARGV[i])
+end
+
+redis.call('XADD', elog, 'MAXLEN', '~', 100000, '*',
+  'id', erasure_id, 'at', now, 'p', principal, 'ch', channel, 'x', digest,
+  'records', records, 'events', events, 'idem', idem,
+  'cancelled', cancelled, 'erased', erased, 'other', other,
+  'suppressed', table.concat(suppressed, ','))
+local out = {records, events, idem, cancelled, erased, other}
+for _, f in ipairs(suppressed) do table.insert(out, f) end
+return out

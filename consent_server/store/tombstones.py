@@ -1,0 +1,66 @@
+"""Suppression tombstones: keyed hashes that keep an erased, opted-out recipient suppressed.
+
+A tombstone is named by HMAC-SHA256(tenant secret, "<channel>:<normalised address>"),
+so it holds no address and cannot be reversed by hashing a phone-number range without
+the secret. The per-tenant secret is created once (SET NX) on first use and never
+changes, so every server process derives the same names; each process caches it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from typing import Any
+
+from consent_server.domain.model import ConsentRecord, Recipient
+
+from . import keys
+
+_CACHE_LIMIT = 100_000
+
+
+class TombstoneNames:
+    """Derives tombstone key names; fetches (or creates) each tenant's secret once."""
+
+    def __init__(self, client: Any) -> None:
+        self._r = client
+        self._secrets: dict[str, bytes] = {}
+
+    async def secret(self, tenant_id: str) -> bytes:
+        """The tenant's tombstone secret, created on first use (raises redis errors)."""
+        cached = self._secrets.get(tenant_id)
+        if cached is not None:
+            return cached
+        key = keys.erasure_secret(tenant_id)
+        value = await self._r.get(key)
+        if value is None:
+            await self._r.set(key, secrets.token_hex(32), nx=True)
+            value = await self._r.get(key)
+        secret = value if isinstance(value, bytes) else str(value).encode()
+        if len(self._secrets) > _CACHE_LIMIT:
+            self._secrets.clear()
+        self._secrets[tenant_id] = secret
+        return secret
+
+    @staticmethod
+    def digest(secret: bytes, recipient: Recipient) -> str:
+        """The keyed hash naming a recipient's tombstone."""
+        message = f"{recipient.channel.value}:{recipient.address}".encode()
+        return hmac.new(secret, message, hashlib.sha256).hexdigest()
+
+    async def key(self, tenant_id: str, recipient: Recipient) -> str:
+        """The recipient's tombstone key."""
+        secret = await self.secret(tenant_id)
+        return keys.tombstone(tenant_id, recipient, self.digest(secret, recipient))
+
+
+def newer(live: ConsentRecord | None, tomb: ConsentRecord | None) -> ConsentRecord | None:
+    """The deciding one of a live record and a tombstone record of the same scope."""
+    if tomb is None:
+        return live
+    if live is None:
+        return tomb
+    if (tomb.occurred_at_ms, tomb.revision) > (live.occurred_at_ms, live.revision):
+        return tomb
+    return live
