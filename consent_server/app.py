@@ -12,17 +12,23 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection
 
-from consent_client.v1 import consent_pb2, consent_pb2_grpc
+from consent_client.v1 import admin_pb2_grpc, consent_pb2, consent_pb2_grpc
 from consent_server.api.consent_service import ConsentServicer
+from consent_server.api.edge_admin_service import EdgeAdminServicer
 from consent_server.config import ConfigError, Settings
+from consent_server.domain.edge import ConsentLinks
 from consent_server.domain.errors import StoreUnavailable
 from consent_server.domain.service import ConsentAuthority
+from consent_server.http.server import HttpEdge
+from consent_server.http.wiring import edge_app, keyring_for
 from consent_server.store.connect import open_store
+from consent_server.store.edge import RedisEdgeStore
 from consent_server.store.repository import RedisConsentStore
 
 log = logging.getLogger("consent_server")
 
 SERVICE_NAME = consent_pb2.DESCRIPTOR.services_by_name["ConsentService"].full_name
+ADMIN_SERVICE_NAME = "consent.v1.ConsentAdminService"
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
@@ -75,6 +81,18 @@ async def serve(settings: Settings) -> int:
         settings.redis_url, cluster=settings.redis_cluster, timeout_s=settings.redis_timeout_s
     )
     authority = ConsentAuthority(store, default_region=settings.default_region)
+    # The HTTP edge binds first, so that link URLs can name its real port.
+    http_edge = bind_http_edge(settings)
+    public_url = settings.public_url or (http_edge.local_url if http_edge else None)
+    edge_store = RedisEdgeStore(store)
+    links = ConsentLinks(
+        authority,
+        store,
+        keyring_for(settings, edge_store),
+        public_url,
+        default_region=settings.default_region,
+    )
+    consent_servicer = ConsentServicer(authority, links)
 
     server = grpc.aio.server(
         options=[
@@ -83,11 +101,14 @@ async def serve(settings: Settings) -> int:
             ("grpc.so_reuseport", 0),
         ]
     )
-    consent_pb2_grpc.add_ConsentServiceServicer_to_server(ConsentServicer(authority), server)
+    consent_pb2_grpc.add_ConsentServiceServicer_to_server(consent_servicer, server)
+    admin_pb2_grpc.add_ConsentAdminServiceServicer_to_server(
+        EdgeAdminServicer(edge_store, public_url), server
+    )
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        (SERVICE_NAME, ADMIN_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     await _set_health(health_servicer, NOT_SERVING)
     try:
@@ -103,6 +124,18 @@ async def serve(settings: Settings) -> int:
         extra={"address": f"{host}:{port}", "store": "embedded" if settings.embedded else "redis"},
     )
 
+    if http_edge is not None:
+        await http_edge.start(
+            edge_app(authority, links, edge_store, consent_servicer), settings.shutdown_grace_s
+        )
+        log.info(
+            "http edge serving",
+            extra={
+                "address": http_edge.local_url.removeprefix("http://"),
+                "public_url": public_url,
+            },
+        )
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -117,7 +150,24 @@ async def serve(settings: Settings) -> int:
     with contextlib.suppress(asyncio.CancelledError):
         await watcher
     await health_servicer.enter_graceful_shutdown()
+    if http_edge is not None:
+        # Stop taking webhooks and clicks first; in-flight ones finish and WhatsApp
+        # redelivers anything refused meanwhile.
+        await http_edge.stop()
     await server.stop(settings.shutdown_grace_s)
     await store.aclose()
     log.info("stopped")
     return 0
+
+
+def bind_http_edge(settings: Settings) -> HttpEdge | None:
+    """The HTTP edge's bound socket when CONSENT_HTTP_LISTEN is set; ConfigError when unusable."""
+    if not settings.http_listen:
+        return None
+    try:
+        return HttpEdge(settings.http_listen)
+    except (OSError, ValueError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(
+            f"CONSENT_HTTP_LISTEN={settings.http_listen!r}: cannot listen there ({why})"
+        ) from None

@@ -11,7 +11,7 @@ import argparse
 import ipaddress
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
 from consent_server.domain.recipients import is_valid_region
@@ -39,6 +39,10 @@ class Settings:
     delivery: str = "inline"
     shutdown_grace_s: float = 10.0
     health_interval_s: float = 1.0
+    # The HTTP edge (SPEC §12): off unless http_listen is set.
+    http_listen: str | None = None
+    public_url: str | None = None
+    link_secrets: tuple[bytes, ...] = field(default=(), repr=False)  # secret: never shown
 
     @property
     def host(self) -> str:
@@ -95,6 +99,24 @@ _OPTIONS: tuple[tuple[str, str, str, str], ...] = (
         "CONSENT_SHUTDOWN_GRACE",
         "--shutdown-grace",
         "seconds to drain calls on SIGTERM",
+    ),
+    (
+        "http_listen",
+        "CONSENT_HTTP_LISTEN",
+        "--http-listen",
+        "HTTP edge (WhatsApp webhook, consent links) host:port; unset = off",
+    ),
+    (
+        "public_url",
+        "CONSENT_PUBLIC_URL",
+        "--public-url",
+        "https:// base URL customers reach the HTTP edge at (for consent links)",
+    ),
+    (
+        "link_secrets",
+        "CONSENT_LINK_SECRET",
+        "--link-secret",
+        "secret(s) signing consent links, comma-separated, first mints; unset = generated in Redis",
     ),
 )
 
@@ -181,11 +203,42 @@ def _validate(raw: dict[str, tuple[str, str]]) -> Settings:
             raise ConfigError(f"{var}: TLS is not supported by this version yet; unset it")
     if "delivery" in raw:
         values["delivery"] = _choice(*raw["delivery"], ("inline", "off"))
+    values.update(_validate_edge(raw))
     if values.get("redis_cluster") and "redis_url" not in values:
         raise ConfigError("CONSENT_REDIS_CLUSTER=1 needs CONSENT_REDIS_URL")
     settings = Settings(**values)  # type: ignore[arg-type]
     _check_auth(settings)
     return settings
+
+
+def _host_port(var: str, text: str) -> str:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"{var}={text!r}: expected host:port, e.g. 127.0.0.1:8080")
+    return text
+
+
+def _validate_edge(raw: dict[str, tuple[str, str]]) -> dict[str, object]:
+    values: dict[str, object] = {}
+    if "http_listen" in raw:
+        values["http_listen"] = _host_port(*raw["http_listen"])
+    if "public_url" in raw:
+        var, text = raw["public_url"]
+        url = urlparse(text)
+        if url.scheme not in ("http", "https") or not url.netloc or url.query or url.fragment:
+            raise ConfigError(
+                f"{var}={text!r}: expected an http(s) base URL without query, "
+                "e.g. https://consent.example.com"
+            )
+        values["public_url"] = text.rstrip("/")
+    if "link_secrets" in raw:
+        var, text = raw["link_secrets"]
+        parts = tuple(p.strip() for p in text.split(","))
+        # Never echo the value: it is a secret.
+        if any(len(p) < 32 for p in parts):
+            raise ConfigError(f"{var}: each comma-separated secret must be at least 32 characters")
+        values["link_secrets"] = tuple(p.encode() for p in parts)
+    return values
 
 
 def is_loopback(host: str) -> bool:

@@ -14,6 +14,7 @@ from consent_server.domain.errors import (
     ConsentError,
     IdConflict,
     InvalidArgument,
+    NotConfigured,
     NotFound,
     NotImplementedYet,
     SendBlocked,
@@ -84,6 +85,12 @@ def to_status(exc: Exception) -> status_pb2.Status:
     if isinstance(exc, NotFound):
         return status_pb2.Status(
             code=code_pb2.NOT_FOUND, message=str(exc), details=_pack(_info("MESSAGE_NOT_FOUND"))
+        )
+    if isinstance(exc, NotConfigured):
+        return status_pb2.Status(
+            code=code_pb2.FAILED_PRECONDITION,
+            message=str(exc),
+            details=_pack(_info("NOT_CONFIGURED")),
         )
     if isinstance(exc, NotImplementedYet):
         return status_pb2.Status(

@@ -27,13 +27,25 @@ from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mas
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x63onsent/v1/admin.proto\x12\nconsent.v1\x1a\x18\x63onsent/v1/consent.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto2\x15\n\x13\x43onsentAdminServiceb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x63onsent/v1/admin.proto\x12\nconsent.v1\x1a\x18\x63onsent/v1/consent.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"X\n\x19SetWhatsAppWebhookRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x14\n\x0cverify_token\x18\x02 \x01(\t\x12\x12\n\napp_secret\x18\x03 \x01(\t\"G\n\x1aSetWhatsAppWebhookResponse\x12\x14\n\x0cwebhook_path\x18\x01 \x01(\t\x12\x13\n\x0bwebhook_url\x18\x02 \x01(\t\".\n\x19GetWhatsAppWebhookRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\"[\n\x1aGetWhatsAppWebhookResponse\x12\x12\n\nconfigured\x18\x01 \x01(\x08\x12\x14\n\x0cwebhook_path\x18\x02 \x01(\t\x12\x13\n\x0bwebhook_url\x18\x03 \x01(\t\"1\n\x1c\x44\x65leteWhatsAppWebhookRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\"0\n\x1d\x44\x65leteWhatsAppWebhookResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\x32\xcd\x02\n\x13\x43onsentAdminService\x12\x63\n\x12SetWhatsAppWebhook\x12%.consent.v1.SetWhatsAppWebhookRequest\x1a&.consent.v1.SetWhatsAppWebhookResponse\x12\x63\n\x12GetWhatsAppWebhook\x12%.consent.v1.GetWhatsAppWebhookRequest\x1a&.consent.v1.GetWhatsAppWebhookResponse\x12l\n\x15\x44\x65leteWhatsAppWebhook\x12(.consent.v1.DeleteWhatsAppWebhookRequest\x1a).consent.v1.DeleteWhatsAppWebhookResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'consent_client.v1.admin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CONSENTADMINSERVICE']._serialized_start=131
-  _globals['_CONSENTADMINSERVICE']._serialized_end=152
+  _globals['_SETWHATSAPPWEBHOOKREQUEST']._serialized_start=131
+  _globals['_SETWHATSAPPWEBHOOKREQUEST']._serialized_end=219
+  _globals['_SETWHATSAPPWEBHOOKRESPONSE']._serialized_start=221
+  _globals['_SETWHATSAPPWEBHOOKRESPONSE']._serialized_end=292
+  _globals['_GETWHATSAPPWEBHOOKREQUEST']._serialized_start=294
+  _globals['_GETWHATSAPPWEBHOOKREQUEST']._serialized_end=340
+  _globals['_GETWHATSAPPWEBHOOKRESPONSE']._serialized_start=342
+  _globals['_GETWHATSAPPWEBHOOKRESPONSE']._serialized_end=433
+  _globals['_DELETEWHATSAPPWEBHOOKREQUEST']._serialized_start=435
+  _globals['_DELETEWHATSAPPWEBHOOKREQUEST']._serialized_end=484
+  _globals['_DELETEWHATSAPPWEBHOOKRESPONSE']._serialized_start=486
+  _globals['_DELETEWHATSAPPWEBHOOKRESPONSE']._serialized_end=534
+  _globals['_CONSENTADMINSERVICE']._serialized_start=537
+  _globals['_CONSENTADMINSERVICE']._serialized_end=870
 # @@protoc_insertion_point(module_scope)

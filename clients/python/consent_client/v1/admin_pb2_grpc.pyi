@@ -7,6 +7,7 @@ once authentication is on.
 """
 
 from collections import abc as _abc
+from consent_client.v1 import admin_pb2 as _admin_pb2
 from grpc import aio as _aio
 import abc as _abc_1
 import grpc as _grpc
@@ -37,6 +38,23 @@ class ConsentAdminServiceStub:
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> ConsentAdminServiceAsyncStub: ...
+    SetWhatsAppWebhook: _grpc.UnaryUnaryMultiCallable[_admin_pb2.SetWhatsAppWebhookRequest, _admin_pb2.SetWhatsAppWebhookResponse]
+    """---- HTTP edge: WhatsApp webhook and consent links ----
+
+    Sets (replaces) the tenant's WhatsApp Cloud API webhook: the verify token
+    Meta echoes in the GET handshake and the app secret that signs every POST
+    (X-Hub-Signature-256). Point the Meta app's webhook at
+    <CONSENT_PUBLIC_URL>/whatsapp/<tenant_id>. The app secret is write-only:
+    it is never returned or logged. Idempotent.
+    """
+    GetWhatsAppWebhook: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetWhatsAppWebhookRequest, _admin_pb2.GetWhatsAppWebhookResponse]
+    """Reports whether the tenant's WhatsApp webhook is configured, and its path.
+    Secrets are not returned. Read-only.
+    """
+    DeleteWhatsAppWebhook: _grpc.UnaryUnaryMultiCallable[_admin_pb2.DeleteWhatsAppWebhookRequest, _admin_pb2.DeleteWhatsAppWebhookResponse]
+    """Removes the tenant's WhatsApp webhook settings: its webhook then answers
+    404 and records nothing. Idempotent.
+    """
 
 @_typing.type_check_only
 class ConsentAdminServiceAsyncStub(ConsentAdminServiceStub):
@@ -45,12 +63,62 @@ class ConsentAdminServiceAsyncStub(ConsentAdminServiceStub):
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
+    SetWhatsAppWebhook: _aio.UnaryUnaryMultiCallable[_admin_pb2.SetWhatsAppWebhookRequest, _admin_pb2.SetWhatsAppWebhookResponse]  # type: ignore[assignment]
+    """---- HTTP edge: WhatsApp webhook and consent links ----
+
+    Sets (replaces) the tenant's WhatsApp Cloud API webhook: the verify token
+    Meta echoes in the GET handshake and the app secret that signs every POST
+    (X-Hub-Signature-256). Point the Meta app's webhook at
+    <CONSENT_PUBLIC_URL>/whatsapp/<tenant_id>. The app secret is write-only:
+    it is never returned or logged. Idempotent.
+    """
+    GetWhatsAppWebhook: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetWhatsAppWebhookRequest, _admin_pb2.GetWhatsAppWebhookResponse]  # type: ignore[assignment]
+    """Reports whether the tenant's WhatsApp webhook is configured, and its path.
+    Secrets are not returned. Read-only.
+    """
+    DeleteWhatsAppWebhook: _aio.UnaryUnaryMultiCallable[_admin_pb2.DeleteWhatsAppWebhookRequest, _admin_pb2.DeleteWhatsAppWebhookResponse]  # type: ignore[assignment]
+    """Removes the tenant's WhatsApp webhook settings: its webhook then answers
+    404 and records nothing. Idempotent.
+    """
 
 class ConsentAdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """ConsentAdminService configures tenants and manages access and erasure.
     ---- Tenant settings (keywords, templates, policies) ----
     """
 
-    ...
+    @_abc_1.abstractmethod
+    def SetWhatsAppWebhook(
+        self,
+        request: _admin_pb2.SetWhatsAppWebhookRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.SetWhatsAppWebhookResponse, _abc.Awaitable[_admin_pb2.SetWhatsAppWebhookResponse]]:
+        """---- HTTP edge: WhatsApp webhook and consent links ----
+
+        Sets (replaces) the tenant's WhatsApp Cloud API webhook: the verify token
+        Meta echoes in the GET handshake and the app secret that signs every POST
+        (X-Hub-Signature-256). Point the Meta app's webhook at
+        <CONSENT_PUBLIC_URL>/whatsapp/<tenant_id>. The app secret is write-only:
+        it is never returned or logged. Idempotent.
+        """
+
+    @_abc_1.abstractmethod
+    def GetWhatsAppWebhook(
+        self,
+        request: _admin_pb2.GetWhatsAppWebhookRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.GetWhatsAppWebhookResponse, _abc.Awaitable[_admin_pb2.GetWhatsAppWebhookResponse]]:
+        """Reports whether the tenant's WhatsApp webhook is configured, and its path.
+        Secrets are not returned. Read-only.
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteWhatsAppWebhook(
+        self,
+        request: _admin_pb2.DeleteWhatsAppWebhookRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.DeleteWhatsAppWebhookResponse, _abc.Awaitable[_admin_pb2.DeleteWhatsAppWebhookResponse]]:
+        """Removes the tenant's WhatsApp webhook settings: its webhook then answers
+        404 and records nothing. Idempotent.
+        """
 
 def add_ConsentAdminServiceServicer_to_server(servicer: ConsentAdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
