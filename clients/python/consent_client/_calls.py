@@ -21,6 +21,7 @@ from ._types import (
     BatchItem,
     ChangeResult,
     ChannelLike,
+    ConsentLinks,
     Decision,
     EventPage,
     InboundResult,
@@ -246,3 +247,16 @@ def get_message_status(tenant_id: str, message_id: str) -> Call[MessageStatus]:
     """GetMessageStatus: read-only."""
     req = pb.GetMessageStatusRequest(tenant_id=tenant_id, message_id=message_id)
     return Call("GetMessageStatus", req, RetryMode.READ, MessageStatus.from_pb)
+
+
+def create_consent_link(
+    tenant_id: str, channel: ChannelLike, address: str, topic: str, ttl_seconds: int
+) -> Call[ConsentLinks]:
+    """CreateConsentLink: mints tokens and writes nothing, so it is retried like a read."""
+    req = pb.CreateConsentLinkRequest(
+        tenant_id=tenant_id,
+        recipient=_recipient(channel, address),
+        topic=topic,
+        ttl_seconds=ttl_seconds,
+    )
+    return Call("CreateConsentLink", req, RetryMode.READ, ConsentLinks.from_pb)
