@@ -451,3 +451,14 @@ async def test_stored_secret_is_generated_once(store: RedisConsentStore) -> None
         LinkCodec([await b.link_secret()], clock_s=lambda: 2_000_000_001).open(token).tenant_id
         == "acme"
     )
+
+
+async def test_render_confirmation_fills_a_fresh_resubscribe_link(store: RedisConsentStore) -> None:
+    links = ConsentLinks(ConsentAuthority(store), store, static_keyring((SECRET,)), "https://c.ex")
+    plain = "You are out. Reply START to subscribe again."
+    assert await links.render_confirmation(plain, "acme", EMAIL, "") == plain
+    text = await links.render_confirmation("Out. Back in: {resubscribe_url}", "acme", EMAIL, "")
+    url = text.removeprefix("Out. Back in: ")
+    assert url.startswith("https://c.ex/s/")
+    opened = await links.open(url.rsplit("/", 1)[1], Action.OPT_IN)
+    assert (opened.tenant_id, opened.recipient, opened.topic) == ("acme", EMAIL, "")

@@ -24,6 +24,7 @@ from .links import (
     LinkClaims,
     LinkCodec,
     LinkInvalid,
+    fill_resubscribe_url,
     link_event_id,
     new_token_id,
 )
@@ -220,6 +221,22 @@ class ConsentLinks:
             codec, tenant_id, recipient, topic, Action.OPT_IN, DEFAULT_TTL_S
         )
         return self._url(Action.OPT_IN, token)
+
+    async def render_confirmation(
+        self, template: str, tenant_id: str, recipient: Recipient, topic: str
+    ) -> str:
+        """``template`` with ``{resubscribe_url}`` filled by a fresh signed link.
+
+        For the inbound flow's confirmation rendering: call it on the tenant's
+        confirmation template after an opt-out (``recipient`` normalised, ``topic`` the
+        scope that was opted out of). A link is minted only when the placeholder is
+        there; it becomes "" when links are not configured.
+        """
+        if "{resubscribe_url}" not in template:
+            return template
+        return fill_resubscribe_url(
+            template, await self.resubscribe_url(tenant_id, recipient, topic)
+        )
 
     async def open(self, token: str, action: Action) -> LinkClaims:
         """The claims of a token presented on the ``action`` path (read-only).

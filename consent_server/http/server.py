@@ -20,6 +20,8 @@ from __future__ import annotations
 import logging
 import secrets
 import socket
+import uuid
+from collections.abc import Awaitable, Callable
 from urllib.parse import parse_qs
 
 from aiohttp import web
@@ -38,6 +40,7 @@ from . import pages
 log = logging.getLogger("consent_server.http")
 
 MAX_BODY_BYTES = 1024 * 1024
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _LINKS = web.AppKey("links", ConsentLinks)
 _WHATSAPP = web.AppKey("whatsapp", WhatsAppEdge)
 
@@ -226,9 +229,36 @@ async def healthz(request: web.Request) -> web.Response:
     return _text(200, "ok")
 
 
+@web.middleware
+async def _unexpected_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A bug answers 500 with an incident id; the log names the route, never the URL
+    (link URLs carry tokens)."""
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except Exception as exc:
+        incident = uuid.uuid4().hex[:12]
+        route = request.match_info.route.resource
+        log.error(
+            "unexpected error in the HTTP edge",
+            exc_info=exc,
+            extra={"incident": incident, "route": route.canonical if route else "?"},
+        )
+        if request.path.startswith("/whatsapp/"):
+            return _text(500, f"internal error (incident {incident})")
+        return _html(
+            500,
+            pages.error_page(
+                "Something went wrong",
+                f"Nothing has changed. Please try again later (incident {incident}).",
+            ),
+        )
+
+
 def build_app(links: ConsentLinks, whatsapp: WhatsAppEdge) -> web.Application:
     """The aiohttp application with every edge route."""
-    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_unexpected_errors])
     app[_LINKS] = links
     app[_WHATSAPP] = whatsapp
     app.router.add_get("/healthz", healthz)

@@ -35,7 +35,7 @@ def keyring_for(settings: Settings, edge_store: EdgeStore) -> Keyring:
 
 async def log_status(receipt: StatusReceipt) -> None:
     """The default StatusHandler: log the receipt (the delivery worker replaces it)."""
-    log.info(
+    log.debug(
         "whatsapp status receipt",
         extra={
             "tenant": receipt.tenant_id,
