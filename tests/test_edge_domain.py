@@ -402,8 +402,8 @@ async def test_links_opt_out_then_resubscribe(store: RedisConsentStore) -> None:
     # A token only works on its own path.
     with pytest.raises(LinkInvalid):
         await links.open(out_token, Action.OPT_IN)
-    first = await links.submit(out_token, Action.OPT_OUT, "ab" * 8)
-    again = await links.submit(out_token, Action.OPT_OUT, "ab" * 8)  # double submit
+    _, first = await links.submit(out_token, Action.OPT_OUT, "ab" * 8)
+    _, again = await links.submit(out_token, Action.OPT_OUT, "ab" * 8)  # double submit
     assert first.outcome.changed and again.outcome.duplicate
     check = await authority.check("acme", RawRecipient(Channel.EMAIL, EMAIL.address), "news")
     assert not check.decision.allowed and check.decision.record is not None
@@ -462,3 +462,12 @@ async def test_render_confirmation_fills_a_fresh_resubscribe_link(store: RedisCo
     assert url.startswith("https://c.ex/s/")
     opened = await links.open(url.rsplit("/", 1)[1], Action.OPT_IN)
     assert (opened.tenant_id, opened.recipient, opened.topic) == ("acme", EMAIL, "")
+
+
+async def test_refused_provider_change_is_counted_not_raised(store: RedisConsentStore) -> None:
+    authority = ConsentAuthority(store)
+    edge = WhatsAppEdge(authority, await _configure(store, "acme"), Recorder(), Recorder())
+    future = fixture("user_preferences_stop.json").replace(b"1749417000", b"99999999999")
+    report = await edge.receive("acme", future, sign("app-secret", future))
+    assert (report.changes, report.failed) == (1, 1)  # occurred_at too far in the future
+    assert (await authority.history("acme", RawRecipient(Channel.WHATSAPP, WA), 0, "")).events == []

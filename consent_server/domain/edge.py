@@ -249,16 +249,19 @@ class ConsentLinks:
             raise LinkInvalid("this link is not valid here")
         return claims
 
-    async def submit(self, token: str, action: Action, submit_nonce: str = "") -> ChangeResult:
+    async def submit(
+        self, token: str, action: Action, submit_nonce: str = ""
+    ) -> tuple[LinkClaims, ChangeResult]:
         """Record the change a link asks for (SOURCE_LINK, evidence = token id).
 
         ``submit_nonce`` comes from the confirmation page's form (see
-        links.link_event_id); empty for RFC 8058 one-click.
+        links.link_event_id); empty for RFC 8058 one-click. Returns the token's claims
+        and the change's outcome.
         """
         claims = await self.open(token, action)
         if submit_nonce and not SUBMIT_NONCE_RE.match(submit_nonce):
             raise InvalidArgument.single("nonce", "is not a nonce from the confirmation page")
-        return await self._a.change(
+        result = await self._a.change(
             claims.action,
             tenant_id=claims.tenant_id,
             recipient=RawRecipient(claims.recipient.channel, claims.recipient.address),
@@ -269,6 +272,7 @@ class ConsentLinks:
             event_id=link_event_id(claims.token_id, submit_nonce),
             principal=LINK_PRINCIPAL,
         )
+        return claims, result
 
 
 # -- WhatsApp webhook -------------------------------------------------------------------

@@ -206,8 +206,7 @@ async def link_submit(request: web.Request) -> web.Response:
         nonce = form.get("nonce", "")
         if not nonce:
             raise InvalidArgument.single("nonce", "the confirmation form was not submitted")
-        result = await links.submit(token, action, nonce)
-        claims = await links.open(token, action)
+        claims, result = await links.submit(token, action, nonce)
     except (LinkError, StoreUnavailable, InvalidArgument) as exc:
         if one_click:
             status = 503 if isinstance(exc, StoreUnavailable) else 400
