@@ -19,10 +19,14 @@ from consent_server.api.auth import AuthInterceptor
 from consent_server.api.consent_service import ConsentServicer
 from consent_server.config import ConfigError, Settings, is_loopback
 from consent_server.domain.auth import OPERATOR_TENANT, Role
+from consent_server.domain.edge import ConsentLinks
 from consent_server.domain.errors import StoreUnavailable
 from consent_server.domain.security import RateLimits, SecurityAuthority
 from consent_server.domain.service import ConsentAuthority, Limits
+from consent_server.http.server import HttpEdge
+from consent_server.http.wiring import edge_app, keyring_for
 from consent_server.store.connect import open_store
+from consent_server.store.edge import RedisEdgeStore
 from consent_server.store.repository import RedisConsentStore
 from consent_server.store.security import RedisSecurityStore
 
@@ -81,6 +85,20 @@ async def serve(settings: Settings) -> int:
         limits=RateLimits(settings.rate_limit, settings.rate_burst),
         default_region=settings.default_region,
     )
+    # The HTTP edge binds first, so that link URLs can name its real port.
+    http_edge = bind_http_edge(settings)
+    public_url = settings.public_url or (http_edge.local_url if http_edge else None)
+    edge_store = RedisEdgeStore(store)
+    links = ConsentLinks(
+        authority,
+        store,
+        keyring_for(settings, edge_store),
+        public_url,
+        default_region=settings.default_region,
+    )
+    if public_url is not None:
+        authority.use_signed_links(links.resubscribe_url)
+    consent_servicer = ConsentServicer(authority, links)
 
     server = grpc.aio.server(
         interceptors=[AuthInterceptor(security, required=settings.auth_required)],
@@ -91,9 +109,9 @@ async def serve(settings: Settings) -> int:
             ("grpc.so_reuseport", 0),
         ],
     )
-    consent_pb2_grpc.add_ConsentServiceServicer_to_server(ConsentServicer(authority), server)
+    consent_pb2_grpc.add_ConsentServiceServicer_to_server(consent_servicer, server)
     admin_pb2_grpc.add_ConsentAdminServiceServicer_to_server(
-        ConsentAdminService(authority, security), server
+        ConsentAdminService(authority, security, edge_store, public_url), server
     )
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -132,6 +150,16 @@ async def serve(settings: Settings) -> int:
         },
     )
 
+    if http_edge is not None:
+        await http_edge.start(edge_app(authority, links, edge_store), settings.shutdown_grace_s)
+        log.info(
+            "http edge serving",
+            extra={
+                "address": http_edge.local_url.removeprefix("http://"),
+                "public_url": public_url,
+            },
+        )
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -152,6 +180,10 @@ async def serve(settings: Settings) -> int:
         with contextlib.suppress(asyncio.CancelledError):
             await bootstrap
     await health_servicer.enter_graceful_shutdown()
+    if http_edge is not None:
+        # Stop taking webhooks and clicks first; in-flight ones finish and WhatsApp
+        # redelivers anything refused meanwhile.
+        await http_edge.stop()
     await server.stop(settings.shutdown_grace_s)
     await store.aclose()
     log.info("stopped")
@@ -272,3 +304,16 @@ async def install_bootstrap_key(security: SecurityAuthority, token: str, *, retr
         else:
             log.info("bootstrap operator key ready", extra={"key_id": token[3:19]})
         return True
+
+
+def bind_http_edge(settings: Settings) -> HttpEdge | None:
+    """The HTTP edge's bound socket when CONSENT_HTTP_LISTEN is set; ConfigError when unusable."""
+    if not settings.http_listen:
+        return None
+    try:
+        return HttpEdge(settings.http_listen)
+    except (OSError, ValueError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(
+            f"CONSENT_HTTP_LISTEN={settings.http_listen!r}: cannot listen there ({why})"
+        ) from None

@@ -12,7 +12,7 @@ import ipaddress
 import os
 import ssl
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
 from consent_server.domain.auth import is_key_token
@@ -21,6 +21,9 @@ from consent_server.domain.recipients import is_valid_region
 
 class ConfigError(ValueError):
     """A setting is invalid; the message names it."""
+
+
+_SECRET_SETTINGS = frozenset({"bootstrap_admin_key", "link_secrets"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +56,10 @@ class Settings:
     max_evidence_bytes: int = 1024
     max_metadata_entries: int = 32
     max_metadata_value: int = 512
+    # The HTTP edge (SPEC §12): off unless http_listen is set.
+    http_listen: str | None = None
+    public_url: str | None = None
+    link_secrets: tuple[bytes, ...] = field(default=(), repr=False)  # secret: never shown
 
     @property
     def host(self) -> str:
@@ -72,9 +79,10 @@ class Settings:
         return self.tls_cert is not None
 
     def __repr__(self) -> str:
-        # The bootstrap key is a secret: never in a repr, a log line or a traceback.
+        # Secrets (the bootstrap key, link secrets) never reach a repr, a log line or a
+        # traceback: only whether they are set.
         shown = {
-            name: ("<set>" if name == "bootstrap_admin_key" and value else value)
+            name: ("<set>" if name in _SECRET_SETTINGS and value else value)
             for name, value in ((f, getattr(self, f)) for f in self.__dataclass_fields__)
         }
         return "Settings(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
@@ -174,6 +182,24 @@ _OPTIONS: tuple[tuple[str, str, str, str], ...] = (
         "CONSENT_SHUTDOWN_GRACE",
         "--shutdown-grace",
         "seconds to drain calls on SIGTERM",
+    ),
+    (
+        "http_listen",
+        "CONSENT_HTTP_LISTEN",
+        "--http-listen",
+        "HTTP edge (WhatsApp webhook, consent links) host:port; unset = off",
+    ),
+    (
+        "public_url",
+        "CONSENT_PUBLIC_URL",
+        "--public-url",
+        "https:// base URL customers reach the HTTP edge at (for consent links)",
+    ),
+    (
+        "link_secrets",
+        "CONSENT_LINK_SECRET",
+        "--link-secret",
+        "secret(s) signing consent links, comma-separated, first mints; unset = generated in Redis",
     ),
 )
 
@@ -295,6 +321,7 @@ def _validate(raw: dict[str, tuple[str, str]]) -> Settings:
     _validate_security(raw, values)
     if "delivery" in raw:
         values["delivery"] = _choice(*raw["delivery"], ("inline", "off"))
+    values.update(_validate_edge(raw))
     if values.get("redis_cluster") and "redis_url" not in values:
         raise ConfigError("CONSENT_REDIS_CLUSTER=1 needs CONSENT_REDIS_URL")
     settings = Settings(**values)  # type: ignore[arg-type]
@@ -336,6 +363,36 @@ def _validate_security(raw: dict[str, tuple[str, str]], values: dict[str, object
     for name, low, high in _INTEGERS:
         if name in raw:
             values[name] = _integer(*raw[name], low, high)
+
+
+def _host_port(var: str, text: str) -> str:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"{var}={text!r}: expected host:port, e.g. 127.0.0.1:8080")
+    return text
+
+
+def _validate_edge(raw: dict[str, tuple[str, str]]) -> dict[str, object]:
+    values: dict[str, object] = {}
+    if "http_listen" in raw:
+        values["http_listen"] = _host_port(*raw["http_listen"])
+    if "public_url" in raw:
+        var, text = raw["public_url"]
+        url = urlparse(text)
+        if url.scheme not in ("http", "https") or not url.netloc or url.query or url.fragment:
+            raise ConfigError(
+                f"{var}={text!r}: expected an http(s) base URL without query, "
+                "e.g. https://consent.example.com"
+            )
+        values["public_url"] = text.rstrip("/")
+    if "link_secrets" in raw:
+        var, text = raw["link_secrets"]
+        parts = tuple(p.strip() for p in text.split(","))
+        # Never echo the value: it is a secret.
+        if any(len(p) < 32 for p in parts):
+            raise ConfigError(f"{var}: each comma-separated secret must be at least 32 characters")
+        values["link_secrets"] = tuple(p.encode() for p in parts)
+    return values
 
 
 def is_loopback(host: str) -> bool:

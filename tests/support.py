@@ -112,8 +112,19 @@ class RedisProcess:
 class ServerProcess:
     """``python -m consent_server`` on a free port, with the given environment."""
 
-    def __init__(self, env: dict[str, str] | None = None, *, args: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        env: dict[str, str] | None = None,
+        *,
+        args: list[str] | None = None,
+        http: bool = False,
+    ) -> None:
         self.env = {**os.environ, "CONSENT_LOG_LEVEL": "info", **(env or {})}
+        # http=True: also serve the HTTP edge on a free loopback port (self.http_url).
+        self.http_url = ""
+        if http:
+            self.env["CONSENT_HTTP_LISTEN"] = f"127.0.0.1:{free_port()}"
+            self.http_url = "http://" + self.env["CONSENT_HTTP_LISTEN"]
         self.env.pop(
             "CONSENT_REDIS_URL", None
         ) if env is not None and "CONSENT_REDIS_URL" not in env else None
@@ -134,6 +145,9 @@ class ServerProcess:
             text=True,
         )
         ready = threading.Event()
+        http_ready = threading.Event()
+        if not self.http_url:
+            http_ready.set()
 
         def read() -> None:
             assert self.proc and self.proc.stdout
@@ -142,6 +156,8 @@ class ServerProcess:
                 if not self.target and '"consent authority serving"' in line:
                     self.target = json.loads(line)["address"]
                     ready.set()
+                if '"http edge serving"' in line:
+                    http_ready.set()
 
         self._reader = threading.Thread(target=read, daemon=True)
         self._reader.start()
@@ -150,6 +166,9 @@ class ServerProcess:
             raise RuntimeError("server did not start:\n" + "".join(self.lines))
         if wait_serving:
             self.wait_serving(timeout)
+        if not http_ready.wait(timeout):
+            self.kill()
+            raise RuntimeError("HTTP edge did not start:\n" + "".join(self.lines))
         return self
 
     def wait_serving(self, timeout: float = 20) -> None:

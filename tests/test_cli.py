@@ -147,3 +147,28 @@ def test_refusals_exit_non_zero_and_say_why(
 def test_unreachable_server(tenant: str) -> None:
     proc = run(None, "--timeout", "2", "check", tenant, PHONE, target=f"127.0.0.1:{free_port()}")
     assert proc.returncode == 1 and "UNAVAILABLE" in proc.stderr
+
+
+def test_link_mints_working_links_and_keys_is_mounted(tenant: str) -> None:
+    """`consentctl link` prints signed links from a server with its HTTP edge; the
+    `keys` sub-commands are part of the same consentctl."""
+    import httpx
+
+    srv = ServerProcess({}, http=True).start()
+    try:
+        out = ok(srv, "link", tenant, "Jane.Doe@Example.com", "--channel", "email")
+        urls = dict(
+            line.split(":", 1) for line in out.splitlines() if line.startswith(("opt-out", "re-"))
+        )
+        opt_out = urls["opt-out"].strip()
+        assert opt_out.startswith(srv.http_url + "/u/") and "jane" not in opt_out.lower()
+        assert "List-Unsubscribe-Post: List-Unsubscribe=One-Click" in out
+        # RFC 8058 one-click on the printed link really opts out.
+        done = httpx.post(opt_out, data={"List-Unsubscribe": "One-Click"}, timeout=10)
+        assert done.status_code == 200
+        blocked = run(srv, "check", tenant, "jane.doe@example.com", "--channel", "email")
+        assert blocked.returncode == 3, blocked.stdout + blocked.stderr
+    finally:
+        srv.stop()
+    keys_help = run(None, "keys", "--help")
+    assert keys_help.returncode == 0 and "create" in keys_help.stdout

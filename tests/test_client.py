@@ -96,6 +96,7 @@ def test_public_names_are_pinned() -> None:
         "ConsentClient",
         "ConsentError",
         "ConsentEvent",
+        "ConsentLinks",
         "ConsentStatus",
         "DeadlineExceeded",
         "Decision",

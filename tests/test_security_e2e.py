@@ -55,6 +55,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         "CONSENT_REDIS_URL": redis.url,
         "CONSENT_REQUIRE_AUTH": "1",
         "CONSENT_BOOTSTRAP_ADMIN_KEY": operator,
+        # Links can be minted (CreateConsentLink) without serving the HTTP edge here.
+        "CONSENT_PUBLIC_URL": "https://consent.example.test",
     }
     one = ServerProcess(env).start()
     two = ServerProcess(env).start()
@@ -120,6 +122,10 @@ def call_for(w: World, name: str, tenant: str) -> tuple[Callable[..., Any], Any]
         return c.GetMessageStatus, pb.GetMessageStatusRequest(
             tenant_id=tenant, message_id=sent.message_id
         )
+    if name == "CreateConsentLink":
+        return c.CreateConsentLink, pb.CreateConsentLinkRequest(
+            tenant_id=tenant, recipient=VICTIM, topic="marketing"
+        )
     if name == "CreateApiKey":
         return a.CreateApiKey, apb.CreateApiKeyRequest(
             tenant_id=tenant, role=apb.API_KEY_ROLE_READER, description="made in a test"
@@ -144,14 +150,15 @@ ALL_RPCS = CONSENT_RPCS + SECURITY_ADMIN_RPCS
 ALLOWED = {
     "admin": set(ALL_RPCS),
     "writer": {"OptOut", "OptIn", "HandleInboundMessage", "SendIfAllowed", "CheckConsent",
-               "BatchCheckConsent", "ListConsentEvents"},
-    "sender": {"CheckConsent", "BatchCheckConsent", "SendIfAllowed", "GetMessageStatus"},
+               "BatchCheckConsent", "ListConsentEvents", "CreateConsentLink"},
+    "sender": {"CheckConsent", "BatchCheckConsent", "SendIfAllowed", "GetMessageStatus",
+               "CreateConsentLink"},
     "reader": {"CheckConsent", "BatchCheckConsent", "ListConsentEvents", "GetMessageStatus"},
 }  # fmt: skip
 
 
 def test_consent_rpcs_are_all_covered() -> None:
-    assert len(CONSENT_RPCS) == 8
+    assert len(CONSENT_RPCS) == 9
 
 
 @pytest.mark.parametrize("rpc", ALL_RPCS)
@@ -160,10 +167,7 @@ def test_each_role_against_each_rpc(world: World, role: str, rpc: str) -> None:
     fn, request = call_for(world, rpc, A)
     code = code_of(fn, request, world.key(A, role))
     if rpc in ALLOWED[role]:
-        # HandleInboundMessage may not be served by this build yet: allowed means "past
-        # authorization", i.e. neither UNAUTHENTICATED nor PERMISSION_DENIED.
-        expected = {OK, grpc.StatusCode.UNIMPLEMENTED} if rpc == "HandleInboundMessage" else {OK}
-        assert code in expected, (role, rpc, code)
+        assert code == OK, (role, rpc, code)
     else:
         assert code == DENIED, (role, rpc, code)
         err = failure(fn, request, world.key(A, role))

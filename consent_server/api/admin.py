@@ -8,16 +8,25 @@ implements falls through to the generated servicer, which answers UNIMPLEMENTED.
 
 from __future__ import annotations
 
+from consent_server.domain.edge import EdgeStore
 from consent_server.domain.security import SecurityAuthority
 from consent_server.domain.service import ConsentAuthority
 
 from .admin_security import SecurityAdminServicer
 from .admin_service import ConsentAdminServicer as TenantSettingsAdminServicer
+from .edge_admin_service import EdgeAdminServicer
 
 
-class ConsentAdminService(SecurityAdminServicer, TenantSettingsAdminServicer):
-    """Tenant settings, API keys and erasure, served as one service."""
+class ConsentAdminService(SecurityAdminServicer, EdgeAdminServicer, TenantSettingsAdminServicer):
+    """Tenant settings, API keys and erasure, the HTTP edge's settings: one service."""
 
-    def __init__(self, authority: ConsentAuthority, security: SecurityAuthority) -> None:
+    def __init__(
+        self,
+        authority: ConsentAuthority,
+        security: SecurityAuthority,
+        edge_store: EdgeStore,
+        public_url: str | None,
+    ) -> None:
         TenantSettingsAdminServicer.__init__(self, authority)
         SecurityAdminServicer.__init__(self, security)
+        EdgeAdminServicer.__init__(self, edge_store, public_url)

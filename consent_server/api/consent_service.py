@@ -11,7 +11,8 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from consent_client.v1 import consent_pb2 as pb
 from consent_client.v1 import consent_pb2_grpc as pb_grpc
-from consent_server.domain.errors import ConsentError
+from consent_server.domain.edge import ConsentLinks
+from consent_server.domain.errors import ConsentError, NotConfigured
 from consent_server.domain.model import Action
 from consent_server.domain.service import BatchItemError, ChangeResult, ConsentAuthority
 
@@ -47,8 +48,9 @@ def principal_of(context: Ctx) -> str:
 class ConsentServicer(pb_grpc.ConsentServiceServicer):
     """Serves consent.v1.ConsentService on a ConsentAuthority."""
 
-    def __init__(self, authority: ConsentAuthority) -> None:
+    def __init__(self, authority: ConsentAuthority, links: ConsentLinks | None = None) -> None:
         self._a = authority
+        self._links = links
 
     @rpc
     async def CheckConsent(
@@ -205,6 +207,30 @@ class ConsentServicer(pb_grpc.ConsentServiceServicer):
             updated_at=cv.timestamp(info.updated_at_ms),
             recipient=cv.recipient(info.recipient),
             topic=info.topic,
+        )
+
+    @rpc
+    async def CreateConsentLink(
+        self, request: pb.CreateConsentLinkRequest, context: Ctx
+    ) -> pb.CreateConsentLinkResponse:
+        if self._links is None:
+            raise NotConfigured("consent links are not configured on this server")
+        links = await self._links.create(
+            request.tenant_id,
+            cv.optional_recipient(request.HasField("recipient"), request.recipient),
+            request.topic,
+            request.ttl_seconds,
+        )
+        return pb.CreateConsentLinkResponse(
+            opt_out_url=links.opt_out_url,
+            resubscribe_url=links.resubscribe_url,
+            list_unsubscribe=links.list_unsubscribe,
+            list_unsubscribe_post=links.list_unsubscribe_post,
+            opt_out_token_id=links.opt_out_token_id,
+            resubscribe_token_id=links.resubscribe_token_id,
+            expires_at=cv.timestamp(links.expires_at_s * 1000),
+            recipient=cv.recipient(links.recipient),
+            topic=links.topic,
         )
 
 

@@ -14,6 +14,7 @@ from consent_server.domain.errors import (
     ConsentError,
     IdConflict,
     InvalidArgument,
+    NotConfigured,
     NotFound,
     NotImplementedYet,
     SendBlocked,
@@ -103,6 +104,12 @@ def to_status(exc: Exception) -> status_pb2.Status:
             code=code_pb2.ABORTED,
             message=f"{exc}; nothing was written, read the settings again and retry",
             details=_pack(_info("SETTINGS_CONFLICT")),
+        )
+    if isinstance(exc, NotConfigured):
+        return status_pb2.Status(
+            code=code_pb2.FAILED_PRECONDITION,
+            message=str(exc),
+            details=_pack(_info("NOT_CONFIGURED")),
         )
     if isinstance(exc, NotImplementedYet):
         return status_pb2.Status(

@@ -5,6 +5,7 @@
     consentctl inbound TENANT +919876543210 --text STOP
     consentctl check TENANT +919876543210 --topic marketing
     consentctl opt-out TENANT +919876543210 / opt-in ... / history ...
+    consentctl link TENANT jane@example.com --channel email
 
 Every command takes ``--target`` (env CONSENT_TARGET, default 127.0.0.1:50051) and
 ``--api-key`` (env CONSENT_API_KEY). A refused call prints the server's reason and
@@ -378,6 +379,30 @@ def history(
     out.print(table)
     if not events:
         out.print("no events")
+
+
+@app.command()
+def link(
+    ctx: typer.Context,
+    tenant: Tenant,
+    address: Address,
+    topic: Topic = "",
+    channel: Channel = "whatsapp",
+    ttl: Annotated[
+        int, typer.Option(min=0, help="Seconds the links stay valid; 0 = the server default.")
+    ] = 0,
+) -> None:
+    """Mint signed opt-out and re-subscribe links (needs the server's HTTP edge).
+
+    Links are printed whole on one line each (no wrapping), ready to copy."""
+    links = _call(
+        ctx, lambda c: c.create_consent_link(tenant, channel, address, topic, ttl_seconds=ttl)
+    )
+    out.print(f"opt-out:               {links.opt_out_url}", markup=False, soft_wrap=True)
+    out.print(f"re-subscribe:          {links.resubscribe_url}", markup=False, soft_wrap=True)
+    out.print(f"List-Unsubscribe:      {links.list_unsubscribe}", markup=False, soft_wrap=True)
+    out.print(f"List-Unsubscribe-Post: {links.list_unsubscribe_post}", markup=False)
+    out.print(f"expires at:            {links.expires_at.isoformat()}")
 
 
 def main() -> None:

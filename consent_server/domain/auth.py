@@ -72,17 +72,19 @@ SEND = _m("SendIfAllowed")
 INBOUND = _m("HandleInboundMessage")
 HISTORY = _m("ListConsentEvents")
 MESSAGE_STATUS = _m("GetMessageStatus")
+# Minting links changes nothing; senders need them for e-mail List-Unsubscribe headers.
+LINK = _m("CreateConsentLink")
 
 #: Every ConsentService method; the table below must say who may call each.
 CONSENT_METHODS = frozenset(
-    {CHECK, BATCH_CHECK, OPT_OUT, OPT_IN, SEND, INBOUND, HISTORY, MESSAGE_STATUS}
+    {CHECK, BATCH_CHECK, OPT_OUT, OPT_IN, SEND, INBOUND, HISTORY, MESSAGE_STATUS, LINK}
 )
 
 #: Which ConsentService methods each role may call (the README's roles table).
 ROLE_METHODS: dict[Role, frozenset[str]] = {
     Role.ADMIN: CONSENT_METHODS,
-    Role.WRITER: frozenset({OPT_OUT, OPT_IN, INBOUND, SEND, CHECK, BATCH_CHECK, HISTORY}),
-    Role.SENDER: frozenset({CHECK, BATCH_CHECK, SEND, MESSAGE_STATUS}),
+    Role.WRITER: frozenset({OPT_OUT, OPT_IN, INBOUND, SEND, CHECK, BATCH_CHECK, HISTORY, LINK}),
+    Role.SENDER: frozenset({CHECK, BATCH_CHECK, SEND, MESSAGE_STATUS, LINK}),
     Role.READER: frozenset({CHECK, BATCH_CHECK, HISTORY, MESSAGE_STATUS}),
 }
 

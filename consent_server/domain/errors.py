@@ -78,3 +78,7 @@ class SettingsConflict(ConsentError):
 
 class NotImplementedYet(ConsentError):
     """The RPC is in the contract but this server version does not serve it."""
+
+
+class NotConfigured(ConsentError):
+    """A feature the call needs is not configured on this server or tenant."""

@@ -10,7 +10,7 @@ import base64
 import binascii
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from . import settings as tenant_settings
@@ -38,6 +38,9 @@ from .ports import ConsentStore
 from .recipients import AddressError, normalise_address
 from .templates import reply_text
 from .validation import RawMessage, RawRecipient, RawTimestamp, Violations
+
+# (tenant, normalised recipient, topic) -> a signed re-subscribe URL ("" when none).
+LinkMinter = Callable[[str, Recipient, str], Awaitable[str]]
 
 MAX_BATCH = 10_000
 MAX_PAGE_SIZE = 1000
@@ -149,6 +152,15 @@ class ConsentAuthority:
         self._default_region = default_region
         self._clock_ms = clock_ms
         self._limits = limits or Limits()
+        self._signed_links: LinkMinter | None = None
+
+    def use_signed_links(self, mint: LinkMinter) -> None:
+        """Fill ``{resubscribe_url}`` of opt-out confirmations with fresh signed links.
+
+        The HTTP edge mints them (it is wired after this object exists, hence a setter);
+        a tenant's own ``resubscribe_url`` setting still wins.
+        """
+        self._signed_links = mint
 
     async def _settings(self, tenant_id: str) -> TenantSettings:
         if not tenant_id:  # invalid id: validate the rest with server defaults, no store call
@@ -379,7 +391,16 @@ class ConsentAuthority:
             help_text = reply_text(settings, tenant, KeywordKind.HELP, found.language, "")
             return InboundResult(rcpt, InboundAction.HELP, found.keyword, help_text, "", 0)
         action = Action.OPT_OUT if found.kind is KeywordKind.OPT_OUT else Action.OPT_IN
-        confirmation = reply_text(settings, tenant, found.kind, found.language, found.topic)
+        link = ""
+        if (
+            action is Action.OPT_OUT
+            and self._signed_links is not None
+            and not settings.resubscribe_url
+        ):
+            link = await self._signed_links(tenant, rcpt, found.topic)
+        confirmation = reply_text(
+            settings, tenant, found.kind, found.language, found.topic, signed_link=link
+        )
         change = await self._store.record_inbound(
             ConsentEventInput(
                 tenant_id=tenant,

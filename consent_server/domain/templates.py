@@ -219,14 +219,25 @@ def templates_for(settings: TenantSettings, language: str) -> LanguageTemplates 
 
 
 def reply_text(
-    settings: TenantSettings, tenant_id: str, kind: KeywordKind, language: str, topic: str
+    settings: TenantSettings,
+    tenant_id: str,
+    kind: KeywordKind,
+    language: str,
+    topic: str,
+    *,
+    signed_link: str = "",
 ) -> str:
-    """The rendered confirmation (opt-out/opt-in) or help text for a match in ``language``."""
+    """The rendered confirmation (opt-out/opt-in) or help text for a match in ``language``.
+
+    ``{resubscribe_url}`` is the tenant's own URL when it set one (its explicit choice),
+    else ``signed_link``: a fresh signed re-subscribe link when the HTTP edge mints them.
+    """
+    url = settings.resubscribe_url or signed_link
     langs = [language, settings.default_language, DEFAULT_LANGUAGE]
     opt_in = first_keyword(settings.keyword_sets, KeywordKind.OPT_IN, langs)
     opt_out = first_keyword(settings.keyword_sets, KeywordKind.OPT_OUT, langs)
     defaults = default_texts(
-        has_url=bool(settings.resubscribe_url),
+        has_url=bool(url),
         has_opt_in=opt_in is not None,
         has_opt_out=opt_out is not None,
         topic=topic,
@@ -240,7 +251,7 @@ def reply_text(
     template = (getattr(own, field) if own else "") or getattr(defaults, field)
     values = {
         "business_name": settings.business_name or tenant_id,
-        "resubscribe_url": settings.resubscribe_url,
+        "resubscribe_url": url,
         "opt_in_keyword": (opt_in or "").upper(),
         "opt_out_keyword": (opt_out or "").upper(),
         "topic": topic or "all",

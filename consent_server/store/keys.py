@@ -13,6 +13,8 @@ never change once data exists.
     ca:{cpNN}:<tenant>:m:<message_id>            hash: message status
     ca:{cpNN}:outbox                             stream: accepted messages to deliver
     ca:tenant:<tenant>:settings                  hash: tenant settings
+    ca:tenant:<tenant>:whatsapp                  hash: WhatsApp webhook verify token, app secret
+    ca:edge:link_secret                          string: the generated consent-link secret
 """
 
 from __future__ import annotations
@@ -150,3 +152,13 @@ def message_pattern(tenant_id: str, part: int) -> str:
 def glob_escape(text: str) -> str:
     """``text`` with Redis glob metacharacters escaped, for SCAN MATCH."""
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+def whatsapp_webhook(tenant_id: str) -> str:
+    """A tenant's WhatsApp webhook settings hash (verify_token, app_secret)."""
+    return f"ca:tenant:{tenant_id}:whatsapp"
+
+
+def link_secret() -> str:
+    """The deployment-wide consent-link secret, when CONSENT_LINK_SECRET is not set."""
+    return "ca:edge:link_secret"

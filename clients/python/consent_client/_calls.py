@@ -22,6 +22,7 @@ from ._types import (
     BatchItem,
     ChangeResult,
     ChannelLike,
+    ConsentLinks,
     Decision,
     EventPage,
     InboundResult,
@@ -287,3 +288,16 @@ def update_tenant_settings(
 def _snake(path: str) -> str:
     """``businessName`` (JSON spelling) -> ``business_name``; snake_case passes through."""
     return "".join("_" + c.lower() if c.isupper() else c for c in path)
+
+
+def create_consent_link(
+    tenant_id: str, channel: ChannelLike, address: str, topic: str, ttl_seconds: int
+) -> Call[ConsentLinks]:
+    """CreateConsentLink: mints tokens and writes nothing, so it is retried like a read."""
+    req = pb.CreateConsentLinkRequest(
+        tenant_id=tenant_id,
+        recipient=_recipient(channel, address),
+        topic=topic,
+        ttl_seconds=ttl_seconds,
+    )
+    return Call("CreateConsentLink", req, RetryMode.READ, ConsentLinks.from_pb)

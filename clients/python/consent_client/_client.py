@@ -19,6 +19,7 @@ from ._types import (
     ChangeResult,
     ChannelLike,
     ConsentEvent,
+    ConsentLinks,
     Decision,
     EventPage,
     InboundResult,
@@ -426,4 +427,26 @@ class ConsentClient:
                 (e.g. ``settings.templates[0].opt_out_confirmation``).
         """
         call = _calls.update_tenant_settings(tenant_id, settings, update_mask)
+        return self._invoke(call, timeout)
+
+    def create_consent_link(
+        self,
+        tenant_id: str,
+        channel: ChannelLike,
+        address: str,
+        topic: str = "",
+        *,
+        ttl_seconds: int = 0,
+        timeout: float | None = None,
+    ) -> ConsentLinks:
+        """Signed opt-out and re-subscribe links for the recipient and ``topic``.
+
+        ``topic=""`` means all topics; ``ttl_seconds=0`` means the server default
+        (90 days). The result also carries the ``List-Unsubscribe`` and
+        ``List-Unsubscribe-Post`` header values for e-mail (RFC 8058).
+
+        Raises:
+            FailedPrecondition: the server has no public URL for links.
+        """
+        call = _calls.create_consent_link(tenant_id, channel, address, topic, ttl_seconds)
         return self._invoke(call, timeout)

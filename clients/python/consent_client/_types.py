@@ -477,3 +477,40 @@ class MessageStatus:
             topic=msg.topic,
             raw=msg,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class ConsentLinks:
+    """Signed opt-out and re-subscribe links for one recipient (``CreateConsentLink``).
+
+    Put ``list_unsubscribe`` and ``list_unsubscribe_post`` into an e-mail's
+    ``List-Unsubscribe`` and ``List-Unsubscribe-Post`` headers for RFC 8058
+    one-click unsubscribe.
+    """
+
+    opt_out_url: str
+    resubscribe_url: str
+    list_unsubscribe: str
+    list_unsubscribe_post: str
+    opt_out_token_id: str
+    resubscribe_token_id: str
+    expires_at: datetime
+    recipient: Recipient
+    topic: str
+    raw: pb.CreateConsentLinkResponse = field(repr=False, compare=False)
+
+    @classmethod
+    def from_pb(cls, msg: pb.CreateConsentLinkResponse) -> ConsentLinks:
+        """ConsentLinks from a ``CreateConsentLinkResponse``."""
+        return cls(
+            opt_out_url=msg.opt_out_url,
+            resubscribe_url=msg.resubscribe_url,
+            list_unsubscribe=msg.list_unsubscribe,
+            list_unsubscribe_post=msg.list_unsubscribe_post,
+            opt_out_token_id=msg.opt_out_token_id,
+            resubscribe_token_id=msg.resubscribe_token_id,
+            expires_at=ts_to_datetime(msg.expires_at),
+            recipient=Recipient.from_pb(msg.recipient),
+            topic=msg.topic,
+            raw=msg,
+        )

@@ -724,3 +724,162 @@ class ForgetRecipientResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ForgetRecipientResponse: _TypeAlias = ForgetRecipientResponse  # noqa: Y015
+
+@_typing.final
+class SetWhatsAppWebhookRequest(_message.Message):
+    """==== HTTP edge messages ====
+
+    Sets a tenant's WhatsApp webhook.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    VERIFY_TOKEN_FIELD_NUMBER: _builtins.int
+    APP_SECRET_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    """The tenant."""
+    verify_token: _builtins.str
+    """The verify token you type into the Meta app's webhook settings; Meta sends
+    it back as hub.verify_token. 1-256 printable ASCII characters, no spaces.
+    """
+    app_secret: _builtins.str
+    """The Meta app's App Secret (App settings > Basic), which signs every
+    notification. 1-256 printable ASCII characters. Write-only.
+    """
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+        verify_token: _builtins.str = ...,
+        app_secret: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_secret", b"app_secret", "tenant_id", b"tenant_id", "verify_token", b"verify_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetWhatsAppWebhookRequest: _TypeAlias = SetWhatsAppWebhookRequest  # noqa: Y015
+
+@_typing.final
+class SetWhatsAppWebhookResponse(_message.Message):
+    """The tenant's webhook after SetWhatsAppWebhook."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WEBHOOK_PATH_FIELD_NUMBER: _builtins.int
+    WEBHOOK_URL_FIELD_NUMBER: _builtins.int
+    webhook_path: _builtins.str
+    """The webhook's path on the HTTP edge: "/whatsapp/<tenant_id>"."""
+    webhook_url: _builtins.str
+    """The full callback URL when the server knows its public URL, else ""."""
+    def __init__(
+        self,
+        *,
+        webhook_path: _builtins.str = ...,
+        webhook_url: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["webhook_path", b"webhook_path", "webhook_url", b"webhook_url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetWhatsAppWebhookResponse: _TypeAlias = SetWhatsAppWebhookResponse  # noqa: Y015
+
+@_typing.final
+class GetWhatsAppWebhookRequest(_message.Message):
+    """Asks about a tenant's WhatsApp webhook."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    """The tenant."""
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tenant_id", b"tenant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetWhatsAppWebhookRequest: _TypeAlias = GetWhatsAppWebhookRequest  # noqa: Y015
+
+@_typing.final
+class GetWhatsAppWebhookResponse(_message.Message):
+    """Whether a tenant's WhatsApp webhook is configured (secrets are not returned)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONFIGURED_FIELD_NUMBER: _builtins.int
+    WEBHOOK_PATH_FIELD_NUMBER: _builtins.int
+    WEBHOOK_URL_FIELD_NUMBER: _builtins.int
+    configured: _builtins.bool
+    """True when a verify token and an app secret are stored."""
+    webhook_path: _builtins.str
+    """The webhook's path on the HTTP edge: "/whatsapp/<tenant_id>"."""
+    webhook_url: _builtins.str
+    """The full callback URL when the server knows its public URL, else ""."""
+    def __init__(
+        self,
+        *,
+        configured: _builtins.bool = ...,
+        webhook_path: _builtins.str = ...,
+        webhook_url: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["configured", b"configured", "webhook_path", b"webhook_path", "webhook_url", b"webhook_url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetWhatsAppWebhookResponse: _TypeAlias = GetWhatsAppWebhookResponse  # noqa: Y015
+
+@_typing.final
+class DeleteWhatsAppWebhookRequest(_message.Message):
+    """Removes a tenant's WhatsApp webhook settings."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    """The tenant."""
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tenant_id", b"tenant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteWhatsAppWebhookRequest: _TypeAlias = DeleteWhatsAppWebhookRequest  # noqa: Y015
+
+@_typing.final
+class DeleteWhatsAppWebhookResponse(_message.Message):
+    """The outcome of DeleteWhatsAppWebhook."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELETED_FIELD_NUMBER: _builtins.int
+    deleted: _builtins.bool
+    """True when settings existed and were removed."""
+    def __init__(
+        self,
+        *,
+        deleted: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted", b"deleted"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteWhatsAppWebhookResponse: _TypeAlias = DeleteWhatsAppWebhookResponse  # noqa: Y015

@@ -66,6 +66,21 @@ class ConsentAdminServiceStub:
                 request_serializer=consent_dot_v1_dot_admin__pb2.ForgetRecipientRequest.SerializeToString,
                 response_deserializer=consent_dot_v1_dot_admin__pb2.ForgetRecipientResponse.FromString,
                 _registered_method=True)
+        self.SetWhatsAppWebhook = channel.unary_unary(
+                '/consent.v1.ConsentAdminService/SetWhatsAppWebhook',
+                request_serializer=consent_dot_v1_dot_admin__pb2.SetWhatsAppWebhookRequest.SerializeToString,
+                response_deserializer=consent_dot_v1_dot_admin__pb2.SetWhatsAppWebhookResponse.FromString,
+                _registered_method=True)
+        self.GetWhatsAppWebhook = channel.unary_unary(
+                '/consent.v1.ConsentAdminService/GetWhatsAppWebhook',
+                request_serializer=consent_dot_v1_dot_admin__pb2.GetWhatsAppWebhookRequest.SerializeToString,
+                response_deserializer=consent_dot_v1_dot_admin__pb2.GetWhatsAppWebhookResponse.FromString,
+                _registered_method=True)
+        self.DeleteWhatsAppWebhook = channel.unary_unary(
+                '/consent.v1.ConsentAdminService/DeleteWhatsAppWebhook',
+                request_serializer=consent_dot_v1_dot_admin__pb2.DeleteWhatsAppWebhookRequest.SerializeToString,
+                response_deserializer=consent_dot_v1_dot_admin__pb2.DeleteWhatsAppWebhookResponse.FromString,
+                _registered_method=True)
 
 
 class ConsentAdminServiceServicer:
@@ -139,6 +154,41 @@ class ConsentAdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetWhatsAppWebhook(self, request, context):
+        """---- end of API keys and erasure ----
+
+        ---- Delivery providers ----
+
+        ---- end of delivery providers ----
+
+        ---- HTTP edge: WhatsApp webhook and consent links ----
+
+        Sets (replaces) the tenant's WhatsApp Cloud API webhook: the verify token
+        Meta echoes in the GET handshake and the app secret that signs every POST
+        (X-Hub-Signature-256). Point the Meta app's webhook at
+        <CONSENT_PUBLIC_URL>/whatsapp/<tenant_id>. The app secret is write-only:
+        it is never returned or logged. Idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetWhatsAppWebhook(self, request, context):
+        """Reports whether the tenant's WhatsApp webhook is configured, and its path.
+        Secrets are not returned. Read-only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteWhatsAppWebhook(self, request, context):
+        """Removes the tenant's WhatsApp webhook settings: its webhook then answers
+        404 and records nothing. Idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ConsentAdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -171,6 +221,21 @@ def add_ConsentAdminServiceServicer_to_server(servicer, server):
                     servicer.ForgetRecipient,
                     request_deserializer=consent_dot_v1_dot_admin__pb2.ForgetRecipientRequest.FromString,
                     response_serializer=consent_dot_v1_dot_admin__pb2.ForgetRecipientResponse.SerializeToString,
+            ),
+            'SetWhatsAppWebhook': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetWhatsAppWebhook,
+                    request_deserializer=consent_dot_v1_dot_admin__pb2.SetWhatsAppWebhookRequest.FromString,
+                    response_serializer=consent_dot_v1_dot_admin__pb2.SetWhatsAppWebhookResponse.SerializeToString,
+            ),
+            'GetWhatsAppWebhook': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetWhatsAppWebhook,
+                    request_deserializer=consent_dot_v1_dot_admin__pb2.GetWhatsAppWebhookRequest.FromString,
+                    response_serializer=consent_dot_v1_dot_admin__pb2.GetWhatsAppWebhookResponse.SerializeToString,
+            ),
+            'DeleteWhatsAppWebhook': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteWhatsAppWebhook,
+                    request_deserializer=consent_dot_v1_dot_admin__pb2.DeleteWhatsAppWebhookRequest.FromString,
+                    response_serializer=consent_dot_v1_dot_admin__pb2.DeleteWhatsAppWebhookResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -337,6 +402,87 @@ class ConsentAdminService:
             '/consent.v1.ConsentAdminService/ForgetRecipient',
             consent_dot_v1_dot_admin__pb2.ForgetRecipientRequest.SerializeToString,
             consent_dot_v1_dot_admin__pb2.ForgetRecipientResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetWhatsAppWebhook(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/consent.v1.ConsentAdminService/SetWhatsAppWebhook',
+            consent_dot_v1_dot_admin__pb2.SetWhatsAppWebhookRequest.SerializeToString,
+            consent_dot_v1_dot_admin__pb2.SetWhatsAppWebhookResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetWhatsAppWebhook(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/consent.v1.ConsentAdminService/GetWhatsAppWebhook',
+            consent_dot_v1_dot_admin__pb2.GetWhatsAppWebhookRequest.SerializeToString,
+            consent_dot_v1_dot_admin__pb2.GetWhatsAppWebhookResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteWhatsAppWebhook(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/consent.v1.ConsentAdminService/DeleteWhatsAppWebhook',
+            consent_dot_v1_dot_admin__pb2.DeleteWhatsAppWebhookRequest.SerializeToString,
+            consent_dot_v1_dot_admin__pb2.DeleteWhatsAppWebhookResponse.FromString,
             options,
             channel_credentials,
             insecure,

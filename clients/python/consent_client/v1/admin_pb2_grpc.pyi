@@ -77,6 +77,23 @@ class ConsentAdminServiceStub:
     The erasure is recorded (tenant erasure log, source SOURCE_ERASURE)
     without the address.
     """
+    SetWhatsAppWebhook: _grpc.UnaryUnaryMultiCallable[_admin_pb2.SetWhatsAppWebhookRequest, _admin_pb2.SetWhatsAppWebhookResponse]
+    """---- HTTP edge: WhatsApp webhook and consent links ----
+
+    Sets (replaces) the tenant's WhatsApp Cloud API webhook: the verify token
+    Meta echoes in the GET handshake and the app secret that signs every POST
+    (X-Hub-Signature-256). Point the Meta app's webhook at
+    <CONSENT_PUBLIC_URL>/whatsapp/<tenant_id>. The app secret is write-only:
+    it is never returned or logged. Idempotent.
+    """
+    GetWhatsAppWebhook: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetWhatsAppWebhookRequest, _admin_pb2.GetWhatsAppWebhookResponse]
+    """Reports whether the tenant's WhatsApp webhook is configured, and its path.
+    Secrets are not returned. Read-only.
+    """
+    DeleteWhatsAppWebhook: _grpc.UnaryUnaryMultiCallable[_admin_pb2.DeleteWhatsAppWebhookRequest, _admin_pb2.DeleteWhatsAppWebhookResponse]
+    """Removes the tenant's WhatsApp webhook settings: its webhook then answers
+    404 and records nothing. Idempotent.
+    """
 
 @_typing.type_check_only
 class ConsentAdminServiceAsyncStub(ConsentAdminServiceStub):
@@ -123,6 +140,23 @@ class ConsentAdminServiceAsyncStub(ConsentAdminServiceStub):
     occurs after the erasure can. Queued messages are cancelled, never sent.
     The erasure is recorded (tenant erasure log, source SOURCE_ERASURE)
     without the address.
+    """
+    SetWhatsAppWebhook: _aio.UnaryUnaryMultiCallable[_admin_pb2.SetWhatsAppWebhookRequest, _admin_pb2.SetWhatsAppWebhookResponse]  # type: ignore[assignment]
+    """---- HTTP edge: WhatsApp webhook and consent links ----
+
+    Sets (replaces) the tenant's WhatsApp Cloud API webhook: the verify token
+    Meta echoes in the GET handshake and the app secret that signs every POST
+    (X-Hub-Signature-256). Point the Meta app's webhook at
+    <CONSENT_PUBLIC_URL>/whatsapp/<tenant_id>. The app secret is write-only:
+    it is never returned or logged. Idempotent.
+    """
+    GetWhatsAppWebhook: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetWhatsAppWebhookRequest, _admin_pb2.GetWhatsAppWebhookResponse]  # type: ignore[assignment]
+    """Reports whether the tenant's WhatsApp webhook is configured, and its path.
+    Secrets are not returned. Read-only.
+    """
+    DeleteWhatsAppWebhook: _aio.UnaryUnaryMultiCallable[_admin_pb2.DeleteWhatsAppWebhookRequest, _admin_pb2.DeleteWhatsAppWebhookResponse]  # type: ignore[assignment]
+    """Removes the tenant's WhatsApp webhook settings: its webhook then answers
+    404 and records nothing. Idempotent.
     """
 
 class ConsentAdminServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -203,6 +237,41 @@ class ConsentAdminServiceServicer(metaclass=_abc_1.ABCMeta):
         occurs after the erasure can. Queued messages are cancelled, never sent.
         The erasure is recorded (tenant erasure log, source SOURCE_ERASURE)
         without the address.
+        """
+
+    @_abc_1.abstractmethod
+    def SetWhatsAppWebhook(
+        self,
+        request: _admin_pb2.SetWhatsAppWebhookRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.SetWhatsAppWebhookResponse, _abc.Awaitable[_admin_pb2.SetWhatsAppWebhookResponse]]:
+        """---- HTTP edge: WhatsApp webhook and consent links ----
+
+        Sets (replaces) the tenant's WhatsApp Cloud API webhook: the verify token
+        Meta echoes in the GET handshake and the app secret that signs every POST
+        (X-Hub-Signature-256). Point the Meta app's webhook at
+        <CONSENT_PUBLIC_URL>/whatsapp/<tenant_id>. The app secret is write-only:
+        it is never returned or logged. Idempotent.
+        """
+
+    @_abc_1.abstractmethod
+    def GetWhatsAppWebhook(
+        self,
+        request: _admin_pb2.GetWhatsAppWebhookRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.GetWhatsAppWebhookResponse, _abc.Awaitable[_admin_pb2.GetWhatsAppWebhookResponse]]:
+        """Reports whether the tenant's WhatsApp webhook is configured, and its path.
+        Secrets are not returned. Read-only.
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteWhatsAppWebhook(
+        self,
+        request: _admin_pb2.DeleteWhatsAppWebhookRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.DeleteWhatsAppWebhookResponse, _abc.Awaitable[_admin_pb2.DeleteWhatsAppWebhookResponse]]:
+        """Removes the tenant's WhatsApp webhook settings: its webhook then answers
+        404 and records nothing. Idempotent.
         """
 
 def add_ConsentAdminServiceServicer_to_server(servicer: ConsentAdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1429,3 +1429,105 @@ class GetMessageStatusResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetMessageStatusResponse: _TypeAlias = GetMessageStatusResponse  # noqa: Y015
+
+@_typing.final
+class CreateConsentLinkRequest(_message.Message):
+    """Asks for signed opt-out and re-subscribe links for one recipient and scope."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    RECIPIENT_FIELD_NUMBER: _builtins.int
+    TOPIC_FIELD_NUMBER: _builtins.int
+    TTL_SECONDS_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    """The tenant whose consent the links change."""
+    topic: _builtins.str
+    """The scope the links change, e.g. "marketing"; empty = all topics."""
+    ttl_seconds: _builtins.int
+    """How long the links stay valid, in seconds: 0 = 90 days; at most 400 days."""
+    @_builtins.property
+    def recipient(self) -> Global___Recipient:
+        """Who the links are for; normalised like everywhere else. The address is
+        sealed inside the token, never visible in the URL.
+        """
+
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+        recipient: Global___Recipient | None = ...,
+        topic: _builtins.str = ...,
+        ttl_seconds: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["recipient", b"recipient"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["recipient", b"recipient", "tenant_id", b"tenant_id", "topic", b"topic", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateConsentLinkRequest: _TypeAlias = CreateConsentLinkRequest  # noqa: Y015
+
+@_typing.final
+class CreateConsentLinkResponse(_message.Message):
+    """Signed links for one recipient and scope."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OPT_OUT_URL_FIELD_NUMBER: _builtins.int
+    RESUBSCRIBE_URL_FIELD_NUMBER: _builtins.int
+    LIST_UNSUBSCRIBE_FIELD_NUMBER: _builtins.int
+    LIST_UNSUBSCRIBE_POST_FIELD_NUMBER: _builtins.int
+    OPT_OUT_TOKEN_ID_FIELD_NUMBER: _builtins.int
+    RESUBSCRIBE_TOKEN_ID_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    RECIPIENT_FIELD_NUMBER: _builtins.int
+    TOPIC_FIELD_NUMBER: _builtins.int
+    opt_out_url: _builtins.str
+    """The opt-out link: <public URL>/u/<token>. GET shows a confirmation page;
+    POST records the opt-out (SOURCE_LINK, evidence = opt_out_token_id).
+    """
+    resubscribe_url: _builtins.str
+    """The re-subscribe link: <public URL>/s/<token>, same rules, records an
+    opt-in (SOURCE_LINK, evidence = resubscribe_token_id).
+    """
+    list_unsubscribe: _builtins.str
+    """The value of the e-mail header List-Unsubscribe: "<opt_out_url>"."""
+    list_unsubscribe_post: _builtins.str
+    """The value of the e-mail header List-Unsubscribe-Post:
+    "List-Unsubscribe=One-Click" (RFC 8058).
+    """
+    opt_out_token_id: _builtins.str
+    """The opt-out token's id, recorded as the event's evidence when it is used."""
+    resubscribe_token_id: _builtins.str
+    """The re-subscribe token's id, recorded as the evidence when it is used."""
+    topic: _builtins.str
+    """The scope the links change, normalised ("" = all topics)."""
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """When both links stop working."""
+
+    @_builtins.property
+    def recipient(self) -> Global___Recipient:
+        """The recipient, normalised."""
+
+    def __init__(
+        self,
+        *,
+        opt_out_url: _builtins.str = ...,
+        resubscribe_url: _builtins.str = ...,
+        list_unsubscribe: _builtins.str = ...,
+        list_unsubscribe_post: _builtins.str = ...,
+        opt_out_token_id: _builtins.str = ...,
+        resubscribe_token_id: _builtins.str = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+        recipient: Global___Recipient | None = ...,
+        topic: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "recipient", b"recipient"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "list_unsubscribe", b"list_unsubscribe", "list_unsubscribe_post", b"list_unsubscribe_post", "opt_out_token_id", b"opt_out_token_id", "opt_out_url", b"opt_out_url", "recipient", b"recipient", "resubscribe_token_id", b"resubscribe_token_id", "resubscribe_url", b"resubscribe_url", "topic", b"topic"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateConsentLinkResponse: _TypeAlias = CreateConsentLinkResponse  # noqa: Y015

@@ -83,6 +83,11 @@ class ConsentServiceStub:
                 request_serializer=consent_dot_v1_dot_consent__pb2.GetMessageStatusRequest.SerializeToString,
                 response_deserializer=consent_dot_v1_dot_consent__pb2.GetMessageStatusResponse.FromString,
                 _registered_method=True)
+        self.CreateConsentLink = channel.unary_unary(
+                '/consent.v1.ConsentService/CreateConsentLink',
+                request_serializer=consent_dot_v1_dot_consent__pb2.CreateConsentLinkRequest.SerializeToString,
+                response_deserializer=consent_dot_v1_dot_consent__pb2.CreateConsentLinkResponse.FromString,
+                _registered_method=True)
 
 
 class ConsentServiceServicer:
@@ -165,6 +170,20 @@ class ConsentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateConsentLink(self, request, context):
+        """Mints a signed, expiring opt-out link and re-subscribe link for a recipient
+        and scope, plus the List-Unsubscribe / List-Unsubscribe-Post header values
+        for e-mail (RFC 8058 one-click). The links open pages of the server's HTTP
+        edge (CONSENT_PUBLIC_URL); they carry an encrypted, HMAC-SHA256-signed token
+        that shows no address and needs no database lookup. Nothing is recorded
+        until the customer presses the page's button (GET never changes anything).
+        FAILED_PRECONDITION with ErrorInfo reason NOT_CONFIGURED when the server has
+        no public URL for links. Read-only and safe to retry.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ConsentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -207,6 +226,11 @@ def add_ConsentServiceServicer_to_server(servicer, server):
                     servicer.GetMessageStatus,
                     request_deserializer=consent_dot_v1_dot_consent__pb2.GetMessageStatusRequest.FromString,
                     response_serializer=consent_dot_v1_dot_consent__pb2.GetMessageStatusResponse.SerializeToString,
+            ),
+            'CreateConsentLink': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateConsentLink,
+                    request_deserializer=consent_dot_v1_dot_consent__pb2.CreateConsentLinkRequest.FromString,
+                    response_serializer=consent_dot_v1_dot_consent__pb2.CreateConsentLinkResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -434,6 +458,33 @@ class ConsentService:
             '/consent.v1.ConsentService/GetMessageStatus',
             consent_dot_v1_dot_consent__pb2.GetMessageStatusRequest.SerializeToString,
             consent_dot_v1_dot_consent__pb2.GetMessageStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateConsentLink(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/consent.v1.ConsentService/CreateConsentLink',
+            consent_dot_v1_dot_consent__pb2.CreateConsentLinkRequest.SerializeToString,
+            consent_dot_v1_dot_consent__pb2.CreateConsentLinkResponse.FromString,
             options,
             channel_credentials,
             insecure,

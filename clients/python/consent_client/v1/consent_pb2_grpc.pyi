@@ -85,6 +85,16 @@ class ConsentServiceStub:
     """Reports the delivery status of a message accepted by SendIfAllowed.
     NOT_FOUND for unknown ids and for ids of another tenant.
     """
+    CreateConsentLink: _grpc.UnaryUnaryMultiCallable[_consent_pb2.CreateConsentLinkRequest, _consent_pb2.CreateConsentLinkResponse]
+    """Mints a signed, expiring opt-out link and re-subscribe link for a recipient
+    and scope, plus the List-Unsubscribe / List-Unsubscribe-Post header values
+    for e-mail (RFC 8058 one-click). The links open pages of the server's HTTP
+    edge (CONSENT_PUBLIC_URL); they carry an encrypted, HMAC-SHA256-signed token
+    that shows no address and needs no database lookup. Nothing is recorded
+    until the customer presses the page's button (GET never changes anything).
+    FAILED_PRECONDITION with ErrorInfo reason NOT_CONFIGURED when the server has
+    no public URL for links. Read-only and safe to retry.
+    """
 
 @_typing.type_check_only
 class ConsentServiceAsyncStub(ConsentServiceStub):
@@ -134,6 +144,16 @@ class ConsentServiceAsyncStub(ConsentServiceStub):
     GetMessageStatus: _aio.UnaryUnaryMultiCallable[_consent_pb2.GetMessageStatusRequest, _consent_pb2.GetMessageStatusResponse]  # type: ignore[assignment]
     """Reports the delivery status of a message accepted by SendIfAllowed.
     NOT_FOUND for unknown ids and for ids of another tenant.
+    """
+    CreateConsentLink: _aio.UnaryUnaryMultiCallable[_consent_pb2.CreateConsentLinkRequest, _consent_pb2.CreateConsentLinkResponse]  # type: ignore[assignment]
+    """Mints a signed, expiring opt-out link and re-subscribe link for a recipient
+    and scope, plus the List-Unsubscribe / List-Unsubscribe-Post header values
+    for e-mail (RFC 8058 one-click). The links open pages of the server's HTTP
+    edge (CONSENT_PUBLIC_URL); they carry an encrypted, HMAC-SHA256-signed token
+    that shows no address and needs no database lookup. Nothing is recorded
+    until the customer presses the page's button (GET never changes anything).
+    FAILED_PRECONDITION with ErrorInfo reason NOT_CONFIGURED when the server has
+    no public URL for links. Read-only and safe to retry.
     """
 
 class ConsentServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -229,6 +249,22 @@ class ConsentServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_consent_pb2.GetMessageStatusResponse, _abc.Awaitable[_consent_pb2.GetMessageStatusResponse]]:
         """Reports the delivery status of a message accepted by SendIfAllowed.
         NOT_FOUND for unknown ids and for ids of another tenant.
+        """
+
+    @_abc_1.abstractmethod
+    def CreateConsentLink(
+        self,
+        request: _consent_pb2.CreateConsentLinkRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_consent_pb2.CreateConsentLinkResponse, _abc.Awaitable[_consent_pb2.CreateConsentLinkResponse]]:
+        """Mints a signed, expiring opt-out link and re-subscribe link for a recipient
+        and scope, plus the List-Unsubscribe / List-Unsubscribe-Post header values
+        for e-mail (RFC 8058 one-click). The links open pages of the server's HTTP
+        edge (CONSENT_PUBLIC_URL); they carry an encrypted, HMAC-SHA256-signed token
+        that shows no address and needs no database lookup. Nothing is recorded
+        until the customer presses the page's button (GET never changes anything).
+        FAILED_PRECONDITION with ErrorInfo reason NOT_CONFIGURED when the server has
+        no public URL for links. Read-only and safe to retry.
         """
 
 def add_ConsentServiceServicer_to_server(servicer: ConsentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

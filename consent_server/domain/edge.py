@@ -1,0 +1,468 @@
+"""Use cases of the HTTP edge (SPEC §12): consent links and the WhatsApp webhook.
+
+Both record consent through ConsentAuthority.change, the same path as OptOut/OptIn,
+so validation, idempotency by event id and out-of-order handling are shared.
+Nothing here knows about HTTP; consent_server.http maps the outcomes to responses.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+from urllib.parse import quote
+
+from . import validation as val
+from .errors import ConsentError, InvalidArgument, NotConfigured, StoreUnavailable
+from .links import (
+    DEFAULT_TTL_S,
+    MAX_TTL_S,
+    SUBMIT_NONCE_RE,
+    LinkClaims,
+    LinkCodec,
+    LinkInvalid,
+    fill_resubscribe_url,
+    link_event_id,
+    new_token_id,
+)
+from .masking import mask_address, mask_text
+from .model import Action, Recipient, Source
+from .ports import ConsentStore
+from .service import ChangeResult, ConsentAuthority
+from .validation import RawRecipient, Violations
+from .whatsapp import (
+    InboundHandler,
+    InboundReply,
+    StatusHandler,
+    WebhookBatch,
+    parse_webhook,
+    verify_signature,
+)
+
+log = logging.getLogger("consent_server.edge")
+
+LINK_PRINCIPAL = "link"
+WEBHOOK_PRINCIPAL = "whatsapp-webhook"
+ONE_CLICK_BODY = "List-Unsubscribe=One-Click"
+MAX_VERIFY_TOKEN = 256
+MAX_APP_SECRET = 256
+_SECRETISH_RE = re.compile(r"^[\x21-\x7e]+$")
+
+Keyring = Callable[[], Awaitable[LinkCodec]]
+
+
+@dataclass(frozen=True, slots=True)
+class WhatsAppWebhookConfig:
+    """A tenant's WhatsApp webhook settings. ``app_secret`` is never returned or logged."""
+
+    verify_token: str
+    app_secret: str
+
+
+class EdgeStore(Protocol):
+    """Storage the edge needs beyond consent records (raises StoreUnavailable)."""
+
+    async def whatsapp_webhook(self, tenant_id: str) -> WhatsAppWebhookConfig | None:
+        """The tenant's webhook settings, or None when none are stored."""
+        ...
+
+    async def set_whatsapp_webhook(self, tenant_id: str, config: WhatsAppWebhookConfig) -> None:
+        """Store the tenant's webhook settings (replacing any)."""
+        ...
+
+    async def delete_whatsapp_webhook(self, tenant_id: str) -> bool:
+        """Remove the tenant's webhook settings; True when there were some."""
+        ...
+
+    async def link_secret(self) -> bytes:
+        """The deployment's link secret, generated and stored once when absent."""
+        ...
+
+
+def static_keyring(secrets_: tuple[bytes, ...]) -> Keyring:
+    """A keyring of configured secrets (CONSENT_LINK_SECRET)."""
+    codec = LinkCodec(secrets_)
+
+    async def keyring() -> LinkCodec:
+        return codec
+
+    return keyring
+
+
+def stored_keyring(store: EdgeStore) -> Keyring:
+    """A keyring whose one secret is generated once and kept in the store.
+
+    Read on first use (the server may start while Redis is down) and then cached;
+    StoreUnavailable until the store answers.
+    """
+    cached: list[LinkCodec] = []
+
+    async def keyring() -> LinkCodec:
+        if not cached:
+            cached.append(LinkCodec([await store.link_secret()]))
+        return cached[0]
+
+    return keyring
+
+
+# -- consent links -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LinkSet:
+    """Minted links for one recipient and scope, and the e-mail headers that carry them."""
+
+    recipient: Recipient
+    topic: str
+    opt_out_url: str
+    resubscribe_url: str
+    opt_out_token_id: str
+    resubscribe_token_id: str
+    issued_at_s: int
+    expires_at_s: int
+
+    @property
+    def list_unsubscribe(self) -> str:
+        """The RFC 2369 ``List-Unsubscribe`` header value (the opt-out URL)."""
+        return f"<{self.opt_out_url}>"
+
+    @property
+    def list_unsubscribe_post(self) -> str:
+        """The RFC 8058 ``List-Unsubscribe-Post`` header value."""
+        return ONE_CLICK_BODY
+
+
+def link_path(action: Action) -> str:
+    """``u`` for opt-out links, ``s`` for (re-)subscribe links."""
+    return "u" if action is Action.OPT_OUT else "s"
+
+
+class ConsentLinks:
+    """Mints signed links and records the change when a customer submits one."""
+
+    def __init__(
+        self,
+        authority: ConsentAuthority,
+        store: ConsentStore,
+        keyring: Keyring,
+        public_url: str | None,
+        *,
+        default_region: str | None = None,
+    ) -> None:
+        self._a = authority
+        self._store = store
+        self._keyring = keyring
+        self._base = public_url.rstrip("/") if public_url else None
+        self._default_region = default_region
+
+    def _url(self, action: Action, token: str) -> str:
+        assert self._base is not None
+        return f"{self._base}/{link_path(action)}/{quote(token, safe='')}"
+
+    async def _mint(
+        self,
+        codec: LinkCodec,
+        tenant_id: str,
+        rcpt: Recipient,
+        topic: str,
+        action: Action,
+        ttl: int,
+    ) -> tuple[str, LinkClaims]:
+        now = codec.now_s()
+        claims = LinkClaims(tenant_id, rcpt, topic, action, now, now + ttl, new_token_id())
+        return codec.mint(claims), claims
+
+    async def create(
+        self, tenant_id: str, recipient: RawRecipient | None, topic: str, ttl_s: int
+    ) -> LinkSet:
+        """CreateConsentLink: an opt-out and a re-subscribe link, valid ``ttl_s`` (0 = 90 d)."""
+        v = Violations()
+        tenant = val.tenant_id(v, tenant_id)
+        settings = await self._store.tenant_settings(tenant) if tenant else None
+        region = (settings.default_region if settings else None) or self._default_region
+        rcpt = val.recipient(v, recipient, region)
+        norm_topic = val.topic(v, topic)
+        if ttl_s < 0 or ttl_s > MAX_TTL_S:
+            v.add("ttl", f"must be between 0 and {MAX_TTL_S} seconds (0 = {DEFAULT_TTL_S})")
+        v.raise_if_any()
+        assert rcpt is not None
+        if self._base is None:
+            raise NotConfigured(
+                "consent links need CONSENT_PUBLIC_URL (or CONSENT_HTTP_LISTEN) on the server"
+            )
+        codec = await self._keyring()
+        ttl = ttl_s or DEFAULT_TTL_S
+        out_token, out = await self._mint(codec, tenant, rcpt, norm_topic, Action.OPT_OUT, ttl)
+        in_token, inn = await self._mint(codec, tenant, rcpt, norm_topic, Action.OPT_IN, ttl)
+        return LinkSet(
+            recipient=rcpt,
+            topic=norm_topic,
+            opt_out_url=self._url(Action.OPT_OUT, out_token),
+            resubscribe_url=self._url(Action.OPT_IN, in_token),
+            opt_out_token_id=out.token_id,
+            resubscribe_token_id=inn.token_id,
+            issued_at_s=out.issued_at_s,
+            expires_at_s=out.expires_at_s,
+        )
+
+    async def resubscribe_url(self, tenant_id: str, recipient: Recipient, topic: str) -> str:
+        """A fresh signed re-subscribe link for an already normalised recipient.
+
+        The confirmation rendering fills ``{resubscribe_url}`` with this (see
+        links.fill_resubscribe_url); "" when links are not configured, so a template
+        still renders.
+        """
+        if self._base is None:
+            return ""
+        codec = await self._keyring()
+        token, _ = await self._mint(
+            codec, tenant_id, recipient, topic, Action.OPT_IN, DEFAULT_TTL_S
+        )
+        return self._url(Action.OPT_IN, token)
+
+    async def render_confirmation(
+        self, template: str, tenant_id: str, recipient: Recipient, topic: str
+    ) -> str:
+        """``template`` with ``{resubscribe_url}`` filled by a fresh signed link.
+
+        For the inbound flow's confirmation rendering: call it on the tenant's
+        confirmation template after an opt-out (``recipient`` normalised, ``topic`` the
+        scope that was opted out of). A link is minted only when the placeholder is
+        there; it becomes "" when links are not configured.
+        """
+        if "{resubscribe_url}" not in template:
+            return template
+        return fill_resubscribe_url(
+            template, await self.resubscribe_url(tenant_id, recipient, topic)
+        )
+
+    async def open(self, token: str, action: Action) -> LinkClaims:
+        """The claims of a token presented on the ``action`` path (read-only).
+
+        Raises LinkInvalid / LinkExpired; an opt-out token on the re-subscribe path
+        (or the reverse) is invalid.
+        """
+        claims = (await self._keyring()).open(token)
+        if claims.action is not action:
+            raise LinkInvalid("this link is not valid here")
+        return claims
+
+    async def submit(
+        self, token: str, action: Action, submit_nonce: str = ""
+    ) -> tuple[LinkClaims, ChangeResult]:
+        """Record the change a link asks for (SOURCE_LINK, evidence = token id).
+
+        ``submit_nonce`` comes from the confirmation page's form (see
+        links.link_event_id); empty for RFC 8058 one-click. Returns the token's claims
+        and the change's outcome.
+        """
+        claims = await self.open(token, action)
+        if submit_nonce and not SUBMIT_NONCE_RE.match(submit_nonce):
+            raise InvalidArgument.single("nonce", "is not a nonce from the confirmation page")
+        result = await self._a.change(
+            claims.action,
+            tenant_id=claims.tenant_id,
+            recipient=RawRecipient(claims.recipient.channel, claims.recipient.address),
+            topic=claims.topic,
+            source=Source.LINK,
+            evidence=claims.token_id,
+            occurred_at=None,
+            event_id=link_event_id(claims.token_id, submit_nonce),
+            principal=LINK_PRINCIPAL,
+        )
+        return claims, result
+
+
+# -- WhatsApp webhook -------------------------------------------------------------------
+
+
+class WebhookError(Exception):
+    """A webhook request refused before anything was recorded; ``status`` is the HTTP code."""
+
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        super().__init__(message)
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookReport:
+    """What one notification did (for logs and tests)."""
+
+    replies: int
+    statuses: int
+    changes: int
+    ignored: int
+    failed: int
+
+
+def validate_webhook_config(verify_token: str, app_secret: str) -> WhatsAppWebhookConfig:
+    """Check admin input for SetWhatsAppWebhook; InvalidArgument names bad fields."""
+    v = Violations()
+    for name, value, limit in (
+        ("verify_token", verify_token, MAX_VERIFY_TOKEN),
+        ("app_secret", app_secret, MAX_APP_SECRET),
+    ):
+        if not value:
+            v.add(name, "is required")
+        elif len(value) > limit or not _SECRETISH_RE.match(value):
+            v.add(name, f"must be 1-{limit} printable ASCII characters without spaces")
+    v.raise_if_any()
+    return WhatsAppWebhookConfig(verify_token=verify_token, app_secret=app_secret)
+
+
+class WhatsAppEdge:
+    """Verifies and translates WhatsApp webhooks, then records or hands on each item."""
+
+    def __init__(
+        self,
+        authority: ConsentAuthority,
+        store: EdgeStore,
+        on_inbound: InboundHandler,
+        on_status: StatusHandler,
+    ) -> None:
+        self._a = authority
+        self._store = store
+        self._on_inbound = on_inbound
+        self._on_status = on_status
+
+    async def _config(self, tenant_id: str) -> WhatsAppWebhookConfig:
+        if not val.TENANT_RE.match(tenant_id):
+            raise WebhookError(404, "no WhatsApp webhook here")
+        config = await self._store.whatsapp_webhook(tenant_id)
+        if config is None:
+            raise WebhookError(404, "no WhatsApp webhook is configured for this tenant")
+        return config
+
+    async def handshake(self, tenant_id: str, mode: str, verify_token: str, challenge: str) -> str:
+        """The GET verification: the challenge to echo, or WebhookError 403."""
+        config = await self._config(tenant_id)
+        # Constant-time comparison: the verify token is a shared secret.
+        if mode != "subscribe" or not hmac.compare_digest(
+            verify_token.encode(), config.verify_token.encode()
+        ):
+            raise WebhookError(403, "verification failed: wrong hub.mode or hub.verify_token")
+        if not challenge or len(challenge) > 1024:
+            raise WebhookError(400, "hub.challenge is missing or too long")
+        return challenge
+
+    async def receive(self, tenant_id: str, body: bytes, signature: str | None) -> WebhookReport:
+        """A POSTed notification: verify, translate, record consent, hand on the rest.
+
+        WebhookError 404/401/400 before anything is recorded; StoreUnavailable when the
+        store is down (answer 503 so that WhatsApp redelivers: every item is idempotent).
+        Other per-item failures are logged and counted, never raised: a redelivery
+        would fail the same way.
+        """
+        config = await self._config(tenant_id)
+        if not verify_signature(config.app_secret, body, signature):
+            raise WebhookError(401, "missing or bad X-Hub-Signature-256")
+        try:
+            batch = parse_webhook(tenant_id, body)
+        except ValueError as exc:
+            raise WebhookError(400, str(exc)) from None
+        failed = await self._apply(tenant_id, batch)
+        report = WebhookReport(
+            len(batch.replies), len(batch.statuses), len(batch.changes), batch.ignored, failed
+        )
+        log.info(
+            "whatsapp webhook processed",
+            extra={
+                "tenant": tenant_id,
+                "replies": report.replies,
+                "statuses": report.statuses,
+                "changes": report.changes,
+                "ignored": report.ignored,
+                "failed": report.failed,
+            },
+        )
+        return report
+
+    async def _apply(self, tenant_id: str, batch: WebhookBatch) -> int:
+        failed = 0
+        for change in batch.changes:
+            try:
+                await self._a.change(
+                    change.action,
+                    tenant_id=tenant_id,
+                    recipient=RawRecipient(change.recipient.channel, change.recipient.address),
+                    topic=change.topic,
+                    source=Source.PROVIDER,
+                    evidence=change.evidence,
+                    occurred_at=(
+                        val.RawTimestamp(change.occurred_at_ms // 1000, 0)
+                        if change.occurred_at_ms is not None
+                        else None
+                    ),
+                    event_id=change.event_id,
+                    principal=WEBHOOK_PRINCIPAL,
+                )
+            except StoreUnavailable:
+                raise
+            except ConsentError as exc:
+                failed += 1
+                log.warning(
+                    "whatsapp consent change refused",
+                    extra={
+                        "tenant": tenant_id,
+                        "recipient": mask_address(change.recipient.address),
+                        "event_id": change.event_id,
+                        "error": f"{type(exc).__name__}: {mask_text(str(exc))}",
+                    },
+                )
+        for reply in batch.replies:
+            failed += await self._hand_on(self._on_inbound, reply, "inbound", reply.recipient)
+        for receipt in batch.statuses:
+            failed += await self._hand_on(self._on_status, receipt, "status", receipt.recipient)
+        return failed
+
+    @staticmethod
+    async def _hand_on(
+        handler: Callable[[Any], Awaitable[None]],
+        item: object,
+        kind: str,
+        recipient: Recipient | None,
+    ) -> int:
+        try:
+            await handler(item)
+        except StoreUnavailable:
+            raise
+        except Exception as exc:
+            # Logged, not surfaced: WhatsApp must get its 200, and a redelivery
+            # would be refused the same way.
+            log.warning(
+                f"whatsapp {kind} not handled",
+                extra={
+                    "recipient": mask_address(recipient.address) if recipient else "",
+                    "error": f"{type(exc).__name__}: {mask_text(str(exc))}",
+                },
+            )
+            return 1
+        return 0
+
+
+def inbound_use_case(authority: ConsentAuthority) -> InboundHandler:
+    """The InboundHandler that runs HandleInboundMessage's use case for a webhook reply.
+
+    The same code path as the gRPC RPC (validation, keyword matching, the one
+    confirmation), with the webhook as the recorded principal; the wamid is the
+    event id, so WhatsApp's redeliveries change nothing.
+    """
+
+    async def handle(reply: InboundReply) -> None:
+        ms = reply.received_at_ms
+        await authority.inbound(
+            tenant_id=reply.tenant_id,
+            recipient=RawRecipient(reply.recipient.channel, reply.recipient.address),
+            text=reply.text,
+            button_payload=reply.button_payload,
+            provider_message_id=reply.provider_message_id,
+            received_at=val.RawTimestamp(ms // 1000, (ms % 1000) * 1_000_000)
+            if ms is not None
+            else None,
+            principal=WEBHOOK_PRINCIPAL,
+        )
+
+    return handle

@@ -1,0 +1,309 @@
+"""The HTTP edge on aiohttp, in the gRPC server's process and event loop.
+
+Routes:
+    GET  /whatsapp/<tenant_id>   WhatsApp verification handshake (echo hub.challenge)
+    POST /whatsapp/<tenant_id>   WhatsApp notifications (X-Hub-Signature-256 checked)
+    GET  /u/<token>, /s/<token>  confirmation page (never changes anything)
+    POST /u/<token>, /s/<token>  record the opt-out / opt-in; on /u also RFC 8058
+                                 one-click (body ``List-Unsubscribe=One-Click``)
+    GET  /healthz                 200 "ok" while the process serves HTTP
+
+Status codes for WhatsApp: 200 once a well-formed, authentic notification was
+processed (items we could not use are logged, not refused: a redelivery would fail
+the same way); 400 malformed JSON; 401 bad or missing signature; 404 no webhook for
+that tenant; 413 body over 1 MiB; 503 the consent store is unreachable, so that
+WhatsApp redelivers (every item is idempotent).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import socket
+import uuid
+from collections.abc import Awaitable, Callable
+from urllib.parse import parse_qs
+
+from aiohttp import web
+
+from consent_server.domain.edge import (
+    ConsentLinks,
+    WebhookError,
+    WhatsAppEdge,
+)
+from consent_server.domain.errors import InvalidArgument, StoreUnavailable
+from consent_server.domain.links import LinkError, LinkExpired
+from consent_server.domain.model import Action
+
+from . import pages
+
+log = logging.getLogger("consent_server.http")
+
+MAX_BODY_BYTES = 1024 * 1024
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_LINKS = web.AppKey("links", ConsentLinks)
+_WHATSAPP = web.AppKey("whatsapp", WhatsAppEdge)
+
+
+def _html(status: int, body: str) -> web.Response:
+    return web.Response(
+        status=status,
+        text=body,
+        content_type="text/html",
+        charset="utf-8",
+        headers=pages.SECURITY_HEADERS,
+    )
+
+
+def _text(status: int, body: str) -> web.Response:
+    return web.Response(status=status, text=body, content_type="text/plain", charset="utf-8")
+
+
+async def _read_body(request: web.Request) -> bytes:
+    """The raw body, refused with 413 as soon as it passes MAX_BODY_BYTES.
+
+    Content-Length is checked first; a chunked body is counted while it streams in,
+    so an oversized upload is never buffered whole.
+    """
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        raise web.HTTPRequestEntityTooLarge(
+            max_size=MAX_BODY_BYTES, actual_size=request.content_length
+        )
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY_BYTES, actual_size=size)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+# -- WhatsApp ---------------------------------------------------------------------------
+
+
+async def whatsapp_verify(request: web.Request) -> web.Response:
+    """GET /whatsapp/<tenant_id>: Meta's subscription handshake."""
+    edge = request.app[_WHATSAPP]
+    q = request.query
+    try:
+        challenge = await edge.handshake(
+            request.match_info["tenant_id"],
+            q.get("hub.mode", ""),
+            q.get("hub.verify_token", ""),
+            q.get("hub.challenge", ""),
+        )
+    except WebhookError as exc:
+        return _text(exc.status, str(exc))
+    except StoreUnavailable:
+        return _text(503, "consent store unavailable; retry later")
+    log.info("whatsapp webhook verified", extra={"tenant": request.match_info["tenant_id"]})
+    return _text(200, challenge)
+
+
+async def whatsapp_notify(request: web.Request) -> web.Response:
+    """POST /whatsapp/<tenant_id>: a notification; see the module docstring for codes."""
+    edge = request.app[_WHATSAPP]
+    tenant = request.match_info["tenant_id"]
+    try:
+        body = await _read_body(request)
+        await edge.receive(tenant, body, request.headers.get("X-Hub-Signature-256"))
+    except web.HTTPRequestEntityTooLarge:
+        log.warning("whatsapp webhook body too large", extra={"tenant": tenant})
+        return _text(413, f"body larger than {MAX_BODY_BYTES} bytes")
+    except WebhookError as exc:
+        log.warning(
+            "whatsapp webhook refused",
+            extra={"tenant": tenant, "status": exc.status, "why": str(exc)},
+        )
+        return _text(exc.status, str(exc))
+    except StoreUnavailable:
+        log.error(
+            "whatsapp webhook: consent store unreachable, answering 503", extra={"tenant": tenant}
+        )
+        return _text(503, "consent store unavailable; redeliver later")
+    return _text(200, "OK")
+
+
+# -- consent links ----------------------------------------------------------------------
+
+
+def _form(body: bytes) -> dict[str, str]:
+    try:
+        pairs = parse_qs(body.decode("utf-8"), max_num_fields=8, strict_parsing=False)
+    except (UnicodeDecodeError, ValueError):
+        return {}
+    return {k: v[0] for k, v in pairs.items()}
+
+
+def _link_action(request: web.Request) -> Action:
+    return Action.OPT_OUT if request.match_info["kind"] == "u" else Action.OPT_IN
+
+
+def _link_error(exc: Exception) -> web.Response:
+    if isinstance(exc, LinkExpired):
+        return _html(
+            400,
+            pages.error_page(
+                "This link has expired",
+                "Links in our messages expire after a while. Use the link in a more recent "
+                "message, or reply to one of our messages to change your preferences.",
+            ),
+        )
+    if isinstance(exc, LinkError | InvalidArgument):
+        return _html(
+            400,
+            pages.error_page(
+                "This link is not valid",
+                "It may have been cut short or altered. Copy the whole link from the message "
+                "and try again.",
+            ),
+        )
+    if isinstance(exc, StoreUnavailable):
+        return _html(
+            503,
+            pages.error_page(
+                "Please try again shortly",
+                "We could not record your choice just now. Nothing has changed yet.",
+            ),
+        )
+    raise exc
+
+
+async def link_page(request: web.Request) -> web.Response:
+    """GET /u|s/<token>: the confirmation page. Changes nothing (scanners prefetch links)."""
+    links = request.app[_LINKS]
+    try:
+        claims = await links.open(request.match_info["token"], _link_action(request))
+    except (LinkError, StoreUnavailable) as exc:
+        return _link_error(exc)
+    return _html(200, pages.confirm_page(claims, secrets.token_hex(16)))
+
+
+async def link_submit(request: web.Request) -> web.Response:
+    """POST /u|s/<token>: record the change; RFC 8058 one-click on /u answers no page."""
+    links = request.app[_LINKS]
+    action = _link_action(request)
+    token = request.match_info["token"]
+    try:
+        body = await _read_body(request)
+    except web.HTTPRequestEntityTooLarge:
+        return _text(413, "request too large")
+    form = _form(body)
+    one_click = form.get("List-Unsubscribe") == "One-Click" or (
+        # RFC 8058 allows multipart/form-data too; its one field is all we need.
+        request.content_type == "multipart/form-data"
+        and b'name="List-Unsubscribe"' in body
+        and b"One-Click" in body
+    )
+    try:
+        if one_click:
+            if action is not Action.OPT_OUT:
+                raise InvalidArgument.single("List-Unsubscribe", "one-click only unsubscribes")
+            await links.submit(token, action)
+            log.info("one-click unsubscribe recorded")
+            return _text(200, "unsubscribed")
+        nonce = form.get("nonce", "")
+        if not nonce:
+            raise InvalidArgument.single("nonce", "the confirmation form was not submitted")
+        claims, result = await links.submit(token, action, nonce)
+    except (LinkError, StoreUnavailable, InvalidArgument) as exc:
+        if one_click:
+            status = 503 if isinstance(exc, StoreUnavailable) else 400
+            return _text(status, "link not valid" if status == 400 else "try again later")
+        return _link_error(exc)
+    log.info(
+        "consent link recorded",
+        extra={
+            "action": action.name,
+            "changed": result.outcome.changed,
+            "token_id": claims.token_id,
+        },
+    )
+    return _html(200, pages.done_page(claims, result.outcome.changed))
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Liveness of the HTTP listener (consent store health is on gRPC health)."""
+    return _text(200, "ok")
+
+
+@web.middleware
+async def _unexpected_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A bug answers 500 with an incident id; the log names the route, never the URL
+    (link URLs carry tokens)."""
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except Exception as exc:
+        incident = uuid.uuid4().hex[:12]
+        route = request.match_info.route.resource
+        log.error(
+            "unexpected error in the HTTP edge",
+            exc_info=exc,
+            extra={"incident": incident, "route": route.canonical if route else "?"},
+        )
+        if request.path.startswith("/whatsapp/"):
+            return _text(500, f"internal error (incident {incident})")
+        return _html(
+            500,
+            pages.error_page(
+                "Something went wrong",
+                f"Nothing has changed. Please try again later (incident {incident}).",
+            ),
+        )
+
+
+def build_app(links: ConsentLinks, whatsapp: WhatsAppEdge) -> web.Application:
+    """The aiohttp application with every edge route."""
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_unexpected_errors])
+    app[_LINKS] = links
+    app[_WHATSAPP] = whatsapp
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/whatsapp/{tenant_id}", whatsapp_verify)
+    app.router.add_post("/whatsapp/{tenant_id}", whatsapp_notify)
+    app.router.add_get(r"/{kind:[us]}/{token}", link_page)
+    app.router.add_post(r"/{kind:[us]}/{token}", link_submit)
+    return app
+
+
+class HttpEdge:
+    """The edge's listening socket, bound early so that its URL is known, then served.
+
+    Binding happens in the constructor (OSError when the address is unusable), so
+    start-up can build the link URLs from the real port before serving anything.
+    """
+
+    def __init__(self, listen: str) -> None:
+        host, _, port = listen.rpartition(":")
+        host = host.strip("[]")
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self._sock.bind((host, int(port)))
+            self._sock.listen(128)
+            self._sock.setblocking(False)
+        except OSError:
+            self._sock.close()
+            raise
+        self.port = int(self._sock.getsockname()[1])
+        url_host = f"[{host}]" if ":" in host else host
+        self.local_url = f"http://{url_host}:{self.port}"
+        self._runner: web.AppRunner | None = None
+
+    async def start(self, app: web.Application, shutdown_timeout_s: float) -> None:
+        """Serve ``app`` on the bound socket."""
+        # access_log off: link URLs carry bearer tokens that must not land in logs.
+        self._runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, shutdown_timeout=shutdown_timeout_s
+        )
+        await self._runner.setup()
+        await web.SockSite(self._runner, self._sock).start()
+
+    async def stop(self) -> None:
+        """Stop accepting, let in-flight requests finish (up to the timeout), close."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+        self._sock.close()

@@ -1,0 +1,64 @@
+"""Builds the HTTP edge from settings: link keyring, use cases, default handlers."""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+
+from consent_server.config import Settings
+from consent_server.domain.edge import (
+    ConsentLinks,
+    EdgeStore,
+    Keyring,
+    WhatsAppEdge,
+    inbound_use_case,
+    static_keyring,
+    stored_keyring,
+)
+from consent_server.domain.masking import mask_address
+from consent_server.domain.service import ConsentAuthority
+from consent_server.domain.whatsapp import InboundHandler, StatusHandler, StatusReceipt
+
+from .server import build_app
+
+log = logging.getLogger("consent_server.http")
+
+
+def keyring_for(settings: Settings, edge_store: EdgeStore) -> Keyring:
+    """CONSENT_LINK_SECRET when set, else the secret generated once in Redis."""
+    if settings.link_secrets:
+        return static_keyring(settings.link_secrets)
+    return stored_keyring(edge_store)
+
+
+async def log_status(receipt: StatusReceipt) -> None:
+    """The default StatusHandler: log the receipt (the delivery worker replaces it)."""
+    log.debug(
+        "whatsapp status receipt",
+        extra={
+            "tenant": receipt.tenant_id,
+            "provider_message_id": receipt.provider_message_id,
+            "status": receipt.status,
+            "recipient": mask_address(receipt.recipient.address) if receipt.recipient else "",
+            "errors": ",".join(str(c) for c in receipt.error_codes),
+        },
+    )
+
+
+def edge_app(
+    authority: ConsentAuthority,
+    links: ConsentLinks,
+    edge_store: EdgeStore,
+    *,
+    on_inbound: InboundHandler | None = None,
+    on_status: StatusHandler | None = None,
+) -> web.Application:
+    """The edge application; inbound replies default to HandleInboundMessage's use case."""
+    whatsapp = WhatsAppEdge(
+        authority,
+        edge_store,
+        on_inbound if on_inbound is not None else inbound_use_case(authority),
+        on_status if on_status is not None else log_status,
+    )
+    return build_app(links, whatsapp)

@@ -1,0 +1,48 @@
+"""The edge's aiohttp app in process (over a real socket): what a bug looks like."""
+
+from __future__ import annotations
+
+import logging
+
+import fakeredis
+import httpx
+import pytest
+from aiohttp.test_utils import TestServer
+
+from consent_server.domain.edge import ConsentLinks, WhatsAppEdge
+from consent_server.domain.links import LinkCodec
+from consent_server.domain.service import ConsentAuthority
+from consent_server.http.server import build_app
+from consent_server.http.wiring import log_status
+from consent_server.store.edge import RedisEdgeStore
+from consent_server.store.repository import RedisConsentStore
+
+
+async def test_a_bug_answers_500_with_an_incident_and_logs_no_token(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = RedisConsentStore(fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer()))
+    authority = ConsentAuthority(store)
+
+    async def broken_keyring() -> LinkCodec:
+        raise RuntimeError("bug")
+
+    async def inbound(reply: object) -> None:
+        return None
+
+    links = ConsentLinks(authority, store, broken_keyring, "https://c.example")
+    edge = WhatsAppEdge(authority, RedisEdgeStore(store), inbound, log_status)
+    server = TestServer(build_app(links, edge))
+    await server.start_server()
+    token = "gAAAAA" + "b" * 100
+    try:
+        with caplog.at_level(logging.ERROR):
+            async with httpx.AsyncClient(base_url=str(server.make_url(""))) as http:
+                resp = await http.get(f"/u/{token}")
+        assert resp.status_code == 500 and "incident" in resp.text
+        assert resp.headers["cache-control"] == "no-store"
+        assert any("unexpected error" in r.message for r in caplog.records)
+        assert token not in caplog.text
+    finally:
+        await server.close()
+        await store.aclose()
