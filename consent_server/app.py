@@ -26,6 +26,12 @@ SERVICE_NAME = consent_pb2.DESCRIPTOR.services_by_name["ConsentService"].full_na
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+# Shared with bench/empty_server.py, whose ceiling is only fair with the same options.
+SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.so_reuseport", 0),
+)
 
 
 async def _set_health(servicer: health_aio.HealthServicer, status: int) -> None:
@@ -76,13 +82,7 @@ async def serve(settings: Settings) -> int:
     )
     authority = ConsentAuthority(store, default_region=settings.default_region)
 
-    server = grpc.aio.server(
-        options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.so_reuseport", 0),
-        ]
-    )
+    server = grpc.aio.server(options=SERVER_OPTIONS)
     consent_pb2_grpc.add_ConsentServiceServicer_to_server(ConsentServicer(authority), server)
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -1,0 +1,145 @@
+"""The scenarios: each a function ``(BenchContext) -> list[Row]``, listed in SCENARIOS.
+
+A scenario measures one thing with ``ctx.load`` (the same generator for every
+row, at the same concurrency and duration) and returns rows for the table. Rows
+are referred to by ``key`` from ``bench.aims``. To add one, write a function here
+or elsewhere and append it to SCENARIOS; it may start its own processes with
+``bench.procs`` (stop them before returning).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+
+import redis
+
+from bench import redis_raw, workload
+from bench.context import BenchContext
+from bench.model import Row
+
+Scenario = Callable[[BenchContext], list[Row]]
+
+
+def empty_handler(ctx: BenchContext) -> list[Row]:
+    """The ceiling: CheckConsent's request bytes to a handler that returns at once."""
+    request = workload.check_request()
+    size = workload.probe(ctx.empty.target, workload.CHECK, request)
+    r = ctx.load.run(
+        ctx.empty.target,
+        workload.CHECK,
+        request.SerializeToString(),
+        duration_s=ctx.options.duration_s,
+        options=ctx.options,
+        response_size=size,
+    )
+    return [
+        Row(
+            "empty",
+            "empty grpc.aio handler (ceiling)",
+            r.rps,
+            "req/s",
+            r.p50_ms,
+            r.p99_ms,
+            r.failed,
+        )
+    ]
+
+
+def check_consent(ctx: BenchContext) -> list[Row]:
+    """CheckConsent on the real server: validate, normalise, one HMGET, decide, answer."""
+    request = workload.check_request()
+    size = workload.probe(ctx.consent.target, workload.CHECK, request)
+    r = ctx.load.run(
+        ctx.consent.target,
+        workload.CHECK,
+        request.SerializeToString(),
+        duration_s=ctx.options.duration_s,
+        options=ctx.options,
+        response_size=size,
+    )
+    return [Row("check", "CheckConsent", r.rps, "req/s", r.p50_ms, r.p99_ms, r.failed)]
+
+
+def _outbox_length(client: redis.Redis) -> int:
+    return sum(int(client.xlen(key)) for key in client.scan_iter(match="ca:*:outbox", count=1000))
+
+
+def send_if_allowed(ctx: BenchContext) -> list[Row]:
+    """SendIfAllowed on the real server: decide and append to the outbox in one Lua script.
+
+    Replies differ in size (ids, timestamps), so where the generator cannot see gRPC
+    statuses, successes are counted where they land: one outbox entry per accepted send.
+    """
+    request = workload.send_request()
+    workload.probe(ctx.consent.target, workload.SEND, request)
+    client = ctx.redis.client()
+    before: list[int] = []
+    try:
+        r = ctx.load.run(
+            ctx.consent.target,
+            workload.SEND,
+            request.SerializeToString(),
+            duration_s=ctx.options.duration_s,
+            options=ctx.options,
+            on_measure_start=lambda: before.append(_outbox_length(client)),
+        )
+        appended = _outbox_length(client) - before[0] if before else None
+    finally:
+        client.close()
+    if not ctx.load.sees_grpc_status and appended is not None:
+        # Calls still in flight when h2load stops may land without being counted as done.
+        answered = r.ok + r.failed
+        r = replace(r, ok=min(appended, answered), failed=max(0, answered - appended))
+    return [Row("send", "SendIfAllowed (accepted)", r.rps, "req/s", r.p50_ms, r.p99_ms, r.failed)]
+
+
+def batch_check(ctx: BenchContext) -> list[Row]:
+    """BatchCheckConsent of ``batch_size`` recipients, beside the raw pipelined read."""
+    size_n = ctx.options.batch_size
+    in_flight = ctx.options.batch_in_flight
+    request = workload.batch_request(size_n)
+    size = workload.probe(ctx.consent.target, workload.BATCH, request)
+    r = ctx.load.run(
+        ctx.consent.target,
+        workload.BATCH,
+        request.SerializeToString(),
+        duration_s=ctx.options.duration_s,
+        options=replace(ctx.options, connections=in_flight, streams=1),
+        response_size=size,
+    )
+    raw = redis_raw.pipelined_reads(
+        ctx.redis.url,
+        workload.TENANT,
+        workload.batch_addresses(size_n),
+        workload.TOPIC,
+        concurrency=in_flight,
+        warmup_s=ctx.options.warmup_s,
+        duration_s=ctx.options.duration_s,
+    )
+    per_batch = f"p50/p99 per batch of {size_n}"
+    return [
+        Row(
+            "batch",
+            f"BatchCheckConsent x{size_n}",
+            r.rps * size_n,
+            "decisions/s",
+            r.p50_ms,
+            r.p99_ms,
+            r.failed,
+            per_batch,
+        ),
+        Row(
+            "raw_hmget",
+            f"raw pipelined HMGET x{size_n} (redis-py)",
+            raw.rps * size_n,
+            "keys/s",
+            raw.p50_ms,
+            raw.p99_ms,
+            raw.failed,
+            per_batch,
+        ),
+    ]
+
+
+SCENARIOS: list[Scenario] = [empty_handler, check_consent, send_if_allowed, batch_check]
