@@ -204,7 +204,7 @@ class PythonLoad:
                         "--request-file",
                         str(body),
                         "--duration",
-                        f"{max(1, round(duration_s * 1000))}ms",
+                        f"{duration_s:g}",
                         "--warmup",
                         f"{options.warmup_s:g}",
                         "--connections",
@@ -218,6 +218,9 @@ class PythonLoad:
                 for _ in range(self.processes)
             ]
             outputs = [p.communicate(timeout=duration_s + options.warmup_s + 60)[0] for p in procs]
+        for proc in procs:
+            if proc.returncode != 0:
+                raise RuntimeError(f"bench.pyload failed with exit code {proc.returncode}")
         results = [json.loads(out) for out in outputs]
         latencies = sorted(lat for r in results for lat in r["latencies_ms"])
         return LoadResult(
