@@ -41,10 +41,12 @@ def tag(part: int) -> str:
 
 def recipient_base(tenant_id: str, recipient: Recipient) -> str:
     """The common prefix of a recipient's keys."""
-    return (
-        f"ca:{tag(partition(tenant_id, recipient))}:{tenant_id}:"
-        f"{recipient.channel.value}:{recipient.address}"
-    )
+    return partition_base(partition(tenant_id, recipient), tenant_id, recipient)
+
+
+def partition_base(part: int, tenant_id: str, recipient: Recipient) -> str:
+    """recipient_base when the caller already knows the recipient's partition."""
+    return f"ca:{tag(part)}:{tenant_id}:{recipient.channel.value}:{recipient.address}"
 
 
 def state(base: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import time
@@ -69,6 +70,7 @@ class RedisConsentStore:
         self._r: Any = client
         self._record = client.register_script(_load_script("record_event.lua"))
         self._send = client.register_script(_load_script("send.lua"))
+        self._read_states = client.register_script(_load_script("read_states.lua"))
         self._settings_cache: dict[str, tuple[float, TenantSettings]] = {}
         self._settings_cache_s = settings_cache_s
 
@@ -143,17 +145,34 @@ class RedisConsentStore:
     async def read_records(
         self, tenant_id: str, recipients: Sequence[Recipient], topic: str
     ) -> list[RecordPair]:
-        """One HMGET per recipient, all in one pipeline (one round trip per node)."""
+        """One HMGET for one recipient; for more, one read_states.lua call per partition.
+
+        Partitions are read concurrently, so a batch of any size costs at most
+        PARTITIONS round trips, each script touching keys of one hash tag (one slot).
+        """
         fields = ["s:*", keys.scope_field(topic)] if topic else ["s:*"]
 
         async def read() -> list[Any]:
             if len(recipients) == 1:
                 base = keys.recipient_base(tenant_id, recipients[0])
                 return [await self._r.hmget(keys.state(base), fields)]
-            pipe = self._r.pipeline(transaction=False)
-            for rcpt in recipients:
-                pipe.hmget(keys.state(keys.recipient_base(tenant_id, rcpt)), fields)
-            rows: list[Any] = await pipe.execute()
+            # partition -> (positions in the request, state keys)
+            groups: dict[int, tuple[list[int], list[str]]] = {}
+            for i, rcpt in enumerate(recipients):
+                part = keys.partition(tenant_id, rcpt)
+                positions, state_keys = groups.setdefault(part, ([], []))
+                positions.append(i)
+                state_keys.append(keys.state(keys.partition_base(part, tenant_id, rcpt)))
+            replies = await asyncio.gather(
+                *(
+                    self._read_states(keys=state_keys, args=fields)
+                    for _, state_keys in groups.values()
+                )
+            )
+            rows: list[Any] = [None] * len(recipients)
+            for (positions, _), reply in zip(groups.values(), replies, strict=True):
+                for i, row in zip(positions, reply, strict=True):
+                    rows[i] = row
             return rows
 
         rows = await self._call(read)
