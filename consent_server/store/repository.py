@@ -32,6 +32,7 @@ from consent_server.domain.model import (
 from consent_server.domain.ports import RecordPair
 
 from . import keys
+from .coalesce import HmgetCoalescer
 from .records import encode_body, parse_history_entry, parse_outcome, parse_record
 
 T = TypeVar("T")
@@ -56,6 +57,19 @@ def _load_script(name: str) -> str:
     return (resources.files("consent_server.store") / "lua" / name).read_text()
 
 
+def _unavailable(exc: BaseException) -> StoreUnavailable:
+    return StoreUnavailable(f"consent store unreachable: {type(exc).__name__}")
+
+
+def _unavailable_or_none(exc: Exception) -> Exception | None:
+    """StoreUnavailable for a store outage (a fresh one per caller), else None."""
+    if not isinstance(exc, _UNAVAILABLE):
+        return None
+    wrapped = _unavailable(exc)
+    wrapped.__cause__ = exc
+    return wrapped
+
+
 def _s(value: bytes | str | None) -> str:
     if value is None:
         return ""
@@ -71,6 +85,7 @@ class RedisConsentStore:
         self._record = client.register_script(_load_script("record_event.lua"))
         self._send = client.register_script(_load_script("send.lua"))
         self._read_states = client.register_script(_load_script("read_states.lua"))
+        self._hmget = HmgetCoalescer(client, _unavailable_or_none)
         self._settings_cache: dict[str, tuple[float, TenantSettings]] = {}
         self._settings_cache_s = settings_cache_s
 
@@ -84,7 +99,7 @@ class RedisConsentStore:
         try:
             return await fn()
         except _UNAVAILABLE as exc:
-            raise StoreUnavailable(f"consent store unreachable: {type(exc).__name__}") from exc
+            raise _unavailable(exc) from exc
 
     async def ping(self) -> None:
         """Raise StoreUnavailable unless Redis answers."""
@@ -145,7 +160,8 @@ class RedisConsentStore:
     async def read_records(
         self, tenant_id: str, recipients: Sequence[Recipient], topic: str
     ) -> list[RecordPair]:
-        """One HMGET for one recipient; for more, one read_states.lua call per partition.
+        """One (coalesced) HMGET for one recipient; for more, one read_states.lua call per
+        partition.
 
         Partitions are read concurrently, so a batch of any size costs at most
         PARTITIONS round trips, each script touching keys of one hash tag (one slot).
@@ -155,7 +171,7 @@ class RedisConsentStore:
         async def read() -> list[Any]:
             if len(recipients) == 1:
                 base = keys.recipient_base(tenant_id, recipients[0])
-                return [await self._r.hmget(keys.state(base), fields)]
+                return [await self._hmget.hmget(keys.state(base), fields)]
             # partition -> (positions in the request, state keys)
             groups: dict[int, tuple[list[int], list[str]]] = {}
             for i, rcpt in enumerate(recipients):
