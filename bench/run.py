@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from bench import aims, environment, load, procs, report, workload
@@ -23,9 +25,11 @@ def parse_args(argv: Sequence[str] | None) -> tuple[BenchOptions, int]:
         description="Load-test the consent server and print each figure beside a baseline "
         "measured in the same run (servers and redis-server are started on free ports).",
     )
-    p.add_argument("--duration", type=float, default=10.0, help="seconds measured per row")
-    p.add_argument("--warmup", type=float, default=2.0, help="seconds of load before each row")
-    p.add_argument("--rounds", type=int, default=2, help="repeat all scenarios; best round wins")
+    p.add_argument("--duration", type=float, default=4.0, help="seconds measured per row per round")
+    p.add_argument("--warmup", type=float, default=1.0, help="seconds of load before each row")
+    p.add_argument(
+        "--rounds", type=int, default=5, help="repeat all scenarios, interleaved; rates averaged"
+    )
     p.add_argument("--connections", type=int, default=4, help="HTTP/2 connections")
     p.add_argument("--streams", type=int, default=16, help="concurrent streams per connection")
     p.add_argument("--batch-size", type=int, default=1000, help="recipients per BatchCheck")
@@ -65,14 +69,30 @@ def parse_args(argv: Sequence[str] | None) -> tuple[BenchOptions, int]:
     return options, a.rounds
 
 
-def best_of(rounds: Sequence[Sequence[Row]]) -> list[Row]:
-    """Per row key, the round with the highest rate (noise on a shared machine only slows)."""
-    best: dict[str, Row] = {}
+def combine(rounds: Sequence[Sequence[Row]]) -> list[Row]:
+    """One row per key over all rounds: mean rate, median p50, worst p99, all failures.
+
+    Rounds run every scenario in turn, so a baseline and its figure share the machine's
+    ups and downs; averaging (rather than keeping each row's best round) keeps that.
+    """
+    by_key: dict[str, list[Row]] = {}
     for rows in rounds:
         for row in rows:
-            if row.key not in best or row.rate > best[row.key].rate:
-                best[row.key] = row
-    return list(best.values())
+            by_key.setdefault(row.key, []).append(row)
+    out = []
+    for rows in by_key.values():
+        p50s = [r.p50_ms for r in rows if r.p50_ms is not None]
+        p99s = [r.p99_ms for r in rows if r.p99_ms is not None]
+        out.append(
+            replace(
+                rows[0],
+                rate=statistics.fmean(r.rate for r in rows),
+                p50_ms=statistics.median(p50s) if p50s else None,
+                p99_ms=max(p99s) if p99s else None,
+                failed=sum(r.failed for r in rows),
+            )
+        )
+    return out
 
 
 def run_scenarios(ctx: BenchContext, scenarios: Sequence[Scenario], rounds: int) -> list[Row]:
@@ -90,7 +110,7 @@ def run_scenarios(ctx: BenchContext, scenarios: Sequence[Scenario], rounds: int)
                 flush=True,
             )
         results.append(rows)
-    return best_of(results)
+    return combine(results)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -125,7 +145,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"load: {options.connections} connections x {options.streams} streams = "
         f"{options.concurrency} in flight ({options.batch_in_flight} for batches); "
         f"{options.duration_s:g} s measured after "
-        f"{options.warmup_s:g} s warm-up; best of {rounds} round(s)"
+        f"{options.warmup_s:g} s warm-up, x {rounds} interleaved round(s): mean rate, "
+        "median p50, worst p99"
     )
     print("\n".join(header))
     print()

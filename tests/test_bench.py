@@ -13,7 +13,7 @@ import pytest
 
 from bench import aims, report
 from bench.model import Row
-from bench.run import best_of, main
+from bench.run import combine, main
 
 pytestmark = [
     pytest.mark.slow,
@@ -61,15 +61,16 @@ def test_send_and_batch_with_python_generator(capsys: pytest.CaptureFixture[str]
         assert cells[5] == "0"
 
 
-def test_best_of_and_aims_pick_by_rate() -> None:
-    slow, fast = (
-        Row("check", "CheckConsent", 10, "req/s"),
-        Row("check", "CheckConsent", 20, "req/s"),
-    )
+def test_rounds_combine_into_mean_rate_and_aims() -> None:
+    first = Row("check", "CheckConsent", 10, "req/s", 1.0, 5.0, 1)
+    second = Row("check", "CheckConsent", 20, "req/s", 3.0, 9.0, 0)
     ceiling = Row("empty", "empty", 25, "req/s")
-    rows = best_of([[slow, ceiling], [fast]])
-    assert rows == [fast, ceiling]
-    [check, batch] = aims.evaluate(aims.AIMS, rows)
-    assert check.ratio == pytest.approx(0.8) and check.met is True
+    rows = combine([[first, ceiling], [second]])
+    assert [r.key for r in rows] == ["check", "empty"]
+    check = rows[0]
+    assert (check.rate, check.p50_ms, check.p99_ms, check.failed) == (15, 2.0, 9.0, 1)
+    [aim, batch] = aims.evaluate(aims.AIMS, rows)
+    assert aim.ratio == pytest.approx(0.6) and aim.met is False
     assert batch.ratio is None and batch.met is None
-    assert "0.80x (aim >= 0.7x) MET" in report.aims([check])
+    text = report.aims([aim])
+    assert "0.60x (aim >= 0.7x) NOT MET" in text and "CheckConsent: 1 failed" in text
