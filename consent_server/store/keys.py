@@ -34,9 +34,12 @@ def partition(tenant_id: str, recipient: Recipient) -> int:
     return zlib.crc32(key) % PARTITIONS
 
 
+_TAGS = tuple(f"{{cp{part:02d}}}" for part in range(PARTITIONS))
+
+
 def tag(part: int) -> str:
     """The hash tag of a partition."""
-    return f"{{cp{part:02d}}}"
+    return _TAGS[part]
 
 
 def recipient_base(tenant_id: str, recipient: Recipient) -> str:
