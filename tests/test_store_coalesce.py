@@ -1,4 +1,8 @@
-"""HmgetCoalescer: concurrent HMGETs become one pipeline, each caller gets its own row."""
+"""HmgetCoalescer: reads that overlap go out as one pipeline, each caller gets its own row.
+
+A gate (an Event the client's single HMGETs wait on) stands for a slow round trip, so
+that overlap is deterministic on fakeredis too, where a read may never suspend.
+"""
 
 from __future__ import annotations
 
@@ -63,12 +67,16 @@ async def client(request: pytest.FixtureRequest) -> Any:
 async def test_concurrent_reads_share_one_pipeline_and_keep_their_rows(client: Any) -> None:
     for i in range(20):
         await client.hset(f"h{i}", mapping={"a": f"a{i}", "b": f"b{i}"})
-    counting = CountingClient(client)
-    co = HmgetCoalescer(counting)
-    rows = await asyncio.gather(*(co.hmget(f"h{i}", ["b", "x", "a"]) for i in range(25)))
+    gate = asyncio.Event()
+    counting = CountingClient(client, gate)
+    co = HmgetCoalescer(counting, max_in_flight=2)
+    reads = [asyncio.ensure_future(co.hmget(f"h{i}", ["b", "x", "a"])) for i in range(25)]
+    await asyncio.sleep(0)  # all 25 issued: two went straight out, 23 wait for room
+    gate.set()
+    rows = await asyncio.gather(*reads)
     assert rows[:20] == [[f"b{i}".encode(), None, f"a{i}".encode()] for i in range(20)]
     assert rows[20:] == [[None, None, None]] * 5  # missing hashes read as nils
-    assert counting.pipelines == [25] and counting.single == 0
+    assert counting.single == 2 and counting.pipelines == [23]
 
 
 async def test_a_lone_read_is_a_plain_hmget(client: Any) -> None:
@@ -76,8 +84,8 @@ async def test_a_lone_read_is_a_plain_hmget(client: Any) -> None:
     counting = CountingClient(client)
     co = HmgetCoalescer(counting)
     assert await co.hmget("h", ["a"]) == [b"1"]
-    assert await co.hmget("h", ["a"]) == [b"1"]  # later turns start new batches
-    assert counting.single == 2 and counting.pipelines == []
+    assert await co.hmget("h", ["a"]) == [b"1"]
+    assert counting.single == 2 and counting.pipelines == []  # no overlap, no pipeline
 
 
 async def test_reads_arriving_during_a_batch_form_the_next_one(client: Any) -> None:
@@ -98,12 +106,16 @@ async def test_reads_arriving_during_a_batch_form_the_next_one(client: Any) -> N
 
 async def test_a_cancelled_caller_does_not_disturb_the_others(client: Any) -> None:
     await client.hset("h", "a", "1")
-    co = HmgetCoalescer(client)
-    doomed = asyncio.ensure_future(co.hmget("h", ["a"]))
+    gate = asyncio.Event()
+    co = HmgetCoalescer(CountingClient(client, gate), max_in_flight=1)
+    first = asyncio.ensure_future(co.hmget("h", ["a"]))
+    await asyncio.sleep(0)
+    doomed = asyncio.ensure_future(co.hmget("h", ["a"]))  # both queue behind the first
     kept = asyncio.ensure_future(co.hmget("h", ["a"]))
     await asyncio.sleep(0)
     doomed.cancel()
-    assert await kept == [b"1"]
+    gate.set()
+    assert await asyncio.gather(first, kept) == [[b"1"], [b"1"]]
     with pytest.raises(asyncio.CancelledError):
         await doomed
 
