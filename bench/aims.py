@@ -22,5 +22,8 @@ def evaluate(aims: Sequence[Aim], rows: Sequence[Row]) -> list[AimResult]:
             results.append(AimResult(aim, None, ["not measured in this run"]))
             continue
         notes = [f"{r.label}: {r.failed} failed" for r in (num, den) if r.failed]
+        if num.cpu_us and den.cpu_us:
+            # The same ratio in CPU per call: what it would be if CPU were all that limits.
+            notes.append(f"by CPU per call: {den.cpu_us / num.cpu_us:.2f}x")
         results.append(AimResult(aim, num.rate / den.rate, notes))
     return results

@@ -3,8 +3,8 @@
 - ``H2Load`` drives h2load (Debian ``nghttp2-client``): C, many concurrent HTTP/2
   streams, gRPC framing by hand. It barely competes with the server for CPU, which
   matters on a small machine. This is how gRPC's own benchmarks compare servers.
-- ``PythonLoad`` is the fallback when h2load is missing: ``python -m bench.pyload``
-  processes sending pre-serialized requests on ``grpc.aio`` channels. It costs far more
+- ``PythonLoad`` is the fallback when h2load is missing: a ``python -m bench.pyload``
+  process sending pre-serialized requests on ``grpc.aio`` channels. It costs far more
   CPU per call than the server's own handler, so on a 2-core machine its absolute
   numbers are lower; ratios stay fair because baseline and measured rows share it.
 
@@ -23,7 +23,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from bench.frames import GRPC_HEADERS, frame
 from bench.model import BenchOptions, LoadResult
@@ -49,8 +49,8 @@ class LoadGenerator(Protocol):
     ) -> LoadResult:
         """Warm up, then measure for ``duration_s``; ``method`` is ``/pkg.Service/Method``.
 
-        ``on_measure_start`` is called between warm-up and measurement where the
-        generator can tell them apart (h2load), so callers can count side effects.
+        ``on_measure_start`` is called between warm-up and measurement, so that callers
+        can count side effects (outbox entries, server CPU) of the measured calls only.
         """
         ...
 
@@ -162,14 +162,44 @@ class PythonLoad:
     name = "python grpc.aio"
     sees_grpc_status = True
 
-    def __init__(self, processes: int = 1) -> None:
-        self.processes = processes
-
     def version(self) -> str:
         """The grpcio version the fallback uses."""
         import grpc
 
         return f"grpcio {grpc.__version__}"
+
+    @staticmethod
+    def _pyload(
+        target: str, method: str, body: Path, duration_s: float, options: BenchOptions
+    ) -> dict[str, Any]:
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "bench.pyload",
+                "--target",
+                target,
+                "--method",
+                method,
+                "--request-file",
+                str(body),
+                "--duration",
+                f"{duration_s:g}",
+                "--warmup",
+                "0",
+                "--connections",
+                str(options.connections),
+                "--streams",
+                str(options.streams),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=duration_s + 60,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"bench.pyload failed ({done.returncode}): {done.stderr}")
+        result: dict[str, Any] = json.loads(done.stdout)
+        return result
 
     def run(
         self,
@@ -182,51 +212,23 @@ class PythonLoad:
         response_size: int | None = None,
         on_measure_start: Callable[[], None] | None = None,
     ) -> LoadResult:
-        """Start the workers, collect their JSON results, merge them.
+        """Warm up (a run of its own, as with h2load), then measure in a second run.
 
-        The workers see every call's gRPC status, so ``response_size`` is not needed, and
-        warm-up happens inside them, so ``on_measure_start`` is not called.
+        The workers see every call's gRPC status, so ``response_size`` is not needed.
         """
         with tempfile.TemporaryDirectory(prefix="bench-pyload-") as tmp:
             body = Path(tmp) / "request.bin"
             body.write_bytes(request)
-            per_process = max(1, options.connections // self.processes)
-            procs = [
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "bench.pyload",
-                        "--target",
-                        target,
-                        "--method",
-                        method,
-                        "--request-file",
-                        str(body),
-                        "--duration",
-                        f"{duration_s:g}",
-                        "--warmup",
-                        f"{options.warmup_s:g}",
-                        "--connections",
-                        str(per_process),
-                        "--streams",
-                        str(options.streams),
-                    ],
-                    stdout=subprocess.PIPE,
-                    text=True,
-                )
-                for _ in range(self.processes)
-            ]
-            outputs = [p.communicate(timeout=duration_s + options.warmup_s + 60)[0] for p in procs]
-        for proc in procs:
-            if proc.returncode != 0:
-                raise RuntimeError(f"bench.pyload failed with exit code {proc.returncode}")
-        results = [json.loads(out) for out in outputs]
-        latencies = sorted(lat for r in results for lat in r["latencies_ms"])
+            if options.warmup_s > 0:
+                self._pyload(target, method, body, options.warmup_s, options)
+            if on_measure_start is not None:
+                on_measure_start()
+            result = self._pyload(target, method, body, duration_s, options)
+        latencies = sorted(result["latencies_ms"])
         return LoadResult(
             generator=self.name,
-            ok=sum(r["ok"] for r in results),
-            failed=sum(r["failed"] for r in results),
+            ok=result["ok"],
+            failed=result["failed"],
             duration_s=duration_s,
             p50_ms=percentile(latencies, 0.50),
             p99_ms=percentile(latencies, 0.99),

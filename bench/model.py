@@ -36,6 +36,8 @@ class LoadResult:
     duration_s: float
     p50_ms: float | None
     p99_ms: float | None
+    # CPU microseconds per call of the process doing the work, where the runner knows it.
+    cpu_us_per_call: float | None = None
 
     @property
     def rps(self) -> float:
@@ -55,6 +57,9 @@ class Row:
     p99_ms: float | None = None
     failed: int = 0
     note: str = ""
+    # CPU microseconds the measured process spent per call (the server's, or for a
+    # client-side baseline the client's); None where it cannot be read.
+    cpu_us: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,9 +36,11 @@ async def _pipelined_reads(
     batches = 0
     measure_from = time.perf_counter() + warmup_s
     stop_at = measure_from + duration_s
+    cpu_at_start: list[float] = []
+    cpu_batches = 0  # every batch finished after cpu_at_start, late ones too
 
     async def worker() -> None:
-        nonlocal batches
+        nonlocal batches, cpu_batches
         while True:
             start = time.perf_counter()
             if start >= stop_at:
@@ -48,6 +50,11 @@ async def _pipelined_reads(
                 pipe.hmget(key, fields)
             await pipe.execute()
             end = time.perf_counter()
+            if end >= measure_from:
+                if cpu_at_start:
+                    cpu_batches += 1
+                else:
+                    cpu_at_start.append(time.process_time())
             # Like h2load: what completes inside the measured window counts.
             if measure_from <= end <= stop_at:
                 batches += 1
@@ -55,6 +62,7 @@ async def _pipelined_reads(
 
     try:
         await asyncio.gather(*(worker() for _ in range(concurrency)))
+        cpu_s = time.process_time() - cpu_at_start[0] if cpu_at_start else 0.0
     finally:
         await client.aclose()
     latencies.sort()
@@ -65,6 +73,7 @@ async def _pipelined_reads(
         duration_s=duration_s,
         p50_ms=percentile(latencies, 0.50),
         p99_ms=percentile(latencies, 0.99),
+        cpu_us_per_call=cpu_s / cpu_batches * 1e6 if cpu_batches else None,
     )
 
 

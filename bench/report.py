@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from bench.model import AimResult, Row
 
-HEADERS = ("scenario", "rate", "unit", "p50 ms", "p99 ms", "failed", "note")
+HEADERS = ("scenario", "rate", "unit", "p50 ms", "p99 ms", "CPU us/call", "failed", "note")
 
 
 def _ms(value: float | None) -> str:
@@ -20,6 +20,7 @@ def _cells(row: Row) -> tuple[str, ...]:
         row.unit,
         _ms(row.p50_ms),
         _ms(row.p99_ms),
+        "-" if row.cpu_us is None else f"{row.cpu_us:,.0f}",
         str(row.failed),
         row.note,
     )
@@ -29,7 +30,7 @@ def table(rows: Sequence[Row]) -> str:
     """A Markdown table (it reads as plain text too and pastes into docs/benchmarks.md)."""
     lines = [HEADERS, *(_cells(r) for r in rows)]
     widths = [max(len(line[i]) for line in lines) for i in range(len(HEADERS))]
-    right = {1, 3, 4, 5}
+    right = {1, 3, 4, 5, 6}
 
     def fmt(cells: Sequence[str]) -> str:
         padded = (

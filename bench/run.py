@@ -70,7 +70,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[BenchOptions, int]:
 
 
 def combine(rounds: Sequence[Sequence[Row]]) -> list[Row]:
-    """One row per key over all rounds: mean rate, median p50, worst p99, all failures.
+    """One row per key over all rounds: mean rate and CPU, median p50, worst p99, all failures.
 
     Rounds run every scenario in turn, so a baseline and its figure share the machine's
     ups and downs; averaging (rather than keeping each row's best round) keeps that.
@@ -83,6 +83,7 @@ def combine(rounds: Sequence[Sequence[Row]]) -> list[Row]:
     for rows in by_key.values():
         p50s = [r.p50_ms for r in rows if r.p50_ms is not None]
         p99s = [r.p99_ms for r in rows if r.p99_ms is not None]
+        cpus = [r.cpu_us for r in rows if r.cpu_us is not None]
         out.append(
             replace(
                 rows[0],
@@ -90,6 +91,7 @@ def combine(rounds: Sequence[Sequence[Row]]) -> list[Row]:
                 p50_ms=statistics.median(p50s) if p50s else None,
                 p99_ms=max(p99s) if p99s else None,
                 failed=sum(r.failed for r in rows),
+                cpu_us=statistics.fmean(cpus) if cpus else None,
             )
         )
     return out

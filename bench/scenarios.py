@@ -13,52 +13,87 @@ from collections.abc import Callable
 from dataclasses import replace
 
 import redis
+from google.protobuf.message import Message
 
 from bench import redis_raw, workload
 from bench.context import BenchContext
-from bench.model import Row
+from bench.cpu import process_cpu_s
+from bench.model import BenchOptions, LoadResult, Row
+from bench.procs import GrpcProcess
 
 Scenario = Callable[[BenchContext], list[Row]]
+
+
+def measure(
+    ctx: BenchContext,
+    server: GrpcProcess,
+    method: str,
+    request: Message,
+    *,
+    response_size: int | None = None,
+    options: BenchOptions | None = None,
+    on_measure_start: Callable[[], None] | None = None,
+) -> LoadResult:
+    """Run ``ctx.load`` against ``server`` and add the server's CPU time per call."""
+    cpu_at_start: list[float | None] = []
+
+    def started() -> None:
+        cpu_at_start.append(process_cpu_s(server.pid))
+        if on_measure_start is not None:
+            on_measure_start()
+
+    r = ctx.load.run(
+        server.target,
+        method,
+        request.SerializeToString(),
+        duration_s=ctx.options.duration_s,
+        options=options or ctx.options,
+        response_size=response_size,
+        on_measure_start=started,
+    )
+    start, end = (cpu_at_start or [None])[0], process_cpu_s(server.pid)
+    calls = r.ok + r.failed
+    if start is None or end is None or calls == 0:
+        return r
+    return replace(r, cpu_us_per_call=(end - start) / calls * 1e6)
+
+
+def row(
+    key: str,
+    label: str,
+    r: LoadResult,
+    items_per_call: int = 1,
+    unit: str = "req/s",
+    note: str = "",
+) -> Row:
+    """A table row from a load result (rate in items per second)."""
+    return Row(
+        key,
+        label,
+        r.rps * items_per_call,
+        unit,
+        r.p50_ms,
+        r.p99_ms,
+        r.failed,
+        note,
+        r.cpu_us_per_call,
+    )
 
 
 def empty_handler(ctx: BenchContext) -> list[Row]:
     """The ceiling: CheckConsent's request bytes to a handler that returns at once."""
     request = workload.check_request()
     size = workload.probe(ctx.empty.target, workload.CHECK, request)
-    r = ctx.load.run(
-        ctx.empty.target,
-        workload.CHECK,
-        request.SerializeToString(),
-        duration_s=ctx.options.duration_s,
-        options=ctx.options,
-        response_size=size,
-    )
-    return [
-        Row(
-            "empty",
-            "empty grpc.aio handler (ceiling)",
-            r.rps,
-            "req/s",
-            r.p50_ms,
-            r.p99_ms,
-            r.failed,
-        )
-    ]
+    r = measure(ctx, ctx.empty, workload.CHECK, request, response_size=size)
+    return [row("empty", "empty grpc.aio handler (ceiling)", r)]
 
 
 def check_consent(ctx: BenchContext) -> list[Row]:
     """CheckConsent on the real server: validate, normalise, one HMGET, decide, answer."""
     request = workload.check_request()
     size = workload.probe(ctx.consent.target, workload.CHECK, request)
-    r = ctx.load.run(
-        ctx.consent.target,
-        workload.CHECK,
-        request.SerializeToString(),
-        duration_s=ctx.options.duration_s,
-        options=ctx.options,
-        response_size=size,
-    )
-    return [Row("check", "CheckConsent", r.rps, "req/s", r.p50_ms, r.p99_ms, r.failed)]
+    r = measure(ctx, ctx.consent, workload.CHECK, request, response_size=size)
+    return [row("check", "CheckConsent", r)]
 
 
 def _outbox_length(client: redis.Redis) -> int:
@@ -76,12 +111,11 @@ def send_if_allowed(ctx: BenchContext) -> list[Row]:
     client = ctx.redis.client()
     before: list[int] = []
     try:
-        r = ctx.load.run(
-            ctx.consent.target,
+        r = measure(
+            ctx,
+            ctx.consent,
             workload.SEND,
-            request.SerializeToString(),
-            duration_s=ctx.options.duration_s,
-            options=ctx.options,
+            request,
             on_measure_start=lambda: before.append(_outbox_length(client)),
         )
         appended = _outbox_length(client) - before[0] if before else None
@@ -91,7 +125,7 @@ def send_if_allowed(ctx: BenchContext) -> list[Row]:
         # Calls still in flight when h2load stops may land without being counted as done.
         answered = r.ok + r.failed
         r = replace(r, ok=min(appended, answered), failed=max(0, answered - appended))
-    return [Row("send", "SendIfAllowed (accepted)", r.rps, "req/s", r.p50_ms, r.p99_ms, r.failed)]
+    return [row("send", "SendIfAllowed (accepted)", r)]
 
 
 def batch_check(ctx: BenchContext) -> list[Row]:
@@ -100,13 +134,13 @@ def batch_check(ctx: BenchContext) -> list[Row]:
     in_flight = ctx.options.batch_in_flight
     request = workload.batch_request(size_n)
     size = workload.probe(ctx.consent.target, workload.BATCH, request)
-    r = ctx.load.run(
-        ctx.consent.target,
+    r = measure(
+        ctx,
+        ctx.consent,
         workload.BATCH,
-        request.SerializeToString(),
-        duration_s=ctx.options.duration_s,
-        options=replace(ctx.options, connections=in_flight, streams=1),
+        request,
         response_size=size,
+        options=replace(ctx.options, connections=in_flight, streams=1),
     )
     raw = redis_raw.pipelined_reads(
         ctx.redis.url,
@@ -117,27 +151,16 @@ def batch_check(ctx: BenchContext) -> list[Row]:
         warmup_s=ctx.options.warmup_s,
         duration_s=ctx.options.duration_s,
     )
-    per_batch = f"p50/p99 per batch of {size_n}"
+    per_batch = f"times and CPU per batch of {size_n}"
     return [
-        Row(
-            "batch",
-            f"BatchCheckConsent x{size_n}",
-            r.rps * size_n,
-            "decisions/s",
-            r.p50_ms,
-            r.p99_ms,
-            r.failed,
-            per_batch,
-        ),
-        Row(
+        row("batch", f"BatchCheckConsent x{size_n}", r, size_n, "decisions/s", per_batch),
+        row(
             "raw_hmget",
             f"raw pipelined HMGET x{size_n} (redis-py)",
-            raw.rps * size_n,
+            raw,
+            size_n,
             "keys/s",
-            raw.p50_ms,
-            raw.p99_ms,
-            raw.failed,
-            per_batch,
+            per_batch + "; CPU of the client",
         ),
     ]
 

@@ -40,7 +40,8 @@ def test_check_against_ceiling_prints_table_and_aim(capsys: pytest.CaptureFixtur
     assert set(rows) == {"empty grpc.aio handler (ceiling)", "CheckConsent"}
     for cells in rows.values():
         assert int(cells[1].replace(",", "")) > 0  # some calls were answered...
-        assert cells[5] == "0"  # ...and none failed
+        assert cells[6] == "0"  # ...and none failed
+        assert cells[5] != "-"  # the server's CPU per call was read
     assert "- CheckConsent / empty handler: " in out
     assert "BatchCheckConsent / raw pipelined HMGET: - (aim >= 1x) NOT MEASURED" in out
 
@@ -58,19 +59,21 @@ def test_send_and_batch_with_python_generator(capsys: pytest.CaptureFixture[str]
     }
     for cells in rows.values():
         assert int(cells[1].replace(",", "")) > 0
-        assert cells[5] == "0"
+        assert cells[6] == "0"
 
 
 def test_rounds_combine_into_mean_rate_and_aims() -> None:
-    first = Row("check", "CheckConsent", 10, "req/s", 1.0, 5.0, 1)
-    second = Row("check", "CheckConsent", 20, "req/s", 3.0, 9.0, 0)
-    ceiling = Row("empty", "empty", 25, "req/s")
+    first = Row("check", "CheckConsent", 10, "req/s", 1.0, 5.0, 1, cpu_us=400)
+    second = Row("check", "CheckConsent", 20, "req/s", 3.0, 9.0, 0, cpu_us=600)
+    ceiling = Row("empty", "empty", 25, "req/s", cpu_us=300)
     rows = combine([[first, ceiling], [second]])
     assert [r.key for r in rows] == ["check", "empty"]
     check = rows[0]
     assert (check.rate, check.p50_ms, check.p99_ms, check.failed) == (15, 2.0, 9.0, 1)
+    assert check.cpu_us == 500
     [aim, batch] = aims.evaluate(aims.AIMS, rows)
     assert aim.ratio == pytest.approx(0.6) and aim.met is False
     assert batch.ratio is None and batch.met is None
     text = report.aims([aim])
     assert "0.60x (aim >= 0.7x) NOT MET" in text and "CheckConsent: 1 failed" in text
+    assert "by CPU per call: 0.60x" in text
