@@ -19,6 +19,7 @@ class BenchOptions:
     batch_in_flight: int = 4
     generator: str = "auto"  # auto | h2load | python
     only: tuple[str, ...] = ()  # scenario names; empty = all
+    rounds: int = 5  # every scenario once per round, interleaved
 
     @property
     def concurrency(self) -> int:

@@ -17,8 +17,8 @@ from bench.model import BenchOptions, Row
 from bench.scenarios import SCENARIOS, Scenario
 
 
-def parse_args(argv: Sequence[str] | None) -> tuple[BenchOptions, int]:
-    """Options from the command line; also the number of rounds."""
+def parse_args(argv: Sequence[str] | None) -> BenchOptions:
+    """Options from the command line."""
     names = [s.__name__ for s in SCENARIOS]
     p = argparse.ArgumentParser(
         prog="python -m bench",
@@ -40,7 +40,9 @@ def parse_args(argv: Sequence[str] | None) -> tuple[BenchOptions, int]:
         default="auto",
         help="load generator (auto = h2load when installed)",
     )
-    p.add_argument("--quick", action="store_true", help="1 round of 2 s: a smoke run")
+    p.add_argument(
+        "--quick", action="store_true", help="a smoke run: 1 round of 2 s (overrides the above)"
+    )
     p.add_argument("--only", nargs="+", choices=names, default=[], help="run only these scenarios")
     a = p.parse_args(argv)
     if a.quick:
@@ -65,8 +67,9 @@ def parse_args(argv: Sequence[str] | None) -> tuple[BenchOptions, int]:
         batch_in_flight=a.batch_in_flight,
         generator=a.generator,
         only=tuple(a.only),
+        rounds=a.rounds,
     )
-    return options, a.rounds
+    return options
 
 
 def combine(rounds: Sequence[Sequence[Row]]) -> list[Row]:
@@ -117,7 +120,8 @@ def run_scenarios(ctx: BenchContext, scenarios: Sequence[Scenario], rounds: int)
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the bench and print the table; returns the exit code."""
-    options, rounds = parse_args(argv)
+    options = parse_args(argv)
+    rounds = options.rounds
     generator = load.choose(options.generator)
     scenarios = [s for s in SCENARIOS if not options.only or s.__name__ in options.only]
     with tempfile.TemporaryDirectory(prefix="consent-bench-") as tmp:
