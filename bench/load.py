@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 from bench.frames import GRPC_HEADERS, frame
 from bench.model import BenchOptions, LoadResult
+from bench.procs import REPO_ROOT
 
 
 class LoadGenerator(Protocol):
@@ -195,6 +196,7 @@ class PythonLoad:
             capture_output=True,
             text=True,
             timeout=duration_s + 60,
+            cwd=REPO_ROOT,
         )
         if done.returncode != 0:
             raise RuntimeError(f"bench.pyload failed ({done.returncode}): {done.stderr}")

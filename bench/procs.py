@@ -19,6 +19,10 @@ import grpc
 import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+# The repository root: ``python -m bench...`` and ``-m consent_server`` resolve from it
+# whatever directory the bench was started from.
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
 
 def free_port() -> int:
     """A TCP port free on loopback right now."""
@@ -132,6 +136,7 @@ class GrpcProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", self.module, "--listen", self.target],
             env=self.env,
+            cwd=REPO_ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
