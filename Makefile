@@ -38,8 +38,9 @@ fmt: install ## apply ruff formatting and safe fixes
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: install ## load test: prints our numbers beside same-run baselines
-	$(PYTHON) -m bench
+bench: install ## load test: prints our numbers beside same-run baselines (BENCH_ARGS=--quick)
+	@bench/install-h2load.sh || echo "h2load unavailable: using the Python load generator" >&2
+	$(PYTHON) -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -37,6 +37,17 @@ ADMIN_SERVICE_NAME = admin_pb2.DESCRIPTOR.services_by_name["ConsentAdminService"
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+# Shared with bench/empty_server.py, whose ceiling is only fair with the same options.
+
+
+def server_options(settings: Settings) -> list[tuple[str, int]]:
+    """The grpc.aio server options (the bench's empty server uses the same)."""
+    return [
+        ("grpc.max_receive_message_length", settings.max_request_bytes),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_concurrent_streams", settings.max_concurrent_streams),
+        ("grpc.so_reuseport", 0),
+    ]
 
 
 async def _set_health(servicer: health_aio.HealthServicer, status: int) -> None:
@@ -102,12 +113,7 @@ async def serve(settings: Settings) -> int:
 
     server = grpc.aio.server(
         interceptors=[AuthInterceptor(security, required=settings.auth_required)],
-        options=[
-            ("grpc.max_receive_message_length", settings.max_request_bytes),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_concurrent_streams", settings.max_concurrent_streams),
-            ("grpc.so_reuseport", 0),
-        ],
+        options=server_options(settings),
     )
     consent_pb2_grpc.add_ConsentServiceServicer_to_server(consent_servicer, server)
     admin_pb2_grpc.add_ConsentAdminServiceServicer_to_server(

@@ -90,8 +90,8 @@ class ConsentServicer(pb_grpc.ConsentServiceServicer):
                     )
                 )
             else:
-                out.results.add(
-                    decision=cv.check_response(item.recipient, item.topic, item.decision)
+                cv.fill_check_response(
+                    out.results.add().decision, item.recipient, item.topic, item.decision
                 )
         return out
 

@@ -125,19 +125,29 @@ def message_state(value: MessageState) -> pb.MessageStatus.ValueType:
 
 def check_response(rcpt: Recipient, topic: str, decision: Decision) -> pb.CheckConsentResponse:
     """A CheckConsentResponse for a decision."""
-    resp = pb.CheckConsentResponse(
-        allowed=decision.allowed,
-        status=_STATUS_TO_PB[decision.status],
-        decided_by=_SCOPE_TO_PB[decision.decided_by],
-        reason=decision.block_reason.value if decision.block_reason else "",
-        recipient=recipient(rcpt),
-        topic=topic,
-    )
+    resp = pb.CheckConsentResponse()
+    fill_check_response(resp, rcpt, topic, decision)
+    return resp
+
+
+def fill_check_response(
+    resp: pb.CheckConsentResponse, rcpt: Recipient, topic: str, decision: Decision
+) -> None:
+    """Set a decision's fields on ``resp`` in place (batches fill their items without copies)."""
+    resp.allowed = decision.allowed
+    resp.status = _STATUS_TO_PB[decision.status]
+    resp.decided_by = _SCOPE_TO_PB[decision.decided_by]
+    if decision.block_reason:
+        resp.reason = decision.block_reason.value
+    resp.recipient.channel = _CHANNEL_TO_PB[rcpt.channel]
+    resp.recipient.address = rcpt.address
+    resp.topic = topic
     if decision.record is not None:
-        resp.since.CopyFrom(timestamp(decision.record.occurred_at_ms))
+        ms = decision.record.occurred_at_ms
+        resp.since.seconds = ms // 1000
+        resp.since.nanos = (ms % 1000) * 1_000_000
         resp.source = _SOURCE_TO_PB[decision.record.source]
         resp.revision = decision.record.revision
-    return resp
 
 
 def event(value: ConsentEvent) -> pb.ConsentEvent:

@@ -18,6 +18,22 @@ def newer(a: ConsentRecord | None, b: ConsentRecord | None) -> ConsentRecord | N
     return a if (a.occurred_at_ms, a.revision) > (b.occurred_at_ms, b.revision) else b
 
 
+# With no record the decision depends on the policy alone; Decision is frozen, so one
+# shared value per policy spares a large batch of mostly unknown recipients an object each.
+_BY_POLICY = {
+    policy: Decision(
+        allowed=policy is Policy.ALLOW_UNLESS_OPTED_OUT,
+        status=Status.NO_RECORD,
+        decided_by=Scope.DEFAULT_POLICY,
+        record=None,
+        block_reason=None
+        if policy is Policy.ALLOW_UNLESS_OPTED_OUT
+        else BlockReason.OPT_IN_REQUIRED,
+    )
+    for policy in Policy
+}
+
+
 def decide(
     topic_record: ConsentRecord | None,
     all_record: ConsentRecord | None,
@@ -30,14 +46,7 @@ def decide(
     """
     winner = newer(topic_record, all_record)
     if winner is None:
-        allowed = policy is Policy.ALLOW_UNLESS_OPTED_OUT
-        return Decision(
-            allowed=allowed,
-            status=Status.NO_RECORD,
-            decided_by=Scope.DEFAULT_POLICY,
-            record=None,
-            block_reason=None if allowed else BlockReason.OPT_IN_REQUIRED,
-        )
+        return _BY_POLICY[policy]
     allowed = winner.status is Status.OPTED_IN
     return Decision(
         allowed=allowed,

@@ -36,17 +36,22 @@ def partition(tenant_id: str, recipient: Recipient) -> int:
     return zlib.crc32(key) % PARTITIONS
 
 
+_TAGS = tuple(f"{{cp{part:02d}}}" for part in range(PARTITIONS))
+
+
 def tag(part: int) -> str:
     """The hash tag of a partition."""
-    return f"{{cp{part:02d}}}"
+    return _TAGS[part]
 
 
 def recipient_base(tenant_id: str, recipient: Recipient) -> str:
     """The common prefix of a recipient's keys."""
-    return (
-        f"ca:{tag(partition(tenant_id, recipient))}:{tenant_id}:"
-        f"{recipient.channel.value}:{recipient.address}"
-    )
+    return partition_base(partition(tenant_id, recipient), tenant_id, recipient)
+
+
+def partition_base(part: int, tenant_id: str, recipient: Recipient) -> str:
+    """recipient_base when the caller already knows the recipient's partition."""
+    return f"ca:{tag(part)}:{tenant_id}:{recipient.channel.value}:{recipient.address}"
 
 
 def state(base: str) -> str:

@@ -1,0 +1,29 @@
+"""The ratios the service aims for, each measured within one run (issue 3)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from bench.model import Aim, AimResult, Row
+
+AIMS: list[Aim] = [
+    Aim("CheckConsent / empty handler", "check", "empty", 0.7),
+    Aim("BatchCheckConsent / raw pipelined HMGET", "batch", "raw_hmget", 1.0),
+]
+
+
+def evaluate(aims: Sequence[Aim], rows: Sequence[Row]) -> list[AimResult]:
+    """Each aim's ratio over the rows; a missing or zero row leaves it unevaluated."""
+    by_key = {row.key: row for row in rows}
+    results = []
+    for aim in aims:
+        num, den = by_key.get(aim.numerator), by_key.get(aim.denominator)
+        if num is None or den is None or den.rate <= 0:
+            results.append(AimResult(aim, None, ["not measured in this run"]))
+            continue
+        notes = [f"{r.label}: {r.failed} failed" for r in (num, den) if r.failed]
+        if num.cpu_us and den.cpu_us:
+            # The same ratio in CPU per call: what it would be if CPU were all that limits.
+            notes.append(f"by CPU per call: {den.cpu_us / num.cpu_us:.2f}x")
+        results.append(AimResult(aim, num.rate / den.rate, notes))
+    return results

@@ -1,0 +1,62 @@
+"""The table: one line per row, then each aim with its ratio and whether it is met."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from bench.model import AimResult, Row
+
+HEADERS = ("scenario", "rate", "unit", "p50 ms", "p99 ms", "CPU us/call", "failed", "note")
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _cells(row: Row) -> tuple[str, ...]:
+    return (
+        row.label,
+        f"{row.rate:,.0f}",
+        row.unit,
+        _ms(row.p50_ms),
+        _ms(row.p99_ms),
+        "-" if row.cpu_us is None else f"{row.cpu_us:,.0f}",
+        str(row.failed),
+        row.note,
+    )
+
+
+def table(rows: Sequence[Row]) -> str:
+    """A Markdown table (it reads as plain text too and pastes into docs/benchmarks.md)."""
+    lines = [HEADERS, *(_cells(r) for r in rows)]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(HEADERS))]
+    right = {1, 3, 4, 5, 6}
+
+    def fmt(cells: Sequence[str]) -> str:
+        padded = (
+            c.rjust(w) if i in right else c.ljust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        )
+        return "| " + " | ".join(padded) + " |"
+
+    rule = (
+        "|"
+        + "|".join(
+            ("-" * (w + 1) + ":") if i in right else "-" * (w + 2) for i, w in enumerate(widths)
+        )
+        + "|"
+    )
+    return "\n".join([fmt(lines[0]), rule, *(fmt(line) for line in lines[1:])])
+
+
+def aims(results: Sequence[AimResult]) -> str:
+    """One line per aim: ratio, target, MET / NOT MET."""
+    out = []
+    for r in results:
+        if r.ratio is None:
+            verdict, ratio = "NOT MEASURED", "-"
+        else:
+            verdict, ratio = ("MET" if r.met else "NOT MET"), f"{r.ratio:.2f}x"
+        extra = f" ({'; '.join(r.notes)})" if r.notes else ""
+        out.append(f"- {r.aim.label}: {ratio} (aim >= {r.aim.target:g}x) {verdict}{extra}")
+    return "\n".join(out)

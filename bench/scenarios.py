@@ -1,0 +1,168 @@
+"""The scenarios: each a function ``(BenchContext) -> list[Row]``, listed in SCENARIOS.
+
+A scenario measures one thing with ``ctx.load`` (the same generator for every
+row, at the same concurrency and duration) and returns rows for the table. Rows
+are referred to by ``key`` from ``bench.aims``. To add one, write a function here
+or elsewhere and append it to SCENARIOS; it may start its own processes with
+``bench.procs`` (stop them before returning).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+
+import redis
+from google.protobuf.message import Message
+
+from bench import redis_raw, workload
+from bench.context import BenchContext
+from bench.cpu import process_cpu_s
+from bench.model import BenchOptions, LoadResult, Row
+from bench.procs import GrpcProcess
+
+Scenario = Callable[[BenchContext], list[Row]]
+
+
+def measure(
+    ctx: BenchContext,
+    server: GrpcProcess,
+    method: str,
+    request: Message,
+    *,
+    response_size: int | None = None,
+    options: BenchOptions | None = None,
+    on_measure_start: Callable[[], None] | None = None,
+) -> LoadResult:
+    """Run ``ctx.load`` against ``server`` and add the server's CPU time per call."""
+    cpu_at_start: list[float | None] = []
+
+    def started() -> None:
+        cpu_at_start.append(process_cpu_s(server.pid))
+        if on_measure_start is not None:
+            on_measure_start()
+
+    r = ctx.load.run(
+        server.target,
+        method,
+        request.SerializeToString(),
+        duration_s=ctx.options.duration_s,
+        options=options or ctx.options,
+        response_size=response_size,
+        on_measure_start=started,
+    )
+    start, end = (cpu_at_start or [None])[0], process_cpu_s(server.pid)
+    calls = r.ok + r.failed
+    if start is None or end is None or calls == 0:
+        return r
+    return replace(r, cpu_us_per_call=(end - start) / calls * 1e6)
+
+
+def row(
+    key: str,
+    label: str,
+    r: LoadResult,
+    items_per_call: int = 1,
+    unit: str = "req/s",
+    note: str = "",
+) -> Row:
+    """A table row from a load result (rate in items per second)."""
+    return Row(
+        key,
+        label,
+        r.rps * items_per_call,
+        unit,
+        r.p50_ms,
+        r.p99_ms,
+        r.failed,
+        note,
+        r.cpu_us_per_call,
+    )
+
+
+def empty_handler(ctx: BenchContext) -> list[Row]:
+    """The ceiling: CheckConsent's request bytes to a handler that returns at once."""
+    request = workload.check_request()
+    size = workload.probe(ctx.empty.target, workload.CHECK, request)
+    r = measure(ctx, ctx.empty, workload.CHECK, request, response_size=size)
+    return [row("empty", "empty grpc.aio handler (ceiling)", r)]
+
+
+def check_consent(ctx: BenchContext) -> list[Row]:
+    """CheckConsent on the real server: validate, normalise, one HMGET, decide, answer."""
+    request = workload.check_request()
+    size = workload.probe(ctx.consent.target, workload.CHECK, request)
+    r = measure(ctx, ctx.consent, workload.CHECK, request, response_size=size)
+    return [row("check", "CheckConsent", r)]
+
+
+def _outbox_length(client: redis.Redis) -> int:
+    return sum(int(client.xlen(key)) for key in client.scan_iter(match="ca:*:outbox", count=1000))
+
+
+def send_if_allowed(ctx: BenchContext) -> list[Row]:
+    """SendIfAllowed on the real server: decide and append to the outbox in one Lua script.
+
+    Replies differ in size (ids, timestamps), so where the generator cannot see gRPC
+    statuses, successes are counted where they land: one outbox entry per accepted send.
+    """
+    request = workload.send_request()
+    workload.probe(ctx.consent.target, workload.SEND, request)
+    client = ctx.redis.client()
+    before: list[int] = []
+    try:
+        r = measure(
+            ctx,
+            ctx.consent,
+            workload.SEND,
+            request,
+            on_measure_start=lambda: before.append(_outbox_length(client)),
+        )
+        appended = _outbox_length(client) - before[0] if before else None
+    finally:
+        client.close()
+    if not ctx.load.sees_grpc_status and appended is not None:
+        # Calls still in flight when h2load stops may land without being counted as done.
+        answered = r.ok + r.failed
+        r = replace(r, ok=min(appended, answered), failed=max(0, answered - appended))
+    return [row("send", "SendIfAllowed (accepted)", r)]
+
+
+def batch_check(ctx: BenchContext) -> list[Row]:
+    """BatchCheckConsent of ``batch_size`` recipients, beside the raw pipelined read."""
+    size_n = ctx.options.batch_size
+    in_flight = ctx.options.batch_in_flight
+    request = workload.batch_request(size_n)
+    size = workload.probe(ctx.consent.target, workload.BATCH, request)
+    r = measure(
+        ctx,
+        ctx.consent,
+        workload.BATCH,
+        request,
+        response_size=size,
+        options=replace(ctx.options, connections=in_flight, streams=1),
+    )
+    raw = redis_raw.pipelined_reads(
+        ctx.redis.url,
+        workload.TENANT,
+        workload.batch_addresses(size_n),
+        workload.TOPIC,
+        concurrency=in_flight,
+        warmup_s=ctx.options.warmup_s,
+        duration_s=ctx.options.duration_s,
+    )
+    per_batch = f"times and CPU per batch of {size_n}"
+    return [
+        row("batch", f"BatchCheckConsent x{size_n}", r, size_n, "decisions/s", per_batch),
+        row(
+            "raw_hmget",
+            f"raw pipelined HMGET x{size_n} (redis-py)",
+            raw,
+            size_n,
+            "keys/s",
+            per_batch + "; CPU of the client",
+        ),
+    ]
+
+
+SCENARIOS: list[Scenario] = [empty_handler, check_consent, send_if_allowed, batch_check]

@@ -1,0 +1,79 @@
+"""The bench must not rot: run its CLI for about a second per scenario.
+
+Nothing here asserts on speed (a shared CI machine says nothing about it); it asserts
+that the scenarios run against the real processes, that every measured call
+succeeded, and that the table and the aims are printed.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from bench import aims, report
+from bench.model import Row
+from bench.run import combine, main
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server"),
+]
+
+SHORT = ["--duration", "1", "--warmup", "0.2", "--rounds", "1", "--connections", "1"]
+SHORT += ["--streams", "4", "--batch-size", "50", "--batch-in-flight", "1"]
+
+
+def _table_rows(out: str) -> dict[str, list[str]]:
+    rows = {}
+    for line in out.splitlines():
+        if line.startswith("| ") and not line.startswith("| scenario"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            rows[cells[0]] = cells
+    return rows
+
+
+def test_check_against_ceiling_prints_table_and_aim(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*SHORT, "--only", "empty_handler", "check_consent"]) == 0
+    out = capsys.readouterr().out
+    rows = _table_rows(out)
+    assert set(rows) == {"empty grpc.aio handler (ceiling)", "CheckConsent"}
+    for cells in rows.values():
+        assert int(cells[1].replace(",", "")) > 0  # some calls were answered...
+        assert cells[6] == "0"  # ...and none failed
+        assert cells[5] != "-"  # the server's CPU per call was read
+    assert "- CheckConsent / empty handler: " in out
+    assert "BatchCheckConsent / raw pipelined HMGET: - (aim >= 1x) NOT MEASURED" in out
+
+
+def test_send_and_batch_with_python_generator(capsys: pytest.CaptureFixture[str]) -> None:
+    """The fallback generator, and the scenarios that check their own side effects."""
+    assert main([*SHORT, "--generator", "python", "--only", "send_if_allowed", "batch_check"]) == 0
+    out = capsys.readouterr().out
+    assert "load generator: python grpc.aio" in out
+    rows = _table_rows(out)
+    assert set(rows) == {
+        "SendIfAllowed (accepted)",
+        "BatchCheckConsent x50",
+        "raw pipelined HMGET x50 (redis-py)",
+    }
+    for cells in rows.values():
+        assert int(cells[1].replace(",", "")) > 0
+        assert cells[6] == "0"
+
+
+def test_rounds_combine_into_mean_rate_and_aims() -> None:
+    first = Row("check", "CheckConsent", 10, "req/s", 1.0, 5.0, 1, cpu_us=400)
+    second = Row("check", "CheckConsent", 20, "req/s", 3.0, 9.0, 0, cpu_us=600)
+    ceiling = Row("empty", "empty", 25, "req/s", cpu_us=300)
+    rows = combine([[first, ceiling], [second]])
+    assert [r.key for r in rows] == ["check", "empty"]
+    check = rows[0]
+    assert (check.rate, check.p50_ms, check.p99_ms, check.failed) == (15, 2.0, 9.0, 1)
+    assert check.cpu_us == 500
+    [aim, batch] = aims.evaluate(aims.AIMS, rows)
+    assert aim.ratio == pytest.approx(0.6) and aim.met is False
+    assert batch.ratio is None and batch.met is None
+    text = report.aims([aim])
+    assert "0.60x (aim >= 0.7x) NOT MET" in text and "CheckConsent: 1 failed" in text
+    assert "by CPU per call: 0.60x" in text
