@@ -15,6 +15,8 @@ from grpc_reflection.v1alpha import reflection
 from consent_client.v1 import consent_pb2, consent_pb2_grpc
 from consent_server.api.consent_service import ConsentServicer
 from consent_server.config import ConfigError, Settings
+from consent_server.delivery.metrics import serve_metrics
+from consent_server.delivery.runner import build_worker
 from consent_server.domain.errors import StoreUnavailable
 from consent_server.domain.service import ConsentAuthority
 from consent_server.store.connect import open_store
@@ -102,6 +104,11 @@ async def serve(settings: Settings) -> int:
         "consent authority serving",
         extra={"address": f"{host}:{port}", "store": "embedded" if settings.embedded else "redis"},
     )
+    serve_metrics(settings.metrics_listen)
+    # The inline worker starts once the server serves and stops after it drained.
+    worker = build_worker(settings, store) if settings.delivery == "inline" else None
+    if worker is not None:
+        await worker.start()
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -118,6 +125,8 @@ async def serve(settings: Settings) -> int:
         await watcher
     await health_servicer.enter_graceful_shutdown()
     await server.stop(settings.shutdown_grace_s)
+    if worker is not None:
+        await worker.stop(settings.shutdown_grace_s)
     await store.aclose()
     log.info("stopped")
     return 0
