@@ -12,19 +12,23 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection
 
-from consent_client.v1 import consent_pb2, consent_pb2_grpc
+from consent_client.v1 import admin_pb2, admin_pb2_grpc, consent_pb2, consent_pb2_grpc
 from consent_server.api.consent_service import ConsentServicer
+from consent_server.api.delivery_admin_service import DeliveryAdminServicer
 from consent_server.config import ConfigError, Settings
 from consent_server.delivery.metrics import serve_metrics
 from consent_server.delivery.runner import build_worker
+from consent_server.domain.delivery import DeliveryAdmin
 from consent_server.domain.errors import StoreUnavailable
 from consent_server.domain.service import ConsentAuthority
 from consent_server.store.connect import open_store
+from consent_server.store.outbox import DeliveryRepository
 from consent_server.store.repository import RedisConsentStore
 
 log = logging.getLogger("consent_server")
 
 SERVICE_NAME = consent_pb2.DESCRIPTOR.services_by_name["ConsentService"].full_name
+ADMIN_SERVICE_NAME = admin_pb2.DESCRIPTOR.services_by_name["ConsentAdminService"].full_name
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
@@ -86,10 +90,13 @@ async def serve(settings: Settings) -> int:
         ]
     )
     consent_pb2_grpc.add_ConsentServiceServicer_to_server(ConsentServicer(authority), server)
+    admin_pb2_grpc.add_ConsentAdminServiceServicer_to_server(
+        DeliveryAdminServicer(DeliveryAdmin(DeliveryRepository(store.client))), server
+    )
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        (SERVICE_NAME, ADMIN_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     await _set_health(health_servicer, NOT_SERVING)
     try:

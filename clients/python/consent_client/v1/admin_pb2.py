@@ -27,13 +27,33 @@ from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mas
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x63onsent/v1/admin.proto\x12\nconsent.v1\x1a\x18\x63onsent/v1/consent.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto2\x15\n\x13\x43onsentAdminServiceb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x63onsent/v1/admin.proto\x12\nconsent.v1\x1a\x18\x63onsent/v1/consent.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\r\n\x0bLogProvider\"J\n\x0fWebhookProvider\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x16\n\x0esigning_secret\x18\x02 \x01(\t\x12\x12\n\ntimeout_ms\x18\x03 \x01(\r\"l\n\x15WhatsAppCloudProvider\x12\x10\n\x08\x62\x61se_url\x18\x01 \x01(\t\x12\x17\n\x0fphone_number_id\x18\x02 \x01(\t\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x03 \x01(\t\x12\x12\n\ntimeout_ms\x18\x04 \x01(\r\"\xd7\x01\n\x10\x44\x65liveryProvider\x12$\n\x07\x63hannel\x18\x01 \x01(\x0e\x32\x13.consent.v1.Channel\x12&\n\x03log\x18\x02 \x01(\x0b\x32\x17.consent.v1.LogProviderH\x00\x12.\n\x07webhook\x18\x03 \x01(\x0b\x32\x1b.consent.v1.WebhookProviderH\x00\x12;\n\x0ewhatsapp_cloud\x18\x04 \x01(\x0b\x32!.consent.v1.WhatsAppCloudProviderH\x00\x42\x08\n\x06\x63onfig\"\xba\x01\n\x14\x44\x65liveryProviderInfo\x12$\n\x07\x63hannel\x18\x01 \x01(\x0e\x32\x13.consent.v1.Channel\x12.\n\x04kind\x18\x02 \x01(\x0e\x32 .consent.v1.DeliveryProviderKind\x12\x0b\n\x03url\x18\x03 \x01(\t\x12\x17\n\x0fphone_number_id\x18\x04 \x01(\t\x12\x12\n\ntimeout_ms\x18\x05 \x01(\r\x12\x12\n\nsecret_set\x18\x06 \x01(\x08\"_\n\x1aSetDeliveryProviderRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12.\n\x08provider\x18\x02 \x01(\x0b\x32\x1c.consent.v1.DeliveryProvider\"Q\n\x1bSetDeliveryProviderResponse\x12\x32\n\x08provider\x18\x01 \x01(\x0b\x32 .consent.v1.DeliveryProviderInfo\"0\n\x1bGetDeliveryProvidersRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\"S\n\x1cGetDeliveryProvidersResponse\x12\x33\n\tproviders\x18\x01 \x03(\x0b\x32 .consent.v1.DeliveryProviderInfo*\xad\x01\n\x14\x44\x65liveryProviderKind\x12&\n\"DELIVERY_PROVIDER_KIND_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x44\x45LIVERY_PROVIDER_KIND_LOG\x10\x01\x12\"\n\x1e\x44\x45LIVERY_PROVIDER_KIND_WEBHOOK\x10\x02\x12)\n%DELIVERY_PROVIDER_KIND_WHATSAPP_CLOUD\x10\x03\x32\xe8\x01\n\x13\x43onsentAdminService\x12\x66\n\x13SetDeliveryProvider\x12&.consent.v1.SetDeliveryProviderRequest\x1a\'.consent.v1.SetDeliveryProviderResponse\x12i\n\x14GetDeliveryProviders\x12\'.consent.v1.GetDeliveryProvidersRequest\x1a(.consent.v1.GetDeliveryProvidersResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'consent_client.v1.admin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CONSENTADMINSERVICE']._serialized_start=131
-  _globals['_CONSENTADMINSERVICE']._serialized_end=152
+  _globals['_DELIVERYPROVIDERKIND']._serialized_start=1055
+  _globals['_DELIVERYPROVIDERKIND']._serialized_end=1228
+  _globals['_LOGPROVIDER']._serialized_start=131
+  _globals['_LOGPROVIDER']._serialized_end=144
+  _globals['_WEBHOOKPROVIDER']._serialized_start=146
+  _globals['_WEBHOOKPROVIDER']._serialized_end=220
+  _globals['_WHATSAPPCLOUDPROVIDER']._serialized_start=222
+  _globals['_WHATSAPPCLOUDPROVIDER']._serialized_end=330
+  _globals['_DELIVERYPROVIDER']._serialized_start=333
+  _globals['_DELIVERYPROVIDER']._serialized_end=548
+  _globals['_DELIVERYPROVIDERINFO']._serialized_start=551
+  _globals['_DELIVERYPROVIDERINFO']._serialized_end=737
+  _globals['_SETDELIVERYPROVIDERREQUEST']._serialized_start=739
+  _globals['_SETDELIVERYPROVIDERREQUEST']._serialized_end=834
+  _globals['_SETDELIVERYPROVIDERRESPONSE']._serialized_start=836
+  _globals['_SETDELIVERYPROVIDERRESPONSE']._serialized_end=917
+  _globals['_GETDELIVERYPROVIDERSREQUEST']._serialized_start=919
+  _globals['_GETDELIVERYPROVIDERSREQUEST']._serialized_end=967
+  _globals['_GETDELIVERYPROVIDERSRESPONSE']._serialized_start=969
+  _globals['_GETDELIVERYPROVIDERSRESPONSE']._serialized_end=1052
+  _globals['_CONSENTADMINSERVICE']._serialized_start=1231
+  _globals['_CONSENTADMINSERVICE']._serialized_end=1463
 # @@protoc_insertion_point(module_scope)

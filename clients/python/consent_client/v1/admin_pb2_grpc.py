@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from consent_client.v1 import admin_pb2 as consent_dot_v1_dot_admin__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -35,6 +36,16 @@ class ConsentAdminServiceStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.SetDeliveryProvider = channel.unary_unary(
+                '/consent.v1.ConsentAdminService/SetDeliveryProvider',
+                request_serializer=consent_dot_v1_dot_admin__pb2.SetDeliveryProviderRequest.SerializeToString,
+                response_deserializer=consent_dot_v1_dot_admin__pb2.SetDeliveryProviderResponse.FromString,
+                _registered_method=True)
+        self.GetDeliveryProviders = channel.unary_unary(
+                '/consent.v1.ConsentAdminService/GetDeliveryProviders',
+                request_serializer=consent_dot_v1_dot_admin__pb2.GetDeliveryProvidersRequest.SerializeToString,
+                response_deserializer=consent_dot_v1_dot_admin__pb2.GetDeliveryProvidersResponse.FromString,
+                _registered_method=True)
 
 
 class ConsentAdminServiceServicer:
@@ -42,9 +53,46 @@ class ConsentAdminServiceServicer:
     ---- Tenant settings (keywords, templates, policies) ----
     """
 
+    def SetDeliveryProvider(self, request, context):
+        """---- end of tenant settings ----
+
+        ---- API keys and erasure ----
+
+        ---- end of API keys and erasure ----
+
+        ---- Delivery providers ----
+
+        Sets the provider that delivers a tenant's messages on one channel, or on
+        every channel without its own (channel CHANNEL_UNSPECIFIED). Replaces the
+        channel's previous provider; takes effect within about a second. Secrets are
+        write-only: leave them empty to keep the stored ones of the same provider kind.
+        Errors: INVALID_ARGUMENT (+ BadRequest naming each bad field; nothing written).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDeliveryProviders(self, request, context):
+        """Lists a tenant's configured delivery providers. Secrets are never returned:
+        only whether one is set. Channels without a provider use `log`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ConsentAdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'SetDeliveryProvider': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetDeliveryProvider,
+                    request_deserializer=consent_dot_v1_dot_admin__pb2.SetDeliveryProviderRequest.FromString,
+                    response_serializer=consent_dot_v1_dot_admin__pb2.SetDeliveryProviderResponse.SerializeToString,
+            ),
+            'GetDeliveryProviders': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDeliveryProviders,
+                    request_deserializer=consent_dot_v1_dot_admin__pb2.GetDeliveryProvidersRequest.FromString,
+                    response_serializer=consent_dot_v1_dot_admin__pb2.GetDeliveryProvidersResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'consent.v1.ConsentAdminService', rpc_method_handlers)
@@ -57,3 +105,57 @@ class ConsentAdminService:
     """ConsentAdminService configures tenants and manages access and erasure.
     ---- Tenant settings (keywords, templates, policies) ----
     """
+
+    @staticmethod
+    def SetDeliveryProvider(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/consent.v1.ConsentAdminService/SetDeliveryProvider',
+            consent_dot_v1_dot_admin__pb2.SetDeliveryProviderRequest.SerializeToString,
+            consent_dot_v1_dot_admin__pb2.SetDeliveryProviderResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDeliveryProviders(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/consent.v1.ConsentAdminService/GetDeliveryProviders',
+            consent_dot_v1_dot_admin__pb2.GetDeliveryProvidersRequest.SerializeToString,
+            consent_dot_v1_dot_admin__pb2.GetDeliveryProvidersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -7,6 +7,7 @@ once authentication is on.
 """
 
 from collections import abc as _abc
+from consent_client.v1 import admin_pb2 as _admin_pb2
 from grpc import aio as _aio
 import abc as _abc_1
 import grpc as _grpc
@@ -37,6 +38,19 @@ class ConsentAdminServiceStub:
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> ConsentAdminServiceAsyncStub: ...
+    SetDeliveryProvider: _grpc.UnaryUnaryMultiCallable[_admin_pb2.SetDeliveryProviderRequest, _admin_pb2.SetDeliveryProviderResponse]
+    """---- Delivery providers ----
+
+    Sets the provider that delivers a tenant's messages on one channel, or on
+    every channel without its own (channel CHANNEL_UNSPECIFIED). Replaces the
+    channel's previous provider; takes effect within about a second. Secrets are
+    write-only: leave them empty to keep the stored ones of the same provider kind.
+    Errors: INVALID_ARGUMENT (+ BadRequest naming each bad field; nothing written).
+    """
+    GetDeliveryProviders: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetDeliveryProvidersRequest, _admin_pb2.GetDeliveryProvidersResponse]
+    """Lists a tenant's configured delivery providers. Secrets are never returned:
+    only whether one is set. Channels without a provider use `log`.
+    """
 
 @_typing.type_check_only
 class ConsentAdminServiceAsyncStub(ConsentAdminServiceStub):
@@ -45,12 +59,48 @@ class ConsentAdminServiceAsyncStub(ConsentAdminServiceStub):
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
+    SetDeliveryProvider: _aio.UnaryUnaryMultiCallable[_admin_pb2.SetDeliveryProviderRequest, _admin_pb2.SetDeliveryProviderResponse]  # type: ignore[assignment]
+    """---- Delivery providers ----
+
+    Sets the provider that delivers a tenant's messages on one channel, or on
+    every channel without its own (channel CHANNEL_UNSPECIFIED). Replaces the
+    channel's previous provider; takes effect within about a second. Secrets are
+    write-only: leave them empty to keep the stored ones of the same provider kind.
+    Errors: INVALID_ARGUMENT (+ BadRequest naming each bad field; nothing written).
+    """
+    GetDeliveryProviders: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetDeliveryProvidersRequest, _admin_pb2.GetDeliveryProvidersResponse]  # type: ignore[assignment]
+    """Lists a tenant's configured delivery providers. Secrets are never returned:
+    only whether one is set. Channels without a provider use `log`.
+    """
 
 class ConsentAdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """ConsentAdminService configures tenants and manages access and erasure.
     ---- Tenant settings (keywords, templates, policies) ----
     """
 
-    ...
+    @_abc_1.abstractmethod
+    def SetDeliveryProvider(
+        self,
+        request: _admin_pb2.SetDeliveryProviderRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.SetDeliveryProviderResponse, _abc.Awaitable[_admin_pb2.SetDeliveryProviderResponse]]:
+        """---- Delivery providers ----
+
+        Sets the provider that delivers a tenant's messages on one channel, or on
+        every channel without its own (channel CHANNEL_UNSPECIFIED). Replaces the
+        channel's previous provider; takes effect within about a second. Secrets are
+        write-only: leave them empty to keep the stored ones of the same provider kind.
+        Errors: INVALID_ARGUMENT (+ BadRequest naming each bad field; nothing written).
+        """
+
+    @_abc_1.abstractmethod
+    def GetDeliveryProviders(
+        self,
+        request: _admin_pb2.GetDeliveryProvidersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.GetDeliveryProvidersResponse, _abc.Awaitable[_admin_pb2.GetDeliveryProvidersResponse]]:
+        """Lists a tenant's configured delivery providers. Secrets are never returned:
+        only whether one is set. Channels without a provider use `log`.
+        """
 
 def add_ConsentAdminServiceServicer_to_server(servicer: ConsentAdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
