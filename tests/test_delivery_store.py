@@ -658,3 +658,39 @@ def test_backoff_grows_and_is_capped() -> None:
         1000,
     ]
     assert [backoff_ms(n, 100, 1000, lambda: 0.0) for n in (1, 2, 5)] == [50, 100, 500]
+
+
+async def test_failed_receipt_with_opt_out_code_records_the_opt_out(
+    store: RedisConsentStore, outbox: DeliveryRepository, worker: DeliveryWorker, fake: FakeProvider
+) -> None:
+    from consent_server.delivery.receipts import apply_receipt
+
+    await use_webhook(store, fake.url)
+    mid = await send(store, topic="marketing")
+    await settle(worker, store, mid)
+    # An unknown provider id: nothing happens, nothing is recorded.
+    assert (
+        await apply_receipt(
+            store, outbox, TENANT, ReceiptStatus.FAILED, provider_message_id="x", error_code=131050
+        )
+        is ReceiptOutcome.UNKNOWN
+    )
+    assert (await ConsentAuthority(store).check(TENANT, WA, "marketing")).decision.allowed
+    for _ in range(2):  # a re-sent receipt changes nothing more
+        await apply_receipt(
+            store,
+            outbox,
+            TENANT,
+            ReceiptStatus.FAILED,
+            provider_message_id="prov-1",
+            error_code=131050,
+            provider="whatsapp_cloud",
+        )
+    status = await store.message_status(TENANT, mid)
+    assert status is not None and status.state is MessageState.FAILED
+    assert status.last_error == "whatsapp_cloud receipt: error 131050"
+    history = await ConsentAuthority(store).history(TENANT, WA, 10, "")
+    provider_events = [e for e in history.events if e.source is Source.PROVIDER]
+    assert len(provider_events) == 1 and provider_events[0].topic == "marketing"
+    assert not (await ConsentAuthority(store).check(TENANT, WA, "marketing")).decision.allowed
+    assert (await ConsentAuthority(store).check(TENANT, WA, "order_updates")).decision.allowed
