@@ -694,3 +694,59 @@ async def test_failed_receipt_with_opt_out_code_records_the_opt_out(
     assert len(provider_events) == 1 and provider_events[0].topic == "marketing"
     assert not (await ConsentAuthority(store).check(TENANT, WA, "marketing")).decision.allowed
     assert (await ConsentAuthority(store).check(TENANT, WA, "order_updates")).decision.allowed
+
+
+async def test_clean_stop_leaves_no_consumer_behind(
+    store: RedisConsentStore, outbox: DeliveryRepository
+) -> None:
+    w = make_worker(store, outbox, "short-lived", block_ms=50)
+    await w.start()
+    try:
+        mid = await send(store)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            status = await store.message_status(TENANT, mid)
+            if status is not None and status.state is MessageState.DELIVERED:
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        await w.stop(1)
+    # A consumer still holding an entry is kept: its entry must stay reclaimable.
+    mid2 = await send(store)
+    [held] = await outbox.read("holder", 10, None)
+    assert held.message_id == mid2
+    await outbox.retire("holder")
+    names: set[str] = set()
+    for p in range(keys.PARTITIONS):
+        for c in await store.client.xinfo_consumers(keys.outbox(p), GROUP):
+            name = c["name"]
+            names.add(name.decode() if isinstance(name, bytes) else name)
+    assert "short-lived" not in names
+    assert "holder" in names
+
+
+async def test_store_error_mid_delivery_leaves_the_message_for_a_reclaim(
+    store: RedisConsentStore, outbox: DeliveryRepository, worker: DeliveryWorker
+) -> None:
+    import redis.asyncio as aioredis
+
+    mid = await send(store)
+    await outbox.ensure_groups()
+    [entry] = await outbox.read("flaky", 10, None)
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
+    # Nothing listens on port 1; no client-side retries, to keep the test fast.
+    dead = aioredis.Redis(port=1, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))
+    flaky = DeliveryWorker(RedisConsentStore(dead), DeliveryRepository(dead), WorkerOptions())
+    try:
+        await flaky.handle(entry)  # StoreUnavailable: logged, not raised, nothing recorded
+    finally:
+        await flaky.stop(0)
+        await dead.aclose()
+    status = await store.message_status(TENANT, mid)
+    assert status is not None and status.state is MessageState.ACCEPTED
+    await asyncio.sleep(0.35)  # the visibility timeout of the healthy worker
+    await settle(worker, store, mid)
+    status = await store.message_status(TENANT, mid)
+    assert status is not None and status.state is MessageState.DELIVERED

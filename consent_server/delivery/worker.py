@@ -141,6 +141,8 @@ class DeliveryWorker:
                     await task
         if self._own_http:
             await self._http.aclose()
+        with contextlib.suppress(StoreUnavailable):  # the name stays in the group; harmless
+            await self._outbox.retire(self.consumer)
         log.info("delivery worker stopped", extra={"consumer": self.consumer})
 
     async def run_once(self) -> int:

@@ -237,6 +237,25 @@ class DeliveryRepository:
                 )
             )
 
+    async def retire(self, consumer: str) -> None:
+        """Remove ``consumer`` from the group where it holds nothing pending (a clean stop),
+        so consumer names of stopped processes do not pile up. Where it still holds
+        entries it stays, and another worker reclaims them."""
+        for part in range(keys.PARTITIONS):
+            key = keys.outbox(part)
+
+            async def one(key: str = key) -> None:
+                held = await self._r.xpending_range(
+                    key, GROUP, min="-", max="+", count=1, consumername=consumer
+                )
+                if not held:
+                    await self._r.xgroup_delconsumer(key, GROUP, consumer)
+
+            try:
+                await self._call(one)
+            except rex.ResponseError:
+                continue  # no group there (streams flushed): nothing to retire
+
     async def drop(self, entry: OutboxEntry) -> None:
         """Acknowledge and delete an entry that cannot be acted on (malformed)."""
         key = keys.outbox(entry.partition)
