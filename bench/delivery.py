@@ -8,7 +8,9 @@ the load runs, then waits until every accepted message is DELIVERED. Rows:
 - SendIfAllowed accept rate (msg/s) — the baseline measured in the same run;
 - delivery throughput (msg/s): delivered messages over the time from the first
   acceptance to the last DELIVERED;
-- delivery latency p50/p99 (acceptance -> DELIVERED) and outbox lag p50/max under load.
+- delivery latency p50/p99 (acceptance -> DELIVERED) and outbox lag p50/max under load;
+- drain rate (msg/s): how fast the worker empties a backlog queued before it started,
+  i.e. delivery capacity when it is not waiting for new sends.
 
 ``python bench/delivery.py [seconds]`` prints the table; ``measure`` is what the
 ``make bench`` runner calls.
@@ -37,10 +39,19 @@ if str(ROOT) not in sys.path:  # `python bench/delivery.py` from a checkout
 
 from consent_client.v1 import consent_pb2 as pb  # noqa: E402
 from consent_client.v1 import consent_pb2_grpc  # noqa: E402
+from consent_server.domain.model import (  # noqa: E402
+    Channel,
+    OutboundMessage,
+    Policy,
+    Recipient,
+    SendInput,
+)
 from consent_server.store import keys  # noqa: E402
 from consent_server.store.outbox import DeliveryRepository  # noqa: E402
+from consent_server.store.repository import RedisConsentStore  # noqa: E402
 
 CLIENTS = 16
+BACKLOG = 2000
 TENANT = "bench"
 
 
@@ -167,6 +178,47 @@ async def _sample_lag(outbox: DeliveryRepository, stop: asyncio.Event, out: list
         await asyncio.sleep(0.1)
 
 
+async def _prefill(client: aioredis.Redis, count: int) -> None:
+    """Queue ``count`` messages through the real send script, before any worker runs."""
+    store = RedisConsentStore(client)
+    for start in range(0, count, 50):
+        await asyncio.gather(
+            *(
+                store.send(
+                    SendInput(
+                        tenant_id=TENANT,
+                        recipient=Recipient(Channel.SMS, f"+1415556{i:04d}"),
+                        topic="order_updates",
+                        message=OutboundMessage(kind="text", text=f"backlog {i}"),
+                        idempotency_key="",
+                        not_after_ms=0,
+                    ),
+                    Policy.ALLOW_UNLESS_OPTED_OUT,
+                )
+                for i in range(start, min(start + 50, count))
+            )
+        )
+
+
+async def _drain(outbox: DeliveryRepository, limit_s: float) -> float:
+    """Wait until nothing waits in the outboxes (or ``limit_s``); returns the delivery
+    rate observed from the first message leaving to the last (0 when nothing moved)."""
+    started = time.monotonic()
+    first: tuple[float, int] | None = None
+    initial, _ = await outbox.backlog()
+    while time.monotonic() - started < limit_s:
+        total, _ = await outbox.backlog()
+        now = time.monotonic()
+        if first is None and total < initial:
+            first = (now, total)
+        if total == 0:
+            if first is None or now <= first[0]:
+                return 0.0
+            return first[1] / (now - first[0])
+        await asyncio.sleep(0.02)
+    return 0.0
+
+
 async def measure(duration_s: float) -> list[tuple[str, float, str]]:
     """Run the benchmark for ``duration_s`` of load; rows of (name, value, unit)."""
     with tempfile.TemporaryDirectory(prefix="bench-delivery-") as tmp:
@@ -175,9 +227,11 @@ async def measure(duration_s: float) -> list[tuple[str, float, str]]:
         client = aioredis.Redis(port=redis_port)
         try:
             await _wait_redis(redis_port)
-            server, target = _start_server(f"redis://127.0.0.1:{redis_port}/0")
-            await _wait_serving(target)
             outbox = DeliveryRepository(client)
+            await _prefill(client, BACKLOG)
+            server, target = _start_server(f"redis://127.0.0.1:{redis_port}/0")
+            drain_rate = await _drain(outbox, 120.0)
+            await _wait_serving(target)
             ids: list[str] = []
             lags: list[float] = []
             stop = asyncio.Event()
@@ -185,13 +239,7 @@ async def measure(duration_s: float) -> list[tuple[str, float, str]]:
             elapsed = await _load(target, duration_s, ids)
             stop.set()
             await sampler
-            # Drain: wait until nothing is waiting any more (bounded).
-            deadline = time.monotonic() + max(60.0, duration_s * 10)
-            while time.monotonic() < deadline:
-                total, _ = await outbox.backlog()
-                if total == 0:
-                    break
-                await asyncio.sleep(0.1)
+            await _drain(outbox, max(60.0, duration_s * 10))
             pipe = client.pipeline(transaction=False)
             for mid in ids:
                 part = keys.message_partition(mid)
@@ -225,6 +273,11 @@ async def measure(duration_s: float) -> list[tuple[str, float, str]]:
         ("delivery latency p99", _pct(latencies, 0.99), "ms"),
         ("outbox lag p50 under load", round(statistics.median(lags), 1) if lags else 0.0, "ms"),
         ("outbox lag max under load", round(max(lags), 1) if lags else 0.0, "ms"),
+        (
+            f"drain rate of a {BACKLOG}-message backlog (capacity)",
+            round(drain_rate, 1),
+            "msg/s",
+        ),
     ]
 
 
