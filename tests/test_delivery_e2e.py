@@ -4,6 +4,7 @@ real local HTTP server; workers killed with SIGKILL mid-delivery."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -23,6 +24,8 @@ from consent_client.v1 import admin_pb2 as apb
 from consent_client.v1 import admin_pb2_grpc, consent_pb2_grpc
 from consent_client.v1 import consent_pb2 as pb
 from consent_server.delivery.providers.webhook import verify
+from consent_server.domain.model import Channel, Recipient
+from consent_server.store import keys
 
 from .fake_provider import FakeProvider, fake_provider
 from .support import RedisProcess, ServerProcess, free_port
@@ -266,7 +269,8 @@ def test_two_worker_processes_deliver_each_message_once(
             ids = [send(stub, "acme", f"message {i}") for i in range(60)]
             statuses = [wait_status(stub, "acme", i) for i in ids]
         assert {s.status for s in statuses} == {pb.MESSAGE_STATUS_DELIVERED}
-        assert {s.attempts for s in statuses} == {1}
+        retried = "".join(line for w in workers for line in w.lines if "retried" in line)
+        assert {s.attempts for s in statuses} == {1}, retried
         sent = [r.json["message_id"] for r in fake.requests]
         assert sorted(sent) == sorted(ids)  # every message, each exactly once
         assert all(w.stop() == 0 for w in workers)
@@ -320,3 +324,54 @@ def test_worker_without_redis_url_refuses_to_start() -> None:
     )
     assert proc.returncode == 2
     assert "CONSENT_REDIS_URL is required" in proc.stderr
+
+
+def test_worker_process_cancels_opted_out_sends_but_delivers_the_confirmation(
+    fake: FakeProvider, redis_server: RedisProcess
+) -> None:
+    env = {**FAST, "CONSENT_REDIS_URL": redis_server.url}
+    srv = ServerProcess({**env, "CONSENT_DELIVERY": "off"}).start()
+    worker: WorkerProcess | None = None
+    try:
+        ch, stub, admin = stubs(srv.target)
+        with ch:
+            use_webhook(admin, "acme", fake.url)
+            mid = send(stub, "acme", "accepted before the opt-out")
+            stub.OptOut(
+                pb.OptOutRequest(
+                    tenant_id="acme",
+                    recipient=pb.Recipient(channel=pb.CHANNEL_SMS, address=PHONE),
+                    source=pb.SOURCE_KEYWORD,
+                )
+            )
+            # The confirmation the inbound flow queues (docs/outbox.md), written directly.
+            part = keys.partition("acme", Recipient(Channel.SMS, PHONE))
+            conf = keys.new_message_id(part)
+            redis_server.client().xadd(
+                keys.outbox(part),
+                {
+                    "id": conf,
+                    "tenant": "acme",
+                    "ch": "sms",
+                    "addr": PHONE,
+                    "topic": "",
+                    "body": json.dumps({"kind": "text", "text": "Reply START to resubscribe"}),
+                    "not_after": "0",
+                    "meta": "{}",
+                    "rev": "1",
+                    "at": str(int(time.time() * 1000)),
+                    "purpose": "confirmation",
+                },
+            )
+            worker = WorkerProcess(env).start()
+            cancelled = wait_status(stub, "acme", mid)
+            confirmed = wait_status(stub, "acme", conf)
+        assert cancelled.status == pb.MESSAGE_STATUS_CANCELLED
+        assert cancelled.last_error.startswith("RECIPIENT_OPTED_OUT")
+        assert confirmed.status == pb.MESSAGE_STATUS_DELIVERED
+        assert [r.json["message_id"] for r in fake.requests] == [conf]
+        assert worker.stop() == 0
+    finally:
+        if worker:
+            worker.kill()
+        srv.stop()
