@@ -105,13 +105,13 @@ async def serve(settings: Settings) -> int:
         port = 0
     if port == 0 and not settings.listen.endswith(":0"):
         raise ConfigError(f"CONSENT_LISTEN={settings.listen!r}: cannot listen there (in use?)")
+    serve_metrics(settings.metrics_listen)
     await server.start()
     host = settings.listen.rsplit(":", 1)[0]
     log.info(
         "consent authority serving",
         extra={"address": f"{host}:{port}", "store": "embedded" if settings.embedded else "redis"},
     )
-    serve_metrics(settings.metrics_listen)
     # The inline worker starts once the server serves and stops after it drained.
     worker = build_worker(settings, store) if settings.delivery == "inline" else None
     if worker is not None:

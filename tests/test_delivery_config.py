@@ -80,3 +80,28 @@ def test_server_exits_2_on_bad_delivery_setting() -> None:
         "consent-server: configuration error: CONSENT_DELIVERY_MAX_ATTEMPTS='lots': "
         "expected a whole number"
     ]
+
+
+def test_metrics_port_in_use_stops_start_up_with_exit_2() -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = subprocess.run(
+            [sys.executable, "-m", "consent_server", "--listen", "127.0.0.1:0"],
+            env={"CONSENT_METRICS_LISTEN": f"127.0.0.1:{port}", "PATH": "/usr/bin:/bin"},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert proc.returncode == 2
+    assert (
+        proc.stderr.strip()
+        .splitlines()[-1]
+        .startswith(
+            f"consent-server: configuration error: CONSENT_METRICS_LISTEN='127.0.0.1:{port}': "
+            "cannot listen there"
+        )
+    )

@@ -11,6 +11,8 @@ import logging
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
+from consent_server.config import ConfigError
+
 log = logging.getLogger("consent_server.metrics")
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600)
@@ -54,5 +56,10 @@ def serve_metrics(listen: str | None) -> None:
     if not listen:
         return
     host, _, port = listen.rpartition(":")
-    start_http_server(int(port), addr=host.strip("[]"))
+    try:
+        start_http_server(int(port), addr=host.strip("[]"))
+    except OSError as exc:
+        raise ConfigError(
+            f"CONSENT_METRICS_LISTEN={listen!r}: cannot listen there ({exc.strerror or exc})"
+        ) from None
     log.info("metrics serving", extra={"address": listen})
