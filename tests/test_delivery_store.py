@@ -750,3 +750,70 @@ async def test_store_error_mid_delivery_leaves_the_message_for_a_reclaim(
     await settle(worker, store, mid)
     status = await store.message_status(TENANT, mid)
     assert status is not None and status.state is MessageState.DELIVERED
+
+
+T0 = 1_790_000_000_000
+IN, OUT = Action.OPT_IN, Action.OPT_OUT
+
+
+@pytest.mark.parametrize(
+    "events",
+    [
+        [],
+        [("", OUT, T0)],
+        [("marketing", OUT, T0)],
+        [("order_updates", OUT, T0)],
+        [("", OUT, T0), ("marketing", IN, T0 + 1)],
+        [("marketing", IN, T0 + 1), ("", OUT, T0)],  # arrives late, still older
+        [("", OUT, T0 + 5), ("marketing", IN, T0)],
+        [("", IN, T0), ("marketing", OUT, T0)],  # same instant: the higher revision wins
+        [("marketing", OUT, T0), ("", IN, T0)],
+        [("", OUT, T0), ("", IN, T0 + 1)],
+    ],
+)
+async def test_claim_script_agrees_with_the_decision_rule(
+    store: RedisConsentStore,
+    outbox: DeliveryRepository,
+    worker: DeliveryWorker,
+    events: list[tuple[str, Action, int]],
+) -> None:
+    """claim.lua re-implements SPEC §3 (it must be atomic with the claim): same answers."""
+    from consent_server.domain.model import ConsentEventInput
+
+    mid = await send(store, topic="marketing")
+    for n, (topic, action, at) in enumerate(events):
+        await store.record_event(
+            ConsentEventInput(
+                tenant_id=TENANT,
+                recipient=ALICE,
+                topic=topic,
+                action=action,
+                source=Source.API,
+                evidence="",
+                occurred_at_ms=at,
+                event_id=f"ev{n}",
+                principal="test",
+            )
+        )
+    expected = (await ConsentAuthority(store).check(TENANT, WA, "marketing")).decision
+    await settle(worker, store, mid)
+    status = await store.message_status(TENANT, mid)
+    assert status is not None
+    assert status.state is (MessageState.DELIVERED if expected.allowed else MessageState.CANCELLED)
+
+
+async def test_policy_now_requiring_opt_in_cancels_with_opt_in_required(
+    store: RedisConsentStore, worker: DeliveryWorker, fake: FakeProvider
+) -> None:
+    from consent_server.domain.model import Policy, TenantSettings
+
+    await use_webhook(store, fake.url)
+    mid = await send(store, topic="marketing")
+    await store.put_tenant_settings(
+        TENANT, TenantSettings(topic_policies={"marketing": Policy.REQUIRE_OPT_IN})
+    )
+    await settle(worker, store, mid)
+    status = await store.message_status(TENANT, mid)
+    assert status is not None and status.state is MessageState.CANCELLED
+    assert status.last_error.startswith("OPT_IN_REQUIRED")
+    assert fake.requests == []
