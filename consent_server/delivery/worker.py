@@ -77,7 +77,7 @@ class WorkerOptions:
     @property
     def tick_s(self) -> float:
         """How often due retries are re-queued and abandoned entries reclaimed."""
-        return max(0.02, min(self.visibility_timeout_s / 4, self.backoff_base_ms / 2000, 1.0))
+        return max(0.05, min(self.visibility_timeout_s / 4, self.backoff_base_ms / 2000, 1.0))
 
 
 class DeliveryWorker:
@@ -190,6 +190,10 @@ class DeliveryWorker:
                 self._store_failed(exc)
                 await asyncio.sleep(1.0)
                 continue
+            except Exception:  # never let one odd reply end delivery for this process
+                log.exception("delivery: reading the outbox failed; retrying")
+                await asyncio.sleep(1.0)
+                continue
             for entry in entries:
                 self._spawn(entry)
             # The embedded store answers a blocking read at once: do not spin.
@@ -222,6 +226,8 @@ class DeliveryWorker:
                 self._store_ok()
             except StoreUnavailable as exc:
                 self._store_failed(exc)
+            except Exception:  # keep reclaiming and retrying whatever one tick hit
+                log.exception("delivery: outbox maintenance failed; retrying")
             await asyncio.sleep(opts.tick_s)
 
     def _store_ok(self) -> None:
