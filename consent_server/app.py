@@ -18,7 +18,11 @@ from consent_server.api.admin import ConsentAdminService
 from consent_server.api.auth import AuthInterceptor
 from consent_server.api.consent_service import ConsentServicer
 from consent_server.config import ConfigError, Settings, is_loopback
+from consent_server.delivery.metrics import serve_metrics
+from consent_server.delivery.receipts import whatsapp_status_handler
+from consent_server.delivery.runner import build_worker
 from consent_server.domain.auth import OPERATOR_TENANT, Role
+from consent_server.domain.delivery import DeliveryAdmin
 from consent_server.domain.edge import ConsentLinks
 from consent_server.domain.errors import StoreUnavailable
 from consent_server.domain.security import RateLimits, SecurityAuthority
@@ -27,6 +31,7 @@ from consent_server.http.server import HttpEdge
 from consent_server.http.wiring import edge_app, keyring_for
 from consent_server.store.connect import open_store
 from consent_server.store.edge import RedisEdgeStore
+from consent_server.store.outbox import DeliveryRepository
 from consent_server.store.repository import RedisConsentStore
 from consent_server.store.security import RedisSecurityStore
 
@@ -117,7 +122,14 @@ async def serve(settings: Settings) -> int:
     )
     consent_pb2_grpc.add_ConsentServiceServicer_to_server(consent_servicer, server)
     admin_pb2_grpc.add_ConsentAdminServiceServicer_to_server(
-        ConsentAdminService(authority, security, edge_store, public_url), server
+        ConsentAdminService(
+            authority,
+            security,
+            edge_store,
+            public_url,
+            DeliveryAdmin(DeliveryRepository(store.client)),
+        ),
+        server,
     )
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -144,6 +156,7 @@ async def serve(settings: Settings) -> int:
         port = 0
     if port == 0 and not settings.listen.endswith(":0"):
         raise ConfigError(f"CONSENT_LISTEN={settings.listen!r}: cannot listen there (in use?)")
+    serve_metrics(settings.metrics_listen)
     await server.start()
     host = settings.listen.rsplit(":", 1)[0]
     log.info(
@@ -155,9 +168,21 @@ async def serve(settings: Settings) -> int:
             "tls": "mtls" if settings.tls_client_ca else ("tls" if settings.tls else "off"),
         },
     )
+    # The inline worker starts once the server serves and stops after it drained.
+    worker = build_worker(settings, store) if settings.delivery == "inline" else None
+    if worker is not None:
+        await worker.start()
 
     if http_edge is not None:
-        await http_edge.start(edge_app(authority, links, edge_store), settings.shutdown_grace_s)
+        await http_edge.start(
+            edge_app(
+                authority,
+                links,
+                edge_store,
+                on_status=whatsapp_status_handler(store, DeliveryRepository(store.client)),
+            ),
+            settings.shutdown_grace_s,
+        )
         log.info(
             "http edge serving",
             extra={
@@ -191,6 +216,8 @@ async def serve(settings: Settings) -> int:
         # redelivers anything refused meanwhile.
         await http_edge.stop()
     await server.stop(settings.shutdown_grace_s)
+    if worker is not None:
+        await worker.stop(settings.shutdown_grace_s)
     await store.aclose()
     log.info("stopped")
     return 0

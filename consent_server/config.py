@@ -60,6 +60,13 @@ class Settings:
     http_listen: str | None = None
     public_url: str | None = None
     link_secrets: tuple[bytes, ...] = field(default=(), repr=False)  # secret: never shown
+    # Delivery worker tuning and the metrics listener (README: Delivery).
+    metrics_listen: str | None = None
+    delivery_concurrency: int = 32
+    delivery_visibility_s: float = 60.0
+    delivery_max_attempts: int = 8
+    delivery_backoff_s: float = 1.0
+    delivery_backoff_max_s: float = 300.0
 
     @property
     def host(self) -> str:
@@ -201,6 +208,44 @@ _OPTIONS: tuple[tuple[str, str, str, str], ...] = (
         "--link-secret",
         "secret(s) signing consent links, comma-separated, first mints; unset = generated in Redis",
     ),
+    *(
+        (
+            "metrics_listen",
+            "CONSENT_METRICS_LISTEN",
+            "--metrics-listen",
+            "Prometheus /metrics host:port; unset = off",
+        ),
+        (
+            "delivery_concurrency",
+            "CONSENT_DELIVERY_CONCURRENCY",
+            "--delivery-concurrency",
+            "messages one worker delivers at once",
+        ),
+        (
+            "delivery_visibility_s",
+            "CONSENT_DELIVERY_VISIBILITY_TIMEOUT",
+            "--delivery-visibility-timeout",
+            "seconds before another worker takes over a crashed worker's message",
+        ),
+        (
+            "delivery_max_attempts",
+            "CONSENT_DELIVERY_MAX_ATTEMPTS",
+            "--delivery-max-attempts",
+            "provider attempts before a message fails",
+        ),
+        (
+            "delivery_backoff_s",
+            "CONSENT_DELIVERY_BACKOFF",
+            "--delivery-backoff",
+            "seconds before the first retry (doubles each time)",
+        ),
+        (
+            "delivery_backoff_max_s",
+            "CONSENT_DELIVERY_BACKOFF_MAX",
+            "--delivery-backoff-max",
+            "longest wait between retries, seconds",
+        ),
+    ),
 )
 
 
@@ -322,6 +367,7 @@ def _validate(raw: dict[str, tuple[str, str]]) -> Settings:
     if "delivery" in raw:
         values["delivery"] = _choice(*raw["delivery"], ("inline", "off"))
     values.update(_validate_edge(raw))
+    _validate_delivery(raw, values)
     if values.get("redis_cluster") and "redis_url" not in values:
         raise ConfigError("CONSENT_REDIS_CLUSTER=1 needs CONSENT_REDIS_URL")
     settings = Settings(**values)  # type: ignore[arg-type]
@@ -393,6 +439,40 @@ def _validate_edge(raw: dict[str, tuple[str, str]]) -> dict[str, object]:
             raise ConfigError(f"{var}: each comma-separated secret must be at least 32 characters")
         values["link_secrets"] = tuple(p.encode() for p in parts)
     return values
+
+
+def _validate_delivery(raw: dict[str, tuple[str, str]], values: dict[str, object]) -> None:
+    """The delivery worker's settings and the metrics listener."""
+    if "metrics_listen" in raw:
+        var, text = raw["metrics_listen"]
+        host, sep, port = text.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+            raise ConfigError(f"{var}={text!r}: expected host:port, e.g. 127.0.0.1:9464")
+        if not is_loopback(host.strip("[]")):
+            try:
+                ipaddress.ip_address(host.strip("[]"))
+            except ValueError:
+                raise ConfigError(f"{var}={text!r}: expected an IP address or localhost") from None
+        values["metrics_listen"] = text
+    if "delivery_concurrency" in raw:
+        values["delivery_concurrency"] = _integer(*raw["delivery_concurrency"], 1, 1024)
+    if "delivery_visibility_s" in raw:
+        values["delivery_visibility_s"] = _number(*raw["delivery_visibility_s"], 0.2, 3600)
+    if "delivery_max_attempts" in raw:
+        values["delivery_max_attempts"] = _integer(*raw["delivery_max_attempts"], 1, 100)
+    if "delivery_backoff_s" in raw:
+        values["delivery_backoff_s"] = _number(*raw["delivery_backoff_s"], 0.01, 3600)
+    if "delivery_backoff_max_s" in raw:
+        values["delivery_backoff_max_s"] = _number(*raw["delivery_backoff_max_s"], 0.01, 86400)
+    defaults = Settings()
+    base = values.get("delivery_backoff_s", defaults.delivery_backoff_s)
+    cap = values.get("delivery_backoff_max_s", defaults.delivery_backoff_max_s)
+    assert isinstance(base, float) and isinstance(cap, float)
+    if cap < base:
+        raise ConfigError(
+            f"CONSENT_DELIVERY_BACKOFF_MAX={cap:g}: must not be below "
+            f"CONSENT_DELIVERY_BACKOFF={base:g}"
+        )
 
 
 def is_loopback(host: str) -> bool:

@@ -43,7 +43,9 @@ def server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:
     """The real server process, on the embedded store and on a private redis-server."""
-    env: dict[str, str] = {}
+    # These tests observe the accept path (status ACCEPTED right after a send); delivery
+    # has its own end-to-end tests (test_delivery_e2e.py) with the inline worker on.
+    env: dict[str, str] = {"CONSENT_DELIVERY": "off"}
     redis_proc = None
     if request.param == "redis-server":
         redis_proc = RedisProcess(tmp_path_factory.mktemp("srv-redis")).start()

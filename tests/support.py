@@ -220,7 +220,13 @@ class ServerProcess:
 
     def wait(self, timeout: float = 30) -> int:
         assert self.proc
-        code = self.proc.wait(timeout)
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            # Say where shutdown stuck: the server's own log, not just "timed out".
+            raise AssertionError(
+                f"server did not exit within {timeout}s; its log:\n" + self.log()[-6000:]
+            ) from None
         if self._reader:
             self._reader.join(5)
         return code

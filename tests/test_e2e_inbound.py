@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -53,7 +54,9 @@ class Env:
 @pytest.fixture(scope="module", params=["embedded", "redis-server"])
 def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     redis_proc = None
-    environ: dict[str, str] = {}
+    # These tests count the confirmations waiting in the outbox: no worker takes them
+    # (test_confirmation_is_delivered_to_the_opted_out_recipient runs one).
+    environ: dict[str, str] = {"CONSENT_DELIVERY": "off"}
     if request.param == "redis-server":
         redis_proc = RedisProcess(tmp_path_factory.mktemp("inbound-redis")).start()
         environ["CONSENT_REDIS_URL"] = redis_proc.url
@@ -680,3 +683,43 @@ def test_store_down_fails_closed(tmp_path_factory: pytest.TempPathFactory, tenan
     finally:
         assert srv.stop() == 0
         redis_proc.stop()
+
+
+def test_confirmation_is_delivered_to_the_opted_out_recipient(tenant: str) -> None:
+    """With the default inline worker (log provider), the STOP confirmation reaches the
+    customer who just opted out, and the next promotion is refused."""
+    srv = ServerProcess({}).start()  # CONSENT_DELIVERY defaults to inline
+    try:
+        with grpc.insecure_channel(srv.target) as channel:
+            stub = consent_pb2_grpc.ConsentServiceStub(channel)
+            stop = stub.HandleInboundMessage(
+                pb.HandleInboundMessageRequest(
+                    tenant_id=tenant, recipient=WA, text="STOP", provider_message_id="wamid.d1"
+                )
+            )
+            assert stop.action == OUT and stop.reply_message_id
+            deadline = time.monotonic() + 10
+            status = None
+            while time.monotonic() < deadline:
+                status = stub.GetMessageStatus(
+                    pb.GetMessageStatusRequest(tenant_id=tenant, message_id=stop.reply_message_id)
+                )
+                if status.status != pb.MESSAGE_STATUS_ACCEPTED:
+                    break
+                time.sleep(0.05)
+            assert status is not None and status.status == pb.MESSAGE_STATUS_DELIVERED, status
+            with pytest.raises(grpc.RpcError) as blocked:
+                stub.SendIfAllowed(
+                    pb.SendIfAllowedRequest(
+                        tenant_id=tenant,
+                        recipient=WA,
+                        topic="marketing",
+                        message=pb.Message(text="20% off"),
+                    )
+                )
+            assert blocked.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    finally:
+        assert srv.stop() == 0
+    delivered = [ln for ln in srv.log().splitlines() if "delivered (log provider)" in ln]
+    assert len(delivered) == 1 and "+91987*****10" in delivered[0]
+    assert "919876543210" not in srv.log()  # the log provider masks the address

@@ -55,6 +55,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         "CONSENT_REDIS_URL": redis.url,
         "CONSENT_REQUIRE_AUTH": "1",
         "CONSENT_BOOTSTRAP_ADMIN_KEY": operator,
+        # Erasure tests look at queued messages: no delivery worker takes them.
+        "CONSENT_DELIVERY": "off",
         # Links can be minted (CreateConsentLink) without serving the HTTP edge here.
         "CONSENT_PUBLIC_URL": "https://consent.example.test",
     }

@@ -8,17 +8,22 @@ implements falls through to the generated servicer, which answers UNIMPLEMENTED.
 
 from __future__ import annotations
 
+from consent_server.domain.delivery import DeliveryAdmin
 from consent_server.domain.edge import EdgeStore
 from consent_server.domain.security import SecurityAuthority
 from consent_server.domain.service import ConsentAuthority
 
 from .admin_security import SecurityAdminServicer
 from .admin_service import ConsentAdminServicer as TenantSettingsAdminServicer
+from .delivery_admin_service import DeliveryAdminMixin
 from .edge_admin_service import EdgeAdminServicer
 
 
-class ConsentAdminService(SecurityAdminServicer, EdgeAdminServicer, TenantSettingsAdminServicer):
-    """Tenant settings, API keys and erasure, the HTTP edge's settings: one service."""
+class ConsentAdminService(
+    SecurityAdminServicer, DeliveryAdminMixin, EdgeAdminServicer, TenantSettingsAdminServicer
+):
+    """Tenant settings, API keys and erasure, delivery providers and the HTTP edge's
+    settings, served as one service."""
 
     def __init__(
         self,
@@ -26,7 +31,9 @@ class ConsentAdminService(SecurityAdminServicer, EdgeAdminServicer, TenantSettin
         security: SecurityAuthority,
         edge_store: EdgeStore,
         public_url: str | None,
+        delivery: DeliveryAdmin,
     ) -> None:
         TenantSettingsAdminServicer.__init__(self, authority)
         SecurityAdminServicer.__init__(self, security)
         EdgeAdminServicer.__init__(self, edge_store, public_url)
+        self._delivery_admin = delivery

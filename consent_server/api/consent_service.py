@@ -11,6 +11,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from consent_client.v1 import consent_pb2 as pb
 from consent_client.v1 import consent_pb2_grpc as pb_grpc
+from consent_server.delivery.metrics import ACCEPTED
 from consent_server.domain.edge import ConsentLinks
 from consent_server.domain.errors import ConsentError, NotConfigured
 from consent_server.domain.model import Action
@@ -147,6 +148,8 @@ class ConsentServicer(pb_grpc.ConsentServiceServicer):
             metadata=dict(request.metadata),
         )
         acc = result.accepted
+        if not acc.duplicate:
+            ACCEPTED.inc()
         return pb.SendIfAllowedResponse(
             message_id=acc.message_id,
             accepted_at=cv.timestamp(acc.accepted_at_ms),

@@ -12,9 +12,13 @@ never change once data exists.
     ca:{cpNN}:<tenant>:<channel>:<address>:i:<k> string: send idempotency key -> message
     ca:{cpNN}:<tenant>:m:<message_id>            hash: message status
     ca:{cpNN}:outbox                             stream: accepted messages to deliver
+    ca:{cpNN}:retry                              zset: message ids waiting to retry, by due ms
+    ca:{cpNN}:retry:data                         hash: message id -> outbox entry to re-queue
     ca:tenant:<tenant>:settings                  hash: tenant settings
     ca:tenant:<tenant>:whatsapp                  hash: WhatsApp webhook verify token, app secret
     ca:edge:link_secret                          string: the generated consent-link secret
+    ca:tenant:<tenant>:providers                 hash: channel (or "*") -> provider config
+    ca:tenant:<tenant>:pid:<provider message id> string: -> message id (delivery receipts)
 """
 
 from __future__ import annotations
@@ -167,3 +171,23 @@ def whatsapp_webhook(tenant_id: str) -> str:
 def link_secret() -> str:
     """The deployment-wide consent-link secret, when CONSENT_LINK_SECRET is not set."""
     return "ca:edge:link_secret"
+
+
+def retry_queue(part: int) -> str:
+    """A partition's delivery retries: a sorted set of message ids scored by due time (ms)."""
+    return f"ca:{tag(part)}:retry"
+
+
+def retry_data(part: int) -> str:
+    """The outbox entries of a partition's waiting retries (message id -> JSON fields)."""
+    return f"ca:{tag(part)}:retry:data"
+
+
+def tenant_providers(tenant_id: str) -> str:
+    """A tenant's delivery provider configuration hash (field = channel value or "*")."""
+    return f"ca:tenant:{tenant_id}:providers"
+
+
+def provider_message(tenant_id: str, provider_message_id: str) -> str:
+    """Maps a provider's message id back to ours, so delivery receipts find the message."""
+    return f"ca:tenant:{tenant_id}:pid:{provider_message_id}"

@@ -194,6 +194,8 @@ class RedisSecurityStore:
                 *idem,
                 *other,
                 *messages,
+                keys.retry_queue(part),
+                keys.retry_data(part),
             ]
             args = [
                 len(idem),

@@ -2,7 +2,8 @@
 -- KEYS[1] state hash, KEYS[2] history stream, KEYS[3] tombstone hash, KEYS[4] outbox
 -- stream, KEYS[5] erasure log stream, then the send idempotency keys (ARGV[1] of
 -- them), then any other key under the recipient's prefix (ARGV[2]; per-recipient
--- data other features add), then message status hashes (ARGV[3]); all share the
+-- data other features add), then message status hashes (ARGV[3]), then the partition's
+-- delivery retry queue (sorted set) and its parked entries (hash); all share the
 -- recipient's hash tag.
 -- ARGV: those three counts, erasure id, principal, channel, tombstone digest, then
 --       the recipient's outbox entry ids.
@@ -71,9 +72,18 @@ end
 
 -- Queued messages are cancelled (a delivery worker skips any status but
 -- accepted) and lose their address; past messages' records are deleted.
+-- A message parked for a delivery retry keeps a copy of its fields (with the address)
+-- in the partition's retry queue: it goes too.
+local retry_z = KEYS[5 + n_idem + n_other + n_msg + 1]
+local retry_h = KEYS[5 + n_idem + n_other + n_msg + 2]
 local cancelled, erased = 0, 0
 for i = 1, n_msg do
   local m = KEYS[5 + n_idem + n_other + i]
+  local message_id = string.match(m, ':m:([^:]+)$')
+  if message_id then
+    redis.call('ZREM', retry_z, message_id)
+    redis.call('HDEL', retry_h, message_id)
+  end
   local st = redis.call('HGET', m, 'st')
   if st == 'accepted' then
     redis.call('HSET', m, 'st', 'cancelled', 'err', 'erased', 'addr', '', 'up', now)

@@ -96,6 +96,34 @@ API_KEY_ROLE_READER: ApiKeyRole.ValueType  # 4
 """CheckConsent, BatchCheckConsent, ListConsentEvents, GetMessageStatus."""
 Global___ApiKeyRole: _TypeAlias = ApiKeyRole  # noqa: Y015
 
+class _DeliveryProviderKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DeliveryProviderKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DeliveryProviderKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DELIVERY_PROVIDER_KIND_UNSPECIFIED: _DeliveryProviderKind.ValueType  # 0
+    """Never returned."""
+    DELIVERY_PROVIDER_KIND_LOG: _DeliveryProviderKind.ValueType  # 1
+    """Log only."""
+    DELIVERY_PROVIDER_KIND_WEBHOOK: _DeliveryProviderKind.ValueType  # 2
+    """HTTP POST, HMAC-signed."""
+    DELIVERY_PROVIDER_KIND_WHATSAPP_CLOUD: _DeliveryProviderKind.ValueType  # 3
+    """WhatsApp Cloud API."""
+
+class DeliveryProviderKind(_DeliveryProviderKind, metaclass=_DeliveryProviderKindEnumTypeWrapper):
+    """Which provider a channel uses."""
+
+DELIVERY_PROVIDER_KIND_UNSPECIFIED: DeliveryProviderKind.ValueType  # 0
+"""Never returned."""
+DELIVERY_PROVIDER_KIND_LOG: DeliveryProviderKind.ValueType  # 1
+"""Log only."""
+DELIVERY_PROVIDER_KIND_WEBHOOK: DeliveryProviderKind.ValueType  # 2
+"""HTTP POST, HMAC-signed."""
+DELIVERY_PROVIDER_KIND_WHATSAPP_CLOUD: DeliveryProviderKind.ValueType  # 3
+"""WhatsApp Cloud API."""
+Global___DeliveryProviderKind: _TypeAlias = DeliveryProviderKind  # noqa: Y015
+
 @_typing.final
 class GetTenantSettingsRequest(_message.Message):
     """==== Tenant settings messages ====
@@ -724,6 +752,289 @@ class ForgetRecipientResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ForgetRecipientResponse: _TypeAlias = ForgetRecipientResponse  # noqa: Y015
+
+@_typing.final
+class LogProvider(_message.Message):
+    """==== Delivery provider messages ====
+
+    The `log` provider (the default): writes one line per message with the address
+    masked and sends nothing. For development and dry runs.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LogProvider: _TypeAlias = LogProvider  # noqa: Y015
+
+@_typing.final
+class WebhookProvider(_message.Message):
+    """The `webhook` provider: POSTs each message as JSON to `url`, with the headers
+    `X-Consent-Timestamp` (Unix seconds), `X-Consent-Signature: v1=<hex
+    HMAC-SHA256(signing_secret, timestamp + "." + raw body)>` and `Idempotency-Key`
+    (the message id). A 2xx answer delivers; `{"error":"recipient_opted_out"}` or
+    code 21610 records an opt-out of all topics (SOURCE_PROVIDER); 408/425/429/5xx
+    and network errors are retried; any other answer fails the message.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    URL_FIELD_NUMBER: _builtins.int
+    SIGNING_SECRET_FIELD_NUMBER: _builtins.int
+    TIMEOUT_MS_FIELD_NUMBER: _builtins.int
+    url: _builtins.str
+    """https:// URL (plain http:// only to loopback), at most 2048 characters."""
+    signing_secret: _builtins.str
+    """HMAC key, 16-512 printable characters. Write-only: never returned. Empty on
+    an update keeps the stored key.
+    """
+    timeout_ms: _builtins.int
+    """Per-request timeout in milliseconds, 100-30000; 0 = 10000."""
+    def __init__(
+        self,
+        *,
+        url: _builtins.str = ...,
+        signing_secret: _builtins.str = ...,
+        timeout_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["signing_secret", b"signing_secret", "timeout_ms", b"timeout_ms", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WebhookProvider: _TypeAlias = WebhookProvider  # noqa: Y015
+
+@_typing.final
+class WhatsAppCloudProvider(_message.Message):
+    """The `whatsapp_cloud` provider: Meta's WhatsApp Cloud API,
+    `POST {base_url}/{phone_number_id}/messages` with a bearer token. Sends text and
+    template messages (payload messages fail). Error 131050 records an opt-out of
+    `marketing`, 21610 one of all topics (SOURCE_PROVIDER).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BASE_URL_FIELD_NUMBER: _builtins.int
+    PHONE_NUMBER_ID_FIELD_NUMBER: _builtins.int
+    ACCESS_TOKEN_FIELD_NUMBER: _builtins.int
+    TIMEOUT_MS_FIELD_NUMBER: _builtins.int
+    base_url: _builtins.str
+    """API base URL including the version; empty = https://graph.facebook.com/v21.0.
+    https:// only (plain http:// only to loopback, e.g. a local fake in tests).
+    """
+    phone_number_id: _builtins.str
+    """The WhatsApp Business phone number id that sends, 1-32 digits."""
+    access_token: _builtins.str
+    """The bearer access token. Write-only: never returned. Empty on an update keeps
+    the stored token.
+    """
+    timeout_ms: _builtins.int
+    """Per-request timeout in milliseconds, 100-30000; 0 = 10000."""
+    def __init__(
+        self,
+        *,
+        base_url: _builtins.str = ...,
+        phone_number_id: _builtins.str = ...,
+        access_token: _builtins.str = ...,
+        timeout_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_token", b"access_token", "base_url", b"base_url", "phone_number_id", b"phone_number_id", "timeout_ms", b"timeout_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WhatsAppCloudProvider: _TypeAlias = WhatsAppCloudProvider  # noqa: Y015
+
+@_typing.final
+class DeliveryProvider(_message.Message):
+    """One channel's provider, as set."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    LOG_FIELD_NUMBER: _builtins.int
+    WEBHOOK_FIELD_NUMBER: _builtins.int
+    WHATSAPP_CLOUD_FIELD_NUMBER: _builtins.int
+    channel: _consent_pb2.Channel.ValueType
+    """The channel it delivers; CHANNEL_UNSPECIFIED = every channel without its own."""
+    @_builtins.property
+    def log(self) -> Global___LogProvider:
+        """Log only (the default)."""
+
+    @_builtins.property
+    def webhook(self) -> Global___WebhookProvider:
+        """HTTP POST, HMAC-signed."""
+
+    @_builtins.property
+    def whatsapp_cloud(self) -> Global___WhatsAppCloudProvider:
+        """WhatsApp Cloud API."""
+
+    def __init__(
+        self,
+        *,
+        channel: _consent_pb2.Channel.ValueType = ...,
+        log: Global___LogProvider | None = ...,
+        webhook: Global___WebhookProvider | None = ...,
+        whatsapp_cloud: Global___WhatsAppCloudProvider | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "log", b"log", "webhook", b"webhook", "whatsapp_cloud", b"whatsapp_cloud"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "config", b"config", "log", b"log", "webhook", b"webhook", "whatsapp_cloud", b"whatsapp_cloud"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_config: _TypeAlias = _typing.Literal["log", "webhook", "whatsapp_cloud"]  # noqa: Y015
+    _WhichOneofArgType_config: _TypeAlias = _typing.Literal["config", b"config"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_config) -> _WhichOneofReturnType_config | None: ...
+
+Global___DeliveryProvider: _TypeAlias = DeliveryProvider  # noqa: Y015
+
+@_typing.final
+class DeliveryProviderInfo(_message.Message):
+    """A configured provider as GetDeliveryProviders shows it: everything but secrets."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    PHONE_NUMBER_ID_FIELD_NUMBER: _builtins.int
+    TIMEOUT_MS_FIELD_NUMBER: _builtins.int
+    SECRET_SET_FIELD_NUMBER: _builtins.int
+    channel: _consent_pb2.Channel.ValueType
+    """The channel; CHANNEL_UNSPECIFIED = every channel without its own."""
+    kind: Global___DeliveryProviderKind.ValueType
+    """The provider."""
+    url: _builtins.str
+    """Webhook URL, or the WhatsApp Cloud API base URL; empty for `log`."""
+    phone_number_id: _builtins.str
+    """WhatsApp phone number id; empty otherwise."""
+    timeout_ms: _builtins.int
+    """Per-request timeout in milliseconds (0 for `log`)."""
+    secret_set: _builtins.bool
+    """True when a signing secret or access token is stored (it is never returned)."""
+    def __init__(
+        self,
+        *,
+        channel: _consent_pb2.Channel.ValueType = ...,
+        kind: Global___DeliveryProviderKind.ValueType = ...,
+        url: _builtins.str = ...,
+        phone_number_id: _builtins.str = ...,
+        timeout_ms: _builtins.int = ...,
+        secret_set: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "kind", b"kind", "phone_number_id", b"phone_number_id", "secret_set", b"secret_set", "timeout_ms", b"timeout_ms", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeliveryProviderInfo: _TypeAlias = DeliveryProviderInfo  # noqa: Y015
+
+@_typing.final
+class SetDeliveryProviderRequest(_message.Message):
+    """Sets one channel's provider."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    """The tenant."""
+    @_builtins.property
+    def provider(self) -> Global___DeliveryProvider:
+        """The provider and the channel it serves. Required."""
+
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+        provider: Global___DeliveryProvider | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["provider", b"provider"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["provider", b"provider", "tenant_id", b"tenant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetDeliveryProviderRequest: _TypeAlias = SetDeliveryProviderRequest  # noqa: Y015
+
+@_typing.final
+class SetDeliveryProviderResponse(_message.Message):
+    """The provider now in effect."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def provider(self) -> Global___DeliveryProviderInfo:
+        """As stored, without secrets."""
+
+    def __init__(
+        self,
+        *,
+        provider: Global___DeliveryProviderInfo | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["provider", b"provider"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["provider", b"provider"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetDeliveryProviderResponse: _TypeAlias = SetDeliveryProviderResponse  # noqa: Y015
+
+@_typing.final
+class GetDeliveryProvidersRequest(_message.Message):
+    """Lists a tenant's providers."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    """The tenant."""
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tenant_id", b"tenant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDeliveryProvidersRequest: _TypeAlias = GetDeliveryProvidersRequest  # noqa: Y015
+
+@_typing.final
+class GetDeliveryProvidersResponse(_message.Message):
+    """A tenant's providers."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROVIDERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def providers(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeliveryProviderInfo]:
+        """One per configured channel, the all-channels entry first; none = `log` for all."""
+
+    def __init__(
+        self,
+        *,
+        providers: _abc.Iterable[Global___DeliveryProviderInfo] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["providers", b"providers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDeliveryProvidersResponse: _TypeAlias = GetDeliveryProvidersResponse  # noqa: Y015
 
 @_typing.final
 class SetWhatsAppWebhookRequest(_message.Message):

@@ -66,6 +66,16 @@ class ConsentAdminServiceStub:
                 request_serializer=consent_dot_v1_dot_admin__pb2.ForgetRecipientRequest.SerializeToString,
                 response_deserializer=consent_dot_v1_dot_admin__pb2.ForgetRecipientResponse.FromString,
                 _registered_method=True)
+        self.SetDeliveryProvider = channel.unary_unary(
+                '/consent.v1.ConsentAdminService/SetDeliveryProvider',
+                request_serializer=consent_dot_v1_dot_admin__pb2.SetDeliveryProviderRequest.SerializeToString,
+                response_deserializer=consent_dot_v1_dot_admin__pb2.SetDeliveryProviderResponse.FromString,
+                _registered_method=True)
+        self.GetDeliveryProviders = channel.unary_unary(
+                '/consent.v1.ConsentAdminService/GetDeliveryProviders',
+                request_serializer=consent_dot_v1_dot_admin__pb2.GetDeliveryProvidersRequest.SerializeToString,
+                response_deserializer=consent_dot_v1_dot_admin__pb2.GetDeliveryProvidersResponse.FromString,
+                _registered_method=True)
         self.SetWhatsAppWebhook = channel.unary_unary(
                 '/consent.v1.ConsentAdminService/SetWhatsAppWebhook',
                 request_serializer=consent_dot_v1_dot_admin__pb2.SetWhatsAppWebhookRequest.SerializeToString,
@@ -154,12 +164,31 @@ class ConsentAdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def SetWhatsAppWebhook(self, request, context):
+    def SetDeliveryProvider(self, request, context):
         """---- end of API keys and erasure ----
 
         ---- Delivery providers ----
 
-        ---- end of delivery providers ----
+        Sets the provider that delivers a tenant's messages on one channel, or on
+        every channel without its own (channel CHANNEL_UNSPECIFIED). Replaces the
+        channel's previous provider; takes effect within about a second. Secrets are
+        write-only: leave them empty to keep the stored ones of the same provider kind.
+        Errors: INVALID_ARGUMENT (+ BadRequest naming each bad field; nothing written).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDeliveryProviders(self, request, context):
+        """Lists a tenant's configured delivery providers. Secrets are never returned:
+        only whether one is set. Channels without a provider use `log`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetWhatsAppWebhook(self, request, context):
+        """---- end of delivery providers ----
 
         ---- HTTP edge: WhatsApp webhook and consent links ----
 
@@ -221,6 +250,16 @@ def add_ConsentAdminServiceServicer_to_server(servicer, server):
                     servicer.ForgetRecipient,
                     request_deserializer=consent_dot_v1_dot_admin__pb2.ForgetRecipientRequest.FromString,
                     response_serializer=consent_dot_v1_dot_admin__pb2.ForgetRecipientResponse.SerializeToString,
+            ),
+            'SetDeliveryProvider': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetDeliveryProvider,
+                    request_deserializer=consent_dot_v1_dot_admin__pb2.SetDeliveryProviderRequest.FromString,
+                    response_serializer=consent_dot_v1_dot_admin__pb2.SetDeliveryProviderResponse.SerializeToString,
+            ),
+            'GetDeliveryProviders': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDeliveryProviders,
+                    request_deserializer=consent_dot_v1_dot_admin__pb2.GetDeliveryProvidersRequest.FromString,
+                    response_serializer=consent_dot_v1_dot_admin__pb2.GetDeliveryProvidersResponse.SerializeToString,
             ),
             'SetWhatsAppWebhook': grpc.unary_unary_rpc_method_handler(
                     servicer.SetWhatsAppWebhook,
@@ -402,6 +441,60 @@ class ConsentAdminService:
             '/consent.v1.ConsentAdminService/ForgetRecipient',
             consent_dot_v1_dot_admin__pb2.ForgetRecipientRequest.SerializeToString,
             consent_dot_v1_dot_admin__pb2.ForgetRecipientResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetDeliveryProvider(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/consent.v1.ConsentAdminService/SetDeliveryProvider',
+            consent_dot_v1_dot_admin__pb2.SetDeliveryProviderRequest.SerializeToString,
+            consent_dot_v1_dot_admin__pb2.SetDeliveryProviderResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDeliveryProviders(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/consent.v1.ConsentAdminService/GetDeliveryProviders',
+            consent_dot_v1_dot_admin__pb2.GetDeliveryProvidersRequest.SerializeToString,
+            consent_dot_v1_dot_admin__pb2.GetDeliveryProvidersResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -77,6 +77,19 @@ class ConsentAdminServiceStub:
     The erasure is recorded (tenant erasure log, source SOURCE_ERASURE)
     without the address.
     """
+    SetDeliveryProvider: _grpc.UnaryUnaryMultiCallable[_admin_pb2.SetDeliveryProviderRequest, _admin_pb2.SetDeliveryProviderResponse]
+    """---- Delivery providers ----
+
+    Sets the provider that delivers a tenant's messages on one channel, or on
+    every channel without its own (channel CHANNEL_UNSPECIFIED). Replaces the
+    channel's previous provider; takes effect within about a second. Secrets are
+    write-only: leave them empty to keep the stored ones of the same provider kind.
+    Errors: INVALID_ARGUMENT (+ BadRequest naming each bad field; nothing written).
+    """
+    GetDeliveryProviders: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetDeliveryProvidersRequest, _admin_pb2.GetDeliveryProvidersResponse]
+    """Lists a tenant's configured delivery providers. Secrets are never returned:
+    only whether one is set. Channels without a provider use `log`.
+    """
     SetWhatsAppWebhook: _grpc.UnaryUnaryMultiCallable[_admin_pb2.SetWhatsAppWebhookRequest, _admin_pb2.SetWhatsAppWebhookResponse]
     """---- HTTP edge: WhatsApp webhook and consent links ----
 
@@ -140,6 +153,19 @@ class ConsentAdminServiceAsyncStub(ConsentAdminServiceStub):
     occurs after the erasure can. Queued messages are cancelled, never sent.
     The erasure is recorded (tenant erasure log, source SOURCE_ERASURE)
     without the address.
+    """
+    SetDeliveryProvider: _aio.UnaryUnaryMultiCallable[_admin_pb2.SetDeliveryProviderRequest, _admin_pb2.SetDeliveryProviderResponse]  # type: ignore[assignment]
+    """---- Delivery providers ----
+
+    Sets the provider that delivers a tenant's messages on one channel, or on
+    every channel without its own (channel CHANNEL_UNSPECIFIED). Replaces the
+    channel's previous provider; takes effect within about a second. Secrets are
+    write-only: leave them empty to keep the stored ones of the same provider kind.
+    Errors: INVALID_ARGUMENT (+ BadRequest naming each bad field; nothing written).
+    """
+    GetDeliveryProviders: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetDeliveryProvidersRequest, _admin_pb2.GetDeliveryProvidersResponse]  # type: ignore[assignment]
+    """Lists a tenant's configured delivery providers. Secrets are never returned:
+    only whether one is set. Channels without a provider use `log`.
     """
     SetWhatsAppWebhook: _aio.UnaryUnaryMultiCallable[_admin_pb2.SetWhatsAppWebhookRequest, _admin_pb2.SetWhatsAppWebhookResponse]  # type: ignore[assignment]
     """---- HTTP edge: WhatsApp webhook and consent links ----
@@ -237,6 +263,31 @@ class ConsentAdminServiceServicer(metaclass=_abc_1.ABCMeta):
         occurs after the erasure can. Queued messages are cancelled, never sent.
         The erasure is recorded (tenant erasure log, source SOURCE_ERASURE)
         without the address.
+        """
+
+    @_abc_1.abstractmethod
+    def SetDeliveryProvider(
+        self,
+        request: _admin_pb2.SetDeliveryProviderRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.SetDeliveryProviderResponse, _abc.Awaitable[_admin_pb2.SetDeliveryProviderResponse]]:
+        """---- Delivery providers ----
+
+        Sets the provider that delivers a tenant's messages on one channel, or on
+        every channel without its own (channel CHANNEL_UNSPECIFIED). Replaces the
+        channel's previous provider; takes effect within about a second. Secrets are
+        write-only: leave them empty to keep the stored ones of the same provider kind.
+        Errors: INVALID_ARGUMENT (+ BadRequest naming each bad field; nothing written).
+        """
+
+    @_abc_1.abstractmethod
+    def GetDeliveryProviders(
+        self,
+        request: _admin_pb2.GetDeliveryProvidersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.GetDeliveryProvidersResponse, _abc.Awaitable[_admin_pb2.GetDeliveryProvidersResponse]]:
+        """Lists a tenant's configured delivery providers. Secrets are never returned:
+        only whether one is set. Channels without a provider use `log`.
         """
 
     @_abc_1.abstractmethod

@@ -1,0 +1,65 @@
+"""Prometheus metrics of the send and delivery path, and the optional metrics listener.
+
+Counters and histograms live in prometheus-client's default registry, so a server
+process (accepts and an inline worker) and a worker process each export their own
+share; Prometheus sums them across processes.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+from consent_server.config import ConfigError
+
+log = logging.getLogger("consent_server.metrics")
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600)
+
+ACCEPTED = Counter("consent_messages_accepted", "Messages SendIfAllowed accepted into the outbox")
+DELIVERED = Counter(
+    "consent_messages_delivered", "Messages a provider accepted", ["provider", "purpose"]
+)
+CANCELLED = Counter(
+    "consent_messages_cancelled", "Messages cancelled at delivery: the recipient opted out"
+)
+FAILED = Counter("consent_messages_failed", "Messages that failed for good", ["provider"])
+EXPIRED = Counter("consent_messages_expired", "Messages whose not_after passed first")
+RETRIES = Counter("consent_delivery_retries", "Transient provider failures retried", ["provider"])
+PROVIDER_OPT_OUTS = Counter(
+    "consent_provider_opt_outs", "Opt-outs recorded from provider answers", ["provider"]
+)
+DELIVERY_LATENCY = Histogram(
+    "consent_delivery_latency_seconds",
+    "From acceptance to the provider accepting the message",
+    buckets=_LATENCY_BUCKETS,
+)
+PROVIDER_CALL = Histogram(
+    "consent_provider_call_seconds", "Duration of one provider call", ["provider"]
+)
+OUTBOX_WAIT = Histogram(
+    "consent_outbox_lag_seconds",
+    "From acceptance to a worker claiming the message (outbox lag)",
+    buckets=_LATENCY_BUCKETS,
+)
+OUTBOX_BACKLOG = Gauge(
+    "consent_outbox_backlog", "Messages waiting in the outboxes and retry queues"
+)
+OUTBOX_OLDEST = Gauge(
+    "consent_outbox_oldest_age_seconds", "Age of the oldest message still in an outbox"
+)
+
+
+def serve_metrics(listen: str | None) -> None:
+    """Expose /metrics on ``host:port`` (a daemon thread); nothing when ``listen`` is None."""
+    if not listen:
+        return
+    host, _, port = listen.rpartition(":")
+    try:
+        start_http_server(int(port), addr=host.strip("[]"))
+    except OSError as exc:
+        raise ConfigError(
+            f"CONSENT_METRICS_LISTEN={listen!r}: cannot listen there ({exc.strerror or exc})"
+        ) from None
+    log.info("metrics serving", extra={"address": listen})

@@ -1,0 +1,120 @@
+"""What a provider is given and what it answers."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+# Provider error codes that mean "this user opted out / blocked you" (SPEC §8):
+# code -> the topic the opt-out covers ("" = all topics).
+OPT_OUT_CODES: dict[int, str] = {
+    131050: "marketing",  # WhatsApp: the user stopped marketing messages
+    21610: "",  # Twilio-style: the recipient replied STOP (unsubscribed)
+}
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryMessage:
+    """A claimed message, ready for a provider. ``message_id`` is the idempotency key."""
+
+    message_id: str
+    tenant_id: str
+    channel: str
+    address: str
+    topic: str
+    purpose: str
+    body: dict[str, Any]
+    metadata: dict[str, str] = field(default_factory=dict)
+    accepted_at_ms: int = 0
+    attempt: int = 1
+
+    def as_json(self) -> dict[str, Any]:
+        """The message as the webhook provider posts it."""
+        return {
+            "message_id": self.message_id,
+            "tenant_id": self.tenant_id,
+            "channel": self.channel,
+            "address": self.address,
+            "topic": self.topic,
+            "purpose": self.purpose,
+            "message": self.body,
+            "metadata": self.metadata,
+            "accepted_at_ms": self.accepted_at_ms,
+            "attempt": self.attempt,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """The provider accepted the message."""
+
+    provider_message_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TransientFailure:
+    """Worth retrying (timeouts, 5xx, rate limits)."""
+
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class PermanentFailure:
+    """Retrying cannot help (bad request, unsupported message)."""
+
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class OptedOut:
+    """The provider says the recipient opted out or blocked the sender.
+
+    ``topic`` is the scope of the opt-out to record ("" = all topics).
+    """
+
+    topic: str
+    error: str
+
+
+ProviderResult = Delivered | TransientFailure | PermanentFailure | OptedOut
+
+
+class Provider(Protocol):
+    """Hands messages to a channel. Never raises for a provider answer: it returns one."""
+
+    name: str
+
+    async def send(self, message: DeliveryMessage) -> ProviderResult:
+        """Deliver one message, passing ``message.message_id`` as the idempotency key."""
+        ...
+
+
+def error_code(payload: Any) -> int | None:
+    """The numeric error code of a provider answer, in the shapes providers use:
+    ``{"error": {"code": 131050}}`` (Meta), ``{"code": 21610}`` (Twilio)."""
+    if not isinstance(payload, dict):
+        return None
+    inner = payload.get("error")
+    candidates = [inner.get("code")] if isinstance(inner, dict) else []
+    candidates.append(payload.get("code"))
+    for value in candidates:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.isdigit():
+            return int(value)
+    return None
+
+
+def parse_json(text: str) -> Any:
+    """The JSON of an answer body, or None when it is not JSON."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
+def short(text: str, limit: int = 300) -> str:
+    """An answer body trimmed for last_error (whole bodies can be large)."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"

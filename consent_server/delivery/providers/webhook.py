@@ -1,0 +1,101 @@
+"""The ``webhook`` provider: POSTs each message as JSON to the tenant's URL, signed.
+
+Headers: ``X-Consent-Timestamp`` (Unix seconds) and ``X-Consent-Signature:
+v1=<hex HMAC-SHA256(secret, "<timestamp>." + raw body)>``; receivers recompute it
+and reject stale timestamps to stop replays. ``Idempotency-Key`` carries the message
+id, so a message re-sent after a worker crash can be recognised by the receiver.
+
+Answers: 2xx = delivered (``id`` or ``message_id`` of a JSON answer is kept as the
+provider message id); ``{"error": "recipient_opted_out"}`` or a 21610 code = the
+recipient opted out of everything; 408, 425, 429, 5xx and network errors are retried;
+other answers fail the message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+
+import httpx
+
+from consent_server.domain.delivery import ProviderConfig
+
+from .base import (
+    OPT_OUT_CODES,
+    Delivered,
+    DeliveryMessage,
+    OptedOut,
+    PermanentFailure,
+    ProviderResult,
+    TransientFailure,
+    error_code,
+    parse_json,
+    short,
+)
+
+SIGNATURE_HEADER = "X-Consent-Signature"
+TIMESTAMP_HEADER = "X-Consent-Timestamp"
+_RETRY_STATUS = {408, 425, 429}
+
+
+def sign(secret: str, timestamp: str, body: bytes) -> str:
+    """The signature header value for a body sent at ``timestamp``."""
+    mac = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
+    return "v1=" + mac.hexdigest()
+
+
+def verify(secret: str, timestamp: str, body: bytes, signature: str) -> bool:
+    """True when ``signature`` is ours for this body and timestamp (constant time)."""
+    return hmac.compare_digest(sign(secret, timestamp, body), signature)
+
+
+class WebhookProvider:
+    """Delivers by HTTP POST to one URL with an HMAC-SHA256 signature."""
+
+    name = "webhook"
+
+    def __init__(self, config: ProviderConfig, http: httpx.AsyncClient) -> None:
+        self._url = config.url
+        self._secret = config.secret
+        self._timeout = config.timeout_ms / 1000
+        self._http = http
+
+    async def send(self, message: DeliveryMessage) -> ProviderResult:
+        """POST the message; classify the answer (see the module docstring)."""
+        body = json.dumps(message.as_json(), ensure_ascii=False, separators=(",", ":")).encode()
+        timestamp = str(int(time.time()))
+        headers = {
+            "Content-Type": "application/json",
+            "Idempotency-Key": message.message_id,
+            TIMESTAMP_HEADER: timestamp,
+            SIGNATURE_HEADER: sign(self._secret, timestamp, body),
+        }
+        try:
+            resp = await self._http.post(
+                self._url, content=body, headers=headers, timeout=self._timeout
+            )
+        except httpx.TimeoutException:
+            return TransientFailure("webhook timed out")
+        except httpx.HTTPError as exc:
+            return TransientFailure(f"webhook unreachable: {type(exc).__name__}")
+        return classify(resp.status_code, resp.text)
+
+
+def classify(status: int, text: str) -> ProviderResult:
+    """Turn a webhook answer into a provider result."""
+    payload = parse_json(text)
+    if isinstance(payload, dict) and payload.get("error") == "recipient_opted_out":
+        return OptedOut("", f"webhook {status}: recipient_opted_out")
+    code = error_code(payload)
+    if code in OPT_OUT_CODES:
+        return OptedOut(OPT_OUT_CODES[code], f"webhook {status}: error {code} {short(text)}")
+    if 200 <= status < 300:
+        pid = ""
+        if isinstance(payload, dict):
+            pid = str(payload.get("id") or payload.get("message_id") or "")
+        return Delivered(pid[:256])
+    if status in _RETRY_STATUS or status >= 500:
+        return TransientFailure(f"webhook {status}: {short(text)}")
+    return PermanentFailure(f"webhook {status}: {short(text)}")

@@ -1,0 +1,83 @@
+-- Claim an outbox entry for delivery, re-checking consent in the same atomic step
+-- (SPEC §8, §9.1): a send whose recipient no longer allows it is CANCELLED here and
+-- can never reach a provider, because every opt-out runs on the same state hash.
+-- KEYS[1] recipient state hash, KEYS[2] message status hash, KEYS[3] outbox stream
+-- (all with the recipient's hash tag).
+-- ARGV: group, stream entry id, purpose ("send"|"confirmation"|""), topic field,
+--       policy ("allow"|"require_opt_in"), not_after ms (0 = never), retention s,
+--       channel, address, topic, accepted ms (to create a confirmation's missing status).
+-- Returns {"go", attempts, now_ms}
+--       | {"cancelled", reason} | {"expired"}          (status final, entry acked+deleted)
+--       | {"final", state} | {"gone"}                  (nothing to do, entry acked+deleted)
+local state, msg, outbox = KEYS[1], KEYS[2], KEYS[3]
+local group, entry, purpose, field, policy = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local not_after, retention = tonumber(ARGV[6]), ARGV[7]
+
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now_s = string.format('%d', now)
+
+local function done()
+  redis.call('XACK', outbox, group, entry)
+  redis.call('XDEL', outbox, entry)
+end
+
+local cur = redis.call('HGET', msg, 'st')
+if not cur then
+  if purpose ~= 'confirmation' then
+    -- The status record outlived its retention: the message is long gone.
+    done()
+    return {'gone'}
+  end
+  -- A confirmation queued without a status record gets one, so it is tracked too.
+  redis.call('HSET', msg, 'st', 'accepted', 'ch', ARGV[8], 'addr', ARGV[9], 'topic', ARGV[10],
+    'at', ARGV[11], 'up', now_s, 'att', 0, 'err', '', 'pid', '')
+  redis.call('EXPIRE', msg, retention)
+  cur = 'accepted'
+end
+if cur ~= 'accepted' then
+  done()
+  return {'final', cur}
+end
+
+local function finish(st, err)
+  redis.call('HSET', msg, 'st', st, 'err', err, 'up', now_s)
+  redis.call('EXPIRE', msg, retention)
+  done()
+end
+
+if purpose ~= 'confirmation' then
+  -- The decision rule (SPEC §3), the same as send.lua.
+  local recs = redis.call('HMGET', state, 's:*', field)
+  local function parse(rec)
+    if not rec then return nil end
+    local status, occurred, rev = string.match(rec, '^(%a+)|(%d+)|(%d+)|')
+    return {status, tonumber(occurred), tonumber(rev)}
+  end
+  local all, top = parse(recs[1]), nil
+  if field ~= 's:*' then top = parse(recs[2]) end
+  local winner, scope = all, 'all topics'
+  if top and (not all or top[2] > all[2] or (top[2] == all[2] and top[3] > all[3])) then
+    winner, scope = top, 'the topic'
+  end
+  if winner and winner[1] ~= 'in' then
+    local reason = 'RECIPIENT_OPTED_OUT: the recipient opted out of ' .. scope
+      .. ' after the message was accepted'
+    finish('cancelled', reason)
+    return {'cancelled', reason}
+  end
+  if not winner and policy ~= 'allow' then
+    local reason = 'OPT_IN_REQUIRED: the recipient has no opt-in for the topic any more'
+    finish('cancelled', reason)
+    return {'cancelled', reason}
+  end
+end
+
+if not_after and not_after > 0 and now > not_after then
+  finish('expired', 'not_after passed before the message could be delivered')
+  return {'expired'}
+end
+
+local att = redis.call('HINCRBY', msg, 'att', 1)
+redis.call('HSET', msg, 'up', now_s)
+return {'go', att, now_s}

@@ -1,0 +1,442 @@
+"""The delivery side of the store: outbox consumer group, claims, outcomes, retries,
+provider configuration and delivery receipts (docs/outbox.md is the stream contract).
+
+Kept beside RedisConsentStore rather than inside it so the consent repository stays
+about consent; both share one Redis client and the same key schema (keys.py). Every
+step that must not interleave with a consent change is one Lua script.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+import redis.exceptions as rex
+
+from consent_server.domain.delivery import ProviderConfig, ReceiptOutcome, ReceiptStatus
+from consent_server.domain.errors import StoreUnavailable
+from consent_server.domain.model import Channel, Policy, Recipient
+
+from . import keys
+from .repository import _UNAVAILABLE, MESSAGE_RETENTION_S
+
+T = TypeVar("T")
+
+GROUP = "delivery"
+PURPOSE_CONFIRMATION = "confirmation"
+
+
+def _load_script(name: str) -> str:
+    return (resources.files("consent_server.store") / "lua" / name).read_text()
+
+
+def _s(value: bytes | str | None) -> str:
+    if value is None:
+        return ""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    """One outbox stream entry, as docs/outbox.md describes it."""
+
+    partition: int
+    entry_id: str
+    fields: dict[str, str]
+
+    @property
+    def message_id(self) -> str:
+        """Our message id."""
+        return self.fields.get("id", "")
+
+    @property
+    def tenant_id(self) -> str:
+        """The sending tenant."""
+        return self.fields.get("tenant", "")
+
+    @property
+    def recipient(self) -> Recipient | None:
+        """The normalised recipient, or None when the entry is malformed."""
+        try:
+            return Recipient(Channel(self.fields.get("ch", "")), self.fields.get("addr", ""))
+        except ValueError:
+            return None
+
+    @property
+    def topic(self) -> str:
+        """The message's topic ("" for confirmations)."""
+        return self.fields.get("topic", "")
+
+    @property
+    def purpose(self) -> str:
+        """``send`` (also when absent) or ``confirmation``."""
+        return self.fields.get("purpose") or "send"
+
+    @property
+    def not_after_ms(self) -> int:
+        """Expiry in ms since the epoch; 0 = never."""
+        return _int(self.fields.get("not_after"))
+
+    @property
+    def accepted_at_ms(self) -> int:
+        """When the message was accepted."""
+        return _int(self.fields.get("at"))
+
+    @property
+    def valid(self) -> bool:
+        """True when the entry names a message, tenant and recipient we can act on."""
+        return (
+            keys.message_partition(self.message_id) == self.partition
+            and bool(self.tenant_id)
+            and self.recipient is not None
+        )
+
+
+def _int(text: str | None) -> int:
+    try:
+        return int(text or 0)
+    except ValueError:
+        return 0
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """The claim script's verdict on an entry.
+
+    ``kind``: ``go`` (hand it to the provider; ``attempts`` counts this try),
+    ``cancelled`` (consent no longer allows it; ``reason`` says why), ``expired``,
+    ``final`` (already in a final ``state``), ``gone`` (no status record).
+    """
+
+    kind: str
+    attempts: int = 0
+    reason: str = ""
+    state: str = ""
+
+
+class DeliveryRepository:
+    """Outbox consumption and delivery bookkeeping on Redis (or the embedded fakeredis)."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        cluster: bool = False,
+        retention_s: int = MESSAGE_RETENTION_S,
+    ) -> None:
+        self._r: Any = client
+        self._cluster = cluster
+        self._retention_s = retention_s
+        self._claim = client.register_script(_load_script("claim.lua"))
+        self._finish = client.register_script(_load_script("finish.lua"))
+        self._requeue = client.register_script(_load_script("requeue.lua"))
+        self._receipt = client.register_script(_load_script("receipt.lua"))
+
+    async def _call(self, fn: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await fn()
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(f"consent store unreachable: {type(exc).__name__}") from exc
+
+    # -- consumer group ---------------------------------------------------------------
+
+    async def ensure_groups(self) -> None:
+        """Create the consumer group on every partition's outbox (from the start)."""
+        for part in range(keys.PARTITIONS):
+            try:
+                await self._call(
+                    lambda p=part: self._r.xgroup_create(  # type: ignore[misc]
+                        keys.outbox(p), GROUP, id="0", mkstream=True
+                    )
+                )
+            except rex.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+
+    def _entries(self, part: int, rows: Sequence[Any]) -> list[OutboxEntry]:
+        out = []
+        for entry_id, fields in rows:
+            out.append(
+                OutboxEntry(
+                    part,
+                    _s(entry_id),
+                    {_s(k): _s(v) for k, v in (fields or {}).items()},
+                )
+            )
+        return out
+
+    async def read(self, consumer: str, count: int, block_ms: int | None) -> list[OutboxEntry]:
+        """New entries for ``consumer`` from every partition (they become its pending ones).
+
+        ``block_ms`` waits that long for entries (None = answer at once; never 0, which
+        Redis reads as "forever")."""
+        try:
+            return await self._read(consumer, count, block_ms)
+        except rex.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            await self.ensure_groups()  # the streams were deleted (FLUSHDB): start again
+            return []
+
+    async def _read(self, consumer: str, count: int, block_ms: int | None) -> list[OutboxEntry]:
+        if not self._cluster:
+            streams = {keys.outbox(p): ">" for p in range(keys.PARTITIONS)}
+            reply = await self._call(
+                lambda: self._r.xreadgroup(GROUP, consumer, streams, count=count, block=block_ms)
+            )
+            out: list[OutboxEntry] = []
+            for name, rows in reply or []:
+                part = int(_s(name).split("{cp", 1)[1][:2])
+                out.extend(self._entries(part, rows))
+            return out
+        # On a cluster the partitions live on different nodes: one read per partition.
+        out = []
+        for part in range(keys.PARTITIONS):
+            reply = await self._call(
+                lambda p=part: self._r.xreadgroup(  # type: ignore[misc]
+                    GROUP, consumer, {keys.outbox(p): ">"}, count=count
+                )
+            )
+            for _name, rows in reply or []:
+                out.extend(self._entries(part, rows))
+        return out
+
+    async def reclaim(self, consumer: str, min_idle_ms: int, count: int) -> list[OutboxEntry]:
+        """Take over entries another consumer left pending for ``min_idle_ms`` (it crashed)."""
+        out: list[OutboxEntry] = []
+        for part in range(keys.PARTITIONS):
+            try:
+                reply = await self._call(
+                    lambda p=part: self._r.xautoclaim(  # type: ignore[misc]
+                        keys.outbox(p), GROUP, consumer, min_idle_ms, start_id="0-0", count=count
+                    )
+                )
+            except rex.ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                await self.ensure_groups()
+                continue
+            rows = [row for row in reply[1] if row and row[1]]
+            out.extend(self._entries(part, rows))
+        return out
+
+    async def touch(self, consumer: str, entries: Sequence[OutboxEntry]) -> None:
+        """Reset the idle time of entries ``consumer`` is still working on (a heartbeat), so
+        a slow provider call is not mistaken for a crashed worker and reclaimed."""
+        by_part: dict[int, list[str]] = {}
+        for entry in entries:
+            by_part.setdefault(entry.partition, []).append(entry.entry_id)
+        for part, ids in by_part.items():
+            await self._call(
+                lambda p=part, ids=ids: self._r.xclaim(  # type: ignore[misc]
+                    keys.outbox(p), GROUP, consumer, 0, ids, justid=True
+                )
+            )
+
+    async def retire(self, consumer: str) -> None:
+        """Remove ``consumer`` from the group where it holds nothing pending (a clean stop),
+        so consumer names of stopped processes do not pile up. Where it still holds
+        entries it stays, and another worker reclaims them."""
+        for part in range(keys.PARTITIONS):
+            key = keys.outbox(part)
+
+            async def one(key: str = key) -> None:
+                held = await self._r.xpending_range(
+                    key, GROUP, min="-", max="+", count=1, consumername=consumer
+                )
+                if not held:
+                    await self._r.xgroup_delconsumer(key, GROUP, consumer)
+
+            try:
+                await self._call(one)
+            except rex.ResponseError:
+                continue  # no group there (streams flushed): nothing to retire
+
+    async def drop(self, entry: OutboxEntry) -> None:
+        """Acknowledge and delete an entry that cannot be acted on (malformed)."""
+        key = keys.outbox(entry.partition)
+
+        async def run() -> None:
+            await self._r.xack(key, GROUP, entry.entry_id)
+            await self._r.xdel(key, entry.entry_id)
+
+        await self._call(run)
+
+    # -- claim and outcome --------------------------------------------------------------
+
+    async def claim(self, entry: OutboxEntry, policy: Policy) -> Claim:
+        """Re-check consent and claim the entry for one provider attempt (claim.lua)."""
+        rcpt = entry.recipient
+        assert rcpt is not None
+        base = keys.recipient_base(entry.tenant_id, rcpt)
+        script_keys = [
+            keys.state(base),
+            keys.message(entry.tenant_id, entry.partition, entry.message_id),
+            keys.outbox(entry.partition),
+        ]
+        args: list[str | int] = [
+            GROUP,
+            entry.entry_id,
+            entry.purpose,
+            keys.scope_field(entry.topic),
+            "allow" if policy is Policy.ALLOW_UNLESS_OPTED_OUT else "require_opt_in",
+            entry.not_after_ms,
+            self._retention_s,
+            rcpt.channel.value,
+            rcpt.address,
+            entry.topic,
+            entry.accepted_at_ms,
+        ]
+        reply = await self._call(lambda: self._claim(keys=script_keys, args=args))
+        kind = _s(reply[0])
+        if kind == "go":
+            return Claim("go", attempts=int(reply[1]))
+        if kind == "cancelled":
+            return Claim("cancelled", reason=_s(reply[1]))
+        if kind == "final":
+            return Claim("final", state=_s(reply[1]))
+        return Claim(kind)
+
+    async def finish(
+        self,
+        entry: OutboxEntry,
+        outcome: str,
+        *,
+        error: str = "",
+        provider_message_id: str = "",
+        provider: str = "",
+        retry_due_ms: int = 0,
+    ) -> str:
+        """Record a provider outcome (finish.lua): ``done``, ``retry`` or ``stale``."""
+        part = entry.partition
+        script_keys = [
+            keys.message(entry.tenant_id, part, entry.message_id),
+            keys.outbox(part),
+            keys.retry_queue(part),
+            keys.retry_data(part),
+        ]
+        args: list[str | int] = [
+            GROUP,
+            entry.entry_id,
+            outcome,
+            error[:1000],
+            provider_message_id,
+            provider,
+            self._retention_s,
+            entry.message_id,
+            retry_due_ms,
+            json.dumps(entry.fields, ensure_ascii=False, separators=(",", ":"))
+            if outcome == "retry"
+            else "",
+        ]
+        reply = await self._call(lambda: self._finish(keys=script_keys, args=args))
+        result = _s(reply[0])
+        if result == "done" and provider_message_id:
+            # Receipts name the provider's id: keep the way back to ours for as long as
+            # the status is kept. Not in the script: this key has no partition tag.
+            await self._call(
+                lambda: self._r.set(
+                    keys.provider_message(entry.tenant_id, provider_message_id),
+                    entry.message_id,
+                    ex=self._retention_s,
+                )
+            )
+        return result
+
+    async def requeue_due(self, now_ms: int, limit: int = 100) -> int:
+        """Move retries that are due back onto their outbox; returns how many moved."""
+        moved = 0
+        for part in range(keys.PARTITIONS):
+            rq, data = keys.retry_queue(part), keys.retry_data(part)
+            ids = await self._call(
+                lambda rq=rq: self._r.zrangebyscore(  # type: ignore[misc]
+                    rq, "-inf", now_ms, start=0, num=limit
+                )
+            )
+            if not ids:
+                continue
+            payloads = await self._call(lambda data=data, ids=ids: self._r.hmget(data, ids))  # type: ignore[misc]
+            for ident, payload in zip(ids, payloads, strict=True):
+                fields: dict[str, str] = json.loads(_s(payload)) if payload else {}
+                if not fields:  # lost its entry: nothing to resend; drop the retry
+                    await self._call(lambda rq=rq, i=ident: self._r.zrem(rq, i))  # type: ignore[misc]
+                    continue
+                flat = [x for kv in fields.items() for x in kv]
+                moved += int(
+                    await self._call(
+                        lambda rq=rq, data=data, i=ident, p=part, flat=flat: self._requeue(  # type: ignore[misc]
+                            keys=[rq, data, keys.outbox(p)], args=[_s(i), *flat]
+                        )
+                    )
+                )
+        return moved
+
+    # -- observation ---------------------------------------------------------------------
+
+    async def backlog(self) -> tuple[int, int | None]:
+        """(messages waiting in outboxes and retry queues, acceptance ms of the oldest)."""
+        total, oldest = 0, None
+        for part in range(keys.PARTITIONS):
+
+            async def one(p: int = part) -> tuple[int, int, Any]:
+                n = await self._r.xlen(keys.outbox(p))
+                r = await self._r.zcard(keys.retry_queue(p))
+                first = await self._r.xrange(keys.outbox(p), "-", "+", count=1)
+                return int(n), int(r), first
+
+            n, r, first = await self._call(one)
+            total += n + r
+            if first:
+                at = _int(_s(first[0][1].get(b"at") or first[0][1].get("at")))
+                if at and (oldest is None or at < oldest):
+                    oldest = at
+        return total, oldest
+
+    # -- provider configuration ---------------------------------------------------------
+
+    async def providers(self, tenant_id: str) -> dict[str, ProviderConfig]:
+        """The tenant's provider configurations by channel value (or "*")."""
+        raw: dict[bytes, bytes] = await self._call(
+            lambda: self._r.hgetall(keys.tenant_providers(tenant_id))
+        )
+        return {_s(k): ProviderConfig.decode(_s(v)) for k, v in raw.items()}
+
+    async def put_provider(self, tenant_id: str, channel: str, config: ProviderConfig) -> None:
+        """Store one channel's provider configuration."""
+        await self._call(
+            lambda: self._r.hset(keys.tenant_providers(tenant_id), channel, config.encode())
+        )
+
+    # -- delivery receipts -----------------------------------------------------------------
+
+    async def apply_receipt(
+        self,
+        tenant_id: str,
+        receipt: ReceiptStatus,
+        *,
+        message_id: str = "",
+        provider_message_id: str = "",
+        error: str = "",
+    ) -> tuple[ReceiptOutcome, str]:
+        """Apply a provider receipt found by our id or the provider's; unknown ids are
+        ignored. Returns the outcome and our message id ("" when unknown)."""
+        if not message_id and provider_message_id:
+            found = await self._call(
+                lambda: self._r.get(keys.provider_message(tenant_id, provider_message_id))
+            )
+            message_id = _s(found)
+        part = keys.message_partition(message_id) if message_id else None
+        if part is None:
+            return ReceiptOutcome.UNKNOWN, ""
+        reply = await self._call(
+            lambda: self._receipt(
+                keys=[keys.message(tenant_id, part, message_id)],
+                args=[receipt.value, error[:1000]],
+            )
+        )
+        outcome = ReceiptOutcome(_s(reply))
+        return outcome, message_id if outcome is not ReceiptOutcome.UNKNOWN else ""
