@@ -6,9 +6,14 @@ PYTHON := $(BIN)/python
 
 .PHONY: install run test proto proto-check lint fmt bench clean
 
-install: $(VENV)/.installed ## create .venv and install server, client and dev tools
+# What the suite runs besides Python: a real redis-server, and Chromium for the link pages.
+SYSTEM_DEPS := redis-server redis-server "chromium|chromium-browser" chromium
+
+install: $(VENV)/.installed ## create .venv, install server, client, dev tools (+ redis-server, chromium)
 
 $(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
+	@scripts/apt-ensure.sh $(SYSTEM_DEPS) \
+		|| echo "warning: install the packages above, or make test will fail" >&2
 	$(PY) -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --upgrade pip
 	$(PYTHON) -m pip install --quiet -e clients/python -e '.[dev]'
