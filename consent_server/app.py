@@ -19,7 +19,7 @@ from consent_server.api.auth import AuthInterceptor
 from consent_server.api.consent_service import ConsentServicer
 from consent_server.config import ConfigError, Settings, is_loopback
 from consent_server.delivery.metrics import serve_metrics
-from consent_server.delivery.receipts import whatsapp_status_handler
+from consent_server.delivery.receipts import WebhookCallbacks, whatsapp_status_handler
 from consent_server.delivery.runner import build_worker
 from consent_server.domain.auth import OPERATOR_TENANT, Role
 from consent_server.domain.delivery import DeliveryAdmin
@@ -115,6 +115,7 @@ async def serve(settings: Settings) -> int:
     if public_url is not None:
         authority.use_signed_links(links.resubscribe_url)
     consent_servicer = ConsentServicer(authority, links)
+    delivery_repo = DeliveryRepository(store.client)
 
     server = grpc.aio.server(
         interceptors=[AuthInterceptor(security, required=settings.auth_required)],
@@ -127,7 +128,7 @@ async def serve(settings: Settings) -> int:
             security,
             edge_store,
             public_url,
-            DeliveryAdmin(DeliveryRepository(store.client)),
+            DeliveryAdmin(delivery_repo),
         ),
         server,
     )
@@ -179,7 +180,8 @@ async def serve(settings: Settings) -> int:
                 authority,
                 links,
                 edge_store,
-                on_status=whatsapp_status_handler(store, DeliveryRepository(store.client)),
+                WebhookCallbacks(store, delivery_repo),
+                on_status=whatsapp_status_handler(store, delivery_repo),
             ),
             settings.shutdown_grace_s,
         )

@@ -542,3 +542,90 @@ def test_stop_confirmation_carries_a_working_signed_resubscribe_link(
     assert done.status_code == 200
     after = check(consent, tenant, wa(), "marketing")
     assert after.allowed and after.source == pb.SOURCE_LINK
+
+
+# -- webhook-provider receipts ---------------------------------------------------------------
+
+
+def test_webhook_provider_receipts_update_status_and_record_opt_outs(
+    http: httpx.Client,
+    tenant: str,
+    consent: pb_grpc.ConsentServiceStub,
+    admin: apb_grpc.ConsentAdminServiceStub,
+) -> None:
+    """The tenant's webhook provider POSTs receipts back, signed like our deliveries:
+    a 21610 failure turns the delivered message FAILED and opts the recipient out."""
+    import json as _json
+
+    from consent_server.delivery.providers.webhook import sign
+
+    from .fake_provider import fake_provider
+
+    secret = "whsec_receipts_0123456789"
+    with fake_provider() as fake:
+        admin.SetDeliveryProvider(
+            apb.SetDeliveryProviderRequest(
+                tenant_id=tenant,
+                provider=apb.DeliveryProvider(
+                    webhook=apb.WebhookProvider(url=fake.url + "/hook", signing_secret=secret)
+                ),
+            )
+        )
+        sent = consent.SendIfAllowed(
+            pb.SendIfAllowedRequest(
+                tenant_id=tenant, recipient=wa(), topic="orders", message=pb.Message(text="hi")
+            )
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            st = consent.GetMessageStatus(
+                pb.GetMessageStatusRequest(tenant_id=tenant, message_id=sent.message_id)
+            )
+            if st.status == pb.MESSAGE_STATUS_DELIVERED:
+                break
+            time.sleep(0.05)
+        assert st.status == pb.MESSAGE_STATUS_DELIVERED, st
+
+    def post(body: dict[str, object], *, key: str = secret, age_s: int = 0) -> httpx.Response:
+        raw = _json.dumps(body).encode()
+        ts = str(int(time.time()) - age_s)
+        return http.post(
+            f"/receipts/{tenant}",
+            content=raw,
+            headers={"X-Consent-Timestamp": ts, "X-Consent-Signature": sign(key, ts, raw)},
+        )
+
+    failed = {"message_id": sent.message_id, "status": "failed", "error_code": 21610}
+    assert post(failed, key="not-the-secret").status_code == 401  # forged
+    assert post(failed, age_s=3600).status_code == 401  # a stale replay
+    assert post({"message_id": sent.message_id, "status": "lost"}).status_code == 400
+    assert consent.CheckConsent(
+        pb.CheckConsentRequest(tenant_id=tenant, recipient=wa(), topic="orders")
+    ).allowed  # nothing refused changed anything
+    still = consent.GetMessageStatus(
+        pb.GetMessageStatusRequest(tenant_id=tenant, message_id=sent.message_id)
+    )
+    assert still.status == pb.MESSAGE_STATUS_DELIVERED
+    assert http.post(f"/receipts/{tenant}", content=b"{}").status_code == 401  # unsigned
+    unknown = post({"message_id": "m" + "0" * 30, "status": "read"})
+    assert unknown.status_code == 200 and unknown.text == "unknown"
+
+    applied = post(failed)
+    assert applied.status_code == 200 and applied.text == "applied"
+    st = consent.GetMessageStatus(
+        pb.GetMessageStatusRequest(tenant_id=tenant, message_id=sent.message_id)
+    )
+    assert st.status == pb.MESSAGE_STATUS_FAILED and "21610" in st.last_error
+    check_now = consent.CheckConsent(
+        pb.CheckConsentRequest(tenant_id=tenant, recipient=wa(), topic="orders")
+    )
+    assert not check_now.allowed and check_now.source == pb.SOURCE_PROVIDER
+    # Another tenant's receipts route knows no webhook provider: nothing to verify with.
+    assert (
+        http.post(
+            "/receipts/t-nobody",
+            content=b"{}",
+            headers={"X-Consent-Timestamp": str(int(time.time())), "X-Consent-Signature": "v1=00"},
+        ).status_code
+        == 404
+    )

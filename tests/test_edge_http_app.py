@@ -9,12 +9,14 @@ import httpx
 import pytest
 from aiohttp.test_utils import TestServer
 
+from consent_server.delivery.receipts import WebhookCallbacks
 from consent_server.domain.edge import ConsentLinks, WhatsAppEdge
 from consent_server.domain.links import LinkCodec
 from consent_server.domain.service import ConsentAuthority
 from consent_server.http.server import build_app
 from consent_server.http.wiring import log_status
 from consent_server.store.edge import RedisEdgeStore
+from consent_server.store.outbox import DeliveryRepository
 from consent_server.store.repository import RedisConsentStore
 
 
@@ -32,7 +34,8 @@ async def test_a_bug_answers_500_with_an_incident_and_logs_no_token(
 
     links = ConsentLinks(authority, store, broken_keyring, "https://c.example")
     edge = WhatsAppEdge(authority, RedisEdgeStore(store), inbound, log_status)
-    server = TestServer(build_app(links, edge))
+    callbacks = WebhookCallbacks(store, DeliveryRepository(store.client))
+    server = TestServer(build_app(links, edge, callbacks))
     await server.start_server()
     token = "gAAAAA" + "b" * 100
     try:

@@ -9,10 +9,11 @@ the user opted out (131050, 21610) also records that opt-out with SOURCE_PROVIDE
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 
-from consent_server.domain.delivery import ReceiptOutcome, ReceiptStatus
+from consent_server.domain.delivery import ProviderKind, ReceiptOutcome, ReceiptStatus
 from consent_server.domain.errors import IdConflict
 from consent_server.domain.masking import mask_address
 from consent_server.domain.model import Action, ConsentEventInput, Source
@@ -22,6 +23,7 @@ from consent_server.store.repository import RedisConsentStore
 
 from . import metrics as m
 from .providers.base import OPT_OUT_CODES
+from .providers.webhook import verify
 
 log = logging.getLogger("consent_server.delivery")
 
@@ -129,3 +131,89 @@ def whatsapp_status_handler(
         )
 
     return handle
+
+
+# -- webhook-provider call-backs ---------------------------------------------------------
+
+#: How old a signed call-back may be: older ones are refused as possible replays.
+CALLBACK_MAX_AGE_S = 300
+
+
+class CallbackRefused(Exception):
+    """A webhook-provider call-back that is not applied; ``status`` is the HTTP answer."""
+
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        super().__init__(message)
+
+
+class WebhookCallbacks:
+    """Delivery receipts POSTed back by a tenant's webhook provider.
+
+    The call-back is signed exactly like our deliveries to it (``X-Consent-Timestamp``
+    and ``X-Consent-Signature: v1=HMAC-SHA256(secret, "<ts>.<body>")``) with the
+    secret of one of the tenant's webhook providers, so only that endpoint can send it.
+    Body: ``{"message_id": "m…", "status": "delivered"|"read"|"failed",
+    "error_code": 21610, "error": "…"}`` (``provider_message_id`` may stand in for
+    ``message_id``). A 21610 / 131050 failure also records the opt-out.
+    """
+
+    def __init__(self, consent: RedisConsentStore, outbox: DeliveryRepository) -> None:
+        self._consent = consent
+        self._outbox = outbox
+
+    async def receive(
+        self, tenant_id: str, body: bytes, timestamp: str | None, signature: str | None
+    ) -> ReceiptOutcome:
+        """Verify and apply one call-back; CallbackRefused says why not.
+
+        Raises StoreUnavailable (answer 503: the provider should retry) when the store
+        is unreachable."""
+        if not timestamp or not signature:
+            raise CallbackRefused(401, "missing X-Consent-Timestamp or X-Consent-Signature")
+        if not timestamp.isdigit() or abs(time.time() - int(timestamp)) > CALLBACK_MAX_AGE_S:
+            raise CallbackRefused(401, "timestamp missing, malformed or too old")
+        webhook_secrets = [
+            c.secret
+            for c in (await self._outbox.providers(tenant_id)).values()
+            if c.kind is ProviderKind.WEBHOOK and c.secret
+        ]
+        if not webhook_secrets:
+            raise CallbackRefused(404, "no webhook provider is configured for this tenant")
+        if not any(verify(s, timestamp, body, signature) for s in webhook_secrets):
+            raise CallbackRefused(401, "bad signature")
+        try:
+            payload = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise CallbackRefused(400, "body is not JSON") from None
+        if not isinstance(payload, dict):
+            raise CallbackRefused(400, "body must be a JSON object")
+        status = _WEBHOOK_STATUSES.get(str(payload.get("status", "")))
+        message_id = payload.get("message_id", "")
+        provider_message_id = payload.get("provider_message_id", "")
+        code = payload.get("error_code")
+        error = payload.get("error", "")
+        if status is None:
+            raise CallbackRefused(400, "status must be delivered, read or failed")
+        if not isinstance(message_id, str) or not isinstance(provider_message_id, str):
+            raise CallbackRefused(400, "message_id and provider_message_id must be strings")
+        if not (message_id or provider_message_id):
+            raise CallbackRefused(400, "message_id or provider_message_id is required")
+        if code is not None and (isinstance(code, bool) or not isinstance(code, int)):
+            raise CallbackRefused(400, "error_code must be an integer")
+        if not isinstance(error, str):
+            raise CallbackRefused(400, "error must be a string")
+        return await apply_receipt(
+            self._consent,
+            self._outbox,
+            tenant_id,
+            status,
+            message_id=message_id[:128],
+            provider_message_id=provider_message_id[:256],
+            error_code=code,
+            error=error[:500],
+            provider="webhook",
+        )
+
+
+_WEBHOOK_STATUSES = dict(_WHATSAPP_STATUSES)

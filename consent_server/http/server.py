@@ -6,6 +6,8 @@ Routes:
     GET  /u/<token>, /s/<token>  confirmation page (never changes anything)
     POST /u/<token>, /s/<token>  record the opt-out / opt-in; on /u also RFC 8058
                                  one-click (body ``List-Unsubscribe=One-Click``)
+    POST /receipts/<tenant_id>   delivery receipts from the tenant's webhook provider
+                                 (signed like our deliveries to it)
     GET  /healthz                 200 "ok" while the process serves HTTP
 
 Status codes for WhatsApp: 200 once a well-formed, authentic notification was
@@ -26,6 +28,7 @@ from urllib.parse import parse_qs
 
 from aiohttp import web
 
+from consent_server.delivery.receipts import CallbackRefused, WebhookCallbacks
 from consent_server.domain.edge import (
     ConsentLinks,
     WebhookError,
@@ -43,6 +46,7 @@ MAX_BODY_BYTES = 1024 * 1024
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _LINKS = web.AppKey("links", ConsentLinks)
 _WHATSAPP = web.AppKey("whatsapp", WhatsAppEdge)
+_CALLBACKS = web.AppKey("callbacks", WebhookCallbacks)
 
 
 def _html(status: int, body: str) -> web.Response:
@@ -123,6 +127,34 @@ async def whatsapp_notify(request: web.Request) -> web.Response:
         )
         return _text(503, "consent store unavailable; redeliver later")
     return _text(200, "OK")
+
+
+# -- webhook-provider receipts -----------------------------------------------------------
+
+
+async def provider_receipt(request: web.Request) -> web.Response:
+    """POST /receipts/<tenant_id>: 200 applied (or safely ignored), 400 malformed, 401
+    bad signature or stale timestamp, 404 no webhook provider, 413 too large, 503 retry."""
+    tenant = request.match_info["tenant_id"]
+    try:
+        body = await _read_body(request)
+        outcome = await request.app[_CALLBACKS].receive(
+            tenant,
+            body,
+            request.headers.get("X-Consent-Timestamp"),
+            request.headers.get("X-Consent-Signature"),
+        )
+    except web.HTTPRequestEntityTooLarge:
+        return _text(413, f"body larger than {MAX_BODY_BYTES} bytes")
+    except CallbackRefused as exc:
+        log.warning(
+            "provider receipt refused",
+            extra={"tenant": tenant, "status": exc.status, "why": str(exc)},
+        )
+        return _text(exc.status, str(exc))
+    except StoreUnavailable:
+        return _text(503, "consent store unavailable; retry later")
+    return _text(200, outcome.value)
 
 
 # -- consent links ----------------------------------------------------------------------
@@ -244,7 +276,7 @@ async def _unexpected_errors(request: web.Request, handler: Handler) -> web.Stre
             exc_info=exc,
             extra={"incident": incident, "route": route.canonical if route else "?"},
         )
-        if request.path.startswith("/whatsapp/"):
+        if request.path.startswith(("/whatsapp/", "/receipts/")):
             return _text(500, f"internal error (incident {incident})")
         return _html(
             500,
@@ -255,14 +287,18 @@ async def _unexpected_errors(request: web.Request, handler: Handler) -> web.Stre
         )
 
 
-def build_app(links: ConsentLinks, whatsapp: WhatsAppEdge) -> web.Application:
+def build_app(
+    links: ConsentLinks, whatsapp: WhatsAppEdge, callbacks: WebhookCallbacks
+) -> web.Application:
     """The aiohttp application with every edge route."""
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_unexpected_errors])
     app[_LINKS] = links
     app[_WHATSAPP] = whatsapp
+    app[_CALLBACKS] = callbacks
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/whatsapp/{tenant_id}", whatsapp_verify)
     app.router.add_post("/whatsapp/{tenant_id}", whatsapp_notify)
+    app.router.add_post("/receipts/{tenant_id}", provider_receipt)
     app.router.add_get(r"/{kind:[us]}/{token}", link_page)
     app.router.add_post(r"/{kind:[us]}/{token}", link_submit)
     return app

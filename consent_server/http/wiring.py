@@ -7,6 +7,7 @@ import logging
 from aiohttp import web
 
 from consent_server.config import Settings
+from consent_server.delivery.receipts import WebhookCallbacks
 from consent_server.domain.edge import (
     ConsentLinks,
     EdgeStore,
@@ -50,6 +51,7 @@ def edge_app(
     authority: ConsentAuthority,
     links: ConsentLinks,
     edge_store: EdgeStore,
+    callbacks: WebhookCallbacks,
     *,
     on_inbound: InboundHandler | None = None,
     on_status: StatusHandler | None = None,
@@ -61,4 +63,4 @@ def edge_app(
         on_inbound if on_inbound is not None else inbound_use_case(authority),
         on_status if on_status is not None else log_status,
     )
-    return build_app(links, whatsapp)
+    return build_app(links, whatsapp, callbacks)
