@@ -7,6 +7,7 @@ import contextlib
 import logging
 import signal
 import ssl
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -71,6 +72,9 @@ async def watch_store(
             ok = True
         except (StoreUnavailable, TimeoutError):
             ok = False
+        except Exception:  # whatever else a ping raises, the store is not serving us
+            log.exception("store health check failed")
+            ok = False
         if ok != serving:
             await _set_health(servicer, SERVING if ok else NOT_SERVING)
             if ok:
@@ -83,6 +87,11 @@ async def watch_store(
 
 async def serve(settings: Settings) -> int:
     """Run the server until SIGTERM/SIGINT; return the process exit code."""
+    # Handlers first: a SIGTERM that lands while we start up still means "drain and exit 0".
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     if settings.embedded:
         log.warning(
             "EMBEDDED STORE IN USE: consent data lives in this process's memory only and is "
@@ -193,10 +202,6 @@ async def serve(settings: Settings) -> int:
             },
         )
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     if reloader is not None:
         loop.add_signal_handler(signal.SIGHUP, reloader.reload)
     watcher = asyncio.create_task(watch_store(store, health_servicer, settings.health_interval_s))
@@ -205,24 +210,36 @@ async def serve(settings: Settings) -> int:
     log.info(
         "shutting down: draining in-flight calls", extra={"grace_s": settings.shutdown_grace_s}
     )
-    watcher.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await watcher
-    if bootstrap is not None:
-        bootstrap.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await bootstrap
+    deadline = loop.time() + settings.shutdown_grace_s
+    for task in (watcher, bootstrap):
+        if task is not None:
+            await _cancel_quietly(task)
     await health_servicer.enter_graceful_shutdown()
-    if http_edge is not None:
-        # Stop taking webhooks and clicks first; in-flight ones finish and WhatsApp
-        # redelivers anything refused meanwhile.
-        await http_edge.stop()
-    await server.stop(settings.shutdown_grace_s)
+    # HTTP and gRPC drain side by side, within one grace period: in-flight calls, webhooks
+    # and clicks finish; WhatsApp redelivers anything refused meanwhile.
+    await asyncio.gather(
+        *([http_edge.stop()] if http_edge is not None else []),
+        server.stop(settings.shutdown_grace_s),
+    )
     if worker is not None:
-        await worker.stop(settings.shutdown_grace_s)
-    await store.aclose()
+        # Deliveries under way get what is left of the grace period; the rest stay
+        # pending and another worker reclaims them.
+        await worker.stop(max(0.0, deadline - loop.time()))
+    with contextlib.suppress(Exception):  # closing connections must not fail the exit
+        await store.aclose()
     log.info("stopped")
     return 0
+
+
+async def _cancel_quietly(task: asyncio.Task[Any]) -> None:
+    """Cancel a background task; whatever it raised is logged, never fails the shutdown."""
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+    except Exception:
+        log.exception("background task failed before shutdown")
 
 
 def limits_of(settings: Settings) -> Limits:

@@ -851,3 +851,13 @@ def test_listen_address_in_use_stops_start_up_with_exit_2() -> None:
     errors = [line for line in result.stderr.splitlines() if "configuration error" in line]
     assert len(errors) == 1 and "CONSENT_LISTEN" in errors[0], result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_sigterm_right_after_start_still_exits_0() -> None:
+    """The signal handlers are installed before anything is served: a SIGTERM that
+    arrives as soon as the port answers (here: while the inline worker and health
+    watcher are still starting) drains and exits 0 instead of killing the process."""
+    for _ in range(3):
+        srv = ServerProcess({}).start(wait_serving=False)
+        srv.signal(signal.SIGTERM)
+        assert srv.wait() == 0, srv.log()

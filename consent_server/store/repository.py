@@ -51,15 +51,19 @@ MESSAGE_RETENTION_S = 30 * 24 * 3600
 SETTINGS_CACHE_S = 1.0
 
 # Errors that mean "the store is not reachable or not serving": fail closed.
-_UNAVAILABLE = (
+# Shared by every store module. RedisClusterException is what the cluster client raises
+# when no node answers at all (it is no ConnectionError).
+UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     rex.ConnectionError,
     rex.TimeoutError,
     rex.BusyLoadingError,
     rex.ReadOnlyError,
     rex.ClusterDownError,
     rex.TryAgainError,
+    rex.RedisClusterException,
     OSError,
 )
+_UNAVAILABLE = UNAVAILABLE_ERRORS
 
 
 def _load_script(name: str) -> str:

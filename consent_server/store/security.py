@@ -11,14 +11,13 @@ from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any, TypeVar
 
-import redis.exceptions as rex
-
 from consent_server.domain.auth import ApiKeyRecord, Role
 from consent_server.domain.errors import StoreUnavailable
 from consent_server.domain.model import Recipient
 from consent_server.domain.security import AuthLookup, ErasureCounts
 
 from . import keys
+from .repository import UNAVAILABLE_ERRORS
 from .tombstones import TombstoneNames
 
 T = TypeVar("T")
@@ -26,15 +25,7 @@ T = TypeVar("T")
 MAX_LISTED_KEYS = 1000
 _SCAN_COUNT = 1000
 
-_UNAVAILABLE = (
-    rex.ConnectionError,
-    rex.TimeoutError,
-    rex.BusyLoadingError,
-    rex.ReadOnlyError,
-    rex.ClusterDownError,
-    rex.TryAgainError,
-    OSError,
-)
+_UNAVAILABLE = UNAVAILABLE_ERRORS
 
 
 def _load_script(name: str) -> str:
