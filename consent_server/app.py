@@ -121,7 +121,9 @@ async def serve(settings: Settings) -> int:
         public_url,
         default_region=settings.default_region,
     )
-    if public_url is not None:
+    # Customers must be able to open a link sent in a confirmation: without an explicit
+    # CONSENT_PUBLIC_URL, only a loopback listener (development) names its own address.
+    if settings.public_url or (http_edge is not None and is_loopback(settings.http_listen_host)):
         authority.use_signed_links(links.resubscribe_url)
     consent_servicer = ConsentServicer(authority, links)
     delivery_repo = DeliveryRepository(store.client)

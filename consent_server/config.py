@@ -95,6 +95,11 @@ class Settings:
         return "Settings(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
 
     @property
+    def http_listen_host(self) -> str:
+        """The HTTP edge's listen host without brackets ("" when the edge is off)."""
+        return (self.http_listen or "").rsplit(":", 1)[0].strip("[]")
+
+    @property
     def embedded(self) -> bool:
         """True when no Redis URL is set: the in-process, non-durable store is used."""
         return self.redis_url is None

@@ -629,3 +629,19 @@ def test_webhook_provider_receipts_update_status_and_record_opt_outs(
         ).status_code
         == 404
     )
+
+
+def test_one_click_works_again_after_a_resubscribe(
+    http: httpx.Client, tenant: str, consent: pb_grpc.ConsentServiceStub
+) -> None:
+    """The same e-mail's one-click link opts out again after the customer re-subscribed
+    (its retries before that were one event)."""
+    links = create_links(consent, tenant)
+    one_click = {"List-Unsubscribe": "One-Click"}
+    assert http.post(path_of(links.opt_out_url), data=one_click).status_code == 200
+    page = http.get(path_of(links.resubscribe_url))
+    done = http.post(path_of(links.resubscribe_url), data={"nonce": nonce_of(page.text)})
+    assert done.status_code == 200 and check(consent, tenant, email(), "").allowed
+    assert http.post(path_of(links.opt_out_url), data=one_click).status_code == 200
+    assert not check(consent, tenant, email(), "").allowed
+    assert len(events(consent, tenant, email())) == 3

@@ -47,7 +47,7 @@ EXPECTED: dict[str, set[str]] = {
     "HandleInboundMessage": {"admin", "writer"},
     "ListConsentEvents": {"admin", "writer", "reader"},
     "GetMessageStatus": {"admin", "sender", "reader"},
-    "CreateConsentLink": {"admin", "writer", "sender"},
+    "CreateConsentLink": {"admin", "writer"},
 }
 
 

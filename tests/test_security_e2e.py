@@ -153,8 +153,7 @@ ALLOWED = {
     "admin": set(ALL_RPCS),
     "writer": {"OptOut", "OptIn", "HandleInboundMessage", "SendIfAllowed", "CheckConsent",
                "BatchCheckConsent", "ListConsentEvents", "CreateConsentLink"},
-    "sender": {"CheckConsent", "BatchCheckConsent", "SendIfAllowed", "GetMessageStatus",
-               "CreateConsentLink"},
+    "sender": {"CheckConsent", "BatchCheckConsent", "SendIfAllowed", "GetMessageStatus"},
     "reader": {"CheckConsent", "BatchCheckConsent", "ListConsentEvents", "GetMessageStatus"},
 }  # fmt: skip
 

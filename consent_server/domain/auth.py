@@ -72,7 +72,8 @@ SEND = _m("SendIfAllowed")
 INBOUND = _m("HandleInboundMessage")
 HISTORY = _m("ListConsentEvents")
 MESSAGE_STATUS = _m("GetMessageStatus")
-# Minting links changes nothing; senders need them for e-mail List-Unsubscribe headers.
+# A link is a bearer capability to opt the customer out or back in, so minting one needs
+# the roles that may record those changes themselves (not sender or reader).
 LINK = _m("CreateConsentLink")
 
 #: Every ConsentService method; the table below must say who may call each.
@@ -84,7 +85,7 @@ CONSENT_METHODS = frozenset(
 ROLE_METHODS: dict[Role, frozenset[str]] = {
     Role.ADMIN: CONSENT_METHODS,
     Role.WRITER: frozenset({OPT_OUT, OPT_IN, INBOUND, SEND, CHECK, BATCH_CHECK, HISTORY, LINK}),
-    Role.SENDER: frozenset({CHECK, BATCH_CHECK, SEND, MESSAGE_STATUS, LINK}),
+    Role.SENDER: frozenset({CHECK, BATCH_CHECK, SEND, MESSAGE_STATUS}),
     Role.READER: frozenset({CHECK, BATCH_CHECK, HISTORY, MESSAGE_STATUS}),
 }
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hmac
 import logging
 import re
+import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -262,17 +263,29 @@ class ConsentLinks:
         claims = await self.open(token, action)
         if submit_nonce and not SUBMIT_NONCE_RE.match(submit_nonce):
             raise InvalidArgument.single("nonce", "is not a nonce from the confirmation page")
-        result = await self._a.change(
-            claims.action,
-            tenant_id=claims.tenant_id,
-            recipient=RawRecipient(claims.recipient.channel, claims.recipient.address),
-            topic=claims.topic,
-            source=Source.LINK,
-            evidence=claims.token_id,
-            occurred_at=None,
-            event_id=link_event_id(claims.token_id, submit_nonce),
-            principal=LINK_PRINCIPAL,
-        )
+        recipient = RawRecipient(claims.recipient.channel, claims.recipient.address)
+
+        async def record(event_id: str) -> ChangeResult:
+            return await self._a.change(
+                claims.action,
+                tenant_id=claims.tenant_id,
+                recipient=recipient,
+                topic=claims.topic,
+                source=Source.LINK,
+                evidence=claims.token_id,
+                occurred_at=None,
+                event_id=event_id,
+                principal=LINK_PRINCIPAL,
+            )
+
+        result = await record(link_event_id(claims.token_id, submit_nonce))
+        if result.outcome.duplicate and not submit_nonce and claims.action is Action.OPT_OUT:
+            # A one-click POST has no form nonce, so its event id is the token's: mail
+            # providers' retries are one event. But if the customer re-subscribed since,
+            # the same unsubscribe link must work again.
+            now = await self._a.check(claims.tenant_id, recipient, claims.topic)
+            if now.decision.allowed:
+                result = await record(link_event_id(claims.token_id, secrets.token_hex(8)))
         return claims, result
 
 
