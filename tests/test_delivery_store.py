@@ -874,3 +874,30 @@ async def test_whatsapp_status_webhooks_update_message_status(
     assert history.events == []
     # Another tenant's receipt for the same provider id changes nothing.
     await handle(StatusReceipt("other", "prov-1", "delivered", ALICE, None))
+
+
+async def test_message_missed_by_a_racing_erasure_is_cancelled_by_the_tombstone(
+    store: RedisConsentStore, worker: DeliveryWorker, fake: FakeProvider
+) -> None:
+    """ForgetRecipient finds the recipient's messages before its script runs; a message
+    accepted in between, followed by an opt-out, is not among them. The worker's claim
+    consults the tombstone (as SendIfAllowed does), so it is cancelled, not sent."""
+    from consent_server.store.security import RedisSecurityStore
+
+    await use_webhook(store, fake.url)
+    mid = await send(store)  # accepted: no opt-out yet
+    await change(store, Action.OPT_OUT)  # acknowledged while the erasure is under way
+    security = RedisSecurityStore(store.client, store.tombstones)
+
+    async def nothing_found(*_args: object) -> list[str]:
+        return []  # the erasure's scans ran before the send: they saw no message
+
+    security._messages_of = nothing_found  # type: ignore[method-assign]
+    security._outbox_entries = nothing_found  # type: ignore[method-assign]
+    counts = await security.forget(TENANT, ALICE, "erasure-race", "test")
+    assert counts.suppressed_topics == [""] and counts.messages_cancelled == 0
+    await settle(worker, store, mid)
+    status = await store.message_status(TENANT, mid)
+    assert status is not None and status.state is MessageState.CANCELLED
+    assert "RECIPIENT_OPTED_OUT" in status.last_error
+    assert fake.requests == []

@@ -23,6 +23,7 @@ from consent_server.domain.model import Channel, Policy, Recipient
 
 from . import keys
 from .repository import _UNAVAILABLE, MESSAGE_RETENTION_S
+from .tombstones import TombstoneNames
 
 T = TypeVar("T")
 
@@ -131,6 +132,8 @@ class DeliveryRepository:
         self._r: Any = client
         self._cluster = cluster
         self._retention_s = retention_s
+        # The claim's re-check consults erasure tombstones, as the send decision does.
+        self._tombstones = TombstoneNames(client)
         self._claim = client.register_script(_load_script("claim.lua"))
         self._finish = client.register_script(_load_script("finish.lua"))
         self._requeue = client.register_script(_load_script("requeue.lua"))
@@ -273,10 +276,12 @@ class DeliveryRepository:
         rcpt = entry.recipient
         assert rcpt is not None
         base = keys.recipient_base(entry.tenant_id, rcpt)
+        tombstone = await self._call(lambda: self._tombstones.key(entry.tenant_id, rcpt))
         script_keys = [
             keys.state(base),
             keys.message(entry.tenant_id, entry.partition, entry.message_id),
             keys.outbox(entry.partition),
+            tombstone,
         ]
         args: list[str | int] = [
             GROUP,

@@ -1,8 +1,8 @@
 -- Claim an outbox entry for delivery, re-checking consent in the same atomic step
 -- (SPEC §8, §9.1): a send whose recipient no longer allows it is CANCELLED here and
 -- can never reach a provider, because every opt-out runs on the same state hash.
--- KEYS[1] recipient state hash, KEYS[2] message status hash, KEYS[3] outbox stream
--- (all with the recipient's hash tag).
+-- KEYS[1] recipient state hash, KEYS[2] message status hash, KEYS[3] outbox stream,
+-- KEYS[4] the recipient's suppression tombstone (all with the recipient's hash tag).
 -- ARGV: group, stream entry id, purpose ("send"|"confirmation"|""), topic field,
 --       policy ("allow"|"require_opt_in"), not_after ms (0 = never), retention s,
 --       channel, address, topic, accepted ms (to create a confirmation's missing status).
@@ -53,6 +53,15 @@ if purpose ~= 'confirmation' then
     if not rec then return nil end
     local status, occurred, rev = string.match(rec, '^(%a+)|(%d+)|(%d+)|')
     return {status, tonumber(occurred), tonumber(rev)}
+  end
+  -- An erased recipient's tombstone records compete like live ones (as in send.lua):
+  -- a message accepted while an erasure ran is still cancelled here.
+  local tomb = redis.call('HMGET', KEYS[4], 's:*', field)
+  for i = 1, 2 do
+    local l, t = parse(recs[i]), parse(tomb[i])
+    if t and (not l or t[2] > l[2] or (t[2] == l[2] and t[3] > l[3])) then
+      recs[i] = tomb[i]
+    end
   end
   local all, top = parse(recs[1]), nil
   if field ~= 's:*' then top = parse(recs[2]) end
