@@ -579,9 +579,24 @@ async def test_provider_configuration_keeps_secrets_write_only(store: RedisConse
         RawProvider("sms", ProviderKind.WEBHOOK, url="https://hooks.example/sms", secret=SECRET),
     )
     assert SECRET not in repr(set_.config)
-    # Updating without a secret keeps the stored one.
+    # Updating the same destination without a secret keeps the stored one.
     await admin.set_provider(
-        TENANT, RawProvider("sms", ProviderKind.WEBHOOK, url="https://hooks.example/v2")
+        TENANT,
+        RawProvider("sms", ProviderKind.WEBHOOK, url="https://hooks.example/sms", timeout_ms=900),
+    )
+    stored = (await repo.providers(TENANT))["sms"]
+    assert stored.timeout_ms == 900 and stored.secret == SECRET
+    # Pointing it elsewhere needs the secret again: a write-only secret must not be
+    # redirected to a URL of the caller's choosing.
+    with pytest.raises(InvalidArgument) as moved:
+        await admin.set_provider(
+            TENANT, RawProvider("sms", ProviderKind.WEBHOOK, url="https://attacker.example/x")
+        )
+    assert [v.field for v in moved.value.violations] == ["provider.webhook.signing_secret"]
+    assert (await repo.providers(TENANT))["sms"].url == "https://hooks.example/sms"
+    await admin.set_provider(
+        TENANT,
+        RawProvider("sms", ProviderKind.WEBHOOK, url="https://hooks.example/v2", secret=SECRET),
     )
     stored = (await repo.providers(TENANT))["sms"]
     assert stored.url == "https://hooks.example/v2" and stored.secret == SECRET

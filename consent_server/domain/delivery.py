@@ -137,7 +137,11 @@ def _secret(v: val.Violations, field: str, value: str, kept: str, minimum: int) 
     """A new secret, or the stored one when the request leaves it empty (write-only)."""
     if not value:
         if not kept:
-            v.add(field, "is required when setting this provider for the first time")
+            v.add(
+                field,
+                "is required when setting this provider for the first time or changing "
+                "where it sends (URL or phone number id)",
+            )
         return kept
     if len(value) > MAX_SECRET or not value.isprintable() or any(c.isspace() for c in value):
         v.add(field, f"must be 1-{MAX_SECRET} printable characters without spaces")
@@ -175,12 +179,23 @@ class DeliveryAdmin:
         v.raise_if_any()
         assert raw.channel is not None and raw.kind is not None
         current = (await self._store.providers(tenant)).get(raw.channel)
-        kept = current.secret if current is not None and current.kind is raw.kind else ""
+
+        def kept(url: str, phone_number_id: str = "") -> str:
+            # A stored secret is kept only for the same destination: otherwise an update
+            # could send a write-only token to a URL of the caller's choosing.
+            same = (
+                current is not None
+                and current.kind is raw.kind
+                and current.url == url
+                and current.phone_number_id == phone_number_id
+            )
+            return current.secret if same and current is not None else ""
+
         config = ProviderConfig(kind=raw.kind)
         if raw.kind is ProviderKind.WEBHOOK:
             url = _http_url(v, "provider.webhook.url", raw.url)
             secret = _secret(
-                v, "provider.webhook.signing_secret", raw.secret, kept, MIN_WEBHOOK_SECRET
+                v, "provider.webhook.signing_secret", raw.secret, kept(url), MIN_WEBHOOK_SECRET
             )
             timeout = _timeout(v, "provider.webhook.timeout_ms", raw.timeout_ms)
             config = replace(config, url=url, secret=secret, timeout_ms=timeout)
@@ -192,7 +207,13 @@ class DeliveryAdmin:
             )
             if not (raw.phone_number_id.isdigit() and 1 <= len(raw.phone_number_id) <= 32):
                 v.add("provider.whatsapp_cloud.phone_number_id", "must be 1-32 digits")
-            secret = _secret(v, "provider.whatsapp_cloud.access_token", raw.secret, kept, 1)
+            secret = _secret(
+                v,
+                "provider.whatsapp_cloud.access_token",
+                raw.secret,
+                kept(url, raw.phone_number_id),
+                1,
+            )
             timeout = _timeout(v, "provider.whatsapp_cloud.timeout_ms", raw.timeout_ms)
             config = replace(
                 config,

@@ -793,7 +793,7 @@ class WebhookProvider(_message.Message):
     """https:// URL (plain http:// only to loopback), at most 2048 characters."""
     signing_secret: _builtins.str
     """HMAC key, 16-512 printable characters. Write-only: never returned. Empty on
-    an update keeps the stored key.
+    an update keeps the stored key, but only when the url is unchanged.
     """
     timeout_ms: _builtins.int
     """Per-request timeout in milliseconds, 100-30000; 0 = 10000."""
@@ -834,7 +834,7 @@ class WhatsAppCloudProvider(_message.Message):
     """The WhatsApp Business phone number id that sends, 1-32 digits."""
     access_token: _builtins.str
     """The bearer access token. Write-only: never returned. Empty on an update keeps
-    the stored token.
+    the stored token, but only when base_url and phone_number_id are unchanged.
     """
     timeout_ms: _builtins.int
     """Per-request timeout in milliseconds, 100-30000; 0 = 10000."""
