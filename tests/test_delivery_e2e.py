@@ -259,7 +259,14 @@ def test_provider_admin_rpcs_never_return_secrets() -> None:
 def test_two_worker_processes_deliver_each_message_once(
     fake: FakeProvider, redis_server: RedisProcess
 ) -> None:
-    env = {**FAST, "CONSENT_REDIS_URL": redis_server.url}
+    # No reclaims here (that is the next test): a visibility timeout a loaded CI machine
+    # cannot outrun by accident, so any second attempt means the group handed one
+    # message to both workers.
+    env = {
+        **FAST,
+        "CONSENT_DELIVERY_VISIBILITY_TIMEOUT": "60",
+        "CONSENT_REDIS_URL": redis_server.url,
+    }
     srv = ServerProcess({**env, "CONSENT_DELIVERY": "off"}).start()
     workers = [WorkerProcess(env).start(), WorkerProcess(env).start()]
     try:
