@@ -11,15 +11,15 @@ import pytest
 import redis.asyncio as aioredis
 from hypothesis import settings
 
-# Property tests check properties, not speed: hypothesis's per-example deadline turns a
-# busy 2-core CI machine into flaky failures, so it is off (performance lives in bench/).
-settings.register_profile("consent", deadline=None)
-settings.load_profile("consent")
-
 from consent_client.v1 import consent_pb2_grpc
 from consent_server.store.repository import RedisConsentStore
 
 from .support import RedisProcess, ServerProcess
+
+# Property tests check properties, not speed: hypothesis's per-example deadline turns a
+# busy 2-core CI machine into flaky failures, so it is off (performance lives in bench/).
+settings.register_profile("consent", deadline=None)
+settings.load_profile("consent")
 
 
 @pytest.fixture(scope="session")
