@@ -9,6 +9,12 @@ from bench.model import Aim, AimResult, Row
 AIMS: list[Aim] = [
     Aim("CheckConsent / empty handler", "check", "empty", 0.7),
     Aim("BatchCheckConsent / raw pipelined HMGET", "batch", "raw_hmget", 1.0),
+    # For reading, no aim set: does delivery keep up with accepting, and what does the
+    # worker sharing the server's process cost the API?
+    Aim(
+        "delivered / accepted with inline delivery (same run)", "delivered", "delivery_accept", None
+    ),
+    Aim("SendIfAllowed accepted: inline delivery on / off", "delivery_accept", "send", None),
 ]
 
 
@@ -18,7 +24,7 @@ def evaluate(aims: Sequence[Aim], rows: Sequence[Row]) -> list[AimResult]:
     results = []
     for aim in aims:
         num, den = by_key.get(aim.numerator), by_key.get(aim.denominator)
-        if num is None or den is None or den.rate <= 0:
+        if num is None or den is None or num.rate is None or not den.rate:
             results.append(AimResult(aim, None, ["not measured in this run"]))
             continue
         notes = [f"{r.label}: {r.failed} failed" for r in (num, den) if r.failed]

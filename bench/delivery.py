@@ -1,290 +1,240 @@
-"""Delivery benchmark: end-to-end delivery throughput beside the accept rate of the same run.
+"""The delivery scenario: end-to-end delivery throughput beside the accept rate of the same run.
 
-Starts a private redis-server and the real server process (inline delivery worker, the
-`log` provider), drives SendIfAllowed over gRPC from concurrent clients for
-``duration_s``, samples the outbox lag (age of the oldest message still waiting) while
-the load runs, then waits until every accepted message is DELIVERED. Rows:
+It needs a server whose inline worker delivers (the shared one runs with delivery off so
+that the API rows measure the API) and an outbox nobody else filled, so each call starts
+its own private redis-server and consent server (``CONSENT_DELIVERY=inline``, the default
+``log`` provider, logging at ``info`` so each delivery writes its line as in production)
+with ``bench.procs``, and stops both before returning. Then:
 
-- SendIfAllowed accept rate (msg/s) — the baseline measured in the same run;
-- delivery throughput (msg/s): delivered messages over the time from the first
-  acceptance to the last DELIVERED;
-- delivery latency p50/p99 (acceptance -> DELIVERED) and outbox lag p50/max under load;
-- drain rate (msg/s): how fast the worker empties a backlog queued before it started,
-  i.e. delivery capacity when it is not waiting for new sends.
+1. **drain**: a backlog queued through the real send script before the server starts
+   (``250 x --duration`` messages, 1,000 by default, to distinct recipients over every
+   partition) is delivered with no sends competing: delivery capacity.
+2. **load**: ``ctx.load`` drives SendIfAllowed (the same request, generator and concurrency
+   as the ``send_if_allowed`` row) while the worker delivers in the same process; the
+   outbox lag (age of the oldest waiting message) is sampled every 100 ms meanwhile.
+3. **catch up**: wait until nothing waits, then read every message's status hash:
+   acceptance time ``at``, last update ``up`` (the DELIVERED time) and state ``st``.
 
-``python bench/delivery.py [seconds]`` prints the table; ``measure`` is what the
-``make bench`` runner calls.
+Rows (keys): ``delivery_accept`` SendIfAllowed accepted with the worker on, the baseline
+measured in the same run; ``delivered`` the messages accepted in the measured window over
+the time from the first of them accepted to the last of them DELIVERED, with acceptance ->
+DELIVERED latencies; ``outbox_lag``; ``drain``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import socket
-import statistics
-import subprocess
-import sys
 import tempfile
+import threading
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-import grpc
+import redis
 import redis.asyncio as aioredis
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # `python bench/delivery.py` from a checkout
-    sys.path.insert(0, str(ROOT))
+from bench import procs, workload
+from bench.context import BenchContext
+from bench.load import percentile
+from bench.measuring import measure, row
+from bench.model import LoadResult, Row
+from consent_server.domain.model import Channel, OutboundMessage, Policy, Recipient, SendInput
+from consent_server.store import keys
+from consent_server.store.outbox import DeliveryRepository
+from consent_server.store.repository import RedisConsentStore
 
-from consent_client.v1 import consent_pb2 as pb  # noqa: E402
-from consent_client.v1 import consent_pb2_grpc  # noqa: E402
-from consent_server.domain.model import (  # noqa: E402
-    Channel,
-    OutboundMessage,
-    Policy,
-    Recipient,
-    SendInput,
-)
-from consent_server.store import keys  # noqa: E402
-from consent_server.store.outbox import DeliveryRepository  # noqa: E402
-from consent_server.store.repository import RedisConsentStore  # noqa: E402
-
-CLIENTS = 16
-BACKLOG = 2000
-TENANT = "bench"
+# Backlog messages per second of --duration: 1,000 at the default 4 s, about two seconds of
+# the worker's capacity, so the drain rate is not dominated by its first and last message.
+BACKLOG_PER_S = 250
+LAG_SAMPLE_S = 0.1
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _now_ms() -> float:
+    # The message hashes carry redis-server's TIME in ms; the bench runs on the same host.
+    return time.time() * 1000
 
 
-def _start_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise RuntimeError("redis-server is not installed")
-    port = _free_port()
-    proc = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            str(workdir),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--logfile",
-            str(workdir / "redis.log"),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    return proc, port
-
-
-def _start_server(redis_url: str) -> tuple[subprocess.Popen[bytes], str]:
-    port = _free_port()
-    env = {
-        **os.environ,
-        "CONSENT_REDIS_URL": redis_url,
-        "CONSENT_DELIVERY": "inline",
-        "CONSENT_LOG_LEVEL": "info",  # the log provider writes its line per message
-        "CONSENT_LISTEN": f"127.0.0.1:{port}",
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "consent_server"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    return proc, f"127.0.0.1:{port}"
-
-
-async def _wait_serving(target: str, within_s: float = 30) -> None:
-    deadline = time.monotonic() + within_s
-    async with grpc.aio.insecure_channel(target) as ch:
-        stub = health_pb2_grpc.HealthStub(ch)
-        while time.monotonic() < deadline:
-            try:
-                resp = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if resp.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            await asyncio.sleep(0.05)
-    raise RuntimeError("server did not become SERVING")
-
-
-async def _wait_redis(port: int, within_s: float = 10) -> None:
-    client = aioredis.Redis(port=port)
-    deadline = time.monotonic() + within_s
+async def _prefill(url: str, count: int) -> None:
+    """Queue ``count`` messages through the real send script, before any worker runs."""
+    client = aioredis.Redis.from_url(url)
+    store = RedisConsentStore(client)
     try:
-        while time.monotonic() < deadline:
-            try:
-                await client.ping()
-                return
-            except (OSError, aioredis.ConnectionError):
-                await asyncio.sleep(0.05)
+        for start in range(0, count, 50):
+            await asyncio.gather(
+                *(
+                    store.send(
+                        SendInput(
+                            tenant_id=workload.TENANT,
+                            recipient=Recipient(Channel.SMS, workload.phone(20_000 + i)),
+                            topic="order_updates",
+                            message=OutboundMessage(kind="text", text=f"backlog {i}"),
+                            idempotency_key="",
+                            not_after_ms=0,
+                        ),
+                        Policy.ALLOW_UNLESS_OPTED_OUT,
+                    )
+                    for i in range(start, min(start + 50, count))
+                )
+            )
     finally:
         await client.aclose()
-    raise RuntimeError("redis-server did not start")
 
 
-def _pct(values: list[float], q: float) -> float:
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+async def _wait_drained(url: str, limit_s: float) -> None:
+    """Poll the outboxes and retry queues until empty, or until ``limit_s`` has passed."""
+    client = aioredis.Redis.from_url(url)
+    outbox = DeliveryRepository(client)
+    deadline = time.monotonic() + limit_s
+    try:
+        while time.monotonic() < deadline:
+            total, _ = await outbox.backlog()
+            if total == 0:
+                return
+            await asyncio.sleep(0.05)
+    finally:
+        await client.aclose()
 
 
-async def _load(target: str, duration_s: float, ids: list[str]) -> float:
-    """Senders for ``duration_s``; returns the elapsed seconds."""
-    async with grpc.aio.insecure_channel(target) as ch:
-        stub = consent_pb2_grpc.ConsentServiceStub(ch)
-        stop_at = time.monotonic() + duration_s
-
-        async def sender(n: int) -> None:
-            i = 0
-            while time.monotonic() < stop_at:
-                resp = await stub.SendIfAllowed(
-                    pb.SendIfAllowedRequest(
-                        tenant_id=TENANT,
-                        recipient=pb.Recipient(
-                            channel=pb.CHANNEL_SMS, address=f"+1415555{(n * 997 + i) % 10000:04d}"
-                        ),
-                        topic="order_updates",
-                        message=pb.Message(text=f"Your order {n}-{i} shipped"),
-                    ),
-                    timeout=10,
-                )
-                ids.append(resp.message_id)
-                i += 1
-
-        started = time.monotonic()
-        await asyncio.gather(*(sender(n) for n in range(CLIENTS)))
-        return time.monotonic() - started
+async def _sample_lag(url: str, stop: threading.Event, out: list[float]) -> None:
+    """Every LAG_SAMPLE_S until ``stop``: the age of the oldest waiting message (0 if none)."""
+    client = aioredis.Redis.from_url(url)
+    outbox = DeliveryRepository(client)
+    try:
+        while not stop.is_set():
+            _total, oldest = await outbox.backlog()
+            out.append(max(0.0, _now_ms() - oldest) if oldest else 0.0)
+            await asyncio.sleep(LAG_SAMPLE_S)
+    finally:
+        await client.aclose()
 
 
-async def _sample_lag(outbox: DeliveryRepository, stop: asyncio.Event, out: list[float]) -> None:
-    while not stop.is_set():
-        _total, oldest = await outbox.backlog()
-        out.append(max(0.0, time.time() * 1000 - oldest) if oldest else 0.0)
-        await asyncio.sleep(0.1)
+@dataclass(frozen=True, slots=True)
+class _Message:
+    state: str
+    accepted_ms: int
+    updated_ms: int
 
 
-async def _prefill(client: aioredis.Redis, count: int) -> None:
-    """Queue ``count`` messages through the real send script, before any worker runs."""
-    store = RedisConsentStore(client)
-    for start in range(0, count, 50):
-        await asyncio.gather(
-            *(
-                store.send(
-                    SendInput(
-                        tenant_id=TENANT,
-                        recipient=Recipient(Channel.SMS, f"+1415556{i:04d}"),
-                        topic="order_updates",
-                        message=OutboundMessage(kind="text", text=f"backlog {i}"),
-                        idempotency_key="",
-                        not_after_ms=0,
-                    ),
-                    Policy.ALLOW_UNLESS_OPTED_OUT,
-                )
-                for i in range(start, min(start + 50, count))
-            )
-        )
+def _messages(client: redis.Redis) -> list[_Message]:
+    """Every message status hash of the bench tenant (the private Redis holds only ours)."""
+    names = [
+        name
+        for part in range(keys.PARTITIONS)
+        for name in client.scan_iter(match=keys.message_pattern(workload.TENANT, part), count=1000)
+    ]
+    pipe = client.pipeline(transaction=False)
+    for name in names:
+        pipe.hmget(name, ["st", "at", "up"])
+    out = []
+    for st, at, up in pipe.execute():
+        if st is not None and at is not None and up is not None:
+            out.append(_Message(st.decode(), int(at), int(up)))
+    return out
 
 
-async def _drain(outbox: DeliveryRepository, limit_s: float) -> float:
-    """Wait until nothing waits in the outboxes (or ``limit_s``); returns the delivery
-    rate observed from the first message leaving to the last (0 when nothing moved)."""
-    started = time.monotonic()
-    first: tuple[float, int] | None = None
-    initial, _ = await outbox.backlog()
-    while time.monotonic() - started < limit_s:
-        total, _ = await outbox.backlog()
-        now = time.monotonic()
-        if first is None and total < initial:
-            first = (now, total)
-        if total == 0:
-            if first is None or now <= first[0]:
-                return 0.0
-            return first[1] / (now - first[0])
-        await asyncio.sleep(0.02)
-    return 0.0
+def delivery(ctx: BenchContext) -> list[Row]:
+    """Drain a backlog, then SendIfAllowed under load with the inline worker delivering."""
+    backlog = max(100, round(BACKLOG_PER_S * ctx.options.duration_s))
+    # Generous: a loaded machine may drain slowly; a message still waiting shows as failed.
+    drain_limit_s = max(60.0, 20 * ctx.options.duration_s)
+    workdir = Path(tempfile.mkdtemp(prefix="delivery-", dir=ctx.workdir))
+    store = procs.RedisServer(workdir / "redis").start()
+    server: procs.GrpcProcess | None = None
+    client = store.client()
+    lags: list[float] = []
+    stop = threading.Event()
+    sampler = threading.Thread(
+        target=lambda: asyncio.run(_sample_lag(store.url, stop, lags)), daemon=True
+    )
+    window_start: list[float] = []
+    try:
+        asyncio.run(_prefill(store.url, backlog))
+        queued_until = _now_ms()
+        server = procs.consent_server(store.url, delivery="inline").start()
+        asyncio.run(_wait_drained(store.url, drain_limit_s))
+        request = workload.send_request()
+        workload.probe(server.target, workload.SEND, request)
+
+        def started() -> None:
+            window_start.append(_now_ms())
+            sampler.start()
+
+        r = measure(ctx, server, workload.SEND, request, on_measure_start=started)
+        stop.set()
+        if sampler.is_alive():
+            sampler.join(10)
+        # Whatever is still undelivered at the limit counts as failed in the rows.
+        asyncio.run(_wait_drained(store.url, drain_limit_s))
+        messages = _messages(client)
+    finally:
+        stop.set()
+        client.close()
+        if server is not None:
+            server.stop()
+        store.stop()
+    return _rows(ctx, r, messages, queued_until, window_start[0], lags, backlog)
 
 
-async def measure(duration_s: float) -> list[tuple[str, float, str]]:
-    """Run the benchmark for ``duration_s`` of load; rows of (name, value, unit)."""
-    with tempfile.TemporaryDirectory(prefix="bench-delivery-") as tmp:
-        redis_proc, redis_port = _start_redis(Path(tmp))
-        server: subprocess.Popen[bytes] | None = None
-        client = aioredis.Redis(port=redis_port)
-        try:
-            await _wait_redis(redis_port)
-            outbox = DeliveryRepository(client)
-            await _prefill(client, BACKLOG)
-            server, target = _start_server(f"redis://127.0.0.1:{redis_port}/0")
-            drain_rate = await _drain(outbox, 120.0)
-            await _wait_serving(target)
-            ids: list[str] = []
-            lags: list[float] = []
-            stop = asyncio.Event()
-            sampler = asyncio.create_task(_sample_lag(outbox, stop, lags))
-            elapsed = await _load(target, duration_s, ids)
-            stop.set()
-            await sampler
-            await _drain(outbox, max(60.0, duration_s * 10))
-            pipe = client.pipeline(transaction=False)
-            for mid in ids:
-                part = keys.message_partition(mid)
-                assert part is not None
-                pipe.hmget(keys.message(TENANT, part, mid), ["st", "at", "up"])
-            rows = await pipe.execute()
-        finally:
-            await client.aclose()
-            if server is not None:
-                server.terminate()
-                server.wait(30)
-            redis_proc.terminate()
-            redis_proc.wait(10)
-    delivered = [(int(at), int(up)) for st, at, up in rows if st == b"delivered"]
-    accept_rate = len(ids) / elapsed if elapsed else 0.0
-    latencies = [float(up - at) for at, up in delivered]
+def _rows(
+    ctx: BenchContext,
+    r: LoadResult,
+    messages: list[_Message],
+    queued_until: float,
+    window_start: float,
+    lags: list[float],
+    backlog: int,
+) -> list[Row]:
+    """The four rows from the load result and the messages' status hashes."""
+    # Sent during the measured load (warm-up ran before ``window_start``, the backlog and
+    # the probe before that), and among them those that reached DELIVERED.
+    sent = [m for m in messages if m.accepted_ms >= window_start]
+    delivered = [m for m in sent if m.state == "delivered"]
+    if not ctx.load.sees_grpc_status:
+        # As in send_if_allowed: count successes where they land, one message per accept.
+        answered = r.ok + r.failed
+        r = replace(r, ok=min(len(sent), answered), failed=max(0, answered - len(sent)))
+    accept = row(
+        "delivery_accept",
+        "SendIfAllowed (accepted), inline delivery on",
+        r,
+        unit="msg/s",
+        note="baseline of the next row, same run; CPU includes the worker's",
+    )
+    latencies = sorted(float(m.updated_ms - m.accepted_ms) for m in delivered)
     span_s = (
-        (max(up for _, up in delivered) - min(at for at, _ in delivered)) / 1000
+        (max(m.updated_ms for m in delivered) - min(m.accepted_ms for m in sent)) / 1000
         if delivered
         else 0.0
     )
-    return [
-        ("SendIfAllowed accept rate (baseline, same run)", round(accept_rate, 1), "msg/s"),
-        (
-            "delivery throughput, accept -> DELIVERED (log provider)",
-            round(len(delivered) / span_s, 1) if span_s else 0.0,
-            "msg/s",
-        ),
-        ("messages delivered / accepted", round(len(delivered) / max(len(ids), 1) * 100, 2), "%"),
-        ("delivery latency p50", _pct(latencies, 0.5), "ms"),
-        ("delivery latency p99", _pct(latencies, 0.99), "ms"),
-        ("outbox lag p50 under load", round(statistics.median(lags), 1) if lags else 0.0, "ms"),
-        ("outbox lag max under load", round(max(lags), 1) if lags else 0.0, "ms"),
-        (
-            f"drain rate of a {BACKLOG}-message backlog (capacity)",
-            round(drain_rate, 1),
-            "msg/s",
-        ),
-    ]
-
-
-if __name__ == "__main__":
-    seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 5.0
-    results = asyncio.run(measure(seconds))
-    width = max(len(name) for name, _, _ in results)
-    print(f"{'delivery benchmark':<{width}}  {'value':>10}  unit")
-    for name, value, unit in results:
-        print(f"{name:<{width}}  {value:>10g}  {unit}")
+    end_to_end = Row(
+        "delivered",
+        "delivered, accept -> DELIVERED (log provider)",
+        len(delivered) / span_s if span_s > 0 else 0.0,
+        "msg/s",
+        percentile(latencies, 0.50),
+        percentile(latencies, 0.99),
+        len(sent) - len(delivered),
+        "the above row's messages, first accepted to last DELIVERED; p50/p99: each's latency",
+    )
+    lag = sorted(lags)
+    outbox_lag = Row(
+        "outbox_lag",
+        "outbox lag under that load",
+        None,
+        "ms",
+        percentile(lag, 0.50),
+        percentile(lag, 0.99),
+        note=f"age of the oldest waiting message, sampled every {LAG_SAMPLE_S * 1000:.0f} ms",
+    )
+    queued = [m for m in messages if m.accepted_ms <= queued_until]
+    drained = sorted(m.updated_ms for m in queued if m.state == "delivered")
+    drain_s = (drained[-1] - drained[0]) / 1000 if len(drained) > 1 else 0.0
+    drain = Row(
+        "drain",
+        f"delivery drain of {backlog:,} queued (capacity)",
+        (len(drained) - 1) / drain_s if drain_s > 0 else 0.0,
+        "msg/s",
+        failed=len(queued) - len(drained),
+        note="first to last DELIVERED, no sends competing",
+    )
+    return [accept, end_to_end, outbox_lag, drain]

@@ -52,7 +52,7 @@ class Row:
 
     key: str
     label: str
-    rate: float
+    rate: float | None  # None for rows that are not a rate (latency-only rows)
     unit: str
     p50_ms: float | None = None
     p99_ms: float | None = None
@@ -65,12 +65,15 @@ class Row:
 
 @dataclass(frozen=True, slots=True)
 class Aim:
-    """``numerator`` rate / ``denominator`` rate should be at least ``target``."""
+    """``numerator`` rate / ``denominator`` rate should be at least ``target``.
+
+    ``target`` None: a ratio printed for reading, with no aim set.
+    """
 
     label: str
     numerator: str
     denominator: str
-    target: float
+    target: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,5 +86,7 @@ class AimResult:
 
     @property
     def met(self) -> bool | None:
-        """True/False, or None when it could not be evaluated."""
-        return None if self.ratio is None else self.ratio >= self.aim.target
+        """True/False, or None when it could not be evaluated or no aim is set."""
+        if self.ratio is None or self.aim.target is None:
+            return None
+        return self.ratio >= self.aim.target

@@ -184,18 +184,18 @@ class GrpcProcess:
             self._reader.join(5)
 
 
-def consent_server(redis_url: str) -> GrpcProcess:
+def consent_server(redis_url: str, delivery: str = "off") -> GrpcProcess:
     """The real consent server on ``redis_url``, logging as in production (info, JSON).
 
-    Inline delivery is switched off so that the rows measure the API; delivery throughput
-    is its own scenario.
+    Inline delivery is off by default so that the API rows measure the API; the delivery
+    scenario (``bench.delivery``) starts its own with ``delivery="inline"``.
     """
     return GrpcProcess(
         "consent_server",
         env={
             "CONSENT_REDIS_URL": redis_url,
             "CONSENT_LOG_LEVEL": "info",
-            "CONSENT_DELIVERY": "off",
+            "CONSENT_DELIVERY": delivery,
         },
     )
 

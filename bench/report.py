@@ -16,7 +16,7 @@ def _ms(value: float | None) -> str:
 def _cells(row: Row) -> tuple[str, ...]:
     return (
         row.label,
-        f"{row.rate:,.0f}",
+        "-" if row.rate is None else f"{row.rate:,.0f}",
         row.unit,
         _ms(row.p50_ms),
         _ms(row.p99_ms),
@@ -50,13 +50,16 @@ def table(rows: Sequence[Row]) -> str:
 
 
 def aims(results: Sequence[AimResult]) -> str:
-    """One line per aim: ratio, target, MET / NOT MET."""
+    """One line per aim: ratio, target, MET / NOT MET (or "no aim set" for a plain ratio)."""
     out = []
     for r in results:
+        target = "no aim set" if r.aim.target is None else f"aim >= {r.aim.target:g}x"
         if r.ratio is None:
-            verdict, ratio = "NOT MEASURED", "-"
+            verdict, ratio = " NOT MEASURED", "-"
+        elif r.met is None:
+            verdict, ratio = "", f"{r.ratio:.2f}x"
         else:
-            verdict, ratio = ("MET" if r.met else "NOT MET"), f"{r.ratio:.2f}x"
+            verdict, ratio = (" MET" if r.met else " NOT MET"), f"{r.ratio:.2f}x"
         extra = f" ({'; '.join(r.notes)})" if r.notes else ""
-        out.append(f"- {r.aim.label}: {ratio} (aim >= {r.aim.target:g}x) {verdict}{extra}")
+        out.append(f"- {r.aim.label}: {ratio} ({target}){verdict}{extra}")
     return "\n".join(out)

@@ -87,10 +87,11 @@ def combine(rounds: Sequence[Sequence[Row]]) -> list[Row]:
         p50s = [r.p50_ms for r in rows if r.p50_ms is not None]
         p99s = [r.p99_ms for r in rows if r.p99_ms is not None]
         cpus = [r.cpu_us for r in rows if r.cpu_us is not None]
+        rates = [r.rate for r in rows if r.rate is not None]
         out.append(
             replace(
                 rows[0],
-                rate=statistics.fmean(r.rate for r in rows),
+                rate=statistics.fmean(rates) if rates else None,
                 p50_ms=statistics.median(p50s) if p50s else None,
                 p99_ms=max(p99s) if p99s else None,
                 failed=sum(r.failed for r in rows),

@@ -4,7 +4,9 @@ A scenario measures one thing with ``ctx.load`` (the same generator for every
 row, at the same concurrency and duration) and returns rows for the table. Rows
 are referred to by ``key`` from ``bench.aims``. To add one, write a function here
 or elsewhere and append it to SCENARIOS; it may start its own processes with
-``bench.procs`` (stop them before returning).
+``bench.procs`` (stop them before returning). ``bench.measuring`` has the helpers
+(``measure``: a load run with the server's CPU per call; ``row``). ``delivery`` lives in
+``bench.delivery``.
 """
 
 from __future__ import annotations
@@ -13,71 +15,14 @@ from collections.abc import Callable
 from dataclasses import replace
 
 import redis
-from google.protobuf.message import Message
 
 from bench import redis_raw, workload
 from bench.context import BenchContext
-from bench.cpu import process_cpu_s
-from bench.model import BenchOptions, LoadResult, Row
-from bench.procs import GrpcProcess
+from bench.delivery import delivery
+from bench.measuring import measure, row
+from bench.model import Row
 
 Scenario = Callable[[BenchContext], list[Row]]
-
-
-def measure(
-    ctx: BenchContext,
-    server: GrpcProcess,
-    method: str,
-    request: Message,
-    *,
-    response_size: int | None = None,
-    options: BenchOptions | None = None,
-    on_measure_start: Callable[[], None] | None = None,
-) -> LoadResult:
-    """Run ``ctx.load`` against ``server`` and add the server's CPU time per call."""
-    cpu_at_start: list[float | None] = []
-
-    def started() -> None:
-        cpu_at_start.append(process_cpu_s(server.pid))
-        if on_measure_start is not None:
-            on_measure_start()
-
-    r = ctx.load.run(
-        server.target,
-        method,
-        request.SerializeToString(),
-        duration_s=ctx.options.duration_s,
-        options=options or ctx.options,
-        response_size=response_size,
-        on_measure_start=started,
-    )
-    start, end = (cpu_at_start or [None])[0], process_cpu_s(server.pid)
-    calls = r.ok + r.failed
-    if start is None or end is None or calls == 0:
-        return r
-    return replace(r, cpu_us_per_call=(end - start) / calls * 1e6)
-
-
-def row(
-    key: str,
-    label: str,
-    r: LoadResult,
-    items_per_call: int = 1,
-    unit: str = "req/s",
-    note: str = "",
-) -> Row:
-    """A table row from a load result (rate in items per second)."""
-    return Row(
-        key,
-        label,
-        r.rps * items_per_call,
-        unit,
-        r.p50_ms,
-        r.p99_ms,
-        r.failed,
-        note,
-        r.cpu_us_per_call,
-    )
 
 
 def empty_handler(ctx: BenchContext) -> list[Row]:
@@ -165,4 +110,4 @@ def batch_check(ctx: BenchContext) -> list[Row]:
     ]
 
 
-SCENARIOS: list[Scenario] = [empty_handler, check_consent, send_if_allowed, batch_check]
+SCENARIOS: list[Scenario] = [empty_handler, check_consent, send_if_allowed, batch_check, delivery]

@@ -12,7 +12,7 @@ import shutil
 import pytest
 
 from bench import aims, report
-from bench.model import Row
+from bench.model import Aim, Row
 from bench.run import combine, main
 
 pytestmark = [
@@ -62,6 +62,34 @@ def test_send_and_batch_with_python_generator(capsys: pytest.CaptureFixture[str]
         assert cells[6] == "0"
 
 
+def test_delivery_rows_beside_the_same_runs_accept_rate(capsys: pytest.CaptureFixture[str]) -> None:
+    """Its own redis-server and inline-delivery server: a drained backlog, then sends."""
+    assert main([*SHORT, "--only", "delivery"]) == 0
+    out = capsys.readouterr().out
+    rows = _table_rows(out)
+    assert set(rows) == {
+        "SendIfAllowed (accepted), inline delivery on",
+        "delivered, accept -> DELIVERED (log provider)",
+        "outbox lag under that load",
+        "delivery drain of 250 queued (capacity)",
+    }
+    for label in (
+        "SendIfAllowed (accepted), inline delivery on",
+        "delivered, accept -> DELIVERED (log provider)",
+        "delivery drain of 250 queued (capacity)",
+    ):
+        assert int(rows[label][1].replace(",", "")) > 0  # something moved...
+        assert rows[label][6] == "0"  # ...every send accepted, every message DELIVERED
+    delivered = rows["delivered, accept -> DELIVERED (log provider)"]
+    assert delivered[3] != "-" and delivered[4] != "-"  # latencies of delivered messages
+    lag = rows["outbox lag under that load"]
+    assert lag[1] == "-" and lag[2] == "ms" and lag[3] != "-"  # a latency, not a rate
+    assert "- delivered / accepted with inline delivery (same run): " in out
+    assert "(no aim set)" in out
+    # The delivery-off send row was not run, so that ratio has nothing to compare with.
+    assert "inline delivery on / off: - (no aim set) NOT MEASURED" in out
+
+
 def test_rounds_combine_into_mean_rate_and_aims() -> None:
     first = Row("check", "CheckConsent", 10, "req/s", 1.0, 5.0, 1, cpu_us=400)
     second = Row("check", "CheckConsent", 20, "req/s", 3.0, 9.0, 0, cpu_us=600)
@@ -71,9 +99,26 @@ def test_rounds_combine_into_mean_rate_and_aims() -> None:
     check = rows[0]
     assert (check.rate, check.p50_ms, check.p99_ms, check.failed) == (15, 2.0, 9.0, 1)
     assert check.cpu_us == 500
-    [aim, batch] = aims.evaluate(aims.AIMS, rows)
+    aim, batch, *_ = aims.evaluate(aims.AIMS, rows)
     assert aim.ratio == pytest.approx(0.6) and aim.met is False
     assert batch.ratio is None and batch.met is None
     text = report.aims([aim])
     assert "0.60x (aim >= 0.7x) NOT MET" in text and "CheckConsent: 1 failed" in text
     assert "by CPU per call: 0.60x" in text
+
+
+def test_latency_only_rows_and_plain_ratios() -> None:
+    """A row without a rate stays without one; a ratio with no target is never MET/NOT MET."""
+    lag = [Row("outbox_lag", "lag", None, "ms", 10.0, 30.0), Row("outbox_lag", "lag", None, "ms")]
+    [combined] = combine([lag[:1], lag[1:]])
+    assert combined.rate is None and combined.p50_ms == 10.0 and combined.p99_ms == 30.0
+    assert "| lag      |    - | ms   |" in report.table([combined])
+    accept = Row("delivery_accept", "accepted", 200, "msg/s")
+    delivered = Row("delivered", "delivered", 150, "msg/s")
+    plain = Aim("delivered / accepted", "delivered", "delivery_accept", None)
+    [result] = aims.evaluate([plain], [accept, delivered])
+    assert result.ratio == pytest.approx(0.75) and result.met is None
+    assert report.aims([result]) == "- delivered / accepted: 0.75x (no aim set)"
+    # A latency-only row cannot be either side of a ratio.
+    [missing] = aims.evaluate([Aim("x", "outbox_lag", "delivered", None)], [combined, delivered])
+    assert missing.ratio is None
