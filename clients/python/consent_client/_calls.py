@@ -392,7 +392,8 @@ def delivery_provider(
         raise ValueError("provider kind must be 'log', 'webhook' or 'whatsapp_cloud'")
     misplaced = sorted(name for name, value in extra.items() if value)
     if misplaced:
-        raise ValueError(f"{', '.join(misplaced)} do(es) not apply to a {which.value!r} provider")
+        verb = "does" if len(misplaced) == 1 else "do"
+        raise ValueError(f"{', '.join(misplaced)} {verb} not apply to a {which.value!r} provider")
     return msg
 
 
