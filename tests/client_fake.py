@@ -1,4 +1,4 @@
-"""An in-process fake ConsentService for the client tests.
+"""An in-process fake ConsentService (and ConsentAdminService) for the client tests.
 
 It records every call (method, request, invocation metadata) and plays a per-method
 script of actions; without an action it forwards the call to a real server
@@ -8,6 +8,7 @@ sync and the asyncio client can talk to it.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections import defaultdict
@@ -22,6 +23,7 @@ from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from consent_client.v1 import admin_pb2_grpc as apb_grpc
 from consent_client.v1 import consent_pb2_grpc as pb_grpc
 
 Forward = Callable[[Message], Message]
@@ -88,14 +90,23 @@ def sleep_then_forward(seconds: float) -> Action:
 
 
 class FakeConsentService(pb_grpc.ConsentServiceServicer):
-    def __init__(self, upstream: str | None = None) -> None:
+    def __init__(self, upstream: str | None = None, upstream_api_key: str | None = None) -> None:
         self.calls: list[Seen] = []
         self.script: dict[str, list[Action]] = defaultdict(list)
         self._lock = threading.Lock()
         self._channel = grpc.insecure_channel(upstream) if upstream else None
+        # The fake's own key for an upstream that requires one (callers' keys are not
+        # passed on: tests send made-up keys through the fake).
+        self._upstream_md = (
+            (("authorization", f"Bearer {upstream_api_key}"),) if upstream_api_key else ()
+        )
         self._stub = pb_grpc.ConsentServiceStub(self._channel) if self._channel else None
+        self._admin_stub = (
+            apb_grpc.ConsentAdminServiceStub(self._channel) if self._channel else None
+        )
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
         pb_grpc.add_ConsentServiceServicer_to_server(self, self.server)
+        apb_grpc.add_ConsentAdminServiceServicer_to_server(FakeAdminService(self), self.server)
         port = self.server.add_insecure_port("127.0.0.1:0")
         self.target = f"127.0.0.1:{port}"
 
@@ -117,11 +128,15 @@ class FakeConsentService(pb_grpc.ConsentServiceServicer):
         return [c for c in self.calls if c.method == method]
 
     def _forward(self, method: str, context: grpc.ServicerContext) -> Forward:
+        stub = self._admin_stub if method in ADMIN_METHODS else self._stub
+
         def forward(request: Message) -> Message:
-            if self._stub is None:
+            if stub is None:
                 context.abort(grpc.StatusCode.UNIMPLEMENTED, "fake has no upstream")
             try:
-                response: Message = getattr(self._stub, method)(request, timeout=10)
+                response: Message = getattr(stub, method)(
+                    request, timeout=10, metadata=self._upstream_md
+                )
                 return response
             except grpc.RpcError as err:
                 context.set_trailing_metadata(err.trailing_metadata())  # type: ignore[arg-type]
@@ -164,6 +179,32 @@ class FakeConsentService(pb_grpc.ConsentServiceServicer):
 
     def GetMessageStatus(self, request, context):  # type: ignore[no-untyped-def]
         return self._handle("GetMessageStatus", request, context)
+
+
+ADMIN_METHODS = (
+    "GetTenantSettings",
+    "UpdateTenantSettings",
+    "CreateApiKey",
+    "ListApiKeys",
+    "RevokeApiKey",
+    "ForgetRecipient",
+    "SetDeliveryProvider",
+    "GetDeliveryProviders",
+    "SetWhatsAppWebhook",
+    "GetWhatsAppWebhook",
+    "DeleteWhatsAppWebhook",
+)
+
+
+class FakeAdminService(apb_grpc.ConsentAdminServiceServicer):
+    """The ConsentAdminService side of a FakeConsentService: the same call log and
+    script (keyed by method name), forwarded to the upstream's admin service."""
+
+    def __init__(self, fake: FakeConsentService) -> None:
+        # Instance attributes shadow the servicer's UNIMPLEMENTED methods: every admin RPC
+        # goes through the fake's _handle under its own name.
+        for name in ADMIN_METHODS:
+            setattr(self, name, functools.partial(fake._handle, name))
 
 
 def opted_out_info(topic: str = "marketing") -> error_details_pb2.ErrorInfo:

@@ -87,6 +87,7 @@ def proxy(server: ServerProcess) -> Iterator[FakeConsentService]:
 def test_public_names_are_pinned() -> None:
     assert sorted(consent_client.__all__) == [
         "AlreadyExists",
+        "ApiKeyRole",
         "AsyncConsentClient",
         "Backoff",
         "BatchItem",
@@ -98,8 +99,10 @@ def test_public_names_are_pinned() -> None:
         "ConsentEvent",
         "ConsentLinks",
         "ConsentStatus",
+        "CreatedApiKey",
         "DeadlineExceeded",
         "Decision",
+        "DeliveryProviderKind",
         "EventPage",
         "FailedPrecondition",
         "InboundAction",

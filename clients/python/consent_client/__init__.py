@@ -38,6 +38,7 @@ from ._errors import (
     Unimplemented,
 )
 from ._types import (
+    ApiKeyRole,
     BatchItem,
     ChangeResult,
     Channel,
@@ -45,7 +46,9 @@ from ._types import (
     ConsentEvent,
     ConsentLinks,
     ConsentStatus,
+    CreatedApiKey,
     Decision,
+    DeliveryProviderKind,
     EventPage,
     InboundAction,
     InboundResult,
@@ -63,6 +66,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AlreadyExists",
+    "ApiKeyRole",
     "AsyncConsentClient",
     "Backoff",
     "BatchItem",
@@ -74,8 +78,10 @@ __all__ = [
     "ConsentEvent",
     "ConsentLinks",
     "ConsentStatus",
+    "CreatedApiKey",
     "DeadlineExceeded",
     "Decision",
+    "DeliveryProviderKind",
     "EventPage",
     "FailedPrecondition",
     "InboundAction",

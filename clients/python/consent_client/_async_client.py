@@ -19,12 +19,15 @@ from ._calls import Backoff, Call
 from ._client import PemSource, _Options, tls_credentials
 from ._errors import error_from_rpc
 from ._types import (
+    ApiKeyRoleLike,
     BatchItem,
     ChangeResult,
     ChannelLike,
     ConsentEvent,
     ConsentLinks,
+    CreatedApiKey,
     Decision,
+    DeliveryProviderKindLike,
     EventPage,
     InboundResult,
     MessageStatus,
@@ -369,3 +372,124 @@ class AsyncConsentClient:
         """
         call = _calls.create_consent_link(tenant_id, channel, address, topic, ttl_seconds)
         return await self._invoke(call, timeout)
+
+    # -- ConsentAdminService: API keys and erasure ---------------------------------------
+
+    async def create_api_key(
+        self,
+        tenant_id: str,
+        role: ApiKeyRoleLike,
+        description: str = "",
+        *,
+        rate_limit_per_second: int = 0,
+        timeout: float | None = None,
+    ) -> CreatedApiKey:
+        """Create an API key for ``tenant_id`` ("*" = an operator key) with ``role``
+        (``"admin"``, ``"writer"``, ``"sender"``, ``"reader"`` or :class:`ApiKeyRole`).
+
+        The key itself is in :attr:`CreatedApiKey.api_key`, shown only this once.
+        ``rate_limit_per_second=0`` means the server's default. Never retried: a retry
+        after a lost answer would mint a second key.
+
+        Raises:
+            InvalidArgument: a bad role, description or rate limit.
+            PermissionDenied: the caller's key may not create this key.
+        """
+        call = _calls.create_api_key(tenant_id, role, description, rate_limit_per_second)
+        return await self._invoke(call, timeout)
+
+    async def list_api_keys(
+        self, tenant_id: str, *, include_revoked: bool = False, timeout: float | None = None
+    ) -> list[apb.ApiKey]:
+        """The tenant's keys, oldest first ("*" = the operator keys); never secrets."""
+        return await self._invoke(_calls.list_api_keys(tenant_id, include_revoked), timeout)
+
+    async def revoke_api_key(
+        self, tenant_id: str, key_id: str, *, timeout: float | None = None
+    ) -> apb.RevokeApiKeyResponse:
+        """Revoke a key by its id: its next call fails with :class:`Unauthenticated`.
+
+        Idempotent (``already_revoked`` says it was revoked before), so retried when safe.
+
+        Raises:
+            NotFound: no such key in the tenant (reason ``API_KEY_NOT_FOUND``).
+        """
+        return await self._invoke(_calls.revoke_api_key(tenant_id, key_id), timeout)
+
+    async def forget_recipient(
+        self, tenant_id: str, channel: ChannelLike, address: str, *, timeout: float | None = None
+    ) -> apb.ForgetRecipientResponse:
+        """Erase what the authority holds about the recipient (right to erasure).
+
+        A recipient who had opted out stays suppressed (a keyed hash, never the
+        address, is kept). Retried when safe: a repeated erasure finds nothing more.
+        """
+        return await self._invoke(_calls.forget_recipient(tenant_id, channel, address), timeout)
+
+    # -- ConsentAdminService: delivery providers -----------------------------------------
+
+    async def set_delivery_provider(
+        self,
+        tenant_id: str,
+        kind: DeliveryProviderKindLike,
+        *,
+        channel: ChannelLike = "unspecified",
+        url: str = "",
+        signing_secret: str = "",
+        phone_number_id: str = "",
+        access_token: str = "",
+        timeout_ms: int = 0,
+        timeout: float | None = None,
+    ) -> apb.DeliveryProviderInfo:
+        """Set the provider (``"log"``, ``"webhook"`` or ``"whatsapp_cloud"``) that delivers
+        the tenant's messages on ``channel`` (``"unspecified"`` = every channel without
+        its own); returns it as stored, without secrets.
+
+        ``url`` is the webhook URL or the WhatsApp Cloud API base URL (empty = Meta's).
+        ``signing_secret`` (webhook) and ``access_token`` (whatsapp_cloud) are write-only;
+        leave them empty to keep the stored ones. ``timeout_ms=0`` = 10 s.
+
+        Raises:
+            ValueError: an option that does not apply to ``kind`` (nothing is sent).
+            InvalidArgument: a bad value; ``field_violations`` name each field.
+        """
+        provider = _calls.delivery_provider(
+            kind, channel, url, signing_secret, phone_number_id, access_token, timeout_ms
+        )
+        return await self._invoke(_calls.set_delivery_provider(tenant_id, provider), timeout)
+
+    async def get_delivery_providers(
+        self, tenant_id: str, *, timeout: float | None = None
+    ) -> list[apb.DeliveryProviderInfo]:
+        """The tenant's configured providers, the all-channels entry first; secrets are
+        never returned (``secret_set`` says whether one is stored). Empty = ``log``."""
+        return await self._invoke(_calls.get_delivery_providers(tenant_id), timeout)
+
+    # -- ConsentAdminService: WhatsApp webhook -------------------------------------------
+
+    async def set_whatsapp_webhook(
+        self,
+        tenant_id: str,
+        verify_token: str,
+        app_secret: str,
+        *,
+        timeout: float | None = None,
+    ) -> apb.SetWhatsAppWebhookResponse:
+        """Set (replace) the tenant's WhatsApp Cloud API webhook: the verify token typed
+        into the Meta app and its App Secret (write-only). The answer names the path
+        (and URL, when the server knows it) to point the Meta app at."""
+        return await self._invoke(
+            _calls.set_whatsapp_webhook(tenant_id, verify_token, app_secret), timeout
+        )
+
+    async def get_whatsapp_webhook(
+        self, tenant_id: str, *, timeout: float | None = None
+    ) -> apb.GetWhatsAppWebhookResponse:
+        """Whether the tenant's WhatsApp webhook is configured, and its path; no secrets."""
+        return await self._invoke(_calls.get_whatsapp_webhook(tenant_id), timeout)
+
+    async def delete_whatsapp_webhook(
+        self, tenant_id: str, *, timeout: float | None = None
+    ) -> bool:
+        """Remove the tenant's WhatsApp webhook settings; True when there were some."""
+        return await self._invoke(_calls.delete_whatsapp_webhook(tenant_id), timeout)

@@ -19,11 +19,15 @@ from google.protobuf.message import Message as ProtoMessage
 
 from ._errors import error_from_status
 from ._types import (
+    ApiKeyRoleLike,
     BatchItem,
     ChangeResult,
     ChannelLike,
     ConsentLinks,
+    CreatedApiKey,
     Decision,
+    DeliveryProviderKind,
+    DeliveryProviderKindLike,
     EventPage,
     InboundResult,
     MessageStatus,
@@ -32,8 +36,10 @@ from ._types import (
     SendResult,
     SourceLike,
     Template,
+    api_key_role_to_pb,
     channel_to_pb,
     datetime_to_ts,
+    provider_kind_from,
     recipient_to_pb,
     source_to_pb,
 )
@@ -301,3 +307,139 @@ def create_consent_link(
         ttl_seconds=ttl_seconds,
     )
     return Call("CreateConsentLink", req, RetryMode.READ, ConsentLinks.from_pb)
+
+
+# -- ConsentAdminService: API keys and erasure --------------------------------------------
+
+
+def create_api_key(
+    tenant_id: str, role: ApiKeyRoleLike, description: str, rate_limit_per_second: int
+) -> Call[CreatedApiKey]:
+    """CreateApiKey: NEVER retried. The request carries no idempotency key, so a retry
+    after a lost answer would mint a second, live key the caller never sees."""
+    req = apb.CreateApiKeyRequest(
+        tenant_id=tenant_id,
+        role=api_key_role_to_pb(role),
+        description=description,
+        rate_limit_per_second=rate_limit_per_second,
+    )
+    return Call("CreateApiKey", req, RetryMode.NEVER, CreatedApiKey.from_pb, admin=True)
+
+
+def list_api_keys(tenant_id: str, include_revoked: bool) -> Call[list[apb.ApiKey]]:
+    """ListApiKeys: read-only."""
+    req = apb.ListApiKeysRequest(tenant_id=tenant_id, include_revoked=include_revoked)
+    return Call("ListApiKeys", req, RetryMode.READ, lambda r: list(r.keys), admin=True)
+
+
+def revoke_api_key(tenant_id: str, key_id: str) -> Call[apb.RevokeApiKeyResponse]:
+    """RevokeApiKey: revoking twice leaves the key revoked, so it is retried on UNAVAILABLE
+    (a retry after a lost answer reports ``already_revoked=True``)."""
+    req = apb.RevokeApiKeyRequest(tenant_id=tenant_id, key_id=key_id)
+    return Call("RevokeApiKey", req, RetryMode.IDEMPOTENT_WRITE, lambda r: r, admin=True)
+
+
+def forget_recipient(
+    tenant_id: str, channel: ChannelLike, address: str
+) -> Call[apb.ForgetRecipientResponse]:
+    """ForgetRecipient: erasing again finds nothing more to erase and keeps the tombstone,
+    so it is retried on UNAVAILABLE (the counts are then those of the last attempt)."""
+    req = apb.ForgetRecipientRequest(tenant_id=tenant_id, recipient=_recipient(channel, address))
+    return Call("ForgetRecipient", req, RetryMode.IDEMPOTENT_WRITE, lambda r: r, admin=True)
+
+
+# -- ConsentAdminService: delivery providers ----------------------------------------------
+
+
+def delivery_provider(
+    kind: DeliveryProviderKindLike,
+    channel: ChannelLike,
+    url: str,
+    signing_secret: str,
+    phone_number_id: str,
+    access_token: str,
+    timeout_ms: int,
+) -> apb.DeliveryProvider:
+    """The ``consent.v1.DeliveryProvider`` for plain values. ``url`` is the webhook URL or
+    the WhatsApp Cloud API base URL; a secret or option of another kind is refused here
+    rather than silently dropped."""
+    which = provider_kind_from(kind)
+    msg = apb.DeliveryProvider(channel=channel_to_pb(channel))
+    extra: dict[str, object] = {
+        "signing_secret": signing_secret,
+        "phone_number_id": phone_number_id,
+        "access_token": access_token,
+    }
+    if which is DeliveryProviderKind.LOG:
+        extra.update(url=url, timeout_ms=timeout_ms)
+        msg.log.SetInParent()
+    elif which is DeliveryProviderKind.WEBHOOK:
+        msg.webhook.CopyFrom(
+            apb.WebhookProvider(url=url, signing_secret=signing_secret, timeout_ms=timeout_ms)
+        )
+        del extra["signing_secret"]
+    elif which is DeliveryProviderKind.WHATSAPP_CLOUD:
+        msg.whatsapp_cloud.CopyFrom(
+            apb.WhatsAppCloudProvider(
+                base_url=url,
+                phone_number_id=phone_number_id,
+                access_token=access_token,
+                timeout_ms=timeout_ms,
+            )
+        )
+        del extra["phone_number_id"], extra["access_token"]
+    else:
+        raise ValueError("provider kind must be 'log', 'webhook' or 'whatsapp_cloud'")
+    misplaced = sorted(name for name, value in extra.items() if value)
+    if misplaced:
+        verb = "does" if len(misplaced) == 1 else "do"
+        raise ValueError(f"{', '.join(misplaced)} {verb} not apply to a {which.value!r} provider")
+    return msg
+
+
+def set_delivery_provider(
+    tenant_id: str, provider: apb.DeliveryProvider
+) -> Call[apb.DeliveryProviderInfo]:
+    """SetDeliveryProvider: replaces the channel's provider with the given one, so a
+    retry sets the same value again: retried on UNAVAILABLE."""
+    req = apb.SetDeliveryProviderRequest(tenant_id=tenant_id, provider=provider)
+    return Call(
+        "SetDeliveryProvider", req, RetryMode.IDEMPOTENT_WRITE, lambda r: r.provider, admin=True
+    )
+
+
+def get_delivery_providers(tenant_id: str) -> Call[list[apb.DeliveryProviderInfo]]:
+    """GetDeliveryProviders: read-only."""
+    req = apb.GetDeliveryProvidersRequest(tenant_id=tenant_id)
+    return Call(
+        "GetDeliveryProviders", req, RetryMode.READ, lambda r: list(r.providers), admin=True
+    )
+
+
+# -- ConsentAdminService: WhatsApp webhook ------------------------------------------------
+
+
+def set_whatsapp_webhook(
+    tenant_id: str, verify_token: str, app_secret: str
+) -> Call[apb.SetWhatsAppWebhookResponse]:
+    """SetWhatsAppWebhook: replaces the settings with the given ones: retried on
+    UNAVAILABLE."""
+    req = apb.SetWhatsAppWebhookRequest(
+        tenant_id=tenant_id, verify_token=verify_token, app_secret=app_secret
+    )
+    return Call("SetWhatsAppWebhook", req, RetryMode.IDEMPOTENT_WRITE, lambda r: r, admin=True)
+
+
+def get_whatsapp_webhook(tenant_id: str) -> Call[apb.GetWhatsAppWebhookResponse]:
+    """GetWhatsAppWebhook: read-only."""
+    req = apb.GetWhatsAppWebhookRequest(tenant_id=tenant_id)
+    return Call("GetWhatsAppWebhook", req, RetryMode.READ, lambda r: r, admin=True)
+
+
+def delete_whatsapp_webhook(tenant_id: str) -> Call[bool]:
+    """DeleteWhatsAppWebhook: deleting twice leaves nothing, so it is retried on
+    UNAVAILABLE (a retry after a lost answer reports False)."""
+    req = apb.DeleteWhatsAppWebhookRequest(tenant_id=tenant_id)
+    return Call(
+        "DeleteWhatsAppWebhook", req, RetryMode.IDEMPOTENT_WRITE, lambda r: r.deleted, admin=True
+    )

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, TypeAlias, TypeVar
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from .v1 import admin_pb2 as apb
 from .v1 import consent_pb2 as pb
 
 if TYPE_CHECKING:
@@ -514,3 +515,82 @@ class ConsentLinks:
             topic=msg.topic,
             raw=msg,
         )
+
+
+# -- ConsentAdminService: API keys and delivery providers ---------------------------------
+
+
+class ApiKeyRole(enum.StrEnum):
+    """What an API key may do (``consent.v1.ApiKeyRole``); see the README's roles table."""
+
+    ADMIN = "admin"
+    WRITER = "writer"
+    SENDER = "sender"
+    READER = "reader"
+    UNSPECIFIED = "unspecified"
+
+
+class DeliveryProviderKind(enum.StrEnum):
+    """Which provider delivers a channel's messages (``consent.v1.DeliveryProviderKind``)."""
+
+    LOG = "log"
+    WEBHOOK = "webhook"
+    WHATSAPP_CLOUD = "whatsapp_cloud"
+    UNSPECIFIED = "unspecified"
+
+
+ApiKeyRoleLike: TypeAlias = ApiKeyRole | str | int
+"""A role: ``ApiKeyRole.READER``, ``"reader"``, ``"API_KEY_ROLE_READER"`` or the number."""
+
+DeliveryProviderKindLike: TypeAlias = DeliveryProviderKind | str | int
+"""A provider kind: ``DeliveryProviderKind.WEBHOOK``, ``"webhook"`` or the proto number."""
+
+
+def api_key_role_to_pb(value: ApiKeyRoleLike) -> apb.ApiKeyRole.ValueType:
+    """The ``consent.v1.ApiKeyRole`` number for a friendly role value."""
+    return apb.ApiKeyRole.ValueType(
+        _enum_to_proto(ApiKeyRole, "API_KEY_ROLE_", dict(apb.ApiKeyRole.items()), value, "role")
+    )
+
+
+def provider_kind_from(value: DeliveryProviderKindLike) -> DeliveryProviderKind:
+    """The :class:`DeliveryProviderKind` for a friendly kind value."""
+    number = _enum_to_proto(
+        DeliveryProviderKind,
+        "DELIVERY_PROVIDER_KIND_",
+        dict(apb.DeliveryProviderKind.items()),
+        value,
+        "provider kind",
+    )
+    return _enum_from_proto(
+        DeliveryProviderKind,
+        "DELIVERY_PROVIDER_KIND_",
+        {int(v): k for k, v in apb.DeliveryProviderKind.items()},
+        number,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedApiKey:
+    """A key made by ``CreateApiKey``: its stored description and the key itself.
+
+    ``api_key`` (``"ck_<key_id>_<secret>"``) is shown only this once: store it now.
+    It is left out of ``repr`` (as is ``raw``, which carries it too), so that logging
+    the result does not leak it.
+    """
+
+    key: apb.ApiKey
+    """The stored description (id, tenant, role...): never the secret."""
+    api_key: str = field(repr=False)
+    """The key to send as ``authorization: Bearer <api_key>``."""
+    raw: apb.CreateApiKeyResponse = field(repr=False, compare=False)
+
+    @property
+    def key_id(self) -> str:
+        """The key's id (16 hex characters), as ListApiKeys shows it."""
+        return self.key.key_id
+
+    @classmethod
+    def from_pb(cls, msg: apb.CreateApiKeyResponse) -> CreatedApiKey:
+        """A CreatedApiKey from a ``CreateApiKeyResponse``."""
+        return cls(key=msg.key, api_key=msg.api_key, raw=msg)
