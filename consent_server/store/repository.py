@@ -182,12 +182,10 @@ class RedisConsentStore:
                 pair_keys.append(
                     keys.tombstone(tenant_id, rcpt, TombstoneNames.digest(secret, rcpt))
                 )
-            replies = await asyncio.gather(
-                *(
-                    self._read_states(keys=pair_keys, args=fields)
-                    for _, pair_keys in groups.values()
-                )
-            )
+            calls = [self._read_states(keys=k, args=fields) for _, k in groups.values()]
+            # One partition (every CheckConsent) needs no gather: that would wrap the
+            # call in a task and cost loop turns on the hottest path.
+            replies = [await calls[0]] if len(calls) == 1 else await asyncio.gather(*calls)
             rows: list[Any] = [None] * (2 * len(recipients))
             for (positions, _), reply in zip(groups.values(), replies, strict=True):
                 for n, i in enumerate(positions):
