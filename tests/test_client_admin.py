@@ -192,9 +192,22 @@ def test_delivery_providers(tenant_admin: ConsentClient, tenant: str) -> None:
         access_token=token,
     )
     assert cloud.channel == pb.CHANNEL_UNSPECIFIED and cloud.phone_number_id == "1234567890"
-    # A new URL with no secret keeps the stored secret.
+    # The same URL with no secret keeps the stored secret; a new URL needs it again.
     again = tenant_admin.set_delivery_provider(
-        tenant, "webhook", channel="sms", url="https://hooks.example.test/v2"
+        tenant, "webhook", channel="sms", url="https://hooks.example.test/send", timeout_ms=3000
+    )
+    assert again.secret_set and again.timeout_ms == 3000
+    with pytest.raises(InvalidArgument) as moved:
+        tenant_admin.set_delivery_provider(
+            tenant, "webhook", channel="sms", url="https://hooks.example.test/v2"
+        )
+    assert [f for f, _ in moved.value.field_violations] == ["provider.webhook.signing_secret"]
+    again = tenant_admin.set_delivery_provider(
+        tenant,
+        "webhook",
+        channel="sms",
+        url="https://hooks.example.test/v2",
+        signing_secret=signing,
     )
     assert again.secret_set and again.url == "https://hooks.example.test/v2"
     listed = tenant_admin.get_delivery_providers(tenant)

@@ -447,7 +447,8 @@ class AsyncConsentClient:
 
         ``url`` is the webhook URL or the WhatsApp Cloud API base URL (empty = Meta's).
         ``signing_secret`` (webhook) and ``access_token`` (whatsapp_cloud) are write-only;
-        leave them empty to keep the stored ones. ``timeout_ms=0`` = 10 s.
+        leave them empty to keep the stored ones (same URL and phone number
+        id only). ``timeout_ms=0`` = 10 s.
 
         Raises:
             ValueError: an option that does not apply to ``kind`` (nothing is sent).
