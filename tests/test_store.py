@@ -367,3 +367,19 @@ def test_any_delivery_order_matches_sorted_order_redis(
         await store.aclose()
 
     asyncio.run(run())
+
+
+async def test_more_concurrent_calls_than_pooled_connections_all_succeed(
+    redis_proc: RedisProcess,
+) -> None:
+    """The real-Redis store's pool holds 256 connections; more calls at once wait for a
+    free one rather than failing with a spurious UNAVAILABLE."""
+    from consent_server.store.connect import open_store
+
+    s = open_store(redis_proc.url, timeout_s=10)
+    try:
+        rcpts = [Recipient(Channel.SMS, f"+1415555{i:04d}") for i in range(400)]
+        results = await asyncio.gather(*(s.read_records("t-pool", [r], "") for r in rcpts))
+        assert len(results) == 400 and all(pair == [(None, None)] for pair in results)
+    finally:
+        await s.aclose()

@@ -27,14 +27,19 @@ def open_store(
             **_without_maintenance_notifications(RedisCluster),
         )
     else:
-        client = aioredis.Redis.from_url(
+        # A blocking pool: past 256 concurrent Redis calls a call waits (up to the
+        # timeout) for a free connection instead of failing at once with a spurious
+        # UNAVAILABLE; one that still finds none fails closed with UNAVAILABLE.
+        pool = aioredis.BlockingConnectionPool.from_url(
             url,
+            max_connections=256,
+            timeout=timeout_s,
             socket_timeout=timeout_s,
             socket_connect_timeout=timeout_s,
             health_check_interval=30,
-            max_connections=256,
             **_without_maintenance_notifications(aioredis.Redis),
         )
+        client = aioredis.Redis.from_pool(pool)  # the client owns and closes the pool
     return RedisConsentStore(client)
 
 
