@@ -338,11 +338,7 @@ def _choice(var: str, text: str, choices: Sequence[str]) -> str:
 def _validate(raw: dict[str, tuple[str, str]]) -> Settings:
     values: dict[str, object] = {}
     if "listen" in raw:
-        var, text = raw["listen"]
-        host, sep, port = text.rpartition(":")
-        if not sep or not host or not port.isdigit() or int(port) > 65535:
-            raise ConfigError(f"{var}={text!r}: expected host:port, e.g. 127.0.0.1:50051")
-        values["listen"] = text
+        values["listen"] = _host_port(*raw["listen"], "127.0.0.1:50051")
     if "redis_url" in raw:
         var, text = raw["redis_url"]
         scheme = urlparse(text).scheme
@@ -416,17 +412,19 @@ def _validate_security(raw: dict[str, tuple[str, str]], values: dict[str, object
             values[name] = _integer(*raw[name], low, high)
 
 
-def _host_port(var: str, text: str) -> str:
+def _host_port(var: str, text: str, example: str, *, any_port: bool = True) -> str:
+    """A host:port setting; port 0 (pick a free one) only where ``any_port``."""
     host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise ConfigError(f"{var}={text!r}: expected host:port, e.g. 127.0.0.1:8080")
+    lowest = 0 if any_port else 1
+    if not sep or not host or not port.isdigit() or not lowest <= int(port) <= 65535:
+        raise ConfigError(f"{var}={text!r}: expected host:port, e.g. {example}")
     return text
 
 
 def _validate_edge(raw: dict[str, tuple[str, str]]) -> dict[str, object]:
     values: dict[str, object] = {}
     if "http_listen" in raw:
-        values["http_listen"] = _host_port(*raw["http_listen"])
+        values["http_listen"] = _host_port(*raw["http_listen"], "127.0.0.1:8080")
     if "public_url" in raw:
         var, text = raw["public_url"]
         url = urlparse(text)
@@ -450,9 +448,8 @@ def _validate_delivery(raw: dict[str, tuple[str, str]], values: dict[str, object
     """The delivery worker's settings and the metrics listener."""
     if "metrics_listen" in raw:
         var, text = raw["metrics_listen"]
-        host, sep, port = text.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
-            raise ConfigError(f"{var}={text!r}: expected host:port, e.g. 127.0.0.1:9464")
+        _host_port(var, text, "127.0.0.1:9464", any_port=False)
+        host = text.rpartition(":")[0]
         if not is_loopback(host.strip("[]")):
             try:
                 ipaddress.ip_address(host.strip("[]"))
