@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+import httpx
 
 # Provider error codes that mean "this user opted out / blocked you" (SPEC §8):
 # code -> the topic the opt-out covers ("" = all topics).
@@ -118,3 +121,23 @@ def short(text: str, limit: int = 300) -> str:
     """An answer body trimmed for last_error (whole bodies can be large)."""
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+async def post_and_classify(
+    http: httpx.AsyncClient,
+    name: str,
+    url: str,
+    classify: Callable[[int, str], ProviderResult],
+    *,
+    request_timeout_s: float,
+    **request: Any,
+) -> ProviderResult:
+    """POST to a provider: a timeout or network error is transient (retried), any
+    answer goes to the provider's own ``classify``."""
+    try:
+        resp = await http.post(url, timeout=request_timeout_s, **request)
+    except httpx.TimeoutException:
+        return TransientFailure(f"{name} timed out")
+    except httpx.HTTPError as exc:
+        return TransientFailure(f"{name} unreachable: {type(exc).__name__}")
+    return classify(resp.status_code, resp.text)

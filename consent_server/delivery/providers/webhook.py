@@ -32,6 +32,7 @@ from .base import (
     TransientFailure,
     error_code,
     parse_json,
+    post_and_classify,
     short,
 )
 
@@ -72,15 +73,15 @@ class WebhookProvider:
             TIMESTAMP_HEADER: timestamp,
             SIGNATURE_HEADER: sign(self._secret, timestamp, body),
         }
-        try:
-            resp = await self._http.post(
-                self._url, content=body, headers=headers, timeout=self._timeout
-            )
-        except httpx.TimeoutException:
-            return TransientFailure("webhook timed out")
-        except httpx.HTTPError as exc:
-            return TransientFailure(f"webhook unreachable: {type(exc).__name__}")
-        return classify(resp.status_code, resp.text)
+        return await post_and_classify(
+            self._http,
+            "webhook",
+            self._url,
+            classify,
+            request_timeout_s=self._timeout,
+            content=body,
+            headers=headers,
+        )
 
 
 def classify(status: int, text: str) -> ProviderResult:

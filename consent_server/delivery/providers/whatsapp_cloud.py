@@ -28,6 +28,7 @@ from .base import (
     TransientFailure,
     error_code,
     parse_json,
+    post_and_classify,
     short,
 )
 
@@ -84,15 +85,15 @@ class WhatsAppCloudProvider:
             "Authorization": f"Bearer {self._token}",
             "Idempotency-Key": message.message_id,
         }
-        try:
-            resp = await self._http.post(
-                self._url, json=body, headers=headers, timeout=self._timeout
-            )
-        except httpx.TimeoutException:
-            return TransientFailure("whatsapp_cloud timed out")
-        except httpx.HTTPError as exc:
-            return TransientFailure(f"whatsapp_cloud unreachable: {type(exc).__name__}")
-        return classify(resp.status_code, resp.text)
+        return await post_and_classify(
+            self._http,
+            "whatsapp_cloud",
+            self._url,
+            classify,
+            request_timeout_s=self._timeout,
+            json=body,
+            headers=headers,
+        )
 
 
 def classify(status: int, text: str) -> ProviderResult:
