@@ -13,13 +13,8 @@ from typing import Any
 from consent_server.domain.edge import WhatsAppWebhookConfig
 
 from . import keys
+from .records import text
 from .repository import RedisConsentStore
-
-
-def _s(value: bytes | str | None) -> str:
-    if value is None:
-        return ""
-    return value.decode() if isinstance(value, bytes) else value
 
 
 class RedisEdgeStore:
@@ -34,7 +29,7 @@ class RedisEdgeStore:
         raw: dict[bytes, bytes] = await self._store._call(
             lambda: self._r.hgetall(keys.whatsapp_webhook(tenant_id))
         )
-        fields = {_s(k): _s(v) for k, v in raw.items()}
+        fields = {text(k): text(v) for k, v in raw.items()}
         if not fields.get("verify_token") or not fields.get("app_secret"):
             return None
         return WhatsAppWebhookConfig(fields["verify_token"], fields["app_secret"])
@@ -61,4 +56,4 @@ class RedisEdgeStore:
         # and every process reads that one back.
         await self._store._call(lambda: self._r.set(key, candidate, nx=True))
         value = await self._store._call(lambda: self._r.get(key))
-        return _s(value).encode()
+        return text(value).encode()

@@ -18,11 +18,11 @@ import redis.asyncio as aioredis
 import redis.exceptions as rex
 
 from consent_server.domain.delivery import ProviderConfig, ReceiptOutcome, ReceiptStatus
-from consent_server.domain.errors import StoreUnavailable
 from consent_server.domain.model import Channel, Policy, Recipient
 
 from . import keys
-from .repository import _UNAVAILABLE, MESSAGE_RETENTION_S
+from .records import text
+from .repository import MESSAGE_RETENTION_S, guarded
 from .tombstones import TombstoneNames
 
 T = TypeVar("T")
@@ -33,12 +33,6 @@ PURPOSE_CONFIRMATION = "confirmation"
 
 def _load_script(name: str) -> str:
     return (resources.files("consent_server.store") / "lua" / name).read_text()
-
-
-def _s(value: bytes | str | None) -> str:
-    if value is None:
-        return ""
-    return value.decode() if isinstance(value, bytes) else value
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,10 +134,7 @@ class DeliveryRepository:
         self._receipt = client.register_script(_load_script("receipt.lua"))
 
     async def _call(self, fn: Callable[[], Awaitable[T]]) -> T:
-        try:
-            return await fn()
-        except _UNAVAILABLE as exc:
-            raise StoreUnavailable(f"consent store unreachable: {type(exc).__name__}") from exc
+        return await guarded(fn)
 
     # -- consumer group ---------------------------------------------------------------
 
@@ -166,8 +157,8 @@ class DeliveryRepository:
             out.append(
                 OutboxEntry(
                     part,
-                    _s(entry_id),
-                    {_s(k): _s(v) for k, v in (fields or {}).items()},
+                    text(entry_id),
+                    {text(k): text(v) for k, v in (fields or {}).items()},
                 )
             )
         return out
@@ -193,7 +184,7 @@ class DeliveryRepository:
             )
             out: list[OutboxEntry] = []
             for name, rows in reply or []:
-                part = int(_s(name).split("{cp", 1)[1][:2])
+                part = int(text(name).split("{cp", 1)[1][:2])
                 out.extend(self._entries(part, rows))
             return out
         # On a cluster the partitions live on different nodes: one read per partition.
@@ -297,13 +288,13 @@ class DeliveryRepository:
             entry.accepted_at_ms,
         ]
         reply = await self._call(lambda: self._claim(keys=script_keys, args=args))
-        kind = _s(reply[0])
+        kind = text(reply[0])
         if kind == "go":
             return Claim("go", attempts=int(reply[1]))
         if kind == "cancelled":
-            return Claim("cancelled", reason=_s(reply[1]))
+            return Claim("cancelled", reason=text(reply[1]))
         if kind == "final":
-            return Claim("final", state=_s(reply[1]))
+            return Claim("final", state=text(reply[1]))
         return Claim(kind)
 
     async def finish(
@@ -339,7 +330,7 @@ class DeliveryRepository:
             else "",
         ]
         reply = await self._call(lambda: self._finish(keys=script_keys, args=args))
-        result = _s(reply[0])
+        result = text(reply[0])
         if result == "done" and provider_message_id:
             # Receipts name the provider's id: keep the way back to ours for as long as
             # the status is kept. Not in the script: this key has no partition tag.
@@ -366,7 +357,7 @@ class DeliveryRepository:
                 continue
             payloads = await self._call(lambda data=data, ids=ids: self._r.hmget(data, ids))  # type: ignore[misc]
             for ident, payload in zip(ids, payloads, strict=True):
-                fields: dict[str, str] = json.loads(_s(payload)) if payload else {}
+                fields: dict[str, str] = json.loads(text(payload)) if payload else {}
                 if not fields:  # lost its entry: nothing to resend; drop the retry
                     await self._call(lambda rq=rq, i=ident: self._r.zrem(rq, i))  # type: ignore[misc]
                     continue
@@ -374,7 +365,7 @@ class DeliveryRepository:
                 moved += int(
                     await self._call(
                         lambda rq=rq, data=data, i=ident, p=part, flat=flat: self._requeue(  # type: ignore[misc]
-                            keys=[rq, data, keys.outbox(p)], args=[_s(i), *flat]
+                            keys=[rq, data, keys.outbox(p)], args=[text(i), *flat]
                         )
                     )
                 )
@@ -396,7 +387,7 @@ class DeliveryRepository:
             n, r, first = await self._call(one)
             total += n + r
             if first:
-                at = _int(_s(first[0][1].get(b"at") or first[0][1].get("at")))
+                at = _int(text(first[0][1].get(b"at") or first[0][1].get("at")))
                 if at and (oldest is None or at < oldest):
                     oldest = at
         return total, oldest
@@ -408,7 +399,7 @@ class DeliveryRepository:
         raw: dict[bytes, bytes] = await self._call(
             lambda: self._r.hgetall(keys.tenant_providers(tenant_id))
         )
-        return {_s(k): ProviderConfig.decode(_s(v)) for k, v in raw.items()}
+        return {text(k): ProviderConfig.decode(text(v)) for k, v in raw.items()}
 
     async def put_provider(self, tenant_id: str, channel: str, config: ProviderConfig) -> None:
         """Store one channel's provider configuration."""
@@ -433,7 +424,7 @@ class DeliveryRepository:
             found = await self._call(
                 lambda: self._r.get(keys.provider_message(tenant_id, provider_message_id))
             )
-            message_id = _s(found)
+            message_id = text(found)
         part = keys.message_partition(message_id) if message_id else None
         if part is None:
             return ReceiptOutcome.UNKNOWN, ""
@@ -443,5 +434,5 @@ class DeliveryRepository:
                 args=[receipt.value, error[:1000]],
             )
         )
-        outcome = ReceiptOutcome(_s(reply))
+        outcome = ReceiptOutcome(text(reply))
         return outcome, message_id if outcome is not ReceiptOutcome.UNKNOWN else ""

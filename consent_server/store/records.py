@@ -24,6 +24,13 @@ from consent_server.domain.model import (
 _STATUS = {"in": Status.OPTED_IN, "out": Status.OPTED_OUT}
 
 
+def text(value: bytes | str | None) -> str:
+    """A Redis reply as str ("" for a missing value); every store module decodes with it."""
+    if value is None:
+        return ""
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 

@@ -41,6 +41,7 @@ from .records import (
     parse_outcome,
     parse_record,
     parse_settings,
+    text,
 )
 from .tombstones import TombstoneNames, newer
 
@@ -63,7 +64,6 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     rex.RedisClusterException,
     OSError,
 )
-_UNAVAILABLE = UNAVAILABLE_ERRORS
 
 
 def _load_script(name: str) -> str:
@@ -74,10 +74,14 @@ def _unavailable(exc: BaseException) -> StoreUnavailable:
     return StoreUnavailable(f"consent store unreachable: {type(exc).__name__}")
 
 
-def _s(value: bytes | str | None) -> str:
-    if value is None:
-        return ""
-    return value.decode() if isinstance(value, bytes) else value
+async def guarded(fn: Callable[[], Awaitable[T]]) -> T:
+    """Run one store operation; an outage becomes StoreUnavailable (fail closed).
+
+    Every store module goes through this, so they agree on what counts as an outage."""
+    try:
+        return await fn()
+    except UNAVAILABLE_ERRORS as exc:
+        raise _unavailable(exc) from exc
 
 
 class RedisConsentStore:
@@ -101,10 +105,7 @@ class RedisConsentStore:
         return client
 
     async def _call(self, fn: Callable[[], Awaitable[T]]) -> T:
-        try:
-            return await fn()
-        except _UNAVAILABLE as exc:
-            raise _unavailable(exc) from exc
+        return await guarded(fn)
 
     async def ping(self) -> None:
         """Raise StoreUnavailable unless Redis answers."""
@@ -227,7 +228,7 @@ class RedisConsentStore:
         )
         if not raw:
             return None
-        f = {_s(k): _s(v) for k, v in raw.items()}
+        f = {text(k): text(v) for k, v in raw.items()}
         return MessageStatusInfo(
             message_id=message_id,
             state=MessageState(f["st"]),
@@ -292,7 +293,7 @@ class RedisConsentStore:
                 f"event_id was already used for a different change of this recipient "
                 f"(revision {first.revision}); use a new event_id for a new change",
             )
-        return parse_outcome(outcome, event.event_id, duplicate=int(kind) == 1), _s(queued)
+        return parse_outcome(outcome, event.event_id, duplicate=int(kind) == 1), text(queued)
 
     async def send(self, request: SendInput, policy: Policy) -> SendAccepted | SendBlocked:
         """Run send.lua: idempotency, decision, outbox append and status record in one step."""
@@ -330,11 +331,11 @@ class RedisConsentStore:
             fingerprint,
         ]
         reply = await self._call(lambda: self._send(keys=script_keys, args=args))
-        kind = _s(reply[0])
+        kind = text(reply[0])
         if kind == "accepted":
-            return SendAccepted(_s(reply[1]), int(reply[2]), int(reply[3]), duplicate=False)
+            return SendAccepted(text(reply[1]), int(reply[2]), int(reply[3]), duplicate=False)
         if kind in ("duplicate", "conflict"):
-            first_id, accepted, revision, _ = _s(reply[1]).split("|")
+            first_id, accepted, revision, _ = text(reply[1]).split("|")
             if kind == "conflict":
                 raise IdConflict(
                     "idempotency_key",

@@ -12,12 +12,12 @@ from importlib import resources
 from typing import Any, TypeVar
 
 from consent_server.domain.auth import ApiKeyRecord, Role
-from consent_server.domain.errors import StoreUnavailable
 from consent_server.domain.model import Recipient
 from consent_server.domain.security import AuthLookup, ErasureCounts
 
 from . import keys
-from .repository import UNAVAILABLE_ERRORS
+from .records import text
+from .repository import guarded
 from .tombstones import TombstoneNames
 
 T = TypeVar("T")
@@ -25,17 +25,9 @@ T = TypeVar("T")
 MAX_LISTED_KEYS = 1000
 _SCAN_COUNT = 1000
 
-_UNAVAILABLE = UNAVAILABLE_ERRORS
-
 
 def _load_script(name: str) -> str:
     return (resources.files("consent_server.store") / "lua" / name).read_text()
-
-
-def _s(value: bytes | str | None) -> str:
-    if value is None:
-        return ""
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def _now_ms() -> int:
@@ -43,7 +35,7 @@ def _now_ms() -> int:
 
 
 def _record(key_id: str, raw: dict[bytes, bytes]) -> ApiKeyRecord | None:
-    f = {_s(k): _s(v) for k, v in raw.items()}
+    f = {text(k): text(v) for k, v in raw.items()}
     if "tenant" not in f:
         return None
     return ApiKeyRecord(
@@ -69,10 +61,7 @@ class RedisSecurityStore:
         self._tombstones = tombstones or TombstoneNames(client)
 
     async def _call(self, fn: Callable[[], Awaitable[T]]) -> T:
-        try:
-            return await fn()
-        except _UNAVAILABLE as exc:
-            raise StoreUnavailable(f"consent store unreachable: {type(exc).__name__}") from exc
+        return await guarded(fn)
 
     # -- API keys --------------------------------------------------------------------
 
@@ -90,9 +79,9 @@ class RedisSecurityStore:
             return AuthLookup(None, allowed=False, retry_after_ms=0)
         record = ApiKeyRecord(
             key_id=key_id,
-            tenant_id=_s(reply[1]),
-            role=Role(_s(reply[2])),
-            secret_hash=_s(reply[3]),
+            tenant_id=text(reply[1]),
+            role=Role(text(reply[2])),
+            secret_hash=text(reply[3]),
             revoked_at_ms=int(reply[4]),
         )
         return AuthLookup(record, allowed=int(reply[5]) == 1, retry_after_ms=int(reply[6]))
@@ -131,7 +120,7 @@ class RedisSecurityStore:
 
         async def read() -> list[ApiKeyRecord]:
             ids = [
-                _s(i)
+                text(i)
                 for i in await self._r.zrange(keys.api_key_index(tenant_id), 0, MAX_LISTED_KEYS - 1)
             ]
             pipe = self._r.pipeline(transaction=False)
@@ -166,7 +155,7 @@ class RedisSecurityStore:
             # per-recipient data other features keep there.
             prefix = base + ":"
             found = [
-                _s(k)
+                text(k)
                 async for k in self._r.scan_iter(
                     match=keys.glob_escape(prefix) + "*", count=_SCAN_COUNT
                 )
@@ -202,7 +191,7 @@ class RedisSecurityStore:
 
         reply = await self._call(erase)
         records, events, idem_n, cancelled, erased, other_n = (int(x) for x in reply[:6])
-        scopes = sorted(_s(f).removeprefix("s:").replace("*", "") for f in reply[6:])
+        scopes = sorted(text(f).removeprefix("s:").replace("*", "") for f in reply[6:])
         return ErasureCounts(
             records_removed=records,
             events_removed=events,
@@ -223,14 +212,14 @@ class RedisSecurityStore:
             for key in batch:
                 pipe.hmget(key, ["ch", "addr"])
             for key, (ch, addr) in zip(batch, await pipe.execute(), strict=True):
-                if _s(ch) == recipient.channel.value and _s(addr) == recipient.address:
+                if text(ch) == recipient.channel.value and text(addr) == recipient.address:
                     found.append(key)
             batch.clear()
 
         async for key in self._r.scan_iter(
             match=keys.message_pattern(tenant_id, part), count=_SCAN_COUNT
         ):
-            batch.append(_s(key))
+            batch.append(text(key))
             if len(batch) >= _SCAN_COUNT:
                 await flush()
         if batch:
@@ -244,13 +233,13 @@ class RedisSecurityStore:
         while True:
             entries = await self._r.xrange(keys.outbox(part), start, "+", count=_SCAN_COUNT)
             for entry_id, fields in entries:
-                f = {_s(k): _s(v) for k, v in fields.items()}
+                f = {text(k): text(v) for k, v in fields.items()}
                 if (
                     f.get("tenant") == tenant_id
                     and f.get("ch") == recipient.channel.value
                     and f.get("addr") == recipient.address
                 ):
-                    out.append(_s(entry_id))
+                    out.append(text(entry_id))
             if len(entries) < _SCAN_COUNT:
                 return out
-            start = "(" + _s(entries[-1][0])
+            start = "(" + text(entries[-1][0])
