@@ -18,7 +18,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"consent-server: configuration error: {exc}", file=sys.stderr)
         return 2
-    logs.configure(settings.log_level, settings.log_format)
+    logs.configure(settings.observability.log_level, settings.observability.log_format)
     try:
         return asyncio.run(serve(settings))
     except ConfigError as exc:

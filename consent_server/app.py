@@ -18,7 +18,7 @@ from consent_client.v1 import admin_pb2, admin_pb2_grpc, consent_pb2, consent_pb
 from consent_server.api.admin import ConsentAdminService
 from consent_server.api.auth import AuthInterceptor
 from consent_server.api.consent_service import ConsentServicer
-from consent_server.config import ConfigError, Settings, is_loopback
+from consent_server.config import ConfigError, Settings, TlsSettings, is_loopback
 from consent_server.delivery.metrics import serve_metrics
 from consent_server.delivery.receipts import WebhookCallbacks, whatsapp_status_handler
 from consent_server.delivery.runner import build_worker
@@ -49,9 +49,9 @@ MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 def server_options(settings: Settings) -> list[tuple[str, int]]:
     """The grpc.aio server options (the bench's empty server uses the same)."""
     return [
-        ("grpc.max_receive_message_length", settings.max_request_bytes),
+        ("grpc.max_receive_message_length", settings.limits.max_request_bytes),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.max_concurrent_streams", settings.max_concurrent_streams),
+        ("grpc.max_concurrent_streams", settings.limits.max_concurrent_streams),
         ("grpc.so_reuseport", 0),
     ]
 
@@ -92,38 +92,40 @@ async def serve(settings: Settings) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    if settings.embedded:
+    if settings.redis.embedded:
         log.warning(
             "EMBEDDED STORE IN USE: consent data lives in this process's memory only and is "
             "LOST when it stops. NOT DURABLE - set CONSENT_REDIS_URL for production."
         )
     _warn_security(settings)
     store = open_store(
-        settings.redis_url, cluster=settings.redis_cluster, timeout_s=settings.redis_timeout_s
+        settings.redis.url, cluster=settings.redis.cluster, timeout_s=settings.redis.timeout_s
     )
     authority = ConsentAuthority(
-        store, default_region=settings.default_region, limits=limits_of(settings)
+        store, default_region=settings.server.default_region, limits=limits_of(settings)
     )
     security = SecurityAuthority(
         RedisSecurityStore(store.client, store.tombstones),
         store,
-        limits=RateLimits(settings.rate_limit, settings.rate_burst),
-        default_region=settings.default_region,
+        limits=RateLimits(settings.auth.rate_limit, settings.auth.rate_burst),
+        default_region=settings.server.default_region,
     )
     # The HTTP edge binds first, so that link URLs can name its real port.
     http_edge = bind_http_edge(settings)
-    public_url = settings.public_url or (http_edge.local_url if http_edge else None)
+    public_url = settings.edge.public_url or (http_edge.local_url if http_edge else None)
     edge_store = RedisEdgeStore(store)
     links = ConsentLinks(
         authority,
         store,
         keyring_for(settings, edge_store),
         public_url,
-        default_region=settings.default_region,
+        default_region=settings.server.default_region,
     )
     # Customers must be able to open a link sent in a confirmation: without an explicit
     # CONSENT_PUBLIC_URL, only a loopback listener (development) names its own address.
-    if settings.public_url or (http_edge is not None and is_loopback(settings.http_listen_host)):
+    if settings.edge.public_url or (
+        http_edge is not None and is_loopback(settings.edge.listen_host)
+    ):
         authority.use_signed_links(links.resubscribe_url)
     consent_servicer = ConsentServicer(authority, links)
     delivery_repo = DeliveryRepository(store.client)
@@ -152,36 +154,40 @@ async def serve(settings: Settings) -> int:
     bootstrap: asyncio.Task[bool] | None = None
     # Installed before serving, so the first call can already use it; while Redis is
     # down the server starts anyway (NOT_SERVING) and keeps trying in the background.
-    if settings.bootstrap_admin_key and not await install_bootstrap_key(
-        security, settings.bootstrap_admin_key, retry=False
+    if settings.auth.bootstrap_admin_key and not await install_bootstrap_key(
+        security, settings.auth.bootstrap_admin_key, retry=False
     ):
         bootstrap = asyncio.create_task(
-            install_bootstrap_key(security, settings.bootstrap_admin_key, retry=True)
+            install_bootstrap_key(security, settings.auth.bootstrap_admin_key, retry=True)
         )
-    reloader = CertificateReloader(settings) if settings.tls else None
+    reloader = CertificateReloader(settings.tls) if settings.tls.enabled else None
     try:
         if reloader is not None:
-            port = server.add_secure_port(settings.listen, server_credentials(reloader, settings))
+            port = server.add_secure_port(
+                settings.server.listen, server_credentials(reloader, settings)
+            )
         else:
-            port = server.add_insecure_port(settings.listen)
+            port = server.add_insecure_port(settings.server.listen)
     except RuntimeError:
         port = 0
-    if port == 0 and not settings.listen.endswith(":0"):
-        raise ConfigError(f"CONSENT_LISTEN={settings.listen!r}: cannot listen there (in use?)")
-    serve_metrics(settings.metrics_listen)
+    if port == 0 and not settings.server.listen.endswith(":0"):
+        raise ConfigError(
+            f"CONSENT_LISTEN={settings.server.listen!r}: cannot listen there (in use?)"
+        )
+    serve_metrics(settings.observability.metrics_listen)
     await server.start()
-    host = settings.listen.rsplit(":", 1)[0]
+    host = settings.server.listen.rsplit(":", 1)[0]
     log.info(
         "consent authority serving",
         extra={
             "address": f"{host}:{port}",
-            "store": "embedded" if settings.embedded else "redis",
+            "store": "embedded" if settings.redis.embedded else "redis",
             "auth": "required" if settings.auth_required else "optional",
-            "tls": "mtls" if settings.tls_client_ca else ("tls" if settings.tls else "off"),
+            "tls": "mtls" if settings.tls.client_ca else ("tls" if settings.tls.enabled else "off"),
         },
     )
     # The inline worker starts once the server serves and stops after it drained.
-    worker = build_worker(settings, store) if settings.delivery == "inline" else None
+    worker = build_worker(settings, store) if settings.delivery.mode == "inline" else None
     if worker is not None:
         await worker.start()
 
@@ -194,7 +200,7 @@ async def serve(settings: Settings) -> int:
                 WebhookCallbacks(store, delivery_repo),
                 on_status=whatsapp_status_handler(store, delivery_repo),
             ),
-            settings.shutdown_grace_s,
+            settings.server.shutdown_grace_s,
         )
         log.info(
             "http edge serving",
@@ -206,13 +212,16 @@ async def serve(settings: Settings) -> int:
 
     if reloader is not None:
         loop.add_signal_handler(signal.SIGHUP, reloader.reload)
-    watcher = asyncio.create_task(watch_store(store, health_servicer, settings.health_interval_s))
+    watcher = asyncio.create_task(
+        watch_store(store, health_servicer, settings.server.health_interval_s)
+    )
     await stop.wait()
 
     log.info(
-        "shutting down: draining in-flight calls", extra={"grace_s": settings.shutdown_grace_s}
+        "shutting down: draining in-flight calls",
+        extra={"grace_s": settings.server.shutdown_grace_s},
     )
-    deadline = loop.time() + settings.shutdown_grace_s
+    deadline = loop.time() + settings.server.shutdown_grace_s
     for task in (watcher, bootstrap):
         if task is not None:
             await _cancel_quietly(task)
@@ -221,7 +230,7 @@ async def serve(settings: Settings) -> int:
     # and clicks finish; WhatsApp redelivers anything refused meanwhile.
     await asyncio.gather(
         *([http_edge.stop()] if http_edge is not None else []),
-        server.stop(settings.shutdown_grace_s),
+        server.stop(settings.server.shutdown_grace_s),
     )
     if worker is not None:
         # Deliveries under way get what is left of the grace period; the rest stay
@@ -247,11 +256,11 @@ async def _cancel_quietly(task: asyncio.Task[Any]) -> None:
 def limits_of(settings: Settings) -> Limits:
     """The request limits the settings configure."""
     return Limits(
-        max_batch=settings.max_batch,
-        max_page_size=settings.max_page_size,
-        max_evidence_bytes=settings.max_evidence_bytes,
-        max_metadata_entries=settings.max_metadata_entries,
-        max_metadata_value=settings.max_metadata_value,
+        max_batch=settings.limits.max_batch,
+        max_page_size=settings.limits.max_page_size,
+        max_evidence_bytes=settings.limits.max_evidence_bytes,
+        max_metadata_entries=settings.limits.max_metadata_entries,
+        max_metadata_value=settings.limits.max_metadata_value,
     )
 
 
@@ -263,27 +272,27 @@ class CertificateReloader:
     the certificate they were made with. A reload that fails keeps the old files.
     """
 
-    def __init__(self, settings: Settings) -> None:
-        self._settings = settings
+    def __init__(self, tls: TlsSettings) -> None:
+        self._tls = tls
         self._pending: grpc.ServerCertificateConfiguration | None = None
         self.initial = self._read()
 
     def _read(self) -> grpc.ServerCertificateConfiguration:
-        s = self._settings
-        assert s.tls_cert and s.tls_key
+        t = self._tls
+        assert t.cert and t.key
         # gRPC would only find a bad pair at the next handshake, failing every new
         # connection; the ssl module checks the key matches the certificate now.
         check = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        check.load_cert_chain(s.tls_cert, s.tls_key)
-        if s.tls_client_ca:
-            check.load_verify_locations(s.tls_client_ca)
-        with open(s.tls_key, "rb") as fh:
+        check.load_cert_chain(t.cert, t.key)
+        if t.client_ca:
+            check.load_verify_locations(t.client_ca)
+        with open(t.key, "rb") as fh:
             key = fh.read()
-        with open(s.tls_cert, "rb") as fh:
+        with open(t.cert, "rb") as fh:
             cert = fh.read()
         client_ca = None
-        if s.tls_client_ca:
-            with open(s.tls_client_ca, "rb") as fh:
+        if t.client_ca:
+            with open(t.client_ca, "rb") as fh:
                 client_ca = fh.read()
         return grpc.ssl_server_certificate_configuration([(key, cert)], client_ca)
 
@@ -310,12 +319,12 @@ def server_credentials(reloader: CertificateReloader, settings: Settings) -> grp
     return grpc.dynamic_ssl_server_credentials(
         reloader.initial,
         reloader.fetch,  # type: ignore[arg-type]  # gRPC documents None as "no change"
-        require_client_authentication=settings.tls_client_ca is not None,
+        require_client_authentication=settings.tls.client_ca is not None,
     )
 
 
 def _warn_security(settings: Settings) -> None:
-    beyond = not is_loopback(settings.host)
+    beyond = not is_loopback(settings.server.host)
     if not settings.auth_required:
         if beyond:
             log.warning(
@@ -323,12 +332,12 @@ def _warn_security(settings: Settings) -> None:
                 "(CONSENT_REQUIRE_AUTH=0, CONSENT_ALLOW_INSECURE=1): anyone who reaches "
                 "the port can read and change consent"
             )
-    elif beyond and not settings.tls:
+    elif beyond and not settings.tls.enabled:
         log.warning(
             "authentication is on but TLS is off: API keys cross the network in clear text; "
             "set CONSENT_TLS_CERT/CONSENT_TLS_KEY unless a proxy terminates TLS"
         )
-    if settings.auth_required and settings.embedded and not settings.bootstrap_admin_key:
+    if settings.auth_required and settings.redis.embedded and not settings.auth.bootstrap_admin_key:
         log.warning(
             "authentication is on with the embedded store and no CONSENT_BOOTSTRAP_ADMIN_KEY: "
             "no key exists, so every call will fail with UNAUTHENTICATED"
@@ -362,12 +371,12 @@ async def install_bootstrap_key(security: SecurityAuthority, token: str, *, retr
 
 def bind_http_edge(settings: Settings) -> HttpEdge | None:
     """The HTTP edge's bound socket when CONSENT_HTTP_LISTEN is set; ConfigError when unusable."""
-    if not settings.http_listen:
+    if not settings.edge.listen:
         return None
     try:
-        return HttpEdge(settings.http_listen)
+        return HttpEdge(settings.edge.listen)
     except (OSError, ValueError) as exc:
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise ConfigError(
-            f"CONSENT_HTTP_LISTEN={settings.http_listen!r}: cannot listen there ({why})"
+            f"CONSENT_HTTP_LISTEN={settings.edge.listen!r}: cannot listen there ({why})"
         ) from None

@@ -1,8 +1,18 @@
-"""Settings: one frozen object read from the environment and flags, validated at start.
+"""Settings: small frozen groups read from the environment and flags, validated at start.
 
-Flags mirror the environment variables (``--redis-url`` = ``CONSENT_REDIS_URL``);
-a flag wins over the environment. Bad configuration raises ConfigError whose
-message is one line naming the setting; ``__main__`` prints it and exits 2.
+Every setting is declared once, as a field of its group made with :func:`option`: the
+environment variable, the parser (which validates), the default and a one-line
+documentation. :data:`OPTIONS` collects those declarations in order; that one table
+builds the flags (which mirror the variables: ``--redis-url`` = ``CONSENT_REDIS_URL``;
+a flag wins over the environment), parses, and prints the README's configuration
+tables (``python -m consent_server.config --markdown [GROUP ...]``). Settings that are
+only valid together are checked afterwards by the functions in ``_CHECKS``.
+
+Bad configuration raises ConfigError whose message is one line naming the setting;
+``__main__`` prints it and exits 2.
+
+Adding a setting: one ``option(...)`` field in its group, then
+``python -m consent_server.config --readme README.md`` to refresh the README.
 """
 
 from __future__ import annotations
@@ -10,9 +20,12 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import re
 import ssl
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import Field, dataclass, field, fields, replace
+from typing import Any, ClassVar, Literal, TypeAlias, TypeVar
 from urllib.parse import urlparse
 
 from consent_server.domain.auth import is_key_token
@@ -23,235 +36,583 @@ class ConfigError(ValueError):
     """A setting is invalid; the message names it."""
 
 
-_SECRET_SETTINGS = frozenset({"bootstrap_admin_key", "link_secrets"})
+T = TypeVar("T")
+L = TypeVar("L", bound=str)
+#: Turns the text of ``var`` into a value, or raises ConfigError naming ``var``.
+Parser: TypeAlias = Callable[[str, str], T]
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+LogFormat = Literal["json", "text"]
+RequireAuth = Literal["auto", "1", "0"]
+DeliveryMode = Literal["inline", "off"]
+
+
+# -- parsers: each returns the typed value or raises ConfigError(one line naming var) --
+
+
+def _one_of(choices: Mapping[str, T]) -> Parser[T]:
+    """One of ``choices`` (case-insensitive), as the value it maps to."""
+
+    def parse(var: str, text: str) -> T:
+        value = choices.get(text.strip().lower())
+        if value is None:
+            raise ConfigError(f"{var}={text!r}: expected one of {', '.join(choices)}")
+        return value
+
+    return parse
+
+
+def _choice(values: tuple[L, ...]) -> Parser[L]:
+    """One of ``values`` (case-insensitive), typed as their Literal."""
+    return _one_of({v: v for v in values})
+
+
+_SWITCH = _one_of({"0": False, "1": True})
+
+
+def _whole(low: int, high: int) -> Parser[int]:
+    def parse(var: str, text: str) -> int:
+        try:
+            value = int(text.strip())
+        except ValueError:
+            raise ConfigError(f"{var}={text!r}: expected a whole number") from None
+        if not low <= value <= high:
+            raise ConfigError(f"{var}={text!r}: must be between {low} and {high}")
+        return value
+
+    return parse
+
+
+def _seconds(low: float, high: float) -> Parser[float]:
+    def parse(var: str, text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise ConfigError(f"{var}={text!r}: expected a number of seconds") from None
+        if not low <= value <= high:
+            raise ConfigError(f"{var}={text!r}: must be between {low:g} and {high:g}")
+        return value
+
+    return parse
+
+
+def _host_port(example: str, *, any_port: bool = True) -> Parser[str]:
+    """A host:port setting; port 0 (pick a free one) only where ``any_port``."""
+
+    def parse(var: str, text: str) -> str:
+        host, sep, port = text.rpartition(":")
+        lowest = 0 if any_port else 1
+        if not sep or not host or not port.isdigit() or not lowest <= int(port) <= 65535:
+            raise ConfigError(f"{var}={text!r}: expected host:port, e.g. {example}")
+        return text
+
+    return parse
+
+
+def _ip_host_port(var: str, text: str) -> str:
+    """host:port with a real port and an IP address or localhost (the metrics listener)."""
+    _host_port("127.0.0.1:9464", any_port=False)(var, text)
+    host = text.rpartition(":")[0].strip("[]")
+    if not is_loopback(host):
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ConfigError(f"{var}={text!r}: expected an IP address or localhost") from None
+    return text
+
+
+def _pem_file(marker: str) -> Parser[str]:
+    def parse(var: str, path: str) -> str:
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read(1 << 20)
+        except OSError as exc:
+            raise ConfigError(f"{var}={path!r}: cannot read it ({exc.strerror})") from None
+        if b"-----BEGIN " not in data or marker.encode() not in data:
+            raise ConfigError(f"{var}={path!r}: not a PEM file with a {marker}")
+        return path
+
+    return parse
+
+
+def _redis_url(var: str, text: str) -> str:
+    if urlparse(text).scheme not in ("redis", "rediss", "unix"):
+        raise ConfigError(f"{var}: expected a redis://, rediss:// or unix:// URL")
+    return text
+
+
+def _region(var: str, text: str) -> str:
+    if not is_valid_region(text.upper()):
+        raise ConfigError(f"{var}={text!r}: expected an ISO 3166 region code such as IN or US")
+    return text.upper()
+
+
+def _base_url(var: str, text: str) -> str:
+    url = urlparse(text)
+    if url.scheme not in ("http", "https") or not url.netloc or url.query or url.fragment:
+        raise ConfigError(
+            f"{var}={text!r}: expected an http(s) base URL without query, "
+            "e.g. https://consent.example.com"
+        )
+    return text.rstrip("/")
+
+
+def _link_secrets(var: str, text: str) -> tuple[bytes, ...]:
+    parts = tuple(p.strip() for p in text.split(","))
+    # Never echo the value: it is a secret.
+    if any(len(p) < 32 for p in parts):
+        raise ConfigError(f"{var}: each comma-separated secret must be at least 32 characters")
+    return tuple(p.encode() for p in parts)
+
+
+def _api_key(var: str, text: str) -> str:
+    if not is_key_token(text.strip()):
+        # Never echo the value: it is meant to be a secret.
+        raise ConfigError(
+            f"{var}: not an API key of the form ck_<16 hex>_<43 url-safe characters>; "
+            "make one with `consentctl keys generate`"
+        )
+    return text.strip()
+
+
+# -- the option table: one option() per setting, inside its group --
 
 
 @dataclass(frozen=True, slots=True)
-class Settings:
-    """The server's configuration (see the README's configuration table)."""
+class Option:
+    """One setting: where it is read from, how it is parsed, how it is documented."""
 
-    listen: str = "127.0.0.1:50051"
-    redis_url: str | None = None
-    redis_cluster: bool = False
-    redis_timeout_s: float = 2.0
-    log_level: str = "INFO"
-    log_format: str = "json"
-    default_region: str | None = None
-    require_auth: str = "auto"
-    tls_cert: str | None = None
-    tls_key: str | None = None
-    tls_client_ca: str | None = None
-    delivery: str = "inline"
-    shutdown_grace_s: float = 10.0
+    env: str
+    parse: Parser[Any]
+    doc: str  # one line of Markdown: the README's "Meaning" column and the --help text
+    shown_default: str | None = None  # the README's "Default" column when not the value
+    secret: bool = False  # never in a repr, a log line or an error message
+    has_flag: bool = True  # False: environment only (a flag would show in `ps`)
+    group: str = ""  # filled in by OPTIONS
+    name: str = ""
+
+    @property
+    def flag(self) -> str | None:
+        """The flag mirroring the variable: CONSENT_REDIS_URL -> --redis-url."""
+        if not self.has_flag:
+            return None
+        return "--" + self.env.removeprefix("CONSENT_").lower().replace("_", "-")
+
+
+def option(
+    env: str,
+    default: T,
+    parse: Parser[T],
+    doc: str,
+    *,
+    shown: str | None = None,
+    secret: bool = False,
+    flag: bool = True,
+) -> T:
+    """A group field read from ``env`` (and its flag), parsed by ``parse``."""
+    spec = Option(env, parse, doc, shown, secret, flag)
+    return field(default=default, metadata={"option": spec})
+
+
+class _Group:
+    """Base of the setting groups: a repr that shows only whether a secret is set."""
+
+    __slots__ = ()
+    __dataclass_fields__: ClassVar[dict[str, Field[Any]]]
+
+    def __repr__(self) -> str:
+        shown = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            spec = f.metadata.get("option")
+            if spec is not None and spec.secret and value:
+                value = "<set>"
+            shown.append(f"{f.name}={value!r}")
+        return f"{type(self).__name__}({', '.join(shown)})"
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class ServerSettings(_Group):
+    """The gRPC listener and its lifecycle."""
+
+    listen: str = option(
+        "CONSENT_LISTEN",
+        "127.0.0.1:50051",
+        _host_port("127.0.0.1:50051"),
+        "gRPC address `host:port` (`:0` picks a free port; the chosen address is logged)",
+    )
+    shutdown_grace_s: float = option(
+        "CONSENT_SHUTDOWN_GRACE",
+        10.0,
+        _seconds(0, 600),
+        "seconds SIGTERM waits for in-flight calls",
+    )
+    default_region: str | None = option(
+        "CONSENT_DEFAULT_REGION",
+        None,
+        _region,
+        "region (`IN`, `US`…) for numbers without `+` when the tenant sets none",
+    )
+    # Not configurable: how often health follows Redis reachability.
     health_interval_s: float = 1.0
-    # -- security (README "Security") --
-    allow_insecure: bool = False
-    bootstrap_admin_key: str | None = None
-    rate_limit: int = 1000
-    rate_burst: int = 0
-    max_request_bytes: int = 4 * 1024 * 1024
-    max_concurrent_streams: int = 100
-    max_batch: int = 10_000
-    max_page_size: int = 1000
-    max_evidence_bytes: int = 1024
-    max_metadata_entries: int = 32
-    max_metadata_value: int = 512
-    # The HTTP edge (SPEC §12): off unless http_listen is set.
-    http_listen: str | None = None
-    public_url: str | None = None
-    link_secrets: tuple[bytes, ...] = field(default=(), repr=False)  # secret: never shown
-    # Delivery worker tuning and the metrics listener (README: Delivery).
-    metrics_listen: str | None = None
-    delivery_concurrency: int = 32
-    delivery_visibility_s: float = 60.0
-    delivery_max_attempts: int = 8
-    delivery_backoff_s: float = 1.0
-    delivery_backoff_max_s: float = 300.0
 
     @property
     def host(self) -> str:
         """The listen host without brackets."""
         return self.listen.rsplit(":", 1)[0].strip("[]")
 
-    @property
-    def auth_required(self) -> bool:
-        """True when every call needs an API key: ``1``, or ``auto`` beyond loopback."""
-        if self.require_auth == "auto":
-            return not is_loopback(self.host)
-        return self.require_auth == "1"
 
-    @property
-    def tls(self) -> bool:
-        """True when the server speaks TLS."""
-        return self.tls_cert is not None
+@dataclass(frozen=True, slots=True, repr=False)
+class RedisSettings(_Group):
+    """Where consent lives."""
 
-    def __repr__(self) -> str:
-        # Secrets (the bootstrap key, link secrets) never reach a repr, a log line or a
-        # traceback: only whether they are set.
-        shown = {
-            name: ("<set>" if name in _SECRET_SETTINGS and value else value)
-            for name, value in ((f, getattr(self, f)) for f in self.__dataclass_fields__)
-        }
-        return "Settings(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
-
-    @property
-    def http_listen_host(self) -> str:
-        """The HTTP edge's listen host without brackets ("" when the edge is off)."""
-        return (self.http_listen or "").rsplit(":", 1)[0].strip("[]")
+    url: str | None = option(
+        "CONSENT_REDIS_URL",
+        None,
+        _redis_url,
+        "`redis://[:password@]host:port/db`, `rediss://…` (TLS), `unix:///path/redis.sock`",
+        shown="unset = embedded store",
+    )
+    cluster: bool = option(
+        "CONSENT_REDIS_CLUSTER", False, _SWITCH, "`1` = the URL is a Redis Cluster node"
+    )
+    timeout_s: float = option(
+        "CONSENT_REDIS_TIMEOUT",
+        2.0,
+        _seconds(0.05, 60),
+        "seconds before a Redis call counts as failed (→ `UNAVAILABLE`)",
+    )
 
     @property
     def embedded(self) -> bool:
         """True when no Redis URL is set: the in-process, non-durable store is used."""
-        return self.redis_url is None
+        return self.url is None
 
 
-# (setting name, env var, flag, help)
-_OPTIONS: tuple[tuple[str, str, str, str], ...] = (
-    ("listen", "CONSENT_LISTEN", "--listen", "gRPC listen address host:port"),
-    (
-        "redis_url",
-        "CONSENT_REDIS_URL",
-        "--redis-url",
-        "redis://, rediss:// or unix:// URL; unset = embedded store",
-    ),
-    (
-        "redis_cluster",
-        "CONSENT_REDIS_CLUSTER",
-        "--redis-cluster",
-        "1 = the URL points at a Redis Cluster",
-    ),
-    (
-        "redis_timeout_s",
-        "CONSENT_REDIS_TIMEOUT",
-        "--redis-timeout",
-        "seconds before a Redis call counts as failed",
-    ),
-    ("log_level", "CONSENT_LOG_LEVEL", "--log-level", "debug, info, warning or error"),
-    ("log_format", "CONSENT_LOG_FORMAT", "--log-format", "json or text"),
-    (
-        "default_region",
-        "CONSENT_DEFAULT_REGION",
-        "--default-region",
-        "region for numbers without +, when the tenant sets none",
-    ),
-    ("require_auth", "CONSENT_REQUIRE_AUTH", "--require-auth", "auto, 1 or 0"),
-    ("tls_cert", "CONSENT_TLS_CERT", "--tls-cert", "server certificate (PEM)"),
-    ("tls_key", "CONSENT_TLS_KEY", "--tls-key", "server private key (PEM)"),
-    (
-        "tls_client_ca",
-        "CONSENT_TLS_CLIENT_CA",
-        "--tls-client-ca",
-        "CA for client certificates (mTLS)",
-    ),
-    ("delivery", "CONSENT_DELIVERY", "--delivery", "inline or off"),
-    (
-        "allow_insecure",
+_LOG_LEVELS: dict[str, LogLevel] = {
+    "debug": "DEBUG",
+    "info": "INFO",
+    "warning": "WARNING",
+    "error": "ERROR",
+}
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class ObservabilitySettings(_Group):
+    """Logs and metrics."""
+
+    log_level: LogLevel = option(
+        "CONSENT_LOG_LEVEL",
+        "INFO",
+        _one_of(_LOG_LEVELS),
+        "`debug`, `info`, `warning`, `error`",
+        shown="`info`",
+    )
+    log_format: LogFormat = option(
+        "CONSENT_LOG_FORMAT",
+        "json",
+        _choice(("json", "text")),
+        "`json` (one object per line) or `text`",
+    )
+    metrics_listen: str | None = option(
+        "CONSENT_METRICS_LISTEN",
+        None,
+        _ip_host_port,
+        "Prometheus `/metrics` on `host:port` (IP or `localhost`)",
+        shown="unset = off",
+    )
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class DeliverySettings(_Group):
+    """The delivery worker (inline in the server, or a process of its own)."""
+
+    mode: DeliveryMode = option(
+        "CONSENT_DELIVERY",
+        "inline",
+        _choice(("inline", "off")),
+        "`inline` = a delivery worker runs inside the server; `off` = run workers apart "
+        "with `python -m consent_server.worker` (see Delivery)",
+    )
+    concurrency: int = option(
+        "CONSENT_DELIVERY_CONCURRENCY",
+        32,
+        _whole(1, 1024),
+        "messages one worker hands to providers at once (1–1024)",
+    )
+    visibility_s: float = option(
+        "CONSENT_DELIVERY_VISIBILITY_TIMEOUT",
+        60.0,
+        _seconds(0.2, 3600),
+        "seconds before another worker takes over a message claimed by a worker that went "
+        "silent (crashed); live workers renew their claims (0.2–3600)",
+    )
+    max_attempts: int = option(
+        "CONSENT_DELIVERY_MAX_ATTEMPTS",
+        8,
+        _whole(1, 100),
+        "provider attempts before a transiently failing message is FAILED (1–100)",
+    )
+    backoff_s: float = option(
+        "CONSENT_DELIVERY_BACKOFF",
+        1.0,
+        _seconds(0.01, 3600),
+        "seconds before the first retry; doubles per attempt, jittered (0.01–3600)",
+    )
+    backoff_max_s: float = option(
+        "CONSENT_DELIVERY_BACKOFF_MAX",
+        300.0,
+        _seconds(0.01, 86400),
+        "the longest wait between retries, seconds (≥ the backoff)",
+    )
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class AuthSettings(_Group):
+    """API keys and their rate limits (README "Security")."""
+
+    require: RequireAuth = option(
+        "CONSENT_REQUIRE_AUTH",
+        "auto",
+        _choice(("auto", "1", "0")),
+        "API keys ([Security](#security)): `auto` = required whenever `CONSENT_LISTEN` is "
+        "not loopback, `1` = always, `0` = never (beyond loopback only together with "
+        "`CONSENT_ALLOW_INSECURE=1`)",
+    )
+    allow_insecure: bool = option(
         "CONSENT_ALLOW_INSECURE",
-        "--allow-insecure",
-        "1 = allow CONSENT_REQUIRE_AUTH=0 beyond loopback",
-    ),
-    (
-        "rate_limit",
+        False,
+        _SWITCH,
+        "`1` = allow `CONSENT_REQUIRE_AUTH=0` beyond loopback (logged as a warning at start)",
+    )
+    bootstrap_admin_key: str | None = option(
+        "CONSENT_BOOTSTRAP_ADMIN_KEY",
+        None,
+        _api_key,
+        "a key made with `consentctl keys generate`, installed at start as an operator "
+        "admin key if its id is new (a revoked one stays revoked)",
+        secret=True,
+        flag=False,
+    )
+    rate_limit: int = option(
         "CONSENT_RATE_LIMIT",
-        "--rate-limit",
-        "requests per second per API key (0 = unlimited)",
-    ),
-    ("rate_burst", "CONSENT_RATE_BURST", "--rate-burst", "bucket size per key (0 = 2x rate)"),
-    (
-        "max_request_bytes",
+        1000,
+        _whole(0, 1_000_000),
+        "requests per second per API key (token bucket in Redis, shared by all processes); "
+        "`0` = unlimited; a key's own `rate_limit_per_second` wins (with a bucket of twice "
+        "that)",
+    )
+    rate_burst: int = option(
+        "CONSENT_RATE_BURST",
+        0,
+        _whole(0, 10_000_000),
+        "bucket size per key; `0` = twice the rate",
+    )
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class TlsSettings(_Group):
+    """TLS and mTLS of the gRPC listener."""
+
+    cert: str | None = option(
+        "CONSENT_TLS_CERT",
+        None,
+        _pem_file("CERTIFICATE"),
+        "PEM server certificate (chain): serve TLS only (with `CONSENT_TLS_KEY`)",
+    )
+    key: str | None = option(
+        "CONSENT_TLS_KEY",
+        None,
+        _pem_file("PRIVATE KEY"),
+        "PEM private key of `CONSENT_TLS_CERT`",
+    )
+    client_ca: str | None = option(
+        "CONSENT_TLS_CLIENT_CA",
+        None,
+        _pem_file("CERTIFICATE"),
+        "PEM CA bundle: require client certificates signed by it (mTLS)",
+    )
+
+    @property
+    def enabled(self) -> bool:
+        """True when the server speaks TLS."""
+        return self.cert is not None
+
+
+# The contract's maxima (also in the proto comments) cannot be raised, only lowered.
+@dataclass(frozen=True, slots=True, repr=False)
+class LimitSettings(_Group):
+    """Request limits."""
+
+    max_request_bytes: int = option(
         "CONSENT_MAX_REQUEST_BYTES",
-        "--max-request-bytes",
-        "largest request message accepted",
-    ),
-    (
-        "max_concurrent_streams",
+        4 * 1024 * 1024,
+        _whole(64 * 1024, 64 * 1024 * 1024),
+        "largest request message (64 KiB–64 MiB); larger → `RESOURCE_EXHAUSTED`, unread",
+    )
+    max_concurrent_streams: int = option(
         "CONSENT_MAX_CONCURRENT_STREAMS",
-        "--max-concurrent-streams",
-        "concurrent calls per connection",
-    ),
-    ("max_batch", "CONSENT_MAX_BATCH", "--max-batch", "BatchCheckConsent recipients"),
-    ("max_page_size", "CONSENT_MAX_PAGE_SIZE", "--max-page-size", "ListConsentEvents page"),
-    (
-        "max_evidence_bytes",
-        "CONSENT_MAX_EVIDENCE_BYTES",
-        "--max-evidence-bytes",
-        "evidence size (UTF-8 bytes)",
-    ),
-    (
-        "max_metadata_entries",
+        100,
+        _whole(1, 100_000),
+        "concurrent calls per client connection (more wait on the client)",
+    )
+    max_batch: int = option(
+        "CONSENT_MAX_BATCH",
+        10_000,
+        _whole(1, 10_000),
+        "`BatchCheckConsent` recipients (1–10,000)",
+    )
+    max_page_size: int = option(
+        "CONSENT_MAX_PAGE_SIZE", 1000, _whole(1, 1000), "`ListConsentEvents` page (1–1,000)"
+    )
+    max_evidence_bytes: int = option(
+        "CONSENT_MAX_EVIDENCE_BYTES", 1024, _whole(0, 1024), "evidence, UTF-8 bytes (0–1,024)"
+    )
+    max_metadata_entries: int = option(
         "CONSENT_MAX_METADATA_ENTRIES",
-        "--max-metadata-entries",
-        "SendIfAllowed metadata entries",
-    ),
-    (
-        "max_metadata_value",
-        "CONSENT_MAX_METADATA_VALUE",
-        "--max-metadata-value",
-        "SendIfAllowed metadata value length",
-    ),
-    (
-        "shutdown_grace_s",
-        "CONSENT_SHUTDOWN_GRACE",
-        "--shutdown-grace",
-        "seconds to drain calls on SIGTERM",
-    ),
-    (
-        "http_listen",
+        32,
+        _whole(0, 32),
+        "`SendIfAllowed` metadata entries (0–32)",
+    )
+    max_metadata_value: int = option(
+        "CONSENT_MAX_METADATA_VALUE", 512, _whole(0, 512), "metadata value length (0–512)"
+    )
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class EdgeSettings(_Group):
+    """The HTTP edge: off unless ``listen`` is set."""
+
+    listen: str | None = option(
         "CONSENT_HTTP_LISTEN",
-        "--http-listen",
-        "HTTP edge (WhatsApp webhook, consent links) host:port; unset = off",
-    ),
-    (
-        "public_url",
+        None,
+        _host_port("127.0.0.1:8080"),
+        "HTTP address `host:port` (`:0` picks a free port)",
+        shown="unset = off",
+    )
+    public_url: str | None = option(
         "CONSENT_PUBLIC_URL",
-        "--public-url",
-        "https:// base URL customers reach the HTTP edge at (for consent links)",
-    ),
-    (
-        "link_secrets",
+        None,
+        _base_url,
+        "the base URL customers and Meta reach the edge at, e.g. "
+        "`https://consent.example.com`; links are built from it",
+        shown="`http://<CONSENT_HTTP_LISTEN>`",
+    )
+    link_secrets: tuple[bytes, ...] = option(
         "CONSENT_LINK_SECRET",
-        "--link-secret",
-        "secret(s) signing consent links, comma-separated, first mints; unset = generated in Redis",
-    ),
-    *(
-        (
-            "metrics_listen",
-            "CONSENT_METRICS_LISTEN",
-            "--metrics-listen",
-            "Prometheus /metrics host:port; unset = off",
-        ),
-        (
-            "delivery_concurrency",
-            "CONSENT_DELIVERY_CONCURRENCY",
-            "--delivery-concurrency",
-            "messages one worker delivers at once",
-        ),
-        (
-            "delivery_visibility_s",
-            "CONSENT_DELIVERY_VISIBILITY_TIMEOUT",
-            "--delivery-visibility-timeout",
-            "seconds before another worker takes over a crashed worker's message",
-        ),
-        (
-            "delivery_max_attempts",
-            "CONSENT_DELIVERY_MAX_ATTEMPTS",
-            "--delivery-max-attempts",
-            "provider attempts before a message fails",
-        ),
-        (
-            "delivery_backoff_s",
-            "CONSENT_DELIVERY_BACKOFF",
-            "--delivery-backoff",
-            "seconds before the first retry (doubles each time)",
-        ),
-        (
-            "delivery_backoff_max_s",
-            "CONSENT_DELIVERY_BACKOFF_MAX",
-            "--delivery-backoff-max",
-            "longest wait between retries, seconds",
-        ),
-    ),
+        (),
+        _link_secrets,
+        "secret(s) that seal link tokens, each ≥ 32 characters. Comma-separated to rotate: "
+        "the first mints, all verify. Unset: a random secret is generated once and kept in "
+        "Redis (`ca:edge:link_secret`, created with `SET NX` so every server process shares "
+        "it). Set it when you want links to survive a Redis wipe, or on the embedded store, "
+        "where a restart invalidates every link",
+        shown="unset = generated",
+        secret=True,
+    )
+
+    @property
+    def listen_host(self) -> str:
+        """The listen host without brackets ("" when the edge is off)."""
+        return (self.listen or "").rsplit(":", 1)[0].strip("[]")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The server's configuration: one frozen group per concern."""
+
+    server: ServerSettings = field(default_factory=ServerSettings)
+    redis: RedisSettings = field(default_factory=RedisSettings)
+    observability: ObservabilitySettings = field(default_factory=ObservabilitySettings)
+    delivery: DeliverySettings = field(default_factory=DeliverySettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    tls: TlsSettings = field(default_factory=TlsSettings)
+    limits: LimitSettings = field(default_factory=LimitSettings)
+    edge: EdgeSettings = field(default_factory=EdgeSettings)
+
+    @property
+    def auth_required(self) -> bool:
+        """True when every call needs an API key: ``1``, or ``auto`` beyond loopback."""
+        if self.auth.require == "auto":
+            return not is_loopback(self.server.host)
+        return self.auth.require == "1"
+
+
+def _collect() -> tuple[Option, ...]:
+    defaults = Settings()
+    found = []
+    for group in fields(defaults):
+        for f in fields(getattr(defaults, group.name)):
+            spec = f.metadata.get("option")
+            if isinstance(spec, Option):
+                found.append(replace(spec, group=group.name, name=f.name))
+    return tuple(found)
+
+
+#: Every setting, group by group, in declaration order.
+OPTIONS: tuple[Option, ...] = _collect()
+#: The group names, in order (the fields of Settings).
+GROUPS: tuple[str, ...] = tuple(f.name for f in fields(Settings))
+
+
+# -- settings only valid together: run in order on the parsed Settings --
+
+
+def _check_redis(s: Settings) -> None:
+    if s.redis.cluster and s.redis.url is None:
+        raise ConfigError("CONSENT_REDIS_CLUSTER=1 needs CONSENT_REDIS_URL")
+
+
+def _check_tls(s: Settings) -> None:
+    t = s.tls
+    if (t.cert is None) != (t.key is None):
+        missing = "CONSENT_TLS_KEY" if t.key is None else "CONSENT_TLS_CERT"
+        raise ConfigError(f"{missing}: TLS needs both CONSENT_TLS_CERT and CONSENT_TLS_KEY")
+    if t.client_ca is not None and t.cert is None:
+        raise ConfigError("CONSENT_TLS_CLIENT_CA: mTLS needs CONSENT_TLS_CERT and CONSENT_TLS_KEY")
+    if t.cert is not None and t.key is not None:
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(t.cert, t.key)
+        except (ssl.SSLError, ValueError):
+            raise ConfigError(
+                "CONSENT_TLS_KEY: not the private key of CONSENT_TLS_CERT (or unreadable PEM)"
+            ) from None
+
+
+def _check_backoff(s: Settings) -> None:
+    base, cap = s.delivery.backoff_s, s.delivery.backoff_max_s
+    if cap < base:
+        raise ConfigError(
+            f"CONSENT_DELIVERY_BACKOFF_MAX={cap:g}: must not be below "
+            f"CONSENT_DELIVERY_BACKOFF={base:g}"
+        )
+
+
+def _check_auth(s: Settings) -> None:
+    """Refuse to serve beyond loopback without authentication unless told so explicitly."""
+    beyond_loopback = not is_loopback(s.server.host)
+    if not s.auth_required and beyond_loopback and not s.auth.allow_insecure:
+        raise ConfigError(
+            f"CONSENT_REQUIRE_AUTH=0 with CONSENT_LISTEN={s.server.listen!r} beyond loopback "
+            "would let anyone who reaches the port change consent: set "
+            "CONSENT_ALLOW_INSECURE=1 to do it on purpose, or turn authentication on"
+        )
+
+
+_CHECKS: tuple[Callable[[Settings], None], ...] = (
+    _check_redis,
+    _check_tls,
+    _check_backoff,
+    _check_auth,
 )
+
+
+# -- reading --
+
+
+def _plain(doc: str) -> str:
+    """A Markdown doc line as plain --help text."""
+    return re.sub(r"\[([^]]+)\]\([^)]*\)", r"\1", doc).replace("`", "")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -259,222 +620,30 @@ def _parser() -> argparse.ArgumentParser:
         prog="consent-server",
         description="The consent authority gRPC server. Flags mirror environment variables.",
     )
-    for name, env, flag, text in _OPTIONS:
-        p.add_argument(flag, dest=name, default=None, help=f"{text} (env {env})")
+    for o in OPTIONS:
+        if o.flag is not None:
+            p.add_argument(o.flag, dest=o.env, default=None, help=f"{_plain(o.doc)} (env {o.env})")
     return p
 
 
 def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
-    """Read flags and environment into a validated Settings, or raise ConfigError."""
+    """Read flags and environment into validated Settings, or raise ConfigError."""
     env = os.environ if environ is None else environ
     args = vars(_parser().parse_args(argv))
-    raw: dict[str, tuple[str, str]] = {}
-    for name, var, _flag, _help in _OPTIONS:
-        value = args.get(name)
-        if value is None:
-            value = env.get(var)
-        if value is not None and value != "":
-            raw[name] = (var, value)
-    # A secret: environment only (a flag would show in `ps`).
-    if env.get(BOOTSTRAP_ENV):
-        raw["bootstrap_admin_key"] = (BOOTSTRAP_ENV, env[BOOTSTRAP_ENV])
-    return _validate(raw)
-
-
-BOOTSTRAP_ENV = "CONSENT_BOOTSTRAP_ADMIN_KEY"
-
-# (setting, lowest, highest, default): the SPEC maxima cannot be raised, only lowered.
-_INTEGERS: tuple[tuple[str, int, int], ...] = (
-    ("rate_limit", 0, 1_000_000),
-    ("rate_burst", 0, 10_000_000),
-    ("max_request_bytes", 64 * 1024, 64 * 1024 * 1024),
-    ("max_concurrent_streams", 1, 100_000),
-    ("max_batch", 1, 10_000),
-    ("max_page_size", 1, 1000),
-    ("max_evidence_bytes", 0, 1024),
-    ("max_metadata_entries", 0, 32),
-    ("max_metadata_value", 0, 512),
-)
-
-
-def _integer(var: str, text: str, low: int, high: int) -> int:
-    try:
-        value = int(text.strip())
-    except ValueError:
-        raise ConfigError(f"{var}={text!r}: expected a whole number") from None
-    if not low <= value <= high:
-        raise ConfigError(f"{var}={text!r}: must be between {low} and {high}")
-    return value
-
-
-def _pem_file(var: str, path: str, marker: str) -> str:
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read(1 << 20)
-    except OSError as exc:
-        raise ConfigError(f"{var}={path!r}: cannot read it ({exc.strerror})") from None
-    if b"-----BEGIN " not in data or marker.encode() not in data:
-        raise ConfigError(f"{var}={path!r}: not a PEM file with a {marker}")
-    return path
-
-
-def _number(var: str, text: str, low: float, high: float) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise ConfigError(f"{var}={text!r}: expected a number of seconds") from None
-    if not low <= value <= high:
-        raise ConfigError(f"{var}={text!r}: must be between {low:g} and {high:g}")
-    return value
-
-
-def _choice(var: str, text: str, choices: Sequence[str]) -> str:
-    value = text.strip().lower()
-    if value not in choices:
-        raise ConfigError(f"{var}={text!r}: expected one of {', '.join(choices)}")
-    return value
-
-
-def _validate(raw: dict[str, tuple[str, str]]) -> Settings:
-    values: dict[str, object] = {}
-    if "listen" in raw:
-        values["listen"] = _host_port(*raw["listen"], "127.0.0.1:50051")
-    if "redis_url" in raw:
-        var, text = raw["redis_url"]
-        scheme = urlparse(text).scheme
-        if scheme not in ("redis", "rediss", "unix"):
-            raise ConfigError(f"{var}: expected a redis://, rediss:// or unix:// URL")
-        values["redis_url"] = text
-    if "redis_cluster" in raw:
-        var, text = raw["redis_cluster"]
-        values["redis_cluster"] = _choice(var, text, ("0", "1")) == "1"
-    if "redis_timeout_s" in raw:
-        values["redis_timeout_s"] = _number(*raw["redis_timeout_s"], 0.05, 60)
-    if "shutdown_grace_s" in raw:
-        values["shutdown_grace_s"] = _number(*raw["shutdown_grace_s"], 0, 600)
-    if "log_level" in raw:
-        var, text = raw["log_level"]
-        values["log_level"] = _choice(var, text, ("debug", "info", "warning", "error")).upper()
-    if "log_format" in raw:
-        values["log_format"] = _choice(*raw["log_format"], ("json", "text"))
-    if "default_region" in raw:
-        var, text = raw["default_region"]
-        if not is_valid_region(text.upper()):
-            raise ConfigError(f"{var}={text!r}: expected an ISO 3166 region code such as IN or US")
-        values["default_region"] = text.upper()
-    if "require_auth" in raw:
-        values["require_auth"] = _choice(*raw["require_auth"], ("auto", "1", "0"))
-    _validate_security(raw, values)
-    if "delivery" in raw:
-        values["delivery"] = _choice(*raw["delivery"], ("inline", "off"))
-    values.update(_validate_edge(raw))
-    _validate_delivery(raw, values)
-    if values.get("redis_cluster") and "redis_url" not in values:
-        raise ConfigError("CONSENT_REDIS_CLUSTER=1 needs CONSENT_REDIS_URL")
-    settings = Settings(**values)  # type: ignore[arg-type]
-    _check_auth(settings)
-    return settings
-
-
-def _validate_security(raw: dict[str, tuple[str, str]], values: dict[str, object]) -> None:
-    """TLS files, the insecure switch, the bootstrap key and the limits."""
-    if ("tls_cert" in raw) != ("tls_key" in raw):
-        missing = "CONSENT_TLS_KEY" if "tls_cert" in raw else "CONSENT_TLS_CERT"
-        raise ConfigError(f"{missing}: TLS needs both CONSENT_TLS_CERT and CONSENT_TLS_KEY")
-    if "tls_client_ca" in raw and "tls_cert" not in raw:
-        raise ConfigError("CONSENT_TLS_CLIENT_CA: mTLS needs CONSENT_TLS_CERT and CONSENT_TLS_KEY")
-    if "tls_cert" in raw:
-        values["tls_cert"] = _pem_file(*raw["tls_cert"], "CERTIFICATE")
-        values["tls_key"] = _pem_file(*raw["tls_key"], "PRIVATE KEY")
-        try:
-            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(
-                str(values["tls_cert"]), str(values["tls_key"])
-            )
-        except (ssl.SSLError, ValueError):
-            raise ConfigError(
-                "CONSENT_TLS_KEY: not the private key of CONSENT_TLS_CERT (or unreadable PEM)"
-            ) from None
-    if "tls_client_ca" in raw:
-        values["tls_client_ca"] = _pem_file(*raw["tls_client_ca"], "CERTIFICATE")
-    if "allow_insecure" in raw:
-        values["allow_insecure"] = _choice(*raw["allow_insecure"], ("0", "1")) == "1"
-    if "bootstrap_admin_key" in raw:
-        var, text = raw["bootstrap_admin_key"]
-        if not is_key_token(text.strip()):
-            # Never echo the value: it is meant to be a secret.
-            raise ConfigError(
-                f"{var}: not an API key of the form ck_<16 hex>_<43 url-safe characters>; "
-                "make one with `consentctl keys generate`"
-            )
-        values["bootstrap_admin_key"] = text.strip()
-    for name, low, high in _INTEGERS:
-        if name in raw:
-            values[name] = _integer(*raw[name], low, high)
-
-
-def _host_port(var: str, text: str, example: str, *, any_port: bool = True) -> str:
-    """A host:port setting; port 0 (pick a free one) only where ``any_port``."""
-    host, sep, port = text.rpartition(":")
-    lowest = 0 if any_port else 1
-    if not sep or not host or not port.isdigit() or not lowest <= int(port) <= 65535:
-        raise ConfigError(f"{var}={text!r}: expected host:port, e.g. {example}")
-    return text
-
-
-def _validate_edge(raw: dict[str, tuple[str, str]]) -> dict[str, object]:
-    values: dict[str, object] = {}
-    if "http_listen" in raw:
-        values["http_listen"] = _host_port(*raw["http_listen"], "127.0.0.1:8080")
-    if "public_url" in raw:
-        var, text = raw["public_url"]
-        url = urlparse(text)
-        if url.scheme not in ("http", "https") or not url.netloc or url.query or url.fragment:
-            raise ConfigError(
-                f"{var}={text!r}: expected an http(s) base URL without query, "
-                "e.g. https://consent.example.com"
-            )
-        values["public_url"] = text.rstrip("/")
-    if "link_secrets" in raw:
-        var, text = raw["link_secrets"]
-        parts = tuple(p.strip() for p in text.split(","))
-        # Never echo the value: it is a secret.
-        if any(len(p) < 32 for p in parts):
-            raise ConfigError(f"{var}: each comma-separated secret must be at least 32 characters")
-        values["link_secrets"] = tuple(p.encode() for p in parts)
-    return values
-
-
-def _validate_delivery(raw: dict[str, tuple[str, str]], values: dict[str, object]) -> None:
-    """The delivery worker's settings and the metrics listener."""
-    if "metrics_listen" in raw:
-        var, text = raw["metrics_listen"]
-        _host_port(var, text, "127.0.0.1:9464", any_port=False)
-        host = text.rpartition(":")[0]
-        if not is_loopback(host.strip("[]")):
-            try:
-                ipaddress.ip_address(host.strip("[]"))
-            except ValueError:
-                raise ConfigError(f"{var}={text!r}: expected an IP address or localhost") from None
-        values["metrics_listen"] = text
-    if "delivery_concurrency" in raw:
-        values["delivery_concurrency"] = _integer(*raw["delivery_concurrency"], 1, 1024)
-    if "delivery_visibility_s" in raw:
-        values["delivery_visibility_s"] = _number(*raw["delivery_visibility_s"], 0.2, 3600)
-    if "delivery_max_attempts" in raw:
-        values["delivery_max_attempts"] = _integer(*raw["delivery_max_attempts"], 1, 100)
-    if "delivery_backoff_s" in raw:
-        values["delivery_backoff_s"] = _number(*raw["delivery_backoff_s"], 0.01, 3600)
-    if "delivery_backoff_max_s" in raw:
-        values["delivery_backoff_max_s"] = _number(*raw["delivery_backoff_max_s"], 0.01, 86400)
+    values: dict[str, dict[str, object]] = {g: {} for g in GROUPS}
+    for o in OPTIONS:
+        text = args.get(o.env)
+        if text is None:
+            text = env.get(o.env)
+        if text is not None and text != "":
+            values[o.group][o.name] = o.parse(o.env, text)
     defaults = Settings()
-    base = values.get("delivery_backoff_s", defaults.delivery_backoff_s)
-    cap = values.get("delivery_backoff_max_s", defaults.delivery_backoff_max_s)
-    assert isinstance(base, float) and isinstance(cap, float)
-    if cap < base:
-        raise ConfigError(
-            f"CONSENT_DELIVERY_BACKOFF_MAX={cap:g}: must not be below "
-            f"CONSENT_DELIVERY_BACKOFF={base:g}"
-        )
+    settings = replace(
+        defaults, **{g: replace(getattr(defaults, g), **changes) for g, changes in values.items()}
+    )
+    for check in _CHECKS:
+        check(settings)
+    return settings
 
 
 def is_loopback(host: str) -> bool:
@@ -487,12 +656,68 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _check_auth(settings: Settings) -> None:
-    """Refuse to serve beyond loopback without authentication unless told so explicitly."""
-    beyond_loopback = not is_loopback(settings.host)
-    if not settings.auth_required and beyond_loopback and not settings.allow_insecure:
-        raise ConfigError(
-            f"CONSENT_REQUIRE_AUTH=0 with CONSENT_LISTEN={settings.listen!r} beyond loopback "
-            "would let anyone who reaches the port change consent: set "
-            "CONSENT_ALLOW_INSECURE=1 to do it on purpose, or turn authentication on"
-        )
+# -- documentation: the README's tables come from OPTIONS --
+
+
+def _default_text(o: Option) -> str:
+    if o.shown_default is not None:
+        return o.shown_default
+    value = getattr(getattr(Settings(), o.group), o.name)
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return f"`{int(value)}`"
+    if isinstance(value, float):
+        return f"`{value:g}`"
+    return f"`{value}`"
+
+
+def markdown_table(groups: Sequence[str] = GROUPS) -> str:
+    """The Markdown table of the options of ``groups``, in declaration order."""
+    unknown = sorted(set(groups) - set(GROUPS))
+    if unknown:
+        raise ConfigError(f"unknown setting group(s) {', '.join(unknown)}: one of {GROUPS}")
+    rows = ["| Variable | Flag | Default | Meaning |", "|---|---|---|---|"]
+    for o in OPTIONS:
+        if o.group in groups:
+            flag = f"`{o.flag}`" if o.flag else "— (env only: flags show in `ps`)"
+            rows.append(f"| `{o.env}` | {flag} | {_default_text(o)} | {o.doc} |")
+    return "\n".join(rows) + "\n"
+
+
+_BLOCK = re.compile(
+    r"(<!-- BEGIN generated: python -m consent_server\.config --markdown ([a-z ]+) -->\n)"
+    r".*?(<!-- END generated -->)",
+    re.DOTALL,
+)
+
+
+def render_readme(text: str) -> str:
+    """``text`` with every generated configuration table block regenerated."""
+    return _BLOCK.sub(lambda m: m[1] + markdown_table(m[2].split()) + m[3], text)
+
+
+def _main(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m consent_server.config", description="The configuration tables."
+    )
+    p.add_argument(
+        "--markdown",
+        nargs="*",
+        metavar="GROUP",
+        help=f"print a table of these groups: {', '.join(GROUPS)} (default: all)",
+    )
+    p.add_argument("--readme", metavar="PATH", help="regenerate the tables in this README")
+    args = p.parse_args(argv)
+    if args.readme:
+        with open(args.readme, encoding="utf-8") as fh:
+            text = fh.read()
+        with open(args.readme, "w", encoding="utf-8") as fh:
+            fh.write(render_readme(text))
+    if args.markdown is not None:
+        print(markdown_table(args.markdown or GROUPS), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

@@ -19,7 +19,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse configuration, deliver until SIGTERM, return the exit code (2 = bad config)."""
     try:
         settings = load(argv)
-        logs.configure(settings.log_level, settings.log_format)
+        logs.configure(settings.observability.log_level, settings.observability.log_format)
         return asyncio.run(run_worker(settings))
     except ConfigError as exc:
         print(f"consent-worker: configuration error: {exc}", file=sys.stderr)

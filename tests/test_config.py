@@ -40,7 +40,7 @@ def test_auth_off_beyond_loopback_needs_the_explicit_switch() -> None:
         settings(env)
     assert "CONSENT_ALLOW_INSECURE=1" in str(err.value) and "\n" not in str(err.value)
     s = settings({**env, "CONSENT_ALLOW_INSECURE": "1"})
-    assert not s.auth_required and s.allow_insecure
+    assert not s.auth_required and s.auth.allow_insecure
     assert settings({}, ["--listen", "0.0.0.0:1", "--require-auth", "0", "--allow-insecure", "1"])
 
 
@@ -67,7 +67,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 def test_tls_settings(pki: dict[str, str]) -> None:
     s = settings({"CONSENT_TLS_CERT": pki["cert"], "CONSENT_TLS_KEY": pki["key"]})
-    assert s.tls and s.tls_client_ca is None
+    assert s.tls.enabled and s.tls.client_ca is None
     s = settings(
         {
             "CONSENT_TLS_CERT": pki["cert"],
@@ -75,7 +75,7 @@ def test_tls_settings(pki: dict[str, str]) -> None:
             "CONSENT_TLS_CLIENT_CA": pki["ca"],
         }
     )
-    assert s.tls_client_ca == pki["ca"]
+    assert s.tls.client_ca == pki["ca"]
 
 
 @pytest.mark.parametrize(
@@ -117,10 +117,14 @@ def test_limits_are_configurable_but_never_above_the_spec() -> None:
             "CONSENT_RATE_BURST": "7",
         }
     )
-    assert (s.max_batch, s.max_page_size, s.max_evidence_bytes) == (50, 10, 100)
-    assert (s.max_metadata_entries, s.max_metadata_value) == (2, 16)
-    assert (s.max_request_bytes, s.max_concurrent_streams) == (65536, 8)
-    assert (s.rate_limit, s.rate_burst) == (5, 7)
+    assert (s.limits.max_batch, s.limits.max_page_size, s.limits.max_evidence_bytes) == (
+        50,
+        10,
+        100,
+    )
+    assert (s.limits.max_metadata_entries, s.limits.max_metadata_value) == (2, 16)
+    assert (s.limits.max_request_bytes, s.limits.max_concurrent_streams) == (65536, 8)
+    assert (s.auth.rate_limit, s.auth.rate_burst) == (5, 7)
     for var, bad in [
         ("CONSENT_MAX_BATCH", "10001"),
         ("CONSENT_MAX_BATCH", "0"),
@@ -138,7 +142,7 @@ def test_limits_are_configurable_but_never_above_the_spec() -> None:
 def test_bootstrap_key_is_validated_from_the_environment_and_never_echoed() -> None:
     _, token, _ = new_key()
     s = settings({"CONSENT_BOOTSTRAP_ADMIN_KEY": token})
-    assert s.bootstrap_admin_key == token
+    assert s.auth.bootstrap_admin_key == token
     assert token not in repr(s) and token[20:] not in repr(s)
     bad = "ck_0123abcd0123abcd_tooshort-secret-value"
     with pytest.raises(ConfigError) as err:

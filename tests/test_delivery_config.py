@@ -13,8 +13,8 @@ from consent_server.delivery.runner import worker_options
 
 def test_defaults() -> None:
     s = load([], {})
-    assert s.delivery == "inline"
-    assert s.metrics_listen is None
+    assert s.delivery.mode == "inline"
+    assert s.observability.metrics_listen is None
     opts = worker_options(s)
     assert opts.visibility_timeout_s == 60.0
     assert opts.max_attempts == 8
@@ -34,8 +34,8 @@ def test_values_and_flags() -> None:
             "CONSENT_DELIVERY_MAX_ATTEMPTS": "9",  # the flag wins
         },
     )
-    assert s.delivery == "off"
-    assert s.metrics_listen == "127.0.0.1:9464"
+    assert s.delivery.mode == "off"
+    assert s.observability.metrics_listen == "127.0.0.1:9464"
     opts = worker_options(s)
     assert (opts.max_attempts, opts.concurrency, opts.visibility_timeout_s) == (3, 4, 2.5)
     assert (opts.backoff_base_ms, opts.backoff_max_ms) == (100.0, 500.0)

@@ -12,7 +12,7 @@ SECRET_B = "b" * 40
 
 def test_off_by_default() -> None:
     s = load([], {})
-    assert (s.http_listen, s.public_url, s.link_secrets) == (None, None, ())
+    assert (s.edge.listen, s.edge.public_url, s.edge.link_secrets) == (None, None, ())
 
 
 def test_edge_settings_from_env_and_flags() -> None:
@@ -24,9 +24,9 @@ def test_edge_settings_from_env_and_flags() -> None:
             "CONSENT_LINK_SECRET": f"{SECRET_A}, {SECRET_B}",
         },
     )
-    assert s.http_listen == "0.0.0.0:8080"  # the flag wins
-    assert s.public_url == "https://consent.example.com"
-    assert s.link_secrets == (SECRET_A.encode(), SECRET_B.encode())
+    assert s.edge.listen == "0.0.0.0:8080"  # the flag wins
+    assert s.edge.public_url == "https://consent.example.com"
+    assert s.edge.link_secrets == (SECRET_A.encode(), SECRET_B.encode())
     assert SECRET_A not in repr(s)
 
 

@@ -20,30 +20,30 @@ log = logging.getLogger("consent_server.delivery")
 def worker_options(settings: Settings) -> WorkerOptions:
     """Worker tuning from the settings (CONSENT_DELIVERY_*)."""
     return WorkerOptions(
-        concurrency=settings.delivery_concurrency,
-        visibility_timeout_s=settings.delivery_visibility_s,
-        max_attempts=settings.delivery_max_attempts,
-        backoff_base_ms=settings.delivery_backoff_s * 1000,
-        backoff_max_ms=settings.delivery_backoff_max_s * 1000,
+        concurrency=settings.delivery.concurrency,
+        visibility_timeout_s=settings.delivery.visibility_s,
+        max_attempts=settings.delivery.max_attempts,
+        backoff_base_ms=settings.delivery.backoff_s * 1000,
+        backoff_max_ms=settings.delivery.backoff_max_s * 1000,
     )
 
 
 def build_worker(settings: Settings, store: RedisConsentStore) -> DeliveryWorker:
     """A worker sharing ``store``'s Redis client (the inline worker of a server)."""
-    outbox = DeliveryRepository(store.client, cluster=settings.redis_cluster)
+    outbox = DeliveryRepository(store.client, cluster=settings.redis.cluster)
     return DeliveryWorker(store, outbox, worker_options(settings))
 
 
 async def run_worker(settings: Settings) -> int:
     """``python -m consent_server.worker``: deliver until SIGTERM/SIGINT, then drain."""
-    if settings.embedded:
+    if settings.redis.embedded:
         raise ConfigError(
             "CONSENT_REDIS_URL is required: a worker process delivers from a shared Redis "
             "(the embedded store lives inside one server process)"
         )
-    serve_metrics(settings.metrics_listen)
+    serve_metrics(settings.observability.metrics_listen)
     store = open_store(
-        settings.redis_url, cluster=settings.redis_cluster, timeout_s=settings.redis_timeout_s
+        settings.redis.url, cluster=settings.redis.cluster, timeout_s=settings.redis.timeout_s
     )
     worker = build_worker(settings, store)
     stop = asyncio.Event()
@@ -64,6 +64,6 @@ async def run_worker(settings: Settings) -> int:
                 continue
     log.info("delivery worker process ready", extra={"consumer": worker.consumer})
     await stop.wait()
-    await worker.stop(settings.shutdown_grace_s)
+    await worker.stop(settings.server.shutdown_grace_s)
     await store.aclose()
     return 0

@@ -28,8 +28,8 @@ log = logging.getLogger("consent_server.http")
 
 def keyring_for(settings: Settings, edge_store: EdgeStore) -> Keyring:
     """CONSENT_LINK_SECRET when set, else the secret generated once in Redis."""
-    if settings.link_secrets:
-        return static_keyring(settings.link_secrets)
+    if settings.edge.link_secrets:
+        return static_keyring(settings.edge.link_secrets)
     return stored_keyring(edge_store)
 
 
