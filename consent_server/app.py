@@ -1,4 +1,11 @@
-"""Wiring: settings -> store -> services -> server; health, reflection, signals, drain."""
+"""The composition root: settings -> store -> use cases -> servicers -> listeners.
+
+:func:`build` wires everything and binds the listening sockets without starting
+anything; :func:`run` starts the listeners, the health watcher and the inline worker,
+and drains them gracefully once told to stop; :func:`serve` (the process) installs the
+SIGTERM/SIGINT handlers first and runs the two. Each step is a small named function, so
+that a new piece of wiring has an obvious home.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +14,7 @@ import contextlib
 import logging
 import signal
 import ssl
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -16,12 +24,17 @@ from grpc_reflection.v1alpha import reflection
 
 from consent_client.v1 import admin_pb2, admin_pb2_grpc, consent_pb2, consent_pb2_grpc
 from consent_server.api.admin import ConsentAdminService
+from consent_server.api.admin_security import SecurityHandlers
+from consent_server.api.admin_service import TenantSettingsHandlers
 from consent_server.api.auth import AuthInterceptor
 from consent_server.api.consent_service import ConsentServicer
+from consent_server.api.delivery_admin_service import DeliveryProviderHandlers
+from consent_server.api.edge_admin_service import WhatsAppWebhookHandlers
 from consent_server.config import ConfigError, Settings, TlsSettings, is_loopback
 from consent_server.delivery.metrics import serve_metrics
 from consent_server.delivery.receipts import WebhookCallbacks, whatsapp_status_handler
 from consent_server.delivery.runner import build_worker
+from consent_server.delivery.worker import DeliveryWorker
 from consent_server.domain.auth import OPERATOR_TENANT, Role
 from consent_server.domain.delivery import DeliveryAdmin
 from consent_server.domain.edge import ConsentLinks
@@ -56,6 +69,236 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
     ]
 
 
+@dataclass(frozen=True, slots=True)
+class Services:
+    """Everything the server is made of, wired and bound, nothing started yet.
+
+    :func:`build` makes it from the settings; :func:`run` starts it and drains it. Tests
+    build one on the embedded store and call the servicers or the bound port directly.
+    """
+
+    settings: Settings
+    store: RedisConsentStore
+    authority: ConsentAuthority
+    security: SecurityAuthority
+    edge_store: RedisEdgeStore
+    links: ConsentLinks
+    delivery_repo: DeliveryRepository
+    public_url: str | None  # the base URL of consent links and webhook URLs, if any
+    consent: ConsentServicer
+    admin: ConsentAdminService
+    health: health_aio.HealthServicer
+    server: grpc.aio.Server  # servicers added, port bound, not started
+    port: int  # the bound gRPC port (the real one when CONSENT_LISTEN ends in :0)
+    reloader: CertificateReloader | None  # None without TLS
+    http_edge: HttpEdge | None  # socket bound, not served; None without CONSENT_HTTP_LISTEN
+    worker: DeliveryWorker | None  # None unless CONSENT_DELIVERY=inline
+
+
+async def serve(settings: Settings) -> int:
+    """Run the server until SIGTERM/SIGINT; return the process exit code."""
+    # Handlers first: a SIGTERM that lands while we start up still means "drain and exit 0".
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return await run(build(settings), stop)
+
+
+def build(settings: Settings) -> Services:
+    """Wire the store, use cases, servicers, HTTP edge and worker; start nothing.
+
+    Listening sockets are bound (ConfigError when an address is unusable), so that link
+    URLs and tests know the real ports.
+    """
+    warn_at_start(settings)
+    store = open_store(
+        settings.redis.url, cluster=settings.redis.cluster, timeout_s=settings.redis.timeout_s
+    )
+    authority = ConsentAuthority(
+        store, default_region=settings.server.default_region, limits=limits_of(settings)
+    )
+    security = SecurityAuthority(
+        RedisSecurityStore(store.client, store.tombstones),
+        store,
+        limits=RateLimits(settings.auth.rate_limit, settings.auth.rate_burst),
+        default_region=settings.server.default_region,
+    )
+    # The HTTP edge binds first, so that link URLs can name its real port.
+    http_edge = bind_http_edge(settings)
+    public_url = settings.edge.public_url or (http_edge.local_url if http_edge else None)
+    edge_store = RedisEdgeStore(store)
+    links = consent_links(settings, authority, store, edge_store, public_url)
+    delivery_repo = DeliveryRepository(store.client)
+    consent = ConsentServicer(authority, links)
+    admin = admin_servicer(authority, security, edge_store, public_url, delivery_repo)
+    health = health_aio.HealthServicer()
+    server = grpc_server(settings, security, consent, admin, health)
+    reloader = CertificateReloader(settings.tls) if settings.tls.enabled else None
+    return Services(
+        settings=settings,
+        store=store,
+        authority=authority,
+        security=security,
+        edge_store=edge_store,
+        links=links,
+        delivery_repo=delivery_repo,
+        public_url=public_url,
+        consent=consent,
+        admin=admin,
+        health=health,
+        server=server,
+        port=bind_grpc(server, settings, reloader),
+        reloader=reloader,
+        http_edge=http_edge,
+        worker=build_worker(settings, store) if settings.delivery.mode == "inline" else None,
+    )
+
+
+def consent_links(
+    settings: Settings,
+    authority: ConsentAuthority,
+    store: RedisConsentStore,
+    edge_store: RedisEdgeStore,
+    public_url: str | None,
+) -> ConsentLinks:
+    """The link use case; opt-out confirmations carry signed links when customers can
+    open them."""
+    links = ConsentLinks(
+        authority,
+        store,
+        keyring_for(settings, edge_store),
+        public_url,
+        default_region=settings.server.default_region,
+    )
+    # Customers must be able to open a link sent in a confirmation: without an explicit
+    # CONSENT_PUBLIC_URL, only a loopback listener (development) names its own address.
+    if settings.edge.public_url or (
+        settings.edge.listen is not None and is_loopback(settings.edge.listen_host)
+    ):
+        authority.use_signed_links(links.resubscribe_url)
+    return links
+
+
+def admin_servicer(
+    authority: ConsentAuthority,
+    security: SecurityAuthority,
+    edge_store: RedisEdgeStore,
+    public_url: str | None,
+    delivery_repo: DeliveryRepository,
+) -> ConsentAdminService:
+    """ConsentAdminService: one handler object per area, each on its use case."""
+    return ConsentAdminService(
+        settings=TenantSettingsHandlers(authority),
+        security=SecurityHandlers(security),
+        delivery=DeliveryProviderHandlers(DeliveryAdmin(delivery_repo)),
+        webhooks=WhatsAppWebhookHandlers(edge_store, public_url),
+    )
+
+
+def grpc_server(
+    settings: Settings,
+    security: SecurityAuthority,
+    consent: ConsentServicer,
+    admin: ConsentAdminService,
+    health_servicer: health_aio.HealthServicer,
+) -> grpc.aio.Server:
+    """The gRPC server with authentication, every service, and reflection."""
+    server = grpc.aio.server(
+        interceptors=[AuthInterceptor(security, required=settings.auth_required)],
+        options=server_options(settings),
+    )
+    consent_pb2_grpc.add_ConsentServiceServicer_to_server(consent, server)
+    admin_pb2_grpc.add_ConsentAdminServiceServicer_to_server(admin, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, ADMIN_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    return server
+
+
+def bind_grpc(
+    server: grpc.aio.Server, settings: Settings, reloader: CertificateReloader | None
+) -> int:
+    """Bind CONSENT_LISTEN (TLS when configured); the bound port, or ConfigError."""
+    listen = settings.server.listen
+    try:
+        if reloader is not None:
+            port = server.add_secure_port(listen, server_credentials(reloader, settings))
+        else:
+            port = server.add_insecure_port(listen)
+    except RuntimeError:
+        port = 0
+    if port == 0 and not listen.endswith(":0"):
+        raise ConfigError(f"CONSENT_LISTEN={listen!r}: cannot listen there (in use?)")
+    return port
+
+
+async def run(services: Services, stop: asyncio.Event) -> int:
+    """Serve ``services`` until ``stop`` is set, then drain; return the exit code (0)."""
+    s = services
+    settings = s.settings
+    loop = asyncio.get_running_loop()
+    await _set_health(s.health, NOT_SERVING)
+    bootstrap = await install_bootstrap(s)
+    serve_metrics(settings.observability.metrics_listen)
+    await s.server.start()
+    log.info(
+        "consent authority serving",
+        extra={
+            "address": f"{settings.server.listen.rsplit(':', 1)[0]}:{s.port}",
+            "store": "embedded" if settings.redis.embedded else "redis",
+            "auth": "required" if settings.auth_required else "optional",
+            "tls": "mtls" if settings.tls.client_ca else ("tls" if settings.tls.enabled else "off"),
+        },
+    )
+    # The inline worker starts once the server serves and stops after it drained.
+    if s.worker is not None:
+        await s.worker.start()
+    if s.http_edge is not None:
+        await start_http_edge(s, s.http_edge)
+    if s.reloader is not None:
+        loop.add_signal_handler(signal.SIGHUP, s.reloader.reload)
+    watcher = asyncio.create_task(watch_store(s.store, s.health, settings.server.health_interval_s))
+    await stop.wait()
+    await drain(s, [watcher, *([bootstrap] if bootstrap is not None else [])])
+    return 0
+
+
+async def install_bootstrap(services: Services) -> asyncio.Task[bool] | None:
+    """Install CONSENT_BOOTSTRAP_ADMIN_KEY before serving, so the first call can use it.
+
+    While Redis is down the server starts anyway (NOT_SERVING): the returned task keeps
+    trying in the background.
+    """
+    token = services.settings.auth.bootstrap_admin_key
+    if not token or await install_bootstrap_key(services.security, token, retry=False):
+        return None
+    return asyncio.create_task(install_bootstrap_key(services.security, token, retry=True))
+
+
+async def start_http_edge(services: Services, http_edge: HttpEdge) -> None:
+    """Serve the edge's app on its bound socket."""
+    s = services
+    await http_edge.start(
+        edge_app(
+            s.authority,
+            s.links,
+            s.edge_store,
+            WebhookCallbacks(s.store, s.delivery_repo),
+            on_status=whatsapp_status_handler(s.store, s.delivery_repo),
+        ),
+        s.settings.server.shutdown_grace_s,
+    )
+    log.info(
+        "http edge serving",
+        extra={
+            "address": http_edge.local_url.removeprefix("http://"),
+            "public_url": s.public_url,
+        },
+    )
+
+
 async def _set_health(servicer: health_aio.HealthServicer, status: int) -> None:
     for name in ("", SERVICE_NAME):
         await servicer.set(name, status)
@@ -85,161 +328,32 @@ async def watch_store(
         await asyncio.sleep(interval_s)
 
 
-async def serve(settings: Settings) -> int:
-    """Run the server until SIGTERM/SIGINT; return the process exit code."""
-    # Handlers first: a SIGTERM that lands while we start up still means "drain and exit 0".
-    stop = asyncio.Event()
+async def drain(services: Services, background: list[asyncio.Task[Any]]) -> None:
+    """Graceful shutdown within one grace period: health NOT_SERVING, in-flight calls
+    finish, then the worker's deliveries, then the store closes."""
+    s = services
+    grace = s.settings.server.shutdown_grace_s
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    if settings.redis.embedded:
-        log.warning(
-            "EMBEDDED STORE IN USE: consent data lives in this process's memory only and is "
-            "LOST when it stops. NOT DURABLE - set CONSENT_REDIS_URL for production."
-        )
-    _warn_security(settings)
-    store = open_store(
-        settings.redis.url, cluster=settings.redis.cluster, timeout_s=settings.redis.timeout_s
-    )
-    authority = ConsentAuthority(
-        store, default_region=settings.server.default_region, limits=limits_of(settings)
-    )
-    security = SecurityAuthority(
-        RedisSecurityStore(store.client, store.tombstones),
-        store,
-        limits=RateLimits(settings.auth.rate_limit, settings.auth.rate_burst),
-        default_region=settings.server.default_region,
-    )
-    # The HTTP edge binds first, so that link URLs can name its real port.
-    http_edge = bind_http_edge(settings)
-    public_url = settings.edge.public_url or (http_edge.local_url if http_edge else None)
-    edge_store = RedisEdgeStore(store)
-    links = ConsentLinks(
-        authority,
-        store,
-        keyring_for(settings, edge_store),
-        public_url,
-        default_region=settings.server.default_region,
-    )
-    # Customers must be able to open a link sent in a confirmation: without an explicit
-    # CONSENT_PUBLIC_URL, only a loopback listener (development) names its own address.
-    if settings.edge.public_url or (
-        http_edge is not None and is_loopback(settings.edge.listen_host)
-    ):
-        authority.use_signed_links(links.resubscribe_url)
-    consent_servicer = ConsentServicer(authority, links)
-    delivery_repo = DeliveryRepository(store.client)
-
-    server = grpc.aio.server(
-        interceptors=[AuthInterceptor(security, required=settings.auth_required)],
-        options=server_options(settings),
-    )
-    consent_pb2_grpc.add_ConsentServiceServicer_to_server(consent_servicer, server)
-    admin_pb2_grpc.add_ConsentAdminServiceServicer_to_server(
-        ConsentAdminService(
-            authority,
-            security,
-            edge_store,
-            public_url,
-            DeliveryAdmin(delivery_repo),
-        ),
-        server,
-    )
-    health_servicer = health_aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, ADMIN_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
-    await _set_health(health_servicer, NOT_SERVING)
-    bootstrap: asyncio.Task[bool] | None = None
-    # Installed before serving, so the first call can already use it; while Redis is
-    # down the server starts anyway (NOT_SERVING) and keeps trying in the background.
-    if settings.auth.bootstrap_admin_key and not await install_bootstrap_key(
-        security, settings.auth.bootstrap_admin_key, retry=False
-    ):
-        bootstrap = asyncio.create_task(
-            install_bootstrap_key(security, settings.auth.bootstrap_admin_key, retry=True)
-        )
-    reloader = CertificateReloader(settings.tls) if settings.tls.enabled else None
-    try:
-        if reloader is not None:
-            port = server.add_secure_port(
-                settings.server.listen, server_credentials(reloader, settings)
-            )
-        else:
-            port = server.add_insecure_port(settings.server.listen)
-    except RuntimeError:
-        port = 0
-    if port == 0 and not settings.server.listen.endswith(":0"):
-        raise ConfigError(
-            f"CONSENT_LISTEN={settings.server.listen!r}: cannot listen there (in use?)"
-        )
-    serve_metrics(settings.observability.metrics_listen)
-    await server.start()
-    host = settings.server.listen.rsplit(":", 1)[0]
-    log.info(
-        "consent authority serving",
-        extra={
-            "address": f"{host}:{port}",
-            "store": "embedded" if settings.redis.embedded else "redis",
-            "auth": "required" if settings.auth_required else "optional",
-            "tls": "mtls" if settings.tls.client_ca else ("tls" if settings.tls.enabled else "off"),
-        },
-    )
-    # The inline worker starts once the server serves and stops after it drained.
-    worker = build_worker(settings, store) if settings.delivery.mode == "inline" else None
-    if worker is not None:
-        await worker.start()
-
-    if http_edge is not None:
-        await http_edge.start(
-            edge_app(
-                authority,
-                links,
-                edge_store,
-                WebhookCallbacks(store, delivery_repo),
-                on_status=whatsapp_status_handler(store, delivery_repo),
-            ),
-            settings.server.shutdown_grace_s,
-        )
-        log.info(
-            "http edge serving",
-            extra={
-                "address": http_edge.local_url.removeprefix("http://"),
-                "public_url": public_url,
-            },
-        )
-
-    if reloader is not None:
-        loop.add_signal_handler(signal.SIGHUP, reloader.reload)
-    watcher = asyncio.create_task(
-        watch_store(store, health_servicer, settings.server.health_interval_s)
-    )
-    await stop.wait()
-
-    log.info(
-        "shutting down: draining in-flight calls",
-        extra={"grace_s": settings.server.shutdown_grace_s},
-    )
-    deadline = loop.time() + settings.server.shutdown_grace_s
-    for task in (watcher, bootstrap):
-        if task is not None:
-            await _cancel_quietly(task)
-    await health_servicer.enter_graceful_shutdown()
+    log.info("shutting down: draining in-flight calls", extra={"grace_s": grace})
+    deadline = loop.time() + grace
+    for task in background:
+        await _cancel_quietly(task)
+    if s.reloader is not None:
+        loop.remove_signal_handler(signal.SIGHUP)
+    await s.health.enter_graceful_shutdown()
     # HTTP and gRPC drain side by side, within one grace period: in-flight calls, webhooks
     # and clicks finish; WhatsApp redelivers anything refused meanwhile.
     await asyncio.gather(
-        *([http_edge.stop()] if http_edge is not None else []),
-        server.stop(settings.server.shutdown_grace_s),
+        *([s.http_edge.stop()] if s.http_edge is not None else []),
+        s.server.stop(grace),
     )
-    if worker is not None:
+    if s.worker is not None:
         # Deliveries under way get what is left of the grace period; the rest stay
         # pending and another worker reclaims them.
-        await worker.stop(max(0.0, deadline - loop.time()))
+        await s.worker.stop(max(0.0, deadline - loop.time()))
     with contextlib.suppress(Exception):  # closing connections must not fail the exit
-        await store.aclose()
+        await s.store.aclose()
     log.info("stopped")
-    return 0
 
 
 async def _cancel_quietly(task: asyncio.Task[Any]) -> None:
@@ -255,12 +369,13 @@ async def _cancel_quietly(task: asyncio.Task[Any]) -> None:
 
 def limits_of(settings: Settings) -> Limits:
     """The request limits the settings configure."""
+    limits = settings.limits
     return Limits(
-        max_batch=settings.limits.max_batch,
-        max_page_size=settings.limits.max_page_size,
-        max_evidence_bytes=settings.limits.max_evidence_bytes,
-        max_metadata_entries=settings.limits.max_metadata_entries,
-        max_metadata_value=settings.limits.max_metadata_value,
+        max_batch=limits.max_batch,
+        max_page_size=limits.max_page_size,
+        max_evidence_bytes=limits.max_evidence_bytes,
+        max_metadata_entries=limits.max_metadata_entries,
+        max_metadata_value=limits.max_metadata_value,
     )
 
 
@@ -323,6 +438,16 @@ def server_credentials(reloader: CertificateReloader, settings: Settings) -> grp
     )
 
 
+def warn_at_start(settings: Settings) -> None:
+    """Log what an operator must know before the first call: durability and exposure."""
+    if settings.redis.embedded:
+        log.warning(
+            "EMBEDDED STORE IN USE: consent data lives in this process's memory only and is "
+            "LOST when it stops. NOT DURABLE - set CONSENT_REDIS_URL for production."
+        )
+    _warn_security(settings)
+
+
 def _warn_security(settings: Settings) -> None:
     beyond = not is_loopback(settings.server.host)
     if not settings.auth_required:
@@ -371,12 +496,11 @@ async def install_bootstrap_key(security: SecurityAuthority, token: str, *, retr
 
 def bind_http_edge(settings: Settings) -> HttpEdge | None:
     """The HTTP edge's bound socket when CONSENT_HTTP_LISTEN is set; ConfigError when unusable."""
-    if not settings.edge.listen:
+    listen = settings.edge.listen
+    if not listen:
         return None
     try:
-        return HttpEdge(settings.edge.listen)
+        return HttpEdge(listen)
     except (OSError, ValueError) as exc:
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise ConfigError(
-            f"CONSENT_HTTP_LISTEN={settings.edge.listen!r}: cannot listen there ({why})"
-        ) from None
+        raise ConfigError(f"CONSENT_HTTP_LISTEN={listen!r}: cannot listen there ({why})") from None

@@ -1,39 +1,101 @@
-"""The one consent.v1.ConsentAdminService servicer.
+"""The one consent.v1.ConsentAdminService servicer, composed of per-area handlers.
 
-Each workstream's admin RPCs live in a module of their own (tenant settings,
-API keys and erasure, ...); gRPC serves a service from one servicer, so this
-class combines them. Methods of the earlier bases win, and whatever no base
-implements falls through to the generated servicer, which answers UNIMPLEMENTED.
+gRPC serves a service from one servicer object. Each area's RPCs live in a handler
+object of its own module (tenant settings, API keys and erasure, delivery providers,
+the WhatsApp webhook); this servicer holds one of each and every RPC is one line
+delegating to its area. Error mapping happens in the handlers (``@rpc``). An RPC of
+the proto that no line here delegates falls through to the generated base class,
+which answers UNIMPLEMENTED (a test checks that none does).
 """
 
 from __future__ import annotations
 
-from consent_server.domain.delivery import DeliveryAdmin
-from consent_server.domain.edge import EdgeStore
-from consent_server.domain.security import SecurityAuthority
-from consent_server.domain.service import ConsentAuthority
+from consent_client.v1 import admin_pb2 as apb
+from consent_client.v1 import admin_pb2_grpc as apb_grpc
 
-from .admin_security import SecurityAdminServicer
-from .admin_service import ConsentAdminServicer as TenantSettingsAdminServicer
-from .delivery_admin_service import DeliveryAdminMixin
-from .edge_admin_service import EdgeAdminServicer
+from .admin_security import SecurityHandlers
+from .admin_service import TenantSettingsHandlers
+from .consent_service import Ctx
+from .delivery_admin_service import DeliveryProviderHandlers
+from .edge_admin_service import WhatsAppWebhookHandlers
 
 
-class ConsentAdminService(
-    SecurityAdminServicer, DeliveryAdminMixin, EdgeAdminServicer, TenantSettingsAdminServicer
-):
-    """Tenant settings, API keys and erasure, delivery providers and the HTTP edge's
-    settings, served as one service."""
+class ConsentAdminService(apb_grpc.ConsentAdminServiceServicer):
+    """Tenant settings, API keys and erasure, delivery providers and the WhatsApp
+    webhook, served as one service."""
 
     def __init__(
         self,
-        authority: ConsentAuthority,
-        security: SecurityAuthority,
-        edge_store: EdgeStore,
-        public_url: str | None,
-        delivery: DeliveryAdmin,
+        *,
+        settings: TenantSettingsHandlers,
+        security: SecurityHandlers,
+        delivery: DeliveryProviderHandlers,
+        webhooks: WhatsAppWebhookHandlers,
     ) -> None:
-        TenantSettingsAdminServicer.__init__(self, authority)
-        SecurityAdminServicer.__init__(self, security)
-        EdgeAdminServicer.__init__(self, edge_store, public_url)
-        self._delivery_admin = delivery
+        self._settings = settings
+        self._security = security
+        self._delivery = delivery
+        self._webhooks = webhooks
+
+    # -- tenant settings --
+
+    async def GetTenantSettings(
+        self, request: apb.GetTenantSettingsRequest, context: Ctx
+    ) -> apb.TenantSettings:
+        return await self._settings.GetTenantSettings(request, context)
+
+    async def UpdateTenantSettings(
+        self, request: apb.UpdateTenantSettingsRequest, context: Ctx
+    ) -> apb.TenantSettings:
+        return await self._settings.UpdateTenantSettings(request, context)
+
+    # -- API keys and erasure --
+
+    async def CreateApiKey(
+        self, request: apb.CreateApiKeyRequest, context: Ctx
+    ) -> apb.CreateApiKeyResponse:
+        return await self._security.CreateApiKey(request, context)
+
+    async def ListApiKeys(
+        self, request: apb.ListApiKeysRequest, context: Ctx
+    ) -> apb.ListApiKeysResponse:
+        return await self._security.ListApiKeys(request, context)
+
+    async def RevokeApiKey(
+        self, request: apb.RevokeApiKeyRequest, context: Ctx
+    ) -> apb.RevokeApiKeyResponse:
+        return await self._security.RevokeApiKey(request, context)
+
+    async def ForgetRecipient(
+        self, request: apb.ForgetRecipientRequest, context: Ctx
+    ) -> apb.ForgetRecipientResponse:
+        return await self._security.ForgetRecipient(request, context)
+
+    # -- delivery providers --
+
+    async def SetDeliveryProvider(
+        self, request: apb.SetDeliveryProviderRequest, context: Ctx
+    ) -> apb.SetDeliveryProviderResponse:
+        return await self._delivery.SetDeliveryProvider(request, context)
+
+    async def GetDeliveryProviders(
+        self, request: apb.GetDeliveryProvidersRequest, context: Ctx
+    ) -> apb.GetDeliveryProvidersResponse:
+        return await self._delivery.GetDeliveryProviders(request, context)
+
+    # -- the WhatsApp webhook of the HTTP edge --
+
+    async def SetWhatsAppWebhook(
+        self, request: apb.SetWhatsAppWebhookRequest, context: Ctx
+    ) -> apb.SetWhatsAppWebhookResponse:
+        return await self._webhooks.SetWhatsAppWebhook(request, context)
+
+    async def GetWhatsAppWebhook(
+        self, request: apb.GetWhatsAppWebhookRequest, context: Ctx
+    ) -> apb.GetWhatsAppWebhookResponse:
+        return await self._webhooks.GetWhatsAppWebhook(request, context)
+
+    async def DeleteWhatsAppWebhook(
+        self, request: apb.DeleteWhatsAppWebhookRequest, context: Ctx
+    ) -> apb.DeleteWhatsAppWebhookResponse:
+        return await self._webhooks.DeleteWhatsAppWebhook(request, context)

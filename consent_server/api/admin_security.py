@@ -1,15 +1,8 @@
-"""ConsentAdminService RPCs of the security workstream: API keys and erasure.
-
-A mixin of :class:`consent_server.api.admin.ConsentAdminService`, which combines
-every workstream's admin RPCs into the one servicer of the service.
-"""
+"""ConsentAdminService handlers for API keys and erasure."""
 
 from __future__ import annotations
 
 import logging
-from typing import Any
-
-import grpc
 
 from consent_client.v1 import admin_pb2 as apb
 from consent_server.domain.auth import ApiKeyRecord, Role
@@ -17,11 +10,9 @@ from consent_server.domain.security import SecurityAuthority
 
 from . import convert as cv
 from .auth import current_caller, current_principal
-from .consent_service import rpc
+from .consent_service import Ctx, rpc
 
 log = logging.getLogger("consent_server.admin")
-
-Ctx = grpc.aio.ServicerContext[Any, Any]
 
 _ROLE_FROM_PB: dict[int, Role] = {
     apb.API_KEY_ROLE_ADMIN: Role.ADMIN,
@@ -49,7 +40,7 @@ def api_key(record: ApiKeyRecord) -> apb.ApiKey:
     return out
 
 
-class SecurityAdminServicer:
+class SecurityHandlers:
     """CreateApiKey, ListApiKeys, RevokeApiKey and ForgetRecipient."""
 
     def __init__(self, security: SecurityAuthority) -> None:

@@ -1,4 +1,4 @@
-"""The consent.v1.ConsentAdminService servicer: tenant settings (issue 4).
+"""ConsentAdminService handlers for tenant settings (GetTenantSettings, UpdateTenantSettings).
 
 Proto <-> domain conversion of TenantSettings lives here, beside its only user.
 Unknown enum numbers on the wire become field violations, reported together with
@@ -8,7 +8,6 @@ the domain's own validation in one BadRequest.
 from __future__ import annotations
 
 from consent_client.v1 import admin_pb2 as apb
-from consent_client.v1 import admin_pb2_grpc as apb_grpc
 from consent_client.v1 import consent_pb2 as pb
 from consent_server.domain.errors import FieldViolation
 from consent_server.domain.model import (
@@ -141,8 +140,8 @@ def settings_from_pb(msg: apb.TenantSettings) -> tuple[TenantSettings, list[Fiel
     return settings, bad
 
 
-class ConsentAdminServicer(apb_grpc.ConsentAdminServiceServicer):
-    """Serves the tenant-settings RPCs of consent.v1.ConsentAdminService."""
+class TenantSettingsHandlers:
+    """GetTenantSettings and UpdateTenantSettings, on the consent use cases."""
 
     def __init__(self, authority: ConsentAuthority) -> None:
         self._a = authority
@@ -168,4 +167,4 @@ class ConsentAdminServicer(apb_grpc.ConsentAdminServiceServicer):
         return settings_to_pb(request.tenant_id, settings)
 
 
-__all__ = ["ConsentAdminServicer", "settings_from_pb", "settings_to_pb"]
+__all__ = ["TenantSettingsHandlers", "settings_from_pb", "settings_to_pb"]

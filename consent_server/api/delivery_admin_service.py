@@ -1,9 +1,4 @@
-"""The delivery-provider RPCs of consent.v1.ConsentAdminService.
-
-``DeliveryAdminMixin`` holds the handlers and needs ``self._delivery_admin``;
-``api.admin.ConsentAdminService`` combines it with the other admin handlers (tenant
-settings, API keys, the HTTP edge) into the one ConsentAdminService servicer.
-"""
+"""ConsentAdminService handlers for delivery providers."""
 
 from __future__ import annotations
 
@@ -73,10 +68,11 @@ def provider_info(item: ChannelProvider) -> apb.DeliveryProviderInfo:
     return info
 
 
-class DeliveryAdminMixin:
-    """SetDeliveryProvider / GetDeliveryProviders; needs ``self._delivery_admin``."""
+class DeliveryProviderHandlers:
+    """SetDeliveryProvider and GetDeliveryProviders, on the provider-settings use case."""
 
-    _delivery_admin: DeliveryAdmin
+    def __init__(self, delivery: DeliveryAdmin) -> None:
+        self._delivery_admin = delivery
 
     @rpc
     async def SetDeliveryProvider(

@@ -1,26 +1,13 @@
-"""ConsentAdminService RPCs of the HTTP edge: per-tenant WhatsApp webhook settings.
-
-``EdgeAdminMixin`` holds the handlers; ``EdgeAdminServicer`` serves them alone.
-Other workstreams add their admin RPCs to the same service, so at merge the
-mixins are combined into one ConsentAdminService servicer class, e.g.
-``class AdminServicer(EdgeAdminMixin, SettingsAdminMixin, ...)``, registered once.
-"""
+"""ConsentAdminService handlers for the HTTP edge: per-tenant WhatsApp webhook settings."""
 
 from __future__ import annotations
 
-from typing import Any
-
-import grpc
-
 from consent_client.v1 import admin_pb2 as apb
-from consent_client.v1 import admin_pb2_grpc as apb_grpc
 from consent_server.domain import validation as val
 from consent_server.domain.edge import EdgeStore, validate_webhook_config
 from consent_server.domain.errors import InvalidArgument
 
-from .consent_service import rpc
-
-Ctx = grpc.aio.ServicerContext[Any, Any]
+from .consent_service import Ctx, rpc
 
 
 def webhook_path(tenant_id: str) -> str:
@@ -35,11 +22,15 @@ def _tenant(tenant_id: str) -> str:
     return tenant
 
 
-class EdgeAdminMixin:
-    """Handlers for SetWhatsAppWebhook, GetWhatsAppWebhook and DeleteWhatsAppWebhook."""
+class WhatsAppWebhookHandlers:
+    """SetWhatsAppWebhook, GetWhatsAppWebhook and DeleteWhatsAppWebhook.
 
-    _edge_store: EdgeStore
-    _public_url: str | None
+    ``public_url`` is the edge's base URL; without one, responses carry only the path.
+    """
+
+    def __init__(self, edge_store: EdgeStore, public_url: str | None) -> None:
+        self._edge_store = edge_store
+        self._public_url = public_url.rstrip("/") if public_url else None
 
     def _webhook_url(self, tenant_id: str) -> str:
         return f"{self._public_url}{webhook_path(tenant_id)}" if self._public_url else ""
@@ -82,11 +73,3 @@ class EdgeAdminMixin:
         return apb.DeleteWhatsAppWebhookResponse(
             deleted=await self._edge_store.delete_whatsapp_webhook(tenant)
         )
-
-
-class EdgeAdminServicer(EdgeAdminMixin, apb_grpc.ConsentAdminServiceServicer):
-    """ConsentAdminService serving the edge's RPCs (the others answer UNIMPLEMENTED)."""
-
-    def __init__(self, edge_store: EdgeStore, public_url: str | None) -> None:
-        self._edge_store = edge_store
-        self._public_url = public_url.rstrip("/") if public_url else None
