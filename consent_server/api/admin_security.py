@@ -14,7 +14,7 @@ from .consent_service import Ctx, rpc
 
 log = logging.getLogger("consent_server.admin")
 
-_ROLE_FROM_PB: dict[int, Role] = {
+_ROLE_FROM_PB: dict[apb.ApiKeyRole.ValueType, Role] = {
     apb.API_KEY_ROLE_ADMIN: Role.ADMIN,
     apb.API_KEY_ROLE_WRITER: Role.WRITER,
     apb.API_KEY_ROLE_SENDER: Role.SENDER,
@@ -28,7 +28,7 @@ def api_key(record: ApiKeyRecord) -> apb.ApiKey:
     out = apb.ApiKey(
         key_id=record.key_id,
         tenant_id=record.tenant_id,
-        role=_ROLE_TO_PB[record.role],  # type: ignore[arg-type]
+        role=_ROLE_TO_PB[record.role],
         description=record.description,
         created_at=cv.timestamp(record.created_at_ms),
         created_by=record.created_by,

@@ -79,13 +79,12 @@ def settings_to_pb(tenant_id: str, s: TenantSettings) -> apb.TenantSettings:
     )
 
 
-def _kind(value: int, field: str, bad: list[FieldViolation]) -> KeywordKind:
-    kind = _KIND_FROM_PB.get(value)  # type: ignore[call-overload]
+def _kind(value: apb.KeywordKind.ValueType, field: str, bad: list[FieldViolation]) -> KeywordKind:
+    kind = _KIND_FROM_PB.get(value)
     if kind is None:
         bad.append(FieldViolation(field, f"must be one of {_KINDS}"))
         return KeywordKind.HELP  # placeholder; the request is refused anyway
-    result: KeywordKind = kind
-    return result
+    return kind
 
 
 def settings_from_pb(msg: apb.TenantSettings) -> tuple[TenantSettings, list[FieldViolation]]:
