@@ -13,6 +13,7 @@ from consent_client.v1 import consent_pb2 as pb
 from consent_server.api.admin import ConsentAdminService
 from consent_server.app import Services, build
 from consent_server.config import load
+from consent_server.domain.auth import new_key
 
 from .inprocess import InProcess, serving
 
@@ -113,3 +114,19 @@ def test_admin_servicer_serves_every_rpc_of_the_service() -> None:
     service = apb.DESCRIPTOR.services_by_name["ConsentAdminService"]
     missing = [m.name for m in service.methods if m.name not in vars(ConsentAdminService)]
     assert missing == []
+
+
+async def test_authentication_and_the_bootstrap_key_in_process() -> None:
+    _, token, _ = new_key()
+    env = {"CONSENT_REQUIRE_AUTH": "1", "CONSENT_BOOTSTRAP_ADMIN_KEY": token}
+    async with serving(env) as srv:
+        request = apb.ListApiKeysRequest(tenant_id="acme")
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await srv.admin.ListApiKeys(request)
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        # run() installed the bootstrap key before serving: the first call can use it.
+        made = await srv.admin.CreateApiKey(
+            apb.CreateApiKeyRequest(tenant_id="acme", role=apb.API_KEY_ROLE_READER),
+            metadata=(("authorization", f"Bearer {token}"),),
+        )
+        assert made.key.tenant_id == "acme" and made.api_key.startswith("ck_")
