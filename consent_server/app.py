@@ -139,7 +139,7 @@ async def serve(settings: Settings) -> int:
             security,
             edge_store,
             public_url,
-            DeliveryAdmin(delivery_repo),
+            DeliveryAdmin(delivery_repo, settings.egress_allow),
         ),
         server,
     )

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
 from consent_server.domain.auth import is_key_token
+from consent_server.domain.egress import ALLOW_ENV, EgressPolicy
 from consent_server.domain.recipients import is_valid_region
 
 
@@ -67,6 +68,8 @@ class Settings:
     delivery_max_attempts: int = 8
     delivery_backoff_s: float = 1.0
     delivery_backoff_max_s: float = 300.0
+    # Outbound destinations the operator allows beyond public addresses (README: Delivery).
+    egress_allow: EgressPolicy = field(default_factory=EgressPolicy)
 
     @property
     def host(self) -> str:
@@ -250,6 +253,13 @@ _OPTIONS: tuple[tuple[str, str, str, str], ...] = (
             "--delivery-backoff-max",
             "longest wait between retries, seconds",
         ),
+        (
+            "egress_allow",
+            ALLOW_ENV,
+            "--egress-allow",
+            "operator-only: hosts, host:port, IPs or CIDRs providers may reach although "
+            "internal (comma-separated); unset = public addresses only",
+        ),
     ),
 )
 
@@ -369,6 +379,7 @@ def _validate(raw: dict[str, tuple[str, str]]) -> Settings:
         values["delivery"] = _choice(*raw["delivery"], ("inline", "off"))
     values.update(_validate_edge(raw))
     _validate_delivery(raw, values)
+    values.update(_validate_egress(raw))
     if values.get("redis_cluster") and "redis_url" not in values:
         raise ConfigError("CONSENT_REDIS_CLUSTER=1 needs CONSENT_REDIS_URL")
     settings = Settings(**values)  # type: ignore[arg-type]
@@ -475,6 +486,17 @@ def _validate_delivery(raw: dict[str, tuple[str, str]], values: dict[str, object
             f"CONSENT_DELIVERY_BACKOFF_MAX={cap:g}: must not be below "
             f"CONSENT_DELIVERY_BACKOFF={base:g}"
         )
+
+
+def _validate_egress(raw: dict[str, tuple[str, str]]) -> dict[str, object]:
+    """CONSENT_EGRESS_ALLOW: the operator's allowances for internal destinations."""
+    if "egress_allow" not in raw:
+        return {}
+    var, text = raw["egress_allow"]
+    try:
+        return {"egress_allow": EgressPolicy.parse(text)}
+    except ValueError as exc:
+        raise ConfigError(f"{var}: {exc}") from None
 
 
 def is_loopback(host: str) -> bool:

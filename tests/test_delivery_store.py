@@ -22,6 +22,7 @@ from consent_server.domain.delivery import (
     ReceiptOutcome,
     ReceiptStatus,
 )
+from consent_server.domain.egress import EgressPolicy
 from consent_server.domain.errors import InvalidArgument, SendBlocked
 from consent_server.domain.model import Action, Channel, MessageState, Recipient, Source
 from consent_server.domain.service import ConsentAuthority
@@ -38,6 +39,9 @@ SECRET = "whsec_0123456789abcdef"
 WA = RawRecipient(Channel.WHATSAPP, PHONE)
 ALICE = Recipient(Channel.WHATSAPP, PHONE)
 
+# The fake providers listen on loopback, which delivery refuses unless the operator
+# allows it: these tests are that operator.
+LOOPBACK = EgressPolicy.parse("127.0.0.1")
 FINAL = {MessageState.DELIVERED, MessageState.CANCELLED, MessageState.FAILED, MessageState.EXPIRED}
 
 
@@ -64,7 +68,7 @@ def make_worker(
             **opts,
         }
     )
-    return DeliveryWorker(store, outbox, options)
+    return DeliveryWorker(store, outbox, options, egress=LOOPBACK)
 
 
 @pytest.fixture
@@ -77,7 +81,7 @@ async def worker(
 
 
 async def use_webhook(store: RedisConsentStore, url: str, channel: str = ALL_CHANNELS) -> None:
-    await DeliveryAdmin(DeliveryRepository(store.client)).set_provider(
+    await DeliveryAdmin(DeliveryRepository(store.client), LOOPBACK).set_provider(
         TENANT, RawProvider(channel, ProviderKind.WEBHOOK, url=url + "/hook", secret=SECRET)
     )
 
@@ -267,13 +271,14 @@ async def test_permanent_failure_is_not_retried(
     store: RedisConsentStore, worker: DeliveryWorker, fake: FakeProvider
 ) -> None:
     await use_webhook(store, fake.url)
-    fake.answer((400, {"error": "invalid template"}))
+    # Only the provider's error class reaches last_error, never free text from the body.
+    fake.answer((400, {"error": "invalid_template", "detail": "template x is unknown"}))
     mid = await send(store)
     await settle(worker, store, mid)
     status = await store.message_status(TENANT, mid)
     assert status is not None
     assert status.state is MessageState.FAILED
-    assert "webhook 400" in status.last_error and "invalid template" in status.last_error
+    assert status.last_error == "webhook 400: invalid_template"
     assert len(fake.requests) == 1
 
 
@@ -324,7 +329,7 @@ async def assert_provider_opt_out(store: RedisConsentStore, topic: str, scope_to
 async def test_whatsapp_131050_opts_out_of_marketing(
     store: RedisConsentStore, worker: DeliveryWorker, fake: FakeProvider
 ) -> None:
-    await DeliveryAdmin(DeliveryRepository(store.client)).set_provider(
+    await DeliveryAdmin(DeliveryRepository(store.client), LOOPBACK).set_provider(
         TENANT,
         RawProvider(
             "whatsapp",
@@ -372,7 +377,7 @@ async def test_whatsapp_131050_opts_out_of_marketing(
 async def test_whatsapp_template_message_shape(
     store: RedisConsentStore, worker: DeliveryWorker, fake: FakeProvider
 ) -> None:
-    await DeliveryAdmin(DeliveryRepository(store.client)).set_provider(
+    await DeliveryAdmin(DeliveryRepository(store.client), LOOPBACK).set_provider(
         TENANT,
         RawProvider(
             ALL_CHANNELS,
@@ -573,7 +578,7 @@ async def test_receipt_for_undelivered_message_is_ignored(
 
 async def test_provider_configuration_keeps_secrets_write_only(store: RedisConsentStore) -> None:
     repo = DeliveryRepository(store.client)
-    admin = DeliveryAdmin(repo)
+    admin = DeliveryAdmin(repo, LOOPBACK)
     set_ = await admin.set_provider(
         TENANT,
         RawProvider("sms", ProviderKind.WEBHOOK, url="https://hooks.example/sms", secret=SECRET),
@@ -642,7 +647,7 @@ async def test_bad_provider_configuration_writes_nothing(
 ) -> None:
     repo = DeliveryRepository(store.client)
     with pytest.raises(InvalidArgument) as err:
-        await DeliveryAdmin(repo).set_provider(TENANT, raw)
+        await DeliveryAdmin(repo, LOOPBACK).set_provider(TENANT, raw)
     assert [v.field for v in err.value.violations] == fields
     assert await repo.providers(TENANT) == {}
 

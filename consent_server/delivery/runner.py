@@ -31,7 +31,7 @@ def worker_options(settings: Settings) -> WorkerOptions:
 def build_worker(settings: Settings, store: RedisConsentStore) -> DeliveryWorker:
     """A worker sharing ``store``'s Redis client (the inline worker of a server)."""
     outbox = DeliveryRepository(store.client, cluster=settings.redis_cluster)
-    return DeliveryWorker(store, outbox, worker_options(settings))
+    return DeliveryWorker(store, outbox, worker_options(settings), egress=settings.egress_allow)
 
 
 async def run_worker(settings: Settings) -> int:

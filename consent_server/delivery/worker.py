@@ -24,9 +24,11 @@ from dataclasses import dataclass, field
 import httpx
 
 from consent_server.domain.delivery import ProviderConfig, provider_for
+from consent_server.domain.egress import EgressPolicy
 from consent_server.domain.errors import IdConflict, StoreUnavailable
 from consent_server.domain.masking import mask_address
 from consent_server.domain.model import Action, ConsentEventInput, Source
+from consent_server.egress import guarded_client
 from consent_server.store.outbox import DeliveryRepository, OutboxEntry
 from consent_server.store.repository import RedisConsentStore
 
@@ -89,15 +91,16 @@ class DeliveryWorker:
         outbox: DeliveryRepository,
         options: WorkerOptions | None = None,
         *,
+        egress: EgressPolicy | None = None,
         http: httpx.AsyncClient | None = None,
     ) -> None:
         self._consent = consent
         self._outbox = outbox
         self.options = options or WorkerOptions()
         self._own_http = http is None
-        self._http = http or httpx.AsyncClient(
-            timeout=httpx.Timeout(10.0), follow_redirects=False, trust_env=False
-        )
+        # Providers reach tenant-chosen URLs: only through the egress guard (public
+        # addresses, plus what the operator allowed), never a plain client.
+        self._http = http or guarded_client(egress or EgressPolicy())
         self._sem = asyncio.Semaphore(self.options.concurrency)
         self._inflight: set[asyncio.Task[None]] = set()
         self._handling: dict[tuple[int, str], OutboxEntry] = {}
