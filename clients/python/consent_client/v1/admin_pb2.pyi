@@ -451,7 +451,9 @@ class ApiKey(_message.Message):
     revoked: _builtins.bool
     """True once revoked."""
     rate_limit_per_second: _builtins.int
-    """Its own rate limit in requests per second; 0 = the server's default."""
+    """Its own rate limit in requests per second; 0 = the server's default. The
+    server's rate and burst cap it at every call, whatever is stored here.
+    """
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp:
         """When it was created."""
@@ -502,8 +504,9 @@ class CreateApiKeyRequest(_message.Message):
     put secrets or personal data here: it is shown by ListApiKeys.
     """
     rate_limit_per_second: _builtins.int
-    """Its own rate limit in requests per second, at most 100000; 0 = the
-    server's default (CONSENT_RATE_LIMIT).
+    """Its own rate limit in requests per second; 0 = the server's rate
+    (CONSENT_RATE_LIMIT). The server's rate is a ceiling: a higher value is
+    INVALID_ARGUMENT (at most 100000 when the server sets no limit).
     """
     def __init__(
         self,
