@@ -20,10 +20,8 @@ from consent_server.api.auth import AuthInterceptor
 from consent_server.api.consent_service import ConsentServicer
 from consent_server.config import ConfigError, Settings, is_loopback
 from consent_server.delivery.metrics import serve_metrics
-from consent_server.delivery.receipts import WebhookCallbacks, whatsapp_status_handler
-from consent_server.delivery.runner import build_worker
+from consent_server.delivery.runner import build_worker, delivery_services
 from consent_server.domain.auth import OPERATOR_TENANT, Role
-from consent_server.domain.delivery import DeliveryAdmin
 from consent_server.domain.edge import ConsentLinks
 from consent_server.domain.errors import StoreUnavailable
 from consent_server.domain.security import RateLimits, SecurityAuthority
@@ -32,7 +30,6 @@ from consent_server.http.server import HttpEdge
 from consent_server.http.wiring import edge_app, keyring_for
 from consent_server.store.connect import open_store
 from consent_server.store.edge import RedisEdgeStore
-from consent_server.store.outbox import DeliveryRepository
 from consent_server.store.repository import RedisConsentStore
 from consent_server.store.security import RedisSecurityStore
 
@@ -126,7 +123,7 @@ async def serve(settings: Settings) -> int:
     if settings.public_url or (http_edge is not None and is_loopback(settings.http_listen_host)):
         authority.use_signed_links(links.resubscribe_url)
     consent_servicer = ConsentServicer(authority, links)
-    delivery_repo = DeliveryRepository(store.client)
+    delivery = delivery_services(settings, store)
 
     server = grpc.aio.server(
         interceptors=[AuthInterceptor(security, required=settings.auth_required)],
@@ -139,7 +136,7 @@ async def serve(settings: Settings) -> int:
             security,
             edge_store,
             public_url,
-            DeliveryAdmin(delivery_repo, settings.egress_allow),
+            delivery.admin,
         ),
         server,
     )
@@ -191,8 +188,8 @@ async def serve(settings: Settings) -> int:
                 authority,
                 links,
                 edge_store,
-                WebhookCallbacks(store, delivery_repo),
-                on_status=whatsapp_status_handler(store, delivery_repo),
+                delivery.callbacks,
+                on_status=delivery.on_status,
             ),
             settings.shutdown_grace_s,
         )

@@ -29,6 +29,7 @@ from consent_server.domain.service import ConsentAuthority
 from consent_server.domain.validation import RawMessage, RawRecipient, RawTimestamp
 from consent_server.store import keys
 from consent_server.store.outbox import GROUP, DeliveryRepository
+from consent_server.store.providers import RedisProviderSettings
 from consent_server.store.repository import RedisConsentStore
 
 from .fake_provider import FakeProvider, fake_provider
@@ -68,7 +69,9 @@ def make_worker(
             **opts,
         }
     )
-    return DeliveryWorker(store, outbox, options, egress=LOOPBACK)
+    return DeliveryWorker(
+        store, outbox, options, providers=RedisProviderSettings(store.client), egress=LOOPBACK
+    )
 
 
 @pytest.fixture
@@ -81,7 +84,7 @@ async def worker(
 
 
 async def use_webhook(store: RedisConsentStore, url: str, channel: str = ALL_CHANNELS) -> None:
-    await DeliveryAdmin(DeliveryRepository(store.client), LOOPBACK).set_provider(
+    await DeliveryAdmin(RedisProviderSettings(store.client), LOOPBACK).set_provider(
         TENANT, RawProvider(channel, ProviderKind.WEBHOOK, url=url + "/hook", secret=SECRET)
     )
 
@@ -329,7 +332,7 @@ async def assert_provider_opt_out(store: RedisConsentStore, topic: str, scope_to
 async def test_whatsapp_131050_opts_out_of_marketing(
     store: RedisConsentStore, worker: DeliveryWorker, fake: FakeProvider
 ) -> None:
-    await DeliveryAdmin(DeliveryRepository(store.client), LOOPBACK).set_provider(
+    await DeliveryAdmin(RedisProviderSettings(store.client), LOOPBACK).set_provider(
         TENANT,
         RawProvider(
             "whatsapp",
@@ -377,7 +380,7 @@ async def test_whatsapp_131050_opts_out_of_marketing(
 async def test_whatsapp_template_message_shape(
     store: RedisConsentStore, worker: DeliveryWorker, fake: FakeProvider
 ) -> None:
-    await DeliveryAdmin(DeliveryRepository(store.client), LOOPBACK).set_provider(
+    await DeliveryAdmin(RedisProviderSettings(store.client), LOOPBACK).set_provider(
         TENANT,
         RawProvider(
             ALL_CHANNELS,
@@ -577,7 +580,7 @@ async def test_receipt_for_undelivered_message_is_ignored(
 
 
 async def test_provider_configuration_keeps_secrets_write_only(store: RedisConsentStore) -> None:
-    repo = DeliveryRepository(store.client)
+    repo = RedisProviderSettings(store.client)
     admin = DeliveryAdmin(repo, LOOPBACK)
     set_ = await admin.set_provider(
         TENANT,
@@ -645,7 +648,7 @@ async def test_provider_configuration_keeps_secrets_write_only(store: RedisConse
 async def test_bad_provider_configuration_writes_nothing(
     store: RedisConsentStore, raw: RawProvider, fields: list[str]
 ) -> None:
-    repo = DeliveryRepository(store.client)
+    repo = RedisProviderSettings(store.client)
     with pytest.raises(InvalidArgument) as err:
         await DeliveryAdmin(repo, LOOPBACK).set_provider(TENANT, raw)
     assert [v.field for v in err.value.violations] == fields
@@ -683,23 +686,30 @@ def test_backoff_grows_and_is_capped() -> None:
 async def test_failed_receipt_with_opt_out_code_records_the_opt_out(
     store: RedisConsentStore, outbox: DeliveryRepository, worker: DeliveryWorker, fake: FakeProvider
 ) -> None:
+    from consent_server.delivery.feedback import provider_feedback
     from consent_server.delivery.receipts import apply_receipt
 
+    feedback = provider_feedback(store)
     await use_webhook(store, fake.url)
     mid = await send(store, topic="marketing")
     await settle(worker, store, mid)
     # An unknown provider id: nothing happens, nothing is recorded.
     assert (
         await apply_receipt(
-            store, outbox, TENANT, ReceiptStatus.FAILED, provider_message_id="x", error_code=131050
+            outbox,
+            feedback,
+            TENANT,
+            ReceiptStatus.FAILED,
+            provider_message_id="x",
+            error_code=131050,
         )
         is ReceiptOutcome.UNKNOWN
     )
     assert (await ConsentAuthority(store).check(TENANT, WA, "marketing")).decision.allowed
     for _ in range(2):  # a re-sent receipt changes nothing more
         await apply_receipt(
-            store,
             outbox,
+            feedback,
             TENANT,
             ReceiptStatus.FAILED,
             provider_message_id="prov-1",
@@ -758,7 +768,12 @@ async def test_store_error_mid_delivery_leaves_the_message_for_a_reclaim(
 
     # Nothing listens on port 1; no client-side retries, to keep the test fast.
     dead = aioredis.Redis(port=1, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))
-    flaky = DeliveryWorker(RedisConsentStore(dead), DeliveryRepository(dead), WorkerOptions())
+    flaky = DeliveryWorker(
+        RedisConsentStore(dead),
+        DeliveryRepository(dead),
+        WorkerOptions(),
+        providers=RedisProviderSettings(dead),
+    )
     try:
         await flaky.handle(entry)  # StoreUnavailable: logged, not raised, nothing recorded
     finally:
@@ -876,13 +891,14 @@ async def test_whatsapp_status_webhooks_update_message_status(
     """The HTTP edge hands WhatsApp `statuses` to whatsapp_status_handler: `sent` says
     nothing new, `failed` turns a delivered message FAILED with the error codes. The
     opt-out a 131050 means is recorded by the edge itself, not a second time here."""
+    from consent_server.delivery.feedback import provider_feedback
     from consent_server.delivery.receipts import whatsapp_status_handler
     from consent_server.domain.whatsapp import StatusReceipt
 
     await use_webhook(store, fake.url)
     mid = await send(store)
     await settle(worker, store, mid)
-    handle = whatsapp_status_handler(store, outbox)
+    handle = whatsapp_status_handler(outbox, provider_feedback(store))
     await handle(StatusReceipt(TENANT, "prov-1", "sent", ALICE, None))
     sent = await store.message_status(TENANT, mid)
     assert sent is not None and sent.state is MessageState.DELIVERED

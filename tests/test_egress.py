@@ -36,6 +36,7 @@ from consent_server.domain.model import Channel, MessageState
 from consent_server.domain.service import ConsentAuthority
 from consent_server.domain.validation import RawMessage, RawRecipient
 from consent_server.store.outbox import DeliveryRepository
+from consent_server.store.providers import RedisProviderSettings
 from consent_server.store.repository import RedisConsentStore
 
 from .fake_provider import FakeProvider, fake_provider
@@ -78,7 +79,7 @@ def internal_spellings(port: int) -> list[str]:
 async def put_raw_provider(store: RedisConsentStore, url: str) -> None:
     """Store a provider without the admin's validation, as a configuration saved before
     the guard existed would be: the connect-time check must still refuse it."""
-    await DeliveryRepository(store.client).put_provider(
+    await RedisProviderSettings(store.client).put_provider(
         TENANT, ALL_CHANNELS, ProviderConfig(ProviderKind.WEBHOOK, url=url, secret=SECRET)
     )
 
@@ -113,7 +114,13 @@ def worker_for(store: RedisConsentStore, **kw: object) -> DeliveryWorker:
     options = WorkerOptions(
         visibility_timeout_s=0.3, backoff_base_ms=20.0, backoff_max_ms=40.0, max_attempts=2
     )
-    return DeliveryWorker(store, DeliveryRepository(store.client), options, **kw)  # type: ignore[arg-type]
+    return DeliveryWorker(
+        store,
+        DeliveryRepository(store.client),
+        options,
+        providers=RedisProviderSettings(store.client),
+        **kw,  # type: ignore[arg-type]
+    )
 
 
 # -- the connect-time guard, through the real worker ------------------------------------
@@ -260,20 +267,20 @@ async def test_set_provider_refuses_internal_literal_destinations(
 ) -> None:
     url = internal_spellings(8080)[spelling].replace("http://", "https://")
     with pytest.raises(InvalidArgument) as err:
-        await DeliveryAdmin(DeliveryRepository(store.client)).set_provider(
+        await DeliveryAdmin(RedisProviderSettings(store.client)).set_provider(
             TENANT, RawProvider(ALL_CHANNELS, ProviderKind.WEBHOOK, url=url, secret=SECRET)
         )
     (violation,) = err.value.violations
     assert violation.field == "provider.webhook.url"
     assert "internal destination" in violation.description
-    assert await DeliveryRepository(store.client).providers(TENANT) == {}
+    assert await RedisProviderSettings(store.client).providers(TENANT) == {}
 
 
 async def test_set_provider_refuses_metadata_base_url_for_whatsapp(
     store: RedisConsentStore,
 ) -> None:
     with pytest.raises(InvalidArgument) as err:
-        await DeliveryAdmin(DeliveryRepository(store.client)).set_provider(
+        await DeliveryAdmin(RedisProviderSettings(store.client)).set_provider(
             TENANT,
             RawProvider(
                 ALL_CHANNELS,

@@ -10,14 +10,10 @@ from typing import Any, Protocol
 
 import httpx
 
+from consent_server.domain.feedback import OPT_OUT_CODES, opt_out_scope
 from consent_server.egress import EgressRefused
 
-# Provider error codes that mean "this user opted out / blocked you" (SPEC §8):
-# code -> the topic the opt-out covers ("" = all topics).
-OPT_OUT_CODES: dict[int, str] = {
-    131050: "marketing",  # WhatsApp: the user stopped marketing messages
-    21610: "",  # Twilio-style: the recipient replied STOP (unsubscribed)
-}
+__all__ = ["OPT_OUT_CODES", "opt_out_scope"]  # the codes' meaning lives in the domain
 
 
 @dataclass(frozen=True, slots=True)

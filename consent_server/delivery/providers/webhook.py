@@ -25,7 +25,6 @@ import httpx
 from consent_server.domain.delivery import ProviderConfig
 
 from .base import (
-    OPT_OUT_CODES,
     Delivered,
     DeliveryMessage,
     OptedOut,
@@ -33,6 +32,7 @@ from .base import (
     ProviderResult,
     TransientFailure,
     error_code,
+    opt_out_scope,
     parse_json,
     post_and_classify,
     summary,
@@ -89,11 +89,10 @@ class WebhookProvider:
 def classify(status: int, text: str) -> ProviderResult:
     """Turn a webhook answer into a provider result."""
     payload = parse_json(text)
-    if isinstance(payload, dict) and payload.get("error") == "recipient_opted_out":
-        return OptedOut("", f"webhook {status}: recipient_opted_out")
-    code = error_code(payload)
-    if code in OPT_OUT_CODES:
-        return OptedOut(OPT_OUT_CODES[code], summary("webhook", status, payload))
+    top = payload.get("error") if isinstance(payload, dict) else None
+    scope = opt_out_scope(error_code(payload), top if isinstance(top, str) else "")
+    if scope is not None:
+        return OptedOut(scope, summary("webhook", status, payload))
     if 200 <= status < 300:
         pid = ""
         if isinstance(payload, dict):

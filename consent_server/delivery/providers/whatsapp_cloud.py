@@ -19,7 +19,6 @@ import httpx
 from consent_server.domain.delivery import ProviderConfig
 
 from .base import (
-    OPT_OUT_CODES,
     Delivered,
     DeliveryMessage,
     OptedOut,
@@ -27,6 +26,7 @@ from .base import (
     ProviderResult,
     TransientFailure,
     error_code,
+    opt_out_scope,
     parse_json,
     post_and_classify,
     summary,
@@ -100,8 +100,9 @@ def classify(status: int, text: str) -> ProviderResult:
     """Turn a Cloud API answer into a provider result."""
     payload = parse_json(text)
     code = error_code(payload)
-    if code in OPT_OUT_CODES:
-        return OptedOut(OPT_OUT_CODES[code], summary("whatsapp_cloud", status, payload))
+    scope = opt_out_scope(code)
+    if scope is not None:
+        return OptedOut(scope, summary("whatsapp_cloud", status, payload))
     if 200 <= status < 300 and isinstance(payload, dict):
         messages = payload.get("messages")
         if isinstance(messages, list) and messages and isinstance(messages[0], dict):
