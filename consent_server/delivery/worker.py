@@ -92,17 +92,15 @@ class DeliveryWorker:
         providers: ProviderConfigStore,
         feedback: ProviderFeedback | None = None,
         egress: EgressPolicy | None = None,
-        http: httpx.AsyncClient | None = None,
     ) -> None:
         self._consent = consent
         self._outbox = outbox
         self._settings = providers
         self._feedback = feedback or provider_feedback(consent)
         self.options = options or WorkerOptions()
-        self._own_http = http is None
         # Providers reach tenant-chosen URLs: only through the egress guard (public
         # addresses, plus what the operator allowed), never a plain client.
-        self._http = http or guarded_client(egress or EgressPolicy())
+        self._http: httpx.AsyncClient = guarded_client(egress or EgressPolicy())
         self._sem = asyncio.Semaphore(self.options.concurrency)
         self._inflight: set[asyncio.Task[None]] = set()
         self._handling: dict[tuple[int, str], OutboxEntry] = {}
@@ -146,8 +144,7 @@ class DeliveryWorker:
             for task in pending:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        if self._own_http:
-            await self._http.aclose()
+        await self._http.aclose()
         with contextlib.suppress(StoreUnavailable):  # the name stays in the group; harmless
             await self._outbox.retire(self.consumer)
         log.info("delivery worker stopped", extra={"consumer": self.consumer})
