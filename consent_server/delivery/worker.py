@@ -95,7 +95,7 @@ class DeliveryWorker:
     ) -> None:
         self._consent = consent
         self._outbox = outbox
-        self._settings = providers
+        self._provider_settings = providers
         self._feedback = feedback or provider_feedback(consent)
         self.options = options or WorkerOptions()
         # Providers reach tenant-chosen URLs: only through the egress guard (public
@@ -417,7 +417,7 @@ class DeliveryWorker:
         now = time.monotonic()
         cached = self._providers.get(entry.tenant_id)
         if cached is None or now - cached[0] >= self.options.provider_cache_s:
-            cached = (now, await self._settings.providers(entry.tenant_id))
+            cached = (now, await self._provider_settings.providers(entry.tenant_id))
             if len(self._providers) > 10_000:
                 self._providers.clear()
             self._providers[entry.tenant_id] = cached
