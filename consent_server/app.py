@@ -32,11 +32,9 @@ from consent_server.api.delivery_admin_service import DeliveryProviderHandlers
 from consent_server.api.edge_admin_service import WhatsAppWebhookHandlers
 from consent_server.config import ConfigError, Settings, TlsSettings, is_loopback
 from consent_server.delivery.metrics import serve_metrics
-from consent_server.delivery.receipts import WebhookCallbacks, whatsapp_status_handler
-from consent_server.delivery.runner import build_worker
+from consent_server.delivery.runner import DeliveryServices, build_worker, delivery_services
 from consent_server.delivery.worker import DeliveryWorker
 from consent_server.domain.auth import OPERATOR_TENANT, Role
-from consent_server.domain.delivery import DeliveryAdmin
 from consent_server.domain.edge import ConsentLinks
 from consent_server.domain.errors import StoreUnavailable
 from consent_server.domain.security import RateLimits, SecurityAuthority
@@ -45,7 +43,6 @@ from consent_server.http.server import HttpEdge
 from consent_server.http.wiring import edge_app, keyring_for
 from consent_server.store.connect import open_store
 from consent_server.store.edge import RedisEdgeStore
-from consent_server.store.outbox import DeliveryRepository
 from consent_server.store.repository import RedisConsentStore
 from consent_server.store.security import RedisSecurityStore
 
@@ -83,7 +80,7 @@ class Services:
     security: SecurityAuthority
     edge_store: RedisEdgeStore
     links: ConsentLinks
-    delivery_repo: DeliveryRepository
+    delivery: DeliveryServices  # provider admin, webhook call-backs, WhatsApp statuses
     public_url: str | None  # the base URL of consent links and webhook URLs, if any
     consent: ConsentServicer
     admin: ConsentAdminService
@@ -129,9 +126,9 @@ def build(settings: Settings) -> Services:
     public_url = settings.edge.public_url or (http_edge.local_url if http_edge else None)
     edge_store = RedisEdgeStore(store)
     links = consent_links(settings, authority, store, edge_store, public_url)
-    delivery_repo = DeliveryRepository(store.client)
+    delivery = delivery_services(settings, store)
     consent = ConsentServicer(authority, links)
-    admin = admin_servicer(authority, security, edge_store, public_url, delivery_repo)
+    admin = admin_servicer(authority, security, edge_store, public_url, delivery)
     health = health_aio.HealthServicer()
     server = grpc_server(settings, security, consent, admin, health)
     reloader = CertificateReloader(settings.tls) if settings.tls.enabled else None
@@ -142,7 +139,7 @@ def build(settings: Settings) -> Services:
         security=security,
         edge_store=edge_store,
         links=links,
-        delivery_repo=delivery_repo,
+        delivery=delivery,
         public_url=public_url,
         consent=consent,
         admin=admin,
@@ -185,13 +182,13 @@ def admin_servicer(
     security: SecurityAuthority,
     edge_store: RedisEdgeStore,
     public_url: str | None,
-    delivery_repo: DeliveryRepository,
+    delivery: DeliveryServices,
 ) -> ConsentAdminService:
     """ConsentAdminService: one handler object per area, each on its use case."""
     return ConsentAdminService(
         settings=TenantSettingsHandlers(authority),
         security=SecurityHandlers(security),
-        delivery=DeliveryProviderHandlers(DeliveryAdmin(delivery_repo)),
+        delivery=DeliveryProviderHandlers(delivery.admin),
         webhooks=WhatsAppWebhookHandlers(edge_store, public_url),
     )
 
@@ -285,8 +282,8 @@ async def start_http_edge(services: Services, http_edge: HttpEdge) -> None:
             s.authority,
             s.links,
             s.edge_store,
-            WebhookCallbacks(s.store, s.delivery_repo),
-            on_status=whatsapp_status_handler(s.store, s.delivery_repo),
+            s.delivery.callbacks,
+            on_status=s.delivery.on_status,
         ),
         s.settings.server.shutdown_grace_s,
     )

@@ -29,6 +29,7 @@ from typing import Any, ClassVar, Literal, TypeAlias, TypeVar
 from urllib.parse import urlparse
 
 from consent_server.domain.auth import is_key_token
+from consent_server.domain.egress import ALLOW_ENV, EgressPolicy
 from consent_server.domain.recipients import is_valid_region
 
 
@@ -81,6 +82,14 @@ def _whole(low: int, high: int) -> Parser[int]:
         return value
 
     return parse
+
+
+def _egress(var: str, text: str) -> EgressPolicy:
+    """CONSENT_EGRESS_ALLOW: the operator's allowances for internal destinations."""
+    try:
+        return EgressPolicy.parse(text)
+    except ValueError as exc:
+        raise ConfigError(f"{var}: {exc}") from None
 
 
 def _seconds(low: float, high: float) -> Parser[float]:
@@ -365,6 +374,15 @@ class DeliverySettings(_Group):
         _seconds(0.01, 86400),
         "the longest wait between retries, seconds (≥ the backoff)",
     )
+    egress_allow: EgressPolicy = option(
+        ALLOW_ENV,
+        EgressPolicy(),
+        _egress,
+        "operator-only: internal destinations providers may reach (`host`, `host:port`, "
+        "`10.0.0.5`, `[::1]:8080`, `10.0.0.0/8`), comma-separated; unset = public addresses "
+        "only (see [Providers](#providers))",
+        shown="unset",
+    )
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -399,8 +417,10 @@ class AuthSettings(_Group):
         1000,
         _whole(0, 1_000_000),
         "requests per second per API key (token bucket in Redis, shared by all processes); "
-        "`0` = unlimited; a key's own `rate_limit_per_second` wins (with a bucket of twice "
-        "that)",
+        "`0` = unlimited. A ceiling: a key's own `rate_limit_per_second` may only be lower "
+        "(with a bucket of twice that, never above `CONSENT_RATE_BURST`); creating a key "
+        "above it is `INVALID_ARGUMENT`, and a key stored with more is held to it. "
+        "`BatchCheckConsent` costs one token per 100 recipients (at least one)",
     )
     rate_burst: int = option(
         "CONSENT_RATE_BURST",

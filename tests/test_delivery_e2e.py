@@ -35,6 +35,9 @@ pytestmark = pytest.mark.xdist_group("delivery-e2e")
 SECRET = "whsec_e2e_0123456789abcdef"
 PHONE = "+14155550123"
 FAST = {
+    # The fake provider listens on loopback: delivery reaches it only because the
+    # operator allows it (tests/test_egress.py proves it is refused otherwise).
+    "CONSENT_EGRESS_ALLOW": "127.0.0.1",
     "CONSENT_DELIVERY_VISIBILITY_TIMEOUT": "1",
     "CONSENT_DELIVERY_BACKOFF": "0.05",
     "CONSENT_DELIVERY_BACKOFF_MAX": "0.1",

@@ -22,12 +22,14 @@ from consent_server.domain.delivery import (
     ReceiptOutcome,
     ReceiptStatus,
 )
+from consent_server.domain.egress import EgressPolicy
 from consent_server.domain.errors import InvalidArgument, SendBlocked
 from consent_server.domain.model import Action, Channel, MessageState, Recipient, Source
 from consent_server.domain.service import ConsentAuthority
 from consent_server.domain.validation import RawMessage, RawRecipient, RawTimestamp
 from consent_server.store import keys
 from consent_server.store.outbox import GROUP, DeliveryRepository
+from consent_server.store.providers import RedisProviderSettings
 from consent_server.store.repository import RedisConsentStore
 
 from .fake_provider import FakeProvider, fake_provider
@@ -38,6 +40,9 @@ SECRET = "whsec_0123456789abcdef"
 WA = RawRecipient(Channel.WHATSAPP, PHONE)
 ALICE = Recipient(Channel.WHATSAPP, PHONE)
 
+# The fake providers listen on loopback, which delivery refuses unless the operator
+# allows it: these tests are that operator.
+LOOPBACK = EgressPolicy.parse("127.0.0.1")
 FINAL = {MessageState.DELIVERED, MessageState.CANCELLED, MessageState.FAILED, MessageState.EXPIRED}
 
 
@@ -64,7 +69,9 @@ def make_worker(
             **opts,
         }
     )
-    return DeliveryWorker(store, outbox, options)
+    return DeliveryWorker(
+        store, outbox, options, providers=RedisProviderSettings(store.client), egress=LOOPBACK
+    )
 
 
 @pytest.fixture
@@ -77,7 +84,7 @@ async def worker(
 
 
 async def use_webhook(store: RedisConsentStore, url: str, channel: str = ALL_CHANNELS) -> None:
-    await DeliveryAdmin(DeliveryRepository(store.client)).set_provider(
+    await DeliveryAdmin(RedisProviderSettings(store.client), LOOPBACK).set_provider(
         TENANT, RawProvider(channel, ProviderKind.WEBHOOK, url=url + "/hook", secret=SECRET)
     )
 
@@ -267,13 +274,14 @@ async def test_permanent_failure_is_not_retried(
     store: RedisConsentStore, worker: DeliveryWorker, fake: FakeProvider
 ) -> None:
     await use_webhook(store, fake.url)
-    fake.answer((400, {"error": "invalid template"}))
+    # Only the provider's error class reaches last_error, never free text from the body.
+    fake.answer((400, {"error": "invalid_template", "detail": "template x is unknown"}))
     mid = await send(store)
     await settle(worker, store, mid)
     status = await store.message_status(TENANT, mid)
     assert status is not None
     assert status.state is MessageState.FAILED
-    assert "webhook 400" in status.last_error and "invalid template" in status.last_error
+    assert status.last_error == "webhook 400: invalid_template"
     assert len(fake.requests) == 1
 
 
@@ -324,7 +332,7 @@ async def assert_provider_opt_out(store: RedisConsentStore, topic: str, scope_to
 async def test_whatsapp_131050_opts_out_of_marketing(
     store: RedisConsentStore, worker: DeliveryWorker, fake: FakeProvider
 ) -> None:
-    await DeliveryAdmin(DeliveryRepository(store.client)).set_provider(
+    await DeliveryAdmin(RedisProviderSettings(store.client), LOOPBACK).set_provider(
         TENANT,
         RawProvider(
             "whatsapp",
@@ -372,7 +380,7 @@ async def test_whatsapp_131050_opts_out_of_marketing(
 async def test_whatsapp_template_message_shape(
     store: RedisConsentStore, worker: DeliveryWorker, fake: FakeProvider
 ) -> None:
-    await DeliveryAdmin(DeliveryRepository(store.client)).set_provider(
+    await DeliveryAdmin(RedisProviderSettings(store.client), LOOPBACK).set_provider(
         TENANT,
         RawProvider(
             ALL_CHANNELS,
@@ -572,8 +580,8 @@ async def test_receipt_for_undelivered_message_is_ignored(
 
 
 async def test_provider_configuration_keeps_secrets_write_only(store: RedisConsentStore) -> None:
-    repo = DeliveryRepository(store.client)
-    admin = DeliveryAdmin(repo)
+    repo = RedisProviderSettings(store.client)
+    admin = DeliveryAdmin(repo, LOOPBACK)
     set_ = await admin.set_provider(
         TENANT,
         RawProvider("sms", ProviderKind.WEBHOOK, url="https://hooks.example/sms", secret=SECRET),
@@ -640,9 +648,9 @@ async def test_provider_configuration_keeps_secrets_write_only(store: RedisConse
 async def test_bad_provider_configuration_writes_nothing(
     store: RedisConsentStore, raw: RawProvider, fields: list[str]
 ) -> None:
-    repo = DeliveryRepository(store.client)
+    repo = RedisProviderSettings(store.client)
     with pytest.raises(InvalidArgument) as err:
-        await DeliveryAdmin(repo).set_provider(TENANT, raw)
+        await DeliveryAdmin(repo, LOOPBACK).set_provider(TENANT, raw)
     assert [v.field for v in err.value.violations] == fields
     assert await repo.providers(TENANT) == {}
 
@@ -678,23 +686,30 @@ def test_backoff_grows_and_is_capped() -> None:
 async def test_failed_receipt_with_opt_out_code_records_the_opt_out(
     store: RedisConsentStore, outbox: DeliveryRepository, worker: DeliveryWorker, fake: FakeProvider
 ) -> None:
+    from consent_server.delivery.feedback import provider_feedback
     from consent_server.delivery.receipts import apply_receipt
 
+    feedback = provider_feedback(store)
     await use_webhook(store, fake.url)
     mid = await send(store, topic="marketing")
     await settle(worker, store, mid)
     # An unknown provider id: nothing happens, nothing is recorded.
     assert (
         await apply_receipt(
-            store, outbox, TENANT, ReceiptStatus.FAILED, provider_message_id="x", error_code=131050
+            outbox,
+            feedback,
+            TENANT,
+            ReceiptStatus.FAILED,
+            provider_message_id="x",
+            error_code=131050,
         )
         is ReceiptOutcome.UNKNOWN
     )
     assert (await ConsentAuthority(store).check(TENANT, WA, "marketing")).decision.allowed
     for _ in range(2):  # a re-sent receipt changes nothing more
         await apply_receipt(
-            store,
             outbox,
+            feedback,
             TENANT,
             ReceiptStatus.FAILED,
             provider_message_id="prov-1",
@@ -753,7 +768,12 @@ async def test_store_error_mid_delivery_leaves_the_message_for_a_reclaim(
 
     # Nothing listens on port 1; no client-side retries, to keep the test fast.
     dead = aioredis.Redis(port=1, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))
-    flaky = DeliveryWorker(RedisConsentStore(dead), DeliveryRepository(dead), WorkerOptions())
+    flaky = DeliveryWorker(
+        RedisConsentStore(dead),
+        DeliveryRepository(dead),
+        WorkerOptions(),
+        providers=RedisProviderSettings(dead),
+    )
     try:
         await flaky.handle(entry)  # StoreUnavailable: logged, not raised, nothing recorded
     finally:
@@ -871,13 +891,14 @@ async def test_whatsapp_status_webhooks_update_message_status(
     """The HTTP edge hands WhatsApp `statuses` to whatsapp_status_handler: `sent` says
     nothing new, `failed` turns a delivered message FAILED with the error codes. The
     opt-out a 131050 means is recorded by the edge itself, not a second time here."""
+    from consent_server.delivery.feedback import provider_feedback
     from consent_server.delivery.receipts import whatsapp_status_handler
     from consent_server.domain.whatsapp import StatusReceipt
 
     await use_webhook(store, fake.url)
     mid = await send(store)
     await settle(worker, store, mid)
-    handle = whatsapp_status_handler(store, outbox)
+    handle = whatsapp_status_handler(outbox, provider_feedback(store))
     await handle(StatusReceipt(TENANT, "prov-1", "sent", ALICE, None))
     sent = await store.message_status(TENANT, mid)
     assert sent is not None and sent.state is MessageState.DELIVERED

@@ -9,6 +9,7 @@ import httpx
 import pytest
 from aiohttp.test_utils import TestServer
 
+from consent_server.delivery.feedback import provider_feedback
 from consent_server.delivery.receipts import WebhookCallbacks
 from consent_server.domain.edge import ConsentLinks, WhatsAppEdge
 from consent_server.domain.links import LinkCodec
@@ -17,6 +18,7 @@ from consent_server.http.server import build_app
 from consent_server.http.wiring import log_status
 from consent_server.store.edge import RedisEdgeStore
 from consent_server.store.outbox import DeliveryRepository
+from consent_server.store.providers import RedisProviderSettings
 from consent_server.store.repository import RedisConsentStore
 
 
@@ -34,7 +36,11 @@ async def test_a_bug_answers_500_with_an_incident_and_logs_no_token(
 
     links = ConsentLinks(authority, store, broken_keyring, "https://c.example")
     edge = WhatsAppEdge(authority, RedisEdgeStore(store), inbound, log_status)
-    callbacks = WebhookCallbacks(store, DeliveryRepository(store.client))
+    callbacks = WebhookCallbacks(
+        DeliveryRepository(store.client),
+        RedisProviderSettings(store.client),
+        provider_feedback(store),
+    )
     server = TestServer(build_app(links, edge, callbacks))
     await server.start_server()
     token = "gAAAAA" + "b" * 100

@@ -24,7 +24,7 @@ import grpc
 
 from consent_server.domain.auth import AuthError, Caller, is_open
 from consent_server.domain.errors import InvalidArgument
-from consent_server.domain.security import SecurityAuthority
+from consent_server.domain.security import SecurityAuthority, call_cost
 from consent_server.domain.service import ANONYMOUS
 
 from .errors import abort
@@ -45,6 +45,14 @@ def current_principal() -> str:
     """The principal to record on consent events: the key id, or "anonymous"."""
     caller = _caller.get()
     return caller.principal if caller is not None else ANONYMOUS
+
+
+def request_items(request: Any) -> int:
+    """How many batch items a request carries (its ``recipients``), for its rate cost."""
+    descriptor = getattr(request, "DESCRIPTOR", None)
+    if descriptor is None or "recipients" not in descriptor.fields_by_name:
+        return 1
+    return len(request.recipients)
 
 
 def request_tenant(request: Any) -> str | None:
@@ -127,7 +135,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         return self._wrap(handler, method, header, authenticate=True)
 
     async def _admit(self, method: str, header: str | None, request: Any) -> Caller:
-        caller = await self._security.authenticate(header)
+        caller = await self._security.authenticate(header, call_cost(request_items(request)))
         self._security.authorize(caller, method, request_tenant(request))
         return caller
 

@@ -2,9 +2,10 @@
 accepted a message (delivered, read, failed) updates the message's status.
 
 The HTTP routes that receive them (WhatsApp ``statuses`` webhooks, webhook-provider
-call-backs) belong to the HTTP edge (SPEC §12); they call ``apply_receipt``. Unknown
-ids and other tenants' ids are ignored safely. A failed receipt whose error code means
-the user opted out (131050, 21610) also records that opt-out with SOURCE_PROVIDER.
+call-backs) belong to the HTTP edge; they call ``apply_receipt``. Unknown ids and other
+tenants' ids are ignored safely. A failed receipt whose error code means the user opted
+out (131050, 21610) also records that opt-out, through the provider-feedback use case
+(``domain.feedback``) like a provider's answer to a delivery.
 """
 
 from __future__ import annotations
@@ -13,24 +14,29 @@ import json
 import logging
 import time
 
-from consent_server.domain.delivery import ProviderKind, ReceiptOutcome, ReceiptStatus
-from consent_server.domain.errors import IdConflict
-from consent_server.domain.masking import mask_address
-from consent_server.domain.model import Action, ConsentEventInput, Source
+from consent_server.domain.delivery import (
+    ProviderConfigStore,
+    ProviderKind,
+    ReceiptOutcome,
+    ReceiptStatus,
+)
+from consent_server.domain.feedback import (
+    FeedbackPath,
+    ProviderFeedback,
+    ProviderOptOut,
+    opt_out_scope,
+)
+from consent_server.domain.ports import ReceiptStore
 from consent_server.domain.whatsapp import StatusHandler, StatusReceipt
-from consent_server.store.outbox import DeliveryRepository
-from consent_server.store.repository import RedisConsentStore
 
-from . import metrics as m
-from .providers.base import OPT_OUT_CODES
 from .providers.webhook import verify
 
 log = logging.getLogger("consent_server.delivery")
 
 
 async def apply_receipt(
-    consent: RedisConsentStore,
-    outbox: DeliveryRepository,
+    receipts: ReceiptStore,
+    feedback: ProviderFeedback,
     tenant_id: str,
     status: ReceiptStatus,
     *,
@@ -44,7 +50,7 @@ async def apply_receipt(
     detail = error or (f"error {error_code}" if error_code is not None else "")
     if status is ReceiptStatus.FAILED and error_code is not None and str(error_code) not in detail:
         detail = f"error {error_code}: {detail}"
-    outcome, ours = await outbox.apply_receipt(
+    outcome, ours = await receipts.apply_receipt(
         tenant_id,
         status,
         message_id=message_id,
@@ -54,48 +60,19 @@ async def apply_receipt(
     if outcome is ReceiptOutcome.UNKNOWN:
         log.info("receipt for an unknown message ignored", extra={"tenant": tenant_id})
         return outcome
-    if status is ReceiptStatus.FAILED and error_code in OPT_OUT_CODES:
-        await _record_opt_out(consent, tenant_id, ours, OPT_OUT_CODES[error_code], detail, provider)
-    return outcome
-
-
-async def _record_opt_out(
-    consent: RedisConsentStore,
-    tenant_id: str,
-    message_id: str,
-    topic: str,
-    detail: str,
-    provider: str,
-) -> None:
-    info = await consent.message_status(tenant_id, message_id)
-    if info is None:
-        return
-    event = ConsentEventInput(
-        tenant_id=tenant_id,
-        recipient=info.recipient,
-        topic=topic,
-        action=Action.OPT_OUT,
-        source=Source.PROVIDER,
-        evidence=f"{provider} receipt for message {message_id}: {detail}"[:1000],
-        occurred_at_ms=time.time_ns() // 1_000_000,
-        event_id=f"provider-receipt:{message_id}",  # a re-sent receipt is a replay
-        principal="delivery-receipts",
-    )
-    try:
-        outcome = await consent.record_event(event)
-    except IdConflict:
-        return
-    if not outcome.duplicate:
-        m.PROVIDER_OPT_OUTS.labels(provider).inc()
-        log.info(
-            "provider receipt reported an opt-out: recorded",
-            extra={
-                "message_id": message_id,
-                "tenant": tenant_id,
-                "to": mask_address(info.recipient.address),
-                "scope": topic or "all",
-            },
+    scope = opt_out_scope(error_code) if status is ReceiptStatus.FAILED else None
+    if scope is not None:
+        await feedback.opted_out(
+            ProviderOptOut(
+                tenant_id=tenant_id,
+                message_id=ours,
+                provider=provider,
+                topic=scope,
+                detail=detail,
+                path=FeedbackPath.RECEIPT,
+            )
         )
+    return outcome
 
 
 _WHATSAPP_STATUSES = {
@@ -105,9 +82,7 @@ _WHATSAPP_STATUSES = {
 }
 
 
-def whatsapp_status_handler(
-    consent: RedisConsentStore, outbox: DeliveryRepository
-) -> StatusHandler:
+def whatsapp_status_handler(receipts: ReceiptStore, feedback: ProviderFeedback) -> StatusHandler:
     """The HTTP edge's handler for WhatsApp ``statuses`` webhooks: apply them as receipts.
 
     ``sent`` (and any other status) says nothing new and is ignored. Error codes go
@@ -121,8 +96,8 @@ def whatsapp_status_handler(
         if status is None:
             return
         await apply_receipt(
-            consent,
-            outbox,
+            receipts,
+            feedback,
             receipt.tenant_id,
             status,
             provider_message_id=receipt.provider_message_id,
@@ -158,9 +133,12 @@ class WebhookCallbacks:
     ``message_id``). A 21610 / 131050 failure also records the opt-out.
     """
 
-    def __init__(self, consent: RedisConsentStore, outbox: DeliveryRepository) -> None:
-        self._consent = consent
-        self._outbox = outbox
+    def __init__(
+        self, receipts: ReceiptStore, providers: ProviderConfigStore, feedback: ProviderFeedback
+    ) -> None:
+        self._receipts = receipts
+        self._providers = providers
+        self._feedback = feedback
 
     async def receive(
         self, tenant_id: str, body: bytes, timestamp: str | None, signature: str | None
@@ -175,7 +153,7 @@ class WebhookCallbacks:
             raise CallbackRefused(401, "timestamp missing, malformed or too old")
         webhook_secrets = [
             c.secret
-            for c in (await self._outbox.providers(tenant_id)).values()
+            for c in (await self._providers.providers(tenant_id)).values()
             if c.kind is ProviderKind.WEBHOOK and c.secret
         ]
         if not webhook_secrets:
@@ -204,8 +182,8 @@ class WebhookCallbacks:
         if not isinstance(error, str):
             raise CallbackRefused(400, "error must be a string")
         return await apply_receipt(
-            self._consent,
-            self._outbox,
+            self._receipts,
+            self._feedback,
             tenant_id,
             status,
             message_id=message_id[:128],

@@ -5,13 +5,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from dataclasses import dataclass
 
 from consent_server.config import ConfigError, Settings
+from consent_server.domain.delivery import DeliveryAdmin
+from consent_server.domain.whatsapp import StatusHandler
 from consent_server.store.connect import open_store
 from consent_server.store.outbox import DeliveryRepository
+from consent_server.store.providers import RedisProviderSettings
 from consent_server.store.repository import RedisConsentStore
 
+from .feedback import provider_feedback
 from .metrics import serve_metrics
+from .receipts import WebhookCallbacks, whatsapp_status_handler
 from .worker import DeliveryWorker, WorkerOptions
 
 log = logging.getLogger("consent_server.delivery")
@@ -28,10 +34,38 @@ def worker_options(settings: Settings) -> WorkerOptions:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class DeliveryServices:
+    """What a server needs of delivery besides the worker: the provider admin use case,
+    the webhook-provider call-backs and the WhatsApp status handler."""
+
+    admin: DeliveryAdmin
+    callbacks: WebhookCallbacks
+    on_status: StatusHandler
+
+
+def delivery_services(settings: Settings, store: RedisConsentStore) -> DeliveryServices:
+    """Delivery's server-side services on ``store``'s Redis client."""
+    outbox = DeliveryRepository(store.client, cluster=settings.redis.cluster)
+    providers = RedisProviderSettings(store.client)
+    feedback = provider_feedback(store)
+    return DeliveryServices(
+        admin=DeliveryAdmin(providers, settings.delivery.egress_allow),
+        callbacks=WebhookCallbacks(outbox, providers, feedback),
+        on_status=whatsapp_status_handler(outbox, feedback),
+    )
+
+
 def build_worker(settings: Settings, store: RedisConsentStore) -> DeliveryWorker:
     """A worker sharing ``store``'s Redis client (the inline worker of a server)."""
     outbox = DeliveryRepository(store.client, cluster=settings.redis.cluster)
-    return DeliveryWorker(store, outbox, worker_options(settings))
+    return DeliveryWorker(
+        store,
+        outbox,
+        worker_options(settings),
+        providers=RedisProviderSettings(store.client),
+        egress=settings.delivery.egress_allow,
+    )
 
 
 async def run_worker(settings: Settings) -> int:

@@ -23,15 +23,18 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from consent_server.domain.delivery import ProviderConfig, provider_for
-from consent_server.domain.errors import IdConflict, StoreUnavailable
+from consent_server.domain.delivery import ProviderConfig, ProviderConfigStore, provider_for
+from consent_server.domain.egress import EgressPolicy
+from consent_server.domain.errors import StoreUnavailable
+from consent_server.domain.feedback import FeedbackPath, ProviderFeedback, ProviderOptOut
 from consent_server.domain.masking import mask_address
-from consent_server.domain.model import Action, ConsentEventInput, Source
-from consent_server.store.outbox import DeliveryRepository, OutboxEntry
-from consent_server.store.repository import RedisConsentStore
+from consent_server.domain.outbox import OutboxEntry
+from consent_server.domain.ports import ConsentStore, DeliveryOutbox
+from consent_server.egress import guarded_client
 
 from . import metrics as m
 from .backoff import backoff_ms
+from .feedback import provider_feedback
 from .providers import (
     Delivered,
     DeliveryMessage,
@@ -44,9 +47,6 @@ from .providers import (
 )
 
 log = logging.getLogger("consent_server.delivery")
-
-PRINCIPAL = "delivery-worker"
-MAX_EVIDENCE_BYTES = 1024
 
 
 def _now_ms() -> int:
@@ -85,19 +85,22 @@ class DeliveryWorker:
 
     def __init__(
         self,
-        consent: RedisConsentStore,
-        outbox: DeliveryRepository,
+        consent: ConsentStore,
+        outbox: DeliveryOutbox,
         options: WorkerOptions | None = None,
         *,
-        http: httpx.AsyncClient | None = None,
+        providers: ProviderConfigStore,
+        feedback: ProviderFeedback | None = None,
+        egress: EgressPolicy | None = None,
     ) -> None:
         self._consent = consent
         self._outbox = outbox
+        self._provider_settings = providers
+        self._feedback = feedback or provider_feedback(consent)
         self.options = options or WorkerOptions()
-        self._own_http = http is None
-        self._http = http or httpx.AsyncClient(
-            timeout=httpx.Timeout(10.0), follow_redirects=False, trust_env=False
-        )
+        # Providers reach tenant-chosen URLs: only through the egress guard (public
+        # addresses, plus what the operator allowed), never a plain client.
+        self._http: httpx.AsyncClient = guarded_client(egress or EgressPolicy())
         self._sem = asyncio.Semaphore(self.options.concurrency)
         self._inflight: set[asyncio.Task[None]] = set()
         self._handling: dict[tuple[int, str], OutboxEntry] = {}
@@ -141,8 +144,7 @@ class DeliveryWorker:
             for task in pending:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        if self._own_http:
-            await self._http.aclose()
+        await self._http.aclose()
         with contextlib.suppress(StoreUnavailable):  # the name stays in the group; harmless
             await self._outbox.retire(self.consumer)
         log.info("delivery worker stopped", extra={"consumer": self.consumer})
@@ -396,39 +398,18 @@ class DeliveryWorker:
     async def _record_provider_opt_out(
         self, entry: OutboxEntry, provider: Provider, result: OptedOut
     ) -> None:
-        """Record the provider's "opted out / blocked" as an opt-out (SOURCE_PROVIDER),
-        through the same atomic path as OptOut, so history and revisions stay right."""
-        rcpt = entry.recipient
-        assert rcpt is not None
-        evidence = f"{provider.name} answer to message {entry.message_id}: {result.error}"
-        event = ConsentEventInput(
-            tenant_id=entry.tenant_id,
-            recipient=rcpt,
-            topic=result.topic,
-            action=Action.OPT_OUT,
-            source=Source.PROVIDER,
-            evidence=evidence.encode()[:MAX_EVIDENCE_BYTES].decode(errors="ignore"),
-            occurred_at_ms=_now_ms(),
-            # One event per message: a reclaimed retry of the same answer is a replay.
-            event_id=f"provider:{entry.message_id}",
-            principal=PRINCIPAL,
-        )
-        try:
-            outcome = await self._consent.record_event(event)
-        except IdConflict:
-            return  # this message already recorded a different provider opt-out
-        if not outcome.duplicate:
-            m.PROVIDER_OPT_OUTS.labels(provider.name).inc()
-            log.info(
-                "provider reported an opt-out: recorded",
-                extra={
-                    "message_id": entry.message_id,
-                    "tenant": entry.tenant_id,
-                    "to": mask_address(rcpt.address),
-                    "scope": result.topic or "all",
-                    "revision": outcome.revision,
-                },
+        """The provider's "opted out / blocked" becomes an opt-out (provider feedback)."""
+        await self._feedback.opted_out(
+            ProviderOptOut(
+                tenant_id=entry.tenant_id,
+                message_id=entry.message_id,
+                provider=provider.name,
+                topic=result.topic,
+                detail=result.error,
+                path=FeedbackPath.ANSWER,
+                recipient=entry.recipient,
             )
+        )
 
     async def _provider(self, entry: OutboxEntry) -> Provider:
         rcpt = entry.recipient
@@ -436,7 +417,7 @@ class DeliveryWorker:
         now = time.monotonic()
         cached = self._providers.get(entry.tenant_id)
         if cached is None or now - cached[0] >= self.options.provider_cache_s:
-            cached = (now, await self._outbox.providers(entry.tenant_id))
+            cached = (now, await self._provider_settings.providers(entry.tenant_id))
             if len(self._providers) > 10_000:
                 self._providers.clear()
             self._providers[entry.tenant_id] = cached

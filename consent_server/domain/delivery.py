@@ -15,6 +15,7 @@ from typing import Protocol
 from urllib.parse import urlparse
 
 from . import validation as val
+from .egress import EgressPolicy
 from .model import Channel
 
 ALL_CHANNELS = "*"
@@ -25,7 +26,6 @@ MAX_URL = 2048
 MAX_SECRET = 512
 MIN_WEBHOOK_SECRET = 16
 DEFAULT_WHATSAPP_BASE_URL = "https://graph.facebook.com/v21.0"
-_LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 
 
 class ProviderKind(enum.Enum):
@@ -104,8 +104,10 @@ def provider_for(configs: Mapping[str, ProviderConfig], channel: Channel) -> Pro
     return configs.get(channel.value) or configs.get(ALL_CHANNELS) or ProviderConfig()
 
 
-def _http_url(v: val.Violations, field: str, url: str) -> str:
-    """An http(s) URL; plain http only to loopback (tests, local relays), never beyond."""
+def _http_url(v: val.Violations, field: str, url: str, egress: EgressPolicy) -> str:
+    """An http(s) URL to a destination the egress policy allows as written; plain http
+    only to a destination the operator allowed (tests, on-prem relays), never beyond.
+    Names resolving to internal addresses are refused again when delivery connects."""
     if not url:
         v.add(field, "is required")
         return ""
@@ -116,8 +118,24 @@ def _http_url(v: val.Violations, field: str, url: str) -> str:
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
         v.add(field, "must be an http:// or https:// URL with a host")
         return ""
-    if parsed.scheme == "http" and parsed.hostname not in _LOOPBACK_HOSTS:
-        v.add(field, "must use https:// (plain http:// is only allowed to loopback)")
+    try:
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    except ValueError:
+        v.add(field, "must have a port between 1 and 65535")
+        return ""
+    refused = egress.literal_refusal(parsed.hostname, port)
+    if refused is not None:
+        v.add(
+            field,
+            f"must not point at an internal destination ({refused}); only the server's "
+            "operator can allow one",
+        )
+        return ""
+    if parsed.scheme == "http" and not egress.operator_allowed(parsed.hostname, port):
+        v.add(
+            field,
+            "must use https:// (plain http:// only to destinations the operator allowed)",
+        )
         return ""
     if parsed.username or parsed.password:
         v.add(field, "must not carry credentials; use the secret field")
@@ -165,8 +183,9 @@ class RawProvider:
 class DeliveryAdmin:
     """Validates and stores provider configurations (the admin RPCs' use cases)."""
 
-    def __init__(self, store: ProviderConfigStore) -> None:
+    def __init__(self, store: ProviderConfigStore, egress: EgressPolicy | None = None) -> None:
         self._store = store
+        self._egress = egress or EgressPolicy()
 
     async def set_provider(self, tenant_id: str, raw: RawProvider) -> ChannelProvider:
         """Validate and store one channel's provider; empty secrets keep the stored ones."""
@@ -193,7 +212,7 @@ class DeliveryAdmin:
 
         config = ProviderConfig(kind=raw.kind)
         if raw.kind is ProviderKind.WEBHOOK:
-            url = _http_url(v, "provider.webhook.url", raw.url)
+            url = _http_url(v, "provider.webhook.url", raw.url, self._egress)
             secret = _secret(
                 v, "provider.webhook.signing_secret", raw.secret, kept(url), MIN_WEBHOOK_SECRET
             )
@@ -204,6 +223,7 @@ class DeliveryAdmin:
                 v,
                 "provider.whatsapp_cloud.base_url",
                 raw.url or DEFAULT_WHATSAPP_BASE_URL,
+                self._egress,
             )
             if not (raw.phone_number_id.isdigit() and 1 <= len(raw.phone_number_id) <= 32):
                 v.add("provider.whatsapp_cloud.phone_number_id", "must be 1-32 digits")

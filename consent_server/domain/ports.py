@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+from .delivery import ReceiptOutcome, ReceiptStatus
 from .model import (
     ChangeOutcome,
     ConfirmedChange,
@@ -20,6 +21,7 @@ from .model import (
     SendInput,
     TenantSettings,
 )
+from .outbox import OutboxEntry
 
 # (record for the topic, record for all topics); the first is None for topic "".
 RecordPair = tuple[ConsentRecord | None, ConsentRecord | None]
@@ -70,4 +72,93 @@ class ConsentStore(Protocol):
 
     async def message_status(self, tenant_id: str, message_id: str) -> MessageStatusInfo | None:
         """The stored status of a message, or None when unknown for this tenant."""
+        ...
+
+
+# -- delivery ---------------------------------------------------------------------------
+# The delivery worker's side of the store (outbox, claims, outcomes, retries) and the
+# receipts' side (message states). Provider settings are domain.delivery's
+# ProviderConfigStore. Each raises StoreUnavailable when the store is unreachable.
+
+
+class ClaimVerdict(Protocol):
+    """The claim's verdict on an entry: ``kind`` go / cancelled / expired / final / gone;
+    ``attempts`` counts this try (go), ``reason`` why cancelled, ``state`` if final."""
+
+    @property
+    def kind(self) -> str: ...
+    @property
+    def attempts(self) -> int: ...
+    @property
+    def reason(self) -> str: ...
+    @property
+    def state(self) -> str: ...
+
+
+class DeliveryOutbox(Protocol):
+    """The outbox consumer group and per-message delivery bookkeeping."""
+
+    async def ensure_groups(self) -> None:
+        """Create the consumer group where it is missing."""
+        ...
+
+    async def read(self, consumer: str, count: int, block_ms: int | None) -> list[OutboxEntry]:
+        """New entries for ``consumer`` (they become its pending ones)."""
+        ...
+
+    async def reclaim(self, consumer: str, min_idle_ms: int, count: int) -> list[OutboxEntry]:
+        """Entries another consumer left pending for ``min_idle_ms``."""
+        ...
+
+    async def touch(self, consumer: str, entries: Sequence[OutboxEntry]) -> None:
+        """Reset the idle time of entries still being worked on (a heartbeat)."""
+        ...
+
+    async def retire(self, consumer: str) -> None:
+        """Leave the group where nothing is pending (a clean stop)."""
+        ...
+
+    async def drop(self, entry: OutboxEntry) -> None:
+        """Acknowledge and delete an entry that cannot be acted on."""
+        ...
+
+    async def claim(self, entry: OutboxEntry, policy: Policy) -> ClaimVerdict:
+        """Re-check consent and claim the entry for one provider attempt."""
+        ...
+
+    async def finish(
+        self,
+        entry: OutboxEntry,
+        outcome: str,
+        *,
+        error: str = "",
+        provider_message_id: str = "",
+        provider: str = "",
+        retry_due_ms: int = 0,
+    ) -> str:
+        """Record a provider outcome: ``done``, ``retry`` or ``stale``."""
+        ...
+
+    async def requeue_due(self, now_ms: int, limit: int = 100) -> int:
+        """Move due retries back onto their outbox; how many moved."""
+        ...
+
+    async def backlog(self) -> tuple[int, int | None]:
+        """(messages waiting, acceptance ms of the oldest)."""
+        ...
+
+
+class ReceiptStore(Protocol):
+    """Applies provider receipts to message states."""
+
+    async def apply_receipt(
+        self,
+        tenant_id: str,
+        receipt: ReceiptStatus,
+        *,
+        message_id: str = "",
+        provider_message_id: str = "",
+        error: str = "",
+    ) -> tuple[ReceiptOutcome, str]:
+        """Apply a receipt found by our id or the provider's; (outcome, our id or "")."""
         ...

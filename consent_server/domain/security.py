@@ -34,6 +34,14 @@ from .validation import RawRecipient, Violations
 
 MAX_DESCRIPTION = 256
 MAX_KEY_RATE = 100_000
+#: A batch call costs one rate-limit token per this many items (BatchCheckConsent
+#: recipients), so a 10,000-recipient batch weighs like 100 single checks, not one.
+BATCH_ITEMS_PER_TOKEN = 100
+
+
+def call_cost(items: int) -> int:
+    """Rate-limit tokens a call with ``items`` batch items costs (at least one)."""
+    return max(1, -(-items // BATCH_ITEMS_PER_TOKEN))
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,9 +87,10 @@ class SecurityStore(Protocol):
     """Storage of keys, buckets and erasures. Raises StoreUnavailable when unreachable."""
 
     async def authenticate(
-        self, key_id: str, secret_hash: str, default_rate: int, burst: int
+        self, key_id: str, secret_hash: str, default_rate: int, burst: int, cost: int = 1
     ) -> AuthLookup:
-        """The key's record; takes one rate-limit token when the hash matches a live key."""
+        """The key's record; takes ``cost`` rate-limit tokens when the hash matches a live
+        key. ``default_rate``/``burst`` are a ceiling: a key's own rate may only be lower."""
         ...
 
     async def put_key(self, record: ApiKeyRecord) -> bool:
@@ -159,11 +168,12 @@ class SecurityAuthority:
 
     # -- authentication --------------------------------------------------------------
 
-    async def authenticate(self, authorization: str | None) -> Caller:
-        """The caller an ``authorization`` header proves; Unauthenticated or RateLimited."""
+    async def authenticate(self, authorization: str | None, cost: int = 1) -> Caller:
+        """The caller an ``authorization`` header proves, charging ``cost`` tokens (see
+        ``call_cost``); Unauthenticated or RateLimited."""
         key_id, secret = parse_key(bearer_token(authorization))
         lookup = await self._store.authenticate(
-            key_id, hash_secret(secret), self._limits.rate, self._limits.burst
+            key_id, hash_secret(secret), self._limits.rate, self._limits.burst, max(1, cost)
         )
         caller = verify(lookup.record, secret)
         if not lookup.allowed:
@@ -193,8 +203,19 @@ class SecurityAuthority:
         checked_role = _role(v, role)
         if len(description) > MAX_DESCRIPTION:
             v.add("description", f"must be at most {MAX_DESCRIPTION} characters")
-        if not 0 <= rate_limit_per_s <= MAX_KEY_RATE:
-            v.add("rate_limit_per_second", f"must be between 0 and {MAX_KEY_RATE}")
+        ceiling = self._limits.rate or MAX_KEY_RATE
+        if not 0 <= rate_limit_per_s <= ceiling:
+            # Refused rather than clamped: the caller learns the key's real rate now.
+            # Authentication enforces the same ceiling for keys stored before it.
+            v.add(
+                "rate_limit_per_second",
+                f"must be between 0 and {ceiling}"
+                + (
+                    f": at most {ceiling}, the server's rate limit (0 = that rate)"
+                    if self._limits.rate
+                    else ""
+                ),
+            )
         v.raise_if_any()
         assert checked_role is not None
         if tenant == OPERATOR_TENANT and caller is not None and caller.tenant_id != tenant:

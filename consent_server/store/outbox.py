@@ -1,5 +1,6 @@
-"""The delivery side of the store: outbox consumer group, claims, outcomes, retries,
-provider configuration and delivery receipts (docs/outbox.md is the stream contract).
+"""The delivery side of the store: outbox consumer group, claims, outcomes, retries and
+delivery receipts (docs/outbox.md is the stream contract); the domain sees it through
+the DeliveryOutbox and ReceiptStore ports. Provider settings live in providers.py.
 
 Kept beside RedisConsentStore rather than inside it so the consent repository stays
 about consent; both share one Redis client and the same key schema (keys.py). Every
@@ -17,8 +18,9 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 import redis.exceptions as rex
 
-from consent_server.domain.delivery import ProviderConfig, ReceiptOutcome, ReceiptStatus
-from consent_server.domain.model import Channel, Policy, Recipient
+from consent_server.domain.delivery import ReceiptOutcome, ReceiptStatus
+from consent_server.domain.model import Policy
+from consent_server.domain.outbox import OutboxEntry
 
 from . import keys
 from .records import text
@@ -35,60 +37,7 @@ def _load_script(name: str) -> str:
     return (resources.files("consent_server.store") / "lua" / name).read_text()
 
 
-@dataclass(frozen=True, slots=True)
-class OutboxEntry:
-    """One outbox stream entry, as docs/outbox.md describes it."""
-
-    partition: int
-    entry_id: str
-    fields: dict[str, str]
-
-    @property
-    def message_id(self) -> str:
-        """Our message id."""
-        return self.fields.get("id", "")
-
-    @property
-    def tenant_id(self) -> str:
-        """The sending tenant."""
-        return self.fields.get("tenant", "")
-
-    @property
-    def recipient(self) -> Recipient | None:
-        """The normalised recipient, or None when the entry is malformed."""
-        try:
-            return Recipient(Channel(self.fields.get("ch", "")), self.fields.get("addr", ""))
-        except ValueError:
-            return None
-
-    @property
-    def topic(self) -> str:
-        """The message's topic ("" for confirmations)."""
-        return self.fields.get("topic", "")
-
-    @property
-    def purpose(self) -> str:
-        """``send`` (also when absent) or ``confirmation``."""
-        return self.fields.get("purpose") or "send"
-
-    @property
-    def not_after_ms(self) -> int:
-        """Expiry in ms since the epoch; 0 = never."""
-        return _int(self.fields.get("not_after"))
-
-    @property
-    def accepted_at_ms(self) -> int:
-        """When the message was accepted."""
-        return _int(self.fields.get("at"))
-
-    @property
-    def valid(self) -> bool:
-        """True when the entry names a message, tenant and recipient we can act on."""
-        return (
-            keys.message_partition(self.message_id) == self.partition
-            and bool(self.tenant_id)
-            and self.recipient is not None
-        )
+__all__ = ["GROUP", "Claim", "DeliveryRepository", "OutboxEntry"]
 
 
 def _int(text: str | None) -> int:
@@ -154,11 +103,13 @@ class DeliveryRepository:
     def _entries(self, part: int, rows: Sequence[Any]) -> list[OutboxEntry]:
         out = []
         for entry_id, fields in rows:
+            decoded = {text(k): text(v) for k, v in (fields or {}).items()}
             out.append(
                 OutboxEntry(
                     part,
                     text(entry_id),
-                    {text(k): text(v) for k, v in (fields or {}).items()},
+                    decoded,
+                    keys.message_partition(decoded.get("id", "")),
                 )
             )
         return out
@@ -391,21 +342,6 @@ class DeliveryRepository:
                 if at and (oldest is None or at < oldest):
                     oldest = at
         return total, oldest
-
-    # -- provider configuration ---------------------------------------------------------
-
-    async def providers(self, tenant_id: str) -> dict[str, ProviderConfig]:
-        """The tenant's provider configurations by channel value (or "*")."""
-        raw: dict[bytes, bytes] = await self._call(
-            lambda: self._r.hgetall(keys.tenant_providers(tenant_id))
-        )
-        return {text(k): ProviderConfig.decode(text(v)) for k, v in raw.items()}
-
-    async def put_provider(self, tenant_id: str, channel: str, config: ProviderConfig) -> None:
-        """Store one channel's provider configuration."""
-        await self._call(
-            lambda: self._r.hset(keys.tenant_providers(tenant_id), channel, config.encode())
-        )
 
     # -- delivery receipts -----------------------------------------------------------------
 

@@ -66,13 +66,14 @@ class RedisSecurityStore:
     # -- API keys --------------------------------------------------------------------
 
     async def authenticate(
-        self, key_id: str, secret_hash: str, default_rate: int, burst: int
+        self, key_id: str, secret_hash: str, default_rate: int, burst: int, cost: int = 1
     ) -> AuthLookup:
-        """Look a key up and take one rate-limit token if the hash matches a live key."""
+        """Look a key up and take ``cost`` rate-limit tokens if the hash matches a live
+        key; the operator's rate and burst cap the key's own."""
         reply = await self._call(
             lambda: self._auth(
                 keys=[keys.api_key(key_id), keys.rate_bucket(key_id)],
-                args=[secret_hash, default_rate, burst],
+                args=[secret_hash, default_rate, burst, cost],
             )
         )
         if int(reply[0]) == 0:

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import httpx
 
-# Provider error codes that mean "this user opted out / blocked you" (SPEC §8):
-# code -> the topic the opt-out covers ("" = all topics).
-OPT_OUT_CODES: dict[int, str] = {
-    131050: "marketing",  # WhatsApp: the user stopped marketing messages
-    21610: "",  # Twilio-style: the recipient replied STOP (unsubscribed)
-}
+from consent_server.domain.feedback import OPT_OUT_CODES, opt_out_scope
+from consent_server.egress import EgressRefused
+
+__all__ = ["OPT_OUT_CODES", "opt_out_scope"]  # the codes' meaning lives in the domain
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,10 +116,34 @@ def parse_json(text: str) -> Any:
         return None
 
 
-def short(text: str, limit: int = 300) -> str:
-    """An answer body trimmed for last_error (whole bodies can be large)."""
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+_TOKEN_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.:-]{0,63}$")
+
+
+def error_class(payload: Any) -> str:
+    """A provider's error class when it is a short token (``recipient_opted_out``,
+    Meta's ``OAuthException``); "" otherwise. Free text is never kept."""
+    if not isinstance(payload, dict):
+        return ""
+    inner = payload.get("error")
+    candidates = [inner.get("type"), inner.get("status")] if isinstance(inner, dict) else [inner]
+    candidates.append(payload.get("type"))
+    for value in candidates:
+        if isinstance(value, str) and _TOKEN_RE.match(value):
+            return value
+    return ""
+
+
+def summary(name: str, status: int, payload: Any) -> str:
+    """What last_error keeps of an answer: the status, the provider's error code and
+    class. Never the body: whatever a destination answers must not be readable back
+    through GetMessageStatus."""
+    out = f"{name} {status}"
+    code, kind = error_code(payload), error_class(payload)
+    if code is not None:
+        out += f": error {code}"
+    if kind:
+        out += f" ({kind})" if code is not None else f": {kind}"
+    return out
 
 
 async def post_and_classify(
@@ -132,12 +155,21 @@ async def post_and_classify(
     request_timeout_s: float,
     **request: Any,
 ) -> ProviderResult:
-    """POST to a provider: a timeout or network error is transient (retried), any
-    answer goes to the provider's own ``classify``."""
+    """POST to a provider: a refused destination fails the message, a timeout or
+    network error is transient (retried), a redirect is never followed (it could lead
+    anywhere) and fails, any other answer goes to the provider's own ``classify``."""
     try:
-        resp = await http.post(url, timeout=request_timeout_s, **request)
+        resp = await http.post(url, timeout=request_timeout_s, follow_redirects=False, **request)
+    except EgressRefused as exc:
+        return PermanentFailure(f"{name}: {exc}")
+    except httpx.InvalidURL:  # e.g. 0177.0.0.1: not a URL httpx will ever connect to
+        return PermanentFailure(f"{name}: destination refused: not a valid URL")
     except httpx.TimeoutException:
         return TransientFailure(f"{name} timed out")
     except httpx.HTTPError as exc:
         return TransientFailure(f"{name} unreachable: {type(exc).__name__}")
+    if 300 <= resp.status_code < 400:
+        return PermanentFailure(
+            f"{name} {resp.status_code}: destination refused: redirects are not followed"
+        )
     return classify(resp.status_code, resp.text)

@@ -8,7 +8,9 @@ id, so a message re-sent after a worker crash can be recognised by the receiver.
 Answers: 2xx = delivered (``id`` or ``message_id`` of a JSON answer is kept as the
 provider message id); ``{"error": "recipient_opted_out"}`` or a 21610 code = the
 recipient opted out of everything; 408, 425, 429, 5xx and network errors are retried;
-other answers fail the message.
+other answers fail the message. Redirects are never followed (they fail the message),
+and the destination must pass the egress guard (``consent_server.egress``). Only the
+status, the error code and a short error class reach ``last_error``, never the body.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ import httpx
 from consent_server.domain.delivery import ProviderConfig
 
 from .base import (
-    OPT_OUT_CODES,
     Delivered,
     DeliveryMessage,
     OptedOut,
@@ -31,9 +32,10 @@ from .base import (
     ProviderResult,
     TransientFailure,
     error_code,
+    opt_out_scope,
     parse_json,
     post_and_classify,
-    short,
+    summary,
 )
 
 SIGNATURE_HEADER = "X-Consent-Signature"
@@ -87,16 +89,15 @@ class WebhookProvider:
 def classify(status: int, text: str) -> ProviderResult:
     """Turn a webhook answer into a provider result."""
     payload = parse_json(text)
-    if isinstance(payload, dict) and payload.get("error") == "recipient_opted_out":
-        return OptedOut("", f"webhook {status}: recipient_opted_out")
-    code = error_code(payload)
-    if code in OPT_OUT_CODES:
-        return OptedOut(OPT_OUT_CODES[code], f"webhook {status}: error {code} {short(text)}")
+    top = payload.get("error") if isinstance(payload, dict) else None
+    scope = opt_out_scope(error_code(payload), top if isinstance(top, str) else "")
+    if scope is not None:
+        return OptedOut(scope, summary("webhook", status, payload))
     if 200 <= status < 300:
         pid = ""
         if isinstance(payload, dict):
             pid = str(payload.get("id") or payload.get("message_id") or "")
         return Delivered(pid[:256])
     if status in _RETRY_STATUS or status >= 500:
-        return TransientFailure(f"webhook {status}: {short(text)}")
-    return PermanentFailure(f"webhook {status}: {short(text)}")
+        return TransientFailure(summary("webhook", status, payload))
+    return PermanentFailure(summary("webhook", status, payload))

@@ -19,7 +19,6 @@ import httpx
 from consent_server.domain.delivery import ProviderConfig
 
 from .base import (
-    OPT_OUT_CODES,
     Delivered,
     DeliveryMessage,
     OptedOut,
@@ -27,9 +26,10 @@ from .base import (
     ProviderResult,
     TransientFailure,
     error_code,
+    opt_out_scope,
     parse_json,
     post_and_classify,
-    short,
+    summary,
 )
 
 # Meta's codes for throttling and temporary trouble: retry later.
@@ -100,13 +100,14 @@ def classify(status: int, text: str) -> ProviderResult:
     """Turn a Cloud API answer into a provider result."""
     payload = parse_json(text)
     code = error_code(payload)
-    if code in OPT_OUT_CODES:
-        return OptedOut(OPT_OUT_CODES[code], f"whatsapp_cloud error {code}: {short(text)}")
+    scope = opt_out_scope(code)
+    if scope is not None:
+        return OptedOut(scope, summary("whatsapp_cloud", status, payload))
     if 200 <= status < 300 and isinstance(payload, dict):
         messages = payload.get("messages")
         if isinstance(messages, list) and messages and isinstance(messages[0], dict):
             return Delivered(str(messages[0].get("id", ""))[:256])
         return Delivered("")
     if status == 429 or status >= 500 or code in _TRANSIENT_CODES:
-        return TransientFailure(f"whatsapp_cloud {status}: {short(text)}")
-    return PermanentFailure(f"whatsapp_cloud {status}: {short(text)}")
+        return TransientFailure(summary("whatsapp_cloud", status, payload))
+    return PermanentFailure(summary("whatsapp_cloud", status, payload))

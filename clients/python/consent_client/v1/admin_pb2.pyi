@@ -451,7 +451,9 @@ class ApiKey(_message.Message):
     revoked: _builtins.bool
     """True once revoked."""
     rate_limit_per_second: _builtins.int
-    """Its own rate limit in requests per second; 0 = the server's default."""
+    """Its own rate limit in requests per second; 0 = the server's default. The
+    server's rate and burst cap it at every call, whatever is stored here.
+    """
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp:
         """When it was created."""
@@ -502,8 +504,9 @@ class CreateApiKeyRequest(_message.Message):
     put secrets or personal data here: it is shown by ListApiKeys.
     """
     rate_limit_per_second: _builtins.int
-    """Its own rate limit in requests per second, at most 100000; 0 = the
-    server's default (CONSENT_RATE_LIMIT).
+    """Its own rate limit in requests per second; 0 = the server's rate
+    (CONSENT_RATE_LIMIT). The server's rate is a ceiling: a higher value is
+    INVALID_ARGUMENT (at most 100000 when the server sets no limit).
     """
     def __init__(
         self,
@@ -781,7 +784,8 @@ class WebhookProvider(_message.Message):
     HMAC-SHA256(signing_secret, timestamp + "." + raw body)>` and `Idempotency-Key`
     (the message id). A 2xx answer delivers; `{"error":"recipient_opted_out"}` or
     code 21610 records an opt-out of all topics (SOURCE_PROVIDER); 408/425/429/5xx
-    and network errors are retried; any other answer fails the message.
+    and network errors are retried; redirects are never followed; any other answer
+    fails the message.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -790,7 +794,12 @@ class WebhookProvider(_message.Message):
     SIGNING_SECRET_FIELD_NUMBER: _builtins.int
     TIMEOUT_MS_FIELD_NUMBER: _builtins.int
     url: _builtins.str
-    """https:// URL (plain http:// only to loopback), at most 2048 characters."""
+    """https:// URL, at most 2048 characters. Internal destinations (loopback,
+    private, link-local/metadata, CGNAT, multicast, unspecified, in any
+    spelling) are INVALID_ARGUMENT, and refused again at connect time on the
+    resolved address, unless the server's operator allowed them
+    (CONSENT_EGRESS_ALLOW); plain http:// only to such allowed destinations.
+    """
     signing_secret: _builtins.str
     """HMAC key, 16-512 printable characters. Write-only: never returned. Empty on
     an update keeps the stored key, but only when the url is unchanged.
@@ -828,7 +837,8 @@ class WhatsAppCloudProvider(_message.Message):
     TIMEOUT_MS_FIELD_NUMBER: _builtins.int
     base_url: _builtins.str
     """API base URL including the version; empty = https://graph.facebook.com/v21.0.
-    https:// only (plain http:// only to loopback, e.g. a local fake in tests).
+    https:// only; the same destination rules as WebhookProvider.url (plain
+    http:// only to destinations the operator allowed, e.g. a local fake in tests).
     """
     phone_number_id: _builtins.str
     """The WhatsApp Business phone number id that sends, 1-32 digits."""

@@ -1392,7 +1392,9 @@ class GetMessageStatusResponse(_message.Message):
     attempts: _builtins.int
     """How many times a provider was tried."""
     last_error: _builtins.str
-    """The last provider error, if any."""
+    """The last provider error, if any: a short summary (the answer's status, the
+    provider's error code and error class), never the provider's answer body.
+    """
     provider_message_id: _builtins.str
     """The provider's id for the message, once delivered."""
     topic: _builtins.str

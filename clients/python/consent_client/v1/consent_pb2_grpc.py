@@ -113,7 +113,9 @@ class ConsentServiceServicer:
     def BatchCheckConsent(self, request, context):
         """Decides for up to 10,000 recipients at once, about one topic. Results come
         back in request order; an address that cannot be normalised is a per-item
-        error, not a failed batch. Read-only and safe to retry.
+        error, not a failed batch. Read-only and safe to retry. Costs one
+        rate-limit token per 100 recipients (at least one), so a large batch
+        weighs what its checks weigh.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -57,7 +57,9 @@ class ConsentServiceStub:
     BatchCheckConsent: _grpc.UnaryUnaryMultiCallable[_consent_pb2.BatchCheckConsentRequest, _consent_pb2.BatchCheckConsentResponse]
     """Decides for up to 10,000 recipients at once, about one topic. Results come
     back in request order; an address that cannot be normalised is a per-item
-    error, not a failed batch. Read-only and safe to retry.
+    error, not a failed batch. Read-only and safe to retry. Costs one
+    rate-limit token per 100 recipients (at least one), so a large batch
+    weighs what its checks weigh.
     """
     OptOut: _grpc.UnaryUnaryMultiCallable[_consent_pb2.OptOutRequest, _consent_pb2.OptOutResponse]
     """Records that the recipient withdrew consent for a topic (or for all topics
@@ -117,7 +119,9 @@ class ConsentServiceAsyncStub(ConsentServiceStub):
     BatchCheckConsent: _aio.UnaryUnaryMultiCallable[_consent_pb2.BatchCheckConsentRequest, _consent_pb2.BatchCheckConsentResponse]  # type: ignore[assignment]
     """Decides for up to 10,000 recipients at once, about one topic. Results come
     back in request order; an address that cannot be normalised is a per-item
-    error, not a failed batch. Read-only and safe to retry.
+    error, not a failed batch. Read-only and safe to retry. Costs one
+    rate-limit token per 100 recipients (at least one), so a large batch
+    weighs what its checks weigh.
     """
     OptOut: _aio.UnaryUnaryMultiCallable[_consent_pb2.OptOutRequest, _consent_pb2.OptOutResponse]  # type: ignore[assignment]
     """Records that the recipient withdrew consent for a topic (or for all topics
@@ -186,7 +190,9 @@ class ConsentServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_consent_pb2.BatchCheckConsentResponse, _abc.Awaitable[_consent_pb2.BatchCheckConsentResponse]]:
         """Decides for up to 10,000 recipients at once, about one topic. Results come
         back in request order; an address that cannot be normalised is a per-item
-        error, not a failed batch. Read-only and safe to retry.
+        error, not a failed batch. Read-only and safe to retry. Costs one
+        rate-limit token per 100 recipients (at least one), so a large batch
+        weighs what its checks weigh.
         """
 
     @_abc_1.abstractmethod

@@ -1,0 +1,37 @@
+"""Provider settings on Redis: which provider delivers each channel of a tenant.
+
+The domain's ProviderConfigStore port (SetDeliveryProvider, GetDeliveryProviders, and
+the worker's and receipts' look-ups); apart from the outbox, which is about messages.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from consent_server.domain.delivery import ProviderConfig
+
+from . import keys
+from .records import text
+from .repository import guarded
+
+
+class RedisProviderSettings:
+    """Provider configurations, one hash per tenant (channel value or "*" -> JSON)."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self._r: Any = client
+
+    async def providers(self, tenant_id: str) -> dict[str, ProviderConfig]:
+        """The tenant's provider configurations by channel value (or "*")."""
+        raw: dict[bytes, bytes] = await guarded(
+            lambda: self._r.hgetall(keys.tenant_providers(tenant_id))
+        )
+        return {text(k): ProviderConfig.decode(text(v)) for k, v in raw.items()}
+
+    async def put_provider(self, tenant_id: str, channel: str, config: ProviderConfig) -> None:
+        """Store one channel's provider configuration."""
+        await guarded(
+            lambda: self._r.hset(keys.tenant_providers(tenant_id), channel, config.encode())
+        )
