@@ -19,9 +19,8 @@ from consent_server.api.admin import ConsentAdminService
 from consent_server.api.auth import AuthInterceptor
 from consent_server.api.consent_service import ConsentServicer
 from consent_server.config import ConfigError, Settings, is_loopback
-from consent_server.delivery.metrics import serve_metrics
 from consent_server.delivery.receipts import WebhookCallbacks, whatsapp_status_handler
-from consent_server.delivery.runner import build_worker
+from consent_server.delivery.runner import build_worker, start_metrics
 from consent_server.domain.auth import OPERATOR_TENANT, Role
 from consent_server.domain.delivery import DeliveryAdmin
 from consent_server.domain.edge import ConsentLinks
@@ -168,7 +167,7 @@ async def serve(settings: Settings) -> int:
         port = 0
     if port == 0 and not settings.listen.endswith(":0"):
         raise ConfigError(f"CONSENT_LISTEN={settings.listen!r}: cannot listen there (in use?)")
-    serve_metrics(settings.metrics_listen)
+    start_metrics(settings)
     await server.start()
     host = settings.listen.rsplit(":", 1)[0]
     log.info(

@@ -13,6 +13,7 @@ import json
 import logging
 import time
 
+from consent_server import metrics as m
 from consent_server.domain.delivery import ProviderKind, ReceiptOutcome, ReceiptStatus
 from consent_server.domain.errors import IdConflict
 from consent_server.domain.masking import mask_address
@@ -21,7 +22,6 @@ from consent_server.domain.whatsapp import StatusHandler, StatusReceipt
 from consent_server.store.outbox import DeliveryRepository
 from consent_server.store.repository import RedisConsentStore
 
-from . import metrics as m
 from .providers.base import OPT_OUT_CODES
 from .providers.webhook import verify
 

@@ -7,11 +7,11 @@ import logging
 import signal
 
 from consent_server.config import ConfigError, Settings
+from consent_server.metrics import MetricsListenError, serve_metrics
 from consent_server.store.connect import open_store
 from consent_server.store.outbox import DeliveryRepository
 from consent_server.store.repository import RedisConsentStore
 
-from .metrics import serve_metrics
 from .worker import DeliveryWorker, WorkerOptions
 
 log = logging.getLogger("consent_server.delivery")
@@ -28,6 +28,14 @@ def worker_options(settings: Settings) -> WorkerOptions:
     )
 
 
+def start_metrics(settings: Settings) -> None:
+    """Serve /metrics when CONSENT_METRICS_LISTEN is set; ConfigError when it cannot bind."""
+    try:
+        serve_metrics(settings.metrics_listen)
+    except MetricsListenError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def build_worker(settings: Settings, store: RedisConsentStore) -> DeliveryWorker:
     """A worker sharing ``store``'s Redis client (the inline worker of a server)."""
     outbox = DeliveryRepository(store.client, cluster=settings.redis_cluster)
@@ -41,7 +49,7 @@ async def run_worker(settings: Settings) -> int:
             "CONSENT_REDIS_URL is required: a worker process delivers from a shared Redis "
             "(the embedded store lives inside one server process)"
         )
-    serve_metrics(settings.metrics_listen)
+    start_metrics(settings)
     store = open_store(
         settings.redis_url, cluster=settings.redis_cluster, timeout_s=settings.redis_timeout_s
     )

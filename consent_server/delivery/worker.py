@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from consent_server import metrics as m
 from consent_server.domain.delivery import ProviderConfig, provider_for
 from consent_server.domain.errors import IdConflict, StoreUnavailable
 from consent_server.domain.masking import mask_address
@@ -30,7 +31,6 @@ from consent_server.domain.model import Action, ConsentEventInput, Source
 from consent_server.store.outbox import DeliveryRepository, OutboxEntry
 from consent_server.store.repository import RedisConsentStore
 
-from . import metrics as m
 from .backoff import backoff_ms
 from .providers import (
     Delivered,
