@@ -20,7 +20,6 @@ from . import convert as cv
 from .auth import current_principal
 from .errors import abort, item_status
 
-Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 Ctx = grpc.aio.ServicerContext[Any, Any]
 Handler = Callable[[Any, Any, Ctx], Awaitable[Resp]]

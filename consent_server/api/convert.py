@@ -110,11 +110,6 @@ def status(value: Status) -> pb.ConsentStatus.ValueType:
     return _STATUS_TO_PB[value]
 
 
-def source_pb(value: Source) -> pb.Source.ValueType:
-    """A domain source on the wire."""
-    return _SOURCE_TO_PB[value]
-
-
 def inbound_action(value: InboundAction) -> pb.InboundAction.ValueType:
     """What an inbound message did, on the wire."""
     return _INBOUND_TO_PB[value]

@@ -19,11 +19,6 @@ class Channel(enum.Enum):
     RCS = "rcs"
     VOICE = "voice"
 
-    @property
-    def is_phone(self) -> bool:
-        """True for channels addressed by phone number."""
-        return self is not Channel.EMAIL
-
 
 class Status(enum.Enum):
     """Consent status of a record (or its absence)."""

@@ -28,7 +28,6 @@ from .tombstones import TombstoneNames
 T = TypeVar("T")
 
 GROUP = "delivery"
-PURPOSE_CONFIRMATION = "confirmation"
 
 
 def _load_script(name: str) -> str:
