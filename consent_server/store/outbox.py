@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
@@ -23,15 +22,12 @@ from consent_server.domain.model import Channel, Policy, Recipient
 from . import keys
 from .records import text
 from .repository import MESSAGE_RETENTION_S, guarded
+from .scripts import load_script
 from .tombstones import TombstoneNames
 
 T = TypeVar("T")
 
 GROUP = "delivery"
-
-
-def _load_script(name: str) -> str:
-    return (resources.files("consent_server.store") / "lua" / name).read_text()
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,10 +123,10 @@ class DeliveryRepository:
         self._retention_s = retention_s
         # The claim's re-check consults erasure tombstones, as the send decision does.
         self._tombstones = TombstoneNames(client)
-        self._claim = client.register_script(_load_script("claim.lua"))
-        self._finish = client.register_script(_load_script("finish.lua"))
-        self._requeue = client.register_script(_load_script("requeue.lua"))
-        self._receipt = client.register_script(_load_script("receipt.lua"))
+        self._claim = client.register_script(load_script("claim.lua"))
+        self._finish = client.register_script(load_script("finish.lua"))
+        self._requeue = client.register_script(load_script("requeue.lua"))
+        self._receipt = client.register_script(load_script("receipt.lua"))
 
     async def _call(self, fn: Callable[[], Awaitable[T]]) -> T:
         return await guarded(fn)

@@ -7,7 +7,6 @@ import hashlib
 import json
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from importlib import resources
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
@@ -43,6 +42,7 @@ from .records import (
     parse_settings,
     text,
 )
+from .scripts import load_script
 from .tombstones import TombstoneNames, newer
 
 T = TypeVar("T")
@@ -66,10 +66,6 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-def _load_script(name: str) -> str:
-    return (resources.files("consent_server.store") / "lua" / name).read_text()
-
-
 def _unavailable(exc: BaseException) -> StoreUnavailable:
     return StoreUnavailable(f"consent store unreachable: {type(exc).__name__}")
 
@@ -90,10 +86,10 @@ class RedisConsentStore:
     def __init__(self, client: aioredis.Redis, *, settings_cache_s: float = SETTINGS_CACHE_S):
         # redis-py's async stubs type replies as "Awaitable[T] | T"; Any keeps this readable.
         self._r: Any = client
-        self._record = client.register_script(_load_script("record_event.lua"))
-        self._send = client.register_script(_load_script("send.lua"))
-        self._put_settings = client.register_script(_load_script("put_settings.lua"))
-        self._read_states = client.register_script(_load_script("read_states.lua"))
+        self._record = client.register_script(load_script("record_event.lua"))
+        self._send = client.register_script(load_script("send.lua"))
+        self._put_settings = client.register_script(load_script("put_settings.lua"))
+        self._read_states = client.register_script(load_script("read_states.lua"))
         self._settings_cache: dict[str, tuple[float, TenantSettings]] = {}
         self._settings_cache_s = settings_cache_s
         self.tombstones = TombstoneNames(client)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from importlib import resources
 from typing import Any, TypeVar
 
 from consent_server.domain.auth import ApiKeyRecord, Role
@@ -18,16 +17,13 @@ from consent_server.domain.security import AuthLookup, ErasureCounts
 from . import keys
 from .records import text
 from .repository import guarded
+from .scripts import load_script
 from .tombstones import TombstoneNames
 
 T = TypeVar("T")
 
 MAX_LISTED_KEYS = 1000
 _SCAN_COUNT = 1000
-
-
-def _load_script(name: str) -> str:
-    return (resources.files("consent_server.store") / "lua" / name).read_text()
 
 
 def _now_ms() -> int:
@@ -56,8 +52,8 @@ class RedisSecurityStore:
 
     def __init__(self, client: Any, tombstones: TombstoneNames | None = None) -> None:
         self._r: Any = client
-        self._auth = client.register_script(_load_script("authenticate.lua"))
-        self._forget = client.register_script(_load_script("forget.lua"))
+        self._auth = client.register_script(load_script("authenticate.lua"))
+        self._forget = client.register_script(load_script("forget.lua"))
         self._tombstones = tombstones or TombstoneNames(client)
 
     async def _call(self, fn: Callable[[], Awaitable[T]]) -> T:
