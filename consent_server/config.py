@@ -56,7 +56,7 @@ class Settings:
     max_evidence_bytes: int = 1024
     max_metadata_entries: int = 32
     max_metadata_value: int = 512
-    # The HTTP edge (SPEC §12): off unless http_listen is set.
+    # The HTTP edge: off unless http_listen is set.
     http_listen: str | None = None
     public_url: str | None = None
     link_secrets: tuple[bytes, ...] = field(default=(), repr=False)  # secret: never shown
@@ -283,7 +283,7 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 
 BOOTSTRAP_ENV = "CONSENT_BOOTSTRAP_ADMIN_KEY"
 
-# (setting, lowest, highest, default): the SPEC maxima cannot be raised, only lowered.
+# (setting, lowest, highest, default): the contract's maxima cannot be raised, only lowered.
 _INTEGERS: tuple[tuple[str, int, int], ...] = (
     ("rate_limit", 0, 1_000_000),
     ("rate_burst", 0, 10_000_000),

@@ -1,4 +1,4 @@
-"""``python -m consent_server.worker``: a delivery worker process (SPEC §8, §11).
+"""``python -m consent_server.worker``: a delivery worker process.
 
 Run any number beside servers started with ``CONSENT_DELIVERY=off``; they share the
 outbox consumer group and read the same environment variables as the server.

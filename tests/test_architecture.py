@@ -4,6 +4,7 @@ statement, also those inside functions and ``if TYPE_CHECKING`` blocks)."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -133,3 +134,26 @@ def test_every_module_is_named_in_docs_architecture() -> None:
         if f"`{rel}`" not in doc:
             missing.append(rel)
     assert not missing, f"docs/architecture.md does not name: {missing}"
+
+
+# Built from pieces so this file does not match itself.
+_PROJECT_INTERNALS = re.compile(
+    r"\b" + "SP" + r"EC\b|\.\./" + "shared" + r"|\b[Ii]ssues? #?\d+|\b" + "work" + r"streams?\b"
+)
+_DOCUMENTED = ("consent_server", "clients", "tests", "bench", "scripts", "docs", "proto")
+_SUFFIXES = {".py", ".pyi", ".lua", ".md", ".proto", ".toml", ".yaml", ".sh"}
+
+
+def test_code_and_docs_describe_themselves_in_their_own_words() -> None:
+    """No pointers to the planning documents the repository does not contain."""
+    paths = [ROOT / "README.md", ROOT / "Makefile", ROOT / "pyproject.toml", ROOT / "buf.yaml"]
+    for top in _DOCUMENTED:
+        paths += [p for p in (ROOT / top).rglob("*") if p.suffix in _SUFFIXES]
+    offenders = []
+    for path in paths:
+        if "__pycache__" in path.parts:
+            continue
+        for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+            if _PROJECT_INTERNALS.search(line):
+                offenders.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()[:80]}")
+    assert not offenders, "\n".join(offenders)

@@ -216,7 +216,7 @@ async def test_opt_out_then_newer_opt_in_still_delivers(
 ) -> None:
     mid = await send(store)
     await change(store, Action.OPT_OUT)
-    await change(store, Action.OPT_IN, "marketing")  # newer topic opt-in decides (SPEC §3)
+    await change(store, Action.OPT_IN, "marketing")  # newer topic opt-in decides
     await settle(worker, store, mid)
     status = await store.message_status(TENANT, mid)
     assert status is not None and status.state is MessageState.DELIVERED
@@ -792,7 +792,7 @@ async def test_claim_script_agrees_with_the_decision_rule(
     worker: DeliveryWorker,
     events: list[tuple[str, Action, int]],
 ) -> None:
-    """claim.lua re-implements SPEC §3 (it must be atomic with the claim): same answers."""
+    """claim.lua re-implements the decision rule (atomic with the claim): same answers."""
     from consent_server.domain.model import ConsentEventInput
 
     mid = await send(store, topic="marketing")

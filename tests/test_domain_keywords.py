@@ -1,4 +1,4 @@
-"""The keyword engine (SPEC section 7): a table of inbound texts with the expected
+"""The keyword engine: a table of inbound texts with the expected
 outcome, and property tests of the normalisation."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The one consent.v1.ConsentAdminService servicer.
 
-Each workstream's admin RPCs live in a module of their own (tenant settings,
+Each area's admin RPCs live in a module of their own (tenant settings,
 API keys and erasure, ...); gRPC serves a service from one servicer, so this
 class combines them. Methods of the earlier bases win, and whatever no base
 implements falls through to the generated servicer, which answers UNIMPLEMENTED.

@@ -1,7 +1,7 @@
-"""ConsentAdminService RPCs of the security workstream: API keys and erasure.
+"""ConsentAdminService RPCs for API keys and erasure.
 
 A mixin of :class:`consent_server.api.admin.ConsentAdminService`, which combines
-every workstream's admin RPCs into the one servicer of the service.
+the admin RPCs of every area into the one servicer of the service.
 """
 
 from __future__ import annotations

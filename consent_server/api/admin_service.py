@@ -1,4 +1,4 @@
-"""The consent.v1.ConsentAdminService servicer: tenant settings (issue 4).
+"""The consent.v1.ConsentAdminService servicer: tenant settings.
 
 Proto <-> domain conversion of TenantSettings lives here, beside its only user.
 Unknown enum numbers on the wire become field violations, reported together with

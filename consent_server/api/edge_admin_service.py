@@ -1,9 +1,8 @@
 """ConsentAdminService RPCs of the HTTP edge: per-tenant WhatsApp webhook settings.
 
-``EdgeAdminMixin`` holds the handlers; ``EdgeAdminServicer`` serves them alone.
-Other workstreams add their admin RPCs to the same service, so at merge the
-mixins are combined into one ConsentAdminService servicer class, e.g.
-``class AdminServicer(EdgeAdminMixin, SettingsAdminMixin, ...)``, registered once.
+``EdgeAdminMixin`` holds the handlers and ``EdgeAdminServicer`` adds its state;
+:class:`consent_server.api.admin.ConsentAdminService` combines it with the other
+areas' admin RPCs into the one servicer of the service.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 accepted a message (delivered, read, failed) updates the message's status.
 
 The HTTP routes that receive them (WhatsApp ``statuses`` webhooks, webhook-provider
-call-backs) belong to the HTTP edge (SPEC §12); they call ``apply_receipt``. Unknown
+call-backs) belong to the HTTP edge; they call ``apply_receipt``. Unknown
 ids and other tenants' ids are ignored safely. A failed receipt whose error code means
 the user opted out (131050, 21610) also records that opt-out with SOURCE_PROVIDER.
 """

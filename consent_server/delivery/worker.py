@@ -1,6 +1,6 @@
 """The outbox worker: reads every partition's outbox in one consumer group, re-checks
 consent and claims each message atomically, hands it to the tenant's provider, and
-records the outcome (SPEC §8; docs/outbox.md).
+records the outcome (docs/outbox.md).
 
 Any number of workers (inline in servers, or ``python -m consent_server.worker``) share
 the group: each entry goes to one of them. An entry stays pending in the group while its

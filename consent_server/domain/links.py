@@ -1,4 +1,4 @@
-"""Signed, expiring opt-out and re-subscribe links (SPEC §12).
+"""Signed, expiring opt-out and re-subscribe links.
 
 A link token is a Fernet token (``cryptography``): the claims are encrypted with
 AES-128-CBC and the whole token is signed with HMAC-SHA256, then URL-safe base64

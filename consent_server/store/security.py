@@ -1,7 +1,7 @@
 """Redis storage for API keys, per-key rate limits and erasure (domain.security.SecurityStore).
 
-A separate class from RedisConsentStore so the security workstream stays in its own
-module; it shares the same Redis client and the same error mapping (fail closed).
+A separate class from RedisConsentStore so security storage stays in its own module;
+it shares the same Redis client and the same error mapping (fail closed).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from typing import Any, Protocol
 
 import httpx
 
-# Provider error codes that mean "this user opted out / blocked you" (SPEC §8):
+# Provider error codes that mean "this user opted out / blocked you":
 # code -> the topic the opt-out covers ("" = all topics).
 OPT_OUT_CODES: dict[int, str] = {
     131050: "marketing",  # WhatsApp: the user stopped marketing messages
