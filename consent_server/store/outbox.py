@@ -13,13 +13,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import redis.asyncio as aioredis
 import redis.exceptions as rex
 
 from consent_server.domain.delivery import ProviderConfig, ReceiptOutcome, ReceiptStatus
 from consent_server.domain.model import Channel, Policy, Recipient
 
 from . import keys
+from .client import RedisClient
 from .records import text
 from .repository import MESSAGE_RETENTION_S, guarded
 from .scripts import load_script
@@ -113,7 +113,7 @@ class DeliveryRepository:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: RedisClient,
         *,
         cluster: bool = False,
         retention_s: int = MESSAGE_RETENTION_S,

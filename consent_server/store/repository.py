@@ -9,7 +9,6 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
-import redis.asyncio as aioredis
 import redis.exceptions as rex
 
 from consent_server.domain.decision import decide
@@ -33,6 +32,7 @@ from consent_server.domain.model import (
 from consent_server.domain.ports import RecordPair
 
 from . import keys
+from .client import RedisClient
 from .records import (
     encode_body,
     encode_settings,
@@ -83,8 +83,9 @@ async def guarded(fn: Callable[[], Awaitable[T]]) -> T:
 class RedisConsentStore:
     """Consent storage on Redis (or the embedded fakeredis); every change is one Lua script."""
 
-    def __init__(self, client: aioredis.Redis, *, settings_cache_s: float = SETTINGS_CACHE_S):
-        # redis-py's async stubs type replies as "Awaitable[T] | T"; Any keeps this readable.
+    def __init__(self, client: RedisClient, *, settings_cache_s: float = SETTINGS_CACHE_S):
+        # The boundary is typed (RedisClient); replies stay Any: redis-py types them
+        # "bytes | str" (it cannot know decode_responses), which every read would re-cast.
         self._r: Any = client
         self._record = client.register_script(load_script("record_event.lua"))
         self._send = client.register_script(load_script("send.lua"))
@@ -95,9 +96,9 @@ class RedisConsentStore:
         self.tombstones = TombstoneNames(client)
 
     @property
-    def client(self) -> aioredis.Redis:
+    def client(self) -> RedisClient:
         """The underlying client (tests and health checks use it)."""
-        client: aioredis.Redis = self._r
+        client: RedisClient = self._r
         return client
 
     async def _call(self, fn: Callable[[], Awaitable[T]]) -> T:

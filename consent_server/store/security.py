@@ -15,6 +15,7 @@ from consent_server.domain.model import Recipient
 from consent_server.domain.security import AuthLookup, ErasureCounts
 
 from . import keys
+from .client import RedisClient
 from .records import text
 from .repository import guarded
 from .scripts import load_script
@@ -50,7 +51,7 @@ def _record(key_id: str, raw: dict[bytes, bytes]) -> ApiKeyRecord | None:
 class RedisSecurityStore:
     """API keys, token buckets and erasure on Redis (or the embedded fakeredis)."""
 
-    def __init__(self, client: Any, tombstones: TombstoneNames | None = None) -> None:
+    def __init__(self, client: RedisClient, tombstones: TombstoneNames | None = None) -> None:
         self._r: Any = client
         self._auth = client.register_script(load_script("authenticate.lua"))
         self._forget = client.register_script(load_script("forget.lua"))
