@@ -81,6 +81,9 @@ RULES: dict[str, tuple[str, ...]] = {
     "store": ("consent_server.api", "consent_server.http", "consent_server.delivery", "grpc"),
     "delivery": ("consent_server.api", "consent_server.http", "grpc"),
     "http": ("consent_server.api", "consent_server.store", "grpc"),
+    # consentctl talks to the server through the thin client; only its first-key
+    # bootstrap writes straight into the store.
+    "cli": ("consent_server.api", "consent_server.http", "consent_server.delivery", "grpc"),
     # Counters and the /metrics listener: used by every layer, so it depends on none.
     "metrics": ("consent_server",),
 }
