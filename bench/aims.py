@@ -1,4 +1,4 @@
-"""The ratios the service aims for, each measured within one run (issue 3)."""
+"""The ratios the service aims for, each measured within one run."""
 
 from __future__ import annotations
 

@@ -31,8 +31,12 @@ from consent_server.api.consent_service import ConsentServicer
 from consent_server.api.delivery_admin_service import DeliveryProviderHandlers
 from consent_server.api.edge_admin_service import WhatsAppWebhookHandlers
 from consent_server.config import ConfigError, Settings, TlsSettings, is_loopback
-from consent_server.delivery.metrics import serve_metrics
-from consent_server.delivery.runner import DeliveryServices, build_worker, delivery_services
+from consent_server.delivery.runner import (
+    DeliveryServices,
+    build_worker,
+    delivery_services,
+    start_metrics,
+)
 from consent_server.delivery.worker import DeliveryWorker
 from consent_server.domain.auth import OPERATOR_TENANT, Role
 from consent_server.domain.edge import ConsentLinks
@@ -238,7 +242,7 @@ async def run(services: Services, stop: asyncio.Event) -> int:
     loop = asyncio.get_running_loop()
     await _set_health(s.health, NOT_SERVING)
     bootstrap = await install_bootstrap(s)
-    serve_metrics(settings.observability.metrics_listen)
+    start_metrics(settings)
     await s.server.start()
     log.info(
         "consent authority serving",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+import inspect
+import types
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import fakeredis
@@ -14,6 +16,7 @@ from hypothesis import settings
 from consent_client.v1 import consent_pb2_grpc
 from consent_server.store.repository import RedisConsentStore
 
+from .cluster_support import RedisClusterProcesses
 from .support import RedisProcess, ServerProcess
 
 # Property tests check properties, not speed: hypothesis's per-example deadline turns a
@@ -81,3 +84,120 @@ def tenant(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     return tmp_path
+
+
+# --- Partitioning: what each test needs -------------------------------------------
+# Like redis-py's suites, every test is marked by what it needs, so `make test-fast`
+# can run the pure and in-process tests alone (`-m fast`'s complement below). The
+# marks are derived from the code a test runs: its own function, the module-level
+# helpers it calls, and every fixture in its closure. A parametrized fixture's
+# embedded variant (fakeredis, embedded) does not count as needing a redis-server.
+_NEEDS: dict[str, tuple[str, ...]] = {
+    "redis": ("RedisProcess(", "redis_proc"),
+    "cluster": ("RedisClusterProcesses(",),
+    "browser": ("CHROMIUM", "chromium"),
+    "e2e": ("ServerProcess(", "subprocess.", "sys.executable"),
+}
+_EMBEDDED_PARAMS = frozenset({"fakeredis", "embedded"})
+
+
+def _source(obj: object) -> str:
+    try:
+        return inspect.getsource(obj)  # type: ignore[arg-type]
+    except (OSError, TypeError):
+        return ""
+
+
+def _code_names(code: types.CodeType) -> set[str]:
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _code_names(const)
+    return names
+
+
+_SOURCES: dict[object, list[str]] = {}
+
+
+def _function_sources(fn: Callable[..., object]) -> list[str]:
+    """The source of ``fn`` and of the module-level functions it calls, transitively."""
+    if fn not in _SOURCES:
+        _SOURCES[fn] = _uncached_sources(fn)
+    return _SOURCES[fn]
+
+
+def _uncached_sources(fn: Callable[..., object]) -> list[str]:
+    module = inspect.getmodule(fn)
+    out: list[str] = []
+    seen: set[object] = set()
+    todo: list[object] = [fn]
+    while todo:
+        f = inspect.unwrap(todo.pop())  # type: ignore[arg-type]
+        if f in seen or not isinstance(f, types.FunctionType):
+            continue
+        seen.add(f)
+        out.append(_source(f))
+        for name in _code_names(f.__code__):
+            target = getattr(module, name, None)
+            if isinstance(target, types.FunctionType) and inspect.getmodule(target) is module:
+                todo.append(target)
+            elif isinstance(target, type) and inspect.getmodule(target) is module:
+                out.append(_source(target))
+    return out
+
+
+def _needs(item: pytest.Item) -> set[str]:
+    sources: list[str] = []
+    function = getattr(item, "function", None)
+    if function is not None:
+        sources += _function_sources(function)
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    info = getattr(item, "_fixtureinfo", None)
+    for name in getattr(item, "fixturenames", ()):
+        for fixturedef in info.name2fixturedefs.get(name, ()) if info else ():
+            text = "\n".join(_function_sources(fixturedef.func))
+            if isinstance(params.get(name), str) and params[name] in _EMBEDDED_PARAMS:
+                text = text.replace("redis_proc", "").replace("RedisProcess(", "")
+            sources.append(text)
+    code = "\n".join(sources)
+    return {mark for mark, tokens in _NEEDS.items() if any(t in code for t in tokens)}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        for mark in sorted(_needs(item) - {m.name for m in item.iter_markers()}):
+            item.add_marker(getattr(pytest.mark, mark))
+
+
+# The marks are derived, so check them where it matters: a test that starts a
+# redis-server, a cluster or a server process without the mark fails, and the
+# derivation above gets fixed instead of `make test-fast` quietly needing Redis.
+_RUNNING: list[pytest.Item] = []
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> object:
+    _RUNNING.append(item)
+    try:
+        return (yield)
+    finally:
+        _RUNNING.pop()
+
+
+def _guard_start(cls: type, mark: str) -> None:
+    original = cls.start  # type: ignore[attr-defined]
+
+    def start(self: object, *args: object, **kwargs: object) -> object:
+        if _RUNNING and _RUNNING[-1].get_closest_marker(mark) is None:
+            raise AssertionError(
+                f"{_RUNNING[-1].nodeid} starts {cls.__name__} but is not marked {mark!r}: "
+                "teach tests/conftest.py's _NEEDS to see it, or mark the test"
+            )
+        return original(self, *args, **kwargs)
+
+    cls.start = start  # type: ignore[attr-defined]
+
+
+_guard_start(RedisProcess, "redis")
+_guard_start(ServerProcess, "e2e")
+_guard_start(RedisClusterProcesses, "cluster")

@@ -1,4 +1,4 @@
-"""The decision rule (SPEC §3) as a pure function, checked exhaustively and by properties."""
+"""The decision rule as a pure function, checked exhaustively and by properties."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The keyword engine (SPEC section 7): a table of inbound texts with the expected
+"""The keyword engine: a table of inbound texts with the expected
 outcome, and property tests of the normalisation."""
 
 from __future__ import annotations
@@ -223,6 +223,7 @@ def test_surrounding_junk_never_changes_a_whole_message_match(
     assert MATCHER.match_text(before + keyword.upper() + after) == plain
 
 
+@pytest.mark.slow  # a property run of several seconds: make test, not test-fast
 @given(st.text(max_size=40))
 def test_normalise_is_idempotent(text: str) -> None:
     once = normalise(text)
@@ -231,6 +232,7 @@ def test_normalise_is_idempotent(text: str) -> None:
     assert "  " not in once
 
 
+@pytest.mark.slow  # a property run of several seconds: make test, not test-fast
 @given(st.text(max_size=40))
 def test_case_and_width_do_not_matter(text: str) -> None:
     assert normalise(text.upper()) == normalise(normalise(text).upper())

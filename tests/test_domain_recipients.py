@@ -1,4 +1,4 @@
-"""Address normalisation (SPEC §2): one spelling per real address, clear refusals."""
+"""Address normalisation: one spelling per real address, clear refusals."""
 
 from __future__ import annotations
 

@@ -996,7 +996,7 @@ def test_idn_email_domain_is_echoed_in_ascii(stub: Any, tenant: str) -> None:
 
 
 def test_tenant_default_region_reads_national_numbers(redis_proc: Any, tenant: str) -> None:
-    """Numbers without '+' are read in the tenant's default_region (SPEC §2). The settings
+    """Numbers without '+' are read in the tenant's default_region. The settings
     admin RPC comes later, so the test writes the settings hash into a private
     redis-server and runs its own server process on it."""
     import redis
@@ -1232,7 +1232,7 @@ def test_same_instant_the_later_revision_wins(stub: Any, tenant: str) -> None:
 
 
 def test_topic_and_all_interplay(stub: Any, tenant: str) -> None:
-    """SPEC §3: STOP (ALL) after a marketing opt-in blocks marketing; a later opt-in to
+    """The decision rule: STOP (ALL) after a marketing opt-in blocks marketing; a later opt-in to
     order_updates re-allows order_updates only; START (ALL) later re-allows everything."""
     t0 = time.time() - 3600
     revisions = []

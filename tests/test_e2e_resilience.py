@@ -1,4 +1,4 @@
-"""Resilience end to end (SPEC §6, §9, §10): the real server process over gRPC.
+"""Resilience end to end: the real server process over gRPC.
 
 - race: 8+ concurrent senders while an OptOut lands; no send that starts after the
   OptOut returned is accepted (§9.1), on the embedded store and a real redis-server;

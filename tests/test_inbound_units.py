@@ -294,6 +294,7 @@ async def _deciders(store: RedisConsentStore, tenant: str) -> dict[str, object]:
     return out
 
 
+@pytest.mark.slow  # a property run of several seconds: make test, not test-fast
 @settings(
     max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )

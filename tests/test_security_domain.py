@@ -29,7 +29,7 @@ ADMIN = [
     f"/consent.v1.ConsentAdminService/{m.name}"
     for m in admin_pb2.DESCRIPTOR.services_by_name["ConsentAdminService"].methods
 ]
-# Admin RPCs other workstreams add: the rule must cover them without naming them.
+# Admin RPCs added later: the rule must cover them without naming them.
 FUTURE_ADMIN = [
     "/consent.v1.ConsentAdminService/GetTenantSettings",
     "/consent.v1.ConsentAdminService/UpdateTenantSettings",

@@ -260,7 +260,7 @@ async def test_erasure_removes_everything_but_keeps_the_suppression(
     await opt(a, Action.OPT_IN, ALICE, "", when_ms=int(time.time() * 1000) - 3_600_000)
     with pytest.raises(SendBlocked):
         await send(a, ALICE, "order_updates")
-    # A fresh explicit opt-in lifts it, scope by scope (SPEC §3).
+    # A fresh explicit opt-in lifts it, scope by scope.
     await opt(a, Action.OPT_IN, ALICE, "order_updates")
     assert (await send(a, ALICE, "order_updates")).accepted.message_id
     with pytest.raises(SendBlocked):

@@ -331,6 +331,7 @@ async def _check_order_property(
     assert [e.applied for e in reversed(page.events)] == applied_flags
 
 
+@pytest.mark.slow  # a property run of several seconds: make test, not test-fast
 @settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )

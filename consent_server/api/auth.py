@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import contextvars
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
 
-from consent_server.domain.auth import AuthError, Caller, is_open
+from consent_server.domain.auth import Caller, is_open
 from consent_server.domain.errors import InvalidArgument
 from consent_server.domain.security import SecurityAuthority, call_cost
 from consent_server.domain.service import ANONYMOUS
@@ -125,6 +125,15 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         method = handler_call_details.method
         if handler is None or is_open(method):
             return handler
+        if handler.unary_unary is None:
+            # Every checked RPC is unary (the streaming health and reflection services
+            # are open). A stream here is an RPC whose tenants nobody checks: refuse it
+            # as unknown (UNIMPLEMENTED) rather than serve it unchecked.
+            log.error(
+                "streaming RPC refused: not checked by the interceptor", extra={"method": method}
+            )
+            # None is grpc's "no such method"; grpc-stubs do not spell it in the return type.
+            return None  # type: ignore[return-value]
         header = _authorization(handler_call_details)
         if header is None and not self._required:
             wrapped = self._anonymous.get(method)
@@ -156,88 +165,14 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 await abort(context, exc)
                 raise
 
-        if handler.unary_unary is not None:
-            inner_uu: Any = handler.unary_unary
+        inner: Any = handler.unary_unary
 
-            async def unary_unary(request: Any, context: Ctx) -> Any:
-                await enter(request, context)
-                return await inner_uu(request, context)
+        async def unary_unary(request: Any, context: Ctx) -> Any:
+            await enter(request, context)
+            return await inner(request, context)
 
-            return grpc.unary_unary_rpc_method_handler(
-                unary_unary,
-                request_deserializer=deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream is not None:
-            inner_us: Any = handler.unary_stream
-
-            async def unary_stream(request: Any, context: Ctx) -> AsyncIterator[Any]:
-                await enter(request, context)
-                async for item in inner_us(request, context):
-                    yield item
-
-            return grpc.unary_stream_rpc_method_handler(
-                unary_stream,
-                request_deserializer=deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if not authenticate:
-            return handler
-        return self._wrap_client_stream(handler, method, header)
-
-    def _wrap_client_stream(self, handler: Handler, method: str, header: str | None) -> Handler:
-        """Client streams: authenticate once, check the tenant of every request message."""
-        security = self._security
-
-        async def checked(requests: AsyncIterator[Any], caller: Caller) -> AsyncIterator[Any]:
-            async for request in requests:
-                security.authorize(caller, method, request_tenant(request))
-                yield request
-
-        async def start(context: Ctx) -> Caller:
-            try:
-                caller = await security.authenticate(header)
-                # Role check now; the tenant of each message as it arrives.
-                if caller.tenant_id != "*":
-                    security.authorize(caller, method, caller.tenant_id)
-                else:
-                    security.authorize(caller, method, None)
-            except Exception as exc:
-                await abort(context, exc)
-                raise
-            _caller.set(caller)
-            return caller
-
-        if handler.stream_unary is not None:
-            inner_su: Any = handler.stream_unary
-
-            async def stream_unary(requests: AsyncIterator[Any], context: Ctx) -> Any:
-                caller = await start(context)
-                try:
-                    return await inner_su(checked(requests, caller), context)
-                except AuthError as exc:  # a streamed message named another tenant
-                    await abort(context, exc)
-                    raise
-
-            return grpc.stream_unary_rpc_method_handler(
-                stream_unary,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        inner_ss: Any = handler.stream_stream
-        assert inner_ss is not None
-
-        async def stream_stream(requests: AsyncIterator[Any], context: Ctx) -> AsyncIterator[Any]:
-            caller = await start(context)
-            try:
-                async for item in inner_ss(checked(requests, caller), context):
-                    yield item
-            except AuthError as exc:  # a streamed message named another tenant
-                await abort(context, exc)
-                raise
-
-        return grpc.stream_stream_rpc_method_handler(
-            stream_stream,
-            request_deserializer=handler.request_deserializer,
+        return grpc.unary_unary_rpc_method_handler(
+            unary_unary,
+            request_deserializer=deserializer,
             response_serializer=handler.response_serializer,
         )

@@ -7,21 +7,19 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
-from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from consent_client.v1 import consent_pb2 as pb
 from consent_client.v1 import consent_pb2_grpc as pb_grpc
-from consent_server.delivery.metrics import ACCEPTED
 from consent_server.domain.edge import ConsentLinks
 from consent_server.domain.errors import ConsentError, NotConfigured
 from consent_server.domain.model import Action
 from consent_server.domain.service import BatchItemError, ChangeResult, ConsentAuthority
+from consent_server.metrics import ACCEPTED
 
 from . import convert as cv
 from .auth import current_principal
-from .errors import DOMAIN, _pack, abort
+from .errors import abort, item_status
 
-Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 Ctx = grpc.aio.ServicerContext[Any, Any]
 Handler = Callable[[Any, Any, Ctx], Awaitable[Resp]]
@@ -74,22 +72,7 @@ class ConsentServicer(pb_grpc.ConsentServiceServicer):
         out = pb.BatchCheckConsentResponse()
         for item in results:
             if isinstance(item, BatchItemError):
-                bad = error_details_pb2.BadRequest(
-                    field_violations=[
-                        error_details_pb2.BadRequest.FieldViolation(
-                            field=v.field, description=v.description
-                        )
-                        for v in item.violations
-                    ]
-                )
-                info = error_details_pb2.ErrorInfo(reason="INVALID_REQUEST", domain=DOMAIN)
-                out.results.add(
-                    error=status_pb2.Status(
-                        code=code_pb2.INVALID_ARGUMENT,
-                        message="; ".join(f"{v.field}: {v.description}" for v in item.violations),
-                        details=_pack(info, bad),
-                    )
-                )
+                out.results.add(error=item_status(item.violations))
             else:
                 cv.fill_check_response(
                     out.results.add().decision, item.recipient, item.topic, item.decision

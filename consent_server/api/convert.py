@@ -19,6 +19,8 @@ from consent_server.domain.model import (
 )
 from consent_server.domain.validation import RawMessage, RawRecipient, RawTimestamp
 
+from .errors import BLOCK_REASONS, reason_name
+
 _CHANNEL_FROM_PB = {
     pb.CHANNEL_WHATSAPP: Channel.WHATSAPP,
     pb.CHANNEL_SMS: Channel.SMS,
@@ -108,11 +110,6 @@ def status(value: Status) -> pb.ConsentStatus.ValueType:
     return _STATUS_TO_PB[value]
 
 
-def source_pb(value: Source) -> pb.Source.ValueType:
-    """A domain source on the wire."""
-    return _SOURCE_TO_PB[value]
-
-
 def inbound_action(value: InboundAction) -> pb.InboundAction.ValueType:
     """What an inbound message did, on the wire."""
     return _INBOUND_TO_PB[value]
@@ -138,7 +135,8 @@ def fill_check_response(
     resp.status = _STATUS_TO_PB[decision.status]
     resp.decided_by = _SCOPE_TO_PB[decision.decided_by]
     if decision.block_reason:
-        resp.reason = decision.block_reason.value
+        resp.reason_code = BLOCK_REASONS[decision.block_reason]
+        resp.reason = reason_name(resp.reason_code)
     resp.recipient.channel = _CHANNEL_TO_PB[rcpt.channel]
     resp.recipient.address = rcpt.address
     resp.topic = topic

@@ -1,22 +1,39 @@
-"""Domain errors -> gRPC status codes with google.rpc rich details (SPEC §6)."""
+"""The one error mapper: domain errors -> gRPC statuses with google.rpc rich details.
+
+Every ErrorInfo reason comes from the generated ``ErrorReason`` enum, and every error
+the server answers (a failed call or one item of a batch) is built here from the
+``RULES`` table. Adding a reason is one enum value in consent.proto plus one entry
+in ``RULES`` (tests/test_error_contract.py keeps the two in step).
+"""
 
 from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any, TypeAlias
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
+from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
+from consent_client.v1 import consent_pb2 as pb
+from consent_server.domain.auth import (
+    ApiKeyNotFound,
+    PermissionDenied,
+    RateLimited,
+    Unauthenticated,
+)
 from consent_server.domain.errors import (
     ConsentError,
+    FieldViolation,
     IdConflict,
     InvalidArgument,
     NotConfigured,
     NotFound,
-    NotImplementedYet,
     SendBlocked,
     SettingsConflict,
     StoreUnavailable,
@@ -24,23 +41,60 @@ from consent_server.domain.errors import (
 from consent_server.domain.masking import mask_address
 from consent_server.domain.model import BlockReason, Scope
 
-from .security_errors import security_status
-
 DOMAIN = "consent.v1"
 log = logging.getLogger("consent_server.api")
 
+Reason: TypeAlias = pb.ErrorReason.ValueType
 
-def _pack(*details: object) -> list[any_pb2.Any]:
-    packed = []
-    for d in details:
-        a = any_pb2.Any()
-        a.Pack(d)  # type: ignore[arg-type]
-        packed.append(a)
-    return packed
+# The wire reason of each way a send can be blocked (also CheckConsentResponse.reason).
+BLOCK_REASONS: Mapping[BlockReason, Reason] = {
+    BlockReason.RECIPIENT_OPTED_OUT: pb.RECIPIENT_OPTED_OUT,
+    BlockReason.OPT_IN_REQUIRED: pb.OPT_IN_REQUIRED,
+}
 
 
-def _info(reason: str, **metadata: str) -> error_details_pb2.ErrorInfo:
-    return error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN, metadata=metadata)
+def reason_name(reason: Reason) -> str:
+    """The ErrorInfo.reason string of an ErrorReason value (its name)."""
+    return pb.ErrorReason.Name(reason)
+
+
+def _by_name(name: str) -> Reason:
+    """An ErrorReason from a name a domain error carries (ValueError if not in the enum)."""
+    return pb.ErrorReason.Value(name)
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """How one domain error class is answered.
+
+    ``reasons`` lists every reason the rule may send; when there are several,
+    ``reason`` picks the one for an instance (a pick outside ``reasons`` is a bug and
+    answers INTERNAL). The other callables add the message, ErrorInfo metadata and the
+    details that follow the ErrorInfo.
+    """
+
+    code: int
+    reasons: tuple[Reason, ...]
+    reason: Callable[[Any], Reason] | None = None
+    message: Callable[[Any], str] = str
+    metadata: Callable[[Any], dict[str, str]] = field(default=lambda _: {})
+    details: Callable[[Any], Sequence[Message]] = field(default=lambda _: ())
+
+
+def _bad_request(violations: Iterable[tuple[str, str]]) -> error_details_pb2.BadRequest:
+    return error_details_pb2.BadRequest(
+        field_violations=[
+            error_details_pb2.BadRequest.FieldViolation(field=f, description=d)
+            for f, d in violations
+        ]
+    )
+
+
+def _retry(ms: int) -> error_details_pb2.RetryInfo:
+    seconds, rest = divmod(ms, 1000)
+    return error_details_pb2.RetryInfo(
+        retry_delay=duration_pb2.Duration(seconds=seconds, nanos=rest * 1_000_000)
+    )
 
 
 def _rfc3339(ms: int) -> str:
@@ -51,70 +105,130 @@ def _rfc3339(ms: int) -> str:
     )
 
 
-def to_status(exc: Exception) -> status_pb2.Status:
-    """The google.rpc.Status for an error raised by the domain (or anything else)."""
-    secured = security_status(exc)
-    if secured is not None:
-        return secured
-    if isinstance(exc, InvalidArgument):
-        bad = error_details_pb2.BadRequest(
-            field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(
-                    field=v.field, description=v.description
-                )
-                for v in exc.violations
-            ]
+def _blocked_reason(exc: SendBlocked) -> Reason:
+    d = exc.decision
+    if d.block_reason is BlockReason.OPT_IN_REQUIRED or d.record is None:
+        return pb.OPT_IN_REQUIRED
+    return pb.RECIPIENT_OPTED_OUT
+
+
+def _blocked_metadata(exc: SendBlocked) -> dict[str, str]:
+    d = exc.decision
+    meta = {"topic": exc.topic, "scope": d.decided_by.name, "channel": exc.recipient.channel.name}
+    if _blocked_reason(exc) == pb.RECIPIENT_OPTED_OUT and d.record is not None:
+        meta.update(
+            since=_rfc3339(d.record.occurred_at_ms), source=f"SOURCE_{d.record.source.name}"
         )
-        return status_pb2.Status(
-            code=code_pb2.INVALID_ARGUMENT,
-            message=f"invalid request: {exc}",
-            details=_pack(_info("INVALID_REQUEST"), bad),
+    return meta
+
+
+def _blocked_message(exc: SendBlocked) -> str:
+    d = exc.decision
+    who = f"recipient {mask_address(exc.recipient.address)} on {exc.recipient.channel.name}"
+    if _blocked_reason(exc) == pb.OPT_IN_REQUIRED or d.record is None:
+        return (
+            f"topic '{exc.topic}' requires an explicit opt-in and {who} has none; "
+            "record an OptIn with evidence of the recipient's consent before sending"
         )
-    if isinstance(exc, SendBlocked):
-        return _blocked_status(exc)
-    if isinstance(exc, StoreUnavailable):
-        retry = error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=1))
-        return status_pb2.Status(
-            code=code_pb2.UNAVAILABLE,
-            # Nothing was allowed or accepted by this call. But a store that timed out
-            # rather than refused may still run a change it received, so the outcome of a
-            # change is unknown: say so, and say how to retry safely.
-            message=(
-                "consent store unavailable: nothing was allowed or accepted by this call; "
-                "a change or send may still have been recorded, so retry with the same "
-                "event_id / idempotency_key (a replay is never applied twice)"
+    since = _rfc3339(d.record.occurred_at_ms)
+    what = "all topics" if d.decided_by is Scope.ALL else f"topic '{exc.topic}'"
+    return (
+        f"{who} opted out of {what} at {since} (source SOURCE_{d.record.source.name}); "
+        "nothing was sent. Only the recipient can lift this, by opting in again "
+        "(e.g. replying START or using a re-subscribe link)"
+    )
+
+
+# Looked up along the exception's MRO, so a subclass's rule wins over its base's.
+RULES: Mapping[type[Exception], Rule] = {
+    Unauthenticated: Rule(code_pb2.UNAUTHENTICATED, (pb.UNAUTHENTICATED,)),
+    PermissionDenied: Rule(
+        code_pb2.PERMISSION_DENIED,
+        (pb.ROLE_NOT_ALLOWED, pb.TENANT_NOT_ALLOWED),
+        reason=lambda e: _by_name(e.reason),
+        metadata=lambda e: {"missing": e.missing},
+    ),
+    RateLimited: Rule(
+        code_pb2.RESOURCE_EXHAUSTED,
+        (pb.RATE_LIMITED,),
+        metadata=lambda e: {"retry_after_ms": str(e.retry_after_ms)},
+        details=lambda e: (
+            _retry(e.retry_after_ms),
+            error_details_pb2.QuotaFailure(
+                violations=[
+                    error_details_pb2.QuotaFailure.Violation(
+                        subject="api_key", description="requests per second of this API key"
+                    )
+                ]
             ),
-            details=_pack(_info("STORE_UNAVAILABLE"), retry),
-        )
-    if isinstance(exc, IdConflict):
-        bad = error_details_pb2.BadRequest(
-            field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(field=exc.field, description=str(exc))
-            ]
-        )
-        return status_pb2.Status(
-            code=code_pb2.ALREADY_EXISTS, message=str(exc), details=_pack(_info(exc.reason), bad)
-        )
-    if isinstance(exc, NotFound):
-        return status_pb2.Status(
-            code=code_pb2.NOT_FOUND, message=str(exc), details=_pack(_info("MESSAGE_NOT_FOUND"))
-        )
-    if isinstance(exc, SettingsConflict):
-        return status_pb2.Status(
-            code=code_pb2.ABORTED,
-            message=f"{exc}; nothing was written, read the settings again and retry",
-            details=_pack(_info("SETTINGS_CONFLICT")),
-        )
-    if isinstance(exc, NotConfigured):
-        return status_pb2.Status(
-            code=code_pb2.FAILED_PRECONDITION,
-            message=str(exc),
-            details=_pack(_info("NOT_CONFIGURED")),
-        )
-    if isinstance(exc, NotImplementedYet):
-        return status_pb2.Status(
-            code=code_pb2.UNIMPLEMENTED, message=str(exc), details=_pack(_info("NOT_IMPLEMENTED"))
-        )
+        ),
+    ),
+    ApiKeyNotFound: Rule(code_pb2.NOT_FOUND, (pb.API_KEY_NOT_FOUND,)),
+    InvalidArgument: Rule(
+        code_pb2.INVALID_ARGUMENT,
+        (pb.INVALID_REQUEST,),
+        message=lambda e: f"invalid request: {e}",
+        details=lambda e: (_bad_request((v.field, v.description) for v in e.violations),),
+    ),
+    SendBlocked: Rule(
+        code_pb2.FAILED_PRECONDITION,
+        (pb.RECIPIENT_OPTED_OUT, pb.OPT_IN_REQUIRED),
+        reason=_blocked_reason,
+        message=_blocked_message,
+        metadata=_blocked_metadata,
+    ),
+    StoreUnavailable: Rule(
+        code_pb2.UNAVAILABLE,
+        (pb.STORE_UNAVAILABLE,),
+        # Nothing was allowed or accepted by this call. But a store that timed out rather
+        # than refused may still run a change it received, so the outcome of a change is
+        # unknown: say so, and say how to retry safely.
+        message=lambda _: (
+            "consent store unavailable: nothing was allowed or accepted by this call; "
+            "a change or send may still have been recorded, so retry with the same "
+            "event_id / idempotency_key (a replay is never applied twice)"
+        ),
+        details=lambda _: (_retry(1000),),
+    ),
+    IdConflict: Rule(
+        code_pb2.ALREADY_EXISTS,
+        (pb.EVENT_ID_REUSED, pb.IDEMPOTENCY_KEY_REUSED),
+        reason=lambda e: _by_name(e.reason),
+        details=lambda e: (_bad_request([(e.field, str(e))]),),
+    ),
+    NotFound: Rule(code_pb2.NOT_FOUND, (pb.MESSAGE_NOT_FOUND,)),
+    SettingsConflict: Rule(
+        code_pb2.ABORTED,
+        (pb.SETTINGS_CONFLICT,),
+        message=lambda e: f"{e}; nothing was written, read the settings again and retry",
+    ),
+    NotConfigured: Rule(code_pb2.FAILED_PRECONDITION, (pb.NOT_CONFIGURED,)),
+}
+
+
+def sent_reasons() -> set[Reason]:
+    """Every ErrorReason the server can send (what the contract test checks)."""
+    return {r for rule in RULES.values() for r in rule.reasons}
+
+
+def _pack(details: Iterable[Message]) -> list[any_pb2.Any]:
+    packed = []
+    for d in details:
+        a = any_pb2.Any()
+        a.Pack(d)
+        packed.append(a)
+    return packed
+
+
+def _rule_for(exc: Exception) -> Rule | None:
+    for cls in type(exc).__mro__:
+        rule = RULES.get(cls)
+        if rule is not None:
+            return rule
+    return None
+
+
+def _internal(exc: Exception) -> status_pb2.Status:
     incident = uuid.uuid4().hex[:12]
     log.error("unexpected error", exc_info=exc, extra={"incident": incident})
     return status_pb2.Status(
@@ -122,33 +236,28 @@ def to_status(exc: Exception) -> status_pb2.Status:
     )
 
 
-def _blocked_status(exc: SendBlocked) -> status_pb2.Status:
-    d = exc.decision
-    who = f"recipient {mask_address(exc.recipient.address)} on {exc.recipient.channel.name}"
-    meta = {"topic": exc.topic, "scope": d.decided_by.name, "channel": exc.recipient.channel.name}
-    if d.block_reason is BlockReason.OPT_IN_REQUIRED or d.record is None:
-        message = (
-            f"topic '{exc.topic}' requires an explicit opt-in and {who} has none; "
-            "record an OptIn with evidence of the recipient's consent before sending"
-        )
-        return status_pb2.Status(
-            code=code_pb2.FAILED_PRECONDITION,
-            message=message,
-            details=_pack(_info(BlockReason.OPT_IN_REQUIRED.value, **meta)),
-        )
-    since = _rfc3339(d.record.occurred_at_ms)
-    what = "all topics" if d.decided_by is Scope.ALL else f"topic '{exc.topic}'"
-    meta.update(since=since, source=f"SOURCE_{d.record.source.name}")
-    message = (
-        f"{who} opted out of {what} at {since} (source SOURCE_{d.record.source.name}); "
-        "nothing was sent. Only the recipient can lift this, by opting in again "
-        "(e.g. replying START or using a re-subscribe link)"
+def to_status(exc: Exception) -> status_pb2.Status:
+    """The google.rpc.Status for an error raised by the domain (or anything else)."""
+    rule = _rule_for(exc)
+    if rule is None:
+        return _internal(exc)
+    try:
+        reason = rule.reason(exc) if rule.reason else rule.reasons[0]
+    except ValueError:  # a domain reason name that is not in the enum: a bug
+        return _internal(exc)
+    if reason not in rule.reasons:
+        return _internal(exc)
+    info = error_details_pb2.ErrorInfo(
+        reason=reason_name(reason), domain=DOMAIN, metadata=rule.metadata(exc)
     )
     return status_pb2.Status(
-        code=code_pb2.FAILED_PRECONDITION,
-        message=message,
-        details=_pack(_info(BlockReason.RECIPIENT_OPTED_OUT.value, **meta)),
+        code=rule.code, message=rule.message(exc), details=_pack([info, *rule.details(exc)])
     )
+
+
+def item_status(violations: Sequence[FieldViolation]) -> status_pb2.Status:
+    """The status of one batch item that could not be decided (its bad fields)."""
+    return to_status(InvalidArgument(list(violations)))
 
 
 async def abort(context: grpc.aio.ServicerContext[object, object], exc: Exception) -> None:
@@ -161,4 +270,4 @@ async def abort(context: grpc.aio.ServicerContext[object, object], exc: Exceptio
     )
 
 
-__all__ = ["ConsentError", "abort", "to_status"]
+__all__ = ["RULES", "ConsentError", "Rule", "abort", "item_status", "sent_reasons", "to_status"]

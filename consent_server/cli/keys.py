@@ -26,11 +26,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
-import grpc
 import typer
 
+from consent_client import ConsentClient
+from consent_client import ConsentError as RefusedCall
 from consent_client.v1 import admin_pb2 as apb
-from consent_client.v1 import admin_pb2_grpc as apb_grpc
 from consent_server.domain.auth import ApiKeyRecord, Role, new_key
 from consent_server.domain.errors import ConsentError
 from consent_server.domain.security import SecurityAuthority
@@ -45,13 +45,7 @@ app = typer.Typer(
     add_completion=False,
 )
 
-_ROLE_PB = {
-    Role.ADMIN: apb.API_KEY_ROLE_ADMIN,
-    Role.WRITER: apb.API_KEY_ROLE_WRITER,
-    Role.SENDER: apb.API_KEY_ROLE_SENDER,
-    Role.READER: apb.API_KEY_ROLE_READER,
-}
-_ROLE_NAME = {number: role.value for role, number in _ROLE_PB.items()}
+_ROLE_NAME = {apb.ApiKeyRole.Value(f"API_KEY_ROLE_{role.name}"): role.value for role in Role}
 
 Server = Annotated[
     str | None,
@@ -107,31 +101,23 @@ def _when(ms: int) -> str:
 
 
 @contextmanager
-def _admin_stub(
-    server: str, tls_ca: Path | None, tls_cert: Path | None, tls_key: Path | None
-) -> Iterator[apb_grpc.ConsentAdminServiceStub]:
-    if tls_ca or tls_cert or tls_key:
-        if (tls_cert is None) != (tls_key is None):
-            raise _fail("--tls-cert and --tls-key go together", 2)
-        creds = grpc.ssl_channel_credentials(
-            root_certificates=tls_ca.read_bytes() if tls_ca else None,
-            private_key=tls_key.read_bytes() if tls_key else None,
-            certificate_chain=tls_cert.read_bytes() if tls_cert else None,
-        )
-        channel = grpc.secure_channel(server, creds)
-    else:
-        channel = grpc.insecure_channel(server)
-    with channel:
-        yield apb_grpc.ConsentAdminServiceStub(channel)
-
-
-def _metadata(api_key: str | None) -> tuple[tuple[str, str], ...]:
-    return (("authorization", f"Bearer {api_key}"),) if api_key else ()
-
-
-def _rpc_error(err: grpc.RpcError) -> typer.Exit:
-    code = err.code()
-    return _fail(f"{code.name}: {err.details()}")
+def _client(
+    server: str,
+    api_key: str | None,
+    tls_ca: Path | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+) -> Iterator[ConsentClient]:
+    """The thin client (gRPC mode); a refused call is one line on stderr and exit 1."""
+    try:
+        with ConsentClient(
+            server, api_key=api_key, timeout=10, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key
+        ) as client:
+            yield client
+    except RefusedCall as exc:
+        raise _fail(f"{exc.code.name}: {exc.message}") from None
+    except ValueError as exc:  # the client refused an option before calling
+        raise _fail(str(exc), 2) from None
 
 
 def _security(redis_url: str, cluster: bool) -> tuple[SecurityAuthority, RedisConsentStore]:
@@ -184,21 +170,11 @@ def create(
 ) -> None:
     """Create a key and print it once (stdout); its id and role go to stderr."""
     if server is not None:
-        with _admin_stub(server, tls_ca, tls_cert, tls_key) as stub:
-            try:
-                resp = stub.CreateApiKey(
-                    apb.CreateApiKeyRequest(
-                        tenant_id=tenant,
-                        role=_ROLE_PB[role],
-                        description=description,
-                        rate_limit_per_second=rate_limit,
-                    ),
-                    metadata=_metadata(api_key),
-                    timeout=10,
-                )
-            except grpc.RpcError as err:
-                raise _rpc_error(err) from None
-        key_id, token = resp.key.key_id, resp.api_key
+        with _client(server, api_key, tls_ca, tls_cert, tls_key) as client:
+            made = client.create_api_key(
+                tenant, role.value, description, rate_limit_per_second=rate_limit
+            )
+        key_id, token = made.key_id, made.api_key
     else:
         url = _direct_url(server, redis_url)
 
@@ -244,16 +220,9 @@ def list_keys(
     """List a tenant's keys (never their secrets)."""
     rows: list[tuple[str, str, str, str, str, str]] = []
     if server is not None:
-        with _admin_stub(server, tls_ca, tls_cert, tls_key) as stub:
-            try:
-                resp = stub.ListApiKeys(
-                    apb.ListApiKeysRequest(tenant_id=tenant, include_revoked=include_revoked),
-                    metadata=_metadata(api_key),
-                    timeout=10,
-                )
-            except grpc.RpcError as err:
-                raise _rpc_error(err) from None
-        for k in resp.keys:
+        with _client(server, api_key, tls_ca, tls_cert, tls_key) as client:
+            listed = client.list_api_keys(tenant, include_revoked=include_revoked)
+        for k in listed:
             created = k.created_at.seconds * 1000 + k.created_at.nanos // 1_000_000
             revoked = k.revoked_at.seconds * 1000 + k.revoked_at.nanos // 1_000_000
             rows.append(
@@ -308,16 +277,8 @@ def revoke(
 ) -> None:
     """Revoke a key: every server process refuses it from the next call on."""
     if server is not None:
-        with _admin_stub(server, tls_ca, tls_cert, tls_key) as stub:
-            try:
-                resp = stub.RevokeApiKey(
-                    apb.RevokeApiKeyRequest(tenant_id=tenant, key_id=key_id),
-                    metadata=_metadata(api_key),
-                    timeout=10,
-                )
-            except grpc.RpcError as err:
-                raise _rpc_error(err) from None
-        already = resp.already_revoked
+        with _client(server, api_key, tls_ca, tls_cert, tls_key) as client:
+            already = client.revoke_api_key(tenant, key_id).already_revoked
     else:
         url = _direct_url(server, redis_url)
 

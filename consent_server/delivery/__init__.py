@@ -1,1 +1,1 @@
-"""Delivery: the outbox worker, its providers, metrics and provider feedback (SPEC §8)."""
+"""Delivery: the outbox worker, its providers, metrics and provider feedback."""

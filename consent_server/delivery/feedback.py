@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+from consent_server import metrics as m
 from consent_server.domain.feedback import ProviderFeedback
 from consent_server.domain.ports import ConsentStore
-
-from . import metrics as m
 
 
 def provider_feedback(consent: ConsentStore) -> ProviderFeedback:

@@ -10,13 +10,13 @@ from dataclasses import dataclass
 from consent_server.config import ConfigError, Settings
 from consent_server.domain.delivery import DeliveryAdmin
 from consent_server.domain.whatsapp import StatusHandler
+from consent_server.metrics import MetricsListenError, serve_metrics
 from consent_server.store.connect import open_store
 from consent_server.store.outbox import DeliveryRepository
 from consent_server.store.providers import RedisProviderSettings
 from consent_server.store.repository import RedisConsentStore
 
 from .feedback import provider_feedback
-from .metrics import serve_metrics
 from .receipts import WebhookCallbacks, whatsapp_status_handler
 from .worker import DeliveryWorker, WorkerOptions
 
@@ -56,6 +56,14 @@ def delivery_services(settings: Settings, store: RedisConsentStore) -> DeliveryS
     )
 
 
+def start_metrics(settings: Settings) -> None:
+    """Serve /metrics when CONSENT_METRICS_LISTEN is set; ConfigError when it cannot bind."""
+    try:
+        serve_metrics(settings.observability.metrics_listen)
+    except MetricsListenError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def build_worker(settings: Settings, store: RedisConsentStore) -> DeliveryWorker:
     """A worker sharing ``store``'s Redis client (the inline worker of a server)."""
     outbox = DeliveryRepository(store.client, cluster=settings.redis.cluster)
@@ -75,7 +83,7 @@ async def run_worker(settings: Settings) -> int:
             "CONSENT_REDIS_URL is required: a worker process delivers from a shared Redis "
             "(the embedded store lives inside one server process)"
         )
-    serve_metrics(settings.observability.metrics_listen)
+    start_metrics(settings)
     store = open_store(
         settings.redis.url, cluster=settings.redis.cluster, timeout_s=settings.redis.timeout_s
     )

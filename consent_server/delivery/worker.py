@@ -1,6 +1,6 @@
 """The outbox worker: reads every partition's outbox in one consumer group, re-checks
 consent and claims each message atomically, hands it to the tenant's provider, and
-records the outcome (SPEC §8; docs/outbox.md).
+records the outcome (docs/outbox.md).
 
 Any number of workers (inline in servers, or ``python -m consent_server.worker``) share
 the group: each entry goes to one of them. An entry stays pending in the group while its
@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from consent_server import metrics as m
 from consent_server.domain.delivery import ProviderConfig, ProviderConfigStore, provider_for
 from consent_server.domain.egress import EgressPolicy
 from consent_server.domain.errors import StoreUnavailable
@@ -32,7 +33,6 @@ from consent_server.domain.outbox import OutboxEntry
 from consent_server.domain.ports import ConsentStore, DeliveryOutbox
 from consent_server.egress import guarded_client
 
-from . import metrics as m
 from .backoff import backoff_ms
 from .feedback import provider_feedback
 from .providers import (

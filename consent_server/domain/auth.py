@@ -36,7 +36,6 @@ from .masking import mask_text
 
 OPERATOR_TENANT = "*"
 KEY_PREFIX = "ck_"
-KEY_ID_RE = re.compile(r"^[0-9a-f]{16}$")
 _KEY_RE = re.compile(r"^ck_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$")
 
 CONSENT_SERVICE = "consent.v1.ConsentService"
@@ -137,11 +136,6 @@ class ApiKeyRecord:
     def revoked(self) -> bool:
         """True once the key was revoked: it no longer authenticates."""
         return self.revoked_at_ms > 0
-
-    @property
-    def is_operator(self) -> bool:
-        """True for a key of every tenant (``*``)."""
-        return self.tenant_id == OPERATOR_TENANT
 
 
 @dataclass(frozen=True, slots=True)

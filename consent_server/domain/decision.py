@@ -1,4 +1,4 @@
-"""The decision rule (SPEC §3), as a pure function.
+"""The decision rule, as a pure function.
 
 The same rule is implemented in Lua inside the send script (it must be atomic
 with the enqueue); tests check both agree.

@@ -1,4 +1,4 @@
-"""Delivery configuration and provider feedback, as pure values (SPEC §8).
+"""Delivery configuration and provider feedback, as pure values.
 
 A tenant chooses a provider per channel (``"*"`` = every channel without its own);
 without one the ``log`` provider is used. Secrets (webhook signing secrets, WhatsApp

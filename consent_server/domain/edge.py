@@ -1,4 +1,4 @@
-"""Use cases of the HTTP edge (SPEC §12): consent links and the WhatsApp webhook.
+"""Use cases of the HTTP edge: consent links and the WhatsApp webhook.
 
 Both record consent through ConsentAuthority.change, the same path as OptOut/OptIn,
 so validation, idempotency by event id and out-of-order handling are shared.

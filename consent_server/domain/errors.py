@@ -1,4 +1,5 @@
-"""Domain errors. The api layer maps each to a gRPC status with rich details.
+"""Domain errors. The api layer maps each to a gRPC status with rich details
+(consent_server/api/errors.py; an error outside its table answers INTERNAL).
 
 Hierarchy::
 
@@ -9,7 +10,7 @@ Hierarchy::
     ├── NotFound             unknown id (or another tenant's)
     ├── StoreUnavailable     Redis unreachable: fail closed
     ├── SettingsConflict     tenant settings written concurrently (retried, then ABORTED)
-    └── NotImplementedYet    in the contract, not served by this version
+    └── NotConfigured        a feature the call needs is not configured
 """
 
 from __future__ import annotations
@@ -74,10 +75,6 @@ class StoreUnavailable(ConsentError):
 
 class SettingsConflict(ConsentError):
     """The tenant's settings changed between read and write; nothing was written."""
-
-
-class NotImplementedYet(ConsentError):
-    """The RPC is in the contract but this server version does not serve it."""
 
 
 class NotConfigured(ConsentError):

@@ -1,4 +1,4 @@
-"""Inbound keyword matching (SPEC section 7): pure functions, no I/O.
+"""Inbound keyword matching: pure functions, no I/O.
 
 A reply is normalised (Unicode NFKC, case-fold, surrounding punctuation and emoji
 stripped, whitespace collapsed) and looked up in the tenant's keyword sets:

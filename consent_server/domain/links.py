@@ -1,4 +1,4 @@
-"""Signed, expiring opt-out and re-subscribe links (SPEC §12).
+"""Signed, expiring opt-out and re-subscribe links.
 
 A link token is a Fernet token (``cryptography``): the claims are encrypted with
 AES-128-CBC and the whole token is signed with HMAC-SHA256, then URL-safe base64
@@ -39,7 +39,6 @@ MIN_SECRET_BYTES = 32
 # Fernet tokens are URL-safe base64 with "=" padding; we strip the padding so the
 # path segment needs no escaping, and put it back before verifying.
 TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{40,2048}$")
-TOKEN_ID_RE = re.compile(r"^lk_[0-9a-f]{24}$")
 SUBMIT_NONCE_RE = re.compile(r"^[0-9a-f]{16,64}$")
 # Clocks of the minting and the verifying process may differ a little.
 CLOCK_SKEW_S = 300

@@ -19,11 +19,6 @@ class Channel(enum.Enum):
     RCS = "rcs"
     VOICE = "voice"
 
-    @property
-    def is_phone(self) -> bool:
-        """True for channels addressed by phone number."""
-        return self is not Channel.EMAIL
-
 
 class Status(enum.Enum):
     """Consent status of a record (or its absence)."""
@@ -292,7 +287,7 @@ class LanguageTemplates:
 
 DEFAULT_LANGUAGE = "en"
 
-# SPEC section 7: the keywords every tenant starts with (already normalised).
+# The keywords every tenant starts with (already normalised).
 DEFAULT_KEYWORD_SETS: tuple[KeywordSet, ...] = (
     KeywordSet(
         "en",
@@ -314,7 +309,7 @@ DEFAULT_KEYWORD_SETS: tuple[KeywordSet, ...] = (
     KeywordSet("en", KeywordKind.HELP, ("help", "info")),
 )
 
-# Issue 4: WhatsApp-style quick-reply payloads every tenant starts with.
+# WhatsApp-style quick-reply payloads every tenant starts with.
 DEFAULT_BUTTON_PAYLOADS: tuple[ButtonPayload, ...] = (
     ButtonPayload("UNSUBSCRIBE", KeywordKind.OPT_OUT),
     ButtonPayload("STOP_PROMOTIONS", KeywordKind.OPT_OUT, "marketing"),

@@ -41,7 +41,7 @@ class ConsentStore(Protocol):
         ...
 
     async def record_event(self, event: ConsentEventInput) -> ChangeOutcome:
-        """Apply an opt-out/opt-in atomically (SPEC §4) and append it to history."""
+        """Apply an opt-out/opt-in atomically and append it to history."""
         ...
 
     async def record_inbound(

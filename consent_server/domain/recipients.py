@@ -1,4 +1,4 @@
-"""Recipient address normalisation (SPEC §2): one spelling per real address.
+"""Recipient address normalisation: one spelling per real address.
 
 Phone numbers become E.164 via ``phonenumbers``; we reject what is not a
 *possible* number but never on *validity* metadata, so fictional 555-01xx

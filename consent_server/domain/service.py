@@ -56,7 +56,7 @@ def _now_ms() -> int:
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """Request limits; operators may lower them (CONSENT_MAX_*), never raise them past SPEC."""
+    """Request limits; operators may lower them (CONSENT_MAX_*), never past the contract."""
 
     max_batch: int = MAX_BATCH
     max_page_size: int = MAX_PAGE_SIZE
@@ -244,7 +244,7 @@ class ConsentAuthority:
         event_id: str,
         principal: str = ANONYMOUS,
     ) -> ChangeResult:
-        """OptOut / OptIn (SPEC §4)."""
+        """OptOut / OptIn."""
         v = Violations()
         tenant = val.tenant_id(v, tenant_id)
         settings = await self._settings(tenant)
@@ -358,7 +358,7 @@ class ConsentAuthority:
         received_at: RawTimestamp | None,
         principal: str = ANONYMOUS,
     ) -> InboundResult:
-        """HandleInboundMessage (SPEC section 7): keyword/button -> opt-out, opt-in or help.
+        """HandleInboundMessage: keyword/button -> opt-out, opt-in or help.
 
         The provider message id is the event id, so a redelivery returns the first
         outcome and queues nothing; a change queues its confirmation atomically."""

@@ -1,4 +1,4 @@
-"""Tenant settings: field-mask merging and validation (issue 4, ConsentAdminService).
+"""Tenant settings: field-mask merging and validation (ConsentAdminService).
 
 Every violation names its field as the request spells it, under ``settings.``
 (``settings.keyword_sets[2].keywords[0]``, ``settings.templates[0].opt_out_confirmation``).

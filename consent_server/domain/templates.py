@@ -1,4 +1,4 @@
-"""Confirmation and help texts (SPEC section 7): placeholders, defaults, rendering, and
+"""Confirmation and help texts: placeholders, defaults, rendering, and
 the check that a template promises only keywords the tenant has configured.
 
 Placeholders are ``{name}`` with a name from PLACEHOLDERS; ``{{`` and ``}}`` are

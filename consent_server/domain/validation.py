@@ -1,4 +1,4 @@
-"""Field validation (SPEC §2, §4, §5). Every check adds to a Violations list, so one
+"""Field validation. Every check adds to a Violations list, so one
 INVALID_ARGUMENT names every bad field at once; nothing is written before all pass."""
 
 from __future__ import annotations

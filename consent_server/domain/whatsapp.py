@@ -1,7 +1,7 @@
 """WhatsApp Cloud API webhooks as pure functions: signature check and translation.
 
 Meta posts ``{"object": "whatsapp_business_account", "entry": [{"changes": [{"field":
-..., "value": {...}}]}]}``. We read three things from it (SPEC §12):
+..., "value": {...}}]}]}``. We read three things from it:
 
 - ``value.messages[]`` of type ``text``, ``button`` (template quick reply) and
   ``interactive.button_reply`` -> :class:`InboundReply` for the inbound flow;

@@ -1,1 +1,1 @@
-"""The optional HTTP edge (SPEC §12): WhatsApp webhooks and consent link pages."""
+"""The optional HTTP edge: WhatsApp webhooks and consent link pages."""

@@ -8,6 +8,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
+from .client import RedisClient
 from .repository import RedisConsentStore
 
 
@@ -18,7 +19,7 @@ def open_store(
     if url is None:
         import fakeredis  # only the embedded store needs it
 
-        client: Any = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
+        client: RedisClient = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
     elif cluster:
         client = RedisCluster.from_url(
             url,

@@ -12,10 +12,8 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any, TypeVar
 
-import redis.asyncio as aioredis
 import redis.exceptions as rex
 
 from consent_server.domain.delivery import ReceiptOutcome, ReceiptStatus
@@ -23,18 +21,15 @@ from consent_server.domain.model import Policy
 from consent_server.domain.outbox import OutboxEntry
 
 from . import keys
+from .client import RedisClient
 from .records import text
 from .repository import MESSAGE_RETENTION_S, guarded
+from .scripts import load_script
 from .tombstones import TombstoneNames
 
 T = TypeVar("T")
 
 GROUP = "delivery"
-PURPOSE_CONFIRMATION = "confirmation"
-
-
-def _load_script(name: str) -> str:
-    return (resources.files("consent_server.store") / "lua" / name).read_text()
 
 
 __all__ = ["GROUP", "Claim", "DeliveryRepository", "OutboxEntry"]
@@ -67,7 +62,7 @@ class DeliveryRepository:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: RedisClient,
         *,
         cluster: bool = False,
         retention_s: int = MESSAGE_RETENTION_S,
@@ -77,10 +72,10 @@ class DeliveryRepository:
         self._retention_s = retention_s
         # The claim's re-check consults erasure tombstones, as the send decision does.
         self._tombstones = TombstoneNames(client)
-        self._claim = client.register_script(_load_script("claim.lua"))
-        self._finish = client.register_script(_load_script("finish.lua"))
-        self._requeue = client.register_script(_load_script("requeue.lua"))
-        self._receipt = client.register_script(_load_script("receipt.lua"))
+        self._claim = client.register_script(load_script("claim.lua"))
+        self._finish = client.register_script(load_script("finish.lua"))
+        self._requeue = client.register_script(load_script("requeue.lua"))
+        self._receipt = client.register_script(load_script("receipt.lua"))
 
     async def _call(self, fn: Callable[[], Awaitable[T]]) -> T:
         return await guarded(fn)

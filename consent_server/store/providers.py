@@ -8,11 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import redis.asyncio as aioredis
-
 from consent_server.domain.delivery import ProviderConfig
 
 from . import keys
+from .client import RedisClient
 from .records import text
 from .repository import guarded
 
@@ -20,7 +19,7 @@ from .repository import guarded
 class RedisProviderSettings:
     """Provider configurations, one hash per tenant (channel value or "*" -> JSON)."""
 
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, client: RedisClient) -> None:
         self._r: Any = client
 
     async def providers(self, tenant_id: str) -> dict[str, ProviderConfig]:

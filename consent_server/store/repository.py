@@ -7,10 +7,8 @@ import hashlib
 import json
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from importlib import resources
 from typing import Any, TypeVar
 
-import redis.asyncio as aioredis
 import redis.exceptions as rex
 
 from consent_server.domain.decision import decide
@@ -34,6 +32,7 @@ from consent_server.domain.model import (
 from consent_server.domain.ports import RecordPair
 
 from . import keys
+from .client import RedisClient
 from .records import (
     encode_body,
     encode_settings,
@@ -43,6 +42,7 @@ from .records import (
     parse_settings,
     text,
 )
+from .scripts import load_script
 from .tombstones import TombstoneNames, newer
 
 T = TypeVar("T")
@@ -66,10 +66,6 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-def _load_script(name: str) -> str:
-    return (resources.files("consent_server.store") / "lua" / name).read_text()
-
-
 def _unavailable(exc: BaseException) -> StoreUnavailable:
     return StoreUnavailable(f"consent store unreachable: {type(exc).__name__}")
 
@@ -87,21 +83,22 @@ async def guarded(fn: Callable[[], Awaitable[T]]) -> T:
 class RedisConsentStore:
     """Consent storage on Redis (or the embedded fakeredis); every change is one Lua script."""
 
-    def __init__(self, client: aioredis.Redis, *, settings_cache_s: float = SETTINGS_CACHE_S):
-        # redis-py's async stubs type replies as "Awaitable[T] | T"; Any keeps this readable.
+    def __init__(self, client: RedisClient, *, settings_cache_s: float = SETTINGS_CACHE_S):
+        # The boundary is typed (RedisClient); replies stay Any: redis-py types them
+        # "bytes | str" (it cannot know decode_responses), which every read would re-cast.
         self._r: Any = client
-        self._record = client.register_script(_load_script("record_event.lua"))
-        self._send = client.register_script(_load_script("send.lua"))
-        self._put_settings = client.register_script(_load_script("put_settings.lua"))
-        self._read_states = client.register_script(_load_script("read_states.lua"))
+        self._record = client.register_script(load_script("record_event.lua"))
+        self._send = client.register_script(load_script("send.lua"))
+        self._put_settings = client.register_script(load_script("put_settings.lua"))
+        self._read_states = client.register_script(load_script("read_states.lua"))
         self._settings_cache: dict[str, tuple[float, TenantSettings]] = {}
         self._settings_cache_s = settings_cache_s
         self.tombstones = TombstoneNames(client)
 
     @property
-    def client(self) -> aioredis.Redis:
+    def client(self) -> RedisClient:
         """The underlying client (tests and health checks use it)."""
-        client: aioredis.Redis = self._r
+        client: RedisClient = self._r
         return client
 
     async def _call(self, fn: Callable[[], Awaitable[T]]) -> T:

@@ -1,14 +1,13 @@
 """Redis storage for API keys, per-key rate limits and erasure (domain.security.SecurityStore).
 
-A separate class from RedisConsentStore so the security workstream stays in its own
-module; it shares the same Redis client and the same error mapping (fail closed).
+A separate class from RedisConsentStore so security storage stays in its own module;
+it shares the same Redis client and the same error mapping (fail closed).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from importlib import resources
 from typing import Any, TypeVar
 
 from consent_server.domain.auth import ApiKeyRecord, Role
@@ -16,18 +15,16 @@ from consent_server.domain.model import Recipient
 from consent_server.domain.security import AuthLookup, ErasureCounts
 
 from . import keys
+from .client import RedisClient
 from .records import text
 from .repository import guarded
+from .scripts import load_script
 from .tombstones import TombstoneNames
 
 T = TypeVar("T")
 
 MAX_LISTED_KEYS = 1000
 _SCAN_COUNT = 1000
-
-
-def _load_script(name: str) -> str:
-    return (resources.files("consent_server.store") / "lua" / name).read_text()
 
 
 def _now_ms() -> int:
@@ -54,10 +51,10 @@ def _record(key_id: str, raw: dict[bytes, bytes]) -> ApiKeyRecord | None:
 class RedisSecurityStore:
     """API keys, token buckets and erasure on Redis (or the embedded fakeredis)."""
 
-    def __init__(self, client: Any, tombstones: TombstoneNames | None = None) -> None:
+    def __init__(self, client: RedisClient, tombstones: TombstoneNames | None = None) -> None:
         self._r: Any = client
-        self._auth = client.register_script(_load_script("authenticate.lua"))
-        self._forget = client.register_script(_load_script("forget.lua"))
+        self._auth = client.register_script(load_script("authenticate.lua"))
+        self._forget = client.register_script(load_script("forget.lua"))
         self._tombstones = tombstones or TombstoneNames(client)
 
     async def _call(self, fn: Callable[[], Awaitable[T]]) -> T:

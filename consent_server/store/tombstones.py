@@ -11,11 +11,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from typing import Any
 
 from consent_server.domain.model import ConsentRecord, Recipient
 
 from . import keys
+from .client import RedisClient
 
 _CACHE_LIMIT = 100_000
 
@@ -23,7 +23,7 @@ _CACHE_LIMIT = 100_000
 class TombstoneNames:
     """Derives tombstone key names; fetches (or creates) each tenant's secret once."""
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: RedisClient) -> None:
         self._r = client
         self._secrets: dict[str, bytes] = {}
 

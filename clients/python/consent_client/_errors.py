@@ -39,6 +39,7 @@ from google.protobuf.message import DecodeError, Message
 from google.rpc import error_details_pb2, status_pb2
 
 from ._types import Channel, Scope, Source
+from .v1 import consent_pb2 as pb
 
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
@@ -281,8 +282,8 @@ _BY_CODE: dict[grpc.StatusCode, type[ConsentError]] = {
 }
 
 _BY_REASON: dict[str, type[ConsentError]] = {
-    "RECIPIENT_OPTED_OUT": RecipientOptedOut,
-    "OPT_IN_REQUIRED": OptInRequired,
+    pb.ErrorReason.Name(pb.RECIPIENT_OPTED_OUT): RecipientOptedOut,
+    pb.ErrorReason.Name(pb.OPT_IN_REQUIRED): OptInRequired,
 }
 
 

@@ -1,5 +1,5 @@
 -- Claim an outbox entry for delivery, re-checking consent in the same atomic step
--- (SPEC §8, §9.1): a send whose recipient no longer allows it is CANCELLED here and
+--: a send whose recipient no longer allows it is CANCELLED here and
 -- can never reach a provider, because every opt-out runs on the same state hash.
 -- KEYS[1] recipient state hash, KEYS[2] message status hash, KEYS[3] outbox stream,
 -- KEYS[4] the recipient's suppression tombstone (all with the recipient's hash tag).
@@ -47,7 +47,7 @@ local function finish(st, err)
 end
 
 if purpose ~= 'confirmation' then
-  -- The decision rule (SPEC §3), the same as send.lua.
+  -- The decision rule, the same as send.lua.
   local recs = redis.call('HMGET', state, 's:*', field)
   local function parse(rec)
     if not rec then return nil end

@@ -1,4 +1,4 @@
--- Record an opt-out or opt-in (SPEC §4) in one atomic step.
+-- Record an opt-out or opt-in in one atomic step.
 -- KEYS[1] state hash, KEYS[2] history stream (same hash tag).
 -- ARGV: event_id, action ("in"|"out"), scope field, topic, source, evidence,
 --       occurred_at ms, principal.
@@ -59,7 +59,7 @@ local outcome = applied .. '|' .. changed .. '|' .. status .. '|' .. rev .. '|'
   .. string.format('%d', recorded) .. '|' .. fingerprint
 redis.call('HSET', state, 'e:' .. event_id, outcome)
 
--- Inbound events confirm when they change what the recipient receives (SPEC section 3
+-- Inbound events confirm when they change what the recipient receives (the decision rule
 -- decides each topic by the newer of its record and the all-topics record):
 -- "Stop promotions" after STOP changes nothing (the newer STOP already blocks
 -- marketing), while STOP after a newer marketing opt-in does (marketing was allowed).

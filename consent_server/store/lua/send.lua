@@ -1,4 +1,4 @@
--- Decide (SPEC §3) and, if allowed, enqueue (SPEC §8) in one atomic step, so no
+-- Decide and, if allowed, enqueue in one atomic step, so no
 -- message is accepted after an opt-out has been acknowledged.
 -- KEYS[1] state hash, KEYS[2] idempotency key, KEYS[3] outbox stream,
 -- KEYS[4] message status hash, KEYS[5] suppression tombstone (all with the

@@ -383,7 +383,7 @@ class TenantSettings(_message.Message):
 
     @_builtins.property
     def keyword_sets(self) -> _containers.RepeatedCompositeFieldContainer[Global___KeywordSet]:
-        """Inbound keywords; default: SPEC section 7 (English STOP, START, HELP...)."""
+        """Inbound keywords; default: the built-in English STOP, START, HELP..."""
 
     @_builtins.property
     def button_payloads(self) -> _containers.RepeatedCompositeFieldContainer[Global___ButtonPayload]:

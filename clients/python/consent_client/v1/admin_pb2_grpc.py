@@ -100,7 +100,7 @@ class ConsentAdminServiceServicer:
 
     def GetTenantSettings(self, request, context):
         """Returns the tenant's effective settings: what is stored, with the built-in
-        defaults (SPEC section 7 keywords, default buttons and texts) for every field
+        defaults (built-in keywords, default buttons and texts) for every field
         never set. A tenant that was never configured gets the defaults. Read-only.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

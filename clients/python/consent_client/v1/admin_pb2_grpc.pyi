@@ -40,7 +40,7 @@ class ConsentAdminServiceStub:
     def __new__(cls, channel: _aio.Channel) -> ConsentAdminServiceAsyncStub: ...
     GetTenantSettings: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetTenantSettingsRequest, _admin_pb2.TenantSettings]
     """Returns the tenant's effective settings: what is stored, with the built-in
-    defaults (SPEC section 7 keywords, default buttons and texts) for every field
+    defaults (built-in keywords, default buttons and texts) for every field
     never set. A tenant that was never configured gets the defaults. Read-only.
     """
     UpdateTenantSettings: _grpc.UnaryUnaryMultiCallable[_admin_pb2.UpdateTenantSettingsRequest, _admin_pb2.TenantSettings]
@@ -117,7 +117,7 @@ class ConsentAdminServiceAsyncStub(ConsentAdminServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetTenantSettings: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetTenantSettingsRequest, _admin_pb2.TenantSettings]  # type: ignore[assignment]
     """Returns the tenant's effective settings: what is stored, with the built-in
-    defaults (SPEC section 7 keywords, default buttons and texts) for every field
+    defaults (built-in keywords, default buttons and texts) for every field
     never set. A tenant that was never configured gets the defaults. Read-only.
     """
     UpdateTenantSettings: _aio.UnaryUnaryMultiCallable[_admin_pb2.UpdateTenantSettingsRequest, _admin_pb2.TenantSettings]  # type: ignore[assignment]
@@ -197,7 +197,7 @@ class ConsentAdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.TenantSettings, _abc.Awaitable[_admin_pb2.TenantSettings]]:
         """Returns the tenant's effective settings: what is stored, with the built-in
-        defaults (SPEC section 7 keywords, default buttons and texts) for every field
+        defaults (built-in keywords, default buttons and texts) for every field
         never set. A tenant that was never configured gets the defaults. Read-only.
         """
 

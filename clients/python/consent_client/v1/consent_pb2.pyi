@@ -27,6 +27,11 @@ if sys.version_info >= (3, 11):
 else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
+if sys.version_info >= (3, 13):
+    from warnings import deprecated as _deprecated
+else:
+    from typing_extensions import deprecated as _deprecated
+
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class _Channel:
@@ -267,10 +272,13 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     concurrent updates of the same tenant's settings. Nothing was written; read
     the settings again and retry.
     """
-    NOT_IMPLEMENTED: _ErrorReason.ValueType  # 6
-    """UNIMPLEMENTED: the RPC is part of the contract but not served by this
-    version of the server.
-    """
+    @_builtins.property
+    @_deprecated("""This enum value has been marked as deprecated using proto enum value options.""")
+    def NOT_IMPLEMENTED(self) -> _ErrorReason.ValueType:   # 6
+        """Deprecated: never sent. An RPC this server does not serve fails with
+        UNIMPLEMENTED from gRPC itself, without an ErrorInfo. Kept so the number is
+        never reused.
+        """
     EVENT_ID_REUSED: _ErrorReason.ValueType  # 7
     """ALREADY_EXISTS: the event_id was already used for a different change (another
     action or topic) of the same recipient. Nothing was written. A BadRequest
@@ -280,6 +288,11 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """ALREADY_EXISTS: the idempotency_key was already used within 24 hours for a
     different message (topic, content, not_after or metadata) to the same
     recipient. Nothing was queued. A BadRequest names "idempotency_key".
+    """
+    NOT_CONFIGURED: _ErrorReason.ValueType  # 9
+    """FAILED_PRECONDITION: a feature the call needs is not configured on this
+    server, e.g. CreateConsentLink on a server without a public URL for links
+    (CONSENT_PUBLIC_URL). Nothing was written; the operator must configure it.
     """
     UNAUTHENTICATED: _ErrorReason.ValueType  # 100
     """100-119: authentication, authorization and rate limits.
@@ -341,8 +354,9 @@ concurrent updates of the same tenant's settings. Nothing was written; read
 the settings again and retry.
 """
 NOT_IMPLEMENTED: ErrorReason.ValueType  # 6
-"""UNIMPLEMENTED: the RPC is part of the contract but not served by this
-version of the server.
+"""Deprecated: never sent. An RPC this server does not serve fails with
+UNIMPLEMENTED from gRPC itself, without an ErrorInfo. Kept so the number is
+never reused.
 """
 EVENT_ID_REUSED: ErrorReason.ValueType  # 7
 """ALREADY_EXISTS: the event_id was already used for a different change (another
@@ -353,6 +367,11 @@ IDEMPOTENCY_KEY_REUSED: ErrorReason.ValueType  # 8
 """ALREADY_EXISTS: the idempotency_key was already used within 24 hours for a
 different message (topic, content, not_after or metadata) to the same
 recipient. Nothing was queued. A BadRequest names "idempotency_key".
+"""
+NOT_CONFIGURED: ErrorReason.ValueType  # 9
+"""FAILED_PRECONDITION: a feature the call needs is not configured on this
+server, e.g. CreateConsentLink on a server without a public URL for links
+(CONSENT_PUBLIC_URL). Nothing was written; the operator must configure it.
 """
 UNAUTHENTICATED: ErrorReason.ValueType  # 100
 """100-119: authentication, authorization and rate limits.
@@ -529,6 +548,7 @@ class CheckConsentResponse(_message.Message):
     REVISION_FIELD_NUMBER: _builtins.int
     RECIPIENT_FIELD_NUMBER: _builtins.int
     TOPIC_FIELD_NUMBER: _builtins.int
+    REASON_CODE_FIELD_NUMBER: _builtins.int
     allowed: _builtins.bool
     """True when a message about the topic may be sent now."""
     status: Global___ConsentStatus.ValueType
@@ -537,7 +557,8 @@ class CheckConsentResponse(_message.Message):
     """Which record decided: the topic's, the all-topics one, or the policy."""
     reason: _builtins.str
     """Empty when allowed; otherwise the ErrorReason name SendIfAllowed would
-    fail with ("RECIPIENT_OPTED_OUT" or "OPT_IN_REQUIRED").
+    fail with ("RECIPIENT_OPTED_OUT" or "OPT_IN_REQUIRED"). New code can read
+    reason_code instead.
     """
     source: Global___Source.ValueType
     """The source of the deciding record; SOURCE_UNSPECIFIED for the policy."""
@@ -545,6 +566,11 @@ class CheckConsentResponse(_message.Message):
     """The revision of the deciding record; 0 when the default policy decided."""
     topic: _builtins.str
     """The topic asked about, lower-cased."""
+    reason_code: Global___ErrorReason.ValueType
+    """The same reason as `reason`, typed: ERROR_REASON_UNSPECIFIED when allowed,
+    else RECIPIENT_OPTED_OUT or OPT_IN_REQUIRED. `reason` stays for existing
+    callers and always equals this value's name (or is empty).
+    """
     @_builtins.property
     def since(self) -> _timestamp_pb2.Timestamp:
         """When the customer acted (occurred_at of the deciding record); unset when
@@ -567,10 +593,11 @@ class CheckConsentResponse(_message.Message):
         revision: _builtins.int = ...,
         recipient: Global___Recipient | None = ...,
         topic: _builtins.str = ...,
+        reason_code: Global___ErrorReason.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["recipient", b"recipient", "since", b"since"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed", b"allowed", "decided_by", b"decided_by", "reason", b"reason", "recipient", b"recipient", "revision", b"revision", "since", b"since", "source", b"source", "status", b"status", "topic", b"topic"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed", b"allowed", "decided_by", b"decided_by", "reason", b"reason", "reason_code", b"reason_code", "recipient", b"recipient", "revision", b"revision", "since", b"since", "source", b"source", "status", b"status", "topic", b"topic"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

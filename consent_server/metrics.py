@@ -1,5 +1,8 @@
 """Prometheus metrics of the send and delivery path, and the optional metrics listener.
 
+One module of its own, importing nothing of the server, so every layer can count
+without depending on another (the api counts accepts, delivery counts the rest).
+
 Counters and histograms live in prometheus-client's default registry, so a server
 process (accepts and an inline worker) and a worker process each export their own
 share; Prometheus sums them across processes.
@@ -10,8 +13,6 @@ from __future__ import annotations
 import logging
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
-
-from consent_server.config import ConfigError
 
 log = logging.getLogger("consent_server.metrics")
 
@@ -51,15 +52,22 @@ OUTBOX_OLDEST = Gauge(
 )
 
 
+class MetricsListenError(ValueError):
+    """The metrics listener cannot bind its address; the message names the setting."""
+
+
 def serve_metrics(listen: str | None) -> None:
-    """Expose /metrics on ``host:port`` (a daemon thread); nothing when ``listen`` is None."""
+    """Expose /metrics on ``host:port`` (a daemon thread); nothing when ``listen`` is None.
+
+    Raises MetricsListenError when the address cannot be bound.
+    """
     if not listen:
         return
     host, _, port = listen.rpartition(":")
     try:
         start_http_server(int(port), addr=host.strip("[]"))
     except OSError as exc:
-        raise ConfigError(
+        raise MetricsListenError(
             f"CONSENT_METRICS_LISTEN={listen!r}: cannot listen there ({exc.strerror or exc})"
         ) from None
     log.info("metrics serving", extra={"address": listen})
