@@ -891,12 +891,12 @@ async def test_whatsapp_status_webhooks_update_message_status(
     await handle(StatusReceipt("other", "prov-1", "delivered", ALICE, None))
 
 
-async def test_message_missed_by_a_racing_erasure_is_cancelled_by_the_tombstone(
+async def test_message_missed_by_the_erasure_scans_is_still_fenced(
     store: RedisConsentStore, worker: DeliveryWorker, fake: FakeProvider
 ) -> None:
-    """ForgetRecipient finds the recipient's messages before its script runs; a message
-    accepted in between, followed by an opt-out, is not among them. The worker's claim
-    consults the tombstone (as SendIfAllowed does), so it is cancelled, not sent."""
+    """ForgetRecipient's scans run before its script; a message accepted in between is
+    not among them. The script reads the recipient's message index itself, so it is
+    cancelled there, address removed; the claim's erasure fence is the second line."""
     from consent_server.store.security import RedisSecurityStore
 
     await use_webhook(store, fake.url)
@@ -910,9 +910,9 @@ async def test_message_missed_by_a_racing_erasure_is_cancelled_by_the_tombstone(
     security._messages_of = nothing_found  # type: ignore[method-assign]
     security._outbox_entries = nothing_found  # type: ignore[method-assign]
     counts = await security.forget(TENANT, ALICE, "erasure-race", "test")
-    assert counts.suppressed_topics == [""] and counts.messages_cancelled == 0
-    await settle(worker, store, mid)
+    assert counts.suppressed_topics == [""] and counts.messages_cancelled == 1
+    await worker.run_once()
     status = await store.message_status(TENANT, mid)
     assert status is not None and status.state is MessageState.CANCELLED
-    assert "RECIPIENT_OPTED_OUT" in status.last_error
+    assert status.last_error == "erased" and status.recipient.address == ""
     assert fake.requests == []

@@ -372,8 +372,16 @@ class DeliveryRepository:
                 flat = [x for kv in fields.items() for x in kv]
                 moved += int(
                     await self._call(
-                        lambda rq=rq, data=data, i=ident, p=part, flat=flat: self._requeue(  # type: ignore[misc]
-                            keys=[rq, data, keys.outbox(p)], args=[text(i), *flat]
+                        lambda rq=rq, data=data, i=ident, p=part, flat=flat, f=fields: (
+                            self._requeue(  # type: ignore[misc]
+                                keys=[
+                                    rq,
+                                    data,
+                                    keys.outbox(p),
+                                    keys.message(f.get("tenant", ""), p, text(i)),
+                                ],
+                                args=[text(i), *flat],
+                            )
                         )
                     )
                 )

@@ -165,17 +165,21 @@ class RedisSecurityStore:
             other = sorted(k for k in found if k not in fixed and not k.startswith(prefix + "i:"))
             messages = await self._messages_of(tenant_id, part, recipient)
             entries = await self._outbox_entries(tenant_id, part, recipient)
+            # The scans above find what was there before this change; the script reads
+            # the recipient's message index itself, so a message accepted meanwhile is
+            # found too (the scans remain for messages from before the index existed).
             script_keys = [
                 keys.state(base),
                 keys.history(base),
                 keys.tombstone(tenant_id, recipient, digest),
                 keys.outbox(part),
                 keys.erasure_log(tenant_id, part),
+                keys.retry_queue(part),
+                keys.retry_data(part),
+                keys.message_index(tenant_id, recipient, digest),
                 *idem,
                 *other,
                 *messages,
-                keys.retry_queue(part),
-                keys.retry_data(part),
             ]
             args = [
                 len(idem),
@@ -185,6 +189,7 @@ class RedisSecurityStore:
                 principal,
                 recipient.channel.value,
                 digest,
+                keys.message_prefix(tenant_id, part),
                 *entries,
             ]
             return await self._forget(keys=script_keys, args=args)
