@@ -21,7 +21,7 @@ from consent_server.api.consent_service import ConsentServicer
 from consent_server.config import ConfigError, Settings, is_loopback
 from consent_server.delivery.metrics import serve_metrics
 from consent_server.delivery.receipts import WebhookCallbacks, whatsapp_status_handler
-from consent_server.delivery.runner import build_worker
+from consent_server.delivery.runner import build_worker, warn_if_only_log_provider
 from consent_server.domain.auth import OPERATOR_TENANT, Role
 from consent_server.domain.delivery import DeliveryAdmin
 from consent_server.domain.edge import ConsentLinks
@@ -184,6 +184,7 @@ async def serve(settings: Settings) -> int:
     worker = build_worker(settings, store) if settings.delivery == "inline" else None
     if worker is not None:
         await worker.start()
+    warn_if_only_log_provider(settings, store)
 
     if http_edge is not None:
         await http_edge.start(

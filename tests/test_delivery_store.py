@@ -38,7 +38,13 @@ SECRET = "whsec_0123456789abcdef"
 WA = RawRecipient(Channel.WHATSAPP, PHONE)
 ALICE = Recipient(Channel.WHATSAPP, PHONE)
 
-FINAL = {MessageState.DELIVERED, MessageState.CANCELLED, MessageState.FAILED, MessageState.EXPIRED}
+FINAL = {
+    MessageState.DELIVERED,
+    MessageState.LOGGED,
+    MessageState.CANCELLED,
+    MessageState.FAILED,
+    MessageState.EXPIRED,
+}
 
 
 @pytest.fixture
@@ -174,7 +180,7 @@ async def test_log_provider_is_the_default(
     mid = await send(store)
     await settle(worker, store, mid)
     status = await store.message_status(TENANT, mid)
-    assert status is not None and status.state is MessageState.DELIVERED
+    assert status is not None and status.state is MessageState.LOGGED
     assert status.provider_message_id == f"log-{mid}"
     [line] = [r for r in caplog.records if r.name == "consent_server.delivery.log"]
     assert line.to == "+91987*****10"  # type: ignore[attr-defined]
@@ -219,7 +225,7 @@ async def test_opt_out_then_newer_opt_in_still_delivers(
     await change(store, Action.OPT_IN, "marketing")  # newer topic opt-in decides (SPEC §3)
     await settle(worker, store, mid)
     status = await store.message_status(TENANT, mid)
-    assert status is not None and status.state is MessageState.DELIVERED
+    assert status is not None and status.state is MessageState.LOGGED
 
 
 async def test_transient_failures_retry_then_deliver(
@@ -764,7 +770,7 @@ async def test_store_error_mid_delivery_leaves_the_message_for_a_reclaim(
     await asyncio.sleep(0.35)  # the visibility timeout of the healthy worker
     await settle(worker, store, mid)
     status = await store.message_status(TENANT, mid)
-    assert status is not None and status.state is MessageState.DELIVERED
+    assert status is not None and status.state is MessageState.LOGGED
 
 
 T0 = 1_790_000_000_000
@@ -814,7 +820,7 @@ async def test_claim_script_agrees_with_the_decision_rule(
     await settle(worker, store, mid)
     status = await store.message_status(TENANT, mid)
     assert status is not None
-    assert status.state is (MessageState.DELIVERED if expected.allowed else MessageState.CANCELLED)
+    assert status.state is (MessageState.LOGGED if expected.allowed else MessageState.CANCELLED)
 
 
 async def test_policy_now_requiring_opt_in_cancels_with_opt_in_required(

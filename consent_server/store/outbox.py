@@ -17,7 +17,12 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 import redis.exceptions as rex
 
-from consent_server.domain.delivery import ProviderConfig, ReceiptOutcome, ReceiptStatus
+from consent_server.domain.delivery import (
+    ProviderConfig,
+    ProviderKind,
+    ReceiptOutcome,
+    ReceiptStatus,
+)
 from consent_server.domain.model import Channel, Policy, Recipient
 
 from . import keys
@@ -416,6 +421,20 @@ class DeliveryRepository:
             lambda: self._r.hgetall(keys.tenant_providers(tenant_id))
         )
         return {text(k): ProviderConfig.decode(text(v)) for k, v in raw.items()}
+
+    async def any_sending_provider(self) -> bool:
+        """True when some tenant has a provider other than ``log`` configured (a scan of
+        every tenant's provider hash: meant for start-up, not for a request path)."""
+        pattern = keys.glob_escape("ca:tenant:") + "*" + keys.glob_escape(":providers")
+
+        async def scan() -> bool:
+            async for key in self._r.scan_iter(match=pattern, count=1000):
+                for raw in await self._r.hvals(key):
+                    if ProviderConfig.decode(text(raw)).kind is not ProviderKind.LOG:
+                        return True
+            return False
+
+        return await self._call(scan)
 
     async def put_provider(self, tenant_id: str, channel: str, config: ProviderConfig) -> None:
         """Store one channel's provider configuration."""

@@ -428,6 +428,11 @@ class _MessageStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Message
     """Not sent: the provider refused it for good (see last_error)."""
     MESSAGE_STATUS_EXPIRED: _MessageStatus.ValueType  # 5
     """Not sent: not_after passed first."""
+    MESSAGE_STATUS_LOGGED: _MessageStatus.ValueType  # 6
+    """Not sent: the `log` provider (the default when no provider is configured)
+    wrote one masked line to the server log instead; nothing left the service.
+    Configure a webhook or whatsapp_cloud provider to deliver.
+    """
 
 class MessageStatus(_MessageStatus, metaclass=_MessageStatusEnumTypeWrapper):
     """Where a message is in its life."""
@@ -444,6 +449,11 @@ MESSAGE_STATUS_FAILED: MessageStatus.ValueType  # 4
 """Not sent: the provider refused it for good (see last_error)."""
 MESSAGE_STATUS_EXPIRED: MessageStatus.ValueType  # 5
 """Not sent: not_after passed first."""
+MESSAGE_STATUS_LOGGED: MessageStatus.ValueType  # 6
+"""Not sent: the `log` provider (the default when no provider is configured)
+wrote one masked line to the server log instead; nothing left the service.
+Configure a webhook or whatsapp_cloud provider to deliver.
+"""
 Global___MessageStatus: _TypeAlias = MessageStatus  # noqa: Y015
 
 @_typing.final
