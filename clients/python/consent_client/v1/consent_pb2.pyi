@@ -750,7 +750,10 @@ class OptOutResponse(_message.Message):
     RECORDED_AT_FIELD_NUMBER: _builtins.int
     applied: _builtins.bool
     """True when the event became the scope's current record; false when it
-    was older than the current record (kept in history only).
+    was older than the current record (kept in history only), or dated at or
+    before an erasure of the recipient (ForgetRecipient): then nothing is
+    stored, changed is false and status is what CheckConsent for the topic
+    answers.
     """
     changed: _builtins.bool
     """True when the scope's status flipped (or the scope had no record)."""
@@ -863,7 +866,10 @@ class OptInResponse(_message.Message):
     TOPIC_FIELD_NUMBER: _builtins.int
     RECORDED_AT_FIELD_NUMBER: _builtins.int
     applied: _builtins.bool
-    """True when the event became the scope's current record."""
+    """True when the event became the scope's current record; false as in
+    OptOutResponse.applied (an opt-in dated at or before an erasure never lifts
+    its suppression).
+    """
     changed: _builtins.bool
     """True when the scope's status flipped (or the scope had no record)."""
     status: Global___ConsentStatus.ValueType
