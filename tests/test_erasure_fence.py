@@ -353,3 +353,54 @@ async def test_thousands_of_sends_racing_an_erasure(store: RedisConsentStore, se
             assert blob.decode().split("|")[0] in later, name
         else:
             assert name.rsplit(":m:", 1)[-1] in later, name
+
+
+def test_erasure_holds_over_grpc_against_a_late_opt_in_and_a_replayed_start() -> None:
+    """The real server process (embedded store): the answers a caller sees."""
+    import grpc
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    from consent_client.v1 import admin_pb2 as apb
+    from consent_client.v1 import admin_pb2_grpc, consent_pb2_grpc
+    from consent_client.v1 import consent_pb2 as pb
+
+    from .support import ServerProcess
+
+    srv = ServerProcess({"CONSENT_DELIVERY": "off"}).start()
+    try:
+        with grpc.insecure_channel(srv.target) as channel:
+            c = consent_pb2_grpc.ConsentServiceStub(channel)
+            admin = admin_pb2_grpc.ConsentAdminServiceStub(channel)
+            who = pb.Recipient(channel=pb.CHANNEL_WHATSAPP, address=PHONE)
+            start_at = Timestamp(seconds=int(time.time()) - 120)
+            start = pb.HandleInboundMessageRequest(
+                tenant_id=TENANT,
+                recipient=who,
+                text="START",
+                provider_message_id="wamid.E2E-START",
+                received_at=start_at,
+            )
+            assert c.HandleInboundMessage(start).reply_message_id
+            c.OptOut(pb.OptOutRequest(tenant_id=TENANT, recipient=who))
+            admin.ForgetRecipient(apb.ForgetRecipientRequest(tenant_id=TENANT, recipient=who))
+
+            late = c.OptIn(
+                pb.OptInRequest(
+                    tenant_id=TENANT,
+                    recipient=who,
+                    source=pb.SOURCE_IMPORT,
+                    occurred_at=Timestamp(seconds=int(time.time()) - 3600),
+                )
+            )
+            check = c.CheckConsent(pb.CheckConsentRequest(tenant_id=TENANT, recipient=who))
+            assert (late.applied, late.changed) == (False, False)
+            assert late.status == check.status == pb.CONSENT_STATUS_OPTED_OUT
+            assert not check.allowed
+            replay = c.HandleInboundMessage(start)
+            assert replay.reply_message_id == "" and replay.reply_text == ""
+            history = c.ListConsentEvents(
+                pb.ListConsentEventsRequest(tenant_id=TENANT, recipient=who)
+            )
+            assert list(history.events) == []
+    finally:
+        assert srv.stop() == 0
