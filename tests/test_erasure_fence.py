@@ -284,6 +284,26 @@ async def _blind_discovery(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(RedisSecurityStore, "_outbox_entries", nothing)
 
 
+async def test_erasure_removes_the_provider_id_mapping_of_past_messages(
+    store: RedisConsentStore,
+) -> None:
+    """A provider's message id may encode the address (a WhatsApp wamid holds the
+    wa_id): the mapping from it to a delivered message goes with the erasure."""
+    a = ConsentAuthority(store)
+    mid = (await send(a)).accepted.message_id
+    with fake_provider() as fake:
+        fake.answer((200, {"id": "wamid.HBgMOTE5ODc2NTQzMjEwFQIAERgSQ0"}))
+        await _use(store, fake)
+        await _drain(_worker(store))
+    status = await store.message_status(TENANT, mid)
+    assert status is not None and status.state is MessageState.DELIVERED
+    pid_keys = [k async for k in store.client.scan_iter(match="ca:tenant:acme:pid:*")]
+    assert len(pid_keys) == 1
+    await forget(store)
+    assert [k async for k in store.client.scan_iter(match="ca:tenant:acme:pid:*")] == []
+    assert await store.message_status(TENANT, mid) is None
+
+
 async def test_messages_accepted_while_the_erasure_runs_are_fenced(
     store: RedisConsentStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:

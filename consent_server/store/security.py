@@ -196,7 +196,13 @@ class RedisSecurityStore:
 
         reply = await self._call(erase)
         records, events, idem_n, cancelled, erased, other_n = (int(x) for x in reply[:6])
-        scopes = sorted(text(f).removeprefix("s:").replace("*", "") for f in reply[6:])
+        # A provider's message id can encode the address (a WhatsApp wamid holds the
+        # wa_id): its way back to our message goes too. Those keys carry no partition
+        # tag, so they cannot be in the script; they map to nothing once it ran.
+        for pid in reply[6] or []:
+            key = keys.provider_message(tenant_id, text(pid))
+            await self._call(lambda key=key: self._r.delete(key))  # type: ignore[misc]
+        scopes = sorted(text(f).removeprefix("s:").replace("*", "") for f in reply[7:])
         return ErasureCounts(
             records_removed=records,
             events_removed=events,

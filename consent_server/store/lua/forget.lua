@@ -15,7 +15,7 @@
 -- erasure's time ("at"): events dated at or before it change nothing
 -- (record_event.lua) and no message accepted at or before it is delivered (claim.lua).
 -- Returns {records, events, idempotency entries, messages cancelled, messages erased,
---          other keys, suppressed scope field, ...}.
+--          other keys, {provider message ids of the messages}, suppressed scope field, ...}.
 local state, hist, tomb, outbox, elog = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local retry_z, retry_h, index = KEYS[6], KEYS[7], KEYS[8]
 local n_idem, n_other, n_msg = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -113,13 +113,15 @@ redis.call('DEL', index)
 -- A message parked for a delivery retry keeps a copy of its fields (with the address)
 -- in the partition's retry queue: it goes too, as does its outbox entry.
 local cancelled, erased = 0, 0
+local pids = {}  -- provider message ids: the caller deletes their mappings (no hash tag)
 for _, m in ipairs(messages) do
   local message_id = string.match(m, ':m:([^:]+)$')
   if message_id then
     redis.call('ZREM', retry_z, message_id)
     redis.call('HDEL', retry_h, message_id)
   end
-  local st, eid = unpack(redis.call('HMGET', m, 'st', 'eid'))
+  local st, eid, pid = unpack(redis.call('HMGET', m, 'st', 'eid', 'pid'))
+  if pid and pid ~= '' then table.insert(pids, pid) end
   if eid and eid ~= '' then
     erased = erased + redis.call('XDEL', outbox, eid)
   end
@@ -140,6 +142,6 @@ redis.call('XADD', elog, 'MAXLEN', '~', 100000, '*',
   'records', records, 'events', events, 'idem', idem,
   'cancelled', cancelled, 'erased', erased, 'other', other,
   'suppressed', table.concat(suppressed, ','))
-local out = {records, events, idem, cancelled, erased, other}
+local out = {records, events, idem, cancelled, erased, other, pids}
 for _, f in ipairs(suppressed) do table.insert(out, f) end
 return out
