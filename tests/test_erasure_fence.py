@@ -219,9 +219,12 @@ async def test_erased_without_suppression_stays_without_records(
 
 def _worker(store: RedisConsentStore, name: str = "w-erasure") -> DeliveryWorker:
     # run_once handles a whole batch at once: keep it within the test pool (100).
+    from redis.asyncio.cluster import RedisCluster
+
+    cluster = isinstance(store.client, RedisCluster)  # test_store_cluster.py runs some
     return DeliveryWorker(
         store,
-        DeliveryRepository(store.client),
+        DeliveryRepository(store.client, cluster=cluster),
         WorkerOptions(consumer=name, batch=40, concurrency=32, visibility_timeout_s=30),
     )
 
