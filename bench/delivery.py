@@ -43,6 +43,9 @@ from consent_server.store import keys
 from consent_server.store.outbox import DeliveryRepository
 from consent_server.store.repository import RedisConsentStore
 
+# Final states of a message handed to its provider; the log provider's is "logged".
+HANDED_OFF = frozenset({"delivered", "logged"})
+
 # Backlog messages per second of --duration: 1,000 at the default 4 s, about two seconds of
 # the worker's capacity, so the drain rate is not dominated by its first and last message.
 BACKLOG_PER_S = 250
@@ -188,7 +191,7 @@ def _rows(
     # Sent during the measured load (warm-up ran before ``window_start``, the backlog and
     # the probe before that), and among them those that reached DELIVERED.
     sent = [m for m in messages if m.accepted_ms >= window_start]
-    delivered = [m for m in sent if m.state == "delivered"]
+    delivered = [m for m in sent if m.state in HANDED_OFF]
     if not ctx.load.sees_grpc_status:
         # As in send_if_allowed: count successes where they land, one message per accept.
         answered = r.ok + r.failed
@@ -227,7 +230,7 @@ def _rows(
         note=f"age of the oldest waiting message, sampled every {LAG_SAMPLE_S * 1000:.0f} ms",
     )
     queued = [m for m in messages if m.accepted_ms <= queued_until]
-    drained = sorted(m.updated_ms for m in queued if m.state == "delivered")
+    drained = sorted(m.updated_ms for m in queued if m.state in HANDED_OFF)
     drain_s = (drained[-1] - drained[0]) / 1000 if len(drained) > 1 else 0.0
     drain = Row(
         "drain",

@@ -36,6 +36,7 @@ from consent_server.delivery.runner import (
     build_worker,
     delivery_services,
     start_metrics,
+    warn_if_only_log_provider,
 )
 from consent_server.delivery.worker import DeliveryWorker
 from consent_server.domain.auth import OPERATOR_TENANT, Role
@@ -256,6 +257,7 @@ async def run(services: Services, stop: asyncio.Event) -> int:
     # The inline worker starts once the server serves and stops after it drained.
     if s.worker is not None:
         await s.worker.start()
+    warn_if_only_log_provider(settings, s.store)
     if s.http_edge is not None:
         await start_http_edge(s, s.http_edge)
     if s.reloader is not None:

@@ -43,7 +43,13 @@ ALICE = Recipient(Channel.WHATSAPP, PHONE)
 # The fake providers listen on loopback, which delivery refuses unless the operator
 # allows it: these tests are that operator.
 LOOPBACK = EgressPolicy.parse("127.0.0.1")
-FINAL = {MessageState.DELIVERED, MessageState.CANCELLED, MessageState.FAILED, MessageState.EXPIRED}
+FINAL = {
+    MessageState.DELIVERED,
+    MessageState.LOGGED,
+    MessageState.CANCELLED,
+    MessageState.FAILED,
+    MessageState.EXPIRED,
+}
 
 
 @pytest.fixture
@@ -181,7 +187,7 @@ async def test_log_provider_is_the_default(
     mid = await send(store)
     await settle(worker, store, mid)
     status = await store.message_status(TENANT, mid)
-    assert status is not None and status.state is MessageState.DELIVERED
+    assert status is not None and status.state is MessageState.LOGGED
     assert status.provider_message_id == f"log-{mid}"
     [line] = [r for r in caplog.records if r.name == "consent_server.delivery.log"]
     assert line.to == "+91987*****10"  # type: ignore[attr-defined]
@@ -226,7 +232,7 @@ async def test_opt_out_then_newer_opt_in_still_delivers(
     await change(store, Action.OPT_IN, "marketing")  # newer topic opt-in decides
     await settle(worker, store, mid)
     status = await store.message_status(TENANT, mid)
-    assert status is not None and status.state is MessageState.DELIVERED
+    assert status is not None and status.state is MessageState.LOGGED
 
 
 async def test_transient_failures_retry_then_deliver(
@@ -786,7 +792,7 @@ async def test_store_error_mid_delivery_leaves_the_message_for_a_reclaim(
     await asyncio.sleep(0.35)  # the visibility timeout of the healthy worker
     await settle(worker, store, mid)
     status = await store.message_status(TENANT, mid)
-    assert status is not None and status.state is MessageState.DELIVERED
+    assert status is not None and status.state is MessageState.LOGGED
 
 
 T0 = 1_790_000_000_000
@@ -836,7 +842,7 @@ async def test_claim_script_agrees_with_the_decision_rule(
     await settle(worker, store, mid)
     status = await store.message_status(TENANT, mid)
     assert status is not None
-    assert status.state is (MessageState.DELIVERED if expected.allowed else MessageState.CANCELLED)
+    assert status.state is (MessageState.LOGGED if expected.allowed else MessageState.CANCELLED)
 
 
 async def test_policy_now_requiring_opt_in_cancels_with_opt_in_required(
@@ -914,12 +920,12 @@ async def test_whatsapp_status_webhooks_update_message_status(
     await handle(StatusReceipt("other", "prov-1", "delivered", ALICE, None))
 
 
-async def test_message_missed_by_a_racing_erasure_is_cancelled_by_the_tombstone(
+async def test_message_missed_by_the_erasure_scans_is_still_fenced(
     store: RedisConsentStore, worker: DeliveryWorker, fake: FakeProvider
 ) -> None:
-    """ForgetRecipient finds the recipient's messages before its script runs; a message
-    accepted in between, followed by an opt-out, is not among them. The worker's claim
-    consults the tombstone (as SendIfAllowed does), so it is cancelled, not sent."""
+    """ForgetRecipient's scans run before its script; a message accepted in between is
+    not among them. The script reads the recipient's message index itself, so it is
+    cancelled there, address removed; the claim's erasure fence is the second line."""
     from consent_server.store.security import RedisSecurityStore
 
     await use_webhook(store, fake.url)
@@ -933,9 +939,9 @@ async def test_message_missed_by_a_racing_erasure_is_cancelled_by_the_tombstone(
     security._messages_of = nothing_found  # type: ignore[method-assign]
     security._outbox_entries = nothing_found  # type: ignore[method-assign]
     counts = await security.forget(TENANT, ALICE, "erasure-race", "test")
-    assert counts.suppressed_topics == [""] and counts.messages_cancelled == 0
-    await settle(worker, store, mid)
+    assert counts.suppressed_topics == [""] and counts.messages_cancelled == 1
+    await worker.run_once()
     status = await store.message_status(TENANT, mid)
     assert status is not None and status.state is MessageState.CANCELLED
-    assert "RECIPIENT_OPTED_OUT" in status.last_error
+    assert status.last_error == "erased" and status.recipient.address == ""
     assert fake.requests == []

@@ -16,6 +16,7 @@ from consent_server.store import keys
 from consent_server.store.connect import open_store
 from consent_server.store.repository import RedisConsentStore
 
+from . import test_erasure_fence as fence
 from . import test_inbound_units as inbound
 from . import test_store as base
 from .cluster_support import RedisClusterProcesses
@@ -37,6 +38,9 @@ CASES = [
     inbound.test_concurrent_record_inbound_is_one_event,
     inbound.test_settings_write_is_version_checked,
     inbound.test_authority_inbound_and_concurrent_updates,
+    fence.test_replayed_keywords_after_erasure_change_nothing_and_store_nothing,
+    fence.test_an_event_dated_before_the_erasure_answers_what_the_checks_say,
+    fence.test_a_confirmation_queued_before_the_erasure_never_reaches_the_person,
 ]
 
 
@@ -58,6 +62,14 @@ async def cluster_store(cluster: RedisClusterProcesses) -> AsyncIterator[RedisCo
 @pytest.mark.parametrize("case", CASES, ids=[c.__name__.removeprefix("test_") for c in CASES])
 async def test_store_case_on_cluster(cluster_store: RedisConsentStore, case) -> None:  # type: ignore[no-untyped-def]
     await case(cluster_store)
+
+
+async def test_erasure_reads_the_message_index_on_its_shard(
+    cluster_store: RedisConsentStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """forget.lua finds messages through the recipient's index (keys it derives, all on
+    the recipient's slot): allowed on a cluster, and enough without the caller's scans."""
+    await fence.test_messages_accepted_while_the_erasure_runs_are_fenced(cluster_store, monkeypatch)
 
 
 async def test_recipients_really_spread_over_the_shards(
@@ -112,7 +124,7 @@ def test_server_process_on_cluster(cluster: RedisClusterProcesses) -> None:
                 if status.status != pb.MESSAGE_STATUS_ACCEPTED or time.monotonic() > deadline:
                     break
                 time.sleep(0.05)
-            assert status.status == pb.MESSAGE_STATUS_DELIVERED
+            assert status.status == pb.MESSAGE_STATUS_LOGGED  # the default log provider
             assert status.attempts == 1
     finally:
         assert srv.stop() == 0

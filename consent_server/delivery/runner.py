@@ -76,6 +76,49 @@ def build_worker(settings: Settings, store: RedisConsentStore) -> DeliveryWorker
     )
 
 
+LOG_ONLY_WARNING = (
+    "ONLY THE LOG PROVIDER IS CONFIGURED: messages accepted on this durable Redis are "
+    "written to the server log and marked LOGGED; nothing is sent to anyone. Configure "
+    "a webhook or whatsapp_cloud provider (SetDeliveryProvider) to deliver."
+)
+
+
+PROVIDERS_OK = "delivery providers checked: at least one tenant has a provider that sends"
+
+_CHECKS: set[asyncio.Task[bool]] = set()  # keeps background checks referenced
+
+
+def warn_if_only_log_provider(
+    settings: Settings, store: RedisConsentStore, *, delivering: bool | None = None
+) -> asyncio.Task[bool] | None:
+    """Start-up, on a real Redis where this process delivers (``delivering``; default:
+    the inline worker is on): check in the background, so a large keyspace does not
+    delay serving, and warn loudly when no tenant has a provider that sends (the
+    default ``log`` provider only writes a log line). The task answers whether it warned.
+    The embedded store is for development, where log-only is expected: no check."""
+    if delivering is None:
+        delivering = settings.delivery.mode == "inline"
+    if settings.redis.embedded or not delivering:
+        return None
+    task = asyncio.create_task(_check_providers(settings, store), name="provider-check")
+    _CHECKS.add(task)
+    task.add_done_callback(_CHECKS.discard)
+    return task
+
+
+async def _check_providers(settings: Settings, store: RedisConsentStore) -> bool:
+    try:
+        sending = await RedisProviderSettings(store.client).any_sending_provider()
+    except Exception as exc:  # best effort (store down at start-up): never fail the server
+        log.info("provider check skipped at start-up", extra={"error": str(exc)})
+        return False
+    if sending:
+        log.info(PROVIDERS_OK)
+        return False
+    log.warning(LOG_ONLY_WARNING)
+    return True
+
+
 async def run_worker(settings: Settings) -> int:
     """``python -m consent_server.worker``: deliver until SIGTERM/SIGINT, then drain."""
     if settings.redis.embedded:
@@ -104,6 +147,7 @@ async def run_worker(settings: Settings) -> int:
                 return 0
             except TimeoutError:
                 continue
+    warn_if_only_log_provider(settings, store, delivering=True)
     log.info("delivery worker process ready", extra={"consumer": worker.consumer})
     await stop.wait()
     await worker.stop(settings.server.shutdown_grace_s)

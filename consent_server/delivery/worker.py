@@ -332,7 +332,8 @@ class DeliveryWorker:
         if isinstance(result, Delivered):
             outcome = await self._outbox.finish(
                 entry,
-                "delivered",
+                # Status honesty: the log provider sends nothing, so the status says so.
+                "logged" if result.logged_only else "delivered",
                 provider_message_id=result.provider_message_id,
                 provider=provider.name,
             )

@@ -83,6 +83,8 @@ class MessageState(enum.Enum):
     CANCELLED = "cancelled"
     FAILED = "failed"
     EXPIRED = "expired"
+    # Final: the log provider wrote it to the server log; nothing was sent.
+    LOGGED = "logged"
 
 
 @dataclass(frozen=True, slots=True)

@@ -114,6 +114,8 @@ def scope_field(topic: str) -> str:
 #    ca:tenant:<tenant>:erasure-secret            string: the tenant's tombstone HMAC secret
 #    ca:{cpNN}:<tenant>:x:<channel>:<hmac>        hash: suppression tombstone, scope records
 #    ca:{cpNN}:<tenant>:erasures                  stream: the partition's erasure log
+#    ca:{cpNN}:<tenant>:q:<channel>:<hmac>        zset: the recipient's message ids and
+#                                                 "i:<idempotency key>", by acceptance ms
 #
 # A key and its bucket share a hash tag so one script authenticates and rate-limits;
 # different keys land on different cluster slots. A tombstone and the erasure log
@@ -148,6 +150,21 @@ def tombstone(tenant_id: str, recipient: Recipient, digest: str) -> str:
     )
 
 
+def message_index(tenant_id: str, recipient: Recipient, digest: str) -> str:
+    """The recipient's message index: every message (and send idempotency key) accepted
+    for it, so an erasure finds them in the same atomic step that fences new ones.
+    Named by the tombstone's keyed hash: the index itself holds no address."""
+    return (
+        f"ca:{tag(partition(tenant_id, recipient))}:{tenant_id}:q:"
+        f"{recipient.channel.value}:{digest}"
+    )
+
+
+def message_prefix(tenant_id: str, part: int) -> str:
+    """The common prefix of a tenant's message status hashes in a partition."""
+    return f"ca:{tag(part)}:{tenant_id}:m:"
+
+
 def erasure_log(tenant_id: str, part: int) -> str:
     """The erasure log of a tenant's partition."""
     return f"ca:{tag(part)}:{tenant_id}:erasures"
@@ -155,7 +172,7 @@ def erasure_log(tenant_id: str, part: int) -> str:
 
 def message_pattern(tenant_id: str, part: int) -> str:
     """A SCAN pattern for every message status hash of a tenant in a partition."""
-    return f"{glob_escape(f'ca:{tag(part)}:{tenant_id}:m:')}*"
+    return f"{glob_escape(message_prefix(tenant_id, part))}*"
 
 
 def glob_escape(text: str) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from consent_server.domain.delivery import ProviderConfig
+from consent_server.domain.delivery import ProviderConfig, ProviderKind
 
 from . import keys
 from .client import RedisClient
@@ -28,6 +28,20 @@ class RedisProviderSettings:
             lambda: self._r.hgetall(keys.tenant_providers(tenant_id))
         )
         return {text(k): ProviderConfig.decode(text(v)) for k, v in raw.items()}
+
+    async def any_sending_provider(self) -> bool:
+        """True when some tenant has a provider other than ``log`` configured (a scan of
+        every tenant's provider hash: meant for start-up, not for a request path)."""
+        pattern = keys.glob_escape("ca:tenant:") + "*" + keys.glob_escape(":providers")
+
+        async def scan() -> bool:
+            async for key in self._r.scan_iter(match=pattern, count=1000):
+                for raw in await self._r.hvals(key):
+                    if ProviderConfig.decode(text(raw)).kind is not ProviderKind.LOG:
+                        return True
+            return False
+
+        return await guarded(scan)
 
     async def put_provider(self, tenant_id: str, channel: str, config: ProviderConfig) -> None:
         """Store one channel's provider configuration."""

@@ -22,6 +22,9 @@ from consent_server.domain.model import (
 )
 
 _STATUS = {"in": Status.OPTED_IN, "out": Status.OPTED_OUT}
+# An outcome's status may also be "none": an event ignored because it is dated before
+# the recipient's erasure answers what a check would, and that may be no record.
+_OUTCOME_STATUS = {**_STATUS, "none": Status.NO_RECORD}
 
 
 def text(value: bytes | str | None) -> str:
@@ -55,7 +58,7 @@ def parse_outcome(raw: bytes | str, event_id: str, *, duplicate: bool) -> Change
     return ChangeOutcome(
         applied=applied == "1",
         changed=changed == "1",
-        status=_STATUS[status],
+        status=_OUTCOME_STATUS[status],
         revision=int(revision),
         event_id=event_id,
         duplicate=duplicate,

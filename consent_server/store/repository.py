@@ -269,6 +269,11 @@ class RedisConsentStore:
         self, event: ConsentEventInput, extra_keys: list[str], extra_args: list[str | int]
     ) -> tuple[ChangeOutcome, str]:
         base = keys.recipient_base(event.tenant_id, event.recipient)
+        # Every write reads the recipient's tombstone in the same script: an event dated
+        # at or before an erasure changes and stores nothing (record_event.lua).
+        tomb, index = await self._call(
+            lambda: self.tombstones.keys(event.tenant_id, event.recipient)
+        )
         args: list[str | int] = [
             event.event_id,
             event.action.value,
@@ -280,8 +285,10 @@ class RedisConsentStore:
             event.principal,
             *extra_args,
         ]
-        script_keys = [keys.state(base), keys.history(base), *extra_keys]
+        script_keys = [keys.state(base), keys.history(base), tomb, index, *extra_keys]
         kind, outcome, queued = await self._call(lambda: self._record(keys=script_keys, args=args))
+        if int(kind) == 3:  # dated at or before the recipient's erasure: nothing written
+            return parse_outcome(outcome, event.event_id, duplicate=False), ""
         first = parse_outcome(outcome, event.event_id, duplicate=True)
         if int(kind) == 2:
             raise IdConflict(
@@ -297,13 +304,16 @@ class RedisConsentStore:
         part = keys.partition(request.tenant_id, request.recipient)
         base = keys.recipient_base(request.tenant_id, request.recipient)
         message_id = keys.new_message_id(part)
-        tomb = await self._call(lambda: self.tombstones.key(request.tenant_id, request.recipient))
+        tomb, index = await self._call(
+            lambda: self.tombstones.keys(request.tenant_id, request.recipient)
+        )
         script_keys = [
             keys.state(base),
             keys.idempotency(base, request.idempotency_key or "-"),
             keys.outbox(part),
             keys.message(request.tenant_id, part, message_id),
             tomb,
+            index,
         ]
         body = encode_body(request.message)
         metadata = json.dumps(request.metadata, ensure_ascii=False, sort_keys=True)
@@ -326,6 +336,7 @@ class RedisConsentStore:
             request.not_after_ms,
             metadata,
             fingerprint,
+            request.idempotency_key,
         ]
         reply = await self._call(lambda: self._send(keys=script_keys, args=args))
         kind = text(reply[0])

@@ -163,17 +163,21 @@ class RedisSecurityStore:
             other = sorted(k for k in found if k not in fixed and not k.startswith(prefix + "i:"))
             messages = await self._messages_of(tenant_id, part, recipient)
             entries = await self._outbox_entries(tenant_id, part, recipient)
+            # The scans above find what was there before this change; the script reads
+            # the recipient's message index itself, so a message accepted meanwhile is
+            # found too (the scans remain for messages from before the index existed).
             script_keys = [
                 keys.state(base),
                 keys.history(base),
                 keys.tombstone(tenant_id, recipient, digest),
                 keys.outbox(part),
                 keys.erasure_log(tenant_id, part),
+                keys.retry_queue(part),
+                keys.retry_data(part),
+                keys.message_index(tenant_id, recipient, digest),
                 *idem,
                 *other,
                 *messages,
-                keys.retry_queue(part),
-                keys.retry_data(part),
             ]
             args = [
                 len(idem),
@@ -183,13 +187,20 @@ class RedisSecurityStore:
                 principal,
                 recipient.channel.value,
                 digest,
+                keys.message_prefix(tenant_id, part),
                 *entries,
             ]
             return await self._forget(keys=script_keys, args=args)
 
         reply = await self._call(erase)
         records, events, idem_n, cancelled, erased, other_n = (int(x) for x in reply[:6])
-        scopes = sorted(text(f).removeprefix("s:").replace("*", "") for f in reply[6:])
+        # A provider's message id can encode the address (a WhatsApp wamid holds the
+        # wa_id): its way back to our message goes too. Those keys carry no partition
+        # tag, so they cannot be in the script; they map to nothing once it ran.
+        for pid in reply[6] or []:
+            key = keys.provider_message(tenant_id, text(pid))
+            await self._call(lambda key=key: self._r.delete(key))  # type: ignore[misc]
+        scopes = sorted(text(f).removeprefix("s:").replace("*", "") for f in reply[7:])
         return ErasureCounts(
             records_removed=records,
             events_removed=events,

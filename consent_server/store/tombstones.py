@@ -2,8 +2,14 @@
 
 A tombstone is named by HMAC-SHA256(tenant secret, "<channel>:<normalised address>"),
 so it holds no address and cannot be reversed by hashing a phone-number range without
-the secret. The per-tenant secret is created once (SET NX) on first use and never
-changes, so every server process derives the same names; each process caches it.
+the secret. Besides the scope records an erased, opted-out recipient keeps
+(``s:<topic>``) it holds ``at``, the erasure's time (ms): every write script ignores an
+event dated at or before it, and the delivery claim cancels any message accepted at or
+before it. ``ign`` counts the events so ignored (evidence of replays, without the address
+or the event ids, which for WhatsApp encode the phone number).
+
+The per-tenant secret is created once (SET NX) on first use and never changes, so every
+server process derives the same names; each process caches it.
 """
 
 from __future__ import annotations
@@ -53,6 +59,14 @@ class TombstoneNames:
         """The recipient's tombstone key."""
         secret = await self.secret(tenant_id)
         return keys.tombstone(tenant_id, recipient, self.digest(secret, recipient))
+
+    async def keys(self, tenant_id: str, recipient: Recipient) -> tuple[str, str]:
+        """The recipient's tombstone key and message index key (both named by the digest)."""
+        digest = self.digest(await self.secret(tenant_id), recipient)
+        return (
+            keys.tombstone(tenant_id, recipient, digest),
+            keys.message_index(tenant_id, recipient, digest),
+        )
 
 
 def newer(live: ConsentRecord | None, tomb: ConsentRecord | None) -> ConsentRecord | None:

@@ -90,6 +90,7 @@ class MessageState(enum.StrEnum):
     CANCELLED = "cancelled"
     FAILED = "failed"
     EXPIRED = "expired"
+    LOGGED = "logged"  # the server's log provider wrote it to its log; nothing was sent
     UNSPECIFIED = "unspecified"
 
 

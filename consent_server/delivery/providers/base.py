@@ -49,9 +49,11 @@ class DeliveryMessage:
 
 @dataclass(frozen=True, slots=True)
 class Delivered:
-    """The provider accepted the message."""
+    """The provider accepted the message (``logged_only``: it only wrote it to the log,
+    so the status says LOGGED, not DELIVERED)."""
 
     provider_message_id: str = ""
+    logged_only: bool = False
 
 
 @dataclass(frozen=True, slots=True)

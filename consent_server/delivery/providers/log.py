@@ -19,7 +19,7 @@ class LogProvider:
     async def send(self, message: DeliveryMessage) -> ProviderResult:
         """Log one line with the address masked; never the body (it may hold personal data)."""
         log.info(
-            "delivered (log provider)",
+            "logged, not sent (log provider)",
             extra={
                 "message_id": message.message_id,
                 "tenant": message.tenant_id,
@@ -31,4 +31,4 @@ class LogProvider:
                 "attempt": message.attempt,
             },
         )
-        return Delivered(f"log-{message.message_id}")
+        return Delivered(f"log-{message.message_id}", logged_only=True)

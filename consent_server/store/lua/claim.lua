@@ -8,6 +8,7 @@
 --       channel, address, topic, accepted ms (to create a confirmation's missing status).
 -- Returns {"go", attempts, now_ms}
 --       | {"cancelled", reason} | {"expired"}          (status final, entry acked+deleted)
+--         (reason "RECIPIENT_ERASED..." when accepted at or before an erasure)
 --       | {"final", state} | {"gone"}                  (nothing to do, entry acked+deleted)
 local state, msg, outbox = KEYS[1], KEYS[2], KEYS[3]
 local group, entry, purpose, field, policy = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
@@ -20,6 +21,35 @@ local now_s = string.format('%d', now)
 local function done()
   redis.call('XACK', outbox, group, entry)
   redis.call('XDEL', outbox, entry)
+end
+
+-- The erasure fence, for every purpose (confirmations included): a message accepted at
+-- or before the recipient's erasure is never delivered and loses its address, however
+-- it escaped the erasure. A confirmation may go to an opted-out person, never to an
+-- erased one.
+local erased_at = tonumber(redis.call('HGET', KEYS[4], 'at') or '')
+if not erased_at then
+  -- A tombstone written before the erasure time was kept: its records are dated at it.
+  local old = redis.call('HGETALL', KEYS[4])
+  for i = 1, #old, 2 do
+    local o = tonumber(string.match(old[i + 1], '^%a+|(%d+)|') or '')
+    if string.sub(old[i], 1, 2) == 's:' and o and (not erased_at or o > erased_at) then
+      erased_at = o
+    end
+  end
+end
+if erased_at then
+  local accepted = tonumber(redis.call('HGET', msg, 'at') or ARGV[11]) or 0
+  if accepted <= erased_at then
+    local st = redis.call('HGET', msg, 'st')
+    if st == 'accepted' or (not st and purpose == 'confirmation') then
+      redis.call('HSET', msg, 'st', 'cancelled', 'err', 'erased', 'addr', '', 'eid', '',
+        'ch', ARGV[8], 'topic', ARGV[10], 'at', string.format('%d', accepted), 'up', now_s)
+      redis.call('EXPIRE', msg, retention)
+      done()
+      return {'cancelled', 'RECIPIENT_ERASED: the recipient was erased after the message was accepted'}
+    end
+  end
 end
 
 local cur = redis.call('HGET', msg, 'st')

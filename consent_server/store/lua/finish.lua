@@ -1,7 +1,7 @@
 -- Record the outcome of a provider call and take the entry off the outbox.
 -- KEYS[1] message status hash, KEYS[2] outbox stream, KEYS[3] retry zset,
 -- KEYS[4] retry data hash (all with the partition's hash tag).
--- ARGV: group, stream entry id, outcome ("delivered"|"failed"|"expired"|"retry"),
+-- ARGV: group, stream entry id, outcome ("delivered"|"logged"|"failed"|"expired"|"retry"),
 --       error text, provider message id, provider name, retention s, message id,
 --       retry due ms, retry entry (JSON of the outbox fields).
 -- A retry keeps the status ACCEPTED (attempts and last error updated) and parks the

@@ -1,17 +1,28 @@
 -- Erase a recipient and keep a suppression tombstone, in one atomic step.
 -- KEYS[1] state hash, KEYS[2] history stream, KEYS[3] tombstone hash, KEYS[4] outbox
--- stream, KEYS[5] erasure log stream, then the send idempotency keys (ARGV[1] of
--- them), then any other key under the recipient's prefix (ARGV[2]; per-recipient
--- data other features add), then message status hashes (ARGV[3]), then the partition's
--- delivery retry queue (sorted set) and its parked entries (hash); all share the
+-- stream, KEYS[5] erasure log stream, KEYS[6] the partition's delivery retry queue
+-- (sorted set), KEYS[7] its parked entries (hash), KEYS[8] the recipient's message
+-- index (see send.lua), then the send idempotency keys (ARGV[1] of them), then any
+-- other key under the recipient's prefix (ARGV[2]; per-recipient data other features
+-- add), then message status hashes found by scanning (ARGV[3]); all share the
 -- recipient's hash tag.
--- ARGV: those three counts, erasure id, principal, channel, tombstone digest, then
---       the recipient's outbox entry ids.
+-- ARGV: those three counts, erasure id, principal, channel, tombstone digest, the
+--       tenant's message key prefix in the partition, then the recipient's outbox
+--       entry ids found by scanning.
+-- The message index is read here, in the same step: every message accepted before
+-- this script ran is in it, including those accepted while the caller was scanning,
+-- so none survives deliverable or holding the address. The tombstone keeps the
+-- erasure's time ("at"): events dated at or before it change nothing
+-- (record_event.lua) and no message accepted at or before it is delivered (claim.lua).
 -- Returns {records, events, idempotency entries, messages cancelled, messages erased,
---          other keys, suppressed scope field, ...}.
+--          other keys, {provider message ids of the messages}, suppressed scope field, ...}.
 local state, hist, tomb, outbox, elog = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local retry_z, retry_h, index = KEYS[6], KEYS[7], KEYS[8]
 local n_idem, n_other, n_msg = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local erasure_id, principal, channel, digest = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+local msg_prefix = ARGV[8]
+local fixed = 8
+local unpack = unpack or table.unpack  -- Lua 5.1 (Redis) and later (embedded store)
 
 local t = redis.call('TIME')
 local now = string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
@@ -38,19 +49,23 @@ end
 local old = redis.call('HGETALL', tomb)
 for i = 1, #old, 2 do
   local f, rec = old[i], old[i + 1]
-  local cur = effective[f]
-  if not cur then
-    effective[f] = rec
-  else
-    local _, co, cr = parse(cur)
-    local _, oo, orv = parse(rec)
-    if oo > co or (oo == co and orv > cr) then effective[f] = rec end
+  if string.sub(f, 1, 2) == 's:' then
+    local cur = effective[f]
+    if not cur then
+      effective[f] = rec
+    else
+      local _, co, cr = parse(cur)
+      local _, oo, orv = parse(rec)
+      if oo > co or (oo == co and orv > cr) then effective[f] = rec end
+    end
   end
 end
 
 -- Scopes that end opted out stay suppressed, dated now: only an opt-in that
--- occurs after the erasure is newer than the tombstone.
+-- occurs after the erasure is newer than the tombstone. The erasure's time is kept
+-- whatever the status, so nothing dated before it applies afterwards.
 redis.call('DEL', tomb)
+redis.call('HSET', tomb, 'at', now, 'id', erasure_id)
 local suppressed = {}
 for f, rec in pairs(effective) do
   local status = parse(rec)
@@ -61,39 +76,64 @@ for f, rec in pairs(effective) do
 end
 
 local events = redis.call('XLEN', hist)
+local base = string.sub(state, 1, #state - 2)  -- the recipient's prefix ("...:s" -> "...")
 redis.call('DEL', state, hist)
+local gone = {}  -- idempotency keys already deleted
 for i = 1, n_idem do
-  idem = idem + redis.call('DEL', KEYS[5 + i])
+  gone[KEYS[fixed + i]] = true
+  idem = idem + redis.call('DEL', KEYS[fixed + i])
 end
 local other = 0
 for i = 1, n_other do
-  other = other + redis.call('DEL', KEYS[5 + n_idem + i])
+  other = other + redis.call('DEL', KEYS[fixed + n_idem + i])
 end
+
+-- The recipient's messages: those the caller's scan found and those of the index.
+local messages, seen = {}, {}
+for i = 1, n_msg do
+  local m = KEYS[fixed + n_idem + n_other + i]
+  if not seen[m] then seen[m] = true; table.insert(messages, m) end
+end
+for _, member in ipairs(redis.call('ZRANGE', index, 0, -1)) do
+  if string.sub(member, 1, 2) == 'i:' then
+    local k = base .. ':i:' .. string.sub(member, 3)
+    if not gone[k] then
+      gone[k] = true
+      idem = idem + redis.call('DEL', k)
+    end
+  else
+    local m = msg_prefix .. member
+    if not seen[m] then seen[m] = true; table.insert(messages, m) end
+  end
+end
+redis.call('DEL', index)
 
 -- Queued messages are cancelled (a delivery worker skips any status but
 -- accepted) and lose their address; past messages' records are deleted.
 -- A message parked for a delivery retry keeps a copy of its fields (with the address)
--- in the partition's retry queue: it goes too.
-local retry_z = KEYS[5 + n_idem + n_other + n_msg + 1]
-local retry_h = KEYS[5 + n_idem + n_other + n_msg + 2]
+-- in the partition's retry queue: it goes too, as does its outbox entry.
 local cancelled, erased = 0, 0
-for i = 1, n_msg do
-  local m = KEYS[5 + n_idem + n_other + i]
+local pids = {}  -- provider message ids: the caller deletes their mappings (no hash tag)
+for _, m in ipairs(messages) do
   local message_id = string.match(m, ':m:([^:]+)$')
   if message_id then
     redis.call('ZREM', retry_z, message_id)
     redis.call('HDEL', retry_h, message_id)
   end
-  local st = redis.call('HGET', m, 'st')
+  local st, eid, pid = unpack(redis.call('HMGET', m, 'st', 'eid', 'pid'))
+  if pid and pid ~= '' then table.insert(pids, pid) end
+  if eid and eid ~= '' then
+    erased = erased + redis.call('XDEL', outbox, eid)
+  end
   if st == 'accepted' then
-    redis.call('HSET', m, 'st', 'cancelled', 'err', 'erased', 'addr', '', 'up', now)
+    redis.call('HSET', m, 'st', 'cancelled', 'err', 'erased', 'addr', '', 'eid', '', 'up', now)
     cancelled = cancelled + 1
   elseif st then
     redis.call('DEL', m)
     erased = erased + 1
   end
 end
-for i = 8, #ARGV do
+for i = 9, #ARGV do
   erased = erased + redis.call('XDEL', outbox, ARGV[i])
 end
 
@@ -102,6 +142,6 @@ redis.call('XADD', elog, 'MAXLEN', '~', 100000, '*',
   'records', records, 'events', events, 'idem', idem,
   'cancelled', cancelled, 'erased', erased, 'other', other,
   'suppressed', table.concat(suppressed, ','))
-local out = {records, events, idem, cancelled, erased, other}
+local out = {records, events, idem, cancelled, erased, other, pids}
 for _, f in ipairs(suppressed) do table.insert(out, f) end
 return out

@@ -1,18 +1,24 @@
 -- Record an opt-out or opt-in in one atomic step.
--- KEYS[1] state hash, KEYS[2] history stream (same hash tag).
+-- KEYS[1] state hash, KEYS[2] history stream, KEYS[3] the recipient's suppression
+-- tombstone, KEYS[4] its message index (same hash tag).
 -- ARGV: event_id, action ("in"|"out"), scope field, topic, source, evidence,
 --       occurred_at ms, principal.
--- Inbound replies (HandleInboundMessage) also pass KEYS[3] the partition's outbox
--- stream and KEYS[4] a new message's status hash (same hash tag), and ARGV[9]
+-- Inbound replies (HandleInboundMessage) also pass KEYS[5] the partition's outbox
+-- stream and KEYS[6] a new message's status hash (same hash tag), and ARGV[9]
 -- message id, ARGV[10] tenant, ARGV[11] channel, ARGV[12] address, ARGV[13]
 -- confirmation body json, ARGV[14] message retention s: when the event changes the
 -- scope's status (and, for a topic, what the recipient receives), the confirmation is
 -- queued in this same step (docs/outbox.md), so it is neither lost nor doubled, and
 -- a repeated STOP queues nothing.
--- Returns {0 new | 1 replay | 2 id reused for another change,
+-- An event dated at or before the recipient's erasure (the tombstone's "at") writes
+-- nothing under the recipient: no state, no history (their names hold the address),
+-- no confirmation. It only counts on the tombstone ("ign") and answers what a check
+-- would say now. The tombstone's scope records compete with live ones as in send.lua,
+-- so only an opt-in dated after the erasure lifts a suppression.
+-- Returns {0 new | 1 replay | 2 id reused for another change | 3 before the erasure,
 --          "applied|changed|status|revision|recorded_ms|action:topic",
 --          id of the confirmation queued by this event or ""}.
-local state, hist = KEYS[1], KEYS[2]
+local state, hist, tomb, index = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local event_id, action, field, topic = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local source, evidence, occurred, principal = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 
@@ -29,20 +35,59 @@ if seen then
   return {1, seen, redis.call('HGET', state, 'c:' .. event_id) or ''}
 end
 
+local function parse(rec)
+  if not rec then return nil end
+  local st, o, r = string.match(rec, '^(%a+)|(%d+)|(%d+)|')
+  return {st, tonumber(o), tonumber(r)}
+end
+local function newer(a, b)  -- a, b parsed; the one that decides
+  if a and (not b or a[2] > b[2] or (a[2] == b[2] and a[3] > b[3])) then return a end
+  return b
+end
+local function decider(topic_rec, all_rec)
+  return newer(topic_rec, all_rec)
+end
+-- A scope's record: the newer of the live one and the tombstone's.
+local function record(f)
+  return newer(parse(redis.call('HGET', state, f)), parse(redis.call('HGET', tomb, f)))
+end
+
 local t = redis.call('TIME')
 local recorded = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local recorded_s = string.format('%d', recorded)
+
+local erased_at = tonumber(redis.call('HGET', tomb, 'at') or '')
+if not erased_at then
+  -- A tombstone written before the erasure time was kept: its records are dated at it.
+  local old = redis.call('HGETALL', tomb)
+  for i = 1, #old, 2 do
+    local rec = parse(old[i + 1])
+    if string.sub(old[i], 1, 2) == 's:' and rec and (not erased_at or rec[2] > erased_at) then
+      erased_at = rec[2]
+    end
+  end
+end
+if erased_at and tonumber(occurred) <= erased_at then
+  redis.call('HINCRBY', tomb, 'ign', 1)
+  local deciding = record('s:*')
+  if field ~= 's:*' then deciding = decider(record(field), deciding) end
+  local status = 'none'
+  if deciding then status = deciding[1] end
+  local rev = redis.call('HGET', state, 'rev') or '0'
+  return {3, '0|0|' .. status .. '|' .. rev .. '|' .. recorded_s .. '|' .. fingerprint, ''}
+end
+
 local rev = redis.call('HINCRBY', state, 'rev', 1)
 
 -- The event applies when it is not older than the scope's record. Its revision
 -- is higher than any before it, so (occurred_at, revision) ordering reduces to
 -- occurred_at >= current occurred_at.
 local applied, changed, status = 1, 1, action
-local cur = redis.call('HGET', state, field)
-if cur then
-  local cur_status, cur_occurred = string.match(cur, '^(%a+)|(%d+)|')
-  if tonumber(occurred) < tonumber(cur_occurred) then
-    applied, changed, status = 0, 0, cur_status
-  elseif cur_status == action then
+local before = record(field)
+if before then
+  if tonumber(occurred) < before[2] then
+    applied, changed, status = 0, 0, before[1]
+  elseif before[1] == action then
     changed = 0
   end
 end
@@ -56,65 +101,63 @@ redis.call('XADD', hist, rev .. '-0',
   'r', string.format('%d', recorded), 'ap', applied, 'id', event_id, 'p', principal)
 
 local outcome = applied .. '|' .. changed .. '|' .. status .. '|' .. rev .. '|'
-  .. string.format('%d', recorded) .. '|' .. fingerprint
+  .. recorded_s .. '|' .. fingerprint
 redis.call('HSET', state, 'e:' .. event_id, outcome)
 
 -- Inbound events confirm when they change what the recipient receives (the decision rule
 -- decides each topic by the newer of its record and the all-topics record):
 -- "Stop promotions" after STOP changes nothing (the newer STOP already blocks
 -- marketing), while STOP after a newer marketing opt-in does (marketing was allowed).
-local function parse(rec)
-  if not rec then return nil end
-  local st, o, r = string.match(rec, '^(%a+)|(%d+)|(%d+)|')
-  return {st, tonumber(o), tonumber(r)}
-end
-local function decider(topic_rec, all_rec)
-  if topic_rec and (not all_rec or topic_rec[2] > all_rec[2]
-      or (topic_rec[2] == all_rec[2] and topic_rec[3] > all_rec[3])) then
-    return topic_rec
-  end
-  return all_rec
-end
 local function differs(a, b)
   return not a or not b or a[1] ~= b[1]
 end
 local effective = 0
-if #KEYS >= 4 and applied == 1 then
-  local before = parse(cur)
+if #KEYS >= 6 and applied == 1 then
   local after = {action, tonumber(occurred), rev}
   if topic ~= '' then
-    local all = parse(redis.call('HGET', state, 's:*'))
+    local all = record('s:*')
     if differs(decider(before, all), decider(after, all)) then effective = 1 end
   elseif differs(before, after) then
     effective = 1
   else
     -- The all-topics status stays; some topic may still flip (a newer topic record
-    -- of the other status was deciding it before this event).
+    -- of the other status was deciding it before this event). Topics of the
+    -- tombstone count like live ones.
+    local function flips(f)
+      if f == 's:*' then return false end
+      local rec = record(f)
+      return differs(decider(rec, before), decider(rec, after))
+    end
     local cursor = '0'
     repeat
       local page = redis.call('HSCAN', state, cursor, 'MATCH', 's:*', 'COUNT', 200)
       cursor = page[1]
       for i = 1, #page[2], 2 do
-        if page[2][i] ~= 's:*' and effective == 0 then
-          local rec = parse(page[2][i + 1])
-          if differs(decider(rec, before), decider(rec, after)) then effective = 1 end
-        end
+        if effective == 0 and flips(page[2][i]) then effective = 1 end
       end
     until cursor == '0' or effective == 1
+    if effective == 0 then
+      for _, f in ipairs(redis.call('HKEYS', tomb)) do
+        if effective == 0 and string.sub(f, 1, 2) == 's:' and flips(f) then effective = 1 end
+      end
+    end
   end
 end
 
 local confirmation = ''
 if effective == 1 then
-  local outbox, msg, message_id = KEYS[3], KEYS[4], ARGV[9]
-  local now = string.format('%d', recorded)
-  redis.call('XADD', outbox, '*',
+  local outbox, msg, message_id = KEYS[5], KEYS[6], ARGV[9]
+  local now = recorded_s
+  local eid = redis.call('XADD', outbox, '*',
     'id', message_id, 'tenant', ARGV[10], 'ch', ARGV[11], 'addr', ARGV[12], 'topic', '',
     'body', ARGV[13], 'not_after', '0', 'meta', '{}', 'rev', rev, 'at', now,
     'purpose', 'confirmation')
   redis.call('HSET', msg, 'st', 'accepted', 'ch', ARGV[11], 'addr', ARGV[12], 'topic', '',
-    'at', now, 'up', now, 'att', 0, 'err', '', 'pid', '')
+    'at', now, 'up', now, 'att', 0, 'err', '', 'pid', '', 'eid', eid)
   redis.call('EXPIRE', msg, ARGV[14])
+  -- Indexed like a send, so an erasure finds it (see send.lua).
+  redis.call('ZADD', index, now, message_id)
+  redis.call('PEXPIRE', index, string.format('%d', 2000 * tonumber(ARGV[14])))
   redis.call('HSET', state, 'c:' .. event_id, message_id)
   confirmation = message_id
 end

@@ -156,8 +156,11 @@ class ConsentAdminServiceServicer:
         of the normalised address, never the address. If the recipient had opted
         out, the tombstone keeps them opted out: the default policy, a send or an
         import dated before the erasure cannot re-allow them; only an opt-in that
-        occurs after the erasure can. Queued messages are cancelled, never sent.
-        The erasure is recorded (tenant erasure log, source SOURCE_ERASURE)
+        occurs after the erasure can. Whatever the status, any event dated at or
+        before the erasure (a redelivered webhook, a late import) changes and
+        stores nothing afterwards and answers applied=false. Every message accepted
+        before the erasure, also while it runs, is cancelled and loses its address:
+        none is delivered afterwards, confirmations included. The erasure is recorded (tenant erasure log, source SOURCE_ERASURE)
         without the address.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -73,8 +73,11 @@ class ConsentAdminServiceStub:
     of the normalised address, never the address. If the recipient had opted
     out, the tombstone keeps them opted out: the default policy, a send or an
     import dated before the erasure cannot re-allow them; only an opt-in that
-    occurs after the erasure can. Queued messages are cancelled, never sent.
-    The erasure is recorded (tenant erasure log, source SOURCE_ERASURE)
+    occurs after the erasure can. Whatever the status, any event dated at or
+    before the erasure (a redelivered webhook, a late import) changes and
+    stores nothing afterwards and answers applied=false. Every message accepted
+    before the erasure, also while it runs, is cancelled and loses its address:
+    none is delivered afterwards, confirmations included. The erasure is recorded (tenant erasure log, source SOURCE_ERASURE)
     without the address.
     """
     SetDeliveryProvider: _grpc.UnaryUnaryMultiCallable[_admin_pb2.SetDeliveryProviderRequest, _admin_pb2.SetDeliveryProviderResponse]
@@ -150,8 +153,11 @@ class ConsentAdminServiceAsyncStub(ConsentAdminServiceStub):
     of the normalised address, never the address. If the recipient had opted
     out, the tombstone keeps them opted out: the default policy, a send or an
     import dated before the erasure cannot re-allow them; only an opt-in that
-    occurs after the erasure can. Queued messages are cancelled, never sent.
-    The erasure is recorded (tenant erasure log, source SOURCE_ERASURE)
+    occurs after the erasure can. Whatever the status, any event dated at or
+    before the erasure (a redelivered webhook, a late import) changes and
+    stores nothing afterwards and answers applied=false. Every message accepted
+    before the erasure, also while it runs, is cancelled and loses its address:
+    none is delivered afterwards, confirmations included. The erasure is recorded (tenant erasure log, source SOURCE_ERASURE)
     without the address.
     """
     SetDeliveryProvider: _aio.UnaryUnaryMultiCallable[_admin_pb2.SetDeliveryProviderRequest, _admin_pb2.SetDeliveryProviderResponse]  # type: ignore[assignment]
@@ -260,8 +266,11 @@ class ConsentAdminServiceServicer(metaclass=_abc_1.ABCMeta):
         of the normalised address, never the address. If the recipient had opted
         out, the tombstone keeps them opted out: the default policy, a send or an
         import dated before the erasure cannot re-allow them; only an opt-in that
-        occurs after the erasure can. Queued messages are cancelled, never sent.
-        The erasure is recorded (tenant erasure log, source SOURCE_ERASURE)
+        occurs after the erasure can. Whatever the status, any event dated at or
+        before the erasure (a redelivered webhook, a late import) changes and
+        stores nothing afterwards and answers applied=false. Every message accepted
+        before the erasure, also while it runs, is cancelled and loses its address:
+        none is delivered afterwards, confirmations included. The erasure is recorded (tenant erasure log, source SOURCE_ERASURE)
         without the address.
         """
 

@@ -447,6 +447,11 @@ class _MessageStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Message
     """Not sent: the provider refused it for good (see last_error)."""
     MESSAGE_STATUS_EXPIRED: _MessageStatus.ValueType  # 5
     """Not sent: not_after passed first."""
+    MESSAGE_STATUS_LOGGED: _MessageStatus.ValueType  # 6
+    """Not sent: the `log` provider (the default when no provider is configured)
+    wrote one masked line to the server log instead; nothing left the service.
+    Configure a webhook or whatsapp_cloud provider to deliver.
+    """
 
 class MessageStatus(_MessageStatus, metaclass=_MessageStatusEnumTypeWrapper):
     """Where a message is in its life."""
@@ -463,6 +468,11 @@ MESSAGE_STATUS_FAILED: MessageStatus.ValueType  # 4
 """Not sent: the provider refused it for good (see last_error)."""
 MESSAGE_STATUS_EXPIRED: MessageStatus.ValueType  # 5
 """Not sent: not_after passed first."""
+MESSAGE_STATUS_LOGGED: MessageStatus.ValueType  # 6
+"""Not sent: the `log` provider (the default when no provider is configured)
+wrote one masked line to the server log instead; nothing left the service.
+Configure a webhook or whatsapp_cloud provider to deliver.
+"""
 Global___MessageStatus: _TypeAlias = MessageStatus  # noqa: Y015
 
 @_typing.final
@@ -767,7 +777,10 @@ class OptOutResponse(_message.Message):
     RECORDED_AT_FIELD_NUMBER: _builtins.int
     applied: _builtins.bool
     """True when the event became the scope's current record; false when it
-    was older than the current record (kept in history only).
+    was older than the current record (kept in history only), or dated at or
+    before an erasure of the recipient (ForgetRecipient): then nothing is
+    stored, changed is false and status is what CheckConsent for the topic
+    answers.
     """
     changed: _builtins.bool
     """True when the scope's status flipped (or the scope had no record)."""
@@ -880,7 +893,10 @@ class OptInResponse(_message.Message):
     TOPIC_FIELD_NUMBER: _builtins.int
     RECORDED_AT_FIELD_NUMBER: _builtins.int
     applied: _builtins.bool
-    """True when the event became the scope's current record."""
+    """True when the event became the scope's current record; false as in
+    OptOutResponse.applied (an opt-in dated at or before an erasure never lifts
+    its suppression).
+    """
     changed: _builtins.bool
     """True when the scope's status flipped (or the scope had no record)."""
     status: Global___ConsentStatus.ValueType
