@@ -184,11 +184,13 @@ class GrpcProcess:
             self._reader.join(5)
 
 
-def consent_server(redis_url: str, delivery: str = "off") -> GrpcProcess:
+def consent_server(redis_url: str, delivery: str = "off", processes: int = 1) -> GrpcProcess:
     """The real consent server on ``redis_url``, logging as in production (info, JSON).
 
     Inline delivery is off by default so that the API rows measure the API; the delivery
-    scenario (``bench.delivery``) starts its own with ``delivery="inline"``.
+    scenario (``bench.delivery``) starts its own with ``delivery="inline"``. One process
+    unless told otherwise (the rows compare one process with one empty handler; the
+    ``processes`` scenario compares N with 1).
     """
     return GrpcProcess(
         "consent_server",
@@ -196,6 +198,7 @@ def consent_server(redis_url: str, delivery: str = "off") -> GrpcProcess:
             "CONSENT_REDIS_URL": redis_url,
             "CONSENT_LOG_LEVEL": "info",
             "CONSENT_DELIVERY": delivery,
+            "CONSENT_PROCESSES": str(processes),
         },
     )
 

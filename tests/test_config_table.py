@@ -18,6 +18,7 @@ _SAMPLES = {
     "CONSENT_LISTEN": "127.0.0.1:6000",
     "CONSENT_SHUTDOWN_GRACE": "3",
     "CONSENT_DEFAULT_REGION": "IN",
+    "CONSENT_PROCESSES": "3",
     "CONSENT_REDIS_URL": "redis://127.0.0.1:1/0",
     "CONSENT_REDIS_CLUSTER": "1",
     "CONSENT_REDIS_TIMEOUT": "1.5",
@@ -47,7 +48,10 @@ _SAMPLES = {
 }
 
 # Settings that are only valid together with another one.
-_PARTNERS = {"CONSENT_REDIS_CLUSTER": {"CONSENT_REDIS_URL": "redis://127.0.0.1:1/0"}}
+_PARTNERS = {
+    "CONSENT_REDIS_CLUSTER": {"CONSENT_REDIS_URL": "redis://127.0.0.1:1/0"},
+    "CONSENT_PROCESSES": {"CONSENT_REDIS_URL": "redis://127.0.0.1:1/0"},
+}
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
