@@ -67,6 +67,12 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
         ("grpc.max_receive_message_length", settings.limits.max_request_bytes),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_concurrent_streams", settings.limits.max_concurrent_streams),
+        # grpc core's "overload protection" (on by default) counts streams the server has
+        # not yet released, not the open HTTP/2 streams the client counts, so a client
+        # that keeps within the announced limit still had calls refused (REFUSED_STREAM ->
+        # UNAVAILABLE) in bursts. Off, the announced limit is the one enforced and extra
+        # calls wait on the client.
+        ("grpc.http.overload_protection", 0),
         # Several processes share the port only on purpose (CONSENT_PROCESSES > 1, under
         # the supervisor); otherwise a second server on the port fails to start.
         ("grpc.so_reuseport", 1 if settings.processes > 1 else 0),

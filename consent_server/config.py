@@ -463,7 +463,8 @@ class LimitSettings(_Group):
         "CONSENT_MAX_CONCURRENT_STREAMS",
         100,
         _whole(1, 100_000),
-        "concurrent calls per client connection (more wait on the client)",
+        "concurrent calls per client connection, announced to the client: more wait on "
+        "the client, none is refused (even in a burst on a new connection)",
     )
     max_batch: int = option(
         "CONSENT_MAX_BATCH",
