@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
@@ -112,9 +113,16 @@ class GrpcProcess:
     server and ``bench.empty_server`` expose.
     """
 
-    def __init__(self, module: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        module: str,
+        env: dict[str, str] | None = None,
+        args: Sequence[str] = (),
+        port: int | None = None,
+    ) -> None:
         self.module = module
-        self.port = free_port()
+        self.args = list(args)
+        self.port = port or free_port()
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[str] | None = None
         self.lines: list[str] = []
@@ -134,7 +142,7 @@ class GrpcProcess:
     def start(self, timeout_s: float = 30) -> GrpcProcess:
         """Start the process and wait until its health service says SERVING."""
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", self.module, "--listen", self.target],
+            [sys.executable, "-m", self.module, "--listen", self.target, *self.args],
             env=self.env,
             cwd=REPO_ROOT,
             stdout=subprocess.PIPE,
@@ -203,6 +211,15 @@ def consent_server(redis_url: str, delivery: str = "off", processes: int = 1) ->
     )
 
 
-def empty_server() -> GrpcProcess:
+def empty_server(args: Sequence[str] = (), port: int | None = None) -> GrpcProcess:
     """The trivial servicer (``bench.empty_server``): the ceiling for a Python handler."""
-    return GrpcProcess("bench.empty_server")
+    return GrpcProcess("bench.empty_server", args=args, port=port)
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its children (a supervisor and its server processes)."""
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return [pid]
+    return [pid, *(int(p) for p in text.split())]
