@@ -398,3 +398,44 @@ async def test_a_process_that_keeps_dying_before_serving_makes_the_supervisor_gi
     assert max(s.starts for s in sup.slots) == MAX_START_FAILURES  # backoff, then give up
     assert "server process died; restarting" in caplog.text
     assert "keeps dying before it serves; giving up" in caplog.text
+
+
+LISTEN = 10
+
+
+def test_the_http_edge_is_served_by_every_process(redis_srv: RedisProcess) -> None:
+    srv = ServerProcess(
+        {"CONSENT_REDIS_URL": redis_srv.url, "CONSENT_DELIVERY": "off", "CONSENT_PROCESSES": "2"},
+        http=True,
+    ).start()
+    try:
+        assert srv.proc is not None
+        pids = children(srv.proc.pid)
+        http_port = int(srv.http_url.rsplit(":", 1)[1])
+        owner = {inode: pid for pid in pids for inode in _socket_inodes(pid)}
+        listening = {
+            owner[inode]
+            for local, state, _, inode in _tcp_rows()
+            if local == http_port and state == LISTEN and inode in owner
+        }
+        assert listening == set(pids)
+        for _ in range(4):
+            with urllib.request.urlopen(srv.http_url + "/healthz", timeout=10) as reply:
+                assert reply.status == 200
+    finally:
+        srv.stop()
+
+
+def test_processes_drain_and_exit_when_the_supervisor_is_killed(
+    redis_srv: RedisProcess,
+) -> None:
+    srv = supervised(redis_srv)
+    assert srv.proc is not None
+    pids = children(srv.proc.pid)
+    srv.kill()  # SIGKILL: the supervisor cannot forward anything
+    deadline = time.monotonic() + 20
+    drained = False
+    while not drained and time.monotonic() < deadline:
+        drained = not alive(pids) and srv.log().count("shutting down: draining") == 2
+        time.sleep(0.05)
+    assert drained, srv.log()  # each got SIGTERM from the kernel, drained and exited
