@@ -14,8 +14,8 @@ serves ``grpc.health.v1`` itself. The supervisor:
   configuration, e.g. a file that cannot be read) stops everything with exit 2, and one
   that keeps dying before it serves makes the supervisor give up (exit 1) instead of
   looping;
-- forwards SIGTERM/SIGINT (every process drains, then it exits 0) and SIGHUP (TLS
-  reload);
+- forwards SIGTERM/SIGINT (every process drains, then it exits 0) and, with TLS,
+  SIGHUP (reload the certificate files);
 - keeps Prometheus metrics whole: the processes write prometheus-client's multiprocess
   files into a private directory, and the supervisor alone serves
   ``CONSENT_METRICS_LISTEN``, summing them.
@@ -165,6 +165,8 @@ class Supervisor:
             )
         finally:
             os.close(write_fd)
+        if self.stopping:  # told to stop while this one was being started
+            slot.proc.send_signal(signal.SIGTERM)
         slot.started = time.monotonic()
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader()
@@ -258,16 +260,28 @@ class Supervisor:
         self._wake.set()
         self._changed.set()
 
+    def _stop_soon(self) -> None:
+        task = asyncio.ensure_future(self.stop(0))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _reload(self) -> None:
+        if self.settings.tls.enabled:
+            self._signal_all(signal.SIGHUP)
+
     async def run(self) -> int:
         """Serve with N processes until SIGTERM/SIGINT; the exit code."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, lambda: asyncio.ensure_future(self.stop(0)))
-        loop.add_signal_handler(signal.SIGHUP, lambda: self._signal_all(signal.SIGHUP))
+            loop.add_signal_handler(sig, self._stop_soon)
+        # SIGHUP re-reads the TLS files; a process without TLS has no use for it (and
+        # would die of it).
+        loop.add_signal_handler(signal.SIGHUP, self._reload)
         try:
             self._prepare()
             for slot in self.slots:
-                await self._start(slot)
+                if not self.stopping:
+                    await self._start(slot)
             while not self.stopping and not all(s.serving for s in self.slots):
                 self._changed.clear()
                 await self._changed.wait()
