@@ -71,7 +71,8 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
         # not yet released, not the open HTTP/2 streams the client counts, so a client
         # that keeps within the announced limit still had calls refused (REFUSED_STREAM ->
         # UNAVAILABLE) in bursts. Off, the announced limit is the one enforced and extra
-        # calls wait on the client.
+        # calls wait on the client; what it protected against (handlers of streams reset
+        # at once piling up, "rapid reset") is bounded by maximum_concurrent_rpcs.
         ("grpc.http.overload_protection", 0),
         # Several processes share the port only on purpose (CONSENT_PROCESSES > 1, under
         # the supervisor); otherwise a second server on the port fails to start.
@@ -220,6 +221,9 @@ def grpc_server(
     server = grpc.aio.server(
         interceptors=[AuthInterceptor(security, required=settings.auth_required)],
         options=server_options(settings),
+        # Bounds the handlers of a process whatever clients do (many connections, or
+        # streams reset as soon as opened), now that streams count as HTTP/2 counts them.
+        maximum_concurrent_rpcs=settings.limits.max_concurrent_calls,
     )
     consent_pb2_grpc.add_ConsentServiceServicer_to_server(consent, server)
     admin_pb2_grpc.add_ConsentAdminServiceServicer_to_server(admin, server)

@@ -466,6 +466,13 @@ class LimitSettings(_Group):
         "concurrent calls per client connection, announced to the client: more wait on "
         "the client, none is refused (even in a burst on a new connection)",
     )
+    max_concurrent_calls: int = option(
+        "CONSENT_MAX_CONCURRENT_CALLS",
+        10_000,
+        _whole(1, 1_000_000),
+        "calls one server process runs at once over all connections, counting those "
+        "still finishing after their client gave up; more → `RESOURCE_EXHAUSTED`, unread",
+    )
     max_batch: int = option(
         "CONSENT_MAX_BATCH",
         10_000,

@@ -62,3 +62,43 @@ async def test_500_concurrent_calls_on_a_fresh_channel_all_succeed(
             assert await _burst(srv.target, 500) == Counter({"ok": 500})
     finally:
         srv.stop()
+
+
+async def test_calls_beyond_the_process_limit_are_refused_resource_exhausted(
+    redis_srv: RedisProcess,
+) -> None:
+    """The backstop on handlers per process: with Redis paused, 8 calls hang in the
+    server and every further one is answered RESOURCE_EXHAUSTED at once."""
+    srv = ServerProcess(
+        {
+            "CONSENT_REDIS_URL": redis_srv.url,
+            "CONSENT_DELIVERY": "off",
+            "CONSENT_MAX_CONCURRENT_CALLS": "8",
+            "CONSENT_REDIS_TIMEOUT": "30",
+        }
+    ).start()
+    options = [("grpc.use_local_subchannel_pool", 1)]
+    try:
+        async with grpc.aio.insecure_channel(srv.target, options=options) as ch:
+            stub = pbg.ConsentServiceStub(ch)
+            redis_srv.pause()
+            try:
+                calls = [
+                    asyncio.ensure_future(stub.CheckConsent(CHECK, timeout=60)) for _ in range(20)
+                ]
+                refused: list[grpc.aio.AioRpcError] = []
+                for done in asyncio.as_completed(calls):
+                    try:
+                        await done
+                    except grpc.aio.AioRpcError as exc:
+                        refused.append(exc)
+                    if len(refused) == 12:
+                        break
+                assert {e.code() for e in refused} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
+            finally:
+                redis_srv.resume_if_paused()
+            results = await asyncio.gather(*calls, return_exceptions=True)
+            assert sum(1 for r in results if isinstance(r, pb.CheckConsentResponse)) == 8
+            assert (await stub.CheckConsent(CHECK, timeout=10)).allowed  # and it serves on
+    finally:
+        srv.stop()
