@@ -403,9 +403,15 @@ async def test_a_process_that_keeps_dying_before_serving_makes_the_supervisor_gi
 LISTEN = 10
 
 
-def test_the_http_edge_is_served_by_every_process(redis_srv: RedisProcess) -> None:
+def test_http_edge_in_every_process_and_the_inline_worker_in_the_first_only(
+    redis_srv: RedisProcess,
+) -> None:
     srv = ServerProcess(
-        {"CONSENT_REDIS_URL": redis_srv.url, "CONSENT_DELIVERY": "off", "CONSENT_PROCESSES": "2"},
+        {
+            "CONSENT_REDIS_URL": redis_srv.url,
+            "CONSENT_DELIVERY": "inline",
+            "CONSENT_PROCESSES": "2",
+        },
         http=True,
     ).start()
     try:
@@ -422,6 +428,13 @@ def test_the_http_edge_is_served_by_every_process(redis_srv: RedisProcess) -> No
         for _ in range(4):
             with urllib.request.urlopen(srv.http_url + "/healthz", timeout=10) as reply:
                 assert reply.status == 200
+        # CONSENT_DELIVERY_CONCURRENCY keeps its meaning: one inline worker, not N. Each
+        # process starts its worker (if any) before its HTTP edge.
+        deadline = time.monotonic() + 20
+        while srv.log().count('"http edge serving"') < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert srv.log().count('"http edge serving"') == 2
+        assert srv.log().count('"delivery worker started"') == 1
     finally:
         srv.stop()
 
