@@ -188,6 +188,26 @@ def test_a_port_in_use_is_found_before_any_process_starts(redis_srv: RedisProces
     assert "process serving" not in done.stdout + done.stderr
 
 
+def test_a_second_server_cannot_join_the_port_of_a_supervised_one(
+    two: ServerProcess, redis_srv: RedisProcess
+) -> None:
+    """Its processes share the port with each other, not with another deployment."""
+    for processes in ("2", "1"):
+        done = _run_server(
+            ["--listen", two.target],
+            {"CONSENT_PROCESSES": processes, "CONSENT_REDIS_URL": redis_srv.url},
+        )
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert (
+            done.stderr.strip()
+            .splitlines()[-1]
+            .startswith(
+                f"consent-server: configuration error: CONSENT_LISTEN='{two.target}': "
+                "cannot listen there"
+            )
+        )
+
+
 # -- serving --
 
 
