@@ -15,6 +15,11 @@ AIMS: list[Aim] = [
         "delivered / accepted with inline delivery (same run)", "delivered", "delivery_accept", None
     ),
     Aim("SendIfAllowed accepted: inline delivery on / off", "delivery_accept", "send", None),
+    # Every core serves: two server processes against one, beside the empty handler's
+    # own scaling measured the same way (the ceiling on this machine).
+    Aim("CheckConsent: CONSENT_PROCESSES=2 / 1", "check_p2", "check_p1", 1.4),
+    Aim("empty handler: 2 processes / 1 (ceiling)", "empty_p2", "empty_p1", None),
+    Aim("CheckConsent / empty handler, 2 processes each", "check_p2", "empty_p2", None),
 ]
 
 

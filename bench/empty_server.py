@@ -70,9 +70,10 @@ def empty_service() -> grpc.GenericRpcHandler[Any, Any]:
     )
 
 
-async def serve(listen: str) -> None:
-    """Serve until SIGTERM/SIGINT."""
-    server = grpc.aio.server(options=server_options(Settings()))
+async def serve(listen: str, reuse_port: bool = False) -> None:
+    """Serve until SIGTERM/SIGINT; with ``reuse_port``, beside others on the same port."""
+    options = [o for o in server_options(Settings()) if o[0] != "grpc.so_reuseport"]
+    server = grpc.aio.server(options=[*options, ("grpc.so_reuseport", int(reuse_port))])
     server.add_generic_rpc_handlers((empty_service(),))
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -91,7 +92,11 @@ def main() -> None:
     """Parse ``--listen`` and serve."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--listen", required=True, help="host:port")
-    asyncio.run(serve(parser.parse_args().listen))
+    parser.add_argument(
+        "--reuse-port", action="store_true", help="SO_REUSEPORT: several copies share the port"
+    )
+    args = parser.parse_args()
+    asyncio.run(serve(args.listen, args.reuse_port))
 
 
 if __name__ == "__main__":

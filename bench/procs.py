@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
@@ -112,9 +113,16 @@ class GrpcProcess:
     server and ``bench.empty_server`` expose.
     """
 
-    def __init__(self, module: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        module: str,
+        env: dict[str, str] | None = None,
+        args: Sequence[str] = (),
+        port: int | None = None,
+    ) -> None:
         self.module = module
-        self.port = free_port()
+        self.args = list(args)
+        self.port = port or free_port()
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[str] | None = None
         self.lines: list[str] = []
@@ -134,7 +142,7 @@ class GrpcProcess:
     def start(self, timeout_s: float = 30) -> GrpcProcess:
         """Start the process and wait until its health service says SERVING."""
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", self.module, "--listen", self.target],
+            [sys.executable, "-m", self.module, "--listen", self.target, *self.args],
             env=self.env,
             cwd=REPO_ROOT,
             stdout=subprocess.PIPE,
@@ -184,11 +192,13 @@ class GrpcProcess:
             self._reader.join(5)
 
 
-def consent_server(redis_url: str, delivery: str = "off") -> GrpcProcess:
+def consent_server(redis_url: str, delivery: str = "off", processes: int = 1) -> GrpcProcess:
     """The real consent server on ``redis_url``, logging as in production (info, JSON).
 
     Inline delivery is off by default so that the API rows measure the API; the delivery
-    scenario (``bench.delivery``) starts its own with ``delivery="inline"``.
+    scenario (``bench.delivery``) starts its own with ``delivery="inline"``. One process
+    unless told otherwise (the rows compare one process with one empty handler; the
+    ``processes`` scenario compares N with 1).
     """
     return GrpcProcess(
         "consent_server",
@@ -196,10 +206,20 @@ def consent_server(redis_url: str, delivery: str = "off") -> GrpcProcess:
             "CONSENT_REDIS_URL": redis_url,
             "CONSENT_LOG_LEVEL": "info",
             "CONSENT_DELIVERY": delivery,
+            "CONSENT_PROCESSES": str(processes),
         },
     )
 
 
-def empty_server() -> GrpcProcess:
+def empty_server(args: Sequence[str] = (), port: int | None = None) -> GrpcProcess:
     """The trivial servicer (``bench.empty_server``): the ceiling for a Python handler."""
-    return GrpcProcess("bench.empty_server")
+    return GrpcProcess("bench.empty_server", args=args, port=port)
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its children (a supervisor and its server processes)."""
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return [pid]
+    return [pid, *(int(p) for p in text.split())]

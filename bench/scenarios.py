@@ -21,6 +21,7 @@ from bench.context import BenchContext
 from bench.delivery import delivery
 from bench.measuring import measure, row
 from bench.model import Row
+from bench.processes import processes
 
 Scenario = Callable[[BenchContext], list[Row]]
 
@@ -110,4 +111,11 @@ def batch_check(ctx: BenchContext) -> list[Row]:
     ]
 
 
-SCENARIOS: list[Scenario] = [empty_handler, check_consent, send_if_allowed, batch_check, delivery]
+SCENARIOS: list[Scenario] = [
+    empty_handler,
+    check_consent,
+    send_if_allowed,
+    batch_check,
+    delivery,
+    processes,
+]

@@ -1,4 +1,8 @@
-"""``python -m consent_server`` / ``consent-server``: start the gRPC server."""
+"""``python -m consent_server`` / ``consent-server``: start the gRPC server.
+
+With ``CONSENT_PROCESSES`` above 1 this process is the supervisor of that many server
+processes (``consent_server.supervisor``); each of them runs this module again.
+"""
 
 from __future__ import annotations
 
@@ -9,17 +13,24 @@ from collections.abc import Sequence
 from consent_server import logs
 from consent_server.app import serve
 from consent_server.config import ConfigError, load
+from consent_server.supervisor import supervise, supervised
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse configuration, run the server, return the exit code (2 = bad configuration)."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    child = supervised()
     try:
-        settings = load(argv)
+        settings = load(args)
     except ConfigError as exc:
         print(f"consent-server: configuration error: {exc}", file=sys.stderr)
         return 2
     logs.configure(settings.observability.log_level, settings.observability.log_format)
     try:
+        if child is not None:
+            return asyncio.run(serve(settings, on_serving=child[1]))
+        if settings.processes > 1:
+            return asyncio.run(supervise(settings, args))
         return asyncio.run(serve(settings))
     except ConfigError as exc:
         print(f"consent-server: configuration error: {exc}", file=sys.stderr)

@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,7 +69,16 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
         ("grpc.max_receive_message_length", settings.limits.max_request_bytes),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_concurrent_streams", settings.limits.max_concurrent_streams),
-        ("grpc.so_reuseport", 0),
+        # grpc core's "overload protection" (on by default) counts streams the server has
+        # not yet released, not the open HTTP/2 streams the client counts, so a client
+        # that keeps within the announced limit still had calls refused (REFUSED_STREAM ->
+        # UNAVAILABLE) in bursts. Off, the announced limit is the one enforced and extra
+        # calls wait on the client; what it protected against (handlers of streams reset
+        # at once piling up, "rapid reset") is bounded by maximum_concurrent_rpcs.
+        ("grpc.http.overload_protection", 0),
+        # Several processes share the port only on purpose (CONSENT_PROCESSES > 1, under
+        # the supervisor); otherwise a second server on the port fails to start.
+        ("grpc.so_reuseport", 1 if settings.processes > 1 else 0),
     ]
 
 
@@ -97,14 +108,17 @@ class Services:
     worker: DeliveryWorker | None  # None unless CONSENT_DELIVERY=inline
 
 
-async def serve(settings: Settings) -> int:
-    """Run the server until SIGTERM/SIGINT; return the process exit code."""
+async def serve(settings: Settings, on_serving: Callable[[], None] | None = None) -> int:
+    """Run the server until SIGTERM/SIGINT; return the process exit code.
+
+    ``on_serving`` (a process under the supervisor) is called once it serves.
+    """
     # Handlers first: a SIGTERM that lands while we start up still means "drain and exit 0".
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    return await run(build(settings), stop)
+    return await run(build(settings), stop, on_serving)
 
 
 def build(settings: Settings) -> Services:
@@ -209,6 +223,9 @@ def grpc_server(
     server = grpc.aio.server(
         interceptors=[AuthInterceptor(security, required=settings.auth_required)],
         options=server_options(settings),
+        # Bounds the handlers of a process whatever clients do (many connections, or
+        # streams reset as soon as opened), now that streams count as HTTP/2 counts them.
+        maximum_concurrent_rpcs=settings.limits.max_concurrent_calls,
     )
     consent_pb2_grpc.add_ConsentServiceServicer_to_server(consent, server)
     admin_pb2_grpc.add_ConsentAdminServiceServicer_to_server(admin, server)
@@ -236,8 +253,14 @@ def bind_grpc(
     return port
 
 
-async def run(services: Services, stop: asyncio.Event) -> int:
-    """Serve ``services`` until ``stop`` is set, then drain; return the exit code (0)."""
+async def run(
+    services: Services, stop: asyncio.Event, on_serving: Callable[[], None] | None = None
+) -> int:
+    """Serve ``services`` until ``stop`` is set, then drain; return the exit code (0).
+
+    ``on_serving`` is called once gRPC serves; then this process logs "process serving"
+    and the supervisor logs "consent authority serving" when all its processes do.
+    """
     s = services
     settings = s.settings
     loop = asyncio.get_running_loop()
@@ -246,14 +269,17 @@ async def run(services: Services, stop: asyncio.Event) -> int:
     start_metrics(settings)
     await s.server.start()
     log.info(
-        "consent authority serving",
+        "consent authority serving" if on_serving is None else "process serving",
         extra={
             "address": f"{settings.server.listen.rsplit(':', 1)[0]}:{s.port}",
+            "pid": os.getpid(),
             "store": "embedded" if settings.redis.embedded else "redis",
             "auth": "required" if settings.auth_required else "optional",
             "tls": "mtls" if settings.tls.client_ca else ("tls" if settings.tls.enabled else "off"),
         },
     )
+    if on_serving is not None:
+        on_serving()
     # The inline worker starts once the server serves and stops after it drained.
     if s.worker is not None:
         await s.worker.start()
@@ -503,7 +529,7 @@ def bind_http_edge(settings: Settings) -> HttpEdge | None:
     if not listen:
         return None
     try:
-        return HttpEdge(listen)
+        return HttpEdge(listen, reuse_port=settings.processes > 1)
     except (OSError, ValueError) as exc:
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise ConfigError(f"CONSENT_HTTP_LISTEN={listen!r}: cannot listen there ({why})") from None

@@ -262,6 +262,15 @@ class ServerSettings(_Group):
         _region,
         "region (`IN`, `US`…) for numbers without `+` when the tenant sets none",
     )
+    processes: int | None = option(
+        "CONSENT_PROCESSES",
+        None,
+        _whole(1, 256),
+        "server processes sharing the gRPC and HTTP ports (`SO_REUSEPORT`) under a supervisor "
+        "that restarts them ([Processes](#processes)); `1` = one process, no supervisor; "
+        "more than 1 needs `CONSENT_REDIS_URL`",
+        shown="the number of cores (`1` on the embedded store)",
+    )
     # Not configurable: how often health follows Redis reachability.
     health_interval_s: float = 1.0
 
@@ -474,7 +483,15 @@ class LimitSettings(_Group):
         "CONSENT_MAX_CONCURRENT_STREAMS",
         100,
         _whole(1, 100_000),
-        "concurrent calls per client connection (more wait on the client)",
+        "concurrent calls per client connection, announced to the client: more wait on "
+        "the client, none is refused (even in a burst on a new connection)",
+    )
+    max_concurrent_calls: int = option(
+        "CONSENT_MAX_CONCURRENT_CALLS",
+        10_000,
+        _whole(1, 1_000_000),
+        "calls one server process runs at once over all connections, counting those "
+        "still finishing after their client gave up; more → `RESOURCE_EXHAUSTED`, unread",
     )
     max_batch: int = option(
         "CONSENT_MAX_BATCH",
@@ -551,6 +568,14 @@ class Settings:
     edge: EdgeSettings = field(default_factory=EdgeSettings)
 
     @property
+    def processes(self) -> int:
+        """How many server processes serve: CONSENT_PROCESSES, else one per core (one on
+        the embedded store, whose data lives in a single process's memory)."""
+        if self.server.processes is not None:
+            return self.server.processes
+        return 1 if self.redis.embedded else cores()
+
+    @property
     def auth_required(self) -> bool:
         """True when every call needs an API key: ``1``, or ``auto`` beyond loopback."""
         if self.auth.require == "auto":
@@ -581,6 +606,15 @@ GROUPS: tuple[str, ...] = tuple(f.name for f in fields(Settings))
 def _check_redis(s: Settings) -> None:
     if s.redis.cluster and s.redis.url is None:
         raise ConfigError("CONSENT_REDIS_CLUSTER=1 needs CONSENT_REDIS_URL")
+
+
+def _check_processes(s: Settings) -> None:
+    n = s.server.processes
+    if n is not None and n > 1 and s.redis.embedded:
+        raise ConfigError(
+            f"CONSENT_PROCESSES={n}: the embedded store lives in one process's memory and "
+            "cannot be shared; set CONSENT_REDIS_URL or CONSENT_PROCESSES=1"
+        )
 
 
 def _check_tls(s: Settings) -> None:
@@ -621,6 +655,7 @@ def _check_auth(s: Settings) -> None:
 
 _CHECKS: tuple[Callable[[Settings], None], ...] = (
     _check_redis,
+    _check_processes,
     _check_tls,
     _check_backoff,
     _check_auth,
@@ -664,6 +699,14 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     for check in _CHECKS:
         check(settings)
     return settings
+
+
+def cores() -> int:
+    """The cores this process may run on (its CPU affinity), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def is_loopback(host: str) -> bool:

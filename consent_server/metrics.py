@@ -5,7 +5,9 @@ without depending on another (the api counts accepts, delivery counts the rest).
 
 Counters and histograms live in prometheus-client's default registry, so a server
 process (accepts and an inline worker) and a worker process each export their own
-share; Prometheus sums them across processes.
+share; Prometheus sums them across processes. The server processes of one supervisor
+(``CONSENT_PROCESSES`` > 1) write prometheus-client's multiprocess files instead, and
+the supervisor serves their sum on the one metrics listener (``consent_server.supervisor``).
 """
 
 from __future__ import annotations
@@ -44,11 +46,17 @@ OUTBOX_WAIT = Histogram(
     "From acceptance to a worker claiming the message (outbox lag)",
     buckets=_LATENCY_BUCKETS,
 )
+# Under the supervisor (CONSENT_PROCESSES > 1) each process writes its own value: the
+# backlog is one figure of Redis, so /metrics shows the latest of the live processes.
 OUTBOX_BACKLOG = Gauge(
-    "consent_outbox_backlog", "Messages waiting in the outboxes and retry queues"
+    "consent_outbox_backlog",
+    "Messages waiting in the outboxes and retry queues",
+    multiprocess_mode="livemostrecent",
 )
 OUTBOX_OLDEST = Gauge(
-    "consent_outbox_oldest_age_seconds", "Age of the oldest message still in an outbox"
+    "consent_outbox_oldest_age_seconds",
+    "Age of the oldest message still in an outbox",
+    multiprocess_mode="livemostrecent",
 )
 
 

@@ -119,7 +119,14 @@ class ServerProcess:
         args: list[str] | None = None,
         http: bool = False,
     ) -> None:
-        self.env = {**os.environ, "CONSENT_LOG_LEVEL": "info", **(env or {})}
+        # One process unless a test asks for more: the supervisor of CONSENT_PROCESSES > 1
+        # has tests of its own (test_processes.py), and the machine running tests is shared.
+        self.env = {
+            **os.environ,
+            "CONSENT_LOG_LEVEL": "info",
+            "CONSENT_PROCESSES": "1",
+            **(env or {}),
+        }
         # http=True: also serve the HTTP edge on a free loopback port (self.http_url).
         self.http_url = ""
         if http:

@@ -62,6 +62,25 @@ def test_send_and_batch_with_python_generator(capsys: pytest.CaptureFixture[str]
         assert cells[6] == "0"
 
 
+def test_processes_rows_two_against_one(capsys: pytest.CaptureFixture[str]) -> None:
+    """CheckConsent and the empty handler with 1 and 2 processes, and their ratios."""
+    assert main([*SHORT, "--only", "processes"]) == 0
+    out = capsys.readouterr().out
+    rows = _table_rows(out)
+    assert set(rows) == {
+        "empty handler, 1 process",
+        "empty handler, 2 processes (SO_REUSEPORT)",
+        "CheckConsent, CONSENT_PROCESSES=1",
+        "CheckConsent, CONSENT_PROCESSES=2",
+    }
+    for cells in rows.values():
+        assert int(cells[1].replace(",", "")) > 0
+        assert cells[6] == "0"
+        assert cells[5] != "-"  # CPU of every process of the tree was read
+    assert "- CheckConsent: CONSENT_PROCESSES=2 / 1: " in out
+    assert "- empty handler: 2 processes / 1 (ceiling): " in out
+
+
 def test_delivery_rows_beside_the_same_runs_accept_rate(capsys: pytest.CaptureFixture[str]) -> None:
     """Its own redis-server and inline-delivery server: a drained backlog, then sends."""
     assert main([*SHORT, "--only", "delivery"]) == 0

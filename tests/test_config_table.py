@@ -19,6 +19,7 @@ _SAMPLES = {
     "CONSENT_LISTEN": "127.0.0.1:6000",
     "CONSENT_SHUTDOWN_GRACE": "3",
     "CONSENT_DEFAULT_REGION": "IN",
+    "CONSENT_PROCESSES": "3",
     "CONSENT_REDIS_URL": "redis://127.0.0.1:1/0",
     "CONSENT_REDIS_CLUSTER": "1",
     "CONSENT_REDIS_TIMEOUT": "1.5",
@@ -37,6 +38,7 @@ _SAMPLES = {
     "CONSENT_RATE_BURST": "9",
     "CONSENT_MAX_REQUEST_BYTES": "65536",
     "CONSENT_MAX_CONCURRENT_STREAMS": "8",
+    "CONSENT_MAX_CONCURRENT_CALLS": "64",
     "CONSENT_MAX_BATCH": "50",
     "CONSENT_MAX_PAGE_SIZE": "10",
     "CONSENT_MAX_EVIDENCE_BYTES": "100",
@@ -48,7 +50,10 @@ _SAMPLES = {
 }
 
 # Settings that are only valid together with another one.
-_PARTNERS = {"CONSENT_REDIS_CLUSTER": {"CONSENT_REDIS_URL": "redis://127.0.0.1:1/0"}}
+_PARTNERS = {
+    "CONSENT_REDIS_CLUSTER": {"CONSENT_REDIS_URL": "redis://127.0.0.1:1/0"},
+    "CONSENT_PROCESSES": {"CONSENT_REDIS_URL": "redis://127.0.0.1:1/0"},
+}
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

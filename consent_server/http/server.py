@@ -311,13 +311,15 @@ class HttpEdge:
     start-up can build the link URLs from the real port before serving anything.
     """
 
-    def __init__(self, listen: str) -> None:
+    def __init__(self, listen: str, *, reuse_port: bool = False) -> None:
         host, _, port = listen.rpartition(":")
         host = host.strip("[]")
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._sock = socket.socket(family, socket.SOCK_STREAM)
         try:
             self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:  # the server processes of one supervisor share the port
+                self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             self._sock.bind((host, int(port)))
             self._sock.listen(128)
             self._sock.setblocking(False)
