@@ -184,6 +184,29 @@ def test_seed_flow_button_then_start(env: Env, tenant: str) -> None:
         assert first["ch"] == "whatsapp" and first["rev"] == "1" and first["not_after"] == "0"
 
 
+def test_an_unknown_buttons_title_never_opts_out_of_everything(env: Env, tenant: str) -> None:
+    # Meta's sample appointment template has a "Cancel" quick reply: not a STOP.
+    for i, title in enumerate(("Cancel", "STOP", "Unsubscribe", "Stop promotions")):
+        got = inbound(env, tenant, f"wamid.appt{i}", text=title, button="CANCEL_APPOINTMENT")
+        assert got.action == pb.INBOUND_ACTION_NONE
+    assert allowed(env, tenant, "marketing") and events(env, tenant) == []
+    assert not env.admin.GetTenantSettings(
+        apb.GetTenantSettingsRequest(tenant_id=tenant)
+    ).match_button_titles
+    assert update(env, tenant, ["match_button_titles"], match_button_titles=True)
+    assert inbound(
+        env, tenant, "wamid.appt9", text="Cancel", button="CANCEL_APPOINTMENT"
+    ).action == (
+        pb.INBOUND_ACTION_NONE  # a title never acts for all topics
+    )
+    got = inbound(env, tenant, "wamid.promo", text="Stop promotions", button="PROMO_OFF")
+    assert got.action == pb.INBOUND_ACTION_OPTED_OUT and got.matched_keyword == "stop promotions"
+    assert not allowed(env, tenant, "marketing") and allowed(env, tenant, "orders")
+    # A configured payload acts whatever its title.
+    got = inbound(env, tenant, "wamid.unsub", text="Not now", button="UNSUBSCRIBE")
+    assert got.action == pb.INBOUND_ACTION_OPTED_OUT and not allowed(env, tenant, "orders")
+
+
 def test_redelivered_webhook_is_applied_once(env: Env, tenant: str) -> None:
     first = inbound(env, tenant, "wamid.r.1", text="STOP")
     again = inbound(env, tenant, "wamid.r.1", text="STOP", recipient=WA_ID)
