@@ -24,12 +24,12 @@ from consent_server.delivery.receipts import WebhookCallbacks, whatsapp_status_h
 from consent_server.delivery.runner import build_worker
 from consent_server.domain.auth import OPERATOR_TENANT, Role
 from consent_server.domain.delivery import DeliveryAdmin
-from consent_server.domain.edge import ConsentLinks
 from consent_server.domain.errors import StoreUnavailable
+from consent_server.domain.links_service import ConsentLinks
 from consent_server.domain.security import RateLimits, SecurityAuthority
 from consent_server.domain.service import ConsentAuthority, Limits
 from consent_server.http.server import HttpEdge
-from consent_server.http.wiring import edge_app, keyring_for
+from consent_server.http.wiring import edge_app, keyring_for, whatsapp_edge
 from consent_server.store.connect import open_store
 from consent_server.store.edge import RedisEdgeStore
 from consent_server.store.outbox import DeliveryRepository
@@ -127,6 +127,9 @@ async def serve(settings: Settings) -> int:
         authority.use_signed_links(links.resubscribe_url)
     consent_servicer = ConsentServicer(authority, links)
     delivery_repo = DeliveryRepository(store.client)
+    whatsapp = whatsapp_edge(
+        authority, edge_store, on_status=whatsapp_status_handler(store, delivery_repo)
+    )
 
     server = grpc.aio.server(
         interceptors=[AuthInterceptor(security, required=settings.auth_required)],
@@ -140,6 +143,7 @@ async def serve(settings: Settings) -> int:
             edge_store,
             public_url,
             DeliveryAdmin(delivery_repo),
+            whatsapp=whatsapp,
         ),
         server,
     )
@@ -192,7 +196,7 @@ async def serve(settings: Settings) -> int:
                 links,
                 edge_store,
                 WebhookCallbacks(store, delivery_repo),
-                on_status=whatsapp_status_handler(store, delivery_repo),
+                whatsapp=whatsapp,
             ),
             settings.shutdown_grace_s,
         )

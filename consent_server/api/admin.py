@@ -9,9 +9,9 @@ implements falls through to the generated servicer, which answers UNIMPLEMENTED.
 from __future__ import annotations
 
 from consent_server.domain.delivery import DeliveryAdmin
-from consent_server.domain.edge import EdgeStore
 from consent_server.domain.security import SecurityAuthority
 from consent_server.domain.service import ConsentAuthority
+from consent_server.domain.whatsapp_edge import WhatsAppEdge, WhatsAppStore
 
 from .admin_security import SecurityAdminServicer
 from .admin_service import ConsentAdminServicer as TenantSettingsAdminServicer
@@ -29,11 +29,13 @@ class ConsentAdminService(
         self,
         authority: ConsentAuthority,
         security: SecurityAuthority,
-        edge_store: EdgeStore,
+        edge_store: WhatsAppStore,
         public_url: str | None,
         delivery: DeliveryAdmin,
+        *,
+        whatsapp: WhatsAppEdge | None = None,
     ) -> None:
         TenantSettingsAdminServicer.__init__(self, authority)
         SecurityAdminServicer.__init__(self, security)
-        EdgeAdminServicer.__init__(self, edge_store, public_url)
+        EdgeAdminServicer.__init__(self, edge_store, public_url, whatsapp)
         self._delivery_admin = delivery

@@ -253,7 +253,7 @@ class ConsentAuthority:
         if source is None:
             v.add("source", "is not a known Source")
         text = val.evidence(v, evidence, max_bytes=self._limits.max_evidence_bytes)
-        given = val.occurred_at(v, occurred_at, "occurred_at")
+        given = val.timestamp_ms(v, occurred_at, "occurred_at")
         when = val.event_time(
             v, given, self._clock_ms(), "occurred_at", opt_out=action is Action.OPT_OUT
         )
@@ -378,7 +378,7 @@ class ConsentAuthority:
         elif "\x00" in button_payload:
             v.add("button_payload", "must not contain NUL characters")
         event_id = val.identifier(v, provider_message_id, "provider_message_id", required=True)
-        given = val.occurred_at(v, received_at, "received_at")
+        given = val.timestamp_ms(v, received_at, "received_at")
         v.raise_if_any()
         assert rcpt is not None
         found = match_inbound(settings, text, button_payload)

@@ -160,11 +160,13 @@ def timestamp_ms(v: Violations, raw: RawTimestamp | None, field: str) -> int | N
     return raw.seconds * 1000 + raw.nanos // 1_000_000
 
 
-def occurred_at(v: Violations, raw: RawTimestamp | None, field: str) -> int | None:
-    """The wire time of an event in Unix ms (None: unset, or invalid and recorded in ``v``).
-
-    Not yet checked against the clock: that depends on the action, see event_time."""
-    return timestamp_ms(v, raw, field)
+def occurred_at(
+    v: Violations, raw: RawTimestamp | None, now_ms: int, field: str, *, opt_out: bool = False
+) -> int:
+    """When the customer acted, in Unix ms, checked against the clock (see event_time):
+    defaults to now; a future time is clamped to now, except that an opt-in more than
+    5 minutes ahead is a violation. Use event_time to keep the given time as evidence."""
+    return event_time(v, timestamp_ms(v, raw, field), now_ms, field, opt_out=opt_out).ms
 
 
 @dataclass(frozen=True, slots=True)
