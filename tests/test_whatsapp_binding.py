@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from consent_server.delivery.receipts import whatsapp_status_handler
 from consent_server.domain.errors import InvalidArgument, NotFound, StoreUnavailable
@@ -24,6 +25,7 @@ from consent_server.domain.whatsapp_edge import (
     WhatsAppWebhookConfig,
     inbound_use_case,
 )
+from consent_server.http.wiring import whatsapp_edge
 from consent_server.store import keys
 from consent_server.store.edge import RedisEdgeStore
 from consent_server.store.outbox import DeliveryRepository
@@ -348,3 +350,21 @@ async def test_a_store_outage_is_raised_so_meta_redelivers(world: World) -> None
     body = notification(messages(ACME_NUMBER, text("STOP", "wamid.down")))
     with pytest.raises(StoreUnavailable):
         await edge.receive("acme", body, sign(SHARED_SECRET, body))
+
+
+async def test_unapplied_items_are_counted_in_prometheus(store: RedisConsentStore) -> None:
+    w = World(store)
+    await w.configure()
+    edge = whatsapp_edge(w.authority, w.edge_store)
+
+    def sample(reason: str) -> float:
+        value = REGISTRY.get_sample_value("consent_whatsapp_unapplied_total", {"reason": reason})
+        return value or 0.0
+
+    before = (sample("foreign_number"), sample("malformed"))
+    body = notification(
+        messages(GLOBEX_NUMBER, text("STOP", "wamid.m1")),
+        messages(ACME_NUMBER, {"from": "nope", "id": "wamid.m2", "type": "text"}),
+    )
+    await edge.receive("acme", body, sign(SHARED_SECRET, body))
+    assert (sample("foreign_number"), sample("malformed")) == (before[0] + 1, before[1] + 1)
