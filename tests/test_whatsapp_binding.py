@@ -12,7 +12,7 @@ from prometheus_client import REGISTRY
 
 from consent_server.delivery.receipts import whatsapp_status_handler
 from consent_server.domain.errors import InvalidArgument, NotFound, StoreUnavailable
-from consent_server.domain.model import Channel, MessageState, Source
+from consent_server.domain.model import Channel, MessageState, Recipient, Source
 from consent_server.domain.service import ConsentAuthority
 from consent_server.domain.validation import RawMessage, RawRecipient
 from consent_server.domain.whatsapp import sign
@@ -368,3 +368,22 @@ async def test_unapplied_items_are_counted_in_prometheus(store: RedisConsentStor
     )
     await edge.receive("acme", body, sign(SHARED_SECRET, body))
     assert (sample("foreign_number"), sample("malformed")) == (before[0] + 1, before[1] + 1)
+
+
+async def test_erasure_can_remove_the_dead_letters_that_name_a_recipient(world: World) -> None:
+    other = "16505559876"
+    body = notification(
+        messages(
+            ACME_NUMBER,
+            {"from": WA_ID, "id": "wamid.e1", "type": "unsupported"},
+            {"from": other, "id": "wamid.e2", "type": "unsupported"},
+        )
+    )
+    await world.edge.receive("acme", body, sign(SHARED_SECRET, body))
+    assert (await world.edge.list_unapplied("acme", 0, "")).total == 2
+    removed = await world.edge_store.forget_dead_letters(
+        Recipient(Channel.WHATSAPP, "+" + WA_ID), "acme"
+    )
+    assert removed == 1
+    [left] = (await world.edge.list_unapplied("acme", 0, "")).items
+    assert other in left.raw and WA_ID not in left.raw

@@ -408,6 +408,14 @@ class WhatsAppEdge:
             raise WebhookSignatureInvalid("missing or bad X-Hub-Signature-256")
         batch = self._parse(tenant_id, body)
         own = set(config.phone_number_ids)
+        if not own:
+            # Settings stored before phone numbers were required bind nothing: refuse
+            # (Meta keeps redelivering) until SetWhatsAppWebhook names the numbers.
+            log.error(
+                "whatsapp webhook has no registered phone number ids: call "
+                "SetWhatsAppWebhook with phone_number_ids",
+                extra={"tenant": tenant_id},
+            )
         mine = _select(batch, lambda pnid: pnid in own or pnid == "")
         foreign = _size(batch) - _size(mine)
         if foreign:

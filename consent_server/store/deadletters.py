@@ -121,6 +121,19 @@ class RedisDeadLetters:
         raw = await guarded(lambda: self._r.hget(keys.dead_letters(tenant_id), item_id))
         return None if raw is None else _decode(raw)
 
+    async def forget_dead_letters(self, tenant_id: str, wa_id: str) -> int:
+        """Remove every kept item whose raw notification names ``wa_id`` (the digits of
+        a WhatsApp address), for erasure; the number removed. A tenant keeps at most a
+        bounded list, so reading it whole is cheap."""
+        items = keys.dead_letters(tenant_id)
+        raw: dict[Any, Any] = await guarded(lambda: self._r.hgetall(items))
+        removed = 0
+        for item_id, value in raw.items():
+            item = _decode(value)
+            if item is not None and wa_id and wa_id in item.raw:
+                removed += int(await self.delete_dead_letter(tenant_id, text(item_id)))
+        return removed
+
     async def delete_dead_letter(self, tenant_id: str, item_id: str) -> bool:
         """Remove one kept item; True when it was there."""
         script_keys = [keys.dead_letters(tenant_id), keys.dead_letter_order(tenant_id)]

@@ -164,6 +164,11 @@ class RedisEdgeStore:
         """See RedisDeadLetters.delete_dead_letter."""
         return await self._dead.delete_dead_letter(tenant_id, item_id)
 
+    async def forget_dead_letters(self, recipient: Recipient, tenant_id: str) -> int:
+        """Erasure: remove the tenant's dead letters that name ``recipient`` (WhatsApp
+        addresses appear in notifications as digits without "+"); the number removed."""
+        return await self._dead.forget_dead_letters(tenant_id, recipient.address.lstrip("+"))
+
     async def link_secret(self) -> bytes:
         """The stored link secret; the first caller anywhere creates it (SET NX)."""
         key = keys.link_secret()
