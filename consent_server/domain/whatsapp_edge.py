@@ -70,6 +70,7 @@ MAX_APP_SECRET = 256
 MAX_PHONE_NUMBER_IDS = 20
 MAX_DEAD_LETTERS = 1000
 MAX_DEAD_LETTER_PAGE = 100
+MAX_ROUTED_NUMBERS = 50  # distinct phone number ids looked up per app-level notification
 _SECRETISH_RE = re.compile(r"^[\x21-\x7e]+$")
 
 # Why an item was not applied (the ``reason`` of a dead letter and of the metric).
@@ -447,13 +448,21 @@ class WhatsAppEdge:
         """
         batch = self._parse("", body)
         owners: dict[str, str] = {}
-        for pnid in _pnids(batch) - {""}:
+        # The body is not authenticated yet: look up a bounded number of numbers.
+        for pnid in sorted(_pnids(batch) - {""})[:MAX_ROUTED_NUMBERS]:
             tenant = await self._store.tenant_for_phone_number(pnid)
             if tenant is not None:
                 owners[pnid] = tenant
+        configs = {t: await self._store.whatsapp_webhook(t) for t in set(owners.values())}
+        # The tenant's settings are the truth; the index only finds them.
+        owners = {
+            p: t
+            for p, t in owners.items()
+            if (c := configs[t]) is not None and p in c.phone_number_ids
+        }
         verified: dict[str, bool] = {}
         for tenant in set(owners.values()):
-            config = await self._store.whatsapp_webhook(tenant)
+            config = configs[tenant]
             verified[tenant] = config is not None and verify_signature(
                 config.app_secret, body, signature
             )
