@@ -387,3 +387,40 @@ async def test_erasure_can_remove_the_dead_letters_that_name_a_recipient(world: 
     assert removed == 1
     [left] = (await world.edge.list_unapplied("acme", 0, "")).items
     assert other in left.raw and WA_ID not in left.raw
+
+
+async def test_a_tapped_button_is_never_read_as_typed_text(world: World) -> None:
+    """Meta's sample appointment template: a quick reply titled "Cancel". Whatever its
+    payload (an unknown one, or none at all), the tap opts nobody out."""
+    for i, payload in enumerate(("CANCEL_APPOINTMENT", "")):
+        tap = {
+            "from": WA_ID,
+            "id": f"wamid.tap{i}",
+            "timestamp": "1749416390",
+            "type": "button",
+            "button": {"payload": payload, "text": "Cancel"},
+        }
+        body = notification(messages(ACME_NUMBER, tap))
+        report = await world.edge.receive("acme", body, sign(SHARED_SECRET, body))
+        assert (report.replies, report.kept) == (1, 0)
+        listed = {
+            "from": WA_ID,
+            "id": f"wamid.list{i}",
+            "type": "interactive",
+            "interactive": {"type": "list_reply", "list_reply": {"id": payload, "title": "STOP"}},
+        }
+        body = notification(messages(ACME_NUMBER, listed))
+        await world.edge.receive("acme", body, sign(SHARED_SECRET, body))
+    assert await world.allowed("acme") and await world.events("acme") == []
+    # The configured payload acts, whatever the title says.
+    tap = {
+        "from": WA_ID,
+        "id": "wamid.tap-ok",
+        "type": "button",
+        "button": {"payload": "STOP_PROMOTIONS", "text": "Not now"},
+    }
+    body = notification(messages(ACME_NUMBER, tap))
+    await world.edge.receive("acme", body, sign(SHARED_SECRET, body))
+    assert not await world.allowed("acme") and await world.allowed("acme", "orders")
+    [event] = await world.events("acme")
+    assert event.source is Source.BUTTON

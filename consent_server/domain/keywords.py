@@ -186,14 +186,19 @@ class KeywordMatcher:
         return None
 
     def match(
-        self, text: str, button_payload: str, *, match_button_titles: bool = False
+        self,
+        text: str,
+        button_payload: str,
+        *,
+        match_button_titles: bool = False,
+        tapped: bool = False,
     ) -> Match | None:
-        """A tap (``button_payload`` set, ``text`` its title) acts by a configured payload,
-        or by its title when ``match_button_titles`` (see the module doc); a reply
-        without a payload is matched as text."""
-        if not button_payload:
+        """A tap (``button_payload`` set or ``tapped``, ``text`` its title) acts by a
+        configured payload, or by its title when ``match_button_titles`` (see the module
+        doc); a reply that is no tap is matched as text."""
+        if not button_payload and not tapped:
             return self.match_text(text)
-        found = self.match_button(button_payload)
+        found = self.match_button(button_payload) if button_payload else None
         if found is None and match_button_titles:
             found = self.match_title(text)
         return found
@@ -216,14 +221,19 @@ def matcher_for(
     )
 
 
-def match_inbound(settings: TenantSettings, text: str, button_payload: str) -> Match | None:
+def match_inbound(
+    settings: TenantSettings, text: str, button_payload: str, *, tapped: bool = False
+) -> Match | None:
     """What an inbound reply or button tap does under a tenant's settings (None: nothing).
 
-    The one place HandleInboundMessage and the WhatsApp webhook decide it."""
+    The one place HandleInboundMessage and the WhatsApp webhook decide it; ``tapped``
+    says a button was tapped even though it carried no payload."""
     matcher = matcher_for(
         settings.keyword_sets,
         settings.button_payloads,
         settings.default_language,
         settings.infer_opt_out_in_sentences,
     )
-    return matcher.match(text, button_payload, match_button_titles=settings.match_button_titles)
+    return matcher.match(
+        text, button_payload, match_button_titles=settings.match_button_titles, tapped=tapped
+    )

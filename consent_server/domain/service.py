@@ -360,11 +360,14 @@ class ConsentAuthority:
         provider_message_id: str,
         received_at: RawTimestamp | None,
         principal: str = ANONYMOUS,
+        button_tapped: bool = False,
     ) -> InboundResult:
         """HandleInboundMessage (SPEC section 7): keyword/button -> opt-out, opt-in or help.
 
         The provider message id is the event id, so a redelivery returns the first
-        outcome and queues nothing; a change queues its confirmation atomically."""
+        outcome and queues nothing; a change queues its confirmation atomically.
+        ``button_tapped``: the channel reported a button tap that carried no payload
+        (``text`` is then its title, never matched as a reply)."""
         v = Violations()
         tenant = val.tenant_id(v, tenant_id)
         settings = await self._settings(tenant)
@@ -381,7 +384,7 @@ class ConsentAuthority:
         given = val.timestamp_ms(v, received_at, "received_at")
         v.raise_if_any()
         assert rcpt is not None
-        found = match_inbound(settings, text, button_payload)
+        found = match_inbound(settings, text, button_payload, tapped=button_tapped)
         if found is None:
             return InboundResult(rcpt, InboundAction.NONE, "", "", "", 0)
         if found.kind is KeywordKind.HELP:
@@ -410,7 +413,7 @@ class ConsentAuthority:
                 topic=found.topic,
                 action=action,
                 # The customer acted through a button whenever a payload came with it.
-                source=Source.BUTTON if button_payload else Source.KEYWORD,
+                source=Source.BUTTON if button_payload or button_tapped else Source.KEYWORD,
                 evidence=when.evidence(_inbound_evidence(found), "received_at"),
                 occurred_at_ms=when.ms,
                 event_id=event_id,

@@ -107,6 +107,9 @@ class InboundReply:
     received_at_ms: int | None
     phone_number_id: str = ""
     path: str = ""
+    # A button was tapped (a quick reply or interactive reply), even without a payload:
+    # its text is the button's title, never matched as if the customer typed it.
+    tapped: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -383,6 +386,7 @@ def _message(tenant_id: str, msg: dict[str, Any], batch: WebhookBatch, at: _Wher
     kind = msg.get("type")
     kind = kind if isinstance(kind, str) else repr(type(kind).__name__)
     text = payload = ""
+    tapped = kind in ("button", "interactive")
     if kind in _SILENT_TYPES:
         batch.ignored += 1
         return
@@ -427,6 +431,7 @@ def _message(tenant_id: str, msg: dict[str, Any], batch: WebhookBatch, at: _Wher
             received_at_ms=timestamp_ms(msg.get("timestamp")),
             phone_number_id=at.pnid,
             path=at.path,
+            tapped=tapped,
         )
     )
 

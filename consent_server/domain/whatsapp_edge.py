@@ -796,7 +796,7 @@ def _item_json(item: InboundReply | StatusReceipt) -> str:
         }
         if item.received_at_ms is not None:
             msg["timestamp"] = str(item.received_at_ms // 1000)
-        if item.button_payload:
+        if item.button_payload or item.tapped:
             msg.update(type="button", button={"payload": item.button_payload, "text": item.text})
         else:
             msg.update(type="text", text={"body": item.text})
@@ -914,6 +914,7 @@ def inbound_use_case(authority: ConsentAuthority) -> InboundHandler:
             if ms is not None
             else None,
             principal=WEBHOOK_PRINCIPAL,
+            button_tapped=reply.tapped,
         )
 
     return handle
