@@ -42,12 +42,13 @@ from consent_server.delivery.runner import (
 )
 from consent_server.delivery.worker import DeliveryWorker
 from consent_server.domain.auth import OPERATOR_TENANT, Role
-from consent_server.domain.edge import ConsentLinks
 from consent_server.domain.errors import StoreUnavailable
+from consent_server.domain.links_service import ConsentLinks
 from consent_server.domain.security import RateLimits, SecurityAuthority
 from consent_server.domain.service import ConsentAuthority, Limits
+from consent_server.domain.whatsapp_edge import WhatsAppEdge
 from consent_server.http.server import HttpEdge
-from consent_server.http.wiring import edge_app, keyring_for
+from consent_server.http.wiring import edge_app, keyring_for, whatsapp_edge
 from consent_server.store.connect import open_store
 from consent_server.store.edge import RedisEdgeStore
 from consent_server.store.repository import RedisConsentStore
@@ -97,6 +98,7 @@ class Services:
     edge_store: RedisEdgeStore
     links: ConsentLinks
     delivery: DeliveryServices  # provider admin, webhook call-backs, WhatsApp statuses
+    whatsapp: WhatsAppEdge  # the WhatsApp webhook use case (HTTP edge, dead-letter replay)
     public_url: str | None  # the base URL of consent links and webhook URLs, if any
     consent: ConsentServicer
     admin: ConsentAdminService
@@ -146,8 +148,11 @@ def build(settings: Settings) -> Services:
     edge_store = RedisEdgeStore(store)
     links = consent_links(settings, authority, store, edge_store, public_url)
     delivery = delivery_services(settings, store)
+    # One WhatsApp use case: the HTTP edge serves it, the admin service replays its
+    # dead letters through it.
+    whatsapp = whatsapp_edge(authority, edge_store, on_status=delivery.on_status)
     consent = ConsentServicer(authority, links)
-    admin = admin_servicer(authority, security, edge_store, public_url, delivery)
+    admin = admin_servicer(authority, security, edge_store, public_url, delivery, whatsapp)
     health = health_aio.HealthServicer()
     server = grpc_server(settings, security, consent, admin, health)
     reloader = CertificateReloader(settings.tls) if settings.tls.enabled else None
@@ -159,6 +164,7 @@ def build(settings: Settings) -> Services:
         edge_store=edge_store,
         links=links,
         delivery=delivery,
+        whatsapp=whatsapp,
         public_url=public_url,
         consent=consent,
         admin=admin,
@@ -202,13 +208,14 @@ def admin_servicer(
     edge_store: RedisEdgeStore,
     public_url: str | None,
     delivery: DeliveryServices,
+    whatsapp: WhatsAppEdge,
 ) -> ConsentAdminService:
     """ConsentAdminService: one handler object per area, each on its use case."""
     return ConsentAdminService(
         settings=TenantSettingsHandlers(authority),
         security=SecurityHandlers(security),
         delivery=DeliveryProviderHandlers(delivery.admin),
-        webhooks=WhatsAppWebhookHandlers(edge_store, public_url),
+        webhooks=WhatsAppWebhookHandlers(edge_store, public_url, whatsapp),
     )
 
 
@@ -315,7 +322,7 @@ async def start_http_edge(services: Services, http_edge: HttpEdge) -> None:
             s.links,
             s.edge_store,
             s.delivery.callbacks,
-            on_status=s.delivery.on_status,
+            whatsapp=s.whatsapp,
         ),
         s.settings.server.shutdown_grace_s,
     )

@@ -64,6 +64,20 @@ class MetricsListenError(ValueError):
     """The metrics listener cannot bind its address; the message names the setting."""
 
 
+# -- the WhatsApp webhook of the HTTP edge --
+WHATSAPP_UNAPPLIED = Counter(
+    "consent_whatsapp_unapplied",
+    "WhatsApp notification items not applied, by reason (malformed, unsupported, refused, "
+    "failed, unknown_message, unbound: kept as dead letters; foreign_number, unrouted, "
+    "bad_signature: counted only)",
+    ["reason"],
+)
+WHATSAPP_DEAD_LETTERS_EVICTED = Counter(
+    "consent_whatsapp_dead_letters_evicted",
+    "Dead letters dropped because a tenant's list was full (oldest first)",
+)
+
+
 def serve_metrics(listen: str | None) -> None:
     """Expose /metrics on ``host:port`` (a daemon thread); nothing when ``listen`` is None.
 

@@ -280,9 +280,11 @@ def test_invalid_argument_names_the_field(client: ConsentClient, tenant: str) ->
     assert "tenant_id" in bad.value.fields
     assert bad.value.reason == "INVALID_REQUEST"
 
+    # An opt-in may not be post-dated (it could outrank a later opt-out); an opt-out
+    # from the future is recorded at the receive time instead (tests/test_event_times.py).
     future = datetime.now(UTC) + timedelta(hours=1)
     with pytest.raises(InvalidArgument) as late:
-        client.opt_out(tenant, "sms", "+1 202 555 0100", occurred_at=future)
+        client.opt_in(tenant, "sms", "+1 202 555 0100", occurred_at=future)
     assert "occurred_at" in late.value.fields
     # Bad input changes nothing.
     assert list(client.iter_consent_events(tenant, "sms", "+1 202 555 0100")) == []

@@ -5,6 +5,7 @@ the in-process fake for which of them are retried."""
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -247,18 +248,34 @@ def test_delivery_provider_bad_input(tenant_admin: ConsentClient, tenant: str) -
 # -- WhatsApp webhook ---------------------------------------------------------------------
 
 
+def number_for(tenant: str) -> str:
+    """A WhatsApp phone number id of the tenant's own (a number has one tenant)."""
+    return str(int(hashlib.sha1(tenant.encode()).hexdigest()[:12], 16))
+
+
 def test_whatsapp_webhook(tenant_admin: ConsentClient, tenant: str) -> None:
     before = tenant_admin.get_whatsapp_webhook(tenant)
     assert not before.configured and before.webhook_path == f"/whatsapp/{tenant}"
     app_secret = "meta-app-secret-abcdef"
-    made = tenant_admin.set_whatsapp_webhook(tenant, "verify-me", app_secret)
+    made = tenant_admin.set_whatsapp_webhook(
+        tenant, "verify-me", app_secret, phone_number_ids=[number_for(tenant)]
+    )
     assert made.webhook_path == f"/whatsapp/{tenant}"
     assert made.webhook_url == f"{PUBLIC_URL}/whatsapp/{tenant}"
     now = tenant_admin.get_whatsapp_webhook(tenant)
     assert now.configured and app_secret.encode() not in now.SerializeToString()
     with pytest.raises(InvalidArgument) as bad:
-        tenant_admin.set_whatsapp_webhook(tenant, "has space", app_secret)
+        tenant_admin.set_whatsapp_webhook(
+            tenant, "has space", app_secret, phone_number_ids=[number_for(tenant)]
+        )
     assert bad.value.fields == ["verify_token"]
+    assert list(now.phone_number_ids) == [number_for(tenant)]
+    empty = tenant_admin.list_unapplied_notifications(tenant)
+    assert list(empty.notifications) == [] and empty.total == 0
+    with pytest.raises(NotFound):
+        tenant_admin.replay_unapplied_notification(tenant, "dl_000000000000000000000000")
+    with pytest.raises(NotFound):
+        tenant_admin.discard_unapplied_notification(tenant, "dl_000000000000000000000000")
     assert tenant_admin.delete_whatsapp_webhook(tenant) is True
     assert tenant_admin.delete_whatsapp_webhook(tenant) is False
     assert not tenant_admin.get_whatsapp_webhook(tenant).configured
@@ -295,7 +312,9 @@ def test_idempotent_admin_writes_are_retried(
         authed_proxy.on("RevokeApiKey", forward_then_unavailable())
         assert c.revoke_api_key(tenant, made.key_id).already_revoked  # the retry's answer
         authed_proxy.on("SetWhatsAppWebhook", forward_then_unavailable())
-        assert c.set_whatsapp_webhook(tenant, "tok", "secret").webhook_path
+        assert c.set_whatsapp_webhook(
+            tenant, "tok", "secret", phone_number_ids=[number_for(tenant)]
+        ).webhook_path
         authed_proxy.on("DeleteWhatsAppWebhook", forward_then_unavailable())
         assert c.delete_whatsapp_webhook(tenant) is False  # the first attempt deleted it
         authed_proxy.on("ForgetRecipient", unavailable())
@@ -349,7 +368,11 @@ async def test_async_admin_methods(authed: Authed, tenant: str) -> None:
         assert info.secret_set and b"k" * 24 not in info.SerializeToString()
         assert [p.url for p in await c.get_delivery_providers(tenant)] == [info.url]
 
-        assert (await c.set_whatsapp_webhook(tenant, "tok", "app-secret")).webhook_url
+        made = await c.set_whatsapp_webhook(
+            tenant, "tok", "app-secret", phone_number_ids=[number_for(tenant)]
+        )
+        assert made.webhook_url
+        assert (await c.list_unapplied_notifications(tenant)).total == 0
         assert (await c.get_whatsapp_webhook(tenant)).configured
         assert await c.delete_whatsapp_webhook(tenant) is True
         assert not (await c.get_whatsapp_webhook(tenant)).configured

@@ -182,10 +182,20 @@ def test_default_buttons(payload: str, want: tuple[KeywordKind, str, str]) -> No
     assert got.language == "en"
 
 
-def test_unknown_payload_falls_back_to_the_text() -> None:
-    got = MATCHER.match("Stop promotions", "MY_CUSTOM_PAYLOAD")
-    assert got is not None and not got.button and got.topic == MKT
-    assert MATCHER.match("", "MY_CUSTOM_PAYLOAD") is None
+def test_an_unknown_payloads_title_acts_only_when_allowed_and_never_for_all() -> None:
+    # Meta's sample appointment template: a "Cancel" quick reply is not an opt-out.
+    for title in ("Cancel", "STOP", "Unsubscribe", "Start", "Stop promotions", "Help"):
+        assert MATCHER.match(title, "CANCEL_APPOINTMENT") is None
+    got = MATCHER.match("Stop promotions", "MY_CUSTOM_PAYLOAD", match_button_titles=True)
+    assert got is not None and not got.button and got.topic == MKT and got.kind is OUT
+    for title in ("Cancel", "STOP", "unsubscribe", "Start", "please stop promotions"):
+        assert MATCHER.match(title, "CANCEL_APPOINTMENT", match_button_titles=True) is None
+    helped = MATCHER.match("Help", "X", match_button_titles=True)
+    assert helped is not None and helped.kind is HELP
+    assert MATCHER.match("", "MY_CUSTOM_PAYLOAD", match_button_titles=True) is None
+    # Without a payload the text is a reply and matches as one.
+    stop = MATCHER.match("Cancel", "")
+    assert stop is not None and stop.kind is OUT and stop.topic == ""
 
 
 def test_a_configured_payload_wins_over_the_text() -> None:

@@ -16,6 +16,7 @@ import grpc
 import pytest
 import redis
 from google.protobuf.field_mask_pb2 import FieldMask
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from consent_client.v1 import admin_pb2 as apb
 from consent_client.v1 import admin_pb2_grpc, consent_pb2_grpc
@@ -182,6 +183,53 @@ def test_seed_flow_button_then_start(env: Env, tenant: str) -> None:
         assert json.loads(first["body"]) == {"kind": "text", "text": tap.reply_text}
         assert first["topic"] == "" and first["addr"] == "+919876543210"
         assert first["ch"] == "whatsapp" and first["rev"] == "1" and first["not_after"] == "0"
+
+
+def test_an_unknown_buttons_title_never_opts_out_of_everything(env: Env, tenant: str) -> None:
+    # Meta's sample appointment template has a "Cancel" quick reply: not a STOP.
+    for i, title in enumerate(("Cancel", "STOP", "Unsubscribe", "Stop promotions")):
+        got = inbound(env, tenant, f"wamid.appt{i}", text=title, button="CANCEL_APPOINTMENT")
+        assert got.action == pb.INBOUND_ACTION_NONE
+    assert allowed(env, tenant, "marketing") and events(env, tenant) == []
+    assert not env.admin.GetTenantSettings(
+        apb.GetTenantSettingsRequest(tenant_id=tenant)
+    ).match_button_titles
+    assert update(env, tenant, ["match_button_titles"], match_button_titles=True)
+    assert inbound(
+        env, tenant, "wamid.appt9", text="Cancel", button="CANCEL_APPOINTMENT"
+    ).action == (
+        pb.INBOUND_ACTION_NONE  # a title never acts for all topics
+    )
+    got = inbound(env, tenant, "wamid.promo", text="Stop promotions", button="PROMO_OFF")
+    assert got.action == pb.INBOUND_ACTION_OPTED_OUT and got.matched_keyword == "stop promotions"
+    assert not allowed(env, tenant, "marketing") and allowed(env, tenant, "orders")
+    # A configured payload acts whatever its title.
+    got = inbound(env, tenant, "wamid.unsub", text="Not now", button="UNSUBSCRIBE")
+    assert got.action == pb.INBOUND_ACTION_OPTED_OUT and not allowed(env, tenant, "orders")
+
+
+def test_a_stop_from_a_fast_clock_is_recorded_not_refused(env: Env, tenant: str) -> None:
+    ahead = Timestamp(seconds=int(time.time()) + 3600)
+    got = env.stub.HandleInboundMessage(
+        pb.HandleInboundMessageRequest(
+            tenant_id=tenant,
+            recipient=WA,
+            text="STOP",
+            provider_message_id="wamid.ahead",
+            received_at=ahead,
+        )
+    )
+    assert got.action == pb.INBOUND_ACTION_OPTED_OUT and not allowed(env, tenant, "marketing")
+    out = env.stub.OptOut(
+        pb.OptOutRequest(tenant_id=tenant, recipient=WA, topic="orders", occurred_at=ahead)
+    )
+    assert out.applied
+    evs = events(env, tenant)
+    assert all(e.occurred_at.seconds <= time.time() for e in evs)
+    assert all("later than the receive time" in e.evidence for e in evs)
+    with pytest.raises(grpc.RpcError) as err:
+        env.stub.OptIn(pb.OptInRequest(tenant_id=tenant, recipient=WA, occurred_at=ahead))
+    assert bad_fields(err.value) == ["occurred_at"]
 
 
 def test_redelivered_webhook_is_applied_once(env: Env, tenant: str) -> None:

@@ -11,15 +11,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from consent_server.domain.edge import (
-    ConsentLinks,
-    WebhookError,
-    WhatsAppEdge,
-    WhatsAppWebhookConfig,
-    static_keyring,
-    stored_keyring,
-    validate_webhook_config,
-)
 from consent_server.domain.errors import InvalidArgument, NotConfigured, StoreUnavailable
 from consent_server.domain.links import (
     LinkClaims,
@@ -29,9 +20,10 @@ from consent_server.domain.links import (
     fill_resubscribe_url,
     link_event_id,
 )
+from consent_server.domain.links_service import ConsentLinks, static_keyring, stored_keyring
 from consent_server.domain.model import Action, Channel, Recipient, Source, Status
 from consent_server.domain.service import ConsentAuthority
-from consent_server.domain.validation import RawRecipient
+from consent_server.domain.validation import RawMessage, RawRecipient
 from consent_server.domain.whatsapp import (
     InboundReply,
     StatusReceipt,
@@ -41,6 +33,17 @@ from consent_server.domain.whatsapp import (
     timestamp_ms,
     verify_signature,
 )
+from consent_server.domain.whatsapp_edge import (
+    WebhookBadRequest,
+    WebhookNotConfigured,
+    WebhookRefused,
+    WebhookSignatureInvalid,
+    WebhookVerificationFailed,
+    WhatsAppEdge,
+    WhatsAppWebhookConfig,
+    validate_webhook_config,
+)
+from consent_server.store import keys
 from consent_server.store.edge import RedisEdgeStore
 from consent_server.store.repository import RedisConsentStore
 
@@ -49,6 +52,7 @@ SECRET = b"s" * 40
 OTHER_SECRET = b"o" * 40
 EMAIL = Recipient(Channel.EMAIL, "jane.doe@example.com")
 WA = "+16505551234"
+PHONE_NUMBER_ID = "106540352242922"  # the fixtures' metadata.phone_number_id
 
 
 def fixture(name: str) -> bytes:
@@ -211,6 +215,8 @@ def test_text_button_and_interactive_replies() -> None:
             "",
             "wamid.HBgLMTY1MDM4Nzk0MzkVAgASGBQzQTRBNjU5OUFFRTAzODEwMTQ0RgA=",
             1749416383000,
+            PHONE_NUMBER_ID,
+            "entry[0].changes[0].messages[0]",
         )
     ]
     assert not text.changes and not text.statuses
@@ -229,7 +235,14 @@ def test_status_131050_is_a_marketing_opt_out_and_a_receipt() -> None:
     wamid = "wamid.HBgLMTY1MDM4Nzk0MzkVAgARGBI4NjA1NkQ3RTY0QzQ1NkNERjYA"
     assert batch.statuses == [
         StatusReceipt(
-            "acme", wamid, "failed", Recipient(Channel.WHATSAPP, WA), 1749416500000, (131050,)
+            "acme",
+            wamid,
+            "failed",
+            Recipient(Channel.WHATSAPP, WA),
+            1749416500000,
+            (131050,),
+            PHONE_NUMBER_ID,
+            "entry[0].changes[0].statuses[0]",
         )
     ]
     [change] = batch.changes
@@ -269,19 +282,38 @@ def test_malformed_bodies(body: bytes) -> None:
 @pytest.mark.parametrize(
     "value",
     [
-        {"messages": [{"from": "16505551234", "type": "text", "text": {"body": "STOP"}}]},
         {"messages": [{"from": "1", "id": "wamid.x", "type": "text", "text": {"body": "STOP"}}]},
-        {"messages": [{"from": "16505551234", "id": "wamid x", "type": "text"}]},
         {"messages": ["junk", 3, None]},
+        {"messages": {"not": "a list"}},
+        {"messages": [{"from": "16505551234", "id": "wamid.y", "type": "unsupported"}]},
         {"statuses": [{"status": "failed"}]},
         {"user_preferences": [{"wa_id": "16505551234", "category": "other", "value": "stop"}]},
         {"user_preferences": [{"wa_id": "16505551234", "category": "marketing_messages"}]},
     ],
 )
-def test_unusable_items_are_skipped_not_fatal(value: dict[str, object]) -> None:
+def test_unusable_items_are_kept_not_dropped(value: dict[str, object]) -> None:
     body = json.dumps({"entry": [{"changes": [{"value": value}]}]}).encode()
     batch = parse_webhook("acme", body)
-    assert not batch.replies and not batch.changes and batch.ignored >= 1
+    assert not batch.replies and not batch.changes and batch.unapplied
+    for item in batch.unapplied:
+        assert item.reason in ("malformed", "unsupported") and item.raw and item.path
+
+
+@pytest.mark.parametrize(
+    "wamid", [None, "", "wamid with spaces", "w" * 129, 12345, "wamid.\u00e9\ud800"]
+)
+def test_an_unusable_wamid_gets_a_stable_id_from_the_signed_body(wamid: object) -> None:
+    msg: dict[str, object] = {"from": "16505551234", "type": "text", "text": {"body": "STOP"}}
+    if wamid is not None:
+        msg["id"] = wamid
+    body = json.dumps({"entry": [{"changes": [{"value": {"messages": [msg, msg]}}]}]})
+    first = parse_webhook("acme", body.encode()).replies
+    again = parse_webhook("acme", body.encode()).replies  # Meta redelivers the same bytes
+    assert [r.provider_message_id for r in first] == [r.provider_message_id for r in again]
+    ids = [r.provider_message_id for r in first]
+    assert len(set(ids)) == 2 and all(i.startswith("wa.body.") and len(i) <= 128 for i in ids)
+    other = parse_webhook("acme", (body + " ").encode()).replies
+    assert other[0].provider_message_id != ids[0]  # another body is another event
 
 
 # -- use cases on the real repository -------------------------------------------------------
@@ -302,8 +334,28 @@ class Recorder:
 
 async def _configure(store: RedisConsentStore, tenant: str) -> RedisEdgeStore:
     edge_store = RedisEdgeStore(store)
-    await edge_store.set_whatsapp_webhook(tenant, WhatsAppWebhookConfig("vt-123", "app-secret"))
+    await edge_store.set_whatsapp_webhook(
+        tenant, WhatsAppWebhookConfig("vt-123", "app-secret", (PHONE_NUMBER_ID,))
+    )
     return edge_store
+
+
+async def sent(store: RedisConsentStore, tenant: str, wamid: str, address: str = WA) -> str:
+    """A message the tenant sent through us that the provider named ``wamid``."""
+    result = await ConsentAuthority(store).send(
+        tenant_id=tenant,
+        recipient=RawRecipient(Channel.WHATSAPP, address),
+        topic="orders",
+        message=RawMessage("text", text="Your order shipped"),
+        idempotency_key="",
+        not_after=None,
+        metadata={},
+    )
+    await store.client.set(keys.provider_message(tenant, wamid), result.accepted.message_id)
+    return result.accepted.message_id
+
+
+WAMID_131050 = "wamid.HBgLMTY1MDM4Nzk0MzkVAgARGBI4NjA1NkQ3RTY0QzQ1NkNERjYA"
 
 
 async def test_webhook_records_provider_changes_once_and_hands_on_the_rest(
@@ -312,9 +364,10 @@ async def test_webhook_records_provider_changes_once_and_hands_on_the_rest(
     authority = ConsentAuthority(store)
     inbound, statuses = Recorder(), Recorder()
     edge = WhatsAppEdge(authority, await _configure(store, "acme"), inbound, statuses)
+    await sent(store, "acme", WAMID_131050)
     body = fixture("status_failed_131050.json")
     report = await edge.receive("acme", body, sign("app-secret", body))
-    assert (report.changes, report.statuses, report.failed) == (1, 1, 0)
+    assert (report.changes, report.statuses, report.failed, report.kept) == (1, 1, 0, 0)
     check = await authority.check(
         "acme", RawRecipient(Channel.WHATSAPP, "16505551234"), "marketing"
     )
@@ -340,19 +393,18 @@ async def test_webhook_refusals_record_nothing(store: RedisConsentStore) -> None
     inbound = Recorder()
     edge = WhatsAppEdge(authority, await _configure(store, "acme"), inbound, Recorder())
     body = fixture("user_preferences_stop.json")
-    for tenant, sig, status in (
-        ("acme", None, 401),
-        ("acme", sign("wrong", body), 401),
-        ("acme", sign("app-secret", body + b" "), 401),
-        ("other", sign("app-secret", body), 404),
-        ("Bad Tenant", sign("app-secret", body), 404),
+    refusal: type[WebhookRefused]
+    for tenant, sig, refusal in (
+        ("acme", None, WebhookSignatureInvalid),
+        ("acme", sign("wrong", body), WebhookSignatureInvalid),
+        ("acme", sign("app-secret", body + b" "), WebhookSignatureInvalid),
+        ("globex", sign("app-secret", body), WebhookNotConfigured),
+        ("Bad Tenant", sign("app-secret", body), WebhookNotConfigured),
     ):
-        with pytest.raises(WebhookError) as err:
+        with pytest.raises(refusal):
             await edge.receive(tenant, body, sig)
-        assert err.value.status == status
-    with pytest.raises(WebhookError) as err:
+    with pytest.raises(WebhookBadRequest):
         await edge.receive("acme", b"{nope", sign("app-secret", b"{nope"))
-    assert err.value.status == 400
     page = await authority.history("acme", RawRecipient(Channel.WHATSAPP, WA), 0, "")
     assert page.events == []
 
@@ -376,15 +428,24 @@ async def test_handshake(store: RedisConsentStore) -> None:
     )
     assert await edge.handshake("acme", "subscribe", "vt-123", "1158201444") == "1158201444"
     for mode, token in (("subscribe", "wrong"), ("unsubscribe", "vt-123"), ("", "")):
-        with pytest.raises(WebhookError) as err:
+        with pytest.raises(WebhookVerificationFailed):
             await edge.handshake("acme", mode, token, "1")
-        assert err.value.status == 403
 
 
 def test_webhook_config_validation() -> None:
     with pytest.raises(InvalidArgument) as err:
-        validate_webhook_config("", "has space")
-    assert [v.field for v in err.value.violations] == ["verify_token", "app_secret"]
+        validate_webhook_config("", "has space", ["123", "12a", "123", "9" * 33], "x")
+    assert [v.field for v in err.value.violations] == [
+        "verify_token",
+        "app_secret",
+        "phone_number_ids[1]",
+        "phone_number_ids[2]",
+        "phone_number_ids[3]",
+        "waba_id",
+    ]
+    with pytest.raises(InvalidArgument) as err:
+        validate_webhook_config("vt", "secret", [])
+    assert [v.field for v in err.value.violations] == ["phone_number_ids"]
 
 
 async def test_links_opt_out_then_resubscribe(store: RedisConsentStore) -> None:
@@ -464,10 +525,22 @@ async def test_render_confirmation_fills_a_fresh_resubscribe_link(store: RedisCo
     assert (opened.tenant_id, opened.recipient, opened.topic) == ("acme", EMAIL, "")
 
 
-async def test_refused_provider_change_is_counted_not_raised(store: RedisConsentStore) -> None:
+async def test_a_future_opt_out_is_applied_and_a_refused_opt_in_is_kept(
+    store: RedisConsentStore,
+) -> None:
     authority = ConsentAuthority(store)
-    edge = WhatsAppEdge(authority, await _configure(store, "acme"), Recorder(), Recorder())
+    edge_store = await _configure(store, "acme")
+    edge = WhatsAppEdge(authority, edge_store, Recorder(), Recorder())
     future = fixture("user_preferences_stop.json").replace(b"1749417000", b"99999999999")
     report = await edge.receive("acme", future, sign("app-secret", future))
-    assert (report.changes, report.failed) == (1, 1)  # occurred_at too far in the future
-    assert (await authority.history("acme", RawRecipient(Channel.WHATSAPP, WA), 0, "")).events == []
+    assert (report.changes, report.failed, report.kept) == (1, 0, 0)
+    [event] = (await authority.history("acme", RawRecipient(Channel.WHATSAPP, WA), 0, "")).events
+    assert event.action is Action.OPT_OUT and "later than the receive time" in event.evidence
+    resume = fixture("user_preferences_resume.json").replace(b"1749417600", b"99999999999")
+    report = await edge.receive("acme", resume, sign("app-secret", resume))
+    assert (report.failed, report.kept) == (1, 1)  # an opt-in from the future: refused, kept
+    page = await edge.list_unapplied("acme", 0, "")
+    assert [(i.reason, i.kind) for i in page.items] == [("refused", "user_preferences")]
+    assert "occurred_at" in page.items[0].detail and WA[1:] in page.items[0].raw
+    check = await authority.check("acme", RawRecipient(Channel.WHATSAPP, WA), "marketing")
+    assert not check.decision.allowed

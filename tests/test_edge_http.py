@@ -4,6 +4,7 @@ process, consent checked over gRPC, on the embedded store and on a real redis-se
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import re
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from consent_client.v1 import consent_pb2 as pb
 from consent_client.v1 import consent_pb2_grpc as pb_grpc
 from consent_server.domain.whatsapp import sign
 
+from .fake_provider import FakeProvider, fake_provider
 from .support import RedisProcess, ServerProcess
 
 FIXTURES = Path(__file__).parent / "fixtures" / "whatsapp"
@@ -31,6 +33,13 @@ APP_SECRET = "meta-app-secret-0123456789"
 VERIFY_TOKEN = "verify-me-42"
 WA_ID = "16505551234"
 LINK_SECRET = "a-test-link-secret-that-is-long-enough-0123456789"
+FIXTURE_NUMBER = b"106540352242922"  # the fixtures' metadata.phone_number_id
+
+
+def number_for(tenant: str) -> str:
+    """A business phone number id of the tenant's own (a number has one tenant)."""
+    return str(int(hashlib.sha1(tenant.encode()).hexdigest()[:12], 16))
+
 
 pytestmark = pytest.mark.xdist_group("edge_http")
 
@@ -71,6 +80,12 @@ def admin(channel: grpc.Channel) -> apb_grpc.ConsentAdminServiceStub:
     return apb_grpc.ConsentAdminServiceStub(channel)
 
 
+@pytest.fixture(scope="module")
+def fake() -> Iterator[FakeProvider]:
+    with fake_provider() as f:
+        yield f
+
+
 @pytest.fixture
 def http(edge_server: ServerProcess) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=edge_server.http_url, timeout=10) as client:
@@ -82,10 +97,13 @@ def webhook(tenant: str, admin: apb_grpc.ConsentAdminServiceStub) -> str:
     """The tenant's webhook path, configured through the admin RPC."""
     resp = admin.SetWhatsAppWebhook(
         apb.SetWhatsAppWebhookRequest(
-            tenant_id=tenant, verify_token=VERIFY_TOKEN, app_secret=APP_SECRET
+            tenant_id=tenant,
+            verify_token=VERIFY_TOKEN,
+            app_secret=APP_SECRET,
+            phone_number_ids=[number_for(tenant)],
         )
     )
-    assert resp.webhook_path == f"/whatsapp/{tenant}"
+    assert resp.webhook_path == f"/whatsapp/{tenant}" and resp.app_webhook_path == "/whatsapp"
     return resp.webhook_path
 
 
@@ -115,6 +133,9 @@ def check(
 def post_signed(
     http: httpx.Client, path: str, body: bytes, secret: str = APP_SECRET
 ) -> httpx.Response:
+    """POST signed; a fixture's phone number id becomes the path tenant's own."""
+    if path.count("/") == 2:
+        body = body.replace(FIXTURE_NUMBER, number_for(path.rsplit("/", 1)[1]).encode())
     return http.post(
         path,
         content=body,
@@ -169,23 +190,116 @@ def test_signature_rejected_records_nothing(
     assert len(events(consent, tenant, wa())) == 1
 
 
+def deliver_whatsapp(
+    consent: pb_grpc.ConsentServiceStub,
+    admin: apb_grpc.ConsentAdminServiceStub,
+    tenant: str,
+    fake: FakeProvider,
+) -> pb.GetMessageStatusResponse:
+    """A message really sent to WA_ID through the tenant's whatsapp_cloud provider (a
+    local fake of the Graph API), once delivered: its provider id is the wamid."""
+    admin.SetDeliveryProvider(
+        apb.SetDeliveryProviderRequest(
+            tenant_id=tenant,
+            provider=apb.DeliveryProvider(
+                channel=pb.CHANNEL_WHATSAPP,
+                whatsapp_cloud=apb.WhatsAppCloudProvider(
+                    base_url=fake.url, phone_number_id=number_for(tenant), access_token="t"
+                ),
+            ),
+        )
+    )
+    sent = consent.SendIfAllowed(
+        pb.SendIfAllowedRequest(
+            tenant_id=tenant, recipient=wa(), topic="orders", message=pb.Message(text="Shipped")
+        )
+    )
+    deadline = time.monotonic() + 20
+    while True:
+        status = consent.GetMessageStatus(
+            pb.GetMessageStatusRequest(tenant_id=tenant, message_id=sent.message_id)
+        )
+        if status.provider_message_id or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert status.provider_message_id, status
+    return status
+
+
+def status_failed(wamid: str) -> bytes:
+    return fixture("status_failed_131050.json").replace(
+        b"wamid.HBgLMTY1MDM4Nzk0MzkVAgARGBI4NjA1NkQ3RTY0QzQ1NkNERjYA", wamid.encode()
+    )
+
+
 def test_status_131050_opts_out_of_marketing_once(
-    http: httpx.Client, webhook: str, tenant: str, consent: pb_grpc.ConsentServiceStub
+    http: httpx.Client,
+    webhook: str,
+    tenant: str,
+    consent: pb_grpc.ConsentServiceStub,
+    admin: apb_grpc.ConsentAdminServiceStub,
+    fake: FakeProvider,
 ) -> None:
-    body = fixture("status_failed_131050.json")
+    wamid = deliver_whatsapp(consent, admin, tenant, fake).provider_message_id
+    body = status_failed(wamid)
     for _ in range(3):  # WhatsApp redelivers
         assert post_signed(http, webhook, body).status_code == 200
     marketing = check(consent, tenant, wa(), "marketing")
     assert not marketing.allowed and marketing.source == pb.SOURCE_PROVIDER
     assert check(consent, tenant, wa(), "order_updates").allowed
-    [event] = events(consent, tenant, wa())
+    [event] = [e for e in events(consent, tenant, wa()) if e.source == pb.SOURCE_PROVIDER]
     assert (event.action, event.topic, event.source) == (
         pb.CONSENT_ACTION_OPT_OUT,
         "marketing",
         pb.SOURCE_PROVIDER,
     )
-    assert event.event_id.startswith("wa.131050.wamid.")
+    assert event.event_id == f"wa.131050.{wamid}"
     assert "131050" in event.evidence
+
+
+def test_a_131050_for_a_message_never_sent_changes_nothing_and_is_kept(
+    http: httpx.Client,
+    webhook: str,
+    tenant: str,
+    consent: pb_grpc.ConsentServiceStub,
+    admin: apb_grpc.ConsentAdminServiceStub,
+) -> None:
+    """Whoever holds the app secret can claim any wamid failed with 131050: a claim
+    about a message this tenant did not send opts nobody out. It is kept for an
+    operator, who may replay it (vouching that the message was the tenant's)."""
+    assert post_signed(http, webhook, status_failed("wamid.never-sent-by-us")).status_code == 200
+    assert check(consent, tenant, wa(), "marketing").allowed
+    assert events(consent, tenant, wa()) == []
+    listed = admin.ListUnappliedNotifications(
+        apb.ListUnappliedNotificationsRequest(tenant_id=tenant)
+    )
+    [item] = listed.notifications
+    assert (item.reason, item.kind, listed.total) == ("unknown_message", "statuses", 1)
+    assert "wamid.never-sent-by-us" in item.raw
+    replayed = admin.ReplayUnappliedNotification(
+        apb.ReplayUnappliedNotificationRequest(tenant_id=tenant, id=item.id)
+    )
+    assert replayed.applied and not check(consent, tenant, wa(), "marketing").allowed
+    assert not admin.ListUnappliedNotifications(
+        apb.ListUnappliedNotificationsRequest(tenant_id=tenant)
+    ).notifications
+
+
+def test_an_entry_for_another_number_changes_nothing(
+    http: httpx.Client, webhook: str, tenant: str, consent: pb_grpc.ConsentServiceStub
+) -> None:
+    """Tenants sharing one Meta app secret cannot write into each other: a notification
+    for a number the path tenant did not register is refused (403, so Meta keeps
+    redelivering it until the right tenant registers the number)."""
+    body = fixture("text_stop.json").replace(FIXTURE_NUMBER, b"123456789")
+    resp = http.post(
+        webhook,
+        content=body,
+        headers={"Content-Type": "application/json", "X-Hub-Signature-256": sign(APP_SECRET, body)},
+    )
+    assert resp.status_code == 403
+    assert check(consent, tenant, wa(), "marketing").allowed
+    assert events(consent, tenant, wa()) == []
 
 
 def test_user_preferences_stop_then_resume(
@@ -228,13 +342,13 @@ def test_replies_become_opt_outs_through_handle_inbound(
     assert len(events(consent, tenant, wa())) == 1
 
     assert post_signed(http, webhook, fixture("button_unsubscribe.json")).status_code == 200
-    # An interactive reply whose id is no configured payload falls back to its title,
-    # "Unsubscribe", an opt-out keyword; a tapped button is recorded as SOURCE_BUTTON.
+    # An interactive reply whose id is no configured payload does nothing, even though
+    # its title is "Unsubscribe": a button's title is the business's label, not the
+    # customer's words. A tapped configured button is recorded as SOURCE_BUTTON.
     reply = fixture("interactive_button_reply.json")
     assert post_signed(http, webhook, reply).status_code == 200
     evs = events(consent, tenant, wa())
     assert [(e.action, e.source, e.topic) for e in evs] == [  # newest first
-        (pb.CONSENT_ACTION_OPT_OUT, pb.SOURCE_BUTTON, ""),
         (pb.CONSENT_ACTION_OPT_OUT, pb.SOURCE_BUTTON, ""),
         (pb.CONSENT_ACTION_OPT_OUT, pb.SOURCE_KEYWORD, ""),
     ]
@@ -279,7 +393,10 @@ def test_store_down_answers_503_so_whatsapp_retries(tmp_path: Path) -> None:
         with grpc.insecure_channel(srv.target) as ch:
             apb_grpc.ConsentAdminServiceStub(ch).SetWhatsAppWebhook(
                 apb.SetWhatsAppWebhookRequest(
-                    tenant_id="acme", verify_token=VERIFY_TOKEN, app_secret=APP_SECRET
+                    tenant_id="acme",
+                    verify_token=VERIFY_TOKEN,
+                    app_secret=APP_SECRET,
+                    phone_number_ids=[number_for("acme")],
                 )
             )
         body = fixture("user_preferences_stop.json")
@@ -298,10 +415,34 @@ def test_store_down_answers_503_so_whatsapp_retries(tmp_path: Path) -> None:
 def test_admin_webhook_rpcs(admin: apb_grpc.ConsentAdminServiceStub, tenant: str) -> None:
     assert not admin.GetWhatsAppWebhook(apb.GetWhatsAppWebhookRequest(tenant_id=tenant)).configured
     admin.SetWhatsAppWebhook(
-        apb.SetWhatsAppWebhookRequest(tenant_id=tenant, verify_token="v", app_secret="s3cr3t")
+        apb.SetWhatsAppWebhookRequest(
+            tenant_id=tenant,
+            verify_token="v",
+            app_secret="s3cr3t",
+            phone_number_ids=[number_for(tenant)],
+            waba_id="102290129340398",
+        )
     )
     got = admin.GetWhatsAppWebhook(apb.GetWhatsAppWebhookRequest(tenant_id=tenant))
     assert got.configured and got.webhook_path == f"/whatsapp/{tenant}"
+    assert list(got.phone_number_ids) == [number_for(tenant)]
+    assert got.waba_id == "102290129340398"
+    # Another tenant cannot claim the number: a clear error naming the field.
+    with pytest.raises(grpc.RpcError) as taken:
+        admin.SetWhatsAppWebhook(
+            apb.SetWhatsAppWebhookRequest(
+                tenant_id="globex",
+                verify_token="v",
+                app_secret="s",
+                phone_number_ids=["42", number_for(tenant)],
+            )
+        )
+    assert taken.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "phone_number_ids[1]" in (taken.value.details() or "")
+    assert tenant not in (taken.value.details() or "")  # who owns it is not told
+    assert not admin.GetWhatsAppWebhook(
+        apb.GetWhatsAppWebhookRequest(tenant_id="globex")
+    ).configured
     assert got.webhook_url.endswith(f"/whatsapp/{tenant}")
     assert "s3cr3t" not in str(got)
     with pytest.raises(grpc.RpcError) as err:
@@ -313,7 +454,12 @@ def test_admin_webhook_rpcs(admin: apb_grpc.ConsentAdminServiceStub, tenant: str
     assert status is not None
     bad = error_details_pb2.BadRequest()
     assert any(d.Unpack(bad) for d in status.details)
-    assert [v.field for v in bad.field_violations] == ["tenant_id", "verify_token", "app_secret"]
+    assert [v.field for v in bad.field_violations] == [
+        "tenant_id",
+        "verify_token",
+        "app_secret",
+        "phone_number_ids",
+    ]
     assert admin.DeleteWhatsAppWebhook(apb.DeleteWhatsAppWebhookRequest(tenant_id=tenant)).deleted
     assert not admin.GetWhatsAppWebhook(apb.GetWhatsAppWebhookRequest(tenant_id=tenant)).configured
 

@@ -11,9 +11,10 @@ from aiohttp.test_utils import TestServer
 
 from consent_server.delivery.feedback import provider_feedback
 from consent_server.delivery.receipts import WebhookCallbacks
-from consent_server.domain.edge import ConsentLinks, WhatsAppEdge
 from consent_server.domain.links import LinkCodec
+from consent_server.domain.links_service import ConsentLinks
 from consent_server.domain.service import ConsentAuthority
+from consent_server.domain.whatsapp_edge import WhatsAppEdge
 from consent_server.http.server import build_app
 from consent_server.http.wiring import log_status
 from consent_server.store.edge import RedisEdgeStore

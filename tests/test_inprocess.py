@@ -67,7 +67,12 @@ async def test_admin_calls_reach_each_area_in_process(srv: InProcess) -> None:
     got = await a.GetTenantSettings(apb.GetTenantSettingsRequest(tenant_id="acme"))
     assert got.tenant_id == "acme"
     hook = await a.SetWhatsAppWebhook(
-        apb.SetWhatsAppWebhookRequest(tenant_id="acme", verify_token="tok", app_secret="secret")
+        apb.SetWhatsAppWebhookRequest(
+            tenant_id="acme",
+            verify_token="tok",
+            app_secret="secret",
+            phone_number_ids=["106540352242922"],
+        )
     )
     assert hook.webhook_path == "/whatsapp/acme"
     providers = await a.GetDeliveryProviders(apb.GetDeliveryProvidersRequest(tenant_id="acme"))

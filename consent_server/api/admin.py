@@ -99,3 +99,18 @@ class ConsentAdminService(apb_grpc.ConsentAdminServiceServicer):
         self, request: apb.DeleteWhatsAppWebhookRequest, context: Ctx
     ) -> apb.DeleteWhatsAppWebhookResponse:
         return await self._webhooks.DeleteWhatsAppWebhook(request, context)
+
+    async def ListUnappliedNotifications(
+        self, request: apb.ListUnappliedNotificationsRequest, context: Ctx
+    ) -> apb.ListUnappliedNotificationsResponse:
+        return await self._webhooks.ListUnappliedNotifications(request, context)
+
+    async def ReplayUnappliedNotification(
+        self, request: apb.ReplayUnappliedNotificationRequest, context: Ctx
+    ) -> apb.ReplayUnappliedNotificationResponse:
+        return await self._webhooks.ReplayUnappliedNotification(request, context)
+
+    async def DiscardUnappliedNotification(
+        self, request: apb.DiscardUnappliedNotificationRequest, context: Ctx
+    ) -> apb.DiscardUnappliedNotificationResponse:
+        return await self._webhooks.DiscardUnappliedNotification(request, context)

@@ -10,8 +10,8 @@ import grpc
 
 from consent_client.v1 import consent_pb2 as pb
 from consent_client.v1 import consent_pb2_grpc as pb_grpc
-from consent_server.domain.edge import ConsentLinks
 from consent_server.domain.errors import ConsentError, NotConfigured
+from consent_server.domain.links_service import ConsentLinks
 from consent_server.domain.model import Action
 from consent_server.domain.service import BatchItemError, ChangeResult, ConsentAuthority
 from consent_server.metrics import ACCEPTED

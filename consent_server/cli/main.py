@@ -3,6 +3,7 @@
     consentctl settings get TENANT
     consentctl settings set TENANT --business-name "Meal Box" --add-keyword es:opt_out:BAJA
     consentctl inbound TENANT +919876543210 --text STOP
+    consentctl inbound dead-letters list TENANT / replay TENANT ID / discard TENANT ID
     consentctl check TENANT +919876543210 --topic marketing
     consentctl opt-out TENANT +919876543210 / opt-in ... / history ...
     consentctl link TENANT jane@example.com --channel email
@@ -42,6 +43,29 @@ app = typer.Typer(
 )
 settings_app = typer.Typer(help="Read and change a tenant's settings.", no_args_is_help=True)
 app.add_typer(settings_app, name="settings")
+
+
+class _InboundGroup(typer.core.TyperGroup):
+    """``inbound TENANT ADDRESS ...`` simulates a reply (the ``simulate`` command, so
+    the short form keeps working); ``inbound dead-letters ...`` manages dead letters."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = ["simulate", *args]
+        return super().parse_args(ctx, args)
+
+
+inbound_app = typer.Typer(
+    cls=_InboundGroup,
+    help="Inbound replies: simulate one, or manage WhatsApp notifications not applied.",
+    no_args_is_help=True,
+)
+app.add_typer(inbound_app, name="inbound")
+dead_letters_app = typer.Typer(
+    help="WhatsApp notification items the webhook could not apply (kept per tenant).",
+    no_args_is_help=True,
+)
+inbound_app.add_typer(dead_letters_app, name="dead-letters")
 app.add_typer(keys_app, name="keys")
 
 out = Console(highlight=False)
@@ -234,7 +258,7 @@ def settings_set(
 # -- consent -------------------------------------------------------------------------------
 
 
-@app.command()
+@inbound_app.command("simulate")
 def inbound(
     ctx: typer.Context,
     tenant: Tenant,
@@ -261,6 +285,63 @@ def inbound(
     out.print(f"reply message id: {result.reply_message_id or '-'}")
     out.print(f"revision:         {result.revision}")
     out.print(f"provider msg id:  {ident}", markup=False)
+
+
+@dead_letters_app.command("list")
+def dead_letters_list(
+    ctx: typer.Context,
+    tenant: Tenant,
+    raw: Annotated[bool, typer.Option("--raw", help="Print each item as received.")] = False,
+    limit: Annotated[int, typer.Option(help="At most this many (newest first).")] = 50,
+) -> None:
+    """List the tenant's WhatsApp notification items that were not applied."""
+    shown = total = 0
+    token = ""
+    with _client(ctx) as client:
+        while shown < limit:
+            page = client.list_unapplied_notifications(
+                tenant, page_size=min(100, limit - shown), page_token=token
+            )
+            for item in page.notifications:
+                shown += 1
+                when = item.received_at.ToDatetime().isoformat(timespec="seconds") + "Z"
+                # One line per item, tab-separated: readable and easy to script.
+                fields = (item.id, when, item.reason, item.kind, item.path, item.detail)
+                out.print("\t".join(fields), markup=False, soft_wrap=True)
+                if raw:
+                    out.print(item.raw, markup=False, soft_wrap=True)
+            total = page.total
+            token = page.next_page_token
+            if not token:
+                break
+    out.print(f"{shown} shown of {total} kept")
+
+
+@dead_letters_app.command("replay")
+def dead_letters_replay(
+    ctx: typer.Context,
+    tenant: Tenant,
+    notification_id: Annotated[str, typer.Argument(help="The id from `list`.")],
+) -> None:
+    """Apply a dead letter now (you vouch for it); it stays listed if still refused."""
+    result = _call(ctx, lambda c: c.replay_unapplied_notification(tenant, notification_id))
+    if result.applied:
+        out.print(f"applied and removed: {notification_id}", markup=False)
+    else:
+        n = result.notification
+        out.print(f"still not applied ({n.reason}): {n.detail}", markup=False)
+        raise typer.Exit(1)
+
+
+@dead_letters_app.command("discard")
+def dead_letters_discard(
+    ctx: typer.Context,
+    tenant: Tenant,
+    notification_id: Annotated[str, typer.Argument(help="The id from `list`.")],
+) -> None:
+    """Remove a dead letter without applying it."""
+    _call(ctx, lambda c: c.discard_unapplied_notification(tenant, notification_id))
+    out.print(f"discarded: {notification_id}", markup=False)
 
 
 @app.command()

@@ -149,7 +149,11 @@ class WebhookCallbacks:
         is unreachable."""
         if not timestamp or not signature:
             raise CallbackRefused(401, "missing X-Consent-Timestamp or X-Consent-Signature")
-        if not timestamp.isdigit() or abs(time.time() - int(timestamp)) > CALLBACK_MAX_AGE_S:
+        # At most 12 digits: int() of a 5,000-digit header would raise, not refuse.
+        if (
+            not (timestamp.isascii() and timestamp.isdigit() and len(timestamp) <= 12)
+            or abs(time.time() - int(timestamp)) > CALLBACK_MAX_AGE_S
+        ):
             raise CallbackRefused(401, "timestamp missing, malformed or too old")
         webhook_secrets = [
             c.secret
@@ -162,7 +166,7 @@ class WebhookCallbacks:
             raise CallbackRefused(401, "bad signature")
         try:
             payload = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        except (ValueError, RecursionError):  # also huge integers and deep nesting
             raise CallbackRefused(400, "body is not JSON") from None
         if not isinstance(payload, dict):
             raise CallbackRefused(400, "body must be a JSON object")

@@ -10,8 +10,12 @@ stripped, whitespace collapsed) and looked up in the tenant's keyword sets:
   "stopwatch" and "non-stop" contain no "stop";
 - an opt-in or help keyword is never inferred from a longer message.
 
-A button payload is matched against the tenant's button payloads first; a payload
-that is not configured falls back to the text (quick replies carry both).
+A button tap is matched by its payload (the button's id) against the tenant's button
+payloads: only a configured payload acts. The button's title is a label the business
+wrote for something else (Meta's sample appointment template has a "Cancel" button),
+so an unknown payload's title acts only when the tenant turned on
+``match_button_titles``, only as a whole-title match, and never for all topics: an
+opt-out or opt-in of everything needs a configured payload.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .model import DEFAULT_LANGUAGE, ButtonPayload, KeywordKind, KeywordSet
+from .model import DEFAULT_LANGUAGE, ButtonPayload, KeywordKind, KeywordSet, TenantSettings
 
 # Marks that belong to emoji, not to letters: variation selectors, the enclosing
 # keycap and circle. Other combining marks (Devanagari vowel signs...) are letters' parts.
@@ -171,13 +175,33 @@ class KeywordMatcher:
                     break
         return best[1] if best else None
 
-    def match(self, text: str, button_payload: str) -> Match | None:
-        """A button payload when it is configured, else the text."""
-        if button_payload:
-            found = self.match_button(button_payload)
-            if found is not None:
-                return found
-        return self.match_text(text)
+    def match_title(self, title: str) -> Match | None:
+        """What an unconfigured button's title may do: a whole-title keyword that is
+        help or names a topic; never an opt-out or opt-in of all topics."""
+        norm = normalise(title)
+        for candidate in (norm, loose(norm)) if norm else ():
+            entry = self._keywords.get(candidate)
+            if entry is not None and (entry.kind is KeywordKind.HELP or entry.topic):
+                return Match(entry.kind, candidate, entry.topic, entry.language, button=False)
+        return None
+
+    def match(
+        self,
+        text: str,
+        button_payload: str,
+        *,
+        match_button_titles: bool = False,
+        tapped: bool = False,
+    ) -> Match | None:
+        """A tap (``button_payload`` set or ``tapped``, ``text`` its title) acts by a
+        configured payload, or by its title when ``match_button_titles`` (see the module
+        doc); a reply that is no tap is matched as text."""
+        if not button_payload and not tapped:
+            return self.match_text(text)
+        found = self.match_button(button_payload) if button_payload else None
+        if found is None and match_button_titles:
+            found = self.match_title(text)
+        return found
 
 
 @functools.lru_cache(maxsize=1024)
@@ -194,4 +218,22 @@ def matcher_for(
         buttons,
         default_language=default_language,
         infer_opt_out_in_sentences=infer_opt_out_in_sentences,
+    )
+
+
+def match_inbound(
+    settings: TenantSettings, text: str, button_payload: str, *, tapped: bool = False
+) -> Match | None:
+    """What an inbound reply or button tap does under a tenant's settings (None: nothing).
+
+    The one place HandleInboundMessage and the WhatsApp webhook decide it; ``tapped``
+    says a button was tapped even though it carried no payload."""
+    matcher = matcher_for(
+        settings.keyword_sets,
+        settings.button_payloads,
+        settings.default_language,
+        settings.infer_opt_out_in_sentences,
+    )
+    return matcher.match(
+        text, button_payload, match_button_titles=settings.match_button_titles, tapped=tapped
     )

@@ -333,6 +333,8 @@ class TenantSettings:
     templates: tuple[LanguageTemplates, ...] = ()
     infer_opt_out_in_sentences: bool = True
     resubscribe_url: str = ""
+    # Whether an unconfigured button's title may act as a keyword (never for all topics).
+    match_button_titles: bool = False
     # The stored version (0 = never written); a write must name the version it read.
     version: int = 0
 

@@ -17,7 +17,7 @@ from . import settings as tenant_settings
 from . import validation as val
 from .decision import decide
 from .errors import FieldViolation, InvalidArgument, NotFound, SendBlocked, SettingsConflict
-from .keywords import Match, matcher_for
+from .keywords import Match, match_inbound
 from .model import (
     Action,
     ChangeOutcome,
@@ -253,7 +253,10 @@ class ConsentAuthority:
         if source is None:
             v.add("source", "is not a known Source")
         text = val.evidence(v, evidence, max_bytes=self._limits.max_evidence_bytes)
-        when = val.occurred_at(v, occurred_at, self._clock_ms(), "occurred_at")
+        given = val.timestamp_ms(v, occurred_at, "occurred_at")
+        when = val.event_time(
+            v, given, self._clock_ms(), "occurred_at", opt_out=action is Action.OPT_OUT
+        )
         ident = val.identifier(v, event_id, "event_id") or f"ev_{uuid.uuid4().hex}"
         v.raise_if_any()
         assert rcpt is not None and source is not None
@@ -264,8 +267,8 @@ class ConsentAuthority:
                 topic=norm_topic,
                 action=action,
                 source=source,
-                evidence=text,
-                occurred_at_ms=when,
+                evidence=when.evidence(text, "occurred_at", self._limits.max_evidence_bytes),
+                occurred_at_ms=when.ms,
                 event_id=ident,
                 principal=principal,
             )
@@ -357,11 +360,14 @@ class ConsentAuthority:
         provider_message_id: str,
         received_at: RawTimestamp | None,
         principal: str = ANONYMOUS,
+        button_tapped: bool = False,
     ) -> InboundResult:
         """HandleInboundMessage: keyword/button -> opt-out, opt-in or help.
 
         The provider message id is the event id, so a redelivery returns the first
-        outcome and queues nothing; a change queues its confirmation atomically."""
+        outcome and queues nothing; a change queues its confirmation atomically.
+        ``button_tapped``: the channel reported a button tap that carried no payload
+        (``text`` is then its title, never matched as a reply)."""
         v = Violations()
         tenant = val.tenant_id(v, tenant_id)
         settings = await self._settings(tenant)
@@ -375,22 +381,21 @@ class ConsentAuthority:
         elif "\x00" in button_payload:
             v.add("button_payload", "must not contain NUL characters")
         event_id = val.identifier(v, provider_message_id, "provider_message_id", required=True)
-        when = val.occurred_at(v, received_at, self._clock_ms(), "received_at")
+        given = val.timestamp_ms(v, received_at, "received_at")
         v.raise_if_any()
         assert rcpt is not None
-        matcher = matcher_for(
-            settings.keyword_sets,
-            settings.button_payloads,
-            settings.default_language,
-            settings.infer_opt_out_in_sentences,
-        )
-        found = matcher.match(text, button_payload)
+        found = match_inbound(settings, text, button_payload, tapped=button_tapped)
         if found is None:
             return InboundResult(rcpt, InboundAction.NONE, "", "", "", 0)
         if found.kind is KeywordKind.HELP:
             help_text = reply_text(settings, tenant, KeywordKind.HELP, found.language, "")
             return InboundResult(rcpt, InboundAction.HELP, found.keyword, help_text, "", 0)
         action = Action.OPT_OUT if found.kind is KeywordKind.OPT_OUT else Action.OPT_IN
+        # Checked once the action is known: a future STOP is clamped, a future START refused.
+        when = val.event_time(
+            v, given, self._clock_ms(), "received_at", opt_out=action is Action.OPT_OUT
+        )
+        v.raise_if_any()
         link = ""
         if (
             action is Action.OPT_OUT
@@ -408,9 +413,9 @@ class ConsentAuthority:
                 topic=found.topic,
                 action=action,
                 # The customer acted through a button whenever a payload came with it.
-                source=Source.BUTTON if button_payload else Source.KEYWORD,
-                evidence=_inbound_evidence(found),
-                occurred_at_ms=when,
+                source=Source.BUTTON if button_payload or button_tapped else Source.KEYWORD,
+                evidence=when.evidence(_inbound_evidence(found), "received_at"),
+                occurred_at_ms=when.ms,
                 event_id=event_id,
                 principal=principal,
             ),

@@ -38,6 +38,7 @@ UPDATABLE = (
     "templates",
     "infer_opt_out_in_sentences",
     "resubscribe_url",
+    "match_button_titles",
 )
 MAX_BUSINESS_NAME = 128
 MAX_KEYWORD_CHARS = 64

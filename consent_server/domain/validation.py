@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from .errors import FieldViolation, InvalidArgument
 from .masking import mask_text
@@ -159,14 +160,51 @@ def timestamp_ms(v: Violations, raw: RawTimestamp | None, field: str) -> int | N
     return raw.seconds * 1000 + raw.nanos // 1_000_000
 
 
-def occurred_at(v: Violations, raw: RawTimestamp | None, now_ms: int, field: str) -> int:
-    """When the customer acted: defaults to now; at most 5 minutes in the future."""
-    ms = timestamp_ms(v, raw, field)
-    if ms is None:
-        return now_ms
-    if ms > now_ms + MAX_FUTURE_MS:
-        v.add(field, "is more than 5 minutes in the future")
-    return ms
+def occurred_at(
+    v: Violations, raw: RawTimestamp | None, now_ms: int, field: str, *, opt_out: bool = False
+) -> int:
+    """When the customer acted, in Unix ms, checked against the clock (see event_time):
+    defaults to now; a future time is clamped to now, except that an opt-in more than
+    5 minutes ahead is a violation. Use event_time to keep the given time as evidence."""
+    return event_time(v, timestamp_ms(v, raw, field), now_ms, field, opt_out=opt_out).ms
+
+
+@dataclass(frozen=True, slots=True)
+class EventTime:
+    """When an event is recorded as having happened, and the given time when it was
+    later than the receive time (kept as evidence: the record uses the receive time)."""
+
+    ms: int
+    given_ms: int | None = None
+
+    def evidence(self, text: str, field: str, max_bytes: int = MAX_EVIDENCE_BYTES) -> str:
+        """``text`` with a note of the given time when it was clamped, within ``max_bytes``."""
+        if self.given_ms is None:
+            return text
+        given = datetime.fromtimestamp(self.given_ms / 1000, UTC).isoformat(timespec="milliseconds")
+        note = f" [given {field} {given} was later than the receive time]"
+        room = max(0, max_bytes - len(note.encode()))
+        head = text.encode("utf-8", "surrogatepass")[:room].decode("utf-8", "ignore")
+        return head + note
+
+
+def event_time(
+    v: Violations, given_ms: int | None, now_ms: int, field: str, *, opt_out: bool
+) -> EventTime:
+    """The time to record an event with, given the clock.
+
+    Unset means now. A time ahead of the receive time is clamped to it, so that no
+    clock skew can date an event after the customer's next act: an opt-out is never
+    refused for its time; an opt-in more than 5 minutes ahead is refused (it must not
+    outrank a real later opt-out), one within that tolerance is clamped."""
+    if given_ms is None:
+        return EventTime(now_ms)
+    if given_ms <= now_ms:
+        return EventTime(given_ms)
+    if not opt_out and given_ms > now_ms + MAX_FUTURE_MS:
+        v.add(field, "is more than 5 minutes in the future (an opt-in may not be post-dated)")
+        return EventTime(now_ms)
+    return EventTime(now_ms, given_ms)
 
 
 def metadata(

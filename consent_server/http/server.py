@@ -3,6 +3,9 @@
 Routes:
     GET  /whatsapp/<tenant_id>   WhatsApp verification handshake (echo hub.challenge)
     POST /whatsapp/<tenant_id>   WhatsApp notifications (X-Hub-Signature-256 checked)
+    GET  /whatsapp               the app-level handshake (any tenant's verify token)
+    POST /whatsapp               the app-level callback: each entry routed to the tenant
+                                 that registered its phone_number_id
     GET  /u/<token>, /s/<token>  confirmation page (never changes anything)
     POST /u/<token>, /s/<token>  record the opt-out / opt-in; on /u also RFC 8058
                                  one-click (body ``List-Unsubscribe=One-Click``)
@@ -11,10 +14,13 @@ Routes:
     GET  /healthz                 200 "ok" while the process serves HTTP
 
 Status codes for WhatsApp: 200 once a well-formed, authentic notification was
-processed (items we could not use are logged, not refused: a redelivery would fail
-the same way); 400 malformed JSON; 401 bad or missing signature; 404 no webhook for
-that tenant; 413 body over 1 MiB; 503 the consent store is unreachable, so that
-WhatsApp redelivers (every item is idempotent).
+processed (items we could not apply are kept as dead letters, not refused: a
+redelivery would fail the same way); 400 not a JSON notification; 401 bad or missing
+signature; 403 no entry is about one of the tenant's registered phone numbers; 404 no
+webhook for that tenant (app-level: no tenant registered the numbers); 413 body over
+1 MiB; 503 the consent store is unreachable. Every answer but 200 makes Meta
+redeliver, and every item is idempotent. No input answers 500: domain refusals are
+mapped here (WEBHOOK_STATUS), anything else is a bug with an incident id.
 """
 
 from __future__ import annotations
@@ -29,14 +35,19 @@ from urllib.parse import parse_qs
 from aiohttp import web
 
 from consent_server.delivery.receipts import CallbackRefused, WebhookCallbacks
-from consent_server.domain.edge import (
-    ConsentLinks,
-    WebhookError,
-    WhatsAppEdge,
-)
 from consent_server.domain.errors import InvalidArgument, StoreUnavailable
 from consent_server.domain.links import LinkError, LinkExpired
+from consent_server.domain.links_service import ConsentLinks
 from consent_server.domain.model import Action
+from consent_server.domain.whatsapp_edge import (
+    WebhookBadRequest,
+    WebhookNotBound,
+    WebhookNotConfigured,
+    WebhookRefused,
+    WebhookSignatureInvalid,
+    WebhookVerificationFailed,
+    WhatsAppEdge,
+)
 
 from . import pages
 
@@ -85,45 +96,67 @@ async def _read_body(request: web.Request) -> bytes:
 
 # -- WhatsApp ---------------------------------------------------------------------------
 
+# The HTTP answer to each refusal of the WhatsApp use case.
+WEBHOOK_STATUS: dict[type[WebhookRefused], int] = {
+    WebhookBadRequest: 400,
+    WebhookSignatureInvalid: 401,
+    WebhookVerificationFailed: 403,
+    WebhookNotBound: 403,
+    WebhookNotConfigured: 404,
+}
+
+
+def _refused(exc: WebhookRefused) -> web.Response:
+    return _text(WEBHOOK_STATUS.get(type(exc), 400), str(exc))
+
 
 async def whatsapp_verify(request: web.Request) -> web.Response:
-    """GET /whatsapp/<tenant_id>: Meta's subscription handshake."""
+    """GET /whatsapp[/<tenant_id>]: Meta's subscription handshake."""
     edge = request.app[_WHATSAPP]
     q = request.query
+    tenant = request.match_info.get("tenant_id")
+    mode, token, challenge = (
+        q.get("hub.mode", ""),
+        q.get("hub.verify_token", ""),
+        q.get("hub.challenge", ""),
+    )
     try:
-        challenge = await edge.handshake(
-            request.match_info["tenant_id"],
-            q.get("hub.mode", ""),
-            q.get("hub.verify_token", ""),
-            q.get("hub.challenge", ""),
-        )
-    except WebhookError as exc:
-        return _text(exc.status, str(exc))
+        if tenant is None:
+            answer = await edge.app_handshake(mode, token, challenge)
+        else:
+            answer = await edge.handshake(tenant, mode, token, challenge)
+    except WebhookRefused as exc:
+        return _refused(exc)
     except StoreUnavailable:
         return _text(503, "consent store unavailable; retry later")
-    log.info("whatsapp webhook verified", extra={"tenant": request.match_info["tenant_id"]})
-    return _text(200, challenge)
+    log.info("whatsapp webhook verified", extra={"tenant": tenant or "(app-level)"})
+    return _text(200, answer)
 
 
 async def whatsapp_notify(request: web.Request) -> web.Response:
-    """POST /whatsapp/<tenant_id>: a notification; see the module docstring for codes."""
+    """POST /whatsapp[/<tenant_id>]: a notification; see the module docstring for codes."""
     edge = request.app[_WHATSAPP]
-    tenant = request.match_info["tenant_id"]
+    tenant = request.match_info.get("tenant_id")
+    signature = request.headers.get("X-Hub-Signature-256")
     try:
         body = await _read_body(request)
-        await edge.receive(tenant, body, request.headers.get("X-Hub-Signature-256"))
+        if tenant is None:
+            await edge.receive_app(body, signature)
+        else:
+            await edge.receive(tenant, body, signature)
     except web.HTTPRequestEntityTooLarge:
-        log.warning("whatsapp webhook body too large", extra={"tenant": tenant})
+        log.warning("whatsapp webhook body too large", extra={"tenant": tenant or ""})
         return _text(413, f"body larger than {MAX_BODY_BYTES} bytes")
-    except WebhookError as exc:
+    except WebhookRefused as exc:
         log.warning(
             "whatsapp webhook refused",
-            extra={"tenant": tenant, "status": exc.status, "why": str(exc)},
+            extra={"tenant": tenant or "(app-level)", "why": type(exc).__name__},
         )
-        return _text(exc.status, str(exc))
+        return _refused(exc)
     except StoreUnavailable:
         log.error(
-            "whatsapp webhook: consent store unreachable, answering 503", extra={"tenant": tenant}
+            "whatsapp webhook: consent store unreachable, answering 503",
+            extra={"tenant": tenant or "(app-level)"},
         )
         return _text(503, "consent store unavailable; redeliver later")
     return _text(200, "OK")
@@ -276,7 +309,7 @@ async def _unexpected_errors(request: web.Request, handler: Handler) -> web.Stre
             exc_info=exc,
             extra={"incident": incident, "route": route.canonical if route else "?"},
         )
-        if request.path.startswith(("/whatsapp/", "/receipts/")):
+        if request.path.startswith(("/whatsapp", "/receipts/")):
             return _text(500, f"internal error (incident {incident})")
         return _html(
             500,
@@ -296,6 +329,8 @@ def build_app(
     app[_WHATSAPP] = whatsapp
     app[_CALLBACKS] = callbacks
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/whatsapp", whatsapp_verify)
+    app.router.add_post("/whatsapp", whatsapp_notify)
     app.router.add_get("/whatsapp/{tenant_id}", whatsapp_verify)
     app.router.add_post("/whatsapp/{tenant_id}", whatsapp_notify)
     app.router.add_post("/receipts/{tenant_id}", provider_receipt)

@@ -8,25 +8,25 @@ from aiohttp import web
 
 from consent_server.config import Settings
 from consent_server.delivery.receipts import WebhookCallbacks
-from consent_server.domain.edge import (
+from consent_server.domain.links_service import (
     ConsentLinks,
-    EdgeStore,
     Keyring,
-    WhatsAppEdge,
-    inbound_use_case,
+    LinkSecretStore,
     static_keyring,
     stored_keyring,
 )
 from consent_server.domain.masking import mask_address
 from consent_server.domain.service import ConsentAuthority
 from consent_server.domain.whatsapp import InboundHandler, StatusHandler, StatusReceipt
+from consent_server.domain.whatsapp_edge import WhatsAppEdge, WhatsAppStore, inbound_use_case
 
+from .metrics import PrometheusEdgeObserver
 from .server import build_app
 
 log = logging.getLogger("consent_server.http")
 
 
-def keyring_for(settings: Settings, edge_store: EdgeStore) -> Keyring:
+def keyring_for(settings: Settings, edge_store: LinkSecretStore) -> Keyring:
     """CONSENT_LINK_SECRET when set, else the secret generated once in Redis."""
     if settings.edge.link_secrets:
         return static_keyring(settings.edge.link_secrets)
@@ -47,20 +47,36 @@ async def log_status(receipt: StatusReceipt) -> None:
     )
 
 
-def edge_app(
+def whatsapp_edge(
     authority: ConsentAuthority,
-    links: ConsentLinks,
-    edge_store: EdgeStore,
-    callbacks: WebhookCallbacks,
+    edge_store: WhatsAppStore,
     *,
     on_inbound: InboundHandler | None = None,
     on_status: StatusHandler | None = None,
-) -> web.Application:
-    """The edge application; inbound replies default to HandleInboundMessage's use case."""
-    whatsapp = WhatsAppEdge(
+) -> WhatsAppEdge:
+    """The WhatsApp use case, counting what it cannot apply in Prometheus; inbound
+    replies default to HandleInboundMessage's use case. The HTTP edge serves it and the
+    admin service replays its dead letters through it."""
+    return WhatsAppEdge(
         authority,
         edge_store,
         on_inbound if on_inbound is not None else inbound_use_case(authority),
         on_status if on_status is not None else log_status,
+        observer=PrometheusEdgeObserver(),
     )
+
+
+def edge_app(
+    authority: ConsentAuthority,
+    links: ConsentLinks,
+    edge_store: WhatsAppStore,
+    callbacks: WebhookCallbacks,
+    *,
+    on_inbound: InboundHandler | None = None,
+    on_status: StatusHandler | None = None,
+    whatsapp: WhatsAppEdge | None = None,
+) -> web.Application:
+    """The edge application (``whatsapp`` built by whatsapp_edge when not given)."""
+    if whatsapp is None:
+        whatsapp = whatsapp_edge(authority, edge_store, on_inbound=on_inbound, on_status=on_status)
     return build_app(links, whatsapp, callbacks)

@@ -15,7 +15,12 @@ never change once data exists.
     ca:{cpNN}:retry                              zset: message ids waiting to retry, by due ms
     ca:{cpNN}:retry:data                         hash: message id -> outbox entry to re-queue
     ca:tenant:<tenant>:settings                  hash: tenant settings
-    ca:tenant:<tenant>:whatsapp                  hash: WhatsApp webhook verify token, app secret
+    ca:tenant:<tenant>:whatsapp                  hash: WhatsApp webhook verify token, app secret,
+                                                 phone number ids, WABA id
+    ca:edge:wa:pnid                              hash: WhatsApp phone number id -> its one tenant
+    ca:edge:wa:vt                                hash: sha256(verify token) -> tenant (app URL)
+    ca:{wadl:<tenant>}:items                     hash: dead-letter id -> unapplied item (JSON)
+    ca:{wadl:<tenant>}:order                     zset: dead-letter ids by receive time (ms)
     ca:edge:link_secret                          string: the generated consent-link secret
     ca:tenant:<tenant>:providers                 hash: channel (or "*") -> provider config
     ca:tenant:<tenant>:pid:<provider message id> string: -> message id (delivery receipts)
@@ -183,6 +188,27 @@ def glob_escape(text: str) -> str:
 def whatsapp_webhook(tenant_id: str) -> str:
     """A tenant's WhatsApp webhook settings hash (verify_token, app_secret)."""
     return f"ca:tenant:{tenant_id}:whatsapp"
+
+
+def whatsapp_phone_numbers() -> str:
+    """The index of WhatsApp phone number ids: field = phone number id, value = tenant."""
+    return "ca:edge:wa:pnid"
+
+
+def whatsapp_verify_tokens() -> str:
+    """Verify tokens in use (field = their SHA-256, value = tenant): the app-level
+    handshake accepts any tenant's token without storing it in clear a second time."""
+    return "ca:edge:wa:vt"
+
+
+def dead_letters(tenant_id: str) -> str:
+    """A tenant's unapplied WhatsApp notification items (id -> JSON)."""
+    return f"ca:{{wadl:{tenant_id}}}:items"
+
+
+def dead_letter_order(tenant_id: str) -> str:
+    """A tenant's dead-letter ids scored by receive time (same hash tag as the items)."""
+    return f"ca:{{wadl:{tenant_id}}}:order"
 
 
 def link_secret() -> str:

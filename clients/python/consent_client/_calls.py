@@ -420,12 +420,20 @@ def get_delivery_providers(tenant_id: str) -> Call[list[apb.DeliveryProviderInfo
 
 
 def set_whatsapp_webhook(
-    tenant_id: str, verify_token: str, app_secret: str
+    tenant_id: str,
+    verify_token: str,
+    app_secret: str,
+    phone_number_ids: Iterable[str],
+    waba_id: str = "",
 ) -> Call[apb.SetWhatsAppWebhookResponse]:
     """SetWhatsAppWebhook: replaces the settings with the given ones: retried on
     UNAVAILABLE."""
     req = apb.SetWhatsAppWebhookRequest(
-        tenant_id=tenant_id, verify_token=verify_token, app_secret=app_secret
+        tenant_id=tenant_id,
+        verify_token=verify_token,
+        app_secret=app_secret,
+        phone_number_ids=list(phone_number_ids),
+        waba_id=waba_id,
     )
     return Call("SetWhatsAppWebhook", req, RetryMode.IDEMPOTENT_WRITE, lambda r: r, admin=True)
 
@@ -442,4 +450,33 @@ def delete_whatsapp_webhook(tenant_id: str) -> Call[bool]:
     req = apb.DeleteWhatsAppWebhookRequest(tenant_id=tenant_id)
     return Call(
         "DeleteWhatsAppWebhook", req, RetryMode.IDEMPOTENT_WRITE, lambda r: r.deleted, admin=True
+    )
+
+
+def list_unapplied_notifications(
+    tenant_id: str, page_size: int = 0, page_token: str = ""
+) -> Call[apb.ListUnappliedNotificationsResponse]:
+    """ListUnappliedNotifications: read-only."""
+    req = apb.ListUnappliedNotificationsRequest(
+        tenant_id=tenant_id, page_size=page_size, page_token=page_token
+    )
+    return Call("ListUnappliedNotifications", req, RetryMode.READ, lambda r: r, admin=True)
+
+
+def replay_unapplied_notification(
+    tenant_id: str, notification_id: str
+) -> Call[apb.ReplayUnappliedNotificationResponse]:
+    """ReplayUnappliedNotification: the first delivery's event ids make a repeat a
+    duplicate, so it is retried on UNAVAILABLE."""
+    req = apb.ReplayUnappliedNotificationRequest(tenant_id=tenant_id, id=notification_id)
+    return Call(
+        "ReplayUnappliedNotification", req, RetryMode.IDEMPOTENT_WRITE, lambda r: r, admin=True
+    )
+
+
+def discard_unapplied_notification(tenant_id: str, notification_id: str) -> Call[bool]:
+    """DiscardUnappliedNotification: not retried (a repeat would answer NOT_FOUND)."""
+    req = apb.DiscardUnappliedNotificationRequest(tenant_id=tenant_id, id=notification_id)
+    return Call(
+        "DiscardUnappliedNotification", req, RetryMode.NEVER, lambda r: r.discarded, admin=True
     )

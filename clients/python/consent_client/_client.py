@@ -555,13 +555,20 @@ class ConsentClient:
         verify_token: str,
         app_secret: str,
         *,
+        phone_number_ids: Iterable[str],
+        waba_id: str = "",
         timeout: float | None = None,
     ) -> apb.SetWhatsAppWebhookResponse:
         """Set (replace) the tenant's WhatsApp Cloud API webhook: the verify token typed
-        into the Meta app and its App Secret (write-only). The answer names the path
-        (and URL, when the server knows it) to point the Meta app at."""
+        into the Meta app, its App Secret (write-only) and the tenant's business phone
+        number ids (only their notifications are applied; each belongs to one tenant).
+        The answer names the path (and URL, when the server knows it) to point the Meta
+        app at, and the app-level path that routes by phone number id."""
         return self._invoke(
-            _calls.set_whatsapp_webhook(tenant_id, verify_token, app_secret), timeout
+            _calls.set_whatsapp_webhook(
+                tenant_id, verify_token, app_secret, phone_number_ids, waba_id
+            ),
+            timeout,
         )
 
     def get_whatsapp_webhook(
@@ -573,3 +580,32 @@ class ConsentClient:
     def delete_whatsapp_webhook(self, tenant_id: str, *, timeout: float | None = None) -> bool:
         """Remove the tenant's WhatsApp webhook settings; True when there were some."""
         return self._invoke(_calls.delete_whatsapp_webhook(tenant_id), timeout)
+
+    def list_unapplied_notifications(
+        self,
+        tenant_id: str,
+        *,
+        page_size: int = 0,
+        page_token: str = "",
+        timeout: float | None = None,
+    ) -> apb.ListUnappliedNotificationsResponse:
+        """A page of the tenant's WhatsApp dead letters (items not applied), newest first."""
+        return self._invoke(
+            _calls.list_unapplied_notifications(tenant_id, page_size, page_token), timeout
+        )
+
+    def replay_unapplied_notification(
+        self, tenant_id: str, notification_id: str, *, timeout: float | None = None
+    ) -> apb.ReplayUnappliedNotificationResponse:
+        """Apply a dead letter now; ``applied`` False when it is still refused (kept)."""
+        return self._invoke(
+            _calls.replay_unapplied_notification(tenant_id, notification_id), timeout
+        )
+
+    def discard_unapplied_notification(
+        self, tenant_id: str, notification_id: str, *, timeout: float | None = None
+    ) -> bool:
+        """Drop a dead letter without applying it; True when it was removed."""
+        return self._invoke(
+            _calls.discard_unapplied_notification(tenant_id, notification_id), timeout
+        )

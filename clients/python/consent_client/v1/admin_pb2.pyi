@@ -353,6 +353,7 @@ class TenantSettings(_message.Message):
     INFER_OPT_OUT_IN_SENTENCES_FIELD_NUMBER: _builtins.int
     RESUBSCRIBE_URL_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
+    MATCH_BUTTON_TITLES_FIELD_NUMBER: _builtins.int
     tenant_id: _builtins.str
     """The tenant (output only; ignored in updates)."""
     business_name: _builtins.str
@@ -377,6 +378,13 @@ class TenantSettings(_message.Message):
     """An absolute http(s) URL where the customer can opt back in; empty = none."""
     version: _builtins.int
     """The stored settings' version, increased by every update (output only)."""
+    match_button_titles: _builtins.bool
+    """Whether a tapped button whose payload is not in button_payloads may act by
+    its title (e.g. a quick-reply titled "Stop promotions"); default false. Only
+    a whole-title keyword acts, and never one for all topics: opting out of (or
+    into) everything takes a configured payload, so a template's "Cancel"
+    appointment button never opts anyone out.
+    """
     @_builtins.property
     def topic_policies(self) -> _containers.ScalarMap[_builtins.str, _consent_pb2.DefaultPolicy.ValueType]:
         """Per-topic default policies; a topic not listed uses default_policy."""
@@ -410,10 +418,11 @@ class TenantSettings(_message.Message):
         infer_opt_out_in_sentences: _builtins.bool = ...,
         resubscribe_url: _builtins.str = ...,
         version: _builtins.int = ...,
+        match_button_titles: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["business_name", b"business_name", "button_payloads", b"button_payloads", "default_language", b"default_language", "default_policy", b"default_policy", "default_region", b"default_region", "infer_opt_out_in_sentences", b"infer_opt_out_in_sentences", "keyword_sets", b"keyword_sets", "resubscribe_url", b"resubscribe_url", "templates", b"templates", "tenant_id", b"tenant_id", "topic_policies", b"topic_policies", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["business_name", b"business_name", "button_payloads", b"button_payloads", "default_language", b"default_language", "default_policy", b"default_policy", "default_region", b"default_region", "infer_opt_out_in_sentences", b"infer_opt_out_in_sentences", "keyword_sets", b"keyword_sets", "match_button_titles", b"match_button_titles", "resubscribe_url", b"resubscribe_url", "templates", b"templates", "tenant_id", b"tenant_id", "topic_policies", b"topic_policies", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1058,6 +1067,8 @@ class SetWhatsAppWebhookRequest(_message.Message):
     TENANT_ID_FIELD_NUMBER: _builtins.int
     VERIFY_TOKEN_FIELD_NUMBER: _builtins.int
     APP_SECRET_FIELD_NUMBER: _builtins.int
+    PHONE_NUMBER_IDS_FIELD_NUMBER: _builtins.int
+    WABA_ID_FIELD_NUMBER: _builtins.int
     tenant_id: _builtins.str
     """The tenant."""
     verify_token: _builtins.str
@@ -1068,16 +1079,28 @@ class SetWhatsAppWebhookRequest(_message.Message):
     """The Meta app's App Secret (App settings > Basic), which signs every
     notification. 1-256 printable ASCII characters. Write-only.
     """
+    waba_id: _builtins.str
+    """The WhatsApp Business Account id (1-32 digits); optional, for reference."""
+    @_builtins.property
+    def phone_number_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Required: the tenant's WhatsApp business phone number ids (1-20, each 1-32
+        digits; WhatsApp Manager > Phone numbers). A notification entry whose
+        metadata.phone_number_id is not listed changes nothing. Each id belongs to
+        one tenant only.
+        """
+
     def __init__(
         self,
         *,
         tenant_id: _builtins.str = ...,
         verify_token: _builtins.str = ...,
         app_secret: _builtins.str = ...,
+        phone_number_ids: _abc.Iterable[_builtins.str] | None = ...,
+        waba_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_secret", b"app_secret", "tenant_id", b"tenant_id", "verify_token", b"verify_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_secret", b"app_secret", "phone_number_ids", b"phone_number_ids", "tenant_id", b"tenant_id", "verify_token", b"verify_token", "waba_id", b"waba_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1091,19 +1114,25 @@ class SetWhatsAppWebhookResponse(_message.Message):
 
     WEBHOOK_PATH_FIELD_NUMBER: _builtins.int
     WEBHOOK_URL_FIELD_NUMBER: _builtins.int
+    APP_WEBHOOK_PATH_FIELD_NUMBER: _builtins.int
     webhook_path: _builtins.str
     """The webhook's path on the HTTP edge: "/whatsapp/<tenant_id>"."""
     webhook_url: _builtins.str
     """The full callback URL when the server knows its public URL, else ""."""
+    app_webhook_path: _builtins.str
+    """The app-level callback path, "/whatsapp": one URL for every tenant of a
+    Meta app, routed by phone number id.
+    """
     def __init__(
         self,
         *,
         webhook_path: _builtins.str = ...,
         webhook_url: _builtins.str = ...,
+        app_webhook_path: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["webhook_path", b"webhook_path", "webhook_url", b"webhook_url"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_webhook_path", b"app_webhook_path", "webhook_path", b"webhook_path", "webhook_url", b"webhook_url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1140,22 +1169,32 @@ class GetWhatsAppWebhookResponse(_message.Message):
     CONFIGURED_FIELD_NUMBER: _builtins.int
     WEBHOOK_PATH_FIELD_NUMBER: _builtins.int
     WEBHOOK_URL_FIELD_NUMBER: _builtins.int
+    PHONE_NUMBER_IDS_FIELD_NUMBER: _builtins.int
+    WABA_ID_FIELD_NUMBER: _builtins.int
     configured: _builtins.bool
     """True when a verify token and an app secret are stored."""
     webhook_path: _builtins.str
     """The webhook's path on the HTTP edge: "/whatsapp/<tenant_id>"."""
     webhook_url: _builtins.str
     """The full callback URL when the server knows its public URL, else ""."""
+    waba_id: _builtins.str
+    """The WhatsApp Business Account id, "" when none was given."""
+    @_builtins.property
+    def phone_number_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The registered phone number ids."""
+
     def __init__(
         self,
         *,
         configured: _builtins.bool = ...,
         webhook_path: _builtins.str = ...,
         webhook_url: _builtins.str = ...,
+        phone_number_ids: _abc.Iterable[_builtins.str] | None = ...,
+        waba_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["configured", b"configured", "webhook_path", b"webhook_path", "webhook_url", b"webhook_url"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["configured", b"configured", "phone_number_ids", b"phone_number_ids", "waba_id", b"waba_id", "webhook_path", b"webhook_path", "webhook_url", b"webhook_url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1204,3 +1243,230 @@ class DeleteWhatsAppWebhookResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteWhatsAppWebhookResponse: _TypeAlias = DeleteWhatsAppWebhookResponse  # noqa: Y015
+
+@_typing.final
+class UnappliedNotification(_message.Message):
+    """A WhatsApp notification item that could not be applied (a dead letter)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    RECEIVED_AT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    PHONE_NUMBER_ID_FIELD_NUMBER: _builtins.int
+    RAW_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """The item's id (stable: a redelivery of the same notification adds nothing)."""
+    reason: _builtins.str
+    """Why it was not applied: "malformed" (cannot be read), "unsupported" (a
+    message type we cannot read words from), "refused" (the change was
+    invalid, e.g. an opt-in dated more than 5 minutes ahead), "failed" (an
+    unexpected error), "unknown_message" (a 131050 failure for a message this
+    tenant did not send), "unbound" (no metadata.phone_number_id).
+    """
+    detail: _builtins.str
+    """A short, masked explanation."""
+    kind: _builtins.str
+    """Where it sat: "messages", "statuses", "user_preferences", "entry", "change"."""
+    path: _builtins.str
+    """Its place in the notification body, e.g. "entry[0].changes[0].messages[1]"."""
+    phone_number_id: _builtins.str
+    """The phone number id of its entry, "" when it named none."""
+    raw: _builtins.str
+    """The item as received (JSON, at most 16 KiB): it may hold the customer's
+    number and words, so it is shown to tenant admins and operators only.
+    """
+    attempts: _builtins.int
+    """How many replays failed so far."""
+    @_builtins.property
+    def received_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was first received."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        received_at: _timestamp_pb2.Timestamp | None = ...,
+        reason: _builtins.str = ...,
+        detail: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        path: _builtins.str = ...,
+        phone_number_id: _builtins.str = ...,
+        raw: _builtins.str = ...,
+        attempts: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["received_at", b"received_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "detail", b"detail", "id", b"id", "kind", b"kind", "path", b"path", "phone_number_id", b"phone_number_id", "raw", b"raw", "reason", b"reason", "received_at", b"received_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnappliedNotification: _TypeAlias = UnappliedNotification  # noqa: Y015
+
+@_typing.final
+class ListUnappliedNotificationsRequest(_message.Message):
+    """Lists a tenant's dead letters."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    """The tenant."""
+    page_size: _builtins.int
+    """At most this many (0-100; 0 = 50)."""
+    page_token: _builtins.str
+    """From a previous response's next_page_token; "" = the newest."""
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "tenant_id", b"tenant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListUnappliedNotificationsRequest: _TypeAlias = ListUnappliedNotificationsRequest  # noqa: Y015
+
+@_typing.final
+class ListUnappliedNotificationsResponse(_message.Message):
+    """A page of dead letters, newest first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NOTIFICATIONS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    TOTAL_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Pass to the next call; "" on the last page."""
+    total: _builtins.int
+    """How many items the tenant has kept in all."""
+    @_builtins.property
+    def notifications(self) -> _containers.RepeatedCompositeFieldContainer[Global___UnappliedNotification]:
+        """The items."""
+
+    def __init__(
+        self,
+        *,
+        notifications: _abc.Iterable[Global___UnappliedNotification] | None = ...,
+        next_page_token: _builtins.str = ...,
+        total: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "notifications", b"notifications", "total", b"total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListUnappliedNotificationsResponse: _TypeAlias = ListUnappliedNotificationsResponse  # noqa: Y015
+
+@_typing.final
+class ReplayUnappliedNotificationRequest(_message.Message):
+    """Replays one dead letter."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    """The tenant."""
+    id: _builtins.str
+    """The UnappliedNotification.id."""
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+        id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "tenant_id", b"tenant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplayUnappliedNotificationRequest: _TypeAlias = ReplayUnappliedNotificationRequest  # noqa: Y015
+
+@_typing.final
+class ReplayUnappliedNotificationResponse(_message.Message):
+    """The outcome of a replay."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APPLIED_FIELD_NUMBER: _builtins.int
+    NOTIFICATION_FIELD_NUMBER: _builtins.int
+    applied: _builtins.bool
+    """True when the item was applied and removed from the list."""
+    @_builtins.property
+    def notification(self) -> Global___UnappliedNotification:
+        """The item: as it was when applied, else as it stays (new reason, attempts)."""
+
+    def __init__(
+        self,
+        *,
+        applied: _builtins.bool = ...,
+        notification: Global___UnappliedNotification | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["notification", b"notification"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied", b"applied", "notification", b"notification"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplayUnappliedNotificationResponse: _TypeAlias = ReplayUnappliedNotificationResponse  # noqa: Y015
+
+@_typing.final
+class DiscardUnappliedNotificationRequest(_message.Message):
+    """Discards one dead letter."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    """The tenant."""
+    id: _builtins.str
+    """The UnappliedNotification.id."""
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+        id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "tenant_id", b"tenant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DiscardUnappliedNotificationRequest: _TypeAlias = DiscardUnappliedNotificationRequest  # noqa: Y015
+
+@_typing.final
+class DiscardUnappliedNotificationResponse(_message.Message):
+    """The outcome of a discard."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DISCARDED_FIELD_NUMBER: _builtins.int
+    discarded: _builtins.bool
+    """True when the item was removed."""
+    def __init__(
+        self,
+        *,
+        discarded: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["discarded", b"discarded"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DiscardUnappliedNotificationResponse: _TypeAlias = DiscardUnappliedNotificationResponse  # noqa: Y015

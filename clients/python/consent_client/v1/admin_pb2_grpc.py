@@ -91,6 +91,21 @@ class ConsentAdminServiceStub:
                 request_serializer=consent_dot_v1_dot_admin__pb2.DeleteWhatsAppWebhookRequest.SerializeToString,
                 response_deserializer=consent_dot_v1_dot_admin__pb2.DeleteWhatsAppWebhookResponse.FromString,
                 _registered_method=True)
+        self.ListUnappliedNotifications = channel.unary_unary(
+                '/consent.v1.ConsentAdminService/ListUnappliedNotifications',
+                request_serializer=consent_dot_v1_dot_admin__pb2.ListUnappliedNotificationsRequest.SerializeToString,
+                response_deserializer=consent_dot_v1_dot_admin__pb2.ListUnappliedNotificationsResponse.FromString,
+                _registered_method=True)
+        self.ReplayUnappliedNotification = channel.unary_unary(
+                '/consent.v1.ConsentAdminService/ReplayUnappliedNotification',
+                request_serializer=consent_dot_v1_dot_admin__pb2.ReplayUnappliedNotificationRequest.SerializeToString,
+                response_deserializer=consent_dot_v1_dot_admin__pb2.ReplayUnappliedNotificationResponse.FromString,
+                _registered_method=True)
+        self.DiscardUnappliedNotification = channel.unary_unary(
+                '/consent.v1.ConsentAdminService/DiscardUnappliedNotification',
+                request_serializer=consent_dot_v1_dot_admin__pb2.DiscardUnappliedNotificationRequest.SerializeToString,
+                response_deserializer=consent_dot_v1_dot_admin__pb2.DiscardUnappliedNotificationResponse.FromString,
+                _registered_method=True)
 
 
 class ConsentAdminServiceServicer:
@@ -196,10 +211,15 @@ class ConsentAdminServiceServicer:
         ---- HTTP edge: WhatsApp webhook and consent links ----
 
         Sets (replaces) the tenant's WhatsApp Cloud API webhook: the verify token
-        Meta echoes in the GET handshake and the app secret that signs every POST
-        (X-Hub-Signature-256). Point the Meta app's webhook at
-        <CONSENT_PUBLIC_URL>/whatsapp/<tenant_id>. The app secret is write-only:
-        it is never returned or logged. Idempotent.
+        Meta echoes in the GET handshake, the app secret that signs every POST
+        (X-Hub-Signature-256) and the tenant's business phone number ids. Point the
+        Meta app's webhook at <CONSENT_PUBLIC_URL>/whatsapp/<tenant_id>, or, for one
+        Meta app serving many tenants, at <CONSENT_PUBLIC_URL>/whatsapp (each entry
+        is routed by its metadata.phone_number_id). Only entries about the listed
+        numbers are applied. A phone number id belongs to one tenant: naming one
+        another tenant registered fails with INVALID_ARGUMENT (field
+        phone_number_ids[i]) and changes nothing. The app secret is write-only: it
+        is never returned or logged. Idempotent.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -216,6 +236,37 @@ class ConsentAdminServiceServicer:
     def DeleteWhatsAppWebhook(self, request, context):
         """Removes the tenant's WhatsApp webhook settings: its webhook then answers
         404 and records nothing. Idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListUnappliedNotifications(self, request, context):
+        """Lists the tenant's WhatsApp notification items that could not be applied
+        (dead letters), newest first: malformed or unsupported items, refused
+        changes (e.g. an opt-in dated far in the future), failures, 131050
+        failures for messages the tenant did not send, items naming no phone
+        number. At most 1,000 are kept per tenant (the oldest are dropped, counted
+        in consent_whatsapp_dead_letters_evicted). Read-only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReplayUnappliedNotification(self, request, context):
+        """Applies a dead letter now, as the operator vouches for it (a 131050 for a
+        message the tenant did not send is then recorded). Applied items are
+        removed; an item still refused stays with its new reason. The event ids
+        are the first delivery's, so replaying is safe to retry. NOT_FOUND when the
+        id is unknown for this tenant.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DiscardUnappliedNotification(self, request, context):
+        """Removes a dead letter without applying it. NOT_FOUND when the id is
+        unknown for this tenant.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -278,6 +329,21 @@ def add_ConsentAdminServiceServicer_to_server(servicer, server):
                     servicer.DeleteWhatsAppWebhook,
                     request_deserializer=consent_dot_v1_dot_admin__pb2.DeleteWhatsAppWebhookRequest.FromString,
                     response_serializer=consent_dot_v1_dot_admin__pb2.DeleteWhatsAppWebhookResponse.SerializeToString,
+            ),
+            'ListUnappliedNotifications': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListUnappliedNotifications,
+                    request_deserializer=consent_dot_v1_dot_admin__pb2.ListUnappliedNotificationsRequest.FromString,
+                    response_serializer=consent_dot_v1_dot_admin__pb2.ListUnappliedNotificationsResponse.SerializeToString,
+            ),
+            'ReplayUnappliedNotification': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReplayUnappliedNotification,
+                    request_deserializer=consent_dot_v1_dot_admin__pb2.ReplayUnappliedNotificationRequest.FromString,
+                    response_serializer=consent_dot_v1_dot_admin__pb2.ReplayUnappliedNotificationResponse.SerializeToString,
+            ),
+            'DiscardUnappliedNotification': grpc.unary_unary_rpc_method_handler(
+                    servicer.DiscardUnappliedNotification,
+                    request_deserializer=consent_dot_v1_dot_admin__pb2.DiscardUnappliedNotificationRequest.FromString,
+                    response_serializer=consent_dot_v1_dot_admin__pb2.DiscardUnappliedNotificationResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -579,6 +645,87 @@ class ConsentAdminService:
             '/consent.v1.ConsentAdminService/DeleteWhatsAppWebhook',
             consent_dot_v1_dot_admin__pb2.DeleteWhatsAppWebhookRequest.SerializeToString,
             consent_dot_v1_dot_admin__pb2.DeleteWhatsAppWebhookResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListUnappliedNotifications(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/consent.v1.ConsentAdminService/ListUnappliedNotifications',
+            consent_dot_v1_dot_admin__pb2.ListUnappliedNotificationsRequest.SerializeToString,
+            consent_dot_v1_dot_admin__pb2.ListUnappliedNotificationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReplayUnappliedNotification(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/consent.v1.ConsentAdminService/ReplayUnappliedNotification',
+            consent_dot_v1_dot_admin__pb2.ReplayUnappliedNotificationRequest.SerializeToString,
+            consent_dot_v1_dot_admin__pb2.ReplayUnappliedNotificationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DiscardUnappliedNotification(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/consent.v1.ConsentAdminService/DiscardUnappliedNotification',
+            consent_dot_v1_dot_admin__pb2.DiscardUnappliedNotificationRequest.SerializeToString,
+            consent_dot_v1_dot_admin__pb2.DiscardUnappliedNotificationResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -97,10 +97,15 @@ class ConsentAdminServiceStub:
     """---- HTTP edge: WhatsApp webhook and consent links ----
 
     Sets (replaces) the tenant's WhatsApp Cloud API webhook: the verify token
-    Meta echoes in the GET handshake and the app secret that signs every POST
-    (X-Hub-Signature-256). Point the Meta app's webhook at
-    <CONSENT_PUBLIC_URL>/whatsapp/<tenant_id>. The app secret is write-only:
-    it is never returned or logged. Idempotent.
+    Meta echoes in the GET handshake, the app secret that signs every POST
+    (X-Hub-Signature-256) and the tenant's business phone number ids. Point the
+    Meta app's webhook at <CONSENT_PUBLIC_URL>/whatsapp/<tenant_id>, or, for one
+    Meta app serving many tenants, at <CONSENT_PUBLIC_URL>/whatsapp (each entry
+    is routed by its metadata.phone_number_id). Only entries about the listed
+    numbers are applied. A phone number id belongs to one tenant: naming one
+    another tenant registered fails with INVALID_ARGUMENT (field
+    phone_number_ids[i]) and changes nothing. The app secret is write-only: it
+    is never returned or logged. Idempotent.
     """
     GetWhatsAppWebhook: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetWhatsAppWebhookRequest, _admin_pb2.GetWhatsAppWebhookResponse]
     """Reports whether the tenant's WhatsApp webhook is configured, and its path.
@@ -109,6 +114,25 @@ class ConsentAdminServiceStub:
     DeleteWhatsAppWebhook: _grpc.UnaryUnaryMultiCallable[_admin_pb2.DeleteWhatsAppWebhookRequest, _admin_pb2.DeleteWhatsAppWebhookResponse]
     """Removes the tenant's WhatsApp webhook settings: its webhook then answers
     404 and records nothing. Idempotent.
+    """
+    ListUnappliedNotifications: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListUnappliedNotificationsRequest, _admin_pb2.ListUnappliedNotificationsResponse]
+    """Lists the tenant's WhatsApp notification items that could not be applied
+    (dead letters), newest first: malformed or unsupported items, refused
+    changes (e.g. an opt-in dated far in the future), failures, 131050
+    failures for messages the tenant did not send, items naming no phone
+    number. At most 1,000 are kept per tenant (the oldest are dropped, counted
+    in consent_whatsapp_dead_letters_evicted). Read-only.
+    """
+    ReplayUnappliedNotification: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ReplayUnappliedNotificationRequest, _admin_pb2.ReplayUnappliedNotificationResponse]
+    """Applies a dead letter now, as the operator vouches for it (a 131050 for a
+    message the tenant did not send is then recorded). Applied items are
+    removed; an item still refused stays with its new reason. The event ids
+    are the first delivery's, so replaying is safe to retry. NOT_FOUND when the
+    id is unknown for this tenant.
+    """
+    DiscardUnappliedNotification: _grpc.UnaryUnaryMultiCallable[_admin_pb2.DiscardUnappliedNotificationRequest, _admin_pb2.DiscardUnappliedNotificationResponse]
+    """Removes a dead letter without applying it. NOT_FOUND when the id is
+    unknown for this tenant.
     """
 
 @_typing.type_check_only
@@ -177,10 +201,15 @@ class ConsentAdminServiceAsyncStub(ConsentAdminServiceStub):
     """---- HTTP edge: WhatsApp webhook and consent links ----
 
     Sets (replaces) the tenant's WhatsApp Cloud API webhook: the verify token
-    Meta echoes in the GET handshake and the app secret that signs every POST
-    (X-Hub-Signature-256). Point the Meta app's webhook at
-    <CONSENT_PUBLIC_URL>/whatsapp/<tenant_id>. The app secret is write-only:
-    it is never returned or logged. Idempotent.
+    Meta echoes in the GET handshake, the app secret that signs every POST
+    (X-Hub-Signature-256) and the tenant's business phone number ids. Point the
+    Meta app's webhook at <CONSENT_PUBLIC_URL>/whatsapp/<tenant_id>, or, for one
+    Meta app serving many tenants, at <CONSENT_PUBLIC_URL>/whatsapp (each entry
+    is routed by its metadata.phone_number_id). Only entries about the listed
+    numbers are applied. A phone number id belongs to one tenant: naming one
+    another tenant registered fails with INVALID_ARGUMENT (field
+    phone_number_ids[i]) and changes nothing. The app secret is write-only: it
+    is never returned or logged. Idempotent.
     """
     GetWhatsAppWebhook: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetWhatsAppWebhookRequest, _admin_pb2.GetWhatsAppWebhookResponse]  # type: ignore[assignment]
     """Reports whether the tenant's WhatsApp webhook is configured, and its path.
@@ -189,6 +218,25 @@ class ConsentAdminServiceAsyncStub(ConsentAdminServiceStub):
     DeleteWhatsAppWebhook: _aio.UnaryUnaryMultiCallable[_admin_pb2.DeleteWhatsAppWebhookRequest, _admin_pb2.DeleteWhatsAppWebhookResponse]  # type: ignore[assignment]
     """Removes the tenant's WhatsApp webhook settings: its webhook then answers
     404 and records nothing. Idempotent.
+    """
+    ListUnappliedNotifications: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListUnappliedNotificationsRequest, _admin_pb2.ListUnappliedNotificationsResponse]  # type: ignore[assignment]
+    """Lists the tenant's WhatsApp notification items that could not be applied
+    (dead letters), newest first: malformed or unsupported items, refused
+    changes (e.g. an opt-in dated far in the future), failures, 131050
+    failures for messages the tenant did not send, items naming no phone
+    number. At most 1,000 are kept per tenant (the oldest are dropped, counted
+    in consent_whatsapp_dead_letters_evicted). Read-only.
+    """
+    ReplayUnappliedNotification: _aio.UnaryUnaryMultiCallable[_admin_pb2.ReplayUnappliedNotificationRequest, _admin_pb2.ReplayUnappliedNotificationResponse]  # type: ignore[assignment]
+    """Applies a dead letter now, as the operator vouches for it (a 131050 for a
+    message the tenant did not send is then recorded). Applied items are
+    removed; an item still refused stays with its new reason. The event ids
+    are the first delivery's, so replaying is safe to retry. NOT_FOUND when the
+    id is unknown for this tenant.
+    """
+    DiscardUnappliedNotification: _aio.UnaryUnaryMultiCallable[_admin_pb2.DiscardUnappliedNotificationRequest, _admin_pb2.DiscardUnappliedNotificationResponse]  # type: ignore[assignment]
+    """Removes a dead letter without applying it. NOT_FOUND when the id is
+    unknown for this tenant.
     """
 
 class ConsentAdminServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -308,10 +356,15 @@ class ConsentAdminServiceServicer(metaclass=_abc_1.ABCMeta):
         """---- HTTP edge: WhatsApp webhook and consent links ----
 
         Sets (replaces) the tenant's WhatsApp Cloud API webhook: the verify token
-        Meta echoes in the GET handshake and the app secret that signs every POST
-        (X-Hub-Signature-256). Point the Meta app's webhook at
-        <CONSENT_PUBLIC_URL>/whatsapp/<tenant_id>. The app secret is write-only:
-        it is never returned or logged. Idempotent.
+        Meta echoes in the GET handshake, the app secret that signs every POST
+        (X-Hub-Signature-256) and the tenant's business phone number ids. Point the
+        Meta app's webhook at <CONSENT_PUBLIC_URL>/whatsapp/<tenant_id>, or, for one
+        Meta app serving many tenants, at <CONSENT_PUBLIC_URL>/whatsapp (each entry
+        is routed by its metadata.phone_number_id). Only entries about the listed
+        numbers are applied. A phone number id belongs to one tenant: naming one
+        another tenant registered fails with INVALID_ARGUMENT (field
+        phone_number_ids[i]) and changes nothing. The app secret is write-only: it
+        is never returned or logged. Idempotent.
         """
 
     @_abc_1.abstractmethod
@@ -332,6 +385,43 @@ class ConsentAdminServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_admin_pb2.DeleteWhatsAppWebhookResponse, _abc.Awaitable[_admin_pb2.DeleteWhatsAppWebhookResponse]]:
         """Removes the tenant's WhatsApp webhook settings: its webhook then answers
         404 and records nothing. Idempotent.
+        """
+
+    @_abc_1.abstractmethod
+    def ListUnappliedNotifications(
+        self,
+        request: _admin_pb2.ListUnappliedNotificationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListUnappliedNotificationsResponse, _abc.Awaitable[_admin_pb2.ListUnappliedNotificationsResponse]]:
+        """Lists the tenant's WhatsApp notification items that could not be applied
+        (dead letters), newest first: malformed or unsupported items, refused
+        changes (e.g. an opt-in dated far in the future), failures, 131050
+        failures for messages the tenant did not send, items naming no phone
+        number. At most 1,000 are kept per tenant (the oldest are dropped, counted
+        in consent_whatsapp_dead_letters_evicted). Read-only.
+        """
+
+    @_abc_1.abstractmethod
+    def ReplayUnappliedNotification(
+        self,
+        request: _admin_pb2.ReplayUnappliedNotificationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ReplayUnappliedNotificationResponse, _abc.Awaitable[_admin_pb2.ReplayUnappliedNotificationResponse]]:
+        """Applies a dead letter now, as the operator vouches for it (a 131050 for a
+        message the tenant did not send is then recorded). Applied items are
+        removed; an item still refused stays with its new reason. The event ids
+        are the first delivery's, so replaying is safe to retry. NOT_FOUND when the
+        id is unknown for this tenant.
+        """
+
+    @_abc_1.abstractmethod
+    def DiscardUnappliedNotification(
+        self,
+        request: _admin_pb2.DiscardUnappliedNotificationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.DiscardUnappliedNotificationResponse, _abc.Awaitable[_admin_pb2.DiscardUnappliedNotificationResponse]]:
+        """Removes a dead letter without applying it. NOT_FOUND when the id is
+        unknown for this tenant.
         """
 
 def add_ConsentAdminServiceServicer_to_server(servicer: ConsentAdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

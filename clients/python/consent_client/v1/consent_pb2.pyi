@@ -736,9 +736,11 @@ class OptOutRequest(_message.Message):
 
     @_builtins.property
     def occurred_at(self) -> _timestamp_pb2.Timestamp:
-        """When the customer acted; unset means now. At most 5 minutes in the
-        future; an event older than the scope's current record is kept in
-        history with applied=false and does not change state.
+        """When the customer acted; unset means now. An opt-out is never refused for
+        its time: one dated after the receive time is recorded at the receive time
+        (the given time is appended to the evidence). An event older than the
+        scope's current record is kept in history with applied=false and does not
+        change state.
         """
 
     def __init__(
@@ -856,7 +858,11 @@ class OptInRequest(_message.Message):
 
     @_builtins.property
     def occurred_at(self) -> _timestamp_pb2.Timestamp:
-        """When the customer acted; unset means now; at most 5 minutes ahead."""
+        """When the customer acted; unset means now. More than 5 minutes after the
+        receive time is INVALID_ARGUMENT (a post-dated opt-in could outrank the
+        customer's next opt-out); a time ahead within that is recorded at the
+        receive time, the given time appended to the evidence.
+        """
 
     def __init__(
         self,
@@ -1175,11 +1181,14 @@ class HandleInboundMessageRequest(_message.Message):
     tenant_id: _builtins.str
     """The tenant."""
     text: _builtins.str
-    """The text of the reply, at most 4096 characters; may be empty when
-    button_payload is set.
+    """The text of the reply, at most 4096 characters; with button_payload set,
+    the button's title (may be empty).
     """
     button_payload: _builtins.str
-    """The payload of a tapped button (e.g. "UNSUBSCRIBE"), at most 256 chars."""
+    """The payload of a tapped button (e.g. "UNSUBSCRIBE"), at most 256 chars.
+    Only a payload in the tenant's button_payloads acts; the title acts only
+    when the tenant set match_button_titles, and never for all topics.
+    """
     provider_message_id: _builtins.str
     """The provider's id of the inbound message; it is the event id, so a
     redelivered webhook changes nothing. Required.
@@ -1190,7 +1199,10 @@ class HandleInboundMessageRequest(_message.Message):
 
     @_builtins.property
     def received_at(self) -> _timestamp_pb2.Timestamp:
-        """When the provider received it; unset means now."""
+        """When the provider received it; unset means now. Clamped like
+        OptOutRequest.occurred_at when it is after the receive time; an opt-in
+        (START) dated more than 5 minutes ahead is INVALID_ARGUMENT.
+        """
 
     def __init__(
         self,
