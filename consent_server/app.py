@@ -35,6 +35,7 @@ from consent_server.store.edge import RedisEdgeStore
 from consent_server.store.outbox import DeliveryRepository
 from consent_server.store.repository import RedisConsentStore
 from consent_server.store.security import RedisSecurityStore
+from consent_server.tenant_bootstrap import ensure_tenants, tenant_registry
 
 log = logging.getLogger("consent_server")
 
@@ -129,7 +130,11 @@ async def serve(settings: Settings) -> int:
     delivery_repo = DeliveryRepository(store.client)
 
     server = grpc.aio.server(
-        interceptors=[AuthInterceptor(security, required=settings.auth_required)],
+        interceptors=[
+            AuthInterceptor(
+                security, required=settings.auth_required, tenant_lookup=store.tenant_lookup
+            )
+        ],
         options=server_options(settings),
     )
     consent_pb2_grpc.add_ConsentServiceServicer_to_server(consent_servicer, server)
@@ -140,6 +145,7 @@ async def serve(settings: Settings) -> int:
             edge_store,
             public_url,
             DeliveryAdmin(delivery_repo),
+            tenant_registry(store),
         ),
         server,
     )
@@ -158,6 +164,7 @@ async def serve(settings: Settings) -> int:
         bootstrap = asyncio.create_task(
             install_bootstrap_key(security, settings.bootstrap_admin_key, retry=True)
         )
+    tenants_task = await ensure_tenants(tenant_registry(store), settings)
     reloader = CertificateReloader(settings) if settings.tls else None
     try:
         if reloader is not None:
@@ -213,7 +220,7 @@ async def serve(settings: Settings) -> int:
         "shutting down: draining in-flight calls", extra={"grace_s": settings.shutdown_grace_s}
     )
     deadline = loop.time() + settings.shutdown_grace_s
-    for task in (watcher, bootstrap):
+    for task in (watcher, bootstrap, tenants_task):
         if task is not None:
             await _cancel_quietly(task)
     await health_servicer.enter_graceful_shutdown()

@@ -17,6 +17,7 @@ from urllib.parse import urlparse
 
 from consent_server.domain.auth import is_key_token
 from consent_server.domain.recipients import is_valid_region
+from consent_server.domain.validation import TENANT_RE
 
 
 class ConfigError(ValueError):
@@ -67,6 +68,8 @@ class Settings:
     delivery_max_attempts: int = 8
     delivery_backoff_s: float = 1.0
     delivery_backoff_max_s: float = 300.0
+    # -- tenants: ids created at start when missing (the embedded store adds "acme") --
+    tenants: tuple[str, ...] = ()
 
     @property
     def host(self) -> str:
@@ -212,6 +215,12 @@ _OPTIONS: tuple[tuple[str, str, str, str], ...] = (
         "CONSENT_LINK_SECRET",
         "--link-secret",
         "secret(s) signing consent links, comma-separated, first mints; unset = generated in Redis",
+    ),
+    (
+        "tenants",
+        "CONSENT_TENANTS",
+        "--tenants",
+        "comma-separated tenant ids to create at start when missing",
     ),
     *(
         (
@@ -369,6 +378,15 @@ def _validate(raw: dict[str, tuple[str, str]]) -> Settings:
         values["delivery"] = _choice(*raw["delivery"], ("inline", "off"))
     values.update(_validate_edge(raw))
     _validate_delivery(raw, values)
+    if "tenants" in raw:
+        var, text = raw["tenants"]
+        ids = tuple(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
+        bad = [t for t in ids if not TENANT_RE.fullmatch(t)]
+        if bad:
+            raise ConfigError(
+                f"{var}: {bad[0]!r} is not a tenant id (^[a-z0-9][a-z0-9_-]{{0,63}}$)"
+            )
+        values["tenants"] = ids
     if values.get("redis_cluster") and "redis_url" not in values:
         raise ConfigError("CONSENT_REDIS_CLUSTER=1 needs CONSENT_REDIS_URL")
     settings = Settings(**values)  # type: ignore[arg-type]

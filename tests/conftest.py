@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+import hashlib
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import fakeredis
@@ -14,7 +15,7 @@ from hypothesis import settings
 from consent_client.v1 import consent_pb2_grpc
 from consent_server.store.repository import RedisConsentStore
 
-from .support import RedisProcess, ServerProcess
+from .support import TEST_TENANTS, RedisProcess, ServerProcess, create_tenant_on, create_tenants
 
 # Property tests check properties, not speed: hypothesis's per-example deadline turns a
 # busy 2-core CI machine into flaky failures, so it is off (performance lives in bench/).
@@ -40,6 +41,8 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[RedisConsentSto
         client = aioredis.Redis.from_url(proc.url)
         await client.flushdb()
     s = RedisConsentStore(client, settings_cache_s=0)
+    # Tenants exist only once created: the shared ones and this test's own (``tenant``).
+    await create_tenants(s, (*TEST_TENANTS, test_tenant_id(request.node)))
     yield s
     await s.aclose()
 
@@ -70,14 +73,34 @@ def stub(server: ServerProcess) -> Iterator[consent_pb2_grpc.ConsentServiceStub]
         yield consent_pb2_grpc.ConsentServiceStub(channel)
 
 
+def test_tenant_id(node: pytest.Item) -> str:
+    """The tenant id unique to a test (the ``tenant`` fixture)."""
+    return "t-" + hashlib.sha1(node.nodeid.encode()).hexdigest()[:16]
+
+
 @pytest.fixture
 def tenant(request: pytest.FixtureRequest) -> str:
-    """A tenant id unique to the test, so module-scoped servers need no flushing."""
-    import hashlib
+    """A tenant id unique to the test, so module-scoped servers need no flushing.
 
-    return "t-" + hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:16]
+    It exists wherever the test looks: the ``store`` fixture creates it, and so does
+    this fixture in the test's ``server`` process."""
+    tenant_id = test_tenant_id(request.node)
+    if "server" in request.fixturenames:
+        create_tenant_on(request.getfixturevalue("server").target, tenant_id)
+    return tenant_id
 
 
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     return tmp_path
+
+
+@pytest.fixture
+def create_tenant(request: pytest.FixtureRequest) -> Callable[[str], str]:
+    """Creates a further tenant in the test's ``server`` process; returns its id."""
+
+    def make(tenant_id: str) -> str:
+        create_tenant_on(request.getfixturevalue("server").target, tenant_id)
+        return tenant_id
+
+    return make

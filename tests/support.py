@@ -12,12 +12,43 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import redis
 
 REDIS_SERVER = shutil.which("redis-server")
+
+#: Tenants exist only once created. Every store and server process of the test suite
+#: pre-creates these (the ids tests name literally); new tests use "acme" and "globex".
+#: The ``tenant`` fixture's per-test ids are created by the fixtures that need them.
+TEST_TENANTS = ("acme", "globex", "meals", "other", "t", "a")
+
+
+async def create_tenants(store: Any, ids: Iterable[str] = TEST_TENANTS) -> None:
+    """Create ``ids`` in a RedisConsentStore (in-process tests)."""
+    from consent_server.domain.tenants import TenantRegistry
+    from consent_server.store.tenants import RedisTenantStore
+
+    await TenantRegistry(RedisTenantStore(store)).ensure(ids)
+
+
+def create_tenant_on(target: str, tenant_id: str, api_key: str | None = None) -> None:
+    """Create a tenant in a running server over gRPC (anonymous on loopback, or with an
+    operator ``api_key``); an existing one is fine."""
+    from consent_client.v1 import admin_pb2, admin_pb2_grpc
+
+    metadata = (("authorization", f"Bearer {api_key}"),) if api_key else None
+    with grpc.insecure_channel(target) as ch:
+        try:
+            admin_pb2_grpc.ConsentAdminServiceStub(ch).CreateTenant(
+                admin_pb2.CreateTenantRequest(tenant_id=tenant_id), timeout=10, metadata=metadata
+            )
+        except grpc.RpcError as exc:
+            if exc.code() is not grpc.StatusCode.ALREADY_EXISTS:
+                raise
 
 
 def free_port() -> int:
@@ -119,7 +150,12 @@ class ServerProcess:
         args: list[str] | None = None,
         http: bool = False,
     ) -> None:
-        self.env = {**os.environ, "CONSENT_LOG_LEVEL": "info", **(env or {})}
+        self.env = {
+            **os.environ,
+            "CONSENT_LOG_LEVEL": "info",
+            "CONSENT_TENANTS": ",".join(TEST_TENANTS),
+            **(env or {}),
+        }
         # http=True: also serve the HTTP edge on a free loopback port (self.http_url).
         self.http_url = ""
         if http:

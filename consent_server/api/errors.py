@@ -97,19 +97,19 @@ def to_status(exc: Exception) -> status_pb2.Status:
         )
     if isinstance(exc, NotFound):
         return status_pb2.Status(
-            code=code_pb2.NOT_FOUND, message=str(exc), details=_pack(_info("MESSAGE_NOT_FOUND"))
+            code=code_pb2.NOT_FOUND, message=str(exc), details=_pack(_info(exc.reason))
         )
     if isinstance(exc, SettingsConflict):
         return status_pb2.Status(
             code=code_pb2.ABORTED,
             message=f"{exc}; nothing was written, read the settings again and retry",
-            details=_pack(_info("SETTINGS_CONFLICT")),
+            details=_pack(_info(exc.reason)),
         )
     if isinstance(exc, NotConfigured):
         return status_pb2.Status(
             code=code_pb2.FAILED_PRECONDITION,
             message=str(exc),
-            details=_pack(_info("NOT_CONFIGURED")),
+            details=_pack(_info(exc.reason)),
         )
     if isinstance(exc, NotImplementedYet):
         return status_pb2.Status(

@@ -173,6 +173,9 @@ class WebhookCallbacks:
             raise CallbackRefused(401, "missing X-Consent-Timestamp or X-Consent-Signature")
         if not timestamp.isdigit() or abs(time.time() - int(timestamp)) > CALLBACK_MAX_AGE_S:
             raise CallbackRefused(401, "timestamp missing, malformed or too old")
+        if await self._consent.tenant_lookup(tenant_id) is None:
+            # The same answer as a tenant without a webhook provider: nothing changes.
+            raise CallbackRefused(404, "no webhook provider is configured for this tenant")
         webhook_secrets = [
             c.secret
             for c in (await self._outbox.providers(tenant_id)).values()

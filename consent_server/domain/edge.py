@@ -17,7 +17,13 @@ from typing import Any, Protocol
 from urllib.parse import quote
 
 from . import validation as val
-from .errors import ConsentError, InvalidArgument, NotConfigured, StoreUnavailable
+from .errors import (
+    ConsentError,
+    InvalidArgument,
+    NotConfigured,
+    StoreUnavailable,
+    TenantNotFound,
+)
 from .links import (
     DEFAULT_TTL_S,
     MAX_TTL_S,
@@ -249,6 +255,7 @@ class ConsentLinks:
         claims = (await self._keyring()).open(token)
         if claims.action is not action:
             raise LinkInvalid("this link is not valid here")
+        await self._a.require_tenant(claims.tenant_id)  # TenantNotFound: 404, no change
         return claims
 
     async def submit(
@@ -344,6 +351,11 @@ class WhatsAppEdge:
     async def _config(self, tenant_id: str) -> WhatsAppWebhookConfig:
         if not val.TENANT_RE.match(tenant_id):
             raise WebhookError(404, "no WhatsApp webhook here")
+        try:
+            await self._a.require_tenant(tenant_id)
+        except TenantNotFound:
+            # The same answer as an unconfigured tenant: the path is public.
+            raise WebhookError(404, "no WhatsApp webhook is configured for this tenant") from None
         config = await self._store.whatsapp_webhook(tenant_id)
         if config is None:
             raise WebhookError(404, "no WhatsApp webhook is configured for this tenant")
