@@ -109,14 +109,17 @@ def send(
 
 
 def snapshot(stub: Any, tenant: str, recipient: pb.Recipient = WA) -> tuple[Any, ...]:
-    """Everything observable about (tenant, recipient): history and the decisions for
-    a topic no record names (the all-topics scope decides) and two topics. Compare before/after a call that must not write."""
+    """Everything observable about (tenant, recipient): history and the decisions for a
+    topic no record names (the all-topics scope decides) and two topics. Compare
+    before/after a call that must not write."""
     events = tuple(
         e.SerializeToString(deterministic=True) for e in history(stub, tenant, recipient)
     )
     decisions = tuple(
         (c.allowed, c.status, c.decided_by, c.reason, c.revision, c.source, c.since.seconds)
-        for c in (check(stub, tenant, recipient, t) for t in ("untouched", "marketing", "order_updates"))
+        for c in (
+            check(stub, tenant, recipient, t) for t in ("untouched", "marketing", "order_updates")
+        )
     )
     return events, decisions
 
@@ -780,9 +783,7 @@ def test_matrix_is_big_enough_and_covers_every_rpc() -> None:
     }
 
 
-def test_other_tenants_message_id_is_not_found(
-    stub: Any, tenant: str, create_tenant: Any
-) -> None:
+def test_other_tenants_message_id_is_not_found(stub: Any, tenant: str, create_tenant: Any) -> None:
     mine = send(stub, tenant).message_id
     other = create_tenant(tenant + "-other")
     with pytest.raises(grpc.RpcError) as raised:
