@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -15,7 +14,14 @@ from hypothesis import settings
 from consent_client.v1 import consent_pb2_grpc
 from consent_server.store.repository import RedisConsentStore
 
-from .support import TEST_TENANTS, RedisProcess, ServerProcess, create_tenant_on, create_tenants
+from .support import (
+    TEST_TENANTS,
+    RedisProcess,
+    ServerProcess,
+    create_tenant_on,
+    create_tenants,
+    tenant_id_for,
+)
 
 # Property tests check properties, not speed: hypothesis's per-example deadline turns a
 # busy 2-core CI machine into flaky failures, so it is off (performance lives in bench/).
@@ -42,7 +48,7 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[RedisConsentSto
         await client.flushdb()
     s = RedisConsentStore(client, settings_cache_s=0)
     # Tenants exist only once created: the shared ones and this test's own (``tenant``).
-    await create_tenants(s, (*TEST_TENANTS, test_tenant_id(request.node)))
+    await create_tenants(s, (*TEST_TENANTS, tenant_id_for(request.node)))
     yield s
     await s.aclose()
 
@@ -73,18 +79,13 @@ def stub(server: ServerProcess) -> Iterator[consent_pb2_grpc.ConsentServiceStub]
         yield consent_pb2_grpc.ConsentServiceStub(channel)
 
 
-def test_tenant_id(node: pytest.Item) -> str:
-    """The tenant id unique to a test (the ``tenant`` fixture)."""
-    return "t-" + hashlib.sha1(node.nodeid.encode()).hexdigest()[:16]
-
-
 @pytest.fixture
 def tenant(request: pytest.FixtureRequest) -> str:
     """A tenant id unique to the test, so module-scoped servers need no flushing.
 
     It exists wherever the test looks: the ``store`` fixture creates it, and so does
     this fixture in the test's ``server`` process."""
-    tenant_id = test_tenant_id(request.node)
+    tenant_id = tenant_id_for(request.node)
     if "server" in request.fixturenames:
         create_tenant_on(request.getfixturevalue("server").target, tenant_id)
     return tenant_id

@@ -3,6 +3,7 @@ consent server as a separate process spoken to over gRPC, like a user would."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -25,6 +26,11 @@ REDIS_SERVER = shutil.which("redis-server")
 #: pre-creates these (the ids tests name literally); new tests use "acme" and "globex".
 #: The ``tenant`` fixture's per-test ids are created by the fixtures that need them.
 TEST_TENANTS = ("acme", "globex", "meals", "other", "t", "a")
+
+
+def tenant_id_for(node: Any) -> str:
+    """The tenant id unique to a test item (the ``tenant`` fixture)."""
+    return "t-" + hashlib.sha1(node.nodeid.encode()).hexdigest()[:16]
 
 
 async def create_tenants(store: Any, ids: Iterable[str] = TEST_TENANTS) -> None:
