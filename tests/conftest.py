@@ -84,10 +84,13 @@ def tenant(request: pytest.FixtureRequest) -> str:
     """A tenant id unique to the test, so module-scoped servers need no flushing.
 
     It exists wherever the test looks: the ``store`` fixture creates it, and so does
-    this fixture in the test's ``server`` process."""
+    this fixture in the test's server process (any ``*server`` fixture)."""
     tenant_id = tenant_id_for(request.node)
-    if "server" in request.fixturenames:
-        create_tenant_on(request.getfixturevalue("server").target, tenant_id)
+    for name in request.fixturenames:  # "server", "edge_server", ...
+        if name.endswith("server"):
+            srv = request.getfixturevalue(name)
+            if isinstance(srv, ServerProcess):
+                create_tenant_on(srv.target, tenant_id)
     return tenant_id
 
 
@@ -98,10 +101,14 @@ def workdir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def create_tenant(request: pytest.FixtureRequest) -> Callable[[str], str]:
-    """Creates a further tenant in the test's ``server`` process; returns its id."""
+    """Creates a further tenant in the test's server process; returns its id."""
 
     def make(tenant_id: str) -> str:
-        create_tenant_on(request.getfixturevalue("server").target, tenant_id)
+        for name in request.fixturenames:
+            if name.endswith("server"):
+                srv = request.getfixturevalue(name)
+                if isinstance(srv, ServerProcess):
+                    create_tenant_on(srv.target, tenant_id)
         return tenant_id
 
     return make

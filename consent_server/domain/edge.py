@@ -290,7 +290,7 @@ class ConsentLinks:
             # A one-click POST has no form nonce, so its event id is the token's: mail
             # providers' retries are one event. But if the customer re-subscribed since,
             # the same unsubscribe link must work again.
-            now = await self._a.check(claims.tenant_id, recipient, claims.topic)
+            now = await self._a.scope_check(claims.tenant_id, recipient, claims.topic)
             if now.decision.allowed:
                 result = await record(link_event_id(claims.token_id, secrets.token_hex(8)))
         return claims, result

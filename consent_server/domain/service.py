@@ -192,12 +192,25 @@ class ConsentAuthority:
         return settings.default_region or self._default_region
 
     async def check(self, tenant_id: str, raw: RawRecipient | None, topic: str) -> CheckResult:
-        """CheckConsent."""
+        """CheckConsent: the topic is required, as for a send (an unnamed one would slip
+        past a topic-only opt-out)."""
+        return await self._check(tenant_id, raw, topic, topic_required=True)
+
+    async def scope_check(
+        self, tenant_id: str, raw: RawRecipient | None, topic: str
+    ) -> CheckResult:
+        """The decision for a consent *scope* ("" = the all-topics record and the default
+        policy): for the service's own use (links), never a sender's check."""
+        return await self._check(tenant_id, raw, topic, topic_required=False)
+
+    async def _check(
+        self, tenant_id: str, raw: RawRecipient | None, topic: str, *, topic_required: bool
+    ) -> CheckResult:
         v = Violations()
         tenant = val.tenant_id(v, tenant_id)
         settings = await self._settings(tenant)
         rcpt = val.recipient(v, raw, self._region(settings))
-        norm_topic = val.topic(v, topic, required=True)
+        norm_topic = val.topic(v, topic, required=topic_required)
         v.raise_if_any()
         assert rcpt is not None
         [(topic_record, all_record)] = await self._store.read_records(tenant, [rcpt], norm_topic)
