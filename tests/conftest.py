@@ -18,7 +18,7 @@ from .support import (
     TEST_TENANTS,
     RedisProcess,
     ServerProcess,
-    create_tenant_on,
+    create_tenant_everywhere,
     create_tenants,
     tenant_id_for,
 )
@@ -83,14 +83,11 @@ def stub(server: ServerProcess) -> Iterator[consent_pb2_grpc.ConsentServiceStub]
 def tenant(request: pytest.FixtureRequest) -> str:
     """A tenant id unique to the test, so module-scoped servers need no flushing.
 
-    It exists wherever the test looks: the ``store`` fixture creates it, and so does
-    this fixture in the test's server process (any ``*server`` fixture)."""
+    It exists wherever the test looks: the ``store`` fixture creates it, and this
+    fixture creates it in every server process running (the test's module- and
+    session-scoped servers are up before a function-scoped fixture)."""
     tenant_id = tenant_id_for(request.node)
-    for name in request.fixturenames:  # "server", "edge_server", ...
-        if name.endswith("server"):
-            srv = request.getfixturevalue(name)
-            if isinstance(srv, ServerProcess):
-                create_tenant_on(srv.target, tenant_id)
+    create_tenant_everywhere(tenant_id)
     return tenant_id
 
 
@@ -100,15 +97,11 @@ def workdir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def create_tenant(request: pytest.FixtureRequest) -> Callable[[str], str]:
-    """Creates a further tenant in the test's server process; returns its id."""
+def create_tenant() -> Callable[[str], str]:
+    """Creates a further tenant in the running server processes; returns its id."""
 
     def make(tenant_id: str) -> str:
-        for name in request.fixturenames:
-            if name.endswith("server"):
-                srv = request.getfixturevalue(name)
-                if isinstance(srv, ServerProcess):
-                    create_tenant_on(srv.target, tenant_id)
+        create_tenant_everywhere(tenant_id)
         return tenant_id
 
     return make

@@ -3,6 +3,7 @@ consent server as a separate process spoken to over gRPC, like a user would."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -15,7 +16,7 @@ import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import grpc
 import redis
@@ -39,6 +40,17 @@ async def create_tenants(store: Any, ids: Iterable[str] = TEST_TENANTS) -> None:
     from consent_server.store.tenants import RedisTenantStore
 
     await TenantRegistry(RedisTenantStore(store)).ensure(ids)
+
+
+def create_tenant_everywhere(tenant_id: str) -> None:
+    """Create ``tenant_id`` in every running server process that can be reached in
+    plain text (with its bootstrap operator key when it has one); others are left."""
+    for srv in list(ServerProcess.live):
+        if not srv.target or (srv.proc is not None and srv.proc.poll() is not None):
+            continue
+        # TLS-only or unreachable servers are left: such tests create their tenants.
+        with contextlib.suppress(grpc.RpcError):
+            create_tenant_on(srv.target, tenant_id, srv.env.get("CONSENT_BOOTSTRAP_ADMIN_KEY"))
 
 
 def create_tenant_on(target: str, tenant_id: str, api_key: str | None = None) -> None:
@@ -149,6 +161,9 @@ class RedisProcess:
 class ServerProcess:
     """``python -m consent_server`` on a free port, with the given environment."""
 
+    #: The server processes running now: the ``tenant`` fixture creates its tenant in each.
+    live: ClassVar[list[ServerProcess]] = []
+
     def __init__(
         self,
         env: dict[str, str] | None = None,
@@ -206,6 +221,7 @@ class ServerProcess:
         if not ready.wait(timeout):
             self.kill()
             raise RuntimeError("server did not start:\n" + "".join(self.lines))
+        ServerProcess.live.append(self)
         if wait_serving:
             self.wait_serving(timeout)
         if not http_ready.wait(timeout):
@@ -274,12 +290,16 @@ class ServerProcess:
         return code
 
     def stop(self) -> int:
+        if self in ServerProcess.live:
+            ServerProcess.live.remove(self)
         if self.proc and self.proc.poll() is None:
             self.signal(signal.SIGTERM)
             return self.wait()
         return self.proc.returncode if self.proc else 0
 
     def kill(self) -> None:
+        if self in ServerProcess.live:
+            ServerProcess.live.remove(self)
         if self.proc and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)

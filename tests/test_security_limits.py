@@ -80,7 +80,7 @@ def test_batch_over_the_configured_limit(stub) -> None:  # type: ignore[no-untyp
     assert (
         len(
             stub.BatchCheckConsent(
-                pb.BatchCheckConsentRequest(tenant_id=T, recipients=many[:50])
+                pb.BatchCheckConsentRequest(tenant_id=T, recipients=many[:50], topic="m")
             ).results
         )
         == 50
