@@ -196,6 +196,8 @@ def consent_server(redis_url: str, delivery: str = "off") -> GrpcProcess:
             "CONSENT_REDIS_URL": redis_url,
             "CONSENT_LOG_LEVEL": "info",
             "CONSENT_DELIVERY": delivery,
+            # Tenants are explicit: the benchmark's tenant is created at start.
+            "CONSENT_TENANTS": "bench",
         },
     )
 

@@ -29,7 +29,6 @@ from consent_client import NotFound as ClientNotFound
 from consent_client.v1 import admin_pb2 as apb
 from consent_client.v1 import consent_pb2 as pb
 from consent_server.domain.auth import new_key
-from consent_server.domain.errors import TenantNotFound
 from consent_server.domain.model import Channel
 from consent_server.domain.service import ConsentAuthority
 from consent_server.domain.validation import RawRecipient
@@ -392,6 +391,8 @@ async def test_the_check_makes_no_extra_round_trip_for_the_tenant(
     """The existence check is the tenant-settings read, cached: a warm CheckConsent
     issues exactly the commands it issued before tenants were explicit (none for the
     tenant)."""
+    from consent_server.domain.errors import TenantNotFound
+
     cached = RedisConsentStore(store.client, settings_cache_s=60)
     authority = ConsentAuthority(cached)
     rcpt = RawRecipient(Channel.WHATSAPP, "+919876543210")
@@ -414,6 +415,7 @@ async def test_the_check_makes_no_extra_round_trip_for_the_tenant(
 
 
 async def test_settings_of_an_unknown_tenant_are_not_written(store: RedisConsentStore) -> None:
+    from consent_server.domain.errors import TenantNotFound
     from consent_server.domain.model import TenantSettings
 
     before = sorted(await store.client.keys("*"))

@@ -1,8 +1,10 @@
 """Recipient address normalisation (SPEC §2): one spelling per real address.
 
 Phone numbers become E.164 via ``phonenumbers``; we reject what is not a
-*possible* number but never on *validity* metadata, so fictional 555-01xx
-numbers work. E-mail is trimmed and lower-cased.
+*possible* number but never on *validity* metadata alone, so fictional 555-01xx
+numbers work. The one use of validity: bare WhatsApp digits that are no valid
+number as a WhatsApp ID but a valid national number of the tenant's region are
+refused as ambiguous rather than guessed. E-mail is trimmed and lower-cased.
 """
 
 from __future__ import annotations

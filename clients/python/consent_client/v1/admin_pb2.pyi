@@ -237,7 +237,7 @@ Global___ListTenantsRequest: _TypeAlias = ListTenantsRequest  # noqa: Y015
 
 @_typing.final
 class ListTenantsResponse(_message.Message):
-    """A page of tenants, oldest first."""
+    """A page of tenants, by id."""
 
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -139,7 +139,7 @@ class ConsentAdminServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListTenants(self, request, context):
-        """Lists every tenant, oldest first, paged. Operator keys only.
+        """Lists every tenant by id, paged. Operator keys only.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -51,7 +51,7 @@ class ConsentAdminServiceStub:
     created. Operator keys only.
     """
     ListTenants: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListTenantsRequest, _admin_pb2.ListTenantsResponse]
-    """Lists every tenant, oldest first, paged. Operator keys only."""
+    """Lists every tenant by id, paged. Operator keys only."""
     DeleteTenant: _grpc.UnaryUnaryMultiCallable[_admin_pb2.DeleteTenantRequest, _admin_pb2.DeleteTenantResponse]
     """Deletes a tenant, so no opt-out is ever lost silently: it is refused with
     FAILED_PRECONDITION (reason TENANT_NOT_EMPTY) and changes nothing while the
@@ -157,7 +157,7 @@ class ConsentAdminServiceAsyncStub(ConsentAdminServiceStub):
     created. Operator keys only.
     """
     ListTenants: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListTenantsRequest, _admin_pb2.ListTenantsResponse]  # type: ignore[assignment]
-    """Lists every tenant, oldest first, paged. Operator keys only."""
+    """Lists every tenant by id, paged. Operator keys only."""
     DeleteTenant: _aio.UnaryUnaryMultiCallable[_admin_pb2.DeleteTenantRequest, _admin_pb2.DeleteTenantResponse]  # type: ignore[assignment]
     """Deletes a tenant, so no opt-out is ever lost silently: it is refused with
     FAILED_PRECONDITION (reason TENANT_NOT_EMPTY) and changes nothing while the
@@ -278,7 +278,7 @@ class ConsentAdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.ListTenantsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.ListTenantsResponse, _abc.Awaitable[_admin_pb2.ListTenantsResponse]]:
-        """Lists every tenant, oldest first, paged. Operator keys only."""
+        """Lists every tenant by id, paged. Operator keys only."""
 
     @_abc_1.abstractmethod
     def DeleteTenant(

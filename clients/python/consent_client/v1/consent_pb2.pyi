@@ -309,7 +309,7 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     or was deleted; see ConsentAdminService.CreateTenant). Nothing was read or
     written. A key of another tenant gets PERMISSION_DENIED
     (TENANT_NOT_ALLOWED) instead, whether or not the tenant exists, so keys
-    cannot probe which tenants exist. Metadata: tenant_id.
+    cannot probe which tenants exist.
     """
     TENANT_ALREADY_EXISTS: _ErrorReason.ValueType  # 141
     """ALREADY_EXISTS: CreateTenant for an id that is taken. Nothing changed."""
@@ -320,7 +320,7 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     SETTINGS_VERSION_MISMATCH: _ErrorReason.ValueType  # 143
     """ABORTED: UpdateTenantSettings named a version that is no longer the stored
     one (someone else changed the settings since they were read). Nothing was
-    written. Metadata: current_version. Read again, re-apply, retry.
+    written; the message names the stored version. Read again, re-apply, retry.
     """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
@@ -401,7 +401,7 @@ NOT_FOUND: the request's tenant_id names no tenant (it was never created,
 or was deleted; see ConsentAdminService.CreateTenant). Nothing was read or
 written. A key of another tenant gets PERMISSION_DENIED
 (TENANT_NOT_ALLOWED) instead, whether or not the tenant exists, so keys
-cannot probe which tenants exist. Metadata: tenant_id.
+cannot probe which tenants exist.
 """
 TENANT_ALREADY_EXISTS: ErrorReason.ValueType  # 141
 """ALREADY_EXISTS: CreateTenant for an id that is taken. Nothing changed."""
@@ -412,7 +412,7 @@ consent data (records, history, tombstones or messages). Nothing changed.
 SETTINGS_VERSION_MISMATCH: ErrorReason.ValueType  # 143
 """ABORTED: UpdateTenantSettings named a version that is no longer the stored
 one (someone else changed the settings since they were read). Nothing was
-written. Metadata: current_version. Read again, re-apply, retry.
+written; the message names the stored version. Read again, re-apply, retry.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
