@@ -80,15 +80,17 @@ def stub(server: ServerProcess) -> Iterator[consent_pb2_grpc.ConsentServiceStub]
 
 
 @pytest.fixture
-def tenant(request: pytest.FixtureRequest) -> str:
+def tenant(request: pytest.FixtureRequest) -> Iterator[str]:
     """A tenant id unique to the test, so module-scoped servers need no flushing.
 
     It exists wherever the test looks: the ``store`` fixture creates it, and this
     fixture creates it in every server process running (the test's module- and
-    session-scoped servers are up before a function-scoped fixture)."""
+    session-scoped servers are up before a function-scoped fixture) and in every one
+    the test starts itself."""
     tenant_id = tenant_id_for(request.node)
     create_tenant_everywhere(tenant_id)
-    return tenant_id
+    yield tenant_id
+    ServerProcess.wanted.clear()
 
 
 @pytest.fixture
@@ -97,11 +99,12 @@ def workdir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def create_tenant() -> Callable[[str], str]:
+def create_tenant() -> Iterator[Callable[[str], str]]:
     """Creates a further tenant in the running server processes; returns its id."""
 
     def make(tenant_id: str) -> str:
         create_tenant_everywhere(tenant_id)
         return tenant_id
 
-    return make
+    yield make
+    ServerProcess.wanted.clear()

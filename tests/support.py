@@ -44,7 +44,9 @@ async def create_tenants(store: Any, ids: Iterable[str] = TEST_TENANTS) -> None:
 
 def create_tenant_everywhere(tenant_id: str) -> None:
     """Create ``tenant_id`` in every running server process that can be reached in
-    plain text (with its bootstrap operator key when it has one); others are left."""
+    plain text (with its bootstrap operator key when it has one; others are left), and
+    in every server the test starts from now on (``ServerProcess.wanted``)."""
+    ServerProcess.wanted.add(tenant_id)
     for srv in list(ServerProcess.live):
         if not srv.target or (srv.proc is not None and srv.proc.poll() is not None):
             continue
@@ -163,6 +165,8 @@ class ServerProcess:
 
     #: The server processes running now: the ``tenant`` fixture creates its tenant in each.
     live: ClassVar[list[ServerProcess]] = []
+    #: The current test's own tenant ids: a server the test starts creates them too.
+    wanted: ClassVar[set[str]] = set()
 
     def __init__(
         self,
@@ -224,6 +228,10 @@ class ServerProcess:
         ServerProcess.live.append(self)
         if wait_serving:
             self.wait_serving(timeout)
+            for tenant_id in sorted(ServerProcess.wanted):
+                create_tenant_on(
+                    self.target, tenant_id, self.env.get("CONSENT_BOOTSTRAP_ADMIN_KEY")
+                )
         if not http_ready.wait(timeout):
             self.kill()
             raise RuntimeError("HTTP edge did not start:\n" + "".join(self.lines))
