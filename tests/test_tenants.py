@@ -427,3 +427,35 @@ async def test_settings_of_an_unknown_tenant_are_not_written(store: RedisConsent
     with pytest.raises(TenantNotFound):
         await store.put_tenant_settings(UNKNOWN, TenantSettings(business_name="x"))
     assert sorted(await store.client.keys("*")) == before
+
+
+async def test_registry_lifecycle_in_process(store: RedisConsentStore) -> None:
+    """The registry on each store (and on Redis Cluster, see test_store_cluster.py):
+    create, list, refuse to delete while an opt-out is held, delete when empty."""
+    from consent_server.domain.errors import IdConflict, TenantNotEmpty, TenantNotFound
+    from consent_server.domain.model import Action, Source
+    from consent_server.domain.tenants import TenantRegistry
+    from consent_server.store.tenants import RedisTenantStore
+
+    registry = TenantRegistry(RedisTenantStore(store))
+    made = await registry.create("initech", " Initech ")
+    assert made.display_name == "Initech" and (await registry.get("initech")) == made
+    with pytest.raises(IdConflict):
+        await registry.create("initech", "")
+    page = await registry.list_page(2, "")
+    rest = await registry.list_page(1000, page.next_page_token)
+    ids = [t.tenant_id for t in page.tenants + rest.tenants]
+    assert ids == sorted(ids) and "initech" in ids and rest.next_page_token == ""
+    await ConsentAuthority(store).change(
+        Action.OPT_OUT, tenant_id="initech", recipient=RawRecipient(Channel.SMS, "+14155550100"),
+        topic="", source=Source.API, evidence="", occurred_at=None, event_id="",
+    )  # fmt: skip
+    with pytest.raises(TenantNotEmpty):
+        await registry.delete("initech")
+    assert (await registry.get("initech")) == made
+    await registry.create("empty-one", "")
+    deleted = await registry.delete("empty-one")
+    assert deleted.tenant.tenant_id == "empty-one"
+    with pytest.raises(TenantNotFound):
+        await registry.get("empty-one")
+    assert await store.tenant_lookup("empty-one") is None
