@@ -207,6 +207,8 @@ def consent_server(redis_url: str, delivery: str = "off", processes: int = 1) ->
             "CONSENT_LOG_LEVEL": "info",
             "CONSENT_DELIVERY": delivery,
             "CONSENT_PROCESSES": str(processes),
+            # Tenants are explicit: the benchmark's tenant is created at start.
+            "CONSENT_TENANTS": "bench",
         },
     )
 

@@ -28,7 +28,8 @@ from consent_client.v1 import admin_pb2, admin_pb2_grpc, consent_pb2, consent_pb
 from consent_server.api.admin import ConsentAdminService
 from consent_server.api.admin_security import SecurityHandlers
 from consent_server.api.admin_service import TenantSettingsHandlers
-from consent_server.api.auth import AuthInterceptor
+from consent_server.api.admin_tenants import TenantHandlers
+from consent_server.api.auth import AuthInterceptor, TenantLookup
 from consent_server.api.consent_service import ConsentServicer
 from consent_server.api.delivery_admin_service import DeliveryProviderHandlers
 from consent_server.api.edge_admin_service import WhatsAppWebhookHandlers
@@ -46,6 +47,7 @@ from consent_server.domain.errors import StoreUnavailable
 from consent_server.domain.links_service import ConsentLinks
 from consent_server.domain.security import RateLimits, SecurityAuthority
 from consent_server.domain.service import ConsentAuthority, Limits
+from consent_server.domain.tenants import TenantRegistry
 from consent_server.domain.whatsapp_edge import WhatsAppEdge
 from consent_server.http.server import HttpEdge
 from consent_server.http.wiring import edge_app, keyring_for, whatsapp_edge
@@ -53,6 +55,7 @@ from consent_server.store.connect import open_store
 from consent_server.store.edge import RedisEdgeStore
 from consent_server.store.repository import RedisConsentStore
 from consent_server.store.security import RedisSecurityStore
+from consent_server.tenant_bootstrap import ensure_tenants, tenant_registry
 
 log = logging.getLogger("consent_server")
 
@@ -152,9 +155,11 @@ def build(settings: Settings) -> Services:
     # dead letters through it.
     whatsapp = whatsapp_edge(authority, edge_store, on_status=delivery.on_status)
     consent = ConsentServicer(authority, links)
-    admin = admin_servicer(authority, security, edge_store, public_url, delivery, whatsapp)
+    admin = admin_servicer(
+        authority, security, edge_store, public_url, delivery, whatsapp, tenant_registry(store)
+    )
     health = health_aio.HealthServicer()
-    server = grpc_server(settings, security, consent, admin, health)
+    server = grpc_server(settings, security, consent, admin, health, store.tenant_lookup)
     reloader = CertificateReloader(settings.tls) if settings.tls.enabled else None
     return Services(
         settings=settings,
@@ -209,9 +214,11 @@ def admin_servicer(
     public_url: str | None,
     delivery: DeliveryServices,
     whatsapp: WhatsAppEdge,
+    tenants: TenantRegistry,
 ) -> ConsentAdminService:
     """ConsentAdminService: one handler object per area, each on its use case."""
     return ConsentAdminService(
+        tenants=TenantHandlers(tenants),
         settings=TenantSettingsHandlers(authority),
         security=SecurityHandlers(security),
         delivery=DeliveryProviderHandlers(delivery.admin),
@@ -225,10 +232,14 @@ def grpc_server(
     consent: ConsentServicer,
     admin: ConsentAdminService,
     health_servicer: health_aio.HealthServicer,
+    tenant_lookup: TenantLookup,
 ) -> grpc.aio.Server:
-    """The gRPC server with authentication, every service, and reflection."""
+    """The gRPC server with authentication (and the tenant-exists check), every service,
+    and reflection."""
     server = grpc.aio.server(
-        interceptors=[AuthInterceptor(security, required=settings.auth_required)],
+        interceptors=[
+            AuthInterceptor(security, required=settings.auth_required, tenant_lookup=tenant_lookup)
+        ],
         options=server_options(settings),
         # Bounds the handlers of a process whatever clients do (many connections, or
         # streams reset as soon as opened), now that streams count as HTTP/2 counts them.
@@ -273,6 +284,7 @@ async def run(
     loop = asyncio.get_running_loop()
     await _set_health(s.health, NOT_SERVING)
     bootstrap = await install_bootstrap(s)
+    tenants_task = await ensure_tenants(tenant_registry(s.store), settings)
     start_metrics(settings)
     await s.server.start()
     log.info(
@@ -297,7 +309,7 @@ async def run(
         loop.add_signal_handler(signal.SIGHUP, s.reloader.reload)
     watcher = asyncio.create_task(watch_store(s.store, s.health, settings.server.health_interval_s))
     await stop.wait()
-    await drain(s, [watcher, *([bootstrap] if bootstrap is not None else [])])
+    await drain(s, [t for t in (watcher, bootstrap, tenants_task) if t is not None])
     return 0
 
 

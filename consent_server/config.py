@@ -31,6 +31,7 @@ from urllib.parse import urlparse
 from consent_server.domain.auth import is_key_token
 from consent_server.domain.egress import ALLOW_ENV, EgressPolicy
 from consent_server.domain.recipients import is_valid_region
+from consent_server.domain.validation import TENANT_RE
 
 
 class ConfigError(ValueError):
@@ -90,6 +91,15 @@ def _egress(var: str, text: str) -> EgressPolicy:
         return EgressPolicy.parse(text)
     except ValueError as exc:
         raise ConfigError(f"{var}: {exc}") from None
+
+
+def _tenant_ids(var: str, text: str) -> tuple[str, ...]:
+    """CONSENT_TENANTS: comma-separated tenant ids, each well-formed."""
+    ids = tuple(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
+    bad = [t for t in ids if not TENANT_RE.fullmatch(t)]
+    if bad:
+        raise ConfigError(f"{var}: {bad[0]!r} is not a tenant id (^[a-z0-9][a-z0-9_-]{{0,63}}$)")
+    return ids
 
 
 def _seconds(low: float, high: float) -> Parser[float]:
@@ -270,6 +280,15 @@ class ServerSettings(_Group):
         "that restarts them ([Processes](#processes)); `1` = one process, no supervisor; "
         "more than 1 needs `CONSENT_REDIS_URL`",
         shown="the number of cores (`1` on the embedded store)",
+    )
+    tenants: tuple[str, ...] = option(
+        "CONSENT_TENANTS",
+        (),
+        _tenant_ids,
+        "comma-separated tenant ids to create at start when missing (existing ones are never "
+        "changed); the embedded store always creates the demo tenant `acme` "
+        "([Tenants](#tenants))",
+        shown="unset",
     )
     # Not configurable: how often health follows Redis reachability.
     health_interval_s: float = 1.0

@@ -17,7 +17,14 @@ from consent_client.v1 import consent_pb2_grpc
 from consent_server.store.repository import RedisConsentStore
 
 from .cluster_support import RedisClusterProcesses
-from .support import RedisProcess, ServerProcess
+from .support import (
+    TEST_TENANTS,
+    RedisProcess,
+    ServerProcess,
+    create_tenant_everywhere,
+    create_tenants,
+    tenant_id_for,
+)
 
 # Property tests check properties, not speed: hypothesis's per-example deadline turns a
 # busy 2-core CI machine into flaky failures, so it is off (performance lives in bench/).
@@ -43,6 +50,8 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[RedisConsentSto
         client = aioredis.Redis.from_url(proc.url)
         await client.flushdb()
     s = RedisConsentStore(client, settings_cache_s=0)
+    # Tenants exist only once created: the shared ones and this test's own (``tenant``).
+    await create_tenants(s, (*TEST_TENANTS, tenant_id_for(request.node)))
     yield s
     await s.aclose()
 
@@ -74,11 +83,17 @@ def stub(server: ServerProcess) -> Iterator[consent_pb2_grpc.ConsentServiceStub]
 
 
 @pytest.fixture
-def tenant(request: pytest.FixtureRequest) -> str:
-    """A tenant id unique to the test, so module-scoped servers need no flushing."""
-    import hashlib
+def tenant(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A tenant id unique to the test, so module-scoped servers need no flushing.
 
-    return "t-" + hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:16]
+    It exists wherever the test looks: the ``store`` fixture creates it, and this
+    fixture creates it in every server process running (the test's module- and
+    session-scoped servers are up before a function-scoped fixture) and in every one
+    the test starts itself."""
+    tenant_id = tenant_id_for(request.node)
+    create_tenant_everywhere(tenant_id)
+    yield tenant_id
+    ServerProcess.wanted.clear()
 
 
 @pytest.fixture
@@ -201,3 +216,15 @@ def _guard_start(cls: type, mark: str) -> None:
 _guard_start(RedisProcess, "redis")
 _guard_start(ServerProcess, "e2e")
 _guard_start(RedisClusterProcesses, "cluster")
+
+
+@pytest.fixture
+def create_tenant() -> Iterator[Callable[[str], str]]:
+    """Creates a further tenant in the running server processes; returns its id."""
+
+    def make(tenant_id: str) -> str:
+        create_tenant_everywhere(tenant_id)
+        return tenant_id
+
+    yield make
+    ServerProcess.wanted.clear()

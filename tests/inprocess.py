@@ -19,6 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from consent_client.v1 import admin_pb2_grpc, consent_pb2_grpc
 from consent_server.app import Services, build, run
 from consent_server.config import load
+from tests.support import TEST_TENANTS
 
 
 @dataclass
@@ -37,7 +38,8 @@ async def serving(
 ) -> AsyncIterator[InProcess]:
     """Build and run a server from ``env``/``argv`` (delivery off unless told), SERVING
     when entered; drained like on SIGTERM, and exited with 0, when left."""
-    settings = load(["--listen", "127.0.0.1:0", *argv], {"CONSENT_DELIVERY": "off", **(env or {})})
+    defaults = {"CONSENT_DELIVERY": "off", "CONSENT_TENANTS": ",".join(TEST_TENANTS)}
+    settings = load(["--listen", "127.0.0.1:0", *argv], {**defaults, **(env or {})})
     services = build(settings)
     stop = asyncio.Event()
     running = asyncio.create_task(run(services, stop))

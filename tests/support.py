@@ -3,6 +3,8 @@ consent server as a separate process spoken to over gRPC, like a user would."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -12,12 +14,61 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any, ClassVar
 
 import grpc
 import redis
 
 REDIS_SERVER = shutil.which("redis-server")
+
+#: Tenants exist only once created. Every store and server process of the test suite
+#: pre-creates these (the ids tests name literally); new tests use "acme" and "globex".
+#: The ``tenant`` fixture's per-test ids are created by the fixtures that need them.
+TEST_TENANTS = ("acme", "globex", "meals", "other", "t", "a")
+
+
+def tenant_id_for(node: Any) -> str:
+    """The tenant id unique to a test item (the ``tenant`` fixture)."""
+    return "t-" + hashlib.sha1(node.nodeid.encode()).hexdigest()[:16]
+
+
+async def create_tenants(store: Any, ids: Iterable[str] = TEST_TENANTS) -> None:
+    """Create ``ids`` in a RedisConsentStore (in-process tests)."""
+    from consent_server.domain.tenants import TenantRegistry
+    from consent_server.store.tenants import RedisTenantStore
+
+    await TenantRegistry(RedisTenantStore(store)).ensure(ids)
+
+
+def create_tenant_everywhere(tenant_id: str) -> None:
+    """Create ``tenant_id`` in every running server process that can be reached in
+    plain text (with its bootstrap operator key when it has one; others are left), and
+    in every server the test starts from now on (``ServerProcess.wanted``)."""
+    ServerProcess.wanted.add(tenant_id)
+    for srv in list(ServerProcess.live):
+        if not srv.target or (srv.proc is not None and srv.proc.poll() is not None):
+            continue
+        # TLS-only or unreachable servers are left: such tests create their tenants.
+        with contextlib.suppress(grpc.RpcError):
+            create_tenant_on(srv.target, tenant_id, srv.env.get("CONSENT_BOOTSTRAP_ADMIN_KEY"))
+
+
+def create_tenant_on(target: str, tenant_id: str, api_key: str | None = None) -> None:
+    """Create a tenant in a running server over gRPC (anonymous on loopback, or with an
+    operator ``api_key``); an existing one is fine."""
+    from consent_client.v1 import admin_pb2, admin_pb2_grpc
+
+    metadata = (("authorization", f"Bearer {api_key}"),) if api_key else None
+    with grpc.insecure_channel(target) as ch:
+        try:
+            admin_pb2_grpc.ConsentAdminServiceStub(ch).CreateTenant(
+                admin_pb2.CreateTenantRequest(tenant_id=tenant_id), timeout=10, metadata=metadata
+            )
+        except grpc.RpcError as exc:
+            if exc.code() is not grpc.StatusCode.ALREADY_EXISTS:
+                raise
 
 
 def free_port() -> int:
@@ -112,6 +163,11 @@ class RedisProcess:
 class ServerProcess:
     """``python -m consent_server`` on a free port, with the given environment."""
 
+    #: The server processes running now: the ``tenant`` fixture creates its tenant in each.
+    live: ClassVar[list[ServerProcess]] = []
+    #: The current test's own tenant ids: a server the test starts creates them too.
+    wanted: ClassVar[set[str]] = set()
+
     def __init__(
         self,
         env: dict[str, str] | None = None,
@@ -125,6 +181,7 @@ class ServerProcess:
             **os.environ,
             "CONSENT_LOG_LEVEL": "info",
             "CONSENT_PROCESSES": "1",
+            "CONSENT_TENANTS": ",".join(TEST_TENANTS),
             **(env or {}),
         }
         # http=True: also serve the HTTP edge on a free loopback port (self.http_url).
@@ -171,8 +228,13 @@ class ServerProcess:
         if not ready.wait(timeout):
             self.kill()
             raise RuntimeError("server did not start:\n" + "".join(self.lines))
+        ServerProcess.live.append(self)
         if wait_serving:
             self.wait_serving(timeout)
+            for tenant_id in sorted(ServerProcess.wanted):
+                create_tenant_on(
+                    self.target, tenant_id, self.env.get("CONSENT_BOOTSTRAP_ADMIN_KEY")
+                )
         if not http_ready.wait(timeout):
             self.kill()
             raise RuntimeError("HTTP edge did not start:\n" + "".join(self.lines))
@@ -239,12 +301,16 @@ class ServerProcess:
         return code
 
     def stop(self) -> int:
+        if self in ServerProcess.live:
+            ServerProcess.live.remove(self)
         if self.proc and self.proc.poll() is None:
             self.signal(signal.SIGTERM)
             return self.wait()
         return self.proc.returncode if self.proc else 0
 
     def kill(self) -> None:
+        if self in ServerProcess.live:
+            ServerProcess.live.remove(self)
         if self.proc and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)

@@ -7,10 +7,11 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from .support import ServerProcess, free_port
+from .support import ServerProcess, create_tenant_on, free_port
 
 CONSENTCTL = str(Path(sys.executable).parent / "consentctl")
 PHONE = "+91 98765 43210"
@@ -115,7 +116,9 @@ def test_settings_get_and_set(server: ServerProcess, tenant: str, tmp_path: Path
     assert from_file["resubscribe_url"] == "https://example.com/back"
     assert from_file["default_region"] == "IN" and from_file["business_name"] == "Comida Rápida"
     # A national number now reads in India.
-    assert "+919876543210" in ok(server, "check", tenant, "098765 43210", "--channel", "sms")
+    assert "+919876543210" in ok(
+        server, "check", tenant, "098765 43210", "--channel", "sms", "-t", "marketing"
+    )
 
 
 def test_no_inference_switch(server: ServerProcess, tenant: str) -> None:
@@ -128,7 +131,7 @@ def test_no_inference_switch(server: ServerProcess, tenant: str) -> None:
     ("args", "needle"),
     [
         (("inbound", "TENANT", "not a number", "--text", "STOP"), "recipient.address"),
-        (("check", "TENANT", PHONE, "--channel", "pigeon"), "channel"),
+        (("check", "TENANT", PHONE, "--channel", "pigeon", "-t", "x"), "channel"),
         (("settings", "set", "TENANT", "--resubscribe-url", "ftp://x"), "settings.resubscribe_url"),
         (("settings", "set", "TENANT"), "nothing to change"),
         (("history", "Bad Tenant", PHONE), "tenant_id"),
@@ -145,7 +148,9 @@ def test_refusals_exit_non_zero_and_say_why(
 
 
 def test_unreachable_server(tenant: str) -> None:
-    proc = run(None, "--timeout", "2", "check", tenant, PHONE, target=f"127.0.0.1:{free_port()}")
+    proc = run(
+        None, "--timeout", "2", "check", tenant, PHONE, "-t", "x", target=f"127.0.0.1:{free_port()}"
+    )
     assert proc.returncode == 1 and "UNAVAILABLE" in proc.stderr
 
 
@@ -155,6 +160,7 @@ def test_link_mints_working_links_and_keys_is_mounted(tenant: str) -> None:
     import httpx
 
     srv = ServerProcess({}, http=True).start()
+    create_tenant_on(srv.target, tenant)
     try:
         out = ok(srv, "link", tenant, "Jane.Doe@Example.com", "--channel", "email")
         urls = dict(
@@ -166,9 +172,56 @@ def test_link_mints_working_links_and_keys_is_mounted(tenant: str) -> None:
         # RFC 8058 one-click on the printed link really opts out.
         done = httpx.post(opt_out, data={"List-Unsubscribe": "One-Click"}, timeout=10)
         assert done.status_code == 200
-        blocked = run(srv, "check", tenant, "jane.doe@example.com", "--channel", "email")
+        blocked = run(
+            srv, "check", tenant, "jane.doe@example.com", "--channel", "email", "-t", "news"
+        )
         assert blocked.returncode == 3, blocked.stdout + blocked.stderr
     finally:
         srv.stop()
     keys_help = run(None, "keys", "--help")
     assert keys_help.returncode == 0 and "create" in keys_help.stdout
+
+
+def test_tenants_commands(server: ServerProcess, tenant: str) -> None:
+    new = tenant + "-cli"
+    made = ok(server, "tenants", "create", new, "--name", "Meal Box")
+    assert made.split(None, 2)[0] == new and made.split(None, 2)[2].strip() == "Meal Box"
+    again = run(server, "tenants", "create", new)
+    assert again.returncode == 1 and "TENANT_ALREADY_EXISTS" in again.stderr
+    assert ok(server, "tenants", "get", new) == made
+    listed = ok(server, "tenants", "list").splitlines()
+    assert made.strip() in listed and any(line.split()[0] == "acme" for line in listed)
+    assert "deleted" in ok(server, "tenants", "delete", new)
+    gone = run(server, "check", new, PHONE, "-t", "marketing")
+    assert gone.returncode == 1 and "TENANT_NOT_FOUND" in gone.stderr
+
+
+def test_settings_set_never_overwrites_a_change_made_since_it_read(
+    server: ServerProcess, tenant: str
+) -> None:
+    """`settings set` sends the version it read: a change someone made between its read
+    and its write is kept, and the command fails saying so."""
+    from consent_client import ConsentClient
+    from consent_client.v1 import admin_pb2 as apb
+
+    from .client_fake import FakeConsentService
+
+    fake = FakeConsentService(upstream=server.target).start()
+
+    def read_then_someone_writes(request: Any, context: Any, forward: Any) -> Any:
+        seen = forward(request)
+        with ConsentClient(server.target) as other:
+            other.update_tenant_settings(request.tenant_id, {"business_name": "Theirs"})
+        return seen
+
+    fake.on("GetTenantSettings", read_then_someone_writes)
+    try:
+        proc = run(None, "settings", "set", tenant, "--business-name", "Mine", target=fake.target)
+        [update] = fake.seen("UpdateTenantSettings")
+        assert update.request.HasField("version")
+    finally:
+        fake.stop()
+    assert proc.returncode == 1 and "SETTINGS_VERSION_MISMATCH" in proc.stderr
+    with ConsentClient(server.target) as client:
+        settings: apb.TenantSettings = client.get_tenant_settings(tenant)
+    assert settings.business_name == "Theirs"

@@ -313,16 +313,19 @@ def test_send_shapes_and_message_status(client: ConsentClient, tenant: str) -> N
 
 
 def test_opt_in_required(redis_proc: RedisProcess, tenant: str) -> None:
-    # Tenant settings have no admin RPC yet, so this case writes them straight into a
-    # private redis-server and runs its own server process on it.
+    # This case writes the settings straight into a private redis-server and runs its own
+    # server process on it.
     import redis.asyncio as aioredis
 
     from consent_server.domain.model import Policy, TenantSettings
     from consent_server.store.repository import RedisConsentStore
 
+    from .support import create_tenants
+
     async def require_opt_in() -> None:
         store = RedisConsentStore(aioredis.Redis.from_url(redis_proc.url))
         try:
+            await create_tenants(store, (tenant,))
             await store.put_tenant_settings(
                 tenant, TenantSettings(default_policy=Policy.REQUIRE_OPT_IN)
             )
@@ -501,7 +504,7 @@ def test_failed_precondition_and_invalid_argument_are_not_retried(
 def test_unavailable_retries_run_out(fake: FakeConsentService) -> None:
     fake.on("CheckConsent", *[unavailable()] * 3)
     with ConsentClient(fake.target, backoff=FAST, retries=2) as c, pytest.raises(Unavailable) as e:
-        c.check_consent("t", "sms", "+15550100")
+        c.check_consent("t", "sms", "+15550100", "marketing")
     assert len(fake.seen("CheckConsent")) == 3
     assert e.value.reason == "STORE_UNAVAILABLE"
 
@@ -510,7 +513,7 @@ def test_retry_info_is_honoured(proxy: FakeConsentService, tenant: str) -> None:
     proxy.on("CheckConsent", unavailable(retry_after=0.3))
     with ConsentClient(proxy.target, backoff=FAST) as c:
         start = time.monotonic()
-        assert c.check_consent(tenant, "sms", "+1 202 555 0100").allowed
+        assert c.check_consent(tenant, "sms", "+1 202 555 0100", "marketing").allowed
         assert time.monotonic() - start >= 0.3
     assert len(proxy.seen("CheckConsent")) == 2
 
@@ -518,7 +521,7 @@ def test_retry_info_is_honoured(proxy: FakeConsentService, tenant: str) -> None:
 def test_reads_retry_deadline_exceeded(proxy: FakeConsentService, tenant: str) -> None:
     proxy.on("CheckConsent", sleep_then_forward(1.0))
     with ConsentClient(proxy.target, backoff=FAST, timeout=0.3) as c:
-        assert c.check_consent(tenant, "sms", "+1 202 555 0100").allowed
+        assert c.check_consent(tenant, "sms", "+1 202 555 0100", "marketing").allowed
     assert len(proxy.seen("CheckConsent")) == 2
 
 
@@ -544,7 +547,7 @@ def test_default_deadline_is_applied(fake: FakeConsentService) -> None:
     with ConsentClient(fake.target, timeout=30, retries=0) as c:
         start = time.monotonic()
         with pytest.raises(DeadlineExceeded):
-            c.check_consent("t", "sms", "+15550100", timeout=0.3)  # per-call override
+            c.check_consent("t", "sms", "+15550100", "marketing", timeout=0.3)  # per-call override
         assert time.monotonic() - start < 1.5
 
 
@@ -552,11 +555,11 @@ def test_api_key_is_sent_on_every_call(proxy: FakeConsentService, tenant: str) -
     proxy.on("OptIn", unavailable())
     with ConsentClient(proxy.target, api_key="ck_test_123", backoff=FAST) as c:
         c.opt_in(tenant, "sms", "+1 202 555 0100")
-        c.check_consent(tenant, "sms", "+1 202 555 0100")
+        c.check_consent(tenant, "sms", "+1 202 555 0100", "marketing")
     assert len(proxy.calls) == 3
     assert all(s.metadata.get("authorization") == "Bearer ck_test_123" for s in proxy.calls)
     with ConsentClient(proxy.target) as anonymous:
-        anonymous.check_consent(tenant, "sms", "+1 202 555 0100")
+        anonymous.check_consent(tenant, "sms", "+1 202 555 0100", "marketing")
     assert "authorization" not in proxy.calls[-1].metadata
 
 
@@ -565,7 +568,7 @@ def test_unavailable_when_nothing_listens() -> None:
     with ConsentClient(target, timeout=2, retries=2, backoff=FAST) as c:
         start = time.monotonic()
         with pytest.raises(Unavailable) as down:
-            c.check_consent("t", "sms", "+15550100")
+            c.check_consent("t", "sms", "+15550100", "marketing")
         assert time.monotonic() - start < 5
     assert down.value.code is grpc.StatusCode.UNAVAILABLE
 
@@ -573,9 +576,9 @@ def test_unavailable_when_nothing_listens() -> None:
 def test_caller_owned_channel_is_not_closed(server: ServerProcess, tenant: str) -> None:
     channel = grpc.insecure_channel(server.target)
     with ConsentClient("ignored", channel=channel) as c:
-        c.check_consent(tenant, "sms", "+1 202 555 0100")
+        c.check_consent(tenant, "sms", "+1 202 555 0100", "marketing")
     with ConsentClient("ignored", channel=channel) as c:
-        assert c.check_consent(tenant, "sms", "+1 202 555 0100").allowed
+        assert c.check_consent(tenant, "sms", "+1 202 555 0100", "marketing").allowed
     channel.close()
 
 

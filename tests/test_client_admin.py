@@ -32,7 +32,7 @@ from consent_client.v1 import consent_pb2 as pb
 from consent_server.domain.auth import new_key
 
 from .client_fake import FakeConsentService, forward_then_unavailable, unavailable
-from .support import RedisProcess, ServerProcess
+from .support import RedisProcess, ServerProcess, create_tenant_on, tenant_id_for
 
 PUBLIC_URL = "https://consent.example.test"
 FAST = Backoff(initial=0.01, maximum=0.05)
@@ -67,6 +67,14 @@ def authed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Authed]:
     yield Authed(server, operator)
     server.stop()
     redis.stop()
+
+
+@pytest.fixture
+def tenant(authed: Authed, request: pytest.FixtureRequest) -> str:
+    """The test's own tenant, created in the authenticated server by the operator."""
+    tenant_id = tenant_id_for(request.node)
+    create_tenant_on(authed.target, tenant_id, authed.operator)
+    return tenant_id
 
 
 @pytest.fixture
@@ -351,11 +359,13 @@ async def test_async_admin_methods(authed: Authed, tenant: str) -> None:
         assert made.api_key.rsplit("_", 1)[1] not in repr(made)
         assert [k.key_id for k in await c.list_api_keys(tenant)] == [admin.key_id, made.key_id]
         async with AsyncConsentClient(authed.target, api_key=made.api_key) as sender:
-            assert (await sender.check_consent(tenant, "sms", "+1 202 555 0100")).allowed
+            assert (
+                await sender.check_consent(tenant, "sms", "+1 202 555 0100", "marketing")
+            ).allowed
             revoked = await c.revoke_api_key(tenant, made.key_id)
             assert revoked.key.revoked and not revoked.already_revoked
             with pytest.raises(Unauthenticated):
-                await sender.check_consent(tenant, "sms", "+1 202 555 0100")
+                await sender.check_consent(tenant, "sms", "+1 202 555 0100", "marketing")
 
         address = _wa()
         await c.opt_out(tenant, "whatsapp", address)

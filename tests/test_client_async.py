@@ -83,7 +83,7 @@ async def test_errors_batch_and_paging(client: AsyncConsentClient, tenant: str) 
     with pytest.raises(NotFound):
         await client.get_message_status(tenant, "msg_nope")
 
-    items = await client.batch_check_consent(tenant, [("sms", SMS), ("email", "nope")])
+    items = await client.batch_check_consent(tenant, [("sms", SMS), ("email", "nope")], "marketing")
     assert items[0].ok and not items[1].ok
     assert isinstance(items[1].error, InvalidArgument)
     assert items[1].error.fields == ["recipients[1].address"]
@@ -157,7 +157,7 @@ async def test_unavailable_when_nothing_listens() -> None:
         f"127.0.0.1:{free_port()}", timeout=2, retries=1, backoff=FAST
     ) as c:
         with pytest.raises(Unavailable):
-            await c.check_consent("t", "sms", SMS)
+            await c.check_consent("t", "sms", SMS, "marketing")
 
 
 async def test_tenant_settings_and_inbound(client: AsyncConsentClient, tenant: str) -> None:

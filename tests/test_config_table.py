@@ -15,6 +15,7 @@ from consent_server.config import OPTIONS, ConfigError, Settings, load, markdown
 
 # A valid value differing from the default for every option that takes a plain value.
 _SAMPLES = {
+    "CONSENT_TENANTS": "acme,globex",
     "CONSENT_EGRESS_ALLOW": "10.0.0.0/8,[::1]:8080",
     "CONSENT_LISTEN": "127.0.0.1:6000",
     "CONSENT_SHUTDOWN_GRACE": "3",

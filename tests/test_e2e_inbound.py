@@ -389,8 +389,10 @@ def test_update_is_visible_at_once_and_merges_by_mask(env: Env, tenant: str) -> 
     assert "Meal Box" in out.reply_text
 
 
-def test_tenant_keywords_never_apply_to_another_tenant(env: Env, tenant: str) -> None:
-    other = tenant + "-b"
+def test_tenant_keywords_never_apply_to_another_tenant(
+    env: Env, tenant: str, create_tenant: Any
+) -> None:
+    other = create_tenant(tenant + "-b")
     got = env.admin.GetTenantSettings(apb.GetTenantSettingsRequest(tenant_id=tenant))
     update(
         env,
@@ -700,9 +702,14 @@ def test_stop_after_a_newer_topic_opt_in_confirms(env: Env, tenant: str) -> None
 def test_store_down_fails_closed(tmp_path_factory: pytest.TempPathFactory, tenant: str) -> None:
     """Redis unreachable: inbound replies and settings calls answer UNAVAILABLE and nothing
     is half-applied; once Redis is back the same webhook applies normally."""
-    redis_proc = RedisProcess(tmp_path_factory.mktemp("down-redis")).start()
+    # Persistent, so that the tenant created at start is still there after the restart.
+    redis_proc = RedisProcess(tmp_path_factory.mktemp("down-redis"), appendonly=True).start()
     srv = ServerProcess(
-        {"CONSENT_REDIS_URL": redis_proc.url, "CONSENT_REDIS_TIMEOUT": "0.5"}
+        {
+            "CONSENT_REDIS_URL": redis_proc.url,
+            "CONSENT_REDIS_TIMEOUT": "0.5",
+            "CONSENT_TENANTS": tenant,
+        }
     ).start()
     try:
         with grpc.insecure_channel(srv.target) as channel:
@@ -736,7 +743,7 @@ def test_store_down_fails_closed(tmp_path_factory: pytest.TempPathFactory, tenan
 def test_confirmation_is_delivered_to_the_opted_out_recipient(tenant: str) -> None:
     """With the default inline worker (log provider), the STOP confirmation reaches the
     customer who just opted out, and the next promotion is refused."""
-    srv = ServerProcess({}).start()  # CONSENT_DELIVERY defaults to inline
+    srv = ServerProcess({"CONSENT_TENANTS": tenant}).start()  # delivery defaults to inline
     try:
         with grpc.insecure_channel(srv.target) as channel:
             stub = consent_pb2_grpc.ConsentServiceStub(channel)

@@ -37,7 +37,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from consent_client.v1 import consent_pb2 as pb
 from consent_client.v1 import consent_pb2_grpc
 
-from .support import RedisProcess, ServerProcess
+from .support import RedisProcess, ServerProcess, create_tenant_on
 from .test_smoke_e2e import rich
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -278,7 +278,7 @@ def snapshot(stub: Any, tenant: str, acked: Acked) -> dict[str, bytes]:
     """Everything a caller can read back: decisions, histories, message statuses."""
     seen: dict[str, bytes] = {}
     for name, r in {"wa": WA, "sms1": sms(1), "sms2": sms(2), "email": EMAIL}.items():
-        for topic in ("", "marketing", "order_updates"):
+        for topic in ("general", "marketing", "order_updates"):
             check = stub.CheckConsent(
                 pb.CheckConsentRequest(tenant_id=tenant, recipient=r, topic=topic),
                 timeout=CALL_TIMEOUT,
@@ -412,13 +412,34 @@ def test_control_without_aof_a_redis_crash_loses_changes(tmp_path: Path, tenant:
             redis_proc.start()
             srv.wait_health(SERVING)
             assert snapshot_or_none(stub, tenant, acked) != before
+            # The tenant registry went with it: once the server's settings cache (about a
+            # second) lets go, calls are refused, not "allowed"...
+            assert _tenant_gone(stub, tenant, deadline_s=10)
+            # ...and once the tenant is created again, the opt-out is gone.
+            create_tenant_on(srv.target, tenant)
             wa = stub.CheckConsent(
-                pb.CheckConsentRequest(tenant_id=tenant, recipient=WA), timeout=CALL_TIMEOUT
+                pb.CheckConsentRequest(tenant_id=tenant, recipient=WA, topic="marketing"),
+                timeout=CALL_TIMEOUT,
             )
             assert wa.allowed and wa.status == pb.CONSENT_STATUS_NO_RECORD
     finally:
         srv.kill()
         redis_proc.stop()
+
+
+def _tenant_gone(stub: Any, tenant: str, deadline_s: float) -> bool:
+    """True once a check for ``tenant`` answers NOT_FOUND (within ``deadline_s``)."""
+    request = pb.CheckConsentRequest(tenant_id=tenant, recipient=WA, topic="marketing")
+    until = time.monotonic() + deadline_s
+    while time.monotonic() < until:
+        try:
+            stub.CheckConsent(request, timeout=CALL_TIMEOUT)
+        except grpc.RpcError as err:
+            if err.code() == grpc.StatusCode.NOT_FOUND:
+                return True
+            raise
+        time.sleep(0.05)
+    return False
 
 
 def snapshot_or_none(stub: Any, tenant: str, acked: Acked) -> dict[str, bytes] | None:
@@ -675,8 +696,10 @@ def test_server_started_before_redis_is_not_serving_until_redis_answers(
             assert_all_unavailable(stub, tenant, "m03" + "0" * 12 + "ab" * 8)
             redis_proc.start()
             srv.wait_health(SERVING, timeout=15)
+            create_tenant_on(srv.target, tenant)  # it could not be created while Redis was down
             check = stub.CheckConsent(
-                pb.CheckConsentRequest(tenant_id=tenant, recipient=sms(1)), timeout=CALL_TIMEOUT
+                pb.CheckConsentRequest(tenant_id=tenant, recipient=sms(1), topic="marketing"),
+                timeout=CALL_TIMEOUT,
             )
             assert check.allowed and check.status == pb.CONSENT_STATUS_NO_RECORD
         assert srv.stop() == 0

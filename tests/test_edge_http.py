@@ -568,7 +568,7 @@ def test_rfc8058_one_click(
     # Mail providers may send it twice, or as multipart/form-data: one event.
     multi = http.post(path_of(links.opt_out_url), files={"List-Unsubscribe": (None, "One-Click")})
     assert multi.status_code == 200
-    allowed = check(consent, tenant, email(), "")
+    allowed = check(consent, tenant, email(), "newsletter")
     assert not allowed.allowed and allowed.source == pb.SOURCE_LINK
     assert len(events(consent, tenant, email())) == 1
 
@@ -788,7 +788,7 @@ def test_one_click_works_again_after_a_resubscribe(
     assert http.post(path_of(links.opt_out_url), data=one_click).status_code == 200
     page = http.get(path_of(links.resubscribe_url))
     done = http.post(path_of(links.resubscribe_url), data={"nonce": nonce_of(page.text)})
-    assert done.status_code == 200 and check(consent, tenant, email(), "").allowed
+    assert done.status_code == 200 and check(consent, tenant, email(), "newsletter").allowed
     assert http.post(path_of(links.opt_out_url), data=one_click).status_code == 200
-    assert not check(consent, tenant, email(), "").allowed
+    assert not check(consent, tenant, email(), "newsletter").allowed
     assert len(events(consent, tenant, email())) == 3

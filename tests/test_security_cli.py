@@ -21,7 +21,9 @@ pytestmark = pytest.mark.xdist_group("security-cli")
 
 runner = CliRunner()
 CHECK = pb.CheckConsentRequest(
-    tenant_id="acme", recipient=pb.Recipient(channel=pb.CHANNEL_SMS, address="+14155550100")
+    tenant_id="acme",
+    recipient=pb.Recipient(channel=pb.CHANNEL_SMS, address="+14155550100"),
+    topic="marketing",
 )
 
 

@@ -16,6 +16,7 @@ from consent_server.store.repository import RedisConsentStore
 
 from . import test_security_store as base
 from .cluster_support import RedisClusterProcesses
+from .support import create_tenants
 
 pytestmark = pytest.mark.xdist_group("cluster")
 
@@ -41,6 +42,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterPr
 async def cluster_store(cluster: RedisClusterProcesses) -> AsyncIterator[RedisConsentStore]:
     store = open_store(cluster.url, cluster=True, timeout_s=2.0)
     await store.client.flushall()
+    await create_tenants(store)
     yield store
     await store.aclose()
 

@@ -7,6 +7,7 @@ import pytest
 from consent_client.v1 import admin_pb2, consent_pb2
 from consent_server.domain import auth
 from consent_server.domain.auth import (
+    OPERATOR_METHODS,
     ApiKeyRecord,
     Caller,
     PermissionDenied,
@@ -66,7 +67,12 @@ def test_role_table_exhaustively(role: Role, method: str) -> None:
         role is Role.ADMIN if "ConsentAdminService" in method else role.value in EXPECTED[name]
     )
     caller = Caller("0123abcd0123abcd", "acme", role)
-    if allowed:
+    if allowed and method in OPERATOR_METHODS:
+        # Managing tenants needs an operator key, even the tenant's own admin key is refused.
+        with pytest.raises(PermissionDenied) as denied:
+            authorize(caller, method, "acme")
+        assert denied.value.reason == "TENANT_NOT_ALLOWED" and denied.value.missing == "tenant:*"
+    elif allowed:
         authorize(caller, method, "acme")
     else:
         with pytest.raises(PermissionDenied) as err:
@@ -83,7 +89,16 @@ def test_unknown_methods_are_denied_to_every_role(method: str) -> None:
             authorize(Caller("0123abcd0123abcd", "*", role), method, "acme")
 
 
-@pytest.mark.parametrize("method", CONSENT + ADMIN)
+@pytest.mark.parametrize("method", sorted(OPERATOR_METHODS))
+def test_only_operator_keys_manage_tenants(method: str) -> None:
+    for tenant in ("acme", "globex", None):
+        with pytest.raises(PermissionDenied) as err:
+            authorize(Caller("0123abcd0123abcd", "acme", Role.ADMIN), method, tenant)
+        assert err.value.reason == "TENANT_NOT_ALLOWED"
+        authorize(Caller("0123abcd0123abcd", "*", Role.ADMIN), method, tenant)
+
+
+@pytest.mark.parametrize("method", [m for m in CONSENT + ADMIN if m not in OPERATOR_METHODS])
 def test_tenant_keys_act_only_for_their_tenant(method: str) -> None:
     admin = Caller("0123abcd0123abcd", "acme", Role.ADMIN)
     authorize(admin, method, "acme")

@@ -59,6 +59,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         "CONSENT_DELIVERY": "off",
         # Links can be minted (CreateConsentLink) without serving the HTTP edge here.
         "CONSENT_PUBLIC_URL": "https://consent.example.test",
+        "CONSENT_TENANTS": f"{A},{B}",
     }
     one = ServerProcess(env).start()
     two = ServerProcess(env).start()
@@ -92,10 +93,12 @@ def call_for(w: World, name: str, tenant: str) -> tuple[Callable[..., Any], Any]
     adm = w.key(tenant, "admin") if tenant in (A, B) else w.operator
     c, a = s.consent, s.admin
     if name == "CheckConsent":
-        return c.CheckConsent, pb.CheckConsentRequest(tenant_id=tenant, recipient=VICTIM)
+        return c.CheckConsent, pb.CheckConsentRequest(
+            tenant_id=tenant, recipient=VICTIM, topic="marketing"
+        )
     if name == "BatchCheckConsent":
         return c.BatchCheckConsent, pb.BatchCheckConsentRequest(
-            tenant_id=tenant, recipients=[VICTIM, wa()]
+            tenant_id=tenant, recipients=[VICTIM, wa()], topic="marketing"
         )
     if name == "OptOut":
         return c.OptOut, pb.OptOutRequest(tenant_id=tenant, recipient=VICTIM, topic="marketing")
@@ -213,7 +216,7 @@ def test_denial_does_not_reveal_whether_a_tenant_exists(world: World) -> None:
     key = world.key(B, "reader")
     texts = []
     for tenant in (A, "t-never-existed"):
-        req = pb.CheckConsentRequest(tenant_id=tenant, recipient=VICTIM)
+        req = pb.CheckConsentRequest(tenant_id=tenant, recipient=VICTIM, topic="marketing")
         err = failure(world.s1.consent.CheckConsent, req, key)
         assert err.code() == DENIED  # type: ignore[attr-defined]
         texts.append(err.details().replace(tenant, "T"))  # type: ignore[attr-defined]
@@ -256,7 +259,7 @@ def test_health_and_reflection_stay_open(world: World) -> None:
 
 def test_revocation_is_immediate_in_another_process(world: World) -> None:
     made = world.s1.create_key(world.key(A, "admin"), A, "reader")
-    req = pb.CheckConsentRequest(tenant_id=A, recipient=VICTIM)
+    req = pb.CheckConsentRequest(tenant_id=A, recipient=VICTIM, topic="marketing")
     assert code_of(world.s2.consent.CheckConsent, req, made.api_key) == OK  # server two
     world.s1.admin.RevokeApiKey(  # revoked through server one ...
         apb.RevokeApiKeyRequest(tenant_id=A, key_id=made.key.key_id),
@@ -304,7 +307,7 @@ def test_key_management_over_grpc(world: World) -> None:
 
 def test_rate_limit_is_resource_exhausted_with_retry_info(world: World) -> None:
     slow = world.s1.create_key(world.key(A, "admin"), A, "reader", rate_limit_per_second=1)
-    req = pb.CheckConsentRequest(tenant_id=A, recipient=VICTIM)
+    req = pb.CheckConsentRequest(tenant_id=A, recipient=VICTIM, topic="marketing")
     codes = [code_of(world.s1.consent.CheckConsent, req, slow.api_key) for _ in range(3)]
     assert codes[:2] == [OK, OK] and codes[2] == grpc.StatusCode.RESOURCE_EXHAUSTED
     err = failure(world.s2.consent.CheckConsent, req, slow.api_key)  # shared across processes
@@ -360,13 +363,13 @@ def test_erasure_over_grpc_keeps_the_suppression(world: World) -> None:
 def test_server_beyond_loopback_refuses_unauthenticated_calls(tmp_path_factory: Any) -> None:
     _, boot, _ = new_key()
     srv = ServerProcess(
-        {"CONSENT_BOOTSTRAP_ADMIN_KEY": boot}, args=["--listen", "0.0.0.0:0"]
+        {"CONSENT_BOOTSTRAP_ADMIN_KEY": boot, "CONSENT_TENANTS": A}, args=["--listen", "0.0.0.0:0"]
     ).start()
     try:
         target = "127.0.0.1:" + srv.target.rsplit(":", 1)[1]
         with grpc.insecure_channel(target) as ch:
             s = Stubs(ch)
-            req = pb.CheckConsentRequest(tenant_id=A, recipient=VICTIM)
+            req = pb.CheckConsentRequest(tenant_id=A, recipient=VICTIM, topic="marketing")
             assert code_of(s.consent.CheckConsent, req, None) == UNAUTH
             assert code_of(s.consent.CheckConsent, req, boot) == OK
         assert '"auth": "required"' in srv.log()

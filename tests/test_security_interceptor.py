@@ -22,6 +22,8 @@ from consent_server.domain.security import SecurityAuthority
 from consent_server.store.repository import RedisConsentStore
 from consent_server.store.security import RedisSecurityStore
 
+from .support import create_tenants
+
 SERVICE = "consent.v1.ConsentAdminService"
 REQ = pb.CheckConsentRequest
 CALLS: list[str] = []  # the handlers that ran
@@ -50,6 +52,7 @@ async def _list(request: Any, context: Any) -> AsyncIterator[Any]:
 @pytest.fixture
 async def server() -> AsyncIterator[tuple[str, dict[str, str]]]:
     store = RedisConsentStore(fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer()))
+    await create_tenants(store)
     security = SecurityAuthority(RedisSecurityStore(store.client, store.tombstones), store)
     keys = {}
     for name, tenant, role in (("acme", "acme", Role.ADMIN), ("reader", "acme", Role.READER),

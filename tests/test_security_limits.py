@@ -32,6 +32,7 @@ def srv() -> Iterator[ServerProcess]:
             "CONSENT_MAX_METADATA_ENTRIES": "2",
             "CONSENT_MAX_METADATA_VALUE": "16",
             "CONSENT_MAX_CONCURRENT_STREAMS": "4",
+            "CONSENT_TENANTS": T,
         }
     ).start()
     yield proc
@@ -47,7 +48,7 @@ def stub(srv: ServerProcess) -> Iterator[consent_pb2_grpc.ConsentServiceStub]:
 def nothing_recorded(stub: consent_pb2_grpc.ConsentServiceStub) -> None:
     events = stub.ListConsentEvents(pb.ListConsentEventsRequest(tenant_id=T, recipient=WHO))
     assert list(events.events) == []
-    check = stub.CheckConsent(pb.CheckConsentRequest(tenant_id=T, recipient=WHO))
+    check = stub.CheckConsent(pb.CheckConsentRequest(tenant_id=T, recipient=WHO, topic="marketing"))
     assert check.status == pb.CONSENT_STATUS_NO_RECORD
 
 
@@ -74,12 +75,12 @@ def test_evidence_over_the_configured_limit(stub) -> None:  # type: ignore[no-un
 
 def test_batch_over_the_configured_limit(stub) -> None:  # type: ignore[no-untyped-def]
     many = [pb.Recipient(channel=pb.CHANNEL_SMS, address=f"+1415555{i:04d}") for i in range(51)]
-    req = pb.BatchCheckConsentRequest(tenant_id=T, recipients=many)
+    req = pb.BatchCheckConsentRequest(tenant_id=T, recipients=many, topic="marketing")
     assert fields(failure(stub.BatchCheckConsent, req, None)) == ["recipients"]
     assert (
         len(
             stub.BatchCheckConsent(
-                pb.BatchCheckConsentRequest(tenant_id=T, recipients=many[:50])
+                pb.BatchCheckConsentRequest(tenant_id=T, recipients=many[:50], topic="m")
             ).results
         )
         == 50
@@ -113,7 +114,7 @@ def test_metadata_over_the_configured_limits(stub) -> None:  # type: ignore[no-u
 
 def test_concurrent_streams_are_capped_per_connection(srv: ServerProcess) -> None:
     """Four open streams on one connection use the whole allowance; a fifth call waits."""
-    req = pb.CheckConsentRequest(tenant_id=T, recipient=WHO)
+    req = pb.CheckConsentRequest(tenant_id=T, recipient=WHO, topic="marketing")
     with grpc.insecure_channel(srv.target) as ch:
         reflect = reflection_pb2_grpc.ServerReflectionStub(ch)
         queues: list[queue.Queue[reflection_pb2.ServerReflectionRequest | None]] = [

@@ -19,12 +19,15 @@ from consent_server.store.repository import RedisConsentStore
 from . import test_erasure_fence as fence
 from . import test_inbound_units as inbound
 from . import test_store as base
+from . import test_tenants as tenants
 from .cluster_support import RedisClusterProcesses
-from .support import ServerProcess
+from .support import ServerProcess, create_tenants
 
 pytestmark = pytest.mark.xdist_group("cluster")
 
 CASES = [
+    tenants.test_registry_lifecycle_in_process,
+    tenants.test_settings_of_an_unknown_tenant_are_not_written,
     base.test_first_opt_out_applies_and_changes,
     base.test_event_id_replay_returns_first_outcome_and_adds_no_history,
     base.test_late_event_is_kept_but_not_applied,
@@ -55,6 +58,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterPr
 async def cluster_store(cluster: RedisClusterProcesses) -> AsyncIterator[RedisConsentStore]:
     store = open_store(cluster.url, cluster=True, timeout_s=2.0)
     await store.client.flushall()
+    await create_tenants(store)
     yield store
     await store.aclose()
 

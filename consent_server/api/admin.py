@@ -15,6 +15,7 @@ from consent_client.v1 import admin_pb2_grpc as apb_grpc
 
 from .admin_security import SecurityHandlers
 from .admin_service import TenantSettingsHandlers
+from .admin_tenants import TenantHandlers
 from .consent_service import Ctx
 from .delivery_admin_service import DeliveryProviderHandlers
 from .edge_admin_service import WhatsAppWebhookHandlers
@@ -27,15 +28,35 @@ class ConsentAdminService(apb_grpc.ConsentAdminServiceServicer):
     def __init__(
         self,
         *,
+        tenants: TenantHandlers,
         settings: TenantSettingsHandlers,
         security: SecurityHandlers,
         delivery: DeliveryProviderHandlers,
         webhooks: WhatsAppWebhookHandlers,
     ) -> None:
+        self._tenants = tenants
         self._settings = settings
         self._security = security
         self._delivery = delivery
         self._webhooks = webhooks
+
+    # -- tenants (operator keys only) --
+
+    async def CreateTenant(self, request: apb.CreateTenantRequest, context: Ctx) -> apb.Tenant:
+        return await self._tenants.CreateTenant(request, context)
+
+    async def GetTenant(self, request: apb.GetTenantRequest, context: Ctx) -> apb.Tenant:
+        return await self._tenants.GetTenant(request, context)
+
+    async def ListTenants(
+        self, request: apb.ListTenantsRequest, context: Ctx
+    ) -> apb.ListTenantsResponse:
+        return await self._tenants.ListTenants(request, context)
+
+    async def DeleteTenant(
+        self, request: apb.DeleteTenantRequest, context: Ctx
+    ) -> apb.DeleteTenantResponse:
+        return await self._tenants.DeleteTenant(request, context)
 
     # -- tenant settings --
 

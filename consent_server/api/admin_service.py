@@ -164,7 +164,13 @@ class TenantSettingsHandlers:
         if "*" not in paths:
             masked = tuple(f"settings.{p}" for p in paths)
             bad = [v for v in bad if v.field.startswith(masked)]
-        settings = await self._a.update_settings(request.tenant_id, patch, paths, bad)
+        settings = await self._a.update_settings(
+            request.tenant_id,
+            patch,
+            paths,
+            bad,
+            expected_version=request.version if request.HasField("version") else None,
+        )
         return settings_to_pb(request.tenant_id, settings)
 
 

@@ -8,7 +8,11 @@ server on loopback with CONSENT_REQUIRE_AUTH=auto or 0) a call without a key run
 "anonymous", but a key that *is* presented is still checked and enforced.
 
 The tenant check reads the request's ``tenant_id`` field, so the handler is wrapped
-and the check runs after the request is decoded, before the servicer sees it. The
+and the check runs after the request is decoded, before the servicer sees it. Then,
+for every RPC of both services, a tenant that does not exist fails with NOT_FOUND
+(TENANT_NOT_FOUND) before the servicer runs: after the key's checks, so a key of
+another tenant learns nothing about which tenants exist. The lookup is the cached
+tenant-settings read the use case makes anyway (no extra round trip). The
 authenticated caller is kept in a context variable for the servicers (the principal
 recorded on consent events). The key is never logged.
 """
@@ -22,10 +26,11 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
 
-from consent_server.domain.auth import Caller, is_open
-from consent_server.domain.errors import InvalidArgument
+from consent_server.domain.auth import OPERATOR_METHODS, OPERATOR_TENANT, Caller, is_open
+from consent_server.domain.errors import InvalidArgument, TenantNotFound
 from consent_server.domain.security import SecurityAuthority, call_cost
 from consent_server.domain.service import ANONYMOUS
+from consent_server.domain.validation import TENANT_RE
 
 from .errors import abort
 
@@ -106,12 +111,23 @@ else:  # grpc's runtime class is not generic
     Handler: TypeAlias = grpc.RpcMethodHandler
 
 
+# tenant id -> its settings, or None when the tenant does not exist.
+TenantLookup = Callable[[str], Awaitable[object | None]]
+
+
 class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """Authenticates and authorizes every call (see the module docstring)."""
 
-    def __init__(self, security: SecurityAuthority, *, required: bool) -> None:
+    def __init__(
+        self,
+        security: SecurityAuthority,
+        *,
+        required: bool,
+        tenant_lookup: TenantLookup | None = None,
+    ) -> None:
         self._security = security
         self._required = required
+        self._tenant_lookup = tenant_lookup
         # Wrapped handlers of calls without a key, per method: they depend on nothing
         # per call, and building them on every call cost measurable CPU (bench/).
         self._anonymous: dict[str, Handler] = {}
@@ -148,19 +164,34 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         self._security.authorize(caller, method, request_tenant(request))
         return caller
 
+    async def _tenant_exists(self, method: str, request: Any) -> None:
+        """TenantNotFound when the request names a well-formed tenant id that does not
+        exist. A malformed or empty id is left to the use case's validation; the tenant
+        RPCs themselves and the operator pseudo-tenant are not checked."""
+        if self._tenant_lookup is None or method in OPERATOR_METHODS:
+            return
+        tenant = request_tenant(request)
+        if not tenant or tenant == OPERATOR_TENANT or not TENANT_RE.fullmatch(tenant):
+            return
+        if await self._tenant_lookup(tenant) is None:
+            raise TenantNotFound(tenant)
+
     def _wrap(
         self, handler: Handler, method: str, header: str | None, *, authenticate: bool
     ) -> Handler:
         admit = self._admit
+        exists = self._tenant_exists
         deserializer = _lenient(handler.request_deserializer, method)
 
         async def enter(request: Any, context: Ctx) -> None:
-            """Refuse an undecodable request, then authenticate and authorize."""
+            """Refuse an undecodable request, then authenticate and authorize, then
+            refuse a tenant that does not exist."""
             try:
                 if isinstance(request, Undecodable):
                     raise InvalidArgument.single("request", request.reason)
                 if authenticate:
                     _caller.set(await admit(method, header, request))
+                await exists(method, request)
             except Exception as exc:
                 await abort(context, exc)
                 raise

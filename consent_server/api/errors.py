@@ -36,7 +36,10 @@ from consent_server.domain.errors import (
     NotFound,
     SendBlocked,
     SettingsConflict,
+    SettingsVersionMismatch,
     StoreUnavailable,
+    TenantNotEmpty,
+    TenantNotFound,
 )
 from consent_server.domain.masking import mask_address
 from consent_server.domain.model import BlockReason, Scope
@@ -192,17 +195,24 @@ RULES: Mapping[type[Exception], Rule] = {
     ),
     IdConflict: Rule(
         code_pb2.ALREADY_EXISTS,
-        (pb.EVENT_ID_REUSED, pb.IDEMPOTENCY_KEY_REUSED),
+        (pb.EVENT_ID_REUSED, pb.IDEMPOTENCY_KEY_REUSED, pb.TENANT_ALREADY_EXISTS),
         reason=lambda e: _by_name(e.reason),
         details=lambda e: (_bad_request([(e.field, str(e))]),),
     ),
     NotFound: Rule(code_pb2.NOT_FOUND, (pb.MESSAGE_NOT_FOUND,)),
+    TenantNotFound: Rule(code_pb2.NOT_FOUND, (pb.TENANT_NOT_FOUND,)),
     SettingsConflict: Rule(
         code_pb2.ABORTED,
         (pb.SETTINGS_CONFLICT,),
         message=lambda e: f"{e}; nothing was written, read the settings again and retry",
     ),
+    SettingsVersionMismatch: Rule(
+        code_pb2.ABORTED,
+        (pb.SETTINGS_VERSION_MISMATCH,),
+        message=lambda e: f"{e}; nothing was written, read the settings again and retry",
+    ),
     NotConfigured: Rule(code_pb2.FAILED_PRECONDITION, (pb.NOT_CONFIGURED,)),
+    TenantNotEmpty: Rule(code_pb2.FAILED_PRECONDITION, (pb.TENANT_NOT_EMPTY,)),
 }
 
 

@@ -1,5 +1,6 @@
 """consentctl: operate the consent authority over gRPC with the thin client.
 
+    consentctl tenants create TENANT [--name "Meal Box"] / get / list / delete
     consentctl settings get TENANT
     consentctl settings set TENANT --business-name "Meal Box" --add-keyword es:opt_out:BAJA
     consentctl inbound TENANT +919876543210 --text STOP
@@ -66,6 +67,10 @@ dead_letters_app = typer.Typer(
     no_args_is_help=True,
 )
 inbound_app.add_typer(dead_letters_app, name="dead-letters")
+tenants_app = typer.Typer(
+    help="Create, list and delete tenants (operator keys only).", no_args_is_help=True
+)
+app.add_typer(tenants_app, name="tenants")
 app.add_typer(keys_app, name="keys")
 
 out = Console(highlight=False)
@@ -135,6 +140,51 @@ Channel = Annotated[
 Topic = Annotated[str, typer.Option("--topic", "-t", help='The topic; "" = all topics.')]
 Tenant = Annotated[str, typer.Argument(help="The tenant id.")]
 Address = Annotated[str, typer.Argument(help="Phone number, WhatsApp id or e-mail address.")]
+
+
+# -- tenants -------------------------------------------------------------------------------
+
+
+def _print_tenant(tenant: apb.Tenant) -> None:
+    created = tenant.created_at.ToDatetime().isoformat(timespec="seconds") + "Z"
+    out.print(f"{tenant.tenant_id}  {created}  {tenant.display_name or '-'}", markup=False)
+
+
+@tenants_app.command("create")
+def tenants_create(
+    ctx: typer.Context,
+    tenant: Tenant,
+    name: Annotated[str, typer.Option("--name", help="A display name for people.")] = "",
+) -> None:
+    """Create a tenant (until then every call naming it fails with TENANT_NOT_FOUND)."""
+    _print_tenant(_call(ctx, lambda c: c.create_tenant(tenant, name)))
+
+
+@tenants_app.command("get")
+def tenants_get(ctx: typer.Context, tenant: Tenant) -> None:
+    """Print a tenant: id, creation time, display name."""
+    _print_tenant(_call(ctx, lambda c: c.get_tenant(tenant)))
+
+
+@tenants_app.command("list")
+def tenants_list(ctx: typer.Context) -> None:
+    """Print every tenant, by id: id, creation time, display name."""
+    with _client(ctx) as client:
+        token = ""
+        while True:
+            page = client.list_tenants(1000, token)
+            for tenant in page.tenants:
+                _print_tenant(tenant)
+            token = page.next_page_token
+            if not token:
+                return
+
+
+@tenants_app.command("delete")
+def tenants_delete(ctx: typer.Context, tenant: Tenant) -> None:
+    """Delete a tenant that holds no consent data (refused otherwise); revokes its keys."""
+    done = _call(ctx, lambda c: c.delete_tenant(tenant))
+    out.print(f"deleted {done.tenant.tenant_id}; API keys revoked: {done.api_keys_revoked}")
 
 
 # -- settings ------------------------------------------------------------------------------
@@ -216,10 +266,10 @@ def settings_set(
     fields.update({k: v for k, v in scalars.items() if v is not None})
 
     with _client(ctx) as client:
-        current = None
-        if add_keyword or template:
-            current = client.get_tenant_settings(tenant)
-        if add_keyword and current is not None:
+        # Always read first: the update carries the version it is based on, so a change
+        # someone made meanwhile is never overwritten (ABORTED: run the command again).
+        current = client.get_tenant_settings(tenant)
+        if add_keyword:
             sets = [json_format.MessageToDict(s) for s in current.keyword_sets]
             for spec in add_keyword:
                 lang, kind, rest = _split(spec, 3, "--add-keyword", "es:opt_out:BAJA")
@@ -235,7 +285,7 @@ def settings_set(
                     }
                 )
             fields["keyword_sets"] = sets
-        if template and current is not None:
+        if template:
             by_lang = {
                 t.language: json_format.MessageToDict(t, preserving_proto_field_name=True)
                 for t in current.templates
@@ -251,7 +301,7 @@ def settings_set(
             fields["templates"] = list(by_lang.values())
         if not fields:
             raise typer.BadParameter("nothing to change: give at least one option")
-        new = client.update_tenant_settings(tenant, fields)
+        new = client.update_tenant_settings(tenant, fields, version=current.version)
     _print_settings(new)
 
 
@@ -349,14 +399,16 @@ def check(
     ctx: typer.Context,
     tenant: Tenant,
     address: Address,
-    topic: Topic = "",
+    topic: Annotated[
+        str, typer.Option("--topic", "-t", help="The topic, e.g. marketing (required).")
+    ],
     channel: Channel = "whatsapp",
 ) -> None:
     """May the recipient be messaged about the topic now? Exit code 0 = yes, 3 = no."""
     d = _call(ctx, lambda c: c.check_consent(tenant, channel, address, topic))
     verdict = "[bold green]ALLOWED[/]" if d.allowed else "[bold red]BLOCKED[/]"
     out.print(f"{verdict} {d.recipient.address} on {d.recipient.channel.name}", end="")
-    out.print(f" topic '{topic or '*'}'", markup=False)
+    out.print(f" topic '{topic}'", markup=False)
     out.print(f"status: {d.status.name}  decided by: {d.decided_by.name}", end="")
     out.print(f"  reason: {d.reason}" if d.reason else "", markup=False)
     if d.since is not None:

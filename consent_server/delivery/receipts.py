@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 from consent_server.domain.delivery import (
     ProviderConfigStore,
@@ -134,11 +135,19 @@ class WebhookCallbacks:
     """
 
     def __init__(
-        self, receipts: ReceiptStore, providers: ProviderConfigStore, feedback: ProviderFeedback
+        self,
+        receipts: ReceiptStore,
+        providers: ProviderConfigStore,
+        feedback: ProviderFeedback,
+        *,
+        tenant_lookup: Callable[[str], Awaitable[object | None]] | None = None,
     ) -> None:
         self._receipts = receipts
         self._providers = providers
         self._feedback = feedback
+        # A deleted tenant's configuration is gone too, so no call-back verifies; the
+        # lookup makes an unknown tenant the same 404 as the rest of the edge.
+        self._tenant_lookup = tenant_lookup
 
     async def receive(
         self, tenant_id: str, body: bytes, timestamp: str | None, signature: str | None
@@ -155,6 +164,9 @@ class WebhookCallbacks:
             or abs(time.time() - int(timestamp)) > CALLBACK_MAX_AGE_S
         ):
             raise CallbackRefused(401, "timestamp missing, malformed or too old")
+        if self._tenant_lookup is not None and await self._tenant_lookup(tenant_id) is None:
+            # The same answer as a tenant without a webhook provider: nothing changes.
+            raise CallbackRefused(404, "no webhook provider is configured for this tenant")
         webhook_secrets = [
             c.secret
             for c in (await self._providers.providers(tenant_id)).values()

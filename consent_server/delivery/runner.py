@@ -51,7 +51,7 @@ def delivery_services(settings: Settings, store: RedisConsentStore) -> DeliveryS
     feedback = provider_feedback(store)
     return DeliveryServices(
         admin=DeliveryAdmin(providers, settings.delivery.egress_allow),
-        callbacks=WebhookCallbacks(outbox, providers, feedback),
+        callbacks=WebhookCallbacks(outbox, providers, feedback, tenant_lookup=store.tenant_lookup),
         on_status=whatsapp_status_handler(outbox, feedback),
     )
 

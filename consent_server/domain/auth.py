@@ -80,6 +80,13 @@ CONSENT_METHODS = frozenset(
     {CHECK, BATCH_CHECK, OPT_OUT, OPT_IN, SEND, INBOUND, HISTORY, MESSAGE_STATUS, LINK}
 )
 
+#: Admin methods only an operator key (tenant ``*``) may call, whatever tenant_id they
+#: name: a tenant's own admin key must not create or delete tenants.
+OPERATOR_METHODS = frozenset(
+    f"/{ADMIN_SERVICE}/{name}"
+    for name in ("CreateTenant", "GetTenant", "ListTenants", "DeleteTenant")
+)
+
 #: Which ConsentService methods each role may call (the README's roles table).
 ROLE_METHODS: dict[Role, frozenset[str]] = {
     Role.ADMIN: CONSENT_METHODS,
@@ -239,6 +246,12 @@ def authorize(caller: Caller, method: str, request_tenant: str | None) -> None:
         )
     if caller.tenant_id == OPERATOR_TENANT:
         return
+    if method in OPERATOR_METHODS:
+        raise PermissionDenied(
+            f"{method.lstrip('/')} manages tenants; it needs an operator key (tenant *)",
+            reason="TENANT_NOT_ALLOWED",
+            missing="tenant:*",
+        )
     if request_tenant is None:
         raise PermissionDenied(
             f"{method.lstrip('/')} is not scoped to a tenant; it needs an operator key (tenant *)",

@@ -8,9 +8,14 @@ Hierarchy::
     ├── SendBlocked          consent does not allow the send (decision attached)
     ├── IdConflict           an event_id / idempotency_key reused for a different request
     ├── NotFound             unknown id (or another tenant's)
+    │   └── TenantNotFound   the request names a tenant that was never created
     ├── StoreUnavailable     Redis unreachable: fail closed
     ├── SettingsConflict     tenant settings written concurrently (retried, then ABORTED)
-    └── NotConfigured        a feature the call needs is not configured
+    │   └── SettingsVersionMismatch  the update's version is not the stored one
+    └── NotConfigured        a feature the call needs is not set up (FAILED_PRECONDITION)
+        └── TenantNotEmpty   DeleteTenant refused: the tenant still holds consent data
+
+Errors with a ``reason`` attribute name their ErrorInfo reason (consent.v1.ErrorReason).
 """
 
 from __future__ import annotations
@@ -67,6 +72,21 @@ class IdConflict(ConsentError):
 class NotFound(ConsentError):
     """The named thing does not exist for this tenant."""
 
+    reason = "MESSAGE_NOT_FOUND"
+
+
+class TenantNotFound(NotFound):
+    """The request names a tenant that does not exist; nothing was read or written."""
+
+    reason = "TENANT_NOT_FOUND"
+
+    def __init__(self, tenant_id: str) -> None:
+        self.tenant_id = tenant_id
+        super().__init__(
+            f"no tenant '{tenant_id}': create it first (ConsentAdminService.CreateTenant, "
+            "consentctl tenants create)"
+        )
+
 
 class StoreUnavailable(ConsentError):
     """The consent store could not be reached or did not answer in time: nothing was
@@ -76,6 +96,30 @@ class StoreUnavailable(ConsentError):
 class SettingsConflict(ConsentError):
     """The tenant's settings changed between read and write; nothing was written."""
 
+    reason = "SETTINGS_CONFLICT"
+
+
+class SettingsVersionMismatch(SettingsConflict):
+    """UpdateTenantSettings named a version that is no longer the stored one."""
+
+    reason = "SETTINGS_VERSION_MISMATCH"
+
+    def __init__(self, expected: int, current: int) -> None:
+        self.expected = expected
+        self.current = current
+        super().__init__(
+            f"tenant settings are at version {current}, not {expected}: someone changed them "
+            "since they were read"
+        )
+
 
 class NotConfigured(ConsentError):
     """A feature the call needs is not configured on this server or tenant."""
+
+    reason = "NOT_CONFIGURED"
+
+
+class TenantNotEmpty(NotConfigured):
+    """DeleteTenant refused: the tenant still holds consent data; nothing changed."""
+
+    reason = "TENANT_NOT_EMPTY"

@@ -212,6 +212,7 @@ class ConsentLinks:
         claims = (await self._keyring()).open(token)
         if claims.action is not action:
             raise LinkInvalid("this link is not valid here")
+        await self._a.require_tenant(claims.tenant_id)  # TenantNotFound: 404, no change
         return claims
 
     async def submit(
@@ -246,7 +247,7 @@ class ConsentLinks:
             # A one-click POST has no form nonce, so its event id is the token's: mail
             # providers' retries are one event. But if the customer re-subscribed since,
             # the same unsubscribe link must work again.
-            now = await self._a.check(claims.tenant_id, recipient, claims.topic)
+            now = await self._a.scope_check(claims.tenant_id, recipient, claims.topic)
             if now.decision.allowed:
                 result = await record(link_event_id(claims.token_id, secrets.token_hex(8)))
         return claims, result

@@ -34,6 +34,11 @@ class ConsentStore(Protocol):
         """The tenant's settings (defaults when none are stored)."""
         ...
 
+    async def tenant_lookup(self, tenant_id: str) -> TenantSettings | None:
+        """The tenant's settings, or None when the tenant was never created; as cheap as
+        tenant_settings (the same cached read)."""
+        ...
+
     async def read_records(
         self, tenant_id: str, recipients: Sequence[Recipient], topic: str
     ) -> list[RecordPair]:

@@ -1,8 +1,10 @@
 """Recipient address normalisation: one spelling per real address.
 
 Phone numbers become E.164 via ``phonenumbers``; we reject what is not a
-*possible* number but never on *validity* metadata, so fictional 555-01xx
-numbers work. E-mail is trimmed and lower-cased.
+*possible* number but never on *validity* metadata alone, so fictional 555-01xx
+numbers work. The one use of validity: bare WhatsApp digits that are no valid
+number as a WhatsApp ID but a valid national number of the tenant's region are
+refused as ambiguous rather than guessed. E-mail is trimmed and lower-cased.
 """
 
 from __future__ import annotations
@@ -68,7 +70,11 @@ def normalise_phone(raw: str, default_region: str | None, *, whatsapp: bool = Fa
     if "+" in compact[1:]:
         raise AddressError("may contain '+' only before the country code")
     if whatsapp and compact == text and _WHATSAPP_ID_RE.fullmatch(compact):
-        # A WhatsApp ID as webhooks deliver it: E.164 without the '+'.
+        # A WhatsApp ID as webhooks deliver it: E.164 without the '+'. Unless that reading
+        # is no valid number while the national reading is: then the caller most likely
+        # typed a national number, and guessing would address another country's
+        # subscriber (9876543210 -> +98 76543210, Iran), so refuse and name both.
+        _refuse_ambiguous_wa_id(compact, default_region)
         compact = "+" + compact
     region = None if compact.startswith("+") else default_region
     if region is None and not compact.startswith("+"):
@@ -83,6 +89,30 @@ def normalise_phone(raw: str, default_region: str | None, *, whatsapp: bool = Fa
     if not phonenumbers.is_possible_number(number):
         raise AddressError("is not a possible phone number (wrong length or country code)")
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def _refuse_ambiguous_wa_id(digits: str, default_region: str | None) -> None:
+    """AddressError when bare digits are valid only as a national number of the region."""
+    if not default_region:
+        return
+    try:
+        as_wa_id = phonenumbers.parse("+" + digits, None)
+        if phonenumbers.is_valid_number(as_wa_id):
+            return
+    except phonenumbers.NumberParseException:
+        pass
+    try:
+        national = phonenumbers.parse(digits, default_region)
+    except phonenumbers.NumberParseException:
+        return
+    if not phonenumbers.is_valid_number(national):
+        return
+    e164 = phonenumbers.format_number(national, phonenumbers.PhoneNumberFormat.E164)
+    raise AddressError(
+        f"is ambiguous on WhatsApp: bare digits are a WhatsApp ID (+{digits}, which is no "
+        f"valid number), but read in the tenant's region {default_region} they are {e164}; "
+        f"write it with '+' and the country code (e.g. '{e164}')"
+    )
 
 
 def _parse_error(exc: phonenumbers.NumberParseException) -> str:

@@ -29,6 +29,7 @@ from .auth import (
     parse_key,
     verify,
 )
+from .errors import TenantNotFound
 from .model import Recipient, TenantSettings
 from .validation import RawRecipient, Violations
 
@@ -123,6 +124,10 @@ class TenantSettingsSource(Protocol):
         """The tenant's settings."""
         ...
 
+    async def tenant_lookup(self, tenant_id: str) -> TenantSettings | None:
+        """The tenant's settings, or None when the tenant does not exist."""
+        ...
+
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
@@ -146,6 +151,17 @@ def _key_tenant(v: Violations, tenant_id: str) -> str:
     if tenant_id == OPERATOR_TENANT:
         return tenant_id
     return val.tenant_id(v, tenant_id)
+
+
+async def _require_tenant(source: TenantSettingsSource, tenant_id: str) -> TenantSettings | None:
+    """The tenant's settings; TenantNotFound when a named tenant does not exist (the
+    operator pseudo-tenant ``*`` and an invalid id, already reported, pass)."""
+    if not tenant_id or tenant_id == OPERATOR_TENANT:
+        return None
+    settings = await source.tenant_lookup(tenant_id)
+    if settings is None:
+        raise TenantNotFound(tenant_id)
+    return settings
 
 
 class SecurityAuthority:
@@ -201,8 +217,7 @@ class SecurityAuthority:
         v = Violations()
         tenant = _key_tenant(v, tenant_id)
         checked_role = _role(v, role)
-        if len(description) > MAX_DESCRIPTION:
-            v.add("description", f"must be at most {MAX_DESCRIPTION} characters")
+        val.free_text(v, description, "description", max_chars=MAX_DESCRIPTION)
         ceiling = self._limits.rate or MAX_KEY_RATE
         if not 0 <= rate_limit_per_s <= ceiling:
             # Refused rather than clamped: the caller learns the key's real rate now.
@@ -218,6 +233,7 @@ class SecurityAuthority:
             )
         v.raise_if_any()
         assert checked_role is not None
+        await _require_tenant(self._settings, tenant)
         if tenant == OPERATOR_TENANT and caller is not None and caller.tenant_id != tenant:
             raise PermissionDenied(
                 "only an operator key (tenant *) may create an operator key",
@@ -266,6 +282,7 @@ class SecurityAuthority:
         v = Violations()
         tenant = _key_tenant(v, tenant_id)
         v.raise_if_any()
+        await _require_tenant(self._settings, tenant)
         records = await self._store.list_keys(tenant)
         return [r for r in records if include_revoked or not r.revoked]
 
@@ -278,6 +295,7 @@ class SecurityAuthority:
         elif len(key_id) != 16 or any(c not in "0123456789abcdef" for c in key_id):
             v.add("key_id", "must be the 16 hex characters ListApiKeys shows")
         v.raise_if_any()
+        await _require_tenant(self._settings, tenant)
         record = await self._store.get_key(key_id)
         if record is None or record.tenant_id != tenant:
             # Same answer for "no such key" and "another tenant's key".
@@ -298,8 +316,8 @@ class SecurityAuthority:
         v = Violations()
         tenant = val.tenant_id(v, tenant_id)
         region = self._default_region
-        if tenant:
-            settings = await self._settings.tenant_settings(tenant)
+        settings = await _require_tenant(self._settings, tenant)
+        if settings is not None:
             region = settings.default_region or region
         rcpt = val.recipient(v, recipient, region)
         v.raise_if_any()

@@ -16,7 +16,15 @@ from dataclasses import dataclass
 from . import settings as tenant_settings
 from . import validation as val
 from .decision import decide
-from .errors import FieldViolation, InvalidArgument, NotFound, SendBlocked, SettingsConflict
+from .errors import (
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    SendBlocked,
+    SettingsConflict,
+    SettingsVersionMismatch,
+    TenantNotFound,
+)
 from .keywords import Match, match_inbound
 from .model import (
     Action,
@@ -163,20 +171,46 @@ class ConsentAuthority:
         self._signed_links = mint
 
     async def _settings(self, tenant_id: str) -> TenantSettings:
+        """The settings of a tenant every use case names; TenantNotFound (nothing read
+        or written) when it was never created. The existence check rides on the
+        cached settings read the call needs anyway: no extra round trip."""
         if not tenant_id:  # invalid id: validate the rest with server defaults, no store call
             return TenantSettings()
-        return await self._store.tenant_settings(tenant_id)
+        settings = await self._store.tenant_lookup(tenant_id)
+        if settings is None:
+            raise TenantNotFound(tenant_id)
+        return settings
+
+    async def require_tenant(self, tenant_id: str) -> None:
+        """TenantNotFound unless ``tenant_id`` names an existing tenant (for callers
+        outside the use cases: the HTTP edge's webhook, link and receipt paths)."""
+        if not val.TENANT_RE.fullmatch(tenant_id):
+            raise TenantNotFound(tenant_id[:64])
+        await self._settings(tenant_id)
 
     def _region(self, settings: TenantSettings) -> str | None:
         return settings.default_region or self._default_region
 
     async def check(self, tenant_id: str, raw: RawRecipient | None, topic: str) -> CheckResult:
-        """CheckConsent."""
+        """CheckConsent: the topic is required, as for a send (an unnamed one would slip
+        past a topic-only opt-out)."""
+        return await self._check(tenant_id, raw, topic, topic_required=True)
+
+    async def scope_check(
+        self, tenant_id: str, raw: RawRecipient | None, topic: str
+    ) -> CheckResult:
+        """The decision for a consent *scope* ("" = the all-topics record and the default
+        policy): for the service's own use (links), never a sender's check."""
+        return await self._check(tenant_id, raw, topic, topic_required=False)
+
+    async def _check(
+        self, tenant_id: str, raw: RawRecipient | None, topic: str, *, topic_required: bool
+    ) -> CheckResult:
         v = Violations()
         tenant = val.tenant_id(v, tenant_id)
         settings = await self._settings(tenant)
         rcpt = val.recipient(v, raw, self._region(settings))
-        norm_topic = val.topic(v, topic)
+        norm_topic = val.topic(v, topic, required=topic_required)
         v.raise_if_any()
         assert rcpt is not None
         [(topic_record, all_record)] = await self._store.read_records(tenant, [rcpt], norm_topic)
@@ -189,13 +223,13 @@ class ConsentAuthority:
         """BatchCheckConsent: results in request order, bad items as per-item errors."""
         v = Violations()
         tenant = val.tenant_id(v, tenant_id)
-        norm_topic = val.topic(v, topic)
+        norm_topic = val.topic(v, topic, required=True)
         if not raws:
             v.add("recipients", "must name at least one recipient")
         elif len(raws) > self._limits.max_batch:
             v.add("recipients", f"must name at most {self._limits.max_batch} recipients")
-        v.raise_if_any()
         settings = await self._settings(tenant)
+        v.raise_if_any()
         region = self._region(settings)
         items: list[Recipient | BatchItemError] = []
         for i, raw in enumerate(raws):
@@ -436,6 +470,7 @@ class ConsentAuthority:
         v = Violations()
         tenant = val.tenant_id(v, tenant_id)
         v.raise_if_any()
+        await self._settings(tenant)
         return await self._store.fresh_tenant_settings(tenant)
 
     async def update_settings(
@@ -444,17 +479,28 @@ class ConsentAuthority:
         patch: TenantSettings,
         paths: Sequence[str],
         conversion_violations: Sequence[FieldViolation] = (),
+        *,
+        expected_version: int | None = None,
     ) -> TenantSettings:
         """UpdateTenantSettings: merge the masked fields, validate all, write if nobody
         wrote meanwhile (else re-read and retry). ``conversion_violations`` are problems
-        the api layer found decoding the request (unknown enum values)."""
+        the api layer found decoding the request (unknown enum values).
+
+        ``expected_version`` (the version the caller read, AIP-154 etag style) makes the
+        update conditional: SettingsVersionMismatch, nothing written, when the stored
+        settings moved on. None = unconditional, as before versions were sent."""
         v = Violations()
         tenant = val.tenant_id(v, tenant_id)
         tenant_settings.check_paths(v, paths)
         v.items.extend(conversion_violations)
+        if expected_version is not None and expected_version < 0:
+            v.add("version", "must be a version returned by GetTenantSettings (0 or more)")
         v.raise_if_any()
+        await self._settings(tenant)
         for _ in range(SETTINGS_WRITE_ATTEMPTS):
             current = await self._store.fresh_tenant_settings(tenant)
+            if expected_version is not None and current.version != expected_version:
+                raise SettingsVersionMismatch(expected_version, current.version)
             merged = tenant_settings.merge(current, patch, paths)
             v = Violations()
             checked = tenant_settings.validate(v, merged)
@@ -472,6 +518,7 @@ class ConsentAuthority:
         tenant = val.tenant_id(v, tenant_id)
         ident = val.identifier(v, message_id, "message_id", required=True)
         v.raise_if_any()
+        await self._settings(tenant)
         info = await self._store.message_status(tenant, ident)
         if info is None:
             raise NotFound("no message with that id for this tenant")

@@ -50,7 +50,6 @@ MAX_TEMPLATE_LANGUAGES = 50
 MAX_TOPIC_POLICIES = 1000
 MAX_URL_CHARS = 2048
 LANGUAGE_RE = re.compile(r"^[a-z]{2,3}(-[a-z0-9]{2,8}){0,3}$")
-_CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 def merge(current: TenantSettings, patch: TenantSettings, paths: Sequence[str]) -> TenantSettings:
@@ -78,10 +77,7 @@ def _language(v: Violations, value: str, field: str, *, allow_empty: bool = Fals
 
 
 def _plain_text(v: Violations, value: str, field: str, limit: int) -> str:
-    if len(value) > limit:
-        v.add(field, f"must be at most {limit} characters")
-    elif _CONTROL_RE.search(value):
-        v.add(field, "must not contain control characters")
+    val.free_text(v, value, field, max_chars=limit)
     return value
 
 
@@ -105,7 +101,9 @@ def _keyword_sets(v: Violations, sets: Sequence[KeywordSet]) -> tuple[KeywordSet
             kpath = f"{path}.keywords[{j}]"
             total += 1
             key = normalise(raw)
-            if not key:
+            if val.has_control(raw):
+                v.add(kpath, "must not contain control characters or escape sequences")
+            elif not key:
                 v.add(kpath, "is empty once punctuation, emoji and spaces are stripped")
             elif len(key) > MAX_KEYWORD_CHARS:
                 v.add(kpath, f"must be at most {MAX_KEYWORD_CHARS} characters")
@@ -129,7 +127,9 @@ def _buttons(v: Violations, buttons: Sequence[ButtonPayload]) -> tuple[ButtonPay
     for i, b in enumerate(buttons):
         path = f"settings.button_payloads[{i}]"
         key = normalise(b.payload)
-        if not key:
+        if val.has_control(b.payload):
+            v.add(f"{path}.payload", "must not contain control characters or escape sequences")
+        elif not key:
             v.add(f"{path}.payload", "is required")
         elif len(b.payload) > MAX_PAYLOAD_CHARS:
             v.add(f"{path}.payload", f"must be at most {MAX_PAYLOAD_CHARS} characters")
@@ -180,7 +180,7 @@ def _templates(
             fpath = f"{path}.{name}"
             if not text:
                 continue  # the built-in default text
-            if len(text) > MAX_TEMPLATE_CHARS or _CONTROL_RE.search(text):
+            if len(text) > MAX_TEMPLATE_CHARS or val.has_control(text, multiline=True):
                 v.add(fpath, f"must be 1-{MAX_TEMPLATE_CHARS} characters without control codes")
                 continue
             try:
@@ -215,7 +215,7 @@ def _url(v: Violations, value: str) -> str:
         or parts.scheme not in ("https", "http")
         or not parts.netloc
         or any(ch.isspace() for ch in value)
-        or _CONTROL_RE.search(value)
+        or val.has_control(value)
     ):
         v.add("settings.resubscribe_url", "must be an absolute http(s) URL without spaces")
     return value

@@ -16,6 +16,11 @@ from .recipients import AddressError, normalise_address
 TENANT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 TOPIC_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 ID_RE = re.compile(r"^[\x21-\x7e]{1,128}$")
+# Free text stored or shown to people must not carry terminal control codes: C0, DEL
+# and C1 (ESC and CSI start every ANSI escape sequence), which could rewrite an
+# operator's terminal or forge log lines. Multi-line text keeps tab, LF and CR.
+CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+MULTILINE_CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 MAX_EVIDENCE_BYTES = 1024
 MAX_METADATA_ENTRIES = 32
@@ -79,6 +84,37 @@ class Violations:
             raise InvalidArgument(self.items)
 
 
+def has_control(value: str, *, multiline: bool = False) -> bool:
+    """True when ``value`` holds a C0/C1 control character or DEL (ANSI escapes start with
+    one); ``multiline`` allows tab, line feed and carriage return."""
+    return (MULTILINE_CONTROL_RE if multiline else CONTROL_RE).search(value) is not None
+
+
+def free_text(
+    v: Violations,
+    value: str,
+    field: str,
+    *,
+    max_chars: int | None = None,
+    max_bytes: int | None = None,
+    multiline: bool = False,
+) -> str:
+    """Free text within its limit and without control characters, or "" after recording
+    a violation. The one check every free-text field uses (evidence, names, keywords,
+    templates, metadata, message text)."""
+    if max_chars is not None and len(value) > max_chars:
+        v.add(field, f"must be at most {max_chars} characters")
+        return ""
+    if max_bytes is not None and len(value.encode("utf-8", "surrogatepass")) > max_bytes:
+        v.add(field, f"must be at most {max_bytes} bytes of UTF-8")
+        return ""
+    if has_control(value, multiline=multiline):
+        allowed = " (tab and line breaks are allowed)" if multiline else ""
+        v.add(field, f"must not contain control characters or escape sequences{allowed}")
+        return ""
+    return value
+
+
 def tenant_id(v: Violations, value: str, field: str = "tenant_id") -> str:
     """A tenant id, or "" after recording a violation."""
     if not value:
@@ -135,14 +171,9 @@ def recipient(
 def evidence(
     v: Violations, value: str, field: str = "evidence", *, max_bytes: int = MAX_EVIDENCE_BYTES
 ) -> str:
-    """Free-text evidence, at most ``max_bytes`` (1 KiB) of UTF-8, without NUL characters."""
-    if len(value.encode("utf-8", "surrogatepass")) > max_bytes:
-        v.add(field, f"must be at most {max_bytes} bytes of UTF-8")
-        return ""
-    if "\x00" in value:
-        v.add(field, "must not contain NUL characters")
-        return ""
-    return value
+    """Free-text evidence, at most ``max_bytes`` (1 KiB) of UTF-8, one line without
+    control characters."""
+    return free_text(v, value, field, max_bytes=max_bytes)
 
 
 def timestamp_ms(v: Violations, raw: RawTimestamp | None, field: str) -> int | None:
@@ -226,8 +257,8 @@ def metadata(
         if not key or len(key) > MAX_METADATA_KEY:
             v.add(path, f"keys must be 1-{MAX_METADATA_KEY} characters")
             ok = False
-        elif "\x00" in key or "\x00" in val:
-            v.add(path, "must not contain NUL characters")
+        elif has_control(key) or has_control(val):
+            v.add(path, "must not contain control characters or escape sequences")
             ok = False
         elif len(val) > max_value:
             v.add(path, f"values must be at most {max_value} characters")
@@ -248,20 +279,26 @@ def message(v: Violations, raw: RawMessage | None, field: str = "message") -> Ou
     if raw.kind == "text":
         if not raw.text.strip():
             v.add(f"{field}.text", "must not be empty")
-        elif len(raw.text) > MAX_TEXT_CHARS:
-            v.add(f"{field}.text", f"must be at most {MAX_TEXT_CHARS} characters")
-        elif "\x00" in raw.text:
-            v.add(f"{field}.text", "must not contain NUL characters")
+        else:
+            free_text(v, raw.text, f"{field}.text", max_chars=MAX_TEXT_CHARS, multiline=True)
     elif raw.kind == "template":
         if not raw.template_name.strip() or len(raw.template_name) > MAX_TEMPLATE_NAME:
             v.add(f"{field}.template.name", f"must be 1-{MAX_TEMPLATE_NAME} characters")
+        else:
+            free_text(v, raw.template_name, f"{field}.template.name")
         if len(raw.template_language) > MAX_TEMPLATE_LANGUAGE:
             v.add(f"{field}.template.language", "must be at most 16 characters")
+        else:
+            free_text(v, raw.template_language, f"{field}.template.language")
         if len(raw.template_parameters) > MAX_TEMPLATE_PARAMS:
             v.add(f"{field}.template.parameters", "must have at most 100 entries")
+        for i, param in enumerate(raw.template_parameters[:MAX_TEMPLATE_PARAMS]):
+            free_text(v, param, f"{field}.template.parameters[{i}]", multiline=True)
     elif raw.kind == "payload":
         if not raw.content_type or len(raw.content_type) > MAX_CONTENT_TYPE:
             v.add(f"{field}.payload.content_type", "must be 1-255 characters")
+        else:
+            free_text(v, raw.content_type, f"{field}.payload.content_type")
         if not raw.data:
             v.add(f"{field}.payload.data", "must not be empty")
     else:

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from . import validation as val
-from .errors import ConsentError, InvalidArgument, NotFound, StoreUnavailable
+from .errors import ConsentError, InvalidArgument, NotFound, StoreUnavailable, TenantNotFound
 from .masking import mask_address, mask_text
 from .model import Recipient, Source
 from .service import ConsentAuthority
@@ -352,6 +352,13 @@ class WhatsAppEdge:
     async def _config(self, tenant_id: str) -> WhatsAppWebhookConfig:
         if not val.TENANT_RE.match(tenant_id):
             raise WebhookNotConfigured("no WhatsApp webhook here")
+        try:
+            await self._a.require_tenant(tenant_id)
+        except TenantNotFound:
+            # The same answer as an unconfigured tenant: the path is public.
+            raise WebhookNotConfigured(
+                "no WhatsApp webhook is configured for this tenant"
+            ) from None
         config = await self._store.whatsapp_webhook(tenant_id)
         if config is None:
             raise WebhookNotConfigured("no WhatsApp webhook is configured for this tenant")

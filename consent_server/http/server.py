@@ -35,7 +35,7 @@ from urllib.parse import parse_qs
 from aiohttp import web
 
 from consent_server.delivery.receipts import CallbackRefused, WebhookCallbacks
-from consent_server.domain.errors import InvalidArgument, StoreUnavailable
+from consent_server.domain.errors import InvalidArgument, StoreUnavailable, TenantNotFound
 from consent_server.domain.links import LinkError, LinkExpired
 from consent_server.domain.links_service import ConsentLinks
 from consent_server.domain.model import Action
@@ -224,6 +224,14 @@ def _link_error(exc: Exception) -> web.Response:
                 "and try again.",
             ),
         )
+    if isinstance(exc, TenantNotFound):
+        return _html(
+            404,
+            pages.error_page(
+                "This link is no longer valid",
+                "The business it belongs to no longer uses this service. Nothing has changed.",
+            ),
+        )
     if isinstance(exc, StoreUnavailable):
         return _html(
             503,
@@ -240,7 +248,7 @@ async def link_page(request: web.Request) -> web.Response:
     links = request.app[_LINKS]
     try:
         claims = await links.open(request.match_info["token"], _link_action(request))
-    except (LinkError, StoreUnavailable) as exc:
+    except (LinkError, StoreUnavailable, TenantNotFound) as exc:
         return _link_error(exc)
     return _html(200, pages.confirm_page(claims, secrets.token_hex(16)))
 
@@ -272,9 +280,15 @@ async def link_submit(request: web.Request) -> web.Response:
         if not nonce:
             raise InvalidArgument.single("nonce", "the confirmation form was not submitted")
         claims, result = await links.submit(token, action, nonce)
-    except (LinkError, StoreUnavailable, InvalidArgument) as exc:
+    except (LinkError, StoreUnavailable, InvalidArgument, TenantNotFound) as exc:
         if one_click:
-            status = 503 if isinstance(exc, StoreUnavailable) else 400
+            status = (
+                503
+                if isinstance(exc, StoreUnavailable)
+                else 404
+                if isinstance(exc, TenantNotFound)
+                else 400
+            )
             return _text(status, "link not valid" if status == 400 else "try again later")
         return _link_error(exc)
     log.info(

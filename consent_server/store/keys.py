@@ -14,7 +14,8 @@ never change once data exists.
     ca:{cpNN}:outbox                             stream: accepted messages to deliver
     ca:{cpNN}:retry                              zset: message ids waiting to retry, by due ms
     ca:{cpNN}:retry:data                         hash: message id -> outbox entry to re-queue
-    ca:tenant:<tenant>:settings                  hash: tenant settings
+    ca:tenant:<tenant>:settings                  hash: tenant settings + registry entry (t:*)
+    ca:tenants                                   zset: the tenant registry's ids
     ca:tenant:<tenant>:whatsapp                  hash: WhatsApp webhook verify token, app secret,
                                                  phone number ids, WABA id
     ca:edge:wa:pnid                              hash: WhatsApp phone number id -> its one tenant
@@ -234,3 +235,32 @@ def tenant_providers(tenant_id: str) -> str:
 def provider_message(tenant_id: str, provider_message_id: str) -> str:
     """Maps a provider's message id back to ours, so delivery receipts find the message."""
     return f"ca:tenant:{tenant_id}:pid:{provider_message_id}"
+
+
+# -- tenants ---------------------------------------------------------------------------
+#
+#    ca:tenant:<tenant>:settings  fields t:at, t:name   the tenant exists (created at ms, name)
+#    ca:tenants                                    zset: every tenant id (score 0, by id)
+#
+# The registry entry lives in the settings hash on purpose: every consent call already
+# reads that hash (cached about a second per process), so checking that the tenant
+# exists costs no extra round trip. put_settings.lua keeps the t: fields.
+
+TENANT_CREATED_FIELD = "t:at"
+TENANT_NAME_FIELD = "t:name"
+
+
+def tenant_index() -> str:
+    """Every tenant id, lexicographically (ListTenants pages by id)."""
+    return "ca:tenants"
+
+
+def tenant_config_pattern(tenant_id: str) -> str:
+    """A SCAN pattern for a tenant's configuration keys (settings, webhook, providers...)."""
+    return f"{glob_escape(f'ca:tenant:{tenant_id}:')}*"
+
+
+def tenant_data_pattern(tenant_id: str) -> str:
+    """A SCAN pattern for every partition key of a tenant (records, history, tombstones,
+    erasure logs, messages, idempotency keys)."""
+    return f"ca:{{cp??}}:{glob_escape(tenant_id)}:*"

@@ -12,7 +12,12 @@ from typing import Any, TypeVar
 import redis.exceptions as rex
 
 from consent_server.domain.decision import decide
-from consent_server.domain.errors import IdConflict, SettingsConflict, StoreUnavailable
+from consent_server.domain.errors import (
+    IdConflict,
+    SettingsConflict,
+    StoreUnavailable,
+    TenantNotFound,
+)
 from consent_server.domain.model import (
     ChangeOutcome,
     Channel,
@@ -91,7 +96,8 @@ class RedisConsentStore:
         self._send = client.register_script(load_script("send.lua"))
         self._put_settings = client.register_script(load_script("put_settings.lua"))
         self._read_states = client.register_script(load_script("read_states.lua"))
-        self._settings_cache: dict[str, tuple[float, TenantSettings]] = {}
+        # tenant -> (read at, settings, whether the tenant exists)
+        self._settings_cache: dict[str, tuple[float, TenantSettings, bool]] = {}
         self._settings_cache_s = settings_cache_s
         self.tombstones = TombstoneNames(client)
 
@@ -115,22 +121,39 @@ class RedisConsentStore:
     # -- tenant settings -------------------------------------------------------------
 
     async def tenant_settings(self, tenant_id: str) -> TenantSettings:
-        """The tenant's settings, cached for about a second per process.
+        """The tenant's settings, cached for about a second per process (defaults for a
+        tenant that does not exist: callers that must refuse those use tenant_lookup).
 
         A write through this object drops its cache entry, so the next call in this
         process sees it; other processes see it once their entry expires."""
+        return (await self._cached(tenant_id))[0]
+
+    async def tenant_lookup(self, tenant_id: str) -> TenantSettings | None:
+        """The tenant's settings, or None when the tenant does not exist.
+
+        The same cached read as tenant_settings: the registry entry lives in the settings
+        hash, so the existence check costs no extra round trip."""
+        settings, exists = await self._cached(tenant_id)
+        return settings if exists else None
+
+    def forget_cached_settings(self, tenant_id: str) -> None:
+        """Drop the tenant's cache entry (the registry changed it in this process)."""
+        self._settings_cache.pop(tenant_id, None)
+
+    async def _cached(self, tenant_id: str) -> tuple[TenantSettings, bool]:
         now = time.monotonic()
         cached = self._settings_cache.get(tenant_id)
         if cached and now - cached[0] < self._settings_cache_s:
-            return cached[1]
+            return cached[1], cached[2]
         raw: dict[bytes, bytes] = await self._call(
             lambda: self._r.hgetall(keys.tenant_settings(tenant_id))
         )
         settings = parse_settings(raw)
+        exists = keys.TENANT_CREATED_FIELD.encode() in raw
         if len(self._settings_cache) > 10_000:
             self._settings_cache.clear()
-        self._settings_cache[tenant_id] = (now, settings)
-        return settings
+        self._settings_cache[tenant_id] = (now, settings, exists)
+        return settings, exists
 
     async def fresh_tenant_settings(self, tenant_id: str) -> TenantSettings:
         """The tenant's settings read from the store now (for read-modify-write)."""
@@ -140,7 +163,8 @@ class RedisConsentStore:
     async def put_tenant_settings(self, tenant_id: str, settings: TenantSettings) -> None:
         """Replace the tenant's settings if they are still at ``settings.version``.
 
-        Raises SettingsConflict when another writer got there first (re-read and retry)."""
+        Raises SettingsConflict when another writer got there first (re-read and retry),
+        TenantNotFound (nothing written) when the tenant does not exist."""
         fields = encode_settings(settings)
         args: list[str | int] = [str(settings.version)]
         for name, value in fields.items():
@@ -150,6 +174,8 @@ class RedisConsentStore:
             version = await self._call(lambda: self._put_settings(keys=[key], args=args))
         finally:
             self._settings_cache.pop(tenant_id, None)
+        if int(version) == -2:
+            raise TenantNotFound(tenant_id)
         if int(version) < 0:
             raise SettingsConflict("tenant settings changed meanwhile")
 

@@ -271,11 +271,16 @@ def get_tenant_settings(tenant_id: str) -> Call[apb.TenantSettings]:
 
 
 def update_tenant_settings(
-    tenant_id: str, settings: SettingsLike, update_mask: Iterable[str] | None
+    tenant_id: str,
+    settings: SettingsLike,
+    update_mask: Iterable[str] | None,
+    version: int | None = None,
 ) -> Call[apb.TenantSettings]:
     """UpdateTenantSettings: ``settings`` as a message or a dict in the proto's JSON
-    form; without ``update_mask`` a dict's top-level keys are the mask. Setting fields
-    to given values is idempotent, so it is retried on UNAVAILABLE."""
+    form; without ``update_mask`` a dict's top-level keys are the mask. ``version`` (the
+    one read) makes it conditional. Setting fields to given values is idempotent, so it
+    is retried on UNAVAILABLE (a conditional one then fails with ABORTED if its first
+    attempt was applied: read again)."""
     if isinstance(settings, apb.TenantSettings):
         msg = settings
         if update_mask is None:
@@ -288,7 +293,34 @@ def update_tenant_settings(
     req = apb.UpdateTenantSettingsRequest(
         tenant_id=tenant_id, settings=msg, update_mask=field_mask_pb2.FieldMask(paths=paths)
     )
+    if version is not None:
+        req.version = version
     return Call("UpdateTenantSettings", req, RetryMode.IDEMPOTENT_WRITE, lambda r: r, admin=True)
+
+
+def create_tenant(tenant_id: str, display_name: str) -> Call[apb.Tenant]:
+    """CreateTenant: a retry after a lost answer fails with ALREADY_EXISTS, so it is
+    never retried automatically."""
+    req = apb.CreateTenantRequest(tenant_id=tenant_id, display_name=display_name)
+    return Call("CreateTenant", req, RetryMode.NEVER, lambda r: r, admin=True)
+
+
+def get_tenant(tenant_id: str) -> Call[apb.Tenant]:
+    """GetTenant: read-only."""
+    req = apb.GetTenantRequest(tenant_id=tenant_id)
+    return Call("GetTenant", req, RetryMode.READ, lambda r: r, admin=True)
+
+
+def list_tenants(page_size: int, page_token: str) -> Call[apb.ListTenantsResponse]:
+    """ListTenants: read-only."""
+    req = apb.ListTenantsRequest(page_size=page_size, page_token=page_token)
+    return Call("ListTenants", req, RetryMode.READ, lambda r: r, admin=True)
+
+
+def delete_tenant(tenant_id: str) -> Call[apb.DeleteTenantResponse]:
+    """DeleteTenant: a retry after a lost answer fails with NOT_FOUND, so never retried."""
+    req = apb.DeleteTenantRequest(tenant_id=tenant_id)
+    return Call("DeleteTenant", req, RetryMode.NEVER, lambda r: r, admin=True)
 
 
 def _snake(path: str) -> str:

@@ -216,13 +216,14 @@ class ConsentClient:
         tenant_id: str,
         channel: ChannelLike,
         address: str,
-        topic: str = "",
+        topic: str,
         *,
         timeout: float | None = None,
     ) -> Decision:
         """Decide whether ``address`` on ``channel`` may be messaged about ``topic`` now.
 
-        ``topic=""`` asks about all topics. Read-only; retried when safe.
+        ``topic`` is required (e.g. ``"marketing"``), as for sends: an empty one raises
+        :class:`InvalidArgument`. Read-only; retried when safe.
         """
         return self._invoke(_calls.check_consent(tenant_id, channel, address, topic), timeout)
 
@@ -230,11 +231,11 @@ class ConsentClient:
         self,
         tenant_id: str,
         recipients: Iterable[RecipientLike],
-        topic: str = "",
+        topic: str,
         *,
         timeout: float | None = None,
     ) -> list[BatchItem]:
-        """Decide for up to 10,000 recipients at once, about one topic.
+        """Decide for up to 10,000 recipients at once, about one (required) topic.
 
         ``recipients`` are ``(channel, address)`` tuples or :class:`Recipient` values.
         Results come back in request order; an address that cannot be normalised is a
@@ -402,6 +403,41 @@ class ConsentClient:
         """
         return self._invoke(_calls.get_message_status(tenant_id, message_id), timeout)
 
+    # -- ConsentAdminService: tenants (operator keys) ------------------------------------
+
+    def create_tenant(
+        self, tenant_id: str, display_name: str = "", *, timeout: float | None = None
+    ) -> apb.Tenant:
+        """Create a tenant; until then every call naming it raises :class:`NotFound`
+        (reason ``TENANT_NOT_FOUND``). Needs an operator key.
+
+        Raises:
+            AlreadyExists: the id is taken (reason ``TENANT_ALREADY_EXISTS``).
+        """
+        return self._invoke(_calls.create_tenant(tenant_id, display_name), timeout)
+
+    def get_tenant(self, tenant_id: str, *, timeout: float | None = None) -> apb.Tenant:
+        """A tenant's id, display name and creation time; :class:`NotFound` if none."""
+        return self._invoke(_calls.get_tenant(tenant_id), timeout)
+
+    def list_tenants(
+        self, page_size: int = 0, page_token: str = "", *, timeout: float | None = None
+    ) -> apb.ListTenantsResponse:
+        """A page of tenants by id; pass ``next_page_token`` on for the next page."""
+        return self._invoke(_calls.list_tenants(page_size, page_token), timeout)
+
+    def delete_tenant(
+        self, tenant_id: str, *, timeout: float | None = None
+    ) -> apb.DeleteTenantResponse:
+        """Delete a tenant that holds no consent data (its keys are revoked).
+
+        Raises:
+            FailedPrecondition: it still holds consent data (reason ``TENANT_NOT_EMPTY``);
+                nothing changed.
+            NotFound: no such tenant.
+        """
+        return self._invoke(_calls.delete_tenant(tenant_id), timeout)
+
     # -- ConsentAdminService: tenant settings --------------------------------------------
 
     def get_tenant_settings(
@@ -416,6 +452,7 @@ class ConsentClient:
         settings: _calls.SettingsLike,
         update_mask: Iterable[str] | None = None,
         *,
+        version: int | None = None,
         timeout: float | None = None,
     ) -> apb.TenantSettings:
         """Change the settings fields named by ``update_mask``; returns the new settings.
@@ -425,11 +462,16 @@ class ConsentClient:
         dict, ``update_mask`` defaults to its keys. Repeated fields (``keyword_sets``,
         ``templates``...) are replaced whole: read, edit, write back.
 
+        ``version`` is the ``TenantSettings.version`` the change was based on: when
+        someone changed the settings since, nothing is written and the call raises
+        (ABORTED, reason ``SETTINGS_VERSION_MISMATCH``). ``None`` writes unconditionally.
+
         Raises:
             InvalidArgument: a bad value; ``field_violations`` name each field
                 (e.g. ``settings.templates[0].opt_out_confirmation``).
+            OtherError: ABORTED, reason ``SETTINGS_VERSION_MISMATCH``: read again, retry.
         """
-        call = _calls.update_tenant_settings(tenant_id, settings, update_mask)
+        call = _calls.update_tenant_settings(tenant_id, settings, update_mask, version)
         return self._invoke(call, timeout)
 
     def create_consent_link(

@@ -27,7 +27,7 @@ if _version_not_supported:
 
 class ConsentAdminServiceStub:
     """ConsentAdminService configures tenants and manages access and erasure.
-    ---- Tenant settings (keywords, templates, policies) ----
+    ---- Tenants (operator keys only) ----
     """
 
     def __init__(self, channel):
@@ -36,6 +36,26 @@ class ConsentAdminServiceStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.CreateTenant = channel.unary_unary(
+                '/consent.v1.ConsentAdminService/CreateTenant',
+                request_serializer=consent_dot_v1_dot_admin__pb2.CreateTenantRequest.SerializeToString,
+                response_deserializer=consent_dot_v1_dot_admin__pb2.Tenant.FromString,
+                _registered_method=True)
+        self.GetTenant = channel.unary_unary(
+                '/consent.v1.ConsentAdminService/GetTenant',
+                request_serializer=consent_dot_v1_dot_admin__pb2.GetTenantRequest.SerializeToString,
+                response_deserializer=consent_dot_v1_dot_admin__pb2.Tenant.FromString,
+                _registered_method=True)
+        self.ListTenants = channel.unary_unary(
+                '/consent.v1.ConsentAdminService/ListTenants',
+                request_serializer=consent_dot_v1_dot_admin__pb2.ListTenantsRequest.SerializeToString,
+                response_deserializer=consent_dot_v1_dot_admin__pb2.ListTenantsResponse.FromString,
+                _registered_method=True)
+        self.DeleteTenant = channel.unary_unary(
+                '/consent.v1.ConsentAdminService/DeleteTenant',
+                request_serializer=consent_dot_v1_dot_admin__pb2.DeleteTenantRequest.SerializeToString,
+                response_deserializer=consent_dot_v1_dot_admin__pb2.DeleteTenantResponse.FromString,
+                _registered_method=True)
         self.GetTenantSettings = channel.unary_unary(
                 '/consent.v1.ConsentAdminService/GetTenantSettings',
                 request_serializer=consent_dot_v1_dot_admin__pb2.GetTenantSettingsRequest.SerializeToString,
@@ -110,11 +130,55 @@ class ConsentAdminServiceStub:
 
 class ConsentAdminServiceServicer:
     """ConsentAdminService configures tenants and manages access and erasure.
-    ---- Tenant settings (keywords, templates, policies) ----
+    ---- Tenants (operator keys only) ----
     """
 
+    def CreateTenant(self, request, context):
+        """Creates a tenant. Until a tenant is created, every RPC naming it (in both
+        services) and every HTTP edge path naming it answers NOT_FOUND (reason
+        TENANT_NOT_FOUND) and writes nothing, so a typo in a tenant id never reads
+        as "allowed". Needs an operator key (tenant "*"): a tenant's own admin key
+        cannot create tenants. ALREADY_EXISTS (reason TENANT_ALREADY_EXISTS) when
+        the id is taken; nothing is changed then.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetTenant(self, request, context):
+        """Returns a tenant's metadata; NOT_FOUND (TENANT_NOT_FOUND) when it was never
+        created. Operator keys only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTenants(self, request, context):
+        """Lists every tenant by id, paged. Operator keys only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteTenant(self, request, context):
+        """Deletes a tenant, so no opt-out is ever lost silently: it is refused with
+        FAILED_PRECONDITION (reason TENANT_NOT_EMPTY) and changes nothing while the
+        tenant still holds any consent data (consent records, history, erasure
+        tombstones, messages). Erase what it holds first, or export it. Deleting an
+        empty tenant removes its settings, WhatsApp webhook and delivery providers
+        and revokes its API keys; from then on its id answers TENANT_NOT_FOUND (in
+        other server processes within about a second). Operator keys only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetTenantSettings(self, request, context):
-        """Returns the tenant's effective settings: what is stored, with the built-in
+        """---- end of tenants ----
+
+        ---- Tenant settings (keywords, templates, policies) ----
+
+        Returns the tenant's effective settings: what is stored, with the built-in
         defaults (built-in keywords, default buttons and texts) for every field
         never set. A tenant that was never configured gets the defaults. Read-only.
         """
@@ -127,8 +191,12 @@ class ConsentAdminServiceServicer:
         settings. The whole result is validated before anything is written; a bad
         value fails with INVALID_ARGUMENT and a BadRequest naming each bad field
         (e.g. "settings.templates[0].opt_out_confirmation") and changes nothing.
-        Concurrent updates are serialised (the loser re-reads and re-applies its
-        mask; ABORTED if it keeps losing). The change applies to the next call on
+        With `version` set (the TenantSettings.version the caller read), the update
+        applies only if the stored settings are still at that version; otherwise it
+        fails with ABORTED (reason SETTINGS_VERSION_MISMATCH) and changes nothing:
+        read again, re-apply, retry. Without it the update is unconditional:
+        concurrent updates are serialised (the loser re-reads and re-applies its
+        mask; ABORTED, reason SETTINGS_CONFLICT, if it keeps losing). The change applies to the next call on
         the same server process and to other processes within about a second.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -275,6 +343,26 @@ class ConsentAdminServiceServicer:
 
 def add_ConsentAdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'CreateTenant': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateTenant,
+                    request_deserializer=consent_dot_v1_dot_admin__pb2.CreateTenantRequest.FromString,
+                    response_serializer=consent_dot_v1_dot_admin__pb2.Tenant.SerializeToString,
+            ),
+            'GetTenant': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTenant,
+                    request_deserializer=consent_dot_v1_dot_admin__pb2.GetTenantRequest.FromString,
+                    response_serializer=consent_dot_v1_dot_admin__pb2.Tenant.SerializeToString,
+            ),
+            'ListTenants': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTenants,
+                    request_deserializer=consent_dot_v1_dot_admin__pb2.ListTenantsRequest.FromString,
+                    response_serializer=consent_dot_v1_dot_admin__pb2.ListTenantsResponse.SerializeToString,
+            ),
+            'DeleteTenant': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteTenant,
+                    request_deserializer=consent_dot_v1_dot_admin__pb2.DeleteTenantRequest.FromString,
+                    response_serializer=consent_dot_v1_dot_admin__pb2.DeleteTenantResponse.SerializeToString,
+            ),
             'GetTenantSettings': grpc.unary_unary_rpc_method_handler(
                     servicer.GetTenantSettings,
                     request_deserializer=consent_dot_v1_dot_admin__pb2.GetTenantSettingsRequest.FromString,
@@ -355,8 +443,116 @@ def add_ConsentAdminServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class ConsentAdminService:
     """ConsentAdminService configures tenants and manages access and erasure.
-    ---- Tenant settings (keywords, templates, policies) ----
+    ---- Tenants (operator keys only) ----
     """
+
+    @staticmethod
+    def CreateTenant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/consent.v1.ConsentAdminService/CreateTenant',
+            consent_dot_v1_dot_admin__pb2.CreateTenantRequest.SerializeToString,
+            consent_dot_v1_dot_admin__pb2.Tenant.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTenant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/consent.v1.ConsentAdminService/GetTenant',
+            consent_dot_v1_dot_admin__pb2.GetTenantRequest.SerializeToString,
+            consent_dot_v1_dot_admin__pb2.Tenant.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTenants(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/consent.v1.ConsentAdminService/ListTenants',
+            consent_dot_v1_dot_admin__pb2.ListTenantsRequest.SerializeToString,
+            consent_dot_v1_dot_admin__pb2.ListTenantsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteTenant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/consent.v1.ConsentAdminService/DeleteTenant',
+            consent_dot_v1_dot_admin__pb2.DeleteTenantRequest.SerializeToString,
+            consent_dot_v1_dot_admin__pb2.DeleteTenantResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
 
     @staticmethod
     def GetTenantSettings(request,

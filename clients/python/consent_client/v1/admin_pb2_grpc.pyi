@@ -31,15 +31,40 @@ GRPC_VERSION: str
 
 class ConsentAdminServiceStub:
     """ConsentAdminService configures tenants and manages access and erasure.
-    ---- Tenant settings (keywords, templates, policies) ----
+    ---- Tenants (operator keys only) ----
     """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> ConsentAdminServiceAsyncStub: ...
+    CreateTenant: _grpc.UnaryUnaryMultiCallable[_admin_pb2.CreateTenantRequest, _admin_pb2.Tenant]
+    """Creates a tenant. Until a tenant is created, every RPC naming it (in both
+    services) and every HTTP edge path naming it answers NOT_FOUND (reason
+    TENANT_NOT_FOUND) and writes nothing, so a typo in a tenant id never reads
+    as "allowed". Needs an operator key (tenant "*"): a tenant's own admin key
+    cannot create tenants. ALREADY_EXISTS (reason TENANT_ALREADY_EXISTS) when
+    the id is taken; nothing is changed then.
+    """
+    GetTenant: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetTenantRequest, _admin_pb2.Tenant]
+    """Returns a tenant's metadata; NOT_FOUND (TENANT_NOT_FOUND) when it was never
+    created. Operator keys only.
+    """
+    ListTenants: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListTenantsRequest, _admin_pb2.ListTenantsResponse]
+    """Lists every tenant by id, paged. Operator keys only."""
+    DeleteTenant: _grpc.UnaryUnaryMultiCallable[_admin_pb2.DeleteTenantRequest, _admin_pb2.DeleteTenantResponse]
+    """Deletes a tenant, so no opt-out is ever lost silently: it is refused with
+    FAILED_PRECONDITION (reason TENANT_NOT_EMPTY) and changes nothing while the
+    tenant still holds any consent data (consent records, history, erasure
+    tombstones, messages). Erase what it holds first, or export it. Deleting an
+    empty tenant removes its settings, WhatsApp webhook and delivery providers
+    and revokes its API keys; from then on its id answers TENANT_NOT_FOUND (in
+    other server processes within about a second). Operator keys only.
+    """
     GetTenantSettings: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetTenantSettingsRequest, _admin_pb2.TenantSettings]
-    """Returns the tenant's effective settings: what is stored, with the built-in
+    """---- Tenant settings (keywords, templates, policies) ----
+
+    Returns the tenant's effective settings: what is stored, with the built-in
     defaults (built-in keywords, default buttons and texts) for every field
     never set. A tenant that was never configured gets the defaults. Read-only.
     """
@@ -48,8 +73,12 @@ class ConsentAdminServiceStub:
     settings. The whole result is validated before anything is written; a bad
     value fails with INVALID_ARGUMENT and a BadRequest naming each bad field
     (e.g. "settings.templates[0].opt_out_confirmation") and changes nothing.
-    Concurrent updates are serialised (the loser re-reads and re-applies its
-    mask; ABORTED if it keeps losing). The change applies to the next call on
+    With `version` set (the TenantSettings.version the caller read), the update
+    applies only if the stored settings are still at that version; otherwise it
+    fails with ABORTED (reason SETTINGS_VERSION_MISMATCH) and changes nothing:
+    read again, re-apply, retry. Without it the update is unconditional:
+    concurrent updates are serialised (the loser re-reads and re-applies its
+    mask; ABORTED, reason SETTINGS_CONFLICT, if it keeps losing). The change applies to the next call on
     the same server process and to other processes within about a second.
     """
     CreateApiKey: _grpc.UnaryUnaryMultiCallable[_admin_pb2.CreateApiKeyRequest, _admin_pb2.CreateApiKeyResponse]
@@ -138,12 +167,37 @@ class ConsentAdminServiceStub:
 @_typing.type_check_only
 class ConsentAdminServiceAsyncStub(ConsentAdminServiceStub):
     """ConsentAdminService configures tenants and manages access and erasure.
-    ---- Tenant settings (keywords, templates, policies) ----
+    ---- Tenants (operator keys only) ----
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
+    CreateTenant: _aio.UnaryUnaryMultiCallable[_admin_pb2.CreateTenantRequest, _admin_pb2.Tenant]  # type: ignore[assignment]
+    """Creates a tenant. Until a tenant is created, every RPC naming it (in both
+    services) and every HTTP edge path naming it answers NOT_FOUND (reason
+    TENANT_NOT_FOUND) and writes nothing, so a typo in a tenant id never reads
+    as "allowed". Needs an operator key (tenant "*"): a tenant's own admin key
+    cannot create tenants. ALREADY_EXISTS (reason TENANT_ALREADY_EXISTS) when
+    the id is taken; nothing is changed then.
+    """
+    GetTenant: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetTenantRequest, _admin_pb2.Tenant]  # type: ignore[assignment]
+    """Returns a tenant's metadata; NOT_FOUND (TENANT_NOT_FOUND) when it was never
+    created. Operator keys only.
+    """
+    ListTenants: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListTenantsRequest, _admin_pb2.ListTenantsResponse]  # type: ignore[assignment]
+    """Lists every tenant by id, paged. Operator keys only."""
+    DeleteTenant: _aio.UnaryUnaryMultiCallable[_admin_pb2.DeleteTenantRequest, _admin_pb2.DeleteTenantResponse]  # type: ignore[assignment]
+    """Deletes a tenant, so no opt-out is ever lost silently: it is refused with
+    FAILED_PRECONDITION (reason TENANT_NOT_EMPTY) and changes nothing while the
+    tenant still holds any consent data (consent records, history, erasure
+    tombstones, messages). Erase what it holds first, or export it. Deleting an
+    empty tenant removes its settings, WhatsApp webhook and delivery providers
+    and revokes its API keys; from then on its id answers TENANT_NOT_FOUND (in
+    other server processes within about a second). Operator keys only.
+    """
     GetTenantSettings: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetTenantSettingsRequest, _admin_pb2.TenantSettings]  # type: ignore[assignment]
-    """Returns the tenant's effective settings: what is stored, with the built-in
+    """---- Tenant settings (keywords, templates, policies) ----
+
+    Returns the tenant's effective settings: what is stored, with the built-in
     defaults (built-in keywords, default buttons and texts) for every field
     never set. A tenant that was never configured gets the defaults. Read-only.
     """
@@ -152,8 +206,12 @@ class ConsentAdminServiceAsyncStub(ConsentAdminServiceStub):
     settings. The whole result is validated before anything is written; a bad
     value fails with INVALID_ARGUMENT and a BadRequest naming each bad field
     (e.g. "settings.templates[0].opt_out_confirmation") and changes nothing.
-    Concurrent updates are serialised (the loser re-reads and re-applies its
-    mask; ABORTED if it keeps losing). The change applies to the next call on
+    With `version` set (the TenantSettings.version the caller read), the update
+    applies only if the stored settings are still at that version; otherwise it
+    fails with ABORTED (reason SETTINGS_VERSION_MISMATCH) and changes nothing:
+    read again, re-apply, retry. Without it the update is unconditional:
+    concurrent updates are serialised (the loser re-reads and re-applies its
+    mask; ABORTED, reason SETTINGS_CONFLICT, if it keeps losing). The change applies to the next call on
     the same server process and to other processes within about a second.
     """
     CreateApiKey: _aio.UnaryUnaryMultiCallable[_admin_pb2.CreateApiKeyRequest, _admin_pb2.CreateApiKeyResponse]  # type: ignore[assignment]
@@ -241,8 +299,55 @@ class ConsentAdminServiceAsyncStub(ConsentAdminServiceStub):
 
 class ConsentAdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """ConsentAdminService configures tenants and manages access and erasure.
-    ---- Tenant settings (keywords, templates, policies) ----
+    ---- Tenants (operator keys only) ----
     """
+
+    @_abc_1.abstractmethod
+    def CreateTenant(
+        self,
+        request: _admin_pb2.CreateTenantRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.Tenant, _abc.Awaitable[_admin_pb2.Tenant]]:
+        """Creates a tenant. Until a tenant is created, every RPC naming it (in both
+        services) and every HTTP edge path naming it answers NOT_FOUND (reason
+        TENANT_NOT_FOUND) and writes nothing, so a typo in a tenant id never reads
+        as "allowed". Needs an operator key (tenant "*"): a tenant's own admin key
+        cannot create tenants. ALREADY_EXISTS (reason TENANT_ALREADY_EXISTS) when
+        the id is taken; nothing is changed then.
+        """
+
+    @_abc_1.abstractmethod
+    def GetTenant(
+        self,
+        request: _admin_pb2.GetTenantRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.Tenant, _abc.Awaitable[_admin_pb2.Tenant]]:
+        """Returns a tenant's metadata; NOT_FOUND (TENANT_NOT_FOUND) when it was never
+        created. Operator keys only.
+        """
+
+    @_abc_1.abstractmethod
+    def ListTenants(
+        self,
+        request: _admin_pb2.ListTenantsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListTenantsResponse, _abc.Awaitable[_admin_pb2.ListTenantsResponse]]:
+        """Lists every tenant by id, paged. Operator keys only."""
+
+    @_abc_1.abstractmethod
+    def DeleteTenant(
+        self,
+        request: _admin_pb2.DeleteTenantRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.DeleteTenantResponse, _abc.Awaitable[_admin_pb2.DeleteTenantResponse]]:
+        """Deletes a tenant, so no opt-out is ever lost silently: it is refused with
+        FAILED_PRECONDITION (reason TENANT_NOT_EMPTY) and changes nothing while the
+        tenant still holds any consent data (consent records, history, erasure
+        tombstones, messages). Erase what it holds first, or export it. Deleting an
+        empty tenant removes its settings, WhatsApp webhook and delivery providers
+        and revokes its API keys; from then on its id answers TENANT_NOT_FOUND (in
+        other server processes within about a second). Operator keys only.
+        """
 
     @_abc_1.abstractmethod
     def GetTenantSettings(
@@ -250,7 +355,9 @@ class ConsentAdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.GetTenantSettingsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.TenantSettings, _abc.Awaitable[_admin_pb2.TenantSettings]]:
-        """Returns the tenant's effective settings: what is stored, with the built-in
+        """---- Tenant settings (keywords, templates, policies) ----
+
+        Returns the tenant's effective settings: what is stored, with the built-in
         defaults (built-in keywords, default buttons and texts) for every field
         never set. A tenant that was never configured gets the defaults. Read-only.
         """
@@ -265,8 +372,12 @@ class ConsentAdminServiceServicer(metaclass=_abc_1.ABCMeta):
         settings. The whole result is validated before anything is written; a bad
         value fails with INVALID_ARGUMENT and a BadRequest naming each bad field
         (e.g. "settings.templates[0].opt_out_confirmation") and changes nothing.
-        Concurrent updates are serialised (the loser re-reads and re-applies its
-        mask; ABORTED if it keeps losing). The change applies to the next call on
+        With `version` set (the TenantSettings.version the caller read), the update
+        applies only if the stored settings are still at that version; otherwise it
+        fails with ABORTED (reason SETTINGS_VERSION_MISMATCH) and changes nothing:
+        read again, re-apply, retry. Without it the update is unconditional:
+        concurrent updates are serialised (the loser re-reads and re-applies its
+        mask; ABORTED, reason SETTINGS_CONFLICT, if it keeps losing). The change applies to the next call on
         the same server process and to other processes within about a second.
         """
 

@@ -316,6 +316,25 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """NOT_FOUND: no API key with that id for the tenant (also for another
     tenant's key).
     """
+    TENANT_NOT_FOUND: _ErrorReason.ValueType  # 140
+    """140-149: tenants and tenant settings.
+    NOT_FOUND: the request's tenant_id names no tenant (it was never created,
+    or was deleted; see ConsentAdminService.CreateTenant). Nothing was read or
+    written. A key of another tenant gets PERMISSION_DENIED
+    (TENANT_NOT_ALLOWED) instead, whether or not the tenant exists, so keys
+    cannot probe which tenants exist.
+    """
+    TENANT_ALREADY_EXISTS: _ErrorReason.ValueType  # 141
+    """ALREADY_EXISTS: CreateTenant for an id that is taken. Nothing changed."""
+    TENANT_NOT_EMPTY: _ErrorReason.ValueType  # 142
+    """FAILED_PRECONDITION: DeleteTenant refused because the tenant still holds
+    consent data (records, history, tombstones or messages). Nothing changed.
+    """
+    SETTINGS_VERSION_MISMATCH: _ErrorReason.ValueType  # 143
+    """ABORTED: UpdateTenantSettings named a version that is no longer the stored
+    one (someone else changed the settings since they were read). Nothing was
+    written; the message names the stored version. Read again, re-apply, retry.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The machine-readable reasons carried in google.rpc.ErrorInfo.reason (domain
@@ -394,6 +413,25 @@ says when to retry. Metadata: retry_after_ms.
 API_KEY_NOT_FOUND: ErrorReason.ValueType  # 104
 """NOT_FOUND: no API key with that id for the tenant (also for another
 tenant's key).
+"""
+TENANT_NOT_FOUND: ErrorReason.ValueType  # 140
+"""140-149: tenants and tenant settings.
+NOT_FOUND: the request's tenant_id names no tenant (it was never created,
+or was deleted; see ConsentAdminService.CreateTenant). Nothing was read or
+written. A key of another tenant gets PERMISSION_DENIED
+(TENANT_NOT_ALLOWED) instead, whether or not the tenant exists, so keys
+cannot probe which tenants exist.
+"""
+TENANT_ALREADY_EXISTS: ErrorReason.ValueType  # 141
+"""ALREADY_EXISTS: CreateTenant for an id that is taken. Nothing changed."""
+TENANT_NOT_EMPTY: ErrorReason.ValueType  # 142
+"""FAILED_PRECONDITION: DeleteTenant refused because the tenant still holds
+consent data (records, history, tombstones or messages). Nothing changed.
+"""
+SETTINGS_VERSION_MISMATCH: ErrorReason.ValueType  # 143
+"""ABORTED: UpdateTenantSettings named a version that is no longer the stored
+one (someone else changed the settings since they were read). Nothing was
+written; the message names the stored version. Read again, re-apply, retry.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
@@ -521,8 +559,9 @@ class CheckConsentRequest(_message.Message):
     tenant_id: _builtins.str
     """The tenant (business) whose consent records are consulted."""
     topic: _builtins.str
-    """What the message is about, e.g. "marketing". Empty = ask about all topics:
-    only the all-topics record and the tenant-wide default policy decide.
+    """What the message would be about, e.g. "marketing". Required (as in
+    SendIfAllowed): a check without a topic would slip past a topic-only
+    opt-out, so an empty topic fails with INVALID_ARGUMENT.
     """
     @_builtins.property
     def recipient(self) -> Global___Recipient:
@@ -625,7 +664,7 @@ class BatchCheckConsentRequest(_message.Message):
     tenant_id: _builtins.str
     """The tenant whose records are consulted."""
     topic: _builtins.str
-    """The topic for every recipient; empty = all topics (as in CheckConsent)."""
+    """The topic for every recipient; required, as in CheckConsent."""
     @_builtins.property
     def recipients(self) -> _containers.RepeatedCompositeFieldContainer[Global___Recipient]:
         """1 to 10,000 recipients. Duplicates are allowed and answered each time."""

@@ -31,7 +31,8 @@ class ConsentServiceStub:
 
     Limits that apply to every RPC: tenant_id matches ^[a-z0-9][a-z0-9_-]{0,63}$;
     topic matches ^[a-z0-9][a-z0-9_.-]{0,63}$ after lower-casing (empty = all
-    topics); addresses are at most 254 characters; ids (event_id,
+    topics in OptOut/OptIn; required in checks and sends); the tenant must exist
+    (NOT_FOUND, reason TENANT_NOT_FOUND, otherwise); addresses are at most 254 characters; ids (event_id,
     idempotency_key, provider_message_id) are 1-128 printable ASCII characters
     without spaces. A request that breaks a limit fails with INVALID_ARGUMENT and
     a BadRequest naming each bad field, and changes nothing.
@@ -96,7 +97,8 @@ class ConsentServiceServicer:
 
     Limits that apply to every RPC: tenant_id matches ^[a-z0-9][a-z0-9_-]{0,63}$;
     topic matches ^[a-z0-9][a-z0-9_.-]{0,63}$ after lower-casing (empty = all
-    topics); addresses are at most 254 characters; ids (event_id,
+    topics in OptOut/OptIn; required in checks and sends); the tenant must exist
+    (NOT_FOUND, reason TENANT_NOT_FOUND, otherwise); addresses are at most 254 characters; ids (event_id,
     idempotency_key, provider_message_id) are 1-128 printable ASCII characters
     without spaces. A request that breaks a limit fails with INVALID_ARGUMENT and
     a BadRequest naming each bad field, and changes nothing.
@@ -248,7 +250,8 @@ class ConsentService:
 
     Limits that apply to every RPC: tenant_id matches ^[a-z0-9][a-z0-9_-]{0,63}$;
     topic matches ^[a-z0-9][a-z0-9_.-]{0,63}$ after lower-casing (empty = all
-    topics); addresses are at most 254 characters; ids (event_id,
+    topics in OptOut/OptIn; required in checks and sends); the tenant must exist
+    (NOT_FOUND, reason TENANT_NOT_FOUND, otherwise); addresses are at most 254 characters; ids (event_id,
     idempotency_key, provider_message_id) are 1-128 printable ASCII characters
     without spaces. A request that breaks a limit fails with INVALID_ARGUMENT and
     a BadRequest naming each bad field, and changes nothing.

@@ -40,7 +40,8 @@ class ConsentServiceStub:
 
     Limits that apply to every RPC: tenant_id matches ^[a-z0-9][a-z0-9_-]{0,63}$;
     topic matches ^[a-z0-9][a-z0-9_.-]{0,63}$ after lower-casing (empty = all
-    topics); addresses are at most 254 characters; ids (event_id,
+    topics in OptOut/OptIn; required in checks and sends); the tenant must exist
+    (NOT_FOUND, reason TENANT_NOT_FOUND, otherwise); addresses are at most 254 characters; ids (event_id,
     idempotency_key, provider_message_id) are 1-128 printable ASCII characters
     without spaces. A request that breaks a limit fails with INVALID_ARGUMENT and
     a BadRequest naming each bad field, and changes nothing.
@@ -105,7 +106,8 @@ class ConsentServiceAsyncStub(ConsentServiceStub):
 
     Limits that apply to every RPC: tenant_id matches ^[a-z0-9][a-z0-9_-]{0,63}$;
     topic matches ^[a-z0-9][a-z0-9_.-]{0,63}$ after lower-casing (empty = all
-    topics); addresses are at most 254 characters; ids (event_id,
+    topics in OptOut/OptIn; required in checks and sends); the tenant must exist
+    (NOT_FOUND, reason TENANT_NOT_FOUND, otherwise); addresses are at most 254 characters; ids (event_id,
     idempotency_key, provider_message_id) are 1-128 printable ASCII characters
     without spaces. A request that breaks a limit fails with INVALID_ARGUMENT and
     a BadRequest naming each bad field, and changes nothing.
@@ -166,7 +168,8 @@ class ConsentServiceServicer(metaclass=_abc_1.ABCMeta):
 
     Limits that apply to every RPC: tenant_id matches ^[a-z0-9][a-z0-9_-]{0,63}$;
     topic matches ^[a-z0-9][a-z0-9_.-]{0,63}$ after lower-casing (empty = all
-    topics); addresses are at most 254 characters; ids (event_id,
+    topics in OptOut/OptIn; required in checks and sends); the tenant must exist
+    (NOT_FOUND, reason TENANT_NOT_FOUND, otherwise); addresses are at most 254 characters; ids (event_id,
     idempotency_key, provider_message_id) are 1-128 printable ASCII characters
     without spaces. A request that breaks a limit fails with INVALID_ARGUMENT and
     a BadRequest naming each bad field, and changes nothing.
