@@ -99,7 +99,11 @@ async def serve(settings: Settings) -> int:
         )
     _warn_security(settings)
     store = open_store(
-        settings.redis_url, cluster=settings.redis_cluster, timeout_s=settings.redis_timeout_s
+        settings.redis_url,
+        cluster=settings.redis_cluster,
+        timeout_s=settings.redis_timeout_s,
+        min_replicas_ack=settings.redis_min_replicas_ack,
+        ack_timeout_ms=settings.redis_ack_timeout_ms,
     )
     authority = ConsentAuthority(
         store, default_region=settings.default_region, limits=limits_of(settings)

@@ -34,6 +34,9 @@ class Settings:
     redis_url: str | None = None
     redis_cluster: bool = False
     redis_timeout_s: float = 2.0
+    # WAIT-based acknowledgement of writes (README: durability); 0 = off.
+    redis_min_replicas_ack: int = 0
+    redis_ack_timeout_ms: int = 1000
     log_level: str = "INFO"
     log_format: str = "json"
     default_region: str | None = None
@@ -125,6 +128,18 @@ _OPTIONS: tuple[tuple[str, str, str, str], ...] = (
         "CONSENT_REDIS_TIMEOUT",
         "--redis-timeout",
         "seconds before a Redis call counts as failed",
+    ),
+    (
+        "redis_min_replicas_ack",
+        "CONSENT_REDIS_MIN_REPLICAS_ACK",
+        "--redis-min-replicas-ack",
+        "acknowledge a write only once this many replicas have it (WAIT); 0 = off",
+    ),
+    (
+        "redis_ack_timeout_ms",
+        "CONSENT_REDIS_ACK_TIMEOUT_MS",
+        "--redis-ack-timeout-ms",
+        "how long a write waits for its replicas before answering UNAVAILABLE",
     ),
     ("log_level", "CONSENT_LOG_LEVEL", "--log-level", "debug, info, warning or error"),
     ("log_format", "CONSENT_LOG_FORMAT", "--log-format", "json or text"),
@@ -350,6 +365,7 @@ def _validate(raw: dict[str, tuple[str, str]]) -> Settings:
         values["redis_cluster"] = _choice(var, text, ("0", "1")) == "1"
     if "redis_timeout_s" in raw:
         values["redis_timeout_s"] = _number(*raw["redis_timeout_s"], 0.05, 60)
+    _validate_replica_ack(raw, values)
     if "shutdown_grace_s" in raw:
         values["shutdown_grace_s"] = _number(*raw["shutdown_grace_s"], 0, 600)
     if "log_level" in raw:
@@ -374,6 +390,30 @@ def _validate(raw: dict[str, tuple[str, str]]) -> Settings:
     settings = Settings(**values)  # type: ignore[arg-type]
     _check_auth(settings)
     return settings
+
+
+def _validate_replica_ack(raw: dict[str, tuple[str, str]], values: dict[str, object]) -> None:
+    """CONSENT_REDIS_MIN_REPLICAS_ACK and its timeout: only on a real Redis, and the
+    WAIT must end before the Redis socket timeout would cut it off."""
+    if "redis_min_replicas_ack" in raw:
+        var, text = raw["redis_min_replicas_ack"]
+        values["redis_min_replicas_ack"] = n = _integer(var, text, 0, 16)
+        if n and "redis_url" not in values:
+            raise ConfigError(
+                f"{var}={text}: needs CONSENT_REDIS_URL (the embedded store has no replicas)"
+            )
+    if "redis_ack_timeout_ms" in raw:
+        var, text = raw["redis_ack_timeout_ms"]
+        values["redis_ack_timeout_ms"] = _integer(var, text, 1, 60_000)
+    defaults = Settings()
+    ack_ms = values.get("redis_ack_timeout_ms", defaults.redis_ack_timeout_ms)
+    redis_s = values.get("redis_timeout_s", defaults.redis_timeout_s)
+    assert isinstance(ack_ms, int) and isinstance(redis_s, float | int)
+    if values.get("redis_min_replicas_ack") and ack_ms >= redis_s * 1000:
+        raise ConfigError(
+            f"CONSENT_REDIS_ACK_TIMEOUT_MS={ack_ms}: must be below CONSENT_REDIS_TIMEOUT "
+            f"({redis_s:g} s), or the Redis call times out before WAIT answers"
+        )
 
 
 def _validate_security(raw: dict[str, tuple[str, str]], values: dict[str, object]) -> None:

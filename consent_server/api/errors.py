@@ -17,6 +17,7 @@ from consent_server.domain.errors import (
     NotConfigured,
     NotFound,
     NotImplementedYet,
+    ReplicationNotAcknowledged,
     SendBlocked,
     SettingsConflict,
     StoreUnavailable,
@@ -72,6 +73,19 @@ def to_status(exc: Exception) -> status_pb2.Status:
         )
     if isinstance(exc, SendBlocked):
         return _blocked_status(exc)
+    if isinstance(exc, ReplicationNotAcknowledged):
+        return status_pb2.Status(
+            code=code_pb2.UNAVAILABLE,
+            message=(
+                "change applied on the Redis primary but not yet confirmed by its replicas: "
+                "not acknowledged; retry with the same event_id / idempotency_key (a replay "
+                "is never applied twice)"
+            ),
+            details=_pack(
+                _info("REPLICATION_NOT_ACKNOWLEDGED"),
+                error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=1)),
+            ),
+        )
     if isinstance(exc, StoreUnavailable):
         retry = error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=1))
         return status_pb2.Status(

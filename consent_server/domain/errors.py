@@ -8,6 +8,7 @@ Hierarchy::
     ├── IdConflict           an event_id / idempotency_key reused for a different request
     ├── NotFound             unknown id (or another tenant's)
     ├── StoreUnavailable     Redis unreachable: fail closed
+    │   └── ReplicationNotAcknowledged  applied on the primary, not confirmed by replicas
     ├── SettingsConflict     tenant settings written concurrently (retried, then ABORTED)
     └── NotImplementedYet    in the contract, not served by this version
 """
@@ -70,6 +71,12 @@ class NotFound(ConsentError):
 class StoreUnavailable(ConsentError):
     """The consent store could not be reached or did not answer in time: nothing was
     allowed or accepted, but a change sent to a slow store may still be recorded."""
+
+
+class ReplicationNotAcknowledged(StoreUnavailable):
+    """The change was applied on the Redis primary but fewer replicas than required
+    confirmed it in time (CONSENT_REDIS_MIN_REPLICAS_ACK): not acknowledged, because a
+    failover now could lose it. Safe to retry with the same event_id / idempotency_key."""
 
 
 class SettingsConflict(ConsentError):

@@ -14,6 +14,7 @@ from consent_server.domain.edge import WhatsAppWebhookConfig
 
 from . import keys
 from .records import text
+from .replication import acks_of
 from .repository import RedisConsentStore
 
 
@@ -23,6 +24,7 @@ class RedisEdgeStore:
     def __init__(self, store: RedisConsentStore) -> None:
         self._store = store
         self._r: Any = store.client
+        self._acks = acks_of(store.client)
 
     async def whatsapp_webhook(self, tenant_id: str) -> WhatsAppWebhookConfig | None:
         """The tenant's webhook settings, or None when none are stored."""
@@ -37,15 +39,13 @@ class RedisEdgeStore:
     async def set_whatsapp_webhook(self, tenant_id: str, config: WhatsAppWebhookConfig) -> None:
         """Store (replace) the tenant's webhook settings in one command."""
         mapping = {"verify_token": config.verify_token, "app_secret": config.app_secret}
-        await self._store._call(
-            lambda: self._r.hset(keys.whatsapp_webhook(tenant_id), mapping=mapping)
-        )
+        key = keys.whatsapp_webhook(tenant_id)
+        await self._store._write(key, lambda c: c.hset(key, mapping=mapping))
 
     async def delete_whatsapp_webhook(self, tenant_id: str) -> bool:
         """Remove the tenant's webhook settings; True when there were some."""
-        removed: int = await self._store._call(
-            lambda: self._r.delete(keys.whatsapp_webhook(tenant_id))
-        )
+        key = keys.whatsapp_webhook(tenant_id)
+        removed: int = await self._store._write(key, lambda c: c.delete(key))
         return removed > 0
 
     async def link_secret(self) -> bytes:
@@ -54,6 +54,6 @@ class RedisEdgeStore:
         candidate = secrets.token_hex(32)
         # NX: with several server processes starting together, exactly one secret wins
         # and every process reads that one back.
-        await self._store._call(lambda: self._r.set(key, candidate, nx=True))
+        await self._store._write(key, lambda c: c.set(key, candidate, nx=True))
         value = await self._store._call(lambda: self._r.get(key))
         return text(value).encode()

@@ -22,6 +22,7 @@ from consent_server.domain.model import Channel, Policy, Recipient
 
 from . import keys
 from .records import text
+from .replication import acks_of
 from .repository import MESSAGE_RETENTION_S, guarded
 from .tombstones import TombstoneNames
 
@@ -128,6 +129,7 @@ class DeliveryRepository:
         self._retention_s = retention_s
         # The claim's re-check consults erasure tombstones, as the send decision does.
         self._tombstones = TombstoneNames(client)
+        self._acks = acks_of(client)
         self._claim = client.register_script(_load_script("claim.lua"))
         self._finish = client.register_script(_load_script("finish.lua"))
         self._requeue = client.register_script(_load_script("requeue.lua"))
@@ -403,8 +405,9 @@ class DeliveryRepository:
 
     async def put_provider(self, tenant_id: str, channel: str, config: ProviderConfig) -> None:
         """Store one channel's provider configuration."""
+        key = keys.tenant_providers(tenant_id)
         await self._call(
-            lambda: self._r.hset(keys.tenant_providers(tenant_id), channel, config.encode())
+            lambda: self._acks.write(key, lambda c: c.hset(key, channel, config.encode()))
         )
 
     # -- delivery receipts -----------------------------------------------------------------

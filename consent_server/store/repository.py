@@ -43,6 +43,7 @@ from .records import (
     parse_settings,
     text,
 )
+from .replication import acks_of
 from .tombstones import TombstoneNames, newer
 
 T = TypeVar("T")
@@ -97,6 +98,7 @@ class RedisConsentStore:
         self._settings_cache: dict[str, tuple[float, TenantSettings]] = {}
         self._settings_cache_s = settings_cache_s
         self.tombstones = TombstoneNames(client)
+        self._acks = acks_of(client)
 
     @property
     def client(self) -> aioredis.Redis:
@@ -107,12 +109,18 @@ class RedisConsentStore:
     async def _call(self, fn: Callable[[], Awaitable[T]]) -> T:
         return await guarded(fn)
 
+    async def _write(self, key: str, fn: Callable[[Any], Awaitable[T]]) -> T:
+        """Run one acknowledged write: ``fn(client)`` on the primary of ``key``'s slot,
+        then (CONSENT_REDIS_MIN_REPLICAS_ACK) wait for replicas on that connection."""
+        return await guarded(lambda: self._acks.write(key, fn))
+
     async def ping(self) -> None:
         """Raise StoreUnavailable unless Redis answers."""
         await self._call(self._r.ping)
 
     async def aclose(self) -> None:
         """Close the connection pool."""
+        await self._acks.aclose()
         await self._r.aclose()
 
     # -- tenant settings -------------------------------------------------------------
@@ -150,7 +158,9 @@ class RedisConsentStore:
             args += [name, value]
         key = keys.tenant_settings(tenant_id)
         try:
-            version = await self._call(lambda: self._put_settings(keys=[key], args=args))
+            version = await self._write(
+                key, lambda c: self._put_settings(keys=[key], args=args, client=c)
+            )
         finally:
             self._settings_cache.pop(tenant_id, None)
         if int(version) < 0:
@@ -284,7 +294,9 @@ class RedisConsentStore:
             *extra_args,
         ]
         script_keys = [keys.state(base), keys.history(base), *extra_keys]
-        kind, outcome, queued = await self._call(lambda: self._record(keys=script_keys, args=args))
+        kind, outcome, queued = await self._write(
+            script_keys[0], lambda c: self._record(keys=script_keys, args=args, client=c)
+        )
         first = parse_outcome(outcome, event.event_id, duplicate=True)
         if int(kind) == 2:
             raise IdConflict(
@@ -330,7 +342,9 @@ class RedisConsentStore:
             metadata,
             fingerprint,
         ]
-        reply = await self._call(lambda: self._send(keys=script_keys, args=args))
+        reply = await self._write(
+            script_keys[0], lambda c: self._send(keys=script_keys, args=args, client=c)
+        )
         kind = text(reply[0])
         if kind == "accepted":
             return SendAccepted(text(reply[1]), int(reply[2]), int(reply[3]), duplicate=False)

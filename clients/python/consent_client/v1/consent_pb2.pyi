@@ -281,6 +281,14 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     different message (topic, content, not_after or metadata) to the same
     recipient. Nothing was queued. A BadRequest names "idempotency_key".
     """
+    REPLICATION_NOT_ACKNOWLEDGED: _ErrorReason.ValueType  # 120
+    """120-129: replication.
+    UNAVAILABLE: the change was applied on the Redis primary, but fewer replicas
+    than CONSENT_REDIS_MIN_REPLICAS_ACK confirmed it within
+    CONSENT_REDIS_ACK_TIMEOUT_MS, so it is not acknowledged (a failover now could
+    lose it). Retry with the same event_id / idempotency_key: a replay is never
+    applied twice, and it is acknowledged once replicas hold the change.
+    """
     UNAUTHENTICATED: _ErrorReason.ValueType  # 100
     """100-119: authentication, authorization and rate limits.
     UNAUTHENTICATED: no "authorization: Bearer <API key>" metadata, or the key
@@ -353,6 +361,14 @@ IDEMPOTENCY_KEY_REUSED: ErrorReason.ValueType  # 8
 """ALREADY_EXISTS: the idempotency_key was already used within 24 hours for a
 different message (topic, content, not_after or metadata) to the same
 recipient. Nothing was queued. A BadRequest names "idempotency_key".
+"""
+REPLICATION_NOT_ACKNOWLEDGED: ErrorReason.ValueType  # 120
+"""120-129: replication.
+UNAVAILABLE: the change was applied on the Redis primary, but fewer replicas
+than CONSENT_REDIS_MIN_REPLICAS_ACK confirmed it within
+CONSENT_REDIS_ACK_TIMEOUT_MS, so it is not acknowledged (a failover now could
+lose it). Retry with the same event_id / idempotency_key: a replay is never
+applied twice, and it is acknowledged once replicas hold the change.
 """
 UNAUTHENTICATED: ErrorReason.ValueType  # 100
 """100-119: authentication, authorization and rate limits.
