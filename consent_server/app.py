@@ -32,6 +32,7 @@ from consent_server.http.server import HttpEdge
 from consent_server.http.wiring import edge_app, keyring_for
 from consent_server.store.connect import open_store
 from consent_server.store.edge import RedisEdgeStore
+from consent_server.store.health import probe
 from consent_server.store.outbox import DeliveryRepository
 from consent_server.store.repository import RedisConsentStore
 from consent_server.store.security import RedisSecurityStore
@@ -68,7 +69,7 @@ async def watch_store(
     serving: bool | None = None
     while True:
         try:
-            await asyncio.wait_for(store.ping(), timeout=max(interval_s, 0.5))
+            await asyncio.wait_for(probe(store.client), timeout=max(interval_s, 0.5))
             ok = True
         except (StoreUnavailable, TimeoutError):
             ok = False
