@@ -236,3 +236,19 @@ async def test_without_the_setting_writes_do_not_wait(pair: Pair) -> None:
     finally:
         pair.replica.resume_if_paused()
         await store.aclose()
+
+
+async def test_primary_refusing_writes_for_lack_of_replicas_is_unavailable(pair: Pair) -> None:
+    """min-replicas-to-write on the primary (the README's advice beside WAIT): Redis
+    answers NOREPLICAS, which is an outage for the caller (UNAVAILABLE), not a bug."""
+    from consent_server.domain.errors import StoreUnavailable
+
+    store = open_store(pair.primary.url, timeout_s=2.0)
+    primary = pair.primary.client()
+    primary.config_set("min-replicas-to-write", 2)  # one replica connected: too few
+    try:
+        with pytest.raises(StoreUnavailable):
+            await store.record_event(event(Action.OPT_OUT))
+    finally:
+        primary.config_set("min-replicas-to-write", 0)
+        await store.aclose()

@@ -83,6 +83,12 @@ async def guarded(fn: Callable[[], Awaitable[T]]) -> T:
         return await fn()
     except UNAVAILABLE_ERRORS as exc:
         raise _unavailable(exc) from exc
+    except rex.ResponseError as exc:
+        # A primary refusing writes for too few replicas (min-replicas-to-write) is an
+        # outage to the caller, like a read-only one; redis-py has no class for it.
+        if str(exc).startswith("NOREPLICAS"):
+            raise _unavailable(exc) from exc
+        raise
 
 
 class RedisConsentStore:
