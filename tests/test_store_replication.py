@@ -252,3 +252,48 @@ async def test_primary_refusing_writes_for_lack_of_replicas_is_unavailable(pair:
     finally:
         primary.config_set("min-replicas-to-write", 0)
         await store.aclose()
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
+async def test_on_a_cluster_the_wait_runs_on_the_primary_of_the_key(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """3 primaries + 3 replicas: with one primary's replica paused, writes whose slot
+    that primary serves are not acknowledged, and writes to the other primaries are: the
+    WAIT ran on the connection to the key's own primary, not on any node."""
+    from redis.crc import key_slot
+
+    from consent_server.domain.model import Channel, Recipient
+
+    from .cluster_support import RedisClusterProcesses
+
+    cluster = RedisClusterProcesses(
+        tmp_path_factory.mktemp("ack-cluster"), replicas=1, node_timeout_ms=5000
+    ).start()
+    store = open_store(
+        cluster.url, cluster=True, timeout_s=2.0, min_replicas_ack=1, ack_timeout_ms=300
+    )
+    try:
+        people = [Recipient(Channel.SMS, f"+1415{i:07d}") for i in range(60)]
+
+        def primary(r: Recipient) -> int:
+            return cluster.primary_of_slot(key_slot(keys.tag(keys.partition("acme", r)).encode()))
+
+        owners = {r: primary(r) for r in people}
+        assert len(set(owners.values())) == 3  # spread over every primary
+        for r in people[:30]:  # all acknowledged while every replica keeps up
+            await store.record_event(event(Action.OPT_OUT, recipient=r))
+        victim = cluster.primary_of_slot(16383)
+        cluster.pause(cluster.replica_of(victim))
+        outcomes: dict[bool, set[bool]] = {True: set(), False: set()}
+        for r in people[30:]:
+            try:
+                await store.record_event(event(Action.OPT_OUT, recipient=r))
+                outcomes[owners[r] == victim].add(True)
+            except ReplicationNotAcknowledged:
+                outcomes[owners[r] == victim].add(False)
+        assert outcomes == {True: {False}, False: {True}}
+    finally:
+        await store.aclose()
+        cluster.stop()
