@@ -43,7 +43,11 @@ async def run_worker(settings: Settings) -> int:
         )
     serve_metrics(settings.metrics_listen)
     store = open_store(
-        settings.redis_url, cluster=settings.redis_cluster, timeout_s=settings.redis_timeout_s
+        settings.redis_url,
+        cluster=settings.redis_cluster,
+        timeout_s=settings.redis_timeout_s,
+        min_replicas_ack=settings.redis_min_replicas_ack,
+        ack_timeout_ms=settings.redis_ack_timeout_ms,
     )
     worker = build_worker(settings, store)
     stop = asyncio.Event()
