@@ -20,9 +20,8 @@ WAIT (a failover), a WAIT on the new primary would vouch for a write it never sa
 pinned connection that breaks, or a MOVED reply, fails the call instead (safe to retry),
 and the slot map is refreshed for the next one.
 
-Reads never go through here. Whatever this waits for is stated in the README
-(operations: durability): WAIT makes loss on a single failover unlikely, it is not
-strong consistency.
+Reads never go through here. What this does and does not guarantee is in the README
+("Durability: replicas and WAIT"): it is not strong consistency.
 """
 
 from __future__ import annotations
