@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 
 import grpc
@@ -94,7 +95,9 @@ def _opt_out(stub: consent_pb2_grpc.ConsentServiceStub, address: str) -> grpc.Rp
                 recipient=pb.Recipient(channel=pb.CHANNEL_SMS, address=address),
                 event_id=f"ev-{address}",
             ),
-            timeout=10,
+            # Long enough for a loaded machine: a deadline is an unknown outcome, and the
+            # test wants to see what the server answers during the failover.
+            timeout=30,
         )
         return None
     except grpc.RpcError as err:
@@ -165,9 +168,9 @@ def _server(cluster: RedisClusterProcesses, ack: int) -> ServerProcess:
         {
             "CONSENT_REDIS_URL": cluster.url,
             "CONSENT_REDIS_CLUSTER": "1",
-            "CONSENT_REDIS_TIMEOUT": "1",
+            "CONSENT_REDIS_TIMEOUT": "2",
             "CONSENT_REDIS_MIN_REPLICAS_ACK": str(ack),
-            "CONSENT_REDIS_ACK_TIMEOUT_MS": "500",
+            "CONSENT_REDIS_ACK_TIMEOUT_MS": "1000",
             "CONSENT_DELIVERY": "off",
         }
     ).start()
@@ -260,17 +263,19 @@ def test_failover_under_load_loses_no_acknowledged_opt_out(
         assert before_kill > 0 and len(ok) > before_kill
         # Every failure was UNAVAILABLE: the store was down or the write not replicated.
         assert failed, "the failover went unnoticed: the test did not test anything"
-        assert {code for code, _ in failed.values()} == {grpc.StatusCode.UNAVAILABLE}
-        assert {reason for _, reason in failed.values()} <= {
+        answers = Counter(failed.values())
+        assert {code for code, _ in answers} == {grpc.StatusCode.UNAVAILABLE}, answers
+        assert {reason for _, reason in answers} <= {
             "STORE_UNAVAILABLE",
             "REPLICATION_NOT_ACKNOWLEDGED",
-        }
+        }, answers
         with grpc.insecure_channel(srv.target) as ch:
             blocked = _blocked(consent_pb2_grpc.ConsentServiceStub(ch), ok)
         lost = [a for a in ok if not blocked[a]]
         assert lost == [], f"{len(lost)} of {len(ok)} acknowledged opt-outs were lost"
-        assert NOT_SERVING in health.seen or None in health.seen
-        assert health.seen[-1] == SERVING
+        # NOT_SERVING while the primary was down, SERVING again after the failover.
+        assert NOT_SERVING in health.seen, health.seen
+        assert srv.health(timeout=5) == SERVING
     finally:
         stop.set()
         assert srv.stop() == 0
