@@ -68,3 +68,24 @@ def test_unacknowledged_write_is_unavailable_with_its_own_reason() -> None:
     info, retry = error_details_pb2.ErrorInfo(), error_details_pb2.RetryInfo()
     assert status.details[0].Unpack(info) and info.reason == "REPLICATION_NOT_ACKNOWLEDGED"
     assert status.details[1].Unpack(retry) and retry.retry_delay.seconds == 1
+
+
+async def test_a_connection_closed_under_a_call_is_unavailable() -> None:
+    """redis-py's cluster client closes every connection when a node answers CLUSTERDOWN
+    (during a failover), also connections other calls are using; those calls then fail
+    inside redis-py with AttributeError. That is an outage (UNAVAILABLE, retried by
+    clients), not INTERNAL. An AttributeError of our own code stays a bug."""
+    import redis.asyncio as aioredis
+
+    from consent_server.domain.errors import StoreUnavailable
+    from consent_server.store.repository import guarded
+
+    closed = aioredis.Connection()  # never connected: no writer, as after a disconnect
+    with pytest.raises(StoreUnavailable):
+        await guarded(lambda: closed._send_packed_command([b"PING\r\n"]))
+
+    async def ours() -> None:
+        None.missing  # type: ignore[attr-defined]  # noqa: B018
+
+    with pytest.raises(AttributeError):
+        await guarded(ours)

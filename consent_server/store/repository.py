@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from importlib import resources
@@ -75,6 +76,17 @@ def _unavailable(exc: BaseException) -> StoreUnavailable:
     return StoreUnavailable(f"consent store unreachable: {type(exc).__name__}")
 
 
+_REDIS_DIR = os.path.dirname(rex.__file__) + os.sep
+
+
+def _raised_in_redis(exc: BaseException) -> bool:
+    """True when ``exc`` was raised by code of the redis-py package itself."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and tb.tb_frame.f_code.co_filename.startswith(_REDIS_DIR)
+
+
 async def guarded(fn: Callable[[], Awaitable[T]]) -> T:
     """Run one store operation; an outage becomes StoreUnavailable (fail closed).
 
@@ -87,6 +99,13 @@ async def guarded(fn: Callable[[], Awaitable[T]]) -> T:
         # A primary refusing writes for too few replicas (min-replicas-to-write) is an
         # outage to the caller, like a read-only one; redis-py has no class for it.
         if str(exc).startswith("NOREPLICAS"):
+            raise _unavailable(exc) from exc
+        raise
+    except AttributeError as exc:
+        # redis-py's cluster client closes every connection on CLUSTERDOWN (a failover),
+        # also those other calls are using; they then fail inside redis-py on a missing
+        # socket writer. An outage, not a bug of ours (which stays an AttributeError).
+        if _raised_in_redis(exc):
             raise _unavailable(exc) from exc
         raise
 
