@@ -53,6 +53,7 @@ from consent_server.http.server import HttpEdge
 from consent_server.http.wiring import edge_app, keyring_for, whatsapp_edge
 from consent_server.store.connect import open_store
 from consent_server.store.edge import RedisEdgeStore
+from consent_server.store.health import probe
 from consent_server.store.repository import RedisConsentStore
 from consent_server.store.security import RedisSecurityStore
 from consent_server.tenant_bootstrap import ensure_tenants, tenant_registry
@@ -134,7 +135,11 @@ def build(settings: Settings) -> Services:
     """
     warn_at_start(settings)
     store = open_store(
-        settings.redis.url, cluster=settings.redis.cluster, timeout_s=settings.redis.timeout_s
+        settings.redis.url,
+        cluster=settings.redis.cluster,
+        timeout_s=settings.redis.timeout_s,
+        min_replicas_ack=settings.redis.min_replicas_ack,
+        ack_timeout_ms=settings.redis.ack_timeout_ms,
     )
     authority = ConsentAuthority(
         store, default_region=settings.server.default_region, limits=limits_of(settings)
@@ -359,7 +364,7 @@ async def watch_store(
     serving: bool | None = None
     while True:
         try:
-            await asyncio.wait_for(store.ping(), timeout=max(interval_s, 0.5))
+            await asyncio.wait_for(probe(store.client), timeout=max(interval_s, 0.5))
             ok = True
         except (StoreUnavailable, TimeoutError):
             ok = False

@@ -319,6 +319,21 @@ class RedisSettings(_Group):
         _seconds(0.05, 60),
         "seconds before a Redis call counts as failed (→ `UNAVAILABLE`)",
     )
+    min_replicas_ack: int = option(
+        "CONSENT_REDIS_MIN_REPLICAS_ACK",
+        0,
+        _whole(0, 16),
+        "acknowledge a write only once this many replicas have it (`WAIT`); `0` = off; "
+        "needs `CONSENT_REDIS_URL` (see "
+        "[Durability: replicas and WAIT](#durability-replicas-and-wait))",
+    )
+    ack_timeout_ms: int = option(
+        "CONSENT_REDIS_ACK_TIMEOUT_MS",
+        1000,
+        _whole(1, 60_000),
+        "how long a write waits for its replicas before answering `UNAVAILABLE` "
+        "(`REPLICATION_NOT_ACKNOWLEDGED`); below `CONSENT_REDIS_TIMEOUT`",
+    )
 
     @property
     def embedded(self) -> bool:
@@ -625,6 +640,19 @@ GROUPS: tuple[str, ...] = tuple(f.name for f in fields(Settings))
 def _check_redis(s: Settings) -> None:
     if s.redis.cluster and s.redis.url is None:
         raise ConfigError("CONSENT_REDIS_CLUSTER=1 needs CONSENT_REDIS_URL")
+    n = s.redis.min_replicas_ack
+    if n and s.redis.embedded:
+        raise ConfigError(
+            f"CONSENT_REDIS_MIN_REPLICAS_ACK={n}: needs CONSENT_REDIS_URL "
+            "(the embedded store has no replicas)"
+        )
+    # WAIT must answer before the Redis socket timeout would cut the call off.
+    if n and s.redis.ack_timeout_ms >= s.redis.timeout_s * 1000:
+        raise ConfigError(
+            f"CONSENT_REDIS_ACK_TIMEOUT_MS={s.redis.ack_timeout_ms}: must be below "
+            f"CONSENT_REDIS_TIMEOUT ({s.redis.timeout_s:g} s), or the Redis call times out "
+            "before WAIT answers"
+        )
 
 
 def _check_processes(s: Settings) -> None:

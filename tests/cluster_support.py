@@ -1,8 +1,14 @@
-"""A real three-node Redis Cluster on free loopback ports, for the cluster tests."""
+"""A real Redis Cluster on free loopback ports, for the cluster tests.
+
+By default three primaries and no replicas; ``replicas=1`` gives each primary a
+replica (3 + 3), and ``node_timeout_ms`` makes failure detection and failover fast
+enough for a test. Nodes can be killed, restarted, paused and resumed one by one.
+"""
 
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -31,48 +37,66 @@ def _free_cluster_port() -> int:
 
 
 class RedisClusterProcesses:
-    """Three primaries, no replicas, each in its own directory."""
+    """``masters`` primaries with ``replicas`` replicas each, each node in its own directory."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        masters: int = 3,
+        replicas: int = 0,
+        node_timeout_ms: int | None = None,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
         self.workdir = workdir
+        self.masters = masters
+        self.replicas = replicas
+        self.node_timeout_ms = node_timeout_ms
+        self.extra_args = extra_args
         self.ports: list[int] = []
         self.procs: list[subprocess.Popen[bytes]] = []
+        self._paused: set[int] = set()
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.ports[0]}/0"
 
-    def start(self) -> RedisClusterProcesses:
+    def _args(self, port: int, d: Path) -> list[str]:
         server = shutil.which("redis-server")
-        if server is None or REDIS_CLI is None:
+        assert server is not None
+        args = [
+            server,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(d),
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--logfile",
+            str(d / "redis.log"),
+        ]
+        if self.node_timeout_ms is not None:
+            args += ["--cluster-node-timeout", str(self.node_timeout_ms)]
+        return args + list(self.extra_args)
+
+    def start(self) -> RedisClusterProcesses:
+        if shutil.which("redis-server") is None or REDIS_CLI is None:
             raise RuntimeError("redis-server and redis-cli are needed for the cluster tests")
-        for i in range(3):
+        for i in range(self.masters * (1 + self.replicas)):
             port = _free_cluster_port()
             d = self.workdir / f"node{i}"
             d.mkdir(parents=True)
             self.procs.append(
                 subprocess.Popen(
-                    [
-                        server,
-                        "--port",
-                        str(port),
-                        "--bind",
-                        "127.0.0.1",
-                        "--dir",
-                        str(d),
-                        "--cluster-enabled",
-                        "yes",
-                        "--cluster-config-file",
-                        "nodes.conf",
-                        "--save",
-                        "",
-                        "--appendonly",
-                        "no",
-                        "--logfile",
-                        str(d / "redis.log"),
-                    ],
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
+                    self._args(port, d), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
                 )
             )
             self.ports.append(port)
@@ -85,7 +109,7 @@ class RedisClusterProcesses:
                 "create",
                 *(f"127.0.0.1:{p}" for p in self.ports),
                 "--cluster-replicas",
-                "0",
+                str(self.replicas),
                 "--cluster-yes",
             ],
             check=True,
@@ -93,13 +117,111 @@ class RedisClusterProcesses:
             stderr=subprocess.DEVNULL,
             timeout=60,
         )
-        deadline = time.monotonic() + 30
+        self.wait_ok()
+        if self.replicas:
+            self.wait_replicas_synced()
+        return self
+
+    def wait_ok(self, timeout: float = 30, ports: list[int] | None = None) -> None:
+        """Until every running node (or those in ``ports``) reports cluster_state:ok."""
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            info = redis.Redis(port=self.ports[0]).cluster("INFO")  # parsed into a dict
-            if info.get("cluster_state") == "ok":
-                return self
-            time.sleep(0.1)
+            try:
+                if all(
+                    self.client(p).cluster("INFO").get("cluster_state") == "ok"
+                    for p in (ports or self.running_ports())
+                ):
+                    return
+            except redis.RedisError:
+                pass
+            time.sleep(0.05)
         raise RuntimeError("cluster never reached cluster_state:ok")
+
+    def wait_replicas_synced(self, timeout: float = 30) -> None:
+        """Until every running primary has its replicas online."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                primaries = self.primaries()
+                if len(primaries) == self.masters and all(
+                    sum(
+                        1
+                        for k, v in self.client(p).info("replication").items()
+                        if k.startswith("slave") and isinstance(v, dict) and v["state"] == "online"
+                    )
+                    >= self.replicas
+                    for p in primaries
+                ):
+                    return
+            except redis.RedisError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError("replicas never came online")
+
+    def running_ports(self) -> list[int]:
+        return [p for p, proc in zip(self.ports, self.procs, strict=True) if proc.poll() is None]
+
+    def client(self, port: int) -> redis.Redis:
+        return redis.Redis(port=port, socket_timeout=2, socket_connect_timeout=1)
+
+    def role(self, port: int) -> str:
+        """``master`` or ``slave`` as the node itself says."""
+        return str(self.client(port).info("replication")["role"])
+
+    def primaries(self) -> list[int]:
+        """Ports of the running nodes that are primaries."""
+        return [p for p in self.running_ports() if self.role(p) == "master"]
+
+    def replica_of(self, primary: int) -> int:
+        """The port of a running replica of the primary on ``primary``."""
+        info = self.client(primary).info("replication")
+        for k, v in info.items():
+            if k.startswith("slave") and isinstance(v, dict):
+                return int(v["port"])
+        raise RuntimeError(f"primary {primary} has no replica")
+
+    def primary_of_slot(self, slot: int) -> int:
+        """The port of the primary serving ``slot``, as a running node sees it."""
+        for p in self.running_ports():
+            try:
+                for start, end, master, *_ in self.client(p).execute_command("CLUSTER SLOTS"):
+                    if int(start) <= slot <= int(end):
+                        return int(master[1])
+            except redis.RedisError:
+                continue
+        raise RuntimeError(f"no node serves slot {slot}")
+
+    def _proc(self, port: int) -> subprocess.Popen[bytes]:
+        return self.procs[self.ports.index(port)]
+
+    def kill(self, port: int) -> None:
+        """SIGKILL one node: what a crash looks like (its unsaved data is gone)."""
+        proc = self._proc(port)
+        if port in self._paused:
+            self.resume(port)
+        proc.kill()
+        proc.wait(10)
+
+    def restart(self, port: int) -> None:
+        """Start a killed node again, same port and directory (it keeps its node id)."""
+        i = self.ports.index(port)
+        assert self.procs[i].poll() is not None
+        self.procs[i] = subprocess.Popen(
+            self._args(port, self.workdir / f"node{i}"),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self._wait_ping(port)
+
+    def pause(self, port: int) -> None:
+        """SIGSTOP one node: it keeps its sockets but answers nothing (nor replicates)."""
+        self._proc(port).send_signal(signal.SIGSTOP)
+        self._paused.add(port)
+
+    def resume(self, port: int) -> None:
+        """SIGCONT after pause()."""
+        self._proc(port).send_signal(signal.SIGCONT)
+        self._paused.discard(port)
 
     @staticmethod
     def _wait_ping(port: int) -> None:
@@ -113,6 +235,8 @@ class RedisClusterProcesses:
         raise RuntimeError(f"cluster node {port} did not start")
 
     def stop(self) -> None:
+        for port in list(self._paused):
+            self.resume(port)
         for proc in self.procs:
             if proc.poll() is None:
                 proc.terminate()

@@ -15,6 +15,8 @@ from consent_server.config import OPTIONS, ConfigError, Settings, load, markdown
 
 # A valid value differing from the default for every option that takes a plain value.
 _SAMPLES = {
+    "CONSENT_REDIS_MIN_REPLICAS_ACK": "1",
+    "CONSENT_REDIS_ACK_TIMEOUT_MS": "500",
     "CONSENT_TENANTS": "acme,globex",
     "CONSENT_EGRESS_ALLOW": "10.0.0.0/8,[::1]:8080",
     "CONSENT_LISTEN": "127.0.0.1:6000",
@@ -54,6 +56,7 @@ _SAMPLES = {
 _PARTNERS = {
     "CONSENT_REDIS_CLUSTER": {"CONSENT_REDIS_URL": "redis://127.0.0.1:1/0"},
     "CONSENT_PROCESSES": {"CONSENT_REDIS_URL": "redis://127.0.0.1:1/0"},
+    "CONSENT_REDIS_MIN_REPLICAS_ACK": {"CONSENT_REDIS_URL": "redis://127.0.0.1:1/0"},
 }
 
 README = Path(__file__).resolve().parent.parent / "README.md"

@@ -34,6 +34,7 @@ from consent_server.domain.errors import (
     InvalidArgument,
     NotConfigured,
     NotFound,
+    ReplicationNotAcknowledged,
     SendBlocked,
     SettingsConflict,
     SettingsVersionMismatch,
@@ -179,6 +180,16 @@ RULES: Mapping[type[Exception], Rule] = {
         reason=_blocked_reason,
         message=_blocked_message,
         metadata=_blocked_metadata,
+    ),
+    ReplicationNotAcknowledged: Rule(
+        code_pb2.UNAVAILABLE,
+        (pb.REPLICATION_NOT_ACKNOWLEDGED,),
+        message=lambda _: (
+            "change applied on the Redis primary but not yet confirmed by its replicas: "
+            "not acknowledged; retry with the same event_id / idempotency_key (a replay "
+            "is never applied twice)"
+        ),
+        details=lambda _: (_retry(1000),),
     ),
     StoreUnavailable: Rule(
         code_pb2.UNAVAILABLE,

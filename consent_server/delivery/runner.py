@@ -128,7 +128,11 @@ async def run_worker(settings: Settings) -> int:
         )
     start_metrics(settings)
     store = open_store(
-        settings.redis.url, cluster=settings.redis.cluster, timeout_s=settings.redis.timeout_s
+        settings.redis.url,
+        cluster=settings.redis.cluster,
+        timeout_s=settings.redis.timeout_s,
+        min_replicas_ack=settings.redis.min_replicas_ack,
+        ack_timeout_ms=settings.redis.ack_timeout_ms,
     )
     worker = build_worker(settings, store)
     stop = asyncio.Event()

@@ -10,6 +10,7 @@ Hierarchy::
     ├── NotFound             unknown id (or another tenant's)
     │   └── TenantNotFound   the request names a tenant that was never created
     ├── StoreUnavailable     Redis unreachable: fail closed
+    │   └── ReplicationNotAcknowledged  applied on the primary, not confirmed by replicas
     ├── SettingsConflict     tenant settings written concurrently (retried, then ABORTED)
     │   └── SettingsVersionMismatch  the update's version is not the stored one
     └── NotConfigured        a feature the call needs is not set up (FAILED_PRECONDITION)
@@ -91,6 +92,12 @@ class TenantNotFound(NotFound):
 class StoreUnavailable(ConsentError):
     """The consent store could not be reached or did not answer in time: nothing was
     allowed or accepted, but a change sent to a slow store may still be recorded."""
+
+
+class ReplicationNotAcknowledged(StoreUnavailable):
+    """The change was applied on the Redis primary but fewer replicas than required
+    confirmed it in time (CONSENT_REDIS_MIN_REPLICAS_ACK): not acknowledged, because a
+    failover now could lose it. Safe to retry with the same event_id / idempotency_key."""
 
 
 class SettingsConflict(ConsentError):

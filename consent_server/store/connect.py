@@ -9,13 +9,22 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
 from .client import RedisClient
+from .replication import configure
 from .repository import RedisConsentStore
 
 
 def open_store(
-    url: str | None, *, cluster: bool = False, timeout_s: float = 2.0
+    url: str | None,
+    *,
+    cluster: bool = False,
+    timeout_s: float = 2.0,
+    min_replicas_ack: int = 0,
+    ack_timeout_ms: int = 1000,
 ) -> RedisConsentStore:
-    """A store on ``url``; None = the embedded, in-process, NOT durable fakeredis."""
+    """A store on ``url``; None = the embedded, in-process, NOT durable fakeredis.
+
+    ``min_replicas_ack`` > 0: every write is acknowledged only once that many replicas
+    confirmed it within ``ack_timeout_ms`` (store/replication.py)."""
     if url is None:
         import fakeredis  # only the embedded store needs it
 
@@ -41,6 +50,11 @@ def open_store(
             **_without_maintenance_notifications(aioredis.Redis),
         )
         client = aioredis.Redis.from_pool(pool)  # the client owns and closes the pool
+    if url is not None:
+        # Before any store object is built on the client: they all look it up.
+        configure(
+            client, min_replicas=min_replicas_ack, timeout_ms=ack_timeout_ms, timeout_s=timeout_s
+        )
     return RedisConsentStore(client)
 
 

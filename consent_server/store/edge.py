@@ -29,6 +29,7 @@ from consent_server.domain.whatsapp_edge import (
 from . import keys
 from .deadletters import RedisDeadLetters
 from .records import text
+from .replication import acks_of
 from .repository import RedisConsentStore
 
 # KEYS: an index hash. ARGV: field, owner. Deletes the field only if the owner holds it.
@@ -52,6 +53,7 @@ class RedisEdgeStore:
         self._r: Any = store.client
         self._release = self._r.register_script(_RELEASE)
         self._dead = RedisDeadLetters(self._r)
+        self._acks = acks_of(store.client)
 
     async def whatsapp_webhook(self, tenant_id: str) -> WhatsAppWebhookConfig | None:
         """The tenant's webhook settings, or None when none are stored."""
@@ -105,6 +107,10 @@ class RedisEdgeStore:
                 await self._unclaim(index, pnid, tenant_id)
             if old.verify_token != config.verify_token:
                 await self._unclaim(tokens, _token_digest(old.verify_token), tenant_id)
+        # Several commands on several slots: acknowledged once each slot is replicated
+        # (CONSENT_REDIS_MIN_REPLICAS_ACK; a no-op when off).
+        for key in (index, keys.whatsapp_webhook(tenant_id), tokens):
+            await self._store._call(lambda k=key: self._acks.confirm(k))  # type: ignore[misc]
 
     async def delete_whatsapp_webhook(self, tenant_id: str) -> bool:
         """Remove the tenant's webhook settings and release its numbers."""
@@ -118,6 +124,8 @@ class RedisEdgeStore:
             await self._unclaim(
                 keys.whatsapp_verify_tokens(), _token_digest(old.verify_token), tenant_id
             )
+        for key in (keys.whatsapp_webhook(tenant_id), keys.whatsapp_phone_numbers()):
+            await self._store._call(lambda k=key: self._acks.confirm(k))  # type: ignore[misc]
         return removed > 0
 
     async def tenant_for_phone_number(self, phone_number_id: str) -> str | None:
@@ -175,6 +183,6 @@ class RedisEdgeStore:
         candidate = secrets.token_hex(32)
         # NX: with several server processes starting together, exactly one secret wins
         # and every process reads that one back.
-        await self._store._call(lambda: self._r.set(key, candidate, nx=True))
+        await self._store._write(key, lambda c: c.set(key, candidate, nx=True))
         value = await self._store._call(lambda: self._r.get(key))
         return text(value).encode()

@@ -23,6 +23,7 @@ from consent_server.domain.outbox import OutboxEntry
 from . import keys
 from .client import RedisClient
 from .records import text
+from .replication import acks_of
 from .repository import MESSAGE_RETENTION_S, guarded
 from .scripts import load_script
 from .tombstones import TombstoneNames
@@ -78,6 +79,7 @@ class DeliveryRepository:
         self._may_block = not type(client).__module__.startswith("fakeredis")
         # The claim's re-check consults erasure tombstones, as the send decision does.
         self._tombstones = TombstoneNames(client)
+        self._acks = acks_of(client)
         self._claim = client.register_script(load_script("claim.lua"))
         self._finish = client.register_script(load_script("finish.lua"))
         self._requeue = client.register_script(load_script("requeue.lua"))

@@ -13,6 +13,7 @@ from consent_server.domain.delivery import ProviderConfig, ProviderKind
 from . import keys
 from .client import RedisClient
 from .records import text
+from .replication import acks_of
 from .repository import guarded
 
 
@@ -21,6 +22,7 @@ class RedisProviderSettings:
 
     def __init__(self, client: RedisClient) -> None:
         self._r: Any = client
+        self._acks = acks_of(client)
 
     async def providers(self, tenant_id: str) -> dict[str, ProviderConfig]:
         """The tenant's provider configurations by channel value (or "*")."""
@@ -45,6 +47,7 @@ class RedisProviderSettings:
 
     async def put_provider(self, tenant_id: str, channel: str, config: ProviderConfig) -> None:
         """Store one channel's provider configuration."""
+        key = keys.tenant_providers(tenant_id)
         await guarded(
-            lambda: self._r.hset(keys.tenant_providers(tenant_id), channel, config.encode())
+            lambda: self._acks.write(key, lambda c: c.hset(key, channel, config.encode()))
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -47,6 +48,7 @@ from .records import (
     parse_settings,
     text,
 )
+from .replication import acks_of
 from .scripts import load_script
 from .tombstones import TombstoneNames, newer
 
@@ -75,6 +77,17 @@ def _unavailable(exc: BaseException) -> StoreUnavailable:
     return StoreUnavailable(f"consent store unreachable: {type(exc).__name__}")
 
 
+_REDIS_DIR = os.path.dirname(rex.__file__) + os.sep
+
+
+def _raised_in_redis(exc: BaseException) -> bool:
+    """True when ``exc`` was raised by code of the redis-py package itself."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and tb.tb_frame.f_code.co_filename.startswith(_REDIS_DIR)
+
+
 async def guarded(fn: Callable[[], Awaitable[T]]) -> T:
     """Run one store operation; an outage becomes StoreUnavailable (fail closed).
 
@@ -83,6 +96,19 @@ async def guarded(fn: Callable[[], Awaitable[T]]) -> T:
         return await fn()
     except UNAVAILABLE_ERRORS as exc:
         raise _unavailable(exc) from exc
+    except rex.ResponseError as exc:
+        # A primary refusing writes for too few replicas (min-replicas-to-write) is an
+        # outage to the caller, like a read-only one; redis-py has no class for it.
+        if str(exc).startswith("NOREPLICAS"):
+            raise _unavailable(exc) from exc
+        raise
+    except AttributeError as exc:
+        # redis-py's cluster client closes every connection on CLUSTERDOWN (a failover),
+        # also those other calls are using; they then fail inside redis-py on a missing
+        # socket writer. An outage, not a bug of ours (which stays an AttributeError).
+        if _raised_in_redis(exc):
+            raise _unavailable(exc) from exc
+        raise
 
 
 class RedisConsentStore:
@@ -100,6 +126,7 @@ class RedisConsentStore:
         self._settings_cache: dict[str, tuple[float, TenantSettings, bool]] = {}
         self._settings_cache_s = settings_cache_s
         self.tombstones = TombstoneNames(client)
+        self._acks = acks_of(client)
 
     @property
     def client(self) -> RedisClient:
@@ -110,12 +137,18 @@ class RedisConsentStore:
     async def _call(self, fn: Callable[[], Awaitable[T]]) -> T:
         return await guarded(fn)
 
+    async def _write(self, key: str, fn: Callable[[Any], Awaitable[T]]) -> T:
+        """Run one acknowledged write: ``fn(client)`` on the primary of ``key``'s slot,
+        then (CONSENT_REDIS_MIN_REPLICAS_ACK) wait for replicas on that connection."""
+        return await guarded(lambda: self._acks.write(key, fn))
+
     async def ping(self) -> None:
         """Raise StoreUnavailable unless Redis answers."""
         await self._call(self._r.ping)
 
     async def aclose(self) -> None:
         """Close the connection pool."""
+        await self._acks.aclose()
         await self._r.aclose()
 
     # -- tenant settings -------------------------------------------------------------
@@ -171,7 +204,9 @@ class RedisConsentStore:
             args += [name, value]
         key = keys.tenant_settings(tenant_id)
         try:
-            version = await self._call(lambda: self._put_settings(keys=[key], args=args))
+            version = await self._write(
+                key, lambda c: self._put_settings(keys=[key], args=args, client=c)
+            )
         finally:
             self._settings_cache.pop(tenant_id, None)
         if int(version) == -2:
@@ -312,7 +347,9 @@ class RedisConsentStore:
             *extra_args,
         ]
         script_keys = [keys.state(base), keys.history(base), tomb, index, *extra_keys]
-        kind, outcome, queued = await self._call(lambda: self._record(keys=script_keys, args=args))
+        kind, outcome, queued = await self._write(
+            script_keys[0], lambda c: self._record(keys=script_keys, args=args, client=c)
+        )
         if int(kind) == 3:  # dated at or before the recipient's erasure: nothing written
             return parse_outcome(outcome, event.event_id, duplicate=False), ""
         first = parse_outcome(outcome, event.event_id, duplicate=True)
@@ -364,7 +401,9 @@ class RedisConsentStore:
             fingerprint,
             request.idempotency_key,
         ]
-        reply = await self._call(lambda: self._send(keys=script_keys, args=args))
+        reply = await self._write(
+            script_keys[0], lambda c: self._send(keys=script_keys, args=args, client=c)
+        )
         kind = text(reply[0])
         if kind == "accepted":
             return SendAccepted(text(reply[1]), int(reply[2]), int(reply[3]), duplicate=False)

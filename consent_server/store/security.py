@@ -17,6 +17,7 @@ from consent_server.domain.security import AuthLookup, ErasureCounts
 from . import keys
 from .client import RedisClient
 from .records import text
+from .replication import acks_of
 from .repository import guarded
 from .scripts import load_script
 from .tombstones import TombstoneNames
@@ -56,6 +57,7 @@ class RedisSecurityStore:
         self._auth = client.register_script(load_script("authenticate.lua"))
         self._forget = client.register_script(load_script("forget.lua"))
         self._tombstones = tombstones or TombstoneNames(client)
+        self._acks = acks_of(client)
 
     async def _call(self, fn: Callable[[], Awaitable[T]]) -> T:
         return await guarded(fn)
@@ -104,6 +106,9 @@ class RedisSecurityStore:
             await self._r.zadd(
                 keys.api_key_index(record.tenant_id), {record.key_id: record.created_at_ms}
             )
+            # Two slots, several commands: acknowledged once both primaries' replicas have it.
+            await self._acks.confirm(keys.api_key(record.key_id))
+            await self._acks.confirm(keys.api_key_index(record.tenant_id))
             return True
 
         return await self._call(write)
@@ -132,8 +137,9 @@ class RedisSecurityStore:
 
     async def revoke_key(self, key_id: str, at_ms: int) -> bool:
         """Mark a key revoked; False when it already was (the first time stays)."""
+        key = keys.api_key(key_id)
         set_now: int = await self._call(
-            lambda: self._r.hsetnx(keys.api_key(key_id), "rev_at", str(at_ms))
+            lambda: self._acks.write(key, lambda c: c.hsetnx(key, "rev_at", str(at_ms)))
         )
         return bool(set_now)
 
@@ -190,7 +196,9 @@ class RedisSecurityStore:
                 keys.message_prefix(tenant_id, part),
                 *entries,
             ]
-            return await self._forget(keys=script_keys, args=args)
+            return await self._acks.write(
+                script_keys[0], lambda c: self._forget(keys=script_keys, args=args, client=c)
+            )
 
         reply = await self._call(erase)
         records, events, idem_n, cancelled, erased, other_n = (int(x) for x in reply[:6])

@@ -22,6 +22,7 @@ from consent_server.domain.model import ConsentRecord, Recipient
 
 from . import keys
 from .client import RedisClient
+from .replication import acks_of
 
 _CACHE_LIMIT = 100_000
 
@@ -32,6 +33,7 @@ class TombstoneNames:
     def __init__(self, client: RedisClient) -> None:
         self._r = client
         self._secrets: dict[str, bytes] = {}
+        self._acks = acks_of(client)
 
     async def secret(self, tenant_id: str) -> bytes:
         """The tenant's tombstone secret, created on first use (raises redis errors)."""
@@ -41,7 +43,10 @@ class TombstoneNames:
         key = keys.erasure_secret(tenant_id)
         value = await self._r.get(key)
         if value is None:
-            await self._r.set(key, secrets.token_hex(32), nx=True)
+            # Acknowledged like any write: a secret lost in a failover would be replaced
+            # by a new one, and every tombstone named with the old one would be unfindable.
+            candidate = secrets.token_hex(32)
+            await self._acks.write(key, lambda c: c.set(key, candidate, nx=True))
             value = await self._r.get(key)
         secret = value if isinstance(value, bytes) else str(value).encode()
         if len(self._secrets) > _CACHE_LIMIT:

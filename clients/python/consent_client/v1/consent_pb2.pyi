@@ -294,6 +294,14 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     server, e.g. CreateConsentLink on a server without a public URL for links
     (CONSENT_PUBLIC_URL). Nothing was written; the operator must configure it.
     """
+    REPLICATION_NOT_ACKNOWLEDGED: _ErrorReason.ValueType  # 120
+    """120-129: replication.
+    UNAVAILABLE: the change was applied on the Redis primary, but fewer replicas
+    than CONSENT_REDIS_MIN_REPLICAS_ACK confirmed it within
+    CONSENT_REDIS_ACK_TIMEOUT_MS, so it is not acknowledged (a failover now could
+    lose it). Retry with the same event_id / idempotency_key: a replay is never
+    applied twice, and it is acknowledged once replicas hold the change.
+    """
     UNAUTHENTICATED: _ErrorReason.ValueType  # 100
     """100-119: authentication, authorization and rate limits.
     UNAUTHENTICATED: no "authorization: Bearer <API key>" metadata, or the key
@@ -391,6 +399,14 @@ NOT_CONFIGURED: ErrorReason.ValueType  # 9
 """FAILED_PRECONDITION: a feature the call needs is not configured on this
 server, e.g. CreateConsentLink on a server without a public URL for links
 (CONSENT_PUBLIC_URL). Nothing was written; the operator must configure it.
+"""
+REPLICATION_NOT_ACKNOWLEDGED: ErrorReason.ValueType  # 120
+"""120-129: replication.
+UNAVAILABLE: the change was applied on the Redis primary, but fewer replicas
+than CONSENT_REDIS_MIN_REPLICAS_ACK confirmed it within
+CONSENT_REDIS_ACK_TIMEOUT_MS, so it is not acknowledged (a failover now could
+lose it). Retry with the same event_id / idempotency_key: a replay is never
+applied twice, and it is acknowledged once replicas hold the change.
 """
 UNAUTHENTICATED: ErrorReason.ValueType  # 100
 """100-119: authentication, authorization and rate limits.
