@@ -32,7 +32,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     CONSENT_LISTEN=0.0.0.0:50051
 # Numeric, so that Kubernetes' runAsNonRoot can verify it.
 USER 10001:10001
-WORKDIR /tmp
+# `python -m` puts the working directory on sys.path: keep it one nobody can write to.
+WORKDIR /
 # gRPC 50051, HTTP edge 8080 (CONSENT_HTTP_LISTEN), metrics 9464 (CONSENT_METRICS_LISTEN).
 EXPOSE 50051 8080 9464
 # grpc.health.v1 against CONSENT_LISTEN's port (TLS when CONSENT_TLS_CERT is set).

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import kubernetes_validate
 import pytest
 import trustme
@@ -29,7 +30,11 @@ import yaml
 from prometheus_client import REGISTRY
 
 import consent_server
+from consent_client.v1 import admin_pb2 as apb
+from consent_client.v1 import admin_pb2_grpc
+from consent_server.domain.auth import new_key
 
+from .security_support import md
 from .support import RedisProcess, ServerProcess, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -303,6 +308,66 @@ def test_compose_publishes_ports_on_loopback_only() -> None:
     for name, svc in compose()["services"].items():
         for port in svc.get("ports", []):
             assert str(port).startswith("127.0.0.1:"), (name, port)
+
+
+def interpolate(value: str, env: dict[str, str]) -> str:
+    """Compose's ``${VAR:-default}`` / ``${VAR}`` substitution."""
+
+    def sub(m: re.Match[str]) -> str:
+        return env.get(m.group(1)) or (m.group(3) or "")
+
+    return re.sub(r"\$\{(\w+)(:-([^}]*))?\}", sub, value)
+
+
+def test_compose_environments_run_a_keyed_server_and_a_worker(tmp_path: Path) -> None:
+    """The server and worker environments of compose.yaml, as written (addresses moved
+    to free loopback ports, Redis to a private one): the bootstrap key from the
+    operator's environment is the only way in, and the worker's health check passes."""
+    services = compose()["services"]
+    redis = RedisProcess(tmp_path / "redis", appendonly=True).start()
+    key_id, token, _ = new_key()
+    operator = {"CONSENT_BOOTSTRAP_ADMIN_KEY": token}
+    local = {"CONSENT_REDIS_URL": redis.url, "CONSENT_METRICS_LISTEN": f"127.0.0.1:{free_port()}"}
+    env = {k: interpolate(v, operator) for k, v in compose_env(services["server"]).items()}
+    srv = ServerProcess({**env, **local}, http=True).start()
+    worker_env = {k: interpolate(v, {}) for k, v in compose_env(services["worker"]).items()}
+    worker_metrics = f"127.0.0.1:{free_port()}"
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("CONSENT_")}
+    # "python" is the image's virtualenv python (first on its PATH): here, this one.
+    worker_command = command_list(services["worker"]["command"])
+    assert worker_command[0] == "python"
+    worker = subprocess.Popen(
+        [sys.executable, *worker_command[1:]],
+        env={**clean, **worker_env, **local, "CONSENT_METRICS_LISTEN": worker_metrics},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        with grpc.insecure_channel(srv.target) as channel:
+            admin = admin_pb2_grpc.ConsentAdminServiceStub(channel)
+            request = apb.ListApiKeysRequest(tenant_id="*")
+            with pytest.raises(grpc.RpcError) as denied:
+                admin.ListApiKeys(request, timeout=10)
+            assert denied.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            listed = admin.ListApiKeys(request, metadata=md(token), timeout=10)
+            assert key_id in [k.key_id for k in listed.keys]
+        check = [sys.executable, *services["worker"]["healthcheck"]["test"][2:]]
+        check[-1] = check[-1].replace(
+            "127.0.0.1:" + worker_env["CONSENT_METRICS_LISTEN"].rsplit(":", 1)[1], worker_metrics
+        )
+        deadline = time.monotonic() + 20
+        while (done := subprocess.run(check, capture_output=True, text=True)).returncode != 0:
+            assert worker.poll() is None, worker.communicate()[1]
+            assert time.monotonic() < deadline, done.stderr
+        worker.terminate()
+        assert worker.wait(30) == 0
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait(10)
+        srv.stop()
+        redis.stop()
 
 
 # -- Dockerfile and Makefile --
