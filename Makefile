@@ -9,7 +9,10 @@ PYTHON := $(BIN)/python
 # What the suite runs besides Python: a real redis-server, and Chromium for the link pages.
 SYSTEM_DEPS := redis-server redis-server "chromium|chromium-browser" chromium
 
-install: $(VENV)/.installed ## create .venv, install server, client, dev tools (+ redis-server, chromium)
+NODE_CLIENT := clients/node
+GENERATED := clients/python/consent_client/v1 $(NODE_CLIENT)/src/gen
+
+install: $(VENV)/.installed $(NODE_CLIENT)/node_modules/.installed ## create .venv, install server, clients, dev tools (+ redis-server, chromium)
 
 $(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
 	@scripts/apt-ensure.sh $(SYSTEM_DEPS) \
@@ -19,25 +22,31 @@ $(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m pip install --quiet -e clients/python -e '.[dev]'
 	touch $@
 
+# The TypeScript client's locked dependencies (ts-proto, grpc-js, typescript).
+$(NODE_CLIENT)/node_modules/.installed: $(NODE_CLIENT)/package.json $(NODE_CLIENT)/package-lock.json
+	cd $(NODE_CLIENT) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
 run: install ## start the server on the embedded (in-memory, NOT durable) store
 	$(PYTHON) -m consent_server
 
 test: install ## the whole suite: unit, property, store (fakeredis + real redis-server), e2e
 	$(PYTHON) -m pytest -n 2 --dist loadgroup -q
 
-proto: install ## regenerate clients/python/consent_client/v1 from proto/
+proto: install ## regenerate clients/python/consent_client/v1 and clients/node/src/gen from proto/
 	$(PYTHON) scripts/gen_proto.py
 
 proto-check: proto ## fail when the committed generated code is stale
-	git diff --exit-code -- clients/python/consent_client/v1 \
+	git diff --exit-code -- $(GENERATED) \
 		|| (echo "generated code is stale: run 'make proto' and commit" >&2; exit 1)
-	test -z "$$(git status --porcelain -- clients/python/consent_client/v1)" \
+	test -z "$$(git status --porcelain -- $(GENERATED))" \
 		|| (echo "untracked generated files: run 'make proto' and commit" >&2; exit 1)
 
-lint: install ## ruff (format + check) and mypy --strict
+lint: install ## ruff (format + check), mypy --strict, tsc --strict (the TypeScript client)
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	cd $(NODE_CLIENT) && npx --no-install tsc -p tsconfig.json --noEmit
 
 fmt: install ## apply ruff formatting and safe fixes
 	$(BIN)/ruff format .
