@@ -42,15 +42,16 @@ proto-check: proto ## fail when the committed generated code is stale
 	test -z "$$(git status --porcelain -- $(GENERATED))" \
 		|| (echo "untracked generated files: run 'make proto' and commit" >&2; exit 1)
 
-lint: install ## ruff (format + check), mypy --strict, tsc --strict (the TypeScript client)
+lint: install ## ruff (format + check), mypy --strict, tsc --strict + prettier (clients/node)
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/mypy
-	cd $(NODE_CLIENT) && npx --no-install tsc -p tsconfig.json --noEmit
+	cd $(NODE_CLIENT) && npm run --silent lint
 
 fmt: install ## apply ruff formatting and safe fixes
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+	cd $(NODE_CLIENT) && npm run --silent fmt
 
 bench: install ## load test: prints our numbers beside same-run baselines (BENCH_ARGS=--quick)
 	@bench/install-h2load.sh || echo "h2load unavailable: using the Python load generator" >&2
