@@ -8,7 +8,7 @@ import { once } from "node:events";
 import path from "node:path";
 import { createInterface } from "node:readline";
 
-import { ConsentClient, DeadlineExceeded, Unavailable } from "../src";
+import { ConsentClient, type ConsentClientOptions, DeadlineExceeded, Unavailable } from "../src";
 
 /** The repository root, from dist/test/ or test/. */
 const ROOT = path.resolve(
@@ -22,7 +22,11 @@ export class ServerProcess {
   readonly lines: string[] = [];
   private proc: ChildProcess | undefined;
 
-  constructor(private readonly env: Record<string, string> = {}) {}
+  /** `clientOptions`: how the start-up probe connects (e.g. TLS options). */
+  constructor(
+    private readonly env: Record<string, string> = {},
+    private readonly clientOptions: ConsentClientOptions = {},
+  ) {}
 
   /** Start, wait for the "serving" line, then for a first answered call. */
   async start(timeoutMs = 30000): Promise<this> {
@@ -62,6 +66,7 @@ export class ServerProcess {
 
   private async waitAnswering(timeoutMs: number): Promise<void> {
     const client = new ConsentClient(this.target, {
+      ...this.clientOptions,
       timeoutMs,
       retries: 50,
       backoff: { initialMs: 20, maximumMs: 200 },
