@@ -26,8 +26,10 @@ import {
   ConsentAdminServiceClient,
 } from "./gen/consent/v1/admin";
 import {
+  type BatchCheckConsentResponse,
   type Message as MessagePb,
   type Recipient as RecipientPb,
+  type SendIfAllowedResponse,
   ConsentServiceClient,
 } from "./gen/consent/v1/consent";
 import { type ConsentError, errorFromGrpc, errorFromStatus } from "./errors";
@@ -350,6 +352,8 @@ export class ConsentClient {
       try {
         response = await this.unary(call, deadline);
       } catch (e) {
+        // Only a failed call becomes a ConsentError; a bug of ours stays what it is.
+        if (!(e instanceof Error) || typeof (e as Partial<ServiceError>).code !== "number") throw e;
         const err = errorFromGrpc(e as ServiceError);
         err.attempts = attempt + 1;
         if (attempt >= this.retries || !retriesOn(call.mode, err.code)) throw err;
@@ -405,14 +409,18 @@ export class ConsentClient {
         method: "BatchCheckConsent",
         request: { tenantId, topic, recipients: list },
         mode: RetryMode.READ,
-        parse: (res: { results: { decision?: unknown; error?: unknown }[] }) =>
-          res.results.map((r, index): BatchItem => {
-            if (r.decision) {
-              return { index, decision: decisionFromPb(r.decision as never), error: undefined };
-            }
-            const status = (r.error ?? { code: Code.UNKNOWN, message: "", details: [] }) as never;
-            return { index, decision: undefined, error: errorFromStatus(status) };
-          }),
+        parse: (res: BatchCheckConsentResponse) =>
+          res.results.map((r, index): BatchItem =>
+            r.decision
+              ? { index, decision: decisionFromPb(r.decision), error: undefined }
+              : {
+                  index,
+                  decision: undefined,
+                  error: errorFromStatus(
+                    r.error ?? { code: Code.UNKNOWN, message: "no result", details: [] },
+                  ),
+                },
+          ),
       },
       opts,
     );
@@ -503,7 +511,7 @@ export class ConsentClient {
           metadata: { ...(opts.metadata ?? {}) },
         },
         mode: used ? RetryMode.IDEMPOTENT_WRITE : RetryMode.NEVER,
-        parse: (res: never) => sendFromPb(res, used),
+        parse: (res: SendIfAllowedResponse) => sendFromPb(res, used),
       },
       opts,
     );
