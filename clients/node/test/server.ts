@@ -15,7 +15,10 @@ const ROOT = path.resolve(
   __dirname,
   __dirname.includes(`${path.sep}dist${path.sep}`) ? "../../../.." : "../../..",
 );
-const PYTHON = process.env.CONSENT_PYTHON ?? path.join(ROOT, ".venv", "bin", "python");
+// Relative to where npm test was started, like any path given on the command line.
+const PYTHON = path.resolve(
+  process.env.CONSENT_PYTHON ?? path.join(ROOT, ".venv", "bin", "python"),
+);
 
 export class ServerProcess {
   target = "";
@@ -54,6 +57,10 @@ export class ServerProcess {
           }
         });
       }
+      proc.once("error", (err) => {
+        clearTimeout(timer);
+        reject(new Error(`cannot start ${PYTHON}: ${err.message}`));
+      });
       proc.once("exit", (code) => {
         clearTimeout(timer);
         reject(new Error(`server exited with ${code} before serving:\n${this.log()}`));
