@@ -17,7 +17,10 @@ BUF := node_modules/.bin/buf
 # compares with main instead.
 BUF_AGAINST ?= proto/released.json
 
-install: $(VENV)/.installed node_modules/.installed ## create .venv, install server, client, dev tools (+ redis-server, chromium, buf)
+NODE_CLIENT := clients/node
+GENERATED := clients/python/consent_client/v1 $(NODE_CLIENT)/src/gen
+
+install: $(VENV)/.installed node_modules/.installed $(NODE_CLIENT)/node_modules/.installed ## create .venv, install server, clients, dev tools (+ redis-server, chromium, buf)
 
 $(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
 	@scripts/apt-ensure.sh $(SYSTEM_DEPS) \
@@ -29,6 +32,11 @@ $(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
 
 node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+# The TypeScript client's locked dependencies (ts-proto, grpc-js, typescript).
+$(NODE_CLIENT)/node_modules/.installed: $(NODE_CLIENT)/package.json $(NODE_CLIENT)/package-lock.json
+	cd $(NODE_CLIENT) && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
 run: install ## start the server on the embedded (in-memory, NOT durable) store
@@ -48,21 +56,22 @@ FAST := not redis and not cluster and not browser and not e2e and not slow
 test-fast: install ## the pure and in-process tests only (under a minute)
 	$(PYTHON) -m pytest -n 2 --dist loadgroup -q -m '$(FAST)'
 
-proto: install ## regenerate clients/python/consent_client/v1 from proto/
+proto: install ## regenerate clients/python/consent_client/v1 and clients/node/src/gen from proto/
 	$(PYTHON) scripts/gen_proto.py
 
 proto-check: proto ## fail when the committed generated code is stale
-	git diff --exit-code -- clients/python/consent_client/v1 \
+	git diff --exit-code -- $(GENERATED) \
 		|| (echo "generated code is stale: run 'make proto' and commit" >&2; exit 1)
-	test -z "$$(git status --porcelain -- clients/python/consent_client/v1)" \
+	test -z "$$(git status --porcelain -- $(GENERATED))" \
 		|| (echo "untracked generated files: run 'make proto' and commit" >&2; exit 1)
 
-lint: install ## ruff (format + check), mypy --strict, buf lint and buf breaking
+lint: install ## ruff (format + check), mypy --strict, buf lint and buf breaking, tsc --strict + prettier (clients/node)
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BUF) lint
 	$(BUF) breaking proto --against '$(BUF_AGAINST)'
+	cd $(NODE_CLIENT) && npm run --silent lint
 
 proto-release: install ## record proto/ as the released contract that buf breaking checks against
 	$(BUF) build proto --exclude-source-info -o proto/released.json
@@ -70,6 +79,7 @@ proto-release: install ## record proto/ as the released contract that buf breaki
 fmt: install ## apply ruff formatting and safe fixes
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+	cd $(NODE_CLIENT) && npm run --silent fmt
 
 bench: install ## load test: prints our numbers beside same-run baselines (BENCH_ARGS=--quick)
 	@bench/install-h2load.sh || echo "h2load unavailable: using the Python load generator" >&2
