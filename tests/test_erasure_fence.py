@@ -183,7 +183,7 @@ async def test_an_event_dated_before_the_erasure_answers_what_the_checks_say(
     for action in (Action.OPT_IN, Action.OPT_OUT):
         for at in (erased_at - 3_600_000, erased_at):
             out = (await change(a, action, at)).outcome
-            check = (await a.check(TENANT, WA, "")).decision
+            check = (await a.scope_check(TENANT, WA, "")).decision
             assert (out.applied, out.changed) == (False, False), (action, at)
             assert out.status is check.status is Status.OPTED_OUT
             assert not out.duplicate
@@ -211,7 +211,7 @@ async def test_erased_without_suppression_stays_without_records(
     await change(a, Action.OPT_IN, None, who=CAROL, topic="marketing")
     erased_at = await forget(store, CAROL)
     late = (await change(a, Action.OPT_OUT, erased_at - 10, who=CAROL)).outcome
-    check = (await a.check(TENANT, CAROL, "")).decision
+    check = (await a.scope_check(TENANT, CAROL, "")).decision
     assert (late.applied, late.changed) == (False, False)
     assert late.status is check.status is Status.NO_RECORD
     assert not any(b"carol" in k or b"carol" in v for k, v in await everything(store))
@@ -423,7 +423,10 @@ def test_erasure_holds_over_grpc_against_a_late_opt_in_and_a_replayed_start() ->
                     occurred_at=Timestamp(seconds=int(time.time()) - 3600),
                 )
             )
-            check = c.CheckConsent(pb.CheckConsentRequest(tenant_id=TENANT, recipient=who))
+            # Any topic: the all-topics suppression decides it.
+            check = c.CheckConsent(
+                pb.CheckConsentRequest(tenant_id=TENANT, recipient=who, topic="marketing")
+            )
             assert (late.applied, late.changed) == (False, False)
             assert late.status == check.status == pb.CONSENT_STATUS_OPTED_OUT
             assert not check.allowed
