@@ -438,3 +438,32 @@ def test_erasure_holds_over_grpc_against_a_late_opt_in_and_a_replayed_start() ->
             assert list(history.events) == []
     finally:
         assert srv.stop() == 0
+
+
+async def test_erasure_removes_the_persons_whatsapp_dead_letters(
+    store: RedisConsentStore,
+) -> None:
+    """A notification kept as a dead letter holds the raw item, so it names the person:
+    it goes with the erasure, and a longer number that merely contains the digits stays."""
+    from consent_server.domain.whatsapp_edge import DeadLetter
+    from consent_server.store.deadletters import RedisDeadLetters
+
+    dead = RedisDeadLetters(store.client)
+
+    def item(ident: str, wa_id: str) -> DeadLetter:
+        raw = json.dumps({"from": wa_id, "id": f"wamid.{ident}", "text": {"body": "STOP"}})
+        return DeadLetter(
+            id=ident, tenant_id=TENANT, received_at_ms=_now_ms(), reason="refused",
+            detail="", kind="message", path="entry[0]", phone_number_id="106540352242922",
+            raw=raw, body_digest=ident,
+        )  # fmt: skip
+
+    await dead.add_dead_letters(
+        [item("dl_alice", PHONE.lstrip("+")), item("dl_other", "1" + PHONE.lstrip("+") + "7")],
+        100,
+    )
+    await forget(store)
+    left = await dead.dead_letters(TENANT, 0, 100)
+    assert [i.id for i in left.items] == ["dl_other"]
+    kept = await store.client.hgetall(keys.dead_letters(TENANT))
+    assert all(b'"' + PHONE.lstrip("+").encode() + b'"' not in v for v in kept.values())

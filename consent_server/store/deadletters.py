@@ -127,10 +127,13 @@ class RedisDeadLetters:
         bounded list, so reading it whole is cheap."""
         items = keys.dead_letters(tenant_id)
         raw: dict[Any, Any] = await guarded(lambda: self._r.hgetall(items))
+        # As a whole JSON string ("9198…" or "+9198…"): a longer number that merely
+        # contains the digits is someone else.
+        needles = (f'"{wa_id}"', f'"+{wa_id}"')
         removed = 0
         for item_id, value in raw.items():
             item = _decode(value)
-            if item is not None and wa_id and wa_id in item.raw:
+            if item is not None and wa_id and any(n in item.raw for n in needles):
                 removed += int(await self.delete_dead_letter(tenant_id, text(item_id)))
         return removed
 

@@ -11,11 +11,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from consent_server.domain.auth import ApiKeyRecord, Role
-from consent_server.domain.model import Recipient
+from consent_server.domain.model import Channel, Recipient
 from consent_server.domain.security import AuthLookup, ErasureCounts
 
 from . import keys
 from .client import RedisClient
+from .deadletters import RedisDeadLetters
 from .records import text
 from .replication import acks_of
 from .repository import guarded
@@ -208,6 +209,12 @@ class RedisSecurityStore:
         for pid in reply[6] or []:
             key = keys.provider_message(tenant_id, text(pid))
             await self._call(lambda key=key: self._r.delete(key))  # type: ignore[misc]
+        # WhatsApp notifications kept as dead letters hold the raw item, which names the
+        # person: they go too (counted with the other per-recipient records).
+        if recipient.channel is Channel.WHATSAPP:
+            other_n += await RedisDeadLetters(self._r).forget_dead_letters(
+                tenant_id, recipient.address.lstrip("+")
+            )
         scopes = sorted(text(f).removeprefix("s:").replace("*", "") for f in reply[7:])
         return ErasureCounts(
             records_removed=records,
