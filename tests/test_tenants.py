@@ -459,3 +459,38 @@ async def test_registry_lifecycle_in_process(store: RedisConsentStore) -> None:
     with pytest.raises(TenantNotFound):
         await registry.get("empty-one")
     assert await store.tenant_lookup("empty-one") is None
+
+
+async def test_delete_keeps_a_tenant_with_dead_letters_and_releases_its_numbers(
+    store: RedisConsentStore,
+) -> None:
+    """A dead letter may be an unapplied STOP: a tenant holding one is not deleted. An
+    empty tenant's deletion releases its WhatsApp numbers for another tenant."""
+    from consent_server.domain.errors import TenantNotEmpty
+    from consent_server.domain.tenants import TenantRegistry
+    from consent_server.domain.whatsapp_edge import DeadLetter, WhatsAppWebhookConfig
+    from consent_server.store.deadletters import RedisDeadLetters
+    from consent_server.store.edge import RedisEdgeStore
+    from consent_server.store.tenants import RedisTenantStore
+
+    registry = TenantRegistry(RedisTenantStore(store))
+    edge = RedisEdgeStore(store)
+    number = "106540352242922"
+    await registry.create("hooli", "")
+    await edge.set_whatsapp_webhook("hooli", WhatsAppWebhookConfig("tok", "s" * 32, (number,)))
+    letter = DeadLetter(
+        id="dl_1", tenant_id="hooli", received_at_ms=1, reason="refused", detail="",
+        kind="message", path="entry[0]", phone_number_id=number,
+        raw='{"from": "14155550100", "text": {"body": "STOP"}}', body_digest="d",
+    )  # fmt: skip
+    await RedisDeadLetters(store.client).add_dead_letters([letter], 100)
+    with pytest.raises(TenantNotEmpty):
+        await registry.delete("hooli")
+    await RedisDeadLetters(store.client).delete_dead_letter("hooli", "dl_1")
+    await registry.delete("hooli")
+    assert await edge.tenant_for_phone_number(number) is None
+    await registry.create("pied-piper", "")
+    await edge.set_whatsapp_webhook(
+        "pied-piper", WhatsAppWebhookConfig("tok2", "t" * 32, (number,))
+    )
+    assert await edge.tenant_for_phone_number(number) == "pied-piper"

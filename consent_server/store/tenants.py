@@ -14,6 +14,7 @@ from typing import Any
 from consent_server.domain.tenants import TenantInfo
 
 from . import keys
+from .edge import RedisEdgeStore
 from .records import text
 from .repository import RedisConsentStore, guarded
 
@@ -83,9 +84,12 @@ class RedisTenantStore:
 
     async def holds_data(self, tenant_id: str) -> bool:
         """True when any partition key of the tenant exists (records, history,
-        tombstones, erasure logs, messages, idempotency keys)."""
+        tombstones, erasure logs, messages, idempotency keys), or a WhatsApp dead letter
+        (it may be an opt-out not applied yet)."""
 
         async def scan() -> bool:
+            if await self._r.exists(keys.dead_letters(tenant_id)):
+                return True
             async for _ in self._r.scan_iter(
                 match=keys.tenant_data_pattern(tenant_id), count=_SCAN_COUNT
             ):
@@ -101,6 +105,9 @@ class RedisTenantStore:
         async def delete() -> int:
             await self._r.delete(keys.tenant_settings(tenant_id))
             self._consent.forget_cached_settings(tenant_id)
+            # The webhook goes through its own store, so its phone numbers and verify
+            # token are released for another tenant.
+            await RedisEdgeStore(self._consent).delete_whatsapp_webhook(tenant_id)
             config = [
                 text(k)
                 async for k in self._r.scan_iter(
