@@ -204,7 +204,7 @@ async def test_an_event_dated_before_the_erasure_answers_what_the_checks_say(
     assert not await blocked(a)
 
 
-async def test_erased_without_suppression_stays_without_records(
+async def test_a_late_opt_out_after_an_erasure_is_kept_without_the_address(
     store: RedisConsentStore,
 ) -> None:
     a = ConsentAuthority(store)
@@ -212,11 +212,18 @@ async def test_erased_without_suppression_stays_without_records(
     erased_at = await forget(store, CAROL)
     late = (await change(a, Action.OPT_OUT, erased_at - 10, who=CAROL)).outcome
     check = (await a.scope_check(TENANT, CAROL, "")).decision
+    # A STOP sent before the erasure and delivered after it is not lost: the tombstone
+    # keeps it as a suppression (no history, no address), so the person is not messaged.
     assert (late.applied, late.changed) == (False, False)
-    assert late.status is check.status is Status.NO_RECORD
+    assert late.status is check.status is Status.OPTED_OUT
+    assert not check.allowed
     assert not any(b"carol" in k or b"carol" in v for k, v in await everything(store))
-    # After the erasure an opt-out is recorded and acts as ever.
+    # Only an opt-in dated after the erasure lifts it.
     await after(erased_at)
+    lifted = (await change(a, Action.OPT_IN, None, who=CAROL)).outcome
+    assert lifted.applied and lifted.status is Status.OPTED_IN
+    assert (await a.scope_check(TENANT, CAROL, "")).decision.allowed
+    # After the erasure an opt-out is recorded and acts as ever.
     fresh = (await change(a, Action.OPT_OUT, None, who=CAROL)).outcome
     assert fresh.applied and fresh.changed and fresh.status is Status.OPTED_OUT
     with pytest.raises(SendBlocked):

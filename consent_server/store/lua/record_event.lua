@@ -12,8 +12,8 @@
 -- a repeated STOP queues nothing.
 -- An event dated at or before the recipient's erasure (the tombstone's "at") writes
 -- nothing under the recipient: no state, no history (their names hold the address),
--- no confirmation. It only counts on the tombstone ("ign") and answers what a check
--- would say now. The tombstone's scope records compete with live ones as in send.lua,
+-- no confirmation. It only counts on the tombstone ("ign"), keeps a late opt-out there
+-- as a suppression (never lost), and answers what a check would say now. The tombstone's scope records compete with live ones as in send.lua,
 -- so only an opt-in dated after the erasure lifts a suppression.
 -- Returns {0 new | 1 replay | 2 id reused for another change | 3 before the erasure,
 --          "applied|changed|status|revision|recorded_ms|action:topic",
@@ -69,6 +69,17 @@ if not erased_at then
 end
 if erased_at and tonumber(occurred) <= erased_at then
   redis.call('HINCRBY', tomb, 'ign', 1)
+  -- A late opt-out (sent before the erasure, delivered after it) is not lost: the
+  -- tombstone keeps it as a suppression of its scope, dated at the erasure, holding no
+  -- address and no event id (a wamid encodes the number). Only an opt-in dated after
+  -- the erasure lifts it, as for the scopes the erasure itself suppressed.
+  if action == 'out' then
+    local kept = parse(redis.call('HGET', tomb, field))
+    if not kept or kept[1] ~= 'out' then
+      redis.call('HSET', tomb, field, 'out|' .. string.format('%d', erased_at)
+        .. '|0|erasure|' .. (redis.call('HGET', tomb, 'id') or ''))
+    end
+  end
   local deciding = record('s:*')
   if field ~= 's:*' then deciding = decider(record(field), deciding) end
   local status = 'none'
