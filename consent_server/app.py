@@ -37,6 +37,7 @@ from consent_server.config import ConfigError, Settings, TlsSettings, is_loopbac
 from consent_server.delivery.runner import (
     DeliveryServices,
     build_worker,
+    consent_store,
     delivery_services,
     start_metrics,
     warn_if_only_log_provider,
@@ -51,7 +52,6 @@ from consent_server.domain.tenants import TenantRegistry
 from consent_server.domain.whatsapp_edge import WhatsAppEdge
 from consent_server.http.server import HttpEdge
 from consent_server.http.wiring import edge_app, keyring_for, whatsapp_edge
-from consent_server.store.connect import open_store
 from consent_server.store.edge import RedisEdgeStore
 from consent_server.store.health import probe
 from consent_server.store.repository import RedisConsentStore
@@ -134,13 +134,7 @@ def build(settings: Settings) -> Services:
     URLs and tests know the real ports.
     """
     warn_at_start(settings)
-    store = open_store(
-        settings.redis.url,
-        cluster=settings.redis.cluster,
-        timeout_s=settings.redis.timeout_s,
-        min_replicas_ack=settings.redis.min_replicas_ack,
-        ack_timeout_ms=settings.redis.ack_timeout_ms,
-    )
+    store = consent_store(settings)
     authority = ConsentAuthority(
         store, default_region=settings.server.default_region, limits=limits_of(settings)
     )

@@ -56,6 +56,18 @@ def delivery_services(settings: Settings, store: RedisConsentStore) -> DeliveryS
     )
 
 
+def consent_store(settings: Settings) -> RedisConsentStore:
+    """The consent store the settings name (the embedded one without a Redis URL), with
+    replica acknowledgement as configured: what a server and a worker process both open."""
+    return open_store(
+        settings.redis.url,
+        cluster=settings.redis.cluster,
+        timeout_s=settings.redis.timeout_s,
+        min_replicas_ack=settings.redis.min_replicas_ack,
+        ack_timeout_ms=settings.redis.ack_timeout_ms,
+    )
+
+
 def start_metrics(settings: Settings) -> None:
     """Serve /metrics when CONSENT_METRICS_LISTEN is set; ConfigError when it cannot bind."""
     try:
@@ -127,13 +139,7 @@ async def run_worker(settings: Settings) -> int:
             "(the embedded store lives inside one server process)"
         )
     start_metrics(settings)
-    store = open_store(
-        settings.redis.url,
-        cluster=settings.redis.cluster,
-        timeout_s=settings.redis.timeout_s,
-        min_replicas_ack=settings.redis.min_replicas_ack,
-        ack_timeout_ms=settings.redis.ack_timeout_ms,
-    )
+    store = consent_store(settings)
     worker = build_worker(settings, store)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
