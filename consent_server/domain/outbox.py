@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from .model import Channel, Recipient
 
 
-def _int(text: str | None) -> int:
+def lenient_int(text: str | None) -> int:
+    """A stored number, 0 when it is missing or not one (an entry never fails to parse)."""
     try:
         return int(text or 0)
     except ValueError:
@@ -58,12 +59,12 @@ class OutboxEntry:
     @property
     def not_after_ms(self) -> int:
         """Expiry in ms since the epoch; 0 = never."""
-        return _int(self.fields.get("not_after"))
+        return lenient_int(self.fields.get("not_after"))
 
     @property
     def accepted_at_ms(self) -> int:
         """When the message was accepted."""
-        return _int(self.fields.get("at"))
+        return lenient_int(self.fields.get("at"))
 
     @property
     def valid(self) -> bool:

@@ -6,13 +6,12 @@ are domain values. Raises ConsentError subclasses only.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from . import page_tokens
 from . import settings as tenant_settings
 from . import validation as val
 from .decision import decide
@@ -129,20 +128,12 @@ class BatchItemError:
 
 def encode_page_token(before_revision: int) -> str:
     """Opaque page token: history continues below this revision."""
-    return base64.urlsafe_b64encode(f"v1:{before_revision}".encode()).decode().rstrip("=")
+    return page_tokens.encode("v1", str(before_revision))
 
 
 def decode_page_token(token: str) -> int:
     """The revision a page token continues below; ValueError when it is not ours."""
-    try:
-        padded = token + "=" * (-len(token) % 4)
-        text = base64.b64decode(padded, altchars=b"-_", validate=True).decode("ascii")
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise ValueError("not a page token") from None
-    prefix, _, number = text.partition(":")
-    if prefix != "v1" or not number.isdigit() or len(number) > 19:
-        raise ValueError("not a page token")
-    return int(number)
+    return page_tokens.decode_number("v1", token, 19)
 
 
 class ConsentAuthority:

@@ -13,13 +13,12 @@ tenant exists), then the tenant's existence (NOT_FOUND), then the request's fiel
 
 from __future__ import annotations
 
-import base64
-import binascii
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
+from . import page_tokens
 from . import validation as val
 from .errors import IdConflict, TenantNotEmpty, TenantNotFound
 from .validation import Violations
@@ -87,17 +86,12 @@ def _now_ms() -> int:
 
 
 def _encode_token(after: str) -> str:
-    return base64.urlsafe_b64encode(f"t1:{after}".encode()).decode().rstrip("=")
+    return page_tokens.encode("t1", after)
 
 
 def _decode_token(token: str) -> str:
-    try:
-        padded = token + "=" * (-len(token) % 4)
-        text = base64.b64decode(padded, altchars=b"-_", validate=True).decode("ascii")
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise ValueError("not a page token") from None
-    prefix, _, after = text.partition(":")
-    if prefix != "t1" or not val.TENANT_RE.fullmatch(after):
+    after = page_tokens.decode("t1", token)
+    if not val.TENANT_RE.fullmatch(after):
         raise ValueError("not a page token")
     return after
 

@@ -39,6 +39,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
+from . import page_tokens
 from . import validation as val
 from .errors import ConsentError, InvalidArgument, NotFound, StoreUnavailable, TenantNotFound
 from .masking import mask_address, mask_text
@@ -303,15 +304,12 @@ def dead_letter_id(tenant_id: str, digest: str, path: str) -> str:
 
 def encode_page_token(offset: int) -> str:
     """The opaque token of a dead-letter page."""
-    return f"dl1.{offset}"
+    return page_tokens.encode("dl1", str(offset))
 
 
 def decode_page_token(token: str) -> int:
     """The offset a page token continues at; ValueError when it is not ours."""
-    prefix, _, number = token.partition(".")
-    if prefix != "dl1" or not number.isdigit() or len(number) > 9:
-        raise ValueError("not a page token")
-    return int(number)
+    return page_tokens.decode_number("dl1", token, 9)
 
 
 def _pnid_hint(pnid: str) -> str:

@@ -18,7 +18,7 @@ import redis.exceptions as rex
 
 from consent_server.domain.delivery import ReceiptOutcome, ReceiptStatus
 from consent_server.domain.model import Policy
-from consent_server.domain.outbox import OutboxEntry
+from consent_server.domain.outbox import OutboxEntry, lenient_int
 
 from . import keys
 from .client import RedisClient
@@ -34,13 +34,6 @@ GROUP = "delivery"
 
 
 __all__ = ["GROUP", "Claim", "DeliveryRepository", "OutboxEntry"]
-
-
-def _int(text: str | None) -> int:
-    try:
-        return int(text or 0)
-    except ValueError:
-        return 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -351,7 +344,7 @@ class DeliveryRepository:
             n, r, first = await self._call(one)
             total += n + r
             if first:
-                at = _int(text(first[0][1].get(b"at") or first[0][1].get("at")))
+                at = lenient_int(text(first[0][1].get(b"at") or first[0][1].get("at")))
                 if at and (oldest is None or at < oldest):
                     oldest = at
         return total, oldest
