@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -385,3 +386,39 @@ def test_worker_process_cancels_opted_out_sends_but_delivers_the_confirmation(
         if worker:
             worker.kill()
         srv.stop()
+
+
+def test_worker_sigterm_as_soon_as_its_metrics_port_answers_exits_0(
+    redis_server: RedisProcess,
+) -> None:
+    """The metrics port is what health checks probe, so a SIGTERM may come as soon as it
+    answers: the handlers are installed before it opens, and the worker drains, exit 0."""
+    for _ in range(3):
+        port = free_port()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "consent_server.worker"],
+            env={
+                **os.environ,
+                "CONSENT_REDIS_URL": redis_server.url,
+                "CONSENT_METRICS_LISTEN": f"127.0.0.1:{port}",
+            },
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            deadline = time.monotonic() + 20
+            while True:
+                assert proc.poll() is None, proc.communicate()[1]
+                assert time.monotonic() < deadline, "metrics port never opened"
+                try:
+                    with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                        break
+                except OSError:
+                    time.sleep(0.005)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(30) == 0, proc.communicate()[1]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)

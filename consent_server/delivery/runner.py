@@ -138,13 +138,15 @@ async def run_worker(settings: Settings) -> int:
             "CONSENT_REDIS_URL is required: a worker process delivers from a shared Redis "
             "(the embedded store lives inside one server process)"
         )
-    start_metrics(settings)
-    store = consent_store(settings)
-    worker = build_worker(settings, store)
+    # Handlers first, as the server does: the metrics port is what health checks probe,
+    # so a SIGTERM may arrive as soon as it is open; it must mean "drain and exit 0".
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    start_metrics(settings)
+    store = consent_store(settings)
+    worker = build_worker(settings, store)
     while True:
         try:
             await worker.start()
