@@ -30,6 +30,7 @@ from consent_server.api.admin_security import SecurityHandlers
 from consent_server.api.admin_service import TenantSettingsHandlers
 from consent_server.api.admin_tenants import TenantHandlers
 from consent_server.api.auth import AuthInterceptor, TenantLookup
+from consent_server.api.bulk_service import BulkHandlers
 from consent_server.api.consent_service import ConsentServicer
 from consent_server.api.delivery_admin_service import DeliveryProviderHandlers
 from consent_server.api.edge_admin_service import WhatsAppWebhookHandlers
@@ -44,6 +45,7 @@ from consent_server.delivery.runner import (
 )
 from consent_server.delivery.worker import DeliveryWorker
 from consent_server.domain.auth import OPERATOR_TENANT, Role
+from consent_server.domain.bulk import BulkConsent
 from consent_server.domain.errors import StoreUnavailable
 from consent_server.domain.links_service import ConsentLinks
 from consent_server.domain.security import RateLimits, SecurityAuthority
@@ -52,8 +54,10 @@ from consent_server.domain.tenants import TenantRegistry
 from consent_server.domain.whatsapp_edge import WhatsAppEdge
 from consent_server.http.server import HttpEdge
 from consent_server.http.wiring import edge_app, keyring_for, whatsapp_edge
+from consent_server.store.bulk import RedisBulkStore
 from consent_server.store.edge import RedisEdgeStore
 from consent_server.store.health import probe
+from consent_server.store.history import RedisConsentHistory
 from consent_server.store.repository import RedisConsentStore
 from consent_server.store.security import RedisSecurityStore
 from consent_server.tenant_bootstrap import ensure_tenants, tenant_registry
@@ -136,7 +140,15 @@ def build(settings: Settings) -> Services:
     warn_at_start(settings)
     store = consent_store(settings)
     authority = ConsentAuthority(
-        store, default_region=settings.server.default_region, limits=limits_of(settings)
+        store,
+        default_region=settings.server.default_region,
+        limits=limits_of(settings),
+        history=RedisConsentHistory(store.client, store.tombstones),
+    )
+    bulk = BulkConsent(
+        store,
+        RedisBulkStore(store.client, store.tombstones),
+        default_region=settings.server.default_region,
     )
     security = SecurityAuthority(
         RedisSecurityStore(store.client, store.tombstones),
@@ -155,7 +167,14 @@ def build(settings: Settings) -> Services:
     whatsapp = whatsapp_edge(authority, edge_store, on_status=delivery.on_status)
     consent = ConsentServicer(authority, links)
     admin = admin_servicer(
-        authority, security, edge_store, public_url, delivery, whatsapp, tenant_registry(store)
+        authority,
+        security,
+        edge_store,
+        public_url,
+        delivery,
+        whatsapp,
+        tenant_registry(store),
+        bulk,
     )
     health = health_aio.HealthServicer()
     server = grpc_server(settings, security, consent, admin, health, store.tenant_lookup)
@@ -214,6 +233,7 @@ def admin_servicer(
     delivery: DeliveryServices,
     whatsapp: WhatsAppEdge,
     tenants: TenantRegistry,
+    bulk: BulkConsent,
 ) -> ConsentAdminService:
     """ConsentAdminService: one handler object per area, each on its use case."""
     return ConsentAdminService(
@@ -222,6 +242,7 @@ def admin_servicer(
         security=SecurityHandlers(security),
         delivery=DeliveryProviderHandlers(delivery.admin),
         webhooks=WhatsAppWebhookHandlers(edge_store, public_url, whatsapp),
+        bulk=BulkHandlers(bulk),
     )
 
 

@@ -10,12 +10,15 @@ which answers UNIMPLEMENTED (a test checks that none does).
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 from consent_client.v1 import admin_pb2 as apb
 from consent_client.v1 import admin_pb2_grpc as apb_grpc
 
 from .admin_security import SecurityHandlers
 from .admin_service import TenantSettingsHandlers
 from .admin_tenants import TenantHandlers
+from .bulk_service import BulkHandlers
 from .consent_service import Ctx
 from .delivery_admin_service import DeliveryProviderHandlers
 from .edge_admin_service import WhatsAppWebhookHandlers
@@ -33,7 +36,9 @@ class ConsentAdminService(apb_grpc.ConsentAdminServiceServicer):
         security: SecurityHandlers,
         delivery: DeliveryProviderHandlers,
         webhooks: WhatsAppWebhookHandlers,
+        bulk: BulkHandlers,
     ) -> None:
+        self._bulk = bulk
         self._tenants = tenants
         self._settings = settings
         self._security = security
@@ -57,6 +62,18 @@ class ConsentAdminService(apb_grpc.ConsentAdminServiceServicer):
         self, request: apb.DeleteTenantRequest, context: Ctx
     ) -> apb.DeleteTenantResponse:
         return await self._tenants.DeleteTenant(request, context)
+
+    # -- bulk import and export --
+
+    async def ImportConsent(
+        self, request_iterator: AsyncIterator[apb.ImportConsentRequest], context: Ctx
+    ) -> apb.ImportConsentResponse:
+        return await self._bulk.ImportConsent(request_iterator, context)
+
+    def ExportConsent(
+        self, request: apb.ExportConsentRequest, context: Ctx
+    ) -> AsyncIterator[apb.ExportConsentResponse]:
+        return self._bulk.ExportConsent(request, context)
 
     # -- tenant settings --
 

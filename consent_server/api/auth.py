@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
@@ -53,11 +53,16 @@ def current_principal() -> str:
 
 
 def request_items(request: Any) -> int:
-    """How many batch items a request carries (its ``recipients``), for its rate cost."""
+    """How many batch items a request carries (its ``recipients``, or the ``records`` of
+    an import message), for its rate cost."""
     descriptor = getattr(request, "DESCRIPTOR", None)
-    if descriptor is None or "recipients" not in descriptor.fields_by_name:
+    if descriptor is None:
         return 1
-    return len(request.recipients)
+    if "recipients" in descriptor.fields_by_name:
+        return len(request.recipients)
+    if "records" in descriptor.fields_by_name:
+        return len(request.records)
+    return 1
 
 
 def request_tenant(request: Any) -> str | None:
@@ -141,10 +146,15 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         method = handler_call_details.method
         if handler is None or is_open(method):
             return handler
-        if handler.unary_unary is None:
-            # Every checked RPC is unary (the streaming health and reflection services
-            # are open). A stream here is an RPC whose tenants nobody checks: refuse it
-            # as unknown (UNIMPLEMENTED) rather than serve it unchecked.
+        if (
+            handler.unary_unary is None
+            and handler.stream_unary is None
+            and (handler.unary_stream is None)
+        ):
+            # Checked RPCs are unary, client-streaming (ImportConsent: the first message
+            # names the tenant) or server-streaming (ExportConsent). A bidirectional
+            # stream here is an RPC whose tenants nobody checks: refuse it as unknown
+            # (UNIMPLEMENTED) rather than serve it unchecked.
             log.error(
                 "streaming RPC refused: not checked by the interceptor", extra={"method": method}
             )
@@ -196,6 +206,22 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 await abort(context, exc)
                 raise
 
+        if handler.stream_unary is not None:
+            return self._wrap_client_stream(handler, enter, header, authenticate, deserializer)
+        if handler.unary_stream is not None:
+            streaming: Any = handler.unary_stream
+
+            async def unary_stream(request: Any, context: Ctx) -> Any:
+                await enter(request, context)
+                async for response in streaming(request, context):
+                    yield response
+
+            return grpc.unary_stream_rpc_method_handler(
+                unary_stream,
+                request_deserializer=deserializer,
+                response_serializer=handler.response_serializer,
+            )
+
         inner: Any = handler.unary_unary
 
         async def unary_unary(request: Any, context: Ctx) -> Any:
@@ -204,6 +230,48 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 
         return grpc.unary_unary_rpc_method_handler(
             unary_unary,
+            request_deserializer=deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    def _wrap_client_stream(
+        self,
+        handler: Handler,
+        enter: Callable[[Any, Ctx], Awaitable[None]],
+        header: str | None,
+        authenticate: bool,
+        deserializer: Callable[[bytes], Any] | None,
+    ) -> Handler:
+        """A client stream is admitted on its first message (which names the tenant);
+        every later message is authenticated again and pays its rate cost, so a key
+        revoked or over its limit stops the stream. The handler sees the first message
+        again, then the rest."""
+        security = self._security
+        inner: Any = handler.stream_unary
+
+        async def stream_unary(requests: Any, context: Ctx) -> Any:
+            stream = requests.__aiter__()
+            try:
+                first: Any = await stream.__anext__()
+            except StopAsyncIteration:
+                first = None
+            await enter(first if first is not None else object(), context)
+
+            async def messages() -> AsyncIterator[Any]:
+                if first is None:
+                    return
+                yield first
+                async for message in stream:
+                    if isinstance(message, Undecodable):
+                        raise InvalidArgument.single("request", message.reason)
+                    if authenticate:
+                        await security.authenticate(header, call_cost(request_items(message)))
+                    yield message
+
+            return await inner(messages(), context)
+
+        return grpc.stream_unary_rpc_method_handler(
+            stream_unary,
             request_deserializer=deserializer,
             response_serializer=handler.response_serializer,
         )

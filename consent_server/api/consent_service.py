@@ -59,24 +59,32 @@ class ConsentServicer(pb_grpc.ConsentServiceServicer):
             request.tenant_id,
             cv.optional_recipient(request.HasField("recipient"), request.recipient),
             request.topic,
+            cv.raw_timestamp(request.HasField("at"), request.at),
         )
-        return cv.check_response(result.recipient, result.topic, result.decision)
+        response = cv.check_response(result.recipient, result.topic, result.decision)
+        if result.deciding_event is not None:
+            response.deciding_event.CopyFrom(cv.event(result.deciding_event))
+        return response
 
     @rpc
     async def BatchCheckConsent(
         self, request: pb.BatchCheckConsentRequest, context: Ctx
     ) -> pb.BatchCheckConsentResponse:
         results = await self._a.batch_check(
-            request.tenant_id, request.topic, [cv.raw_recipient(r) for r in request.recipients]
+            request.tenant_id,
+            request.topic,
+            [cv.raw_recipient(r) for r in request.recipients],
+            cv.raw_timestamp(request.HasField("at"), request.at),
         )
         out = pb.BatchCheckConsentResponse()
         for item in results:
             if isinstance(item, BatchItemError):
                 out.results.add(error=item_status(item.violations))
             else:
-                cv.fill_check_response(
-                    out.results.add().decision, item.recipient, item.topic, item.decision
-                )
+                decision = out.results.add().decision
+                cv.fill_check_response(decision, item.recipient, item.topic, item.decision)
+                if item.deciding_event is not None:
+                    decision.deciding_event.CopyFrom(cv.event(item.deciding_event))
         return out
 
     async def _change(self, action: Action, request: Any, context: Ctx) -> ChangeResult:

@@ -162,3 +162,8 @@ def event(value: ConsentEvent) -> pb.ConsentEvent:
         revision=value.revision,
         principal=value.principal,
     )
+
+
+def source_to_pb(value: Source) -> pb.Source.ValueType:
+    """A domain source on the wire."""
+    return _SOURCE_TO_PB[value]

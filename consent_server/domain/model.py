@@ -341,3 +341,32 @@ class TenantSettings:
     def policy_for(self, topic: str) -> Policy:
         """The default policy for ``topic`` ("" = tenant-wide)."""
         return self.topic_policies.get(topic, self.default_policy) if topic else self.default_policy
+
+
+@dataclass(frozen=True, slots=True)
+class ExportQuery:
+    """What ExportConsent exports: None = no filter. ``scope`` is a topic, or "" for the
+    all-topics records; ``since_ms`` keeps records that occurred at or after it."""
+
+    channel: Channel | None = None
+    scope: str | None = None
+    status: Status | None = None
+    since_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ExportedRecord:
+    """One current record of one recipient and scope ("" = all topics)."""
+
+    recipient: Recipient
+    topic: str
+    record: ConsentRecord
+
+
+@dataclass(frozen=True, slots=True)
+class ExportPage:
+    """A page of an export, with its progress over the store's partitions."""
+
+    records: list[ExportedRecord]
+    partitions_done: int
+    partitions_total: int

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Protocol
 
 from .delivery import ReceiptOutcome, ReceiptStatus
+from .imports import RecipientView
 from .model import (
     ChangeOutcome,
     ConfirmedChange,
+    ConsentEvent,
     ConsentEventInput,
     ConsentRecord,
     EventPage,
+    ExportPage,
+    ExportQuery,
     MessageStatusInfo,
     OutboundMessage,
     Policy,
@@ -77,6 +81,46 @@ class ConsentStore(Protocol):
 
     async def message_status(self, tenant_id: str, message_id: str) -> MessageStatusInfo | None:
         """The stored status of a message, or None when unknown for this tenant."""
+        ...
+
+
+class ConsentHistory(Protocol):
+    """What point-in-time checks read besides the records (CheckConsent ``at``)."""
+
+    async def histories(
+        self, tenant_id: str, recipients: Sequence[Recipient]
+    ) -> list[list[ConsentEvent]]:
+        """Each recipient's whole history (any order), in bounded round trips."""
+        ...
+
+    async def tombstone_records(
+        self, tenant_id: str, recipients: Sequence[Recipient], topic: str
+    ) -> list[RecordPair]:
+        """Each recipient's erasure tombstone records (topic, all topics); (None, None)
+        for a recipient never erased. The first is None for topic ""."""
+        ...
+
+
+class BulkConsentStore(Protocol):
+    """Bulk import and export (ImportConsent, ExportConsent)."""
+
+    async def views(
+        self, tenant_id: str, wanted: Sequence[tuple[Recipient, Sequence[str]]]
+    ) -> list[RecipientView]:
+        """For each (recipient, event ids): its scope records, tombstone and which of the
+        event ids it knows; one round trip per partition."""
+        ...
+
+    async def apply(self, events: Sequence[ConsentEventInput]) -> list[str]:
+        """Record the events in order with the OptOut/OptIn script, pipelined (one round
+        trip per partition). Per event an imports.Outcome value (APPLIED, CHANGED,
+        IGNORED_OLDER, IGNORED_ERASED, DUPLICATE) or "reused" (the id was used for
+        another change of the recipient; nothing written)."""
+        ...
+
+    def export(self, tenant_id: str, query: ExportQuery) -> AsyncIterator[ExportPage]:
+        """The tenant's current records matching ``query``, in pages; each recipient's
+        records are read atomically and come in one page."""
         ...
 
 

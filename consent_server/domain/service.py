@@ -41,7 +41,8 @@ from .model import (
     Source,
     TenantSettings,
 )
-from .ports import ConsentStore
+from .pointintime import decide_at
+from .ports import ConsentHistory, ConsentStore
 from .recipients import AddressError, normalise_address
 from .templates import reply_text
 from .validation import RawMessage, RawRecipient, RawTimestamp, Violations
@@ -50,6 +51,7 @@ from .validation import RawMessage, RawRecipient, RawTimestamp, Violations
 LinkMinter = Callable[[str, Recipient, str], Awaitable[str]]
 
 MAX_BATCH = 10_000
+MAX_BATCH_AT = 1000  # a point-in-time batch reads each recipient's whole history
 MAX_PAGE_SIZE = 1000
 MAX_BUTTON_PAYLOAD = 256
 SETTINGS_WRITE_ATTEMPTS = 5
@@ -79,6 +81,9 @@ class CheckResult:
     recipient: Recipient
     topic: str
     decision: Decision
+    # Point-in-time checks only: the history event that decided (None: the policy or
+    # an erasure tombstone decided, or the check was about now).
+    deciding_event: ConsentEvent | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,8 +151,10 @@ class ConsentAuthority:
         default_region: str | None = None,
         clock_ms: Callable[[], int] = _now_ms,
         limits: Limits | None = None,
+        history: ConsentHistory | None = None,
     ) -> None:
         self._store = store
+        self._history = history
         self._default_region = default_region
         self._clock_ms = clock_ms
         self._limits = limits or Limits()
@@ -182,10 +189,54 @@ class ConsentAuthority:
     def _region(self, settings: TenantSettings) -> str | None:
         return settings.default_region or self._default_region
 
-    async def check(self, tenant_id: str, raw: RawRecipient | None, topic: str) -> CheckResult:
+    async def check(
+        self,
+        tenant_id: str,
+        raw: RawRecipient | None,
+        topic: str,
+        at: RawTimestamp | None = None,
+    ) -> CheckResult:
         """CheckConsent: the topic is required, as for a send (an unnamed one would slip
-        past a topic-only opt-out)."""
-        return await self._check(tenant_id, raw, topic, topic_required=True)
+        past a topic-only opt-out). ``at``: decide for that instant (domain.pointintime)."""
+        if at is None:
+            return await self._check(tenant_id, raw, topic, topic_required=True)
+        v = Violations()
+        tenant = val.tenant_id(v, tenant_id)
+        settings = await self._settings(tenant)
+        rcpt = val.recipient(v, raw, self._region(settings))
+        norm_topic = val.topic(v, topic, required=True)
+        at_ms = self._at_ms(v, at)
+        v.raise_if_any()
+        assert rcpt is not None and at_ms is not None
+        [result] = await self._checks_at(tenant, [rcpt], norm_topic, at_ms, settings)
+        return result
+
+    def _at_ms(self, v: Violations, at: RawTimestamp) -> int | None:
+        at_ms = val.timestamp_ms(v, at, "at")
+        if at_ms is not None and at_ms > self._clock_ms() + val.MAX_FUTURE_MS:
+            v.add("at", "is in the future: a point-in-time check answers for the past")
+            return None
+        if self._history is None:
+            v.add("at", "point-in-time checks are not available on this server")
+        return at_ms
+
+    async def _checks_at(
+        self,
+        tenant: str,
+        rcpts: Sequence[Recipient],
+        topic: str,
+        at_ms: int,
+        settings: TenantSettings,
+    ) -> list[CheckResult]:
+        assert self._history is not None
+        histories = await self._history.histories(tenant, rcpts)
+        tombs = await self._history.tombstone_records(tenant, rcpts, topic)
+        policy = settings.policy_for(topic)
+        out = []
+        for rcpt, events, tomb in zip(rcpts, histories, tombs, strict=True):
+            found = decide_at(events, topic, at_ms, policy, tombstone=tomb)
+            out.append(CheckResult(rcpt, topic, found.decision, found.event))
+        return out
 
     async def scope_check(
         self, tenant_id: str, raw: RawRecipient | None, topic: str
@@ -209,16 +260,25 @@ class ConsentAuthority:
         return CheckResult(rcpt, norm_topic, decision)
 
     async def batch_check(
-        self, tenant_id: str, topic: str, raws: Sequence[RawRecipient]
+        self,
+        tenant_id: str,
+        topic: str,
+        raws: Sequence[RawRecipient],
+        at: RawTimestamp | None = None,
     ) -> list[CheckResult | BatchItemError]:
-        """BatchCheckConsent: results in request order, bad items as per-item errors."""
+        """BatchCheckConsent: results in request order, bad items as per-item errors.
+        ``at``: decide every recipient for that instant (at most MAX_BATCH_AT of them)."""
         v = Violations()
         tenant = val.tenant_id(v, tenant_id)
         norm_topic = val.topic(v, topic, required=True)
+        limit = self._limits.max_batch if at is None else min(self._limits.max_batch, MAX_BATCH_AT)
         if not raws:
             v.add("recipients", "must name at least one recipient")
-        elif len(raws) > self._limits.max_batch:
-            v.add("recipients", f"must name at most {self._limits.max_batch} recipients")
+        elif len(raws) > limit:
+            v.add(
+                "recipients", f"must name at most {limit} recipients" + (" with at" if at else "")
+            )
+        at_ms = self._at_ms(v, at) if at is not None else None
         settings = await self._settings(tenant)
         v.raise_if_any()
         region = self._region(settings)
@@ -243,6 +303,11 @@ class ConsentAuthority:
             except AddressError as exc:
                 items.append(BatchItemError([FieldViolation(f"recipients[{i}].address", str(exc))]))
         good = [item for item in items if isinstance(item, Recipient)]
+        if at_ms is not None:
+            answers = iter(
+                await self._checks_at(tenant, good, norm_topic, at_ms, settings) if good else []
+            )
+            return [item if isinstance(item, BatchItemError) else next(answers) for item in items]
         pairs = iter(await self._store.read_records(tenant, good, norm_topic) if good else [])
         policy = settings.policy_for(norm_topic)
         results: list[CheckResult | BatchItemError] = []

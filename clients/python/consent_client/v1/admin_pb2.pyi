@@ -124,6 +124,38 @@ DELIVERY_PROVIDER_KIND_WHATSAPP_CLOUD: DeliveryProviderKind.ValueType  # 3
 """WhatsApp Cloud API."""
 Global___DeliveryProviderKind: _TypeAlias = DeliveryProviderKind  # noqa: Y015
 
+class _ImportProblemKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ImportProblemKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ImportProblemKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    IMPORT_PROBLEM_KIND_UNSPECIFIED: _ImportProblemKind.ValueType  # 0
+    """Never returned."""
+    IMPORT_PROBLEM_KIND_INVALID: _ImportProblemKind.ValueType  # 1
+    """The record is invalid (field and description say why); nothing written."""
+    IMPORT_PROBLEM_KIND_SKIPPED_NO_PROOF: _ImportProblemKind.ValueType  # 2
+    """An opt-in while the request did not set opt_ins_have_proof; skipped."""
+    IMPORT_PROBLEM_KIND_SKIPPED_OPTED_OUT: _ImportProblemKind.ValueType  # 3
+    """An opt-in not newer than an opt-out the service holds (or this batch
+    carries) for a scope that covers it; skipped: an import never re-subscribes.
+    """
+
+class ImportProblemKind(_ImportProblemKind, metaclass=_ImportProblemKindEnumTypeWrapper):
+    """Why a record was reported."""
+
+IMPORT_PROBLEM_KIND_UNSPECIFIED: ImportProblemKind.ValueType  # 0
+"""Never returned."""
+IMPORT_PROBLEM_KIND_INVALID: ImportProblemKind.ValueType  # 1
+"""The record is invalid (field and description say why); nothing written."""
+IMPORT_PROBLEM_KIND_SKIPPED_NO_PROOF: ImportProblemKind.ValueType  # 2
+"""An opt-in while the request did not set opt_ins_have_proof; skipped."""
+IMPORT_PROBLEM_KIND_SKIPPED_OPTED_OUT: ImportProblemKind.ValueType  # 3
+"""An opt-in not newer than an opt-out the service holds (or this batch
+carries) for a scope that covers it; skipped: an import never re-subscribes.
+"""
+Global___ImportProblemKind: _TypeAlias = ImportProblemKind  # noqa: Y015
+
 @_typing.final
 class Tenant(_message.Message):
     """==== Tenant messages ====
@@ -1669,3 +1701,351 @@ class DiscardUnappliedNotificationResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DiscardUnappliedNotificationResponse: _TypeAlias = DiscardUnappliedNotificationResponse  # noqa: Y015
+
+@_typing.final
+class ImportConsentRequest(_message.Message):
+    """==== Bulk import and export messages ====
+
+    One message of an ImportConsent stream. The first message names the tenant
+    and the options (and may carry records); every later message carries records
+    only: its tenant_id is empty or the first one's, and its options are unset.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    OPT_INS_HAVE_PROOF_FIELD_NUMBER: _builtins.int
+    DRY_RUN_FIELD_NUMBER: _builtins.int
+    RECORDS_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    """The tenant to import into; required in the first message."""
+    opt_ins_have_proof: _builtins.bool
+    """First message only: the sender declares that every opt-in of this stream
+    carries proof of the customer's consent (a double opt-in, a signed form).
+    Without it every opt-in is reported (SKIPPED_NO_PROOF) and skipped.
+    """
+    dry_run: _builtins.bool
+    """First message only: report what would change, write nothing. The summary's
+    counts are what a real import would do now (applied, ignored_older ...).
+    """
+    @_builtins.property
+    def records(self) -> _containers.RepeatedCompositeFieldContainer[Global___ImportRecord]:
+        """Up to 1,000 records."""
+
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+        opt_ins_have_proof: _builtins.bool = ...,
+        dry_run: _builtins.bool = ...,
+        records: _abc.Iterable[Global___ImportRecord] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dry_run", b"dry_run", "opt_ins_have_proof", b"opt_ins_have_proof", "records", b"records", "tenant_id", b"tenant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportConsentRequest: _TypeAlias = ImportConsentRequest  # noqa: Y015
+
+@_typing.final
+class ImportRecord(_message.Message):
+    """One consent fact to import."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECIPIENT_FIELD_NUMBER: _builtins.int
+    TOPIC_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    OCCURRED_AT_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    EVIDENCE_FIELD_NUMBER: _builtins.int
+    EXTERNAL_ID_FIELD_NUMBER: _builtins.int
+    LINE_FIELD_NUMBER: _builtins.int
+    topic: _builtins.str
+    """The scope's topic; empty = all topics of the channel."""
+    action: _consent_pb2.ConsentAction.ValueType
+    """CONSENT_ACTION_OPT_OUT or CONSENT_ACTION_OPT_IN; unspecified is invalid."""
+    source: _consent_pb2.Source.ValueType
+    """SOURCE_UNSPECIFIED or SOURCE_IMPORT (both record SOURCE_IMPORT); any other
+    source is invalid: where the fact came from originally belongs in evidence.
+    """
+    evidence: _builtins.str
+    """Free-text evidence, at most 1024 bytes UTF-8 (e.g. "twilio export
+    2026-11-30", the proof of an opt-in).
+    """
+    external_id: _builtins.str
+    """The record's id in the exporting system, 1-128 printable ASCII characters
+    without spaces; the event id is derived from it ("imp_" + a hash), so the
+    same external id imported twice is one event. Empty: the id is derived from
+    the record's content (recipient, topic, action, occurred_at).
+    """
+    line: _builtins.int
+    """The record's line in the client's file, for the summary's problems; 0 = its
+    position in the stream (1-based).
+    """
+    @_builtins.property
+    def recipient(self) -> _consent_pb2.Recipient:
+        """Who; normalised as everywhere (phone numbers to E.164 in the tenant's
+        default region, e-mail lower-cased).
+        """
+
+    @_builtins.property
+    def occurred_at(self) -> _timestamp_pb2.Timestamp:
+        """When the customer acted; required (an undated fact cannot be ordered
+        against the records the service holds). Not after the receive time (an
+        opt-out dated ahead is recorded at the receive time, an opt-in dated ahead
+        is invalid), not before 1970.
+        """
+
+    def __init__(
+        self,
+        *,
+        recipient: _consent_pb2.Recipient | None = ...,
+        topic: _builtins.str = ...,
+        action: _consent_pb2.ConsentAction.ValueType = ...,
+        occurred_at: _timestamp_pb2.Timestamp | None = ...,
+        source: _consent_pb2.Source.ValueType = ...,
+        evidence: _builtins.str = ...,
+        external_id: _builtins.str = ...,
+        line: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at", "recipient", b"recipient"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "evidence", b"evidence", "external_id", b"external_id", "line", b"line", "occurred_at", b"occurred_at", "recipient", b"recipient", "source", b"source", "topic", b"topic"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportRecord: _TypeAlias = ImportRecord  # noqa: Y015
+
+@_typing.final
+class ImportProblem(_message.Message):
+    """One reported record."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LINE_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    FIELD_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    line: _builtins.int
+    """The record's line (ImportRecord.line, or its position in the stream)."""
+    kind: Global___ImportProblemKind.ValueType
+    """What kind of problem."""
+    field: _builtins.str
+    """The bad field for INVALID (e.g. "recipient.address"); empty otherwise."""
+    description: _builtins.str
+    """A readable explanation (addresses masked)."""
+    def __init__(
+        self,
+        *,
+        line: _builtins.int = ...,
+        kind: Global___ImportProblemKind.ValueType = ...,
+        field: _builtins.str = ...,
+        description: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "field", b"field", "kind", b"kind", "line", b"line"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportProblem: _TypeAlias = ImportProblem  # noqa: Y015
+
+@_typing.final
+class ImportConsentResponse(_message.Message):
+    """What an import did (or, with dry_run, would do)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORDS_FIELD_NUMBER: _builtins.int
+    APPLIED_FIELD_NUMBER: _builtins.int
+    CHANGED_FIELD_NUMBER: _builtins.int
+    IGNORED_OLDER_FIELD_NUMBER: _builtins.int
+    IGNORED_ERASED_FIELD_NUMBER: _builtins.int
+    SKIPPED_NO_PROOF_FIELD_NUMBER: _builtins.int
+    SKIPPED_OPTED_OUT_FIELD_NUMBER: _builtins.int
+    INVALID_FIELD_NUMBER: _builtins.int
+    DUPLICATES_FIELD_NUMBER: _builtins.int
+    PROBLEMS_FIELD_NUMBER: _builtins.int
+    PROBLEMS_OMITTED_FIELD_NUMBER: _builtins.int
+    DRY_RUN_FIELD_NUMBER: _builtins.int
+    records: _builtins.int
+    """Records received."""
+    applied: _builtins.int
+    """Records that became their scope's current record."""
+    changed: _builtins.int
+    """Of the applied ones, those that flipped the scope's status (or gave the
+    scope its first record).
+    """
+    ignored_older: _builtins.int
+    """Older than the scope's current record: kept in history (applied=false),
+    state unchanged.
+    """
+    ignored_erased: _builtins.int
+    """Dated at or before an erasure of the recipient: nothing stored."""
+    skipped_no_proof: _builtins.int
+    """Opt-ins skipped because opt_ins_have_proof was not set."""
+    skipped_opted_out: _builtins.int
+    """Opt-ins skipped because an opt-out dated at or after them covers the scope."""
+    invalid: _builtins.int
+    """Invalid records (see problems)."""
+    duplicates: _builtins.int
+    """Records whose event id was imported before (nothing written)."""
+    problems_omitted: _builtins.int
+    """How many reported records did not fit in problems."""
+    dry_run: _builtins.bool
+    """True when nothing was written (the request's dry_run)."""
+    @_builtins.property
+    def problems(self) -> _containers.RepeatedCompositeFieldContainer[Global___ImportProblem]:
+        """The reported records, in stream order: at most 1,000 (invalid and skipped)."""
+
+    def __init__(
+        self,
+        *,
+        records: _builtins.int = ...,
+        applied: _builtins.int = ...,
+        changed: _builtins.int = ...,
+        ignored_older: _builtins.int = ...,
+        ignored_erased: _builtins.int = ...,
+        skipped_no_proof: _builtins.int = ...,
+        skipped_opted_out: _builtins.int = ...,
+        invalid: _builtins.int = ...,
+        duplicates: _builtins.int = ...,
+        problems: _abc.Iterable[Global___ImportProblem] | None = ...,
+        problems_omitted: _builtins.int = ...,
+        dry_run: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied", b"applied", "changed", b"changed", "dry_run", b"dry_run", "duplicates", b"duplicates", "ignored_erased", b"ignored_erased", "ignored_older", b"ignored_older", "invalid", b"invalid", "problems", b"problems", "problems_omitted", b"problems_omitted", "records", b"records", "skipped_no_proof", b"skipped_no_proof", "skipped_opted_out", b"skipped_opted_out"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportConsentResponse: _TypeAlias = ImportConsentResponse  # noqa: Y015
+
+@_typing.final
+class ExportConsentRequest(_message.Message):
+    """Asks for a tenant's current consent records."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    TOPIC_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    UPDATED_SINCE_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    """The tenant."""
+    channel: _consent_pb2.Channel.ValueType
+    """Only this channel; CHANNEL_UNSPECIFIED = every channel."""
+    topic: _builtins.str
+    """Only this scope: a topic name, or "*" for the all-topics records; empty =
+    every scope.
+    """
+    status: _consent_pb2.ConsentStatus.ValueType
+    """Only records of this status (OPTED_IN or OPTED_OUT);
+    CONSENT_STATUS_UNSPECIFIED = both. NO_RECORD is invalid.
+    """
+    @_builtins.property
+    def updated_since(self) -> _timestamp_pb2.Timestamp:
+        """Only records whose occurred_at is at or after this time; unset = all."""
+
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+        channel: _consent_pb2.Channel.ValueType = ...,
+        topic: _builtins.str = ...,
+        status: _consent_pb2.ConsentStatus.ValueType = ...,
+        updated_since: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["updated_since", b"updated_since"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "status", b"status", "tenant_id", b"tenant_id", "topic", b"topic", "updated_since", b"updated_since"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportConsentRequest: _TypeAlias = ExportConsentRequest  # noqa: Y015
+
+@_typing.final
+class ExportedRecord(_message.Message):
+    """One current record of one recipient and scope."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECIPIENT_FIELD_NUMBER: _builtins.int
+    TOPIC_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    OCCURRED_AT_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    topic: _builtins.str
+    """The scope's topic; empty = all topics."""
+    status: _consent_pb2.ConsentStatus.ValueType
+    """OPTED_IN or OPTED_OUT."""
+    source: _consent_pb2.Source.ValueType
+    """Where the record came from."""
+    event_id: _builtins.str
+    """The event id that set the record (an external_id for a re-import)."""
+    revision: _builtins.int
+    """The record's revision."""
+    @_builtins.property
+    def recipient(self) -> _consent_pb2.Recipient:
+        """The recipient, normalised."""
+
+    @_builtins.property
+    def occurred_at(self) -> _timestamp_pb2.Timestamp:
+        """When the customer acted (the record's occurred_at)."""
+
+    def __init__(
+        self,
+        *,
+        recipient: _consent_pb2.Recipient | None = ...,
+        topic: _builtins.str = ...,
+        status: _consent_pb2.ConsentStatus.ValueType = ...,
+        occurred_at: _timestamp_pb2.Timestamp | None = ...,
+        source: _consent_pb2.Source.ValueType = ...,
+        event_id: _builtins.str = ...,
+        revision: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at", "recipient", b"recipient"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_id", b"event_id", "occurred_at", b"occurred_at", "recipient", b"recipient", "revision", b"revision", "source", b"source", "status", b"status", "topic", b"topic"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportedRecord: _TypeAlias = ExportedRecord  # noqa: Y015
+
+@_typing.final
+class ExportConsentResponse(_message.Message):
+    """A page of an export."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORDS_FIELD_NUMBER: _builtins.int
+    PARTITIONS_DONE_FIELD_NUMBER: _builtins.int
+    PARTITIONS_TOTAL_FIELD_NUMBER: _builtins.int
+    partitions_done: _builtins.int
+    """Progress: how many of partitions_total store partitions are done."""
+    partitions_total: _builtins.int
+    """The number of store partitions the export walks."""
+    @_builtins.property
+    def records(self) -> _containers.RepeatedCompositeFieldContainer[Global___ExportedRecord]:
+        """Up to 1,000 records; the recipient's records are in one page."""
+
+    def __init__(
+        self,
+        *,
+        records: _abc.Iterable[Global___ExportedRecord] | None = ...,
+        partitions_done: _builtins.int = ...,
+        partitions_total: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["partitions_done", b"partitions_done", "partitions_total", b"partitions_total", "records", b"records"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportConsentResponse: _TypeAlias = ExportConsentResponse  # noqa: Y015

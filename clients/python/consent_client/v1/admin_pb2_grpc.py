@@ -86,6 +86,16 @@ class ConsentAdminServiceStub:
                 request_serializer=consent_dot_v1_dot_admin__pb2.ForgetRecipientRequest.SerializeToString,
                 response_deserializer=consent_dot_v1_dot_admin__pb2.ForgetRecipientResponse.FromString,
                 _registered_method=True)
+        self.ImportConsent = channel.stream_unary(
+                '/consent.v1.ConsentAdminService/ImportConsent',
+                request_serializer=consent_dot_v1_dot_admin__pb2.ImportConsentRequest.SerializeToString,
+                response_deserializer=consent_dot_v1_dot_admin__pb2.ImportConsentResponse.FromString,
+                _registered_method=True)
+        self.ExportConsent = channel.unary_stream(
+                '/consent.v1.ConsentAdminService/ExportConsent',
+                request_serializer=consent_dot_v1_dot_admin__pb2.ExportConsentRequest.SerializeToString,
+                response_deserializer=consent_dot_v1_dot_admin__pb2.ExportConsentResponse.FromString,
+                _registered_method=True)
         self.SetDeliveryProvider = channel.unary_unary(
                 '/consent.v1.ConsentAdminService/SetDeliveryProvider',
                 request_serializer=consent_dot_v1_dot_admin__pb2.SetDeliveryProviderRequest.SerializeToString,
@@ -250,8 +260,51 @@ class ConsentAdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def SetDeliveryProvider(self, request, context):
+    def ImportConsent(self, request_iterator, context):
         """---- end of API keys and erasure ----
+
+        ---- Bulk import and export ----
+
+        Imports consent collected elsewhere (a Twilio, Braze or Klaviyo opt-out
+        export, a CRM, a spreadsheet). Client-streaming: the first message names
+        the tenant and the options, every message carries up to 1,000 records; the
+        answer is one summary when the stream ends. An import never re-subscribes
+        anyone silently: an opt-out always applies by its time (unless a newer
+        record of its scope exists), an opt-in applies only when the first message
+        sets opt_ins_have_proof AND it is newer than every opt-out the service holds
+        that covers its scope (the topic's and the all-topics one; for an
+        all-topics opt-in every opt-out of the recipient on the channel); any other
+        opt-in is reported and skipped. Events dated at or before an erasure of the
+        recipient change nothing (the suppression tombstone holds). Imported events
+        are recorded with SOURCE_IMPORT and an event id derived from the record's
+        external_id (or, without one, from its content), so importing the same
+        records twice changes nothing the second time (they count as duplicates).
+        A bad record never aborts the stream: it is counted and reported with its
+        line. Records are applied in pipelined batches as they arrive; when the
+        call fails midway, the records of the batches already applied stay applied
+        (re-sending them is harmless). Rate limit: one token per 100 records of
+        each message. Needs an admin key of the tenant (or an operator key).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportConsent(self, request, context):
+        """Exports a tenant's current consent records (one per recipient and scope),
+        optionally filtered by channel, topic, status and the record's time.
+        Server-streaming, in pages of up to 1,000 records. Each recipient's records
+        are read in one atomic step, so they are consistent with each other; the
+        export as a whole is not a snapshot (a change during the export may or may
+        not be in it). Erased recipients are not exported: their tombstones hold
+        no address. Re-importing the output (with opt_ins_have_proof) into a fresh
+        tenant reproduces the same decisions. Needs an admin key of the tenant.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetDeliveryProvider(self, request, context):
+        """---- end of bulk import and export ----
 
         ---- Delivery providers ----
 
@@ -392,6 +445,16 @@ def add_ConsentAdminServiceServicer_to_server(servicer, server):
                     servicer.ForgetRecipient,
                     request_deserializer=consent_dot_v1_dot_admin__pb2.ForgetRecipientRequest.FromString,
                     response_serializer=consent_dot_v1_dot_admin__pb2.ForgetRecipientResponse.SerializeToString,
+            ),
+            'ImportConsent': grpc.stream_unary_rpc_method_handler(
+                    servicer.ImportConsent,
+                    request_deserializer=consent_dot_v1_dot_admin__pb2.ImportConsentRequest.FromString,
+                    response_serializer=consent_dot_v1_dot_admin__pb2.ImportConsentResponse.SerializeToString,
+            ),
+            'ExportConsent': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportConsent,
+                    request_deserializer=consent_dot_v1_dot_admin__pb2.ExportConsentRequest.FromString,
+                    response_serializer=consent_dot_v1_dot_admin__pb2.ExportConsentResponse.SerializeToString,
             ),
             'SetDeliveryProvider': grpc.unary_unary_rpc_method_handler(
                     servicer.SetDeliveryProvider,
@@ -706,6 +769,60 @@ class ConsentAdminService:
             '/consent.v1.ConsentAdminService/ForgetRecipient',
             consent_dot_v1_dot_admin__pb2.ForgetRecipientRequest.SerializeToString,
             consent_dot_v1_dot_admin__pb2.ForgetRecipientResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportConsent(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/consent.v1.ConsentAdminService/ImportConsent',
+            consent_dot_v1_dot_admin__pb2.ImportConsentRequest.SerializeToString,
+            consent_dot_v1_dot_admin__pb2.ImportConsentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportConsent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/consent.v1.ConsentAdminService/ExportConsent',
+            consent_dot_v1_dot_admin__pb2.ExportConsentRequest.SerializeToString,
+            consent_dot_v1_dot_admin__pb2.ExportConsentResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -109,6 +109,39 @@ class ConsentAdminServiceStub:
     none is delivered afterwards, confirmations included. The erasure is recorded (tenant erasure log, source SOURCE_ERASURE)
     without the address.
     """
+    ImportConsent: _grpc.StreamUnaryMultiCallable[_admin_pb2.ImportConsentRequest, _admin_pb2.ImportConsentResponse]
+    """---- Bulk import and export ----
+
+    Imports consent collected elsewhere (a Twilio, Braze or Klaviyo opt-out
+    export, a CRM, a spreadsheet). Client-streaming: the first message names
+    the tenant and the options, every message carries up to 1,000 records; the
+    answer is one summary when the stream ends. An import never re-subscribes
+    anyone silently: an opt-out always applies by its time (unless a newer
+    record of its scope exists), an opt-in applies only when the first message
+    sets opt_ins_have_proof AND it is newer than every opt-out the service holds
+    that covers its scope (the topic's and the all-topics one; for an
+    all-topics opt-in every opt-out of the recipient on the channel); any other
+    opt-in is reported and skipped. Events dated at or before an erasure of the
+    recipient change nothing (the suppression tombstone holds). Imported events
+    are recorded with SOURCE_IMPORT and an event id derived from the record's
+    external_id (or, without one, from its content), so importing the same
+    records twice changes nothing the second time (they count as duplicates).
+    A bad record never aborts the stream: it is counted and reported with its
+    line. Records are applied in pipelined batches as they arrive; when the
+    call fails midway, the records of the batches already applied stay applied
+    (re-sending them is harmless). Rate limit: one token per 100 records of
+    each message. Needs an admin key of the tenant (or an operator key).
+    """
+    ExportConsent: _grpc.UnaryStreamMultiCallable[_admin_pb2.ExportConsentRequest, _admin_pb2.ExportConsentResponse]
+    """Exports a tenant's current consent records (one per recipient and scope),
+    optionally filtered by channel, topic, status and the record's time.
+    Server-streaming, in pages of up to 1,000 records. Each recipient's records
+    are read in one atomic step, so they are consistent with each other; the
+    export as a whole is not a snapshot (a change during the export may or may
+    not be in it). Erased recipients are not exported: their tombstones hold
+    no address. Re-importing the output (with opt_ins_have_proof) into a fresh
+    tenant reproduces the same decisions. Needs an admin key of the tenant.
+    """
     SetDeliveryProvider: _grpc.UnaryUnaryMultiCallable[_admin_pb2.SetDeliveryProviderRequest, _admin_pb2.SetDeliveryProviderResponse]
     """---- Delivery providers ----
 
@@ -241,6 +274,39 @@ class ConsentAdminServiceAsyncStub(ConsentAdminServiceStub):
     before the erasure, also while it runs, is cancelled and loses its address:
     none is delivered afterwards, confirmations included. The erasure is recorded (tenant erasure log, source SOURCE_ERASURE)
     without the address.
+    """
+    ImportConsent: _aio.StreamUnaryMultiCallable[_admin_pb2.ImportConsentRequest, _admin_pb2.ImportConsentResponse]  # type: ignore[assignment]
+    """---- Bulk import and export ----
+
+    Imports consent collected elsewhere (a Twilio, Braze or Klaviyo opt-out
+    export, a CRM, a spreadsheet). Client-streaming: the first message names
+    the tenant and the options, every message carries up to 1,000 records; the
+    answer is one summary when the stream ends. An import never re-subscribes
+    anyone silently: an opt-out always applies by its time (unless a newer
+    record of its scope exists), an opt-in applies only when the first message
+    sets opt_ins_have_proof AND it is newer than every opt-out the service holds
+    that covers its scope (the topic's and the all-topics one; for an
+    all-topics opt-in every opt-out of the recipient on the channel); any other
+    opt-in is reported and skipped. Events dated at or before an erasure of the
+    recipient change nothing (the suppression tombstone holds). Imported events
+    are recorded with SOURCE_IMPORT and an event id derived from the record's
+    external_id (or, without one, from its content), so importing the same
+    records twice changes nothing the second time (they count as duplicates).
+    A bad record never aborts the stream: it is counted and reported with its
+    line. Records are applied in pipelined batches as they arrive; when the
+    call fails midway, the records of the batches already applied stay applied
+    (re-sending them is harmless). Rate limit: one token per 100 records of
+    each message. Needs an admin key of the tenant (or an operator key).
+    """
+    ExportConsent: _aio.UnaryStreamMultiCallable[_admin_pb2.ExportConsentRequest, _admin_pb2.ExportConsentResponse]  # type: ignore[assignment]
+    """Exports a tenant's current consent records (one per recipient and scope),
+    optionally filtered by channel, topic, status and the record's time.
+    Server-streaming, in pages of up to 1,000 records. Each recipient's records
+    are read in one atomic step, so they are consistent with each other; the
+    export as a whole is not a snapshot (a change during the export may or may
+    not be in it). Erased recipients are not exported: their tombstones hold
+    no address. Re-importing the output (with opt_ins_have_proof) into a fresh
+    tenant reproduces the same decisions. Needs an admin key of the tenant.
     """
     SetDeliveryProvider: _aio.UnaryUnaryMultiCallable[_admin_pb2.SetDeliveryProviderRequest, _admin_pb2.SetDeliveryProviderResponse]  # type: ignore[assignment]
     """---- Delivery providers ----
@@ -431,6 +497,51 @@ class ConsentAdminServiceServicer(metaclass=_abc_1.ABCMeta):
         before the erasure, also while it runs, is cancelled and loses its address:
         none is delivered afterwards, confirmations included. The erasure is recorded (tenant erasure log, source SOURCE_ERASURE)
         without the address.
+        """
+
+    @_abc_1.abstractmethod
+    def ImportConsent(
+        self,
+        request_iterator: _MaybeAsyncIterator[_admin_pb2.ImportConsentRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ImportConsentResponse, _abc.Awaitable[_admin_pb2.ImportConsentResponse]]:
+        """---- Bulk import and export ----
+
+        Imports consent collected elsewhere (a Twilio, Braze or Klaviyo opt-out
+        export, a CRM, a spreadsheet). Client-streaming: the first message names
+        the tenant and the options, every message carries up to 1,000 records; the
+        answer is one summary when the stream ends. An import never re-subscribes
+        anyone silently: an opt-out always applies by its time (unless a newer
+        record of its scope exists), an opt-in applies only when the first message
+        sets opt_ins_have_proof AND it is newer than every opt-out the service holds
+        that covers its scope (the topic's and the all-topics one; for an
+        all-topics opt-in every opt-out of the recipient on the channel); any other
+        opt-in is reported and skipped. Events dated at or before an erasure of the
+        recipient change nothing (the suppression tombstone holds). Imported events
+        are recorded with SOURCE_IMPORT and an event id derived from the record's
+        external_id (or, without one, from its content), so importing the same
+        records twice changes nothing the second time (they count as duplicates).
+        A bad record never aborts the stream: it is counted and reported with its
+        line. Records are applied in pipelined batches as they arrive; when the
+        call fails midway, the records of the batches already applied stay applied
+        (re-sending them is harmless). Rate limit: one token per 100 records of
+        each message. Needs an admin key of the tenant (or an operator key).
+        """
+
+    @_abc_1.abstractmethod
+    def ExportConsent(
+        self,
+        request: _admin_pb2.ExportConsentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_admin_pb2.ExportConsentResponse], _abc.AsyncIterator[_admin_pb2.ExportConsentResponse]]:
+        """Exports a tenant's current consent records (one per recipient and scope),
+        optionally filtered by channel, topic, status and the record's time.
+        Server-streaming, in pages of up to 1,000 records. Each recipient's records
+        are read in one atomic step, so they are consistent with each other; the
+        export as a whole is not a snapshot (a change during the export may or may
+        not be in it). Erased recipients are not exported: their tombstones hold
+        no address. Re-importing the output (with opt_ins_have_proof) into a fresh
+        tenant reproduces the same decisions. Needs an admin key of the tenant.
         """
 
     @_abc_1.abstractmethod

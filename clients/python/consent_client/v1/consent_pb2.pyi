@@ -572,6 +572,7 @@ class CheckConsentRequest(_message.Message):
     TENANT_ID_FIELD_NUMBER: _builtins.int
     RECIPIENT_FIELD_NUMBER: _builtins.int
     TOPIC_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
     tenant_id: _builtins.str
     """The tenant (business) whose consent records are consulted."""
     topic: _builtins.str
@@ -583,16 +584,31 @@ class CheckConsentRequest(_message.Message):
     def recipient(self) -> Global___Recipient:
         """Who would be messaged."""
 
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp:
+        """Point in time: when set, the answer is whether the recipient was allowed
+        at that instant, decided from the recipient's history (the events with
+        occurred_at at or before it, late-arriving ones included: the customer's
+        act counts from when it happened) with the tenant's current default
+        policy; deciding_event names the event that decided. Unset = now. Not after
+        the receive time, not before 1970. After an erasure (ForgetRecipient) the
+        history before it is gone: the tombstone's suppression (SOURCE_ERASURE,
+        since = the erasure time) answers for every instant before the erasure as
+        well, the conservative answer; events recorded after the erasure count as
+        usual.
+        """
+
     def __init__(
         self,
         *,
         tenant_id: _builtins.str = ...,
         recipient: Global___Recipient | None = ...,
         topic: _builtins.str = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["recipient", b"recipient"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "recipient", b"recipient"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["recipient", b"recipient", "tenant_id", b"tenant_id", "topic", b"topic"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "recipient", b"recipient", "tenant_id", b"tenant_id", "topic", b"topic"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -614,6 +630,7 @@ class CheckConsentResponse(_message.Message):
     RECIPIENT_FIELD_NUMBER: _builtins.int
     TOPIC_FIELD_NUMBER: _builtins.int
     REASON_CODE_FIELD_NUMBER: _builtins.int
+    DECIDING_EVENT_FIELD_NUMBER: _builtins.int
     allowed: _builtins.bool
     """True when a message about the topic may be sent now."""
     status: Global___ConsentStatus.ValueType
@@ -646,6 +663,13 @@ class CheckConsentResponse(_message.Message):
     def recipient(self) -> Global___Recipient:
         """The recipient, normalised."""
 
+    @_builtins.property
+    def deciding_event(self) -> Global___ConsentEvent:
+        """Only for a point-in-time check (`at` set): the history event that decided,
+        unset when the default policy or an erasure tombstone decided. Its
+        recorded_at may be after `at` (an event that arrived late).
+        """
+
     def __init__(
         self,
         *,
@@ -659,10 +683,11 @@ class CheckConsentResponse(_message.Message):
         recipient: Global___Recipient | None = ...,
         topic: _builtins.str = ...,
         reason_code: Global___ErrorReason.ValueType = ...,
+        deciding_event: Global___ConsentEvent | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["recipient", b"recipient", "since", b"since"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["deciding_event", b"deciding_event", "recipient", b"recipient", "since", b"since"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed", b"allowed", "decided_by", b"decided_by", "reason", b"reason", "reason_code", b"reason_code", "recipient", b"recipient", "revision", b"revision", "since", b"since", "source", b"source", "status", b"status", "topic", b"topic"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed", b"allowed", "decided_by", b"decided_by", "deciding_event", b"deciding_event", "reason", b"reason", "reason_code", b"reason_code", "recipient", b"recipient", "revision", b"revision", "since", b"since", "source", b"source", "status", b"status", "topic", b"topic"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -677,13 +702,20 @@ class BatchCheckConsentRequest(_message.Message):
     TENANT_ID_FIELD_NUMBER: _builtins.int
     TOPIC_FIELD_NUMBER: _builtins.int
     RECIPIENTS_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
     tenant_id: _builtins.str
     """The tenant whose records are consulted."""
     topic: _builtins.str
     """The topic for every recipient; required, as in CheckConsent."""
     @_builtins.property
     def recipients(self) -> _containers.RepeatedCompositeFieldContainer[Global___Recipient]:
-        """1 to 10,000 recipients. Duplicates are allowed and answered each time."""
+        """1 to 10,000 recipients (1 to 1,000 with `at`: each needs its history).
+        Duplicates are allowed and answered each time.
+        """
+
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp:
+        """Point in time for every recipient, as CheckConsentRequest.at."""
 
     def __init__(
         self,
@@ -691,10 +723,11 @@ class BatchCheckConsentRequest(_message.Message):
         tenant_id: _builtins.str = ...,
         topic: _builtins.str = ...,
         recipients: _abc.Iterable[Global___Recipient] | None = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["recipients", b"recipients", "tenant_id", b"tenant_id", "topic", b"topic"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "recipients", b"recipients", "tenant_id", b"tenant_id", "topic", b"topic"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

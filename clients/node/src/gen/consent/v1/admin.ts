@@ -11,7 +11,11 @@ import {
   type ChannelCredentials,
   Client,
   type ClientOptions,
+  type ClientReadableStream,
   type ClientUnaryCall,
+  type ClientWritableStream,
+  type handleClientStreamingCall,
+  type handleServerStreamingCall,
   type handleUnaryCall,
   makeGenericClientConstructor,
   type Metadata,
@@ -24,10 +28,19 @@ import {
   Channel,
   channelFromJSON,
   channelToJSON,
+  ConsentAction,
+  consentActionFromJSON,
+  consentActionToJSON,
+  ConsentStatus,
+  consentStatusFromJSON,
+  consentStatusToJSON,
   DefaultPolicy,
   defaultPolicyFromJSON,
   defaultPolicyToJSON,
   Recipient,
+  Source,
+  sourceFromJSON,
+  sourceToJSON,
 } from "./consent";
 
 export const protobufPackage = "consent.v1";
@@ -198,6 +211,59 @@ export function deliveryProviderKindToJSON(object: DeliveryProviderKind): string
     case DeliveryProviderKind.DELIVERY_PROVIDER_KIND_WHATSAPP_CLOUD:
       return "DELIVERY_PROVIDER_KIND_WHATSAPP_CLOUD";
     case DeliveryProviderKind.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
+/** Why a record was reported. */
+export enum ImportProblemKind {
+  /** IMPORT_PROBLEM_KIND_UNSPECIFIED - Never returned. */
+  IMPORT_PROBLEM_KIND_UNSPECIFIED = 0,
+  /** IMPORT_PROBLEM_KIND_INVALID - The record is invalid (field and description say why); nothing written. */
+  IMPORT_PROBLEM_KIND_INVALID = 1,
+  /** IMPORT_PROBLEM_KIND_SKIPPED_NO_PROOF - An opt-in while the request did not set opt_ins_have_proof; skipped. */
+  IMPORT_PROBLEM_KIND_SKIPPED_NO_PROOF = 2,
+  /**
+   * IMPORT_PROBLEM_KIND_SKIPPED_OPTED_OUT - An opt-in not newer than an opt-out the service holds (or this batch
+   * carries) for a scope that covers it; skipped: an import never re-subscribes.
+   */
+  IMPORT_PROBLEM_KIND_SKIPPED_OPTED_OUT = 3,
+  UNRECOGNIZED = -1,
+}
+
+export function importProblemKindFromJSON(object: any): ImportProblemKind {
+  switch (object) {
+    case 0:
+    case "IMPORT_PROBLEM_KIND_UNSPECIFIED":
+      return ImportProblemKind.IMPORT_PROBLEM_KIND_UNSPECIFIED;
+    case 1:
+    case "IMPORT_PROBLEM_KIND_INVALID":
+      return ImportProblemKind.IMPORT_PROBLEM_KIND_INVALID;
+    case 2:
+    case "IMPORT_PROBLEM_KIND_SKIPPED_NO_PROOF":
+      return ImportProblemKind.IMPORT_PROBLEM_KIND_SKIPPED_NO_PROOF;
+    case 3:
+    case "IMPORT_PROBLEM_KIND_SKIPPED_OPTED_OUT":
+      return ImportProblemKind.IMPORT_PROBLEM_KIND_SKIPPED_OPTED_OUT;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return ImportProblemKind.UNRECOGNIZED;
+  }
+}
+
+export function importProblemKindToJSON(object: ImportProblemKind): string {
+  switch (object) {
+    case ImportProblemKind.IMPORT_PROBLEM_KIND_UNSPECIFIED:
+      return "IMPORT_PROBLEM_KIND_UNSPECIFIED";
+    case ImportProblemKind.IMPORT_PROBLEM_KIND_INVALID:
+      return "IMPORT_PROBLEM_KIND_INVALID";
+    case ImportProblemKind.IMPORT_PROBLEM_KIND_SKIPPED_NO_PROOF:
+      return "IMPORT_PROBLEM_KIND_SKIPPED_NO_PROOF";
+    case ImportProblemKind.IMPORT_PROBLEM_KIND_SKIPPED_OPTED_OUT:
+      return "IMPORT_PROBLEM_KIND_SKIPPED_OPTED_OUT";
+    case ImportProblemKind.UNRECOGNIZED:
     default:
       return "UNRECOGNIZED";
   }
@@ -832,6 +898,173 @@ export interface DiscardUnappliedNotificationRequest {
 export interface DiscardUnappliedNotificationResponse {
   /** True when the item was removed. */
   discarded: boolean;
+}
+
+/**
+ * One message of an ImportConsent stream. The first message names the tenant
+ * and the options (and may carry records); every later message carries records
+ * only: its tenant_id is empty or the first one's, and its options are unset.
+ */
+export interface ImportConsentRequest {
+  /** The tenant to import into; required in the first message. */
+  tenantId: string;
+  /**
+   * First message only: the sender declares that every opt-in of this stream
+   * carries proof of the customer's consent (a double opt-in, a signed form).
+   * Without it every opt-in is reported (SKIPPED_NO_PROOF) and skipped.
+   */
+  optInsHaveProof: boolean;
+  /**
+   * First message only: report what would change, write nothing. The summary's
+   * counts are what a real import would do now (applied, ignored_older ...).
+   */
+  dryRun: boolean;
+  /** Up to 1,000 records. */
+  records: ImportRecord[];
+}
+
+/** One consent fact to import. */
+export interface ImportRecord {
+  /**
+   * Who; normalised as everywhere (phone numbers to E.164 in the tenant's
+   * default region, e-mail lower-cased).
+   */
+  recipient?:
+    | Recipient
+    | undefined;
+  /** The scope's topic; empty = all topics of the channel. */
+  topic: string;
+  /** CONSENT_ACTION_OPT_OUT or CONSENT_ACTION_OPT_IN; unspecified is invalid. */
+  action: ConsentAction;
+  /**
+   * When the customer acted; required (an undated fact cannot be ordered
+   * against the records the service holds). Not after the receive time (an
+   * opt-out dated ahead is recorded at the receive time, an opt-in dated ahead
+   * is invalid), not before 1970.
+   */
+  occurredAt?:
+    | Date
+    | undefined;
+  /**
+   * SOURCE_UNSPECIFIED or SOURCE_IMPORT (both record SOURCE_IMPORT); any other
+   * source is invalid: where the fact came from originally belongs in evidence.
+   */
+  source: Source;
+  /**
+   * Free-text evidence, at most 1024 bytes UTF-8 (e.g. "twilio export
+   * 2026-11-30", the proof of an opt-in).
+   */
+  evidence: string;
+  /**
+   * The record's id in the exporting system, 1-128 printable ASCII characters
+   * without spaces; the event id is derived from it ("imp_" + a hash), so the
+   * same external id imported twice is one event. Empty: the id is derived from
+   * the record's content (recipient, topic, action, occurred_at).
+   */
+  externalId: string;
+  /**
+   * The record's line in the client's file, for the summary's problems; 0 = its
+   * position in the stream (1-based).
+   */
+  line: number;
+}
+
+/** One reported record. */
+export interface ImportProblem {
+  /** The record's line (ImportRecord.line, or its position in the stream). */
+  line: number;
+  /** What kind of problem. */
+  kind: ImportProblemKind;
+  /** The bad field for INVALID (e.g. "recipient.address"); empty otherwise. */
+  field: string;
+  /** A readable explanation (addresses masked). */
+  description: string;
+}
+
+/** What an import did (or, with dry_run, would do). */
+export interface ImportConsentResponse {
+  /** Records received. */
+  records: number;
+  /** Records that became their scope's current record. */
+  applied: number;
+  /**
+   * Of the applied ones, those that flipped the scope's status (or gave the
+   * scope its first record).
+   */
+  changed: number;
+  /**
+   * Older than the scope's current record: kept in history (applied=false),
+   * state unchanged.
+   */
+  ignoredOlder: number;
+  /** Dated at or before an erasure of the recipient: nothing stored. */
+  ignoredErased: number;
+  /** Opt-ins skipped because opt_ins_have_proof was not set. */
+  skippedNoProof: number;
+  /** Opt-ins skipped because an opt-out dated at or after them covers the scope. */
+  skippedOptedOut: number;
+  /** Invalid records (see problems). */
+  invalid: number;
+  /** Records whose event id was imported before (nothing written). */
+  duplicates: number;
+  /** The reported records, in stream order: at most 1,000 (invalid and skipped). */
+  problems: ImportProblem[];
+  /** How many reported records did not fit in problems. */
+  problemsOmitted: number;
+  /** True when nothing was written (the request's dry_run). */
+  dryRun: boolean;
+}
+
+/** Asks for a tenant's current consent records. */
+export interface ExportConsentRequest {
+  /** The tenant. */
+  tenantId: string;
+  /** Only this channel; CHANNEL_UNSPECIFIED = every channel. */
+  channel: Channel;
+  /**
+   * Only this scope: a topic name, or "*" for the all-topics records; empty =
+   * every scope.
+   */
+  topic: string;
+  /**
+   * Only records of this status (OPTED_IN or OPTED_OUT);
+   * CONSENT_STATUS_UNSPECIFIED = both. NO_RECORD is invalid.
+   */
+  status: ConsentStatus;
+  /** Only records whose occurred_at is at or after this time; unset = all. */
+  updatedSince?: Date | undefined;
+}
+
+/** One current record of one recipient and scope. */
+export interface ExportedRecord {
+  /** The recipient, normalised. */
+  recipient?:
+    | Recipient
+    | undefined;
+  /** The scope's topic; empty = all topics. */
+  topic: string;
+  /** OPTED_IN or OPTED_OUT. */
+  status: ConsentStatus;
+  /** When the customer acted (the record's occurred_at). */
+  occurredAt?:
+    | Date
+    | undefined;
+  /** Where the record came from. */
+  source: Source;
+  /** The event id that set the record (an external_id for a re-import). */
+  eventId: string;
+  /** The record's revision. */
+  revision: number;
+}
+
+/** A page of an export. */
+export interface ExportConsentResponse {
+  /** Up to 1,000 records; the recipient's records are in one page. */
+  records: ExportedRecord[];
+  /** Progress: how many of partitions_total store partitions are done. */
+  partitionsDone: number;
+  /** The number of store partitions the export walks. */
+  partitionsTotal: number;
 }
 
 function createBaseTenant(): Tenant {
@@ -5908,6 +6141,1165 @@ export const DiscardUnappliedNotificationResponse: MessageFns<DiscardUnappliedNo
   },
 };
 
+function createBaseImportConsentRequest(): ImportConsentRequest {
+  return { tenantId: "", optInsHaveProof: false, dryRun: false, records: [] };
+}
+
+export const ImportConsentRequest: MessageFns<ImportConsentRequest> = {
+  encode(message: ImportConsentRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.tenantId !== "") {
+      writer.uint32(10).string(message.tenantId);
+    }
+    if (message.optInsHaveProof !== false) {
+      writer.uint32(16).bool(message.optInsHaveProof);
+    }
+    if (message.dryRun !== false) {
+      writer.uint32(24).bool(message.dryRun);
+    }
+    for (const v of message.records) {
+      ImportRecord.encode(v!, writer.uint32(34).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ImportConsentRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseImportConsentRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.tenantId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.optInsHaveProof = reader.bool();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.dryRun = reader.bool();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.records.push(ImportRecord.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ImportConsentRequest {
+    return {
+      tenantId: isSet(object.tenantId)
+        ? globalThis.String(object.tenantId)
+        : isSet(object.tenant_id)
+        ? globalThis.String(object.tenant_id)
+        : "",
+      optInsHaveProof: isSet(object.optInsHaveProof)
+        ? globalThis.Boolean(object.optInsHaveProof)
+        : isSet(object.opt_ins_have_proof)
+        ? globalThis.Boolean(object.opt_ins_have_proof)
+        : false,
+      dryRun: isSet(object.dryRun)
+        ? globalThis.Boolean(object.dryRun)
+        : isSet(object.dry_run)
+        ? globalThis.Boolean(object.dry_run)
+        : false,
+      records: globalThis.Array.isArray(object?.records)
+        ? object.records.map((e: any) => ImportRecord.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: ImportConsentRequest): unknown {
+    const obj: any = {};
+    if (message.tenantId !== "") {
+      obj.tenantId = message.tenantId;
+    }
+    if (message.optInsHaveProof !== false) {
+      obj.optInsHaveProof = message.optInsHaveProof;
+    }
+    if (message.dryRun !== false) {
+      obj.dryRun = message.dryRun;
+    }
+    if (message.records?.length) {
+      obj.records = message.records.map((e) => ImportRecord.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ImportConsentRequest>, I>>(base?: I): ImportConsentRequest {
+    return ImportConsentRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ImportConsentRequest>, I>>(object: I): ImportConsentRequest {
+    const message = createBaseImportConsentRequest();
+    message.tenantId = object.tenantId ?? "";
+    message.optInsHaveProof = object.optInsHaveProof ?? false;
+    message.dryRun = object.dryRun ?? false;
+    message.records = object.records?.map((e) => ImportRecord.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseImportRecord(): ImportRecord {
+  return {
+    recipient: undefined,
+    topic: "",
+    action: 0,
+    occurredAt: undefined,
+    source: 0,
+    evidence: "",
+    externalId: "",
+    line: 0,
+  };
+}
+
+export const ImportRecord: MessageFns<ImportRecord> = {
+  encode(message: ImportRecord, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.recipient !== undefined) {
+      Recipient.encode(message.recipient, writer.uint32(10).fork()).join();
+    }
+    if (message.topic !== "") {
+      writer.uint32(18).string(message.topic);
+    }
+    if (message.action !== 0) {
+      writer.uint32(24).int32(message.action);
+    }
+    if (message.occurredAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.occurredAt), writer.uint32(34).fork()).join();
+    }
+    if (message.source !== 0) {
+      writer.uint32(40).int32(message.source);
+    }
+    if (message.evidence !== "") {
+      writer.uint32(50).string(message.evidence);
+    }
+    if (message.externalId !== "") {
+      writer.uint32(58).string(message.externalId);
+    }
+    if (message.line !== 0) {
+      writer.uint32(64).int64(message.line);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ImportRecord {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseImportRecord();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.recipient = Recipient.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.topic = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.action = reader.int32() as any;
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.occurredAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.source = reader.int32() as any;
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.evidence = reader.string();
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.externalId = reader.string();
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.line = longToNumber(reader.int64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ImportRecord {
+    return {
+      recipient: isSet(object.recipient) ? Recipient.fromJSON(object.recipient) : undefined,
+      topic: isSet(object.topic) ? globalThis.String(object.topic) : "",
+      action: isSet(object.action) ? consentActionFromJSON(object.action) : 0,
+      occurredAt: isSet(object.occurredAt)
+        ? fromJsonTimestamp(object.occurredAt)
+        : isSet(object.occurred_at)
+        ? fromJsonTimestamp(object.occurred_at)
+        : undefined,
+      source: isSet(object.source) ? sourceFromJSON(object.source) : 0,
+      evidence: isSet(object.evidence) ? globalThis.String(object.evidence) : "",
+      externalId: isSet(object.externalId)
+        ? globalThis.String(object.externalId)
+        : isSet(object.external_id)
+        ? globalThis.String(object.external_id)
+        : "",
+      line: isSet(object.line) ? globalThis.Number(object.line) : 0,
+    };
+  },
+
+  toJSON(message: ImportRecord): unknown {
+    const obj: any = {};
+    if (message.recipient !== undefined) {
+      obj.recipient = Recipient.toJSON(message.recipient);
+    }
+    if (message.topic !== "") {
+      obj.topic = message.topic;
+    }
+    if (message.action !== 0) {
+      obj.action = consentActionToJSON(message.action);
+    }
+    if (message.occurredAt !== undefined) {
+      obj.occurredAt = message.occurredAt.toISOString();
+    }
+    if (message.source !== 0) {
+      obj.source = sourceToJSON(message.source);
+    }
+    if (message.evidence !== "") {
+      obj.evidence = message.evidence;
+    }
+    if (message.externalId !== "") {
+      obj.externalId = message.externalId;
+    }
+    if (message.line !== 0) {
+      obj.line = Math.round(message.line);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ImportRecord>, I>>(base?: I): ImportRecord {
+    return ImportRecord.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ImportRecord>, I>>(object: I): ImportRecord {
+    const message = createBaseImportRecord();
+    message.recipient = (object.recipient !== undefined && object.recipient !== null)
+      ? Recipient.fromPartial(object.recipient)
+      : undefined;
+    message.topic = object.topic ?? "";
+    message.action = object.action ?? 0;
+    message.occurredAt = object.occurredAt ?? undefined;
+    message.source = object.source ?? 0;
+    message.evidence = object.evidence ?? "";
+    message.externalId = object.externalId ?? "";
+    message.line = object.line ?? 0;
+    return message;
+  },
+};
+
+function createBaseImportProblem(): ImportProblem {
+  return { line: 0, kind: 0, field: "", description: "" };
+}
+
+export const ImportProblem: MessageFns<ImportProblem> = {
+  encode(message: ImportProblem, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.line !== 0) {
+      writer.uint32(8).int64(message.line);
+    }
+    if (message.kind !== 0) {
+      writer.uint32(16).int32(message.kind);
+    }
+    if (message.field !== "") {
+      writer.uint32(26).string(message.field);
+    }
+    if (message.description !== "") {
+      writer.uint32(34).string(message.description);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ImportProblem {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseImportProblem();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.line = longToNumber(reader.int64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.kind = reader.int32() as any;
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.field = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.description = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ImportProblem {
+    return {
+      line: isSet(object.line) ? globalThis.Number(object.line) : 0,
+      kind: isSet(object.kind) ? importProblemKindFromJSON(object.kind) : 0,
+      field: isSet(object.field) ? globalThis.String(object.field) : "",
+      description: isSet(object.description) ? globalThis.String(object.description) : "",
+    };
+  },
+
+  toJSON(message: ImportProblem): unknown {
+    const obj: any = {};
+    if (message.line !== 0) {
+      obj.line = Math.round(message.line);
+    }
+    if (message.kind !== 0) {
+      obj.kind = importProblemKindToJSON(message.kind);
+    }
+    if (message.field !== "") {
+      obj.field = message.field;
+    }
+    if (message.description !== "") {
+      obj.description = message.description;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ImportProblem>, I>>(base?: I): ImportProblem {
+    return ImportProblem.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ImportProblem>, I>>(object: I): ImportProblem {
+    const message = createBaseImportProblem();
+    message.line = object.line ?? 0;
+    message.kind = object.kind ?? 0;
+    message.field = object.field ?? "";
+    message.description = object.description ?? "";
+    return message;
+  },
+};
+
+function createBaseImportConsentResponse(): ImportConsentResponse {
+  return {
+    records: 0,
+    applied: 0,
+    changed: 0,
+    ignoredOlder: 0,
+    ignoredErased: 0,
+    skippedNoProof: 0,
+    skippedOptedOut: 0,
+    invalid: 0,
+    duplicates: 0,
+    problems: [],
+    problemsOmitted: 0,
+    dryRun: false,
+  };
+}
+
+export const ImportConsentResponse: MessageFns<ImportConsentResponse> = {
+  encode(message: ImportConsentResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.records !== 0) {
+      writer.uint32(8).int64(message.records);
+    }
+    if (message.applied !== 0) {
+      writer.uint32(16).int64(message.applied);
+    }
+    if (message.changed !== 0) {
+      writer.uint32(24).int64(message.changed);
+    }
+    if (message.ignoredOlder !== 0) {
+      writer.uint32(32).int64(message.ignoredOlder);
+    }
+    if (message.ignoredErased !== 0) {
+      writer.uint32(40).int64(message.ignoredErased);
+    }
+    if (message.skippedNoProof !== 0) {
+      writer.uint32(48).int64(message.skippedNoProof);
+    }
+    if (message.skippedOptedOut !== 0) {
+      writer.uint32(56).int64(message.skippedOptedOut);
+    }
+    if (message.invalid !== 0) {
+      writer.uint32(64).int64(message.invalid);
+    }
+    if (message.duplicates !== 0) {
+      writer.uint32(72).int64(message.duplicates);
+    }
+    for (const v of message.problems) {
+      ImportProblem.encode(v!, writer.uint32(82).fork()).join();
+    }
+    if (message.problemsOmitted !== 0) {
+      writer.uint32(88).int64(message.problemsOmitted);
+    }
+    if (message.dryRun !== false) {
+      writer.uint32(96).bool(message.dryRun);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ImportConsentResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseImportConsentResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.records = longToNumber(reader.int64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.applied = longToNumber(reader.int64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.changed = longToNumber(reader.int64());
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.ignoredOlder = longToNumber(reader.int64());
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.ignoredErased = longToNumber(reader.int64());
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.skippedNoProof = longToNumber(reader.int64());
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.skippedOptedOut = longToNumber(reader.int64());
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.invalid = longToNumber(reader.int64());
+            continue;
+          }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.duplicates = longToNumber(reader.int64());
+            continue;
+          }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.problems.push(ImportProblem.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 11: {
+            if (tag !== 88) {
+              break;
+            }
+
+            message.problemsOmitted = longToNumber(reader.int64());
+            continue;
+          }
+          case 12: {
+            if (tag !== 96) {
+              break;
+            }
+
+            message.dryRun = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ImportConsentResponse {
+    return {
+      records: isSet(object.records) ? globalThis.Number(object.records) : 0,
+      applied: isSet(object.applied) ? globalThis.Number(object.applied) : 0,
+      changed: isSet(object.changed) ? globalThis.Number(object.changed) : 0,
+      ignoredOlder: isSet(object.ignoredOlder)
+        ? globalThis.Number(object.ignoredOlder)
+        : isSet(object.ignored_older)
+        ? globalThis.Number(object.ignored_older)
+        : 0,
+      ignoredErased: isSet(object.ignoredErased)
+        ? globalThis.Number(object.ignoredErased)
+        : isSet(object.ignored_erased)
+        ? globalThis.Number(object.ignored_erased)
+        : 0,
+      skippedNoProof: isSet(object.skippedNoProof)
+        ? globalThis.Number(object.skippedNoProof)
+        : isSet(object.skipped_no_proof)
+        ? globalThis.Number(object.skipped_no_proof)
+        : 0,
+      skippedOptedOut: isSet(object.skippedOptedOut)
+        ? globalThis.Number(object.skippedOptedOut)
+        : isSet(object.skipped_opted_out)
+        ? globalThis.Number(object.skipped_opted_out)
+        : 0,
+      invalid: isSet(object.invalid) ? globalThis.Number(object.invalid) : 0,
+      duplicates: isSet(object.duplicates) ? globalThis.Number(object.duplicates) : 0,
+      problems: globalThis.Array.isArray(object?.problems)
+        ? object.problems.map((e: any) => ImportProblem.fromJSON(e))
+        : [],
+      problemsOmitted: isSet(object.problemsOmitted)
+        ? globalThis.Number(object.problemsOmitted)
+        : isSet(object.problems_omitted)
+        ? globalThis.Number(object.problems_omitted)
+        : 0,
+      dryRun: isSet(object.dryRun)
+        ? globalThis.Boolean(object.dryRun)
+        : isSet(object.dry_run)
+        ? globalThis.Boolean(object.dry_run)
+        : false,
+    };
+  },
+
+  toJSON(message: ImportConsentResponse): unknown {
+    const obj: any = {};
+    if (message.records !== 0) {
+      obj.records = Math.round(message.records);
+    }
+    if (message.applied !== 0) {
+      obj.applied = Math.round(message.applied);
+    }
+    if (message.changed !== 0) {
+      obj.changed = Math.round(message.changed);
+    }
+    if (message.ignoredOlder !== 0) {
+      obj.ignoredOlder = Math.round(message.ignoredOlder);
+    }
+    if (message.ignoredErased !== 0) {
+      obj.ignoredErased = Math.round(message.ignoredErased);
+    }
+    if (message.skippedNoProof !== 0) {
+      obj.skippedNoProof = Math.round(message.skippedNoProof);
+    }
+    if (message.skippedOptedOut !== 0) {
+      obj.skippedOptedOut = Math.round(message.skippedOptedOut);
+    }
+    if (message.invalid !== 0) {
+      obj.invalid = Math.round(message.invalid);
+    }
+    if (message.duplicates !== 0) {
+      obj.duplicates = Math.round(message.duplicates);
+    }
+    if (message.problems?.length) {
+      obj.problems = message.problems.map((e) => ImportProblem.toJSON(e));
+    }
+    if (message.problemsOmitted !== 0) {
+      obj.problemsOmitted = Math.round(message.problemsOmitted);
+    }
+    if (message.dryRun !== false) {
+      obj.dryRun = message.dryRun;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ImportConsentResponse>, I>>(base?: I): ImportConsentResponse {
+    return ImportConsentResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ImportConsentResponse>, I>>(object: I): ImportConsentResponse {
+    const message = createBaseImportConsentResponse();
+    message.records = object.records ?? 0;
+    message.applied = object.applied ?? 0;
+    message.changed = object.changed ?? 0;
+    message.ignoredOlder = object.ignoredOlder ?? 0;
+    message.ignoredErased = object.ignoredErased ?? 0;
+    message.skippedNoProof = object.skippedNoProof ?? 0;
+    message.skippedOptedOut = object.skippedOptedOut ?? 0;
+    message.invalid = object.invalid ?? 0;
+    message.duplicates = object.duplicates ?? 0;
+    message.problems = object.problems?.map((e) => ImportProblem.fromPartial(e)) || [];
+    message.problemsOmitted = object.problemsOmitted ?? 0;
+    message.dryRun = object.dryRun ?? false;
+    return message;
+  },
+};
+
+function createBaseExportConsentRequest(): ExportConsentRequest {
+  return { tenantId: "", channel: 0, topic: "", status: 0, updatedSince: undefined };
+}
+
+export const ExportConsentRequest: MessageFns<ExportConsentRequest> = {
+  encode(message: ExportConsentRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.tenantId !== "") {
+      writer.uint32(10).string(message.tenantId);
+    }
+    if (message.channel !== 0) {
+      writer.uint32(16).int32(message.channel);
+    }
+    if (message.topic !== "") {
+      writer.uint32(26).string(message.topic);
+    }
+    if (message.status !== 0) {
+      writer.uint32(32).int32(message.status);
+    }
+    if (message.updatedSince !== undefined) {
+      Timestamp.encode(toTimestamp(message.updatedSince), writer.uint32(42).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ExportConsentRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseExportConsentRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.tenantId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.channel = reader.int32() as any;
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.topic = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.status = reader.int32() as any;
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.updatedSince = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ExportConsentRequest {
+    return {
+      tenantId: isSet(object.tenantId)
+        ? globalThis.String(object.tenantId)
+        : isSet(object.tenant_id)
+        ? globalThis.String(object.tenant_id)
+        : "",
+      channel: isSet(object.channel) ? channelFromJSON(object.channel) : 0,
+      topic: isSet(object.topic) ? globalThis.String(object.topic) : "",
+      status: isSet(object.status) ? consentStatusFromJSON(object.status) : 0,
+      updatedSince: isSet(object.updatedSince)
+        ? fromJsonTimestamp(object.updatedSince)
+        : isSet(object.updated_since)
+        ? fromJsonTimestamp(object.updated_since)
+        : undefined,
+    };
+  },
+
+  toJSON(message: ExportConsentRequest): unknown {
+    const obj: any = {};
+    if (message.tenantId !== "") {
+      obj.tenantId = message.tenantId;
+    }
+    if (message.channel !== 0) {
+      obj.channel = channelToJSON(message.channel);
+    }
+    if (message.topic !== "") {
+      obj.topic = message.topic;
+    }
+    if (message.status !== 0) {
+      obj.status = consentStatusToJSON(message.status);
+    }
+    if (message.updatedSince !== undefined) {
+      obj.updatedSince = message.updatedSince.toISOString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ExportConsentRequest>, I>>(base?: I): ExportConsentRequest {
+    return ExportConsentRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ExportConsentRequest>, I>>(object: I): ExportConsentRequest {
+    const message = createBaseExportConsentRequest();
+    message.tenantId = object.tenantId ?? "";
+    message.channel = object.channel ?? 0;
+    message.topic = object.topic ?? "";
+    message.status = object.status ?? 0;
+    message.updatedSince = object.updatedSince ?? undefined;
+    return message;
+  },
+};
+
+function createBaseExportedRecord(): ExportedRecord {
+  return { recipient: undefined, topic: "", status: 0, occurredAt: undefined, source: 0, eventId: "", revision: 0 };
+}
+
+export const ExportedRecord: MessageFns<ExportedRecord> = {
+  encode(message: ExportedRecord, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.recipient !== undefined) {
+      Recipient.encode(message.recipient, writer.uint32(10).fork()).join();
+    }
+    if (message.topic !== "") {
+      writer.uint32(18).string(message.topic);
+    }
+    if (message.status !== 0) {
+      writer.uint32(24).int32(message.status);
+    }
+    if (message.occurredAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.occurredAt), writer.uint32(34).fork()).join();
+    }
+    if (message.source !== 0) {
+      writer.uint32(40).int32(message.source);
+    }
+    if (message.eventId !== "") {
+      writer.uint32(50).string(message.eventId);
+    }
+    if (message.revision !== 0) {
+      writer.uint32(56).int64(message.revision);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ExportedRecord {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseExportedRecord();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.recipient = Recipient.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.topic = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.status = reader.int32() as any;
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.occurredAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.source = reader.int32() as any;
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.eventId = reader.string();
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.revision = longToNumber(reader.int64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ExportedRecord {
+    return {
+      recipient: isSet(object.recipient) ? Recipient.fromJSON(object.recipient) : undefined,
+      topic: isSet(object.topic) ? globalThis.String(object.topic) : "",
+      status: isSet(object.status) ? consentStatusFromJSON(object.status) : 0,
+      occurredAt: isSet(object.occurredAt)
+        ? fromJsonTimestamp(object.occurredAt)
+        : isSet(object.occurred_at)
+        ? fromJsonTimestamp(object.occurred_at)
+        : undefined,
+      source: isSet(object.source) ? sourceFromJSON(object.source) : 0,
+      eventId: isSet(object.eventId)
+        ? globalThis.String(object.eventId)
+        : isSet(object.event_id)
+        ? globalThis.String(object.event_id)
+        : "",
+      revision: isSet(object.revision) ? globalThis.Number(object.revision) : 0,
+    };
+  },
+
+  toJSON(message: ExportedRecord): unknown {
+    const obj: any = {};
+    if (message.recipient !== undefined) {
+      obj.recipient = Recipient.toJSON(message.recipient);
+    }
+    if (message.topic !== "") {
+      obj.topic = message.topic;
+    }
+    if (message.status !== 0) {
+      obj.status = consentStatusToJSON(message.status);
+    }
+    if (message.occurredAt !== undefined) {
+      obj.occurredAt = message.occurredAt.toISOString();
+    }
+    if (message.source !== 0) {
+      obj.source = sourceToJSON(message.source);
+    }
+    if (message.eventId !== "") {
+      obj.eventId = message.eventId;
+    }
+    if (message.revision !== 0) {
+      obj.revision = Math.round(message.revision);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ExportedRecord>, I>>(base?: I): ExportedRecord {
+    return ExportedRecord.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ExportedRecord>, I>>(object: I): ExportedRecord {
+    const message = createBaseExportedRecord();
+    message.recipient = (object.recipient !== undefined && object.recipient !== null)
+      ? Recipient.fromPartial(object.recipient)
+      : undefined;
+    message.topic = object.topic ?? "";
+    message.status = object.status ?? 0;
+    message.occurredAt = object.occurredAt ?? undefined;
+    message.source = object.source ?? 0;
+    message.eventId = object.eventId ?? "";
+    message.revision = object.revision ?? 0;
+    return message;
+  },
+};
+
+function createBaseExportConsentResponse(): ExportConsentResponse {
+  return { records: [], partitionsDone: 0, partitionsTotal: 0 };
+}
+
+export const ExportConsentResponse: MessageFns<ExportConsentResponse> = {
+  encode(message: ExportConsentResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.records) {
+      ExportedRecord.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.partitionsDone !== 0) {
+      writer.uint32(16).int32(message.partitionsDone);
+    }
+    if (message.partitionsTotal !== 0) {
+      writer.uint32(24).int32(message.partitionsTotal);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ExportConsentResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseExportConsentResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.records.push(ExportedRecord.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.partitionsDone = reader.int32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.partitionsTotal = reader.int32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ExportConsentResponse {
+    return {
+      records: globalThis.Array.isArray(object?.records)
+        ? object.records.map((e: any) => ExportedRecord.fromJSON(e))
+        : [],
+      partitionsDone: isSet(object.partitionsDone)
+        ? globalThis.Number(object.partitionsDone)
+        : isSet(object.partitions_done)
+        ? globalThis.Number(object.partitions_done)
+        : 0,
+      partitionsTotal: isSet(object.partitionsTotal)
+        ? globalThis.Number(object.partitionsTotal)
+        : isSet(object.partitions_total)
+        ? globalThis.Number(object.partitions_total)
+        : 0,
+    };
+  },
+
+  toJSON(message: ExportConsentResponse): unknown {
+    const obj: any = {};
+    if (message.records?.length) {
+      obj.records = message.records.map((e) => ExportedRecord.toJSON(e));
+    }
+    if (message.partitionsDone !== 0) {
+      obj.partitionsDone = Math.round(message.partitionsDone);
+    }
+    if (message.partitionsTotal !== 0) {
+      obj.partitionsTotal = Math.round(message.partitionsTotal);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ExportConsentResponse>, I>>(base?: I): ExportConsentResponse {
+    return ExportConsentResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ExportConsentResponse>, I>>(object: I): ExportConsentResponse {
+    const message = createBaseExportConsentResponse();
+    message.records = object.records?.map((e) => ExportedRecord.fromPartial(e)) || [];
+    message.partitionsDone = object.partitionsDone ?? 0;
+    message.partitionsTotal = object.partitionsTotal ?? 0;
+    return message;
+  },
+};
+
 /** ConsentAdminService configures tenants and manages access and erasure. */
 export type ConsentAdminServiceService = typeof ConsentAdminServiceService;
 export const ConsentAdminServiceService = {
@@ -6072,6 +7464,57 @@ export const ConsentAdminServiceService = {
     responseSerialize: (value: ForgetRecipientResponse): Buffer =>
       Buffer.from(ForgetRecipientResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ForgetRecipientResponse => ForgetRecipientResponse.decode(value),
+  },
+  /**
+   * Imports consent collected elsewhere (a Twilio, Braze or Klaviyo opt-out
+   * export, a CRM, a spreadsheet). Client-streaming: the first message names
+   * the tenant and the options, every message carries up to 1,000 records; the
+   * answer is one summary when the stream ends. An import never re-subscribes
+   * anyone silently: an opt-out always applies by its time (unless a newer
+   * record of its scope exists), an opt-in applies only when the first message
+   * sets opt_ins_have_proof AND it is newer than every opt-out the service holds
+   * that covers its scope (the topic's and the all-topics one; for an
+   * all-topics opt-in every opt-out of the recipient on the channel); any other
+   * opt-in is reported and skipped. Events dated at or before an erasure of the
+   * recipient change nothing (the suppression tombstone holds). Imported events
+   * are recorded with SOURCE_IMPORT and an event id derived from the record's
+   * external_id (or, without one, from its content), so importing the same
+   * records twice changes nothing the second time (they count as duplicates).
+   * A bad record never aborts the stream: it is counted and reported with its
+   * line. Records are applied in pipelined batches as they arrive; when the
+   * call fails midway, the records of the batches already applied stay applied
+   * (re-sending them is harmless). Rate limit: one token per 100 records of
+   * each message. Needs an admin key of the tenant (or an operator key).
+   */
+  importConsent: {
+    path: "/consent.v1.ConsentAdminService/ImportConsent" as const,
+    requestStream: true as const,
+    responseStream: false as const,
+    requestSerialize: (value: ImportConsentRequest): Buffer => Buffer.from(ImportConsentRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ImportConsentRequest => ImportConsentRequest.decode(value),
+    responseSerialize: (value: ImportConsentResponse): Buffer =>
+      Buffer.from(ImportConsentResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ImportConsentResponse => ImportConsentResponse.decode(value),
+  },
+  /**
+   * Exports a tenant's current consent records (one per recipient and scope),
+   * optionally filtered by channel, topic, status and the record's time.
+   * Server-streaming, in pages of up to 1,000 records. Each recipient's records
+   * are read in one atomic step, so they are consistent with each other; the
+   * export as a whole is not a snapshot (a change during the export may or may
+   * not be in it). Erased recipients are not exported: their tombstones hold
+   * no address. Re-importing the output (with opt_ins_have_proof) into a fresh
+   * tenant reproduces the same decisions. Needs an admin key of the tenant.
+   */
+  exportConsent: {
+    path: "/consent.v1.ConsentAdminService/ExportConsent" as const,
+    requestStream: false as const,
+    responseStream: true as const,
+    requestSerialize: (value: ExportConsentRequest): Buffer => Buffer.from(ExportConsentRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ExportConsentRequest => ExportConsentRequest.decode(value),
+    responseSerialize: (value: ExportConsentResponse): Buffer =>
+      Buffer.from(ExportConsentResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ExportConsentResponse => ExportConsentResponse.decode(value),
   },
   /**
    * Sets the provider that delivers a tenant's messages on one channel, or on
@@ -6295,6 +7738,39 @@ export interface ConsentAdminServiceServer extends UntypedServiceImplementation 
    * without the address.
    */
   forgetRecipient: handleUnaryCall<ForgetRecipientRequest, ForgetRecipientResponse>;
+  /**
+   * Imports consent collected elsewhere (a Twilio, Braze or Klaviyo opt-out
+   * export, a CRM, a spreadsheet). Client-streaming: the first message names
+   * the tenant and the options, every message carries up to 1,000 records; the
+   * answer is one summary when the stream ends. An import never re-subscribes
+   * anyone silently: an opt-out always applies by its time (unless a newer
+   * record of its scope exists), an opt-in applies only when the first message
+   * sets opt_ins_have_proof AND it is newer than every opt-out the service holds
+   * that covers its scope (the topic's and the all-topics one; for an
+   * all-topics opt-in every opt-out of the recipient on the channel); any other
+   * opt-in is reported and skipped. Events dated at or before an erasure of the
+   * recipient change nothing (the suppression tombstone holds). Imported events
+   * are recorded with SOURCE_IMPORT and an event id derived from the record's
+   * external_id (or, without one, from its content), so importing the same
+   * records twice changes nothing the second time (they count as duplicates).
+   * A bad record never aborts the stream: it is counted and reported with its
+   * line. Records are applied in pipelined batches as they arrive; when the
+   * call fails midway, the records of the batches already applied stay applied
+   * (re-sending them is harmless). Rate limit: one token per 100 records of
+   * each message. Needs an admin key of the tenant (or an operator key).
+   */
+  importConsent: handleClientStreamingCall<ImportConsentRequest, ImportConsentResponse>;
+  /**
+   * Exports a tenant's current consent records (one per recipient and scope),
+   * optionally filtered by channel, topic, status and the record's time.
+   * Server-streaming, in pages of up to 1,000 records. Each recipient's records
+   * are read in one atomic step, so they are consistent with each other; the
+   * export as a whole is not a snapshot (a change during the export may or may
+   * not be in it). Erased recipients are not exported: their tombstones hold
+   * no address. Re-importing the output (with opt_ins_have_proof) into a fresh
+   * tenant reproduces the same decisions. Needs an admin key of the tenant.
+   */
+  exportConsent: handleServerStreamingCall<ExportConsentRequest, ExportConsentResponse>;
   /**
    * Sets the provider that delivers a tenant's messages on one channel, or on
    * every channel without its own (channel CHANNEL_UNSPECIFIED). Replaces the
@@ -6574,6 +8050,62 @@ export interface ConsentAdminServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ForgetRecipientResponse) => void,
   ): ClientUnaryCall;
+  /**
+   * Imports consent collected elsewhere (a Twilio, Braze or Klaviyo opt-out
+   * export, a CRM, a spreadsheet). Client-streaming: the first message names
+   * the tenant and the options, every message carries up to 1,000 records; the
+   * answer is one summary when the stream ends. An import never re-subscribes
+   * anyone silently: an opt-out always applies by its time (unless a newer
+   * record of its scope exists), an opt-in applies only when the first message
+   * sets opt_ins_have_proof AND it is newer than every opt-out the service holds
+   * that covers its scope (the topic's and the all-topics one; for an
+   * all-topics opt-in every opt-out of the recipient on the channel); any other
+   * opt-in is reported and skipped. Events dated at or before an erasure of the
+   * recipient change nothing (the suppression tombstone holds). Imported events
+   * are recorded with SOURCE_IMPORT and an event id derived from the record's
+   * external_id (or, without one, from its content), so importing the same
+   * records twice changes nothing the second time (they count as duplicates).
+   * A bad record never aborts the stream: it is counted and reported with its
+   * line. Records are applied in pipelined batches as they arrive; when the
+   * call fails midway, the records of the batches already applied stay applied
+   * (re-sending them is harmless). Rate limit: one token per 100 records of
+   * each message. Needs an admin key of the tenant (or an operator key).
+   */
+  importConsent(
+    callback: (error: ServiceError | null, response: ImportConsentResponse) => void,
+  ): ClientWritableStream<ImportConsentRequest>;
+  importConsent(
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ImportConsentResponse) => void,
+  ): ClientWritableStream<ImportConsentRequest>;
+  importConsent(
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ImportConsentResponse) => void,
+  ): ClientWritableStream<ImportConsentRequest>;
+  importConsent(
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ImportConsentResponse) => void,
+  ): ClientWritableStream<ImportConsentRequest>;
+  /**
+   * Exports a tenant's current consent records (one per recipient and scope),
+   * optionally filtered by channel, topic, status and the record's time.
+   * Server-streaming, in pages of up to 1,000 records. Each recipient's records
+   * are read in one atomic step, so they are consistent with each other; the
+   * export as a whole is not a snapshot (a change during the export may or may
+   * not be in it). Erased recipients are not exported: their tombstones hold
+   * no address. Re-importing the output (with opt_ins_have_proof) into a fresh
+   * tenant reproduces the same decisions. Needs an admin key of the tenant.
+   */
+  exportConsent(
+    request: ExportConsentRequest,
+    options?: Partial<CallOptions>,
+  ): ClientReadableStream<ExportConsentResponse>;
+  exportConsent(
+    request: ExportConsentRequest,
+    metadata?: Metadata,
+    options?: Partial<CallOptions>,
+  ): ClientReadableStream<ExportConsentResponse>;
   /**
    * Sets the provider that delivers a tenant's messages on one channel, or on
    * every channel without its own (channel CHANNEL_UNSPECIFIED). Replaces the

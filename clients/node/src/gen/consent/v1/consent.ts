@@ -796,6 +796,19 @@ export interface CheckConsentRequest {
    * opt-out, so an empty topic fails with INVALID_ARGUMENT.
    */
   topic: string;
+  /**
+   * Point in time: when set, the answer is whether the recipient was allowed
+   * at that instant, decided from the recipient's history (the events with
+   * occurred_at at or before it, late-arriving ones included: the customer's
+   * act counts from when it happened) with the tenant's current default
+   * policy; deciding_event names the event that decided. Unset = now. Not after
+   * the receive time, not before 1970. After an erasure (ForgetRecipient) the
+   * history before it is gone: the tombstone's suppression (SOURCE_ERASURE,
+   * since = the erasure time) answers for every instant before the erasure as
+   * well, the conservative answer; events recorded after the erasure count as
+   * usual.
+   */
+  at?: Date | undefined;
 }
 
 /** The decision for one recipient. */
@@ -835,6 +848,12 @@ export interface CheckConsentResponse {
    * callers and always equals this value's name (or is empty).
    */
   reasonCode: ErrorReason;
+  /**
+   * Only for a point-in-time check (`at` set): the history event that decided,
+   * unset when the default policy or an erasure tombstone decided. Its
+   * recorded_at may be after `at` (an event that arrived late).
+   */
+  decidingEvent?: ConsentEvent | undefined;
 }
 
 /** Asks about many recipients at once, for one topic. */
@@ -843,8 +862,13 @@ export interface BatchCheckConsentRequest {
   tenantId: string;
   /** The topic for every recipient; required, as in CheckConsent. */
   topic: string;
-  /** 1 to 10,000 recipients. Duplicates are allowed and answered each time. */
+  /**
+   * 1 to 10,000 recipients (1 to 1,000 with `at`: each needs its history).
+   * Duplicates are allowed and answered each time.
+   */
   recipients: Recipient[];
+  /** Point in time for every recipient, as CheckConsentRequest.at. */
+  at?: Date | undefined;
 }
 
 /** One answer of a batch, in the position of its request item. */
@@ -1369,7 +1393,7 @@ export const Recipient: MessageFns<Recipient> = {
 };
 
 function createBaseCheckConsentRequest(): CheckConsentRequest {
-  return { tenantId: "", recipient: undefined, topic: "" };
+  return { tenantId: "", recipient: undefined, topic: "", at: undefined };
 }
 
 export const CheckConsentRequest: MessageFns<CheckConsentRequest> = {
@@ -1382,6 +1406,9 @@ export const CheckConsentRequest: MessageFns<CheckConsentRequest> = {
     }
     if (message.topic !== "") {
       writer.uint32(26).string(message.topic);
+    }
+    if (message.at !== undefined) {
+      Timestamp.encode(toTimestamp(message.at), writer.uint32(34).fork()).join();
     }
     return writer;
   },
@@ -1423,6 +1450,14 @@ export const CheckConsentRequest: MessageFns<CheckConsentRequest> = {
             message.topic = reader.string();
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.at = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1444,6 +1479,7 @@ export const CheckConsentRequest: MessageFns<CheckConsentRequest> = {
         : "",
       recipient: isSet(object.recipient) ? Recipient.fromJSON(object.recipient) : undefined,
       topic: isSet(object.topic) ? globalThis.String(object.topic) : "",
+      at: isSet(object.at) ? fromJsonTimestamp(object.at) : undefined,
     };
   },
 
@@ -1458,6 +1494,9 @@ export const CheckConsentRequest: MessageFns<CheckConsentRequest> = {
     if (message.topic !== "") {
       obj.topic = message.topic;
     }
+    if (message.at !== undefined) {
+      obj.at = message.at.toISOString();
+    }
     return obj;
   },
 
@@ -1471,6 +1510,7 @@ export const CheckConsentRequest: MessageFns<CheckConsentRequest> = {
       ? Recipient.fromPartial(object.recipient)
       : undefined;
     message.topic = object.topic ?? "";
+    message.at = object.at ?? undefined;
     return message;
   },
 };
@@ -1487,6 +1527,7 @@ function createBaseCheckConsentResponse(): CheckConsentResponse {
     recipient: undefined,
     topic: "",
     reasonCode: 0,
+    decidingEvent: undefined,
   };
 }
 
@@ -1521,6 +1562,9 @@ export const CheckConsentResponse: MessageFns<CheckConsentResponse> = {
     }
     if (message.reasonCode !== 0) {
       writer.uint32(80).int32(message.reasonCode);
+    }
+    if (message.decidingEvent !== undefined) {
+      ConsentEvent.encode(message.decidingEvent, writer.uint32(90).fork()).join();
     }
     return writer;
   },
@@ -1618,6 +1662,14 @@ export const CheckConsentResponse: MessageFns<CheckConsentResponse> = {
             message.reasonCode = reader.int32() as any;
             continue;
           }
+          case 11: {
+            if (tag !== 90) {
+              break;
+            }
+
+            message.decidingEvent = ConsentEvent.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1650,6 +1702,11 @@ export const CheckConsentResponse: MessageFns<CheckConsentResponse> = {
         : isSet(object.reason_code)
         ? errorReasonFromJSON(object.reason_code)
         : 0,
+      decidingEvent: isSet(object.decidingEvent)
+        ? ConsentEvent.fromJSON(object.decidingEvent)
+        : isSet(object.deciding_event)
+        ? ConsentEvent.fromJSON(object.deciding_event)
+        : undefined,
     };
   },
 
@@ -1685,6 +1742,9 @@ export const CheckConsentResponse: MessageFns<CheckConsentResponse> = {
     if (message.reasonCode !== 0) {
       obj.reasonCode = errorReasonToJSON(message.reasonCode);
     }
+    if (message.decidingEvent !== undefined) {
+      obj.decidingEvent = ConsentEvent.toJSON(message.decidingEvent);
+    }
     return obj;
   },
 
@@ -1705,12 +1765,15 @@ export const CheckConsentResponse: MessageFns<CheckConsentResponse> = {
       : undefined;
     message.topic = object.topic ?? "";
     message.reasonCode = object.reasonCode ?? 0;
+    message.decidingEvent = (object.decidingEvent !== undefined && object.decidingEvent !== null)
+      ? ConsentEvent.fromPartial(object.decidingEvent)
+      : undefined;
     return message;
   },
 };
 
 function createBaseBatchCheckConsentRequest(): BatchCheckConsentRequest {
-  return { tenantId: "", topic: "", recipients: [] };
+  return { tenantId: "", topic: "", recipients: [], at: undefined };
 }
 
 export const BatchCheckConsentRequest: MessageFns<BatchCheckConsentRequest> = {
@@ -1723,6 +1786,9 @@ export const BatchCheckConsentRequest: MessageFns<BatchCheckConsentRequest> = {
     }
     for (const v of message.recipients) {
       Recipient.encode(v!, writer.uint32(26).fork()).join();
+    }
+    if (message.at !== undefined) {
+      Timestamp.encode(toTimestamp(message.at), writer.uint32(34).fork()).join();
     }
     return writer;
   },
@@ -1764,6 +1830,14 @@ export const BatchCheckConsentRequest: MessageFns<BatchCheckConsentRequest> = {
             message.recipients.push(Recipient.decode(reader, reader.uint32()));
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.at = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1787,6 +1861,7 @@ export const BatchCheckConsentRequest: MessageFns<BatchCheckConsentRequest> = {
       recipients: globalThis.Array.isArray(object?.recipients)
         ? object.recipients.map((e: any) => Recipient.fromJSON(e))
         : [],
+      at: isSet(object.at) ? fromJsonTimestamp(object.at) : undefined,
     };
   },
 
@@ -1801,6 +1876,9 @@ export const BatchCheckConsentRequest: MessageFns<BatchCheckConsentRequest> = {
     if (message.recipients?.length) {
       obj.recipients = message.recipients.map((e) => Recipient.toJSON(e));
     }
+    if (message.at !== undefined) {
+      obj.at = message.at.toISOString();
+    }
     return obj;
   },
 
@@ -1812,6 +1890,7 @@ export const BatchCheckConsentRequest: MessageFns<BatchCheckConsentRequest> = {
     message.tenantId = object.tenantId ?? "";
     message.topic = object.topic ?? "";
     message.recipients = object.recipients?.map((e) => Recipient.fromPartial(e)) || [];
+    message.at = object.at ?? undefined;
     return message;
   },
 };

@@ -1,0 +1,270 @@
+"""Bulk import and export on Redis (domain.ports.BulkConsentStore).
+
+Imports apply each event with record_event.lua, the script OptOut and OptIn run, so
+ordering, erasure tombstones and event-id idempotency are the same rules. A batch is
+grouped by partition (every key of a recipient carries its partition's hash tag) and
+each group is one pipeline: one round trip per partition per batch, the partitions
+concurrently. The script is sent by its SHA (loaded once); a NOSCRIPT (a restarted or
+failed-over Redis) reloads it and resends the group, which is harmless because every
+event is idempotent by its id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import redis.exceptions as rex
+
+from consent_server.domain.imports import Outcome, RecipientView, ScopeRecord
+from consent_server.domain.model import (
+    Channel,
+    ConsentEventInput,
+    ExportedRecord,
+    ExportPage,
+    ExportQuery,
+    Recipient,
+    Status,
+)
+
+from . import keys
+from .client import RedisClient
+from .records import parse_record, text
+from .replication import acks_of
+from .repository import guarded
+from .scripts import load_script
+from .tombstones import TombstoneNames
+
+EXPORT_PAGE = 1000
+_SCAN_COUNT = 1000
+_CHANNELS = {c.value: c for c in Channel}
+_STATUS = {"in": Status.OPTED_IN, "out": Status.OPTED_OUT}
+
+
+def _scope_record(raw: bytes | str) -> ScopeRecord | None:
+    parts = text(raw).split("|", 3)
+    if len(parts) < 3 or parts[0] not in _STATUS:
+        return None
+    return ScopeRecord(_STATUS[parts[0]], int(parts[1]), int(parts[2]))
+
+
+def _pairs(flat: Sequence[Any]) -> list[tuple[str, Any]]:
+    return [(text(flat[i]), flat[i + 1]) for i in range(0, len(flat), 2)]
+
+
+def _view(seen_flags: Sequence[Any], ids: Sequence[str], scopes: Any, tomb: Any) -> RecipientView:
+    view = RecipientView()
+    view.seen = {i for i, flag in zip(ids, seen_flags, strict=True) if int(flag)}
+    for f, value in _pairs(scopes):
+        rec = _scope_record(value)
+        if rec is not None:
+            view.scopes[f] = rec
+    erased_at: int | None = None
+    for f, value in _pairs(tomb):
+        if f == "at":
+            erased_at = int(text(value))
+        elif f.startswith("s:"):
+            rec = _scope_record(value)
+            if rec is not None:
+                view.tombstone[f] = rec
+    if erased_at is None and view.tombstone:
+        # A tombstone written before the erasure time was kept (record_event.lua).
+        erased_at = max(r.occurred_at_ms for r in view.tombstone.values())
+    view.erased_at = erased_at
+    return view
+
+
+class RedisBulkStore:
+    """ImportConsent's and ExportConsent's storage."""
+
+    def __init__(self, client: RedisClient, tombstones: TombstoneNames | None = None) -> None:
+        self._r: Any = client
+        self._tombstones = tombstones or TombstoneNames(client)
+        self._acks = acks_of(client)
+        self._record_src = load_script("record_event.lua")
+        self._record_sha = ""
+        self._view = client.register_script(load_script("import_view.lua"))
+        self._scopes = client.register_script(load_script("export_scopes.lua"))
+
+    async def _sha(self, reload: bool = False) -> str:
+        if reload or not self._record_sha:
+            self._record_sha = text(await self._r.script_load(self._record_src))
+        return self._record_sha
+
+    async def _tomb_key(self, tenant_id: str, recipient: Recipient) -> tuple[str, str]:
+        return await self._tombstones.keys(tenant_id, recipient)
+
+    # -- import ------------------------------------------------------------------------
+
+    async def views(
+        self, tenant_id: str, wanted: Sequence[tuple[Recipient, Sequence[str]]]
+    ) -> list[RecipientView]:
+        """One import_view.lua call per partition, the partitions concurrently."""
+        secret = await guarded(lambda: self._tombstones.secret(tenant_id))
+        groups: dict[int, tuple[list[int], list[str], list[str | int]]] = {}
+        for n, (rcpt, ids) in enumerate(wanted):
+            part = keys.partition(tenant_id, rcpt)
+            positions, kk, args = groups.setdefault(part, ([], [], []))
+            positions.append(n)
+            kk.append(keys.state(keys.partition_base(part, tenant_id, rcpt)))
+            kk.append(keys.tombstone(tenant_id, rcpt, TombstoneNames.digest(secret, rcpt)))
+            args.append(len(ids))
+            args.extend(ids)
+
+        async def read() -> list[Any]:
+            calls = [self._view(keys=k, args=a) for _, k, a in groups.values()]
+            return list(await asyncio.gather(*calls))
+
+        replies = await guarded(read)
+        out: list[RecipientView | None] = [None] * len(wanted)
+        for (positions, _, _), reply in zip(groups.values(), replies, strict=True):
+            for n, (seen, scopes, tomb) in zip(positions, reply, strict=True):
+                out[n] = _view(seen, wanted[n][1], scopes, tomb)
+        return [v if v is not None else RecipientView() for v in out]
+
+    async def apply(self, events: Sequence[ConsentEventInput]) -> list[str]:
+        """record_event.lua for every event, one pipeline per partition (see the module)."""
+        if not events:
+            return []
+        tenant_id = events[0].tenant_id
+        secret = await guarded(lambda: self._tombstones.secret(tenant_id))
+        groups: dict[int, list[tuple[int, list[str], list[str]]]] = {}
+        for n, e in enumerate(events):
+            part = keys.partition(e.tenant_id, e.recipient)
+            base = keys.partition_base(part, e.tenant_id, e.recipient)
+            digest = TombstoneNames.digest(secret, e.recipient)
+            script_keys = [
+                keys.state(base),
+                keys.history(base),
+                keys.tombstone(e.tenant_id, e.recipient, digest),
+                keys.message_index(e.tenant_id, e.recipient, digest),
+            ]
+            args = [
+                e.event_id,
+                e.action.value,
+                keys.scope_field(e.topic),
+                e.topic,
+                e.source.value,
+                e.evidence,
+                str(e.occurred_at_ms),
+                e.principal,
+            ]
+            groups.setdefault(part, []).append((n, script_keys, args))
+        out = [""] * len(events)
+
+        async def run_group(group: list[tuple[int, list[str], list[str]]]) -> None:
+            replies = await self._run_group(group)
+            for (n, _, _), reply in zip(group, replies, strict=True):
+                out[n] = _outcome(reply)
+
+        await guarded(lambda: asyncio.gather(*(run_group(g) for g in groups.values())))
+        return out
+
+    async def _run_group(self, group: list[tuple[int, list[str], list[str]]]) -> list[Any]:
+        for attempt in range(2):
+            sha = await self._sha(reload=attempt > 0)
+
+            async def send(client: Any, sha: str = sha) -> list[Any]:
+                pipe = client.pipeline(transaction=False)
+                for _, script_keys, args in group:
+                    pipe.evalsha(sha, len(script_keys), *script_keys, *args)
+                replies: list[Any] = await pipe.execute(raise_on_error=False)
+                return replies
+
+            replies = await self._acks.write(group[0][1][0], send)
+            if any(isinstance(r, rex.NoScriptError) for r in replies) and attempt == 0:
+                continue
+            for r in replies:
+                if isinstance(r, Exception):
+                    raise r
+            return replies
+        raise AssertionError("unreachable")
+
+    # -- export ------------------------------------------------------------------------
+
+    async def export(self, tenant_id: str, query: ExportQuery) -> AsyncIterator[ExportPage]:
+        """Walk each partition's state hashes of the tenant (SCAN), read the scope
+        records of each page of keys in one script call, filter, yield pages."""
+        total = keys.PARTITIONS
+        page: list[ExportedRecord] = []
+        for part in range(total):
+            prefix = f"ca:{keys.tag(part)}:{tenant_id}:"
+            channel_glob = keys.glob_escape(query.channel.value) if query.channel else "*"
+            pattern = f"{keys.glob_escape(prefix)}{channel_glob}:*:s"
+            batch: list[str] = []
+            async for key in self._scan(pattern):
+                batch.append(key)
+                if len(batch) >= _SCAN_COUNT:
+                    page.extend(await self._read(batch, prefix, query))
+                    batch = []
+                    if len(page) >= EXPORT_PAGE:
+                        yield ExportPage(page, part, total)
+                        page = []
+            if batch:
+                page.extend(await self._read(batch, prefix, query))
+            if page:
+                yield ExportPage(page, part + 1, total)
+                page = []
+        yield ExportPage([], total, total)
+
+    async def _scan(self, pattern: str) -> AsyncIterator[str]:
+        seen: set[str] = set()
+        # One partition's keys at a time; scan_iter on a cluster walks every primary.
+        iterator = self._r.scan_iter(match=pattern, count=_SCAN_COUNT)
+        while True:
+            try:
+                key = await guarded(lambda: iterator.__anext__())
+            except StopAsyncIteration:
+                break
+            name = text(key)
+            if name not in seen:  # SCAN may return a key twice
+                seen.add(name)
+                yield name
+
+    async def _read(
+        self, batch: list[str], prefix: str, query: ExportQuery
+    ) -> list[ExportedRecord]:
+        replies: list[Any] = await guarded(lambda: self._scopes(keys=batch, args=[]))
+        out: list[ExportedRecord] = []
+        for key, flat in zip(batch, replies, strict=True):
+            rcpt = _recipient_of(key, prefix)
+            if rcpt is None:
+                continue
+            for f, value in sorted(_pairs(flat)):
+                topic = "" if f == "s:*" else f[2:]
+                if query.scope is not None and topic != query.scope:
+                    continue
+                rec = parse_record(value)
+                if rec is None:
+                    continue
+                if query.status is not None and rec.status is not query.status:
+                    continue
+                if query.since_ms is not None and rec.occurred_at_ms < query.since_ms:
+                    continue
+                out.append(ExportedRecord(rcpt, topic, rec))
+        return out
+
+
+def _recipient_of(key: str, prefix: str) -> Recipient | None:
+    """The recipient a state hash's name holds (None for a key that only looks like one)."""
+    if not key.startswith(prefix) or not key.endswith(":s"):
+        return None
+    channel, sep, address = key[len(prefix) : -2].partition(":")
+    if not sep or channel not in _CHANNELS or not address or ":" in address:
+        return None
+    return Recipient(_CHANNELS[channel], address)
+
+
+def _outcome(reply: Any) -> str:
+    kind = int(reply[0])
+    if kind == 1:
+        return Outcome.DUPLICATE
+    if kind == 2:
+        return "reused"
+    if kind == 3:
+        return Outcome.IGNORED_ERASED
+    applied, changed = text(reply[1]).split("|", 2)[:2]
+    if applied != "1":
+        return Outcome.IGNORED_OLDER
+    return Outcome.CHANGED if changed == "1" else Outcome.APPLIED

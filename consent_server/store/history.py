@@ -1,0 +1,74 @@
+"""What point-in-time checks read (domain.ports.ConsentHistory): whole histories and
+erasure tombstone records, one pipeline per partition, the partitions concurrently."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+from consent_server.domain.model import ConsentEvent, Recipient
+from consent_server.domain.ports import RecordPair
+
+from . import keys
+from .client import RedisClient
+from .records import parse_history_entry, parse_record
+from .repository import guarded
+from .tombstones import TombstoneNames
+
+
+class RedisConsentHistory:
+    """Reads recipients' histories and tombstones for CheckConsent ``at``."""
+
+    def __init__(self, client: RedisClient, tombstones: TombstoneNames | None = None) -> None:
+        self._r: Any = client
+        self._tombstones = tombstones or TombstoneNames(client)
+
+    async def _per_partition(
+        self, tenant_id: str, recipients: Sequence[Recipient], command: Any
+    ) -> list[Any]:
+        groups: dict[int, list[int]] = {}
+        for n, rcpt in enumerate(recipients):
+            groups.setdefault(keys.partition(tenant_id, rcpt), []).append(n)
+
+        async def run(positions: list[int]) -> list[Any]:
+            pipe = self._r.pipeline(transaction=False)
+            for n in positions:
+                command(pipe, recipients[n])
+            replies: list[Any] = await pipe.execute()
+            return replies
+
+        async def read() -> list[Any]:
+            return list(await asyncio.gather(*(run(p) for p in groups.values())))
+
+        replies = await guarded(read)
+        out: list[Any] = [None] * len(recipients)
+        for positions, reply in zip(groups.values(), replies, strict=True):
+            for n, r in zip(positions, reply, strict=True):
+                out[n] = r
+        return out
+
+    async def histories(
+        self, tenant_id: str, recipients: Sequence[Recipient]
+    ) -> list[list[ConsentEvent]]:
+        """Each recipient's whole history stream, oldest first."""
+
+        def command(pipe: Any, rcpt: Recipient) -> None:
+            pipe.xrange(keys.history(keys.recipient_base(tenant_id, rcpt)), "-", "+")
+
+        replies = await self._per_partition(tenant_id, recipients, command)
+        return [[parse_history_entry(eid, f) for eid, f in reply] for reply in replies]
+
+    async def tombstone_records(
+        self, tenant_id: str, recipients: Sequence[Recipient], topic: str
+    ) -> list[RecordPair]:
+        """Each recipient's tombstone records (topic, all topics)."""
+        secret = await guarded(lambda: self._tombstones.secret(tenant_id))
+        fields = [keys.scope_field(topic), keys.scope_field("")]
+
+        def command(pipe: Any, rcpt: Recipient) -> None:
+            digest = TombstoneNames.digest(secret, rcpt)
+            pipe.hmget(keys.tombstone(tenant_id, rcpt, digest), fields)
+
+        replies = await self._per_partition(tenant_id, recipients, command)
+        return [(parse_record(r[0]) if topic else None, parse_record(r[1])) for r in replies]
