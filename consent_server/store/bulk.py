@@ -100,15 +100,19 @@ class RedisBulkStore:
     async def views(
         self, tenant_id: str, wanted: Sequence[tuple[Recipient, Sequence[str]]]
     ) -> list[RecipientView]:
-        """One import_view.lua call per partition, the partitions concurrently."""
-        secret = await guarded(lambda: self._tombstones.secret(tenant_id))
+        """One import_view.lua call per partition, the partitions concurrently. Writes
+        nothing (a dry run reads only): a tenant without an erasure secret has no
+        tombstone, and a digest that is no hex string names none."""
+        stored = await guarded(lambda: self._r.get(keys.erasure_secret(tenant_id)))
+        secret: bytes | None = None if stored is None else text(stored).encode()
         groups: dict[int, tuple[list[int], list[str], list[str | int]]] = {}
         for n, (rcpt, ids) in enumerate(wanted):
             part = keys.partition(tenant_id, rcpt)
             positions, kk, args = groups.setdefault(part, ([], [], []))
             positions.append(n)
             kk.append(keys.state(keys.partition_base(part, tenant_id, rcpt)))
-            kk.append(keys.tombstone(tenant_id, rcpt, TombstoneNames.digest(secret, rcpt)))
+            digest = "none" if secret is None else TombstoneNames.digest(secret, rcpt)
+            kk.append(keys.tombstone(tenant_id, rcpt, digest))
             args.append(len(ids))
             args.extend(ids)
 

@@ -136,14 +136,19 @@ class AsyncConsentClient:
         address: str,
         topic: str,
         *,
+        at: datetime | None = None,
         timeout: float | None = None,
     ) -> Decision:
-        """Decide whether ``address`` on ``channel`` may be messaged about ``topic`` now.
+        """Decide whether ``address`` on ``channel`` may be messaged about ``topic`` now
+        (or, with ``at``, whether it was at that instant; ``decision.raw.deciding_event``
+        names the history event that decided).
 
         ``topic`` is required (e.g. ``"marketing"``), as for sends: an empty one raises
         :class:`InvalidArgument`. Read-only; retried when safe.
         """
-        return await self._invoke(_calls.check_consent(tenant_id, channel, address, topic), timeout)
+        return await self._invoke(
+            _calls.check_consent(tenant_id, channel, address, topic, at), timeout
+        )
 
     async def batch_check_consent(
         self,
@@ -151,6 +156,7 @@ class AsyncConsentClient:
         recipients: Iterable[RecipientLike],
         topic: str,
         *,
+        at: datetime | None = None,
         timeout: float | None = None,
     ) -> list[BatchItem]:
         """Decide for up to 10,000 recipients at once, about one (required) topic.
@@ -159,7 +165,9 @@ class AsyncConsentClient:
         Results come back in request order; an address that cannot be normalised is a
         :class:`BatchItem` whose ``error`` is set (usually :class:`InvalidArgument`).
         """
-        return await self._invoke(_calls.batch_check_consent(tenant_id, recipients, topic), timeout)
+        return await self._invoke(
+            _calls.batch_check_consent(tenant_id, recipients, topic, at), timeout
+        )
 
     async def opt_out(
         self,
@@ -572,3 +580,53 @@ class AsyncConsentClient:
         return await self._invoke(
             _calls.discard_unapplied_notification(tenant_id, notification_id), timeout
         )
+
+    # -- bulk import and export (admin keys) --
+
+    async def import_consent(
+        self,
+        tenant_id: str,
+        batches: Iterable[Iterable[apb.ImportRecord]],
+        *,
+        opt_ins_have_proof: bool = False,
+        dry_run: bool = False,
+        timeout: float | None = None,
+    ) -> apb.ImportConsentResponse:
+        """ImportConsent: stream ``batches`` (each at most 1,000 records) and return the
+        summary. Not retried: a failed stream may have applied its first batches;
+        sending them again is harmless (event ids derive from the records)."""
+        try:
+            response: apb.ImportConsentResponse = await self._admin.ImportConsent(
+                iter(
+                    _calls.import_messages(
+                        tenant_id, batches, opt_ins_have_proof=opt_ins_have_proof, dry_run=dry_run
+                    )
+                ),
+                timeout=timeout,
+                metadata=self._o.metadata,
+            )
+        except grpc.RpcError as err:
+            raise error_from_rpc(err) from err
+        return response
+
+    async def export_consent(
+        self,
+        tenant_id: str,
+        *,
+        channel: ChannelLike | None = None,
+        topic: str = "",
+        status: str = "",
+        updated_since: datetime | None = None,
+        timeout: float | None = None,
+    ) -> AsyncIterator[apb.ExportConsentResponse]:
+        """ExportConsent: the pages of the tenant's current records (see the proto)."""
+        req = _calls.export_request(
+            tenant_id, channel=channel, topic=topic, status=status, updated_since=updated_since
+        )
+        try:
+            async for page in self._admin.ExportConsent(
+                req, timeout=timeout, metadata=self._o.metadata
+            ):
+                yield page
+        except grpc.RpcError as err:
+            raise error_from_rpc(err) from err

@@ -111,21 +111,27 @@ def _recipient(channel: ChannelLike, address: str) -> pb.Recipient:
     return pb.Recipient(channel=channel_to_pb(channel), address=address)
 
 
-def check_consent(tenant_id: str, channel: ChannelLike, address: str, topic: str) -> Call[Decision]:
-    """CheckConsent: read-only."""
+def check_consent(
+    tenant_id: str, channel: ChannelLike, address: str, topic: str, at: datetime | None = None
+) -> Call[Decision]:
+    """CheckConsent: read-only; ``at`` asks about that instant."""
     req = pb.CheckConsentRequest(
         tenant_id=tenant_id, recipient=_recipient(channel, address), topic=topic
     )
+    if at is not None:
+        req.at.CopyFrom(datetime_to_ts(at, "at"))
     return Call("CheckConsent", req, RetryMode.READ, Decision.from_pb)
 
 
 def batch_check_consent(
-    tenant_id: str, recipients: Iterable[RecipientLike], topic: str
+    tenant_id: str, recipients: Iterable[RecipientLike], topic: str, at: datetime | None = None
 ) -> Call[list[BatchItem]]:
     """BatchCheckConsent: read-only; per-item errors become typed exceptions."""
     req = pb.BatchCheckConsentRequest(
         tenant_id=tenant_id, topic=topic, recipients=[recipient_to_pb(r) for r in recipients]
     )
+    if at is not None:
+        req.at.CopyFrom(datetime_to_ts(at, "at"))
 
     def parse(resp: pb.BatchCheckConsentResponse) -> list[BatchItem]:
         items: list[BatchItem] = []
@@ -512,3 +518,38 @@ def discard_unapplied_notification(tenant_id: str, notification_id: str) -> Call
     return Call(
         "DiscardUnappliedNotification", req, RetryMode.NEVER, lambda r: r.discarded, admin=True
     )
+
+
+def import_messages(
+    tenant_id: str,
+    batches: Iterable[Iterable[apb.ImportRecord]],
+    *,
+    opt_ins_have_proof: bool,
+    dry_run: bool,
+) -> Iterable[apb.ImportConsentRequest]:
+    """The messages of an ImportConsent stream: the options in the first, then one
+    message per batch (at most 1,000 records each). Lazy: memory stays one batch."""
+    yield apb.ImportConsentRequest(
+        tenant_id=tenant_id, opt_ins_have_proof=opt_ins_have_proof, dry_run=dry_run
+    )
+    for batch in batches:
+        yield apb.ImportConsentRequest(records=list(batch))
+
+
+def export_request(
+    tenant_id: str,
+    *,
+    channel: ChannelLike | None,
+    topic: str,
+    status: str,
+    updated_since: datetime | None,
+) -> apb.ExportConsentRequest:
+    """An ExportConsentRequest; ``status`` "", "opted_in" or "opted_out"."""
+    req = apb.ExportConsentRequest(tenant_id=tenant_id, topic=topic)
+    if channel is not None:
+        req.channel = channel_to_pb(channel)
+    if status:
+        req.status = pb.ConsentStatus.Value("CONSENT_STATUS_" + status.upper())
+    if updated_since is not None:
+        req.updated_since.CopyFrom(datetime_to_ts(updated_since, "updated_since"))
+    return req
