@@ -6,6 +6,7 @@ into a fresh tenant as the same decisions."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
@@ -271,7 +272,7 @@ async def test_erasure_tombstones_hold_against_an_import(store: RedisConsentStor
 async def test_an_opt_in_after_the_erasure_with_proof_applies(store: RedisConsentStore) -> None:
     await prior(store, OUT, 1)
     erased_at = await erase(store)
-    time.sleep(0.01)
+    await asyncio.sleep(0.01)
     late = RawImportRecord(WHO, "m", IN, ts(erased_at + 5), Source.IMPORT, "form", "", 0)
     summary = await run(store, [late], proof=True)
     assert counts(summary) == {"applied": 1, "changed": 1}
