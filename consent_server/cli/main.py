@@ -664,6 +664,7 @@ def import_file(
         TimeElapsedColumn(),
         console=err,
         transient=True,
+        disable=not err.is_terminal,
     )
     with bar, _client(ctx) as client:
         task = bar.add_task("import", total=size, records=0)
@@ -766,6 +767,7 @@ def export_file(
         TextColumn("{task.fields[records]} records"),
         console=err,
         transient=True,
+        disable=not err.is_terminal,
     )
     with bar, _client(ctx) as client:
         task = bar.add_task("export", total=1, records=0)
