@@ -143,7 +143,7 @@ def test_malformed_lines_are_reported_with_their_numbers(
         "+14155550112,opt_out,yesterday,\n"  # 5 bad time
         "+14155550113,opt_out,2026-11-01T00:00:00Z,Bad Topic\n"  # 6 bad topic
         "+14155550114,opt_out,2026-11-01T00:00:00Z,,extra\n"  # 7 extra cell
-        '"+1415555\u0661\u0662\u0663\u0664",opt_out,2026-11-01T00:00:00Z,\n'  # 8 Arabic-Indic digits: read as digits
+        '"+1415555\u0661\u0662\u0663\u0664",opt_out,2026-11-01T00:00:00Z,\n'  # 8 Arabic digits
         "+14155550115,opt_out,2026-11-01T00:00:00Z,marketing\n"  # 9 ok
     )
     proc = run(server, "import", tenant, str(csv_file))
