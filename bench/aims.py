@@ -20,6 +20,8 @@ AIMS: list[Aim] = [
     Aim("CheckConsent: CONSENT_PROCESSES=2 / 1", "check_p2", "check_p1", 1.4),
     Aim("empty handler: 2 processes / 1 (ceiling)", "empty_p2", "empty_p1", None),
     Aim("CheckConsent / empty handler, 2 processes each", "check_p2", "empty_p2", None),
+    # Bulk import from one consentctl-like client process (also aimed: >= 50,000/s).
+    Aim("ImportConsent records/s / raw pipelined HSET", "import", "raw_hset", 0.5),
 ]
 
 

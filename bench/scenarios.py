@@ -19,6 +19,7 @@ import redis
 from bench import redis_raw, workload
 from bench.context import BenchContext
 from bench.delivery import delivery
+from bench.imports import bulk_import
 from bench.measuring import measure, row
 from bench.model import Row
 from bench.processes import processes
@@ -118,4 +119,5 @@ SCENARIOS: list[Scenario] = [
     batch_check,
     delivery,
     processes,
+    bulk_import,
 ]

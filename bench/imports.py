@@ -1,0 +1,97 @@
+"""Bulk import: records/s that `consentctl import` gets into the real redis-server,
+beside a raw redis-py pipelined write of the same records in the same run.
+
+The import side is consentctl's own code path (``consent_server.cli.transfer.run_import``
+reading a CSV file, streaming ImportConsent from this one client process) into a new
+tenant per round, so no record is a duplicate. The baseline writes, for each record,
+the one HSET of its scope record to the recipient's state hash as the server names it,
+pipelined 1,000 commands at a time from this process with redis-py: what a Python
+program pays just to put those records into Redis, with none of the import's rules,
+history or idempotency.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from pathlib import Path
+
+from bench.context import BenchContext
+from bench.model import Row
+from consent_client import ConsentClient
+from consent_server.cli import transfer
+from consent_server.domain.model import Channel, Recipient
+from consent_server.store import keys
+
+RECORDS = 100_000
+_round = itertools.count(1)
+
+
+def _address(i: int) -> str:
+    return f"+1415{i:07d}"
+
+
+def _csv(workdir: Path) -> Path:
+    path = workdir / f"import-{RECORDS}.csv"
+    if not path.exists():
+        with path.open("w") as f:
+            f.write("address,occurred_at\n")
+            for i in range(RECORDS):
+                f.write(f"{_address(i)},2026-10-01T00:00:{i % 60:02d}Z\n")
+    return path
+
+
+def _raw_write(url: str, tenant: str) -> float:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        started = time.perf_counter()
+        pipe = client.pipeline(transaction=False)
+        for i in range(RECORDS):
+            rcpt = Recipient(Channel.SMS, _address(i))
+            pipe.hset(
+                keys.state(keys.recipient_base(tenant, rcpt)),
+                "s:*",
+                f"out|1790000000000|1|import|imp_{i}",
+            )
+            if (i + 1) % 1000 == 0:
+                pipe.execute()
+        pipe.execute()
+        return time.perf_counter() - started
+    finally:
+        client.close()
+
+
+def bulk_import(ctx: BenchContext) -> list[Row]:
+    """ImportConsent of RECORDS opt-outs from a CSV file, beside the raw pipelined HSET."""
+    path = _csv(ctx.workdir)
+    n = next(_round)
+    tenant = f"bench-import-{n}"
+    with ConsentClient(ctx.consent.target, timeout=600) as client:
+        client.create_tenant(tenant)
+        cols = transfer.Columns(default_action="opt_out")
+        started = time.perf_counter()
+        cpu0 = time.process_time()
+        totals, _ = transfer.run_import(client, tenant, path, cols, chunk=RECORDS, restart=True)
+        took = time.perf_counter() - started
+        client_cpu = time.process_time() - cpu0
+    raw_s = _raw_write(ctx.redis.url, f"bench-raw-{n}")
+    failed = RECORDS - totals.applied
+    return [
+        Row(
+            "import",
+            f"ImportConsent x{RECORDS} (consentctl import, CSV)",
+            RECORDS / took,
+            "records/s",
+            failed=failed,
+            note=f"client CPU {client_cpu / RECORDS * 1e6:.1f} us/record; aim >= 50,000 records/s",
+        ),
+        Row(
+            "raw_hset",
+            f"raw pipelined HSET x{RECORDS} (redis-py)",
+            RECORDS / raw_s,
+            "records/s",
+            note="one HSET per record, 1,000 per pipeline",
+        ),
+    ]
