@@ -103,20 +103,63 @@ async def _complete(method: Any, shape: str, key: str) -> None:
         await call
 
 
-@pytest.mark.parametrize(
-    ("name", "shape"),
-    [("Import", "stream_unary"), ("Echo", "stream_stream"), ("List", "unary_stream")],
-)
-async def test_streaming_handlers_are_refused_not_served_unchecked(
-    server: tuple[str, dict[str, str]], name: str, shape: str
+async def test_bidirectional_streams_are_refused_not_served_unchecked(
+    server: tuple[str, dict[str, str]],
 ) -> None:
     target, keys = server
     CALLS.clear()
     async with grpc.aio.insecure_channel(target) as ch:
+        method = ch.stream_stream(
+            f"/{SERVICE}/Echo", REQ.SerializeToString, pb.CheckConsentResponse.FromString
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await _complete(method, "stream_stream", keys["op"])
+        assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert CALLS == [], "a streaming handler ran"
+
+
+@pytest.mark.parametrize(("name", "shape"), [("Import", "stream_unary"), ("List", "unary_stream")])
+async def test_client_and_server_streams_are_checked_like_unary_calls(
+    server: tuple[str, dict[str, str]], name: str, shape: str
+) -> None:
+    target, keys = server
+    async with grpc.aio.insecure_channel(target) as ch:
         method = getattr(ch, shape)(
             f"/{SERVICE}/{name}", REQ.SerializeToString, pb.CheckConsentResponse.FromString
         )
+        CALLS.clear()
+        await _complete(method, shape, keys["op"])
+        await _complete(method, shape, keys["acme"])
+        assert CALLS == [name, name]
+        CALLS.clear()
+        for key, code in (
+            (keys["reader"], grpc.StatusCode.PERMISSION_DENIED),  # admin service: admin only
+            ("ck_0000000000000000_" + "A" * 43, grpc.StatusCode.UNAUTHENTICATED),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await _complete(method, shape, key)
+            assert err.value.code() == code
+        assert CALLS == [], "a refused stream's handler ran"
+
+
+async def test_a_client_stream_is_admitted_on_its_first_message(
+    server: tuple[str, dict[str, str]],
+) -> None:
+    target, keys = server
+    async with grpc.aio.insecure_channel(target) as ch:
+        method = ch.stream_unary(
+            f"/{SERVICE}/Import", REQ.SerializeToString, pb.CheckConsentResponse.FromString
+        )
+        CALLS.clear()
+        # The acme admin key may not open a stream for globex: the handler never runs.
         with pytest.raises(grpc.aio.AioRpcError) as err:
-            await _complete(method, shape, keys["op"])
-        assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert CALLS == [], "a streaming handler ran"
+            await method(_stream("globex", "acme"), metadata=_md(keys["acme"]))
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert CALLS == []
+        # Every message reaches the handler once, the first one included.
+        reply = await method(_stream("acme", "", ""), metadata=_md(keys["acme"]))
+        assert reply.topic.startswith("3:")
+        # An empty stream is still authenticated.
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await method(_stream(), metadata=_md("ck_0000000000000000_" + "A" * 43))
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
