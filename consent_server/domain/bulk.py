@@ -8,6 +8,7 @@ and MAX_PROBLEMS reported records, whatever the stream's length.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, replace
@@ -91,41 +92,56 @@ class BulkConsent:
         batch: list[ImportItem] = []
         region: str | None = None
         position = 0
-        async for message in messages:
+        # One batch is applied while the next one is read and validated: the store's
+        # round trips overlap the validation's CPU. Batches still apply one after the
+        # other (the next one's view is read after the previous one is written).
+        pending: asyncio.Future[None] | None = None
+        try:
+            async for message in messages:
+                if first is None:
+                    first = message
+                    region = await self._tenant_region(message.tenant_id)
+                    summary.dry_run = message.dry_run
+                else:
+                    _check_later(message, first.tenant_id)
+                if len(message.records) > imp.MAX_RECORDS_PER_MESSAGE:
+                    raise InvalidArgument.single(
+                        "records", f"must be at most {imp.MAX_RECORDS_PER_MESSAGE} per message"
+                    )
+                now = self._clock_ms()
+                for raw in message.records:
+                    position += 1
+                    summary.records += 1
+                    line = raw.line if raw.line > 0 else position
+                    checked = imp.validate_record(
+                        raw if raw.line == line else replace(raw, line=line),
+                        tenant_id=first.tenant_id,
+                        region=region,
+                        now_ms=now,
+                        principal=principal,
+                    )
+                    if isinstance(checked, Problem):
+                        summary.count(Outcome.INVALID)
+                        summary.report(checked)
+                        continue
+                    batch.append(checked)
+                    if len(batch) >= self._batch_size:
+                        if pending is not None:
+                            await pending
+                        pending = asyncio.ensure_future(self._flush(first, batch, summary))
+                        batch = []
             if first is None:
-                first = message
-                region = await self._tenant_region(message.tenant_id)
-                summary.dry_run = message.dry_run
-            else:
-                _check_later(message, first.tenant_id)
-            if len(message.records) > imp.MAX_RECORDS_PER_MESSAGE:
-                raise InvalidArgument.single(
-                    "records", f"must be at most {imp.MAX_RECORDS_PER_MESSAGE} per message"
-                )
-            now = self._clock_ms()
-            for raw in message.records:
-                position += 1
-                summary.records += 1
-                line = raw.line if raw.line > 0 else position
-                checked = imp.validate_record(
-                    raw if raw.line == line else replace(raw, line=line),
-                    tenant_id=first.tenant_id,
-                    region=region,
-                    now_ms=now,
-                    principal=principal,
-                )
-                if isinstance(checked, Problem):
-                    summary.count(Outcome.INVALID)
-                    summary.report(checked)
-                    continue
-                batch.append(checked)
-                if len(batch) >= self._batch_size:
-                    await self._flush(first, batch, summary)
-                    batch = []
-        if first is None:
-            raise InvalidArgument.single("tenant_id", "is required: the stream sent no message")
-        if batch:
-            await self._flush(first, batch, summary)
+                raise InvalidArgument.single("tenant_id", "is required: the stream sent no message")
+            if pending is not None:
+                await pending
+                pending = None
+            if batch:
+                await self._flush(first, batch, summary)
+        finally:
+            if pending is not None:
+                # The stream failed meanwhile: the batch in flight still completes (its
+                # records were valid), and its outcome is not lost as an unseen error.
+                await asyncio.gather(pending, return_exceptions=True)
         return summary
 
     async def _flush(

@@ -257,8 +257,10 @@ def _plain_connection(client: Any) -> bool:
     """True for a redis-py client of one node over TCP or a Unix socket (not a cluster,
     not the embedded fakeredis, not a pinned replica-ack connection)."""
     pool = getattr(client, "connection_pool", None)
-    return type(client) is aioredis.Redis and pool is not None and (
-        pool.connection_class in (aioredis.Connection, aioredis.UnixDomainSocketConnection)
+    return (
+        type(client) is aioredis.Redis
+        and pool is not None
+        and (pool.connection_class in (aioredis.Connection, aioredis.UnixDomainSocketConnection))
     )
 
 

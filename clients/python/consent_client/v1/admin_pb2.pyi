@@ -1898,7 +1898,10 @@ class ImportConsentResponse(_message.Message):
     """True when nothing was written (the request's dry_run)."""
     @_builtins.property
     def problems(self) -> _containers.RepeatedCompositeFieldContainer[Global___ImportProblem]:
-        """The reported records, in stream order: at most 1,000 (invalid and skipped)."""
+        """The reported records (invalid and skipped), at most 1,000, in the order
+        found: an invalid record when it arrives, a skipped opt-in when its batch is
+        applied (so a later batch's invalid records may come before them).
+        """
 
     def __init__(
         self,

@@ -1007,7 +1007,11 @@ export interface ImportConsentResponse {
   invalid: number;
   /** Records whose event id was imported before (nothing written). */
   duplicates: number;
-  /** The reported records, in stream order: at most 1,000 (invalid and skipped). */
+  /**
+   * The reported records (invalid and skipped), at most 1,000, in the order
+   * found: an invalid record when it arrives, a skipped opt-in when its batch is
+   * applied (so a later batch's invalid records may come before them).
+   */
   problems: ImportProblem[];
   /** How many reported records did not fit in problems. */
   problemsOmitted: number;
