@@ -141,3 +141,18 @@ def test_latency_only_rows_and_plain_ratios() -> None:
     # A latency-only row cannot be either side of a ratio.
     [missing] = aims.evaluate([Aim("x", "outbox_lag", "delivered", None)], [combined, delivered])
     assert missing.ratio is None
+
+
+def test_import_rows_beside_the_raw_write(capsys: pytest.CaptureFixture[str]) -> None:
+    """ImportConsent from a CSV file into the real redis-server, and the raw HSET row."""
+    assert main([*SHORT, "--only", "bulk_import"]) == 0
+    out = capsys.readouterr().out
+    rows = _table_rows(out)
+    assert set(rows) == {
+        "ImportConsent x25000 (consentctl import, CSV)",
+        "raw pipelined HSET x25000 (redis-py)",
+    }
+    for cells in rows.values():
+        assert int(cells[1].replace(",", "")) > 0
+        assert cells[6] == "0"  # every record applied
+    assert "- ImportConsent records/s / raw pipelined HSET: " in out

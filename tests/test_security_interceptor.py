@@ -130,7 +130,7 @@ async def test_client_and_server_streams_are_checked_like_unary_calls(
         CALLS.clear()
         await _complete(method, shape, keys["op"])
         await _complete(method, shape, keys["acme"])
-        assert CALLS == [name, name]
+        assert list(CALLS) == [name, name]
         CALLS.clear()
         for key, code in (
             (keys["reader"], grpc.StatusCode.PERMISSION_DENIED),  # admin service: admin only
