@@ -1,12 +1,13 @@
 """Bulk import and export on Redis (domain.ports.BulkConsentStore).
 
 Imports apply each event with record_event.lua, the script OptOut and OptIn run, so
-ordering, erasure tombstones and event-id idempotency are the same rules. A batch is
-grouped by partition (every key of a recipient carries its partition's hash tag) and
-each group is one pipeline: one round trip per partition per batch, the partitions
-concurrently. The script is sent by its SHA (loaded once); a NOSCRIPT (a restarted or
-failed-over Redis) reloads it and resends the group, which is harmless because every
-event is idempotent by its id.
+ordering, erasure tombstones and event-id idempotency are the same rules. The script's
+text is not copied: ``batch_script`` wraps it, unchanged, in a Lua function and calls it
+once per event, so one EVALSHA applies a partition's events of a batch in order (every
+key of a recipient carries its partition's hash tag, so the call touches one slot, as
+Redis Cluster requires). One round trip per partition per batch, the partitions
+concurrently; each call is atomic, and each event inside it is exactly what a single
+OptOut/OptIn call would have done.
 """
 
 from __future__ import annotations
@@ -14,9 +15,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
-
-import redis.asyncio as aioredis
-import redis.exceptions as rex
 
 from consent_server.domain.imports import Outcome, RecipientView, ScopeRecord
 from consent_server.domain.model import (
@@ -38,9 +36,41 @@ from .scripts import load_script
 from .tombstones import TombstoneNames
 
 EXPORT_PAGE = 1000
+# Events per script call: bounds how long one call keeps Redis busy (~ms).
+APPLY_CHUNK = 250
 _SCAN_COUNT = 1000
 _CHANNELS = {c.value: c for c in Channel}
 _STATUS = {"in": Status.OPTED_IN, "out": Status.OPTED_OUT}
+
+
+def batch_script(record_event_src: str) -> str:
+    """record_event.lua, unchanged, as a function applied to each event in turn.
+
+    KEYS: 4 per event (state, history, tombstone, message index); ARGV: one per event,
+    record_event.lua's 8 arguments joined by NUL (validated values never hold one: ids
+    are printable, evidence has no control characters), which halves what the client
+    packs per event. Returns one record_event.lua reply per event, in order."""
+    return (
+        "local function record_one(KEYS, ARGV)\n"
+        + record_event_src
+        + "\nend\n"
+        + "local function fields(s)\n"
+        + "  local t, pos = {}, 1\n"
+        + "  while true do\n"
+        + "    local at = string.find(s, '\\0', pos, true)\n"
+        + "    if not at then t[#t + 1] = string.sub(s, pos); return t end\n"
+        + "    t[#t + 1] = string.sub(s, pos, at - 1)\n"
+        + "    pos = at + 1\n"
+        + "  end\n"
+        + "end\n"
+        + "local out = {}\n"
+        + "for i = 0, #KEYS / 4 - 1 do\n"
+        + "  out[i + 1] = record_one(\n"
+        + "    {KEYS[4 * i + 1], KEYS[4 * i + 2], KEYS[4 * i + 3], KEYS[4 * i + 4]},\n"
+        + "    fields(ARGV[i + 1]))\n"
+        + "end\n"
+        + "return out\n"
+    )
 
 
 def _scope_record(raw: bytes | str) -> ScopeRecord | None:
@@ -83,15 +113,9 @@ class RedisBulkStore:
         self._r: Any = client
         self._tombstones = tombstones or TombstoneNames(client)
         self._acks = acks_of(client)
-        self._record_src = load_script("record_event.lua")
-        self._record_sha = ""
+        self._apply = client.register_script(batch_script(load_script("record_event.lua")))
         self._view = client.register_script(load_script("import_view.lua"))
         self._scopes = client.register_script(load_script("export_scopes.lua"))
-
-    async def _sha(self, reload: bool = False) -> str:
-        if reload or not self._record_sha:
-            self._record_sha = text(await self._r.script_load(self._record_src))
-        return self._record_sha
 
     async def _tomb_key(self, tenant_id: str, recipient: Recipient) -> tuple[str, str]:
         return await self._tombstones.keys(tenant_id, recipient)
@@ -129,64 +153,57 @@ class RedisBulkStore:
         return [v if v is not None else RecipientView() for v in out]
 
     async def apply(self, events: Sequence[ConsentEventInput]) -> list[str]:
-        """record_event.lua for every event, one pipeline per partition (see the module)."""
+        """record_event.lua for every event, in order: one batch_script call per
+        partition (per APPLY_CHUNK events), the partitions concurrently."""
         if not events:
             return []
         tenant_id = events[0].tenant_id
         secret = await guarded(lambda: self._tombstones.secret(tenant_id))
-        groups: dict[int, list[tuple[int, list[str], list[str]]]] = {}
+        groups: dict[int, tuple[list[int], list[str], list[str]]] = {}
         for n, e in enumerate(events):
             part = keys.partition(e.tenant_id, e.recipient)
             base = keys.partition_base(part, e.tenant_id, e.recipient)
             digest = TombstoneNames.digest(secret, e.recipient)
-            script_keys = [
+            positions, kk, args = groups.setdefault(part, ([], [], []))
+            positions.append(n)
+            kk += (
                 keys.state(base),
                 keys.history(base),
                 keys.tombstone(e.tenant_id, e.recipient, digest),
                 keys.message_index(e.tenant_id, e.recipient, digest),
-            ]
-            args = [
-                e.event_id,
-                e.action.value,
-                keys.scope_field(e.topic),
-                e.topic,
-                e.source.value,
-                e.evidence,
-                str(e.occurred_at_ms),
-                e.principal,
-            ]
-            groups.setdefault(part, []).append((n, script_keys, args))
+            )
+            args.append(
+                "\0".join(
+                    (
+                        e.event_id,
+                        e.action.value,
+                        keys.scope_field(e.topic),
+                        e.topic,
+                        e.source.value,
+                        e.evidence,
+                        str(e.occurred_at_ms),
+                        e.principal,
+                    )
+                )
+            )
         out = [""] * len(events)
 
-        async def run_group(group: list[tuple[int, list[str], list[str]]]) -> None:
-            replies = await self._run_group(group)
-            for (n, _, _), reply in zip(group, replies, strict=True):
-                out[n] = _outcome(reply)
+        async def run_group(positions: list[int], kk: list[str], args: list[str]) -> None:
+            for start in range(0, len(positions), APPLY_CHUNK):
+                end = start + APPLY_CHUNK
+                call_keys, call_args = kk[4 * start : 4 * end], args[start:end]
 
-        await guarded(lambda: asyncio.gather(*(run_group(g) for g in groups.values())))
+                async def call(
+                    client: Any, k: list[str] = call_keys, a: list[str] = call_args
+                ) -> Any:
+                    return await self._apply(keys=k, args=a, client=client)
+
+                replies = await self._acks.write(call_keys[0], call)
+                for n, reply in zip(positions[start:end], replies, strict=True):
+                    out[n] = _outcome(reply)
+
+        await guarded(lambda: asyncio.gather(*(run_group(*g) for g in groups.values())))
         return out
-
-    async def _run_group(self, group: list[tuple[int, list[str], list[str]]]) -> list[Any]:
-        for attempt in range(2):
-            sha = await self._sha(reload=attempt > 0)
-
-            async def send(client: Any, sha: str = sha) -> list[Any]:
-                if _plain_connection(client):
-                    return await _raw_pipeline(client, sha, group)
-                pipe = client.pipeline(transaction=False)
-                for _, script_keys, args in group:
-                    pipe.evalsha(sha, len(script_keys), *script_keys, *args)
-                replies: list[Any] = await pipe.execute(raise_on_error=False)
-                return replies
-
-            replies = await self._acks.write(group[0][1][0], send)
-            if any(isinstance(r, rex.NoScriptError) for r in replies) and attempt == 0:
-                continue
-            for r in replies:
-                if isinstance(r, Exception):
-                    raise r
-            return replies
-        raise AssertionError("unreachable")
 
     # -- export ------------------------------------------------------------------------
 
@@ -251,53 +268,6 @@ class RedisBulkStore:
                     continue
                 out.append(ExportedRecord(rcpt, topic, rec))
         return out
-
-
-def _plain_connection(client: Any) -> bool:
-    """True for a redis-py client of one node over TCP or a Unix socket (not a cluster,
-    not the embedded fakeredis, not a pinned replica-ack connection)."""
-    pool = getattr(client, "connection_pool", None)
-    return (
-        type(client) is aioredis.Redis
-        and pool is not None
-        and (pool.connection_class in (aioredis.Connection, aioredis.UnixDomainSocketConnection))
-    )
-
-
-def _pack(sha: bytes, group: list[tuple[int, list[str], list[str]]]) -> bytes:
-    """The group's EVALSHA commands in RESP, packed in one go: redis-py's per-argument
-    packing was the largest cost of an import in the server's profile."""
-    out: list[bytes] = []
-    for _, script_keys, args in group:
-        parts = [sha, str(len(script_keys)).encode(), *(a.encode() for a in script_keys)]
-        parts += [a.encode() for a in args]
-        out.append(b"*%d\r\n$7\r\nEVALSHA\r\n" % (len(parts) + 1))
-        for part in parts:
-            out.append(b"$%d\r\n%s\r\n" % (len(part), part))
-    return b"".join(out)
-
-
-async def _raw_pipeline(
-    client: Any, sha: str, group: list[tuple[int, list[str], list[str]]]
-) -> list[Any]:
-    """What ``pipeline(transaction=False).execute(raise_on_error=False)`` does, on one
-    pooled connection, with the commands packed by ``_pack``."""
-    pool = client.connection_pool
-    conn = await pool.get_connection()
-    try:
-        await conn.send_packed_command(_pack(sha.encode(), group), check_health=False)
-        replies: list[Any] = []
-        for _ in group:
-            try:
-                replies.append(await conn.read_response())
-            except rex.ResponseError as exc:
-                replies.append(exc)
-        return replies
-    except BaseException:
-        await conn.disconnect()
-        raise
-    finally:
-        await pool.release(conn)
 
 
 def _recipient_of(key: str, prefix: str) -> Recipient | None:
