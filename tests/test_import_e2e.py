@@ -76,6 +76,13 @@ def test_the_readme_vendor_examples_import_as_documented(
     for number in ("+14155550100", "+14155550101", "+14155550102"):
         assert check(server, tenant, "sms", number, "marketing") == 3, number
     assert not (tmp_path / "twilio-optouts.csv.checkpoint.json").exists()
+    # What was allowed before the opt-out (2026-11-02T10:15Z), and after it.
+    ask = ["check", tenant, "+14155550100", "--channel", "sms", "--topic", "marketing", "--at"]
+    before = run(server, *ask, "2026-11-01T09:00Z")
+    assert before.returncode == 0 and "NO_RECORD" in before.stdout, before.stdout + before.stderr
+    after = run(server, *ask, "2026-11-03T09:00Z")
+    assert after.returncode == 3 and "decided by event imp_" in after.stdout
+    assert run(server, *ask, "last tuesday").returncode == 2
 
     again = run(server, "import", tenant, str(twilio), *args, "--action", "opt_out")
     counts = summary_counts(again.stdout)

@@ -460,3 +460,18 @@ async def test_export_validates_its_filters(store: RedisConsentStore) -> None:
     with pytest.raises(TenantNotFound):
         async for _ in bulk(store).export(RawExportQuery("nobody", None, True, "", "", None)):
             pass
+
+
+async def test_an_import_survives_a_redis_that_lost_its_scripts(store: RedisConsentStore) -> None:
+    """A restarted or failed-over Redis has no scripts cached: the next call reloads."""
+    b = bulk(store)
+
+    async def stream(records: list[RawImportRecord]) -> AsyncIterator[ImportMessage]:
+        yield ImportMessage(TENANT, True, False, records)
+
+    first = await b.import_stream(stream([rec(OUT, 1, "m")]), "p")
+    assert first.applied == 1
+    await store.client.script_flush()
+    second = await b.import_stream(stream([rec(OUT, 2, "n"), rec(IN, 3, "m")]), "p")
+    assert counts(second) == {"applied": 2, "changed": 2}
+    assert await allowed(store, "m") and not await allowed(store, "n")

@@ -8,6 +8,7 @@ never runs) rather than served unchecked.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,6 +18,7 @@ import pytest
 
 from consent_client.v1 import consent_pb2 as pb
 from consent_server.api.auth import AuthInterceptor, current_principal
+from consent_server.api.errors import abort
 from consent_server.domain.auth import Role
 from consent_server.domain.security import SecurityAuthority
 from consent_server.store.repository import RedisConsentStore
@@ -27,13 +29,17 @@ from .support import create_tenants
 SERVICE = "consent.v1.ConsentAdminService"
 REQ = pb.CheckConsentRequest
 CALLS: list[str] = []  # the handlers that ran
+SECURITY: list[SecurityAuthority] = []  # the running fixture's
 
 
 async def _import(requests: AsyncIterator[Any], context: Any) -> pb.CheckConsentResponse:
     CALLS.append("Import")
     n = 0
-    async for _ in requests:
-        n += 1
+    try:
+        async for _ in requests:
+            n += 1
+    except Exception as exc:  # as the real handlers do: one error mapper
+        await abort(context, exc)
     return pb.CheckConsentResponse(topic=f"{n}:{current_principal()}")
 
 
@@ -62,6 +68,7 @@ async def server() -> AsyncIterator[tuple[str, dict[str, str]]]:
             created_by="t", caller=None,
         )  # fmt: skip
         keys[name] = made.api_key
+    SECURITY[:] = [security]
     srv = grpc.aio.server(interceptors=[AuthInterceptor(security, required=True)])
     kw = {"request_deserializer": REQ.FromString, "response_serializer": REQ.SerializeToString}
     srv.add_generic_rpc_handlers(
@@ -163,3 +170,27 @@ async def test_a_client_stream_is_admitted_on_its_first_message(
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await method(_stream(), metadata=_md("ck_0000000000000000_" + "A" * 43))
         assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_a_key_revoked_during_a_client_stream_stops_it(
+    server: tuple[str, dict[str, str]],
+) -> None:
+    """Every later message is authenticated again (and pays its rate cost)."""
+    target, keys = server
+    key_id = keys["acme"].split("_")[1]
+
+    async def revoking() -> AsyncIterator[pb.CheckConsentRequest]:
+        yield pb.CheckConsentRequest(tenant_id="acme")
+        await asyncio.sleep(0.3)  # the server has admitted the stream by now
+        await SECURITY[0].revoke_key("acme", key_id)
+        yield pb.CheckConsentRequest()
+
+    async with grpc.aio.insecure_channel(target) as ch:
+        method = ch.stream_unary(
+            f"/{SERVICE}/Import", REQ.SerializeToString, pb.CheckConsentResponse.FromString
+        )
+        CALLS.clear()
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await method(revoking(), metadata=_md(keys["acme"]))
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert CALLS == ["Import"]  # admitted first, stopped at the second message
