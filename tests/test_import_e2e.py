@@ -363,7 +363,8 @@ def test_import_export_and_point_in_time_over_grpc(server: ServerProcess, tenant
             ("", pb.CONSENT_STATUS_OPTED_OUT),
             ("m", pb.CONSENT_STATUS_OPTED_IN),
         ]
-        assert pages[-1].partitions_done == pages[-1].partitions_total == 16
+        assert len(pages) == 1  # a small export is one message
+        assert pages[-1].keys_total > 0 and pages[-1].keys_scanned > 0
 
         # Bad requests: a clear INVALID_ARGUMENT / NOT_FOUND through the one mapper.
         for request, code, fields in (

@@ -111,8 +111,8 @@ class BulkHandlers:
             async for page in self._bulk.export(query):
                 yield apb.ExportConsentResponse(
                     records=[_exported(r) for r in page.records],
-                    partitions_done=page.partitions_done,
-                    partitions_total=page.partitions_total,
+                    keys_scanned=page.keys_scanned,
+                    keys_total=page.keys_total,
                 )
         except Exception as exc:
             await abort(context, exc)

@@ -450,7 +450,7 @@ def write_export(
                 sink.write(json.dumps(row, ensure_ascii=False) + "\n")
             count += 1
         if progress is not None:
-            progress(page.partitions_done, page.partitions_total, count)
+            progress(page.keys_scanned, page.keys_total, count)
     return count
 
 

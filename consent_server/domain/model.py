@@ -365,8 +365,9 @@ class ExportedRecord:
 
 @dataclass(frozen=True, slots=True)
 class ExportPage:
-    """A page of an export, with its progress over the store's partitions."""
+    """A page of an export, with its progress: keys of the store walked so far, of the
+    store's key count at the start."""
 
     records: list[ExportedRecord]
-    partitions_done: int
-    partitions_total: int
+    keys_scanned: int
+    keys_total: int

@@ -208,33 +208,43 @@ class RedisBulkStore:
     # -- export ------------------------------------------------------------------------
 
     async def export(self, tenant_id: str, query: ExportQuery) -> AsyncIterator[ExportPage]:
-        """Walk each partition's state hashes of the tenant (SCAN), read the scope
-        records of each page of keys in one script call, filter, yield pages."""
-        total = keys.PARTITIONS
+        """One SCAN pass over the tenant's state hashes (every partition, every primary
+        of a cluster), each SCAN page's keys read per partition in one script call,
+        filtered, yielded in pages; the last page carries the last records."""
+        channel_glob = keys.glob_escape(query.channel.value) if query.channel else "*"
+        pattern = f"ca:{{cp??}}:{keys.glob_escape(tenant_id)}:{channel_glob}:*:s"
+        total = int(await guarded(lambda: self._r.dbsize()))
         page: list[ExportedRecord] = []
-        for part in range(total):
-            prefix = f"ca:{keys.tag(part)}:{tenant_id}:"
-            channel_glob = keys.glob_escape(query.channel.value) if query.channel else "*"
-            pattern = f"{keys.glob_escape(prefix)}{channel_glob}:*:s"
-            batch: list[str] = []
-            async for key in self._scan(pattern):
-                batch.append(key)
-                if len(batch) >= _SCAN_COUNT:
-                    page.extend(await self._read(batch, prefix, query))
-                    batch = []
-                    if len(page) >= EXPORT_PAGE:
-                        yield ExportPage(page, part, total)
-                        page = []
-            if batch:
-                page.extend(await self._read(batch, prefix, query))
-            if page:
-                yield ExportPage(page, part + 1, total)
-                page = []
-        yield ExportPage([], total, total)
+        batch: list[str] = []
+        scanned = 0
+        async for key in self._scan(pattern):
+            batch.append(key)
+            scanned += 1
+            if len(batch) >= _SCAN_COUNT:
+                page.extend(await self._read_batch(batch, tenant_id, query))
+                batch = []
+                if len(page) >= EXPORT_PAGE:
+                    yield ExportPage(page, scanned, max(total, scanned))
+                    page = []
+        if batch:
+            page.extend(await self._read_batch(batch, tenant_id, query))
+        yield ExportPage(page, max(total, scanned), max(total, scanned))
+
+    async def _read_batch(
+        self, batch: list[str], tenant_id: str, query: ExportQuery
+    ) -> list[ExportedRecord]:
+        """Read keys grouped by partition: a script call may touch one slot only."""
+        by_part: dict[str, list[str]] = {}
+        for key in batch:
+            by_part.setdefault(key[: key.index("}") + 1], []).append(key)
+        out: list[ExportedRecord] = []
+        for tag, group in by_part.items():
+            out.extend(await self._read(group, f"{tag}:{tenant_id}:", query))
+        return out
 
     async def _scan(self, pattern: str) -> AsyncIterator[str]:
         seen: set[str] = set()
-        # One partition's keys at a time; scan_iter on a cluster walks every primary.
+        # scan_iter on a cluster walks every primary.
         iterator = self._r.scan_iter(match=pattern, count=_SCAN_COUNT)
         while True:
             try:

@@ -2028,26 +2028,32 @@ class ExportConsentResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     RECORDS_FIELD_NUMBER: _builtins.int
-    PARTITIONS_DONE_FIELD_NUMBER: _builtins.int
-    PARTITIONS_TOTAL_FIELD_NUMBER: _builtins.int
-    partitions_done: _builtins.int
-    """Progress: how many of partitions_total store partitions are done."""
-    partitions_total: _builtins.int
-    """The number of store partitions the export walks."""
+    KEYS_SCANNED_FIELD_NUMBER: _builtins.int
+    KEYS_TOTAL_FIELD_NUMBER: _builtins.int
+    keys_scanned: _builtins.int
+    """Progress: how many keys of the store the export's one SCAN pass has
+    walked so far (all of the store's keys, not only this tenant's records).
+    """
+    keys_total: _builtins.int
+    """The store's key count when the export started (DBSIZE, summed over a
+    cluster's primaries): keys_scanned / keys_total is the fraction done.
+    """
     @_builtins.property
     def records(self) -> _containers.RepeatedCompositeFieldContainer[Global___ExportedRecord]:
-        """Up to 1,000 records; the recipient's records are in one page."""
+        """Up to about 1,000 records; the recipient's records are in one page. A small
+        export is one message (the stream's last one).
+        """
 
     def __init__(
         self,
         *,
         records: _abc.Iterable[Global___ExportedRecord] | None = ...,
-        partitions_done: _builtins.int = ...,
-        partitions_total: _builtins.int = ...,
+        keys_scanned: _builtins.int = ...,
+        keys_total: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["partitions_done", b"partitions_done", "partitions_total", b"partitions_total", "records", b"records"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keys_scanned", b"keys_scanned", "keys_total", b"keys_total", "records", b"records"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1063,12 +1063,21 @@ export interface ExportedRecord {
 
 /** A page of an export. */
 export interface ExportConsentResponse {
-  /** Up to 1,000 records; the recipient's records are in one page. */
+  /**
+   * Up to about 1,000 records; the recipient's records are in one page. A small
+   * export is one message (the stream's last one).
+   */
   records: ExportedRecord[];
-  /** Progress: how many of partitions_total store partitions are done. */
-  partitionsDone: number;
-  /** The number of store partitions the export walks. */
-  partitionsTotal: number;
+  /**
+   * Progress: how many keys of the store the export's one SCAN pass has
+   * walked so far (all of the store's keys, not only this tenant's records).
+   */
+  keysScanned: number;
+  /**
+   * The store's key count when the export started (DBSIZE, summed over a
+   * cluster's primaries): keys_scanned / keys_total is the fraction done.
+   */
+  keysTotal: number;
 }
 
 function createBaseTenant(): Tenant {
@@ -7194,7 +7203,7 @@ export const ExportedRecord: MessageFns<ExportedRecord> = {
 };
 
 function createBaseExportConsentResponse(): ExportConsentResponse {
-  return { records: [], partitionsDone: 0, partitionsTotal: 0 };
+  return { records: [], keysScanned: 0, keysTotal: 0 };
 }
 
 export const ExportConsentResponse: MessageFns<ExportConsentResponse> = {
@@ -7202,11 +7211,11 @@ export const ExportConsentResponse: MessageFns<ExportConsentResponse> = {
     for (const v of message.records) {
       ExportedRecord.encode(v!, writer.uint32(10).fork()).join();
     }
-    if (message.partitionsDone !== 0) {
-      writer.uint32(16).int32(message.partitionsDone);
+    if (message.keysScanned !== 0) {
+      writer.uint32(16).int64(message.keysScanned);
     }
-    if (message.partitionsTotal !== 0) {
-      writer.uint32(24).int32(message.partitionsTotal);
+    if (message.keysTotal !== 0) {
+      writer.uint32(24).int64(message.keysTotal);
     }
     return writer;
   },
@@ -7237,7 +7246,7 @@ export const ExportConsentResponse: MessageFns<ExportConsentResponse> = {
               break;
             }
 
-            message.partitionsDone = reader.int32();
+            message.keysScanned = longToNumber(reader.int64());
             continue;
           }
           case 3: {
@@ -7245,7 +7254,7 @@ export const ExportConsentResponse: MessageFns<ExportConsentResponse> = {
               break;
             }
 
-            message.partitionsTotal = reader.int32();
+            message.keysTotal = longToNumber(reader.int64());
             continue;
           }
         }
@@ -7265,15 +7274,15 @@ export const ExportConsentResponse: MessageFns<ExportConsentResponse> = {
       records: globalThis.Array.isArray(object?.records)
         ? object.records.map((e: any) => ExportedRecord.fromJSON(e))
         : [],
-      partitionsDone: isSet(object.partitionsDone)
-        ? globalThis.Number(object.partitionsDone)
-        : isSet(object.partitions_done)
-        ? globalThis.Number(object.partitions_done)
+      keysScanned: isSet(object.keysScanned)
+        ? globalThis.Number(object.keysScanned)
+        : isSet(object.keys_scanned)
+        ? globalThis.Number(object.keys_scanned)
         : 0,
-      partitionsTotal: isSet(object.partitionsTotal)
-        ? globalThis.Number(object.partitionsTotal)
-        : isSet(object.partitions_total)
-        ? globalThis.Number(object.partitions_total)
+      keysTotal: isSet(object.keysTotal)
+        ? globalThis.Number(object.keysTotal)
+        : isSet(object.keys_total)
+        ? globalThis.Number(object.keys_total)
         : 0,
     };
   },
@@ -7283,11 +7292,11 @@ export const ExportConsentResponse: MessageFns<ExportConsentResponse> = {
     if (message.records?.length) {
       obj.records = message.records.map((e) => ExportedRecord.toJSON(e));
     }
-    if (message.partitionsDone !== 0) {
-      obj.partitionsDone = Math.round(message.partitionsDone);
+    if (message.keysScanned !== 0) {
+      obj.keysScanned = Math.round(message.keysScanned);
     }
-    if (message.partitionsTotal !== 0) {
-      obj.partitionsTotal = Math.round(message.partitionsTotal);
+    if (message.keysTotal !== 0) {
+      obj.keysTotal = Math.round(message.keysTotal);
     }
     return obj;
   },
@@ -7298,8 +7307,8 @@ export const ExportConsentResponse: MessageFns<ExportConsentResponse> = {
   fromPartial<I extends Exact<DeepPartial<ExportConsentResponse>, I>>(object: I): ExportConsentResponse {
     const message = createBaseExportConsentResponse();
     message.records = object.records?.map((e) => ExportedRecord.fromPartial(e)) || [];
-    message.partitionsDone = object.partitionsDone ?? 0;
-    message.partitionsTotal = object.partitionsTotal ?? 0;
+    message.keysScanned = object.keysScanned ?? 0;
+    message.keysTotal = object.keysTotal ?? 0;
     return message;
   },
 };
