@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +34,7 @@ from consent_server.api.auth import AuthInterceptor, TenantLookup
 from consent_server.api.consent_service import ConsentServicer
 from consent_server.api.delivery_admin_service import DeliveryProviderHandlers
 from consent_server.api.edge_admin_service import WhatsAppWebhookHandlers
+from consent_server.api.rpc_metrics import MetricsInterceptor
 from consent_server.config import ConfigError, Settings, TlsSettings, is_loopback
 from consent_server.delivery.runner import (
     DeliveryServices,
@@ -52,6 +54,7 @@ from consent_server.domain.tenants import TenantRegistry
 from consent_server.domain.whatsapp_edge import WhatsAppEdge
 from consent_server.http.server import HttpEdge
 from consent_server.http.wiring import edge_app, keyring_for, whatsapp_edge
+from consent_server.metrics import STORE_PROBE, STORE_UP, count_inbound
 from consent_server.store.edge import RedisEdgeStore
 from consent_server.store.health import probe
 from consent_server.store.repository import RedisConsentStore
@@ -136,7 +139,10 @@ def build(settings: Settings) -> Services:
     warn_at_start(settings)
     store = consent_store(settings)
     authority = ConsentAuthority(
-        store, default_region=settings.server.default_region, limits=limits_of(settings)
+        store,
+        default_region=settings.server.default_region,
+        limits=limits_of(settings),
+        on_inbound=count_inbound,
     )
     security = SecurityAuthority(
         RedisSecurityStore(store.client, store.tombstones),
@@ -236,8 +242,10 @@ def grpc_server(
     """The gRPC server with authentication (and the tenant-exists check), every service,
     and reflection."""
     server = grpc.aio.server(
+        # Metrics outermost: calls the authentication refuses are counted too.
         interceptors=[
-            AuthInterceptor(security, required=settings.auth_required, tenant_lookup=tenant_lookup)
+            MetricsInterceptor(),
+            AuthInterceptor(security, required=settings.auth_required, tenant_lookup=tenant_lookup),
         ],
         options=server_options(settings),
         # Bounds the handlers of a process whatever clients do (many connections, or
@@ -354,17 +362,22 @@ async def _set_health(servicer: health_aio.HealthServicer, status: int) -> None:
 async def watch_store(
     store: RedisConsentStore, servicer: health_aio.HealthServicer, interval_s: float
 ) -> None:
-    """Keep the health status in step with Redis reachability (NOT_SERVING while down)."""
+    """Keep the health status in step with Redis reachability (NOT_SERVING while down),
+    and the ``consent_store_up`` gauge with it."""
+    loop_time = time.perf_counter
     serving: bool | None = None
     while True:
+        started = loop_time()
         try:
             await asyncio.wait_for(probe(store.client), timeout=max(interval_s, 0.5))
             ok = True
+            STORE_PROBE.observe(loop_time() - started)
         except (StoreUnavailable, TimeoutError):
             ok = False
         except Exception:  # whatever else a ping raises, the store is not serving us
             log.exception("store health check failed")
             ok = False
+        STORE_UP.set(1 if ok else 0)
         if ok != serving:
             await _set_health(servicer, SERVING if ok else NOT_SERVING)
             if ok:

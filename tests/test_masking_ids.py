@@ -50,7 +50,9 @@ emails = st.from_regex(r"\A[a-z][a-z0-9._]{2,12}@[a-z]{3,10}\.(com|org|de)\Z")
 @given(own_ids, st.one_of(phones, bare_numbers), emails)
 @example("m0a0190000012345678901234567890", "+14155550100", "jane@example.com")
 @example("m00" + "0" * 12 + "1234567890123456", "14155550100", "bob@example.org")
-def test_our_ids_survive_masking_while_addresses_do_not(ident: str, number: str, email: str) -> None:
+def test_our_ids_survive_masking_while_addresses_do_not(
+    ident: str, number: str, email: str
+) -> None:
     text = f"message {ident} to {number} cc {email}: event_id={ident}"
     masked = mask_text(text)
     assert masked.count(ident) == 2, masked
@@ -77,5 +79,11 @@ def test_ids_minted_by_the_real_generators_survive() -> None:
 
 @given(st.one_of(phones, bare_numbers))
 def test_numbers_next_to_punctuation_are_still_masked(number: str) -> None:
-    for text in (f"to:{number}", f"({number})", f"wa_id={number},", f"user_{number}", f"'{number}'"):
+    for text in (
+        f"to:{number}",
+        f"({number})",
+        f"wa_id={number},",
+        f"user_{number}",
+        f"'{number}'",
+    ):
         assert number not in mask_text(text), text

@@ -10,11 +10,11 @@ import grpc
 
 from consent_client.v1 import consent_pb2 as pb
 from consent_client.v1 import consent_pb2_grpc as pb_grpc
-from consent_server.domain.errors import ConsentError, NotConfigured
+from consent_server.domain.errors import ConsentError, NotConfigured, SendBlocked
 from consent_server.domain.links_service import ConsentLinks
-from consent_server.domain.model import Action
+from consent_server.domain.model import Action, Decision
 from consent_server.domain.service import BatchItemError, ChangeResult, ConsentAuthority
-from consent_server.metrics import ACCEPTED
+from consent_server.metrics import ACCEPTED, DECISIONS
 
 from . import convert as cv
 from .auth import current_principal
@@ -39,6 +39,16 @@ def rpc(fn: Handler[Resp]) -> Handler[Resp]:
     return wrapper
 
 
+def count_decision(rpc_name: str, decision: Decision) -> None:
+    """One ``consent_decisions_total`` increment for an answered decision."""
+    DECISIONS.labels(
+        rpc_name,
+        "allowed" if decision.allowed else "blocked",
+        decision.block_reason.value if decision.block_reason else "none",
+        decision.decided_by.value,
+    ).inc()
+
+
 def principal_of(context: Ctx) -> str:
     """The calling principal: the API key id set by the auth interceptor, or "anonymous"."""
     return current_principal()
@@ -60,6 +70,7 @@ class ConsentServicer(pb_grpc.ConsentServiceServicer):
             cv.optional_recipient(request.HasField("recipient"), request.recipient),
             request.topic,
         )
+        count_decision("CheckConsent", result.decision)
         return cv.check_response(result.recipient, result.topic, result.decision)
 
     @rpc
@@ -74,6 +85,7 @@ class ConsentServicer(pb_grpc.ConsentServiceServicer):
             if isinstance(item, BatchItemError):
                 out.results.add(error=item_status(item.violations))
             else:
+                count_decision("BatchCheckConsent", item.decision)
                 cv.fill_check_response(
                     out.results.add().decision, item.recipient, item.topic, item.decision
                 )
@@ -121,16 +133,23 @@ class ConsentServicer(pb_grpc.ConsentServiceServicer):
     async def SendIfAllowed(
         self, request: pb.SendIfAllowedRequest, context: Ctx
     ) -> pb.SendIfAllowedResponse:
-        result = await self._a.send(
-            tenant_id=request.tenant_id,
-            recipient=cv.optional_recipient(request.HasField("recipient"), request.recipient),
-            topic=request.topic,
-            message=cv.raw_message(request.HasField("message"), request.message),
-            idempotency_key=request.idempotency_key,
-            not_after=cv.raw_timestamp(request.HasField("not_after"), request.not_after),
-            metadata=dict(request.metadata),
-        )
+        try:
+            result = await self._a.send(
+                tenant_id=request.tenant_id,
+                recipient=cv.optional_recipient(request.HasField("recipient"), request.recipient),
+                topic=request.topic,
+                message=cv.raw_message(request.HasField("message"), request.message),
+                idempotency_key=request.idempotency_key,
+                not_after=cv.raw_timestamp(request.HasField("not_after"), request.not_after),
+                metadata=dict(request.metadata),
+            )
+        except SendBlocked as exc:
+            count_decision("SendIfAllowed", exc.decision)
+            raise
         acc = result.accepted
+        # The send script answers the revision, not which record allowed it.
+        scope = "record" if acc.consent_revision else "default_policy"
+        DECISIONS.labels("SendIfAllowed", "allowed", "none", scope).inc()
         if not acc.duplicate:
             ACCEPTED.inc()
         return pb.SendIfAllowedResponse(
