@@ -54,7 +54,7 @@ from consent_server.domain.tenants import TenantRegistry
 from consent_server.domain.whatsapp_edge import WhatsAppEdge
 from consent_server.http.server import HttpEdge
 from consent_server.http.wiring import edge_app, keyring_for, whatsapp_edge
-from consent_server.metrics import STORE_PROBE, STORE_UP, count_inbound
+from consent_server.metrics import READINESS, STORE_PROBE, STORE_UP, count_inbound
 from consent_server.store.edge import RedisEdgeStore
 from consent_server.store.health import probe
 from consent_server.store.repository import RedisConsentStore
@@ -294,6 +294,7 @@ async def run(
     tenants_task = await ensure_tenants(tenant_registry(s.store), settings)
     start_metrics(settings)
     await s.server.start()
+    READINESS.serving = True
     log.info(
         "consent authority serving" if on_serving is None else "process serving",
         extra={
@@ -342,6 +343,7 @@ async def start_http_edge(services: Services, http_edge: HttpEdge) -> None:
             s.edge_store,
             s.delivery.callbacks,
             whatsapp=s.whatsapp,
+            store_up=lambda: READINESS.store_up is True,
         ),
         s.settings.server.shutdown_grace_s,
     )
@@ -378,6 +380,7 @@ async def watch_store(
             log.exception("store health check failed")
             ok = False
         STORE_UP.set(1 if ok else 0)
+        READINESS.store_up = ok
         if ok != serving:
             await _set_health(servicer, SERVING if ok else NOT_SERVING)
             if ok:
@@ -394,6 +397,7 @@ async def drain(services: Services, background: list[asyncio.Task[Any]]) -> None
     s = services
     grace = s.settings.server.shutdown_grace_s
     loop = asyncio.get_running_loop()
+    READINESS.serving = False
     log.info("shutting down: draining in-flight calls", extra={"grace_s": grace})
     deadline = loop.time() + grace
     for task in background:

@@ -14,14 +14,24 @@ from __future__ import annotations
 
 import enum
 import logging
+import socket
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
     disable_created_metrics,
-    start_http_server,
+    make_wsgi_app,
 )
+from prometheus_client.exposition import ThreadingWSGIServer
+
+WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 log = logging.getLogger("consent_server.metrics")
 
@@ -75,6 +85,37 @@ class MetricsListenError(ValueError):
     """The metrics listener cannot bind its address; the message names the setting."""
 
 
+class Readiness:
+    """Whether this process can take traffic now, and why not: ``/readyz`` on the
+    metrics listener and ``/healthz`` of the HTTP edge answer from it.
+
+    The server marks itself serving once gRPC serves and not serving when it drains;
+    its health watcher sets the store's state (None until the first probe). A worker
+    process is ready once its worker started.
+    """
+
+    def __init__(self) -> None:
+        self.serving = False
+        self.store_up: bool | None = None
+
+    @property
+    def ready(self) -> bool:
+        """Serving, on a store that answers."""
+        return self.serving and self.store_up is True
+
+    def why_not(self) -> str:
+        """A short reason when not ready ("" when ready)."""
+        if not self.serving:
+            return "not serving (starting or draining)"
+        if self.store_up is not True:
+            return "consent store unavailable" if self.store_up is False else "store not probed yet"
+        return ""
+
+
+#: This process's readiness (one per process, like the metrics).
+READINESS = Readiness()
+
+
 # -- the WhatsApp webhook of the HTTP edge --
 WHATSAPP_UNAPPLIED = Counter(
     "consent_whatsapp_unapplied",
@@ -89,16 +130,67 @@ WHATSAPP_DEAD_LETTERS_EVICTED = Counter(
 )
 
 
+Ready = Callable[[], tuple[bool, str]]
+
+
+def _this_process() -> tuple[bool, str]:
+    return READINESS.ready, READINESS.why_not()
+
+
+def metrics_app(registry: CollectorRegistry, ready: Ready) -> WsgiApp:
+    """``/readyz`` (200 "ready", or 503 and the reason) beside prometheus-client's
+    ``/metrics`` app (which answers every other path)."""
+    metrics = make_wsgi_app(registry)
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") == "/readyz":
+            ok, why = ready()
+            start_response(
+                "200 OK" if ok else "503 Service Unavailable",
+                [("Content-Type", "text/plain; charset=utf-8")],
+            )
+            return [b"ready\n" if ok else f"not ready: {why}\n".encode()]
+        body: Iterable[bytes] = metrics(environ, start_response)
+        return body
+
+    return app
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """No access log line per scrape."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def start_metrics_server(
+    listen: str, *, registry: CollectorRegistry = REGISTRY, ready: Ready = _this_process
+) -> None:
+    """Serve /metrics and /readyz on ``host:port`` in a daemon thread; OSError when the
+    address cannot be bound."""
+    host, _, port = listen.rpartition(":")
+    bare = host.strip("[]")
+    family = socket.getaddrinfo(bare, int(port), type=socket.SOCK_STREAM)[0][0]
+
+    class Server(ThreadingWSGIServer):
+        address_family = family
+
+    httpd = make_server(
+        bare, int(port), metrics_app(registry, ready), Server, handler_class=_QuietHandler
+    )
+    threading.Thread(target=httpd.serve_forever, name="metrics", daemon=True).start()
+
+
 def serve_metrics(listen: str | None) -> None:
-    """Expose /metrics on ``host:port`` (a daemon thread); nothing when ``listen`` is None.
+    """Expose /metrics and /readyz on ``host:port`` (a daemon thread); nothing when
+    ``listen`` is None.
 
     Raises MetricsListenError when the address cannot be bound.
     """
     if not listen:
         return
-    host, _, port = listen.rpartition(":")
     try:
-        start_http_server(int(port), addr=host.strip("[]"))
+        start_metrics_server(listen)
     except OSError as exc:
         raise MetricsListenError(
             f"CONSENT_METRICS_LISTEN={listen!r}: cannot listen there ({exc.strerror or exc})"

@@ -184,6 +184,47 @@ def test_metrics_are_summed_over_two_processes(tmp_path: Path) -> None:
         # Each call on its own connection, so that the kernel spreads them over both.
         exercise(srv.target)
         check_metrics(scrape(listen))
+        assert http_status(f"http://{listen}/readyz") == (200, "ready\n")
+    finally:
+        srv.stop()
+        redis.stop()
+
+
+def http_status(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def test_readyz_on_the_metrics_port_and_healthz_of_the_edge(server: ServerProcess) -> None:
+    assert http_status(f"http://{server.env['_metrics']}/readyz") == (200, "ready\n")
+    assert http_status(server.http_url + "/healthz") == (200, "ok")
+
+
+def test_healthz_and_readyz_follow_the_store(tmp_path: Path) -> None:
+    redis = RedisProcess(tmp_path / "redis").start()
+    listen = f"127.0.0.1:{free_port()}"
+    srv = ServerProcess(
+        {
+            "CONSENT_REDIS_URL": redis.url,
+            "CONSENT_DELIVERY": "off",
+            "CONSENT_METRICS_LISTEN": listen,
+        },
+        http=True,
+    ).start()
+    try:
+        assert http_status(srv.http_url + "/healthz") == (200, "ok")
+        assert http_status(f"http://{listen}/readyz")[0] == 200
+        redis.kill()
+        srv.wait_health(2)  # NOT_SERVING
+        assert http_status(srv.http_url + "/healthz") == (503, "consent store unavailable")
+        assert http_status(f"http://{listen}/readyz") == (
+            503,
+            "not ready: consent store unavailable\n",
+        )
+        assert sample(scrape(listen), "consent_store_up") == 0
     finally:
         srv.stop()
         redis.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -75,8 +76,10 @@ def edge_app(
     on_inbound: InboundHandler | None = None,
     on_status: StatusHandler | None = None,
     whatsapp: WhatsAppEdge | None = None,
+    store_up: Callable[[], bool],
 ) -> web.Application:
-    """The edge application (``whatsapp`` built by whatsapp_edge when not given)."""
+    """The edge application (``whatsapp`` built by whatsapp_edge when not given);
+    ``/healthz`` answers 503 while ``store_up()`` is false."""
     if whatsapp is None:
         whatsapp = whatsapp_edge(authority, edge_store, on_inbound=on_inbound, on_status=on_status)
-    return build_app(links, whatsapp, callbacks)
+    return build_app(links, whatsapp, callbacks, store_up=store_up)
