@@ -55,8 +55,10 @@ from consent_server.domain.whatsapp_edge import WhatsAppEdge
 from consent_server.http.server import HttpEdge
 from consent_server.http.wiring import edge_app, keyring_for, whatsapp_edge
 from consent_server.metrics import READINESS, STORE_PROBE, STORE_UP, count_inbound
+from consent_server.store.connect import redis_address
+from consent_server.store.durability import durability_problems
 from consent_server.store.edge import RedisEdgeStore
-from consent_server.store.health import probe
+from consent_server.store.health import failure_cause, probe
 from consent_server.store.repository import RedisConsentStore
 from consent_server.store.security import RedisSecurityStore
 from consent_server.tenant_bootstrap import ensure_tenants, tenant_registry
@@ -315,9 +317,17 @@ async def run(
         await start_http_edge(s, s.http_edge)
     if s.reloader is not None:
         loop.add_signal_handler(signal.SIGHUP, s.reloader.reload)
-    watcher = asyncio.create_task(watch_store(s.store, s.health, settings.server.health_interval_s))
+    watcher = asyncio.create_task(
+        watch_store(
+            s.store,
+            s.health,
+            settings.server.health_interval_s,
+            redis_address(settings.redis.url) if settings.redis.url else "the embedded store",
+        )
+    )
+    durability = warn_if_not_durable(settings, s.store)
     await stop.wait()
-    await drain(s, [t for t in (watcher, bootstrap, tenants_task) if t is not None])
+    await drain(s, [t for t in (watcher, bootstrap, tenants_task, durability) if t is not None])
     return 0
 
 
@@ -361,33 +371,50 @@ async def _set_health(servicer: health_aio.HealthServicer, status: int) -> None:
         await servicer.set(name, status)
 
 
+#: While the store stays unreachable for the same reason, its error line is repeated
+#: this often, so that the tail of any log says why the server is NOT_SERVING.
+UNREACHABLE_REPEAT_S = 60.0
+
+
 async def watch_store(
-    store: RedisConsentStore, servicer: health_aio.HealthServicer, interval_s: float
+    store: RedisConsentStore,
+    servicer: health_aio.HealthServicer,
+    interval_s: float,
+    address: str = "",
 ) -> None:
     """Keep the health status in step with Redis reachability (NOT_SERVING while down),
     and the ``consent_store_up`` gauge with it."""
     loop_time = time.perf_counter
     serving: bool | None = None
+    told: tuple[str, float] | None = None  # the cause last logged, and when
     while True:
         started = loop_time()
+        cause = ""
         try:
             await asyncio.wait_for(probe(store.client), timeout=max(interval_s, 0.5))
-            ok = True
             STORE_PROBE.observe(loop_time() - started)
-        except (StoreUnavailable, TimeoutError):
-            ok = False
-        except Exception:  # whatever else a ping raises, the store is not serving us
-            log.exception("store health check failed")
-            ok = False
+        except Exception as exc:  # whatever a probe raises, the store is not serving us
+            cause = failure_cause(exc)
+        ok = not cause
         STORE_UP.set(1 if ok else 0)
         READINESS.store_up = ok
         if ok != serving:
             await _set_health(servicer, SERVING if ok else NOT_SERVING)
             if ok:
-                log.info("store reachable: serving")
-            else:
-                log.error("store unreachable: health NOT_SERVING, calls fail with UNAVAILABLE")
+                log.info("store reachable: serving", extra={"redis": address})
+                told = None
             serving = ok
+        if not ok and (
+            told is None or told[0] != cause or started - told[1] >= UNREACHABLE_REPEAT_S
+        ):
+            # One line that says where and why, never the password; again only when the
+            # cause changes or every UNREACHABLE_REPEAT_S while it lasts.
+            log.error(
+                f"consent store unreachable at {address or 'the configured Redis'}: {cause}; "
+                "health NOT_SERVING, calls fail with UNAVAILABLE; retrying",
+                extra={"redis": address, "cause": cause},
+            )
+            told = (cause, started)
         await asyncio.sleep(interval_s)
 
 
@@ -502,6 +529,44 @@ def server_credentials(reloader: CertificateReloader, settings: Settings) -> grp
     )
 
 
+DURABILITY_WARNING = (
+    "REDIS CAN LOSE CONSENT: {problems}. An opt-out that Redis loses lets messages reach "
+    "people who said stop. Set appendonly yes (or save points) and "
+    "maxmemory-policy noeviction on {address}."
+)
+
+
+def warn_if_not_durable(settings: Settings, store: RedisConsentStore) -> asyncio.Task[None] | None:
+    """Start-up, on a real Redis: once Redis answers, check (once) that it keeps what it
+    is told (AOF or RDB save points) and never evicts (maxmemory-policy noeviction);
+    one WARNING line naming every problem. The embedded store says it is not durable
+    already (warn_at_start): no check."""
+    if settings.redis.url is None:
+        return None
+    address = redis_address(settings.redis.url)
+
+    async def check() -> None:
+        while True:
+            try:
+                problems = await durability_problems(store.client)
+                break
+            except StoreUnavailable:  # the health watcher says why; check once it answers
+                await asyncio.sleep(1)
+        if problems is None:
+            log.info(
+                "redis durability not checked: CONFIG is not available to this client",
+                extra={"redis": address},
+            )
+        elif problems:
+            log.warning(DURABILITY_WARNING.format(problems="; ".join(problems), address=address))
+        else:
+            log.info(
+                "redis durability checked: persistence on, noeviction", extra={"redis": address}
+            )
+
+    return asyncio.create_task(check(), name="durability-check")
+
+
 def warn_at_start(settings: Settings) -> None:
     """Log what an operator must know before the first call: durability and exposure."""
     if settings.redis.embedded:
@@ -543,8 +608,9 @@ async def install_bootstrap_key(security: SecurityAuthority, token: str, *, retr
         try:
             outcome = await security.install_key(token, OPERATOR_TENANT, Role.ADMIN, "bootstrap")
         except StoreUnavailable:
-            log.error("bootstrap API key not installed yet: store unreachable; retrying")
+            # Once (the first try, before serving): the health watcher's line says why.
             if not retry:
+                log.warning("bootstrap API key not installed yet: store unreachable; retrying")
                 return False
             await asyncio.sleep(1)
             continue
