@@ -26,6 +26,7 @@ from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined
 from grpc_reflection.v1alpha import reflection
 
 from consent_client.v1 import admin_pb2, admin_pb2_grpc, consent_pb2, consent_pb2_grpc
+from consent_server import tracing
 from consent_server.api.admin import ConsentAdminService
 from consent_server.api.admin_security import SecurityHandlers
 from consent_server.api.admin_service import TenantSettingsHandlers
@@ -246,6 +247,7 @@ def grpc_server(
     server = grpc.aio.server(
         # Metrics outermost: calls the authentication refuses are counted too.
         interceptors=[
+            *tracing.grpc_interceptors(),  # [] unless OTEL_* turned tracing on
             MetricsInterceptor(),
             AuthInterceptor(security, required=settings.auth_required, tenant_lookup=tenant_lookup),
         ],
@@ -354,6 +356,7 @@ async def start_http_edge(services: Services, http_edge: HttpEdge) -> None:
             s.delivery.callbacks,
             whatsapp=s.whatsapp,
             store_up=lambda: READINESS.store_up is True,
+            middlewares=tracing.http_middlewares(),
         ),
         s.settings.server.shutdown_grace_s,
     )

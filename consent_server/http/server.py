@@ -29,10 +29,11 @@ import logging
 import secrets
 import socket
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from urllib.parse import parse_qs
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from consent_server.delivery.receipts import CallbackRefused, WebhookCallbacks
 from consent_server.domain.errors import InvalidArgument, StoreUnavailable, TenantNotFound
@@ -349,11 +350,14 @@ def build_app(
     callbacks: WebhookCallbacks,
     *,
     store_up: Callable[[], bool] = _listening,
+    middlewares: Sequence[Middleware] = (),  # outside the edge's own (tracing)
 ) -> web.Application:
     """The aiohttp application with every edge route. ``store_up`` is the store's
     health for ``/healthz`` (the server passes its health watcher's; an app built
     alone, in tests, reports only that it listens)."""
-    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_unexpected_errors])
+    app = web.Application(
+        client_max_size=MAX_BODY_BYTES, middlewares=[*middlewares, _unexpected_errors]
+    )
     app[_STORE_UP] = store_up
     app[_LINKS] = links
     app[_WHATSAPP] = whatsapp
