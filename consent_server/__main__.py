@@ -36,8 +36,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(supervise(settings, args))
         return asyncio.run(serve(settings))
     except ConfigError as exc:
+        # gRPC core's own lines about the failure first, then the one line that says it.
+        logs.release_native_stderr()
         print(f"consent-server: configuration error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        logs.release_native_stderr()
 
 
 if __name__ == "__main__":

@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry
 
 from consent_server.config import ConfigError, Settings
+from consent_server.logs import real_stderr_fd
 
 log = logging.getLogger("consent_server.supervisor")
 
@@ -189,7 +190,11 @@ class Supervisor:
         slot.starts += 1
         try:
             slot.proc = await asyncio.create_subprocess_exec(
-                *self._command(slot), env=env, pass_fds=(write_fd,)
+                *self._command(slot),
+                env=env,
+                pass_fds=(write_fd,),
+                # The real stderr, not this process's capture of gRPC core's lines.
+                stderr=real_stderr_fd(),
             )
         finally:
             os.close(write_fd)

@@ -23,8 +23,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         tracing.setup("consent-worker")
         return asyncio.run(run_worker(settings))
     except ConfigError as exc:
+        logs.release_native_stderr()
         print(f"consent-worker: configuration error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        logs.release_native_stderr()
 
 
 if __name__ == "__main__":

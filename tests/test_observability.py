@@ -228,3 +228,32 @@ def test_healthz_and_readyz_follow_the_store(tmp_path: Path) -> None:
     finally:
         srv.stop()
         redis.stop()
+
+
+def test_grpc_core_lines_are_json_and_the_config_error_stays_last() -> None:
+    """gRPC core (absl) writes its own line to fd 2 when the port is taken; it comes out
+    as a JSON record of the grpc.core logger, before the one configuration-error line."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "consent_server", "--listen", f"127.0.0.1:{port}"],
+            env={**ServerProcess().env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert lines[-1].startswith(
+        f"consent-server: configuration error: CONSENT_LISTEN='127.0.0.1:{port}'"
+    )
+    core = [json.loads(ln) for ln in lines[:-1] if ln.startswith("{") and '"grpc.core"' in ln]
+    assert core, done.stderr
+    assert core[0]["level"] == "error" and "add_port.cc" in core[0]["source"]
+    assert all(ln.startswith("{") for ln in lines[:-1]), done.stderr
