@@ -257,3 +257,52 @@ def test_grpc_core_lines_are_json_and_the_config_error_stays_last() -> None:
     assert core, done.stderr
     assert core[0]["level"] == "error" and "add_port.cc" in core[0]["source"]
     assert all(ln.startswith("{") for ln in lines[:-1]), done.stderr
+
+
+def test_rate_limit_rejections_are_counted(tmp_path: Path) -> None:
+    from consent_server.domain.auth import new_key
+
+    redis = RedisProcess(tmp_path / "redis").start()
+    listen = f"127.0.0.1:{free_port()}"
+    _, operator, _ = new_key()
+    srv = ServerProcess(
+        {
+            "CONSENT_REDIS_URL": redis.url,
+            "CONSENT_REQUIRE_AUTH": "1",
+            "CONSENT_BOOTSTRAP_ADMIN_KEY": operator,
+            "CONSENT_DELIVERY": "off",
+            "CONSENT_METRICS_LISTEN": listen,
+            "CONSENT_RATE_LIMIT": "1",
+            "CONSENT_RATE_BURST": "1",
+        }
+    ).start()
+    try:
+        codes = []
+        with grpc.insecure_channel(srv.target) as ch:
+            stub = pbg.ConsentServiceStub(ch)
+            for _ in range(4):
+                try:
+                    stub.CheckConsent(
+                        pb.CheckConsentRequest(tenant_id=TENANT, recipient=WA, topic="news"),
+                        metadata=(("authorization", f"Bearer {operator}"),),
+                        timeout=10,
+                    )
+                    codes.append(grpc.StatusCode.OK)
+                except grpc.RpcError as exc:
+                    codes.append(exc.code())
+        refused = codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED)
+        assert refused >= 1, codes
+        text = scrape(listen)
+        assert sample(text, "consent_rate_limited_total") == refused
+        assert (
+            sample(
+                text,
+                "grpc_server_handled_total",
+                grpc_method="CheckConsent",
+                grpc_code="RESOURCE_EXHAUSTED",
+            )
+            == refused
+        )
+    finally:
+        srv.stop()
+        redis.stop()
