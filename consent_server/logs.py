@@ -84,7 +84,6 @@ def capture_native_stderr() -> int:
         return int(str(_capture["real"]))
     sys.stderr.flush()
     real = os.dup(2)
-    os.set_inheritable(real, True)
     read_fd, write_fd = os.pipe()
     os.dup2(write_fd, 2)
     os.close(write_fd)

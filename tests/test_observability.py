@@ -166,6 +166,7 @@ def test_every_change_and_every_blocked_send_is_one_info_line(server: ServerProc
     assert blocked["reason"] == "RECIPIENT_OPTED_OUT" and blocked["decided_by"] == "all"
     assert blocked["event_id"] == "ev_0123456789012345abcdef"
     assert NUMBER not in server.log() and NUMBER[1:] not in server.log()
+    assert '"tracing on"' not in server.log()  # no OTEL_* variables: no tracing
 
 
 @pytest.mark.slow

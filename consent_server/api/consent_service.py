@@ -39,14 +39,25 @@ def rpc(fn: Handler[Resp]) -> Handler[Resp]:
     return wrapper
 
 
+# consent_decisions_total's children by (rpc, allowed, reason, scope): labels() costs
+# more than the increment, and a batch counts every item.
+_DECISION_CHILDREN: dict[tuple[str, bool, str, str], Any] = {}
+
+
+_SEND_ALLOWED_RECORD = DECISIONS.labels("SendIfAllowed", "allowed", "none", "record")
+_SEND_ALLOWED_DEFAULT = DECISIONS.labels("SendIfAllowed", "allowed", "none", "default_policy")
+
+
 def count_decision(rpc_name: str, decision: Decision) -> None:
     """One ``consent_decisions_total`` increment for an answered decision."""
-    DECISIONS.labels(
-        rpc_name,
-        "allowed" if decision.allowed else "blocked",
-        decision.block_reason.value if decision.block_reason else "none",
-        decision.decided_by.value,
-    ).inc()
+    reason = decision.block_reason.value if decision.block_reason else "none"
+    key = (rpc_name, decision.allowed, reason, decision.decided_by.value)
+    child = _DECISION_CHILDREN.get(key)
+    if child is None:
+        child = _DECISION_CHILDREN[key] = DECISIONS.labels(
+            rpc_name, "allowed" if decision.allowed else "blocked", reason, key[3]
+        )
+    child.inc()
 
 
 def principal_of(context: Ctx) -> str:
@@ -148,8 +159,7 @@ class ConsentServicer(pb_grpc.ConsentServiceServicer):
             raise
         acc = result.accepted
         # The send script answers the revision, not which record allowed it.
-        scope = "record" if acc.consent_revision else "default_policy"
-        DECISIONS.labels("SendIfAllowed", "allowed", "none", scope).inc()
+        (_SEND_ALLOWED_RECORD if acc.consent_revision else _SEND_ALLOWED_DEFAULT).inc()
         if not acc.duplicate:
             ACCEPTED.inc()
         return pb.SendIfAllowedResponse(

@@ -64,6 +64,12 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 
     def __init__(self) -> None:
         self._methods: dict[str, _MethodMetrics] = {}
+        # Per method, the last handler the continuation returned and its wrapper: the
+        # auth interceptor hands out one handler per method for calls without a key (and
+        # open methods are the servicer's own), so those calls reuse the wrapper instead
+        # of building one each (bench/: CPU per call). Holding the handler keeps the
+        # identity check sound.
+        self._wrapped: dict[str, tuple[Handler, Handler]] = {}
 
     async def intercept_service(
         self,
@@ -74,6 +80,14 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         if handler is None or handler.unary_unary is None:
             return handler
         method = handler_call_details.method
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(handler, method)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, handler: Handler, method: str) -> Handler:
         metrics = self._methods.get(method)
         if metrics is None:
             metrics = self._methods[method] = _MethodMetrics(method)
