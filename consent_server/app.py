@@ -393,11 +393,12 @@ async def watch_store(
     while True:
         started = loop_time()
         cause = ""
+        failure: BaseException | None = None
         try:
             await asyncio.wait_for(probe(store.client), timeout=max(interval_s, 0.5))
             STORE_PROBE.observe(loop_time() - started)
         except Exception as exc:  # whatever a probe raises, the store is not serving us
-            cause = failure_cause(exc)
+            cause, failure = failure_cause(exc), exc
         ok = not cause
         STORE_UP.set(1 if ok else 0)
         READINESS.store_up = ok
@@ -416,6 +417,8 @@ async def watch_store(
                 f"consent store unreachable at {address or 'the configured Redis'}: {cause}; "
                 "health NOT_SERVING, calls fail with UNAVAILABLE; retrying",
                 extra={"redis": address, "cause": cause},
+                # Not an outage we know: the traceback says what (a bug, not Redis).
+                exc_info=None if isinstance(failure, StoreUnavailable | TimeoutError) else failure,
             )
             told = (cause, started)
         await asyncio.sleep(interval_s)
