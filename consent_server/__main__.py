@@ -10,7 +10,7 @@ import asyncio
 import sys
 from collections.abc import Sequence
 
-from consent_server import logs
+from consent_server import logs, tracing
 from consent_server.app import serve
 from consent_server.config import ConfigError, load
 from consent_server.supervisor import supervise, supervised
@@ -27,14 +27,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     logs.configure(settings.observability.log_level, settings.observability.log_format)
     try:
+        if child is not None or settings.processes == 1:
+            # The supervisor serves no calls; each of its processes traces its own.
+            tracing.setup("consent-server")
         if child is not None:
             return asyncio.run(serve(settings, on_serving=child[1]))
         if settings.processes > 1:
             return asyncio.run(supervise(settings, args))
         return asyncio.run(serve(settings))
     except ConfigError as exc:
+        # gRPC core's own lines about the failure first, then the one line that says it.
+        logs.release_native_stderr()
         print(f"consent-server: configuration error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        logs.release_native_stderr()
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,7 @@ from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined
 from grpc_reflection.v1alpha import reflection
 
 from consent_client.v1 import admin_pb2, admin_pb2_grpc, consent_pb2, consent_pb2_grpc
+from consent_server import tracing
 from consent_server.api.admin import ConsentAdminService
 from consent_server.api.admin_security import SecurityHandlers
 from consent_server.api.admin_service import TenantSettingsHandlers
@@ -34,6 +36,7 @@ from consent_server.api.bulk_service import BulkHandlers
 from consent_server.api.consent_service import ConsentServicer
 from consent_server.api.delivery_admin_service import DeliveryProviderHandlers
 from consent_server.api.edge_admin_service import WhatsAppWebhookHandlers
+from consent_server.api.rpc_metrics import MetricsInterceptor
 from consent_server.config import ConfigError, Settings, TlsSettings, is_loopback
 from consent_server.delivery.runner import (
     DeliveryServices,
@@ -54,9 +57,12 @@ from consent_server.domain.tenants import TenantRegistry
 from consent_server.domain.whatsapp_edge import WhatsAppEdge
 from consent_server.http.server import HttpEdge
 from consent_server.http.wiring import edge_app, keyring_for, whatsapp_edge
+from consent_server.metrics import READINESS, STORE_PROBE, STORE_UP, count_inbound
 from consent_server.store.bulk import RedisBulkStore
+from consent_server.store.connect import redis_address
+from consent_server.store.durability import durability_problems
 from consent_server.store.edge import RedisEdgeStore
-from consent_server.store.health import probe
+from consent_server.store.health import failure_cause, probe
 from consent_server.store.history import RedisConsentHistory
 from consent_server.store.repository import RedisConsentStore
 from consent_server.store.security import RedisSecurityStore
@@ -144,6 +150,7 @@ def build(settings: Settings) -> Services:
         default_region=settings.server.default_region,
         limits=limits_of(settings),
         history=RedisConsentHistory(store.client, store.tombstones),
+        on_inbound=count_inbound,
     )
     bulk = BulkConsent(
         store,
@@ -257,8 +264,11 @@ def grpc_server(
     """The gRPC server with authentication (and the tenant-exists check), every service,
     and reflection."""
     server = grpc.aio.server(
+        # Metrics outermost: calls the authentication refuses are counted too.
         interceptors=[
-            AuthInterceptor(security, required=settings.auth_required, tenant_lookup=tenant_lookup)
+            *tracing.grpc_interceptors(),  # [] unless OTEL_* turned tracing on
+            MetricsInterceptor(),
+            AuthInterceptor(security, required=settings.auth_required, tenant_lookup=tenant_lookup),
         ],
         options=server_options(settings),
         # Bounds the handlers of a process whatever clients do (many connections, or
@@ -307,6 +317,7 @@ async def run(
     tenants_task = await ensure_tenants(tenant_registry(s.store), settings)
     start_metrics(settings)
     await s.server.start()
+    READINESS.serving = True
     log.info(
         "consent authority serving" if on_serving is None else "process serving",
         extra={
@@ -327,9 +338,17 @@ async def run(
         await start_http_edge(s, s.http_edge)
     if s.reloader is not None:
         loop.add_signal_handler(signal.SIGHUP, s.reloader.reload)
-    watcher = asyncio.create_task(watch_store(s.store, s.health, settings.server.health_interval_s))
+    watcher = asyncio.create_task(
+        watch_store(
+            s.store,
+            s.health,
+            settings.server.health_interval_s,
+            redis_address(settings.redis.url) if settings.redis.url else "the embedded store",
+        )
+    )
+    durability = warn_if_not_durable(settings, s.store)
     await stop.wait()
-    await drain(s, [t for t in (watcher, bootstrap, tenants_task) if t is not None])
+    await drain(s, [t for t in (watcher, bootstrap, tenants_task, durability) if t is not None])
     return 0
 
 
@@ -355,6 +374,8 @@ async def start_http_edge(services: Services, http_edge: HttpEdge) -> None:
             s.edge_store,
             s.delivery.callbacks,
             whatsapp=s.whatsapp,
+            store_up=lambda: READINESS.store_up is True,
+            middlewares=tracing.http_middlewares(),
         ),
         s.settings.server.shutdown_grace_s,
     )
@@ -372,27 +393,53 @@ async def _set_health(servicer: health_aio.HealthServicer, status: int) -> None:
         await servicer.set(name, status)
 
 
+#: While the store stays unreachable for the same reason, its error line is repeated
+#: this often, so that the tail of any log says why the server is NOT_SERVING.
+UNREACHABLE_REPEAT_S = 60.0
+
+
 async def watch_store(
-    store: RedisConsentStore, servicer: health_aio.HealthServicer, interval_s: float
+    store: RedisConsentStore,
+    servicer: health_aio.HealthServicer,
+    interval_s: float,
+    address: str = "",
 ) -> None:
-    """Keep the health status in step with Redis reachability (NOT_SERVING while down)."""
+    """Keep the health status in step with Redis reachability (NOT_SERVING while down),
+    and the ``consent_store_up`` gauge with it."""
+    loop_time = time.perf_counter
     serving: bool | None = None
+    told: tuple[str, float] | None = None  # the cause last logged, and when
     while True:
+        started = loop_time()
+        cause = ""
+        failure: BaseException | None = None
         try:
             await asyncio.wait_for(probe(store.client), timeout=max(interval_s, 0.5))
-            ok = True
-        except (StoreUnavailable, TimeoutError):
-            ok = False
-        except Exception:  # whatever else a ping raises, the store is not serving us
-            log.exception("store health check failed")
-            ok = False
+            STORE_PROBE.observe(loop_time() - started)
+        except Exception as exc:  # whatever a probe raises, the store is not serving us
+            cause, failure = failure_cause(exc), exc
+        ok = not cause
+        STORE_UP.set(1 if ok else 0)
+        READINESS.store_up = ok
         if ok != serving:
             await _set_health(servicer, SERVING if ok else NOT_SERVING)
             if ok:
-                log.info("store reachable: serving")
-            else:
-                log.error("store unreachable: health NOT_SERVING, calls fail with UNAVAILABLE")
+                log.info("store reachable: serving", extra={"redis": address})
+                told = None
             serving = ok
+        if not ok and (
+            told is None or told[0] != cause or started - told[1] >= UNREACHABLE_REPEAT_S
+        ):
+            # One line that says where and why, never the password; again only when the
+            # cause changes or every UNREACHABLE_REPEAT_S while it lasts.
+            log.error(
+                f"consent store unreachable at {address or 'the configured Redis'}: {cause}; "
+                "health NOT_SERVING, calls fail with UNAVAILABLE; retrying",
+                extra={"redis": address, "cause": cause},
+                # Not an outage we know: the traceback says what (a bug, not Redis).
+                exc_info=None if isinstance(failure, StoreUnavailable | TimeoutError) else failure,
+            )
+            told = (cause, started)
         await asyncio.sleep(interval_s)
 
 
@@ -402,6 +449,7 @@ async def drain(services: Services, background: list[asyncio.Task[Any]]) -> None
     s = services
     grace = s.settings.server.shutdown_grace_s
     loop = asyncio.get_running_loop()
+    READINESS.serving = False
     log.info("shutting down: draining in-flight calls", extra={"grace_s": grace})
     deadline = loop.time() + grace
     for task in background:
@@ -506,6 +554,44 @@ def server_credentials(reloader: CertificateReloader, settings: Settings) -> grp
     )
 
 
+DURABILITY_WARNING = (
+    "REDIS CAN LOSE CONSENT: {problems}. An opt-out that Redis loses lets messages reach "
+    "people who said stop. Set appendonly yes (or save points) and "
+    "maxmemory-policy noeviction on {address}."
+)
+
+
+def warn_if_not_durable(settings: Settings, store: RedisConsentStore) -> asyncio.Task[None] | None:
+    """Start-up, on a real Redis: once Redis answers, check (once) that it keeps what it
+    is told (AOF or RDB save points) and never evicts (maxmemory-policy noeviction);
+    one WARNING line naming every problem. The embedded store says it is not durable
+    already (warn_at_start): no check."""
+    if settings.redis.url is None:
+        return None
+    address = redis_address(settings.redis.url)
+
+    async def check() -> None:
+        while True:
+            try:
+                problems = await durability_problems(store.client)
+                break
+            except StoreUnavailable:  # the health watcher says why; check once it answers
+                await asyncio.sleep(1)
+        if problems is None:
+            log.info(
+                "redis durability not checked: CONFIG is not available to this client",
+                extra={"redis": address},
+            )
+        elif problems:
+            log.warning(DURABILITY_WARNING.format(problems="; ".join(problems), address=address))
+        else:
+            log.info(
+                "redis durability checked: persistence on, noeviction", extra={"redis": address}
+            )
+
+    return asyncio.create_task(check(), name="durability-check")
+
+
 def warn_at_start(settings: Settings) -> None:
     """Log what an operator must know before the first call: durability and exposure."""
     if settings.redis.embedded:
@@ -547,8 +633,9 @@ async def install_bootstrap_key(security: SecurityAuthority, token: str, *, retr
         try:
             outcome = await security.install_key(token, OPERATOR_TENANT, Role.ADMIN, "bootstrap")
         except StoreUnavailable:
-            log.error("bootstrap API key not installed yet: store unreachable; retrying")
+            # Once (the first try, before serving): the health watcher's line says why.
             if not retry:
+                log.warning("bootstrap API key not installed yet: store unreachable; retrying")
                 return False
             await asyncio.sleep(1)
             continue

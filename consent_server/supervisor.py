@@ -43,7 +43,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from prometheus_client import CollectorRegistry
+
 from consent_server.config import ConfigError, Settings
+from consent_server.logs import real_stderr_fd
 
 log = logging.getLogger("consent_server.supervisor")
 
@@ -94,17 +97,39 @@ def _reserve(var: str, listen: str) -> tuple[socket.socket, str]:
     return sock, f"{host}:{sock.getsockname()[1]}"
 
 
-def _serve_metrics(listen: str | None, directory: str) -> None:
-    """The one /metrics of all processes: the sum of their multiprocess files."""
+def _store_up(registry: CollectorRegistry) -> bool | None:
+    """The lowest ``consent_store_up`` of the live processes; None before any probed."""
+    values = [
+        sample.value
+        for family in registry.collect()
+        if family.name == "consent_store_up"
+        for sample in family.samples
+    ]
+    return min(values) == 1 if values else None
+
+
+def _serve_metrics(listen: str | None, directory: str, serving: Callable[[], bool]) -> None:
+    """The one /metrics of all processes (the sum of their multiprocess files), and
+    /readyz: every process serves and every process's store probe succeeds."""
     if not listen:
         return
-    from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+    from prometheus_client import multiprocess
+
+    from consent_server.metrics import start_metrics_server
 
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
-    host, _, port = listen.rpartition(":")
+
+    def ready() -> tuple[bool, str]:
+        if not serving():
+            return False, "not every server process serves"
+        up = _store_up(registry)
+        if up is not True:
+            return False, "consent store unavailable" if up is False else "store not probed yet"
+        return True, ""
+
     try:
-        start_http_server(int(port), addr=host.strip("[]"), registry=registry)
+        start_metrics_server(listen, registry=registry, ready=ready)
     except OSError as exc:
         raise ConfigError(
             f"CONSENT_METRICS_LISTEN={listen!r}: cannot listen there ({exc.strerror or exc})"
@@ -142,7 +167,11 @@ class Supervisor:
             extra += ["--http-listen", http_listen]
         self._child_args = [*self.argv, *extra]
         self._metrics_dir = tempfile.mkdtemp(prefix="consent-metrics-")
-        _serve_metrics(s.observability.metrics_listen, self._metrics_dir)
+        _serve_metrics(
+            s.observability.metrics_listen,
+            self._metrics_dir,
+            lambda: not self.stopping and all(slot.serving for slot in self.slots),
+        )
 
     def _command(self, slot: _Slot) -> list[str]:
         args = [sys.executable, "-m", "consent_server", *self._child_args]
@@ -161,7 +190,11 @@ class Supervisor:
         slot.starts += 1
         try:
             slot.proc = await asyncio.create_subprocess_exec(
-                *self._command(slot), env=env, pass_fds=(write_fd,)
+                *self._command(slot),
+                env=env,
+                pass_fds=(write_fd,),
+                # The real stderr, not this process's capture of gRPC core's lines.
+                stderr=real_stderr_fd(),
             )
         finally:
             os.close(write_fd)

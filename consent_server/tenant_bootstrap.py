@@ -39,11 +39,17 @@ async def ensure_tenants(registry: TenantRegistry, settings: Settings) -> asynci
     if not names:
         return None
 
+    told = False
+
     async def attempt() -> bool:
+        nonlocal told
         try:
             created = await registry.ensure(names)
         except StoreUnavailable:
-            log.error("start-up tenants not created yet: store unreachable; retrying")
+            # Once: the health watcher's line says why the store cannot be reached.
+            if not told:
+                log.warning("start-up tenants not created yet: store unreachable; retrying")
+                told = True
             return False
         if created:
             log.info("tenants created at start", extra={"tenants": ",".join(created)})

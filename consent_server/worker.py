@@ -10,7 +10,7 @@ import asyncio
 import sys
 from collections.abc import Sequence
 
-from consent_server import logs
+from consent_server import logs, tracing
 from consent_server.config import ConfigError, load
 from consent_server.delivery.runner import run_worker
 
@@ -20,10 +20,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load(argv)
         logs.configure(settings.observability.log_level, settings.observability.log_format)
+        tracing.setup("consent-worker")
         return asyncio.run(run_worker(settings))
     except ConfigError as exc:
+        logs.release_native_stderr()
         print(f"consent-worker: configuration error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        logs.release_native_stderr()
 
 
 if __name__ == "__main__":

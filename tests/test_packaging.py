@@ -507,19 +507,6 @@ def exported_metrics() -> set[str]:
     return names
 
 
-def pending_metrics() -> set[str]:
-    """The per-RPC metrics the README says the dashboard waits for (histograms expand)."""
-    readme = (ROOT / "README.md").read_text()
-    block = readme.split("<!-- dashboard-pending-metrics -->", 1)[1]
-    block = block.split("<!-- /dashboard-pending-metrics -->", 1)[0]
-    names = set()
-    for name in re.findall(r"`([a-z_:]+)(?:\{[^`]*\})?`", block):
-        names.add(name)
-        if name.endswith("_seconds"):
-            names.update(name + s for s in ("_bucket", "_sum", "_count"))
-    return names
-
-
 def dashboard_panels() -> list[dict[str, Any]]:
     doc = json.loads(DASHBOARD.read_text())
     panels = []
@@ -540,25 +527,30 @@ def test_queried_metrics_parser_finds_names_and_skips_promql_words() -> None:
     }
 
 
-def test_dashboard_queries_only_metrics_the_code_exports_or_the_readme_lists() -> None:
-    exported, pending = exported_metrics(), pending_metrics()
+def test_dashboard_queries_only_metrics_the_code_exports() -> None:
+    exported = exported_metrics()
     assert "consent_messages_accepted_total" in exported
-    assert {"grpc_server_handled_total", "grpc_server_handling_seconds_bucket"} <= pending
     used: set[str] = set()
     for panel in dashboard_panels():
         targets = panel.get("targets", [])
         assert targets, panel["title"]
         names = set().union(*(queried_metrics(t["expr"]) for t in targets))
         assert names, panel["title"]
-        unknown = names - exported - pending
-        assert not unknown, f"{panel['title']}: {unknown} neither exported nor listed"
-        waiting = names - exported
-        if waiting:  # a panel that stays empty today says so
-            assert "per-RPC" in panel.get("description", ""), panel["title"]
+        unknown = names - exported
+        assert not unknown, f"{panel['title']}: {unknown} not exported by consent_server"
         used |= names
-    # The dashboard covers the send path today and the per-RPC metrics once they exist.
-    assert {"consent_messages_accepted_total", "consent_outbox_backlog"} <= used
-    assert {"grpc_server_handled_total", "grpc_server_handling_seconds_bucket"} <= used
+    # The send path, the per-RPC metrics, the decisions and the store.
+    assert {
+        "consent_messages_accepted_total",
+        "consent_outbox_backlog",
+        "grpc_server_handled_total",
+        "grpc_server_handling_seconds_bucket",
+        "consent_decisions_total",
+        "consent_inbound_actions_total",
+        "consent_rate_limited_total",
+        "consent_store_up",
+        "consent_store_call_seconds_bucket",
+    } <= used
 
 
 def test_dashboard_is_importable_grafana_json() -> None:

@@ -26,11 +26,18 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
 
-from consent_server.domain.auth import OPERATOR_METHODS, OPERATOR_TENANT, Caller, is_open
+from consent_server.domain.auth import (
+    OPERATOR_METHODS,
+    OPERATOR_TENANT,
+    Caller,
+    RateLimited,
+    is_open,
+)
 from consent_server.domain.errors import InvalidArgument, TenantNotFound
 from consent_server.domain.security import SecurityAuthority, call_cost
 from consent_server.domain.service import ANONYMOUS
 from consent_server.domain.validation import TENANT_RE
+from consent_server.metrics import RATE_LIMITED
 
 from .errors import abort
 
@@ -203,6 +210,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                     _caller.set(await admit(method, header, request))
                 await exists(method, request)
             except Exception as exc:
+                if isinstance(exc, RateLimited):
+                    RATE_LIMITED.inc()
                 await abort(context, exc)
                 raise
 

@@ -10,11 +10,11 @@ import grpc
 
 from consent_client.v1 import consent_pb2 as pb
 from consent_client.v1 import consent_pb2_grpc as pb_grpc
-from consent_server.domain.errors import ConsentError, NotConfigured
+from consent_server.domain.errors import ConsentError, NotConfigured, SendBlocked
 from consent_server.domain.links_service import ConsentLinks
-from consent_server.domain.model import Action
+from consent_server.domain.model import Action, Decision
 from consent_server.domain.service import BatchItemError, ChangeResult, ConsentAuthority
-from consent_server.metrics import ACCEPTED
+from consent_server.metrics import ACCEPTED, DECISIONS
 
 from . import convert as cv
 from .auth import current_principal
@@ -39,6 +39,27 @@ def rpc(fn: Handler[Resp]) -> Handler[Resp]:
     return wrapper
 
 
+# consent_decisions_total's children by (rpc, allowed, reason, scope): labels() costs
+# more than the increment, and a batch counts every item.
+_DECISION_CHILDREN: dict[tuple[str, bool, str, str], Any] = {}
+
+
+_SEND_ALLOWED_RECORD = DECISIONS.labels("SendIfAllowed", "allowed", "none", "record")
+_SEND_ALLOWED_DEFAULT = DECISIONS.labels("SendIfAllowed", "allowed", "none", "default_policy")
+
+
+def count_decision(rpc_name: str, decision: Decision) -> None:
+    """One ``consent_decisions_total`` increment for an answered decision."""
+    reason = decision.block_reason.value if decision.block_reason else "none"
+    key = (rpc_name, decision.allowed, reason, decision.decided_by.value)
+    child = _DECISION_CHILDREN.get(key)
+    if child is None:
+        child = _DECISION_CHILDREN[key] = DECISIONS.labels(
+            rpc_name, "allowed" if decision.allowed else "blocked", reason, key[3]
+        )
+    child.inc()
+
+
 def principal_of(context: Ctx) -> str:
     """The calling principal: the API key id set by the auth interceptor, or "anonymous"."""
     return current_principal()
@@ -61,6 +82,7 @@ class ConsentServicer(pb_grpc.ConsentServiceServicer):
             request.topic,
             cv.raw_timestamp(request.HasField("at"), request.at),
         )
+        count_decision("CheckConsent", result.decision)
         response = cv.check_response(result.recipient, result.topic, result.decision)
         if result.deciding_event is not None:
             response.deciding_event.CopyFrom(cv.event(result.deciding_event))
@@ -81,6 +103,7 @@ class ConsentServicer(pb_grpc.ConsentServiceServicer):
             if isinstance(item, BatchItemError):
                 out.results.add(error=item_status(item.violations))
             else:
+                count_decision("BatchCheckConsent", item.decision)
                 decision = out.results.add().decision
                 cv.fill_check_response(decision, item.recipient, item.topic, item.decision)
                 if item.deciding_event is not None:
@@ -129,16 +152,22 @@ class ConsentServicer(pb_grpc.ConsentServiceServicer):
     async def SendIfAllowed(
         self, request: pb.SendIfAllowedRequest, context: Ctx
     ) -> pb.SendIfAllowedResponse:
-        result = await self._a.send(
-            tenant_id=request.tenant_id,
-            recipient=cv.optional_recipient(request.HasField("recipient"), request.recipient),
-            topic=request.topic,
-            message=cv.raw_message(request.HasField("message"), request.message),
-            idempotency_key=request.idempotency_key,
-            not_after=cv.raw_timestamp(request.HasField("not_after"), request.not_after),
-            metadata=dict(request.metadata),
-        )
+        try:
+            result = await self._a.send(
+                tenant_id=request.tenant_id,
+                recipient=cv.optional_recipient(request.HasField("recipient"), request.recipient),
+                topic=request.topic,
+                message=cv.raw_message(request.HasField("message"), request.message),
+                idempotency_key=request.idempotency_key,
+                not_after=cv.raw_timestamp(request.HasField("not_after"), request.not_after),
+                metadata=dict(request.metadata),
+            )
+        except SendBlocked as exc:
+            count_decision("SendIfAllowed", exc.decision)
+            raise
         acc = result.accepted
+        # The send script answers the revision, not which record allowed it.
+        (_SEND_ALLOWED_RECORD if acc.consent_revision else _SEND_ALLOWED_DEFAULT).inc()
         if not acc.duplicate:
             ACCEPTED.inc()
         return pb.SendIfAllowedResponse(

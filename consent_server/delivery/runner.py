@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from consent_server.config import ConfigError, Settings
 from consent_server.domain.delivery import DeliveryAdmin
 from consent_server.domain.whatsapp import StatusHandler
-from consent_server.metrics import MetricsListenError, serve_metrics
+from consent_server.metrics import READINESS, MetricsListenError, serve_metrics
 from consent_server.store.connect import open_store
 from consent_server.store.outbox import DeliveryRepository
 from consent_server.store.providers import RedisProviderSettings
@@ -160,8 +160,10 @@ async def run_worker(settings: Settings) -> int:
             except TimeoutError:
                 continue
     warn_if_only_log_provider(settings, store, delivering=True)
+    READINESS.serving = READINESS.store_up = True  # /readyz: the worker reached Redis
     log.info("delivery worker process ready", extra={"consumer": worker.consumer})
     await stop.wait()
+    READINESS.serving = False
     await worker.stop(settings.server.shutdown_grace_s)
     await store.aclose()
     return 0

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from . import audit_log
 from .errors import IdConflict
 from .masking import mask_address
 from .model import Action, ChangeOutcome, ConsentEventInput, Recipient, Source
@@ -128,6 +129,7 @@ class ProviderFeedback:
             return None  # this message already recorded a different provider opt-out
         if outcome.duplicate:
             return None
+        audit_log.consent_changed(event, outcome)
         if self._on_recorded is not None:
             self._on_recorded(feedback.provider)
         log.info(

@@ -6,8 +6,15 @@ import re
 
 _EMAIL_RE = re.compile(r"([A-Za-z0-9._%+\-]+)@([A-Za-z0-9.\-]+\.[A-Za-z]{2,})")
 # A '+' followed by a digit run (spaces, dashes, brackets allowed), or a bare run of
-# 8-15 digits (WhatsApp IDs). Dots are excluded so IP addresses stay readable.
-_PHONE_RE = re.compile(r"\+\d[\d ()\-]{5,}\d|(?<![\d.])\d{8,15}(?![\d.])")
+# 8-15 digits (WhatsApp IDs). A number is a token of its own: a digit run that touches a
+# letter or digit is part of an identifier (message ids are hex, ``m0a019...``; wamids
+# are base64 and can hold ``+``), and masking it would corrupt the id in the log. Dots
+# bound bare runs too, so IP addresses and dotted ids (``lk_<hex>.<hex>``) stay readable.
+_ALNUM = "A-Za-z0-9"
+_PHONE_RE = re.compile(
+    rf"(?<![{_ALNUM}+])\+\d[\d ()\-]{{5,}}\d(?![{_ALNUM}])"
+    rf"|(?<![{_ALNUM}.])\d{{8,15}}(?![{_ALNUM}.])"
+)
 
 
 # An API key ck_<id>_<secret>: the id may be shown, the secret never.

@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from . import page_tokens
+from . import audit_log, page_tokens
 from . import settings as tenant_settings
 from . import validation as val
 from .decision import decide
@@ -28,6 +28,7 @@ from .keywords import Match, match_inbound
 from .model import (
     Action,
     ChangeOutcome,
+    Channel,
     ConsentEvent,
     ConsentEventInput,
     Decision,
@@ -49,6 +50,8 @@ from .validation import RawMessage, RawRecipient, RawTimestamp, Violations
 
 # (tenant, normalised recipient, topic) -> a signed re-subscribe URL ("" when none).
 LinkMinter = Callable[[str, Recipient, str], Awaitable[str]]
+# Told what each inbound message did, by channel (the metrics count it).
+InboundObserver = Callable[[Channel, InboundAction], None]
 
 MAX_BATCH = 10_000
 MAX_BATCH_AT = 1000  # a point-in-time batch reads each recipient's whole history
@@ -152,9 +155,11 @@ class ConsentAuthority:
         clock_ms: Callable[[], int] = _now_ms,
         limits: Limits | None = None,
         history: ConsentHistory | None = None,
+        on_inbound: InboundObserver | None = None,
     ) -> None:
         self._store = store
         self._history = history
+        self._on_inbound = on_inbound
         self._default_region = default_region
         self._clock_ms = clock_ms
         self._limits = limits or Limits()
@@ -350,19 +355,19 @@ class ConsentAuthority:
         ident = val.identifier(v, event_id, "event_id") or f"ev_{uuid.uuid4().hex}"
         v.raise_if_any()
         assert rcpt is not None and source is not None
-        outcome = await self._store.record_event(
-            ConsentEventInput(
-                tenant_id=tenant,
-                recipient=rcpt,
-                topic=norm_topic,
-                action=action,
-                source=source,
-                evidence=when.evidence(text, "occurred_at", self._limits.max_evidence_bytes),
-                occurred_at_ms=when.ms,
-                event_id=ident,
-                principal=principal,
-            )
+        event = ConsentEventInput(
+            tenant_id=tenant,
+            recipient=rcpt,
+            topic=norm_topic,
+            action=action,
+            source=source,
+            evidence=when.evidence(text, "occurred_at", self._limits.max_evidence_bytes),
+            occurred_at_ms=when.ms,
+            event_id=ident,
+            principal=principal,
         )
+        outcome = await self._store.record_event(event)
+        audit_log.consent_changed(event, outcome)
         return ChangeResult(rcpt, norm_topic, outcome)
 
     async def send(
@@ -409,6 +414,7 @@ class ConsentAuthority:
         )
         if isinstance(result, SendAccepted):
             return SendResult(rcpt, result)
+        audit_log.send_blocked(tenant, rcpt, norm_topic, result.decision)
         raise SendBlocked(rcpt, norm_topic, result.decision)
 
     async def history(
@@ -441,6 +447,33 @@ class ConsentAuthority:
         return HistoryPage(rcpt, page.events, token)
 
     async def inbound(
+        self,
+        *,
+        tenant_id: str,
+        recipient: RawRecipient | None,
+        text: str,
+        button_payload: str,
+        provider_message_id: str,
+        received_at: RawTimestamp | None,
+        principal: str = ANONYMOUS,
+        button_tapped: bool = False,
+    ) -> InboundResult:
+        """HandleInboundMessage (see :meth:`_inbound`), its outcome told to the observer."""
+        result = await self._inbound(
+            tenant_id=tenant_id,
+            recipient=recipient,
+            text=text,
+            button_payload=button_payload,
+            provider_message_id=provider_message_id,
+            received_at=received_at,
+            principal=principal,
+            button_tapped=button_tapped,
+        )
+        if self._on_inbound is not None:
+            self._on_inbound(result.recipient.channel, result.action)
+        return result
+
+    async def _inbound(
         self,
         *,
         tenant_id: str,
@@ -496,21 +529,22 @@ class ConsentAuthority:
         confirmation = reply_text(
             settings, tenant, found.kind, found.language, found.topic, signed_link=link
         )
-        change = await self._store.record_inbound(
-            ConsentEventInput(
-                tenant_id=tenant,
-                recipient=rcpt,
-                topic=found.topic,
-                action=action,
-                # The customer acted through a button whenever a payload came with it.
-                source=Source.BUTTON if button_payload or button_tapped else Source.KEYWORD,
-                evidence=when.evidence(_inbound_evidence(found), "received_at"),
-                occurred_at_ms=when.ms,
-                event_id=event_id,
-                principal=principal,
-            ),
-            OutboundMessage(kind="text", text=confirmation),
+        event = ConsentEventInput(
+            tenant_id=tenant,
+            recipient=rcpt,
+            topic=found.topic,
+            action=action,
+            # The customer acted through a button whenever a payload came with it.
+            source=Source.BUTTON if button_payload or button_tapped else Source.KEYWORD,
+            evidence=when.evidence(_inbound_evidence(found), "received_at"),
+            occurred_at_ms=when.ms,
+            event_id=event_id,
+            principal=principal,
         )
+        change = await self._store.record_inbound(
+            event, OutboundMessage(kind="text", text=confirmation)
+        )
+        audit_log.consent_changed(event, change.outcome)
         queued = change.confirmation_id
         return InboundResult(
             rcpt,

@@ -11,7 +11,7 @@ Routes:
                                  one-click (body ``List-Unsubscribe=One-Click``)
     POST /receipts/<tenant_id>   delivery receipts from the tenant's webhook provider
                                  (signed like our deliveries to it)
-    GET  /healthz                 200 "ok" while the process serves HTTP
+    GET  /healthz                 200 "ok" while the consent store answers, else 503
 
 Status codes for WhatsApp: 200 once a well-formed, authentic notification was
 processed (items we could not apply are kept as dead letters, not refused: a
@@ -29,10 +29,11 @@ import logging
 import secrets
 import socket
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from urllib.parse import parse_qs
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from consent_server.delivery.receipts import CallbackRefused, WebhookCallbacks
 from consent_server.domain.errors import InvalidArgument, StoreUnavailable, TenantNotFound
@@ -58,6 +59,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _LINKS = web.AppKey("links", ConsentLinks)
 _WHATSAPP = web.AppKey("whatsapp", WhatsAppEdge)
 _CALLBACKS = web.AppKey("callbacks", WebhookCallbacks)
+_STORE_UP: web.AppKey[Callable[[], bool]] = web.AppKey("store_up")
 
 
 def _html(status: int, body: str) -> web.Response:
@@ -303,7 +305,11 @@ async def link_submit(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    """Liveness of the HTTP listener (consent store health is on gRPC health)."""
+    """200 "ok" while the consent store answers; 503 while it does not (the same state
+    as gRPC health), so a load balancer stops sending webhooks and clicks we would
+    answer 503 anyway."""
+    if not request.app[_STORE_UP]():
+        return _text(503, "consent store unavailable")
     return _text(200, "ok")
 
 
@@ -334,11 +340,25 @@ async def _unexpected_errors(request: web.Request, handler: Handler) -> web.Stre
         )
 
 
+def _listening() -> bool:
+    return True
+
+
 def build_app(
-    links: ConsentLinks, whatsapp: WhatsAppEdge, callbacks: WebhookCallbacks
+    links: ConsentLinks,
+    whatsapp: WhatsAppEdge,
+    callbacks: WebhookCallbacks,
+    *,
+    store_up: Callable[[], bool] = _listening,
+    middlewares: Sequence[Middleware] = (),  # outside the edge's own (tracing)
 ) -> web.Application:
-    """The aiohttp application with every edge route."""
-    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_unexpected_errors])
+    """The aiohttp application with every edge route. ``store_up`` is the store's
+    health for ``/healthz`` (the server passes its health watcher's; an app built
+    alone, in tests, reports only that it listens)."""
+    app = web.Application(
+        client_max_size=MAX_BODY_BYTES, middlewares=[*middlewares, _unexpected_errors]
+    )
+    app[_STORE_UP] = store_up
     app[_LINKS] = links
     app[_WHATSAPP] = whatsapp
     app[_CALLBACKS] = callbacks

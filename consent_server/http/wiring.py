@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from consent_server.config import Settings
 from consent_server.delivery.receipts import WebhookCallbacks
@@ -75,8 +77,11 @@ def edge_app(
     on_inbound: InboundHandler | None = None,
     on_status: StatusHandler | None = None,
     whatsapp: WhatsAppEdge | None = None,
+    store_up: Callable[[], bool],
+    middlewares: Sequence[Middleware] = (),
 ) -> web.Application:
-    """The edge application (``whatsapp`` built by whatsapp_edge when not given)."""
+    """The edge application (``whatsapp`` built by whatsapp_edge when not given);
+    ``/healthz`` answers 503 while ``store_up()`` is false."""
     if whatsapp is None:
         whatsapp = whatsapp_edge(authority, edge_store, on_inbound=on_inbound, on_status=on_status)
-    return build_app(links, whatsapp, callbacks)
+    return build_app(links, whatsapp, callbacks, store_up=store_up, middlewares=middlewares)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 from typing import Any
+from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
@@ -74,3 +75,19 @@ def _without_maintenance_notifications(cls: type) -> dict[str, Any]:
     if "maint_notifications_config" not in inspect.signature(cls).parameters:
         return {}
     return {"maint_notifications_config": MaintNotificationsConfig(enabled=False)}
+
+
+def redis_address(url: str) -> str:
+    """Where a Redis URL points, for log lines: ``host:port`` or ``unix:/path``; never
+    the user name or password."""
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return f"unix:{parts.path}"
+    host = parts.hostname or "localhost"
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = parts.port or 6379
+    except ValueError:
+        port = 6379
+    return f"{host}:{port}"

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from typing import Any
 
+import redis.exceptions as rex
 from redis.asyncio.cluster import RedisCluster
 
 from consent_server.domain.errors import StoreUnavailable
@@ -81,3 +83,34 @@ def _parse_info(reply: Any) -> dict[str, str]:
         if sep:
             out[name.strip()] = value.strip()
     return out
+
+
+def failure_cause(exc: BaseException) -> str:
+    """Why a probe failed, in words an operator can act on (never a password)."""
+    chain: list[BaseException] = []
+    seen: BaseException | None = exc
+    while seen is not None and len(chain) < 8:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    words = " ".join(str(e) for e in chain)
+    for e in chain:
+        if isinstance(e, rex.AuthenticationError) or any(
+            w in words for w in ("WRONGPASS", "NOAUTH", "invalid password", "invalid username")
+        ):
+            return (
+                "authentication refused: wrong or missing password (or user) in CONSENT_REDIS_URL"
+            )
+    for e in chain:
+        if isinstance(e, ConnectionRefusedError) or "Connection refused" in words:
+            return "connection refused (is Redis running there, on that port?)"
+        if isinstance(e, socket.gaierror) or "not known" in words or "resolve" in words:
+            return "host name does not resolve"
+        if isinstance(e, rex.BusyLoadingError):
+            return "Redis is loading its data set"
+        if isinstance(e, rex.ReadOnlyError):
+            return "Redis is a read-only replica"
+        if isinstance(e, TimeoutError | rex.TimeoutError):
+            return "no answer in time (CONSENT_REDIS_TIMEOUT)"
+    if isinstance(exc, StoreUnavailable):
+        return str(exc).removeprefix("consent store unavailable: ")
+    return type(exc).__name__

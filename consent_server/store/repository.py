@@ -36,6 +36,7 @@ from consent_server.domain.model import (
     TenantSettings,
 )
 from consent_server.domain.ports import RecordPair
+from consent_server.metrics import STORE_CALL
 
 from . import keys
 from .client import RedisClient
@@ -91,15 +92,22 @@ def _raised_in_redis(exc: BaseException) -> bool:
 async def guarded(fn: Callable[[], Awaitable[T]]) -> T:
     """Run one store operation; an outage becomes StoreUnavailable (fail closed).
 
-    Every store module goes through this, so they agree on what counts as an outage."""
+    Every store module goes through this, so they agree on what counts as an outage,
+    and its duration is the ``consent_store_call_seconds`` histogram."""
+    started = time.perf_counter()
+    timer = _CALL_ERROR
     try:
-        return await fn()
+        result = await fn()
+        timer = _CALL_OK
+        return result
     except UNAVAILABLE_ERRORS as exc:
+        timer = _CALL_UNAVAILABLE
         raise _unavailable(exc) from exc
     except rex.ResponseError as exc:
         # A primary refusing writes for too few replicas (min-replicas-to-write) is an
         # outage to the caller, like a read-only one; redis-py has no class for it.
         if str(exc).startswith("NOREPLICAS"):
+            timer = _CALL_UNAVAILABLE
             raise _unavailable(exc) from exc
         raise
     except AttributeError as exc:
@@ -107,8 +115,17 @@ async def guarded(fn: Callable[[], Awaitable[T]]) -> T:
         # also those other calls are using; they then fail inside redis-py on a missing
         # socket writer. An outage, not a bug of ours (which stays an AttributeError).
         if _raised_in_redis(exc):
+            timer = _CALL_UNAVAILABLE
             raise _unavailable(exc) from exc
         raise
+    finally:
+        timer.observe(time.perf_counter() - started)
+
+
+# The histogram's children, resolved once: guarded() runs on every store call.
+_CALL_OK = STORE_CALL.labels("ok")
+_CALL_UNAVAILABLE = STORE_CALL.labels("unavailable")
+_CALL_ERROR = STORE_CALL.labels("error")
 
 
 class RedisConsentStore:
