@@ -15,7 +15,7 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
@@ -119,21 +119,9 @@ class Totals:
     problems: list[tuple[int, str, str]] = field(default_factory=list)
     problems_omitted: int = 0
 
-    COUNTERS = (
-        "records",
-        "applied",
-        "changed",
-        "ignored_older",
-        "ignored_erased",
-        "skipped_no_proof",
-        "skipped_opted_out",
-        "invalid",
-        "duplicates",
-    )
-
     def add(self, r: apb.ImportConsentResponse) -> None:
         """Add one call's summary."""
-        for name in self.COUNTERS:
+        for name in _COUNTERS:
             setattr(self, name, getattr(self, name) + getattr(r, name))
         for p in r.problems:
             kind = apb.ImportProblemKind.Name(p.kind).removeprefix("IMPORT_PROBLEM_KIND_")
@@ -150,7 +138,7 @@ class Totals:
 
     def to_json(self) -> dict[str, Any]:
         """The totals for the checkpoint file."""
-        data: dict[str, Any] = {name: getattr(self, name) for name in self.COUNTERS}
+        data: dict[str, Any] = {name: getattr(self, name) for name in _COUNTERS}
         data["problems"] = self.problems
         data["problems_omitted"] = self.problems_omitted
         return data
@@ -159,11 +147,15 @@ class Totals:
     def from_json(cls, data: Mapping[str, Any]) -> Totals:
         """Totals read back from a checkpoint file."""
         t = cls()
-        for name in cls.COUNTERS:
+        for name in _COUNTERS:
             setattr(t, name, int(data.get(name, 0)))
         t.problems = [(int(a), str(b), str(c)) for a, b, c in data.get("problems", [])]
         t.problems_omitted = int(data.get("problems_omitted", 0))
         return t
+
+
+# The counters, named like the ImportConsentResponse fields they add up.
+_COUNTERS = tuple(f.name for f in fields(Totals) if f.name not in ("problems", "problems_omitted"))
 
 
 def parse_time(value: str) -> Timestamp | None:

@@ -6,6 +6,7 @@ are domain values. Raises ConsentError subclasses only.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -234,8 +235,11 @@ class ConsentAuthority:
         settings: TenantSettings,
     ) -> list[CheckResult]:
         assert self._history is not None
-        histories = await self._history.histories(tenant, rcpts)
-        tombs = await self._history.tombstone_records(tenant, rcpts, topic)
+        # Independent reads: one round trip for both, not one after the other.
+        histories, tombs = await asyncio.gather(
+            self._history.histories(tenant, rcpts),
+            self._history.tombstone_records(tenant, rcpts, topic),
+        )
         policy = settings.policy_for(topic)
         out = []
         for rcpt, events, tomb in zip(rcpts, histories, tombs, strict=True):
@@ -458,33 +462,6 @@ class ConsentAuthority:
         principal: str = ANONYMOUS,
         button_tapped: bool = False,
     ) -> InboundResult:
-        """HandleInboundMessage (see :meth:`_inbound`), its outcome told to the observer."""
-        result = await self._inbound(
-            tenant_id=tenant_id,
-            recipient=recipient,
-            text=text,
-            button_payload=button_payload,
-            provider_message_id=provider_message_id,
-            received_at=received_at,
-            principal=principal,
-            button_tapped=button_tapped,
-        )
-        if self._on_inbound is not None:
-            self._on_inbound(result.recipient.channel, result.action)
-        return result
-
-    async def _inbound(
-        self,
-        *,
-        tenant_id: str,
-        recipient: RawRecipient | None,
-        text: str,
-        button_payload: str,
-        provider_message_id: str,
-        received_at: RawTimestamp | None,
-        principal: str = ANONYMOUS,
-        button_tapped: bool = False,
-    ) -> InboundResult:
         """HandleInboundMessage: keyword/button -> opt-out, opt-in or help.
 
         The provider message id is the event id, so a redelivery returns the first
@@ -509,10 +486,12 @@ class ConsentAuthority:
         assert rcpt is not None
         found = match_inbound(settings, text, button_payload, tapped=button_tapped)
         if found is None:
-            return InboundResult(rcpt, InboundAction.NONE, "", "", "", 0)
+            return self._told(InboundResult(rcpt, InboundAction.NONE, "", "", "", 0))
         if found.kind is KeywordKind.HELP:
             help_text = reply_text(settings, tenant, KeywordKind.HELP, found.language, "")
-            return InboundResult(rcpt, InboundAction.HELP, found.keyword, help_text, "", 0)
+            return self._told(
+                InboundResult(rcpt, InboundAction.HELP, found.keyword, help_text, "", 0)
+            )
         action = Action.OPT_OUT if found.kind is KeywordKind.OPT_OUT else Action.OPT_IN
         # Checked once the action is known: a future STOP is clamped, a future START refused.
         when = val.event_time(
@@ -546,14 +525,22 @@ class ConsentAuthority:
         )
         audit_log.consent_changed(event, change.outcome)
         queued = change.confirmation_id
-        return InboundResult(
-            rcpt,
-            InboundAction.OPTED_OUT if action is Action.OPT_OUT else InboundAction.OPTED_IN,
-            found.keyword,
-            confirmation if queued else "",
-            queued,
-            change.outcome.revision,
+        return self._told(
+            InboundResult(
+                rcpt,
+                InboundAction.OPTED_OUT if action is Action.OPT_OUT else InboundAction.OPTED_IN,
+                found.keyword,
+                confirmation if queued else "",
+                queued,
+                change.outcome.revision,
+            )
         )
+
+    def _told(self, result: InboundResult) -> InboundResult:
+        """``result``, once the inbound observer (metrics) has been told of it."""
+        if self._on_inbound is not None:
+            self._on_inbound(result.recipient.channel, result.action)
+        return result
 
     async def get_settings(self, tenant_id: str) -> TenantSettings:
         """GetTenantSettings: the effective settings (defaults filled in)."""

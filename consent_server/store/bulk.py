@@ -128,18 +128,19 @@ class RedisBulkStore:
         """One import_view.lua call per partition, the partitions concurrently. Writes
         nothing (a dry run reads only): a tenant without an erasure secret has no
         tombstone, and a digest that is no hex string names none."""
-        stored = await guarded(lambda: self._r.get(keys.erasure_secret(tenant_id)))
-        secret: bytes | None = None if stored is None else text(stored).encode()
+        secret = await guarded(lambda: self._tombstones.existing_secret(tenant_id))
         groups: dict[int, tuple[list[int], list[str], list[str | int]]] = {}
-        for n, (rcpt, ids) in enumerate(wanted):
-            part = keys.partition(tenant_id, rcpt)
-            positions, kk, args = groups.setdefault(part, ([], [], []))
-            positions.append(n)
-            kk.append(keys.state(keys.partition_base(part, tenant_id, rcpt)))
-            digest = "none" if secret is None else TombstoneNames.digest(secret, rcpt)
-            kk.append(keys.tombstone(tenant_id, rcpt, digest))
-            args.append(len(ids))
-            args.extend(ids)
+        for part, positions in keys.by_partition(tenant_id, [r for r, _ in wanted]).items():
+            kk: list[str] = []
+            args: list[str | int] = []
+            for n in positions:
+                rcpt, ids = wanted[n]
+                kk.append(keys.state(keys.partition_base(part, tenant_id, rcpt)))
+                digest = "none" if secret is None else TombstoneNames.digest(secret, rcpt)
+                kk.append(keys.tombstone(tenant_id, rcpt, digest))
+                args.append(len(ids))
+                args.extend(ids)
+            groups[part] = (positions, kk, args)
 
         async def read() -> list[Any]:
             calls = [self._view(keys=k, args=a) for _, k, a in groups.values()]
@@ -159,33 +160,35 @@ class RedisBulkStore:
             return []
         tenant_id = events[0].tenant_id
         secret = await guarded(lambda: self._tombstones.secret(tenant_id))
-        groups: dict[int, tuple[list[int], list[str], list[str]]] = {}
-        for n, e in enumerate(events):
-            part = keys.partition(e.tenant_id, e.recipient)
-            base = keys.partition_base(part, e.tenant_id, e.recipient)
-            digest = TombstoneNames.digest(secret, e.recipient)
-            positions, kk, args = groups.setdefault(part, ([], [], []))
-            positions.append(n)
-            kk += (
-                keys.state(base),
-                keys.history(base),
-                keys.tombstone(e.tenant_id, e.recipient, digest),
-                keys.message_index(e.tenant_id, e.recipient, digest),
-            )
-            args.append(
-                "\0".join(
-                    (
-                        e.event_id,
-                        e.action.value,
-                        keys.scope_field(e.topic),
-                        e.topic,
-                        e.source.value,
-                        e.evidence,
-                        str(e.occurred_at_ms),
-                        e.principal,
+        groups: list[tuple[list[int], list[str], list[str]]] = []
+        for part, positions in keys.by_partition(tenant_id, [e.recipient for e in events]).items():
+            kk: list[str] = []
+            args: list[str] = []
+            for n in positions:
+                e = events[n]
+                base = keys.partition_base(part, tenant_id, e.recipient)
+                digest = TombstoneNames.digest(secret, e.recipient)
+                kk += (
+                    keys.state(base),
+                    keys.history(base),
+                    keys.tombstone(tenant_id, e.recipient, digest),
+                    keys.message_index(tenant_id, e.recipient, digest),
+                )
+                args.append(
+                    "\0".join(
+                        (
+                            e.event_id,
+                            e.action.value,
+                            keys.scope_field(e.topic),
+                            e.topic,
+                            e.source.value,
+                            e.evidence,
+                            str(e.occurred_at_ms),
+                            e.principal,
+                        )
                     )
                 )
-            )
+            groups.append((positions, kk, args))
         out = [""] * len(events)
 
         async def run_group(positions: list[int], kk: list[str], args: list[str]) -> None:
@@ -202,7 +205,7 @@ class RedisBulkStore:
                 for n, reply in zip(positions[start:end], replies, strict=True):
                     out[n] = _outcome(reply)
 
-        await guarded(lambda: asyncio.gather(*(run_group(*g) for g in groups.values())))
+        await guarded(lambda: asyncio.gather(*(run_group(*g) for g in groups)))
         return out
 
     # -- export ------------------------------------------------------------------------

@@ -27,9 +27,7 @@ class RedisConsentHistory:
     async def _per_partition(
         self, tenant_id: str, recipients: Sequence[Recipient], command: Any
     ) -> list[Any]:
-        groups: dict[int, list[int]] = {}
-        for n, rcpt in enumerate(recipients):
-            groups.setdefault(keys.partition(tenant_id, rcpt), []).append(n)
+        groups = keys.by_partition(tenant_id, recipients)
 
         async def run(positions: list[int]) -> list[Any]:
             pipe = self._r.pipeline(transaction=False)

@@ -33,6 +33,7 @@ import re
 import secrets
 import time
 import zlib
+from collections.abc import Sequence
 
 from consent_server.domain.model import Recipient
 
@@ -44,6 +45,16 @@ def partition(tenant_id: str, recipient: Recipient) -> int:
     """The recipient's partition: stable, spread evenly over PARTITIONS."""
     key = f"{tenant_id}\x00{recipient.channel.value}\x00{recipient.address}".encode()
     return zlib.crc32(key) % PARTITIONS
+
+
+def by_partition(tenant_id: str, recipients: Sequence[Recipient]) -> dict[int, list[int]]:
+    """The positions of ``recipients`` grouped by partition, in request order within
+    each: every multi-recipient read or write makes one call per group (a script may
+    only touch keys of one slot) and puts the replies back at these positions."""
+    groups: dict[int, list[int]] = {}
+    for n, rcpt in enumerate(recipients):
+        groups.setdefault(partition(tenant_id, rcpt), []).append(n)
+    return groups
 
 
 _TAGS = tuple(f"{{cp{part:02d}}}" for part in range(PARTITIONS))

@@ -250,14 +250,15 @@ class RedisConsentStore:
         async def read() -> list[Any]:
             # partition -> (positions in the request, [state, tombstone] keys)
             groups: dict[int, tuple[list[int], list[str]]] = {}
-            for i, rcpt in enumerate(recipients):
-                part = keys.partition(tenant_id, rcpt)
-                positions, pair_keys = groups.setdefault(part, ([], []))
-                positions.append(i)
-                pair_keys.append(keys.state(keys.partition_base(part, tenant_id, rcpt)))
-                pair_keys.append(
-                    keys.tombstone(tenant_id, rcpt, TombstoneNames.digest(secret, rcpt))
-                )
+            for part, positions in keys.by_partition(tenant_id, recipients).items():
+                pair_keys: list[str] = []
+                for i in positions:
+                    rcpt = recipients[i]
+                    pair_keys.append(keys.state(keys.partition_base(part, tenant_id, rcpt)))
+                    pair_keys.append(
+                        keys.tombstone(tenant_id, rcpt, TombstoneNames.digest(secret, rcpt))
+                    )
+                groups[part] = (positions, pair_keys)
             calls = [self._read_states(keys=k, args=fields) for _, k in groups.values()]
             # One partition (every CheckConsent) needs no gather: that would wrap the
             # call in a task and cost loop turns on the hottest path.

@@ -37,17 +37,28 @@ class TombstoneNames:
 
     async def secret(self, tenant_id: str) -> bytes:
         """The tenant's tombstone secret, created on first use (raises redis errors)."""
+        found = await self.existing_secret(tenant_id)
+        if found is not None:
+            return found
+        key = keys.erasure_secret(tenant_id)
+        # Acknowledged like any write: a secret lost in a failover would be replaced
+        # by a new one, and every tombstone named with the old one would be unfindable.
+        candidate = secrets.token_hex(32)
+        await self._acks.write(key, lambda c: c.set(key, candidate, nx=True))
+        created = await self.existing_secret(tenant_id)
+        if created is None:  # flushed between the SET and the GET: an outage to callers
+            raise ConnectionError("the tombstone secret vanished right after it was set")
+        return created
+
+    async def existing_secret(self, tenant_id: str) -> bytes | None:
+        """The tenant's tombstone secret when it exists, creating none: for reads that
+        must write nothing (an import's dry run). No secret means no tombstone yet."""
         cached = self._secrets.get(tenant_id)
         if cached is not None:
             return cached
-        key = keys.erasure_secret(tenant_id)
-        value = await self._r.get(key)
+        value = await self._r.get(keys.erasure_secret(tenant_id))
         if value is None:
-            # Acknowledged like any write: a secret lost in a failover would be replaced
-            # by a new one, and every tombstone named with the old one would be unfindable.
-            candidate = secrets.token_hex(32)
-            await self._acks.write(key, lambda c: c.set(key, candidate, nx=True))
-            value = await self._r.get(key)
+            return None
         secret = value if isinstance(value, bytes) else str(value).encode()
         if len(self._secrets) > _CACHE_LIMIT:
             self._secrets.clear()
