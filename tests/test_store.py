@@ -250,6 +250,38 @@ async def test_unreachable_store_raises_store_unavailable(redis_proc: RedisProce
     await store.aclose()
 
 
+async def test_import_export_and_point_in_time_reads_fail_closed(
+    redis_proc: RedisProcess,
+) -> None:
+    """The stores behind ImportConsent, ExportConsent and CheckConsent ``at`` turn an
+    outage into StoreUnavailable (UNAVAILABLE), like every other store call: never an
+    internal error, never an answer made up without the store."""
+    from consent_server.domain.model import ExportQuery
+    from consent_server.store.bulk import RedisBulkStore
+    from consent_server.store.history import RedisConsentHistory
+
+    from .support import free_port
+
+    client = aioredis.Redis(port=free_port(), socket_connect_timeout=0.2, socket_timeout=0.2)
+    history = RedisConsentHistory(client)
+    bulk = RedisBulkStore(client)
+
+    async def export() -> None:
+        async for _ in bulk.export("acme", ExportQuery()):
+            pass
+
+    for call in (
+        history.histories("acme", [ALICE]),
+        history.tombstone_records("acme", [ALICE], "marketing"),
+        bulk.views("acme", [(ALICE, ["ev_1"])]),
+        bulk.apply([event(Action.OPT_OUT)]),
+        export(),
+    ):
+        with pytest.raises(StoreUnavailable):
+            await call
+    await client.aclose()
+
+
 @given(
     tenant=st.from_regex(r"\A[a-z0-9][a-z0-9_-]{0,20}\Z"),
     address=st.from_regex(r"\A\+[1-9]\d{9,13}\Z"),
