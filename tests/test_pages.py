@@ -86,7 +86,7 @@ def _shape(html: str) -> _Shape:
     return shape
 
 
-@pytest.mark.parametrize("lang", sorted(pm.CATALOGUE) + ["pt-br"])
+@pytest.mark.parametrize("lang", [*sorted(pm.CATALOGUE), "pt-br"])
 @pytest.mark.parametrize("action", [Action.OPT_OUT, Action.OPT_IN])
 def test_confirm_page_is_accessible_in_every_language(lang: str, action: Action) -> None:
     ctx = pages.PageContext(lang=lang, business="Acme Foods")
