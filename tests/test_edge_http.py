@@ -594,12 +594,18 @@ def test_thin_client_create_consent_link(edge_server: ServerProcess, tenant: str
         links = client.create_consent_link(tenant, "email", "Jane.Doe@Example.com", "news")
     assert links.topic == "news" and links.recipient.address == "jane.doe@example.com"
     assert links.opt_out_url.startswith(edge_server.http_url + "/u/")
+    assert links.short_opt_out_url == ""
+    with ConsentClient(edge_server.target) as client:
+        short = client.create_consent_link(tenant, "sms", "+1 650 555 1234", short_links=True)
+    assert short.short_opt_out_url.startswith(edge_server.http_url + "/l/")
+    assert short.short_resubscribe_url.startswith(edge_server.http_url + "/l/")
 
     async def run() -> str:
         async with AsyncConsentClient(edge_server.target) as aclient:
             made = await aclient.create_consent_link(
-                tenant, "sms", "+1 650 555 1234", ttl_seconds=60
+                tenant, "sms", "+1 650 555 1234", ttl_seconds=60, short_links=True
             )
+            assert made.short_resubscribe_url.startswith(edge_server.http_url + "/l/")
             return made.resubscribe_url
 
     assert asyncio.run(run()).startswith(edge_server.http_url + "/s/")
