@@ -5296,7 +5296,10 @@ export const ConsentServiceService = {
    * that shows no address and needs no database lookup. Nothing is recorded
    * until the customer presses the page's button (GET never changes anything).
    * FAILED_PRECONDITION with ErrorInfo reason NOT_CONFIGURED when the server has
-   * no public URL for links. Read-only and safe to retry.
+   * no public URL for links. Read-only and safe to retry; with short_links it
+   * also stores two short codes (<public URL>/l/<code>, for SMS), and a retry
+   * stores fresh ones, which is harmless. The pages speak the tenant's
+   * page_languages and name its business_name (see TenantSettings).
    */
   createConsentLink: {
     path: "/consent.v1.ConsentService/CreateConsentLink" as const,
@@ -5364,7 +5367,10 @@ export interface ConsentServiceServer extends UntypedServiceImplementation {
    * that shows no address and needs no database lookup. Nothing is recorded
    * until the customer presses the page's button (GET never changes anything).
    * FAILED_PRECONDITION with ErrorInfo reason NOT_CONFIGURED when the server has
-   * no public URL for links. Read-only and safe to retry.
+   * no public URL for links. Read-only and safe to retry; with short_links it
+   * also stores two short codes (<public URL>/l/<code>, for SMS), and a retry
+   * stores fresh ones, which is harmless. The pages speak the tenant's
+   * page_languages and name its business_name (see TenantSettings).
    */
   createConsentLink: handleUnaryCall<CreateConsentLinkRequest, CreateConsentLinkResponse>;
 }
@@ -5534,7 +5540,10 @@ export interface ConsentServiceClient extends Client {
    * that shows no address and needs no database lookup. Nothing is recorded
    * until the customer presses the page's button (GET never changes anything).
    * FAILED_PRECONDITION with ErrorInfo reason NOT_CONFIGURED when the server has
-   * no public URL for links. Read-only and safe to retry.
+   * no public URL for links. Read-only and safe to retry; with short_links it
+   * also stores two short codes (<public URL>/l/<code>, for SMS), and a retry
+   * stores fresh ones, which is harmless. The pages speak the tenant's
+   * page_languages and name its business_name (see TenantSettings).
    */
   createConsentLink(
     request: CreateConsentLinkRequest,
