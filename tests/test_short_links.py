@@ -9,10 +9,13 @@ import json
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from urllib.parse import quote
 
 import httpx
 import pytest
 from aiohttp.test_utils import TestServer
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from consent_server.delivery.feedback import provider_feedback
 from consent_server.delivery.receipts import WebhookCallbacks
@@ -269,3 +272,29 @@ async def test_pages_speak_the_tenants_languages_and_name(edge: Edge) -> None:
     page = await get(path + "?lang=es")
     done = await edge.http.post(path + "?lang=es", data={"nonce": _nonce(page.text)})
     assert "Se ha dado de baja" in done.text and '<html lang="es">' in done.text
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    code=st.text(min_size=1, max_size=40).filter(lambda c: "/" not in c and c not in (".", "..")),
+    # Printable ASCII: aiohttp's own parser refuses control characters in headers.
+    accept=st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=80),
+    lang=st.text(max_size=20),
+)
+async def test_fuzzed_codes_and_languages_never_answer_500_or_echo(
+    edge: Edge, code: str, accept: str, lang: str
+) -> None:
+    headers = {"Accept-Language": accept}
+    for method in ("GET", "POST"):
+        resp = await edge.http.request(
+            method, f"/l/{quote(code, safe='')}", params={"lang": lang}, headers=headers
+        )
+        assert resp.status_code in (404, 429), resp.status_code
+        (tag,) = re.findall(r'<html lang="([^"]*)">', resp.text)
+        assert tag in ("en", "es", "pt", "fr", "de")
+        assert resp.headers["content-language"] == tag
+    assert await edge.history() == []
