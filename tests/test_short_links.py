@@ -115,7 +115,8 @@ async def test_short_link_round_trip(edge: Edge) -> None:
     raw = await edge.store.client.get(keys.short_link(code))
     assert raw is not None and PHONE.encode() not in raw and b"4155550123" not in raw
     ttl = await edge.store.client.ttl(keys.short_link(code))
-    assert made.expires_at_s - made.issued_at_s - 5 <= ttl <= made.expires_at_s - made.issued_at_s
+    lifetime = made.expires_at_s - made.issued_at_s
+    assert lifetime - 5 <= ttl <= lifetime + 1  # valid through the expiry second
 
     # GET shows the confirmation page and changes nothing, however often (prefetchers).
     for _ in range(3):
@@ -288,7 +289,7 @@ async def test_pages_speak_the_tenants_languages_and_name(edge: Edge) -> None:
 async def test_fuzzed_codes_and_languages_never_answer_500_or_echo(
     edge: Edge, code: str, accept: str, lang: str
 ) -> None:
-    headers = {"Accept-Language": accept}
+    headers = {"Accept-Language": accept.strip()} if accept.strip() else {}
     for method in ("GET", "POST"):
         resp = await edge.http.request(
             method, f"/l/{quote(code, safe='')}", params={"lang": lang}, headers=headers

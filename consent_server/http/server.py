@@ -470,8 +470,9 @@ def build_app(
     app.router.add_post("/receipts/{tenant_id}", provider_receipt)
     app.router.add_get(r"/{kind:[us]}/{token}", link_page)
     app.router.add_post(r"/{kind:[us]}/{token}", link_submit)
-    app.router.add_get(f"/{SHORT_PATH}/{{code}}", short_page)
-    app.router.add_post(f"/{SHORT_PATH}/{{code}}", short_submit)
+    # Any segment (aiohttp's default refuses braces): every mistyped code gets our page.
+    app.router.add_get(f"/{SHORT_PATH}/{{code:[^/]+}}", short_page)
+    app.router.add_post(f"/{SHORT_PATH}/{{code:[^/]+}}", short_submit)
     return app
 
 

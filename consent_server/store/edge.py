@@ -34,6 +34,7 @@ from .deadletters import RedisDeadLetters
 from .records import text
 from .replication import acks_of
 from .repository import RedisConsentStore
+from .tombstones import TombstoneNames
 
 # KEYS: an index hash. ARGV: field, owner. Deletes the field only if the owner holds it.
 _RELEASE = """
@@ -212,14 +213,14 @@ class RedisEdgeStore:
         with the signed link): a code is usable only once both exist."""
         index = keys.short_link_index(keys.recipient_base(link.tenant_id, recipient))
         key = keys.short_link(code)
+        # The signed link is valid through its expiry second: keep the code as long.
+        until = expires_at_s + 1
         await self._store._write(
             index,
-            lambda c: self._index_code(keys=[index], args=[code, expires_at_s], client=c),
+            lambda c: self._index_code(keys=[index], args=[code, until], client=c),
         )
         value = json.dumps([link.tenant_id, link.token])
-        fresh = await self._store._write(
-            key, lambda c: c.set(key, value, nx=True, exat=expires_at_s)
-        )
+        fresh = await self._store._write(key, lambda c: c.set(key, value, nx=True, exat=until))
         if not fresh:  # 72 random bits never collide in practice; refuse, never overwrite
             raise RuntimeError("short link code collision")
 
@@ -244,8 +245,10 @@ class RedisEdgeStore:
 
     async def erased(self, tenant_id: str, recipient: Recipient) -> bool:
         """True when the recipient has an erasure tombstone (of any scope)."""
-        tombstone, _ = await self._store._call(
-            lambda: self._store.tombstones.keys(tenant_id, recipient)
-        )
-        found = await self._store._call(lambda: self._r.exists(tombstone))
+        # No tombstone secret yet means nothing was ever erased (and creates none).
+        secret = await self._store._call(lambda: self._store.tombstones.existing_secret(tenant_id))
+        if secret is None:
+            return False
+        key = keys.tombstone(tenant_id, recipient, TombstoneNames.digest(secret, recipient))
+        found = await self._store._call(lambda: self._r.exists(key))
         return bool(found)
