@@ -222,6 +222,7 @@ def consent_links(
         keyring_for(settings, edge_store),
         public_url,
         default_region=settings.server.default_region,
+        short_links=edge_store,
     )
     # Customers must be able to open a link sent in a confirmation: without an explicit
     # CONSENT_PUBLIC_URL, only a loopback listener (development) names its own address.

@@ -85,6 +85,8 @@ def test_settings_get_and_set(server: ServerProcess, tenant: str, tmp_path: Path
             tenant,
             "--business-name",
             "Comida Rápida",
+            "--page-languages",
+            "es, en",
             "--add-keyword",
             "es:opt_out:BAJA",
             "--add-keyword",
@@ -95,6 +97,7 @@ def test_settings_get_and_set(server: ServerProcess, tenant: str, tmp_path: Path
         )
     )
     assert new["business_name"] == "Comida Rápida" and new["version"] == "1"
+    assert new["page_languages"] == ["es", "en"]
     assert {"language": "es", "kind": "KEYWORD_KIND_OPT_IN", "topic": "", "keywords": ["alta"]} in (
         new["keyword_sets"]
     )
@@ -176,6 +179,12 @@ def test_link_mints_working_links_and_keys_is_mounted(tenant: str) -> None:
             srv, "check", tenant, "jane.doe@example.com", "--channel", "email", "-t", "news"
         )
         assert blocked.returncode == 3, blocked.stdout + blocked.stderr
+        short = ok(srv, "link", tenant, "+16505550100", "--channel", "sms", "--short")
+        (line,) = [x for x in short.splitlines() if x.startswith("short opt-out:")]
+        short_url = line.split(":", 1)[1].strip()
+        assert short_url.startswith(srv.http_url + "/l/") and len(short_url) < 60
+        page = httpx.get(short_url, timeout=10)
+        assert page.status_code == 200 and "Unsubscribe" in page.text
     finally:
         srv.stop()
     keys_help = run(None, "keys", "--help")

@@ -552,6 +552,23 @@ BAD_SETTINGS = [
         id="region-language-name",
     ),
     pytest.param(
+        ["page_languages", "business_name"],
+        {"page_languages": ["en", "ja", "EN", "<b>"], "business_name": "B" * 129},
+        [
+            "settings.page_languages[1]",
+            "settings.page_languages[2]",
+            "settings.page_languages[3]",
+            "settings.business_name",
+        ],
+        id="page-languages-and-long-name",
+    ),
+    pytest.param(
+        ["page_languages"],
+        {"page_languages": ["en"] * 21},
+        ["settings.page_languages"],
+        id="page-languages-21",
+    ),
+    pytest.param(
         ["topic_policies"],
         {"topic_policies": {"Bad Topic!": pb.DEFAULT_POLICY_REQUIRE_OPT_IN}},
         ["settings.topic_policies['Bad Topic!']"],

@@ -17,7 +17,10 @@ from typing import Any
 import aiohttp
 import grpc
 import pytest
+from google.protobuf import field_mask_pb2
 
+from consent_client.v1 import admin_pb2 as apb
+from consent_client.v1 import admin_pb2_grpc as apb_grpc
 from consent_client.v1 import consent_pb2 as pb
 from consent_client.v1 import consent_pb2_grpc as pb_grpc
 
@@ -175,3 +178,83 @@ async def test_opt_out_and_resubscribe_in_a_real_browser(
     for name in ("unsubscribe-confirm", "unsubscribe-done", "resubscribe-confirm", "invalid"):
         png = (tmp_path / f"{name}.png").read_bytes()
         assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 2000, name
+
+
+async def _key(browser: Page, key: str, code: str, key_code: int) -> None:
+    for kind in ("keyDown", "keyUp"):
+        await browser.call(
+            "Input.dispatchKeyEvent",
+            type=kind,
+            key=key,
+            code=code,
+            windowsVirtualKeyCode=key_code,
+            nativeVirtualKeyCode=key_code,
+            **({"text": "\r"} if key == "Enter" and kind == "keyDown" else {}),
+        )
+
+
+async def _evaluate(browser: Page, expression: str) -> Any:
+    out = await browser.call("Runtime.evaluate", expression=expression, returnByValue=True)
+    return out["result"].get("value")
+
+
+async def test_keyboard_only_opt_out_through_a_short_link(
+    browser: Page, edge_server: ServerProcess, tmp_path: Path
+) -> None:
+    """A customer who cannot use a mouse: Tab reaches the button, the focus ring shows,
+    Enter submits. Spanish browser, short SMS link."""
+    rcpt = pb.Recipient(channel=pb.CHANNEL_SMS, address="+16505550199")
+    await browser.call("Network.setExtraHTTPHeaders", headers={"Accept-Language": "es-ES,es;q=0.9"})
+    with grpc.insecure_channel(edge_server.target) as ch:
+        apb_grpc.ConsentAdminServiceStub(ch).UpdateTenantSettings(
+            apb.UpdateTenantSettingsRequest(
+                tenant_id="meals",
+                settings=apb.TenantSettings(
+                    business_name="Comidas Ana", page_languages=["en", "es"]
+                ),
+                update_mask=field_mask_pb2.FieldMask(paths=["business_name", "page_languages"]),
+            )
+        )
+        stub = pb_grpc.ConsentServiceStub(ch)
+        links = stub.CreateConsentLink(
+            pb.CreateConsentLinkRequest(
+                tenant_id="meals", recipient=rcpt, topic="promos", short_links=True
+            )
+        )
+        assert "/l/" in links.short_opt_out_url and len(links.short_opt_out_url) < 60
+
+        def allowed() -> bool:
+            return stub.CheckConsent(
+                pb.CheckConsentRequest(tenant_id="meals", recipient=rcpt, topic="promos")
+            ).allowed
+
+        await browser.call("Network.enable")
+        await browser.call("Page.navigate", url=links.short_opt_out_url)
+        await browser.wait_event("Page.loadEventFired")
+        assert await _evaluate(browser, "document.documentElement.lang") == "es"
+        assert "¿Dejar de recibir" in await browser.text()
+        assert "Comidas Ana" in await browser.text()
+        assert allowed()
+
+        for _ in range(5):  # the button is the page's only focusable element
+            await _key(browser, "Tab", "Tab", 9)
+            if await _evaluate(browser, "document.activeElement.id") == "confirm":
+                break
+        assert await _evaluate(browser, "document.activeElement.tagName") == "BUTTON"
+        outline = await _evaluate(
+            browser,
+            "(() => { const s = getComputedStyle(document.activeElement);"
+            " return [s.outlineStyle, parseFloat(s.outlineWidth)]; })()",
+        )
+        assert outline[0] != "none" and outline[1] >= 2, outline
+        await browser.screenshot(tmp_path / "keyboard-focus.png")
+        assert allowed(), "focusing the button changes nothing"
+
+        await _key(browser, "Enter", "Enter", 13)
+        await browser.wait_event("Page.loadEventFired")
+        assert "Se ha dado de baja" in await browser.text()
+        await browser.screenshot(tmp_path / "keyboard-done.png")
+        assert not allowed()
+
+    png = (tmp_path / "keyboard-focus.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 2000

@@ -15,6 +15,7 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
+from google.protobuf import field_mask_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
@@ -593,15 +594,69 @@ def test_thin_client_create_consent_link(edge_server: ServerProcess, tenant: str
         links = client.create_consent_link(tenant, "email", "Jane.Doe@Example.com", "news")
     assert links.topic == "news" and links.recipient.address == "jane.doe@example.com"
     assert links.opt_out_url.startswith(edge_server.http_url + "/u/")
+    assert links.short_opt_out_url == ""
+    with ConsentClient(edge_server.target) as client:
+        short = client.create_consent_link(tenant, "sms", "+1 650 555 1234", short_links=True)
+    assert short.short_opt_out_url.startswith(edge_server.http_url + "/l/")
+    assert short.short_resubscribe_url.startswith(edge_server.http_url + "/l/")
 
     async def run() -> str:
         async with AsyncConsentClient(edge_server.target) as aclient:
             made = await aclient.create_consent_link(
-                tenant, "sms", "+1 650 555 1234", ttl_seconds=60
+                tenant, "sms", "+1 650 555 1234", ttl_seconds=60, short_links=True
             )
+            assert made.short_resubscribe_url.startswith(edge_server.http_url + "/l/")
             return made.resubscribe_url
 
     assert asyncio.run(run()).startswith(edge_server.http_url + "/s/")
+
+
+def test_short_links_over_grpc_and_http(
+    http: httpx.Client,
+    tenant: str,
+    consent: pb_grpc.ConsentServiceStub,
+    admin: apb_grpc.ConsentAdminServiceStub,
+    edge_server: ServerProcess,
+) -> None:
+    admin.UpdateTenantSettings(
+        apb.UpdateTenantSettingsRequest(
+            tenant_id=tenant,
+            settings=apb.TenantSettings(
+                business_name="Jane's <Bakery>", page_languages=["es", "en", "pt-br"]
+            ),
+            update_mask=field_mask_pb2.FieldMask(paths=["business_name", "page_languages"]),
+        )
+    )
+    got = admin.GetTenantSettings(apb.GetTenantSettingsRequest(tenant_id=tenant))
+    assert list(got.page_languages) == ["es", "en", "pt-br"]
+    rcpt = pb.Recipient(channel=pb.CHANNEL_SMS, address="+1 650 555 1234")
+    plain = consent.CreateConsentLink(
+        pb.CreateConsentLinkRequest(tenant_id=tenant, recipient=rcpt, topic="promos")
+    )
+    assert plain.short_opt_out_url == ""  # only on request
+    links = consent.CreateConsentLink(
+        pb.CreateConsentLinkRequest(
+            tenant_id=tenant, recipient=rcpt, topic="promos", short_links=True
+        )
+    )
+    assert re.fullmatch(
+        re.escape(edge_server.http_url) + r"/l/[A-Za-z0-9_-]{12}", links.short_opt_out_url
+    )
+    for _ in range(2):
+        page = http.get(path_of(links.short_opt_out_url))  # no Accept-Language: tenant default
+        assert page.status_code == 200 and '<html lang="es">' in page.text
+        assert "Jane&#x27;s &lt;Bakery&gt;" in page.text and "Darme de baja" in page.text
+    sms = pb.Recipient(channel=pb.CHANNEL_SMS, address="+16505551234")
+    assert check(consent, tenant, sms, "promos").allowed and events(consent, tenant, sms) == []
+    done = http.post(
+        path_of(links.short_opt_out_url) + "?lang=en", data={"nonce": nonce_of(page.text)}
+    )
+    assert done.status_code == 200 and "You are unsubscribed" in done.text
+    out = check(consent, tenant, sms, "promos")
+    assert not out.allowed and out.source == pb.SOURCE_LINK
+    assert [e.evidence for e in events(consent, tenant, sms)] == [links.opt_out_token_id]
+    missing = http.get("/l/NoSuchCode00", headers={"Accept-Language": "de"})
+    assert missing.status_code == 404 and "Link nicht gefunden" in missing.text
 
 
 # -- configuration and lifecycle --------------------------------------------------------------

@@ -76,6 +76,7 @@ def settings_to_pb(tenant_id: str, s: TenantSettings) -> apb.TenantSettings:
         infer_opt_out_in_sentences=s.infer_opt_out_in_sentences,
         resubscribe_url=s.resubscribe_url,
         match_button_titles=s.match_button_titles,
+        page_languages=list(s.page_languages),
         version=s.version,
     )
 
@@ -137,6 +138,7 @@ def settings_from_pb(msg: apb.TenantSettings) -> tuple[TenantSettings, list[Fiel
         infer_opt_out_in_sentences=msg.infer_opt_out_in_sentences,
         resubscribe_url=msg.resubscribe_url,
         match_button_titles=msg.match_button_titles,
+        page_languages=tuple(msg.page_languages),
     )
     return settings, bad
 

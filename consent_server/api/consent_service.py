@@ -243,6 +243,7 @@ class ConsentServicer(pb_grpc.ConsentServiceServicer):
             cv.optional_recipient(request.HasField("recipient"), request.recipient),
             request.topic,
             request.ttl_seconds,
+            short=request.short_links,
         )
         return pb.CreateConsentLinkResponse(
             opt_out_url=links.opt_out_url,
@@ -254,6 +255,8 @@ class ConsentServicer(pb_grpc.ConsentServiceServicer):
             expires_at=cv.timestamp(links.expires_at_s * 1000),
             recipient=cv.recipient(links.recipient),
             topic=links.topic,
+            short_opt_out_url=links.short_opt_out_url,
+            short_resubscribe_url=links.short_resubscribe_url,
         )
 
 

@@ -223,6 +223,10 @@ def settings_set(
     business_name: Annotated[str | None, typer.Option(help="The business name.")] = None,
     default_region: Annotated[str | None, typer.Option(help="e.g. IN, US.")] = None,
     default_language: Annotated[str | None, typer.Option(help="e.g. en, es.")] = None,
+    page_languages: Annotated[
+        str | None,
+        typer.Option(help='Languages of the link pages, first = default, e.g. "es,en,pt-br".'),
+    ] = None,
     resubscribe_url: Annotated[
         str | None, typer.Option(help='Re-subscribe URL ("" removes it).')
     ] = None,
@@ -270,6 +274,8 @@ def settings_set(
         "infer_opt_out_in_sentences": infer_opt_out,
     }
     fields.update({k: v for k, v in scalars.items() if v is not None})
+    if page_languages is not None:
+        fields["page_languages"] = [t.strip() for t in page_languages.split(",") if t.strip()]
 
     with _client(ctx) as client:
         # Always read first: the update carries the version it is based on, so a change
@@ -548,13 +554,22 @@ def link(
     ttl: Annotated[
         int, typer.Option(min=0, help="Seconds the links stay valid; 0 = the server default.")
     ] = 0,
+    short: Annotated[
+        bool, typer.Option("--short", help="Also mint short /l/<code> links (for SMS).")
+    ] = False,
 ) -> None:
     """Mint signed opt-out and re-subscribe links (needs the server's HTTP edge).
 
     Links are printed whole on one line each (no wrapping), ready to copy."""
     links = _call(
-        ctx, lambda c: c.create_consent_link(tenant, channel, address, topic, ttl_seconds=ttl)
+        ctx,
+        lambda c: c.create_consent_link(
+            tenant, channel, address, topic, ttl_seconds=ttl, short_links=short
+        ),
     )
+    if short:
+        out.print(f"short opt-out:         {links.short_opt_out_url}", markup=False)
+        out.print(f"short re-subscribe:    {links.short_resubscribe_url}", markup=False)
     out.print(f"opt-out:               {links.opt_out_url}", markup=False, soft_wrap=True)
     out.print(f"re-subscribe:          {links.resubscribe_url}", markup=False, soft_wrap=True)
     out.print(f"List-Unsubscribe:      {links.list_unsubscribe}", markup=False, soft_wrap=True)

@@ -8,12 +8,14 @@ shared. Nothing here knows about HTTP; consent_server.http maps outcomes to resp
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import quote
 
+from . import page_messages
 from . import validation as val
 from .errors import InvalidArgument, NotConfigured
 from .links import (
@@ -22,6 +24,7 @@ from .links import (
     SUBMIT_NONCE_RE,
     LinkClaims,
     LinkCodec,
+    LinkError,
     LinkInvalid,
     fill_resubscribe_url,
     link_event_id,
@@ -36,6 +39,53 @@ LINK_PRINCIPAL = "link"
 ONE_CLICK_BODY = "List-Unsubscribe=One-Click"
 
 Keyring = Callable[[], Awaitable[LinkCodec]]
+
+# A short code: secrets.token_urlsafe(9) = 12 URL-safe characters, 72 random bits.
+# Guessing one live code among a billion takes ~2^42 tries, and the edge limits tries.
+SHORT_CODE_BYTES = 9
+SHORT_CODE_RE = re.compile(r"^[A-Za-z0-9_-]{12}$")
+SHORT_PATH = "l"
+
+
+class ShortLinkNotFound(LinkError):
+    """No live short link has this code (never issued, expired, or the person was erased)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ShortLink:
+    """What a short code stands for: the tenant and the signed token it abbreviates."""
+
+    tenant_id: str
+    token: str
+
+
+class ShortLinkStore(Protocol):
+    """Where short codes live (raises StoreUnavailable). The token is the signed link
+    itself (encrypted claims), so the store holds no readable address under a code."""
+
+    async def put_short_link(
+        self, code: str, link: ShortLink, recipient: Recipient, expires_at_s: int
+    ) -> None:
+        """Store ``code`` -> ``link`` until ``expires_at_s``, and index the code under the
+        recipient so that erasing the recipient voids it."""
+        ...
+
+    async def short_link(self, code: str) -> ShortLink | None:
+        """The link behind ``code``, or None when unknown or expired."""
+        ...
+
+    async def short_link_indexed(self, code: str, tenant_id: str, recipient: Recipient) -> bool:
+        """True while ``code`` is in the recipient's index (erasure removes the index)."""
+        ...
+
+    async def erased(self, tenant_id: str, recipient: Recipient) -> bool:
+        """True when the recipient was erased (ForgetRecipient left its tombstone)."""
+        ...
+
+
+def new_short_code() -> str:
+    """A fresh random short code (12 characters)."""
+    return secrets.token_urlsafe(SHORT_CODE_BYTES)
 
 
 class LinkSecretStore(Protocol):
@@ -87,6 +137,8 @@ class LinkSet:
     resubscribe_token_id: str
     issued_at_s: int
     expires_at_s: int
+    short_opt_out_url: str = ""
+    short_resubscribe_url: str = ""
 
     @property
     def list_unsubscribe(self) -> str:
@@ -115,7 +167,9 @@ class ConsentLinks:
         public_url: str | None,
         *,
         default_region: str | None = None,
+        short_links: ShortLinkStore | None = None,
     ) -> None:
+        self._short = short_links
         self._a = authority
         self._store = store
         self._keyring = keyring
@@ -140,9 +194,19 @@ class ConsentLinks:
         return codec.mint(claims), claims
 
     async def create(
-        self, tenant_id: str, recipient: RawRecipient | None, topic: str, ttl_s: int
+        self,
+        tenant_id: str,
+        recipient: RawRecipient | None,
+        topic: str,
+        ttl_s: int,
+        *,
+        short: bool = False,
     ) -> LinkSet:
-        """CreateConsentLink: an opt-out and a re-subscribe link, valid ``ttl_s`` (0 = 90 d)."""
+        """CreateConsentLink: an opt-out and a re-subscribe link, valid ``ttl_s`` (0 = 90 d).
+
+        ``short`` also stores a short code for each (see short_link); none is stored for
+        a recipient who was erased (the short URLs are then empty), so no request can
+        re-create data about an erased person."""
         v = Violations()
         tenant = val.tenant_id(v, tenant_id)
         settings = await self._store.tenant_settings(tenant) if tenant else None
@@ -161,6 +225,13 @@ class ConsentLinks:
         ttl = ttl_s or DEFAULT_TTL_S
         out_token, out = await self._mint(codec, tenant, rcpt, norm_topic, Action.OPT_OUT, ttl)
         in_token, inn = await self._mint(codec, tenant, rcpt, norm_topic, Action.OPT_IN, ttl)
+        short_out = short_in = ""
+        if short:
+            if self._short is None:
+                raise NotConfigured("short links need the server's Redis store")
+            if not await self._short.erased(tenant, rcpt):
+                short_out = await self._put_short(tenant, rcpt, out_token, out.expires_at_s)
+                short_in = await self._put_short(tenant, rcpt, in_token, inn.expires_at_s)
         return LinkSet(
             recipient=rcpt,
             topic=norm_topic,
@@ -170,6 +241,45 @@ class ConsentLinks:
             resubscribe_token_id=inn.token_id,
             issued_at_s=out.issued_at_s,
             expires_at_s=out.expires_at_s,
+            short_opt_out_url=short_out,
+            short_resubscribe_url=short_in,
+        )
+
+    async def _put_short(
+        self, tenant_id: str, recipient: Recipient, token: str, expires_at_s: int
+    ) -> str:
+        assert self._short is not None and self._base is not None
+        code = new_short_code()
+        await self._short.put_short_link(code, ShortLink(tenant_id, token), recipient, expires_at_s)
+        return f"{self._base}/{SHORT_PATH}/{code}"
+
+    async def open_short(self, code: str) -> tuple[str, LinkClaims]:
+        """The signed token behind a short code and its claims (read-only).
+
+        ShortLinkNotFound, one answer for every reason (malformed, never issued,
+        expired, its person erased), so the page reveals nothing about the code;
+        LinkExpired / TenantNotFound as for the signed link.
+        """
+        if self._short is None or not SHORT_CODE_RE.fullmatch(code):
+            raise ShortLinkNotFound("no such link")
+        link = await self._short.short_link(code)
+        if link is None:
+            raise ShortLinkNotFound("no such link")
+        claims = (await self._keyring()).open(link.token)
+        if claims.tenant_id != link.tenant_id:  # never act for another tenant
+            raise ShortLinkNotFound("no such link")
+        if not await self._short.short_link_indexed(code, claims.tenant_id, claims.recipient):
+            raise ShortLinkNotFound("no such link")  # erased since it was issued
+        await self._a.require_tenant(claims.tenant_id)
+        return link.token, claims
+
+    async def page_settings(self, tenant_id: str) -> tuple[str, list[str]]:
+        """The business name (the tenant id when unset) and page languages (first =
+        default; see page_messages.supported_languages) of a tenant's link pages."""
+        settings = await self._store.tenant_settings(tenant_id)
+        return (
+            settings.business_name or tenant_id,
+            page_messages.supported_languages(settings.page_languages, settings.default_language),
         )
 
     async def resubscribe_url(self, tenant_id: str, recipient: Recipient, topic: str) -> str:

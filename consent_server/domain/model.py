@@ -335,6 +335,8 @@ class TenantSettings:
     resubscribe_url: str = ""
     # Whether an unconfigured button's title may act as a keyword (never for all topics).
     match_button_titles: bool = False
+    # The languages of the consent-link pages, first = default; () = default_language.
+    page_languages: tuple[str, ...] = ()
     # The stored version (0 = never written); a write must name the version it read.
     version: int = 0
 

@@ -13,6 +13,7 @@ import re
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
+from . import page_messages
 from . import validation as val
 from .keywords import normalise
 from .model import (
@@ -39,6 +40,7 @@ UPDATABLE = (
     "infer_opt_out_in_sentences",
     "resubscribe_url",
     "match_button_titles",
+    "page_languages",
 )
 MAX_BUSINESS_NAME = 128
 MAX_KEYWORD_CHARS = 64
@@ -49,6 +51,7 @@ MAX_PAYLOAD_CHARS = 256
 MAX_TEMPLATE_LANGUAGES = 50
 MAX_TOPIC_POLICIES = 1000
 MAX_URL_CHARS = 2048
+MAX_PAGE_LANGUAGES = 20
 LANGUAGE_RE = re.compile(r"^[a-z]{2,3}(-[a-z0-9]{2,8}){0,3}$")
 
 
@@ -206,6 +209,27 @@ def _templates(
     return tuple(out)
 
 
+def _page_languages(v: Violations, tags: Sequence[str]) -> tuple[str, ...]:
+    if len(tags) > MAX_PAGE_LANGUAGES:
+        v.add("settings.page_languages", f"must list at most {MAX_PAGE_LANGUAGES} languages")
+        return ()
+    out: list[str] = []
+    for i, tag in enumerate(tags):
+        field = f"settings.page_languages[{i}]"
+        lang = _language(v, tag, field)
+        if LANGUAGE_RE.fullmatch(lang) and not page_messages.covered(lang):
+            v.add(
+                field,
+                "has no page translation; the pages speak "
+                + ", ".join(sorted(page_messages.CATALOGUE))
+                + " (a regional tag such as 'pt-br' uses its language's words)",
+            )
+        elif lang in out:
+            v.add(field, "is listed twice")
+        out.append(lang)
+    return tuple(out)
+
+
 def _url(v: Violations, value: str) -> str:
     if not value:
         return ""
@@ -242,6 +266,7 @@ def validate(v: Violations, s: TenantSettings) -> TenantSettings:
     keyword_sets = _keyword_sets(v, s.keyword_sets)
     buttons = _buttons(v, s.button_payloads)
     templates = _templates(v, s.templates, keyword_sets, url)
+    page_languages = _page_languages(v, s.page_languages)
     return dataclasses.replace(
         s,
         business_name=business,
@@ -252,4 +277,5 @@ def validate(v: Violations, s: TenantSettings) -> TenantSettings:
         keyword_sets=keyword_sets,
         button_payloads=buttons,
         templates=templates,
+        page_languages=page_languages,
     )

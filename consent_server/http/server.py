@@ -9,6 +9,10 @@ Routes:
     GET  /u/<token>, /s/<token>  confirmation page (never changes anything)
     POST /u/<token>, /s/<token>  record the opt-out / opt-in; on /u also RFC 8058
                                  one-click (body ``List-Unsubscribe=One-Click``)
+    GET  /l/<code>               a short link (for SMS): the same confirmation page as
+                                 the signed link it stands for; unknown code -> 404
+    POST /l/<code>               the same as POSTing that signed link; unknown codes
+                                 are limited per client address (429 after 20/minute)
     POST /receipts/<tenant_id>   delivery receipts from the tenant's webhook provider
                                  (signed like our deliveries to it)
     GET  /healthz                 200 "ok" while the consent store answers, else 503
@@ -28,6 +32,7 @@ from __future__ import annotations
 import logging
 import secrets
 import socket
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from urllib.parse import parse_qs
@@ -36,9 +41,10 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from consent_server.delivery.receipts import CallbackRefused, WebhookCallbacks
+from consent_server.domain import page_messages as pm
 from consent_server.domain.errors import InvalidArgument, StoreUnavailable, TenantNotFound
-from consent_server.domain.links import LinkError, LinkExpired
-from consent_server.domain.links_service import ConsentLinks
+from consent_server.domain.links import LinkClaims, LinkError, LinkExpired
+from consent_server.domain.links_service import SHORT_PATH, ConsentLinks, ShortLinkNotFound
 from consent_server.domain.model import Action
 from consent_server.domain.whatsapp_edge import (
     WebhookBadRequest,
@@ -207,41 +213,45 @@ def _link_action(request: web.Request) -> Action:
     return Action.OPT_OUT if request.match_info["kind"] == "u" else Action.OPT_IN
 
 
-def _link_error(exc: Exception) -> web.Response:
+# Before a link is opened its tenant is unknown: its error pages may speak any
+# language of the catalogue (English first).
+_ANY_LANGUAGE = [pm.FALLBACK, *(t for t in pm.CATALOGUE if t != pm.FALLBACK)]
+
+
+async def _context(request: web.Request, tenant_id: str | None) -> pages.PageContext:
+    """The page's language (``?lang=``, then Accept-Language, then the tenant's default)
+    and business name; the store being down only costs the tenant's choices."""
+    business, supported = "", _ANY_LANGUAGE
+    if tenant_id is not None:
+        try:
+            business, supported = await request.app[_LINKS].page_settings(tenant_id)
+        except (StoreUnavailable, TenantNotFound):
+            business = tenant_id
+    lang = pm.negotiate(
+        supported, request.headers.get("Accept-Language"), request.query.get("lang")
+    )
+    return pages.PageContext(lang=lang, business=business)
+
+
+def _page(status: int, body: str, ctx: pages.PageContext) -> web.Response:
+    response = _html(status, body)
+    # A validated tag from the tenant's list (page_messages.negotiate), never request text.
+    response.headers["Content-Language"] = pm.html_tag(ctx.lang)
+    response.headers["Vary"] = "Accept-Language"
+    return response
+
+
+def _link_error(exc: Exception, ctx: pages.PageContext) -> web.Response:
+    if isinstance(exc, ShortLinkNotFound):
+        return _page(404, pages.catalogue_error(ctx, "not_found"), ctx)
     if isinstance(exc, LinkExpired):
-        return _html(
-            400,
-            pages.error_page(
-                "This link has expired",
-                "Links in our messages expire after a while. Use the link in a more recent "
-                "message, or reply to one of our messages to change your preferences.",
-            ),
-        )
+        return _page(400, pages.catalogue_error(ctx, "expired"), ctx)
     if isinstance(exc, LinkError | InvalidArgument):
-        return _html(
-            400,
-            pages.error_page(
-                "This link is not valid",
-                "It may have been cut short or altered. Copy the whole link from the message "
-                "and try again.",
-            ),
-        )
+        return _page(400, pages.catalogue_error(ctx, "invalid"), ctx)
     if isinstance(exc, TenantNotFound):
-        return _html(
-            404,
-            pages.error_page(
-                "This link is no longer valid",
-                "The business it belongs to no longer uses this service. Nothing has changed.",
-            ),
-        )
+        return _page(404, pages.catalogue_error(ctx, "gone"), ctx)
     if isinstance(exc, StoreUnavailable):
-        return _html(
-            503,
-            pages.error_page(
-                "Please try again shortly",
-                "We could not record your choice just now. Nothing has changed yet.",
-            ),
-        )
+        return _page(503, pages.catalogue_error(ctx, "unavailable"), ctx)
     raise exc
 
 
@@ -251,15 +261,18 @@ async def link_page(request: web.Request) -> web.Response:
     try:
         claims = await links.open(request.match_info["token"], _link_action(request))
     except (LinkError, StoreUnavailable, TenantNotFound) as exc:
-        return _link_error(exc)
-    return _html(200, pages.confirm_page(claims, secrets.token_hex(16)))
+        return _link_error(exc, await _context(request, None))
+    ctx = await _context(request, claims.tenant_id)
+    return _page(200, pages.confirm_page(claims, secrets.token_hex(16), ctx), ctx)
 
 
 async def link_submit(request: web.Request) -> web.Response:
     """POST /u|s/<token>: record the change; RFC 8058 one-click on /u answers no page."""
+    return await _submit(request, request.match_info["token"], _link_action(request))
+
+
+async def _submit(request: web.Request, token: str, action: Action) -> web.Response:
     links = request.app[_LINKS]
-    action = _link_action(request)
-    token = request.match_info["token"]
     try:
         body = await _read_body(request)
     except web.HTTPRequestEntityTooLarge:
@@ -292,7 +305,7 @@ async def link_submit(request: web.Request) -> web.Response:
                 else 400
             )
             return _text(status, "link not valid" if status == 400 else "try again later")
-        return _link_error(exc)
+        return _link_error(exc, await _context(request, None))
     log.info(
         "consent link recorded",
         extra={
@@ -301,7 +314,93 @@ async def link_submit(request: web.Request) -> web.Response:
             "token_id": claims.token_id,
         },
     )
-    return _html(200, pages.done_page(claims, result.outcome.changed))
+    ctx = await _context(request, claims.tenant_id)
+    return _page(200, pages.done_page(claims, result.outcome.changed, ctx), ctx)
+
+
+# -- short links -------------------------------------------------------------------------
+
+
+class MissLimiter:
+    """Counts unknown short codes per client address in fixed one-minute windows.
+
+    Only misses count (a customer opening a live link is never slowed), so guessing
+    codes is throttled without throttling everyone behind one proxy address. In the
+    process's memory: each server process limits on its own, which bounds guessing
+    all the same. Bounded: at most ``max_clients`` addresses are tracked per window.
+    """
+
+    def __init__(
+        self,
+        misses_per_minute: int = 20,
+        *,
+        max_clients: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._limit = misses_per_minute
+        self._max = max_clients
+        self._clock = clock
+        self._window = -1
+        self._misses: dict[str, int] = {}
+
+    def _roll(self) -> None:
+        window = int(self._clock() // 60)
+        if window != self._window:
+            self._window, self._misses = window, {}
+
+    def blocked(self, client: str) -> bool:
+        """True when ``client`` used up its misses in this window."""
+        self._roll()
+        return self._misses.get(client, 0) >= self._limit
+
+    def miss(self, client: str) -> None:
+        """Count one unknown code for ``client``."""
+        self._roll()
+        if client in self._misses or len(self._misses) < self._max:
+            self._misses[client] = self._misses.get(client, 0) + 1
+
+
+_SHORT_MISSES = web.AppKey("short_misses", MissLimiter)
+
+
+def _client(request: web.Request) -> str:
+    return request.remote or "?"
+
+
+async def _open_short(request: web.Request) -> tuple[str, LinkClaims] | web.Response:
+    """The token and claims behind the path's code, or the page to answer instead."""
+    limiter = request.app[_SHORT_MISSES]
+    client = _client(request)
+    if limiter.blocked(client):
+        ctx = await _context(request, None)
+        response = _page(429, pages.catalogue_error(ctx, "too_many"), ctx)
+        response.headers["Retry-After"] = "60"
+        return response
+    try:
+        return await request.app[_LINKS].open_short(request.match_info["code"])
+    except (LinkError, StoreUnavailable, TenantNotFound) as exc:
+        if isinstance(exc, ShortLinkNotFound):
+            limiter.miss(client)
+        return _link_error(exc, await _context(request, None))
+
+
+async def short_page(request: web.Request) -> web.Response:
+    """GET /l/<code>: the same confirmation page as the signed link. Changes nothing."""
+    opened = await _open_short(request)
+    if isinstance(opened, web.Response):
+        return opened
+    _, claims = opened
+    ctx = await _context(request, claims.tenant_id)
+    return _page(200, pages.confirm_page(claims, secrets.token_hex(16), ctx), ctx)
+
+
+async def short_submit(request: web.Request) -> web.Response:
+    """POST /l/<code>: exactly the signed link's POST, for the action the code stands for."""
+    opened = await _open_short(request)
+    if isinstance(opened, web.Response):
+        return opened
+    token, claims = opened
+    return await _submit(request, token, claims.action)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -331,13 +430,12 @@ async def _unexpected_errors(request: web.Request, handler: Handler) -> web.Stre
         )
         if request.path.startswith(("/whatsapp", "/receipts/")):
             return _text(500, f"internal error (incident {incident})")
-        return _html(
-            500,
-            pages.error_page(
-                "Something went wrong",
-                f"Nothing has changed. Please try again later (incident {incident}).",
-            ),
+        ctx = pages.PageContext(
+            lang=pm.negotiate(
+                _ANY_LANGUAGE, request.headers.get("Accept-Language"), request.query.get("lang")
+            )
         )
+        return _page(500, pages.catalogue_error(ctx, "error", incident=incident), ctx)
 
 
 def _listening() -> bool:
@@ -351,6 +449,7 @@ def build_app(
     *,
     store_up: Callable[[], bool] = _listening,
     middlewares: Sequence[Middleware] = (),  # outside the edge's own (tracing)
+    short_misses: MissLimiter | None = None,
 ) -> web.Application:
     """The aiohttp application with every edge route. ``store_up`` is the store's
     health for ``/healthz`` (the server passes its health watcher's; an app built
@@ -362,6 +461,7 @@ def build_app(
     app[_LINKS] = links
     app[_WHATSAPP] = whatsapp
     app[_CALLBACKS] = callbacks
+    app[_SHORT_MISSES] = short_misses if short_misses is not None else MissLimiter()
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/whatsapp", whatsapp_verify)
     app.router.add_post("/whatsapp", whatsapp_notify)
@@ -370,6 +470,9 @@ def build_app(
     app.router.add_post("/receipts/{tenant_id}", provider_receipt)
     app.router.add_get(r"/{kind:[us]}/{token}", link_page)
     app.router.add_post(r"/{kind:[us]}/{token}", link_submit)
+    # Any segment (aiohttp's default refuses braces): every mistyped code gets our page.
+    app.router.add_get(f"/{SHORT_PATH}/{{code:[^/]+}}", short_page)
+    app.router.add_post(f"/{SHORT_PATH}/{{code:[^/]+}}", short_submit)
     return app
 
 

@@ -1,9 +1,10 @@
 """Redis storage of the HTTP edge: WhatsApp webhook settings, the phone-number index,
-dead letters and the link secret.
+dead letters, the link secret and short link codes.
 
 A class of its own beside RedisConsentStore (sharing its client and its error
 mapping) so that the edge's keys stay in one small module; it implements
-domain.whatsapp_edge.WhatsAppStore and domain.links_service.LinkSecretStore.
+domain.whatsapp_edge.WhatsAppStore, domain.links_service.LinkSecretStore and
+domain.links_service.ShortLinkStore.
 
 A phone number id belongs to one tenant: it is claimed in the index with HSETNX
 before the tenant's settings name it, and released (only by its owner) when the
@@ -14,10 +15,12 @@ Redis Cluster.
 from __future__ import annotations
 
 import hashlib
+import json
 import secrets
 from collections.abc import Sequence
 from typing import Any
 
+from consent_server.domain.links_service import ShortLink
 from consent_server.domain.model import Recipient
 from consent_server.domain.whatsapp_edge import (
     DeadLetter,
@@ -31,6 +34,7 @@ from .deadletters import RedisDeadLetters
 from .records import text
 from .replication import acks_of
 from .repository import RedisConsentStore
+from .tombstones import TombstoneNames
 
 # KEYS: an index hash. ARGV: field, owner. Deletes the field only if the owner holds it.
 _RELEASE = """
@@ -38,6 +42,18 @@ if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
   return redis.call('HDEL', KEYS[1], ARGV[1])
 end
 return 0
+"""
+
+# KEYS: a recipient's short link index. ARGV: code, expiry (Unix s). The index lives
+# as long as its longest-lived code.
+_INDEX_CODE = """
+redis.call('SADD', KEYS[1], ARGV[1])
+local ttl = redis.call('TTL', KEYS[1])
+local left = tonumber(ARGV[2]) - tonumber(redis.call('TIME')[1])
+if ttl < 0 or ttl < left then
+  redis.call('EXPIREAT', KEYS[1], ARGV[2])
+end
+return 1
 """
 
 
@@ -52,6 +68,7 @@ class RedisEdgeStore:
         self._store = store
         self._r: Any = store.client
         self._release = self._r.register_script(_RELEASE)
+        self._index_code = self._r.register_script(_INDEX_CODE)
         self._dead = RedisDeadLetters(self._r)
         self._acks = acks_of(store.client)
 
@@ -186,3 +203,52 @@ class RedisEdgeStore:
         await self._store._write(key, lambda c: c.set(key, candidate, nx=True))
         value = await self._store._call(lambda: self._r.get(key))
         return text(value).encode()
+
+    # -- short links ---------------------------------------------------------------------
+
+    async def put_short_link(
+        self, code: str, link: ShortLink, recipient: Recipient, expires_at_s: int
+    ) -> None:
+        """Index the code under the recipient first, then store it (SET NX, expiring
+        with the signed link): a code is usable only once both exist."""
+        index = keys.short_link_index(keys.recipient_base(link.tenant_id, recipient))
+        key = keys.short_link(code)
+        # The signed link is valid through its expiry second: keep the code as long.
+        until = expires_at_s + 1
+        await self._store._write(
+            index,
+            lambda c: self._index_code(keys=[index], args=[code, until], client=c),
+        )
+        value = json.dumps([link.tenant_id, link.token])
+        fresh = await self._store._write(key, lambda c: c.set(key, value, nx=True, exat=until))
+        if not fresh:  # 72 random bits never collide in practice; refuse, never overwrite
+            raise RuntimeError("short link code collision")
+
+    async def short_link(self, code: str) -> ShortLink | None:
+        """The link behind ``code``, or None when unknown or expired."""
+        raw = await self._store._call(lambda: self._r.get(keys.short_link(code)))
+        if raw is None:
+            return None
+        try:
+            tenant_id, token = json.loads(text(raw))
+        except (ValueError, TypeError):
+            return None
+        if not isinstance(tenant_id, str) or not isinstance(token, str):
+            return None
+        return ShortLink(tenant_id, token)
+
+    async def short_link_indexed(self, code: str, tenant_id: str, recipient: Recipient) -> bool:
+        """True while ``code`` is in the recipient's index."""
+        index = keys.short_link_index(keys.recipient_base(tenant_id, recipient))
+        found = await self._store._call(lambda: self._r.sismember(index, code))
+        return bool(found)
+
+    async def erased(self, tenant_id: str, recipient: Recipient) -> bool:
+        """True when the recipient has an erasure tombstone (of any scope)."""
+        # No tombstone secret yet means nothing was ever erased (and creates none).
+        secret = await self._store._call(lambda: self._store.tombstones.existing_secret(tenant_id))
+        if secret is None:
+            return False
+        key = keys.tombstone(tenant_id, recipient, TombstoneNames.digest(secret, recipient))
+        found = await self._store._call(lambda: self._r.exists(key))
+        return bool(found)

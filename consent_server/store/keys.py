@@ -228,6 +228,17 @@ def link_secret() -> str:
     return "ca:edge:link_secret"
 
 
+def short_link(code: str) -> str:
+    """A short link code: its tenant and the signed token it stands for (expires with it)."""
+    return f"ca:sl:{code}"
+
+
+def short_link_index(base: str) -> str:
+    """A recipient's short link codes, under its prefix so that an erasure removes it
+    (and so voids every code) with the recipient's other keys."""
+    return base + ":sl"
+
+
 def retry_queue(part: int) -> str:
     """A partition's delivery retries: a sorted set of message ids scored by due time (ms)."""
     return f"ca:{tag(part)}:retry"

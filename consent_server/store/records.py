@@ -118,6 +118,7 @@ def encode_settings(settings: TenantSettings) -> dict[str, str]:
         "resubscribe_url": settings.resubscribe_url,
         "infer_opt_out": "1" if settings.infer_opt_out_in_sentences else "0",
         "match_button_titles": "1" if settings.match_button_titles else "0",
+        "page_languages": ",".join(settings.page_languages),
         "keywords": json.dumps(
             [
                 {"lang": k.language, "kind": k.kind.value, "topic": k.topic, "kw": list(k.keywords)}
@@ -190,5 +191,6 @@ def parse_settings(raw: dict[bytes, bytes] | dict[str, str]) -> TenantSettings:
         infer_opt_out_in_sentences=f.get("infer_opt_out", "1") != "0",
         resubscribe_url=f.get("resubscribe_url", d.resubscribe_url),
         match_button_titles=f.get("match_button_titles", "0") == "1",
+        page_languages=tuple(t for t in f.get("page_languages", "").split(",") if t),
         version=int(f.get("ver") or 0),
     )

@@ -610,14 +610,15 @@ export class ConsentClient {
 
   /**
    * Signed opt-out and re-subscribe links (and the List-Unsubscribe headers) for the
-   * recipient and topic. Mints tokens and writes nothing, so retried like a read.
+   * recipient and topic. Mints tokens, so retried like a read. `shortLinks: true` also
+   * returns `<public URL>/l/<code>` forms for SMS (a retry stores fresh codes; harmless).
    */
   async createConsentLink(
     tenantId: string,
     channel: ChannelLike,
     address: string,
     topic = "",
-    opts: CallOptions & { ttlSeconds?: number } = {},
+    opts: CallOptions & { ttlSeconds?: number; shortLinks?: boolean } = {},
   ): Promise<ConsentLinks> {
     return this.invoke(
       {
@@ -627,6 +628,7 @@ export class ConsentClient {
           recipient: recipientPb(channel, address),
           topic,
           ttlSeconds: opts.ttlSeconds ?? 0,
+          shortLinks: opts.shortLinks ?? false,
         },
         mode: RetryMode.READ,
         parse: linksFromPb,

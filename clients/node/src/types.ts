@@ -306,6 +306,9 @@ export interface ConsentLinks {
   expiresAt: Date | undefined;
   recipient: Recipient;
   topic: string;
+  /** With `shortLinks`: `<public URL>/l/<code>` forms of the two links ("" otherwise). */
+  shortOptOutUrl: string;
+  shortResubscribeUrl: string;
   raw: CreateConsentLinkResponse;
 }
 
@@ -320,6 +323,8 @@ export function linksFromPb(msg: CreateConsentLinkResponse): ConsentLinks {
     expiresAt: msg.expiresAt,
     recipient: recipient(msg.recipient),
     topic: msg.topic,
+    shortOptOutUrl: msg.shortOptOutUrl,
+    shortResubscribeUrl: msg.shortResubscribeUrl,
     raw: msg,
   };
 }

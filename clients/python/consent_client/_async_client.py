@@ -409,6 +409,7 @@ class AsyncConsentClient:
         topic: str = "",
         *,
         ttl_seconds: int = 0,
+        short_links: bool = False,
         timeout: float | None = None,
     ) -> ConsentLinks:
         """Signed opt-out and re-subscribe links for the recipient and ``topic``.
@@ -416,11 +417,15 @@ class AsyncConsentClient:
         ``topic=""`` means all topics; ``ttl_seconds=0`` means the server default
         (90 days). The result also carries the ``List-Unsubscribe`` and
         ``List-Unsubscribe-Post`` header values for e-mail (RFC 8058).
+        ``short_links=True`` adds ``short_opt_out_url`` / ``short_resubscribe_url``
+        (``<public URL>/l/<code>``, for SMS).
 
         Raises:
             FailedPrecondition: the server has no public URL for links.
         """
-        call = _calls.create_consent_link(tenant_id, channel, address, topic, ttl_seconds)
+        call = _calls.create_consent_link(
+            tenant_id, channel, address, topic, ttl_seconds, short_links
+        )
         return await self._invoke(call, timeout)
 
     # -- ConsentAdminService: API keys and erasure ---------------------------------------

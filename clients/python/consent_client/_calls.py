@@ -335,14 +335,21 @@ def _snake(path: str) -> str:
 
 
 def create_consent_link(
-    tenant_id: str, channel: ChannelLike, address: str, topic: str, ttl_seconds: int
+    tenant_id: str,
+    channel: ChannelLike,
+    address: str,
+    topic: str,
+    ttl_seconds: int,
+    short_links: bool = False,
 ) -> Call[ConsentLinks]:
-    """CreateConsentLink: mints tokens and writes nothing, so it is retried like a read."""
+    """CreateConsentLink: mints tokens, so it is retried like a read (with short links
+    a retry stores fresh codes; the unused ones expire unseen)."""
     req = pb.CreateConsentLinkRequest(
         tenant_id=tenant_id,
         recipient=_recipient(channel, address),
         topic=topic,
         ttl_seconds=ttl_seconds,
+        short_links=short_links,
     )
     return Call("CreateConsentLink", req, RetryMode.READ, ConsentLinks.from_pb)
 

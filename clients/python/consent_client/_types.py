@@ -500,6 +500,10 @@ class ConsentLinks:
     recipient: Recipient
     topic: str
     raw: pb.CreateConsentLinkResponse = field(repr=False, compare=False)
+    #: With ``short_links=True``: ``<public URL>/l/<code>`` forms of the two links, for
+    #: SMS ("" otherwise, or when the recipient was erased).
+    short_opt_out_url: str = ""
+    short_resubscribe_url: str = ""
 
     @classmethod
     def from_pb(cls, msg: pb.CreateConsentLinkResponse) -> ConsentLinks:
@@ -515,6 +519,8 @@ class ConsentLinks:
             recipient=Recipient.from_pb(msg.recipient),
             topic=msg.topic,
             raw=msg,
+            short_opt_out_url=msg.short_opt_out_url,
+            short_resubscribe_url=msg.short_resubscribe_url,
         )
 
 

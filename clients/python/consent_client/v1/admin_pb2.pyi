@@ -585,6 +585,7 @@ class TenantSettings(_message.Message):
     RESUBSCRIBE_URL_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     MATCH_BUTTON_TITLES_FIELD_NUMBER: _builtins.int
+    PAGE_LANGUAGES_FIELD_NUMBER: _builtins.int
     tenant_id: _builtins.str
     """The tenant (output only; ignored in updates)."""
     business_name: _builtins.str
@@ -634,6 +635,16 @@ class TenantSettings(_message.Message):
     def templates(self) -> _containers.RepeatedCompositeFieldContainer[Global___LanguageTemplates]:
         """Reply texts per language; default none (built-in English texts)."""
 
+    @_builtins.property
+    def page_languages(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The languages of the opt-out / re-subscribe pages, e.g. ["en", "es",
+        "pt-br"]; the first is the default. A page speaks the one the customer's
+        browser prefers (Accept-Language, "pt-br" falling back to "pt") or the one
+        named by ?lang=. Empty = [default_language] when the pages speak it, else
+        ["en"]. Each must be a language the pages are translated to (en, es, pt,
+        fr, de) or a regional form of one; at most 20.
+        """
+
     def __init__(
         self,
         *,
@@ -650,10 +661,11 @@ class TenantSettings(_message.Message):
         resubscribe_url: _builtins.str = ...,
         version: _builtins.int = ...,
         match_button_titles: _builtins.bool = ...,
+        page_languages: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["business_name", b"business_name", "button_payloads", b"button_payloads", "default_language", b"default_language", "default_policy", b"default_policy", "default_region", b"default_region", "infer_opt_out_in_sentences", b"infer_opt_out_in_sentences", "keyword_sets", b"keyword_sets", "match_button_titles", b"match_button_titles", "resubscribe_url", b"resubscribe_url", "templates", b"templates", "tenant_id", b"tenant_id", "topic_policies", b"topic_policies", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["business_name", b"business_name", "button_payloads", b"button_payloads", "default_language", b"default_language", "default_policy", b"default_policy", "default_region", b"default_region", "infer_opt_out_in_sentences", b"infer_opt_out_in_sentences", "keyword_sets", b"keyword_sets", "match_button_titles", b"match_button_titles", "page_languages", b"page_languages", "resubscribe_url", b"resubscribe_url", "templates", b"templates", "tenant_id", b"tenant_id", "topic_policies", b"topic_policies", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

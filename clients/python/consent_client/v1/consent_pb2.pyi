@@ -1585,12 +1585,21 @@ class CreateConsentLinkRequest(_message.Message):
     RECIPIENT_FIELD_NUMBER: _builtins.int
     TOPIC_FIELD_NUMBER: _builtins.int
     TTL_SECONDS_FIELD_NUMBER: _builtins.int
+    SHORT_LINKS_FIELD_NUMBER: _builtins.int
     tenant_id: _builtins.str
     """The tenant whose consent the links change."""
     topic: _builtins.str
     """The scope the links change, e.g. "marketing"; empty = all topics."""
     ttl_seconds: _builtins.int
     """How long the links stay valid, in seconds: 0 = 90 days; at most 400 days."""
+    short_links: _builtins.bool
+    """Also return short links (short_opt_out_url, short_resubscribe_url) of the
+    form <public URL>/l/<12-character code>, for SMS where the signed links are
+    long. Each code is random, stands for one of the two links only and expires
+    with it; it is stored on the server (so this call then writes, and a retry
+    makes new codes: harmless). Erasing the recipient (ForgetRecipient) voids
+    the codes.
+    """
     @_builtins.property
     def recipient(self) -> Global___Recipient:
         """Who the links are for; normalised like everywhere else. The address is
@@ -1604,10 +1613,11 @@ class CreateConsentLinkRequest(_message.Message):
         recipient: Global___Recipient | None = ...,
         topic: _builtins.str = ...,
         ttl_seconds: _builtins.int = ...,
+        short_links: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["recipient", b"recipient"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["recipient", b"recipient", "tenant_id", b"tenant_id", "topic", b"topic", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["recipient", b"recipient", "short_links", b"short_links", "tenant_id", b"tenant_id", "topic", b"topic", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1628,6 +1638,8 @@ class CreateConsentLinkResponse(_message.Message):
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
     RECIPIENT_FIELD_NUMBER: _builtins.int
     TOPIC_FIELD_NUMBER: _builtins.int
+    SHORT_OPT_OUT_URL_FIELD_NUMBER: _builtins.int
+    SHORT_RESUBSCRIBE_URL_FIELD_NUMBER: _builtins.int
     opt_out_url: _builtins.str
     """The opt-out link: <public URL>/u/<token>. GET shows a confirmation page;
     POST records the opt-out (SOURCE_LINK, evidence = opt_out_token_id).
@@ -1648,6 +1660,12 @@ class CreateConsentLinkResponse(_message.Message):
     """The re-subscribe token's id, recorded as the evidence when it is used."""
     topic: _builtins.str
     """The scope the links change, normalised ("" = all topics)."""
+    short_opt_out_url: _builtins.str
+    """With short_links: the opt-out link's short form, <public URL>/l/<code>.
+    Same page, same button, same result as opt_out_url. Empty otherwise.
+    """
+    short_resubscribe_url: _builtins.str
+    """With short_links: the re-subscribe link's short form. Empty otherwise."""
     @_builtins.property
     def expires_at(self) -> _timestamp_pb2.Timestamp:
         """When both links stop working."""
@@ -1668,10 +1686,12 @@ class CreateConsentLinkResponse(_message.Message):
         expires_at: _timestamp_pb2.Timestamp | None = ...,
         recipient: Global___Recipient | None = ...,
         topic: _builtins.str = ...,
+        short_opt_out_url: _builtins.str = ...,
+        short_resubscribe_url: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "recipient", b"recipient"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "list_unsubscribe", b"list_unsubscribe", "list_unsubscribe_post", b"list_unsubscribe_post", "opt_out_token_id", b"opt_out_token_id", "opt_out_url", b"opt_out_url", "recipient", b"recipient", "resubscribe_token_id", b"resubscribe_token_id", "resubscribe_url", b"resubscribe_url", "topic", b"topic"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "list_unsubscribe", b"list_unsubscribe", "list_unsubscribe_post", b"list_unsubscribe_post", "opt_out_token_id", b"opt_out_token_id", "opt_out_url", b"opt_out_url", "recipient", b"recipient", "resubscribe_token_id", b"resubscribe_token_id", "resubscribe_url", b"resubscribe_url", "short_opt_out_url", b"short_opt_out_url", "short_resubscribe_url", b"short_resubscribe_url", "topic", b"topic"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -182,7 +182,10 @@ class ConsentServiceServicer:
         that shows no address and needs no database lookup. Nothing is recorded
         until the customer presses the page's button (GET never changes anything).
         FAILED_PRECONDITION with ErrorInfo reason NOT_CONFIGURED when the server has
-        no public URL for links. Read-only and safe to retry.
+        no public URL for links. Read-only and safe to retry; with short_links it
+        also stores two short codes (<public URL>/l/<code>, for SMS), and a retry
+        stores fresh ones, which is harmless. The pages speak the tenant's
+        page_languages and name its business_name (see TenantSettings).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -96,7 +96,10 @@ class ConsentServiceStub:
     that shows no address and needs no database lookup. Nothing is recorded
     until the customer presses the page's button (GET never changes anything).
     FAILED_PRECONDITION with ErrorInfo reason NOT_CONFIGURED when the server has
-    no public URL for links. Read-only and safe to retry.
+    no public URL for links. Read-only and safe to retry; with short_links it
+    also stores two short codes (<public URL>/l/<code>, for SMS), and a retry
+    stores fresh ones, which is harmless. The pages speak the tenant's
+    page_languages and name its business_name (see TenantSettings).
     """
 
 @_typing.type_check_only
@@ -159,7 +162,10 @@ class ConsentServiceAsyncStub(ConsentServiceStub):
     that shows no address and needs no database lookup. Nothing is recorded
     until the customer presses the page's button (GET never changes anything).
     FAILED_PRECONDITION with ErrorInfo reason NOT_CONFIGURED when the server has
-    no public URL for links. Read-only and safe to retry.
+    no public URL for links. Read-only and safe to retry; with short_links it
+    also stores two short codes (<public URL>/l/<code>, for SMS), and a retry
+    stores fresh ones, which is harmless. The pages speak the tenant's
+    page_languages and name its business_name (see TenantSettings).
     """
 
 class ConsentServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -273,7 +279,10 @@ class ConsentServiceServicer(metaclass=_abc_1.ABCMeta):
         that shows no address and needs no database lookup. Nothing is recorded
         until the customer presses the page's button (GET never changes anything).
         FAILED_PRECONDITION with ErrorInfo reason NOT_CONFIGURED when the server has
-        no public URL for links. Read-only and safe to retry.
+        no public URL for links. Read-only and safe to retry; with short_links it
+        also stores two short codes (<public URL>/l/<code>, for SMS), and a retry
+        stores fresh ones, which is harmless. The pages speak the tenant's
+        page_languages and name its business_name (see TenantSettings).
         """
 
 def add_ConsentServiceServicer_to_server(servicer: ConsentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -476,6 +476,15 @@ export interface TenantSettings {
    * appointment button never opts anyone out.
    */
   matchButtonTitles: boolean;
+  /**
+   * The languages of the opt-out / re-subscribe pages, e.g. ["en", "es",
+   * "pt-br"]; the first is the default. A page speaks the one the customer's
+   * browser prefers (Accept-Language, "pt-br" falling back to "pt") or the one
+   * named by ?lang=. Empty = [default_language] when the pages speak it, else
+   * ["en"]. Each must be a language the pages are translated to (en, es, pt,
+   * fr, de) or a regional form of one; at most 20.
+   */
+  pageLanguages: string[];
 }
 
 export interface TenantSettings_TopicPoliciesEntry {
@@ -2279,6 +2288,7 @@ function createBaseTenantSettings(): TenantSettings {
     resubscribeUrl: "",
     version: 0,
     matchButtonTitles: false,
+    pageLanguages: [],
   };
 }
 
@@ -2322,6 +2332,9 @@ export const TenantSettings: MessageFns<TenantSettings> = {
     }
     if (message.matchButtonTitles !== false) {
       writer.uint32(104).bool(message.matchButtonTitles);
+    }
+    for (const v of message.pageLanguages) {
+      writer.uint32(114).string(v!);
     }
     return writer;
   },
@@ -2446,6 +2459,14 @@ export const TenantSettings: MessageFns<TenantSettings> = {
             message.matchButtonTitles = reader.bool();
             continue;
           }
+          case 14: {
+            if (tag !== 114) {
+              break;
+            }
+
+            message.pageLanguages.push(reader.string());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2541,6 +2562,11 @@ export const TenantSettings: MessageFns<TenantSettings> = {
         : isSet(object.match_button_titles)
         ? globalThis.Boolean(object.match_button_titles)
         : false,
+      pageLanguages: globalThis.Array.isArray(object?.pageLanguages)
+        ? object.pageLanguages.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.page_languages)
+        ? object.page_languages.map((e: any) => globalThis.String(e))
+        : [],
     };
   },
 
@@ -2591,6 +2617,9 @@ export const TenantSettings: MessageFns<TenantSettings> = {
     if (message.matchButtonTitles !== false) {
       obj.matchButtonTitles = message.matchButtonTitles;
     }
+    if (message.pageLanguages?.length) {
+      obj.pageLanguages = message.pageLanguages;
+    }
     return obj;
   },
 
@@ -2620,6 +2649,7 @@ export const TenantSettings: MessageFns<TenantSettings> = {
     message.resubscribeUrl = object.resubscribeUrl ?? "";
     message.version = object.version ?? 0;
     message.matchButtonTitles = object.matchButtonTitles ?? false;
+    message.pageLanguages = object.pageLanguages?.map((e) => e) || [];
     return message;
   },
 };

@@ -1270,6 +1270,15 @@ export interface CreateConsentLinkRequest {
   topic: string;
   /** How long the links stay valid, in seconds: 0 = 90 days; at most 400 days. */
   ttlSeconds: number;
+  /**
+   * Also return short links (short_opt_out_url, short_resubscribe_url) of the
+   * form <public URL>/l/<12-character code>, for SMS where the signed links are
+   * long. Each code is random, stands for one of the two links only and expires
+   * with it; it is stored on the server (so this call then writes, and a retry
+   * makes new codes: harmless). Erasing the recipient (ForgetRecipient) voids
+   * the codes.
+   */
+  shortLinks: boolean;
 }
 
 /** Signed links for one recipient and scope. */
@@ -1305,6 +1314,13 @@ export interface CreateConsentLinkResponse {
     | undefined;
   /** The scope the links change, normalised ("" = all topics). */
   topic: string;
+  /**
+   * With short_links: the opt-out link's short form, <public URL>/l/<code>.
+   * Same page, same button, same result as opt_out_url. Empty otherwise.
+   */
+  shortOptOutUrl: string;
+  /** With short_links: the re-subscribe link's short form. Empty otherwise. */
+  shortResubscribeUrl: string;
 }
 
 function createBaseRecipient(): Recipient {
@@ -4715,7 +4731,7 @@ export const GetMessageStatusResponse: MessageFns<GetMessageStatusResponse> = {
 };
 
 function createBaseCreateConsentLinkRequest(): CreateConsentLinkRequest {
-  return { tenantId: "", recipient: undefined, topic: "", ttlSeconds: 0 };
+  return { tenantId: "", recipient: undefined, topic: "", ttlSeconds: 0, shortLinks: false };
 }
 
 export const CreateConsentLinkRequest: MessageFns<CreateConsentLinkRequest> = {
@@ -4731,6 +4747,9 @@ export const CreateConsentLinkRequest: MessageFns<CreateConsentLinkRequest> = {
     }
     if (message.ttlSeconds !== 0) {
       writer.uint32(32).int64(message.ttlSeconds);
+    }
+    if (message.shortLinks !== false) {
+      writer.uint32(40).bool(message.shortLinks);
     }
     return writer;
   },
@@ -4780,6 +4799,14 @@ export const CreateConsentLinkRequest: MessageFns<CreateConsentLinkRequest> = {
             message.ttlSeconds = longToNumber(reader.int64());
             continue;
           }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.shortLinks = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -4806,6 +4833,11 @@ export const CreateConsentLinkRequest: MessageFns<CreateConsentLinkRequest> = {
         : isSet(object.ttl_seconds)
         ? globalThis.Number(object.ttl_seconds)
         : 0,
+      shortLinks: isSet(object.shortLinks)
+        ? globalThis.Boolean(object.shortLinks)
+        : isSet(object.short_links)
+        ? globalThis.Boolean(object.short_links)
+        : false,
     };
   },
 
@@ -4823,6 +4855,9 @@ export const CreateConsentLinkRequest: MessageFns<CreateConsentLinkRequest> = {
     if (message.ttlSeconds !== 0) {
       obj.ttlSeconds = Math.round(message.ttlSeconds);
     }
+    if (message.shortLinks !== false) {
+      obj.shortLinks = message.shortLinks;
+    }
     return obj;
   },
 
@@ -4837,6 +4872,7 @@ export const CreateConsentLinkRequest: MessageFns<CreateConsentLinkRequest> = {
       : undefined;
     message.topic = object.topic ?? "";
     message.ttlSeconds = object.ttlSeconds ?? 0;
+    message.shortLinks = object.shortLinks ?? false;
     return message;
   },
 };
@@ -4852,6 +4888,8 @@ function createBaseCreateConsentLinkResponse(): CreateConsentLinkResponse {
     expiresAt: undefined,
     recipient: undefined,
     topic: "",
+    shortOptOutUrl: "",
+    shortResubscribeUrl: "",
   };
 }
 
@@ -4883,6 +4921,12 @@ export const CreateConsentLinkResponse: MessageFns<CreateConsentLinkResponse> = 
     }
     if (message.topic !== "") {
       writer.uint32(74).string(message.topic);
+    }
+    if (message.shortOptOutUrl !== "") {
+      writer.uint32(82).string(message.shortOptOutUrl);
+    }
+    if (message.shortResubscribeUrl !== "") {
+      writer.uint32(90).string(message.shortResubscribeUrl);
     }
     return writer;
   },
@@ -4972,6 +5016,22 @@ export const CreateConsentLinkResponse: MessageFns<CreateConsentLinkResponse> = 
             message.topic = reader.string();
             continue;
           }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.shortOptOutUrl = reader.string();
+            continue;
+          }
+          case 11: {
+            if (tag !== 90) {
+              break;
+            }
+
+            message.shortResubscribeUrl = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -5023,6 +5083,16 @@ export const CreateConsentLinkResponse: MessageFns<CreateConsentLinkResponse> = 
         : undefined,
       recipient: isSet(object.recipient) ? Recipient.fromJSON(object.recipient) : undefined,
       topic: isSet(object.topic) ? globalThis.String(object.topic) : "",
+      shortOptOutUrl: isSet(object.shortOptOutUrl)
+        ? globalThis.String(object.shortOptOutUrl)
+        : isSet(object.short_opt_out_url)
+        ? globalThis.String(object.short_opt_out_url)
+        : "",
+      shortResubscribeUrl: isSet(object.shortResubscribeUrl)
+        ? globalThis.String(object.shortResubscribeUrl)
+        : isSet(object.short_resubscribe_url)
+        ? globalThis.String(object.short_resubscribe_url)
+        : "",
     };
   },
 
@@ -5055,6 +5125,12 @@ export const CreateConsentLinkResponse: MessageFns<CreateConsentLinkResponse> = 
     if (message.topic !== "") {
       obj.topic = message.topic;
     }
+    if (message.shortOptOutUrl !== "") {
+      obj.shortOptOutUrl = message.shortOptOutUrl;
+    }
+    if (message.shortResubscribeUrl !== "") {
+      obj.shortResubscribeUrl = message.shortResubscribeUrl;
+    }
     return obj;
   },
 
@@ -5074,6 +5150,8 @@ export const CreateConsentLinkResponse: MessageFns<CreateConsentLinkResponse> = 
       ? Recipient.fromPartial(object.recipient)
       : undefined;
     message.topic = object.topic ?? "";
+    message.shortOptOutUrl = object.shortOptOutUrl ?? "";
+    message.shortResubscribeUrl = object.shortResubscribeUrl ?? "";
     return message;
   },
 };
@@ -5218,7 +5296,10 @@ export const ConsentServiceService = {
    * that shows no address and needs no database lookup. Nothing is recorded
    * until the customer presses the page's button (GET never changes anything).
    * FAILED_PRECONDITION with ErrorInfo reason NOT_CONFIGURED when the server has
-   * no public URL for links. Read-only and safe to retry.
+   * no public URL for links. Read-only and safe to retry; with short_links it
+   * also stores two short codes (<public URL>/l/<code>, for SMS), and a retry
+   * stores fresh ones, which is harmless. The pages speak the tenant's
+   * page_languages and name its business_name (see TenantSettings).
    */
   createConsentLink: {
     path: "/consent.v1.ConsentService/CreateConsentLink" as const,
@@ -5286,7 +5367,10 @@ export interface ConsentServiceServer extends UntypedServiceImplementation {
    * that shows no address and needs no database lookup. Nothing is recorded
    * until the customer presses the page's button (GET never changes anything).
    * FAILED_PRECONDITION with ErrorInfo reason NOT_CONFIGURED when the server has
-   * no public URL for links. Read-only and safe to retry.
+   * no public URL for links. Read-only and safe to retry; with short_links it
+   * also stores two short codes (<public URL>/l/<code>, for SMS), and a retry
+   * stores fresh ones, which is harmless. The pages speak the tenant's
+   * page_languages and name its business_name (see TenantSettings).
    */
   createConsentLink: handleUnaryCall<CreateConsentLinkRequest, CreateConsentLinkResponse>;
 }
@@ -5456,7 +5540,10 @@ export interface ConsentServiceClient extends Client {
    * that shows no address and needs no database lookup. Nothing is recorded
    * until the customer presses the page's button (GET never changes anything).
    * FAILED_PRECONDITION with ErrorInfo reason NOT_CONFIGURED when the server has
-   * no public URL for links. Read-only and safe to retry.
+   * no public URL for links. Read-only and safe to retry; with short_links it
+   * also stores two short codes (<public URL>/l/<code>, for SMS), and a retry
+   * stores fresh ones, which is harmless. The pages speak the tenant's
+   * page_languages and name its business_name (see TenantSettings).
    */
   createConsentLink(
     request: CreateConsentLinkRequest,
