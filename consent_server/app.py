@@ -415,7 +415,10 @@ async def watch_store(
         cause = ""
         failure: BaseException | None = None
         try:
-            await asyncio.wait_for(probe(store.client), timeout=max(interval_s, 0.5))
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that
+            # lands as the probe completes, and the shutdown would wait on us forever.
+            async with asyncio.timeout(max(interval_s, 0.5)):
+                await probe(store.client)
             STORE_PROBE.observe(loop_time() - started)
         except Exception as exc:  # whatever a probe raises, the store is not serving us
             cause, failure = failure_cause(exc), exc
@@ -474,14 +477,17 @@ async def drain(services: Services, background: list[asyncio.Task[Any]]) -> None
 
 
 async def _cancel_quietly(task: asyncio.Task[Any]) -> None:
-    """Cancel a background task; whatever it raised is logged, never fails the shutdown."""
-    task.cancel()
-    try:
-        await task
-    except asyncio.CancelledError:
-        pass
-    except Exception:
-        log.exception("background task failed before shutdown")
+    """Cancel a background task; whatever it raised is logged, never fails the shutdown.
+
+    A task can swallow one cancel (a library catching CancelledError, or a wait_for race),
+    so the cancel is repeated until the task ends rather than awaited once forever."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=1.0)
+    if task.cancelled():
+        return
+    if task.exception() is not None:
+        log.error("background task failed before shutdown", exc_info=task.exception())
 
 
 def limits_of(settings: Settings) -> Limits:

@@ -135,3 +135,30 @@ async def test_authentication_and_the_bootstrap_key_in_process() -> None:
             metadata=(("authorization", f"Bearer {token}"),),
         )
         assert made.key.tenant_id == "acme" and made.api_key.startswith("ck_")
+
+
+async def test_shutdown_cancels_a_task_that_swallows_one_cancel() -> None:
+    """A background task that survives its first cancel (as asyncio.wait_for on 3.11
+    can, when the cancel lands as its inner call completes) must not hang the drain."""
+    import asyncio
+
+    from consent_server.app import _cancel_quietly
+
+    swallowed = 0
+
+    async def stubborn() -> None:
+        nonlocal swallowed
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                if swallowed:
+                    raise
+                swallowed += 1
+
+    task = asyncio.create_task(stubborn())
+    await asyncio.sleep(0)
+    drain = asyncio.create_task(_cancel_quietly(task))
+    done, _ = await asyncio.wait({drain}, timeout=5)
+    assert drain in done, "the drain waited on a task that swallowed its cancel"
+    assert task.cancelled() and swallowed == 1
