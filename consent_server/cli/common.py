@@ -302,7 +302,8 @@ def wants_table() -> bool:
 
 def tsv(*cells: object) -> None:
     """One tab-separated line on stdout (for pipes: no wrapping, no markup)."""
-    out.print("\t".join(str(c) for c in cells), markup=False, soft_wrap=True)
+    # Straight to stdout: rich would expand the tabs to spaces.
+    sys.stdout.write("\t".join(str(c) for c in cells) + "\n")
 
 
 def ts_text(ts: Any) -> str:
