@@ -153,7 +153,8 @@ def test_history_is_tab_separated_when_piped(embedded: ServerProcess) -> None:
     [
         (("settings", "set", "acme", "--from-file", "/nonexistent/s.json"),
          "error: --from-file '/nonexistent/s.json': No such file or directory", 2),
-        (("tenants", "list", "--bogus"), "error: No such option: --bogus", 2),
+        (("tenants", "list", "--bogus"),
+         "error: No such option: --bogus (see 'consentctl tenants list --help')", 2),
         (("check", "acme", PHONE, "--topic", "x", "--at", "yesterday"),
          "error: --at 'yesterday' is not an ISO 8601 time", 2),
         (("forget", "acme", PHONE), "error: forget erases the recipient's records for good: "

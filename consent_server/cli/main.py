@@ -55,7 +55,9 @@ def main(argv: list[str] | None = None) -> None:
         if type(exc).__name__ == "NoArgsIsHelpError":
             err.print(message, markup=False)
         else:
-            err.print(f"error: {message}", markup=False)
+            where = getattr(getattr(exc, "ctx", None), "command_path", None)
+            hint = f" (see '{where} --help')" if where else ""
+            err.print(f"error: {message}{hint}", markup=False)
         sys.exit(exit_code or EXIT_USAGE)
     except KeyboardInterrupt:
         sys.exit(130)
