@@ -4,14 +4,16 @@
     consentctl settings get TENANT / set TENANT --business-name "Meal Box" ...
     consentctl inbound TENANT +919876543210 --text STOP
     consentctl inbound dead-letters list TENANT / replay TENANT ID / discard TENANT ID
+    consentctl inbound webhook get TENANT / set TENANT --phone-number-id ... / delete TENANT
     consentctl check TENANT +919876543210 --topic marketing [--at 2026-10-01T09:00Z]
     consentctl opt-out TENANT ADDRESS / opt-in ... / history ... / link ... / forget ...
     consentctl message status TENANT MESSAGE_ID
     consentctl providers get TENANT / set TENANT --channel sms --kind webhook ...
-    consentctl webhook get TENANT / set ... / delete TENANT
     consentctl keys create / list / revoke / generate
     consentctl import TENANT optouts.csv [--dry-run] / export TENANT -o consent.csv
-    consentctl doctor
+    consentctl doctor [--json]
+
+Every command takes the connection options of ``common`` (before or after it).
 
 A new command group: a module with ``register(app)``, and one line below.
 """
