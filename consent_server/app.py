@@ -28,6 +28,7 @@ from grpc_reflection.v1alpha import reflection
 from consent_client.v1 import admin_pb2, admin_pb2_grpc, consent_pb2, consent_pb2_grpc
 from consent_server import tracing
 from consent_server.api.admin import ConsentAdminService
+from consent_server.api.admin_deployment import DeploymentHandlers
 from consent_server.api.admin_security import SecurityHandlers
 from consent_server.api.admin_service import TenantSettingsHandlers
 from consent_server.api.admin_tenants import TenantHandlers
@@ -51,6 +52,7 @@ from consent_server.domain.auth import OPERATOR_TENANT, Role
 from consent_server.domain.bulk import BulkConsent
 from consent_server.domain.errors import StoreUnavailable
 from consent_server.domain.links_service import ConsentLinks
+from consent_server.domain.ports import DeploymentProbe
 from consent_server.domain.security import RateLimits, SecurityAuthority
 from consent_server.domain.service import ConsentAuthority, Limits
 from consent_server.domain.tenants import TenantRegistry
@@ -60,7 +62,7 @@ from consent_server.http.wiring import edge_app, keyring_for, whatsapp_edge
 from consent_server.metrics import READINESS, STORE_PROBE, STORE_UP, count_inbound
 from consent_server.store.bulk import RedisBulkStore
 from consent_server.store.connect import redis_address
-from consent_server.store.durability import durability_problems
+from consent_server.store.durability import StoreDurabilityProbe, durability_problems
 from consent_server.store.edge import RedisEdgeStore
 from consent_server.store.health import failure_cause, probe
 from consent_server.store.history import RedisConsentHistory
@@ -182,6 +184,9 @@ def build(settings: Settings) -> Services:
         whatsapp,
         tenant_registry(store),
         bulk,
+        StoreDurabilityProbe(
+            store.client, embedded=settings.redis.embedded, cluster=settings.redis.cluster
+        ),
     )
     health = health_aio.HealthServicer()
     server = grpc_server(settings, security, consent, admin, health, store.tenant_lookup)
@@ -242,6 +247,7 @@ def admin_servicer(
     whatsapp: WhatsAppEdge,
     tenants: TenantRegistry,
     bulk: BulkConsent,
+    probe: DeploymentProbe,
 ) -> ConsentAdminService:
     """ConsentAdminService: one handler object per area, each on its use case."""
     return ConsentAdminService(
@@ -251,6 +257,7 @@ def admin_servicer(
         delivery=DeliveryProviderHandlers(delivery.admin),
         webhooks=WhatsAppWebhookHandlers(edge_store, public_url, whatsapp),
         bulk=BulkHandlers(bulk),
+        deployment=DeploymentHandlers(probe),
     )
 
 

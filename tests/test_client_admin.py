@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -403,3 +404,32 @@ async def test_async_create_api_key_is_never_retried() -> None:
         assert len(fake.seen("RevokeApiKey")) == 2  # one retry, then the error
     finally:
         fake.stop()
+
+
+# -- deployment ---------------------------------------------------------------------------
+
+
+def test_health_and_deployment_health(authed: Authed, tenant_admin: ConsentClient) -> None:
+    with ConsentClient(authed.target, timeout=10) as anonymous:
+        assert anonymous.health() == "SERVING"  # the health service needs no key
+        with pytest.raises(NotFound):
+            anonymous.health("no.such.Service")
+        with pytest.raises(Unauthenticated):
+            anonymous.get_deployment_health()
+    with ConsentClient(authed.target, api_key=authed.operator, timeout=10) as op:
+        before = time.time()
+        d = op.get_deployment_health()
+        after = time.time()
+    # The module's redis-server runs without AOF and without save points.
+    assert d.store == "redis" and d.durability_checked
+    assert list(d.durability_problems) == ["persistence is off (appendonly no and no save points)"]
+    assert before - 1 <= d.server_time.ToNanoseconds() / 1e9 <= after + 1
+    with pytest.raises(PermissionDenied):  # not scoped to a tenant: operator keys only
+        tenant_admin.get_deployment_health()
+
+
+async def test_async_health_and_deployment_health(authed: Authed) -> None:
+    async with AsyncConsentClient(authed.target, api_key=authed.operator, timeout=10) as op:
+        assert await op.health() == "SERVING"
+        d = await op.get_deployment_health()
+        assert d.store == "redis" and d.durability_checked

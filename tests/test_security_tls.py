@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
@@ -215,3 +220,71 @@ def test_consentctl_over_tls(tls_server: TlsServerProcess, pki: Pki) -> None:
     assert key_id in listed.stdout
     plain = runner.invoke(app, ["list", *base])  # no TLS options: plaintext, refused
     assert plain.exit_code == 1 and "UNAVAILABLE" in plain.stderr
+
+
+def consentctl(*args: str) -> subprocess.CompletedProcess[str]:
+    """The installed consentctl, with no connection settings from the environment."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONSENT_")}
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "consentctl"), *args],
+        env={**env, "NO_COLOR": "1"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_every_consentctl_command_speaks_tls(tls_server: TlsServerProcess, pki: Pki) -> None:
+    """The root TLS options (here after the command) reach every command and doctor."""
+    ca = pki.paths["ca"]
+    listed = consentctl("tenants", "list", "--json", "--target", tls_server.target, "--ca", ca)
+    assert listed.returncode == 0, listed.stderr
+    assert "acme" in [t["tenant_id"] for t in json.loads(listed.stdout)["tenants"]]
+    check = consentctl("--target", tls_server.target, "--tls-ca", ca,
+                       "check", "acme", "+14155550102", "-c", "sms", "-t", "x")  # fmt: skip
+    assert check.returncode == 0 and "ALLOWED" in check.stdout
+    plain = consentctl("--target", tls_server.target, "--timeout", "3", "tenants", "list")
+    assert plain.returncode == 1 and "UNAVAILABLE" in plain.stderr
+
+    report = json.loads(consentctl("doctor", "--json", "--target", tls_server.target,
+                                   "--ca", ca).stdout)  # fmt: skip
+    tls = next(c for c in report["checks"] if c["name"] == "tls")
+    assert tls["status"] == "ok" and "valid until" in tls["detail"] and report["ok"]
+    stranger = consentctl("doctor", "--target", tls_server.target, "--timeout", "3",
+                          "--ca", pki.paths["stranger_cert"])  # fmt: skip
+    assert stranger.returncode == 6 and "FAIL  tls          handshake" in stranger.stdout
+
+
+def test_consentctl_over_mtls(mtls_server: TlsServerProcess, pki: Pki) -> None:
+    base = ("--target", mtls_server.target, "--ca", pki.paths["ca"])
+    cert = ("--cert", pki.paths["client_cert"], "--key", pki.paths["client_key"])
+    done = consentctl(*base, *cert, "doctor")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert consentctl(*base, *cert, "settings", "get", "acme", "--json").returncode == 0
+    refused = consentctl(*base, "--timeout", "3", "settings", "get", "acme")
+    assert refused.returncode == 1 and "UNAVAILABLE" in refused.stderr
+    half = consentctl(*base, "--cert", pki.paths["client_cert"], "doctor")
+    assert half.returncode == 2 and "go together" in half.stderr
+
+
+def test_doctor_warns_before_the_server_certificate_expires(pki: Pki, tmp_path: Path) -> None:
+    soon = pki.ca.issue_cert(
+        "localhost", "127.0.0.1", not_after=datetime.now(UTC) + timedelta(days=3)
+    )
+    (tmp_path / "cert.pem").write_bytes(soon.cert_chain_pems[0].bytes())
+    (tmp_path / "key.pem").write_bytes(soon.private_key_pem.bytes())
+    env = {
+        "CONSENT_TLS_CERT": str(tmp_path / "cert.pem"),
+        "CONSENT_TLS_KEY": str(tmp_path / "key.pem"),
+    }
+    srv = TlsServerProcess(env, ca=pki.ca_pem).start()
+    try:
+        proc = consentctl("doctor", "--target", srv.target, "--ca", pki.paths["ca"])
+        assert proc.returncode == 5, proc.stdout
+        assert "FAIL  tls" in proc.stdout and "expires" in proc.stdout
+        relaxed = consentctl("doctor", "--target", srv.target, "--ca", pki.paths["ca"],
+                             "--cert-days", "2")  # fmt: skip
+        assert relaxed.returncode == 0, relaxed.stdout
+    finally:
+        srv.stop()

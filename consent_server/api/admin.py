@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from consent_client.v1 import admin_pb2 as apb
 from consent_client.v1 import admin_pb2_grpc as apb_grpc
 
+from .admin_deployment import DeploymentHandlers
 from .admin_security import SecurityHandlers
 from .admin_service import TenantSettingsHandlers
 from .admin_tenants import TenantHandlers
@@ -37,7 +38,9 @@ class ConsentAdminService(apb_grpc.ConsentAdminServiceServicer):
         delivery: DeliveryProviderHandlers,
         webhooks: WhatsAppWebhookHandlers,
         bulk: BulkHandlers,
+        deployment: DeploymentHandlers,
     ) -> None:
+        self._deployment = deployment
         self._bulk = bulk
         self._tenants = tenants
         self._settings = settings
@@ -152,3 +155,10 @@ class ConsentAdminService(apb_grpc.ConsentAdminServiceServicer):
         self, request: apb.DiscardUnappliedNotificationRequest, context: Ctx
     ) -> apb.DiscardUnappliedNotificationResponse:
         return await self._webhooks.DiscardUnappliedNotification(request, context)
+
+    # -- the deployment (operator keys only: no tenant_id) --
+
+    async def GetDeploymentHealth(
+        self, request: apb.GetDeploymentHealthRequest, context: Ctx
+    ) -> apb.GetDeploymentHealthResponse:
+        return await self._deployment.GetDeploymentHealth(request, context)

@@ -20,23 +20,25 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import typer
+from google.protobuf.timestamp_pb2 import Timestamp
 
-from consent_client import ConsentClient
-from consent_client import ConsentError as RefusedCall
 from consent_client.v1 import admin_pb2 as apb
 from consent_server.domain.auth import ApiKeyRecord, Role, new_key
 from consent_server.domain.errors import ConsentError
 from consent_server.domain.security import SecurityAuthority
 from consent_server.store.connect import open_store
-from consent_server.store.repository import RedisConsentStore
 from consent_server.store.security import RedisSecurityStore
+
+from .common import EXIT_REFUSED, EXIT_USAGE, Options, connect, options, print_json
+
+T = TypeVar("T")
 
 app = typer.Typer(
     name="keys",
@@ -44,6 +46,12 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+
+
+def register(root: typer.Typer) -> None:
+    """Mount ``keys`` on the root command."""
+    root.add_typer(app, name="keys")
+
 
 _ROLE_NAME = {apb.ApiKeyRole.Value(f"API_KEY_ROLE_{role.name}"): role.value for role in Role}
 
@@ -89,7 +97,7 @@ TlsKey = Annotated[
 Tenant = Annotated[str, typer.Option("--tenant", help="the tenant, or '*' for operator keys")]
 
 
-def _fail(message: str, code: int = 1) -> typer.Exit:
+def _fail(message: str, code: int = EXIT_REFUSED) -> typer.Exit:
     typer.echo(f"consentctl keys: {message}", err=True)
     return typer.Exit(code)
 
@@ -100,44 +108,72 @@ def _when(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-@contextmanager
-def _client(
-    server: str,
+def _ms(ts: Timestamp) -> int:
+    return ts.seconds * 1000 + ts.nanos // 1_000_000
+
+
+@dataclass(frozen=True)
+class _Access:
+    """Where a keys command goes: over gRPC (``grpc`` set) or into the store (``redis_url``)."""
+
+    grpc: Options | None
+    redis_url: str = ""
+    cluster: bool = False
+
+
+def _access(
+    ctx: typer.Context,
+    server: str | None,
     api_key: str | None,
+    redis_url: str | None,
+    redis_cluster: bool,
     tls_ca: Path | None,
     tls_cert: Path | None,
     tls_key: Path | None,
-) -> Iterator[ConsentClient]:
-    """The thin client (gRPC mode); a refused call is one line on stderr and exit 1."""
-    try:
-        with ConsentClient(
-            server, api_key=api_key, timeout=10, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key
-        ) as client:
-            yield client
-    except RefusedCall as exc:
-        raise _fail(f"{exc.code.name}: {exc.message}") from None
-    except ValueError as exc:  # the client refused an option before calling
-        raise _fail(str(exc), 2) from None
-
-
-def _security(redis_url: str, cluster: bool) -> tuple[SecurityAuthority, RedisConsentStore]:
-    store = open_store(redis_url, cluster=cluster)
-    return SecurityAuthority(RedisSecurityStore(store.client, store.tombstones), store), store
-
-
-def _direct_url(server: str | None, redis_url: str | None) -> str:
-    if server is None and redis_url is None:
+) -> _Access:
+    """gRPC when a target is given (here or as a root flag), else the store; neither:
+    exit 2 naming both."""
+    root = options(ctx)
+    target = server or root.target
+    if target is not None:
+        return _Access(
+            root.merged(
+                target=target, api_key=api_key, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key
+            )
+        )
+    if redis_url is None:
         raise _fail(
             "say where the authority is: --target host:port (with an admin --api-key) or "
             "--redis-url redis://... (straight into the store, for the first key)",
-            2,
+            EXIT_USAGE,
         )
-    assert redis_url is not None
-    return redis_url
+    return _Access(None, redis_url, redis_cluster)
 
 
-def _print_keys(rows: list[tuple[str, str, str, str, str, str]]) -> None:
+def _direct(access: _Access, use: Callable[[SecurityAuthority], Awaitable[T]]) -> T:
+    """Run ``use`` on the store's security authority (the first-key bootstrap); a
+    refusal is one line and exit 1."""
+
+    async def run() -> T:
+        store = open_store(access.redis_url, cluster=access.cluster)
+        try:
+            security = SecurityAuthority(RedisSecurityStore(store.client, store.tombstones), store)
+            return await use(security)
+        finally:
+            await store.aclose()
+
+    try:
+        return asyncio.run(run())
+    except ConsentError as exc:
+        raise _fail(str(exc)) from None
+
+
+def _print_keys(ctx: typer.Context, rows: list[tuple[str, str, str, str, str, str]]) -> None:
     header = ("KEY_ID", "TENANT", "ROLE", "CREATED", "REVOKED", "DESCRIPTION")
+    if options(ctx).json:
+        names = ("key_id", "tenant_id", "role", "created_at", "revoked_at", "description")
+        print_json({"keys": [dict(zip(names, row, strict=True)) for row in rows]})
+        return
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(5)]
     for row in [header, *rows]:
         typer.echo(
@@ -154,6 +190,7 @@ def generate() -> None:
 
 @app.command()
 def create(
+    ctx: typer.Context,
     tenant: Tenant,
     role: Annotated[Role, typer.Option("--role", help="admin, writer, sender or reader")],
     description: Annotated[str, typer.Option("--description", help="what it is for")] = "",
@@ -169,35 +206,31 @@ def create(
     tls_key: TlsKey = None,
 ) -> None:
     """Create a key and print it once (stdout); its id and role go to stderr."""
-    if server is not None:
-        with _client(server, api_key, tls_ca, tls_cert, tls_key) as client:
+    access = _access(ctx, server, api_key, redis_url, redis_cluster, tls_ca, tls_cert, tls_key)
+    if access.grpc is not None:
+        with connect(access.grpc) as client:
             made = client.create_api_key(
                 tenant, role.value, description, rate_limit_per_second=rate_limit
             )
         key_id, token = made.key_id, made.api_key
     else:
-        url = _direct_url(server, redis_url)
 
-        async def run() -> tuple[str, str]:
-            security, store = _security(url, redis_cluster)
-            try:
-                created = await security.create_key(
-                    tenant_id=tenant,
-                    role=role,
-                    description=description,
-                    rate_limit_per_s=rate_limit,
-                    created_by="consentctl",
-                    caller=None,
-                )
-            finally:
-                await store.aclose()
+        async def use(security: SecurityAuthority) -> tuple[str, str]:
+            created = await security.create_key(
+                tenant_id=tenant,
+                role=role,
+                description=description,
+                rate_limit_per_s=rate_limit,
+                created_by="consentctl",
+                caller=None,
+            )
             return created.record.key_id, created.api_key
 
-        try:
-            key_id, token = asyncio.run(run())
-        except ConsentError as exc:
-            raise _fail(str(exc)) from None
-    typer.echo(token)
+        key_id, token = _direct(access, use)
+    if options(ctx).json:
+        print_json({"key_id": key_id, "api_key": token, "role": role.value, "tenant_id": tenant})
+    else:
+        typer.echo(token)
     typer.echo(
         f"created key {key_id} ({role.value}) for tenant {tenant}; it is shown only now: "
         "store it in a secret manager",
@@ -207,6 +240,7 @@ def create(
 
 @app.command("list")
 def list_keys(
+    ctx: typer.Context,
     tenant: Tenant,
     include_revoked: Annotated[bool, typer.Option("--all", help="also list revoked keys")] = False,
     server: Server = None,
@@ -218,37 +252,26 @@ def list_keys(
     tls_key: TlsKey = None,
 ) -> None:
     """List a tenant's keys (never their secrets)."""
-    rows: list[tuple[str, str, str, str, str, str]] = []
-    if server is not None:
-        with _client(server, api_key, tls_ca, tls_cert, tls_key) as client:
+    access = _access(ctx, server, api_key, redis_url, redis_cluster, tls_ca, tls_cert, tls_key)
+    if access.grpc is not None:
+        with connect(access.grpc) as client:
             listed = client.list_api_keys(tenant, include_revoked=include_revoked)
-        for k in listed:
-            created = k.created_at.seconds * 1000 + k.created_at.nanos // 1_000_000
-            revoked = k.revoked_at.seconds * 1000 + k.revoked_at.nanos // 1_000_000
-            rows.append(
-                (
-                    k.key_id,
-                    k.tenant_id,
-                    _ROLE_NAME.get(k.role, "?"),
-                    _when(created),
-                    _when(revoked) if k.revoked else "-",
-                    k.description,
-                )
+        rows = [
+            (
+                k.key_id,
+                k.tenant_id,
+                _ROLE_NAME.get(k.role, "?"),
+                _when(_ms(k.created_at)),
+                _when(_ms(k.revoked_at)) if k.revoked else "-",
+                k.description,
             )
+            for k in listed
+        ]
     else:
-        url = _direct_url(server, redis_url)
 
-        async def run() -> list[ApiKeyRecord]:
-            security, store = _security(url, redis_cluster)
-            try:
-                return await security.list_keys(tenant, include_revoked)
-            finally:
-                await store.aclose()
+        async def use(security: SecurityAuthority) -> list[ApiKeyRecord]:
+            return await security.list_keys(tenant, include_revoked)
 
-        try:
-            records = asyncio.run(run())
-        except ConsentError as exc:
-            raise _fail(str(exc)) from None
         rows = [
             (
                 r.key_id,
@@ -258,13 +281,14 @@ def list_keys(
                 _when(r.revoked_at_ms),
                 r.description,
             )
-            for r in records
+            for r in _direct(access, use)
         ]
-    _print_keys(rows)
+    _print_keys(ctx, rows)
 
 
 @app.command()
 def revoke(
+    ctx: typer.Context,
     key_id: Annotated[str, typer.Argument(help="the key's id (16 hex characters)")],
     tenant: Tenant,
     server: Server = None,
@@ -276,24 +300,19 @@ def revoke(
     tls_key: TlsKey = None,
 ) -> None:
     """Revoke a key: every server process refuses it from the next call on."""
-    if server is not None:
-        with _client(server, api_key, tls_ca, tls_cert, tls_key) as client:
+    access = _access(ctx, server, api_key, redis_url, redis_cluster, tls_ca, tls_cert, tls_key)
+    if access.grpc is not None:
+        with connect(access.grpc) as client:
             already = client.revoke_api_key(tenant, key_id).already_revoked
     else:
-        url = _direct_url(server, redis_url)
 
-        async def run() -> bool:
-            security, store = _security(url, redis_cluster)
-            try:
-                _, was = await security.revoke_key(tenant, key_id)
-                return was
-            finally:
-                await store.aclose()
+        async def use(security: SecurityAuthority) -> bool:
+            _, was = await security.revoke_key(tenant, key_id)
+            return was
 
-        try:
-            already = asyncio.run(run())
-        except ConsentError as exc:
-            raise _fail(str(exc)) from None
+        already = _direct(access, use)
+    if options(ctx).json:
+        print_json({"key_id": key_id, "already_revoked": already})
     typer.echo(f"key {key_id} {'was already' if already else 'is now'} revoked", err=True)
 
 

@@ -211,3 +211,15 @@ class ReceiptStore(Protocol):
     ) -> tuple[ReceiptOutcome, str]:
         """Apply a receipt found by our id or the provider's; (outcome, our id or "")."""
         ...
+
+
+class DeploymentProbe(Protocol):
+    """Read-only facts about how the store keeps consent (``consentctl doctor``)."""
+
+    #: "embedded", "redis" or "redis_cluster".
+    store_kind: str
+
+    async def durability_problems(self) -> list[str] | None:
+        """What in the store's configuration can lose consent (empty: nothing); None
+        when its configuration cannot be read. StoreUnavailable while it is down."""
+        ...

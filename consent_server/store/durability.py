@@ -59,3 +59,24 @@ async def durability_problems(client: Any) -> list[str] | None:
         return problems_of(await _config(client))
     except rex.ResponseError:  # unknown command, NOPERM, ...
         return None
+
+
+EMBEDDED_PROBLEM = (
+    "the embedded store keeps consent in the server process's memory only: it is lost "
+    "when the process stops (set CONSENT_REDIS_URL)"
+)
+
+
+class StoreDurabilityProbe:
+    """The domain's DeploymentProbe on the store's Redis client (or the embedded one)."""
+
+    def __init__(self, client: Any, *, embedded: bool, cluster: bool) -> None:
+        self._client = client
+        self._embedded = embedded
+        self.store_kind = "embedded" if embedded else "redis_cluster" if cluster else "redis"
+
+    async def durability_problems(self) -> list[str] | None:
+        """The embedded store is never durable; a Redis is asked (CONFIG GET)."""
+        if self._embedded:
+            return [EMBEDDED_PROBLEM]
+        return await durability_problems(self._client)

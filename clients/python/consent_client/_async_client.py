@@ -545,6 +545,34 @@ class AsyncConsentClient:
             timeout,
         )
 
+    async def health(self, service: str = "", *, timeout: float | None = None) -> str:
+        """The gRPC health status (``grpc.health.v1``) of ``service`` ("" = the server):
+        ``"SERVING"``, ``"NOT_SERVING"``, ``"SERVICE_UNKNOWN"``... Needs no API key;
+        never retried (it reports the server as it is now).
+
+        Raises:
+            Unavailable: the server cannot be reached.
+        """
+        check = self._channel.unary_unary(
+            _calls.HEALTH_CHECK,
+            request_serializer=lambda b: b,
+            response_deserializer=_calls.health_status,
+        )
+        try:
+            status: str = await check(
+                _calls.health_request(service), timeout=self._o.deadline(timeout)
+            )
+        except grpc.RpcError as err:
+            raise error_from_rpc(err) from err
+        return status
+
+    async def get_deployment_health(
+        self, *, timeout: float | None = None
+    ) -> apb.GetDeploymentHealthResponse:
+        """How the deployment keeps consent: the store's durability problems and the
+        server's clock (operator keys only)."""
+        return await self._invoke(_calls.get_deployment_health(), timeout)
+
     async def get_whatsapp_webhook(
         self, tenant_id: str, *, timeout: float | None = None
     ) -> apb.GetWhatsAppWebhookResponse:

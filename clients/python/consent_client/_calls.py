@@ -16,6 +16,7 @@ from typing import Any, Generic, TypeVar
 import grpc
 from google.protobuf import field_mask_pb2, json_format
 from google.protobuf.message import Message as ProtoMessage
+from google.protobuf.wrappers_pb2 import Int32Value, StringValue
 
 from ._errors import error_from_status
 from ._types import (
@@ -487,6 +488,30 @@ def get_whatsapp_webhook(tenant_id: str) -> Call[apb.GetWhatsAppWebhookResponse]
     """GetWhatsAppWebhook: read-only."""
     req = apb.GetWhatsAppWebhookRequest(tenant_id=tenant_id)
     return Call("GetWhatsAppWebhook", req, RetryMode.READ, lambda r: r, admin=True)
+
+
+# grpc.health.v1 without a dependency on grpcio-health-checking: HealthCheckRequest is
+# one string field 1 and HealthCheckResponse one enum (varint) field 1, the same wire
+# format as the StringValue and Int32Value wrappers.
+HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+HEALTH_STATUS = {0: "UNKNOWN", 1: "SERVING", 2: "NOT_SERVING", 3: "SERVICE_UNKNOWN"}
+
+
+def health_request(service: str) -> bytes:
+    """A serialized HealthCheckRequest for ``service`` ("" = the whole server)."""
+    return StringValue(value=service).SerializeToString()
+
+
+def health_status(data: bytes) -> str:
+    """The status name in a serialized HealthCheckResponse."""
+    value = Int32Value.FromString(data).value
+    return HEALTH_STATUS.get(value, f"STATUS_{value}")
+
+
+def get_deployment_health() -> Call[apb.GetDeploymentHealthResponse]:
+    """GetDeploymentHealth: read-only."""
+    req = apb.GetDeploymentHealthRequest()
+    return Call("GetDeploymentHealth", req, RetryMode.READ, lambda r: r, admin=True)
 
 
 def delete_whatsapp_webhook(tenant_id: str) -> Call[bool]:

@@ -2070,3 +2070,64 @@ class ExportConsentResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ExportConsentResponse: _TypeAlias = ExportConsentResponse  # noqa: Y015
+
+@_typing.final
+class GetDeploymentHealthRequest(_message.Message):
+    """Asks how the deployment keeps consent. No fields."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDeploymentHealthRequest: _TypeAlias = GetDeploymentHealthRequest  # noqa: Y015
+
+@_typing.final
+class GetDeploymentHealthResponse(_message.Message):
+    """How the deployment keeps consent, as the server sees it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVER_TIME_FIELD_NUMBER: _builtins.int
+    STORE_FIELD_NUMBER: _builtins.int
+    DURABILITY_CHECKED_FIELD_NUMBER: _builtins.int
+    DURABILITY_PROBLEMS_FIELD_NUMBER: _builtins.int
+    store: _builtins.str
+    """The store: "embedded" (this process's memory, lost when it stops),
+    "redis" or "redis_cluster".
+    """
+    durability_checked: _builtins.bool
+    """False when the store's configuration could not be read (a managed Redis
+    that refuses CONFIG GET): then durability_problems says nothing.
+    """
+    @_builtins.property
+    def server_time(self) -> _timestamp_pb2.Timestamp:
+        """The server's clock when it answered (compare with yours for skew)."""
+
+    @_builtins.property
+    def durability_problems(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """What in the store's configuration can lose consent, one sentence each
+        (persistence off, an evicting maxmemory-policy); empty = nothing found.
+        """
+
+    def __init__(
+        self,
+        *,
+        server_time: _timestamp_pb2.Timestamp | None = ...,
+        store: _builtins.str = ...,
+        durability_checked: _builtins.bool = ...,
+        durability_problems: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["server_time", b"server_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["durability_checked", b"durability_checked", "durability_problems", b"durability_problems", "server_time", b"server_time", "store", b"store"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDeploymentHealthResponse: _TypeAlias = GetDeploymentHealthResponse  # noqa: Y015

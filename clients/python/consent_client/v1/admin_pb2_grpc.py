@@ -136,6 +136,11 @@ class ConsentAdminServiceStub:
                 request_serializer=consent_dot_v1_dot_admin__pb2.DiscardUnappliedNotificationRequest.SerializeToString,
                 response_deserializer=consent_dot_v1_dot_admin__pb2.DiscardUnappliedNotificationResponse.FromString,
                 _registered_method=True)
+        self.GetDeploymentHealth = channel.unary_unary(
+                '/consent.v1.ConsentAdminService/GetDeploymentHealth',
+                request_serializer=consent_dot_v1_dot_admin__pb2.GetDeploymentHealthRequest.SerializeToString,
+                response_deserializer=consent_dot_v1_dot_admin__pb2.GetDeploymentHealthResponse.FromString,
+                _registered_method=True)
 
 
 class ConsentAdminServiceServicer:
@@ -393,6 +398,15 @@ class ConsentAdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetDeploymentHealth(self, request, context):
+        """Reports how the deployment keeps consent, read-only, for `consentctl doctor`:
+        the store's persistence and eviction problems and the server's clock (to
+        measure skew). Not scoped to a tenant: operator keys only (tenant "*").
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ConsentAdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -495,6 +509,11 @@ def add_ConsentAdminServiceServicer_to_server(servicer, server):
                     servicer.DiscardUnappliedNotification,
                     request_deserializer=consent_dot_v1_dot_admin__pb2.DiscardUnappliedNotificationRequest.FromString,
                     response_serializer=consent_dot_v1_dot_admin__pb2.DiscardUnappliedNotificationResponse.SerializeToString,
+            ),
+            'GetDeploymentHealth': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDeploymentHealth,
+                    request_deserializer=consent_dot_v1_dot_admin__pb2.GetDeploymentHealthRequest.FromString,
+                    response_serializer=consent_dot_v1_dot_admin__pb2.GetDeploymentHealthResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1039,6 +1058,33 @@ class ConsentAdminService:
             '/consent.v1.ConsentAdminService/DiscardUnappliedNotification',
             consent_dot_v1_dot_admin__pb2.DiscardUnappliedNotificationRequest.SerializeToString,
             consent_dot_v1_dot_admin__pb2.DiscardUnappliedNotificationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDeploymentHealth(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/consent.v1.ConsentAdminService/GetDeploymentHealth',
+            consent_dot_v1_dot_admin__pb2.GetDeploymentHealthRequest.SerializeToString,
+            consent_dot_v1_dot_admin__pb2.GetDeploymentHealthResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -196,6 +196,11 @@ class ConsentAdminServiceStub:
     """Removes a dead letter without applying it. NOT_FOUND when the id is
     unknown for this tenant.
     """
+    GetDeploymentHealth: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetDeploymentHealthRequest, _admin_pb2.GetDeploymentHealthResponse]
+    """Reports how the deployment keeps consent, read-only, for `consentctl doctor`:
+    the store's persistence and eviction problems and the server's clock (to
+    measure skew). Not scoped to a tenant: operator keys only (tenant "*").
+    """
 
 @_typing.type_check_only
 class ConsentAdminServiceAsyncStub(ConsentAdminServiceStub):
@@ -361,6 +366,11 @@ class ConsentAdminServiceAsyncStub(ConsentAdminServiceStub):
     DiscardUnappliedNotification: _aio.UnaryUnaryMultiCallable[_admin_pb2.DiscardUnappliedNotificationRequest, _admin_pb2.DiscardUnappliedNotificationResponse]  # type: ignore[assignment]
     """Removes a dead letter without applying it. NOT_FOUND when the id is
     unknown for this tenant.
+    """
+    GetDeploymentHealth: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetDeploymentHealthRequest, _admin_pb2.GetDeploymentHealthResponse]  # type: ignore[assignment]
+    """Reports how the deployment keeps consent, read-only, for `consentctl doctor`:
+    the store's persistence and eviction problems and the server's clock (to
+    measure skew). Not scoped to a tenant: operator keys only (tenant "*").
     """
 
 class ConsentAdminServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -644,6 +654,17 @@ class ConsentAdminServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_admin_pb2.DiscardUnappliedNotificationResponse, _abc.Awaitable[_admin_pb2.DiscardUnappliedNotificationResponse]]:
         """Removes a dead letter without applying it. NOT_FOUND when the id is
         unknown for this tenant.
+        """
+
+    @_abc_1.abstractmethod
+    def GetDeploymentHealth(
+        self,
+        request: _admin_pb2.GetDeploymentHealthRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.GetDeploymentHealthResponse, _abc.Awaitable[_admin_pb2.GetDeploymentHealthResponse]]:
+        """Reports how the deployment keeps consent, read-only, for `consentctl doctor`:
+        the store's persistence and eviction problems and the server's clock (to
+        measure skew). Not scoped to a tenant: operator keys only (tenant "*").
         """
 
 def add_ConsentAdminServiceServicer_to_server(servicer: ConsentAdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

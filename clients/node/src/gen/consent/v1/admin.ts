@@ -1089,6 +1089,33 @@ export interface ExportConsentResponse {
   keysTotal: number;
 }
 
+/** Asks how the deployment keeps consent. No fields. */
+export interface GetDeploymentHealthRequest {
+}
+
+/** How the deployment keeps consent, as the server sees it. */
+export interface GetDeploymentHealthResponse {
+  /** The server's clock when it answered (compare with yours for skew). */
+  serverTime?:
+    | Date
+    | undefined;
+  /**
+   * The store: "embedded" (this process's memory, lost when it stops),
+   * "redis" or "redis_cluster".
+   */
+  store: string;
+  /**
+   * False when the store's configuration could not be read (a managed Redis
+   * that refuses CONFIG GET): then durability_problems says nothing.
+   */
+  durabilityChecked: boolean;
+  /**
+   * What in the store's configuration can lose consent, one sentence each
+   * (persistence off, an evicting maxmemory-policy); empty = nothing found.
+   */
+  durabilityProblems: string[];
+}
+
 function createBaseTenant(): Tenant {
   return { tenantId: "", displayName: "", createdAt: undefined };
 }
@@ -7343,6 +7370,187 @@ export const ExportConsentResponse: MessageFns<ExportConsentResponse> = {
   },
 };
 
+function createBaseGetDeploymentHealthRequest(): GetDeploymentHealthRequest {
+  return {};
+}
+
+export const GetDeploymentHealthRequest: MessageFns<GetDeploymentHealthRequest> = {
+  encode(_: GetDeploymentHealthRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetDeploymentHealthRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetDeploymentHealthRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): GetDeploymentHealthRequest {
+    return {};
+  },
+
+  toJSON(_: GetDeploymentHealthRequest): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetDeploymentHealthRequest>, I>>(base?: I): GetDeploymentHealthRequest {
+    return GetDeploymentHealthRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetDeploymentHealthRequest>, I>>(_: I): GetDeploymentHealthRequest {
+    const message = createBaseGetDeploymentHealthRequest();
+    return message;
+  },
+};
+
+function createBaseGetDeploymentHealthResponse(): GetDeploymentHealthResponse {
+  return { serverTime: undefined, store: "", durabilityChecked: false, durabilityProblems: [] };
+}
+
+export const GetDeploymentHealthResponse: MessageFns<GetDeploymentHealthResponse> = {
+  encode(message: GetDeploymentHealthResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.serverTime !== undefined) {
+      Timestamp.encode(toTimestamp(message.serverTime), writer.uint32(10).fork()).join();
+    }
+    if (message.store !== "") {
+      writer.uint32(18).string(message.store);
+    }
+    if (message.durabilityChecked !== false) {
+      writer.uint32(24).bool(message.durabilityChecked);
+    }
+    for (const v of message.durabilityProblems) {
+      writer.uint32(34).string(v!);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetDeploymentHealthResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetDeploymentHealthResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.serverTime = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.store = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.durabilityChecked = reader.bool();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.durabilityProblems.push(reader.string());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetDeploymentHealthResponse {
+    return {
+      serverTime: isSet(object.serverTime)
+        ? fromJsonTimestamp(object.serverTime)
+        : isSet(object.server_time)
+        ? fromJsonTimestamp(object.server_time)
+        : undefined,
+      store: isSet(object.store) ? globalThis.String(object.store) : "",
+      durabilityChecked: isSet(object.durabilityChecked)
+        ? globalThis.Boolean(object.durabilityChecked)
+        : isSet(object.durability_checked)
+        ? globalThis.Boolean(object.durability_checked)
+        : false,
+      durabilityProblems: globalThis.Array.isArray(object?.durabilityProblems)
+        ? object.durabilityProblems.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.durability_problems)
+        ? object.durability_problems.map((e: any) => globalThis.String(e))
+        : [],
+    };
+  },
+
+  toJSON(message: GetDeploymentHealthResponse): unknown {
+    const obj: any = {};
+    if (message.serverTime !== undefined) {
+      obj.serverTime = message.serverTime.toISOString();
+    }
+    if (message.store !== "") {
+      obj.store = message.store;
+    }
+    if (message.durabilityChecked !== false) {
+      obj.durabilityChecked = message.durabilityChecked;
+    }
+    if (message.durabilityProblems?.length) {
+      obj.durabilityProblems = message.durabilityProblems;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetDeploymentHealthResponse>, I>>(base?: I): GetDeploymentHealthResponse {
+    return GetDeploymentHealthResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetDeploymentHealthResponse>, I>>(object: I): GetDeploymentHealthResponse {
+    const message = createBaseGetDeploymentHealthResponse();
+    message.serverTime = object.serverTime ?? undefined;
+    message.store = object.store ?? "";
+    message.durabilityChecked = object.durabilityChecked ?? false;
+    message.durabilityProblems = object.durabilityProblems?.map((e) => e) || [];
+    return message;
+  },
+};
+
 /** ConsentAdminService configures tenants and manages access and erasure. */
 export type ConsentAdminServiceService = typeof ConsentAdminServiceService;
 export const ConsentAdminServiceService = {
@@ -7703,6 +7911,22 @@ export const ConsentAdminServiceService = {
     responseDeserialize: (value: Buffer): DiscardUnappliedNotificationResponse =>
       DiscardUnappliedNotificationResponse.decode(value),
   },
+  /**
+   * Reports how the deployment keeps consent, read-only, for `consentctl doctor`:
+   * the store's persistence and eviction problems and the server's clock (to
+   * measure skew). Not scoped to a tenant: operator keys only (tenant "*").
+   */
+  getDeploymentHealth: {
+    path: "/consent.v1.ConsentAdminService/GetDeploymentHealth" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetDeploymentHealthRequest): Buffer =>
+      Buffer.from(GetDeploymentHealthRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetDeploymentHealthRequest => GetDeploymentHealthRequest.decode(value),
+    responseSerialize: (value: GetDeploymentHealthResponse): Buffer =>
+      Buffer.from(GetDeploymentHealthResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetDeploymentHealthResponse => GetDeploymentHealthResponse.decode(value),
+  },
 } as const;
 
 export interface ConsentAdminServiceServer extends UntypedServiceImplementation {
@@ -7875,6 +8099,12 @@ export interface ConsentAdminServiceServer extends UntypedServiceImplementation 
     DiscardUnappliedNotificationRequest,
     DiscardUnappliedNotificationResponse
   >;
+  /**
+   * Reports how the deployment keeps consent, read-only, for `consentctl doctor`:
+   * the store's persistence and eviction problems and the server's clock (to
+   * measure skew). Not scoped to a tenant: operator keys only (tenant "*").
+   */
+  getDeploymentHealth: handleUnaryCall<GetDeploymentHealthRequest, GetDeploymentHealthResponse>;
 }
 
 export interface ConsentAdminServiceClient extends Client {
@@ -8318,6 +8548,26 @@ export interface ConsentAdminServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: DiscardUnappliedNotificationResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Reports how the deployment keeps consent, read-only, for `consentctl doctor`:
+   * the store's persistence and eviction problems and the server's clock (to
+   * measure skew). Not scoped to a tenant: operator keys only (tenant "*").
+   */
+  getDeploymentHealth(
+    request: GetDeploymentHealthRequest,
+    callback: (error: ServiceError | null, response: GetDeploymentHealthResponse) => void,
+  ): ClientUnaryCall;
+  getDeploymentHealth(
+    request: GetDeploymentHealthRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetDeploymentHealthResponse) => void,
+  ): ClientUnaryCall;
+  getDeploymentHealth(
+    request: GetDeploymentHealthRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetDeploymentHealthResponse) => void,
   ): ClientUnaryCall;
 }
 

@@ -1,0 +1,78 @@
+"""``consentctl providers``: the delivery provider of each of a tenant's channels."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from consent_client.v1 import admin_pb2 as apb
+from consent_client.v1 import consent_pb2 as pb
+
+from .common import Channel, Tenant, call, emit, jsonable, options, out, print_json, tsv
+
+app = typer.Typer(
+    help="Delivery providers (log, webhook, whatsapp_cloud) per channel.", no_args_is_help=True
+)
+
+
+def register(root: typer.Typer) -> None:
+    """Mount ``providers`` on the root command."""
+    root.add_typer(app, name="providers")
+
+
+def _line(p: apb.DeliveryProviderInfo) -> None:
+    channel = pb.Channel.Name(p.channel).removeprefix("CHANNEL_")
+    kind = apb.DeliveryProviderKind.Name(p.kind).removeprefix("DELIVERY_PROVIDER_KIND_")
+    secret = "secret set" if p.secret_set else "no secret"
+    tsv(channel, kind, p.url or "-", p.phone_number_id or "-", f"{p.timeout_ms} ms", secret)
+
+
+@app.command("get")
+def get(ctx: typer.Context, tenant: Tenant) -> None:
+    """The tenant's providers, the all-channels entry first (no secrets; none = log)."""
+    found = call(ctx, lambda c: c.get_delivery_providers(tenant))
+    if options(ctx).json:
+        print_json({"providers": jsonable(found)})
+        return
+    for p in found:
+        _line(p)
+    if not found:
+        out.print("no provider set: messages are logged, not delivered (log)")
+
+
+@app.command("set")
+def set_(
+    ctx: typer.Context,
+    tenant: Tenant,
+    kind: Annotated[str, typer.Option(help="log, webhook or whatsapp_cloud.")],
+    channel: Channel = "unspecified",
+    url: Annotated[str, typer.Option(help="Webhook URL, or the WhatsApp Cloud API base URL.")] = "",
+    signing_secret: Annotated[
+        str,
+        typer.Option(
+            envvar="CONSENT_PROVIDER_SIGNING_SECRET",
+            help="webhook: the signing secret (prefer the env var); empty keeps the stored one.",
+            show_default=False,
+        ),
+    ] = "",
+    phone_number_id: Annotated[str, typer.Option(help="whatsapp_cloud: phone number id.")] = "",
+    access_token: Annotated[
+        str,
+        typer.Option(
+            envvar="CONSENT_PROVIDER_ACCESS_TOKEN",
+            help="whatsapp_cloud: the access token (prefer the env var).",
+            show_default=False,
+        ),
+    ] = "",
+    timeout_ms: Annotated[int, typer.Option(min=0, help="Per request; 0 = 10 s.")] = 0,
+) -> None:
+    """Set the provider of a channel (default: every channel without its own)."""
+    done = call(
+        ctx,
+        lambda c: c.set_delivery_provider(
+            tenant, kind, channel=channel, url=url, signing_secret=signing_secret,
+            phone_number_id=phone_number_id, access_token=access_token, timeout_ms=timeout_ms,
+        ),
+    )  # fmt: skip
+    emit(ctx, done, lambda: _line(done))
