@@ -78,3 +78,9 @@ def test_every_test_the_docs_name_exists() -> None:
     assert not problems, "\n".join(problems)
     # The docs do name their proofs: a parser that found nothing would pass vacuously.
     assert count > 50
+
+
+def test_every_guarantee_page_names_its_proofs() -> None:
+    for page in ("guarantees", "decision-rule", "inbound", "delivery", "security", "operations"):
+        text = (ROOT / "docs" / f"{page}.md").read_text()
+        assert any(name for _, _, name in references(text)), f"docs/{page}.md names no test"
