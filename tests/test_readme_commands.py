@@ -40,7 +40,8 @@ from .support import free_port
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+# It starts servers and a redis-server through the README's own commands.
+pytestmark = [pytest.mark.e2e, pytest.mark.redis, pytest.mark.slow]
 
 _FENCE = re.compile(r"^(?P<indent>\s*)```(?P<lang>[\w-]*)\s*$")
 _MARK = re.compile(r"<!--\s*test:\s*(?P<kind>skip|server)\b\s*(?P<reason>.*?)\s*-->")
@@ -224,7 +225,7 @@ class Session:
             )
         return text
 
-    def run(self, command: Command, timeout: float = 120) -> tuple[int, str, str]:
+    def run(self, command: Command, timeout: float = 300) -> tuple[int, str, str]:
         self.n += 1
         script = self.workdir / f".cmd{self.n}.sh"
         script.write_text(self.substitute(command.text) + "\n")
