@@ -69,7 +69,8 @@ class _ApiKeyRoleEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ApiKeyRole
     """Everything for its tenant, including every ConsentAdminService RPC."""
     API_KEY_ROLE_WRITER: _ApiKeyRole.ValueType  # 2
     """OptOut, OptIn, HandleInboundMessage, SendIfAllowed, CheckConsent,
-    BatchCheckConsent, ListConsentEvents.
+    BatchCheckConsent, ListConsentEvents, CreateConsentLink (a link is a
+    bearer capability to opt out or in, so only roles that may do that mint it).
     """
     API_KEY_ROLE_SENDER: _ApiKeyRole.ValueType  # 3
     """CheckConsent, BatchCheckConsent, SendIfAllowed, GetMessageStatus."""
@@ -79,7 +80,11 @@ class _ApiKeyRoleEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ApiKeyRole
 class ApiKeyRole(_ApiKeyRole, metaclass=_ApiKeyRoleEnumTypeWrapper):
     """==== API key and erasure messages ====
 
-    What an API key may do. See the README's roles table.
+    What an API key may do, within its own tenant (or every tenant for an
+    operator key, tenant "*"). A call outside the key's role fails with
+    PERMISSION_DENIED, reason ROLE_NOT_ALLOWED. Every ConsentAdminService RPC
+    needs admin (tenant management: an operator admin key); an unknown RPC is
+    denied to every role. Health and reflection need no key.
     """
 
 API_KEY_ROLE_UNSPECIFIED: ApiKeyRole.ValueType  # 0
@@ -88,7 +93,8 @@ API_KEY_ROLE_ADMIN: ApiKeyRole.ValueType  # 1
 """Everything for its tenant, including every ConsentAdminService RPC."""
 API_KEY_ROLE_WRITER: ApiKeyRole.ValueType  # 2
 """OptOut, OptIn, HandleInboundMessage, SendIfAllowed, CheckConsent,
-BatchCheckConsent, ListConsentEvents.
+BatchCheckConsent, ListConsentEvents, CreateConsentLink (a link is a
+bearer capability to opt out or in, so only roles that may do that mint it).
 """
 API_KEY_ROLE_SENDER: ApiKeyRole.ValueType  # 3
 """CheckConsent, BatchCheckConsent, SendIfAllowed, GetMessageStatus."""

@@ -106,7 +106,13 @@ export function keywordKindToJSON(object: KeywordKind): string {
   }
 }
 
-/** What an API key may do. See the README's roles table. */
+/**
+ * What an API key may do, within its own tenant (or every tenant for an
+ * operator key, tenant "*"). A call outside the key's role fails with
+ * PERMISSION_DENIED, reason ROLE_NOT_ALLOWED. Every ConsentAdminService RPC
+ * needs admin (tenant management: an operator admin key); an unknown RPC is
+ * denied to every role. Health and reflection need no key.
+ */
 export enum ApiKeyRole {
   /** API_KEY_ROLE_UNSPECIFIED - Not allowed on CreateApiKey; never returned. */
   API_KEY_ROLE_UNSPECIFIED = 0,
@@ -114,7 +120,8 @@ export enum ApiKeyRole {
   API_KEY_ROLE_ADMIN = 1,
   /**
    * API_KEY_ROLE_WRITER - OptOut, OptIn, HandleInboundMessage, SendIfAllowed, CheckConsent,
-   * BatchCheckConsent, ListConsentEvents.
+   * BatchCheckConsent, ListConsentEvents, CreateConsentLink (a link is a
+   * bearer capability to opt out or in, so only roles that may do that mint it).
    */
   API_KEY_ROLE_WRITER = 2,
   /** API_KEY_ROLE_SENDER - CheckConsent, BatchCheckConsent, SendIfAllowed, GetMessageStatus. */
