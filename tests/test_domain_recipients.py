@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
+import phonenumbers
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from consent_server.domain.model import Channel
-from consent_server.domain.recipients import AddressError, normalise_address
+from consent_server.domain.recipients import AddressError, normalise_address, plus_digits_e164
 
 WA, SMS, EMAIL, VOICE = Channel.WHATSAPP, Channel.SMS, Channel.EMAIL, Channel.VOICE
 
@@ -93,3 +96,66 @@ def test_never_crashes_on_any_text(raw: str) -> None:
             continue
         # Whatever is accepted is already normal: normalising again is a no-op.
         assert normalise_address(channel, out, None) == out
+
+
+# -- the '+' digits fast path agrees with phonenumbers ---------------------------------
+
+
+def _phonenumbers_e164(text: str) -> str | None:
+    """The full phonenumbers reading of ``text``: E.164 when possible, else None."""
+    try:
+        number = phonenumbers.parse(text, None)
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_possible_number(number):
+        return None
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def _assert_fast_agrees(text: str) -> None:
+    fast = plus_digits_e164(text)
+    if fast is not None:
+        assert fast == _phonenumbers_e164(text), text
+    expected = _phonenumbers_e164(text)
+    if _PLUS_DIGITS.fullmatch(text) and expected is not None:
+        # Every possible number of this shape takes the fast path, and the whole
+        # normalisation answers what phonenumbers answers.
+        assert fast == expected, text
+        assert normalise_address(SMS, text, None) == expected
+        assert normalise_address(SMS, text, "IN") == expected
+
+
+_PLUS_DIGITS = re.compile(r"\+[1-9][0-9]{2,16}")
+_CODES = sorted(phonenumbers.COUNTRY_CODE_TO_REGION_CODE)
+
+
+@given(
+    st.sampled_from(_CODES) | st.integers(1, 999),
+    st.text(alphabet="0123456789", max_size=17),
+    st.sampled_from(["", "0", "00", "1", "8", "9", "06", "011"]),
+)
+def test_plus_digits_fast_path_agrees_with_phonenumbers(code: int, digits: str, head: str) -> None:
+    _assert_fast_agrees(f"+{code}{head}{digits}")
+
+
+def test_plus_digits_fast_path_agrees_for_every_country_code() -> None:
+    # Each code with national numbers of every length, with and without the leading
+    # digits national prefixes use (0, 1, 8...), so each region's stripping rule runs.
+    for code in _CODES:
+        for head in ("", "0", "1", "8", "06", "00"):
+            for length in range(1, 15):
+                _assert_fast_agrees(f"+{code}{head}{'5' * length}")
+                _assert_fast_agrees(f"+{code}{head}{'2' * (length - 1)}9")
+
+
+@pytest.mark.parametrize(
+    "text", ["+14155550123", "+442079460958", "+390612345678", "+4402079460958", "+79161234567"]
+)
+def test_plus_digits_fast_path_takes_common_numbers(text: str) -> None:
+    assert plus_digits_e164(text) == _phonenumbers_e164(text)
+    assert plus_digits_e164(text) is not None
+
+
+@pytest.mark.parametrize("text", ["+0123456789", "+1 415", "+١٤١٥٥٥٥٠١٢٣", "14155550123", "+12"])
+def test_plus_digits_fast_path_leaves_other_spellings_to_phonenumbers(text: str) -> None:
+    assert plus_digits_e164(text) is None

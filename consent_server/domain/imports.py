@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from . import validation as val
 from .errors import FieldViolation
@@ -134,6 +135,19 @@ def event_id_for(
     return "imp_" + hashlib.sha256(basis.encode()).hexdigest()[:40]
 
 
+# A file's records mostly share their topic and evidence: check each text once.
+@lru_cache(maxsize=1024)
+def _topic(value: str) -> tuple[str, tuple[FieldViolation, ...]]:
+    v = val.Violations()
+    return val.topic(v, value), tuple(v.items)
+
+
+@lru_cache(maxsize=1024)
+def _evidence(value: str, max_bytes: int) -> tuple[str, tuple[FieldViolation, ...]]:
+    v = val.Violations()
+    return val.evidence(v, value, max_bytes=max_bytes), tuple(v.items)
+
+
 def validate_record(
     raw: RawImportRecord,
     *,
@@ -158,12 +172,14 @@ def validate_record(
             )
         except AddressError as exc:
             v.add("recipient.address", str(exc))
-    norm_topic = val.topic(v, raw.topic)
+    norm_topic, bad_topic = _topic(raw.topic)
+    v.items.extend(bad_topic)
     if raw.action is None:
         v.add("action", "must be CONSENT_ACTION_OPT_OUT or CONSENT_ACTION_OPT_IN")
     if raw.source is not Source.IMPORT:
         v.add("source", "must be unset or SOURCE_IMPORT (put the original source in evidence)")
-    text = val.evidence(v, raw.evidence, max_bytes=max_evidence_bytes)
+    text, bad_evidence = _evidence(raw.evidence, max_evidence_bytes)
+    v.items.extend(bad_evidence)
     given = val.timestamp_ms(v, raw.occurred_at, "occurred_at")
     if raw.occurred_at is None:
         v.add("occurred_at", "is required: an undated record cannot be ordered")

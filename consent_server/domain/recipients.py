@@ -13,6 +13,13 @@ import re
 from functools import lru_cache
 
 import phonenumbers
+from phonenumbers import PhoneMetadata
+from phonenumbers.phonenumberutil import (
+    ValidationResult,
+    _extract_country_code,
+    _maybe_strip_national_prefix_carrier_code,
+    _test_number_length,
+)
 
 from .model import Channel
 
@@ -24,6 +31,14 @@ _PREFIXES = ("whatsapp:", "tel:", "sms:")
 _PHONE_CHARS_RE = re.compile(r"[\s(]*\+?[\d\s\-.()/]+")
 _SEPARATORS_RE = re.compile(r"[\s\-.()/]")
 _WHATSAPP_ID_RE = re.compile(r"^\d{8,15}$")
+# '+' and ASCII digits only: the one spelling whose parse can skip phonenumbers' text scan.
+_PLUS_DIGITS_RE = re.compile(r"\+[1-9][0-9]{2,16}")
+_LENGTH_KEPT = (
+    ValidationResult.TOO_SHORT,
+    ValidationResult.IS_POSSIBLE_LOCAL_ONLY,
+    ValidationResult.INVALID_LENGTH,
+)
+_POSSIBLE = (ValidationResult.IS_POSSIBLE, ValidationResult.IS_POSSIBLE_LOCAL_ONLY)
 _EMAIL_LOCAL_FORBIDDEN = set(' "(),:;<>[\\]@')
 _DOMAIN_LABEL_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 
@@ -54,6 +69,10 @@ def normalise_address(channel: Channel, raw: str, default_region: str | None) ->
 
 def normalise_phone(raw: str, default_region: str | None, *, whatsapp: bool = False) -> str:
     """E.164 for a phone number typed in any of the accepted spellings."""
+    if _PLUS_DIGITS_RE.fullmatch(raw):  # already E.164-shaped: the common case of a file
+        fast = plus_digits_e164(raw)
+        if fast is not None:
+            return fast
     text = raw.strip()
     lowered = text.lower()
     for prefix in _PREFIXES:
@@ -76,6 +95,9 @@ def normalise_phone(raw: str, default_region: str | None, *, whatsapp: bool = Fa
         # subscriber (9876543210 -> +98 76543210, Iran), so refuse and name both.
         _refuse_ambiguous_wa_id(compact, default_region)
         compact = "+" + compact
+    fast = plus_digits_e164(compact)
+    if fast is not None:
+        return fast
     region = None if compact.startswith("+") else default_region
     if region is None and not compact.startswith("+"):
         raise AddressError(
@@ -89,6 +111,37 @@ def normalise_phone(raw: str, default_region: str | None, *, whatsapp: bool = Fa
     if not phonenumbers.is_possible_number(number):
         raise AddressError("is not a possible phone number (wrong length or country code)")
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def plus_digits_e164(compact: str) -> str | None:
+    """What ``phonenumbers.parse(compact, None)``, ``is_possible_number`` and E.164
+    formatting give for '+' and ASCII digits, or None: another spelling, or anything
+    the full parse must decide (it then raises its own error).
+
+    The steps are parse's own for that input, minus its generic text scanning
+    (extensions, RFC 3966, IDD prefixes, Unicode digits), which cannot apply to it:
+    ~3 us instead of ~13 us, per record of a bulk import of distinct numbers.
+    tests/test_domain_recipients.py checks that it agrees with phonenumbers."""
+    if not _PLUS_DIGITS_RE.fullmatch(compact):
+        return None
+    country_code, national = _extract_country_code(compact[1:])
+    if country_code == 0:
+        return None
+    metadata = PhoneMetadata.metadata_for_region_or_calling_code(
+        country_code, phonenumbers.region_code_for_country_code(country_code)
+    )
+    if metadata is None or len(national) < 2:
+        return None
+    _, stripped, _ = _maybe_strip_national_prefix_carrier_code(national, metadata)
+    if _test_number_length(stripped, metadata) not in _LENGTH_KEPT:
+        national = stripped
+    if not 2 <= len(national) <= 17:
+        return None
+    # parse keeps these digits as the national significant number (leading zeros
+    # included), so E.164 is '+', the code and them; is_possible_number is this test.
+    if _test_number_length(national, metadata) not in _POSSIBLE:
+        return None
+    return f"+{country_code}{national}"
 
 
 def _refuse_ambiguous_wa_id(digits: str, default_region: str | None) -> None:

@@ -159,22 +159,23 @@ def erasure_secret(tenant_id: str) -> str:
     return f"ca:tenant:{tenant_id}:erasure-secret"
 
 
-def tombstone(tenant_id: str, recipient: Recipient, digest: str) -> str:
-    """A recipient's suppression tombstone: named by a keyed hash, never by the address."""
-    return (
-        f"ca:{tag(partition(tenant_id, recipient))}:{tenant_id}:x:"
-        f"{recipient.channel.value}:{digest}"
-    )
+def tombstone(tenant_id: str, recipient: Recipient, digest: str, *, part: int | None = None) -> str:
+    """A recipient's suppression tombstone: named by a keyed hash, never by the address.
+    ``part``: the recipient's partition when the caller already knows it."""
+    if part is None:
+        part = partition(tenant_id, recipient)
+    return f"ca:{tag(part)}:{tenant_id}:x:{recipient.channel.value}:{digest}"
 
 
-def message_index(tenant_id: str, recipient: Recipient, digest: str) -> str:
+def message_index(
+    tenant_id: str, recipient: Recipient, digest: str, *, part: int | None = None
+) -> str:
     """The recipient's message index: every message (and send idempotency key) accepted
     for it, so an erasure finds them in the same atomic step that fences new ones.
     Named by the tombstone's keyed hash: the index itself holds no address."""
-    return (
-        f"ca:{tag(partition(tenant_id, recipient))}:{tenant_id}:q:"
-        f"{recipient.channel.value}:{digest}"
-    )
+    if part is None:
+        part = partition(tenant_id, recipient)
+    return f"ca:{tag(part)}:{tenant_id}:q:{recipient.channel.value}:{digest}"
 
 
 def message_prefix(tenant_id: str, part: int) -> str:

@@ -1,0 +1,153 @@
+"""The import's batch script writes exactly what record_event.lua writes.
+
+store/bulk.py applies an import with a batch script that takes a lean path for a
+recipient the store holds nothing of and runs record_event.lua (the script of OptOut and
+OptIn) for every other event. Here the same events go once through record_event.lua,
+one call per event, into one tenant and once through the import's apply, in batches,
+into another tenant with the same erasure secret; every key of the two tenants must
+hold the same thing (the tenant's name and the times Redis recorded aside). A key that
+record_event.lua comes to write and the lean path does not fails this test.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import time
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from consent_server.domain.model import Action, Channel, ConsentEventInput, Recipient, Source
+from consent_server.store import keys
+from consent_server.store.bulk import RedisBulkStore
+from consent_server.store.repository import RedisConsentStore
+from consent_server.store.scripts import load_script
+from consent_server.store.tombstones import TombstoneNames
+
+ONE, BULK = "acme", "globex"
+SECRET = "ab" * 32
+HOUR = 3_600_000
+T0 = time.time_ns() // 1_000_000 - 1000 * HOUR
+PEOPLE = [Recipient(Channel.SMS, f"+1415555{n:04d}") for n in range(12)]
+
+
+def events(tenant: str, seed: int) -> list[ConsentEventInput]:
+    """A random mix: first events of new recipients, later ones, older ones, replays."""
+    rnd = random.Random(seed)
+    out: list[ConsentEventInput] = []
+    for n in range(60):
+        if out and rnd.random() < 0.15:  # a replay of an earlier event
+            e = rnd.choice(out)
+        else:
+            who = rnd.choice(PEOPLE)
+            e = ConsentEventInput(
+                tenant_id="",
+                recipient=who,
+                topic=rnd.choice(["", "", "marketing", "news"]),
+                action=rnd.choice([Action.OPT_OUT, Action.OPT_OUT, Action.OPT_IN]),
+                source=Source.IMPORT,
+                evidence=f"line {n}",
+                occurred_at_ms=T0 + rnd.randrange(0, 50) * HOUR,
+                event_id=f"imp_{seed}_{n}",
+                principal="test-key",
+            )
+        out.append(e)
+    return [replace(e, tenant_id=tenant) for e in out]
+
+
+async def tombstones(r: Any, tenant: str) -> None:
+    """Two erased recipients (one tombstone with its erasure time, one older kind without)."""
+    for who, fields in (
+        (PEOPLE[0], {"at": str(T0 + 20 * HOUR), "s:*": f"out|{T0 + 20 * HOUR}|0|erasure|"}),
+        (PEOPLE[1], {"s:marketing": f"out|{T0 + 30 * HOUR}|0|erasure|"}),
+    ):
+        digest = TombstoneNames.digest(SECRET.encode(), who)
+        await r.hset(keys.tombstone(tenant, who, digest), mapping=fields)
+
+
+async def dump(r: Any, tenant: str, since_ms: int) -> dict[str, Any]:
+    """Every key of the tenant, named without the tenant or partition, recorded times masked."""
+    now_ms = time.time_ns() // 1_000_000 + 1000
+
+    def mask(value: Any) -> str:
+        s = value.decode() if isinstance(value, bytes) else str(value)
+        return re.sub(r"\d{13}", lambda m: "<now>" if since_ms <= int(m[0]) <= now_ms else m[0], s)
+
+    out: dict[str, Any] = {}
+    for key in sorted(await r.keys(f"*:{tenant}:*")):
+        # The partition derives from the tenant too: compare without it.
+        name = re.sub(r"\{cp\d+\}", "{cp}", key.decode().replace(f":{tenant}:", ":T:"))
+        kind = (await r.type(key)).decode()
+        if kind == "hash":
+            out[name] = sorted((mask(k), mask(v)) for k, v in (await r.hgetall(key)).items())
+        elif kind == "stream":
+            out[name] = [
+                (mask(i), sorted((mask(k), mask(v)) for k, v in f.items()))
+                for i, f in await r.xrange(key)
+            ]
+        elif kind == "zset":
+            out[name] = [(mask(m), s) for m, s in await r.zrange(key, 0, -1, withscores=True)]
+        else:
+            out[name] = (kind, mask(await r.get(key)) if kind == "string" else "?")
+    return out
+
+
+@pytest.mark.parametrize("seed", range(4))
+async def test_the_batch_script_writes_what_record_event_writes(
+    store: RedisConsentStore, seed: int
+) -> None:
+    r: Any = store.client
+    since = time.time_ns() // 1_000_000 - 1000
+    for tenant in (ONE, BULK):
+        await r.set(keys.erasure_secret(tenant), SECRET)
+        await tombstones(r, tenant)
+    one = r.register_script(load_script("record_event.lua"))
+    single: list[Any] = []
+    for e in events(ONE, seed):
+        digest = TombstoneNames.digest(SECRET.encode(), e.recipient)
+        base = keys.recipient_base(ONE, e.recipient)
+        reply = await one(
+            keys=[
+                keys.state(base),
+                keys.history(base),
+                keys.tombstone(ONE, e.recipient, digest),
+                keys.message_index(ONE, e.recipient, digest),
+            ],
+            args=[
+                e.event_id,
+                e.action.value,
+                keys.scope_field(e.topic),
+                e.topic,
+                e.source.value,
+                e.evidence,
+                str(e.occurred_at_ms),
+                e.principal,
+            ],
+        )
+        single.append(reply)
+    bulk = RedisBulkStore(store.client, store.tombstones)
+    batched = events(BULK, seed)
+    outcomes: list[str] = []
+    cut = random.Random(seed).randrange(1, 20)  # batches of different sizes
+    for start in range(0, len(batched), cut):
+        outcomes += await bulk.apply(batched[start : start + cut])
+    assert len(outcomes) == len(single)
+    assert "reused" not in outcomes
+    assert await dump(r, BULK, since) == await dump(r, ONE, since)
+
+
+async def test_the_lean_path_applies_a_new_recipients_first_event(
+    store: RedisConsentStore,
+) -> None:
+    """What the comparison above relies on: most first events take the lean path."""
+    bulk = RedisBulkStore(store.client, store.tombstones)
+    e = ConsentEventInput(
+        BULK, PEOPLE[5], "", Action.OPT_OUT, Source.IMPORT, "x", T0, "imp_lean", "k"
+    )
+    assert await bulk.apply([e]) == ["changed"]
+    assert await bulk.apply([e]) == ["duplicate"]
+    state = await store.client.hgetall(keys.state(keys.recipient_base(BULK, PEOPLE[5])))
+    assert state[b"rev"] == b"1"
+    assert state[b"s:*"] == f"out|{T0}|1|import|imp_lean".encode()
