@@ -233,6 +233,8 @@ def test_client_side_argument_checks(fake: FakeConsentService) -> None:
             c.opt_out("t", "sms", "+15550100", source="carrier-pigeon")
     with pytest.raises(ValueError, match="timeout"):
         ConsentClient(fake.target, timeout=0)
+    with pytest.raises(ValueError, match="attempt_timeout"):
+        ConsentClient(fake.target, attempt_timeout=-1)
     assert fake.calls == []
 
 
@@ -520,9 +522,58 @@ def test_retry_info_is_honoured(proxy: FakeConsentService, tenant: str) -> None:
 
 def test_reads_retry_deadline_exceeded(proxy: FakeConsentService, tenant: str) -> None:
     proxy.on("CheckConsent", sleep_then_forward(1.0))
-    with ConsentClient(proxy.target, backoff=FAST, timeout=0.3) as c:
+    with ConsentClient(proxy.target, backoff=FAST, timeout=5, attempt_timeout=0.3) as c:
         assert c.check_consent(tenant, "sms", "+1 202 555 0100", "marketing").allowed
     assert len(proxy.seen("CheckConsent")) == 2
+
+
+def test_timeout_bounds_the_whole_call_not_each_attempt(fake: FakeConsentService) -> None:
+    # Each attempt answers late; a per-attempt timeout would take 4 x 0.4 s.
+    fake.on("CheckConsent", *[sleep_then_forward(1.0)] * 4)
+    with ConsentClient(fake.target, backoff=FAST, timeout=0.4, retries=3) as c:
+        start = time.monotonic()
+        with pytest.raises(DeadlineExceeded) as late:
+            c.check_consent("t", "sms", "+15550100", "marketing")
+        took = time.monotonic() - start
+    assert 0.35 < took < 0.8, took
+    assert late.value.code is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert len(fake.seen("CheckConsent")) == 1
+
+
+def test_attempt_timeout_retries_within_the_overall_deadline(fake: FakeConsentService) -> None:
+    fake.on("CheckConsent", *[sleep_then_forward(1.0)] * 10)
+    with ConsentClient(
+        fake.target, backoff=FAST, timeout=0.7, attempt_timeout=0.2, retries=10
+    ) as c:
+        start = time.monotonic()
+        with pytest.raises(DeadlineExceeded):
+            c.check_consent("t", "sms", "+15550100", "marketing")
+        took = time.monotonic() - start
+    assert took < 1.1, took
+    assert 2 <= len(fake.seen("CheckConsent")) <= 4
+
+
+def test_backoff_that_would_pass_the_deadline_is_not_slept(fake: FakeConsentService) -> None:
+    # The server asks for 5 s; the call has 1 s: the UNAVAILABLE is raised at once.
+    fake.on("CheckConsent", unavailable(retry_after=5.0))
+    with ConsentClient(fake.target, timeout=1.0, retries=3) as c:
+        start = time.monotonic()
+        with pytest.raises(Unavailable) as down:
+            c.check_consent("t", "sms", "+15550100", "marketing")
+        assert time.monotonic() - start < 0.5
+    assert down.value.retry_delay == pytest.approx(5.0)
+    assert len(fake.seen("CheckConsent")) == 1
+
+
+def test_per_call_timeout_is_overall_too(fake: FakeConsentService) -> None:
+    fake.on("CheckConsent", *[unavailable()] * 50)
+    slow = Backoff(initial=0.15, maximum=0.15)
+    with ConsentClient(fake.target, backoff=slow, timeout=30, retries=50) as c:
+        start = time.monotonic()
+        with pytest.raises(Unavailable):
+            c.check_consent("t", "sms", "+15550100", "marketing", timeout=0.5)
+        assert time.monotonic() - start < 0.8
+    assert 2 <= len(fake.seen("CheckConsent")) <= 5
 
 
 def test_writes_do_not_retry_deadline_exceeded(fake: FakeConsentService) -> None:

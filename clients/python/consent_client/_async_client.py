@@ -54,8 +54,12 @@ class AsyncConsentClient:
     Args:
         target: ``host:port`` of the consent authority (e.g. ``"127.0.0.1:50051"``).
         api_key: sent as ``authorization: Bearer <api_key>`` on every call, if given.
-        timeout: the deadline of every call attempt, in seconds; every method also
-            takes ``timeout=`` to override it for one call.
+        timeout: the deadline of every call in seconds, retries and backoff included
+            (like httpx's or redis-py's); every method also takes ``timeout=`` to
+            override it for one call. When it runs out the call raises
+            :class:`DeadlineExceeded`.
+        attempt_timeout: a shorter deadline for each attempt (None = the time left),
+            so that a read stuck on one server can still be retried within ``timeout``.
         retries: how many times a call that failed transiently is retried, when that
             is safe (see the package docs); 0 disables retries.
         channel: a ``grpc.aio.Channel`` to use instead of a new insecure one to ``target``
@@ -73,6 +77,7 @@ class AsyncConsentClient:
         *,
         api_key: str | None = None,
         timeout: float = 5.0,
+        attempt_timeout: float | None = None,
         retries: int = 3,
         channel: grpc.aio.Channel | None = None,
         credentials: grpc.ChannelCredentials | None = None,
@@ -82,7 +87,7 @@ class AsyncConsentClient:
         tls_cert: PemSource | None = None,
         tls_key: PemSource | None = None,
     ) -> None:
-        self._o = _Options(target, api_key, timeout, retries, backoff)
+        self._o = _Options(target, api_key, timeout, retries, backoff, attempt_timeout)
         credentials = tls_credentials(
             tls=tls, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, credentials=credentials
         )
@@ -114,18 +119,19 @@ class AsyncConsentClient:
 
     async def _invoke(self, call: Call[T], timeout: float | None) -> T:
         fn = getattr(self._admin if call.admin else self._stub, call.method)
-        deadline = self._o.deadline(timeout)
-        attempt = 0
+        budget = self._o.budget(call, timeout)
         while True:
+            attempt_timeout = budget.attempt_timeout()
             try:
-                response = await fn(call.request, timeout=deadline, metadata=self._o.metadata)
+                response = await fn(
+                    call.request, timeout=attempt_timeout, metadata=self._o.metadata
+                )
             except grpc.RpcError as err:
                 exc = error_from_rpc(err)
-                delay = self._o.retry_delay(call, exc.code, attempt, exc.retry_delay)
+                delay = budget.retry_delay(exc)
                 if delay is None:
                     raise exc from err
                 await asyncio.sleep(delay)
-                attempt += 1
                 continue
             return call.parse(response)
 

@@ -13,7 +13,7 @@ import grpc
 
 from . import _calls
 from ._calls import Backoff, Call
-from ._errors import error_from_rpc
+from ._errors import ConsentError, DeadlineExceeded, error_from_rpc
 from ._types import (
     ApiKeyRoleLike,
     BatchItem,
@@ -96,13 +96,15 @@ class _Options:
         timeout: float,
         retries: int,
         backoff: Backoff | None,
+        attempt_timeout: float | None = None,
     ) -> None:
-        if not isinstance(timeout, int | float) or timeout <= 0:
-            raise ValueError("timeout must be a positive number of seconds")
         if not isinstance(retries, int) or retries < 0:
             raise ValueError("retries must be an integer >= 0")
         self.target = target
-        self.timeout = float(timeout)
+        self.timeout = _seconds(timeout, "timeout")
+        self.attempt_timeout = (
+            None if attempt_timeout is None else _seconds(attempt_timeout, "attempt_timeout")
+        )
         self.retries = retries
         self.backoff = backoff or Backoff()
         self.metadata: tuple[tuple[str, str], ...] = (
@@ -110,21 +112,55 @@ class _Options:
         )
         self.channel_options: list[tuple[str, Any]] = [("grpc.primary_user_agent", USER_AGENT)]
 
-    def deadline(self, timeout: float | None) -> float:
-        """The per-attempt deadline in seconds: the call's ``timeout`` or the client's."""
-        if timeout is None:
-            return self.timeout
-        if timeout <= 0:
-            raise ValueError("timeout must be a positive number of seconds")
-        return float(timeout)
+    def budget(self, call: Call[Any], timeout: float | None) -> _Budget:
+        """The time and retries one call may use: ``timeout`` (or the client's) bounds
+        the whole call, every attempt and backoff included."""
+        total = self.timeout if timeout is None else _seconds(timeout, "timeout")
+        return _Budget(self, call, total)
 
-    def retry_delay(
-        self, call: Call[Any], code: grpc.StatusCode, attempt: int, hint: float | None
-    ) -> float | None:
-        """Seconds to wait before retrying, or None when the failure must be raised."""
-        if attempt >= self.retries or not call.mode.retries_on(code):
+
+def _seconds(value: float, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ValueError(f"{name} must be a positive number of seconds")
+    return float(value)
+
+
+class _Budget:
+    """One call's overall deadline and the retry decisions within it.
+
+    Each attempt's gRPC deadline is the time left (capped by ``attempt_timeout``), so
+    the call never outlives its ``timeout``; a retry whose backoff would not end before
+    the deadline is not made and the last failure is raised as it was.
+    """
+
+    def __init__(self, options: _Options, call: Call[Any], total: float) -> None:
+        self._o = options
+        self._call = call
+        self.total = total
+        self.deadline = time.monotonic() + total
+        self.attempt = 0
+
+    def attempt_timeout(self) -> float:
+        """The gRPC deadline of the next attempt, in seconds."""
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            # Only reachable after a backoff that ate the rest; the attempt is not made.
+            raise DeadlineExceeded(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"the call's {self.total:g}s deadline passed before attempt {self.attempt + 1}",
+            )
+        cap = self._o.attempt_timeout
+        return left if cap is None else min(left, cap)
+
+    def retry_delay(self, exc: ConsentError) -> float | None:
+        """Seconds to wait before retrying after ``exc``, or None when it must be raised."""
+        if self.attempt >= self._o.retries or not self._call.mode.retries_on(exc.code):
             return None
-        return self.backoff.delay(attempt, hint)
+        delay = self._o.backoff.delay(self.attempt, exc.retry_delay)
+        if time.monotonic() + delay >= self.deadline:
+            return None
+        self.attempt += 1
+        return delay
 
 
 class ConsentClient:
@@ -133,8 +169,12 @@ class ConsentClient:
     Args:
         target: ``host:port`` of the consent authority (e.g. ``"127.0.0.1:50051"``).
         api_key: sent as ``authorization: Bearer <api_key>`` on every call, if given.
-        timeout: the deadline of every call attempt, in seconds; every method also
-            takes ``timeout=`` to override it for one call.
+        timeout: the deadline of every call in seconds, retries and backoff included
+            (like httpx's or redis-py's); every method also takes ``timeout=`` to
+            override it for one call. When it runs out the call raises
+            :class:`DeadlineExceeded`.
+        attempt_timeout: a shorter deadline for each attempt (None = the time left),
+            so that a read stuck on one server can still be retried within ``timeout``.
         retries: how many times a call that failed transiently is retried, when that
             is safe (see the package docs); 0 disables retries.
         channel: a ``grpc.Channel`` to use instead of a new insecure one to ``target``
@@ -155,6 +195,7 @@ class ConsentClient:
         *,
         api_key: str | None = None,
         timeout: float = 5.0,
+        attempt_timeout: float | None = None,
         retries: int = 3,
         channel: grpc.Channel | None = None,
         credentials: grpc.ChannelCredentials | None = None,
@@ -164,7 +205,7 @@ class ConsentClient:
         tls_cert: PemSource | None = None,
         tls_key: PemSource | None = None,
     ) -> None:
-        self._o = _Options(target, api_key, timeout, retries, backoff)
+        self._o = _Options(target, api_key, timeout, retries, backoff, attempt_timeout)
         credentials = tls_credentials(
             tls=tls, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, credentials=credentials
         )
@@ -196,18 +237,17 @@ class ConsentClient:
 
     def _invoke(self, call: Call[T], timeout: float | None) -> T:
         fn = getattr(self._admin if call.admin else self._stub, call.method)
-        deadline = self._o.deadline(timeout)
-        attempt = 0
+        budget = self._o.budget(call, timeout)
         while True:
+            attempt_timeout = budget.attempt_timeout()
             try:
-                response = fn(call.request, timeout=deadline, metadata=self._o.metadata)
+                response = fn(call.request, timeout=attempt_timeout, metadata=self._o.metadata)
             except grpc.RpcError as err:
                 exc = error_from_rpc(err)
-                delay = self._o.retry_delay(call, exc.code, attempt, exc.retry_delay)
+                delay = budget.retry_delay(exc)
                 if delay is None:
                     raise exc from err
                 time.sleep(delay)
-                attempt += 1
                 continue
             return call.parse(response)
 
