@@ -16,6 +16,7 @@ import consent_client
 from consent_client import (
     Backoff,
     Channel,
+    ClientValidationError,
     ConsentClient,
     ConsentError,
     ConsentStatus,
@@ -93,6 +94,7 @@ def test_public_names_are_pinned() -> None:
         "BatchItem",
         "ChangeResult",
         "Channel",
+        "ClientValidationError",
         "ConsentAction",
         "ConsentClient",
         "ConsentError",
@@ -235,6 +237,38 @@ def test_client_side_argument_checks(fake: FakeConsentService) -> None:
         ConsentClient(fake.target, timeout=0)
     with pytest.raises(ValueError, match="attempt_timeout"):
         ConsentClient(fake.target, attempt_timeout=-1)
+    assert fake.calls == []
+
+
+def test_local_refusals_are_in_the_consent_error_tree(fake: FakeConsentService) -> None:
+    with ConsentClient(fake.target) as c:
+        refusals = [
+            lambda: c.check_consent("t", "sms", "", "marketing"),
+            lambda: c.check_consent("t", "sms", "+15550100", "m", at=datetime(2024, 1, 1)),
+            lambda: c.check_consent("t", "sms", "+15550100", "m", at="2024-01-01"),  # type: ignore[arg-type]
+            lambda: c.opt_out("t", 3.5, "+15550100"),  # type: ignore[arg-type]
+            lambda: c.opt_in("t", "pigeon", "+15550100"),
+            lambda: c.batch_check_consent("t", ["+15550100"], "m"),  # type: ignore[list-item]
+            lambda: c.send_if_allowed("t", "sms", "+15550100", "marketing"),
+            lambda: c.update_tenant_settings("t", {"no_such_field": 1}),
+            lambda: c.set_delivery_provider("t", "smtp"),
+            lambda: c.check_consent("t", "sms", "+15550100", "m", timeout=-1),
+        ]
+        for refuse in refusals:
+            with pytest.raises(ClientValidationError) as refused:
+                refuse()
+            err = refused.value
+            assert isinstance(err, ConsentError) and isinstance(err, InvalidArgument)
+            assert isinstance(err, ValueError)
+            assert err.code is grpc.StatusCode.INVALID_ARGUMENT and err.message
+    with pytest.raises(ClientValidationError) as empty:
+        ConsentClient(fake.target).check_consent("t", "sms", " ", "marketing")
+    assert empty.value.fields == ["recipient.address"]
+    with pytest.raises(ClientValidationError) as naive:
+        ConsentClient(fake.target).opt_out("t", "sms", "+1555", occurred_at=datetime(2024, 1, 1))
+    assert naive.value.fields == ["occurred_at"]
+    with pytest.raises(ClientValidationError):
+        ConsentClient(fake.target, tls_cert=b"x")
     assert fake.calls == []
 
 
@@ -573,7 +607,7 @@ def test_per_call_timeout_is_overall_too(fake: FakeConsentService) -> None:
         with pytest.raises(Unavailable):
             c.check_consent("t", "sms", "+15550100", "marketing", timeout=0.5)
         assert time.monotonic() - start < 0.8
-    assert 2 <= len(fake.seen("CheckConsent")) <= 5
+    assert 3 <= len(fake.seen("CheckConsent")) <= 8  # 50 allowed; the 0.5 s ran out
 
 
 def test_writes_do_not_retry_deadline_exceeded(fake: FakeConsentService) -> None:

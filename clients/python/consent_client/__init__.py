@@ -21,6 +21,7 @@ from ._calls import Backoff
 from ._client import ConsentClient
 from ._errors import (
     AlreadyExists,
+    ClientValidationError,
     ConsentError,
     DeadlineExceeded,
     FailedPrecondition,
@@ -72,6 +73,7 @@ __all__ = [
     "BatchItem",
     "ChangeResult",
     "Channel",
+    "ClientValidationError",
     "ConsentAction",
     "ConsentClient",
     "ConsentError",

@@ -507,7 +507,8 @@ class AsyncConsentClient:
         id only). ``timeout_ms=0`` = 10 s.
 
         Raises:
-            ValueError: an option that does not apply to ``kind`` (nothing is sent).
+            ClientValidationError: an option that does not apply to ``kind`` (nothing
+                is sent).
             InvalidArgument: a bad value; ``field_violations`` name each field.
         """
         provider = _calls.delivery_provider(

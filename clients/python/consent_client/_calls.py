@@ -17,7 +17,7 @@ import grpc
 from google.protobuf import field_mask_pb2, json_format
 from google.protobuf.message import Message as ProtoMessage
 
-from ._errors import error_from_status
+from ._errors import client_validation_error, error_from_status
 from ._types import (
     ApiKeyRoleLike,
     BatchItem,
@@ -108,6 +108,8 @@ def new_idempotency_key() -> str:
 
 
 def _recipient(channel: ChannelLike, address: str) -> pb.Recipient:
+    if not isinstance(address, str) or not address.strip():
+        raise client_validation_error("the recipient's address is required", "recipient.address")
     return pb.Recipient(channel=channel_to_pb(channel), address=address)
 
 
@@ -182,7 +184,9 @@ def message(
     """The ``consent.v1.Message`` for exactly one of text, template and payload."""
     given = [x for x in (text, template, payload) if x is not None]
     if len(given) != 1:
-        raise ValueError("give exactly one of text=, template= and payload=")
+        raise client_validation_error(
+            "give exactly one of text=, template= and payload=", "message"
+        )
     if text is not None:
         return pb.Message(text=text)
     if template is not None:
@@ -290,9 +294,14 @@ def update_tenant_settings(
     if isinstance(settings, apb.TenantSettings):
         msg = settings
         if update_mask is None:
-            raise ValueError("update_mask is required when settings is a TenantSettings message")
+            raise client_validation_error(
+                "update_mask is required when settings is a TenantSettings message", "update_mask"
+            )
     else:
-        msg = json_format.ParseDict(dict(settings), apb.TenantSettings())
+        try:
+            msg = json_format.ParseDict(dict(settings), apb.TenantSettings())
+        except json_format.ParseError as exc:
+            raise client_validation_error(f"settings: {exc}", "settings") from None
         if update_mask is None:
             update_mask = list(settings)
     paths = [_snake(p) for p in update_mask]
@@ -427,11 +436,15 @@ def delivery_provider(
         )
         del extra["phone_number_id"], extra["access_token"]
     else:
-        raise ValueError("provider kind must be 'log', 'webhook' or 'whatsapp_cloud'")
+        raise client_validation_error(
+            "provider kind must be 'log', 'webhook' or 'whatsapp_cloud'", "provider"
+        )
     misplaced = sorted(name for name, value in extra.items() if value)
     if misplaced:
         verb = "does" if len(misplaced) == 1 else "do"
-        raise ValueError(f"{', '.join(misplaced)} {verb} not apply to a {which.value!r} provider")
+        raise client_validation_error(
+            f"{', '.join(misplaced)} {verb} not apply to a {which.value!r} provider"
+        )
     return msg
 
 

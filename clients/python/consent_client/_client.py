@@ -13,7 +13,7 @@ import grpc
 
 from . import _calls
 from ._calls import Backoff, Call
-from ._errors import ConsentError, DeadlineExceeded, error_from_rpc
+from ._errors import ConsentError, DeadlineExceeded, client_validation_error, error_from_rpc
 from ._types import (
     ApiKeyRoleLike,
     BatchItem,
@@ -53,7 +53,9 @@ def _pem(value: PemSource | None, name: str) -> bytes | None:
         with open(value, "rb") as fh:
             return fh.read()
     except OSError as exc:
-        raise ValueError(f"{name}: cannot read {os.fspath(value)!r} ({exc.strerror})") from None
+        raise client_validation_error(
+            f"{name}: cannot read {os.fspath(value)!r} ({exc.strerror})"
+        ) from None
 
 
 def tls_credentials(
@@ -71,11 +73,11 @@ def tls_credentials(
     that requires them (mTLS). Each is PEM bytes or a file path.
     """
     if (tls_cert is None) != (tls_key is None):
-        raise ValueError("tls_cert and tls_key go together (mTLS needs both)")
+        raise client_validation_error("tls_cert and tls_key go together (mTLS needs both)")
     wants_tls = tls or tls_ca is not None or tls_cert is not None
     if credentials is not None:
         if wants_tls:
-            raise ValueError("pass either credentials or the tls_* options, not both")
+            raise client_validation_error("pass either credentials or the tls_* options, not both")
         return credentials
     if not wants_tls:
         return None
@@ -99,7 +101,7 @@ class _Options:
         attempt_timeout: float | None = None,
     ) -> None:
         if not isinstance(retries, int) or retries < 0:
-            raise ValueError("retries must be an integer >= 0")
+            raise client_validation_error("retries must be an integer >= 0")
         self.target = target
         self.timeout = _seconds(timeout, "timeout")
         self.attempt_timeout = (
@@ -121,7 +123,7 @@ class _Options:
 
 def _seconds(value: float, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise ValueError(f"{name} must be a positive number of seconds")
+        raise client_validation_error(f"{name} must be a positive number of seconds")
     return float(value)
 
 
@@ -618,7 +620,8 @@ class ConsentClient:
         id only). ``timeout_ms=0`` = 10 s.
 
         Raises:
-            ValueError: an option that does not apply to ``kind`` (nothing is sent).
+            ClientValidationError: an option that does not apply to ``kind`` (nothing
+                is sent).
             InvalidArgument: a bad value; ``field_violations`` name each field.
         """
         provider = _calls.delivery_provider(

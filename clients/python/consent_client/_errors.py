@@ -4,6 +4,8 @@ Our exception hierarchy::
 
     ConsentError                  any failed call; .code .message .reason .metadata .details
     ├── InvalidArgument           INVALID_ARGUMENT; .field_violations [(field, description)]
+    │   └── ClientValidationError the client refused an argument before sending (also a
+    │                             ValueError); nothing was sent
     ├── FailedPrecondition        FAILED_PRECONDITION (reason not one of the below)
     │   └── SendBlocked           the send was not accepted; .topic .scope .since .source .channel
     │       ├── RecipientOptedOut reason RECIPIENT_OPTED_OUT: the recipient opted out
@@ -144,6 +146,28 @@ class InvalidArgument(ConsentError):
     def fields(self) -> list[str]:
         """The names of the bad fields."""
         return [f for f, _ in self.field_violations]
+
+
+class ClientValidationError(InvalidArgument, ValueError):
+    """An argument the client refused before sending anything: nothing reached the server.
+
+    It is an :class:`InvalidArgument` (so one ``except`` handles the client's and the
+    server's refusals alike, and ``field_violations`` names the field when known) and a
+    ``ValueError``. ``code`` is INVALID_ARGUMENT; ``reason`` is empty (the server set none).
+    """
+
+    def __str__(self) -> str:
+        # The message alone, as the ValueError it also is (no server status to name).
+        return self.message
+
+
+def client_validation_error(message: str, field: str = "") -> ClientValidationError:
+    """The error for an argument refused locally; ``field`` as the server would name it."""
+    details: tuple[Message, ...] = ()
+    if field:
+        violation = error_details_pb2.BadRequest.FieldViolation(field=field, description=message)
+        details = (error_details_pb2.BadRequest(field_violations=[violation]),)
+    return ClientValidationError(grpc.StatusCode.INVALID_ARGUMENT, message, details=details)
 
 
 class FailedPrecondition(ConsentError):

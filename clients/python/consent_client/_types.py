@@ -18,7 +18,14 @@ from .v1 import admin_pb2 as apb
 from .v1 import consent_pb2 as pb
 
 if TYPE_CHECKING:
-    from ._errors import ConsentError
+    from ._errors import ClientValidationError, ConsentError
+
+
+def _invalid(message: str, field: str = "") -> ClientValidationError:
+    # Imported here: _errors imports this module's enums.
+    from ._errors import client_validation_error
+
+    return client_validation_error(message, field)
 
 
 class Channel(enum.StrEnum):
@@ -118,19 +125,19 @@ def _enum_to_proto(
 ) -> int:
     """The proto enum number for a friendly string, a str enum member or a number."""
     if isinstance(value, bool):
-        raise TypeError(f"{what} must be a string or a consent.v1.{what.title()} value")
+        raise _invalid(f"{what} must be a string or a consent.v1.{what.title()} value")
     if isinstance(value, int):
         if value not in value_of.values():
-            raise ValueError(f"unknown {what} number {value}")
+            raise _invalid(f"unknown {what} number {value}")
         return value
     if isinstance(value, str):
         key = value.strip().upper().replace("-", "_").replace(" ", "_")
         number = value_of.get(key if key.startswith(prefix) else prefix + key)
         if number is None:
             choices = ", ".join(repr(m.value) for m in cls if m.value != "unspecified")
-            raise ValueError(f"unknown {what} {value!r}; expected one of {choices}")
+            raise _invalid(f"unknown {what} {value!r}; expected one of {choices}")
         return number
-    raise TypeError(f"{what} must be a string or a consent.v1.{what.title()} value")
+    raise _invalid(f"{what} must be a string or a consent.v1.{what.title()} value")
 
 
 _CHANNEL_NAMES = {int(v): k for k, v in pb.Channel.items()}
@@ -174,9 +181,9 @@ def ts_to_datetime(ts: Timestamp) -> datetime:
 def datetime_to_ts(value: datetime, what: str) -> Timestamp:
     """A tz-aware datetime as a protobuf Timestamp (naive datetimes are ambiguous: rejected)."""
     if not isinstance(value, datetime):
-        raise TypeError(f"{what} must be a datetime")
+        raise _invalid(f"{what} must be a datetime", what)
     if value.tzinfo is None or value.utcoffset() is None:
-        raise ValueError(f"{what} must be timezone-aware (e.g. datetime.now(UTC))")
+        raise _invalid(f"{what} must be timezone-aware (e.g. datetime.now(UTC))", what)
     ts = Timestamp()
     ts.FromDatetime(value.astimezone(UTC))
     return ts
@@ -223,7 +230,7 @@ def recipient_to_pb(value: RecipientLike) -> pb.Recipient:
     if isinstance(value, tuple) and len(value) == 2:
         channel, address = value
         return pb.Recipient(channel=channel_to_pb(channel), address=address)
-    raise TypeError("a recipient is a Recipient, a consent.v1.Recipient or (channel, address)")
+    raise _invalid("a recipient is a Recipient, a consent.v1.Recipient or (channel, address)")
 
 
 @dataclass(frozen=True, slots=True)
