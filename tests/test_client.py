@@ -91,6 +91,8 @@ def test_public_names_are_pinned() -> None:
         "ApiKeyRole",
         "AsyncConsentClient",
         "Backoff",
+        "BatchDecision",
+        "BatchError",
         "BatchItem",
         "ChangeResult",
         "Channel",

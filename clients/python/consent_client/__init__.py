@@ -40,6 +40,8 @@ from ._errors import (
 )
 from ._types import (
     ApiKeyRole,
+    BatchDecision,
+    BatchError,
     BatchItem,
     ChangeResult,
     Channel,
@@ -70,6 +72,8 @@ __all__ = [
     "ApiKeyRole",
     "AsyncConsentClient",
     "Backoff",
+    "BatchDecision",
+    "BatchError",
     "BatchItem",
     "ChangeResult",
     "Channel",

@@ -20,6 +20,8 @@ from google.protobuf.message import Message as ProtoMessage
 from ._errors import client_validation_error, error_from_status
 from ._types import (
     ApiKeyRoleLike,
+    BatchDecision,
+    BatchError,
     BatchItem,
     ChangeResult,
     ChannelLike,
@@ -139,9 +141,9 @@ def batch_check_consent(
         items: list[BatchItem] = []
         for i, r in enumerate(resp.results):
             if r.WhichOneof("result") == "decision":
-                items.append(BatchItem(i, Decision.from_pb(r.decision), None))
+                items.append(BatchDecision(i, Decision.from_pb(r.decision)))
             else:
-                items.append(BatchItem(i, None, error_from_status(r.error)))
+                items.append(BatchError(i, error_from_status(r.error)))
         return items
 
     return Call("BatchCheckConsent", req, RetryMode.READ, parse)

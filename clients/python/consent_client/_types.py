@@ -10,7 +10,7 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Literal, TypeAlias, TypeVar
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -297,21 +297,36 @@ class Decision:
 
 
 @dataclass(frozen=True, slots=True)
-class BatchItem:
-    """One answer of :meth:`~consent_client.ConsentClient.batch_check_consent`.
+class BatchDecision:
+    """A decided item of :meth:`~consent_client.ConsentClient.batch_check_consent`.
 
-    Exactly one of ``decision`` and ``error`` is set; ``error`` is the typed exception
-    (usually :class:`~consent_client.InvalidArgument`) that item would have raised.
+    ``ok`` is ``Literal[True]`` and ``decision`` is never None, so after ``if item.ok:``
+    (or ``isinstance(item, BatchDecision)``) a type checker knows ``item.decision``.
     """
 
     index: int
-    decision: Decision | None
-    error: ConsentError | None
+    """The item's position in the request."""
+    decision: Decision
+    ok: Literal[True] = field(default=True, init=False)
+    error: None = field(default=None, init=False)
 
-    @property
-    def ok(self) -> bool:
-        """True when the item was decided (``decision`` is set)."""
-        return self.decision is not None
+
+@dataclass(frozen=True, slots=True)
+class BatchError:
+    """An item of :meth:`~consent_client.ConsentClient.batch_check_consent` that could not
+    be decided: ``error`` is the typed exception (usually
+    :class:`~consent_client.InvalidArgument`) it would have raised on its own."""
+
+    index: int
+    """The item's position in the request."""
+    error: ConsentError
+    ok: Literal[False] = field(default=False, init=False)
+    decision: None = field(default=None, init=False)
+
+
+BatchItem: TypeAlias = BatchDecision | BatchError
+"""One answer of a batch check: a :class:`BatchDecision` or a :class:`BatchError`,
+told apart by ``ok`` (or ``isinstance`` / ``match``)."""
 
 
 @dataclass(frozen=True, slots=True)
