@@ -45,11 +45,19 @@ from .v1 import consent_pb2_grpc as pb_grpc
 T = TypeVar("T")
 
 
+def _stubs_for(
+    channel: grpc.aio.Channel,
+) -> tuple[pb_grpc.ConsentServiceAsyncStub, apb_grpc.ConsentAdminServiceAsyncStub]:
+    # The *AsyncStub names exist only in the .pyi; the runtime stubs serve both channels.
+    return pb_grpc.ConsentServiceStub(channel), apb_grpc.ConsentAdminServiceStub(channel)
+
+
 class AsyncConsentClient:
     """An asyncio client for ``consent.v1.ConsentService`` (grpc.aio); same API as
     :class:`ConsentClient`, with coroutines.
 
-    Create it inside a running event loop (e.g. in ``async with``).
+    It can be created anywhere (at import time, outside any event loop): the channel is
+    made on the first call, in the loop that makes it.
 
     Args:
         target: ``host:port`` of the consent authority (e.g. ``"127.0.0.1:50051"``).
@@ -92,14 +100,32 @@ class AsyncConsentClient:
             tls=tls, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, credentials=credentials
         )
         self._owns_channel = channel is None
-        if channel is not None:
-            self._channel = channel
-        elif credentials is not None:
-            self._channel = grpc.aio.secure_channel(target, credentials, self._o.channel_options)
-        else:
-            self._channel = grpc.aio.insecure_channel(target, self._o.channel_options)
-        self._stub = pb_grpc.ConsentServiceStub(self._channel)
-        self._admin = apb_grpc.ConsentAdminServiceStub(self._channel)
+        self._credentials = credentials
+        # The channel is made on first use, inside the loop that uses it: grpc.aio binds a
+        # channel to the running loop, so a client built at import time (no loop yet)
+        # must not make one in __init__.
+        self._channel: grpc.aio.Channel | None = channel
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stubs: (
+            tuple[pb_grpc.ConsentServiceAsyncStub, apb_grpc.ConsentAdminServiceAsyncStub] | None
+        ) = None if channel is None else _stubs_for(channel)
+
+    def _ready(
+        self,
+    ) -> tuple[pb_grpc.ConsentServiceAsyncStub, apb_grpc.ConsentAdminServiceAsyncStub]:
+        """The stubs, making the channel in the running loop on first use (or again when
+        the loop it was made in has closed, e.g. between two ``asyncio.run`` calls)."""
+        loop = asyncio.get_running_loop()
+        stale = self._owns_channel and self._loop is not None and self._loop.is_closed()
+        if self._stubs is None or stale:
+            o = self._o
+            if self._credentials is not None:
+                channel = grpc.aio.secure_channel(o.target, self._credentials, o.channel_options)
+            else:
+                channel = grpc.aio.insecure_channel(o.target, o.channel_options)
+            self._channel, self._loop = channel, loop
+            self._stubs = _stubs_for(channel)
+        return self._stubs
 
     async def __aenter__(self) -> Self:
         return self
@@ -113,12 +139,17 @@ class AsyncConsentClient:
         await self.close()
 
     async def close(self) -> None:
-        """Close the channel (unless it was passed in by the caller)."""
-        if self._owns_channel:
-            await self._channel.close(None)
+        """Close the channel (unless it was passed in by the caller). Closing a client that
+        never made a call, or closing twice, does nothing; a closed client can be used
+        again (it makes a new channel)."""
+        if not self._owns_channel or self._channel is None:
+            return
+        channel, self._channel, self._stubs, self._loop = self._channel, None, None, None
+        await channel.close(None)
 
     async def _invoke(self, call: Call[T], timeout: float | None) -> T:
-        fn = getattr(self._admin if call.admin else self._stub, call.method)
+        stub, admin = self._ready()
+        fn = getattr(admin if call.admin else stub, call.method)
         budget = self._o.budget(call, timeout)
         while True:
             attempt_timeout = budget.attempt_timeout()
@@ -603,7 +634,7 @@ class AsyncConsentClient:
         summary. Not retried: a failed stream may have applied its first batches;
         sending them again is harmless (event ids derive from the records)."""
         try:
-            response: apb.ImportConsentResponse = await self._admin.ImportConsent(
+            response: apb.ImportConsentResponse = await self._ready()[1].ImportConsent(
                 iter(
                     _calls.import_messages(
                         tenant_id, batches, opt_ins_have_proof=opt_ins_have_proof, dry_run=dry_run
@@ -631,7 +662,7 @@ class AsyncConsentClient:
             tenant_id, channel=channel, topic=topic, status=status, updated_since=updated_since
         )
         try:
-            async for page in self._admin.ExportConsent(
+            async for page in self._ready()[1].ExportConsent(
                 req, timeout=timeout, metadata=self._o.metadata
             ):
                 yield page
