@@ -90,6 +90,7 @@ def test_public_names_are_pinned() -> None:
         "AlreadyExists",
         "ApiKeyRole",
         "AsyncConsentClient",
+        "AsyncTenantConsentClient",
         "Backoff",
         "BatchDecision",
         "BatchError",
@@ -128,6 +129,7 @@ def test_public_names_are_pinned() -> None:
         "SendResult",
         "Source",
         "Template",
+        "TenantConsentClient",
         "Unauthenticated",
         "Unavailable",
         "Unimplemented",
@@ -271,6 +273,42 @@ def test_local_refusals_are_in_the_consent_error_tree(fake: FakeConsentService) 
     assert naive.value.fields == ["occurred_at"]
     with pytest.raises(ClientValidationError):
         ConsentClient(fake.target, tls_cert=b"x")
+    assert fake.calls == []
+
+
+# -- tenant-bound views -------------------------------------------------------------------
+
+
+def test_for_tenant_binds_the_tenant(proxy: FakeConsentService, tenant: str) -> None:
+    with ConsentClient(proxy.target, timeout=10) as c:
+        acme = c.for_tenant(tenant)
+        assert acme.tenant == tenant and acme.client is c
+        out = acme.opt_out("sms", "+1 202 555 0100", "marketing", source="keyword")
+        assert out.status is ConsentStatus.OPTED_OUT
+        assert not acme.check_consent("sms", "+1 202 555 0100", "marketing").allowed
+        assert [e.event_id for e in acme.iter_consent_events("sms", "+1 202 555 0100")] == [
+            out.event_id
+        ]
+        # The client itself still takes the tenant explicitly: an explicit tenant wins.
+        other = c.for_tenant("other-tenant")
+        assert other.tenant == "other-tenant"
+        assert not c.check_consent(tenant, "sms", "+1 202 555 0100", "marketing").allowed
+    sent = [s.request.tenant_id for s in proxy.calls]
+    assert sent == [tenant, tenant, tenant, tenant]
+
+
+def test_a_missing_tenant_is_refused_locally(fake: FakeConsentService) -> None:
+    with ConsentClient(fake.target) as c:
+        for bad in ("", "  ", None):
+            with pytest.raises(ClientValidationError, match="tenant is required"):
+                c.for_tenant(bad)  # type: ignore[arg-type]
+        with pytest.raises(ClientValidationError) as missing:
+            c.check_consent("", "sms", "+15550100", "marketing")
+        assert missing.value.fields == ["tenant_id"]
+        with pytest.raises(ClientValidationError):
+            list(c.export_consent(""))
+        with pytest.raises(ClientValidationError):
+            c.import_consent(" ", [])
     assert fake.calls == []
 
 

@@ -212,3 +212,12 @@ async def test_closed_client_is_reopened_on_next_use(
     assert (await client.check_consent(tenant, "sms", SMS, "marketing")).allowed
     await client.close()
     assert len(proxy.seen("CheckConsent")) == 2
+
+
+async def test_async_for_tenant(proxy: FakeConsentService, tenant: str) -> None:
+    async with AsyncConsentClient(proxy.target, timeout=10).for_tenant(tenant) as acme:
+        await acme.opt_out("sms", SMS, "marketing")
+        assert not (await acme.check_consent("sms", SMS, "marketing")).allowed
+        events = [e async for e in acme.iter_consent_events("sms", SMS)]
+        assert len(events) == 1
+    assert {s.request.tenant_id for s in proxy.calls} == {tenant}

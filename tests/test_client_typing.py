@@ -9,9 +9,11 @@ tests run the same narrowing code on real values.
 from __future__ import annotations
 
 from consent_client import (
+    AsyncConsentClient,
     BatchDecision,
     BatchError,
     BatchItem,
+    ConsentClient,
     ConsentError,
     Decision,
     InvalidArgument,
@@ -41,6 +43,18 @@ def allowed_by_match(item: BatchItem) -> bool | ConsentError:
             return decision.allowed
         case BatchError(error=error):
             return error
+
+
+def typed_tenant_view(client: ConsentClient) -> Decision:
+    """A view's methods keep their signatures minus ``tenant_id`` (checked, not run)."""
+    acme = client.for_tenant("acme")
+    return acme.check_consent("sms", "+15550100", "marketing", timeout=1.0)
+
+
+async def typed_async_tenant_view(client: AsyncConsentClient) -> bool:
+    acme = client.for_tenant("acme")
+    items = await acme.batch_check_consent([("sms", "+15550100")], "marketing")
+    return all(item.decision.allowed for item in items if item.ok)
 
 
 def _parse(resp: pb.BatchCheckConsentResponse) -> list[BatchItem]:

@@ -16,9 +16,9 @@ the hierarchy documented in :mod:`consent_client._errors` (all subclasses of
 :class:`ConsentError`). The generated protobuf modules live in ``consent_client.v1``.
 """
 
-from ._async_client import AsyncConsentClient
+from ._async_client import AsyncConsentClient, AsyncTenantConsentClient
 from ._calls import Backoff
-from ._client import ConsentClient
+from ._client import ConsentClient, TenantConsentClient
 from ._errors import (
     AlreadyExists,
     ClientValidationError,
@@ -71,6 +71,7 @@ __all__ = [
     "AlreadyExists",
     "ApiKeyRole",
     "AsyncConsentClient",
+    "AsyncTenantConsentClient",
     "Backoff",
     "BatchDecision",
     "BatchError",
@@ -109,6 +110,7 @@ __all__ = [
     "SendResult",
     "Source",
     "Template",
+    "TenantConsentClient",
     "Unauthenticated",
     "Unavailable",
     "Unimplemented",

@@ -18,6 +18,7 @@ from . import _calls
 from ._calls import Backoff, Call
 from ._client import PemSource, _Options, tls_credentials
 from ._errors import error_from_rpc
+from ._tenant import TenantBound, WithTenant
 from ._types import (
     ApiKeyRoleLike,
     BatchItem,
@@ -126,6 +127,15 @@ class AsyncConsentClient:
             self._channel, self._loop = channel, loop
             self._stubs = _stubs_for(channel)
         return self._stubs
+
+    def for_tenant(self, tenant: str) -> AsyncTenantConsentClient:
+        """A view of this client bound to ``tenant``: its methods omit ``tenant_id``.
+        It shares this client's channel; closing either closes both.
+
+        Raises:
+            ClientValidationError: ``tenant`` is empty.
+        """
+        return AsyncTenantConsentClient(self, tenant)
 
     async def __aenter__(self) -> Self:
         return self
@@ -668,3 +678,56 @@ class AsyncConsentClient:
                 yield page
         except grpc.RpcError as err:
             raise error_from_rpc(err) from err
+
+
+class AsyncTenantConsentClient(TenantBound[AsyncConsentClient]):
+    """:class:`AsyncConsentClient` bound to one tenant (from
+    :meth:`AsyncConsentClient.for_tenant`): the same methods without their ``tenant_id``
+    argument, e.g. ``await acme.check_consent("sms", "+15550100", "marketing")``.
+    Operator calls that name no tenant or a new one (``list_tenants``,
+    ``create_tenant``, ``delete_tenant``) stay on the client; ``view.client`` takes an
+    explicit tenant, which always wins.
+    """
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.client.close()
+
+    async def close(self) -> None:
+        """Close the underlying client."""
+        await self.client.close()
+
+    check_consent = WithTenant(AsyncConsentClient.check_consent)
+    batch_check_consent = WithTenant(AsyncConsentClient.batch_check_consent)
+    opt_out = WithTenant(AsyncConsentClient.opt_out)
+    opt_in = WithTenant(AsyncConsentClient.opt_in)
+    send_if_allowed = WithTenant(AsyncConsentClient.send_if_allowed)
+    handle_inbound_message = WithTenant(AsyncConsentClient.handle_inbound_message)
+    list_consent_events = WithTenant(AsyncConsentClient.list_consent_events)
+    iter_consent_events = WithTenant(AsyncConsentClient.iter_consent_events)
+    get_message_status = WithTenant(AsyncConsentClient.get_message_status)
+    get_tenant = WithTenant(AsyncConsentClient.get_tenant)
+    get_tenant_settings = WithTenant(AsyncConsentClient.get_tenant_settings)
+    update_tenant_settings = WithTenant(AsyncConsentClient.update_tenant_settings)
+    create_consent_link = WithTenant(AsyncConsentClient.create_consent_link)
+    create_api_key = WithTenant(AsyncConsentClient.create_api_key)
+    list_api_keys = WithTenant(AsyncConsentClient.list_api_keys)
+    revoke_api_key = WithTenant(AsyncConsentClient.revoke_api_key)
+    forget_recipient = WithTenant(AsyncConsentClient.forget_recipient)
+    set_delivery_provider = WithTenant(AsyncConsentClient.set_delivery_provider)
+    get_delivery_providers = WithTenant(AsyncConsentClient.get_delivery_providers)
+    set_whatsapp_webhook = WithTenant(AsyncConsentClient.set_whatsapp_webhook)
+    get_whatsapp_webhook = WithTenant(AsyncConsentClient.get_whatsapp_webhook)
+    delete_whatsapp_webhook = WithTenant(AsyncConsentClient.delete_whatsapp_webhook)
+    list_unapplied_notifications = WithTenant(AsyncConsentClient.list_unapplied_notifications)
+    replay_unapplied_notification = WithTenant(AsyncConsentClient.replay_unapplied_notification)
+    discard_unapplied_notification = WithTenant(AsyncConsentClient.discard_unapplied_notification)
+    import_consent = WithTenant(AsyncConsentClient.import_consent)
+    export_consent = WithTenant(AsyncConsentClient.export_consent)

@@ -6,9 +6,10 @@ Shared by the sync and asyncio clients, which only differ in how they wait.
 from __future__ import annotations
 
 import enum
+import itertools
 import random
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, TypeVar
@@ -18,6 +19,7 @@ from google.protobuf import field_mask_pb2, json_format
 from google.protobuf.message import Message as ProtoMessage
 
 from ._errors import client_validation_error, error_from_status
+from ._tenant import checked_tenant
 from ._types import (
     ApiKeyRoleLike,
     BatchDecision,
@@ -541,14 +543,15 @@ def import_messages(
     *,
     opt_ins_have_proof: bool,
     dry_run: bool,
-) -> Iterable[apb.ImportConsentRequest]:
+) -> Iterator[apb.ImportConsentRequest]:
     """The messages of an ImportConsent stream: the options in the first, then one
-    message per batch (at most 1,000 records each). Lazy: memory stays one batch."""
-    yield apb.ImportConsentRequest(
+    message per batch (at most 1,000 records each). Lazy: memory stays one batch. The
+    tenant is checked now, not when gRPC's thread first pulls from the stream."""
+    checked_tenant(tenant_id, "tenant_id")
+    first = apb.ImportConsentRequest(
         tenant_id=tenant_id, opt_ins_have_proof=opt_ins_have_proof, dry_run=dry_run
     )
-    for batch in batches:
-        yield apb.ImportConsentRequest(records=list(batch))
+    return itertools.chain([first], (apb.ImportConsentRequest(records=list(b)) for b in batches))
 
 
 def export_request(
@@ -560,6 +563,7 @@ def export_request(
     updated_since: datetime | None,
 ) -> apb.ExportConsentRequest:
     """An ExportConsentRequest; ``status`` "", "opted_in" or "opted_out"."""
+    checked_tenant(tenant_id, "tenant_id")
     req = apb.ExportConsentRequest(tenant_id=tenant_id, topic=topic)
     if channel is not None:
         req.channel = channel_to_pb(channel)

@@ -14,6 +14,7 @@ import grpc
 from . import _calls
 from ._calls import Backoff, Call
 from ._errors import ConsentError, DeadlineExceeded, client_validation_error, error_from_rpc
+from ._tenant import TenantBound, WithTenant, checked_tenant
 from ._types import (
     ApiKeyRoleLike,
     BatchItem,
@@ -118,6 +119,9 @@ class _Options:
         """The time and retries one call may use: ``timeout`` (or the client's) bounds
         the whole call, every attempt and backoff included."""
         total = self.timeout if timeout is None else _seconds(timeout, "timeout")
+        tenant = getattr(call.request, "tenant_id", None)  # ListTenants names none
+        if tenant is not None:
+            checked_tenant(tenant, "tenant_id")
         return _Budget(self, call, total)
 
 
@@ -220,6 +224,15 @@ class ConsentClient:
             self._channel = grpc.insecure_channel(target, self._o.channel_options)
         self._stub = pb_grpc.ConsentServiceStub(self._channel)
         self._admin = apb_grpc.ConsentAdminServiceStub(self._channel)
+
+    def for_tenant(self, tenant: str) -> TenantConsentClient:
+        """A view of this client bound to ``tenant``: its methods omit ``tenant_id``.
+        It shares this client's channel; closing either closes both.
+
+        Raises:
+            ClientValidationError: ``tenant`` is empty.
+        """
+        return TenantConsentClient(self, tenant)
 
     def __enter__(self) -> Self:
         return self
@@ -745,3 +758,55 @@ class ConsentClient:
             yield from self._admin.ExportConsent(req, timeout=timeout, metadata=self._o.metadata)
         except grpc.RpcError as err:
             raise error_from_rpc(err) from err
+
+
+class TenantConsentClient(TenantBound[ConsentClient]):
+    """:class:`ConsentClient` bound to one tenant (from :meth:`ConsentClient.for_tenant`): the same
+    methods without their ``tenant_id`` argument, e.g.
+    ``acme.check_consent("sms", "+15550100", "marketing")``. Operator calls that name
+    no tenant or a new one (``list_tenants``, ``create_tenant``, ``delete_tenant``) stay
+    on the client; ``view.client`` takes an explicit tenant, which always wins.
+    """
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.client.close()
+
+    def close(self) -> None:
+        """Close the underlying client (the view's calls then fail)."""
+        self.client.close()
+
+    check_consent = WithTenant(ConsentClient.check_consent)
+    batch_check_consent = WithTenant(ConsentClient.batch_check_consent)
+    opt_out = WithTenant(ConsentClient.opt_out)
+    opt_in = WithTenant(ConsentClient.opt_in)
+    send_if_allowed = WithTenant(ConsentClient.send_if_allowed)
+    handle_inbound_message = WithTenant(ConsentClient.handle_inbound_message)
+    list_consent_events = WithTenant(ConsentClient.list_consent_events)
+    iter_consent_events = WithTenant(ConsentClient.iter_consent_events)
+    get_message_status = WithTenant(ConsentClient.get_message_status)
+    get_tenant = WithTenant(ConsentClient.get_tenant)
+    get_tenant_settings = WithTenant(ConsentClient.get_tenant_settings)
+    update_tenant_settings = WithTenant(ConsentClient.update_tenant_settings)
+    create_consent_link = WithTenant(ConsentClient.create_consent_link)
+    create_api_key = WithTenant(ConsentClient.create_api_key)
+    list_api_keys = WithTenant(ConsentClient.list_api_keys)
+    revoke_api_key = WithTenant(ConsentClient.revoke_api_key)
+    forget_recipient = WithTenant(ConsentClient.forget_recipient)
+    set_delivery_provider = WithTenant(ConsentClient.set_delivery_provider)
+    get_delivery_providers = WithTenant(ConsentClient.get_delivery_providers)
+    set_whatsapp_webhook = WithTenant(ConsentClient.set_whatsapp_webhook)
+    get_whatsapp_webhook = WithTenant(ConsentClient.get_whatsapp_webhook)
+    delete_whatsapp_webhook = WithTenant(ConsentClient.delete_whatsapp_webhook)
+    list_unapplied_notifications = WithTenant(ConsentClient.list_unapplied_notifications)
+    replay_unapplied_notification = WithTenant(ConsentClient.replay_unapplied_notification)
+    discard_unapplied_notification = WithTenant(ConsentClient.discard_unapplied_notification)
+    import_consent = WithTenant(ConsentClient.import_consent)
+    export_consent = WithTenant(ConsentClient.export_consent)
