@@ -223,13 +223,13 @@ def list_keys(
         with _client(server, api_key, tls_ca, tls_cert, tls_key) as client:
             listed = client.list_api_keys(tenant, include_revoked=include_revoked)
         for k in listed:
-            created = k.created_at.seconds * 1000 + k.created_at.nanos // 1_000_000
-            revoked = k.revoked_at.seconds * 1000 + k.revoked_at.nanos // 1_000_000
+            created = round(k.created_at.timestamp() * 1000)
+            revoked = round(k.revoked_at.timestamp() * 1000) if k.revoked_at else 0
             rows.append(
                 (
                     k.key_id,
                     k.tenant_id,
-                    _ROLE_NAME.get(k.role, "?"),
+                    k.role.value,
                     _when(created),
                     _when(revoked) if k.revoked else "-",
                     k.description,

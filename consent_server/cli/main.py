@@ -35,6 +35,7 @@ from rich.console import Console
 from rich.table import Table
 
 from consent_client import ConsentClient, ConsentError, InvalidArgument
+from consent_client import Tenant as TenantInfo
 from consent_client.v1 import admin_pb2 as apb
 
 from . import transfer
@@ -151,8 +152,8 @@ Address = Annotated[str, typer.Argument(help="Phone number, WhatsApp id or e-mai
 # -- tenants -------------------------------------------------------------------------------
 
 
-def _print_tenant(tenant: apb.Tenant) -> None:
-    created = tenant.created_at.ToDatetime().isoformat(timespec="seconds") + "Z"
+def _print_tenant(tenant: TenantInfo) -> None:
+    created = tenant.created_at.replace(tzinfo=None).isoformat(timespec="seconds") + "Z"
     out.print(f"{tenant.tenant_id}  {created}  {tenant.display_name or '-'}", markup=False)
 
 
@@ -360,7 +361,7 @@ def dead_letters_list(
             )
             for item in page.notifications:
                 shown += 1
-                when = item.received_at.ToDatetime().isoformat(timespec="seconds") + "Z"
+                when = item.received_at.replace(tzinfo=None).isoformat(timespec="seconds") + "Z"
                 # One line per item, tab-separated: readable and easy to script.
                 fields = (item.id, when, item.reason, item.kind, item.path, item.detail)
                 out.print("\t".join(fields), markup=False, soft_wrap=True)

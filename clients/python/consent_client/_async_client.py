@@ -20,6 +20,7 @@ from ._client import PemSource, _Options, tls_credentials
 from ._errors import error_from_rpc
 from ._tenant import TenantBound, WithTenant
 from ._types import (
+    ApiKey,
     ApiKeyRoleLike,
     BatchItem,
     ChangeResult,
@@ -28,15 +29,24 @@ from ._types import (
     ConsentLinks,
     CreatedApiKey,
     Decision,
+    DeletedTenant,
+    DeliveryProviderInfo,
     DeliveryProviderKindLike,
     EventPage,
+    ForgetResult,
     InboundResult,
     MessageStatus,
+    NotificationPage,
     Payload,
     RecipientLike,
+    ReplayResult,
+    RevokedApiKey,
     SendResult,
     SourceLike,
     Template,
+    Tenant,
+    TenantPage,
+    WhatsAppWebhook,
 )
 from .v1 import admin_pb2 as apb
 from .v1 import admin_pb2_grpc as apb_grpc
@@ -381,7 +391,7 @@ class AsyncConsentClient:
 
     async def create_tenant(
         self, tenant_id: str, display_name: str = "", *, timeout: float | None = None
-    ) -> apb.Tenant:
+    ) -> Tenant:
         """Create a tenant; until then every call naming it raises :class:`NotFound`
         (reason ``TENANT_NOT_FOUND``). Needs an operator key.
 
@@ -390,19 +400,17 @@ class AsyncConsentClient:
         """
         return await self._invoke(_calls.create_tenant(tenant_id, display_name), timeout)
 
-    async def get_tenant(self, tenant_id: str, *, timeout: float | None = None) -> apb.Tenant:
+    async def get_tenant(self, tenant_id: str, *, timeout: float | None = None) -> Tenant:
         """A tenant's id, display name and creation time; :class:`NotFound` if none."""
         return await self._invoke(_calls.get_tenant(tenant_id), timeout)
 
     async def list_tenants(
         self, page_size: int = 0, page_token: str = "", *, timeout: float | None = None
-    ) -> apb.ListTenantsResponse:
+    ) -> TenantPage:
         """A page of tenants by id; pass ``next_page_token`` on for the next page."""
         return await self._invoke(_calls.list_tenants(page_size, page_token), timeout)
 
-    async def delete_tenant(
-        self, tenant_id: str, *, timeout: float | None = None
-    ) -> apb.DeleteTenantResponse:
+    async def delete_tenant(self, tenant_id: str, *, timeout: float | None = None) -> DeletedTenant:
         """Delete a tenant that holds no consent data (its keys are revoked).
 
         Raises:
@@ -497,13 +505,13 @@ class AsyncConsentClient:
 
     async def list_api_keys(
         self, tenant_id: str, *, include_revoked: bool = False, timeout: float | None = None
-    ) -> list[apb.ApiKey]:
+    ) -> list[ApiKey]:
         """The tenant's keys, oldest first ("*" = the operator keys); never secrets."""
         return await self._invoke(_calls.list_api_keys(tenant_id, include_revoked), timeout)
 
     async def revoke_api_key(
         self, tenant_id: str, key_id: str, *, timeout: float | None = None
-    ) -> apb.RevokeApiKeyResponse:
+    ) -> RevokedApiKey:
         """Revoke a key by its id: its next call fails with :class:`Unauthenticated`.
 
         Idempotent (``already_revoked`` says it was revoked before), so retried when safe.
@@ -515,7 +523,7 @@ class AsyncConsentClient:
 
     async def forget_recipient(
         self, tenant_id: str, channel: ChannelLike, address: str, *, timeout: float | None = None
-    ) -> apb.ForgetRecipientResponse:
+    ) -> ForgetResult:
         """Erase what the authority holds about the recipient (right to erasure).
 
         A recipient who had opted out stays suppressed (a keyed hash, never the
@@ -537,7 +545,7 @@ class AsyncConsentClient:
         access_token: str = "",
         timeout_ms: int = 0,
         timeout: float | None = None,
-    ) -> apb.DeliveryProviderInfo:
+    ) -> DeliveryProviderInfo:
         """Set the provider (``"log"``, ``"webhook"`` or ``"whatsapp_cloud"``) that delivers
         the tenant's messages on ``channel`` (``"unspecified"`` = every channel without
         its own); returns it as stored, without secrets.
@@ -559,7 +567,7 @@ class AsyncConsentClient:
 
     async def get_delivery_providers(
         self, tenant_id: str, *, timeout: float | None = None
-    ) -> list[apb.DeliveryProviderInfo]:
+    ) -> list[DeliveryProviderInfo]:
         """The tenant's configured providers, the all-channels entry first; secrets are
         never returned (``secret_set`` says whether one is stored). Empty = ``log``."""
         return await self._invoke(_calls.get_delivery_providers(tenant_id), timeout)
@@ -575,7 +583,7 @@ class AsyncConsentClient:
         phone_number_ids: Iterable[str],
         waba_id: str = "",
         timeout: float | None = None,
-    ) -> apb.SetWhatsAppWebhookResponse:
+    ) -> WhatsAppWebhook:
         """Set (replace) the tenant's WhatsApp Cloud API webhook: the verify token typed
         into the Meta app, its App Secret (write-only) and the tenant's business phone
         number ids (only their notifications are applied; each belongs to one tenant).
@@ -590,7 +598,7 @@ class AsyncConsentClient:
 
     async def get_whatsapp_webhook(
         self, tenant_id: str, *, timeout: float | None = None
-    ) -> apb.GetWhatsAppWebhookResponse:
+    ) -> WhatsAppWebhook:
         """Whether the tenant's WhatsApp webhook is configured, and its path; no secrets."""
         return await self._invoke(_calls.get_whatsapp_webhook(tenant_id), timeout)
 
@@ -607,7 +615,7 @@ class AsyncConsentClient:
         page_size: int = 0,
         page_token: str = "",
         timeout: float | None = None,
-    ) -> apb.ListUnappliedNotificationsResponse:
+    ) -> NotificationPage:
         """A page of the tenant's WhatsApp dead letters (items not applied), newest first."""
         return await self._invoke(
             _calls.list_unapplied_notifications(tenant_id, page_size, page_token), timeout
@@ -615,7 +623,7 @@ class AsyncConsentClient:
 
     async def replay_unapplied_notification(
         self, tenant_id: str, notification_id: str, *, timeout: float | None = None
-    ) -> apb.ReplayUnappliedNotificationResponse:
+    ) -> ReplayResult:
         """Apply a dead letter now; ``applied`` False when it is still refused (kept)."""
         return await self._invoke(
             _calls.replay_unapplied_notification(tenant_id, notification_id), timeout

@@ -21,6 +21,7 @@ from google.protobuf.message import Message as ProtoMessage
 from ._errors import client_validation_error, error_from_status
 from ._tenant import checked_tenant
 from ._types import (
+    ApiKey,
     ApiKeyRoleLike,
     BatchDecision,
     BatchError,
@@ -30,16 +31,25 @@ from ._types import (
     ConsentLinks,
     CreatedApiKey,
     Decision,
+    DeletedTenant,
+    DeliveryProviderInfo,
     DeliveryProviderKind,
     DeliveryProviderKindLike,
     EventPage,
+    ForgetResult,
     InboundResult,
     MessageStatus,
+    NotificationPage,
     Payload,
     RecipientLike,
+    ReplayResult,
+    RevokedApiKey,
     SendResult,
     SourceLike,
     Template,
+    Tenant,
+    TenantPage,
+    WhatsAppWebhook,
     api_key_role_to_pb,
     channel_to_pb,
     datetime_to_ts,
@@ -317,29 +327,29 @@ def update_tenant_settings(
     return Call("UpdateTenantSettings", req, RetryMode.IDEMPOTENT_WRITE, lambda r: r, admin=True)
 
 
-def create_tenant(tenant_id: str, display_name: str) -> Call[apb.Tenant]:
+def create_tenant(tenant_id: str, display_name: str) -> Call[Tenant]:
     """CreateTenant: a retry after a lost answer fails with ALREADY_EXISTS, so it is
     never retried automatically."""
     req = apb.CreateTenantRequest(tenant_id=tenant_id, display_name=display_name)
-    return Call("CreateTenant", req, RetryMode.NEVER, lambda r: r, admin=True)
+    return Call("CreateTenant", req, RetryMode.NEVER, Tenant.from_pb, admin=True)
 
 
-def get_tenant(tenant_id: str) -> Call[apb.Tenant]:
+def get_tenant(tenant_id: str) -> Call[Tenant]:
     """GetTenant: read-only."""
     req = apb.GetTenantRequest(tenant_id=tenant_id)
-    return Call("GetTenant", req, RetryMode.READ, lambda r: r, admin=True)
+    return Call("GetTenant", req, RetryMode.READ, Tenant.from_pb, admin=True)
 
 
-def list_tenants(page_size: int, page_token: str) -> Call[apb.ListTenantsResponse]:
+def list_tenants(page_size: int, page_token: str) -> Call[TenantPage]:
     """ListTenants: read-only."""
     req = apb.ListTenantsRequest(page_size=page_size, page_token=page_token)
-    return Call("ListTenants", req, RetryMode.READ, lambda r: r, admin=True)
+    return Call("ListTenants", req, RetryMode.READ, TenantPage.from_pb, admin=True)
 
 
-def delete_tenant(tenant_id: str) -> Call[apb.DeleteTenantResponse]:
+def delete_tenant(tenant_id: str) -> Call[DeletedTenant]:
     """DeleteTenant: a retry after a lost answer fails with NOT_FOUND, so never retried."""
     req = apb.DeleteTenantRequest(tenant_id=tenant_id)
-    return Call("DeleteTenant", req, RetryMode.NEVER, lambda r: r, admin=True)
+    return Call("DeleteTenant", req, RetryMode.NEVER, DeletedTenant.from_pb, admin=True)
 
 
 def _snake(path: str) -> str:
@@ -377,26 +387,32 @@ def create_api_key(
     return Call("CreateApiKey", req, RetryMode.NEVER, CreatedApiKey.from_pb, admin=True)
 
 
-def list_api_keys(tenant_id: str, include_revoked: bool) -> Call[list[apb.ApiKey]]:
+def list_api_keys(tenant_id: str, include_revoked: bool) -> Call[list[ApiKey]]:
     """ListApiKeys: read-only."""
     req = apb.ListApiKeysRequest(tenant_id=tenant_id, include_revoked=include_revoked)
-    return Call("ListApiKeys", req, RetryMode.READ, lambda r: list(r.keys), admin=True)
+    return Call(
+        "ListApiKeys",
+        req,
+        RetryMode.READ,
+        lambda r: [ApiKey.from_pb(k) for k in r.keys],
+        admin=True,
+    )
 
 
-def revoke_api_key(tenant_id: str, key_id: str) -> Call[apb.RevokeApiKeyResponse]:
+def revoke_api_key(tenant_id: str, key_id: str) -> Call[RevokedApiKey]:
     """RevokeApiKey: revoking twice leaves the key revoked, so it is retried on UNAVAILABLE
     (a retry after a lost answer reports ``already_revoked=True``)."""
     req = apb.RevokeApiKeyRequest(tenant_id=tenant_id, key_id=key_id)
-    return Call("RevokeApiKey", req, RetryMode.IDEMPOTENT_WRITE, lambda r: r, admin=True)
+    return Call("RevokeApiKey", req, RetryMode.IDEMPOTENT_WRITE, RevokedApiKey.from_pb, admin=True)
 
 
-def forget_recipient(
-    tenant_id: str, channel: ChannelLike, address: str
-) -> Call[apb.ForgetRecipientResponse]:
+def forget_recipient(tenant_id: str, channel: ChannelLike, address: str) -> Call[ForgetResult]:
     """ForgetRecipient: erasing again finds nothing more to erase and keeps the tombstone,
     so it is retried on UNAVAILABLE (the counts are then those of the last attempt)."""
     req = apb.ForgetRecipientRequest(tenant_id=tenant_id, recipient=_recipient(channel, address))
-    return Call("ForgetRecipient", req, RetryMode.IDEMPOTENT_WRITE, lambda r: r, admin=True)
+    return Call(
+        "ForgetRecipient", req, RetryMode.IDEMPOTENT_WRITE, ForgetResult.from_pb, admin=True
+    )
 
 
 # -- ConsentAdminService: delivery providers ----------------------------------------------
@@ -454,20 +470,28 @@ def delivery_provider(
 
 def set_delivery_provider(
     tenant_id: str, provider: apb.DeliveryProvider
-) -> Call[apb.DeliveryProviderInfo]:
+) -> Call[DeliveryProviderInfo]:
     """SetDeliveryProvider: replaces the channel's provider with the given one, so a
     retry sets the same value again: retried on UNAVAILABLE."""
     req = apb.SetDeliveryProviderRequest(tenant_id=tenant_id, provider=provider)
     return Call(
-        "SetDeliveryProvider", req, RetryMode.IDEMPOTENT_WRITE, lambda r: r.provider, admin=True
+        "SetDeliveryProvider",
+        req,
+        RetryMode.IDEMPOTENT_WRITE,
+        lambda r: DeliveryProviderInfo.from_pb(r.provider),
+        admin=True,
     )
 
 
-def get_delivery_providers(tenant_id: str) -> Call[list[apb.DeliveryProviderInfo]]:
+def get_delivery_providers(tenant_id: str) -> Call[list[DeliveryProviderInfo]]:
     """GetDeliveryProviders: read-only."""
     req = apb.GetDeliveryProvidersRequest(tenant_id=tenant_id)
     return Call(
-        "GetDeliveryProviders", req, RetryMode.READ, lambda r: list(r.providers), admin=True
+        "GetDeliveryProviders",
+        req,
+        RetryMode.READ,
+        lambda r: [DeliveryProviderInfo.from_pb(p) for p in r.providers],
+        admin=True,
     )
 
 
@@ -480,7 +504,7 @@ def set_whatsapp_webhook(
     app_secret: str,
     phone_number_ids: Iterable[str],
     waba_id: str = "",
-) -> Call[apb.SetWhatsAppWebhookResponse]:
+) -> Call[WhatsAppWebhook]:
     """SetWhatsAppWebhook: replaces the settings with the given ones: retried on
     UNAVAILABLE."""
     req = apb.SetWhatsAppWebhookRequest(
@@ -490,13 +514,15 @@ def set_whatsapp_webhook(
         phone_number_ids=list(phone_number_ids),
         waba_id=waba_id,
     )
-    return Call("SetWhatsAppWebhook", req, RetryMode.IDEMPOTENT_WRITE, lambda r: r, admin=True)
+    return Call(
+        "SetWhatsAppWebhook", req, RetryMode.IDEMPOTENT_WRITE, WhatsAppWebhook.from_pb, admin=True
+    )
 
 
-def get_whatsapp_webhook(tenant_id: str) -> Call[apb.GetWhatsAppWebhookResponse]:
+def get_whatsapp_webhook(tenant_id: str) -> Call[WhatsAppWebhook]:
     """GetWhatsAppWebhook: read-only."""
     req = apb.GetWhatsAppWebhookRequest(tenant_id=tenant_id)
-    return Call("GetWhatsAppWebhook", req, RetryMode.READ, lambda r: r, admin=True)
+    return Call("GetWhatsAppWebhook", req, RetryMode.READ, WhatsAppWebhook.from_pb, admin=True)
 
 
 def delete_whatsapp_webhook(tenant_id: str) -> Call[bool]:
@@ -510,22 +536,26 @@ def delete_whatsapp_webhook(tenant_id: str) -> Call[bool]:
 
 def list_unapplied_notifications(
     tenant_id: str, page_size: int = 0, page_token: str = ""
-) -> Call[apb.ListUnappliedNotificationsResponse]:
+) -> Call[NotificationPage]:
     """ListUnappliedNotifications: read-only."""
     req = apb.ListUnappliedNotificationsRequest(
         tenant_id=tenant_id, page_size=page_size, page_token=page_token
     )
-    return Call("ListUnappliedNotifications", req, RetryMode.READ, lambda r: r, admin=True)
+    return Call(
+        "ListUnappliedNotifications", req, RetryMode.READ, NotificationPage.from_pb, admin=True
+    )
 
 
-def replay_unapplied_notification(
-    tenant_id: str, notification_id: str
-) -> Call[apb.ReplayUnappliedNotificationResponse]:
+def replay_unapplied_notification(tenant_id: str, notification_id: str) -> Call[ReplayResult]:
     """ReplayUnappliedNotification: the first delivery's event ids make a repeat a
     duplicate, so it is retried on UNAVAILABLE."""
     req = apb.ReplayUnappliedNotificationRequest(tenant_id=tenant_id, id=notification_id)
     return Call(
-        "ReplayUnappliedNotification", req, RetryMode.IDEMPOTENT_WRITE, lambda r: r, admin=True
+        "ReplayUnappliedNotification",
+        req,
+        RetryMode.IDEMPOTENT_WRITE,
+        ReplayResult.from_pb,
+        admin=True,
     )
 
 
