@@ -1,6 +1,7 @@
 """clients/python/README.md is true: every Python block compiles, and the blocks marked
-``<!-- readme-test: run -->`` run as written against the real server (its address and
-a fresh tenant put in place of ``127.0.0.1:50051`` and ``acme``)."""
+``<!-- readme-test: run -->`` (and the root README's Python client example) run as
+written against the real server (its address and a fresh tenant put in place of
+``127.0.0.1:50051`` and ``acme``)."""
 
 from __future__ import annotations
 
@@ -47,6 +48,7 @@ def test_marked_blocks_run_against_the_server(
 ) -> None:
     runnable = [code for run, code in _blocks(README) if run]
     assert len(runnable) >= 6
+    runnable += [code for _, code in _BLOCK.findall(_python_client_section())]
     for n, code in enumerate(runnable):
         live = code.replace('"127.0.0.1:50051"', repr(server.target)).replace(
             '"acme"', repr(tenant)
@@ -58,3 +60,4 @@ def test_marked_blocks_run_against_the_server(
     assert "['recipient.address']" in out  # the client refused the empty address
     assert "1 ['recipients[1].address']" in out  # the batch's bad item
     assert "accepted" in out  # the async send: MessageState.ACCEPTED prints its value
+    assert out[-1].endswith(" accepted")  # the root README's send after the opt-in
