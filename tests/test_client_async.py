@@ -215,7 +215,8 @@ async def test_closed_client_is_reopened_on_next_use(
 
 
 async def test_async_for_tenant(proxy: FakeConsentService, tenant: str) -> None:
-    async with AsyncConsentClient(proxy.target, timeout=10).for_tenant(tenant) as acme:
+    async with AsyncConsentClient(proxy.target, timeout=10) as client:
+        acme = client.for_tenant(tenant)
         await acme.opt_out("sms", SMS, "marketing")
         assert not (await acme.check_consent("sms", SMS, "marketing")).allowed
         events = [e async for e in acme.iter_consent_events("sms", SMS)]

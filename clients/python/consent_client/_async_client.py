@@ -140,7 +140,7 @@ class AsyncConsentClient:
 
     def for_tenant(self, tenant: str) -> AsyncTenantConsentClient:
         """A view of this client bound to ``tenant``: its methods omit ``tenant_id``.
-        It shares this client's channel; closing either closes both.
+        It shares this client's channel (closing the client ends it too).
 
         Raises:
             ClientValidationError: ``tenant`` is empty.
@@ -694,23 +694,8 @@ class AsyncTenantConsentClient(TenantBound[AsyncConsentClient]):
     argument, e.g. ``await acme.check_consent("sms", "+15550100", "marketing")``.
     Operator calls that name no tenant or a new one (``list_tenants``,
     ``create_tenant``, ``delete_tenant``) stay on the client; ``view.client`` takes an
-    explicit tenant, which always wins.
+    explicit tenant, which always wins. Close the client, not the view.
     """
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.client.close()
-
-    async def close(self) -> None:
-        """Close the underlying client."""
-        await self.client.close()
 
     check_consent = WithTenant(AsyncConsentClient.check_consent)
     batch_check_consent = WithTenant(AsyncConsentClient.batch_check_consent)

@@ -237,7 +237,7 @@ class ConsentClient:
 
     def for_tenant(self, tenant: str) -> TenantConsentClient:
         """A view of this client bound to ``tenant``: its methods omit ``tenant_id``.
-        It shares this client's channel; closing either closes both.
+        It shares this client's channel (closing the client ends it too).
 
         Raises:
             ClientValidationError: ``tenant`` is empty.
@@ -773,23 +773,9 @@ class TenantConsentClient(TenantBound[ConsentClient]):
     methods without their ``tenant_id`` argument, e.g.
     ``acme.check_consent("sms", "+15550100", "marketing")``. Operator calls that name
     no tenant or a new one (``list_tenants``, ``create_tenant``, ``delete_tenant``) stay
-    on the client; ``view.client`` takes an explicit tenant, which always wins.
+    on the client; ``view.client`` takes an explicit tenant, which always wins. Close
+    the client, not the view.
     """
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.client.close()
-
-    def close(self) -> None:
-        """Close the underlying client (the view's calls then fail)."""
-        self.client.close()
 
     check_consent = WithTenant(ConsentClient.check_consent)
     batch_check_consent = WithTenant(ConsentClient.batch_check_consent)
