@@ -290,20 +290,25 @@ class OtherError(ConsentError):
     """Any status code without a class of its own (CANCELLED, ABORTED, UNKNOWN...)."""
 
 
+# Each class names its own code (grpc_code); DATA_LOSS is a server fault too.
 _BY_CODE: dict[grpc.StatusCode, type[ConsentError]] = {
-    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
-    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
-    grpc.StatusCode.NOT_FOUND: NotFound,
-    grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
-    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
-    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
-    grpc.StatusCode.UNAVAILABLE: Unavailable,
-    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
-    grpc.StatusCode.UNIMPLEMENTED: Unimplemented,
-    grpc.StatusCode.INTERNAL: InternalError,
-    grpc.StatusCode.DATA_LOSS: InternalError,
+    cls.grpc_code: cls
+    for cls in (
+        InvalidArgument,
+        FailedPrecondition,
+        NotFound,
+        AlreadyExists,
+        Unauthenticated,
+        PermissionDenied,
+        ResourceExhausted,
+        Unavailable,
+        DeadlineExceeded,
+        Unimplemented,
+        InternalError,
+    )
+    if cls.grpc_code is not None
 }
+_BY_CODE[grpc.StatusCode.DATA_LOSS] = InternalError
 
 _BY_REASON: dict[str, type[ConsentError]] = {
     pb.ErrorReason.Name(pb.RECIPIENT_OPTED_OUT): RecipientOptedOut,
