@@ -8,6 +8,7 @@ import asyncio
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import grpc
 import pytest
@@ -16,6 +17,7 @@ import consent_client
 from consent_client import (
     Backoff,
     Channel,
+    ClientValidationError,
     ConsentClient,
     ConsentError,
     ConsentStatus,
@@ -85,50 +87,8 @@ def proxy(server: ServerProcess) -> Iterator[FakeConsentService]:
 
 
 def test_public_names_are_pinned() -> None:
-    assert sorted(consent_client.__all__) == [
-        "AlreadyExists",
-        "ApiKeyRole",
-        "AsyncConsentClient",
-        "Backoff",
-        "BatchItem",
-        "ChangeResult",
-        "Channel",
-        "ConsentAction",
-        "ConsentClient",
-        "ConsentError",
-        "ConsentEvent",
-        "ConsentLinks",
-        "ConsentStatus",
-        "CreatedApiKey",
-        "DeadlineExceeded",
-        "Decision",
-        "DeliveryProviderKind",
-        "EventPage",
-        "FailedPrecondition",
-        "InboundAction",
-        "InboundResult",
-        "InternalError",
-        "InvalidArgument",
-        "MessageState",
-        "MessageStatus",
-        "NotFound",
-        "OptInRequired",
-        "OtherError",
-        "Payload",
-        "PermissionDenied",
-        "Recipient",
-        "RecipientOptedOut",
-        "ResourceExhausted",
-        "Scope",
-        "SendBlocked",
-        "SendResult",
-        "Source",
-        "Template",
-        "Unauthenticated",
-        "Unavailable",
-        "Unimplemented",
-        "__version__",
-    ]
+    pinned = (Path(__file__).parent / "client_public_names.txt").read_text().split("\n")
+    assert sorted(consent_client.__all__) == [n for n in pinned if n and not n.startswith("#")]
     for name in consent_client.__all__:
         assert hasattr(consent_client, name), name
     for name in consent_client.__all__:
@@ -233,6 +193,76 @@ def test_client_side_argument_checks(fake: FakeConsentService) -> None:
             c.opt_out("t", "sms", "+15550100", source="carrier-pigeon")
     with pytest.raises(ValueError, match="timeout"):
         ConsentClient(fake.target, timeout=0)
+    with pytest.raises(ValueError, match="attempt_timeout"):
+        ConsentClient(fake.target, attempt_timeout=-1)
+    assert fake.calls == []
+
+
+def test_local_refusals_are_in_the_consent_error_tree(fake: FakeConsentService) -> None:
+    with ConsentClient(fake.target) as c:
+        refusals = [
+            lambda: c.check_consent("t", "sms", "", "marketing"),
+            lambda: c.check_consent("t", "sms", "+15550100", "m", at=datetime(2024, 1, 1)),
+            lambda: c.check_consent("t", "sms", "+15550100", "m", at="2024-01-01"),  # type: ignore[arg-type]
+            lambda: c.opt_out("t", 3.5, "+15550100"),  # type: ignore[arg-type]
+            lambda: c.opt_in("t", "pigeon", "+15550100"),
+            lambda: c.batch_check_consent("t", ["+15550100"], "m"),  # type: ignore[list-item]
+            lambda: c.send_if_allowed("t", "sms", "+15550100", "marketing"),
+            lambda: c.update_tenant_settings("t", {"no_such_field": 1}),
+            lambda: c.set_delivery_provider("t", "smtp"),
+            lambda: c.check_consent("t", "sms", "+15550100", "m", timeout=-1),
+        ]
+        for refuse in refusals:
+            with pytest.raises(ClientValidationError) as refused:
+                refuse()
+            err = refused.value
+            assert isinstance(err, ConsentError) and isinstance(err, InvalidArgument)
+            assert isinstance(err, ValueError)
+            assert err.code is grpc.StatusCode.INVALID_ARGUMENT and err.message
+    with pytest.raises(ClientValidationError) as empty:
+        ConsentClient(fake.target).check_consent("t", "sms", " ", "marketing")
+    assert empty.value.fields == ["recipient.address"]
+    with pytest.raises(ClientValidationError) as naive:
+        ConsentClient(fake.target).opt_out("t", "sms", "+1555", occurred_at=datetime(2024, 1, 1))
+    assert naive.value.fields == ["occurred_at"]
+    with pytest.raises(ClientValidationError):
+        ConsentClient(fake.target, tls_cert=b"x")
+    assert fake.calls == []
+
+
+# -- tenant-bound views -------------------------------------------------------------------
+
+
+def test_for_tenant_binds_the_tenant(proxy: FakeConsentService, tenant: str) -> None:
+    with ConsentClient(proxy.target, timeout=10) as c:
+        acme = c.for_tenant(tenant)
+        assert acme.tenant == tenant and acme.client is c
+        out = acme.opt_out("sms", "+1 202 555 0100", "marketing", source="keyword")
+        assert out.status is ConsentStatus.OPTED_OUT
+        assert not acme.check_consent("sms", "+1 202 555 0100", "marketing").allowed
+        assert [e.event_id for e in acme.iter_consent_events("sms", "+1 202 555 0100")] == [
+            out.event_id
+        ]
+        # The client itself still takes the tenant explicitly: an explicit tenant wins.
+        other = c.for_tenant("other-tenant")
+        assert other.tenant == "other-tenant"
+        assert not c.check_consent(tenant, "sms", "+1 202 555 0100", "marketing").allowed
+    sent = [s.request.tenant_id for s in proxy.calls]
+    assert sent == [tenant, tenant, tenant, tenant]
+
+
+def test_a_missing_tenant_is_refused_locally(fake: FakeConsentService) -> None:
+    with ConsentClient(fake.target) as c:
+        for bad in ("", "  ", None):
+            with pytest.raises(ClientValidationError, match="tenant is required"):
+                c.for_tenant(bad)  # type: ignore[arg-type]
+        with pytest.raises(ClientValidationError) as missing:
+            c.check_consent("", "sms", "+15550100", "marketing")
+        assert missing.value.fields == ["tenant_id"]
+        with pytest.raises(ClientValidationError):
+            list(c.export_consent(""))
+        with pytest.raises(ClientValidationError):
+            c.import_consent(" ", [])
     assert fake.calls == []
 
 
@@ -520,9 +550,58 @@ def test_retry_info_is_honoured(proxy: FakeConsentService, tenant: str) -> None:
 
 def test_reads_retry_deadline_exceeded(proxy: FakeConsentService, tenant: str) -> None:
     proxy.on("CheckConsent", sleep_then_forward(1.0))
-    with ConsentClient(proxy.target, backoff=FAST, timeout=0.3) as c:
+    with ConsentClient(proxy.target, backoff=FAST, timeout=5, attempt_timeout=0.3) as c:
         assert c.check_consent(tenant, "sms", "+1 202 555 0100", "marketing").allowed
     assert len(proxy.seen("CheckConsent")) == 2
+
+
+def test_timeout_bounds_the_whole_call_not_each_attempt(fake: FakeConsentService) -> None:
+    # Each attempt answers late; a per-attempt timeout would take 4 x 0.4 s.
+    fake.on("CheckConsent", *[sleep_then_forward(1.0)] * 4)
+    with ConsentClient(fake.target, backoff=FAST, timeout=0.4, retries=3) as c:
+        start = time.monotonic()
+        with pytest.raises(DeadlineExceeded) as late:
+            c.check_consent("t", "sms", "+15550100", "marketing")
+        took = time.monotonic() - start
+    assert 0.35 < took < 0.8, took
+    assert late.value.code is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert len(fake.seen("CheckConsent")) == 1
+
+
+def test_attempt_timeout_retries_within_the_overall_deadline(fake: FakeConsentService) -> None:
+    fake.on("CheckConsent", *[sleep_then_forward(1.0)] * 10)
+    with ConsentClient(
+        fake.target, backoff=FAST, timeout=0.7, attempt_timeout=0.2, retries=10
+    ) as c:
+        start = time.monotonic()
+        with pytest.raises(DeadlineExceeded):
+            c.check_consent("t", "sms", "+15550100", "marketing")
+        took = time.monotonic() - start
+    assert took < 1.1, took
+    assert 2 <= len(fake.seen("CheckConsent")) <= 4
+
+
+def test_backoff_that_would_pass_the_deadline_is_not_slept(fake: FakeConsentService) -> None:
+    # The server asks for 5 s; the call has 1 s: the UNAVAILABLE is raised at once.
+    fake.on("CheckConsent", unavailable(retry_after=5.0))
+    with ConsentClient(fake.target, timeout=1.0, retries=3) as c:
+        start = time.monotonic()
+        with pytest.raises(Unavailable) as down:
+            c.check_consent("t", "sms", "+15550100", "marketing")
+        assert time.monotonic() - start < 0.5
+    assert down.value.retry_delay == pytest.approx(5.0)
+    assert len(fake.seen("CheckConsent")) == 1
+
+
+def test_per_call_timeout_is_overall_too(fake: FakeConsentService) -> None:
+    fake.on("CheckConsent", *[unavailable()] * 50)
+    slow = Backoff(initial=0.15, maximum=0.15)
+    with ConsentClient(fake.target, backoff=slow, timeout=30, retries=50) as c:
+        start = time.monotonic()
+        with pytest.raises(Unavailable):
+            c.check_consent("t", "sms", "+15550100", "marketing", timeout=0.5)
+        assert time.monotonic() - start < 0.8
+    assert 3 <= len(fake.seen("CheckConsent")) <= 8  # 50 allowed; the 0.5 s ran out
 
 
 def test_writes_do_not_retry_deadline_exceeded(fake: FakeConsentService) -> None:

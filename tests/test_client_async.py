@@ -3,6 +3,7 @@ sync client, against the real server process and the in-process fake."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
 
@@ -177,3 +178,47 @@ async def test_tenant_settings_and_inbound(client: AsyncConsentClient, tenant: s
     with pytest.raises(InvalidArgument) as err:
         await client.update_tenant_settings(tenant, {"resubscribeUrl": "ftp://nope"})
     assert err.value.fields == ["settings.resubscribe_url"]
+
+
+# -- created outside a running loop -------------------------------------------------------
+
+
+def test_created_outside_a_loop_and_used_across_runs(server: ServerProcess, tenant: str) -> None:
+    # At import time there is no running loop; grpc.aio would bind a channel made here.
+    client = AsyncConsentClient(server.target, timeout=10)
+
+    async def check() -> bool:
+        return (await client.check_consent(tenant, "sms", SMS, "marketing")).allowed
+
+    assert asyncio.run(check())
+    # A second asyncio.run is a new loop: the first loop's channel is replaced, not reused.
+    assert asyncio.run(check())
+    asyncio.run(client.close())
+    asyncio.run(client.close())  # closing twice does nothing
+
+
+def test_close_without_a_call_makes_no_channel() -> None:
+    client = AsyncConsentClient(f"127.0.0.1:{free_port()}")
+    asyncio.run(client.close())
+    assert client._channel is None
+
+
+async def test_closed_client_is_reopened_on_next_use(
+    proxy: FakeConsentService, tenant: str
+) -> None:
+    client = AsyncConsentClient(proxy.target, timeout=10)
+    assert (await client.check_consent(tenant, "sms", SMS, "marketing")).allowed
+    await client.close()
+    assert (await client.check_consent(tenant, "sms", SMS, "marketing")).allowed
+    await client.close()
+    assert len(proxy.seen("CheckConsent")) == 2
+
+
+async def test_async_for_tenant(proxy: FakeConsentService, tenant: str) -> None:
+    async with AsyncConsentClient(proxy.target, timeout=10) as client:
+        acme = client.for_tenant(tenant)
+        await acme.opt_out("sms", SMS, "marketing")
+        assert not (await acme.check_consent("sms", SMS, "marketing")).allowed
+        events = [e async for e in acme.iter_consent_events("sms", SMS)]
+        assert len(events) == 1
+    assert {s.request.tenant_id for s in proxy.calls} == {tenant}

@@ -199,7 +199,7 @@ def check_deployment(c: ConsentClient, opts: Options, max_skew: float) -> list[C
     )
     # The server read its clock somewhere between sending and receiving: the midpoint,
     # give or take half the round trip.
-    server = health.server_time.ToNanoseconds() / 1e9
+    server = health.server_time.timestamp()
     skew = server - (sent + received) / 2
     margin = (received - sent) / 2
     if abs(skew) - margin > max_skew:

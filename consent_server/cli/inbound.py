@@ -112,7 +112,7 @@ def dead_letters_list(
             page = c.list_unapplied_notifications(
                 tenant, page_size=min(100, limit - len(items)), page_token=token
             )
-            items.extend(page.notifications)
+            items.extend(n.message for n in page.notifications)
             total = page.total
             token = page.next_page_token
             if not token:

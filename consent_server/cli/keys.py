@@ -255,7 +255,7 @@ def list_keys(
     access = _access(ctx, server, api_key, redis_url, redis_cluster, tls_ca, tls_cert, tls_key)
     if access.grpc is not None:
         with connect(access.grpc) as client:
-            listed = client.list_api_keys(tenant, include_revoked=include_revoked)
+            listed = [k.raw for k in client.list_api_keys(tenant, include_revoked=include_revoked)]
         rows = [
             (
                 k.key_id,

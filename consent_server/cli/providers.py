@@ -31,7 +31,7 @@ def _line(p: apb.DeliveryProviderInfo) -> None:
 @app.command("get")
 def get(ctx: typer.Context, tenant: Tenant) -> None:
     """The tenant's providers, the all-channels entry first (no secrets; none = log)."""
-    found = call(ctx, lambda c: c.get_delivery_providers(tenant))
+    found = [p.raw for p in call(ctx, lambda c: c.get_delivery_providers(tenant))]
     if options(ctx).json:
         print_json({"providers": jsonable(found)})
         return
@@ -73,6 +73,6 @@ def set_(
         lambda c: c.set_delivery_provider(
             tenant, kind, channel=channel, url=url, signing_secret=signing_secret,
             phone_number_id=phone_number_id, access_token=access_token, timeout_ms=timeout_ms,
-        ),
+        ).raw,
     )  # fmt: skip
     emit(ctx, done, lambda: _line(done))

@@ -38,13 +38,13 @@ def create(
     name: Annotated[str, typer.Option("--name", help="A display name for people.")] = "",
 ) -> None:
     """Create a tenant (until then every call naming it fails with TENANT_NOT_FOUND)."""
-    _show(ctx, call(ctx, lambda c: c.create_tenant(tenant, name)))
+    _show(ctx, call(ctx, lambda c: c.create_tenant(tenant, name).raw))
 
 
 @app.command("get")
 def get(ctx: typer.Context, tenant: Tenant) -> None:
     """Print a tenant: id, creation time, display name."""
-    _show(ctx, call(ctx, lambda c: c.get_tenant(tenant)))
+    _show(ctx, call(ctx, lambda c: c.get_tenant(tenant).raw))
 
 
 @app.command("list")
@@ -58,9 +58,9 @@ def list_(ctx: typer.Context) -> None:
             page = c.list_tenants(1000, token)
             for tenant in page.tenants:
                 if as_json:
-                    found.append(tenant)
+                    found.append(tenant.raw)
                 else:
-                    _line(tenant)
+                    _line(tenant.raw)
             token = page.next_page_token
             if not token:
                 break

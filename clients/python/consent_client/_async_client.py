@@ -18,7 +18,9 @@ from . import _calls
 from ._calls import Backoff, Call
 from ._client import PemSource, _Options, tls_credentials
 from ._errors import error_from_rpc
+from ._tenant import TenantBound, WithTenant
 from ._types import (
+    ApiKey,
     ApiKeyRoleLike,
     BatchItem,
     ChangeResult,
@@ -27,15 +29,25 @@ from ._types import (
     ConsentLinks,
     CreatedApiKey,
     Decision,
+    DeletedTenant,
+    DeliveryProviderInfo,
     DeliveryProviderKindLike,
+    DeploymentHealth,
     EventPage,
+    ForgetResult,
     InboundResult,
     MessageStatus,
+    NotificationPage,
     Payload,
     RecipientLike,
+    ReplayResult,
+    RevokedApiKey,
     SendResult,
     SourceLike,
     Template,
+    Tenant,
+    TenantPage,
+    WhatsAppWebhook,
 )
 from .v1 import admin_pb2 as apb
 from .v1 import admin_pb2_grpc as apb_grpc
@@ -45,17 +57,29 @@ from .v1 import consent_pb2_grpc as pb_grpc
 T = TypeVar("T")
 
 
+def _stubs_for(
+    channel: grpc.aio.Channel,
+) -> tuple[pb_grpc.ConsentServiceAsyncStub, apb_grpc.ConsentAdminServiceAsyncStub]:
+    # The *AsyncStub names exist only in the .pyi; the runtime stubs serve both channels.
+    return pb_grpc.ConsentServiceStub(channel), apb_grpc.ConsentAdminServiceStub(channel)
+
+
 class AsyncConsentClient:
     """An asyncio client for ``consent.v1.ConsentService`` (grpc.aio); same API as
     :class:`ConsentClient`, with coroutines.
 
-    Create it inside a running event loop (e.g. in ``async with``).
+    It can be created anywhere (at import time, outside any event loop): the channel is
+    made on the first call, in the loop that makes it.
 
     Args:
         target: ``host:port`` of the consent authority (e.g. ``"127.0.0.1:50051"``).
         api_key: sent as ``authorization: Bearer <api_key>`` on every call, if given.
-        timeout: the deadline of every call attempt, in seconds; every method also
-            takes ``timeout=`` to override it for one call.
+        timeout: the deadline of every call in seconds, retries and backoff included
+            (like httpx's or redis-py's); every method also takes ``timeout=`` to
+            override it for one call. When it runs out the call raises
+            :class:`DeadlineExceeded`.
+        attempt_timeout: a shorter deadline for each attempt (None = the time left),
+            so that a read stuck on one server can still be retried within ``timeout``.
         retries: how many times a call that failed transiently is retried, when that
             is safe (see the package docs); 0 disables retries.
         channel: a ``grpc.aio.Channel`` to use instead of a new insecure one to ``target``
@@ -73,6 +97,7 @@ class AsyncConsentClient:
         *,
         api_key: str | None = None,
         timeout: float = 5.0,
+        attempt_timeout: float | None = None,
         retries: int = 3,
         channel: grpc.aio.Channel | None = None,
         credentials: grpc.ChannelCredentials | None = None,
@@ -82,19 +107,46 @@ class AsyncConsentClient:
         tls_cert: PemSource | None = None,
         tls_key: PemSource | None = None,
     ) -> None:
-        self._o = _Options(target, api_key, timeout, retries, backoff)
+        self._o = _Options(target, api_key, timeout, retries, backoff, attempt_timeout)
         credentials = tls_credentials(
             tls=tls, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, credentials=credentials
         )
         self._owns_channel = channel is None
-        if channel is not None:
-            self._channel = channel
-        elif credentials is not None:
-            self._channel = grpc.aio.secure_channel(target, credentials, self._o.channel_options)
-        else:
-            self._channel = grpc.aio.insecure_channel(target, self._o.channel_options)
-        self._stub = pb_grpc.ConsentServiceStub(self._channel)
-        self._admin = apb_grpc.ConsentAdminServiceStub(self._channel)
+        self._credentials = credentials
+        # The channel is made on first use, inside the loop that uses it: grpc.aio binds a
+        # channel to the running loop, so a client built at import time (no loop yet)
+        # must not make one in __init__.
+        self._channel: grpc.aio.Channel | None = channel
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stubs: (
+            tuple[pb_grpc.ConsentServiceAsyncStub, apb_grpc.ConsentAdminServiceAsyncStub] | None
+        ) = None if channel is None else _stubs_for(channel)
+
+    def _ready(
+        self,
+    ) -> tuple[pb_grpc.ConsentServiceAsyncStub, apb_grpc.ConsentAdminServiceAsyncStub]:
+        """The stubs, making the channel in the running loop on first use (or again when
+        the loop it was made in has closed, e.g. between two ``asyncio.run`` calls)."""
+        loop = asyncio.get_running_loop()
+        stale = self._owns_channel and self._loop is not None and self._loop.is_closed()
+        if self._stubs is None or stale:
+            o = self._o
+            if self._credentials is not None:
+                channel = grpc.aio.secure_channel(o.target, self._credentials, o.channel_options)
+            else:
+                channel = grpc.aio.insecure_channel(o.target, o.channel_options)
+            self._channel, self._loop = channel, loop
+            self._stubs = _stubs_for(channel)
+        return self._stubs
+
+    def for_tenant(self, tenant: str) -> AsyncTenantConsentClient:
+        """A view of this client bound to ``tenant``: its methods omit ``tenant_id``.
+        It shares this client's channel (closing the client ends it too).
+
+        Raises:
+            ClientValidationError: ``tenant`` is empty.
+        """
+        return AsyncTenantConsentClient(self, tenant)
 
     async def __aenter__(self) -> Self:
         return self
@@ -108,24 +160,30 @@ class AsyncConsentClient:
         await self.close()
 
     async def close(self) -> None:
-        """Close the channel (unless it was passed in by the caller)."""
-        if self._owns_channel:
-            await self._channel.close(None)
+        """Close the channel (unless it was passed in by the caller). Closing a client that
+        never made a call, or closing twice, does nothing; a closed client can be used
+        again (it makes a new channel)."""
+        if not self._owns_channel or self._channel is None:
+            return
+        channel, self._channel, self._stubs, self._loop = self._channel, None, None, None
+        await channel.close(None)
 
     async def _invoke(self, call: Call[T], timeout: float | None) -> T:
-        fn = getattr(self._admin if call.admin else self._stub, call.method)
-        deadline = self._o.deadline(timeout)
-        attempt = 0
+        stub, admin = self._ready()
+        fn = getattr(admin if call.admin else stub, call.method)
+        budget = self._o.budget(call, timeout)
         while True:
+            attempt_timeout = budget.attempt_timeout()
             try:
-                response = await fn(call.request, timeout=deadline, metadata=self._o.metadata)
+                response = await fn(
+                    call.request, timeout=attempt_timeout, metadata=self._o.metadata
+                )
             except grpc.RpcError as err:
                 exc = error_from_rpc(err)
-                delay = self._o.retry_delay(call, exc.code, attempt, exc.retry_delay)
+                delay = budget.retry_delay(exc)
                 if delay is None:
                     raise exc from err
                 await asyncio.sleep(delay)
-                attempt += 1
                 continue
             return call.parse(response)
 
@@ -334,7 +392,7 @@ class AsyncConsentClient:
 
     async def create_tenant(
         self, tenant_id: str, display_name: str = "", *, timeout: float | None = None
-    ) -> apb.Tenant:
+    ) -> Tenant:
         """Create a tenant; until then every call naming it raises :class:`NotFound`
         (reason ``TENANT_NOT_FOUND``). Needs an operator key.
 
@@ -343,19 +401,17 @@ class AsyncConsentClient:
         """
         return await self._invoke(_calls.create_tenant(tenant_id, display_name), timeout)
 
-    async def get_tenant(self, tenant_id: str, *, timeout: float | None = None) -> apb.Tenant:
+    async def get_tenant(self, tenant_id: str, *, timeout: float | None = None) -> Tenant:
         """A tenant's id, display name and creation time; :class:`NotFound` if none."""
         return await self._invoke(_calls.get_tenant(tenant_id), timeout)
 
     async def list_tenants(
         self, page_size: int = 0, page_token: str = "", *, timeout: float | None = None
-    ) -> apb.ListTenantsResponse:
+    ) -> TenantPage:
         """A page of tenants by id; pass ``next_page_token`` on for the next page."""
         return await self._invoke(_calls.list_tenants(page_size, page_token), timeout)
 
-    async def delete_tenant(
-        self, tenant_id: str, *, timeout: float | None = None
-    ) -> apb.DeleteTenantResponse:
+    async def delete_tenant(self, tenant_id: str, *, timeout: float | None = None) -> DeletedTenant:
         """Delete a tenant that holds no consent data (its keys are revoked).
 
         Raises:
@@ -455,13 +511,13 @@ class AsyncConsentClient:
 
     async def list_api_keys(
         self, tenant_id: str, *, include_revoked: bool = False, timeout: float | None = None
-    ) -> list[apb.ApiKey]:
+    ) -> list[ApiKey]:
         """The tenant's keys, oldest first ("*" = the operator keys); never secrets."""
         return await self._invoke(_calls.list_api_keys(tenant_id, include_revoked), timeout)
 
     async def revoke_api_key(
         self, tenant_id: str, key_id: str, *, timeout: float | None = None
-    ) -> apb.RevokeApiKeyResponse:
+    ) -> RevokedApiKey:
         """Revoke a key by its id: its next call fails with :class:`Unauthenticated`.
 
         Idempotent (``already_revoked`` says it was revoked before), so retried when safe.
@@ -473,7 +529,7 @@ class AsyncConsentClient:
 
     async def forget_recipient(
         self, tenant_id: str, channel: ChannelLike, address: str, *, timeout: float | None = None
-    ) -> apb.ForgetRecipientResponse:
+    ) -> ForgetResult:
         """Erase what the authority holds about the recipient (right to erasure).
 
         A recipient who had opted out stays suppressed (a keyed hash, never the
@@ -495,7 +551,7 @@ class AsyncConsentClient:
         access_token: str = "",
         timeout_ms: int = 0,
         timeout: float | None = None,
-    ) -> apb.DeliveryProviderInfo:
+    ) -> DeliveryProviderInfo:
         """Set the provider (``"log"``, ``"webhook"`` or ``"whatsapp_cloud"``) that delivers
         the tenant's messages on ``channel`` (``"unspecified"`` = every channel without
         its own); returns it as stored, without secrets.
@@ -506,7 +562,8 @@ class AsyncConsentClient:
         id only). ``timeout_ms=0`` = 10 s.
 
         Raises:
-            ValueError: an option that does not apply to ``kind`` (nothing is sent).
+            ClientValidationError: an option that does not apply to ``kind`` (nothing
+                is sent).
             InvalidArgument: a bad value; ``field_violations`` name each field.
         """
         provider = _calls.delivery_provider(
@@ -516,7 +573,7 @@ class AsyncConsentClient:
 
     async def get_delivery_providers(
         self, tenant_id: str, *, timeout: float | None = None
-    ) -> list[apb.DeliveryProviderInfo]:
+    ) -> list[DeliveryProviderInfo]:
         """The tenant's configured providers, the all-channels entry first; secrets are
         never returned (``secret_set`` says whether one is stored). Empty = ``log``."""
         return await self._invoke(_calls.get_delivery_providers(tenant_id), timeout)
@@ -532,7 +589,7 @@ class AsyncConsentClient:
         phone_number_ids: Iterable[str],
         waba_id: str = "",
         timeout: float | None = None,
-    ) -> apb.SetWhatsAppWebhookResponse:
+    ) -> WhatsAppWebhook:
         """Set (replace) the tenant's WhatsApp Cloud API webhook: the verify token typed
         into the Meta app, its App Secret (write-only) and the tenant's business phone
         number ids (only their notifications are applied; each belongs to one tenant).
@@ -553,29 +610,28 @@ class AsyncConsentClient:
         Raises:
             Unavailable: the server cannot be reached.
         """
+        self._ready()  # the channel, made in this loop on first use
+        assert self._channel is not None
         check = self._channel.unary_unary(
             _calls.HEALTH_CHECK,
             request_serializer=lambda b: b,
             response_deserializer=_calls.health_status,
         )
         try:
-            status: str = await check(
-                _calls.health_request(service), timeout=self._o.deadline(timeout)
-            )
+            wait = self._o.timeout if timeout is None else timeout
+            status: str = await check(_calls.health_request(service), timeout=wait)
         except grpc.RpcError as err:
             raise error_from_rpc(err) from err
         return status
 
-    async def get_deployment_health(
-        self, *, timeout: float | None = None
-    ) -> apb.GetDeploymentHealthResponse:
+    async def get_deployment_health(self, *, timeout: float | None = None) -> DeploymentHealth:
         """How the deployment keeps consent: the store's durability problems and the
         server's clock (operator keys only)."""
         return await self._invoke(_calls.get_deployment_health(), timeout)
 
     async def get_whatsapp_webhook(
         self, tenant_id: str, *, timeout: float | None = None
-    ) -> apb.GetWhatsAppWebhookResponse:
+    ) -> WhatsAppWebhook:
         """Whether the tenant's WhatsApp webhook is configured, and its path; no secrets."""
         return await self._invoke(_calls.get_whatsapp_webhook(tenant_id), timeout)
 
@@ -592,7 +648,7 @@ class AsyncConsentClient:
         page_size: int = 0,
         page_token: str = "",
         timeout: float | None = None,
-    ) -> apb.ListUnappliedNotificationsResponse:
+    ) -> NotificationPage:
         """A page of the tenant's WhatsApp dead letters (items not applied), newest first."""
         return await self._invoke(
             _calls.list_unapplied_notifications(tenant_id, page_size, page_token), timeout
@@ -600,7 +656,7 @@ class AsyncConsentClient:
 
     async def replay_unapplied_notification(
         self, tenant_id: str, notification_id: str, *, timeout: float | None = None
-    ) -> apb.ReplayUnappliedNotificationResponse:
+    ) -> ReplayResult:
         """Apply a dead letter now; ``applied`` False when it is still refused (kept)."""
         return await self._invoke(
             _calls.replay_unapplied_notification(tenant_id, notification_id), timeout
@@ -629,7 +685,7 @@ class AsyncConsentClient:
         summary. Not retried: a failed stream may have applied its first batches;
         sending them again is harmless (event ids derive from the records)."""
         try:
-            response: apb.ImportConsentResponse = await self._admin.ImportConsent(
+            response: apb.ImportConsentResponse = await self._ready()[1].ImportConsent(
                 iter(
                     _calls.import_messages(
                         tenant_id, batches, opt_ins_have_proof=opt_ins_have_proof, dry_run=dry_run
@@ -657,9 +713,47 @@ class AsyncConsentClient:
             tenant_id, channel=channel, topic=topic, status=status, updated_since=updated_since
         )
         try:
-            async for page in self._admin.ExportConsent(
+            async for page in self._ready()[1].ExportConsent(
                 req, timeout=timeout, metadata=self._o.metadata
             ):
                 yield page
         except grpc.RpcError as err:
             raise error_from_rpc(err) from err
+
+
+class AsyncTenantConsentClient(TenantBound[AsyncConsentClient]):
+    """:class:`AsyncConsentClient` bound to one tenant (from
+    :meth:`AsyncConsentClient.for_tenant`): the same methods without their ``tenant_id``
+    argument, e.g. ``await acme.check_consent("sms", "+15550100", "marketing")``.
+    Operator calls that name no tenant or a new one (``list_tenants``,
+    ``create_tenant``, ``delete_tenant``) stay on the client; ``view.client`` takes an
+    explicit tenant, which always wins. Close the client, not the view.
+    """
+
+    check_consent = WithTenant(AsyncConsentClient.check_consent)
+    batch_check_consent = WithTenant(AsyncConsentClient.batch_check_consent)
+    opt_out = WithTenant(AsyncConsentClient.opt_out)
+    opt_in = WithTenant(AsyncConsentClient.opt_in)
+    send_if_allowed = WithTenant(AsyncConsentClient.send_if_allowed)
+    handle_inbound_message = WithTenant(AsyncConsentClient.handle_inbound_message)
+    list_consent_events = WithTenant(AsyncConsentClient.list_consent_events)
+    iter_consent_events = WithTenant(AsyncConsentClient.iter_consent_events)
+    get_message_status = WithTenant(AsyncConsentClient.get_message_status)
+    get_tenant = WithTenant(AsyncConsentClient.get_tenant)
+    get_tenant_settings = WithTenant(AsyncConsentClient.get_tenant_settings)
+    update_tenant_settings = WithTenant(AsyncConsentClient.update_tenant_settings)
+    create_consent_link = WithTenant(AsyncConsentClient.create_consent_link)
+    create_api_key = WithTenant(AsyncConsentClient.create_api_key)
+    list_api_keys = WithTenant(AsyncConsentClient.list_api_keys)
+    revoke_api_key = WithTenant(AsyncConsentClient.revoke_api_key)
+    forget_recipient = WithTenant(AsyncConsentClient.forget_recipient)
+    set_delivery_provider = WithTenant(AsyncConsentClient.set_delivery_provider)
+    get_delivery_providers = WithTenant(AsyncConsentClient.get_delivery_providers)
+    set_whatsapp_webhook = WithTenant(AsyncConsentClient.set_whatsapp_webhook)
+    get_whatsapp_webhook = WithTenant(AsyncConsentClient.get_whatsapp_webhook)
+    delete_whatsapp_webhook = WithTenant(AsyncConsentClient.delete_whatsapp_webhook)
+    list_unapplied_notifications = WithTenant(AsyncConsentClient.list_unapplied_notifications)
+    replay_unapplied_notification = WithTenant(AsyncConsentClient.replay_unapplied_notification)
+    discard_unapplied_notification = WithTenant(AsyncConsentClient.discard_unapplied_notification)
+    import_consent = WithTenant(AsyncConsentClient.import_consent)
+    export_consent = WithTenant(AsyncConsentClient.export_consent)

@@ -6,9 +6,10 @@ Shared by the sync and asyncio clients, which only differ in how they wait.
 from __future__ import annotations
 
 import enum
+import itertools
 import random
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, TypeVar
@@ -18,25 +19,39 @@ from google.protobuf import field_mask_pb2, json_format
 from google.protobuf.message import Message as ProtoMessage
 from google.protobuf.wrappers_pb2 import Int32Value, StringValue
 
-from ._errors import error_from_status
+from ._errors import client_validation_error, error_from_status
+from ._tenant import checked_tenant
 from ._types import (
+    ApiKey,
     ApiKeyRoleLike,
+    BatchDecision,
+    BatchError,
     BatchItem,
     ChangeResult,
     ChannelLike,
     ConsentLinks,
     CreatedApiKey,
     Decision,
+    DeletedTenant,
+    DeliveryProviderInfo,
     DeliveryProviderKind,
     DeliveryProviderKindLike,
+    DeploymentHealth,
     EventPage,
+    ForgetResult,
     InboundResult,
     MessageStatus,
+    NotificationPage,
     Payload,
     RecipientLike,
+    ReplayResult,
+    RevokedApiKey,
     SendResult,
     SourceLike,
     Template,
+    Tenant,
+    TenantPage,
+    WhatsAppWebhook,
     api_key_role_to_pb,
     channel_to_pb,
     datetime_to_ts,
@@ -109,6 +124,8 @@ def new_idempotency_key() -> str:
 
 
 def _recipient(channel: ChannelLike, address: str) -> pb.Recipient:
+    if not isinstance(address, str) or not address.strip():
+        raise client_validation_error("the recipient's address is required", "recipient.address")
     return pb.Recipient(channel=channel_to_pb(channel), address=address)
 
 
@@ -138,9 +155,9 @@ def batch_check_consent(
         items: list[BatchItem] = []
         for i, r in enumerate(resp.results):
             if r.WhichOneof("result") == "decision":
-                items.append(BatchItem(i, Decision.from_pb(r.decision), None))
+                items.append(BatchDecision(i, Decision.from_pb(r.decision)))
             else:
-                items.append(BatchItem(i, None, error_from_status(r.error)))
+                items.append(BatchError(i, error_from_status(r.error)))
         return items
 
     return Call("BatchCheckConsent", req, RetryMode.READ, parse)
@@ -183,7 +200,9 @@ def message(
     """The ``consent.v1.Message`` for exactly one of text, template and payload."""
     given = [x for x in (text, template, payload) if x is not None]
     if len(given) != 1:
-        raise ValueError("give exactly one of text=, template= and payload=")
+        raise client_validation_error(
+            "give exactly one of text=, template= and payload=", "message"
+        )
     if text is not None:
         return pb.Message(text=text)
     if template is not None:
@@ -291,9 +310,14 @@ def update_tenant_settings(
     if isinstance(settings, apb.TenantSettings):
         msg = settings
         if update_mask is None:
-            raise ValueError("update_mask is required when settings is a TenantSettings message")
+            raise client_validation_error(
+                "update_mask is required when settings is a TenantSettings message", "update_mask"
+            )
     else:
-        msg = json_format.ParseDict(dict(settings), apb.TenantSettings())
+        try:
+            msg = json_format.ParseDict(dict(settings), apb.TenantSettings())
+        except json_format.ParseError as exc:
+            raise client_validation_error(f"settings: {exc}", "settings") from None
         if update_mask is None:
             update_mask = list(settings)
     paths = [_snake(p) for p in update_mask]
@@ -305,29 +329,29 @@ def update_tenant_settings(
     return Call("UpdateTenantSettings", req, RetryMode.IDEMPOTENT_WRITE, lambda r: r, admin=True)
 
 
-def create_tenant(tenant_id: str, display_name: str) -> Call[apb.Tenant]:
+def create_tenant(tenant_id: str, display_name: str) -> Call[Tenant]:
     """CreateTenant: a retry after a lost answer fails with ALREADY_EXISTS, so it is
     never retried automatically."""
     req = apb.CreateTenantRequest(tenant_id=tenant_id, display_name=display_name)
-    return Call("CreateTenant", req, RetryMode.NEVER, lambda r: r, admin=True)
+    return Call("CreateTenant", req, RetryMode.NEVER, Tenant.from_pb, admin=True)
 
 
-def get_tenant(tenant_id: str) -> Call[apb.Tenant]:
+def get_tenant(tenant_id: str) -> Call[Tenant]:
     """GetTenant: read-only."""
     req = apb.GetTenantRequest(tenant_id=tenant_id)
-    return Call("GetTenant", req, RetryMode.READ, lambda r: r, admin=True)
+    return Call("GetTenant", req, RetryMode.READ, Tenant.from_pb, admin=True)
 
 
-def list_tenants(page_size: int, page_token: str) -> Call[apb.ListTenantsResponse]:
+def list_tenants(page_size: int, page_token: str) -> Call[TenantPage]:
     """ListTenants: read-only."""
     req = apb.ListTenantsRequest(page_size=page_size, page_token=page_token)
-    return Call("ListTenants", req, RetryMode.READ, lambda r: r, admin=True)
+    return Call("ListTenants", req, RetryMode.READ, TenantPage.from_pb, admin=True)
 
 
-def delete_tenant(tenant_id: str) -> Call[apb.DeleteTenantResponse]:
+def delete_tenant(tenant_id: str) -> Call[DeletedTenant]:
     """DeleteTenant: a retry after a lost answer fails with NOT_FOUND, so never retried."""
     req = apb.DeleteTenantRequest(tenant_id=tenant_id)
-    return Call("DeleteTenant", req, RetryMode.NEVER, lambda r: r, admin=True)
+    return Call("DeleteTenant", req, RetryMode.NEVER, DeletedTenant.from_pb, admin=True)
 
 
 def _snake(path: str) -> str:
@@ -372,26 +396,32 @@ def create_api_key(
     return Call("CreateApiKey", req, RetryMode.NEVER, CreatedApiKey.from_pb, admin=True)
 
 
-def list_api_keys(tenant_id: str, include_revoked: bool) -> Call[list[apb.ApiKey]]:
+def list_api_keys(tenant_id: str, include_revoked: bool) -> Call[list[ApiKey]]:
     """ListApiKeys: read-only."""
     req = apb.ListApiKeysRequest(tenant_id=tenant_id, include_revoked=include_revoked)
-    return Call("ListApiKeys", req, RetryMode.READ, lambda r: list(r.keys), admin=True)
+    return Call(
+        "ListApiKeys",
+        req,
+        RetryMode.READ,
+        lambda r: [ApiKey.from_pb(k) for k in r.keys],
+        admin=True,
+    )
 
 
-def revoke_api_key(tenant_id: str, key_id: str) -> Call[apb.RevokeApiKeyResponse]:
+def revoke_api_key(tenant_id: str, key_id: str) -> Call[RevokedApiKey]:
     """RevokeApiKey: revoking twice leaves the key revoked, so it is retried on UNAVAILABLE
     (a retry after a lost answer reports ``already_revoked=True``)."""
     req = apb.RevokeApiKeyRequest(tenant_id=tenant_id, key_id=key_id)
-    return Call("RevokeApiKey", req, RetryMode.IDEMPOTENT_WRITE, lambda r: r, admin=True)
+    return Call("RevokeApiKey", req, RetryMode.IDEMPOTENT_WRITE, RevokedApiKey.from_pb, admin=True)
 
 
-def forget_recipient(
-    tenant_id: str, channel: ChannelLike, address: str
-) -> Call[apb.ForgetRecipientResponse]:
+def forget_recipient(tenant_id: str, channel: ChannelLike, address: str) -> Call[ForgetResult]:
     """ForgetRecipient: erasing again finds nothing more to erase and keeps the tombstone,
     so it is retried on UNAVAILABLE (the counts are then those of the last attempt)."""
     req = apb.ForgetRecipientRequest(tenant_id=tenant_id, recipient=_recipient(channel, address))
-    return Call("ForgetRecipient", req, RetryMode.IDEMPOTENT_WRITE, lambda r: r, admin=True)
+    return Call(
+        "ForgetRecipient", req, RetryMode.IDEMPOTENT_WRITE, ForgetResult.from_pb, admin=True
+    )
 
 
 # -- ConsentAdminService: delivery providers ----------------------------------------------
@@ -435,30 +465,42 @@ def delivery_provider(
         )
         del extra["phone_number_id"], extra["access_token"]
     else:
-        raise ValueError("provider kind must be 'log', 'webhook' or 'whatsapp_cloud'")
+        raise client_validation_error(
+            "provider kind must be 'log', 'webhook' or 'whatsapp_cloud'", "provider"
+        )
     misplaced = sorted(name for name, value in extra.items() if value)
     if misplaced:
         verb = "does" if len(misplaced) == 1 else "do"
-        raise ValueError(f"{', '.join(misplaced)} {verb} not apply to a {which.value!r} provider")
+        raise client_validation_error(
+            f"{', '.join(misplaced)} {verb} not apply to a {which.value!r} provider"
+        )
     return msg
 
 
 def set_delivery_provider(
     tenant_id: str, provider: apb.DeliveryProvider
-) -> Call[apb.DeliveryProviderInfo]:
+) -> Call[DeliveryProviderInfo]:
     """SetDeliveryProvider: replaces the channel's provider with the given one, so a
     retry sets the same value again: retried on UNAVAILABLE."""
     req = apb.SetDeliveryProviderRequest(tenant_id=tenant_id, provider=provider)
     return Call(
-        "SetDeliveryProvider", req, RetryMode.IDEMPOTENT_WRITE, lambda r: r.provider, admin=True
+        "SetDeliveryProvider",
+        req,
+        RetryMode.IDEMPOTENT_WRITE,
+        lambda r: DeliveryProviderInfo.from_pb(r.provider),
+        admin=True,
     )
 
 
-def get_delivery_providers(tenant_id: str) -> Call[list[apb.DeliveryProviderInfo]]:
+def get_delivery_providers(tenant_id: str) -> Call[list[DeliveryProviderInfo]]:
     """GetDeliveryProviders: read-only."""
     req = apb.GetDeliveryProvidersRequest(tenant_id=tenant_id)
     return Call(
-        "GetDeliveryProviders", req, RetryMode.READ, lambda r: list(r.providers), admin=True
+        "GetDeliveryProviders",
+        req,
+        RetryMode.READ,
+        lambda r: [DeliveryProviderInfo.from_pb(p) for p in r.providers],
+        admin=True,
     )
 
 
@@ -471,7 +513,7 @@ def set_whatsapp_webhook(
     app_secret: str,
     phone_number_ids: Iterable[str],
     waba_id: str = "",
-) -> Call[apb.SetWhatsAppWebhookResponse]:
+) -> Call[WhatsAppWebhook]:
     """SetWhatsAppWebhook: replaces the settings with the given ones: retried on
     UNAVAILABLE."""
     req = apb.SetWhatsAppWebhookRequest(
@@ -481,13 +523,15 @@ def set_whatsapp_webhook(
         phone_number_ids=list(phone_number_ids),
         waba_id=waba_id,
     )
-    return Call("SetWhatsAppWebhook", req, RetryMode.IDEMPOTENT_WRITE, lambda r: r, admin=True)
+    return Call(
+        "SetWhatsAppWebhook", req, RetryMode.IDEMPOTENT_WRITE, WhatsAppWebhook.from_pb, admin=True
+    )
 
 
-def get_whatsapp_webhook(tenant_id: str) -> Call[apb.GetWhatsAppWebhookResponse]:
+def get_whatsapp_webhook(tenant_id: str) -> Call[WhatsAppWebhook]:
     """GetWhatsAppWebhook: read-only."""
     req = apb.GetWhatsAppWebhookRequest(tenant_id=tenant_id)
-    return Call("GetWhatsAppWebhook", req, RetryMode.READ, lambda r: r, admin=True)
+    return Call("GetWhatsAppWebhook", req, RetryMode.READ, WhatsAppWebhook.from_pb, admin=True)
 
 
 # grpc.health.v1 without a dependency on grpcio-health-checking: HealthCheckRequest is
@@ -508,10 +552,10 @@ def health_status(data: bytes) -> str:
     return HEALTH_STATUS.get(value, f"STATUS_{value}")
 
 
-def get_deployment_health() -> Call[apb.GetDeploymentHealthResponse]:
+def get_deployment_health() -> Call[DeploymentHealth]:
     """GetDeploymentHealth: read-only."""
     req = apb.GetDeploymentHealthRequest()
-    return Call("GetDeploymentHealth", req, RetryMode.READ, lambda r: r, admin=True)
+    return Call("GetDeploymentHealth", req, RetryMode.READ, DeploymentHealth.from_pb, admin=True)
 
 
 def delete_whatsapp_webhook(tenant_id: str) -> Call[bool]:
@@ -525,22 +569,26 @@ def delete_whatsapp_webhook(tenant_id: str) -> Call[bool]:
 
 def list_unapplied_notifications(
     tenant_id: str, page_size: int = 0, page_token: str = ""
-) -> Call[apb.ListUnappliedNotificationsResponse]:
+) -> Call[NotificationPage]:
     """ListUnappliedNotifications: read-only."""
     req = apb.ListUnappliedNotificationsRequest(
         tenant_id=tenant_id, page_size=page_size, page_token=page_token
     )
-    return Call("ListUnappliedNotifications", req, RetryMode.READ, lambda r: r, admin=True)
+    return Call(
+        "ListUnappliedNotifications", req, RetryMode.READ, NotificationPage.from_pb, admin=True
+    )
 
 
-def replay_unapplied_notification(
-    tenant_id: str, notification_id: str
-) -> Call[apb.ReplayUnappliedNotificationResponse]:
+def replay_unapplied_notification(tenant_id: str, notification_id: str) -> Call[ReplayResult]:
     """ReplayUnappliedNotification: the first delivery's event ids make a repeat a
     duplicate, so it is retried on UNAVAILABLE."""
     req = apb.ReplayUnappliedNotificationRequest(tenant_id=tenant_id, id=notification_id)
     return Call(
-        "ReplayUnappliedNotification", req, RetryMode.IDEMPOTENT_WRITE, lambda r: r, admin=True
+        "ReplayUnappliedNotification",
+        req,
+        RetryMode.IDEMPOTENT_WRITE,
+        ReplayResult.from_pb,
+        admin=True,
     )
 
 
@@ -558,14 +606,15 @@ def import_messages(
     *,
     opt_ins_have_proof: bool,
     dry_run: bool,
-) -> Iterable[apb.ImportConsentRequest]:
+) -> Iterator[apb.ImportConsentRequest]:
     """The messages of an ImportConsent stream: the options in the first, then one
-    message per batch (at most 1,000 records each). Lazy: memory stays one batch."""
-    yield apb.ImportConsentRequest(
+    message per batch (at most 1,000 records each). Lazy: memory stays one batch. The
+    tenant is checked now, not when gRPC's thread first pulls from the stream."""
+    checked_tenant(tenant_id, "tenant_id")
+    first = apb.ImportConsentRequest(
         tenant_id=tenant_id, opt_ins_have_proof=opt_ins_have_proof, dry_run=dry_run
     )
-    for batch in batches:
-        yield apb.ImportConsentRequest(records=list(batch))
+    return itertools.chain([first], (apb.ImportConsentRequest(records=list(b)) for b in batches))
 
 
 def export_request(
@@ -577,6 +626,7 @@ def export_request(
     updated_since: datetime | None,
 ) -> apb.ExportConsentRequest:
     """An ExportConsentRequest; ``status`` "", "opted_in" or "opted_out"."""
+    checked_tenant(tenant_id, "tenant_id")
     req = apb.ExportConsentRequest(tenant_id=tenant_id, topic=topic)
     if channel is not None:
         req.channel = channel_to_pb(channel)

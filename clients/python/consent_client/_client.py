@@ -13,8 +13,10 @@ import grpc
 
 from . import _calls
 from ._calls import Backoff, Call
-from ._errors import error_from_rpc
+from ._errors import ConsentError, DeadlineExceeded, client_validation_error, error_from_rpc
+from ._tenant import TenantBound, WithTenant, checked_tenant
 from ._types import (
+    ApiKey,
     ApiKeyRoleLike,
     BatchItem,
     ChangeResult,
@@ -23,15 +25,25 @@ from ._types import (
     ConsentLinks,
     CreatedApiKey,
     Decision,
+    DeletedTenant,
+    DeliveryProviderInfo,
     DeliveryProviderKindLike,
+    DeploymentHealth,
     EventPage,
+    ForgetResult,
     InboundResult,
     MessageStatus,
+    NotificationPage,
     Payload,
     RecipientLike,
+    ReplayResult,
+    RevokedApiKey,
     SendResult,
     SourceLike,
     Template,
+    Tenant,
+    TenantPage,
+    WhatsAppWebhook,
 )
 from .v1 import admin_pb2 as apb
 from .v1 import admin_pb2_grpc as apb_grpc
@@ -53,7 +65,9 @@ def _pem(value: PemSource | None, name: str) -> bytes | None:
         with open(value, "rb") as fh:
             return fh.read()
     except OSError as exc:
-        raise ValueError(f"{name}: cannot read {os.fspath(value)!r} ({exc.strerror})") from None
+        raise client_validation_error(
+            f"{name}: cannot read {os.fspath(value)!r} ({exc.strerror})"
+        ) from None
 
 
 def tls_credentials(
@@ -71,11 +85,11 @@ def tls_credentials(
     that requires them (mTLS). Each is PEM bytes or a file path.
     """
     if (tls_cert is None) != (tls_key is None):
-        raise ValueError("tls_cert and tls_key go together (mTLS needs both)")
+        raise client_validation_error("tls_cert and tls_key go together (mTLS needs both)")
     wants_tls = tls or tls_ca is not None or tls_cert is not None
     if credentials is not None:
         if wants_tls:
-            raise ValueError("pass either credentials or the tls_* options, not both")
+            raise client_validation_error("pass either credentials or the tls_* options, not both")
         return credentials
     if not wants_tls:
         return None
@@ -96,13 +110,15 @@ class _Options:
         timeout: float,
         retries: int,
         backoff: Backoff | None,
+        attempt_timeout: float | None = None,
     ) -> None:
-        if not isinstance(timeout, int | float) or timeout <= 0:
-            raise ValueError("timeout must be a positive number of seconds")
         if not isinstance(retries, int) or retries < 0:
-            raise ValueError("retries must be an integer >= 0")
+            raise client_validation_error("retries must be an integer >= 0")
         self.target = target
-        self.timeout = float(timeout)
+        self.timeout = _seconds(timeout, "timeout")
+        self.attempt_timeout = (
+            None if attempt_timeout is None else _seconds(attempt_timeout, "attempt_timeout")
+        )
         self.retries = retries
         self.backoff = backoff or Backoff()
         self.metadata: tuple[tuple[str, str], ...] = (
@@ -110,21 +126,58 @@ class _Options:
         )
         self.channel_options: list[tuple[str, Any]] = [("grpc.primary_user_agent", USER_AGENT)]
 
-    def deadline(self, timeout: float | None) -> float:
-        """The per-attempt deadline in seconds: the call's ``timeout`` or the client's."""
-        if timeout is None:
-            return self.timeout
-        if timeout <= 0:
-            raise ValueError("timeout must be a positive number of seconds")
-        return float(timeout)
+    def budget(self, call: Call[Any], timeout: float | None) -> _Budget:
+        """The time and retries one call may use: ``timeout`` (or the client's) bounds
+        the whole call, every attempt and backoff included."""
+        total = self.timeout if timeout is None else _seconds(timeout, "timeout")
+        tenant = getattr(call.request, "tenant_id", None)  # ListTenants names none
+        if tenant is not None:
+            checked_tenant(tenant, "tenant_id")
+        return _Budget(self, call, total)
 
-    def retry_delay(
-        self, call: Call[Any], code: grpc.StatusCode, attempt: int, hint: float | None
-    ) -> float | None:
-        """Seconds to wait before retrying, or None when the failure must be raised."""
-        if attempt >= self.retries or not call.mode.retries_on(code):
+
+def _seconds(value: float, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise client_validation_error(f"{name} must be a positive number of seconds")
+    return float(value)
+
+
+class _Budget:
+    """One call's overall deadline and the retry decisions within it.
+
+    Each attempt's gRPC deadline is the time left (capped by ``attempt_timeout``), so
+    the call never outlives its ``timeout``; a retry whose backoff would not end before
+    the deadline is not made and the last failure is raised as it was.
+    """
+
+    def __init__(self, options: _Options, call: Call[Any], total: float) -> None:
+        self._o = options
+        self._call = call
+        self.total = total
+        self.deadline = time.monotonic() + total
+        self.attempt = 0
+
+    def attempt_timeout(self) -> float:
+        """The gRPC deadline of the next attempt, in seconds."""
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            # Only reachable after a backoff that ate the rest; the attempt is not made.
+            raise DeadlineExceeded(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"the call's {self.total:g}s deadline passed before attempt {self.attempt + 1}",
+            )
+        cap = self._o.attempt_timeout
+        return left if cap is None else min(left, cap)
+
+    def retry_delay(self, exc: ConsentError) -> float | None:
+        """Seconds to wait before retrying after ``exc``, or None when it must be raised."""
+        if self.attempt >= self._o.retries or not self._call.mode.retries_on(exc.code):
             return None
-        return self.backoff.delay(attempt, hint)
+        delay = self._o.backoff.delay(self.attempt, exc.retry_delay)
+        if time.monotonic() + delay >= self.deadline:
+            return None
+        self.attempt += 1
+        return delay
 
 
 class ConsentClient:
@@ -133,8 +186,12 @@ class ConsentClient:
     Args:
         target: ``host:port`` of the consent authority (e.g. ``"127.0.0.1:50051"``).
         api_key: sent as ``authorization: Bearer <api_key>`` on every call, if given.
-        timeout: the deadline of every call attempt, in seconds; every method also
-            takes ``timeout=`` to override it for one call.
+        timeout: the deadline of every call in seconds, retries and backoff included
+            (like httpx's or redis-py's); every method also takes ``timeout=`` to
+            override it for one call. When it runs out the call raises
+            :class:`DeadlineExceeded`.
+        attempt_timeout: a shorter deadline for each attempt (None = the time left),
+            so that a read stuck on one server can still be retried within ``timeout``.
         retries: how many times a call that failed transiently is retried, when that
             is safe (see the package docs); 0 disables retries.
         channel: a ``grpc.Channel`` to use instead of a new insecure one to ``target``
@@ -155,6 +212,7 @@ class ConsentClient:
         *,
         api_key: str | None = None,
         timeout: float = 5.0,
+        attempt_timeout: float | None = None,
         retries: int = 3,
         channel: grpc.Channel | None = None,
         credentials: grpc.ChannelCredentials | None = None,
@@ -164,7 +222,7 @@ class ConsentClient:
         tls_cert: PemSource | None = None,
         tls_key: PemSource | None = None,
     ) -> None:
-        self._o = _Options(target, api_key, timeout, retries, backoff)
+        self._o = _Options(target, api_key, timeout, retries, backoff, attempt_timeout)
         credentials = tls_credentials(
             tls=tls, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, credentials=credentials
         )
@@ -177,6 +235,15 @@ class ConsentClient:
             self._channel = grpc.insecure_channel(target, self._o.channel_options)
         self._stub = pb_grpc.ConsentServiceStub(self._channel)
         self._admin = apb_grpc.ConsentAdminServiceStub(self._channel)
+
+    def for_tenant(self, tenant: str) -> TenantConsentClient:
+        """A view of this client bound to ``tenant``: its methods omit ``tenant_id``.
+        It shares this client's channel (closing the client ends it too).
+
+        Raises:
+            ClientValidationError: ``tenant`` is empty.
+        """
+        return TenantConsentClient(self, tenant)
 
     def __enter__(self) -> Self:
         return self
@@ -196,18 +263,17 @@ class ConsentClient:
 
     def _invoke(self, call: Call[T], timeout: float | None) -> T:
         fn = getattr(self._admin if call.admin else self._stub, call.method)
-        deadline = self._o.deadline(timeout)
-        attempt = 0
+        budget = self._o.budget(call, timeout)
         while True:
+            attempt_timeout = budget.attempt_timeout()
             try:
-                response = fn(call.request, timeout=deadline, metadata=self._o.metadata)
+                response = fn(call.request, timeout=attempt_timeout, metadata=self._o.metadata)
             except grpc.RpcError as err:
                 exc = error_from_rpc(err)
-                delay = self._o.retry_delay(call, exc.code, attempt, exc.retry_delay)
+                delay = budget.retry_delay(exc)
                 if delay is None:
                     raise exc from err
                 time.sleep(delay)
-                attempt += 1
                 continue
             return call.parse(response)
 
@@ -411,7 +477,7 @@ class ConsentClient:
 
     def create_tenant(
         self, tenant_id: str, display_name: str = "", *, timeout: float | None = None
-    ) -> apb.Tenant:
+    ) -> Tenant:
         """Create a tenant; until then every call naming it raises :class:`NotFound`
         (reason ``TENANT_NOT_FOUND``). Needs an operator key.
 
@@ -420,19 +486,17 @@ class ConsentClient:
         """
         return self._invoke(_calls.create_tenant(tenant_id, display_name), timeout)
 
-    def get_tenant(self, tenant_id: str, *, timeout: float | None = None) -> apb.Tenant:
+    def get_tenant(self, tenant_id: str, *, timeout: float | None = None) -> Tenant:
         """A tenant's id, display name and creation time; :class:`NotFound` if none."""
         return self._invoke(_calls.get_tenant(tenant_id), timeout)
 
     def list_tenants(
         self, page_size: int = 0, page_token: str = "", *, timeout: float | None = None
-    ) -> apb.ListTenantsResponse:
+    ) -> TenantPage:
         """A page of tenants by id; pass ``next_page_token`` on for the next page."""
         return self._invoke(_calls.list_tenants(page_size, page_token), timeout)
 
-    def delete_tenant(
-        self, tenant_id: str, *, timeout: float | None = None
-    ) -> apb.DeleteTenantResponse:
+    def delete_tenant(self, tenant_id: str, *, timeout: float | None = None) -> DeletedTenant:
         """Delete a tenant that holds no consent data (its keys are revoked).
 
         Raises:
@@ -532,13 +596,13 @@ class ConsentClient:
 
     def list_api_keys(
         self, tenant_id: str, *, include_revoked: bool = False, timeout: float | None = None
-    ) -> list[apb.ApiKey]:
+    ) -> list[ApiKey]:
         """The tenant's keys, oldest first ("*" = the operator keys); never secrets."""
         return self._invoke(_calls.list_api_keys(tenant_id, include_revoked), timeout)
 
     def revoke_api_key(
         self, tenant_id: str, key_id: str, *, timeout: float | None = None
-    ) -> apb.RevokeApiKeyResponse:
+    ) -> RevokedApiKey:
         """Revoke a key by its id: its next call fails with :class:`Unauthenticated`.
 
         Idempotent (``already_revoked`` says it was revoked before), so retried when safe.
@@ -550,7 +614,7 @@ class ConsentClient:
 
     def forget_recipient(
         self, tenant_id: str, channel: ChannelLike, address: str, *, timeout: float | None = None
-    ) -> apb.ForgetRecipientResponse:
+    ) -> ForgetResult:
         """Erase what the authority holds about the recipient (right to erasure).
 
         A recipient who had opted out stays suppressed (a keyed hash, never the
@@ -572,7 +636,7 @@ class ConsentClient:
         access_token: str = "",
         timeout_ms: int = 0,
         timeout: float | None = None,
-    ) -> apb.DeliveryProviderInfo:
+    ) -> DeliveryProviderInfo:
         """Set the provider (``"log"``, ``"webhook"`` or ``"whatsapp_cloud"``) that delivers
         the tenant's messages on ``channel`` (``"unspecified"`` = every channel without
         its own); returns it as stored, without secrets.
@@ -583,7 +647,8 @@ class ConsentClient:
         id only). ``timeout_ms=0`` = 10 s.
 
         Raises:
-            ValueError: an option that does not apply to ``kind`` (nothing is sent).
+            ClientValidationError: an option that does not apply to ``kind`` (nothing
+                is sent).
             InvalidArgument: a bad value; ``field_violations`` name each field.
         """
         provider = _calls.delivery_provider(
@@ -593,7 +658,7 @@ class ConsentClient:
 
     def get_delivery_providers(
         self, tenant_id: str, *, timeout: float | None = None
-    ) -> list[apb.DeliveryProviderInfo]:
+    ) -> list[DeliveryProviderInfo]:
         """The tenant's configured providers, the all-channels entry first; secrets are
         never returned (``secret_set`` says whether one is stored). Empty = ``log``."""
         return self._invoke(_calls.get_delivery_providers(tenant_id), timeout)
@@ -609,7 +674,7 @@ class ConsentClient:
         phone_number_ids: Iterable[str],
         waba_id: str = "",
         timeout: float | None = None,
-    ) -> apb.SetWhatsAppWebhookResponse:
+    ) -> WhatsAppWebhook:
         """Set (replace) the tenant's WhatsApp Cloud API webhook: the verify token typed
         into the Meta app, its App Secret (write-only) and the tenant's business phone
         number ids (only their notifications are applied; each belongs to one tenant).
@@ -636,21 +701,20 @@ class ConsentClient:
             response_deserializer=_calls.health_status,
         )
         try:
-            status: str = check(_calls.health_request(service), timeout=self._o.deadline(timeout))
+            wait = self._o.timeout if timeout is None else timeout
+            status: str = check(_calls.health_request(service), timeout=wait)
         except grpc.RpcError as err:
             raise error_from_rpc(err) from err
         return status
 
-    def get_deployment_health(
-        self, *, timeout: float | None = None
-    ) -> apb.GetDeploymentHealthResponse:
+    def get_deployment_health(self, *, timeout: float | None = None) -> DeploymentHealth:
         """How the deployment keeps consent: the store's durability problems and the
         server's clock (operator keys only)."""
         return self._invoke(_calls.get_deployment_health(), timeout)
 
     def get_whatsapp_webhook(
         self, tenant_id: str, *, timeout: float | None = None
-    ) -> apb.GetWhatsAppWebhookResponse:
+    ) -> WhatsAppWebhook:
         """Whether the tenant's WhatsApp webhook is configured, and its path; no secrets."""
         return self._invoke(_calls.get_whatsapp_webhook(tenant_id), timeout)
 
@@ -665,7 +729,7 @@ class ConsentClient:
         page_size: int = 0,
         page_token: str = "",
         timeout: float | None = None,
-    ) -> apb.ListUnappliedNotificationsResponse:
+    ) -> NotificationPage:
         """A page of the tenant's WhatsApp dead letters (items not applied), newest first."""
         return self._invoke(
             _calls.list_unapplied_notifications(tenant_id, page_size, page_token), timeout
@@ -673,7 +737,7 @@ class ConsentClient:
 
     def replay_unapplied_notification(
         self, tenant_id: str, notification_id: str, *, timeout: float | None = None
-    ) -> apb.ReplayUnappliedNotificationResponse:
+    ) -> ReplayResult:
         """Apply a dead letter now; ``applied`` False when it is still refused (kept)."""
         return self._invoke(
             _calls.replay_unapplied_notification(tenant_id, notification_id), timeout
@@ -733,3 +797,41 @@ class ConsentClient:
             yield from self._admin.ExportConsent(req, timeout=timeout, metadata=self._o.metadata)
         except grpc.RpcError as err:
             raise error_from_rpc(err) from err
+
+
+class TenantConsentClient(TenantBound[ConsentClient]):
+    """:class:`ConsentClient` bound to one tenant (from :meth:`ConsentClient.for_tenant`): the same
+    methods without their ``tenant_id`` argument, e.g.
+    ``acme.check_consent("sms", "+15550100", "marketing")``. Operator calls that name
+    no tenant or a new one (``list_tenants``, ``create_tenant``, ``delete_tenant``) stay
+    on the client; ``view.client`` takes an explicit tenant, which always wins. Close
+    the client, not the view.
+    """
+
+    check_consent = WithTenant(ConsentClient.check_consent)
+    batch_check_consent = WithTenant(ConsentClient.batch_check_consent)
+    opt_out = WithTenant(ConsentClient.opt_out)
+    opt_in = WithTenant(ConsentClient.opt_in)
+    send_if_allowed = WithTenant(ConsentClient.send_if_allowed)
+    handle_inbound_message = WithTenant(ConsentClient.handle_inbound_message)
+    list_consent_events = WithTenant(ConsentClient.list_consent_events)
+    iter_consent_events = WithTenant(ConsentClient.iter_consent_events)
+    get_message_status = WithTenant(ConsentClient.get_message_status)
+    get_tenant = WithTenant(ConsentClient.get_tenant)
+    get_tenant_settings = WithTenant(ConsentClient.get_tenant_settings)
+    update_tenant_settings = WithTenant(ConsentClient.update_tenant_settings)
+    create_consent_link = WithTenant(ConsentClient.create_consent_link)
+    create_api_key = WithTenant(ConsentClient.create_api_key)
+    list_api_keys = WithTenant(ConsentClient.list_api_keys)
+    revoke_api_key = WithTenant(ConsentClient.revoke_api_key)
+    forget_recipient = WithTenant(ConsentClient.forget_recipient)
+    set_delivery_provider = WithTenant(ConsentClient.set_delivery_provider)
+    get_delivery_providers = WithTenant(ConsentClient.get_delivery_providers)
+    set_whatsapp_webhook = WithTenant(ConsentClient.set_whatsapp_webhook)
+    get_whatsapp_webhook = WithTenant(ConsentClient.get_whatsapp_webhook)
+    delete_whatsapp_webhook = WithTenant(ConsentClient.delete_whatsapp_webhook)
+    list_unapplied_notifications = WithTenant(ConsentClient.list_unapplied_notifications)
+    replay_unapplied_notification = WithTenant(ConsentClient.replay_unapplied_notification)
+    discard_unapplied_notification = WithTenant(ConsentClient.discard_unapplied_notification)
+    import_consent = WithTenant(ConsentClient.import_consent)
+    export_consent = WithTenant(ConsentClient.export_consent)

@@ -4,6 +4,8 @@ Our exception hierarchy::
 
     ConsentError                  any failed call; .code .message .reason .metadata .details
     ├── InvalidArgument           INVALID_ARGUMENT; .field_violations [(field, description)]
+    │   └── ClientValidationError the client refused an argument before sending (also a
+    │                             ValueError); nothing was sent
     ├── FailedPrecondition        FAILED_PRECONDITION (reason not one of the below)
     │   └── SendBlocked           the send was not accepted; .topic .scope .since .source .channel
     │       ├── RecipientOptedOut reason RECIPIENT_OPTED_OUT: the recipient opted out
@@ -146,6 +148,28 @@ class InvalidArgument(ConsentError):
         return [f for f, _ in self.field_violations]
 
 
+class ClientValidationError(InvalidArgument, ValueError):
+    """An argument the client refused before sending anything: nothing reached the server.
+
+    It is an :class:`InvalidArgument` (so one ``except`` handles the client's and the
+    server's refusals alike, and ``field_violations`` names the field when known) and a
+    ``ValueError``. ``code`` is INVALID_ARGUMENT; ``reason`` is empty (the server set none).
+    """
+
+    def __str__(self) -> str:
+        # The message alone, as the ValueError it also is (no server status to name).
+        return self.message
+
+
+def client_validation_error(message: str, field: str = "") -> ClientValidationError:
+    """The error for an argument refused locally; ``field`` as the server would name it."""
+    details: tuple[Message, ...] = ()
+    if field:
+        violation = error_details_pb2.BadRequest.FieldViolation(field=field, description=message)
+        details = (error_details_pb2.BadRequest(field_violations=[violation]),)
+    return ClientValidationError(grpc.StatusCode.INVALID_ARGUMENT, message, details=details)
+
+
 class FailedPrecondition(ConsentError):
     """FAILED_PRECONDITION: the system is not in a state where the call can succeed."""
 
@@ -266,20 +290,25 @@ class OtherError(ConsentError):
     """Any status code without a class of its own (CANCELLED, ABORTED, UNKNOWN...)."""
 
 
+# Each class names its own code (grpc_code); DATA_LOSS is a server fault too.
 _BY_CODE: dict[grpc.StatusCode, type[ConsentError]] = {
-    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
-    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
-    grpc.StatusCode.NOT_FOUND: NotFound,
-    grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
-    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
-    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
-    grpc.StatusCode.UNAVAILABLE: Unavailable,
-    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
-    grpc.StatusCode.UNIMPLEMENTED: Unimplemented,
-    grpc.StatusCode.INTERNAL: InternalError,
-    grpc.StatusCode.DATA_LOSS: InternalError,
+    cls.grpc_code: cls
+    for cls in (
+        InvalidArgument,
+        FailedPrecondition,
+        NotFound,
+        AlreadyExists,
+        Unauthenticated,
+        PermissionDenied,
+        ResourceExhausted,
+        Unavailable,
+        DeadlineExceeded,
+        Unimplemented,
+        InternalError,
+    )
+    if cls.grpc_code is not None
 }
+_BY_CODE[grpc.StatusCode.DATA_LOSS] = InternalError
 
 _BY_REASON: dict[str, type[ConsentError]] = {
     pb.ErrorReason.Name(pb.RECIPIENT_OPTED_OUT): RecipientOptedOut,

@@ -10,15 +10,23 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Literal, TypeAlias, TypeVar
 
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from .v1 import admin_pb2 as apb
 from .v1 import consent_pb2 as pb
 
 if TYPE_CHECKING:
-    from ._errors import ConsentError
+    from ._errors import ClientValidationError, ConsentError
+
+
+def _invalid(message: str, field: str = "") -> ClientValidationError:
+    # Imported here: _errors imports this module's enums.
+    from ._errors import client_validation_error
+
+    return client_validation_error(message, field)
 
 
 class Channel(enum.StrEnum):
@@ -118,19 +126,19 @@ def _enum_to_proto(
 ) -> int:
     """The proto enum number for a friendly string, a str enum member or a number."""
     if isinstance(value, bool):
-        raise TypeError(f"{what} must be a string or a consent.v1.{what.title()} value")
+        raise _invalid(f"{what} must be a string or a consent.v1.{what.title()} value")
     if isinstance(value, int):
         if value not in value_of.values():
-            raise ValueError(f"unknown {what} number {value}")
+            raise _invalid(f"unknown {what} number {value}")
         return value
     if isinstance(value, str):
         key = value.strip().upper().replace("-", "_").replace(" ", "_")
         number = value_of.get(key if key.startswith(prefix) else prefix + key)
         if number is None:
             choices = ", ".join(repr(m.value) for m in cls if m.value != "unspecified")
-            raise ValueError(f"unknown {what} {value!r}; expected one of {choices}")
+            raise _invalid(f"unknown {what} {value!r}; expected one of {choices}")
         return number
-    raise TypeError(f"{what} must be a string or a consent.v1.{what.title()} value")
+    raise _invalid(f"{what} must be a string or a consent.v1.{what.title()} value")
 
 
 _CHANNEL_NAMES = {int(v): k for k, v in pb.Channel.items()}
@@ -174,9 +182,9 @@ def ts_to_datetime(ts: Timestamp) -> datetime:
 def datetime_to_ts(value: datetime, what: str) -> Timestamp:
     """A tz-aware datetime as a protobuf Timestamp (naive datetimes are ambiguous: rejected)."""
     if not isinstance(value, datetime):
-        raise TypeError(f"{what} must be a datetime")
+        raise _invalid(f"{what} must be a datetime", what)
     if value.tzinfo is None or value.utcoffset() is None:
-        raise ValueError(f"{what} must be timezone-aware (e.g. datetime.now(UTC))")
+        raise _invalid(f"{what} must be timezone-aware (e.g. datetime.now(UTC))", what)
     ts = Timestamp()
     ts.FromDatetime(value.astimezone(UTC))
     return ts
@@ -223,7 +231,7 @@ def recipient_to_pb(value: RecipientLike) -> pb.Recipient:
     if isinstance(value, tuple) and len(value) == 2:
         channel, address = value
         return pb.Recipient(channel=channel_to_pb(channel), address=address)
-    raise TypeError("a recipient is a Recipient, a consent.v1.Recipient or (channel, address)")
+    raise _invalid("a recipient is a Recipient, a consent.v1.Recipient or (channel, address)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,21 +298,36 @@ class Decision:
 
 
 @dataclass(frozen=True, slots=True)
-class BatchItem:
-    """One answer of :meth:`~consent_client.ConsentClient.batch_check_consent`.
+class BatchDecision:
+    """A decided item of :meth:`~consent_client.ConsentClient.batch_check_consent`.
 
-    Exactly one of ``decision`` and ``error`` is set; ``error`` is the typed exception
-    (usually :class:`~consent_client.InvalidArgument`) that item would have raised.
+    ``ok`` is ``Literal[True]`` and ``decision`` is never None, so after ``if item.ok:``
+    (or ``isinstance(item, BatchDecision)``) a type checker knows ``item.decision``.
     """
 
     index: int
-    decision: Decision | None
-    error: ConsentError | None
+    """The item's position in the request."""
+    decision: Decision
+    ok: Literal[True] = field(default=True, init=False)
+    error: None = field(default=None, init=False)
 
-    @property
-    def ok(self) -> bool:
-        """True when the item was decided (``decision`` is set)."""
-        return self.decision is not None
+
+@dataclass(frozen=True, slots=True)
+class BatchError:
+    """An item of :meth:`~consent_client.ConsentClient.batch_check_consent` that could not
+    be decided: ``error`` is the typed exception (usually
+    :class:`~consent_client.InvalidArgument`) it would have raised on its own."""
+
+    index: int
+    """The item's position in the request."""
+    error: ConsentError
+    ok: Literal[False] = field(default=False, init=False)
+    decision: None = field(default=None, init=False)
+
+
+BatchItem: TypeAlias = BatchDecision | BatchError
+"""One answer of a batch check: a :class:`BatchDecision` or a :class:`BatchError`,
+told apart by ``ok`` (or ``isinstance`` / ``match``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -577,6 +600,276 @@ def provider_kind_from(value: DeliveryProviderKindLike) -> DeliveryProviderKind:
     )
 
 
+def _ts_or_none(msg: Message, name: str) -> datetime | None:
+    return ts_to_datetime(getattr(msg, name)) if msg.HasField(name) else None
+
+
+_ROLE_NAMES = {int(v): k for k, v in apb.ApiKeyRole.items()}
+_KIND_NAMES = {int(v): k for k, v in apb.DeliveryProviderKind.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class Tenant:
+    """A tenant (``CreateTenant`` / ``GetTenant`` / ``ListTenants``)."""
+
+    tenant_id: str
+    display_name: str
+    created_at: datetime
+    raw: apb.Tenant = field(repr=False, compare=False)
+
+    @classmethod
+    def from_pb(cls, msg: apb.Tenant) -> Tenant:
+        """A Tenant from a ``consent.v1.Tenant``."""
+        return cls(msg.tenant_id, msg.display_name, ts_to_datetime(msg.created_at), msg)
+
+
+@dataclass(frozen=True, slots=True)
+class TenantPage:
+    """A page of tenants by id (``ListTenants``)."""
+
+    tenants: tuple[Tenant, ...]
+    next_page_token: str
+    """Pass as ``page_token`` for the next page; empty on the last page."""
+    raw: apb.ListTenantsResponse = field(repr=False, compare=False)
+
+    @classmethod
+    def from_pb(cls, msg: apb.ListTenantsResponse) -> TenantPage:
+        """A TenantPage from a ``ListTenantsResponse``."""
+        return cls(tuple(Tenant.from_pb(t) for t in msg.tenants), msg.next_page_token, msg)
+
+
+@dataclass(frozen=True, slots=True)
+class DeletedTenant:
+    """What ``DeleteTenant`` removed: the tenant as it was, and how many keys it revoked."""
+
+    tenant: Tenant
+    api_keys_revoked: int
+    raw: apb.DeleteTenantResponse = field(repr=False, compare=False)
+
+    @classmethod
+    def from_pb(cls, msg: apb.DeleteTenantResponse) -> DeletedTenant:
+        """A DeletedTenant from a ``DeleteTenantResponse``."""
+        return cls(Tenant.from_pb(msg.tenant), msg.api_keys_revoked, msg)
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """The stored description of an API key (never its secret)."""
+
+    key_id: str
+    tenant_id: str
+    """The key's tenant; ``"*"`` for an operator key."""
+    role: ApiKeyRole
+    description: str
+    created_at: datetime
+    created_by: str
+    revoked: bool
+    revoked_at: datetime | None
+    rate_limit_per_second: int
+    """0 = the server's default."""
+    raw: apb.ApiKey = field(repr=False, compare=False)
+
+    @classmethod
+    def from_pb(cls, msg: apb.ApiKey) -> ApiKey:
+        """An ApiKey from a ``consent.v1.ApiKey``."""
+        return cls(
+            key_id=msg.key_id,
+            tenant_id=msg.tenant_id,
+            role=_enum_from_proto(ApiKeyRole, "API_KEY_ROLE_", _ROLE_NAMES, msg.role),
+            description=msg.description,
+            created_at=ts_to_datetime(msg.created_at),
+            created_by=msg.created_by,
+            revoked=msg.revoked,
+            revoked_at=_ts_or_none(msg, "revoked_at"),
+            rate_limit_per_second=msg.rate_limit_per_second,
+            raw=msg,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RevokedApiKey:
+    """The outcome of ``RevokeApiKey``."""
+
+    key: ApiKey
+    already_revoked: bool
+    """True when the key was revoked before (e.g. a retry after a lost answer)."""
+    raw: apb.RevokeApiKeyResponse = field(repr=False, compare=False)
+
+    @classmethod
+    def from_pb(cls, msg: apb.RevokeApiKeyResponse) -> RevokedApiKey:
+        """A RevokedApiKey from a ``RevokeApiKeyResponse``."""
+        return cls(ApiKey.from_pb(msg.key), msg.already_revoked, msg)
+
+
+@dataclass(frozen=True, slots=True)
+class ForgetResult:
+    """What ``ForgetRecipient`` erased; ``suppressed`` says an opt-out is kept (as a
+    keyed hash, never the address) so the person is still never messaged."""
+
+    records_removed: int
+    events_removed: int
+    idempotency_entries_removed: int
+    messages_cancelled: int
+    messages_erased: int
+    suppressed: bool
+    suppressed_topics: tuple[str, ...]
+    erasure_id: str
+    recipient: Recipient
+    other_records_removed: int
+    raw: apb.ForgetRecipientResponse = field(repr=False, compare=False)
+
+    @classmethod
+    def from_pb(cls, msg: apb.ForgetRecipientResponse) -> ForgetResult:
+        """A ForgetResult from a ``ForgetRecipientResponse``."""
+        return cls(
+            records_removed=msg.records_removed,
+            events_removed=msg.events_removed,
+            idempotency_entries_removed=msg.idempotency_entries_removed,
+            messages_cancelled=msg.messages_cancelled,
+            messages_erased=msg.messages_erased,
+            suppressed=msg.suppressed,
+            suppressed_topics=tuple(msg.suppressed_topics),
+            erasure_id=msg.erasure_id,
+            recipient=Recipient.from_pb(msg.recipient),
+            other_records_removed=msg.other_records_removed,
+            raw=msg,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryProviderInfo:
+    """A channel's configured delivery provider, without secrets."""
+
+    channel: Channel
+    """``Channel.UNSPECIFIED`` = every channel without a provider of its own."""
+    kind: DeliveryProviderKind
+    url: str
+    phone_number_id: str
+    timeout_ms: int
+    secret_set: bool
+    """Whether a write-only secret (signing secret / access token) is stored."""
+    raw: apb.DeliveryProviderInfo = field(repr=False, compare=False)
+
+    @classmethod
+    def from_pb(cls, msg: apb.DeliveryProviderInfo) -> DeliveryProviderInfo:
+        """A DeliveryProviderInfo from its message."""
+        return cls(
+            channel=channel_from_pb(msg.channel),
+            kind=_enum_from_proto(
+                DeliveryProviderKind, "DELIVERY_PROVIDER_KIND_", _KIND_NAMES, msg.kind
+            ),
+            url=msg.url,
+            phone_number_id=msg.phone_number_id,
+            timeout_ms=msg.timeout_ms,
+            secret_set=msg.secret_set,
+            raw=msg,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class WhatsAppWebhook:
+    """A tenant's WhatsApp webhook (``SetWhatsAppWebhook`` / ``GetWhatsAppWebhook``);
+    never its secrets. Point the Meta app at ``webhook_url`` (or ``webhook_path`` on the
+    server's public address)."""
+
+    configured: bool
+    webhook_path: str
+    webhook_url: str
+    """Empty when the server does not know its public URL."""
+    app_webhook_path: str
+    """The app-level path that routes by phone number id (set answers only)."""
+    phone_number_ids: tuple[str, ...]
+    waba_id: str
+    raw: apb.SetWhatsAppWebhookResponse | apb.GetWhatsAppWebhookResponse = field(
+        repr=False, compare=False
+    )
+
+    @classmethod
+    def from_pb(
+        cls, msg: apb.SetWhatsAppWebhookResponse | apb.GetWhatsAppWebhookResponse
+    ) -> WhatsAppWebhook:
+        """A WhatsAppWebhook from either answer (a set one is configured by definition)."""
+        if isinstance(msg, apb.SetWhatsAppWebhookResponse):
+            return cls(True, msg.webhook_path, msg.webhook_url, msg.app_webhook_path, (), "", msg)
+        return cls(
+            configured=msg.configured,
+            webhook_path=msg.webhook_path,
+            webhook_url=msg.webhook_url,
+            app_webhook_path="",
+            phone_number_ids=tuple(msg.phone_number_ids),
+            waba_id=msg.waba_id,
+            raw=msg,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class UnappliedNotification:
+    """A WhatsApp notification item the webhook could not apply (a dead letter).
+
+    Here ``raw`` is the notification's original JSON, as the proto names it; the
+    message itself is ``message``.
+    """
+
+    id: str
+    received_at: datetime
+    reason: str
+    detail: str
+    kind: str
+    path: str
+    phone_number_id: str
+    raw: str
+    """The notification item as received (JSON text)."""
+    attempts: int
+    message: apb.UnappliedNotification = field(repr=False, compare=False)
+
+    @classmethod
+    def from_pb(cls, msg: apb.UnappliedNotification) -> UnappliedNotification:
+        """An UnappliedNotification from its message."""
+        return cls(
+            id=msg.id,
+            received_at=ts_to_datetime(msg.received_at),
+            reason=msg.reason,
+            detail=msg.detail,
+            kind=msg.kind,
+            path=msg.path,
+            phone_number_id=msg.phone_number_id,
+            raw=msg.raw,
+            attempts=msg.attempts,
+            message=msg,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class NotificationPage:
+    """A page of dead letters, newest first (``ListUnappliedNotifications``)."""
+
+    notifications: tuple[UnappliedNotification, ...]
+    next_page_token: str
+    total: int
+    raw: apb.ListUnappliedNotificationsResponse = field(repr=False, compare=False)
+
+    @classmethod
+    def from_pb(cls, msg: apb.ListUnappliedNotificationsResponse) -> NotificationPage:
+        """A NotificationPage from its response."""
+        items = tuple(UnappliedNotification.from_pb(n) for n in msg.notifications)
+        return cls(items, msg.next_page_token, msg.total, msg)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayResult:
+    """The outcome of ``ReplayUnappliedNotification``: ``applied`` False = still refused
+    (kept, with ``notification`` updated)."""
+
+    applied: bool
+    notification: UnappliedNotification
+    raw: apb.ReplayUnappliedNotificationResponse = field(repr=False, compare=False)
+
+    @classmethod
+    def from_pb(cls, msg: apb.ReplayUnappliedNotificationResponse) -> ReplayResult:
+        """A ReplayResult from its response."""
+        return cls(msg.applied, UnappliedNotification.from_pb(msg.notification), msg)
+
+
 @dataclass(frozen=True, slots=True)
 class CreatedApiKey:
     """A key made by ``CreateApiKey``: its stored description and the key itself.
@@ -586,7 +879,7 @@ class CreatedApiKey:
     the result does not leak it.
     """
 
-    key: apb.ApiKey
+    key: ApiKey
     """The stored description (id, tenant, role...): never the secret."""
     api_key: str = field(repr=False)
     """The key to send as ``authorization: Bearer <api_key>``."""
@@ -600,4 +893,30 @@ class CreatedApiKey:
     @classmethod
     def from_pb(cls, msg: apb.CreateApiKeyResponse) -> CreatedApiKey:
         """A CreatedApiKey from a ``CreateApiKeyResponse``."""
-        return cls(key=msg.key, api_key=msg.api_key, raw=msg)
+        return cls(key=ApiKey.from_pb(msg.key), api_key=msg.api_key, raw=msg)
+
+
+@dataclass(frozen=True, slots=True)
+class DeploymentHealth:
+    """How the deployment keeps consent (``GetDeploymentHealth``, operator keys only)."""
+
+    server_time: datetime
+    """The server's clock when it answered: compare with yours for skew."""
+    store: str
+    """``"embedded"`` (memory, lost on stop), ``"redis"`` or ``"redis_cluster"``."""
+    durability_checked: bool
+    """False when the store's configuration could not be read (CONFIG GET refused)."""
+    durability_problems: tuple[str, ...]
+    """What can lose consent (persistence off, an evicting policy); empty = nothing."""
+    raw: apb.GetDeploymentHealthResponse = field(repr=False, compare=False)
+
+    @classmethod
+    def from_pb(cls, msg: apb.GetDeploymentHealthResponse) -> DeploymentHealth:
+        """A DeploymentHealth from the answer."""
+        return cls(
+            ts_to_datetime(msg.server_time),
+            msg.store,
+            msg.durability_checked,
+            tuple(msg.durability_problems),
+            msg,
+        )
