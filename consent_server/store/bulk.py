@@ -32,6 +32,7 @@ from .client import RedisClient
 from .records import parse_record, text
 from .replication import acks_of
 from .repository import guarded
+from .retention import feed_keys, feed_maxlen
 from .scripts import load_script
 from .tombstones import TombstoneNames
 
@@ -46,10 +47,11 @@ _STATUS = {"in": Status.OPTED_IN, "out": Status.OPTED_OUT}
 def batch_script(record_event_src: str) -> str:
     """record_event.lua, unchanged, as a function applied to each event in turn.
 
-    KEYS: 4 per event (state, history, tombstone, message index); ARGV: one per event,
-    record_event.lua's 8 arguments joined by NUL (validated values never hold one: ids
-    are printable, evidence has no control characters), which halves what the client
-    packs per event. Returns one record_event.lua reply per event, in order."""
+    KEYS: 6 per event (state, history, tombstone, message index, feed, feed trim mark);
+    ARGV: one per event, record_event.lua's 12 arguments joined by NUL (validated values
+    never hold one: ids are printable, evidence has no control characters), which halves
+    what the client packs per event. Returns one record_event.lua reply per event, in
+    order."""
     return (
         "local function record_one(KEYS, ARGV)\n"
         + record_event_src
@@ -64,9 +66,10 @@ def batch_script(record_event_src: str) -> str:
         + "  end\n"
         + "end\n"
         + "local out = {}\n"
-        + "for i = 0, #KEYS / 4 - 1 do\n"
+        + "for i = 0, #KEYS / 6 - 1 do\n"
         + "  out[i + 1] = record_one(\n"
-        + "    {KEYS[4 * i + 1], KEYS[4 * i + 2], KEYS[4 * i + 3], KEYS[4 * i + 4]},\n"
+        + "    {KEYS[6 * i + 1], KEYS[6 * i + 2], KEYS[6 * i + 3], KEYS[6 * i + 4],\n"
+        + "     KEYS[6 * i + 5], KEYS[6 * i + 6]},\n"
         + "    fields(ARGV[i + 1]))\n"
         + "end\n"
         + "return out\n"
@@ -160,10 +163,12 @@ class RedisBulkStore:
             return []
         tenant_id = events[0].tenant_id
         secret = await guarded(lambda: self._tombstones.secret(tenant_id))
+        maxlen = str(feed_maxlen(self._r))
         groups: list[tuple[list[int], list[str], list[str]]] = []
         for part, positions in keys.by_partition(tenant_id, [e.recipient for e in events]).items():
             kk: list[str] = []
             args: list[str] = []
+            feed = feed_keys(tenant_id, part)
             for n in positions:
                 e = events[n]
                 base = keys.partition_base(part, tenant_id, e.recipient)
@@ -173,6 +178,7 @@ class RedisBulkStore:
                     keys.history(base),
                     keys.tombstone(tenant_id, e.recipient, digest),
                     keys.message_index(tenant_id, e.recipient, digest),
+                    *feed,
                 )
                 args.append(
                     "\0".join(
@@ -185,6 +191,10 @@ class RedisBulkStore:
                             e.evidence,
                             str(e.occurred_at_ms),
                             e.principal,
+                            tenant_id,
+                            e.recipient.channel.value,
+                            e.recipient.address,
+                            maxlen,
                         )
                     )
                 )
@@ -194,7 +204,7 @@ class RedisBulkStore:
         async def run_group(positions: list[int], kk: list[str], args: list[str]) -> None:
             for start in range(0, len(positions), APPLY_CHUNK):
                 end = start + APPLY_CHUNK
-                call_keys, call_args = kk[4 * start : 4 * end], args[start:end]
+                call_keys, call_args = kk[6 * start : 6 * end], args[start:end]
 
                 async def call(
                     client: Any, k: list[str] = call_keys, a: list[str] = call_args
