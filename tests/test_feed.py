@@ -7,14 +7,19 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 import random
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import grpc
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from consent_client import AsyncConsentClient, ConsentClient
 from consent_client.v1 import consent_pb2 as pb
 from consent_client.v1 import consent_pb2_grpc
 from consent_server.domain.errors import InvalidArgument
@@ -35,6 +40,7 @@ from consent_server.store.security import RedisSecurityStore
 
 from .support import ServerProcess
 
+CONSENTCTL = str(Path(sys.executable).parent / "consentctl")
 TENANT = "acme"
 OTHER = "globex"
 _ids = st.tuples(st.integers(0, 2**48), st.integers(0, 2**20)).map(lambda t: f"{t[0]}-{t[1]}")
@@ -325,5 +331,41 @@ def test_watch_over_grpc_resume_malformed_and_expired(tmp_path: object) -> None:
                 )
             assert old.value.code() is grpc.StatusCode.OUT_OF_RANGE
             assert "ExportConsent" in (old.value.details() or "")
+
+        # consentctl watch: from the oldest retained (the last 3), as JSON lines, and it
+        # prints the token to resume from.
+        proc = run_cli(srv, "watch", TENANT, "--from-oldest", "--json", "--limit", "3")
+        assert proc.returncode == 0, proc.stderr
+        docs = [json.loads(line) for line in proc.stdout.splitlines()]
+        assert [d["event"]["source_event_id"] for d in docs] == ["e2e-5", "e2e-6", "e2e-7"]
+        assert f"resume token: {docs[-1]['resume_token']}" in proc.stderr.replace("\n", "")
+        bad_cli = run_cli(srv, "watch", TENANT, "--from-token", "nope")
+        assert bad_cli.returncode == 1 and "INVALID_ARGUMENT" in bad_cli.stderr
+
+        # The Python clients, sync and async, resume from a token.
+        with ConsentClient(srv.target) as client:
+            it = client.watch_consent_events(TENANT, resume_token=docs[1]["resume_token"])
+            assert next(it).resume_token == docs[1]["resume_token"]
+            assert next(it).event.source_event_id == "e2e-7"
+            it.close()
+
+        async def async_watch() -> str:
+            async with AsyncConsentClient(srv.target) as client:
+                async for m in client.watch_consent_events(
+                    TENANT, resume_token=docs[1]["resume_token"]
+                ):
+                    if m.HasField("event"):
+                        return m.event.source_event_id
+            return ""
+
+        assert asyncio.run(async_watch()) == "e2e-7"
     finally:
         srv.stop()
+
+
+def run_cli(srv: ServerProcess, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"}
+    env["CONSENT_TARGET"] = srv.target
+    return subprocess.run(
+        [CONSENTCTL, *args], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
