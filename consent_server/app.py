@@ -51,6 +51,7 @@ from consent_server.delivery.worker import DeliveryWorker
 from consent_server.domain.auth import OPERATOR_TENANT, Role
 from consent_server.domain.bulk import BulkConsent
 from consent_server.domain.errors import StoreUnavailable
+from consent_server.domain.feed import ChangeFeed
 from consent_server.domain.links_service import ConsentLinks
 from consent_server.domain.ports import DeploymentProbe
 from consent_server.domain.security import RateLimits, SecurityAuthority
@@ -64,6 +65,7 @@ from consent_server.store.bulk import RedisBulkStore
 from consent_server.store.connect import redis_address
 from consent_server.store.durability import StoreDurabilityProbe, durability_problems
 from consent_server.store.edge import RedisEdgeStore
+from consent_server.store.feed import RedisChangeFeed
 from consent_server.store.health import failure_cause, probe
 from consent_server.store.history import RedisConsentHistory
 from consent_server.store.repository import RedisConsentStore
@@ -174,7 +176,7 @@ def build(settings: Settings) -> Services:
     # One WhatsApp use case: the HTTP edge serves it, the admin service replays its
     # dead letters through it.
     whatsapp = whatsapp_edge(authority, edge_store, on_status=delivery.on_status)
-    consent = ConsentServicer(authority, links)
+    consent = ConsentServicer(authority, links, ChangeFeed(RedisChangeFeed(store.client)))
     admin = admin_servicer(
         authority,
         security,

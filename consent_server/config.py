@@ -334,6 +334,14 @@ class RedisSettings(_Group):
         "how long a write waits for its replicas before answering `UNAVAILABLE` "
         "(`REPLICATION_NOT_ACKNOWLEDGED`); below `CONSENT_REDIS_TIMEOUT`",
     )
+    feed_maxlen: int = option(
+        "CONSENT_FEED_MAXLEN",
+        100_000,
+        _whole(1, 100_000_000),
+        "change feed retention: entries kept per tenant and partition (16 partitions); a "
+        "watcher further behind gets `OUT_OF_RANGE` and must re-export "
+        "([Change feed and webhooks](#change-feed-and-webhooks))",
+    )
 
     @property
     def embedded(self) -> bool:

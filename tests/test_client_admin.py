@@ -433,9 +433,10 @@ async def test_async_health_and_deployment_health(authed: Authed) -> None:
 
 
 # Still protobuf: the settings (a message that update_tenant_settings takes back, edited)
-# and the bulk streams (their records are the file format consentctl writes).
+# and the bulk streams (their records are the file format consentctl writes; the change
+# feed's messages carry the resume token a consumer stores with them).
 _PROTO_RESULTS = {"get_tenant_settings", "update_tenant_settings", "import_consent"}
-_PROTO_STREAMS = {"export_consent"}
+_PROTO_STREAMS = {"export_consent", "watch_consent_events"}
 
 
 @pytest.mark.parametrize("cls", [ConsentClient, AsyncConsentClient])

@@ -17,6 +17,7 @@ from consent_server.config import OPTIONS, ConfigError, Settings, load, markdown
 _SAMPLES = {
     "CONSENT_REDIS_MIN_REPLICAS_ACK": "1",
     "CONSENT_REDIS_ACK_TIMEOUT_MS": "500",
+    "CONSENT_FEED_MAXLEN": "5000",
     "CONSENT_TENANTS": "acme,globex",
     "CONSENT_EGRESS_ALLOW": "10.0.0.0/8,[::1]:8080",
     "CONSENT_LISTEN": "127.0.0.1:6000",

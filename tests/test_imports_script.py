@@ -23,6 +23,7 @@ from consent_server.domain.model import Action, Channel, ConsentEventInput, Reci
 from consent_server.store import keys
 from consent_server.store.bulk import RedisBulkStore
 from consent_server.store.repository import RedisConsentStore
+from consent_server.store.retention import feed_keys, feed_maxlen
 from consent_server.store.scripts import load_script
 from consent_server.store.tombstones import TombstoneNames
 
@@ -68,11 +69,17 @@ async def tombstones(r: Any, tenant: str) -> None:
 
 
 async def dump(r: Any, tenant: str, since_ms: int) -> dict[str, Any]:
-    """Every key of the tenant, named without the tenant or partition, recorded times masked."""
+    """Every key of the tenant, named without the tenant or partition, recorded times
+    masked (and the change feed's time-based entry ids, and its entries' tenant)."""
     now_ms = time.time_ns() // 1_000_000 + 1000
 
     def mask(value: Any) -> str:
         s = value.decode() if isinstance(value, bytes) else str(value)
+        if s == tenant:
+            return "T"
+        s = re.sub(
+            r"\b\d{13}-\d+\b", lambda m: "<id>" if since_ms <= int(m[0][:13]) <= now_ms else m[0], s
+        )
         return re.sub(r"\d{13}", lambda m: "<now>" if since_ms <= int(m[0]) <= now_ms else m[0], s)
 
     out: dict[str, Any] = {}
@@ -82,6 +89,13 @@ async def dump(r: Any, tenant: str, since_ms: int) -> dict[str, Any]:
         kind = (await r.type(key)).decode()
         if kind == "hash":
             out[name] = sorted((mask(k), mask(v)) for k, v in (await r.hgetall(key)).items())
+        elif kind == "stream" and name.endswith(":feed"):
+            # Partitions differ between the two tenants, and a batch applies partition
+            # by partition: what must agree is each recipient's entries, in order.
+            out.setdefault(name, []).extend(
+                sorted((mask(k), mask(v)) for k, v in f.items()) for _, f in await r.xrange(key)
+            )
+            out[name].sort(key=lambda fields: dict(fields)["addr"])
         elif kind == "stream":
             out[name] = [
                 (mask(i), sorted((mask(k), mask(v)) for k, v in f.items()))
@@ -114,6 +128,7 @@ async def test_the_batch_script_writes_what_record_event_writes(
                 keys.history(base),
                 keys.tombstone(ONE, e.recipient, digest),
                 keys.message_index(ONE, e.recipient, digest),
+                *feed_keys(ONE, keys.partition(ONE, e.recipient)),
             ],
             args=[
                 e.event_id,
@@ -124,6 +139,10 @@ async def test_the_batch_script_writes_what_record_event_writes(
                 e.evidence,
                 str(e.occurred_at_ms),
                 e.principal,
+                ONE,
+                e.recipient.channel.value,
+                e.recipient.address,
+                str(feed_maxlen(r)),
             ],
         )
         single.append(reply)

@@ -47,6 +47,7 @@ EXPECTED: dict[str, set[str]] = {
     "SendIfAllowed": {"admin", "writer", "sender"},
     "HandleInboundMessage": {"admin", "writer"},
     "ListConsentEvents": {"admin", "writer", "reader"},
+    "WatchConsentEvents": {"admin", "writer", "reader"},
     "GetMessageStatus": {"admin", "sender", "reader"},
     "CreateConsentLink": {"admin", "writer"},
 }

@@ -115,6 +115,13 @@ def call_for(w: World, name: str, tenant: str) -> tuple[Callable[..., Any], Any]
             text="hello",
             provider_message_id=f"wamid.{next(_n)}",
         )
+    if name == "WatchConsentEvents":
+        # Server-streaming: the first message (the starting token) comes at once, or the
+        # refusal does.
+        def first(req: Any, **kw: Any) -> Any:
+            return next(c.WatchConsentEvents(req, **kw))
+
+        return first, pb.WatchConsentEventsRequest(tenant_id=tenant)
     if name == "ListConsentEvents":
         return c.ListConsentEvents, pb.ListConsentEventsRequest(tenant_id=tenant, recipient=VICTIM)
     if name == "GetMessageStatus":
@@ -155,14 +162,16 @@ ALL_RPCS = CONSENT_RPCS + SECURITY_ADMIN_RPCS
 ALLOWED = {
     "admin": set(ALL_RPCS),
     "writer": {"OptOut", "OptIn", "HandleInboundMessage", "SendIfAllowed", "CheckConsent",
-               "BatchCheckConsent", "ListConsentEvents", "CreateConsentLink"},
+               "BatchCheckConsent", "ListConsentEvents", "CreateConsentLink",
+               "WatchConsentEvents"},
     "sender": {"CheckConsent", "BatchCheckConsent", "SendIfAllowed", "GetMessageStatus"},
-    "reader": {"CheckConsent", "BatchCheckConsent", "ListConsentEvents", "GetMessageStatus"},
+    "reader": {"CheckConsent", "BatchCheckConsent", "ListConsentEvents", "GetMessageStatus",
+               "WatchConsentEvents"},
 }  # fmt: skip
 
 
 def test_consent_rpcs_are_all_covered() -> None:
-    assert len(CONSENT_RPCS) == 9
+    assert len(CONSENT_RPCS) == 10
 
 
 @pytest.mark.parametrize("rpc", ALL_RPCS)

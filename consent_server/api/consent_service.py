@@ -11,6 +11,7 @@ import grpc
 from consent_client.v1 import consent_pb2 as pb
 from consent_client.v1 import consent_pb2_grpc as pb_grpc
 from consent_server.domain.errors import ConsentError, NotConfigured, SendBlocked
+from consent_server.domain.feed import ChangeFeed
 from consent_server.domain.links_service import ConsentLinks
 from consent_server.domain.model import Action, Decision
 from consent_server.domain.service import BatchItemError, ChangeResult, ConsentAuthority
@@ -19,6 +20,7 @@ from consent_server.metrics import ACCEPTED, DECISIONS
 from . import convert as cv
 from .auth import current_principal
 from .errors import abort, item_status
+from .feed_service import FeedHandlers
 
 Resp = TypeVar("Resp")
 Ctx = grpc.aio.ServicerContext[Any, Any]
@@ -65,12 +67,18 @@ def principal_of(context: Ctx) -> str:
     return current_principal()
 
 
-class ConsentServicer(pb_grpc.ConsentServiceServicer):
-    """Serves consent.v1.ConsentService on a ConsentAuthority."""
+class ConsentServicer(FeedHandlers, pb_grpc.ConsentServiceServicer):
+    """Serves consent.v1.ConsentService on a ConsentAuthority (and the change feed)."""
 
-    def __init__(self, authority: ConsentAuthority, links: ConsentLinks | None = None) -> None:
+    def __init__(
+        self,
+        authority: ConsentAuthority,
+        links: ConsentLinks | None = None,
+        feed: ChangeFeed | None = None,
+    ) -> None:
         self._a = authority
         self._links = links
+        self._feed = feed
 
     @rpc
     async def CheckConsent(

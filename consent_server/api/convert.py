@@ -164,6 +164,16 @@ def event(value: ConsentEvent) -> pb.ConsentEvent:
     )
 
 
+def channel_to_pb(value: Channel) -> pb.Channel.ValueType:
+    """A domain channel on the wire."""
+    return _CHANNEL_TO_PB[value]
+
+
+def action_to_pb(value: Action) -> pb.ConsentAction.ValueType:
+    """A domain action on the wire."""
+    return _ACTION_TO_PB[value]
+
+
 def source_to_pb(value: Source) -> pb.Source.ValueType:
     """A domain source on the wire."""
     return _SOURCE_TO_PB[value]

@@ -42,6 +42,7 @@ from consent_server.domain.errors import (
     TenantNotEmpty,
     TenantNotFound,
 )
+from consent_server.domain.feed import FeedTokenExpired
 from consent_server.domain.masking import mask_address
 from consent_server.domain.model import BlockReason, Scope
 
@@ -224,6 +225,7 @@ RULES: Mapping[type[Exception], Rule] = {
     ),
     NotConfigured: Rule(code_pb2.FAILED_PRECONDITION, (pb.NOT_CONFIGURED,)),
     TenantNotEmpty: Rule(code_pb2.FAILED_PRECONDITION, (pb.TENANT_NOT_EMPTY,)),
+    FeedTokenExpired: Rule(code_pb2.OUT_OF_RANGE, (pb.CHANGE_FEED_TOKEN_EXPIRED,)),
 }
 
 

@@ -11,6 +11,7 @@
     consentctl providers get TENANT / set TENANT --channel sms --kind webhook ...
     consentctl keys create / list / revoke / generate
     consentctl import TENANT optouts.csv [--dry-run] / export TENANT -o consent.csv
+    consentctl watch TENANT [--from-token T | --from-oldest] [--limit N]
     consentctl doctor [--json]
 
 Every command takes the connection options of ``common`` (before or after it).
@@ -24,7 +25,18 @@ import sys
 
 import typer
 
-from . import bulk, consent, doctor, inbound, keys, messages, providers, settings, tenants
+from . import (
+    bulk,
+    consent,
+    doctor,
+    feed,
+    inbound,
+    keys,
+    messages,
+    providers,
+    settings,
+    tenants,
+)
 from .common import EXIT_CODES_HELP, EXIT_USAGE, RootGroup, err, root_callback
 
 app = typer.Typer(
@@ -38,7 +50,7 @@ app = typer.Typer(
 )
 app.callback()(root_callback)
 
-for module in (tenants, settings, inbound, consent, messages, providers, bulk, doctor, keys):
+for module in (tenants, settings, inbound, consent, messages, providers, bulk, feed, doctor, keys):
     module.register(app)
 
 

@@ -65,6 +65,7 @@ def consent_store(settings: Settings) -> RedisConsentStore:
         timeout_s=settings.redis.timeout_s,
         min_replicas_ack=settings.redis.min_replicas_ack,
         ack_timeout_ms=settings.redis.ack_timeout_ms,
+        feed_maxlen=settings.redis.feed_maxlen,
     )
 
 

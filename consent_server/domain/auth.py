@@ -74,10 +74,12 @@ MESSAGE_STATUS = _m("GetMessageStatus")
 # A link is a bearer capability to opt the customer out or back in, so minting one needs
 # the roles that may record those changes themselves (not sender or reader).
 LINK = _m("CreateConsentLink")
+# The change feed reads what ListConsentEvents reads, for every recipient of the tenant.
+WATCH = _m("WatchConsentEvents")
 
 #: Every ConsentService method; the table below must say who may call each.
 CONSENT_METHODS = frozenset(
-    {CHECK, BATCH_CHECK, OPT_OUT, OPT_IN, SEND, INBOUND, HISTORY, MESSAGE_STATUS, LINK}
+    {CHECK, BATCH_CHECK, OPT_OUT, OPT_IN, SEND, INBOUND, HISTORY, MESSAGE_STATUS, LINK, WATCH}
 )
 
 #: Admin methods only an operator key (tenant ``*``) may call, whatever tenant_id they
@@ -90,9 +92,11 @@ OPERATOR_METHODS = frozenset(
 #: Which ConsentService methods each role may call (the README's roles table).
 ROLE_METHODS: dict[Role, frozenset[str]] = {
     Role.ADMIN: CONSENT_METHODS,
-    Role.WRITER: frozenset({OPT_OUT, OPT_IN, INBOUND, SEND, CHECK, BATCH_CHECK, HISTORY, LINK}),
+    Role.WRITER: frozenset(
+        {OPT_OUT, OPT_IN, INBOUND, SEND, CHECK, BATCH_CHECK, HISTORY, LINK, WATCH}
+    ),
     Role.SENDER: frozenset({CHECK, BATCH_CHECK, SEND, MESSAGE_STATUS}),
-    Role.READER: frozenset({CHECK, BATCH_CHECK, HISTORY, MESSAGE_STATUS}),
+    Role.READER: frozenset({CHECK, BATCH_CHECK, HISTORY, MESSAGE_STATUS, WATCH}),
 }
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from .delivery import ReceiptOutcome, ReceiptStatus
 from .imports import RecipientView
@@ -26,6 +26,9 @@ from .model import (
     TenantSettings,
 )
 from .outbox import OutboxEntry
+
+if TYPE_CHECKING:  # feed imports this module
+    from .feed import FeedEntry
 
 # (record for the topic, record for all topics); the first is None for topic "".
 RecordPair = tuple[ConsentRecord | None, ConsentRecord | None]
@@ -121,6 +124,35 @@ class BulkConsentStore(Protocol):
     def export(self, tenant_id: str, query: ExportQuery) -> AsyncIterator[ExportPage]:
         """The tenant's current records matching ``query``, in pages; each recipient's
         records are read atomically and come in one page."""
+        ...
+
+
+class ChangeFeedStore(Protocol):
+    """The tenant's change feed (WatchConsentEvents): one bounded stream per partition.
+    A position is one stream entry id per partition ("0-0" = before every entry)."""
+
+    @property
+    def partitions(self) -> int:
+        """How many partitions (positions per token)."""
+        ...
+
+    async def latest(self, tenant_id: str) -> list[str]:
+        """Positions after every entry stored now."""
+        ...
+
+    async def oldest(self, tenant_id: str) -> list[str]:
+        """Positions before the oldest entry still retained."""
+        ...
+
+    async def trimmed_parts(self, tenant_id: str, positions: Sequence[str]) -> list[int]:
+        """The partitions whose entries after ``positions`` were (partly) trimmed away."""
+        ...
+
+    async def read(
+        self, tenant_id: str, positions: Sequence[str], count: int
+    ) -> list[tuple[int, list[FeedEntry]]]:
+        """Up to ``count`` entries after each partition's position, per partition in
+        stream order; feed.FeedTrimmed when some of them were trimmed away."""
         ...
 
 

@@ -34,6 +34,7 @@ from .client import RedisClient
 from .records import parse_record, text
 from .replication import acks_of
 from .repository import guarded
+from .retention import feed_keys, feed_maxlen
 from .scripts import load_script
 from .tombstones import TombstoneNames
 
@@ -49,19 +50,20 @@ def batch_script(record_event_src: str) -> str:
     """record_event.lua, unchanged, as a function applied to each event in turn, with a
     lean path for an event whose recipient the store holds nothing of.
 
-    KEYS: 4 per event (state, history, tombstone, message index); ARGV: one per event,
-    record_event.lua's 8 arguments joined by NUL (validated values never hold one: ids
-    are printable, evidence has no control characters), which halves what the client
-    packs per event. Returns one record_event.lua reply per event, in order.
+    KEYS: 6 per event (state, history, tombstone, message index, feed, feed trim mark);
+    ARGV: one per event, record_event.lua's 12 arguments joined by NUL (validated values
+    never hold one: ids are printable, evidence has no control characters), which halves
+    what the client packs per event. Returns one record_event.lua reply per event, in
+    order.
 
     The lean path (``first_event``): when the recipient has no state hash, no history
     and no tombstone (one EXISTS), record_event.lua's outcome is fixed: revision 1,
     applied and changed, no confirmation. ``first_event`` writes exactly what
-    record_event.lua writes then, with two calls instead of ten (most of an import's
-    Redis time is per call). Anything else (a known recipient, an erasure, a replay)
-    runs record_event.lua itself. tests/test_imports.py compares every key both write;
-    whatever record_event.lua comes to write for a first event (a change feed entry)
-    must be written here too, or that test fails."""
+    record_event.lua writes then (state, history, change feed entry), with far fewer
+    calls (most of an import's Redis time is per call). Anything else (a known
+    recipient, an erasure, a replay) runs record_event.lua itself.
+    tests/test_imports_script.py compares every key both write, so whatever
+    record_event.lua comes to write for a first event must be written here too."""
     return "local function record_one(KEYS, ARGV)\n" + record_event_src + "\nend\n" + _FIRST_EVENT
 
 
@@ -86,14 +88,26 @@ local function first_event(k, a)
   redis.call('HSET', k[1], 'rev', '1',
     field, action .. '|' .. occurred .. '|1|' .. source .. '|' .. event_id,
     'e:' .. event_id, outcome)
+  -- The change feed, as record_event.lua appends it (trim mark included).
+  local feed, mark, maxlen = k[5], k[6], tonumber(a[12])
+  local len = redis.call('XLEN', feed)
+  if len >= maxlen then
+    local old = redis.call('XRANGE', feed, '-', '+', 'COUNT', len - maxlen + 1)
+    if #old > 0 then redis.call('SET', mark, old[#old][1]) end
+  end
+  local feed_id = redis.call('XADD', feed, 'MAXLEN', maxlen, '*',
+    'k', 'change', 'tn', a[9], 'ch', a[10], 'addr', a[11], 'a', action,
+    't', topic, 's', source, 'o', occurred, 'r', recorded_s,
+    'rev', '1', 'id', event_id, 'chg', '1', 'p', principal)
   redis.call('XADD', k[2], '1-0',
     'a', action, 't', topic, 's', source, 'ev', evidence, 'o', occurred,
-    'r', recorded_s, 'ap', 1, 'id', event_id, 'p', principal)
+    'r', recorded_s, 'ap', 1, 'id', event_id, 'p', principal, 'f', feed_id)
   return {0, outcome, ''}
 end
 local out = {}
-for i = 0, #KEYS / 4 - 1 do
-  local k = {KEYS[4 * i + 1], KEYS[4 * i + 2], KEYS[4 * i + 3], KEYS[4 * i + 4]}
+for i = 0, #KEYS / 6 - 1 do
+  local k = {KEYS[6 * i + 1], KEYS[6 * i + 2], KEYS[6 * i + 3], KEYS[6 * i + 4],
+             KEYS[6 * i + 5], KEYS[6 * i + 6]}
   if redis.call('EXISTS', k[1], k[2], k[3]) == 0 then
     out[i + 1] = first_event(k, fields(ARGV[i + 1]))
   else
@@ -191,10 +205,12 @@ class RedisBulkStore:
             return []
         tenant_id = events[0].tenant_id
         secret = await guarded(lambda: self._tombstones.secret(tenant_id))
+        maxlen = str(feed_maxlen(self._r))
         groups: list[tuple[list[int], list[str], list[str]]] = []
         for part, positions in keys.by_partition(tenant_id, [e.recipient for e in events]).items():
             kk: list[str] = []
             args: list[str] = []
+            feed = feed_keys(tenant_id, part)
             for n in positions:
                 e = events[n]
                 base = keys.partition_base(part, tenant_id, e.recipient)
@@ -204,6 +220,7 @@ class RedisBulkStore:
                     keys.history(base),
                     keys.tombstone(tenant_id, e.recipient, digest, part=part),
                     keys.message_index(tenant_id, e.recipient, digest, part=part),
+                    *feed,
                 )
                 args.append(
                     "\0".join(
@@ -216,6 +233,10 @@ class RedisBulkStore:
                             e.evidence,
                             str(e.occurred_at_ms),
                             e.principal,
+                            tenant_id,
+                            e.recipient.channel.value,
+                            e.recipient.address,
+                            maxlen,
                         )
                     )
                 )
@@ -225,7 +246,7 @@ class RedisBulkStore:
         async def run_group(positions: list[int], kk: list[str], args: list[str]) -> None:
             for start in range(0, len(positions), APPLY_CHUNK):
                 end = start + APPLY_CHUNK
-                call_keys, call_args = kk[4 * start : 4 * end], args[start:end]
+                call_keys, call_args = kk[6 * start : 6 * end], args[start:end]
 
                 async def call(
                     client: Any, k: list[str] = call_keys, a: list[str] = call_args

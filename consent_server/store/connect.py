@@ -13,6 +13,7 @@ from redis.asyncio.cluster import RedisCluster
 from .client import RedisClient
 from .replication import configure
 from .repository import RedisConsentStore
+from .retention import DEFAULT_MAXLEN, configure_feed
 
 
 def open_store(
@@ -22,11 +23,13 @@ def open_store(
     timeout_s: float = 2.0,
     min_replicas_ack: int = 0,
     ack_timeout_ms: int = 1000,
+    feed_maxlen: int = DEFAULT_MAXLEN,
 ) -> RedisConsentStore:
     """A store on ``url``; None = the embedded, in-process, NOT durable fakeredis.
 
     ``min_replicas_ack`` > 0: every write is acknowledged only once that many replicas
-    confirmed it within ``ack_timeout_ms`` (store/replication.py)."""
+    confirmed it within ``ack_timeout_ms`` (store/replication.py). ``feed_maxlen``: the
+    change feed's retention per tenant and partition (store/retention.py)."""
     if url is None:
         import fakeredis  # only the embedded store needs it
 
@@ -58,6 +61,7 @@ def open_store(
         configure(
             client, min_replicas=min_replicas_ack, timeout_ms=ack_timeout_ms, timeout_s=timeout_s
         )
+    configure_feed(client, feed_maxlen)
     return RedisConsentStore(client)
 
 

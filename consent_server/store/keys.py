@@ -14,6 +14,8 @@ never change once data exists.
     ca:{cpNN}:outbox                             stream: accepted messages to deliver
     ca:{cpNN}:retry                              zset: message ids waiting to retry, by due ms
     ca:{cpNN}:retry:data                         hash: message id -> outbox entry to re-queue
+    ca:{cpNN}:<tenant>:feed                      stream: the tenant's change feed (partition)
+    ca:{cpNN}:<tenant>:feed:trim                 string: id of the last feed entry trimmed
     ca:tenant:<tenant>:settings                  hash: tenant settings + registry entry (t:*)
     ca:tenants                                   zset: the tenant registry's ids
     ca:tenant:<tenant>:whatsapp                  hash: WhatsApp webhook verify token, app secret,
@@ -93,6 +95,16 @@ def idempotency(base: str, key: str) -> str:
 def outbox(part: int) -> str:
     """The outbox stream of a partition."""
     return f"ca:{tag(part)}:outbox"
+
+
+def feed(tenant_id: str, part: int) -> str:
+    """A tenant's change feed stream in a partition (WatchConsentEvents reads it)."""
+    return f"ca:{tag(part)}:{tenant_id}:feed"
+
+
+def feed_mark(tenant_id: str, part: int) -> str:
+    """The id of the last entry trimmed from a tenant's feed stream in a partition."""
+    return f"ca:{tag(part)}:{tenant_id}:feed:trim"
 
 
 def new_message_id(part: int) -> str:

@@ -50,6 +50,7 @@ from .records import (
     text,
 )
 from .replication import acks_of
+from .retention import feed_keys, feed_maxlen
 from .scripts import load_script
 from .tombstones import TombstoneNames, newer
 
@@ -347,7 +348,8 @@ class RedisConsentStore:
     async def _run_record(
         self, event: ConsentEventInput, extra_keys: list[str], extra_args: list[str | int]
     ) -> tuple[ChangeOutcome, str]:
-        base = keys.recipient_base(event.tenant_id, event.recipient)
+        part = keys.partition(event.tenant_id, event.recipient)
+        base = keys.partition_base(part, event.tenant_id, event.recipient)
         # Every write reads the recipient's tombstone in the same script: an event dated
         # at or before an erasure changes and stores nothing (record_event.lua).
         tomb, index = await self._call(
@@ -362,9 +364,21 @@ class RedisConsentStore:
             event.evidence,
             str(event.occurred_at_ms),
             event.principal,
+            # The change feed is appended in the same step (record_event.lua).
+            event.tenant_id,
+            event.recipient.channel.value,
+            event.recipient.address,
+            feed_maxlen(self._r),
             *extra_args,
         ]
-        script_keys = [keys.state(base), keys.history(base), tomb, index, *extra_keys]
+        script_keys = [
+            keys.state(base),
+            keys.history(base),
+            tomb,
+            index,
+            *feed_keys(event.tenant_id, part),
+            *extra_keys,
+        ]
         kind, outcome, queued = await self._write(
             script_keys[0], lambda c: self._record(keys=script_keys, args=args, client=c)
         )

@@ -20,6 +20,7 @@ from .deadletters import RedisDeadLetters
 from .records import text
 from .replication import acks_of
 from .repository import guarded
+from .retention import feed_keys, feed_maxlen
 from .scripts import load_script
 from .tombstones import TombstoneNames
 
@@ -182,6 +183,7 @@ class RedisSecurityStore:
                 keys.retry_queue(part),
                 keys.retry_data(part),
                 keys.message_index(tenant_id, recipient, digest),
+                *feed_keys(tenant_id, part),
                 *idem,
                 *other,
                 *messages,
@@ -195,6 +197,8 @@ class RedisSecurityStore:
                 recipient.channel.value,
                 digest,
                 keys.message_prefix(tenant_id, part),
+                feed_maxlen(self._r),
+                tenant_id,
                 *entries,
             ]
             return await self._acks.write(

@@ -698,6 +698,26 @@ class AsyncConsentClient:
             raise error_from_rpc(err) from err
         return response
 
+    async def watch_consent_events(
+        self,
+        tenant_id: str,
+        *,
+        resume_token: str = "",
+        from_oldest: bool = False,
+        timeout: float | None = None,
+    ) -> AsyncIterator[pb.WatchConsentEventsResponse]:
+        """WatchConsentEvents: the tenant's change feed (see ConsentClient's method)."""
+        req = pb.WatchConsentEventsRequest(
+            tenant_id=tenant_id, resume_token=resume_token, from_oldest=from_oldest
+        )
+        try:
+            async for message in self._ready()[0].WatchConsentEvents(
+                req, timeout=timeout, metadata=self._o.metadata
+            ):
+                yield message
+        except grpc.RpcError as err:
+            raise error_from_rpc(err) from err
+
     async def export_consent(
         self,
         tenant_id: str,

@@ -779,6 +779,30 @@ class ConsentClient:
             raise error_from_rpc(err) from err
         return response
 
+    def watch_consent_events(
+        self,
+        tenant_id: str,
+        *,
+        resume_token: str = "",
+        from_oldest: bool = False,
+        timeout: float | None = None,
+    ) -> Iterator[pb.WatchConsentEventsResponse]:
+        """WatchConsentEvents: the tenant's change feed, forever (no deadline unless
+        ``timeout``). The first message has only a ``resume_token``; each later one an
+        ``event`` and the token after it. Store the last token and pass it back as
+        ``resume_token`` on reconnect; deduplicate by ``event.event_id`` (at least
+        once). OUT_OF_RANGE (reason CHANGE_FEED_TOKEN_EXPIRED): the token is older than
+        the retention; re-export and watch again without a token."""
+        req = pb.WatchConsentEventsRequest(
+            tenant_id=tenant_id, resume_token=resume_token, from_oldest=from_oldest
+        )
+        try:
+            yield from self._stub.WatchConsentEvents(
+                req, timeout=timeout, metadata=self._o.metadata
+            )
+        except grpc.RpcError as err:
+            raise error_from_rpc(err) from err
+
     def export_consent(
         self,
         tenant_id: str,

@@ -2,13 +2,17 @@
 -- KEYS[1] state hash, KEYS[2] history stream, KEYS[3] tombstone hash, KEYS[4] outbox
 -- stream, KEYS[5] erasure log stream, KEYS[6] the partition's delivery retry queue
 -- (sorted set), KEYS[7] its parked entries (hash), KEYS[8] the recipient's message
--- index (see send.lua), then the send idempotency keys (ARGV[1] of them), then any
+-- index (see send.lua), KEYS[9] the tenant's change feed stream of the partition,
+-- KEYS[10] its trim mark, then the send idempotency keys (ARGV[1] of them), then any
 -- other key under the recipient's prefix (ARGV[2]; per-recipient data other features
 -- add), then message status hashes found by scanning (ARGV[3]); all share the
 -- recipient's hash tag.
 -- ARGV: those three counts, erasure id, principal, channel, tombstone digest, the
---       tenant's message key prefix in the partition, then the recipient's outbox
---       entry ids found by scanning.
+--       tenant's message key prefix in the partition, the feed's max length, the
+--       tenant, then the recipient's outbox entry ids found by scanning.
+-- The recipient's earlier change-feed entries (they hold the address) are deleted, and
+-- one erasure entry is appended that holds no address: watchers learn of the erasure
+-- (its id and channel) without learning whom it concerned.
 -- The message index is read here, in the same step: every message accepted before
 -- this script ran is in it, including those accepted while the caller was scanning,
 -- so none survives deliverable or holding the address. The tombstone keeps the
@@ -21,7 +25,7 @@ local retry_z, retry_h, index = KEYS[6], KEYS[7], KEYS[8]
 local n_idem, n_other, n_msg = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local erasure_id, principal, channel, digest = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 local msg_prefix = ARGV[8]
-local fixed = 8
+local fixed = 10
 local unpack = unpack or table.unpack  -- Lua 5.1 (Redis) and later (embedded store)
 
 local t = redis.call('TIME')
@@ -76,6 +80,19 @@ for f, rec in pairs(effective) do
 end
 
 local events = redis.call('XLEN', hist)
+local feed, mark, maxlen, tenant = KEYS[9], KEYS[10], tonumber(ARGV[9]), ARGV[10]
+local cursor = '-'
+repeat
+  local page = redis.call('XRANGE', hist, cursor, '+', 'COUNT', 500)
+  for _, entry in ipairs(page) do
+    local f = entry[2]
+    for j = 1, #f, 2 do
+      if f[j] == 'f' and f[j + 1] ~= '' then redis.call('XDEL', feed, f[j + 1]) end
+    end
+  end
+  if #page < 500 then break end
+  cursor = '(' .. page[#page][1]
+until false
 local base = string.sub(state, 1, #state - 2)  -- the recipient's prefix ("...:s" -> "...")
 redis.call('DEL', state, hist)
 local gone = {}  -- idempotency keys already deleted
@@ -133,7 +150,7 @@ for _, m in ipairs(messages) do
     erased = erased + 1
   end
 end
-for i = 9, #ARGV do
+for i = 11, #ARGV do
   erased = erased + redis.call('XDEL', outbox, ARGV[i])
 end
 
@@ -142,6 +159,14 @@ redis.call('XADD', elog, 'MAXLEN', '~', 100000, '*',
   'records', records, 'events', events, 'idem', idem,
   'cancelled', cancelled, 'erased', erased, 'other', other,
   'suppressed', table.concat(suppressed, ','))
+local len = redis.call('XLEN', feed)
+if len >= maxlen then
+  local old = redis.call('XRANGE', feed, '-', '+', 'COUNT', len - maxlen + 1)
+  if #old > 0 then redis.call('SET', mark, old[#old][1]) end
+end
+redis.call('XADD', feed, 'MAXLEN', maxlen, '*',
+  'k', 'erasure', 'tn', tenant, 'ch', channel, 'addr', '', 'id', erasure_id, 'r', now,
+  'p', principal, 'sup', table.concat(suppressed, ','))
 local out = {records, events, idem, cancelled, erased, other, pids}
 for _, f in ipairs(suppressed) do table.insert(out, f) end
 return out

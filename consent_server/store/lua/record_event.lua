@@ -3,10 +3,14 @@
 -- tombstone, KEYS[4] its message index (same hash tag).
 -- ARGV: event_id, action ("in"|"out"), scope field, topic, source, evidence,
 --       occurred_at ms, principal.
--- Inbound replies (HandleInboundMessage) also pass KEYS[5] the partition's outbox
--- stream and KEYS[6] a new message's status hash (same hash tag), and ARGV[9]
--- message id, ARGV[10] tenant, ARGV[11] channel, ARGV[12] address, ARGV[13]
--- confirmation body json, ARGV[14] message retention s: when the event changes the
+-- KEYS[5] the tenant's change feed stream of the partition, KEYS[6] its trim mark
+-- (same hash tag); ARGV[9] tenant, ARGV[10] channel, ARGV[11] address, ARGV[12] the
+-- feed's max length: an applied event is appended to the feed in this same step
+-- (docs/feed.md), so a watcher sees every applied change exactly where it happened.
+-- Inbound replies (HandleInboundMessage) also pass KEYS[7] the partition's outbox
+-- stream and KEYS[8] a new message's status hash (same hash tag), and ARGV[13]
+-- message id, ARGV[14] tenant, ARGV[15] channel, ARGV[16] address, ARGV[17]
+-- confirmation body json, ARGV[18] message retention s: when the event changes the
 -- scope's status (and, for a topic, what the recipient receives), the confirmation is
 -- queued in this same step (docs/outbox.md), so it is neither lost nor doubled, and
 -- a repeated STOP queues nothing.
@@ -107,9 +111,28 @@ if applied == 1 then
     action .. '|' .. occurred .. '|' .. rev .. '|' .. source .. '|' .. event_id)
 end
 
+-- The change feed: applied events only, trimmed to its max length. The id of the last
+-- entry trimmed is kept (the mark), so a reader resuming before it is told it missed
+-- entries (OUT_OF_RANGE) instead of silently skipping them. The history entry names
+-- the feed entry, so an erasure removes it with the history (forget.lua).
+local feed_id = ''
+if applied == 1 then
+  local feed, mark, maxlen = KEYS[5], KEYS[6], tonumber(ARGV[12])
+  local len = redis.call('XLEN', feed)
+  if len >= maxlen then
+    local old = redis.call('XRANGE', feed, '-', '+', 'COUNT', len - maxlen + 1)
+    if #old > 0 then redis.call('SET', mark, old[#old][1]) end
+  end
+  feed_id = redis.call('XADD', feed, 'MAXLEN', maxlen, '*',
+    'k', 'change', 'tn', ARGV[9], 'ch', ARGV[10], 'addr', ARGV[11], 'a', action,
+    't', topic, 's', source, 'o', occurred, 'r', string.format('%d', recorded),
+    'rev', rev, 'id', event_id, 'chg', changed, 'p', principal)
+end
+
 redis.call('XADD', hist, rev .. '-0',
   'a', action, 't', topic, 's', source, 'ev', evidence, 'o', occurred,
-  'r', string.format('%d', recorded), 'ap', applied, 'id', event_id, 'p', principal)
+  'r', string.format('%d', recorded), 'ap', applied, 'id', event_id, 'p', principal,
+  'f', feed_id)
 
 local outcome = applied .. '|' .. changed .. '|' .. status .. '|' .. rev .. '|'
   .. recorded_s .. '|' .. fingerprint
@@ -123,7 +146,7 @@ local function differs(a, b)
   return not a or not b or a[1] ~= b[1]
 end
 local effective = 0
-if #KEYS >= 6 and applied == 1 then
+if #KEYS >= 8 and applied == 1 then
   local after = {action, tonumber(occurred), rev}
   if topic ~= '' then
     local all = record('s:*')
@@ -157,18 +180,18 @@ end
 
 local confirmation = ''
 if effective == 1 then
-  local outbox, msg, message_id = KEYS[5], KEYS[6], ARGV[9]
+  local outbox, msg, message_id = KEYS[7], KEYS[8], ARGV[13]
   local now = recorded_s
   local eid = redis.call('XADD', outbox, '*',
-    'id', message_id, 'tenant', ARGV[10], 'ch', ARGV[11], 'addr', ARGV[12], 'topic', '',
-    'body', ARGV[13], 'not_after', '0', 'meta', '{}', 'rev', rev, 'at', now,
+    'id', message_id, 'tenant', ARGV[14], 'ch', ARGV[15], 'addr', ARGV[16], 'topic', '',
+    'body', ARGV[17], 'not_after', '0', 'meta', '{}', 'rev', rev, 'at', now,
     'purpose', 'confirmation')
-  redis.call('HSET', msg, 'st', 'accepted', 'ch', ARGV[11], 'addr', ARGV[12], 'topic', '',
+  redis.call('HSET', msg, 'st', 'accepted', 'ch', ARGV[15], 'addr', ARGV[16], 'topic', '',
     'at', now, 'up', now, 'att', 0, 'err', '', 'pid', '', 'eid', eid)
-  redis.call('EXPIRE', msg, ARGV[14])
+  redis.call('EXPIRE', msg, ARGV[18])
   -- Indexed like a send, so an erasure finds it (see send.lua).
   redis.call('ZADD', index, now, message_id)
-  redis.call('PEXPIRE', index, string.format('%d', 2000 * tonumber(ARGV[14])))
+  redis.call('PEXPIRE', index, string.format('%d', 2000 * tonumber(ARGV[18])))
   redis.call('HSET', state, 'c:' .. event_id, message_id)
   confirmation = message_id
 end

@@ -343,6 +343,13 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     one (someone else changed the settings since they were read). Nothing was
     written; the message names the stored version. Read again, re-apply, retry.
     """
+    CHANGE_FEED_TOKEN_EXPIRED: _ErrorReason.ValueType  # 150
+    """150-159: the change feed.
+    OUT_OF_RANGE: WatchConsentEvents was given a resume token whose position
+    has been trimmed away (older than CONSENT_FEED_MAXLEN events of a
+    partition), so changes were missed. Re-export the tenant's records
+    (ExportConsent) and start a new watch without a token.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The machine-readable reasons carried in google.rpc.ErrorInfo.reason (domain
@@ -449,6 +456,13 @@ SETTINGS_VERSION_MISMATCH: ErrorReason.ValueType  # 143
 one (someone else changed the settings since they were read). Nothing was
 written; the message names the stored version. Read again, re-apply, retry.
 """
+CHANGE_FEED_TOKEN_EXPIRED: ErrorReason.ValueType  # 150
+"""150-159: the change feed.
+OUT_OF_RANGE: WatchConsentEvents was given a resume token whose position
+has been trimmed away (older than CONSENT_FEED_MAXLEN events of a
+partition), so changes were missed. Re-export the tenant's records
+(ExportConsent) and start a new watch without a token.
+"""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 class _InboundAction:
@@ -528,6 +542,34 @@ wrote one masked line to the server log instead; nothing left the service.
 Configure a webhook or whatsapp_cloud provider to deliver.
 """
 Global___MessageStatus: _TypeAlias = MessageStatus  # noqa: Y015
+
+class _ChangeKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ChangeKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ChangeKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CHANGE_KIND_UNSPECIFIED: _ChangeKind.ValueType  # 0
+    """Never sent."""
+    CHANGE_KIND_CONSENT: _ChangeKind.ValueType  # 1
+    """An opt-out or opt-in that applied (changed the scope's record)."""
+    CHANGE_KIND_ERASURE: _ChangeKind.ValueType  # 2
+    """A recipient was erased (ForgetRecipient). The event carries no address;
+    the recipient's earlier events are removed from the feed.
+    """
+
+class ChangeKind(_ChangeKind, metaclass=_ChangeKindEnumTypeWrapper):
+    """What a change feed event reports."""
+
+CHANGE_KIND_UNSPECIFIED: ChangeKind.ValueType  # 0
+"""Never sent."""
+CHANGE_KIND_CONSENT: ChangeKind.ValueType  # 1
+"""An opt-out or opt-in that applied (changed the scope's record)."""
+CHANGE_KIND_ERASURE: ChangeKind.ValueType  # 2
+"""A recipient was erased (ForgetRecipient). The event carries no address;
+the recipient's earlier events are removed from the feed.
+"""
+Global___ChangeKind: _TypeAlias = ChangeKind  # noqa: Y015
 
 @_typing.final
 class Recipient(_message.Message):
@@ -1696,3 +1738,154 @@ class CreateConsentLinkResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CreateConsentLinkResponse: _TypeAlias = CreateConsentLinkResponse  # noqa: Y015
+
+@_typing.final
+class WatchConsentEventsRequest(_message.Message):
+    """Asks for the tenant's change feed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    RESUME_TOKEN_FIELD_NUMBER: _builtins.int
+    FROM_OLDEST_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    """The tenant."""
+    resume_token: _builtins.str
+    """The resume_token of the last message received; empty = start now (only
+    changes applied after the call starts), or from the oldest retained event
+    when from_oldest is set.
+    """
+    from_oldest: _builtins.bool
+    """Without a resume_token: start from the oldest retained event instead of
+    now. Ignored with a resume_token.
+    """
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+        resume_token: _builtins.str = ...,
+        from_oldest: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_oldest", b"from_oldest", "resume_token", b"resume_token", "tenant_id", b"tenant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchConsentEventsRequest: _TypeAlias = WatchConsentEventsRequest  # noqa: Y015
+
+@_typing.final
+class ChangeEvent(_message.Message):
+    """One applied change."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    RECIPIENT_FIELD_NUMBER: _builtins.int
+    TOPIC_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    OCCURRED_AT_FIELD_NUMBER: _builtins.int
+    RECORDED_AT_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    SOURCE_EVENT_ID_FIELD_NUMBER: _builtins.int
+    STATUS_CHANGED_FIELD_NUMBER: _builtins.int
+    PRINCIPAL_FIELD_NUMBER: _builtins.int
+    ERASED_CHANNEL_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    """Stable and unique within the tenant: "<partition>-<feed entry id>", e.g.
+    "07-1767225600000-0". The same change always has the same id; deduplicate
+    by it.
+    """
+    kind: Global___ChangeKind.ValueType
+    """A consent change or an erasure."""
+    topic: _builtins.str
+    """The scope's topic; empty = all topics (consent changes only)."""
+    action: Global___ConsentAction.ValueType
+    """Opt-out or opt-in (consent changes only)."""
+    source: Global___Source.ValueType
+    """Where the change came from (consent changes only)."""
+    revision: _builtins.int
+    """The recipient's revision of the change (consent changes only)."""
+    source_event_id: _builtins.str
+    """The id the change was recorded under (OptOut/OptIn event_id, import
+    external id...), or the erasure id of an erasure. Unique per recipient
+    only, so not the id to deduplicate by.
+    """
+    status_changed: _builtins.bool
+    """True when the scope's status changed (an opt-out after an opt-out applies
+    but changes nothing).
+    """
+    principal: _builtins.str
+    """Who recorded it: the API key id, or "anonymous"."""
+    erased_channel: Global___Channel.ValueType
+    """The channel of the erased recipient (erasures only; consent changes name
+    it in recipient).
+    """
+    @_builtins.property
+    def recipient(self) -> Global___Recipient:
+        """The recipient, normalised; unset for an erasure."""
+
+    @_builtins.property
+    def occurred_at(self) -> _timestamp_pb2.Timestamp:
+        """When the customer acted (consent changes only)."""
+
+    @_builtins.property
+    def recorded_at(self) -> _timestamp_pb2.Timestamp:
+        """When the authority applied it."""
+
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.str = ...,
+        kind: Global___ChangeKind.ValueType = ...,
+        recipient: Global___Recipient | None = ...,
+        topic: _builtins.str = ...,
+        action: Global___ConsentAction.ValueType = ...,
+        source: Global___Source.ValueType = ...,
+        occurred_at: _timestamp_pb2.Timestamp | None = ...,
+        recorded_at: _timestamp_pb2.Timestamp | None = ...,
+        revision: _builtins.int = ...,
+        source_event_id: _builtins.str = ...,
+        status_changed: _builtins.bool = ...,
+        principal: _builtins.str = ...,
+        erased_channel: Global___Channel.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at", "recipient", b"recipient", "recorded_at", b"recorded_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "erased_channel", b"erased_channel", "event_id", b"event_id", "kind", b"kind", "occurred_at", b"occurred_at", "principal", b"principal", "recipient", b"recipient", "recorded_at", b"recorded_at", "revision", b"revision", "source", b"source", "source_event_id", b"source_event_id", "status_changed", b"status_changed", "topic", b"topic"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChangeEvent: _TypeAlias = ChangeEvent  # noqa: Y015
+
+@_typing.final
+class WatchConsentEventsResponse(_message.Message):
+    """One message of the change feed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_FIELD_NUMBER: _builtins.int
+    RESUME_TOKEN_FIELD_NUMBER: _builtins.int
+    resume_token: _builtins.str
+    """Opaque: the position just after this message's event. Pass it as
+    resume_token to continue from here.
+    """
+    @_builtins.property
+    def event(self) -> Global___ChangeEvent:
+        """The change; unset in the first message of the stream."""
+
+    def __init__(
+        self,
+        *,
+        event: Global___ChangeEvent | None = ...,
+        resume_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "resume_token", b"resume_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchConsentEventsResponse: _TypeAlias = WatchConsentEventsResponse  # noqa: Y015

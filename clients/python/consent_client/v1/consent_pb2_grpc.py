@@ -89,6 +89,11 @@ class ConsentServiceStub:
                 request_serializer=consent_dot_v1_dot_consent__pb2.CreateConsentLinkRequest.SerializeToString,
                 response_deserializer=consent_dot_v1_dot_consent__pb2.CreateConsentLinkResponse.FromString,
                 _registered_method=True)
+        self.WatchConsentEvents = channel.unary_stream(
+                '/consent.v1.ConsentService/WatchConsentEvents',
+                request_serializer=consent_dot_v1_dot_consent__pb2.WatchConsentEventsRequest.SerializeToString,
+                response_deserializer=consent_dot_v1_dot_consent__pb2.WatchConsentEventsResponse.FromString,
+                _registered_method=True)
 
 
 class ConsentServiceServicer:
@@ -191,6 +196,25 @@ class ConsentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchConsentEvents(self, request, context):
+        """Streams every applied consent change of the tenant (OptOut, OptIn, inbound
+        replies, provider feedback, imports, erasures) as it happens, in order per
+        recipient. The first message carries only a resume_token (the starting
+        position); every later one carries one event and the token just after it.
+        Reconnect with the last token received: nothing is missed and nothing is
+        repeated. Delivery is at least once when a client loses its last token (it
+        resumes from an older one): deduplicate by event.event_id, which is stable.
+        Events older than the retention (CONSENT_FEED_MAXLEN per partition) are
+        trimmed; a token from before the trimmed part fails with OUT_OF_RANGE
+        (reason CHANGE_FEED_TOKEN_EXPIRED): re-export (ExportConsent) and start a
+        new watch without a token. A malformed token, or one of another tenant,
+        fails with INVALID_ARGUMENT. The stream never ends by itself. Roles:
+        admin, writer, reader.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ConsentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -238,6 +262,11 @@ def add_ConsentServiceServicer_to_server(servicer, server):
                     servicer.CreateConsentLink,
                     request_deserializer=consent_dot_v1_dot_consent__pb2.CreateConsentLinkRequest.FromString,
                     response_serializer=consent_dot_v1_dot_consent__pb2.CreateConsentLinkResponse.SerializeToString,
+            ),
+            'WatchConsentEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchConsentEvents,
+                    request_deserializer=consent_dot_v1_dot_consent__pb2.WatchConsentEventsRequest.FromString,
+                    response_serializer=consent_dot_v1_dot_consent__pb2.WatchConsentEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -493,6 +522,33 @@ class ConsentService:
             '/consent.v1.ConsentService/CreateConsentLink',
             consent_dot_v1_dot_consent__pb2.CreateConsentLinkRequest.SerializeToString,
             consent_dot_v1_dot_consent__pb2.CreateConsentLinkResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchConsentEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/consent.v1.ConsentService/WatchConsentEvents',
+            consent_dot_v1_dot_consent__pb2.WatchConsentEventsRequest.SerializeToString,
+            consent_dot_v1_dot_consent__pb2.WatchConsentEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -101,6 +101,21 @@ class ConsentServiceStub:
     stores fresh ones, which is harmless. The pages speak the tenant's
     page_languages and name its business_name (see TenantSettings).
     """
+    WatchConsentEvents: _grpc.UnaryStreamMultiCallable[_consent_pb2.WatchConsentEventsRequest, _consent_pb2.WatchConsentEventsResponse]
+    """Streams every applied consent change of the tenant (OptOut, OptIn, inbound
+    replies, provider feedback, imports, erasures) as it happens, in order per
+    recipient. The first message carries only a resume_token (the starting
+    position); every later one carries one event and the token just after it.
+    Reconnect with the last token received: nothing is missed and nothing is
+    repeated. Delivery is at least once when a client loses its last token (it
+    resumes from an older one): deduplicate by event.event_id, which is stable.
+    Events older than the retention (CONSENT_FEED_MAXLEN per partition) are
+    trimmed; a token from before the trimmed part fails with OUT_OF_RANGE
+    (reason CHANGE_FEED_TOKEN_EXPIRED): re-export (ExportConsent) and start a
+    new watch without a token. A malformed token, or one of another tenant,
+    fails with INVALID_ARGUMENT. The stream never ends by itself. Roles:
+    admin, writer, reader.
+    """
 
 @_typing.type_check_only
 class ConsentServiceAsyncStub(ConsentServiceStub):
@@ -166,6 +181,21 @@ class ConsentServiceAsyncStub(ConsentServiceStub):
     also stores two short codes (<public URL>/l/<code>, for SMS), and a retry
     stores fresh ones, which is harmless. The pages speak the tenant's
     page_languages and name its business_name (see TenantSettings).
+    """
+    WatchConsentEvents: _aio.UnaryStreamMultiCallable[_consent_pb2.WatchConsentEventsRequest, _consent_pb2.WatchConsentEventsResponse]  # type: ignore[assignment]
+    """Streams every applied consent change of the tenant (OptOut, OptIn, inbound
+    replies, provider feedback, imports, erasures) as it happens, in order per
+    recipient. The first message carries only a resume_token (the starting
+    position); every later one carries one event and the token just after it.
+    Reconnect with the last token received: nothing is missed and nothing is
+    repeated. Delivery is at least once when a client loses its last token (it
+    resumes from an older one): deduplicate by event.event_id, which is stable.
+    Events older than the retention (CONSENT_FEED_MAXLEN per partition) are
+    trimmed; a token from before the trimmed part fails with OUT_OF_RANGE
+    (reason CHANGE_FEED_TOKEN_EXPIRED): re-export (ExportConsent) and start a
+    new watch without a token. A malformed token, or one of another tenant,
+    fails with INVALID_ARGUMENT. The stream never ends by itself. Roles:
+    admin, writer, reader.
     """
 
 class ConsentServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -283,6 +313,27 @@ class ConsentServiceServicer(metaclass=_abc_1.ABCMeta):
         also stores two short codes (<public URL>/l/<code>, for SMS), and a retry
         stores fresh ones, which is harmless. The pages speak the tenant's
         page_languages and name its business_name (see TenantSettings).
+        """
+
+    @_abc_1.abstractmethod
+    def WatchConsentEvents(
+        self,
+        request: _consent_pb2.WatchConsentEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_consent_pb2.WatchConsentEventsResponse], _abc.AsyncIterator[_consent_pb2.WatchConsentEventsResponse]]:
+        """Streams every applied consent change of the tenant (OptOut, OptIn, inbound
+        replies, provider feedback, imports, erasures) as it happens, in order per
+        recipient. The first message carries only a resume_token (the starting
+        position); every later one carries one event and the token just after it.
+        Reconnect with the last token received: nothing is missed and nothing is
+        repeated. Delivery is at least once when a client loses its last token (it
+        resumes from an older one): deduplicate by event.event_id, which is stable.
+        Events older than the retention (CONSENT_FEED_MAXLEN per partition) are
+        trimmed; a token from before the trimmed part fails with OUT_OF_RANGE
+        (reason CHANGE_FEED_TOKEN_EXPIRED): re-export (ExportConsent) and start a
+        new watch without a token. A malformed token, or one of another tenant,
+        fails with INVALID_ARGUMENT. The stream never ends by itself. Roles:
+        admin, writer, reader.
         """
 
 def add_ConsentServiceServicer_to_server(servicer: ConsentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -11,7 +11,9 @@ import {
   type ChannelCredentials,
   Client,
   type ClientOptions,
+  type ClientReadableStream,
   type ClientUnaryCall,
+  type handleServerStreamingCall,
   type handleUnaryCall,
   makeGenericClientConstructor,
   type Metadata,
@@ -508,6 +510,14 @@ export enum ErrorReason {
    * written; the message names the stored version. Read again, re-apply, retry.
    */
   SETTINGS_VERSION_MISMATCH = 143,
+  /**
+   * CHANGE_FEED_TOKEN_EXPIRED - 150-159: the change feed.
+   * OUT_OF_RANGE: WatchConsentEvents was given a resume token whose position
+   * has been trimmed away (older than CONSENT_FEED_MAXLEN events of a
+   * partition), so changes were missed. Re-export the tenant's records
+   * (ExportConsent) and start a new watch without a token.
+   */
+  CHANGE_FEED_TOKEN_EXPIRED = 150,
   UNRECOGNIZED = -1,
 }
 
@@ -576,6 +586,9 @@ export function errorReasonFromJSON(object: any): ErrorReason {
     case 143:
     case "SETTINGS_VERSION_MISMATCH":
       return ErrorReason.SETTINGS_VERSION_MISMATCH;
+    case 150:
+    case "CHANGE_FEED_TOKEN_EXPIRED":
+      return ErrorReason.CHANGE_FEED_TOKEN_EXPIRED;
     case -1:
     case "UNRECOGNIZED":
     default:
@@ -627,6 +640,8 @@ export function errorReasonToJSON(object: ErrorReason): string {
       return "TENANT_NOT_EMPTY";
     case ErrorReason.SETTINGS_VERSION_MISMATCH:
       return "SETTINGS_VERSION_MISMATCH";
+    case ErrorReason.CHANGE_FEED_TOKEN_EXPIRED:
+      return "CHANGE_FEED_TOKEN_EXPIRED";
     case ErrorReason.UNRECOGNIZED:
     default:
       return "UNRECOGNIZED";
@@ -760,6 +775,52 @@ export function messageStatusToJSON(object: MessageStatus): string {
     case MessageStatus.MESSAGE_STATUS_LOGGED:
       return "MESSAGE_STATUS_LOGGED";
     case MessageStatus.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
+/** What a change feed event reports. */
+export enum ChangeKind {
+  /** CHANGE_KIND_UNSPECIFIED - Never sent. */
+  CHANGE_KIND_UNSPECIFIED = 0,
+  /** CHANGE_KIND_CONSENT - An opt-out or opt-in that applied (changed the scope's record). */
+  CHANGE_KIND_CONSENT = 1,
+  /**
+   * CHANGE_KIND_ERASURE - A recipient was erased (ForgetRecipient). The event carries no address;
+   * the recipient's earlier events are removed from the feed.
+   */
+  CHANGE_KIND_ERASURE = 2,
+  UNRECOGNIZED = -1,
+}
+
+export function changeKindFromJSON(object: any): ChangeKind {
+  switch (object) {
+    case 0:
+    case "CHANGE_KIND_UNSPECIFIED":
+      return ChangeKind.CHANGE_KIND_UNSPECIFIED;
+    case 1:
+    case "CHANGE_KIND_CONSENT":
+      return ChangeKind.CHANGE_KIND_CONSENT;
+    case 2:
+    case "CHANGE_KIND_ERASURE":
+      return ChangeKind.CHANGE_KIND_ERASURE;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return ChangeKind.UNRECOGNIZED;
+  }
+}
+
+export function changeKindToJSON(object: ChangeKind): string {
+  switch (object) {
+    case ChangeKind.CHANGE_KIND_UNSPECIFIED:
+      return "CHANGE_KIND_UNSPECIFIED";
+    case ChangeKind.CHANGE_KIND_CONSENT:
+      return "CHANGE_KIND_CONSENT";
+    case ChangeKind.CHANGE_KIND_ERASURE:
+      return "CHANGE_KIND_ERASURE";
+    case ChangeKind.UNRECOGNIZED:
     default:
       return "UNRECOGNIZED";
   }
@@ -1321,6 +1382,86 @@ export interface CreateConsentLinkResponse {
   shortOptOutUrl: string;
   /** With short_links: the re-subscribe link's short form. Empty otherwise. */
   shortResubscribeUrl: string;
+}
+
+/** Asks for the tenant's change feed. */
+export interface WatchConsentEventsRequest {
+  /** The tenant. */
+  tenantId: string;
+  /**
+   * The resume_token of the last message received; empty = start now (only
+   * changes applied after the call starts), or from the oldest retained event
+   * when from_oldest is set.
+   */
+  resumeToken: string;
+  /**
+   * Without a resume_token: start from the oldest retained event instead of
+   * now. Ignored with a resume_token.
+   */
+  fromOldest: boolean;
+}
+
+/** One applied change. */
+export interface ChangeEvent {
+  /**
+   * Stable and unique within the tenant: "<partition>-<feed entry id>", e.g.
+   * "07-1767225600000-0". The same change always has the same id; deduplicate
+   * by it.
+   */
+  eventId: string;
+  /** A consent change or an erasure. */
+  kind: ChangeKind;
+  /** The recipient, normalised; unset for an erasure. */
+  recipient?:
+    | Recipient
+    | undefined;
+  /** The scope's topic; empty = all topics (consent changes only). */
+  topic: string;
+  /** Opt-out or opt-in (consent changes only). */
+  action: ConsentAction;
+  /** Where the change came from (consent changes only). */
+  source: Source;
+  /** When the customer acted (consent changes only). */
+  occurredAt?:
+    | Date
+    | undefined;
+  /** When the authority applied it. */
+  recordedAt?:
+    | Date
+    | undefined;
+  /** The recipient's revision of the change (consent changes only). */
+  revision: number;
+  /**
+   * The id the change was recorded under (OptOut/OptIn event_id, import
+   * external id...), or the erasure id of an erasure. Unique per recipient
+   * only, so not the id to deduplicate by.
+   */
+  sourceEventId: string;
+  /**
+   * True when the scope's status changed (an opt-out after an opt-out applies
+   * but changes nothing).
+   */
+  statusChanged: boolean;
+  /** Who recorded it: the API key id, or "anonymous". */
+  principal: string;
+  /**
+   * The channel of the erased recipient (erasures only; consent changes name
+   * it in recipient).
+   */
+  erasedChannel: Channel;
+}
+
+/** One message of the change feed. */
+export interface WatchConsentEventsResponse {
+  /** The change; unset in the first message of the stream. */
+  event?:
+    | ChangeEvent
+    | undefined;
+  /**
+   * Opaque: the position just after this message's event. Pass it as
+   * resume_token to continue from here.
+   */
+  resumeToken: string;
 }
 
 function createBaseRecipient(): Recipient {
@@ -5156,6 +5297,511 @@ export const CreateConsentLinkResponse: MessageFns<CreateConsentLinkResponse> = 
   },
 };
 
+function createBaseWatchConsentEventsRequest(): WatchConsentEventsRequest {
+  return { tenantId: "", resumeToken: "", fromOldest: false };
+}
+
+export const WatchConsentEventsRequest: MessageFns<WatchConsentEventsRequest> = {
+  encode(message: WatchConsentEventsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.tenantId !== "") {
+      writer.uint32(10).string(message.tenantId);
+    }
+    if (message.resumeToken !== "") {
+      writer.uint32(18).string(message.resumeToken);
+    }
+    if (message.fromOldest !== false) {
+      writer.uint32(24).bool(message.fromOldest);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): WatchConsentEventsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseWatchConsentEventsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.tenantId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.resumeToken = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.fromOldest = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): WatchConsentEventsRequest {
+    return {
+      tenantId: isSet(object.tenantId)
+        ? globalThis.String(object.tenantId)
+        : isSet(object.tenant_id)
+        ? globalThis.String(object.tenant_id)
+        : "",
+      resumeToken: isSet(object.resumeToken)
+        ? globalThis.String(object.resumeToken)
+        : isSet(object.resume_token)
+        ? globalThis.String(object.resume_token)
+        : "",
+      fromOldest: isSet(object.fromOldest)
+        ? globalThis.Boolean(object.fromOldest)
+        : isSet(object.from_oldest)
+        ? globalThis.Boolean(object.from_oldest)
+        : false,
+    };
+  },
+
+  toJSON(message: WatchConsentEventsRequest): unknown {
+    const obj: any = {};
+    if (message.tenantId !== "") {
+      obj.tenantId = message.tenantId;
+    }
+    if (message.resumeToken !== "") {
+      obj.resumeToken = message.resumeToken;
+    }
+    if (message.fromOldest !== false) {
+      obj.fromOldest = message.fromOldest;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<WatchConsentEventsRequest>, I>>(base?: I): WatchConsentEventsRequest {
+    return WatchConsentEventsRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<WatchConsentEventsRequest>, I>>(object: I): WatchConsentEventsRequest {
+    const message = createBaseWatchConsentEventsRequest();
+    message.tenantId = object.tenantId ?? "";
+    message.resumeToken = object.resumeToken ?? "";
+    message.fromOldest = object.fromOldest ?? false;
+    return message;
+  },
+};
+
+function createBaseChangeEvent(): ChangeEvent {
+  return {
+    eventId: "",
+    kind: 0,
+    recipient: undefined,
+    topic: "",
+    action: 0,
+    source: 0,
+    occurredAt: undefined,
+    recordedAt: undefined,
+    revision: 0,
+    sourceEventId: "",
+    statusChanged: false,
+    principal: "",
+    erasedChannel: 0,
+  };
+}
+
+export const ChangeEvent: MessageFns<ChangeEvent> = {
+  encode(message: ChangeEvent, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.eventId !== "") {
+      writer.uint32(10).string(message.eventId);
+    }
+    if (message.kind !== 0) {
+      writer.uint32(16).int32(message.kind);
+    }
+    if (message.recipient !== undefined) {
+      Recipient.encode(message.recipient, writer.uint32(26).fork()).join();
+    }
+    if (message.topic !== "") {
+      writer.uint32(34).string(message.topic);
+    }
+    if (message.action !== 0) {
+      writer.uint32(40).int32(message.action);
+    }
+    if (message.source !== 0) {
+      writer.uint32(48).int32(message.source);
+    }
+    if (message.occurredAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.occurredAt), writer.uint32(58).fork()).join();
+    }
+    if (message.recordedAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.recordedAt), writer.uint32(66).fork()).join();
+    }
+    if (message.revision !== 0) {
+      writer.uint32(72).int64(message.revision);
+    }
+    if (message.sourceEventId !== "") {
+      writer.uint32(82).string(message.sourceEventId);
+    }
+    if (message.statusChanged !== false) {
+      writer.uint32(88).bool(message.statusChanged);
+    }
+    if (message.principal !== "") {
+      writer.uint32(98).string(message.principal);
+    }
+    if (message.erasedChannel !== 0) {
+      writer.uint32(104).int32(message.erasedChannel);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ChangeEvent {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseChangeEvent();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.eventId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.kind = reader.int32() as any;
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.recipient = Recipient.decode(reader, reader.uint32());
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.topic = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.action = reader.int32() as any;
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.source = reader.int32() as any;
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.occurredAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.recordedAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.revision = longToNumber(reader.int64());
+            continue;
+          }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.sourceEventId = reader.string();
+            continue;
+          }
+          case 11: {
+            if (tag !== 88) {
+              break;
+            }
+
+            message.statusChanged = reader.bool();
+            continue;
+          }
+          case 12: {
+            if (tag !== 98) {
+              break;
+            }
+
+            message.principal = reader.string();
+            continue;
+          }
+          case 13: {
+            if (tag !== 104) {
+              break;
+            }
+
+            message.erasedChannel = reader.int32() as any;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ChangeEvent {
+    return {
+      eventId: isSet(object.eventId)
+        ? globalThis.String(object.eventId)
+        : isSet(object.event_id)
+        ? globalThis.String(object.event_id)
+        : "",
+      kind: isSet(object.kind) ? changeKindFromJSON(object.kind) : 0,
+      recipient: isSet(object.recipient) ? Recipient.fromJSON(object.recipient) : undefined,
+      topic: isSet(object.topic) ? globalThis.String(object.topic) : "",
+      action: isSet(object.action) ? consentActionFromJSON(object.action) : 0,
+      source: isSet(object.source) ? sourceFromJSON(object.source) : 0,
+      occurredAt: isSet(object.occurredAt)
+        ? fromJsonTimestamp(object.occurredAt)
+        : isSet(object.occurred_at)
+        ? fromJsonTimestamp(object.occurred_at)
+        : undefined,
+      recordedAt: isSet(object.recordedAt)
+        ? fromJsonTimestamp(object.recordedAt)
+        : isSet(object.recorded_at)
+        ? fromJsonTimestamp(object.recorded_at)
+        : undefined,
+      revision: isSet(object.revision) ? globalThis.Number(object.revision) : 0,
+      sourceEventId: isSet(object.sourceEventId)
+        ? globalThis.String(object.sourceEventId)
+        : isSet(object.source_event_id)
+        ? globalThis.String(object.source_event_id)
+        : "",
+      statusChanged: isSet(object.statusChanged)
+        ? globalThis.Boolean(object.statusChanged)
+        : isSet(object.status_changed)
+        ? globalThis.Boolean(object.status_changed)
+        : false,
+      principal: isSet(object.principal) ? globalThis.String(object.principal) : "",
+      erasedChannel: isSet(object.erasedChannel)
+        ? channelFromJSON(object.erasedChannel)
+        : isSet(object.erased_channel)
+        ? channelFromJSON(object.erased_channel)
+        : 0,
+    };
+  },
+
+  toJSON(message: ChangeEvent): unknown {
+    const obj: any = {};
+    if (message.eventId !== "") {
+      obj.eventId = message.eventId;
+    }
+    if (message.kind !== 0) {
+      obj.kind = changeKindToJSON(message.kind);
+    }
+    if (message.recipient !== undefined) {
+      obj.recipient = Recipient.toJSON(message.recipient);
+    }
+    if (message.topic !== "") {
+      obj.topic = message.topic;
+    }
+    if (message.action !== 0) {
+      obj.action = consentActionToJSON(message.action);
+    }
+    if (message.source !== 0) {
+      obj.source = sourceToJSON(message.source);
+    }
+    if (message.occurredAt !== undefined) {
+      obj.occurredAt = message.occurredAt.toISOString();
+    }
+    if (message.recordedAt !== undefined) {
+      obj.recordedAt = message.recordedAt.toISOString();
+    }
+    if (message.revision !== 0) {
+      obj.revision = Math.round(message.revision);
+    }
+    if (message.sourceEventId !== "") {
+      obj.sourceEventId = message.sourceEventId;
+    }
+    if (message.statusChanged !== false) {
+      obj.statusChanged = message.statusChanged;
+    }
+    if (message.principal !== "") {
+      obj.principal = message.principal;
+    }
+    if (message.erasedChannel !== 0) {
+      obj.erasedChannel = channelToJSON(message.erasedChannel);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ChangeEvent>, I>>(base?: I): ChangeEvent {
+    return ChangeEvent.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ChangeEvent>, I>>(object: I): ChangeEvent {
+    const message = createBaseChangeEvent();
+    message.eventId = object.eventId ?? "";
+    message.kind = object.kind ?? 0;
+    message.recipient = (object.recipient !== undefined && object.recipient !== null)
+      ? Recipient.fromPartial(object.recipient)
+      : undefined;
+    message.topic = object.topic ?? "";
+    message.action = object.action ?? 0;
+    message.source = object.source ?? 0;
+    message.occurredAt = object.occurredAt ?? undefined;
+    message.recordedAt = object.recordedAt ?? undefined;
+    message.revision = object.revision ?? 0;
+    message.sourceEventId = object.sourceEventId ?? "";
+    message.statusChanged = object.statusChanged ?? false;
+    message.principal = object.principal ?? "";
+    message.erasedChannel = object.erasedChannel ?? 0;
+    return message;
+  },
+};
+
+function createBaseWatchConsentEventsResponse(): WatchConsentEventsResponse {
+  return { event: undefined, resumeToken: "" };
+}
+
+export const WatchConsentEventsResponse: MessageFns<WatchConsentEventsResponse> = {
+  encode(message: WatchConsentEventsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.event !== undefined) {
+      ChangeEvent.encode(message.event, writer.uint32(10).fork()).join();
+    }
+    if (message.resumeToken !== "") {
+      writer.uint32(18).string(message.resumeToken);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): WatchConsentEventsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseWatchConsentEventsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.event = ChangeEvent.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.resumeToken = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): WatchConsentEventsResponse {
+    return {
+      event: isSet(object.event) ? ChangeEvent.fromJSON(object.event) : undefined,
+      resumeToken: isSet(object.resumeToken)
+        ? globalThis.String(object.resumeToken)
+        : isSet(object.resume_token)
+        ? globalThis.String(object.resume_token)
+        : "",
+    };
+  },
+
+  toJSON(message: WatchConsentEventsResponse): unknown {
+    const obj: any = {};
+    if (message.event !== undefined) {
+      obj.event = ChangeEvent.toJSON(message.event);
+    }
+    if (message.resumeToken !== "") {
+      obj.resumeToken = message.resumeToken;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<WatchConsentEventsResponse>, I>>(base?: I): WatchConsentEventsResponse {
+    return WatchConsentEventsResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<WatchConsentEventsResponse>, I>>(object: I): WatchConsentEventsResponse {
+    const message = createBaseWatchConsentEventsResponse();
+    message.event = (object.event !== undefined && object.event !== null)
+      ? ChangeEvent.fromPartial(object.event)
+      : undefined;
+    message.resumeToken = object.resumeToken ?? "";
+    return message;
+  },
+};
+
 /**
  * ConsentService answers "may I message this recipient about this topic?" and
  * records the customer's opt-outs and opt-ins.
@@ -5312,6 +5958,32 @@ export const ConsentServiceService = {
       Buffer.from(CreateConsentLinkResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): CreateConsentLinkResponse => CreateConsentLinkResponse.decode(value),
   },
+  /**
+   * Streams every applied consent change of the tenant (OptOut, OptIn, inbound
+   * replies, provider feedback, imports, erasures) as it happens, in order per
+   * recipient. The first message carries only a resume_token (the starting
+   * position); every later one carries one event and the token just after it.
+   * Reconnect with the last token received: nothing is missed and nothing is
+   * repeated. Delivery is at least once when a client loses its last token (it
+   * resumes from an older one): deduplicate by event.event_id, which is stable.
+   * Events older than the retention (CONSENT_FEED_MAXLEN per partition) are
+   * trimmed; a token from before the trimmed part fails with OUT_OF_RANGE
+   * (reason CHANGE_FEED_TOKEN_EXPIRED): re-export (ExportConsent) and start a
+   * new watch without a token. A malformed token, or one of another tenant,
+   * fails with INVALID_ARGUMENT. The stream never ends by itself. Roles:
+   * admin, writer, reader.
+   */
+  watchConsentEvents: {
+    path: "/consent.v1.ConsentService/WatchConsentEvents" as const,
+    requestStream: false as const,
+    responseStream: true as const,
+    requestSerialize: (value: WatchConsentEventsRequest): Buffer =>
+      Buffer.from(WatchConsentEventsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): WatchConsentEventsRequest => WatchConsentEventsRequest.decode(value),
+    responseSerialize: (value: WatchConsentEventsResponse): Buffer =>
+      Buffer.from(WatchConsentEventsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): WatchConsentEventsResponse => WatchConsentEventsResponse.decode(value),
+  },
 } as const;
 
 export interface ConsentServiceServer extends UntypedServiceImplementation {
@@ -5373,6 +6045,22 @@ export interface ConsentServiceServer extends UntypedServiceImplementation {
    * page_languages and name its business_name (see TenantSettings).
    */
   createConsentLink: handleUnaryCall<CreateConsentLinkRequest, CreateConsentLinkResponse>;
+  /**
+   * Streams every applied consent change of the tenant (OptOut, OptIn, inbound
+   * replies, provider feedback, imports, erasures) as it happens, in order per
+   * recipient. The first message carries only a resume_token (the starting
+   * position); every later one carries one event and the token just after it.
+   * Reconnect with the last token received: nothing is missed and nothing is
+   * repeated. Delivery is at least once when a client loses its last token (it
+   * resumes from an older one): deduplicate by event.event_id, which is stable.
+   * Events older than the retention (CONSENT_FEED_MAXLEN per partition) are
+   * trimmed; a token from before the trimmed part fails with OUT_OF_RANGE
+   * (reason CHANGE_FEED_TOKEN_EXPIRED): re-export (ExportConsent) and start a
+   * new watch without a token. A malformed token, or one of another tenant,
+   * fails with INVALID_ARGUMENT. The stream never ends by itself. Roles:
+   * admin, writer, reader.
+   */
+  watchConsentEvents: handleServerStreamingCall<WatchConsentEventsRequest, WatchConsentEventsResponse>;
 }
 
 export interface ConsentServiceClient extends Client {
@@ -5560,6 +6248,30 @@ export interface ConsentServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: CreateConsentLinkResponse) => void,
   ): ClientUnaryCall;
+  /**
+   * Streams every applied consent change of the tenant (OptOut, OptIn, inbound
+   * replies, provider feedback, imports, erasures) as it happens, in order per
+   * recipient. The first message carries only a resume_token (the starting
+   * position); every later one carries one event and the token just after it.
+   * Reconnect with the last token received: nothing is missed and nothing is
+   * repeated. Delivery is at least once when a client loses its last token (it
+   * resumes from an older one): deduplicate by event.event_id, which is stable.
+   * Events older than the retention (CONSENT_FEED_MAXLEN per partition) are
+   * trimmed; a token from before the trimmed part fails with OUT_OF_RANGE
+   * (reason CHANGE_FEED_TOKEN_EXPIRED): re-export (ExportConsent) and start a
+   * new watch without a token. A malformed token, or one of another tenant,
+   * fails with INVALID_ARGUMENT. The stream never ends by itself. Roles:
+   * admin, writer, reader.
+   */
+  watchConsentEvents(
+    request: WatchConsentEventsRequest,
+    options?: Partial<CallOptions>,
+  ): ClientReadableStream<WatchConsentEventsResponse>;
+  watchConsentEvents(
+    request: WatchConsentEventsRequest,
+    metadata?: Metadata,
+    options?: Partial<CallOptions>,
+  ): ClientReadableStream<WatchConsentEventsResponse>;
 }
 
 export const ConsentServiceClient = makeGenericClientConstructor(

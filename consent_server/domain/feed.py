@@ -1,0 +1,201 @@
+"""The change feed (WatchConsentEvents): resume tokens and the watch loop.
+
+The store keeps one bounded stream per tenant and partition, appended by the same
+script that applies a change. A position is one stream entry id per partition; the
+resume token is that position, with the tenant, as opaque base64. Every event is
+followed by the token just after it, so a client resuming with its last token neither
+misses nor repeats anything; a client resuming from an older token sees events again
+with the same ``event_id`` (at least once; consumers deduplicate by it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import re
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+from .errors import ConsentError, InvalidArgument
+from .model import Action, Channel, Recipient, Source
+from .ports import ChangeFeedStore
+from .validation import TENANT_RE
+
+TOKEN_VERSION = 1
+_ENTRY_ID = re.compile(r"^(0|[1-9][0-9]{0,15})-(0|[1-9][0-9]{0,15})$")
+# Tokens are small (one id per partition); anything much longer is not ours.
+_MAX_TOKEN = 4096
+POLL_S = 0.1
+READ_COUNT = 200
+
+
+class FeedTokenExpired(ConsentError):
+    """The resume token's position was trimmed away: changes were missed (OUT_OF_RANGE)."""
+
+
+@dataclass(frozen=True, slots=True)
+class FeedEntry:
+    """One stored feed entry of a partition (what the store reads)."""
+
+    entry_id: str
+    kind: str  # "change" | "erasure"
+    tenant_id: str
+    channel: Channel | None
+    address: str  # "" for an erasure
+    action: Action | None
+    topic: str
+    source: Source | None
+    occurred_at_ms: int
+    recorded_at_ms: int
+    revision: int
+    source_event_id: str
+    status_changed: bool
+    principal: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeEvent:
+    """A feed entry as a watcher sees it: with its stable id and the token after it."""
+
+    event_id: str
+    entry: FeedEntry
+    resume_token: str
+
+    @property
+    def recipient(self) -> Recipient | None:
+        """The recipient of a consent change; None for an erasure."""
+        e = self.entry
+        if e.channel is None or not e.address:
+            return None
+        return Recipient(e.channel, e.address)
+
+
+class FeedTrimmed(Exception):
+    """Raised by a store read: the partition's entries after the position were trimmed."""
+
+
+def parse_entry_id(entry_id: str) -> tuple[int, int] | None:
+    """A stream entry id as (ms, seq), or None when it is not one."""
+    m = _ENTRY_ID.match(entry_id)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def encode_token(tenant_id: str, positions: Sequence[str]) -> str:
+    """The opaque resume token of ``positions`` (one entry id per partition)."""
+    raw = json.dumps(
+        {"v": TOKEN_VERSION, "t": tenant_id, "p": list(positions)}, separators=(",", ":")
+    )
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_token(token: str, tenant_id: str, partitions: int) -> list[str]:
+    """The positions of a token; InvalidArgument when it is malformed or of another tenant."""
+
+    def bad(why: str) -> InvalidArgument:
+        return InvalidArgument.single("resume_token", why)
+
+    if len(token) > _MAX_TOKEN:
+        raise bad("not a resume token of WatchConsentEvents (too long)")
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        data = json.loads(raw)
+    except (binascii.Error, ValueError):
+        raise bad("not a resume token of WatchConsentEvents (malformed)") from None
+    if not isinstance(data, dict) or data.get("v") != TOKEN_VERSION:
+        raise bad("not a resume token of WatchConsentEvents (unknown version)")
+    if data.get("t") != tenant_id:
+        raise bad("the resume token belongs to another tenant's feed")
+    positions = data.get("p")
+    if (
+        not isinstance(positions, list)
+        or len(positions) != partitions
+        or not all(isinstance(p, str) and parse_entry_id(p) is not None for p in positions)
+    ):
+        raise bad("not a resume token of WatchConsentEvents (bad positions)")
+    return [str(p) for p in positions]
+
+
+def feed_event_id(part: int, entry_id: str) -> str:
+    """The stable id of a feed entry, unique within the tenant."""
+    return f"{part:02d}-{entry_id}"
+
+
+class ChangeFeed:
+    """WatchConsentEvents on a ChangeFeedStore."""
+
+    def __init__(
+        self, store: ChangeFeedStore, *, poll_s: float = POLL_S, read_count: int = READ_COUNT
+    ) -> None:
+        self._store = store
+        self._poll_s = poll_s
+        self._count = read_count
+
+    async def start(self, tenant_id: str, resume_token: str, from_oldest: bool) -> list[str]:
+        """The starting positions; InvalidArgument / FeedTokenExpired for a bad token."""
+        if not TENANT_RE.fullmatch(tenant_id):
+            raise InvalidArgument.single("tenant_id", "must match ^[a-z0-9][a-z0-9_-]{0,63}$")
+        parts = self._store.partitions
+        if resume_token:
+            positions = decode_token(resume_token, tenant_id, parts)
+            trimmed = await self._store.trimmed_parts(tenant_id, positions)
+            if trimmed:
+                raise _expired()
+            return positions
+        if from_oldest:
+            return await self._store.oldest(tenant_id)
+        return await self._store.latest(tenant_id)
+
+    async def watch(
+        self, tenant_id: str, positions: list[str], *, stop: asyncio.Event | None = None
+    ) -> AsyncIterator[ChangeEvent]:
+        """Every event after ``positions``, as they are applied, until ``stop`` is set
+        (or forever). FeedTokenExpired when the reader falls behind the retention."""
+        positions = list(positions)
+        while stop is None or not stop.is_set():
+            try:
+                batches = await self._store.read(tenant_id, positions, self._count)
+            except FeedTrimmed:
+                raise _expired() from None
+            got = False
+            for part, entries in batches:
+                for entry in entries:
+                    positions[part] = entry.entry_id
+                    # Never cross a tenant, whatever a stream holds.
+                    if entry.tenant_id != tenant_id:
+                        continue
+                    got = True
+                    yield ChangeEvent(
+                        feed_event_id(part, entry.entry_id),
+                        entry,
+                        encode_token(tenant_id, positions),
+                    )
+            if not got:
+                await asyncio.sleep(self._poll_s)
+
+    @staticmethod
+    def token(tenant_id: str, positions: Sequence[str]) -> str:
+        """The resume token of ``positions``."""
+        return encode_token(tenant_id, positions)
+
+
+def _expired() -> FeedTokenExpired:
+    return FeedTokenExpired(
+        "the resume token is older than the change feed's retention (CONSENT_FEED_MAXLEN "
+        "events per partition): changes were missed. Re-export the tenant's records with "
+        "ExportConsent and start a new watch without a resume token"
+    )
+
+
+__all__ = [
+    "ChangeEvent",
+    "ChangeFeed",
+    "FeedEntry",
+    "FeedTokenExpired",
+    "FeedTrimmed",
+    "decode_token",
+    "encode_token",
+    "feed_event_id",
+    "parse_entry_id",
+]
