@@ -183,11 +183,23 @@ class Target:
 
     def call(self, method: Any, payload: bytes, key: str | None) -> grpc.StatusCode:
         path = f"/{method.containing_service.full_name}/{method.name}"
-        fn = self.channel.unary_unary(path, request_serializer=None, response_deserializer=None)
+        metadata = (("authorization", f"Bearer {key}"),) if key else ()
         self.calls += 1
         code, text = grpc.StatusCode.OK, ""
         try:
-            fn(payload, metadata=(("authorization", f"Bearer {key}"),) if key else (), timeout=10)
+            if method.server_streaming:
+                # A stream may never end (WatchConsentEvents follows the feed): its first
+                # message, or its error, is the server's answer to this request.
+                stream = self.channel.unary_stream(
+                    path, request_serializer=None, response_deserializer=None
+                )(payload, metadata=metadata, timeout=10)
+                next(stream, None)
+                stream.cancel()
+            else:
+                fn = self.channel.unary_unary(
+                    path, request_serializer=None, response_deserializer=None
+                )
+                fn(payload, metadata=metadata, timeout=10)
         except grpc.RpcError as err:
             code, text = err.code(), err.details()  # type: ignore[attr-defined]
         assert code not in BAD, (path, code, text)
