@@ -110,7 +110,7 @@ class RedisBulkStore:
     """ImportConsent's and ExportConsent's storage."""
 
     def __init__(self, client: RedisClient, tombstones: TombstoneNames | None = None) -> None:
-        self._r: Any = client
+        self._r: RedisClient = client
         self._tombstones = tombstones or TombstoneNames(client)
         self._acks = acks_of(client)
         self._apply = client.register_script(batch_script(load_script("record_event.lua")))
@@ -197,8 +197,8 @@ class RedisBulkStore:
                 call_keys, call_args = kk[4 * start : 4 * end], args[start:end]
 
                 async def call(
-                    client: Any, k: list[str] = call_keys, a: list[str] = call_args
-                ) -> Any:
+                    client: RedisClient, k: list[str] = call_keys, a: list[str] = call_args
+                ) -> Any:  # a Lua reply: one outcome row per event
                     return await self._apply(keys=k, args=a, client=client)
 
                 replies = await self._acks.write(call_keys[0], call)
