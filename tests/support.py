@@ -240,11 +240,15 @@ class ServerProcess:
             raise RuntimeError("HTTP edge did not start:\n" + "".join(self.lines))
         return self
 
+    def health_channel(self) -> grpc.Channel:
+        """The channel readiness is probed on (TlsServerProcess: a TLS one)."""
+        return grpc.insecure_channel(self.target)
+
     def wait_serving(self, timeout: float = 20) -> None:
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
         deadline = time.monotonic() + timeout
-        with grpc.insecure_channel(self.target) as ch:
+        with self.health_channel() as ch:
             stub = health_pb2_grpc.HealthStub(ch)
             while time.monotonic() < deadline:
                 try:
