@@ -81,12 +81,15 @@ def free_port() -> int:
 class RedisProcess:
     """A private redis-server: free port, its own directory, never the machine's 6379."""
 
-    def __init__(self, workdir: Path, *, appendonly: bool = False) -> None:
+    def __init__(
+        self, workdir: Path, *, appendonly: bool = False, password: str | None = None
+    ) -> None:
         if REDIS_SERVER is None:
             raise RuntimeError("redis-server is not installed (make install / .ci/run installs it)")
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.appendonly = appendonly
+        self.password = password  # requirepass, when given
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.paused = False
@@ -115,9 +118,11 @@ class RedisProcess:
             "--logfile",
             str(self.workdir / "redis.log"),
         ]
+        if self.password is not None:
+            args += ["--requirepass", self.password]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        client = redis.Redis(port=self.port, password=self.password, socket_connect_timeout=0.2)
         while time.monotonic() < deadline:
             try:
                 if client.ping():
