@@ -3,6 +3,10 @@
 By default three primaries and no replicas; ``replicas=1`` gives each primary a
 replica (3 + 3), and ``node_timeout_ms`` makes failure detection and failover fast
 enough for a test. Nodes can be killed, restarted, paused and resumed one by one.
+
+``cluster`` and ``cluster_store`` are the fixtures the store cluster suites share: a
+module imports them by name (one three-primary cluster per module, a flushed store with
+the test tenants per test).
 """
 
 from __future__ import annotations
@@ -12,9 +16,16 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import pytest
 import redis
+
+from consent_server.store.connect import open_store
+from consent_server.store.repository import RedisConsentStore
+
+from .support import create_tenants
 
 REDIS_CLI = shutil.which("redis-cli")
 
@@ -242,3 +253,21 @@ class RedisClusterProcesses:
                 proc.terminate()
         for proc in self.procs:
             proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterProcesses]:
+    """Three primaries, no replicas, for the tests of one module."""
+    procs = RedisClusterProcesses(tmp_path_factory.mktemp("cluster")).start()
+    yield procs
+    procs.stop()
+
+
+@pytest.fixture
+async def cluster_store(cluster: RedisClusterProcesses) -> AsyncIterator[RedisConsentStore]:
+    """A consent store on ``cluster``, flushed, with the test tenants created."""
+    store = open_store(cluster.url, cluster=True, timeout_s=2.0)
+    await store.client.flushall()
+    await create_tenants(store)
+    yield store
+    await store.aclose()

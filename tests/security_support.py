@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -91,21 +90,8 @@ class TlsServerProcess(ServerProcess):
             root_certificates=ca, private_key=client_key, certificate_chain=client_cert
         )
 
-    def wait_serving(self, timeout: float = 20) -> None:
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-        deadline = time.monotonic() + timeout
-        with grpc.secure_channel(self.target, self.credentials) as ch:
-            stub = health_pb2_grpc.HealthStub(ch)
-            while time.monotonic() < deadline:
-                try:
-                    resp = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                    if resp.status == health_pb2.HealthCheckResponse.SERVING:
-                        return
-                except grpc.RpcError:
-                    pass
-                time.sleep(0.05)
-        raise RuntimeError("TLS server never became SERVING:\n" + self.log())
+    def health_channel(self) -> grpc.Channel:
+        return grpc.secure_channel(self.target, self.credentials)
 
 
 def failure(fn: Callable[..., Any], request: Any, key: str | None, **kw: Any) -> grpc.RpcError:

@@ -81,12 +81,15 @@ def free_port() -> int:
 class RedisProcess:
     """A private redis-server: free port, its own directory, never the machine's 6379."""
 
-    def __init__(self, workdir: Path, *, appendonly: bool = False) -> None:
+    def __init__(
+        self, workdir: Path, *, appendonly: bool = False, password: str | None = None
+    ) -> None:
         if REDIS_SERVER is None:
             raise RuntimeError("redis-server is not installed (make install / .ci/run installs it)")
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.appendonly = appendonly
+        self.password = password  # requirepass, when given
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.paused = False
@@ -115,9 +118,11 @@ class RedisProcess:
             "--logfile",
             str(self.workdir / "redis.log"),
         ]
+        if self.password is not None:
+            args += ["--requirepass", self.password]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        client = redis.Redis(port=self.port, password=self.password, socket_connect_timeout=0.2)
         while time.monotonic() < deadline:
             try:
                 if client.ping():
@@ -240,11 +245,15 @@ class ServerProcess:
             raise RuntimeError("HTTP edge did not start:\n" + "".join(self.lines))
         return self
 
+    def health_channel(self) -> grpc.Channel:
+        """The channel readiness is probed on (TlsServerProcess: a TLS one)."""
+        return grpc.insecure_channel(self.target)
+
     def wait_serving(self, timeout: float = 20) -> None:
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
         deadline = time.monotonic() + timeout
-        with grpc.insecure_channel(self.target) as ch:
+        with self.health_channel() as ch:
             stub = health_pb2_grpc.HealthStub(ch)
             while time.monotonic() < deadline:
                 try:

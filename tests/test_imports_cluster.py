@@ -3,33 +3,17 @@ touches one slot (a partition's hash tag), SCAN walks every primary."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-
 import pytest
 
-from consent_server.store.connect import open_store
 from consent_server.store.repository import RedisConsentStore
 
+from . import cluster_support
 from . import test_imports as imports
 from . import test_pointintime as pit
-from .cluster_support import RedisClusterProcesses
-from .support import create_tenants
 
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterProcesses]:
-    procs = RedisClusterProcesses(tmp_path_factory.mktemp("cluster-imports")).start()
-    yield procs
-    procs.stop()
-
-
-@pytest.fixture
-async def cluster_store(cluster: RedisClusterProcesses) -> AsyncIterator[RedisConsentStore]:
-    store = open_store(cluster.url, cluster=True, timeout_s=2.0)
-    await store.client.flushall()
-    await create_tenants(store)
-    yield store
-    await store.aclose()
+# The shared fixtures: one cluster for the module, a fresh store for each test.
+cluster = cluster_support.cluster
+cluster_store = cluster_support.cluster_store
 
 
 @pytest.mark.parametrize("case", imports.CASES, ids=[c.name for c in imports.CASES])

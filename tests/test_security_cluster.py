@@ -7,16 +7,16 @@ idempotency keys and messages scans every primary.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-
 import pytest
 
-from consent_server.store.connect import open_store
 from consent_server.store.repository import RedisConsentStore
 
+from . import cluster_support
 from . import test_security_store as base
-from .cluster_support import RedisClusterProcesses
-from .support import create_tenants
+
+# The shared fixtures: one cluster for the module, a fresh store for each test.
+cluster = cluster_support.cluster
+cluster_store = cluster_support.cluster_store
 
 pytestmark = pytest.mark.xdist_group("cluster")
 
@@ -29,22 +29,6 @@ CASES = [
     base.test_erasure_of_someone_never_opted_out_keeps_no_suppression,
     base.test_tombstone_names_do_not_depend_on_the_process,
 ]
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterProcesses]:
-    procs = RedisClusterProcesses(tmp_path_factory.mktemp("sec-cluster")).start()
-    yield procs
-    procs.stop()
-
-
-@pytest.fixture
-async def cluster_store(cluster: RedisClusterProcesses) -> AsyncIterator[RedisConsentStore]:
-    store = open_store(cluster.url, cluster=True, timeout_s=2.0)
-    await store.client.flushall()
-    await create_tenants(store)
-    yield store
-    await store.aclose()
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.__name__.removeprefix("test_") for c in CASES])

@@ -6,14 +6,13 @@ the password), not a silent NOT_SERVING."""
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .support import REDIS_SERVER, RedisProcess, ServerProcess, free_port
+from .support import RedisProcess, ServerProcess, free_port
 
 PASSWORD = "s3cret-Passw0rd"
 
@@ -32,45 +31,6 @@ def wait_for(srv: ServerProcess, msg_part: str, timeout: float = 15) -> dict[str
     raise AssertionError(f"no log line with {msg_part!r}:\n" + srv.log())
 
 
-class PasswordRedis(RedisProcess):
-    """A redis-server with requirepass (and, for these tests, AOF on: durable)."""
-
-    def start(self) -> PasswordRedis:
-        assert REDIS_SERVER
-        self.proc = subprocess.Popen(
-            [
-                REDIS_SERVER,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                str(self.workdir),
-                "--requirepass",
-                PASSWORD,
-                "--appendonly",
-                "yes",
-                "--save",
-                "",
-                "--logfile",
-                str(self.workdir / "redis.log"),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        import redis
-
-        client = redis.Redis(port=self.port, password=PASSWORD, socket_connect_timeout=0.2)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                if client.ping():
-                    return self
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        raise RuntimeError("redis-server with requirepass did not start")
-
-
 def start(url: str) -> ServerProcess:
     return ServerProcess({"CONSENT_REDIS_URL": url, "CONSENT_DELIVERY": "off"}).start(
         wait_serving=False
@@ -78,7 +38,7 @@ def start(url: str) -> ServerProcess:
 
 
 def test_a_wrong_password_is_one_error_line_naming_host_and_port(tmp_path: Path) -> None:
-    redis_srv = PasswordRedis(tmp_path / "redis").start()
+    redis_srv = RedisProcess(tmp_path / "redis", appendonly=True, password=PASSWORD).start()
     srv = start(f"redis://:wrong-{PASSWORD}@127.0.0.1:{redis_srv.port}/0")
     try:
         line = wait_for(srv, "consent store unreachable at")
@@ -96,7 +56,7 @@ def test_a_wrong_password_is_one_error_line_naming_host_and_port(tmp_path: Path)
 
 
 def test_the_right_password_serves_and_warns_about_nothing(tmp_path: Path) -> None:
-    redis_srv = PasswordRedis(tmp_path / "redis").start()
+    redis_srv = RedisProcess(tmp_path / "redis", appendonly=True, password=PASSWORD).start()
     srv = start(f"redis://:{PASSWORD}@127.0.0.1:{redis_srv.port}/0")
     try:
         srv.wait_serving()

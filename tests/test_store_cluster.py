@@ -4,7 +4,6 @@ shares one hash tag, so decide+enqueue stays one atomic script on one shard."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterator
 
 import grpc
 import pytest
@@ -13,15 +12,19 @@ from redis.asyncio.cluster import RedisCluster
 from consent_client.v1 import consent_pb2 as pb
 from consent_client.v1 import consent_pb2_grpc
 from consent_server.store import keys
-from consent_server.store.connect import open_store
 from consent_server.store.repository import RedisConsentStore
 
+from . import cluster_support
 from . import test_erasure_fence as fence
 from . import test_inbound_units as inbound
 from . import test_store as base
 from . import test_tenants as tenants
 from .cluster_support import RedisClusterProcesses
-from .support import ServerProcess, create_tenants
+from .support import ServerProcess
+
+# The shared fixtures: one cluster for the module, a fresh store for each test.
+cluster = cluster_support.cluster
+cluster_store = cluster_support.cluster_store
 
 pytestmark = pytest.mark.xdist_group("cluster")
 
@@ -45,22 +48,6 @@ CASES = [
     fence.test_an_event_dated_before_the_erasure_answers_what_the_checks_say,
     fence.test_a_confirmation_queued_before_the_erasure_never_reaches_the_person,
 ]
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterProcesses]:
-    procs = RedisClusterProcesses(tmp_path_factory.mktemp("cluster")).start()
-    yield procs
-    procs.stop()
-
-
-@pytest.fixture
-async def cluster_store(cluster: RedisClusterProcesses) -> AsyncIterator[RedisConsentStore]:
-    store = open_store(cluster.url, cluster=True, timeout_s=2.0)
-    await store.client.flushall()
-    await create_tenants(store)
-    yield store
-    await store.aclose()
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.__name__.removeprefix("test_") for c in CASES])

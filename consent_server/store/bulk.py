@@ -155,7 +155,7 @@ class RedisBulkStore:
     """ImportConsent's and ExportConsent's storage."""
 
     def __init__(self, client: RedisClient, tombstones: TombstoneNames | None = None) -> None:
-        self._r: Any = client
+        self._r: RedisClient = client
         self._tombstones = tombstones or TombstoneNames(client)
         self._acks = acks_of(client)
         self._apply = client.register_script(batch_script(load_script("record_event.lua")))
@@ -249,8 +249,8 @@ class RedisBulkStore:
                 call_keys, call_args = kk[6 * start : 6 * end], args[start:end]
 
                 async def call(
-                    client: Any, k: list[str] = call_keys, a: list[str] = call_args
-                ) -> Any:
+                    client: RedisClient, k: list[str] = call_keys, a: list[str] = call_args
+                ) -> Any:  # a Lua reply: one outcome row per event
                     return await self._run_apply(client, k, a)
 
                 replies = await self._acks.write(call_keys[0], call)
@@ -260,7 +260,9 @@ class RedisBulkStore:
         await guarded(lambda: asyncio.gather(*(run_group(*g) for g in groups)))
         return out
 
-    async def _run_apply(self, client: Any, call_keys: list[str], call_args: list[str]) -> Any:
+    async def _run_apply(
+        self, client: RedisClient, call_keys: list[str], call_args: list[str]
+    ) -> Any:
         """EVALSHA of the batch script; the registered script loads it when Redis lost
         it. Not the Script object's own call: its per-call isinstance check against
         redis-py's Pipeline protocol costs more than packing the call."""

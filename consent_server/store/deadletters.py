@@ -22,7 +22,8 @@ from typing import Any
 from consent_server.domain.whatsapp_edge import DeadLetter, DeadLetterPage
 
 from . import keys
-from .records import text
+from .client import RedisClient, Reply
+from .records import members, text
 from .repository import guarded
 
 # KEYS: items, order. ARGV: limit, then (id, score, json) triples. Returns evicted count.
@@ -65,7 +66,7 @@ def _encode(item: DeadLetter) -> str:
     return json.dumps(dataclasses.asdict(item), separators=(",", ":"))
 
 
-def _decode(raw: Any) -> DeadLetter | None:
+def _decode(raw: Reply) -> DeadLetter | None:
     try:
         fields = json.loads(text(raw))
         return DeadLetter(**fields)
@@ -76,7 +77,7 @@ def _decode(raw: Any) -> DeadLetter | None:
 class RedisDeadLetters:
     """Dead letters on the consent store's Redis (raises StoreUnavailable)."""
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: RedisClient) -> None:
         self._r = client
         self._add = client.register_script(_ADD)
         self._put = client.register_script(_PUT)
@@ -106,13 +107,11 @@ class RedisDeadLetters:
     async def dead_letters(self, tenant_id: str, offset: int, limit: int) -> DeadLetterPage:
         """Up to ``limit`` items newest first from ``offset``, and how many are kept."""
         order = keys.dead_letter_order(tenant_id)
-        ids: list[Any] = await guarded(lambda: self._r.zrevrange(order, offset, offset + limit - 1))
+        ids = members(await guarded(lambda: self._r.zrevrange(order, offset, offset + limit - 1)))
         total: int = await guarded(lambda: self._r.zcard(order))
         items: list[DeadLetter] = []
         if ids:
-            raws: list[Any] = await guarded(
-                lambda: self._r.hmget(keys.dead_letters(tenant_id), ids)
-            )
+            raws = await guarded(lambda: self._r.hmget(keys.dead_letters(tenant_id), ids))
             items = [d for d in (_decode(r) for r in raws if r is not None) if d is not None]
         return DeadLetterPage(items, "", int(total))
 
@@ -126,7 +125,7 @@ class RedisDeadLetters:
         a WhatsApp address), for erasure; the number removed. A tenant keeps at most a
         bounded list, so reading it whole is cheap."""
         items = keys.dead_letters(tenant_id)
-        raw: dict[Any, Any] = await guarded(lambda: self._r.hgetall(items))
+        raw = await guarded(lambda: self._r.hgetall(items))
         # As a whole JSON string ("9198…" or "+9198…"): a longer number that merely
         # contains the digits is someone else.
         needles = (f'"{wa_id}"', f'"+{wa_id}"')

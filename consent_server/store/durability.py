@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import redis.asyncio as aioredis
 import redis.exceptions as rex
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 
+from .client import RedisClient
 from .records import text
 from .repository import guarded
 
@@ -27,7 +29,7 @@ def _pairs(reply: Any) -> dict[str, str]:
     return dict(zip(items[::2], items[1::2], strict=False))
 
 
-async def _config(node: Any) -> dict[str, str]:
+async def _config(node: aioredis.Redis | ClusterNode) -> dict[str, str]:
     out: dict[str, str] = {}
     for name in _SETTINGS:
         out.update(_pairs(await guarded(lambda n=name: node.execute_command("CONFIG GET", n))))  # type: ignore[misc]
@@ -46,7 +48,7 @@ def problems_of(config: dict[str, str], where: str = "") -> list[str]:
     return found
 
 
-async def durability_problems(client: Any) -> list[str] | None:
+async def durability_problems(client: RedisClient) -> list[str] | None:
     """The problems of every node that serves writes; None when CONFIG is refused (a
     managed Redis that renames or forbids it). StoreUnavailable while Redis is down."""
     try:

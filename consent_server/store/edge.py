@@ -18,7 +18,8 @@ import hashlib
 import json
 import secrets
 from collections.abc import Sequence
-from typing import Any
+
+from redis.typing import EncodableT, FieldT
 
 from consent_server.domain.links_service import ShortLink
 from consent_server.domain.model import Recipient
@@ -30,8 +31,9 @@ from consent_server.domain.whatsapp_edge import (
 )
 
 from . import keys
+from .client import RedisClient
 from .deadletters import RedisDeadLetters
-from .records import text
+from .records import fields, text
 from .replication import acks_of
 from .repository import RedisConsentStore
 from .tombstones import TombstoneNames
@@ -66,7 +68,7 @@ class RedisEdgeStore:
 
     def __init__(self, store: RedisConsentStore) -> None:
         self._store = store
-        self._r: Any = store.client
+        self._r: RedisClient = store.client
         self._release = self._r.register_script(_RELEASE)
         self._index_code = self._r.register_script(_INDEX_CODE)
         self._dead = RedisDeadLetters(self._r)
@@ -74,17 +76,16 @@ class RedisEdgeStore:
 
     async def whatsapp_webhook(self, tenant_id: str) -> WhatsAppWebhookConfig | None:
         """The tenant's webhook settings, or None when none are stored."""
-        raw: dict[bytes, bytes] = await self._store._call(
-            lambda: self._r.hgetall(keys.whatsapp_webhook(tenant_id))
+        f = fields(
+            await self._store._call(lambda: self._r.hgetall(keys.whatsapp_webhook(tenant_id)))
         )
-        fields = {text(k): text(v) for k, v in raw.items()}
-        if not fields.get("verify_token") or not fields.get("app_secret"):
+        if not f.get("verify_token") or not f.get("app_secret"):
             return None
         return WhatsAppWebhookConfig(
-            fields["verify_token"],
-            fields["app_secret"],
-            tuple(p for p in fields.get("phone_number_ids", "").split(",") if p),
-            fields.get("waba_id", ""),
+            f["verify_token"],
+            f["app_secret"],
+            tuple(p for p in f.get("phone_number_ids", "").split(",") if p),
+            f.get("waba_id", ""),
         )
 
     async def _unclaim(self, index: str, field: str, tenant_id: str) -> None:
@@ -107,7 +108,7 @@ class RedisEdgeStore:
                 for p in claimed:
                     await self._unclaim(index, p, tenant_id)
                 raise PhoneNumberTaken(i)
-        mapping = {
+        mapping: dict[FieldT, EncodableT] = {
             "verify_token": config.verify_token,
             "app_secret": config.app_secret,
             "phone_number_ids": ",".join(config.phone_number_ids),

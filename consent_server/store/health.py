@@ -18,13 +18,14 @@ from redis.asyncio.cluster import RedisCluster
 
 from consent_server.domain.errors import StoreUnavailable
 
+from .client import RedisClient
 from .records import text
 from .repository import guarded
 
 SLOTS = 16384
 
 
-async def probe(client: Any) -> None:
+async def probe(client: RedisClient) -> None:
     """Raise StoreUnavailable unless the store can serve every key.
 
     Single node: PING. Cluster: every primary in the slot map answers CLUSTER INFO with

@@ -4,15 +4,15 @@ erasure tombstone records, one pipeline per partition, the partitions concurrent
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from consent_server.domain.model import ConsentEvent, Recipient
 from consent_server.domain.ports import RecordPair
 
 from . import keys
-from .client import RedisClient
-from .records import parse_history_entry, parse_record
+from .client import RedisClient, RedisPipeline
+from .records import parse_history_entry, parse_record, stream_entries
 from .repository import guarded
 from .tombstones import TombstoneNames
 
@@ -21,11 +21,14 @@ class RedisConsentHistory:
     """Reads recipients' histories and tombstones for CheckConsent ``at``."""
 
     def __init__(self, client: RedisClient, tombstones: TombstoneNames | None = None) -> None:
-        self._r: Any = client
+        self._r: RedisClient = client
         self._tombstones = tombstones or TombstoneNames(client)
 
     async def _per_partition(
-        self, tenant_id: str, recipients: Sequence[Recipient], command: Any
+        self,
+        tenant_id: str,
+        recipients: Sequence[Recipient],
+        command: Callable[[RedisPipeline, Recipient], object],
     ) -> list[Any]:
         groups = keys.by_partition(tenant_id, recipients)
 
@@ -51,11 +54,11 @@ class RedisConsentHistory:
     ) -> list[list[ConsentEvent]]:
         """Each recipient's whole history stream, oldest first."""
 
-        def command(pipe: Any, rcpt: Recipient) -> None:
+        def command(pipe: RedisPipeline, rcpt: Recipient) -> None:
             pipe.xrange(keys.history(keys.recipient_base(tenant_id, rcpt)), "-", "+")
 
         replies = await self._per_partition(tenant_id, recipients, command)
-        return [[parse_history_entry(eid, f) for eid, f in reply] for reply in replies]
+        return [[parse_history_entry(eid, f) for eid, f in stream_entries(r)] for r in replies]
 
     async def tombstone_records(
         self, tenant_id: str, recipients: Sequence[Recipient], topic: str
@@ -64,7 +67,7 @@ class RedisConsentHistory:
         secret = await guarded(lambda: self._tombstones.secret(tenant_id))
         fields = [keys.scope_field(topic), keys.scope_field("")]
 
-        def command(pipe: Any, rcpt: Recipient) -> None:
+        def command(pipe: RedisPipeline, rcpt: Recipient) -> None:
             digest = TombstoneNames.digest(secret, rcpt)
             pipe.hmget(keys.tombstone(tenant_id, rcpt, digest), fields)
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import redis.exceptions as rex
+from redis.typing import KeyT, StreamIdT
 
 from consent_server.domain.delivery import ReceiptOutcome, ReceiptStatus
 from consent_server.domain.model import Policy
@@ -22,7 +23,7 @@ from consent_server.domain.outbox import OutboxEntry, lenient_int
 
 from . import keys
 from .client import RedisClient
-from .records import text
+from .records import stream_entries, stream_reads, text
 from .replication import acks_of
 from .repository import MESSAGE_RETENTION_S, guarded
 from .scripts import load_script
@@ -61,7 +62,7 @@ class DeliveryRepository:
         cluster: bool = False,
         retention_s: int = MESSAGE_RETENTION_S,
     ) -> None:
-        self._r: Any = client
+        self._r: RedisClient = client
         self._cluster = cluster
         self._retention_s = retention_s
         # fakeredis (the embedded store; seen with 2.41.0) keeps a blocking XREADGROUP
@@ -97,18 +98,10 @@ class DeliveryRepository:
                     raise
 
     def _entries(self, part: int, rows: Sequence[Any]) -> list[OutboxEntry]:
-        out = []
-        for entry_id, fields in rows:
-            decoded = {text(k): text(v) for k, v in (fields or {}).items()}
-            out.append(
-                OutboxEntry(
-                    part,
-                    text(entry_id),
-                    decoded,
-                    keys.message_partition(decoded.get("id", "")),
-                )
-            )
-        return out
+        return [
+            OutboxEntry(part, entry_id, f, keys.message_partition(f.get("id", "")))
+            for entry_id, f in stream_entries(rows)
+        ]
 
     async def read(self, consumer: str, count: int, block_ms: int | None) -> list[OutboxEntry]:
         """New entries for ``consumer`` from every partition (they become its pending ones).
@@ -127,13 +120,13 @@ class DeliveryRepository:
 
     async def _read(self, consumer: str, count: int, block_ms: int | None) -> list[OutboxEntry]:
         if not self._cluster:
-            streams = {keys.outbox(p): ">" for p in range(keys.PARTITIONS)}
+            streams: dict[KeyT, StreamIdT] = {keys.outbox(p): ">" for p in range(keys.PARTITIONS)}
             reply = await self._call(
                 lambda: self._r.xreadgroup(GROUP, consumer, streams, count=count, block=block_ms)
             )
             out: list[OutboxEntry] = []
-            for name, rows in reply or []:
-                part = int(text(name).split("{cp", 1)[1][:2])
+            for name, rows in stream_reads(reply):
+                part = int(name.split("{cp", 1)[1][:2])
                 out.extend(self._entries(part, rows))
             return out
         # On a cluster the partitions live on different nodes: one read per partition.
@@ -144,7 +137,7 @@ class DeliveryRepository:
                     GROUP, consumer, {keys.outbox(p): ">"}, count=count
                 )
             )
-            for _name, rows in reply or []:
+            for _name, rows in stream_reads(reply):
                 out.extend(self._entries(part, rows))
         return out
 

@@ -6,13 +6,11 @@ the worker's and receipts' look-ups); apart from the outbox, which is about mess
 
 from __future__ import annotations
 
-from typing import Any
-
 from consent_server.domain.delivery import ProviderConfig, ProviderKind
 
 from . import keys
 from .client import RedisClient
-from .records import text
+from .records import fields, text
 from .replication import acks_of
 from .repository import guarded
 
@@ -21,15 +19,13 @@ class RedisProviderSettings:
     """Provider configurations, one hash per tenant (channel value or "*" -> JSON)."""
 
     def __init__(self, client: RedisClient) -> None:
-        self._r: Any = client
+        self._r: RedisClient = client
         self._acks = acks_of(client)
 
     async def providers(self, tenant_id: str) -> dict[str, ProviderConfig]:
         """The tenant's provider configurations by channel value (or "*")."""
-        raw: dict[bytes, bytes] = await guarded(
-            lambda: self._r.hgetall(keys.tenant_providers(tenant_id))
-        )
-        return {text(k): ProviderConfig.decode(text(v)) for k, v in raw.items()}
+        raw = fields(await guarded(lambda: self._r.hgetall(keys.tenant_providers(tenant_id))))
+        return {channel: ProviderConfig.decode(value) for channel, value in raw.items()}
 
     async def any_sending_provider(self) -> bool:
         """True when some tenant has a provider other than ``log`` configured (a scan of

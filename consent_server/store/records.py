@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from redis.typing import XReadGroupResponse, ZSetRangeResponse
 
 from consent_server.domain.model import (
     Action,
@@ -21,28 +25,31 @@ from consent_server.domain.model import (
     TenantSettings,
 )
 
+from .client import Reply
+
 _STATUS = {"in": Status.OPTED_IN, "out": Status.OPTED_OUT}
 # An outcome's status may also be "none": an event ignored because it is dated before
 # the recipient's erasure answers what a check would, and that may be no record.
 _OUTCOME_STATUS = {**_STATUS, "none": Status.NO_RECORD}
 
 
-def text(value: bytes | str | None) -> str:
+def text(value: Reply | None) -> str:
     """A Redis reply as str ("" for a missing value); every store module decodes with it."""
     if value is None:
         return ""
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+def fields(raw: Mapping[Reply, Reply] | None) -> dict[str, str]:
+    """A hash (HGETALL) or stream entry's fields as str, decoded once ({} for none)."""
+    return {text(k): text(v) for k, v in (raw or {}).items()}
 
 
 def parse_record(raw: bytes | str | None) -> ConsentRecord | None:
     """A scope record ``status|occurred_ms|revision|source|event_id``."""
     if raw is None:
         return None
-    status, occurred, revision, source, event_id = _text(raw).split("|", 4)
+    status, occurred, revision, source, event_id = text(raw).split("|", 4)
     return ConsentRecord(
         status=_STATUS[status],
         occurred_at_ms=int(occurred),
@@ -54,7 +61,7 @@ def parse_record(raw: bytes | str | None) -> ConsentRecord | None:
 
 def parse_outcome(raw: bytes | str, event_id: str, *, duplicate: bool) -> ChangeOutcome:
     """An event outcome ``applied|changed|status|revision|recorded_ms|action:topic``."""
-    applied, changed, status, revision, recorded, _fingerprint = _text(raw).split("|")
+    applied, changed, status, revision, recorded, _fingerprint = text(raw).split("|")
     return ChangeOutcome(
         applied=applied == "1",
         changed=changed == "1",
@@ -66,9 +73,32 @@ def parse_outcome(raw: bytes | str, event_id: str, *, duplicate: bool) -> Change
     )
 
 
-def parse_history_entry(entry_id: bytes | str, fields: dict[bytes, bytes]) -> ConsentEvent:
-    """One history stream entry."""
-    f = {_text(k): _text(v) for k, v in fields.items()}
+def stream_entries(
+    reply: Sequence[tuple[Reply | None, Mapping[Reply, Reply] | None]] | None,
+) -> list[tuple[str, dict[str, str]]]:
+    """A stream range (XRANGE / XREVRANGE) as (entry id, fields), decoded once."""
+    return [(text(entry_id), fields(raw)) for entry_id, raw in reply or ()]
+
+
+def members(reply: ZSetRangeResponse) -> list[str]:
+    """A sorted-set range (ZRANGE and kin, asked without WITHSCORES) as str members."""
+    out = []
+    for member in reply:
+        if not isinstance(member, bytes | str):
+            raise TypeError("members() reads ranges asked without WITHSCORES")
+        out.append(text(member))
+    return out
+
+
+def stream_reads(reply: XReadGroupResponse | None) -> list[tuple[str, list[Any]]]:
+    """An XREAD(GROUP) reply (a RESP2 list or a RESP3 map) as (stream name, raw entries);
+    ``stream_entries`` decodes the entries."""
+    pairs = reply.items() if isinstance(reply, dict) else reply or []
+    return [(text(name), list(rows)) for name, rows in pairs]
+
+
+def parse_history_entry(entry_id: str, f: Mapping[str, str]) -> ConsentEvent:
+    """One history stream entry (decoded by ``stream_entries``)."""
     return ConsentEvent(
         event_id=f["id"],
         action=Action.OPT_IN if f["a"] == "in" else Action.OPT_OUT,
@@ -78,7 +108,7 @@ def parse_history_entry(entry_id: bytes | str, fields: dict[bytes, bytes]) -> Co
         occurred_at_ms=int(f["o"]),
         recorded_at_ms=int(f["r"]),
         applied=f["ap"] == "1",
-        revision=int(_text(entry_id).split("-", 1)[0]),
+        revision=int(entry_id.split("-", 1)[0]),
         principal=f["p"],
     )
 
@@ -152,9 +182,9 @@ def encode_settings(settings: TenantSettings) -> dict[str, str]:
     return fields
 
 
-def parse_settings(raw: dict[bytes, bytes] | dict[str, str]) -> TenantSettings:
-    """A tenant's settings from its hash; absent fields take their defaults."""
-    f = {_text(k): _text(v) for k, v in raw.items()}
+def parse_settings(f: Mapping[str, str]) -> TenantSettings:
+    """A tenant's settings from its hash (decoded by ``fields``); absent fields take their
+    defaults."""
     d = TenantSettings()
     policies = {
         name.removeprefix("policy:"): Policy(value)

@@ -29,7 +29,7 @@ from __future__ import annotations
 import contextlib
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import redis.asyncio as aioredis
 import redis.exceptions as rex
@@ -39,6 +39,8 @@ from redis.crc import key_slot
 from redis.retry import Retry
 
 from consent_server.domain.errors import ReplicationNotAcknowledged, StoreUnavailable
+
+from .client import RedisClient
 
 T = TypeVar("T")
 
@@ -52,7 +54,12 @@ class ReplicaAck:
     confirmed them within ``timeout_ms`` (``min_replicas`` = 0: run them plainly)."""
 
     def __init__(
-        self, client: Any, *, min_replicas: int = 0, timeout_ms: int = 1000, timeout_s: float = 2.0
+        self,
+        client: RedisClient,
+        *,
+        min_replicas: int = 0,
+        timeout_ms: int = 1000,
+        timeout_s: float = 2.0,
     ) -> None:
         self._client = client
         self.min_replicas = min_replicas
@@ -66,7 +73,7 @@ class ReplicaAck:
         """True when writes wait for replicas."""
         return self.min_replicas > 0
 
-    async def write(self, key: str, fn: Callable[[Any], Awaitable[T]]) -> T:
+    async def write(self, key: str, fn: Callable[[RedisClient], Awaitable[T]]) -> T:
         """Run ``fn(client)`` (its commands must all touch ``key``'s slot) and, when
         enabled, wait for the replicas on the same connection.
 
@@ -101,7 +108,7 @@ class ReplicaAck:
         await self.write(key, _nothing)
 
     @contextlib.asynccontextmanager
-    async def _pinned(self, key: str) -> AsyncIterator[Any]:
+    async def _pinned(self, key: str) -> AsyncIterator[aioredis.Redis]:
         """A client bound to one connection to the primary that owns ``key``'s slot."""
         if isinstance(self._client, RedisCluster):
             await self._client.initialize()
@@ -121,7 +128,7 @@ class ReplicaAck:
                     **kwargs,
                 )
                 self._node_pools[node.name] = pool
-            conn: Any = aioredis.Redis(connection_pool=pool, single_connection_client=True)
+            conn = aioredis.Redis(connection_pool=pool, single_connection_client=True)
         else:
             conn = self._client.client()  # one connection from the client's own pool
         try:
@@ -148,7 +155,7 @@ class ReplicaAck:
                 await pool.disconnect()
 
 
-async def _nothing(_client: Any) -> None:
+async def _nothing(_client: RedisClient) -> None:
     return None
 
 
@@ -163,17 +170,19 @@ def _fence_key(key: str) -> str | None:
     return fence if key_slot(fence.encode()) == key_slot(key.encode()) else None
 
 
-_REGISTRY: weakref.WeakKeyDictionary[Any, ReplicaAck] = weakref.WeakKeyDictionary()
+_REGISTRY: weakref.WeakKeyDictionary[RedisClient, ReplicaAck] = weakref.WeakKeyDictionary()
 
 
-def configure(client: Any, *, min_replicas: int, timeout_ms: int, timeout_s: float) -> ReplicaAck:
+def configure(
+    client: RedisClient, *, min_replicas: int, timeout_ms: int, timeout_s: float
+) -> ReplicaAck:
     """Make every store object built on ``client`` acknowledge writes this way."""
     acks = ReplicaAck(client, min_replicas=min_replicas, timeout_ms=timeout_ms, timeout_s=timeout_s)
     _REGISTRY[client] = acks
     return acks
 
 
-def acks_of(client: Any) -> ReplicaAck:
+def acks_of(client: RedisClient) -> ReplicaAck:
     """The ReplicaAck configured for ``client`` (one that does not wait, by default)."""
     acks = _REGISTRY.get(client)
     if acks is None:

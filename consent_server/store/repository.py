@@ -43,10 +43,12 @@ from .client import RedisClient
 from .records import (
     encode_body,
     encode_settings,
+    fields,
     parse_history_entry,
     parse_outcome,
     parse_record,
     parse_settings,
+    stream_entries,
     text,
 )
 from .replication import acks_of
@@ -133,9 +135,7 @@ class RedisConsentStore:
     """Consent storage on Redis (or the embedded fakeredis); every change is one Lua script."""
 
     def __init__(self, client: RedisClient, *, settings_cache_s: float = SETTINGS_CACHE_S):
-        # The boundary is typed (RedisClient); replies stay Any: redis-py types them
-        # "bytes | str" (it cannot know decode_responses), which every read would re-cast.
-        self._r: Any = client
+        self._r: RedisClient = client
         self._record = client.register_script(load_script("record_event.lua"))
         self._send = client.register_script(load_script("send.lua"))
         self._put_settings = client.register_script(load_script("put_settings.lua"))
@@ -149,13 +149,12 @@ class RedisConsentStore:
     @property
     def client(self) -> RedisClient:
         """The underlying client (tests and health checks use it)."""
-        client: RedisClient = self._r
-        return client
+        return self._r
 
     async def _call(self, fn: Callable[[], Awaitable[T]]) -> T:
         return await guarded(fn)
 
-    async def _write(self, key: str, fn: Callable[[Any], Awaitable[T]]) -> T:
+    async def _write(self, key: str, fn: Callable[[RedisClient], Awaitable[T]]) -> T:
         """Run one acknowledged write: ``fn(client)`` on the primary of ``key``'s slot,
         then (CONSENT_REDIS_MIN_REPLICAS_ACK) wait for replicas on that connection."""
         return await guarded(lambda: self._acks.write(key, fn))
@@ -196,11 +195,9 @@ class RedisConsentStore:
         cached = self._settings_cache.get(tenant_id)
         if cached and now - cached[0] < self._settings_cache_s:
             return cached[1], cached[2]
-        raw: dict[bytes, bytes] = await self._call(
-            lambda: self._r.hgetall(keys.tenant_settings(tenant_id))
-        )
+        raw = fields(await self._call(lambda: self._r.hgetall(keys.tenant_settings(tenant_id))))
         settings = parse_settings(raw)
-        exists = keys.TENANT_CREATED_FIELD.encode() in raw
+        exists = keys.TENANT_CREATED_FIELD in raw
         if len(self._settings_cache) > 10_000:
             self._settings_cache.clear()
         self._settings_cache[tenant_id] = (now, settings, exists)
@@ -288,10 +285,10 @@ class RedisConsentStore:
             return EventPage([], None)  # nothing below revision 0; Redis rejects "(0-0"
         key = keys.history(keys.recipient_base(tenant_id, recipient))
         start = "+" if before_revision is None else f"({before_revision}-0"
-        entries: list[tuple[bytes, dict[bytes, bytes]]] = await self._call(
-            lambda: self._r.xrevrange(key, start, "-", count=limit + 1)
+        entries = stream_entries(
+            await self._call(lambda: self._r.xrevrange(key, start, "-", count=limit + 1))
         )
-        events = [parse_history_entry(eid, fields) for eid, fields in entries[:limit]]
+        events = [parse_history_entry(eid, f) for eid, f in entries[:limit]]
         more = len(entries) > limit
         return EventPage(events, events[-1].revision if more and events else None)
 
@@ -300,12 +297,11 @@ class RedisConsentStore:
         part = keys.message_partition(message_id)
         if part is None:
             return None
-        raw: dict[bytes, bytes] = await self._call(
-            lambda: self._r.hgetall(keys.message(tenant_id, part, message_id))
+        f = fields(
+            await self._call(lambda: self._r.hgetall(keys.message(tenant_id, part, message_id)))
         )
-        if not raw:
+        if not f:
             return None
-        f = {text(k): text(v) for k, v in raw.items()}
         return MessageStatusInfo(
             message_id=message_id,
             state=MessageState(f["st"]),

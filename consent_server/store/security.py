@@ -7,17 +7,19 @@ it shares the same Redis client and the same error mapping (fail closed).
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
+
+from redis.typing import EncodableT, FieldT
 
 from consent_server.domain.auth import ApiKeyRecord, Role
 from consent_server.domain.model import Channel, Recipient
 from consent_server.domain.security import AuthLookup, ErasureCounts
 
 from . import keys
-from .client import RedisClient
+from .client import RedisClient, Reply
 from .deadletters import RedisDeadLetters
-from .records import text
+from .records import fields, members, stream_entries, text
 from .replication import acks_of
 from .repository import guarded
 from .retention import feed_keys, feed_maxlen
@@ -34,8 +36,8 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def _record(key_id: str, raw: dict[bytes, bytes]) -> ApiKeyRecord | None:
-    f = {text(k): text(v) for k, v in raw.items()}
+def _record(key_id: str, raw: Mapping[Reply, Reply] | None) -> ApiKeyRecord | None:
+    f = fields(raw)
     if "tenant" not in f:
         return None
     return ApiKeyRecord(
@@ -55,7 +57,7 @@ class RedisSecurityStore:
     """API keys, token buckets and erasure on Redis (or the embedded fakeredis)."""
 
     def __init__(self, client: RedisClient, tombstones: TombstoneNames | None = None) -> None:
-        self._r: Any = client
+        self._r: RedisClient = client
         self._auth = client.register_script(load_script("authenticate.lua"))
         self._forget = client.register_script(load_script("forget.lua"))
         self._tombstones = tombstones or TombstoneNames(client)
@@ -90,7 +92,7 @@ class RedisSecurityStore:
 
     async def put_key(self, record: ApiKeyRecord) -> bool:
         """Store a new key; False (nothing written) when its id already exists."""
-        mapping = {
+        mapping: dict[FieldT, EncodableT] = {
             "tenant": record.tenant_id,
             "role": record.role.value,
             "hash": record.secret_hash,
@@ -117,17 +119,15 @@ class RedisSecurityStore:
 
     async def get_key(self, key_id: str) -> ApiKeyRecord | None:
         """A key's record, or None."""
-        raw: dict[bytes, bytes] = await self._call(lambda: self._r.hgetall(keys.api_key(key_id)))
-        return _record(key_id, raw)
+        return _record(key_id, await self._call(lambda: self._r.hgetall(keys.api_key(key_id))))
 
     async def list_keys(self, tenant_id: str) -> list[ApiKeyRecord]:
         """A tenant's keys, oldest first (at most MAX_LISTED_KEYS)."""
 
         async def read() -> list[ApiKeyRecord]:
-            ids = [
-                text(i)
-                for i in await self._r.zrange(keys.api_key_index(tenant_id), 0, MAX_LISTED_KEYS - 1)
-            ]
+            ids = members(
+                await self._r.zrange(keys.api_key_index(tenant_id), 0, MAX_LISTED_KEYS - 1)
+            )
             pipe = self._r.pipeline(transaction=False)
             for key_id in ids:
                 pipe.hgetall(keys.api_key(key_id))
@@ -259,15 +259,16 @@ class RedisSecurityStore:
         out: list[str] = []
         start = "-"
         while True:
-            entries = await self._r.xrange(keys.outbox(part), start, "+", count=_SCAN_COUNT)
-            for entry_id, fields in entries:
-                f = {text(k): text(v) for k, v in fields.items()}
+            entries = stream_entries(
+                await self._r.xrange(keys.outbox(part), start, "+", count=_SCAN_COUNT)
+            )
+            for entry_id, f in entries:
                 if (
                     f.get("tenant") == tenant_id
                     and f.get("ch") == recipient.channel.value
                     and f.get("addr") == recipient.address
                 ):
-                    out.append(text(entry_id))
+                    out.append(entry_id)
             if len(entries) < _SCAN_COUNT:
                 return out
-            start = "(" + text(entries[-1][0])
+            start = "(" + entries[-1][0]

@@ -9,13 +9,12 @@ repeated create), so a crash between the two never makes a tenant half-exist.
 
 from __future__ import annotations
 
-from typing import Any
-
 from consent_server.domain.tenants import TenantInfo
 
 from . import keys
+from .client import RedisClient
 from .edge import RedisEdgeStore
-from .records import text
+from .records import members, text
 from .repository import RedisConsentStore, guarded
 
 _SCAN_COUNT = 1000
@@ -26,7 +25,7 @@ class RedisTenantStore:
 
     def __init__(self, consent: RedisConsentStore) -> None:
         self._consent = consent
-        self._r: Any = consent.client
+        self._r: RedisClient = consent.client
 
     async def create_tenant(self, info: TenantInfo) -> bool:
         """Register a tenant; False when the id exists (its index entry is repaired)."""
@@ -117,7 +116,7 @@ class RedisTenantStore:
             for key in config:
                 await self._r.delete(key)
             await self._r.zrem(keys.tenant_index(), tenant_id)
-            key_ids = [text(k) for k in await self._r.zrange(keys.api_key_index(tenant_id), 0, -1)]
+            key_ids = members(await self._r.zrange(keys.api_key_index(tenant_id), 0, -1))
             revoked = 0
             for key_id in key_ids:
                 revoked += int(await self._r.hsetnx(keys.api_key(key_id), "rev_at", str(at_ms)))

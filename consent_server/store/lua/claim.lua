@@ -10,6 +10,8 @@
 --       | {"cancelled", reason} | {"expired"}          (status final, entry acked+deleted)
 --         (reason "RECIPIENT_ERASED..." when accepted at or before an erasure)
 --       | {"final", state} | {"gone"}                  (nothing to do, entry acked+deleted)
+--! include decision.lua
+
 local state, msg, outbox = KEYS[1], KEYS[2], KEYS[3]
 local group, entry, purpose, field, policy = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local not_after, retention = tonumber(ARGV[6]), ARGV[7]
@@ -77,28 +79,14 @@ local function finish(st, err)
 end
 
 if purpose ~= 'confirmation' then
-  -- The decision rule, the same as send.lua.
-  local recs = redis.call('HMGET', state, 's:*', field)
-  local function parse(rec)
-    if not rec then return nil end
-    local status, occurred, rev = string.match(rec, '^(%a+)|(%d+)|(%d+)|')
-    return {status, tonumber(occurred), tonumber(rev)}
-  end
-  -- An erased recipient's tombstone records compete like live ones (as in send.lua):
-  -- a message accepted while an erasure ran is still cancelled here.
-  local tomb = redis.call('HMGET', KEYS[4], 's:*', field)
-  for i = 1, 2 do
-    local l, t = parse(recs[i]), parse(tomb[i])
-    if t and (not l or t[2] > l[2] or (t[2] == l[2] and t[3] > l[3])) then
-      recs[i] = tomb[i]
-    end
-  end
-  local all, top = parse(recs[1]), nil
-  if field ~= 's:*' then top = parse(recs[2]) end
-  local winner, scope = all, 'all topics'
-  if top and (not all or top[2] > all[2] or (top[2] == all[2] and top[3] > all[3])) then
-    winner, scope = top, 'the topic'
-  end
+  -- The decision rule, the same as send.lua's (decision.lua). An erased recipient's
+  -- tombstone records compete like live ones: a message accepted while an erasure ran
+  -- is still cancelled here.
+  local winner, is_topic = decide(
+    redis.call('HMGET', state, 's:*', field), redis.call('HMGET', KEYS[4], 's:*', field)
+  )
+  local scope = 'all topics'
+  if is_topic then scope = 'the topic' end
   if winner and winner[1] ~= 'in' then
     local reason = 'RECIPIENT_OPTED_OUT: the recipient opted out of ' .. scope
       .. ' after the message was accepted'

@@ -13,6 +13,8 @@
 --       | {"conflict", the same} when the key was used for a different message
 --       | {"blocked", all-topics record or false, topic record or false}
 --       | {"accepted", message_id, accepted_ms, revision}.
+--! include decision.lua
+
 local state, idem, outbox, msg = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local field, policy, use_idem = ARGV[1], ARGV[2], ARGV[3]
 local idem_ttl, retention, message_id = ARGV[4], ARGV[5], ARGV[6]
@@ -28,25 +30,8 @@ if use_idem == '1' then
 end
 
 local recs = redis.call('HMGET', state, 's:*', field, 'rev')
-local function parse(rec)
-  if not rec then return nil end
-  local status, occurred, rev = string.match(rec, '^(%a+)|(%d+)|(%d+)|')
-  return {status, tonumber(occurred), tonumber(rev)}
-end
 -- An erased recipient's tombstone records compete like live ones: newer wins.
-local tomb = redis.call('HMGET', KEYS[5], 's:*', field)
-for i = 1, 2 do
-  local l, t = parse(recs[i]), parse(tomb[i])
-  if t and (not l or t[2] > l[2] or (t[2] == l[2] and t[3] > l[3])) then
-    recs[i] = tomb[i]
-  end
-end
-local all, top = parse(recs[1]), parse(recs[2])
--- The newer record by (occurred_at, revision) decides; none -> the policy.
-local winner = all
-if top and (not all or top[2] > all[2] or (top[2] == all[2] and top[3] > all[3])) then
-  winner = top
-end
+local winner = decide(recs, redis.call('HMGET', KEYS[5], 's:*', field))
 local allowed
 if winner then
   allowed = winner[1] == 'in'
