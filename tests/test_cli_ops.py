@@ -131,6 +131,18 @@ def test_every_command_kind_prints_json(embedded: ServerProcess, tmp_path: Path)
     assert summary["records"] == 2 and summary["applied"] == 1 and summary["invalid"] == 1
     assert summary["problems"][0][0] == 3  # the bad line, by number
 
+    # export --json: JSON Lines on stdout, or with -o a JSON summary.
+    lines = run("export", t, "--json", target=target)
+    assert lines.returncode == 0, lines.stderr
+    exported = [json.loads(line) for line in lines.stdout.splitlines()]
+    assert any(r["address"] == "+14155550111" for r in exported), exported
+    to_file = as_json(run("export", t, "-o", str(tmp_path / "out.csv"), "--json", target=target))
+    assert to_file == {
+        "exported": len(exported),
+        "output": str(tmp_path / "out.csv"),
+        "format": "csv",
+    }
+
     missing = run("message", "status", t, "msg-nope", "--json", target=target)
     assert missing.returncode == 1 and missing.stdout == ""
     assert missing.stderr.strip().splitlines() == [

@@ -216,12 +216,14 @@ def export_file(
         if parsed is None:
             fail(f"--updated-since {updated_since!r} is not a time")
         since = parsed.ToDatetime(tzinfo=UTC)
+    opts = options(ctx)
+    # --json: records to stdout are JSON Lines (unless --format says otherwise), and with
+    # -o the summary is a JSON object on stdout.
     kind = (
         transfer.detect_format(output, fmt)
         if output is not None
-        else ("csv" if fmt == "auto" else fmt)
+        else (("jsonl" if opts.json else "csv") if fmt == "auto" else fmt)
     )
-    opts = options(ctx)
     bar = Progress(
         TextColumn("[bold]export[/]"),
         BarColumn(),
@@ -249,4 +251,7 @@ def export_file(
         else:
             with output.open("w", encoding="utf-8", newline="") as sink:
                 count = transfer.write_export(pages, sink, kind, progress)
-    err.print(f"exported {count} records" + (f" to {output}" if output else ""))
+    if opts.json and output is not None:
+        print_json({"exported": count, "output": str(output), "format": kind})
+    else:
+        err.print(f"exported {count} records" + (f" to {output}" if output else ""))
