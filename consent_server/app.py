@@ -69,6 +69,7 @@ from consent_server.store.feed import RedisChangeFeed
 from consent_server.store.health import failure_cause, probe
 from consent_server.store.history import RedisConsentHistory
 from consent_server.store.repository import RedisConsentStore
+from consent_server.store.schema import SchemaMismatch, check_schema
 from consent_server.store.security import RedisSecurityStore
 from consent_server.tenant_bootstrap import ensure_tenants, tenant_registry
 
@@ -323,6 +324,8 @@ async def run(
     settings = s.settings
     loop = asyncio.get_running_loop()
     await _set_health(s.health, NOT_SERVING)
+    refused: list[str] = []
+    schema_task = await check_store_schema(s.store, stop, refused)
     bootstrap = await install_bootstrap(s)
     tenants_task = await ensure_tenants(tenant_registry(s.store), settings)
     start_metrics(settings)
@@ -358,8 +361,42 @@ async def run(
     )
     durability = warn_if_not_durable(settings, s.store)
     await stop.wait()
-    await drain(s, [t for t in (watcher, bootstrap, tenants_task, durability) if t is not None])
+    tasks = (watcher, bootstrap, tenants_task, durability, schema_task)
+    await drain(s, [t for t in tasks if t is not None])
+    if refused:
+        raise ConfigError(refused[0])
     return 0
+
+
+async def check_store_schema(
+    store: RedisConsentStore, stop: asyncio.Event, refused: list[str]
+) -> asyncio.Task[None] | None:
+    """Refuse to start on a store schema this release does not serve (store/schema.py):
+    raise ConfigError now, or, when Redis answers only later, log it, append it to
+    ``refused`` and set ``stop`` (run() then raises it: exit code 2)."""
+    try:
+        await check_schema(store.client)
+        return None
+    except SchemaMismatch as exc:
+        raise ConfigError(f"store schema: {exc}") from None
+    except StoreUnavailable:
+        pass
+
+    async def keep_trying() -> None:
+        while True:
+            await asyncio.sleep(1)
+            try:
+                await check_schema(store.client)
+                return
+            except StoreUnavailable:
+                continue
+            except SchemaMismatch as exc:
+                log.error("store schema refused; stopping", extra={"why": str(exc)})
+                refused.append(f"store schema: {exc}")
+                stop.set()
+                return
+
+    return asyncio.create_task(keep_trying(), name="schema-check")
 
 
 async def install_bootstrap(services: Services) -> asyncio.Task[bool] | None:

@@ -13,6 +13,7 @@
     consentctl import TENANT optouts.csv [--dry-run] / export TENANT -o consent.csv
     consentctl watch TENANT [--from-token T | --from-oldest] [--limit N]
     consentctl doctor [--json]
+    consentctl migrate --redis-url URL   (round-1 data to the compact layout)
 
 Every command takes the connection options of ``common`` (before or after it).
 
@@ -33,6 +34,7 @@ from . import (
     inbound,
     keys,
     messages,
+    migrate,
     providers,
     settings,
     tenants,
@@ -50,7 +52,19 @@ app = typer.Typer(
 )
 app.callback()(root_callback)
 
-for module in (tenants, settings, inbound, consent, messages, providers, bulk, feed, doctor, keys):
+for module in (
+    tenants,
+    settings,
+    inbound,
+    consent,
+    messages,
+    providers,
+    bulk,
+    feed,
+    doctor,
+    keys,
+    migrate,
+):
     module.register(app)
 
 

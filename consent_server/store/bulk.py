@@ -46,36 +46,38 @@ _CHANNELS = {c.value: c for c in Channel}
 _STATUS = {"in": Status.OPTED_IN, "out": Status.OPTED_OUT}
 
 
-def batch_script(record_event_src: str) -> str:
+def batch_script(record_event_src: str, layout_src: str) -> str:
     """record_event.lua, unchanged, as a function applied to each event in turn, with a
     lean path for an event whose recipient the store holds nothing of.
 
-    KEYS: 6 per event (state, history, tombstone, message index, feed, feed trim mark);
-    ARGV: one per event, record_event.lua's 12 arguments joined by NUL (validated values
+    KEYS: 6 per event (record bucket, history bucket prefix, tombstone, message index,
+    feed, feed trim mark); ARGV: one per event, record_event.lua's 13 arguments joined by
+    NUL (validated values
     never hold one: ids are printable, evidence has no control characters), which halves
     what the client packs per event. Returns one record_event.lua reply per event, in
     order.
 
-    The lean path (``first_event``): when the recipient has no state hash, no history
-    and no tombstone (one EXISTS), record_event.lua's outcome is fixed: revision 1,
+    The lean path (``first_event``): when the recipient has no record (one HEXISTS) and
+    no tombstone (one EXISTS), record_event.lua's outcome is fixed: revision 1,
     applied and changed, no confirmation. ``first_event`` writes exactly what
     record_event.lua writes then (state, history, change feed entry), with far fewer
-    calls (most of an import's Redis time is per call). Anything else (a known
+    calls (most of an import's Redis time is per call: no idempotency look-up, no
+    tombstone or topic reads). Anything else (a known
     recipient, an erasure, a replay) runs record_event.lua itself.
     tests/test_imports_script.py compares every key both write, so whatever
     record_event.lua comes to write for a first event must be written here too."""
-    return "local function record_one(KEYS, ARGV)\n" + record_event_src + "\nend\n" + _FIRST_EVENT
+    return (
+        "local function record_one(KEYS, ARGV)\n"
+        + record_event_src
+        + "\nend\n"
+        + layout_src
+        + _FIRST_EVENT
+    )
 
 
 _FIRST_EVENT = r"""
 local function fields(s)
-  local t, pos = {}, 1
-  while true do
-    local at = string.find(s, '\0', pos, true)
-    if not at then t[#t + 1] = string.sub(s, pos); return t end
-    t[#t + 1] = string.sub(s, pos, at - 1)
-    pos = at + 1
-  end
+  return split(s, '\0')
 end
 local t = redis.call('TIME')
 local recorded_s = string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
@@ -84,10 +86,9 @@ local recorded_s = string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumb
 local function first_event(k, a)
   local event_id, action, field, topic = a[1], a[2], a[3], a[4]
   local source, evidence, occurred, principal = a[5], a[6], a[7], a[8]
+  local rc = recipient(k[1], k[2], a[13])
   local outcome = '1|1|' .. action .. '|1|' .. recorded_s .. '|' .. action .. ':' .. topic
-  redis.call('HSET', k[1], 'rev', '1',
-    field, action .. '|' .. occurred .. '|1|' .. source .. '|' .. event_id,
-    'e:' .. event_id, outcome)
+  set_record(rc, 1, field, pack_record(action, occurred, 1, source, event_id))
   -- The change feed, as record_event.lua appends it (trim mark included).
   local feed, mark, maxlen = k[5], k[6], tonumber(a[12])
   local len = redis.call('XLEN', feed)
@@ -99,19 +100,21 @@ local function first_event(k, a)
     'k', 'change', 'tn', a[9], 'ch', a[10], 'addr', a[11], 'a', action,
     't', topic, 's', source, 'o', occurred, 'r', recorded_s,
     'rev', '1', 'id', event_id, 'chg', '1', 'p', principal)
-  redis.call('XADD', k[2], '1-0',
-    'a', action, 't', topic, 's', source, 'ev', evidence, 'o', occurred,
-    'r', recorded_s, 'ap', 1, 'id', event_id, 'p', principal, 'f', feed_id)
+  put_event(rc, 1, {action = action, applied = 1, changed = 1, status = action,
+    topic = topic, source = source, occurred = occurred, recorded = tonumber(recorded_s),
+    id = event_id, principal = principal, feed = feed_id, conf = '', evidence = evidence})
   return {0, outcome, ''}
 end
 local out = {}
 for i = 0, #KEYS / 6 - 1 do
   local k = {KEYS[6 * i + 1], KEYS[6 * i + 2], KEYS[6 * i + 3], KEYS[6 * i + 4],
              KEYS[6 * i + 5], KEYS[6 * i + 6]}
-  if redis.call('EXISTS', k[1], k[2], k[3]) == 0 then
-    out[i + 1] = first_event(k, fields(ARGV[i + 1]))
+  local a = fields(ARGV[i + 1])
+  local rf = split(a[13], US)[1]
+  if redis.call('HEXISTS', k[1], rf) == 0 and redis.call('EXISTS', k[3]) == 0 then
+    out[i + 1] = first_event(k, a)
   else
-    out[i + 1] = record_one(k, fields(ARGV[i + 1]))
+    out[i + 1] = record_one(k, a)
   end
 end
 return out
@@ -158,7 +161,9 @@ class RedisBulkStore:
         self._r: RedisClient = client
         self._tombstones = tombstones or TombstoneNames(client)
         self._acks = acks_of(client)
-        self._apply = client.register_script(batch_script(load_script("record_event.lua")))
+        self._apply = client.register_script(
+            batch_script(load_script("record_event.lua"), load_script("layout.lua"))
+        )
         self._view = client.register_script(load_script("import_view.lua"))
         self._scopes = client.register_script(load_script("export_scopes.lua"))
 
@@ -180,9 +185,11 @@ class RedisBulkStore:
             args: list[str | int] = []
             for n in positions:
                 rcpt, ids = wanted[n]
-                kk.append(keys.state(keys.partition_base(part, tenant_id, rcpt)))
+                bucket, _, descriptor = keys.layout(tenant_id, rcpt, part)
+                kk.append(bucket)
                 digest = "none" if secret is None else TombstoneNames.digest(secret, rcpt)
-                kk.append(keys.tombstone(tenant_id, rcpt, digest))
+                kk.append(keys.tombstone(tenant_id, rcpt, digest, part=part))
+                args.append(descriptor)
                 args.append(len(ids))
                 args.extend(ids)
             groups[part] = (positions, kk, args)
@@ -213,11 +220,11 @@ class RedisBulkStore:
             feed = feed_keys(tenant_id, part)
             for n in positions:
                 e = events[n]
-                base = keys.partition_base(part, tenant_id, e.recipient)
+                bucket, prefix, descriptor = keys.layout(tenant_id, e.recipient, part)
                 digest = TombstoneNames.digest(secret, e.recipient)
                 kk += (
-                    keys.state(base),
-                    keys.history(base),
+                    bucket,
+                    prefix,
                     keys.tombstone(tenant_id, e.recipient, digest, part=part),
                     keys.message_index(tenant_id, e.recipient, digest, part=part),
                     *feed,
@@ -237,6 +244,7 @@ class RedisBulkStore:
                             e.recipient.channel.value,
                             e.recipient.address,
                             maxlen,
+                            descriptor,
                         )
                     )
                 )
@@ -274,11 +282,10 @@ class RedisBulkStore:
     # -- export ------------------------------------------------------------------------
 
     async def export(self, tenant_id: str, query: ExportQuery) -> AsyncIterator[ExportPage]:
-        """One SCAN pass over the tenant's state hashes (every partition, every primary
-        of a cluster), each SCAN page's keys read per partition in one script call,
+        """One SCAN pass over the tenant's record buckets (every partition, every primary
+        of a cluster), each SCAN page's buckets read per partition in one script call,
         filtered, yielded in pages; the last page carries the last records."""
-        channel_glob = keys.glob_escape(query.channel.value) if query.channel else "*"
-        pattern = f"ca:{{cp??}}:{keys.glob_escape(tenant_id)}:{channel_glob}:*:s"
+        pattern = f"ca:{{cp??}}:{keys.glob_escape(tenant_id)}:r:*"
         total = int(await guarded(lambda: self._r.dbsize()))
         page: list[ExportedRecord] = []
         batch: list[str] = []
@@ -328,10 +335,15 @@ class RedisBulkStore:
         replies: list[Any] = await guarded(lambda: self._scopes(keys=batch, args=[]))
         out: list[ExportedRecord] = []
         for key, flat in zip(batch, replies, strict=True):
-            rcpt = _recipient_of(key, prefix)
-            if rcpt is None:
+            if not key.startswith(prefix + "r:"):
                 continue
-            for f, value in sorted(_pairs(flat)):
+            rows = [(text(flat[i]), text(flat[i + 1]), flat[i + 2]) for i in range(0, len(flat), 3)]
+            for rf, f, value in sorted(rows, key=lambda row: (row[0], row[1])):
+                rcpt = _recipient_of(rf)
+                if rcpt is None:
+                    continue
+                if query.channel is not None and rcpt.channel is not query.channel:
+                    continue
                 topic = "" if f == "s:*" else f[2:]
                 if query.scope is not None and topic != query.scope:
                     continue
@@ -346,12 +358,11 @@ class RedisBulkStore:
         return out
 
 
-def _recipient_of(key: str, prefix: str) -> Recipient | None:
-    """The recipient a state hash's name holds (None for a key that only looks like one)."""
-    if not key.startswith(prefix) or not key.endswith(":s"):
-        return None
-    channel, sep, address = key[len(prefix) : -2].partition(":")
-    if not sep or channel not in _CHANNELS or not address or ":" in address:
+def _recipient_of(rfield: str) -> Recipient | None:
+    """The recipient a bucket field names (keys.rfield); None for one that is not."""
+    channel = keys.CHANNEL_OF_LETTER.get(rfield[:1])
+    address = rfield[1:]
+    if channel is None or not address:
         return None
     return Recipient(_CHANNELS[channel], address)
 

@@ -1,5 +1,6 @@
-"""What point-in-time checks read (domain.ports.ConsentHistory): whole histories and
-erasure tombstone records, one pipeline per partition, the partitions concurrently."""
+"""What point-in-time checks read (domain.ports.ConsentHistory): whole histories (one
+history_page.lua call per partition) and erasure tombstone records (one pipeline per
+partition), the partitions concurrently."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from consent_server.domain.ports import RecordPair
 
 from . import keys
 from .client import RedisClient, RedisPipeline
-from .records import parse_history_entry, parse_record, stream_entries
+from .records import parse_event, parse_record, text
 from .repository import guarded
+from .scripts import load_script
 from .tombstones import TombstoneNames
 
 
@@ -23,6 +25,7 @@ class RedisConsentHistory:
     def __init__(self, client: RedisClient, tombstones: TombstoneNames | None = None) -> None:
         self._r: RedisClient = client
         self._tombstones = tombstones or TombstoneNames(client)
+        self._page = client.register_script(load_script("history_page.lua"))
 
     async def _per_partition(
         self,
@@ -52,13 +55,32 @@ class RedisConsentHistory:
     async def histories(
         self, tenant_id: str, recipients: Sequence[Recipient]
     ) -> list[list[ConsentEvent]]:
-        """Each recipient's whole history stream, oldest first."""
+        """Each recipient's whole history, oldest first (history_page.lua, pipelined)."""
 
-        def command(pipe: RedisPipeline, rcpt: Recipient) -> None:
-            pipe.xrange(keys.history(keys.recipient_base(tenant_id, rcpt)), "-", "+")
+        groups = keys.by_partition(tenant_id, recipients)
 
-        replies = await self._per_partition(tenant_id, recipients, command)
-        return [[parse_history_entry(eid, f) for eid, f in stream_entries(r)] for r in replies]
+        async def run(part: int, positions: list[int]) -> list[Any]:
+            kk: list[str] = []
+            args: list[str | int] = []
+            for n in positions:
+                bucket, prefix, descriptor = keys.layout(tenant_id, recipients[n], part)
+                kk += (bucket, prefix)
+                args += (descriptor, 0, 0)
+            reply: list[Any] = await self._page(keys=kk, args=args)
+            return reply
+
+        async def read() -> list[Any]:
+            return list(await asyncio.gather(*(run(p, n) for p, n in groups.items())))
+
+        per_group = await guarded(read)
+        replies: list[Any] = [None] * len(recipients)
+        for positions, reply in zip(groups.values(), per_group, strict=True):
+            for n, r in zip(positions, reply, strict=True):
+                replies[n] = r
+        return [
+            [parse_event(int(r[i]), text(r[i + 1])) for i in range(len(r) - 2, -1, -2)]
+            for r in replies
+        ]
 
     async def tombstone_records(
         self, tenant_id: str, recipients: Sequence[Recipient], topic: str

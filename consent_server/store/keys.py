@@ -7,8 +7,8 @@ only touch keys of one slot). The partition is a fixed function of (tenant,
 channel, address), so each recipient has exactly one hash tag. PARTITIONS must
 never change once data exists.
 
-    ca:{cpNN}:<tenant>:<channel>:<address>:s     hash: revision, scope records, event ids
-    ca:{cpNN}:<tenant>:<channel>:<address>:h     stream: history, entry id = <revision>-0
+    ca:{cpNN}:<tenant>:r:<b>                     hash: bucket of current records (schema 2)
+    ca:{cpNN}:<tenant>:h:<b>                     hash: bucket of history events (schema 2)
     ca:{cpNN}:<tenant>:<channel>:<address>:i:<k> string: send idempotency key -> message
     ca:{cpNN}:<tenant>:m:<message_id>            hash: message status
     ca:{cpNN}:outbox                             stream: accepted messages to deliver
@@ -27,6 +27,37 @@ never change once data exists.
     ca:edge:link_secret                          string: the generated consent-link secret
     ca:tenant:<tenant>:providers                 hash: channel (or "*") -> provider config
     ca:tenant:<tenant>:pid:<provider message id> string: -> message id (delivery receipts)
+
+Schema 2 (compact storage): many recipients share one listpack-encoded hash bucket.
+A recipient's bucket b is a fixed function of (tenant, channel, address), independent
+of its partition; BUCKETS_PER_PARTITION buckets per partition and tenant. Its field
+name is ``<channel letter><address>`` ("rfield", e.g. ``s+14155550100``):
+
+    record bucket ca:{cpNN}:<tenant>:r:<b>
+      <rfield>            "<event count, base 36>" [";" <all-topics record, packed>]
+      <rfield>\x1f<topic> <the topic's record, packed>
+    history bucket ca:{cpNN}:<tenant>:h:<(b + (seq - 1) // 8) % BUCKETS_PER_PARTITION>
+      <rfield>\x1f<seq>   one event, packed (seq = the event's revision, 1, 2, ...)
+      <rfield>\x1f<seq>\x1f<n>  its n-th 64-byte continuation when longer than 64 bytes
+
+A packed record is ``<i|o><occurred ms, base 36>,<revision, base 36>,<source>,<event
+id>`` (source as one letter: store/lua/layout.lua); the scripts unpack it to the round-1
+form ``status|occurred_ms|revision|source|event_id`` that the decision rule and
+records.parse_record read. A packed event is its fields joined by \x1f (layout.lua).
+Every value is cut to at most 64 bytes and every bucket stays small (a recipient's
+events spread over consecutive history buckets, 8 per bucket), so each bucket keeps
+Redis's default listpack encoding (hash-max-listpack-entries 128, -value 64) without a
+CONFIG SET: ~50 B per record and ~90 B per event instead of a ~4.7 KB stream and a
+~280 B hash per recipient (docs/benchmarks.md). A bucket grows past 128 fields only
+beyond ~10 M recipients per tenant (BUCKETS_PER_PARTITION x PARTITIONS x ~100); it
+then turns into a regular hash: still correct, less compact. Addresses longer than
+~60 bytes (long e-mail addresses) do the same to their own bucket.
+
+Event-id idempotency: a replayed event id is recognised among the recipient's last
+IDEMPOTENCY_WINDOW events (its history holds each event's id and outcome); nothing else
+keeps event ids, so they cost no memory of their own (docs/guarantees.md).
+
+    ca:meta                                      hash: schema (SCHEMA), partitions, buckets
 """
 
 from __future__ import annotations
@@ -40,6 +71,16 @@ from collections.abc import Sequence
 from consent_server.domain.model import Recipient
 
 PARTITIONS = 16
+# Schema 2: record and history buckets per partition and tenant (never changes once
+# data exists; recorded in ca:meta).
+TOTAL_BUCKETS = 131_072  # per tenant: ~8 recipients a bucket at 1 M, ~80 at 10 M
+BUCKETS_PER_PARTITION = max(1, TOTAL_BUCKETS // PARTITIONS)
+HISTORY_SPREAD = 8  # consecutive events of a recipient per history bucket
+IDEMPOTENCY_WINDOW = 32  # a replay is recognised among the recipient's last 32 events
+SCHEMA = 2
+META = "ca:meta"
+_CHANNEL_LETTER = {"whatsapp": "w", "sms": "s", "email": "e", "rcs": "r", "voice": "v"}
+CHANNEL_OF_LETTER = {v: k for k, v in _CHANNEL_LETTER.items()}
 MESSAGE_ID_RE = re.compile(r"^m[0-9a-f]{30}$")
 
 
@@ -78,13 +119,60 @@ def partition_base(part: int, tenant_id: str, recipient: Recipient) -> str:
 
 
 def state(base: str) -> str:
-    """The recipient's state hash."""
+    """The recipient's round-1 state hash (schema 1; only ``consentctl migrate`` reads it)."""
     return base + ":s"
 
 
 def history(base: str) -> str:
-    """The recipient's history stream."""
+    """The recipient's round-1 history stream (schema 1; ``consentctl migrate``)."""
     return base + ":h"
+
+
+def rfield(recipient: Recipient) -> str:
+    """The recipient's field name in its record and history buckets."""
+    return _CHANNEL_LETTER[recipient.channel.value] + recipient.address
+
+
+def bucket(tenant_id: str, recipient: Recipient) -> int:
+    """The recipient's record bucket within its partition: bits of the same CRC above
+    those the partition uses, so buckets fill evenly in every partition."""
+    key = f"{tenant_id}\x00{recipient.channel.value}\x00{recipient.address}".encode()
+    return (zlib.crc32(key) >> 10) % BUCKETS_PER_PARTITION
+
+
+def record_bucket(part: int, tenant_id: str, b: int) -> str:
+    """A record bucket."""
+    return f"ca:{tag(part)}:{tenant_id}:r:{b:x}"
+
+
+def history_prefix(part: int, tenant_id: str) -> str:
+    """The common prefix of a tenant's history buckets in a partition (the scripts add
+    the bucket number)."""
+    return f"ca:{tag(part)}:{tenant_id}:h:"
+
+
+def history_bucket(part: int, tenant_id: str, b: int, seq: int) -> str:
+    """The history bucket holding a recipient's event ``seq`` (1, 2, ...)."""
+    hb = (b + (seq - 1) // HISTORY_SPREAD) % BUCKETS_PER_PARTITION
+    return f"{history_prefix(part, tenant_id)}{hb:x}"
+
+
+def descriptor(recipient: Recipient, b: int) -> str:
+    """What a script needs to find a recipient in the buckets: field, bucket, buckets."""
+    return f"{rfield(recipient)}\x1f{b}\x1f{BUCKETS_PER_PARTITION}"
+
+
+def layout(tenant_id: str, recipient: Recipient, part: int | None = None) -> tuple[str, str, str]:
+    """(record bucket, history prefix, descriptor) of a recipient: a script's KEYS[1],
+    KEYS[2] (same hash tag, so the script stays on one slot) and its descriptor ARGV."""
+    if part is None:
+        part = partition(tenant_id, recipient)
+    b = bucket(tenant_id, recipient)
+    return (
+        record_bucket(part, tenant_id, b),
+        history_prefix(part, tenant_id),
+        descriptor(recipient, b),
+    )
 
 
 def idempotency(base: str, key: str) -> str:

@@ -208,10 +208,10 @@ class DeliveryRepository:
         """Re-check consent and claim the entry for one provider attempt (claim.lua)."""
         rcpt = entry.recipient
         assert rcpt is not None
-        base = keys.recipient_base(entry.tenant_id, rcpt)
+        bucket, _, descriptor = keys.layout(entry.tenant_id, rcpt)
         tombstone = await self._call(lambda: self._tombstones.key(entry.tenant_id, rcpt))
         script_keys = [
-            keys.state(base),
+            bucket,
             keys.message(entry.tenant_id, entry.partition, entry.message_id),
             keys.outbox(entry.partition),
             tombstone,
@@ -228,6 +228,7 @@ class DeliveryRepository:
             rcpt.address,
             entry.topic,
             entry.accepted_at_ms,
+            descriptor,
         ]
         reply = await self._call(lambda: self._claim(keys=script_keys, args=args))
         kind = text(reply[0])

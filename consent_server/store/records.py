@@ -113,6 +113,55 @@ def parse_history_entry(entry_id: str, f: Mapping[str, str]) -> ConsentEvent:
     )
 
 
+# The compact layout's packed values (store/lua/layout.lua writes them).
+SOURCE_CODES = {
+    "api": "a",
+    "keyword": "k",
+    "button": "b",
+    "link": "l",
+    "admin": "d",
+    "import": "i",
+    "provider": "p",
+    "erasure": "x",
+}
+_SOURCE_OF_CODE = {code: name for name, code in SOURCE_CODES.items()}
+
+
+def parse_event(revision: int, value: str) -> ConsentEvent:
+    """One packed history event (layout.lua's pack_event): flags, topic, source,
+    occurred and recorded ms (base 36), event id, principal, feed id, confirmation id,
+    evidence, joined by \x1f."""
+    flags, topic, source, occurred, recorded, event_id, principal, _f, _c, evidence = value.split(
+        "\x1f", 9
+    )
+    return ConsentEvent(
+        event_id=event_id,
+        action=Action.OPT_IN if flags[0] == "i" else Action.OPT_OUT,
+        topic=topic,
+        source=Source(_SOURCE_OF_CODE.get(source, source)),
+        evidence=evidence,
+        occurred_at_ms=int(occurred, 36),
+        recorded_at_ms=int(recorded, 36),
+        applied=flags[1] == "1",
+        revision=revision,
+        principal=principal,
+    )
+
+
+def parse_packed_record(packed: str) -> ConsentRecord | None:
+    """A packed scope record (layout.lua's pack_record), None when empty."""
+    if not packed:
+        return None
+    occurred, revision, source, event_id = packed[1:].split(",", 3)
+    return ConsentRecord(
+        status=Status.OPTED_IN if packed[0] == "i" else Status.OPTED_OUT,
+        occurred_at_ms=int(occurred, 36),
+        revision=int(revision, 36),
+        source=Source(_SOURCE_OF_CODE.get(source, source)),
+        event_id=event_id,
+    )
+
+
 def encode_body(message: OutboundMessage) -> str:
     """The message body as JSON for the outbox (bytes as base64)."""
     if message.kind == "text":

@@ -44,11 +44,10 @@ from .records import (
     encode_body,
     encode_settings,
     fields,
-    parse_history_entry,
+    parse_event,
     parse_outcome,
     parse_record,
     parse_settings,
-    stream_entries,
     text,
 )
 from .replication import acks_of
@@ -140,6 +139,7 @@ class RedisConsentStore:
         self._send = client.register_script(load_script("send.lua"))
         self._put_settings = client.register_script(load_script("put_settings.lua"))
         self._read_states = client.register_script(load_script("read_states.lua"))
+        self._history = client.register_script(load_script("history_page.lua"))
         # tenant -> (read at, settings, whether the tenant exists)
         self._settings_cache: dict[str, tuple[float, TenantSettings, bool]] = {}
         self._settings_cache_s = settings_cache_s
@@ -237,32 +237,37 @@ class RedisConsentStore:
         """Each recipient's records merged with its erasure tombstone: one read_states.lua
         call per partition, the partitions read concurrently.
 
-        A recipient's state hash and tombstone share its hash tag, so each script touches
+        A recipient's record bucket and tombstone share its hash tag, so each script touches
         one slot (Redis Cluster), and a batch of any size costs at most PARTITIONS round
         trips (one for CheckConsent). Per scope the newer of the live and the tombstone
         record decides.
         """
-        fields = ["s:*", keys.scope_field(topic)] if topic else ["s:*"]
+        field = keys.scope_field(topic) if topic else ""
         secret = await self._call(lambda: self.tombstones.secret(tenant_id))
 
         async def read() -> list[Any]:
-            # partition -> (positions in the request, [state, tombstone] keys)
-            groups: dict[int, tuple[list[int], list[str]]] = {}
+            # partition -> (positions in the request, [bucket, tombstone] keys, args)
+            groups: dict[int, tuple[list[int], list[str], list[str]]] = {}
             for part, positions in keys.by_partition(tenant_id, recipients).items():
                 pair_keys: list[str] = []
+                args = [field]
                 for i in positions:
                     rcpt = recipients[i]
-                    pair_keys.append(keys.state(keys.partition_base(part, tenant_id, rcpt)))
+                    b = keys.bucket(tenant_id, rcpt)
+                    pair_keys.append(keys.record_bucket(part, tenant_id, b))
                     pair_keys.append(
-                        keys.tombstone(tenant_id, rcpt, TombstoneNames.digest(secret, rcpt))
+                        keys.tombstone(
+                            tenant_id, rcpt, TombstoneNames.digest(secret, rcpt), part=part
+                        )
                     )
-                groups[part] = (positions, pair_keys)
-            calls = [self._read_states(keys=k, args=fields) for _, k in groups.values()]
+                    args.append(keys.descriptor(rcpt, b))
+                groups[part] = (positions, pair_keys, args)
+            calls = [self._read_states(keys=k, args=a) for _, k, a in groups.values()]
             # One partition (every CheckConsent) needs no gather: that would wrap the
             # call in a task and cost loop turns on the hottest path.
             replies = [await calls[0]] if len(calls) == 1 else await asyncio.gather(*calls)
             rows: list[Any] = [None] * (2 * len(recipients))
-            for (positions, _), reply in zip(groups.values(), replies, strict=True):
+            for (positions, _, _), reply in zip(groups.values(), replies, strict=True):
                 for n, i in enumerate(positions):
                     rows[2 * i], rows[2 * i + 1] = reply[2 * n], reply[2 * n + 1]
             return rows
@@ -281,14 +286,18 @@ class RedisConsentStore:
         self, tenant_id: str, recipient: Recipient, limit: int, before_revision: int | None
     ) -> EventPage:
         """History newest first; fetches one extra entry to know whether a next page exists."""
-        if before_revision is not None and before_revision < 1:
-            return EventPage([], None)  # nothing below revision 0; Redis rejects "(0-0"
-        key = keys.history(keys.recipient_base(tenant_id, recipient))
-        start = "+" if before_revision is None else f"({before_revision}-0"
-        entries = stream_entries(
-            await self._call(lambda: self._r.xrevrange(key, start, "-", count=limit + 1))
-        )
-        events = [parse_history_entry(eid, f) for eid, f in entries[:limit]]
+        if before_revision is not None and before_revision <= 1:
+            return EventPage([], None)  # no revision below 1
+        bucket, prefix, descriptor = keys.layout(tenant_id, recipient)
+        # "before": revisions below it; the script's bound is inclusive (0: the newest).
+        top = 0 if before_revision is None else before_revision - 1
+        flat = (
+            await self._call(
+                lambda: self._history(keys=[bucket, prefix], args=[descriptor, top, limit + 1])
+            )
+        )[0]
+        entries = list(zip(flat[0::2], flat[1::2], strict=True))
+        events = [parse_event(int(seq), text(value)) for seq, value in entries[:limit]]
         more = len(entries) > limit
         return EventPage(events, events[-1].revision if more and events else None)
 
@@ -345,7 +354,7 @@ class RedisConsentStore:
         self, event: ConsentEventInput, extra_keys: list[str], extra_args: list[str | int]
     ) -> tuple[ChangeOutcome, str]:
         part = keys.partition(event.tenant_id, event.recipient)
-        base = keys.partition_base(part, event.tenant_id, event.recipient)
+        bucket, prefix, descriptor = keys.layout(event.tenant_id, event.recipient, part)
         # Every write reads the recipient's tombstone in the same script: an event dated
         # at or before an erasure changes and stores nothing (record_event.lua).
         tomb, index = await self._call(
@@ -365,11 +374,12 @@ class RedisConsentStore:
             event.recipient.channel.value,
             event.recipient.address,
             feed_maxlen(self._r),
+            descriptor,
             *extra_args,
         ]
         script_keys = [
-            keys.state(base),
-            keys.history(base),
+            bucket,
+            prefix,
             tomb,
             index,
             *feed_keys(event.tenant_id, part),
@@ -398,8 +408,9 @@ class RedisConsentStore:
         tomb, index = await self._call(
             lambda: self.tombstones.keys(request.tenant_id, request.recipient)
         )
+        bucket, _, descriptor = keys.layout(request.tenant_id, request.recipient, part)
         script_keys = [
-            keys.state(base),
+            bucket,
             keys.idempotency(base, request.idempotency_key or "-"),
             keys.outbox(part),
             keys.message(request.tenant_id, part, message_id),
@@ -428,6 +439,7 @@ class RedisConsentStore:
             metadata,
             fingerprint,
             request.idempotency_key,
+            descriptor,
         ]
         reply = await self._write(
             script_keys[0], lambda c: self._send(keys=script_keys, args=args, client=c)

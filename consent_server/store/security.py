@@ -166,17 +166,17 @@ class RedisSecurityStore:
                     match=keys.glob_escape(prefix) + "*", count=_SCAN_COUNT
                 )
             ]
-            fixed = {keys.state(base), keys.history(base)}
             idem = sorted(k for k in found if k.startswith(prefix + "i:"))
-            other = sorted(k for k in found if k not in fixed and not k.startswith(prefix + "i:"))
+            other = sorted(k for k in found if not k.startswith(prefix + "i:"))
+            bucket, hist_prefix, descriptor = keys.layout(tenant_id, recipient, part)
             messages = await self._messages_of(tenant_id, part, recipient)
             entries = await self._outbox_entries(tenant_id, part, recipient)
             # The scans above find what was there before this change; the script reads
             # the recipient's message index itself, so a message accepted meanwhile is
             # found too (the scans remain for messages from before the index existed).
             script_keys = [
-                keys.state(base),
-                keys.history(base),
+                bucket,
+                hist_prefix,
                 keys.tombstone(tenant_id, recipient, digest),
                 keys.outbox(part),
                 keys.erasure_log(tenant_id, part),
@@ -199,6 +199,8 @@ class RedisSecurityStore:
                 keys.message_prefix(tenant_id, part),
                 feed_maxlen(self._r),
                 tenant_id,
+                descriptor,
+                base,
                 *entries,
             ]
             return await self._acks.write(

@@ -1,18 +1,20 @@
 -- Claim an outbox entry for delivery, re-checking consent in the same atomic step
 --: a send whose recipient no longer allows it is CANCELLED here and
--- can never reach a provider, because every opt-out runs on the same state hash.
--- KEYS[1] recipient state hash, KEYS[2] message status hash, KEYS[3] outbox stream,
+-- can never reach a provider, because every opt-out writes the same record bucket.
+-- KEYS[1] the recipient's record bucket, KEYS[2] message status hash, KEYS[3] outbox stream,
 -- KEYS[4] the recipient's suppression tombstone (all with the recipient's hash tag).
 -- ARGV: group, stream entry id, purpose ("send"|"confirmation"|""), topic field,
 --       policy ("allow"|"require_opt_in"), not_after ms (0 = never), retention s,
---       channel, address, topic, accepted ms (to create a confirmation's missing status).
+--       channel, address, topic, accepted ms (to create a confirmation's missing status),
+--       the recipient's descriptor (keys.descriptor).
 -- Returns {"go", attempts, now_ms}
 --       | {"cancelled", reason} | {"expired"}          (status final, entry acked+deleted)
 --         (reason "RECIPIENT_ERASED..." when accepted at or before an erasure)
 --       | {"final", state} | {"gone"}                  (nothing to do, entry acked+deleted)
 --! include decision.lua
+--! include layout.lua
 
-local state, msg, outbox = KEYS[1], KEYS[2], KEYS[3]
+local msg, outbox = KEYS[2], KEYS[3]
 local group, entry, purpose, field, policy = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local not_after, retention = tonumber(ARGV[6]), ARGV[7]
 
@@ -79,11 +81,12 @@ local function finish(st, err)
 end
 
 if purpose ~= 'confirmation' then
+  local rc = recipient(KEYS[1], '', ARGV[12])
   -- The decision rule, the same as send.lua's (decision.lua). An erased recipient's
   -- tombstone records compete like live ones: a message accepted while an erasure ran
   -- is still cancelled here.
   local winner, is_topic = decide(
-    redis.call('HMGET', state, 's:*', field), redis.call('HMGET', KEYS[4], 's:*', field)
+    {get_record(rc, 's:*'), get_record(rc, field)}, redis.call('HMGET', KEYS[4], 's:*', field)
   )
   local scope = 'all topics'
   if is_topic then scope = 'the topic' end

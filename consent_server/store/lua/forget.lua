@@ -1,5 +1,6 @@
 -- Erase a recipient and keep a suppression tombstone, in one atomic step.
--- KEYS[1] state hash, KEYS[2] history stream, KEYS[3] tombstone hash, KEYS[4] outbox
+-- KEYS[1] the recipient's record bucket, KEYS[2] the partition's history bucket prefix
+-- (layout.lua), KEYS[3] tombstone hash, KEYS[4] outbox
 -- stream, KEYS[5] erasure log stream, KEYS[6] the partition's delivery retry queue
 -- (sorted set), KEYS[7] its parked entries (hash), KEYS[8] the recipient's message
 -- index (see send.lua), KEYS[9] the tenant's change feed stream of the partition,
@@ -9,7 +10,8 @@
 -- recipient's hash tag.
 -- ARGV: those three counts, erasure id, principal, channel, tombstone digest, the
 --       tenant's message key prefix in the partition, the feed's max length, the
---       tenant, then the recipient's outbox entry ids found by scanning.
+--       tenant, the recipient's descriptor (keys.descriptor), its key prefix (send
+--       idempotency keys live under it), then its outbox entry ids found by scanning.
 -- The recipient's earlier change-feed entries (they hold the address) are deleted, and
 -- one erasure entry is appended that holds no address: watchers learn of the erasure
 -- (its id and channel) without learning whom it concerned.
@@ -20,7 +22,8 @@
 -- (record_event.lua) and no message accepted at or before it is delivered (claim.lua).
 -- Returns {records, events, idempotency entries, messages cancelled, messages erased,
 --          other keys, {provider message ids of the messages}, suppressed scope field, ...}.
-local state, hist, tomb, outbox, elog = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+--! include layout.lua
+local tomb, outbox, elog = KEYS[3], KEYS[4], KEYS[5]
 local retry_z, retry_h, index = KEYS[6], KEYS[7], KEYS[8]
 local n_idem, n_other, n_msg = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local erasure_id, principal, channel, digest = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
@@ -38,17 +41,13 @@ end
 
 -- The effective record of every scope: the newer (occurred_at, revision) of the
 -- live record and an earlier tombstone's.
+local rc = recipient(KEYS[1], KEYS[2], ARGV[11])
 local effective = {}
 local records, idem = 0, 0
-local s = redis.call('HGETALL', state)
-for i = 1, #s, 2 do
-  local f = s[i]
-  if string.sub(f, 1, 2) == 's:' then
-    records = records + 1
-    effective[f] = s[i + 1]
-  elseif string.sub(f, 1, 2) == 'e:' then
-    idem = idem + 1
-  end
+local live = all_records(rc)
+for f, rec in pairs(live) do
+  records = records + 1
+  effective[f] = rec
 end
 local old = redis.call('HGETALL', tomb)
 for i = 1, #old, 2 do
@@ -79,22 +78,25 @@ for f, rec in pairs(effective) do
   end
 end
 
-local events = redis.call('XLEN', hist)
+-- The history: every event (and its change-feed entry, which holds the address).
+local count = main_of(rc)
+local events = 0
 local feed, mark, maxlen, tenant = KEYS[9], KEYS[10], tonumber(ARGV[9]), ARGV[10]
-local cursor = '-'
-repeat
-  local page = redis.call('XRANGE', hist, cursor, '+', 'COUNT', 500)
-  for _, entry in ipairs(page) do
-    local f = entry[2]
-    for j = 1, #f, 2 do
-      if f[j] == 'f' and f[j + 1] ~= '' then redis.call('XDEL', feed, f[j + 1]) end
-    end
+for seq = 1, count do
+  local e = get_event(rc, seq)
+  if e then
+    events = events + 1
+    if e.feed ~= '' then redis.call('XDEL', feed, e.feed) end
+    local key, field = event_key(rc, seq)
+    del_long(key, field)
   end
-  if #page < 500 then break end
-  cursor = '(' .. page[#page][1]
-until false
-local base = string.sub(state, 1, #state - 2)  -- the recipient's prefix ("...:s" -> "...")
-redis.call('DEL', state, hist)
+end
+-- The records: the main field and every topic's.
+redis.call('HDEL', rc[1], rc[3])
+for f, _ in pairs(live) do
+  if f ~= 's:*' then redis.call('HDEL', rc[1], rc[3] .. US .. string.sub(f, 3)) end
+end
+local base = ARGV[12]  -- the recipient's key prefix (send idempotency keys)
 local gone = {}  -- idempotency keys already deleted
 for i = 1, n_idem do
   gone[KEYS[fixed + i]] = true
@@ -150,7 +152,7 @@ for _, m in ipairs(messages) do
     erased = erased + 1
   end
 end
-for i = 11, #ARGV do
+for i = 13, #ARGV do
   erased = erased + redis.call('XDEL', outbox, ARGV[i])
 end
 

@@ -1,16 +1,18 @@
 -- Record an opt-out or opt-in in one atomic step.
--- KEYS[1] state hash, KEYS[2] history stream, KEYS[3] the recipient's suppression
--- tombstone, KEYS[4] its message index (same hash tag).
+-- KEYS[1] the recipient's record bucket, KEYS[2] the partition's history bucket prefix
+-- (layout.lua, store/keys.py), KEYS[3] the recipient's suppression tombstone, KEYS[4]
+-- its message index (same hash tag).
 -- ARGV: event_id, action ("in"|"out"), scope field, topic, source, evidence,
 --       occurred_at ms, principal.
 -- KEYS[5] the tenant's change feed stream of the partition, KEYS[6] its trim mark
 -- (same hash tag); ARGV[9] tenant, ARGV[10] channel, ARGV[11] address, ARGV[12] the
 -- feed's max length: an applied event is appended to the feed in this same step
 -- (docs/feed.md), so a watcher sees every applied change exactly where it happened.
+-- ARGV[13] the recipient's descriptor (field, bucket, buckets: keys.descriptor).
 -- Inbound replies (HandleInboundMessage) also pass KEYS[7] the partition's outbox
--- stream and KEYS[8] a new message's status hash (same hash tag), and ARGV[13]
--- message id, ARGV[14] tenant, ARGV[15] channel, ARGV[16] address, ARGV[17]
--- confirmation body json, ARGV[18] message retention s: when the event changes the
+-- stream and KEYS[8] a new message's status hash (same hash tag), and ARGV[14]
+-- message id, ARGV[15] tenant, ARGV[16] channel, ARGV[17] address, ARGV[18]
+-- confirmation body json, ARGV[19] message retention s: when the event changes the
 -- scope's status (and, for a topic, what the recipient receives), the confirmation is
 -- queued in this same step (docs/outbox.md), so it is neither lost nor doubled, and
 -- a repeated STOP queues nothing.
@@ -22,21 +24,25 @@
 -- Returns {0 new | 1 replay | 2 id reused for another change | 3 before the erasure,
 --          "applied|changed|status|revision|recorded_ms|action:topic",
 --          id of the confirmation queued by this event or ""}.
-local state, hist, tomb, index = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+--! include layout.lua
+local tomb, index = KEYS[3], KEYS[4]
 local event_id, action, field, topic = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local source, evidence, occurred, principal = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+local rc = recipient(KEYS[1], KEYS[2], ARGV[13])
+local count = main_of(rc)
 
 -- Idempotency: the first outcome of an event id is returned, nothing is written.
 -- The same id for a different change (another action or topic) is a caller bug that
--- would silently drop an opt-out or opt-in: report it instead.
+-- would silently drop an opt-out or opt-in: report it instead. The id is looked up
+-- among the recipient's last WINDOW (32) history events (keys.IDEMPOTENCY_WINDOW).
 local fingerprint = action .. ':' .. topic
-local seen = redis.call('HGET', state, 'e:' .. event_id)
-if seen then
-  local first = string.match(seen, '|([^|]*)$')
-  if first ~= fingerprint then
+local seen_event, seen_seq = find_event(rc, count, event_id)
+if seen_event then
+  local seen = outcome_of(seen_event, seen_seq)
+  if seen_event.action .. ':' .. seen_event.topic ~= fingerprint then
     return {2, seen, ''}
   end
-  return {1, seen, redis.call('HGET', state, 'c:' .. event_id) or ''}
+  return {1, seen, seen_event.conf}
 end
 
 local function parse(rec)
@@ -53,7 +59,7 @@ local function decider(topic_rec, all_rec)
 end
 -- A scope's record: the newer of the live one and the tombstone's.
 local function record(f)
-  return newer(parse(redis.call('HGET', state, f)), parse(redis.call('HGET', tomb, f)))
+  return newer(parse(get_record(rc, f) or nil), parse(redis.call('HGET', tomb, f)))
 end
 
 local t = redis.call('TIME')
@@ -88,11 +94,12 @@ if erased_at and tonumber(occurred) <= erased_at then
   if field ~= 's:*' then deciding = decider(record(field), deciding) end
   local status = 'none'
   if deciding then status = deciding[1] end
-  local rev = redis.call('HGET', state, 'rev') or '0'
+  local rev = string.format('%d', count)
   return {3, '0|0|' .. status .. '|' .. rev .. '|' .. recorded_s .. '|' .. fingerprint, ''}
 end
 
-local rev = redis.call('HINCRBY', state, 'rev', 1)
+count = count + 1
+local rev = string.format('%d', count)
 
 -- The event applies when it is not older than the scope's record. Its revision
 -- is higher than any before it, so (occurred_at, revision) ordering reduces to
@@ -107,8 +114,10 @@ if before then
   end
 end
 if applied == 1 then
-  redis.call('HSET', state, field,
-    action .. '|' .. occurred .. '|' .. rev .. '|' .. source .. '|' .. event_id)
+  set_record(rc, count, field, pack_record(action, occurred, count, source, event_id))
+else
+  local _, all = main_of(rc)
+  set_main(rc, count, all)
 end
 
 -- The change feed: applied events only, trimmed to its max length. The id of the last
@@ -129,14 +138,12 @@ if applied == 1 then
     'rev', rev, 'id', event_id, 'chg', changed, 'p', principal)
 end
 
-redis.call('XADD', hist, rev .. '-0',
-  'a', action, 't', topic, 's', source, 'ev', evidence, 'o', occurred,
-  'r', string.format('%d', recorded), 'ap', applied, 'id', event_id, 'p', principal,
-  'f', feed_id)
+local event = {action = action, applied = applied, changed = changed, status = status,
+  topic = topic, source = source, occurred = occurred, recorded = recorded, id = event_id,
+  principal = principal, feed = feed_id, conf = '', evidence = evidence}
 
 local outcome = applied .. '|' .. changed .. '|' .. status .. '|' .. rev .. '|'
   .. recorded_s .. '|' .. fingerprint
-redis.call('HSET', state, 'e:' .. event_id, outcome)
 
 -- Inbound events confirm when they change what the recipient receives (the decision rule
 -- decides each topic by the newer of its record and the all-topics record):
@@ -162,14 +169,9 @@ if #KEYS >= 8 and applied == 1 then
       local rec = record(f)
       return differs(decider(rec, before), decider(rec, after))
     end
-    local cursor = '0'
-    repeat
-      local page = redis.call('HSCAN', state, cursor, 'MATCH', 's:*', 'COUNT', 200)
-      cursor = page[1]
-      for i = 1, #page[2], 2 do
-        if effective == 0 and flips(page[2][i]) then effective = 1 end
-      end
-    until cursor == '0' or effective == 1
+    for f, _ in pairs(all_records(rc)) do
+      if effective == 0 and flips(f) then effective = 1 end
+    end
     if effective == 0 then
       for _, f in ipairs(redis.call('HKEYS', tomb)) do
         if effective == 0 and string.sub(f, 1, 2) == 's:' and flips(f) then effective = 1 end
@@ -180,19 +182,21 @@ end
 
 local confirmation = ''
 if effective == 1 then
-  local outbox, msg, message_id = KEYS[7], KEYS[8], ARGV[13]
+  local outbox, msg, message_id = KEYS[7], KEYS[8], ARGV[14]
   local now = recorded_s
   local eid = redis.call('XADD', outbox, '*',
-    'id', message_id, 'tenant', ARGV[14], 'ch', ARGV[15], 'addr', ARGV[16], 'topic', '',
-    'body', ARGV[17], 'not_after', '0', 'meta', '{}', 'rev', rev, 'at', now,
+    'id', message_id, 'tenant', ARGV[15], 'ch', ARGV[16], 'addr', ARGV[17], 'topic', '',
+    'body', ARGV[18], 'not_after', '0', 'meta', '{}', 'rev', rev, 'at', now,
     'purpose', 'confirmation')
-  redis.call('HSET', msg, 'st', 'accepted', 'ch', ARGV[15], 'addr', ARGV[16], 'topic', '',
+  redis.call('HSET', msg, 'st', 'accepted', 'ch', ARGV[16], 'addr', ARGV[17], 'topic', '',
     'at', now, 'up', now, 'att', 0, 'err', '', 'pid', '', 'eid', eid)
-  redis.call('EXPIRE', msg, ARGV[18])
+  redis.call('EXPIRE', msg, ARGV[19])
   -- Indexed like a send, so an erasure finds it (see send.lua).
   redis.call('ZADD', index, now, message_id)
-  redis.call('PEXPIRE', index, string.format('%d', 2000 * tonumber(ARGV[18])))
-  redis.call('HSET', state, 'c:' .. event_id, message_id)
+  redis.call('PEXPIRE', index, string.format('%d', 2000 * tonumber(ARGV[19])))
   confirmation = message_id
 end
+-- The history event (it also keeps the event id and outcome for idempotency).
+event.conf = confirmation
+put_event(rc, count, event)
 return {0, outcome, confirmation}

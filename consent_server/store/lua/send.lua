@@ -1,12 +1,12 @@
 -- Decide and, if allowed, enqueue in one atomic step, so no
 -- message is accepted after an opt-out has been acknowledged.
--- KEYS[1] state hash, KEYS[2] idempotency key, KEYS[3] outbox stream,
+-- KEYS[1] the recipient's record bucket, KEYS[2] idempotency key, KEYS[3] outbox stream,
 -- KEYS[4] message status hash, KEYS[5] suppression tombstone, KEYS[6] the recipient's
 -- message index (all with the recipient's hash tag).
 -- ARGV: topic field, policy ("allow"|"require_opt_in"), use idempotency ("1"|"0"),
 --       idempotency ttl s, message retention s, message_id, tenant, channel,
 --       address, topic, body json, not_after ms, metadata json, request fingerprint,
---       idempotency key.
+--       idempotency key, the recipient's descriptor (keys.descriptor).
 -- An accepted message (and its idempotency key) joins the recipient's index in this
 -- same step, so an erasure (forget.lua) finds every message accepted before it.
 -- Returns {"duplicate", "message_id|accepted_ms|revision|fingerprint"}
@@ -14,8 +14,9 @@
 --       | {"blocked", all-topics record or false, topic record or false}
 --       | {"accepted", message_id, accepted_ms, revision}.
 --! include decision.lua
+--! include layout.lua
 
-local state, idem, outbox, msg = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local idem, outbox, msg = KEYS[2], KEYS[3], KEYS[4]
 local field, policy, use_idem = ARGV[1], ARGV[2], ARGV[3]
 local idem_ttl, retention, message_id = ARGV[4], ARGV[5], ARGV[6]
 
@@ -29,7 +30,9 @@ if use_idem == '1' then
   end
 end
 
-local recs = redis.call('HMGET', state, 's:*', field, 'rev')
+local rc = recipient(KEYS[1], '', ARGV[16])
+local count = main_of(rc)
+local recs = {get_record(rc, 's:*'), get_record(rc, field), string.format('%d', count)}
 -- An erased recipient's tombstone records compete like live ones: newer wins.
 local winner = decide(recs, redis.call('HMGET', KEYS[5], 's:*', field))
 local allowed

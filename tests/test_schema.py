@@ -1,0 +1,47 @@
+"""The store's schema version: recorded in a new store, checked at start-up."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from consent_server.store import keys
+from consent_server.store.repository import RedisConsentStore
+from consent_server.store.schema import SchemaMismatch, check_schema, stored_schema
+
+
+async def test_a_new_store_records_schema_2(store: RedisConsentStore) -> None:
+    r: Any = store.client
+    assert await stored_schema(r) is None
+    assert await check_schema(r) == keys.SCHEMA
+    meta = await r.hgetall(keys.META)
+    assert meta[b"schema"] == b"2"
+    assert meta[b"buckets"] == str(keys.BUCKETS_PER_PARTITION).encode()
+    assert await check_schema(r) == keys.SCHEMA  # again: accepted, nothing changes
+
+
+async def test_round1_data_without_meta_asks_for_consentctl_migrate(
+    store: RedisConsentStore,
+) -> None:
+    r: Any = store.client
+    await r.hset("ca:{cp03}:acme:sms:+14155550100:s", mapping={"rev": "1"})
+    assert await stored_schema(r) == 1
+    with pytest.raises(SchemaMismatch, match="consentctl migrate"):
+        await check_schema(r)
+    assert not await r.exists(keys.META)  # nothing written
+
+
+@pytest.mark.parametrize("schema", ["3", "99", "x"])
+async def test_an_unknown_or_newer_schema_is_refused(store: RedisConsentStore, schema: str) -> None:
+    r: Any = store.client
+    await r.hset(keys.META, "schema", schema)
+    with pytest.raises(SchemaMismatch, match="this release serves schema 2"):
+        await check_schema(r)
+
+
+async def test_other_buckets_are_refused(store: RedisConsentStore) -> None:
+    r: Any = store.client
+    await r.hset(keys.META, mapping={"schema": "2", "buckets": "7"})
+    with pytest.raises(SchemaMismatch, match="buckets"):
+        await check_schema(r)
