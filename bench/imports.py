@@ -61,9 +61,9 @@ def _raw_write(url: str, tenant: str, records: int) -> float:
         for i in range(records):
             rcpt = Recipient(Channel.SMS, _address(i))
             pipe.hset(
-                keys.state(keys.recipient_base(tenant, rcpt)),
-                "s:*",
-                f"out|1790000000000|1|import|imp_{i}",
+                keys.layout(tenant, rcpt)[0],
+                keys.rfield(rcpt),
+                f"1;o{1790000000000:x},1,i,imp_{i}",  # the record field, roughly packed
             )
             if (i + 1) % 1000 == 0:
                 pipe.execute()

@@ -20,6 +20,7 @@ class BenchOptions:
     generator: str = "auto"  # auto | h2load | python
     only: tuple[str, ...] = ()  # scenario names; empty = all
     rounds: int = 5  # every scenario once per round, interleaved
+    memory_recipients: int = 1_000_000  # the memory scenario's synthetic recipients
 
     @property
     def concurrency(self) -> int:

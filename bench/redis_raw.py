@@ -18,14 +18,18 @@ from consent_server.domain.model import Channel, Recipient
 from consent_server.store import keys
 
 
-def state_keys(tenant: str, addresses: list[str]) -> list[str]:
-    """The recipients' state-hash keys, exactly as the server names them."""
-    return [keys.state(keys.recipient_base(tenant, Recipient(Channel.SMS, a))) for a in addresses]
+def state_keys(tenant: str, addresses: list[str]) -> list[tuple[str, str]]:
+    """The recipients' record buckets and field names, exactly as the server names them."""
+    out = []
+    for a in addresses:
+        rcpt = Recipient(Channel.SMS, a)
+        out.append((keys.layout(tenant, rcpt)[0], keys.rfield(rcpt)))
+    return out
 
 
 async def _pipelined_reads(
     url: str,
-    hash_keys: list[str],
+    hash_keys: list[tuple[str, str]],
     fields: list[str],
     concurrency: int,
     warmup_s: float,
@@ -47,7 +51,7 @@ async def _pipelined_reads(
                 return
             pipe = client.pipeline(transaction=False)
             for key in hash_keys:
-                pipe.hmget(key, fields)
+                pipe.hmget(key[0], [key[1], key[1] + "\x1f" + fields[1][2:]])
             await pipe.execute()
             end = time.perf_counter()
             if end >= measure_from:
@@ -87,7 +91,8 @@ def pipelined_reads(
     warmup_s: float,
     duration_s: float,
 ) -> LoadResult:
-    """Batches of HMGET(state, s:*, s:<topic>) per second, one pipeline per batch."""
+    """Batches of HMGET(bucket, <field>, <field>\x1f<topic>) per second, one pipeline
+    per batch: the record fields read_states.lua reads."""
     fields = ["s:*", keys.scope_field(topic)]
     return asyncio.run(
         _pipelined_reads(

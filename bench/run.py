@@ -44,6 +44,12 @@ def parse_args(argv: Sequence[str] | None) -> BenchOptions:
         "--quick", action="store_true", help="a smoke run: 1 round of 2 s (overrides the above)"
     )
     p.add_argument("--only", nargs="+", choices=names, default=[], help="run only these scenarios")
+    p.add_argument(
+        "--memory-recipients",
+        type=int,
+        default=1_000_000,
+        help="recipients the memory scenario writes (a smaller N for a quick run)",
+    )
     a = p.parse_args(argv)
     if a.quick:
         a.duration, a.warmup, a.rounds = 2.0, 0.5, 1
@@ -56,6 +62,8 @@ def parse_args(argv: Sequence[str] | None) -> BenchOptions:
         or a.batch_in_flight < 1
     ):
         p.error("durations must be positive, rounds/connections/streams at least 1")
+    if a.memory_recipients < 1:
+        p.error("--memory-recipients must be at least 1")
     if not 1 <= a.batch_size <= 10_000:
         p.error("--batch-size must be between 1 and 10000 (the service's limit)")
     options = BenchOptions(
@@ -68,6 +76,7 @@ def parse_args(argv: Sequence[str] | None) -> BenchOptions:
         generator=a.generator,
         only=tuple(a.only),
         rounds=a.rounds,
+        memory_recipients=a.memory_recipients,
     )
     return options
 

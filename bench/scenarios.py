@@ -21,6 +21,7 @@ from bench.context import BenchContext
 from bench.delivery import delivery
 from bench.imports import bulk_import
 from bench.measuring import measure, row
+from bench.memory import memory
 from bench.model import Row
 from bench.processes import processes
 
@@ -120,4 +121,5 @@ SCENARIOS: list[Scenario] = [
     delivery,
     processes,
     bulk_import,
+    memory,
 ]

@@ -156,3 +156,14 @@ def test_import_rows_beside_the_raw_write(capsys: pytest.CaptureFixture[str]) ->
         assert int(cells[1].replace(",", "")) > 0
         assert cells[6] == "0"  # every record applied
     assert "- ImportConsent records/s / raw pipelined HSET: " in out
+
+
+def test_memory_rows_per_record_and_event(capsys: pytest.CaptureFixture[str]) -> None:
+    """The memory scenario at a small N: its rows beside the string baseline."""
+    assert main([*SHORT, "--only", "memory", "--memory-recipients", "3000"]) == 0
+    rows = _table_rows(capsys.readouterr().out)
+    assert {
+        "baseline: one string key per recipient",
+        "current record (record bucket)",
+        "history event (history bucket)",
+    } <= set(rows)

@@ -224,8 +224,8 @@ async def test_unacknowledged_change_is_on_the_primary_and_a_retry_waits_again(
         pair.replica.pause()
         with pytest.raises(ReplicationNotAcknowledged):
             await acked.record_event(ev)
-        state = keys.state(keys.recipient_base("acme", ALICE))
-        assert await acked.client.exists(state) == 1  # applied on the primary
+        bucket, _, _ = keys.layout("acme", ALICE)
+        assert await acked.client.hexists(bucket, keys.rfield(ALICE))  # applied on the primary
         with pytest.raises(ReplicationNotAcknowledged):
             await other.record_event(ev)
     finally:
