@@ -233,7 +233,7 @@ async def test_unacknowledged_change_is_on_the_primary_and_a_retry_waits_again(
     pair.replica.resume()
     out = await acked.record_event(ev)
     assert out.duplicate and out.applied
-    assert redis.Redis(port=pair.replica.port).exists(state) == 1
+    assert redis.Redis(port=pair.replica.port).hexists(bucket, keys.rfield(ALICE))
 
 
 async def test_without_the_setting_writes_do_not_wait(pair: Pair) -> None:
