@@ -16,6 +16,7 @@ from hypothesis import settings
 from consent_client.v1 import consent_pb2_grpc
 from consent_server.store.repository import RedisConsentStore
 
+from .client_fake import FakeConsentService
 from .cluster_support import RedisClusterProcesses
 from .support import (
     TEST_TENANTS,
@@ -73,6 +74,23 @@ def server(
     srv.stop()
     if redis_proc:
         redis_proc.stop()
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeConsentService]:
+    """The client suites' fake (tests/client_fake.py) with no upstream: every call plays
+    its script, or is UNIMPLEMENTED."""
+    f = FakeConsentService().start()
+    yield f
+    f.stop()
+
+
+@pytest.fixture
+def proxy(server: ServerProcess) -> Iterator[FakeConsentService]:
+    """The fake in front of the real server: scripted failures, otherwise forwarded."""
+    f = FakeConsentService(upstream=server.target).start()
+    yield f
+    f.stop()
 
 
 @pytest.fixture(scope="module")

@@ -68,21 +68,6 @@ def client(server: ServerProcess) -> Iterator[ConsentClient]:
         yield c
 
 
-@pytest.fixture
-def fake() -> Iterator[FakeConsentService]:
-    f = FakeConsentService().start()
-    yield f
-    f.stop()
-
-
-@pytest.fixture
-def proxy(server: ServerProcess) -> Iterator[FakeConsentService]:
-    """The fake in front of the real server: scripted failures, otherwise forwarded."""
-    f = FakeConsentService(upstream=server.target).start()
-    yield f
-    f.stop()
-
-
 # -- the public surface -------------------------------------------------------------------
 
 

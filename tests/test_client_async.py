@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import grpc
 import pytest
@@ -42,20 +42,6 @@ FAST = Backoff(initial=0.01, maximum=0.05)
 async def client(server: ServerProcess) -> AsyncIterator[AsyncConsentClient]:
     async with AsyncConsentClient(server.target, timeout=10) as c:
         yield c
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeConsentService]:
-    f = FakeConsentService().start()
-    yield f
-    f.stop()
-
-
-@pytest.fixture
-def proxy(server: ServerProcess) -> Iterator[FakeConsentService]:
-    f = FakeConsentService(upstream=server.target).start()
-    yield f
-    f.stop()
 
 
 async def test_seed_scenario(client: AsyncConsentClient, tenant: str) -> None:

@@ -250,6 +250,27 @@ TEN_THOUSAND_AND_ONE = [rcpt(pb.CHANNEL_SMS, f"+1202555{i % 10000:04d}") for i i
 _V1_NEG = base64.urlsafe_b64encode(b"v1:-1").decode().rstrip("=")
 _V2 = base64.urlsafe_b64encode(b"v2:5").decode().rstrip("=")
 
+# CheckConsent: addresses its channel refuses (id, channel, address)
+BAD_CHECK_ADDRESSES = [
+    ("check-address-empty", pb.CHANNEL_SMS, ""),
+    ("check-address-blank", pb.CHANNEL_SMS, "   "),
+    ("check-address-10kb", pb.CHANNEL_SMS, LONG_ADDRESS),
+    ("check-address-letters", pb.CHANNEL_SMS, "+1-800-FLOWERS"),
+    ("check-address-redis-crlf", pb.CHANNEL_SMS, "+91 98765 43210\r\nSET x y"),
+    ("check-address-no-country-code-no-region", pb.CHANNEL_SMS, "98765 43210"),
+    ("check-sms-bare-digits-are-not-a-whatsapp-id", pb.CHANNEL_SMS, "919876543210"),
+    ("check-address-too-short", pb.CHANNEL_SMS, "+1 555"),
+    ("check-address-unknown-country-code", pb.CHANNEL_SMS, "+999 1234567"),
+    ("check-address-fullwidth-plus", pb.CHANNEL_SMS, "\uff0b" + FULLWIDTH),
+    ("check-address-rtl-marks", pb.CHANNEL_SMS, "+91\u200f98765\u200f43210"),
+    ("check-address-extension", pb.CHANNEL_SMS, "+91 98765 43210 ext 5"),
+    ("check-email-no-dot", pb.CHANNEL_EMAIL, "jane@localhost"),
+    ("check-phone-on-email-channel", pb.CHANNEL_EMAIL, WA_NORM),
+    ("check-email-on-sms-channel", pb.CHANNEL_SMS, EMAIL_NORM),
+    ("check-email-nul", pb.CHANNEL_EMAIL, "jane\x00@example.com"),
+    ("check-email-sqli", pb.CHANNEL_EMAIL, "' OR 1=1 --@example.com"),
+]
+
 MATRIX = [
     # CheckConsent: tenant ids
     B("CheckConsent", check_req(tenant_id=""), "tenant_id", id="check-tenant-empty"),
@@ -286,107 +307,9 @@ MATRIX = [
         "recipient.channel",
         id="check-channel-99",
     ),
-    B(
-        "CheckConsent",
-        check_req(recipient=rcpt(pb.CHANNEL_SMS, "")),
-        "recipient.address",
-        id="check-address-empty",
-    ),
-    B(
-        "CheckConsent",
-        check_req(recipient=rcpt(pb.CHANNEL_SMS, "   ")),
-        "recipient.address",
-        id="check-address-blank",
-    ),
-    B(
-        "CheckConsent",
-        check_req(recipient=rcpt(pb.CHANNEL_SMS, LONG_ADDRESS)),
-        "recipient.address",
-        id="check-address-10kb",
-    ),
-    B(
-        "CheckConsent",
-        check_req(recipient=rcpt(pb.CHANNEL_SMS, "+1-800-FLOWERS")),
-        "recipient.address",
-        id="check-address-letters",
-    ),
-    B(
-        "CheckConsent",
-        check_req(recipient=rcpt(pb.CHANNEL_SMS, "+91 98765 43210\r\nSET x y")),
-        "recipient.address",
-        id="check-address-redis-crlf",
-    ),
-    B(
-        "CheckConsent",
-        check_req(recipient=rcpt(pb.CHANNEL_SMS, "98765 43210")),
-        "recipient.address",
-        id="check-address-no-country-code-no-region",
-    ),
-    B(
-        "CheckConsent",
-        check_req(recipient=rcpt(pb.CHANNEL_SMS, "919876543210")),
-        "recipient.address",
-        id="check-sms-bare-digits-are-not-a-whatsapp-id",
-    ),
-    B(
-        "CheckConsent",
-        check_req(recipient=rcpt(pb.CHANNEL_SMS, "+1 555")),
-        "recipient.address",
-        id="check-address-too-short",
-    ),
-    B(
-        "CheckConsent",
-        check_req(recipient=rcpt(pb.CHANNEL_SMS, "+999 1234567")),
-        "recipient.address",
-        id="check-address-unknown-country-code",
-    ),
-    B(
-        "CheckConsent",
-        check_req(recipient=rcpt(pb.CHANNEL_SMS, "\uff0b" + FULLWIDTH)),
-        "recipient.address",
-        id="check-address-fullwidth-plus",
-    ),
-    B(
-        "CheckConsent",
-        check_req(recipient=rcpt(pb.CHANNEL_SMS, "+91\u200f98765\u200f43210")),
-        "recipient.address",
-        id="check-address-rtl-marks",
-    ),
-    B(
-        "CheckConsent",
-        check_req(recipient=rcpt(pb.CHANNEL_SMS, "+91 98765 43210 ext 5")),
-        "recipient.address",
-        id="check-address-extension",
-    ),
-    B(
-        "CheckConsent",
-        check_req(recipient=rcpt(pb.CHANNEL_EMAIL, "jane@localhost")),
-        "recipient.address",
-        id="check-email-no-dot",
-    ),
-    B(
-        "CheckConsent",
-        check_req(recipient=rcpt(pb.CHANNEL_EMAIL, WA_NORM)),
-        "recipient.address",
-        id="check-phone-on-email-channel",
-    ),
-    B(
-        "CheckConsent",
-        check_req(recipient=rcpt(pb.CHANNEL_SMS, EMAIL_NORM)),
-        "recipient.address",
-        id="check-email-on-sms-channel",
-    ),
-    B(
-        "CheckConsent",
-        check_req(recipient=rcpt(pb.CHANNEL_EMAIL, "jane\x00@example.com")),
-        "recipient.address",
-        id="check-email-nul",
-    ),
-    B(
-        "CheckConsent",
-        check_req(recipient=rcpt(pb.CHANNEL_EMAIL, "' OR 1=1 --@example.com")),
-        "recipient.address",
-        id="check-email-sqli",
+    *(
+        B("CheckConsent", check_req(recipient=rcpt(ch, a)), "recipient.address", id=i)
+        for i, ch, a in BAD_CHECK_ADDRESSES
     ),
     # CheckConsent: topics
     B("CheckConsent", check_req(topic="' OR 1=1 --"), "topic", id="check-topic-sqli"),

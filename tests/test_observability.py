@@ -64,28 +64,23 @@ def exercise(target: str) -> None:
             timeout=10,
         )
         assert not stub.CheckConsent(check, timeout=10).allowed
-        with pytest.raises(grpc.RpcError) as blocked:
+
+        def send(recipient: pb.Recipient, idempotency_key: str) -> None:
             stub.SendIfAllowed(
                 pb.SendIfAllowedRequest(
                     tenant_id=TENANT,
-                    recipient=WA,
+                    recipient=recipient,
                     topic="marketing",
                     message=pb.Message(text="hi"),
-                    idempotency_key="k1",
+                    idempotency_key=idempotency_key,
                 ),
                 timeout=10,
             )
+
+        with pytest.raises(grpc.RpcError) as blocked:
+            send(WA, "k1")
         assert blocked.value.code() is grpc.StatusCode.FAILED_PRECONDITION
-        stub.SendIfAllowed(
-            pb.SendIfAllowedRequest(
-                tenant_id=TENANT,
-                recipient=OTHER,
-                topic="marketing",
-                message=pb.Message(text="hi"),
-                idempotency_key="k2",
-            ),
-            timeout=10,
-        )
+        send(OTHER, "k2")
         stub.BatchCheckConsent(
             pb.BatchCheckConsentRequest(tenant_id=TENANT, topic="news", recipients=[WA, OTHER]),
             timeout=10,

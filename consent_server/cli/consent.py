@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC
 from typing import Annotated, Any
 
@@ -91,61 +92,49 @@ def check(
         raise typer.Exit(EXIT_BLOCKED)
 
 
-def _change(
-    ctx: typer.Context,
-    fn: Any,
-    what: str,
-    tenant: str,
-    address: str,
-    topic: str,
-    channel: str,
-    evidence: str,
-    event_id: str | None,
-) -> None:
-    """opt-out and opt-in differ only by the client method and the verb printed."""
-    r: ChangeResult = call(
-        ctx,
-        lambda c: fn(
-            c, tenant, channel, address, topic, source="admin", evidence=evidence,
-            event_id=event_id,
-        ),
-    )  # fmt: skip
+def _change_command(fn: Any, what: str, name: str, doc: str) -> Callable[..., None]:
+    """``opt-out`` and ``opt-in`` differ only by the client method, the verb printed and
+    their help."""
 
-    def human() -> None:
-        scope = f"topic '{r.topic}'" if r.topic else "all topics"
-        note = " (replay: nothing new)" if r.duplicate else "" if r.changed else " (no change)"
-        out.print(f"{r.recipient.address} {what} {scope}{note}", markup=False)
-        out.print(f"status: {r.status.name}  revision: {r.revision}  event id: {r.event_id}")
+    def command(
+        ctx: typer.Context,
+        tenant: Tenant,
+        address: Address,
+        topic: Topic = "",
+        channel: Channel = "whatsapp",
+        evidence: Evidence = "consentctl",
+        event_id: EventId = None,
+    ) -> None:
+        r: ChangeResult = call(
+            ctx,
+            lambda c: fn(
+                c, tenant, channel, address, topic, source="admin", evidence=evidence,
+                event_id=event_id,
+            ),
+        )  # fmt: skip
 
-    emit(ctx, r, human)
+        def human() -> None:
+            scope = f"topic '{r.topic}'" if r.topic else "all topics"
+            note = " (replay: nothing new)" if r.duplicate else "" if r.changed else " (no change)"
+            out.print(f"{r.recipient.address} {what} {scope}{note}", markup=False)
+            out.print(f"status: {r.status.name}  revision: {r.revision}  event id: {r.event_id}")
 
+        emit(ctx, r, human)
 
-def opt_out(
-    ctx: typer.Context,
-    tenant: Tenant,
-    address: Address,
-    topic: Topic = "",
-    channel: Channel = "whatsapp",
-    evidence: Evidence = "consentctl",
-    event_id: EventId = None,
-) -> None:
-    """Record an opt-out (source ADMIN)."""
-    _change(ctx, ConsentClient.opt_out, "opted out of", tenant, address, topic, channel,
-            evidence, event_id)  # fmt: skip
+    command.__name__ = command.__qualname__ = name
+    command.__doc__ = doc
+    return command
 
 
-def opt_in(
-    ctx: typer.Context,
-    tenant: Tenant,
-    address: Address,
-    topic: Topic = "",
-    channel: Channel = "whatsapp",
-    evidence: Evidence = "consentctl",
-    event_id: EventId = None,
-) -> None:
-    """Record an opt-in (source ADMIN); keep the evidence of the customer's consent."""
-    _change(ctx, ConsentClient.opt_in, "opted in to", tenant, address, topic, channel,
-            evidence, event_id)  # fmt: skip
+opt_out = _change_command(
+    ConsentClient.opt_out, "opted out of", "opt_out", "Record an opt-out (source ADMIN)."
+)
+opt_in = _change_command(
+    ConsentClient.opt_in,
+    "opted in to",
+    "opt_in",
+    "Record an opt-in (source ADMIN); keep the evidence of the customer's consent.",
+)
 
 
 _HISTORY_COLUMNS = ("rev", "occurred at (UTC)", "action", "topic", "source", "applied")

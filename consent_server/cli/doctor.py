@@ -145,24 +145,25 @@ def _store_checks(store: str, checked: bool, problems: list[str]) -> list[Check]
     eviction = [p for p in problems if "maxmemory-policy" in p]
     other = [p for p in problems if p not in persistence and p not in eviction]
     return [
-        Check(
+        _found(
             "persistence",
-            "fail",
-            "; ".join(persistence),
+            persistence,
             "CONFIG SET appendonly yes (and appendonly yes in redis.conf)",
-        )
-        if persistence
-        else Check("persistence", "ok", f"{store}: AOF or RDB save points on"),
-        Check(
+            f"{store}: AOF or RDB save points on",
+        ),
+        _found(
             "eviction",
-            "fail",
-            "; ".join(eviction),
+            eviction,
             "CONFIG SET maxmemory-policy noeviction (and in redis.conf)",
-        )
-        if eviction
-        else Check("eviction", "ok", f"{store}: maxmemory-policy noeviction"),
+            f"{store}: maxmemory-policy noeviction",
+        ),
         *(Check("store", "fail", p) for p in other),
     ]
+
+
+def _found(name: str, problems: list[str], fix: str, fine: str) -> Check:
+    """A failed check naming ``problems`` and how to ``fix`` them, or ``fine`` if none."""
+    return Check(name, "fail", "; ".join(problems), fix) if problems else Check(name, "ok", fine)
 
 
 def check_deployment(c: ConsentClient, opts: Options, max_skew: float) -> list[Check]:

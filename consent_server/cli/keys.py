@@ -19,17 +19,18 @@ Keys are printed once, on stdout, alone on their line; everything else goes to s
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
-from google.protobuf.timestamp_pb2 import Timestamp
 
-from consent_client.v1 import admin_pb2 as apb
+from consent_client import ApiKeyRole
 from consent_server.domain.auth import ApiKeyRecord, Role, new_key
 from consent_server.domain.errors import ConsentError
 from consent_server.domain.security import SecurityAuthority
@@ -52,8 +53,6 @@ def register(root: typer.Typer) -> None:
     """Mount ``keys`` on the root command."""
     root.add_typer(app, name="keys")
 
-
-_ROLE_NAME = {apb.ApiKeyRole.Value(f"API_KEY_ROLE_{role.name}"): role.value for role in Role}
 
 Server = Annotated[
     str | None,
@@ -108,8 +107,11 @@ def _when(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _ms(ts: Timestamp) -> int:
-    return ts.seconds * 1000 + ts.nanos // 1_000_000
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _ms(at: datetime | None) -> int:
+    return 0 if at is None else (at - _EPOCH) // timedelta(milliseconds=1)
 
 
 @dataclass(frozen=True)
@@ -123,13 +125,13 @@ class _Access:
 
 def _access(
     ctx: typer.Context,
-    server: str | None,
-    api_key: str | None,
-    redis_url: str | None,
-    redis_cluster: bool,
-    tls_ca: Path | None,
-    tls_cert: Path | None,
-    tls_key: Path | None,
+    server: Server = None,
+    api_key: ApiKey = None,
+    redis_url: RedisUrl = None,
+    redis_cluster: RedisCluster = False,
+    tls_ca: TlsCa = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
 ) -> _Access:
     """gRPC when a target is given (here or as a root flag), else the store; neither:
     exit 2 naming both."""
@@ -148,6 +150,25 @@ def _access(
             EXIT_USAGE,
         )
     return _Access(None, redis_url, redis_cluster)
+
+
+def _with_access(fn: Callable[..., None]) -> Callable[..., None]:
+    """A keys command ``fn(ctx, access, ...)``: its CLI gets ``_access``'s options
+    (--target ... --tls-key) after its own, and ``fn`` gets the resolved ``_Access``."""
+    own = inspect.signature(fn, eval_str=True)
+    extra = list(inspect.signature(_access, eval_str=True).parameters.values())[1:]
+    names = [p.name for p in extra]
+
+    @functools.wraps(fn)
+    def command(ctx: typer.Context, **kwargs: Any) -> None:
+        picked = {name: kwargs.pop(name) for name in names}
+        fn(ctx, _access(ctx, **picked), **kwargs)
+
+    params = [p for p in own.parameters.values() if p.name != "access"] + extra
+    del command.__wrapped__  # typer reads the signature below, not fn's
+    vars(command)["__signature__"] = own.replace(parameters=params)
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    return command
 
 
 def _direct(access: _Access, use: Callable[[SecurityAuthority], Awaitable[T]]) -> T:
@@ -189,24 +210,18 @@ def generate() -> None:
 
 
 @app.command()
+@_with_access
 def create(
     ctx: typer.Context,
+    access: _Access,
     tenant: Tenant,
     role: Annotated[Role, typer.Option("--role", help="admin, writer, sender or reader")],
     description: Annotated[str, typer.Option("--description", help="what it is for")] = "",
     rate_limit: Annotated[
         int, typer.Option("--rate-limit", help="requests/s for this key; 0 = server default")
     ] = 0,
-    server: Server = None,
-    api_key: ApiKey = None,
-    redis_url: RedisUrl = None,
-    redis_cluster: RedisCluster = False,
-    tls_ca: TlsCa = None,
-    tls_cert: TlsCert = None,
-    tls_key: TlsKey = None,
 ) -> None:
     """Create a key and print it once (stdout); its id and role go to stderr."""
-    access = _access(ctx, server, api_key, redis_url, redis_cluster, tls_ca, tls_cert, tls_key)
     if access.grpc is not None:
         with connect(access.grpc) as client:
             made = client.create_api_key(
@@ -239,28 +254,22 @@ def create(
 
 
 @app.command("list")
+@_with_access
 def list_keys(
     ctx: typer.Context,
+    access: _Access,
     tenant: Tenant,
     include_revoked: Annotated[bool, typer.Option("--all", help="also list revoked keys")] = False,
-    server: Server = None,
-    api_key: ApiKey = None,
-    redis_url: RedisUrl = None,
-    redis_cluster: RedisCluster = False,
-    tls_ca: TlsCa = None,
-    tls_cert: TlsCert = None,
-    tls_key: TlsKey = None,
 ) -> None:
     """List a tenant's keys (never their secrets)."""
-    access = _access(ctx, server, api_key, redis_url, redis_cluster, tls_ca, tls_cert, tls_key)
     if access.grpc is not None:
         with connect(access.grpc) as client:
-            listed = [k.raw for k in client.list_api_keys(tenant, include_revoked=include_revoked)]
+            listed = client.list_api_keys(tenant, include_revoked=include_revoked)
         rows = [
             (
                 k.key_id,
                 k.tenant_id,
-                _ROLE_NAME.get(k.role, "?"),
+                "?" if k.role is ApiKeyRole.UNSPECIFIED else k.role.value,
                 _when(_ms(k.created_at)),
                 _when(_ms(k.revoked_at)) if k.revoked else "-",
                 k.description,
@@ -287,20 +296,14 @@ def list_keys(
 
 
 @app.command()
+@_with_access
 def revoke(
     ctx: typer.Context,
+    access: _Access,
     key_id: Annotated[str, typer.Argument(help="the key's id (16 hex characters)")],
     tenant: Tenant,
-    server: Server = None,
-    api_key: ApiKey = None,
-    redis_url: RedisUrl = None,
-    redis_cluster: RedisCluster = False,
-    tls_ca: TlsCa = None,
-    tls_cert: TlsCert = None,
-    tls_key: TlsKey = None,
 ) -> None:
     """Revoke a key: every server process refuses it from the next call on."""
-    access = _access(ctx, server, api_key, redis_url, redis_cluster, tls_ca, tls_cert, tls_key)
     if access.grpc is not None:
         with connect(access.grpc) as client:
             already = client.revoke_api_key(tenant, key_id).already_revoked
