@@ -34,6 +34,7 @@ from consent_server.api.admin_service import TenantSettingsHandlers
 from consent_server.api.admin_tenants import TenantHandlers
 from consent_server.api.auth import AuthInterceptor, TenantLookup
 from consent_server.api.bulk_service import BulkHandlers
+from consent_server.api.change_webhooks_service import ChangeWebhookHandlers
 from consent_server.api.consent_service import ConsentServicer
 from consent_server.api.delivery_admin_service import DeliveryProviderHandlers
 from consent_server.api.edge_admin_service import WhatsAppWebhookHandlers
@@ -50,6 +51,7 @@ from consent_server.delivery.runner import (
 from consent_server.delivery.worker import DeliveryWorker
 from consent_server.domain.auth import OPERATOR_TENANT, Role
 from consent_server.domain.bulk import BulkConsent
+from consent_server.domain.change_webhooks import ChangeWebhookAdmin
 from consent_server.domain.errors import StoreUnavailable
 from consent_server.domain.feed import ChangeFeed
 from consent_server.domain.links_service import ConsentLinks
@@ -62,6 +64,7 @@ from consent_server.http.server import HttpEdge
 from consent_server.http.wiring import edge_app, keyring_for, whatsapp_edge
 from consent_server.metrics import READINESS, STORE_PROBE, STORE_UP, count_inbound
 from consent_server.store.bulk import RedisBulkStore
+from consent_server.store.change_webhooks import RedisChangeWebhooks
 from consent_server.store.connect import redis_address
 from consent_server.store.durability import StoreDurabilityProbe, durability_problems
 from consent_server.store.edge import RedisEdgeStore
@@ -190,6 +193,11 @@ def build(settings: Settings) -> Services:
         StoreDurabilityProbe(
             store.client, embedded=settings.redis.embedded, cluster=settings.redis.cluster
         ),
+        ChangeWebhookAdmin(
+            RedisChangeWebhooks(store.client),
+            RedisChangeFeed(store.client),
+            settings.delivery.egress_allow,
+        ),
     )
     health = health_aio.HealthServicer()
     server = grpc_server(settings, security, consent, admin, health, store.tenant_lookup)
@@ -251,6 +259,7 @@ def admin_servicer(
     tenants: TenantRegistry,
     bulk: BulkConsent,
     probe: DeploymentProbe,
+    change_webhooks: ChangeWebhookAdmin,
 ) -> ConsentAdminService:
     """ConsentAdminService: one handler object per area, each on its use case."""
     return ConsentAdminService(
@@ -261,6 +270,7 @@ def admin_servicer(
         webhooks=WhatsAppWebhookHandlers(edge_store, public_url, whatsapp),
         bulk=BulkHandlers(bulk),
         deployment=DeploymentHandlers(probe),
+        change_webhooks=ChangeWebhookHandlers(change_webhooks),
     )
 
 

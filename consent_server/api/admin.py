@@ -20,6 +20,7 @@ from .admin_security import SecurityHandlers
 from .admin_service import TenantSettingsHandlers
 from .admin_tenants import TenantHandlers
 from .bulk_service import BulkHandlers
+from .change_webhooks_service import ChangeWebhookHandlers
 from .consent_service import Ctx
 from .delivery_admin_service import DeliveryProviderHandlers
 from .edge_admin_service import WhatsAppWebhookHandlers
@@ -39,7 +40,9 @@ class ConsentAdminService(apb_grpc.ConsentAdminServiceServicer):
         webhooks: WhatsAppWebhookHandlers,
         bulk: BulkHandlers,
         deployment: DeploymentHandlers,
+        change_webhooks: ChangeWebhookHandlers,
     ) -> None:
+        self._change_webhooks = change_webhooks
         self._deployment = deployment
         self._bulk = bulk
         self._tenants = tenants
@@ -123,6 +126,33 @@ class ConsentAdminService(apb_grpc.ConsentAdminServiceServicer):
         self, request: apb.GetDeliveryProvidersRequest, context: Ctx
     ) -> apb.GetDeliveryProvidersResponse:
         return await self._delivery.GetDeliveryProviders(request, context)
+
+    # -- change webhooks --
+
+    async def SetChangeWebhook(
+        self, request: apb.SetChangeWebhookRequest, context: Ctx
+    ) -> apb.SetChangeWebhookResponse:
+        return await self._change_webhooks.SetChangeWebhook(request, context)
+
+    async def GetChangeWebhook(
+        self, request: apb.GetChangeWebhookRequest, context: Ctx
+    ) -> apb.GetChangeWebhookResponse:
+        return await self._change_webhooks.GetChangeWebhook(request, context)
+
+    async def ListChangeWebhooks(
+        self, request: apb.ListChangeWebhooksRequest, context: Ctx
+    ) -> apb.ListChangeWebhooksResponse:
+        return await self._change_webhooks.ListChangeWebhooks(request, context)
+
+    async def DeleteChangeWebhook(
+        self, request: apb.DeleteChangeWebhookRequest, context: Ctx
+    ) -> apb.DeleteChangeWebhookResponse:
+        return await self._change_webhooks.DeleteChangeWebhook(request, context)
+
+    async def ListChangeWebhookDeliveries(
+        self, request: apb.ListChangeWebhookDeliveriesRequest, context: Ctx
+    ) -> apb.ListChangeWebhookDeliveriesResponse:
+        return await self._change_webhooks.ListChangeWebhookDeliveries(request, context)
 
     # -- the WhatsApp webhook of the HTTP edge --
 

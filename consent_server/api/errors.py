@@ -27,6 +27,7 @@ from consent_server.domain.auth import (
     RateLimited,
     Unauthenticated,
 )
+from consent_server.domain.change_webhooks import ChangeWebhookNotFound
 from consent_server.domain.errors import (
     ConsentError,
     FieldViolation,
@@ -226,6 +227,7 @@ RULES: Mapping[type[Exception], Rule] = {
     NotConfigured: Rule(code_pb2.FAILED_PRECONDITION, (pb.NOT_CONFIGURED,)),
     TenantNotEmpty: Rule(code_pb2.FAILED_PRECONDITION, (pb.TENANT_NOT_EMPTY,)),
     FeedTokenExpired: Rule(code_pb2.OUT_OF_RANGE, (pb.CHANGE_FEED_TOKEN_EXPIRED,)),
+    ChangeWebhookNotFound: Rule(code_pb2.NOT_FOUND, (pb.CHANGE_WEBHOOK_NOT_FOUND,)),
 }
 
 

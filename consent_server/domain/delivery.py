@@ -143,6 +143,10 @@ def _http_url(v: val.Violations, field: str, url: str, egress: EgressPolicy) -> 
     return url.rstrip("/") if field.endswith("base_url") else url
 
 
+#: The providers' URL rule, for other tenant-chosen destinations (change webhooks).
+http_url = _http_url
+
+
 def _timeout(v: val.Violations, field: str, value: int) -> int:
     if value == 0:
         return DEFAULT_TIMEOUT_MS

@@ -27,6 +27,12 @@ never change once data exists.
     ca:edge:link_secret                          string: the generated consent-link secret
     ca:tenant:<tenant>:providers                 hash: channel (or "*") -> provider config
     ca:tenant:<tenant>:pid:<provider message id> string: -> message id (delivery receipts)
+    ca:tenant:<tenant>:change-webhooks           hash: endpoint name -> change webhook (JSON)
+    ca:change-webhooks                           set: every "<tenant>/<name>" (dispatcher)
+    ca:{cw:<tenant>/<name>}:cursor               hash: partition -> last feed entry handled
+    ca:{cw:<tenant>/<name>}:log                  list: bounded delivery log (JSON, newest first)
+    ca:{cw:<tenant>/<name>}:dead                 list: bounded dead letters (JSON, newest first)
+    ca:{cw:<tenant>/<name>}:lease                string: the dispatcher holding the endpoint
 
 Schema 2 (compact storage): many recipients share one listpack-encoded hash bucket.
 A recipient's bucket b is a fixed function of (tenant, channel, address), independent
@@ -387,3 +393,21 @@ def tenant_data_pattern(tenant_id: str) -> str:
     """A SCAN pattern for every partition key of a tenant (records, history, tombstones,
     erasure logs, messages, idempotency keys)."""
     return f"ca:{{cp??}}:{glob_escape(tenant_id)}:*"
+
+
+# -- change webhooks ---------------------------------------------------------------------
+
+
+def change_webhooks(tenant_id: str) -> str:
+    """The tenant's change webhook endpoints (hash name -> JSON)."""
+    return f"ca:tenant:{tenant_id}:change-webhooks"
+
+
+def change_webhook_index() -> str:
+    """Every registered endpoint as "<tenant>/<name>" (the dispatcher's list)."""
+    return "ca:change-webhooks"
+
+
+def change_webhook(tenant_id: str, name: str, part: str) -> str:
+    """One endpoint's cursor, log, dead letters or lease (one hash tag per endpoint)."""
+    return f"ca:{{cw:{tenant_id}/{name}}}:{part}"

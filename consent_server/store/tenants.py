@@ -12,6 +12,7 @@ from __future__ import annotations
 from consent_server.domain.tenants import TenantInfo
 
 from . import keys
+from .change_webhooks import RedisChangeWebhooks
 from .client import RedisClient
 from .edge import RedisEdgeStore
 from .records import members, text
@@ -107,6 +108,10 @@ class RedisTenantStore:
             # The webhook goes through its own store, so its phone numbers and verify
             # token are released for another tenant.
             await RedisEdgeStore(self._consent).delete_whatsapp_webhook(tenant_id)
+            # Change webhooks: their dispatcher index entries and per-endpoint state too.
+            hooks = RedisChangeWebhooks(self._r)
+            for hook in await hooks.endpoints(tenant_id):
+                await hooks.delete(tenant_id, hook.name)
             config = [
                 text(k)
                 async for k in self._r.scan_iter(

@@ -162,6 +162,34 @@ carries) for a scope that covers it; skipped: an import never re-subscribes.
 """
 Global___ImportProblemKind: _TypeAlias = ImportProblemKind  # noqa: Y015
 
+class _ChangeWebhookDeliveryStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ChangeWebhookDeliveryStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ChangeWebhookDeliveryStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CHANGE_WEBHOOK_DELIVERY_STATUS_UNSPECIFIED: _ChangeWebhookDeliveryStatus.ValueType  # 0
+    """Not used."""
+    CHANGE_WEBHOOK_DELIVERY_STATUS_DELIVERED: _ChangeWebhookDeliveryStatus.ValueType  # 1
+    """The endpoint answered 2xx."""
+    CHANGE_WEBHOOK_DELIVERY_STATUS_DEAD_LETTER: _ChangeWebhookDeliveryStatus.ValueType  # 2
+    """Every attempt failed (or the answer was a permanent refusal): the change
+    is in the dead letters and the endpoint moved on to the next change.
+    """
+
+class ChangeWebhookDeliveryStatus(_ChangeWebhookDeliveryStatus, metaclass=_ChangeWebhookDeliveryStatusEnumTypeWrapper):
+    """How a change's delivery to an endpoint finished."""
+
+CHANGE_WEBHOOK_DELIVERY_STATUS_UNSPECIFIED: ChangeWebhookDeliveryStatus.ValueType  # 0
+"""Not used."""
+CHANGE_WEBHOOK_DELIVERY_STATUS_DELIVERED: ChangeWebhookDeliveryStatus.ValueType  # 1
+"""The endpoint answered 2xx."""
+CHANGE_WEBHOOK_DELIVERY_STATUS_DEAD_LETTER: ChangeWebhookDeliveryStatus.ValueType  # 2
+"""Every attempt failed (or the answer was a permanent refusal): the change
+is in the dead letters and the endpoint moved on to the next change.
+"""
+Global___ChangeWebhookDeliveryStatus: _TypeAlias = ChangeWebhookDeliveryStatus  # noqa: Y015
+
 @_typing.final
 class Tenant(_message.Message):
     """==== Tenant messages ====
@@ -2137,3 +2165,384 @@ class GetDeploymentHealthResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetDeploymentHealthResponse: _TypeAlias = GetDeploymentHealthResponse  # noqa: Y015
+
+@_typing.final
+class SetChangeWebhookRequest(_message.Message):
+    """==== Change webhook messages ====
+
+    Creates or replaces one change webhook of a tenant.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    SIGNING_SECRET_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    """The tenant, ^[a-z0-9][a-z0-9_-]{0,63}$."""
+    name: _builtins.str
+    """The endpoint's name within the tenant, ^[a-z0-9][a-z0-9_-]{0,63}$
+    (e.g. "crm"); setting an existing name replaces that endpoint.
+    """
+    url: _builtins.str
+    """Where each change is POSTed: an https:// URL of at most 2,048 characters,
+    without spaces or credentials, to a public address (plain http:// only to
+    a destination the operator allowed with CONSENT_EGRESS_ALLOW).
+    """
+    signing_secret: _builtins.str
+    """Optional HMAC-SHA256 key signing every POST: 16-512 printable characters
+    without spaces. Empty: keep the stored one (same URL), or generate one
+    and return it once in SetChangeWebhookResponse.signing_secret.
+    """
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        url: _builtins.str = ...,
+        signing_secret: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "signing_secret", b"signing_secret", "tenant_id", b"tenant_id", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetChangeWebhookRequest: _TypeAlias = SetChangeWebhookRequest  # noqa: Y015
+
+@_typing.final
+class SetChangeWebhookResponse(_message.Message):
+    """The endpoint as stored, and its secret when the server generated it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WEBHOOK_FIELD_NUMBER: _builtins.int
+    SIGNING_SECRET_FIELD_NUMBER: _builtins.int
+    CREATED_FIELD_NUMBER: _builtins.int
+    signing_secret: _builtins.str
+    """The generated signing secret, shown this once (store it now); empty when
+    the request carried one or the stored one was kept.
+    """
+    created: _builtins.bool
+    """True when the endpoint is new (it starts at the feed's newest change)."""
+    @_builtins.property
+    def webhook(self) -> Global___ChangeWebhook:
+        """The endpoint (secret masked)."""
+
+    def __init__(
+        self,
+        *,
+        webhook: Global___ChangeWebhook | None = ...,
+        signing_secret: _builtins.str = ...,
+        created: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["webhook", b"webhook"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "signing_secret", b"signing_secret", "webhook", b"webhook"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetChangeWebhookResponse: _TypeAlias = SetChangeWebhookResponse  # noqa: Y015
+
+@_typing.final
+class ChangeWebhook(_message.Message):
+    """One change webhook as the API shows it: never its secret."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    SIGNING_SECRET_HINT_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    """The tenant it belongs to."""
+    name: _builtins.str
+    """Its name within the tenant."""
+    url: _builtins.str
+    """Where changes are POSTed."""
+    signing_secret_hint: _builtins.str
+    """The secret masked: "whsec_…" and its last four characters."""
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was created."""
+
+    @_builtins.property
+    def updated_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was last set."""
+
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        url: _builtins.str = ...,
+        signing_secret_hint: _builtins.str = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        updated_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "updated_at", b"updated_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "name", b"name", "signing_secret_hint", b"signing_secret_hint", "tenant_id", b"tenant_id", "updated_at", b"updated_at", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChangeWebhook: _TypeAlias = ChangeWebhook  # noqa: Y015
+
+@_typing.final
+class GetChangeWebhookRequest(_message.Message):
+    """Asks for one change webhook."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    """The tenant, ^[a-z0-9][a-z0-9_-]{0,63}$."""
+    name: _builtins.str
+    """The endpoint's name, ^[a-z0-9][a-z0-9_-]{0,63}$."""
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "tenant_id", b"tenant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetChangeWebhookRequest: _TypeAlias = GetChangeWebhookRequest  # noqa: Y015
+
+@_typing.final
+class GetChangeWebhookResponse(_message.Message):
+    """One change webhook."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WEBHOOK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def webhook(self) -> Global___ChangeWebhook:
+        """The endpoint (secret masked)."""
+
+    def __init__(
+        self,
+        *,
+        webhook: Global___ChangeWebhook | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["webhook", b"webhook"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["webhook", b"webhook"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetChangeWebhookResponse: _TypeAlias = GetChangeWebhookResponse  # noqa: Y015
+
+@_typing.final
+class ListChangeWebhooksRequest(_message.Message):
+    """Asks for a tenant's change webhooks."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    """The tenant, ^[a-z0-9][a-z0-9_-]{0,63}$."""
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tenant_id", b"tenant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListChangeWebhooksRequest: _TypeAlias = ListChangeWebhooksRequest  # noqa: Y015
+
+@_typing.final
+class ListChangeWebhooksResponse(_message.Message):
+    """A tenant's change webhooks."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WEBHOOKS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def webhooks(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChangeWebhook]:
+        """Every endpoint, by name (at most 10; secrets masked)."""
+
+    def __init__(
+        self,
+        *,
+        webhooks: _abc.Iterable[Global___ChangeWebhook] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["webhooks", b"webhooks"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListChangeWebhooksResponse: _TypeAlias = ListChangeWebhooksResponse  # noqa: Y015
+
+@_typing.final
+class DeleteChangeWebhookRequest(_message.Message):
+    """Deletes one change webhook."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    """The tenant, ^[a-z0-9][a-z0-9_-]{0,63}$."""
+    name: _builtins.str
+    """The endpoint's name, ^[a-z0-9][a-z0-9_-]{0,63}$."""
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "tenant_id", b"tenant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteChangeWebhookRequest: _TypeAlias = DeleteChangeWebhookRequest  # noqa: Y015
+
+@_typing.final
+class DeleteChangeWebhookResponse(_message.Message):
+    """What DeleteChangeWebhook did."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELETED_FIELD_NUMBER: _builtins.int
+    deleted: _builtins.bool
+    """False when there was no such endpoint (nothing changed)."""
+    def __init__(
+        self,
+        *,
+        deleted: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted", b"deleted"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteChangeWebhookResponse: _TypeAlias = DeleteChangeWebhookResponse  # noqa: Y015
+
+@_typing.final
+class ListChangeWebhookDeliveriesRequest(_message.Message):
+    """Asks for a change webhook's delivery log and dead letters."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    """The tenant, ^[a-z0-9][a-z0-9_-]{0,63}$."""
+    name: _builtins.str
+    """The endpoint's name, ^[a-z0-9][a-z0-9_-]{0,63}$."""
+    limit: _builtins.int
+    """How many of each to return, newest first: 0-1000 (0 = 50)."""
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "name", b"name", "tenant_id", b"tenant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListChangeWebhookDeliveriesRequest: _TypeAlias = ListChangeWebhookDeliveriesRequest  # noqa: Y015
+
+@_typing.final
+class ChangeWebhookDelivery(_message.Message):
+    """One change's delivery to an endpoint."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    HTTP_STATUS_FIELD_NUMBER: _builtins.int
+    LATENCY_MS_FIELD_NUMBER: _builtins.int
+    FINISHED_AT_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    """The feed event's id (the X-Consent-Event-Id header; WatchConsentEvents'
+    ChangeEvent.event_id).
+    """
+    status: Global___ChangeWebhookDeliveryStatus.ValueType
+    """How it finished."""
+    attempts: _builtins.int
+    """How many POSTs were made."""
+    last_error: _builtins.str
+    """Why the last failed attempt failed ("http 500", "timeout", "destination
+    refused: ..."); empty when the first attempt succeeded. Never a body.
+    """
+    http_status: _builtins.int
+    """The last answer's HTTP status (0 = no answer)."""
+    latency_ms: _builtins.int
+    """The last attempt's duration in milliseconds."""
+    @_builtins.property
+    def finished_at(self) -> _timestamp_pb2.Timestamp:
+        """When it finished."""
+
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.str = ...,
+        status: Global___ChangeWebhookDeliveryStatus.ValueType = ...,
+        attempts: _builtins.int = ...,
+        last_error: _builtins.str = ...,
+        http_status: _builtins.int = ...,
+        latency_ms: _builtins.int = ...,
+        finished_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["finished_at", b"finished_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "event_id", b"event_id", "finished_at", b"finished_at", "http_status", b"http_status", "last_error", b"last_error", "latency_ms", b"latency_ms", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChangeWebhookDelivery: _TypeAlias = ChangeWebhookDelivery  # noqa: Y015
+
+@_typing.final
+class ListChangeWebhookDeliveriesResponse(_message.Message):
+    """A change webhook's delivery log and dead letters."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELIVERIES_FIELD_NUMBER: _builtins.int
+    DEAD_LETTERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def deliveries(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChangeWebhookDelivery]:
+        """The newest finished deliveries first (the log keeps the last 200)."""
+
+    @_builtins.property
+    def dead_letters(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChangeWebhookDelivery]:
+        """The newest dead letters first (the last 1,000 are kept)."""
+
+    def __init__(
+        self,
+        *,
+        deliveries: _abc.Iterable[Global___ChangeWebhookDelivery] | None = ...,
+        dead_letters: _abc.Iterable[Global___ChangeWebhookDelivery] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dead_letters", b"dead_letters", "deliveries", b"deliveries"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListChangeWebhookDeliveriesResponse: _TypeAlias = ListChangeWebhookDeliveriesResponse  # noqa: Y015

@@ -106,6 +106,31 @@ class ConsentAdminServiceStub:
                 request_serializer=consent_dot_v1_dot_admin__pb2.GetDeliveryProvidersRequest.SerializeToString,
                 response_deserializer=consent_dot_v1_dot_admin__pb2.GetDeliveryProvidersResponse.FromString,
                 _registered_method=True)
+        self.SetChangeWebhook = channel.unary_unary(
+                '/consent.v1.ConsentAdminService/SetChangeWebhook',
+                request_serializer=consent_dot_v1_dot_admin__pb2.SetChangeWebhookRequest.SerializeToString,
+                response_deserializer=consent_dot_v1_dot_admin__pb2.SetChangeWebhookResponse.FromString,
+                _registered_method=True)
+        self.GetChangeWebhook = channel.unary_unary(
+                '/consent.v1.ConsentAdminService/GetChangeWebhook',
+                request_serializer=consent_dot_v1_dot_admin__pb2.GetChangeWebhookRequest.SerializeToString,
+                response_deserializer=consent_dot_v1_dot_admin__pb2.GetChangeWebhookResponse.FromString,
+                _registered_method=True)
+        self.ListChangeWebhooks = channel.unary_unary(
+                '/consent.v1.ConsentAdminService/ListChangeWebhooks',
+                request_serializer=consent_dot_v1_dot_admin__pb2.ListChangeWebhooksRequest.SerializeToString,
+                response_deserializer=consent_dot_v1_dot_admin__pb2.ListChangeWebhooksResponse.FromString,
+                _registered_method=True)
+        self.DeleteChangeWebhook = channel.unary_unary(
+                '/consent.v1.ConsentAdminService/DeleteChangeWebhook',
+                request_serializer=consent_dot_v1_dot_admin__pb2.DeleteChangeWebhookRequest.SerializeToString,
+                response_deserializer=consent_dot_v1_dot_admin__pb2.DeleteChangeWebhookResponse.FromString,
+                _registered_method=True)
+        self.ListChangeWebhookDeliveries = channel.unary_unary(
+                '/consent.v1.ConsentAdminService/ListChangeWebhookDeliveries',
+                request_serializer=consent_dot_v1_dot_admin__pb2.ListChangeWebhookDeliveriesRequest.SerializeToString,
+                response_deserializer=consent_dot_v1_dot_admin__pb2.ListChangeWebhookDeliveriesResponse.FromString,
+                _registered_method=True)
         self.SetWhatsAppWebhook = channel.unary_unary(
                 '/consent.v1.ConsentAdminService/SetWhatsAppWebhook',
                 request_serializer=consent_dot_v1_dot_admin__pb2.SetWhatsAppWebhookRequest.SerializeToString,
@@ -331,8 +356,66 @@ class ConsentAdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def SetWhatsAppWebhook(self, request, context):
+    def SetChangeWebhook(self, request, context):
         """---- end of delivery providers ----
+
+        ---- Change webhooks (every change of the feed, POSTed to the tenant) ----
+
+        Creates or replaces a change webhook: an endpoint (named within the tenant)
+        that receives every change of the tenant's change feed applied after it was
+        created, one signed JSON POST per change, in order per recipient (see
+        docs/webhooks.md). The URL follows the providers' rule: https, never an
+        internal address (checked here as written and again at every connection,
+        after DNS resolution); plain http only to a destination the operator
+        allowed (CONSENT_EGRESS_ALLOW). Without signing_secret a new endpoint (or
+        an endpoint whose URL changes) gets a generated secret, returned ONCE in
+        the response; an update of the same URL keeps the stored one. Secrets are
+        never returned afterwards or logged. Updating keeps the endpoint's
+        position in the feed. At most 10 endpoints per tenant. Errors:
+        INVALID_ARGUMENT (+ BadRequest naming each bad field; nothing written).
+        Needs an admin key of the tenant (or an operator key).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetChangeWebhook(self, request, context):
+        """Returns one change webhook (its secret masked). NOT_FOUND (reason
+        CHANGE_WEBHOOK_NOT_FOUND) when the tenant has none of that name.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListChangeWebhooks(self, request, context):
+        """Lists the tenant's change webhooks by name (secrets masked).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteChangeWebhook(self, request, context):
+        """Deletes a change webhook with its position, delivery log and dead letters:
+        no change is POSTed to it afterwards (a POST in flight may still arrive).
+        Idempotent: deleted=false when there was none.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListChangeWebhookDeliveries(self, request, context):
+        """Reads a change webhook's delivery log (the last 200 changes it finished:
+        delivered or given up) and its dead letters (the last 1,000 changes given
+        up after every attempt failed), newest first. Items name the feed's
+        event_id, never a recipient. NOT_FOUND (CHANGE_WEBHOOK_NOT_FOUND) when the
+        tenant has no webhook of that name. Read-only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetWhatsAppWebhook(self, request, context):
+        """---- end of change webhooks ----
 
         ---- HTTP edge: WhatsApp webhook and consent links ----
 
@@ -479,6 +562,31 @@ def add_ConsentAdminServiceServicer_to_server(servicer, server):
                     servicer.GetDeliveryProviders,
                     request_deserializer=consent_dot_v1_dot_admin__pb2.GetDeliveryProvidersRequest.FromString,
                     response_serializer=consent_dot_v1_dot_admin__pb2.GetDeliveryProvidersResponse.SerializeToString,
+            ),
+            'SetChangeWebhook': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetChangeWebhook,
+                    request_deserializer=consent_dot_v1_dot_admin__pb2.SetChangeWebhookRequest.FromString,
+                    response_serializer=consent_dot_v1_dot_admin__pb2.SetChangeWebhookResponse.SerializeToString,
+            ),
+            'GetChangeWebhook': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetChangeWebhook,
+                    request_deserializer=consent_dot_v1_dot_admin__pb2.GetChangeWebhookRequest.FromString,
+                    response_serializer=consent_dot_v1_dot_admin__pb2.GetChangeWebhookResponse.SerializeToString,
+            ),
+            'ListChangeWebhooks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListChangeWebhooks,
+                    request_deserializer=consent_dot_v1_dot_admin__pb2.ListChangeWebhooksRequest.FromString,
+                    response_serializer=consent_dot_v1_dot_admin__pb2.ListChangeWebhooksResponse.SerializeToString,
+            ),
+            'DeleteChangeWebhook': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteChangeWebhook,
+                    request_deserializer=consent_dot_v1_dot_admin__pb2.DeleteChangeWebhookRequest.FromString,
+                    response_serializer=consent_dot_v1_dot_admin__pb2.DeleteChangeWebhookResponse.SerializeToString,
+            ),
+            'ListChangeWebhookDeliveries': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListChangeWebhookDeliveries,
+                    request_deserializer=consent_dot_v1_dot_admin__pb2.ListChangeWebhookDeliveriesRequest.FromString,
+                    response_serializer=consent_dot_v1_dot_admin__pb2.ListChangeWebhookDeliveriesResponse.SerializeToString,
             ),
             'SetWhatsAppWebhook': grpc.unary_unary_rpc_method_handler(
                     servicer.SetWhatsAppWebhook,
@@ -896,6 +1004,141 @@ class ConsentAdminService:
             '/consent.v1.ConsentAdminService/GetDeliveryProviders',
             consent_dot_v1_dot_admin__pb2.GetDeliveryProvidersRequest.SerializeToString,
             consent_dot_v1_dot_admin__pb2.GetDeliveryProvidersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetChangeWebhook(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/consent.v1.ConsentAdminService/SetChangeWebhook',
+            consent_dot_v1_dot_admin__pb2.SetChangeWebhookRequest.SerializeToString,
+            consent_dot_v1_dot_admin__pb2.SetChangeWebhookResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetChangeWebhook(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/consent.v1.ConsentAdminService/GetChangeWebhook',
+            consent_dot_v1_dot_admin__pb2.GetChangeWebhookRequest.SerializeToString,
+            consent_dot_v1_dot_admin__pb2.GetChangeWebhookResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListChangeWebhooks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/consent.v1.ConsentAdminService/ListChangeWebhooks',
+            consent_dot_v1_dot_admin__pb2.ListChangeWebhooksRequest.SerializeToString,
+            consent_dot_v1_dot_admin__pb2.ListChangeWebhooksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteChangeWebhook(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/consent.v1.ConsentAdminService/DeleteChangeWebhook',
+            consent_dot_v1_dot_admin__pb2.DeleteChangeWebhookRequest.SerializeToString,
+            consent_dot_v1_dot_admin__pb2.DeleteChangeWebhookResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListChangeWebhookDeliveries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/consent.v1.ConsentAdminService/ListChangeWebhookDeliveries',
+            consent_dot_v1_dot_admin__pb2.ListChangeWebhookDeliveriesRequest.SerializeToString,
+            consent_dot_v1_dot_admin__pb2.ListChangeWebhookDeliveriesResponse.FromString,
             options,
             channel_credentials,
             insecure,

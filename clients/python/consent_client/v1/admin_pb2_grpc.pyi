@@ -155,6 +155,41 @@ class ConsentAdminServiceStub:
     """Lists a tenant's configured delivery providers. Secrets are never returned:
     only whether one is set. Channels without a provider use `log`.
     """
+    SetChangeWebhook: _grpc.UnaryUnaryMultiCallable[_admin_pb2.SetChangeWebhookRequest, _admin_pb2.SetChangeWebhookResponse]
+    """---- Change webhooks (every change of the feed, POSTed to the tenant) ----
+
+    Creates or replaces a change webhook: an endpoint (named within the tenant)
+    that receives every change of the tenant's change feed applied after it was
+    created, one signed JSON POST per change, in order per recipient (see
+    docs/webhooks.md). The URL follows the providers' rule: https, never an
+    internal address (checked here as written and again at every connection,
+    after DNS resolution); plain http only to a destination the operator
+    allowed (CONSENT_EGRESS_ALLOW). Without signing_secret a new endpoint (or
+    an endpoint whose URL changes) gets a generated secret, returned ONCE in
+    the response; an update of the same URL keeps the stored one. Secrets are
+    never returned afterwards or logged. Updating keeps the endpoint's
+    position in the feed. At most 10 endpoints per tenant. Errors:
+    INVALID_ARGUMENT (+ BadRequest naming each bad field; nothing written).
+    Needs an admin key of the tenant (or an operator key).
+    """
+    GetChangeWebhook: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetChangeWebhookRequest, _admin_pb2.GetChangeWebhookResponse]
+    """Returns one change webhook (its secret masked). NOT_FOUND (reason
+    CHANGE_WEBHOOK_NOT_FOUND) when the tenant has none of that name.
+    """
+    ListChangeWebhooks: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListChangeWebhooksRequest, _admin_pb2.ListChangeWebhooksResponse]
+    """Lists the tenant's change webhooks by name (secrets masked)."""
+    DeleteChangeWebhook: _grpc.UnaryUnaryMultiCallable[_admin_pb2.DeleteChangeWebhookRequest, _admin_pb2.DeleteChangeWebhookResponse]
+    """Deletes a change webhook with its position, delivery log and dead letters:
+    no change is POSTed to it afterwards (a POST in flight may still arrive).
+    Idempotent: deleted=false when there was none.
+    """
+    ListChangeWebhookDeliveries: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListChangeWebhookDeliveriesRequest, _admin_pb2.ListChangeWebhookDeliveriesResponse]
+    """Reads a change webhook's delivery log (the last 200 changes it finished:
+    delivered or given up) and its dead letters (the last 1,000 changes given
+    up after every attempt failed), newest first. Items name the feed's
+    event_id, never a recipient. NOT_FOUND (CHANGE_WEBHOOK_NOT_FOUND) when the
+    tenant has no webhook of that name. Read-only.
+    """
     SetWhatsAppWebhook: _grpc.UnaryUnaryMultiCallable[_admin_pb2.SetWhatsAppWebhookRequest, _admin_pb2.SetWhatsAppWebhookResponse]
     """---- HTTP edge: WhatsApp webhook and consent links ----
 
@@ -325,6 +360,41 @@ class ConsentAdminServiceAsyncStub(ConsentAdminServiceStub):
     GetDeliveryProviders: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetDeliveryProvidersRequest, _admin_pb2.GetDeliveryProvidersResponse]  # type: ignore[assignment]
     """Lists a tenant's configured delivery providers. Secrets are never returned:
     only whether one is set. Channels without a provider use `log`.
+    """
+    SetChangeWebhook: _aio.UnaryUnaryMultiCallable[_admin_pb2.SetChangeWebhookRequest, _admin_pb2.SetChangeWebhookResponse]  # type: ignore[assignment]
+    """---- Change webhooks (every change of the feed, POSTed to the tenant) ----
+
+    Creates or replaces a change webhook: an endpoint (named within the tenant)
+    that receives every change of the tenant's change feed applied after it was
+    created, one signed JSON POST per change, in order per recipient (see
+    docs/webhooks.md). The URL follows the providers' rule: https, never an
+    internal address (checked here as written and again at every connection,
+    after DNS resolution); plain http only to a destination the operator
+    allowed (CONSENT_EGRESS_ALLOW). Without signing_secret a new endpoint (or
+    an endpoint whose URL changes) gets a generated secret, returned ONCE in
+    the response; an update of the same URL keeps the stored one. Secrets are
+    never returned afterwards or logged. Updating keeps the endpoint's
+    position in the feed. At most 10 endpoints per tenant. Errors:
+    INVALID_ARGUMENT (+ BadRequest naming each bad field; nothing written).
+    Needs an admin key of the tenant (or an operator key).
+    """
+    GetChangeWebhook: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetChangeWebhookRequest, _admin_pb2.GetChangeWebhookResponse]  # type: ignore[assignment]
+    """Returns one change webhook (its secret masked). NOT_FOUND (reason
+    CHANGE_WEBHOOK_NOT_FOUND) when the tenant has none of that name.
+    """
+    ListChangeWebhooks: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListChangeWebhooksRequest, _admin_pb2.ListChangeWebhooksResponse]  # type: ignore[assignment]
+    """Lists the tenant's change webhooks by name (secrets masked)."""
+    DeleteChangeWebhook: _aio.UnaryUnaryMultiCallable[_admin_pb2.DeleteChangeWebhookRequest, _admin_pb2.DeleteChangeWebhookResponse]  # type: ignore[assignment]
+    """Deletes a change webhook with its position, delivery log and dead letters:
+    no change is POSTed to it afterwards (a POST in flight may still arrive).
+    Idempotent: deleted=false when there was none.
+    """
+    ListChangeWebhookDeliveries: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListChangeWebhookDeliveriesRequest, _admin_pb2.ListChangeWebhookDeliveriesResponse]  # type: ignore[assignment]
+    """Reads a change webhook's delivery log (the last 200 changes it finished:
+    delivered or given up) and its dead letters (the last 1,000 changes given
+    up after every attempt failed), newest first. Items name the feed's
+    event_id, never a recipient. NOT_FOUND (CHANGE_WEBHOOK_NOT_FOUND) when the
+    tenant has no webhook of that name. Read-only.
     """
     SetWhatsAppWebhook: _aio.UnaryUnaryMultiCallable[_admin_pb2.SetWhatsAppWebhookRequest, _admin_pb2.SetWhatsAppWebhookResponse]  # type: ignore[assignment]
     """---- HTTP edge: WhatsApp webhook and consent links ----
@@ -577,6 +647,71 @@ class ConsentAdminServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_admin_pb2.GetDeliveryProvidersResponse, _abc.Awaitable[_admin_pb2.GetDeliveryProvidersResponse]]:
         """Lists a tenant's configured delivery providers. Secrets are never returned:
         only whether one is set. Channels without a provider use `log`.
+        """
+
+    @_abc_1.abstractmethod
+    def SetChangeWebhook(
+        self,
+        request: _admin_pb2.SetChangeWebhookRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.SetChangeWebhookResponse, _abc.Awaitable[_admin_pb2.SetChangeWebhookResponse]]:
+        """---- Change webhooks (every change of the feed, POSTed to the tenant) ----
+
+        Creates or replaces a change webhook: an endpoint (named within the tenant)
+        that receives every change of the tenant's change feed applied after it was
+        created, one signed JSON POST per change, in order per recipient (see
+        docs/webhooks.md). The URL follows the providers' rule: https, never an
+        internal address (checked here as written and again at every connection,
+        after DNS resolution); plain http only to a destination the operator
+        allowed (CONSENT_EGRESS_ALLOW). Without signing_secret a new endpoint (or
+        an endpoint whose URL changes) gets a generated secret, returned ONCE in
+        the response; an update of the same URL keeps the stored one. Secrets are
+        never returned afterwards or logged. Updating keeps the endpoint's
+        position in the feed. At most 10 endpoints per tenant. Errors:
+        INVALID_ARGUMENT (+ BadRequest naming each bad field; nothing written).
+        Needs an admin key of the tenant (or an operator key).
+        """
+
+    @_abc_1.abstractmethod
+    def GetChangeWebhook(
+        self,
+        request: _admin_pb2.GetChangeWebhookRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.GetChangeWebhookResponse, _abc.Awaitable[_admin_pb2.GetChangeWebhookResponse]]:
+        """Returns one change webhook (its secret masked). NOT_FOUND (reason
+        CHANGE_WEBHOOK_NOT_FOUND) when the tenant has none of that name.
+        """
+
+    @_abc_1.abstractmethod
+    def ListChangeWebhooks(
+        self,
+        request: _admin_pb2.ListChangeWebhooksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListChangeWebhooksResponse, _abc.Awaitable[_admin_pb2.ListChangeWebhooksResponse]]:
+        """Lists the tenant's change webhooks by name (secrets masked)."""
+
+    @_abc_1.abstractmethod
+    def DeleteChangeWebhook(
+        self,
+        request: _admin_pb2.DeleteChangeWebhookRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.DeleteChangeWebhookResponse, _abc.Awaitable[_admin_pb2.DeleteChangeWebhookResponse]]:
+        """Deletes a change webhook with its position, delivery log and dead letters:
+        no change is POSTed to it afterwards (a POST in flight may still arrive).
+        Idempotent: deleted=false when there was none.
+        """
+
+    @_abc_1.abstractmethod
+    def ListChangeWebhookDeliveries(
+        self,
+        request: _admin_pb2.ListChangeWebhookDeliveriesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListChangeWebhookDeliveriesResponse, _abc.Awaitable[_admin_pb2.ListChangeWebhookDeliveriesResponse]]:
+        """Reads a change webhook's delivery log (the last 200 changes it finished:
+        delivered or given up) and its dead letters (the last 1,000 changes given
+        up after every attempt failed), newest first. Items name the feed's
+        event_id, never a recipient. NOT_FOUND (CHANGE_WEBHOOK_NOT_FOUND) when the
+        tenant has no webhook of that name. Read-only.
         """
 
     @_abc_1.abstractmethod

@@ -350,6 +350,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     partition), so changes were missed. Re-export the tenant's records
     (ExportConsent) and start a new watch without a token.
     """
+    CHANGE_WEBHOOK_NOT_FOUND: _ErrorReason.ValueType  # 151
+    """NOT_FOUND: the tenant has no change webhook of that name (also when
+    another tenant has one): GetChangeWebhook, ListChangeWebhookDeliveries.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The machine-readable reasons carried in google.rpc.ErrorInfo.reason (domain
@@ -462,6 +466,10 @@ OUT_OF_RANGE: WatchConsentEvents was given a resume token whose position
 has been trimmed away (older than CONSENT_FEED_MAXLEN events of a
 partition), so changes were missed. Re-export the tenant's records
 (ExportConsent) and start a new watch without a token.
+"""
+CHANGE_WEBHOOK_NOT_FOUND: ErrorReason.ValueType  # 151
+"""NOT_FOUND: the tenant has no change webhook of that name (also when
+another tenant has one): GetChangeWebhook, ListChangeWebhookDeliveries.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 

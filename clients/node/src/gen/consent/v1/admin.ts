@@ -276,6 +276,52 @@ export function importProblemKindToJSON(object: ImportProblemKind): string {
   }
 }
 
+/** How a change's delivery to an endpoint finished. */
+export enum ChangeWebhookDeliveryStatus {
+  /** CHANGE_WEBHOOK_DELIVERY_STATUS_UNSPECIFIED - Not used. */
+  CHANGE_WEBHOOK_DELIVERY_STATUS_UNSPECIFIED = 0,
+  /** CHANGE_WEBHOOK_DELIVERY_STATUS_DELIVERED - The endpoint answered 2xx. */
+  CHANGE_WEBHOOK_DELIVERY_STATUS_DELIVERED = 1,
+  /**
+   * CHANGE_WEBHOOK_DELIVERY_STATUS_DEAD_LETTER - Every attempt failed (or the answer was a permanent refusal): the change
+   * is in the dead letters and the endpoint moved on to the next change.
+   */
+  CHANGE_WEBHOOK_DELIVERY_STATUS_DEAD_LETTER = 2,
+  UNRECOGNIZED = -1,
+}
+
+export function changeWebhookDeliveryStatusFromJSON(object: any): ChangeWebhookDeliveryStatus {
+  switch (object) {
+    case 0:
+    case "CHANGE_WEBHOOK_DELIVERY_STATUS_UNSPECIFIED":
+      return ChangeWebhookDeliveryStatus.CHANGE_WEBHOOK_DELIVERY_STATUS_UNSPECIFIED;
+    case 1:
+    case "CHANGE_WEBHOOK_DELIVERY_STATUS_DELIVERED":
+      return ChangeWebhookDeliveryStatus.CHANGE_WEBHOOK_DELIVERY_STATUS_DELIVERED;
+    case 2:
+    case "CHANGE_WEBHOOK_DELIVERY_STATUS_DEAD_LETTER":
+      return ChangeWebhookDeliveryStatus.CHANGE_WEBHOOK_DELIVERY_STATUS_DEAD_LETTER;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return ChangeWebhookDeliveryStatus.UNRECOGNIZED;
+  }
+}
+
+export function changeWebhookDeliveryStatusToJSON(object: ChangeWebhookDeliveryStatus): string {
+  switch (object) {
+    case ChangeWebhookDeliveryStatus.CHANGE_WEBHOOK_DELIVERY_STATUS_UNSPECIFIED:
+      return "CHANGE_WEBHOOK_DELIVERY_STATUS_UNSPECIFIED";
+    case ChangeWebhookDeliveryStatus.CHANGE_WEBHOOK_DELIVERY_STATUS_DELIVERED:
+      return "CHANGE_WEBHOOK_DELIVERY_STATUS_DELIVERED";
+    case ChangeWebhookDeliveryStatus.CHANGE_WEBHOOK_DELIVERY_STATUS_DEAD_LETTER:
+      return "CHANGE_WEBHOOK_DELIVERY_STATUS_DEAD_LETTER";
+    case ChangeWebhookDeliveryStatus.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
 /** A tenant (one business): its id and metadata. */
 export interface Tenant {
   /** The tenant id, ^[a-z0-9][a-z0-9_-]{0,63}$. */
@@ -1121,6 +1167,144 @@ export interface GetDeploymentHealthResponse {
    * (persistence off, an evicting maxmemory-policy); empty = nothing found.
    */
   durabilityProblems: string[];
+}
+
+/** Creates or replaces one change webhook of a tenant. */
+export interface SetChangeWebhookRequest {
+  /** The tenant, ^[a-z0-9][a-z0-9_-]{0,63}$. */
+  tenantId: string;
+  /**
+   * The endpoint's name within the tenant, ^[a-z0-9][a-z0-9_-]{0,63}$
+   * (e.g. "crm"); setting an existing name replaces that endpoint.
+   */
+  name: string;
+  /**
+   * Where each change is POSTed: an https:// URL of at most 2,048 characters,
+   * without spaces or credentials, to a public address (plain http:// only to
+   * a destination the operator allowed with CONSENT_EGRESS_ALLOW).
+   */
+  url: string;
+  /**
+   * Optional HMAC-SHA256 key signing every POST: 16-512 printable characters
+   * without spaces. Empty: keep the stored one (same URL), or generate one
+   * and return it once in SetChangeWebhookResponse.signing_secret.
+   */
+  signingSecret: string;
+}
+
+/** The endpoint as stored, and its secret when the server generated it. */
+export interface SetChangeWebhookResponse {
+  /** The endpoint (secret masked). */
+  webhook?:
+    | ChangeWebhook
+    | undefined;
+  /**
+   * The generated signing secret, shown this once (store it now); empty when
+   * the request carried one or the stored one was kept.
+   */
+  signingSecret: string;
+  /** True when the endpoint is new (it starts at the feed's newest change). */
+  created: boolean;
+}
+
+/** One change webhook as the API shows it: never its secret. */
+export interface ChangeWebhook {
+  /** The tenant it belongs to. */
+  tenantId: string;
+  /** Its name within the tenant. */
+  name: string;
+  /** Where changes are POSTed. */
+  url: string;
+  /** The secret masked: "whsec_…" and its last four characters. */
+  signingSecretHint: string;
+  /** When it was created. */
+  createdAt?:
+    | Date
+    | undefined;
+  /** When it was last set. */
+  updatedAt?: Date | undefined;
+}
+
+/** Asks for one change webhook. */
+export interface GetChangeWebhookRequest {
+  /** The tenant, ^[a-z0-9][a-z0-9_-]{0,63}$. */
+  tenantId: string;
+  /** The endpoint's name, ^[a-z0-9][a-z0-9_-]{0,63}$. */
+  name: string;
+}
+
+/** One change webhook. */
+export interface GetChangeWebhookResponse {
+  /** The endpoint (secret masked). */
+  webhook?: ChangeWebhook | undefined;
+}
+
+/** Asks for a tenant's change webhooks. */
+export interface ListChangeWebhooksRequest {
+  /** The tenant, ^[a-z0-9][a-z0-9_-]{0,63}$. */
+  tenantId: string;
+}
+
+/** A tenant's change webhooks. */
+export interface ListChangeWebhooksResponse {
+  /** Every endpoint, by name (at most 10; secrets masked). */
+  webhooks: ChangeWebhook[];
+}
+
+/** Deletes one change webhook. */
+export interface DeleteChangeWebhookRequest {
+  /** The tenant, ^[a-z0-9][a-z0-9_-]{0,63}$. */
+  tenantId: string;
+  /** The endpoint's name, ^[a-z0-9][a-z0-9_-]{0,63}$. */
+  name: string;
+}
+
+/** What DeleteChangeWebhook did. */
+export interface DeleteChangeWebhookResponse {
+  /** False when there was no such endpoint (nothing changed). */
+  deleted: boolean;
+}
+
+/** Asks for a change webhook's delivery log and dead letters. */
+export interface ListChangeWebhookDeliveriesRequest {
+  /** The tenant, ^[a-z0-9][a-z0-9_-]{0,63}$. */
+  tenantId: string;
+  /** The endpoint's name, ^[a-z0-9][a-z0-9_-]{0,63}$. */
+  name: string;
+  /** How many of each to return, newest first: 0-1000 (0 = 50). */
+  limit: number;
+}
+
+/** One change's delivery to an endpoint. */
+export interface ChangeWebhookDelivery {
+  /**
+   * The feed event's id (the X-Consent-Event-Id header; WatchConsentEvents'
+   * ChangeEvent.event_id).
+   */
+  eventId: string;
+  /** How it finished. */
+  status: ChangeWebhookDeliveryStatus;
+  /** How many POSTs were made. */
+  attempts: number;
+  /**
+   * Why the last failed attempt failed ("http 500", "timeout", "destination
+   * refused: ..."); empty when the first attempt succeeded. Never a body.
+   */
+  lastError: string;
+  /** The last answer's HTTP status (0 = no answer). */
+  httpStatus: number;
+  /** The last attempt's duration in milliseconds. */
+  latencyMs: number;
+  /** When it finished. */
+  finishedAt?: Date | undefined;
+}
+
+/** A change webhook's delivery log and dead letters. */
+export interface ListChangeWebhookDeliveriesResponse {
+  /** The newest finished deliveries first (the log keeps the last 200). */
+  deliveries: ChangeWebhookDelivery[];
+  /** The newest dead letters first (the last 1,000 are kept). */
+  deadLetters: ChangeWebhookDelivery[];
 }
 
 function createBaseTenant(): Tenant {
@@ -7558,6 +7742,1250 @@ export const GetDeploymentHealthResponse: MessageFns<GetDeploymentHealthResponse
   },
 };
 
+function createBaseSetChangeWebhookRequest(): SetChangeWebhookRequest {
+  return { tenantId: "", name: "", url: "", signingSecret: "" };
+}
+
+export const SetChangeWebhookRequest: MessageFns<SetChangeWebhookRequest> = {
+  encode(message: SetChangeWebhookRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.tenantId !== "") {
+      writer.uint32(10).string(message.tenantId);
+    }
+    if (message.name !== "") {
+      writer.uint32(18).string(message.name);
+    }
+    if (message.url !== "") {
+      writer.uint32(26).string(message.url);
+    }
+    if (message.signingSecret !== "") {
+      writer.uint32(34).string(message.signingSecret);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SetChangeWebhookRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSetChangeWebhookRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.tenantId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.url = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.signingSecret = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SetChangeWebhookRequest {
+    return {
+      tenantId: isSet(object.tenantId)
+        ? globalThis.String(object.tenantId)
+        : isSet(object.tenant_id)
+        ? globalThis.String(object.tenant_id)
+        : "",
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      url: isSet(object.url) ? globalThis.String(object.url) : "",
+      signingSecret: isSet(object.signingSecret)
+        ? globalThis.String(object.signingSecret)
+        : isSet(object.signing_secret)
+        ? globalThis.String(object.signing_secret)
+        : "",
+    };
+  },
+
+  toJSON(message: SetChangeWebhookRequest): unknown {
+    const obj: any = {};
+    if (message.tenantId !== "") {
+      obj.tenantId = message.tenantId;
+    }
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.url !== "") {
+      obj.url = message.url;
+    }
+    if (message.signingSecret !== "") {
+      obj.signingSecret = message.signingSecret;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SetChangeWebhookRequest>, I>>(base?: I): SetChangeWebhookRequest {
+    return SetChangeWebhookRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SetChangeWebhookRequest>, I>>(object: I): SetChangeWebhookRequest {
+    const message = createBaseSetChangeWebhookRequest();
+    message.tenantId = object.tenantId ?? "";
+    message.name = object.name ?? "";
+    message.url = object.url ?? "";
+    message.signingSecret = object.signingSecret ?? "";
+    return message;
+  },
+};
+
+function createBaseSetChangeWebhookResponse(): SetChangeWebhookResponse {
+  return { webhook: undefined, signingSecret: "", created: false };
+}
+
+export const SetChangeWebhookResponse: MessageFns<SetChangeWebhookResponse> = {
+  encode(message: SetChangeWebhookResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.webhook !== undefined) {
+      ChangeWebhook.encode(message.webhook, writer.uint32(10).fork()).join();
+    }
+    if (message.signingSecret !== "") {
+      writer.uint32(18).string(message.signingSecret);
+    }
+    if (message.created !== false) {
+      writer.uint32(24).bool(message.created);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SetChangeWebhookResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSetChangeWebhookResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.webhook = ChangeWebhook.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.signingSecret = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.created = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SetChangeWebhookResponse {
+    return {
+      webhook: isSet(object.webhook) ? ChangeWebhook.fromJSON(object.webhook) : undefined,
+      signingSecret: isSet(object.signingSecret)
+        ? globalThis.String(object.signingSecret)
+        : isSet(object.signing_secret)
+        ? globalThis.String(object.signing_secret)
+        : "",
+      created: isSet(object.created) ? globalThis.Boolean(object.created) : false,
+    };
+  },
+
+  toJSON(message: SetChangeWebhookResponse): unknown {
+    const obj: any = {};
+    if (message.webhook !== undefined) {
+      obj.webhook = ChangeWebhook.toJSON(message.webhook);
+    }
+    if (message.signingSecret !== "") {
+      obj.signingSecret = message.signingSecret;
+    }
+    if (message.created !== false) {
+      obj.created = message.created;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SetChangeWebhookResponse>, I>>(base?: I): SetChangeWebhookResponse {
+    return SetChangeWebhookResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SetChangeWebhookResponse>, I>>(object: I): SetChangeWebhookResponse {
+    const message = createBaseSetChangeWebhookResponse();
+    message.webhook = (object.webhook !== undefined && object.webhook !== null)
+      ? ChangeWebhook.fromPartial(object.webhook)
+      : undefined;
+    message.signingSecret = object.signingSecret ?? "";
+    message.created = object.created ?? false;
+    return message;
+  },
+};
+
+function createBaseChangeWebhook(): ChangeWebhook {
+  return { tenantId: "", name: "", url: "", signingSecretHint: "", createdAt: undefined, updatedAt: undefined };
+}
+
+export const ChangeWebhook: MessageFns<ChangeWebhook> = {
+  encode(message: ChangeWebhook, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.tenantId !== "") {
+      writer.uint32(10).string(message.tenantId);
+    }
+    if (message.name !== "") {
+      writer.uint32(18).string(message.name);
+    }
+    if (message.url !== "") {
+      writer.uint32(26).string(message.url);
+    }
+    if (message.signingSecretHint !== "") {
+      writer.uint32(34).string(message.signingSecretHint);
+    }
+    if (message.createdAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.createdAt), writer.uint32(42).fork()).join();
+    }
+    if (message.updatedAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.updatedAt), writer.uint32(50).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ChangeWebhook {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseChangeWebhook();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.tenantId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.url = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.signingSecretHint = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.createdAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.updatedAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ChangeWebhook {
+    return {
+      tenantId: isSet(object.tenantId)
+        ? globalThis.String(object.tenantId)
+        : isSet(object.tenant_id)
+        ? globalThis.String(object.tenant_id)
+        : "",
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      url: isSet(object.url) ? globalThis.String(object.url) : "",
+      signingSecretHint: isSet(object.signingSecretHint)
+        ? globalThis.String(object.signingSecretHint)
+        : isSet(object.signing_secret_hint)
+        ? globalThis.String(object.signing_secret_hint)
+        : "",
+      createdAt: isSet(object.createdAt)
+        ? fromJsonTimestamp(object.createdAt)
+        : isSet(object.created_at)
+        ? fromJsonTimestamp(object.created_at)
+        : undefined,
+      updatedAt: isSet(object.updatedAt)
+        ? fromJsonTimestamp(object.updatedAt)
+        : isSet(object.updated_at)
+        ? fromJsonTimestamp(object.updated_at)
+        : undefined,
+    };
+  },
+
+  toJSON(message: ChangeWebhook): unknown {
+    const obj: any = {};
+    if (message.tenantId !== "") {
+      obj.tenantId = message.tenantId;
+    }
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.url !== "") {
+      obj.url = message.url;
+    }
+    if (message.signingSecretHint !== "") {
+      obj.signingSecretHint = message.signingSecretHint;
+    }
+    if (message.createdAt !== undefined) {
+      obj.createdAt = message.createdAt.toISOString();
+    }
+    if (message.updatedAt !== undefined) {
+      obj.updatedAt = message.updatedAt.toISOString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ChangeWebhook>, I>>(base?: I): ChangeWebhook {
+    return ChangeWebhook.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ChangeWebhook>, I>>(object: I): ChangeWebhook {
+    const message = createBaseChangeWebhook();
+    message.tenantId = object.tenantId ?? "";
+    message.name = object.name ?? "";
+    message.url = object.url ?? "";
+    message.signingSecretHint = object.signingSecretHint ?? "";
+    message.createdAt = object.createdAt ?? undefined;
+    message.updatedAt = object.updatedAt ?? undefined;
+    return message;
+  },
+};
+
+function createBaseGetChangeWebhookRequest(): GetChangeWebhookRequest {
+  return { tenantId: "", name: "" };
+}
+
+export const GetChangeWebhookRequest: MessageFns<GetChangeWebhookRequest> = {
+  encode(message: GetChangeWebhookRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.tenantId !== "") {
+      writer.uint32(10).string(message.tenantId);
+    }
+    if (message.name !== "") {
+      writer.uint32(18).string(message.name);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetChangeWebhookRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetChangeWebhookRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.tenantId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetChangeWebhookRequest {
+    return {
+      tenantId: isSet(object.tenantId)
+        ? globalThis.String(object.tenantId)
+        : isSet(object.tenant_id)
+        ? globalThis.String(object.tenant_id)
+        : "",
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+    };
+  },
+
+  toJSON(message: GetChangeWebhookRequest): unknown {
+    const obj: any = {};
+    if (message.tenantId !== "") {
+      obj.tenantId = message.tenantId;
+    }
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetChangeWebhookRequest>, I>>(base?: I): GetChangeWebhookRequest {
+    return GetChangeWebhookRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetChangeWebhookRequest>, I>>(object: I): GetChangeWebhookRequest {
+    const message = createBaseGetChangeWebhookRequest();
+    message.tenantId = object.tenantId ?? "";
+    message.name = object.name ?? "";
+    return message;
+  },
+};
+
+function createBaseGetChangeWebhookResponse(): GetChangeWebhookResponse {
+  return { webhook: undefined };
+}
+
+export const GetChangeWebhookResponse: MessageFns<GetChangeWebhookResponse> = {
+  encode(message: GetChangeWebhookResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.webhook !== undefined) {
+      ChangeWebhook.encode(message.webhook, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetChangeWebhookResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetChangeWebhookResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.webhook = ChangeWebhook.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetChangeWebhookResponse {
+    return { webhook: isSet(object.webhook) ? ChangeWebhook.fromJSON(object.webhook) : undefined };
+  },
+
+  toJSON(message: GetChangeWebhookResponse): unknown {
+    const obj: any = {};
+    if (message.webhook !== undefined) {
+      obj.webhook = ChangeWebhook.toJSON(message.webhook);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetChangeWebhookResponse>, I>>(base?: I): GetChangeWebhookResponse {
+    return GetChangeWebhookResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetChangeWebhookResponse>, I>>(object: I): GetChangeWebhookResponse {
+    const message = createBaseGetChangeWebhookResponse();
+    message.webhook = (object.webhook !== undefined && object.webhook !== null)
+      ? ChangeWebhook.fromPartial(object.webhook)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseListChangeWebhooksRequest(): ListChangeWebhooksRequest {
+  return { tenantId: "" };
+}
+
+export const ListChangeWebhooksRequest: MessageFns<ListChangeWebhooksRequest> = {
+  encode(message: ListChangeWebhooksRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.tenantId !== "") {
+      writer.uint32(10).string(message.tenantId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListChangeWebhooksRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListChangeWebhooksRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.tenantId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListChangeWebhooksRequest {
+    return {
+      tenantId: isSet(object.tenantId)
+        ? globalThis.String(object.tenantId)
+        : isSet(object.tenant_id)
+        ? globalThis.String(object.tenant_id)
+        : "",
+    };
+  },
+
+  toJSON(message: ListChangeWebhooksRequest): unknown {
+    const obj: any = {};
+    if (message.tenantId !== "") {
+      obj.tenantId = message.tenantId;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListChangeWebhooksRequest>, I>>(base?: I): ListChangeWebhooksRequest {
+    return ListChangeWebhooksRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListChangeWebhooksRequest>, I>>(object: I): ListChangeWebhooksRequest {
+    const message = createBaseListChangeWebhooksRequest();
+    message.tenantId = object.tenantId ?? "";
+    return message;
+  },
+};
+
+function createBaseListChangeWebhooksResponse(): ListChangeWebhooksResponse {
+  return { webhooks: [] };
+}
+
+export const ListChangeWebhooksResponse: MessageFns<ListChangeWebhooksResponse> = {
+  encode(message: ListChangeWebhooksResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.webhooks) {
+      ChangeWebhook.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListChangeWebhooksResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListChangeWebhooksResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.webhooks.push(ChangeWebhook.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListChangeWebhooksResponse {
+    return {
+      webhooks: globalThis.Array.isArray(object?.webhooks)
+        ? object.webhooks.map((e: any) => ChangeWebhook.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: ListChangeWebhooksResponse): unknown {
+    const obj: any = {};
+    if (message.webhooks?.length) {
+      obj.webhooks = message.webhooks.map((e) => ChangeWebhook.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListChangeWebhooksResponse>, I>>(base?: I): ListChangeWebhooksResponse {
+    return ListChangeWebhooksResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListChangeWebhooksResponse>, I>>(object: I): ListChangeWebhooksResponse {
+    const message = createBaseListChangeWebhooksResponse();
+    message.webhooks = object.webhooks?.map((e) => ChangeWebhook.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseDeleteChangeWebhookRequest(): DeleteChangeWebhookRequest {
+  return { tenantId: "", name: "" };
+}
+
+export const DeleteChangeWebhookRequest: MessageFns<DeleteChangeWebhookRequest> = {
+  encode(message: DeleteChangeWebhookRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.tenantId !== "") {
+      writer.uint32(10).string(message.tenantId);
+    }
+    if (message.name !== "") {
+      writer.uint32(18).string(message.name);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DeleteChangeWebhookRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDeleteChangeWebhookRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.tenantId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DeleteChangeWebhookRequest {
+    return {
+      tenantId: isSet(object.tenantId)
+        ? globalThis.String(object.tenantId)
+        : isSet(object.tenant_id)
+        ? globalThis.String(object.tenant_id)
+        : "",
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+    };
+  },
+
+  toJSON(message: DeleteChangeWebhookRequest): unknown {
+    const obj: any = {};
+    if (message.tenantId !== "") {
+      obj.tenantId = message.tenantId;
+    }
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DeleteChangeWebhookRequest>, I>>(base?: I): DeleteChangeWebhookRequest {
+    return DeleteChangeWebhookRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DeleteChangeWebhookRequest>, I>>(object: I): DeleteChangeWebhookRequest {
+    const message = createBaseDeleteChangeWebhookRequest();
+    message.tenantId = object.tenantId ?? "";
+    message.name = object.name ?? "";
+    return message;
+  },
+};
+
+function createBaseDeleteChangeWebhookResponse(): DeleteChangeWebhookResponse {
+  return { deleted: false };
+}
+
+export const DeleteChangeWebhookResponse: MessageFns<DeleteChangeWebhookResponse> = {
+  encode(message: DeleteChangeWebhookResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.deleted !== false) {
+      writer.uint32(8).bool(message.deleted);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DeleteChangeWebhookResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDeleteChangeWebhookResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.deleted = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DeleteChangeWebhookResponse {
+    return { deleted: isSet(object.deleted) ? globalThis.Boolean(object.deleted) : false };
+  },
+
+  toJSON(message: DeleteChangeWebhookResponse): unknown {
+    const obj: any = {};
+    if (message.deleted !== false) {
+      obj.deleted = message.deleted;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DeleteChangeWebhookResponse>, I>>(base?: I): DeleteChangeWebhookResponse {
+    return DeleteChangeWebhookResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DeleteChangeWebhookResponse>, I>>(object: I): DeleteChangeWebhookResponse {
+    const message = createBaseDeleteChangeWebhookResponse();
+    message.deleted = object.deleted ?? false;
+    return message;
+  },
+};
+
+function createBaseListChangeWebhookDeliveriesRequest(): ListChangeWebhookDeliveriesRequest {
+  return { tenantId: "", name: "", limit: 0 };
+}
+
+export const ListChangeWebhookDeliveriesRequest: MessageFns<ListChangeWebhookDeliveriesRequest> = {
+  encode(message: ListChangeWebhookDeliveriesRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.tenantId !== "") {
+      writer.uint32(10).string(message.tenantId);
+    }
+    if (message.name !== "") {
+      writer.uint32(18).string(message.name);
+    }
+    if (message.limit !== 0) {
+      writer.uint32(24).int32(message.limit);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListChangeWebhookDeliveriesRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListChangeWebhookDeliveriesRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.tenantId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.limit = reader.int32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListChangeWebhookDeliveriesRequest {
+    return {
+      tenantId: isSet(object.tenantId)
+        ? globalThis.String(object.tenantId)
+        : isSet(object.tenant_id)
+        ? globalThis.String(object.tenant_id)
+        : "",
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      limit: isSet(object.limit) ? globalThis.Number(object.limit) : 0,
+    };
+  },
+
+  toJSON(message: ListChangeWebhookDeliveriesRequest): unknown {
+    const obj: any = {};
+    if (message.tenantId !== "") {
+      obj.tenantId = message.tenantId;
+    }
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.limit !== 0) {
+      obj.limit = Math.round(message.limit);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListChangeWebhookDeliveriesRequest>, I>>(
+    base?: I,
+  ): ListChangeWebhookDeliveriesRequest {
+    return ListChangeWebhookDeliveriesRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListChangeWebhookDeliveriesRequest>, I>>(
+    object: I,
+  ): ListChangeWebhookDeliveriesRequest {
+    const message = createBaseListChangeWebhookDeliveriesRequest();
+    message.tenantId = object.tenantId ?? "";
+    message.name = object.name ?? "";
+    message.limit = object.limit ?? 0;
+    return message;
+  },
+};
+
+function createBaseChangeWebhookDelivery(): ChangeWebhookDelivery {
+  return { eventId: "", status: 0, attempts: 0, lastError: "", httpStatus: 0, latencyMs: 0, finishedAt: undefined };
+}
+
+export const ChangeWebhookDelivery: MessageFns<ChangeWebhookDelivery> = {
+  encode(message: ChangeWebhookDelivery, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.eventId !== "") {
+      writer.uint32(10).string(message.eventId);
+    }
+    if (message.status !== 0) {
+      writer.uint32(16).int32(message.status);
+    }
+    if (message.attempts !== 0) {
+      writer.uint32(24).int32(message.attempts);
+    }
+    if (message.lastError !== "") {
+      writer.uint32(34).string(message.lastError);
+    }
+    if (message.httpStatus !== 0) {
+      writer.uint32(40).int32(message.httpStatus);
+    }
+    if (message.latencyMs !== 0) {
+      writer.uint32(48).int64(message.latencyMs);
+    }
+    if (message.finishedAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.finishedAt), writer.uint32(58).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ChangeWebhookDelivery {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseChangeWebhookDelivery();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.eventId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.status = reader.int32() as any;
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.attempts = reader.int32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.lastError = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.httpStatus = reader.int32();
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.latencyMs = longToNumber(reader.int64());
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.finishedAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ChangeWebhookDelivery {
+    return {
+      eventId: isSet(object.eventId)
+        ? globalThis.String(object.eventId)
+        : isSet(object.event_id)
+        ? globalThis.String(object.event_id)
+        : "",
+      status: isSet(object.status) ? changeWebhookDeliveryStatusFromJSON(object.status) : 0,
+      attempts: isSet(object.attempts) ? globalThis.Number(object.attempts) : 0,
+      lastError: isSet(object.lastError)
+        ? globalThis.String(object.lastError)
+        : isSet(object.last_error)
+        ? globalThis.String(object.last_error)
+        : "",
+      httpStatus: isSet(object.httpStatus)
+        ? globalThis.Number(object.httpStatus)
+        : isSet(object.http_status)
+        ? globalThis.Number(object.http_status)
+        : 0,
+      latencyMs: isSet(object.latencyMs)
+        ? globalThis.Number(object.latencyMs)
+        : isSet(object.latency_ms)
+        ? globalThis.Number(object.latency_ms)
+        : 0,
+      finishedAt: isSet(object.finishedAt)
+        ? fromJsonTimestamp(object.finishedAt)
+        : isSet(object.finished_at)
+        ? fromJsonTimestamp(object.finished_at)
+        : undefined,
+    };
+  },
+
+  toJSON(message: ChangeWebhookDelivery): unknown {
+    const obj: any = {};
+    if (message.eventId !== "") {
+      obj.eventId = message.eventId;
+    }
+    if (message.status !== 0) {
+      obj.status = changeWebhookDeliveryStatusToJSON(message.status);
+    }
+    if (message.attempts !== 0) {
+      obj.attempts = Math.round(message.attempts);
+    }
+    if (message.lastError !== "") {
+      obj.lastError = message.lastError;
+    }
+    if (message.httpStatus !== 0) {
+      obj.httpStatus = Math.round(message.httpStatus);
+    }
+    if (message.latencyMs !== 0) {
+      obj.latencyMs = Math.round(message.latencyMs);
+    }
+    if (message.finishedAt !== undefined) {
+      obj.finishedAt = message.finishedAt.toISOString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ChangeWebhookDelivery>, I>>(base?: I): ChangeWebhookDelivery {
+    return ChangeWebhookDelivery.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ChangeWebhookDelivery>, I>>(object: I): ChangeWebhookDelivery {
+    const message = createBaseChangeWebhookDelivery();
+    message.eventId = object.eventId ?? "";
+    message.status = object.status ?? 0;
+    message.attempts = object.attempts ?? 0;
+    message.lastError = object.lastError ?? "";
+    message.httpStatus = object.httpStatus ?? 0;
+    message.latencyMs = object.latencyMs ?? 0;
+    message.finishedAt = object.finishedAt ?? undefined;
+    return message;
+  },
+};
+
+function createBaseListChangeWebhookDeliveriesResponse(): ListChangeWebhookDeliveriesResponse {
+  return { deliveries: [], deadLetters: [] };
+}
+
+export const ListChangeWebhookDeliveriesResponse: MessageFns<ListChangeWebhookDeliveriesResponse> = {
+  encode(message: ListChangeWebhookDeliveriesResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.deliveries) {
+      ChangeWebhookDelivery.encode(v!, writer.uint32(10).fork()).join();
+    }
+    for (const v of message.deadLetters) {
+      ChangeWebhookDelivery.encode(v!, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListChangeWebhookDeliveriesResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListChangeWebhookDeliveriesResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.deliveries.push(ChangeWebhookDelivery.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.deadLetters.push(ChangeWebhookDelivery.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListChangeWebhookDeliveriesResponse {
+    return {
+      deliveries: globalThis.Array.isArray(object?.deliveries)
+        ? object.deliveries.map((e: any) => ChangeWebhookDelivery.fromJSON(e))
+        : [],
+      deadLetters: globalThis.Array.isArray(object?.deadLetters)
+        ? object.deadLetters.map((e: any) => ChangeWebhookDelivery.fromJSON(e))
+        : globalThis.Array.isArray(object?.dead_letters)
+        ? object.dead_letters.map((e: any) => ChangeWebhookDelivery.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: ListChangeWebhookDeliveriesResponse): unknown {
+    const obj: any = {};
+    if (message.deliveries?.length) {
+      obj.deliveries = message.deliveries.map((e) => ChangeWebhookDelivery.toJSON(e));
+    }
+    if (message.deadLetters?.length) {
+      obj.deadLetters = message.deadLetters.map((e) => ChangeWebhookDelivery.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListChangeWebhookDeliveriesResponse>, I>>(
+    base?: I,
+  ): ListChangeWebhookDeliveriesResponse {
+    return ListChangeWebhookDeliveriesResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListChangeWebhookDeliveriesResponse>, I>>(
+    object: I,
+  ): ListChangeWebhookDeliveriesResponse {
+    const message = createBaseListChangeWebhookDeliveriesResponse();
+    message.deliveries = object.deliveries?.map((e) => ChangeWebhookDelivery.fromPartial(e)) || [];
+    message.deadLetters = object.deadLetters?.map((e) => ChangeWebhookDelivery.fromPartial(e)) || [];
+    return message;
+  },
+};
+
 /** ConsentAdminService configures tenants and manages access and erasure. */
 export type ConsentAdminServiceService = typeof ConsentAdminServiceService;
 export const ConsentAdminServiceService = {
@@ -7806,6 +9234,95 @@ export const ConsentAdminServiceService = {
     responseSerialize: (value: GetDeliveryProvidersResponse): Buffer =>
       Buffer.from(GetDeliveryProvidersResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): GetDeliveryProvidersResponse => GetDeliveryProvidersResponse.decode(value),
+  },
+  /**
+   * Creates or replaces a change webhook: an endpoint (named within the tenant)
+   * that receives every change of the tenant's change feed applied after it was
+   * created, one signed JSON POST per change, in order per recipient (see
+   * docs/webhooks.md). The URL follows the providers' rule: https, never an
+   * internal address (checked here as written and again at every connection,
+   * after DNS resolution); plain http only to a destination the operator
+   * allowed (CONSENT_EGRESS_ALLOW). Without signing_secret a new endpoint (or
+   * an endpoint whose URL changes) gets a generated secret, returned ONCE in
+   * the response; an update of the same URL keeps the stored one. Secrets are
+   * never returned afterwards or logged. Updating keeps the endpoint's
+   * position in the feed. At most 10 endpoints per tenant. Errors:
+   * INVALID_ARGUMENT (+ BadRequest naming each bad field; nothing written).
+   * Needs an admin key of the tenant (or an operator key).
+   */
+  setChangeWebhook: {
+    path: "/consent.v1.ConsentAdminService/SetChangeWebhook" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: SetChangeWebhookRequest): Buffer =>
+      Buffer.from(SetChangeWebhookRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): SetChangeWebhookRequest => SetChangeWebhookRequest.decode(value),
+    responseSerialize: (value: SetChangeWebhookResponse): Buffer =>
+      Buffer.from(SetChangeWebhookResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): SetChangeWebhookResponse => SetChangeWebhookResponse.decode(value),
+  },
+  /**
+   * Returns one change webhook (its secret masked). NOT_FOUND (reason
+   * CHANGE_WEBHOOK_NOT_FOUND) when the tenant has none of that name.
+   */
+  getChangeWebhook: {
+    path: "/consent.v1.ConsentAdminService/GetChangeWebhook" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetChangeWebhookRequest): Buffer =>
+      Buffer.from(GetChangeWebhookRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetChangeWebhookRequest => GetChangeWebhookRequest.decode(value),
+    responseSerialize: (value: GetChangeWebhookResponse): Buffer =>
+      Buffer.from(GetChangeWebhookResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetChangeWebhookResponse => GetChangeWebhookResponse.decode(value),
+  },
+  /** Lists the tenant's change webhooks by name (secrets masked). */
+  listChangeWebhooks: {
+    path: "/consent.v1.ConsentAdminService/ListChangeWebhooks" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ListChangeWebhooksRequest): Buffer =>
+      Buffer.from(ListChangeWebhooksRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ListChangeWebhooksRequest => ListChangeWebhooksRequest.decode(value),
+    responseSerialize: (value: ListChangeWebhooksResponse): Buffer =>
+      Buffer.from(ListChangeWebhooksResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ListChangeWebhooksResponse => ListChangeWebhooksResponse.decode(value),
+  },
+  /**
+   * Deletes a change webhook with its position, delivery log and dead letters:
+   * no change is POSTed to it afterwards (a POST in flight may still arrive).
+   * Idempotent: deleted=false when there was none.
+   */
+  deleteChangeWebhook: {
+    path: "/consent.v1.ConsentAdminService/DeleteChangeWebhook" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: DeleteChangeWebhookRequest): Buffer =>
+      Buffer.from(DeleteChangeWebhookRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): DeleteChangeWebhookRequest => DeleteChangeWebhookRequest.decode(value),
+    responseSerialize: (value: DeleteChangeWebhookResponse): Buffer =>
+      Buffer.from(DeleteChangeWebhookResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): DeleteChangeWebhookResponse => DeleteChangeWebhookResponse.decode(value),
+  },
+  /**
+   * Reads a change webhook's delivery log (the last 200 changes it finished:
+   * delivered or given up) and its dead letters (the last 1,000 changes given
+   * up after every attempt failed), newest first. Items name the feed's
+   * event_id, never a recipient. NOT_FOUND (CHANGE_WEBHOOK_NOT_FOUND) when the
+   * tenant has no webhook of that name. Read-only.
+   */
+  listChangeWebhookDeliveries: {
+    path: "/consent.v1.ConsentAdminService/ListChangeWebhookDeliveries" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ListChangeWebhookDeliveriesRequest): Buffer =>
+      Buffer.from(ListChangeWebhookDeliveriesRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ListChangeWebhookDeliveriesRequest =>
+      ListChangeWebhookDeliveriesRequest.decode(value),
+    responseSerialize: (value: ListChangeWebhookDeliveriesResponse): Buffer =>
+      Buffer.from(ListChangeWebhookDeliveriesResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ListChangeWebhookDeliveriesResponse =>
+      ListChangeWebhookDeliveriesResponse.decode(value),
   },
   /**
    * Sets (replaces) the tenant's WhatsApp Cloud API webhook: the verify token
@@ -8058,6 +9575,43 @@ export interface ConsentAdminServiceServer extends UntypedServiceImplementation 
    * only whether one is set. Channels without a provider use `log`.
    */
   getDeliveryProviders: handleUnaryCall<GetDeliveryProvidersRequest, GetDeliveryProvidersResponse>;
+  /**
+   * Creates or replaces a change webhook: an endpoint (named within the tenant)
+   * that receives every change of the tenant's change feed applied after it was
+   * created, one signed JSON POST per change, in order per recipient (see
+   * docs/webhooks.md). The URL follows the providers' rule: https, never an
+   * internal address (checked here as written and again at every connection,
+   * after DNS resolution); plain http only to a destination the operator
+   * allowed (CONSENT_EGRESS_ALLOW). Without signing_secret a new endpoint (or
+   * an endpoint whose URL changes) gets a generated secret, returned ONCE in
+   * the response; an update of the same URL keeps the stored one. Secrets are
+   * never returned afterwards or logged. Updating keeps the endpoint's
+   * position in the feed. At most 10 endpoints per tenant. Errors:
+   * INVALID_ARGUMENT (+ BadRequest naming each bad field; nothing written).
+   * Needs an admin key of the tenant (or an operator key).
+   */
+  setChangeWebhook: handleUnaryCall<SetChangeWebhookRequest, SetChangeWebhookResponse>;
+  /**
+   * Returns one change webhook (its secret masked). NOT_FOUND (reason
+   * CHANGE_WEBHOOK_NOT_FOUND) when the tenant has none of that name.
+   */
+  getChangeWebhook: handleUnaryCall<GetChangeWebhookRequest, GetChangeWebhookResponse>;
+  /** Lists the tenant's change webhooks by name (secrets masked). */
+  listChangeWebhooks: handleUnaryCall<ListChangeWebhooksRequest, ListChangeWebhooksResponse>;
+  /**
+   * Deletes a change webhook with its position, delivery log and dead letters:
+   * no change is POSTed to it afterwards (a POST in flight may still arrive).
+   * Idempotent: deleted=false when there was none.
+   */
+  deleteChangeWebhook: handleUnaryCall<DeleteChangeWebhookRequest, DeleteChangeWebhookResponse>;
+  /**
+   * Reads a change webhook's delivery log (the last 200 changes it finished:
+   * delivered or given up) and its dead letters (the last 1,000 changes given
+   * up after every attempt failed), newest first. Items name the feed's
+   * event_id, never a recipient. NOT_FOUND (CHANGE_WEBHOOK_NOT_FOUND) when the
+   * tenant has no webhook of that name. Read-only.
+   */
+  listChangeWebhookDeliveries: handleUnaryCall<ListChangeWebhookDeliveriesRequest, ListChangeWebhookDeliveriesResponse>;
   /**
    * Sets (replaces) the tenant's WhatsApp Cloud API webhook: the verify token
    * Meta echoes in the GET handshake, the app secret that signs every POST
@@ -8426,6 +9980,113 @@ export interface ConsentAdminServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: GetDeliveryProvidersResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Creates or replaces a change webhook: an endpoint (named within the tenant)
+   * that receives every change of the tenant's change feed applied after it was
+   * created, one signed JSON POST per change, in order per recipient (see
+   * docs/webhooks.md). The URL follows the providers' rule: https, never an
+   * internal address (checked here as written and again at every connection,
+   * after DNS resolution); plain http only to a destination the operator
+   * allowed (CONSENT_EGRESS_ALLOW). Without signing_secret a new endpoint (or
+   * an endpoint whose URL changes) gets a generated secret, returned ONCE in
+   * the response; an update of the same URL keeps the stored one. Secrets are
+   * never returned afterwards or logged. Updating keeps the endpoint's
+   * position in the feed. At most 10 endpoints per tenant. Errors:
+   * INVALID_ARGUMENT (+ BadRequest naming each bad field; nothing written).
+   * Needs an admin key of the tenant (or an operator key).
+   */
+  setChangeWebhook(
+    request: SetChangeWebhookRequest,
+    callback: (error: ServiceError | null, response: SetChangeWebhookResponse) => void,
+  ): ClientUnaryCall;
+  setChangeWebhook(
+    request: SetChangeWebhookRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: SetChangeWebhookResponse) => void,
+  ): ClientUnaryCall;
+  setChangeWebhook(
+    request: SetChangeWebhookRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: SetChangeWebhookResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Returns one change webhook (its secret masked). NOT_FOUND (reason
+   * CHANGE_WEBHOOK_NOT_FOUND) when the tenant has none of that name.
+   */
+  getChangeWebhook(
+    request: GetChangeWebhookRequest,
+    callback: (error: ServiceError | null, response: GetChangeWebhookResponse) => void,
+  ): ClientUnaryCall;
+  getChangeWebhook(
+    request: GetChangeWebhookRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetChangeWebhookResponse) => void,
+  ): ClientUnaryCall;
+  getChangeWebhook(
+    request: GetChangeWebhookRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetChangeWebhookResponse) => void,
+  ): ClientUnaryCall;
+  /** Lists the tenant's change webhooks by name (secrets masked). */
+  listChangeWebhooks(
+    request: ListChangeWebhooksRequest,
+    callback: (error: ServiceError | null, response: ListChangeWebhooksResponse) => void,
+  ): ClientUnaryCall;
+  listChangeWebhooks(
+    request: ListChangeWebhooksRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListChangeWebhooksResponse) => void,
+  ): ClientUnaryCall;
+  listChangeWebhooks(
+    request: ListChangeWebhooksRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListChangeWebhooksResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Deletes a change webhook with its position, delivery log and dead letters:
+   * no change is POSTed to it afterwards (a POST in flight may still arrive).
+   * Idempotent: deleted=false when there was none.
+   */
+  deleteChangeWebhook(
+    request: DeleteChangeWebhookRequest,
+    callback: (error: ServiceError | null, response: DeleteChangeWebhookResponse) => void,
+  ): ClientUnaryCall;
+  deleteChangeWebhook(
+    request: DeleteChangeWebhookRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: DeleteChangeWebhookResponse) => void,
+  ): ClientUnaryCall;
+  deleteChangeWebhook(
+    request: DeleteChangeWebhookRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: DeleteChangeWebhookResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Reads a change webhook's delivery log (the last 200 changes it finished:
+   * delivered or given up) and its dead letters (the last 1,000 changes given
+   * up after every attempt failed), newest first. Items name the feed's
+   * event_id, never a recipient. NOT_FOUND (CHANGE_WEBHOOK_NOT_FOUND) when the
+   * tenant has no webhook of that name. Read-only.
+   */
+  listChangeWebhookDeliveries(
+    request: ListChangeWebhookDeliveriesRequest,
+    callback: (error: ServiceError | null, response: ListChangeWebhookDeliveriesResponse) => void,
+  ): ClientUnaryCall;
+  listChangeWebhookDeliveries(
+    request: ListChangeWebhookDeliveriesRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListChangeWebhookDeliveriesResponse) => void,
+  ): ClientUnaryCall;
+  listChangeWebhookDeliveries(
+    request: ListChangeWebhookDeliveriesRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListChangeWebhookDeliveriesResponse) => void,
   ): ClientUnaryCall;
   /**
    * Sets (replaces) the tenant's WhatsApp Cloud API webhook: the verify token

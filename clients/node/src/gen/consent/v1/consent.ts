@@ -518,6 +518,11 @@ export enum ErrorReason {
    * (ExportConsent) and start a new watch without a token.
    */
   CHANGE_FEED_TOKEN_EXPIRED = 150,
+  /**
+   * CHANGE_WEBHOOK_NOT_FOUND - NOT_FOUND: the tenant has no change webhook of that name (also when
+   * another tenant has one): GetChangeWebhook, ListChangeWebhookDeliveries.
+   */
+  CHANGE_WEBHOOK_NOT_FOUND = 151,
   UNRECOGNIZED = -1,
 }
 
@@ -589,6 +594,9 @@ export function errorReasonFromJSON(object: any): ErrorReason {
     case 150:
     case "CHANGE_FEED_TOKEN_EXPIRED":
       return ErrorReason.CHANGE_FEED_TOKEN_EXPIRED;
+    case 151:
+    case "CHANGE_WEBHOOK_NOT_FOUND":
+      return ErrorReason.CHANGE_WEBHOOK_NOT_FOUND;
     case -1:
     case "UNRECOGNIZED":
     default:
@@ -642,6 +650,8 @@ export function errorReasonToJSON(object: ErrorReason): string {
       return "SETTINGS_VERSION_MISMATCH";
     case ErrorReason.CHANGE_FEED_TOKEN_EXPIRED:
       return "CHANGE_FEED_TOKEN_EXPIRED";
+    case ErrorReason.CHANGE_WEBHOOK_NOT_FOUND:
+      return "CHANGE_WEBHOOK_NOT_FOUND";
     case ErrorReason.UNRECOGNIZED:
     default:
       return "UNRECOGNIZED";
