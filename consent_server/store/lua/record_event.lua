@@ -154,7 +154,7 @@ local function differs(a, b)
 end
 local effective = 0
 if #KEYS >= 8 and applied == 1 then
-  local after = {action, tonumber(occurred), rev}
+  local after = {action, tonumber(occurred), count}
   if topic ~= '' then
     local all = record('s:*')
     if differs(decider(before, all), decider(after, all)) then effective = 1 end
