@@ -177,7 +177,8 @@ class ChangeWebhookStore(Protocol):
         ...
 
     async def lease(self, tenant_id: str, name: str, owner: str, ttl_ms: int) -> bool:
-        """Take or renew the endpoint's dispatch lease (one dispatcher per endpoint)."""
+        """Take or renew the endpoint's dispatch lease (one dispatcher per endpoint);
+        ``ttl_ms`` 0 releases it when ``owner`` holds it."""
         ...
 
 
@@ -332,7 +333,7 @@ def change_payload(tenant_id: str, event_id: str, e: FeedEntry) -> dict[str, obj
         kind="consent",
         recipient={"channel": e.channel.value if e.channel else "", "address": e.address},
         topic=e.topic,
-        action=e.action.value if e.action is not None else "",
+        action=f"opt_{e.action.value}" if e.action is not None else "",
         source=e.source.value if e.source is not None else "",
         occurred_at=_iso(e.occurred_at_ms),
         revision=e.revision,
