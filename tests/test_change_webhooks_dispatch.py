@@ -12,11 +12,15 @@ import hashlib
 import hmac
 import ipaddress
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -334,6 +338,7 @@ class _Threaded(BaseHTTPRequestHandler):
 
 
 def test_e2e_server_process_delivers_changes_to_a_subscribed_webhook() -> None:
+    _Threaded.got = []
     http = ThreadingHTTPServer(("127.0.0.1", 0), _Threaded)
     threading.Thread(target=http.serve_forever, daemon=True).start()
     port = http.server_address[1]
@@ -367,6 +372,63 @@ def test_e2e_server_process_delivers_changes_to_a_subscribed_webhook() -> None:
             assert [d.status for d in log.deliveries] == [
                 apb.CHANGE_WEBHOOK_DELIVERY_STATUS_DELIVERED
             ] * 2
+        assert secret not in srv.log()
+    finally:
+        srv.stop()
+        http.shutdown()
+
+
+def test_e2e_consentctl_subscribes_and_every_later_change_arrives() -> None:
+    """The README's recipe: a receiver on loopback, the operator's allowance, then
+    ``consentctl webhooks set``; every change after it arrives, none before."""
+    _Threaded.got = []
+    http = ThreadingHTTPServer(("127.0.0.1", 0), _Threaded)
+    threading.Thread(target=http.serve_forever, daemon=True).start()
+    port = http.server_address[1]
+    srv = ServerProcess({"CONSENT_EGRESS_ALLOW": f"127.0.0.1:{port}"}).start()
+    ctl = [str(Path(sys.executable).parent / "consentctl")]
+    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"}
+    env["CONSENT_TARGET"] = srv.target
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*ctl, *args], env=env, capture_output=True, text=True, timeout=60, check=False
+        )
+
+    try:
+        assert run("opt-out", "acme", "+14155550100", "--channel", "sms").returncode == 0
+        made = run(
+            "webhooks", "set", "acme", "local", "--url", f"http://127.0.0.1:{port}/hook", "--json"
+        )
+        assert made.returncode == 0, made.stderr
+        secret = json.loads(made.stdout)["signing_secret"]
+        assert secret.startswith("whsec_")
+        for n in range(1, 6):
+            assert (
+                run(
+                    "opt-in" if n % 2 else "opt-out", "acme", f"+1415555020{n}", "--channel", "sms"
+                ).returncode
+                == 0
+            )
+        deadline = time.monotonic() + 20
+        while len(_Threaded.got) < 5 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        addresses = [json.loads(b)["recipient"]["address"] for _, b in _Threaded.got]
+        assert addresses == [f"+1415555020{n}" for n in range(1, 6)]  # none from before
+        listed = run("webhooks", "list", "acme", "--json")
+        assert listed.returncode == 0 and secret not in listed.stdout
+        assert json.loads(listed.stdout)["webhooks"][0]["name"] == "local"
+        log = json.loads(run("webhooks", "deliveries", "acme", "local", "--json").stdout)
+        assert [d["status"] for d in log["deliveries"]] == [
+            "CHANGE_WEBHOOK_DELIVERY_STATUS_DELIVERED"
+        ] * 5
+        refused = run("webhooks", "set", "acme", "bad", "--url", "https://10.0.0.1/hook")
+        assert refused.returncode == 1 and "url" in refused.stderr
+        missing = run("webhooks", "get", "acme", "nope")
+        assert missing.returncode == 1 and "CHANGE_WEBHOOK_NOT_FOUND" in missing.stderr
+        assert run("webhooks", "delete", "acme", "local").returncode == 0
+        assert "no change webhook" in run("webhooks", "list", "acme").stdout
         assert secret not in srv.log()
     finally:
         srv.stop()

@@ -12,6 +12,7 @@
     consentctl keys create / list / revoke / generate
     consentctl import TENANT optouts.csv [--dry-run] / export TENANT -o consent.csv
     consentctl watch TENANT [--from-token T | --from-oldest] [--limit N]
+    consentctl webhooks set TENANT NAME --url URL / get / list / delete / deliveries
     consentctl doctor [--json]
 
 Every command takes the connection options of ``common`` (before or after it).
@@ -27,6 +28,7 @@ import typer
 
 from . import (
     bulk,
+    change_webhooks,
     consent,
     doctor,
     feed,
@@ -50,7 +52,19 @@ app = typer.Typer(
 )
 app.callback()(root_callback)
 
-for module in (tenants, settings, inbound, consent, messages, providers, bulk, feed, doctor, keys):
+for module in (
+    tenants,
+    settings,
+    inbound,
+    consent,
+    messages,
+    providers,
+    bulk,
+    feed,
+    doctor,
+    keys,
+    change_webhooks,
+):
     module.register(app)
 
 
