@@ -31,8 +31,9 @@ from consent_client.v1 import admin_pb2 as apb
 from consent_client.v1 import admin_pb2_grpc, consent_pb2_grpc
 from consent_client.v1 import consent_pb2 as pb
 from consent_server.delivery.change_webhooks import ChangeWebhookDispatcher, DispatchOptions
-from consent_server.domain.change_webhooks import ChangeWebhookAdmin
+from consent_server.domain.change_webhooks import ChangeWebhookAdmin, ChangeWebhookNotFound
 from consent_server.domain.egress import EgressPolicy, IPAddress
+from consent_server.domain.errors import InvalidArgument
 from consent_server.domain.model import Action, Channel, ConsentEventInput, Recipient, Source
 from consent_server.store.change_webhooks import RedisChangeWebhooks
 from consent_server.store.feed import RedisChangeFeed
@@ -254,6 +255,47 @@ async def test_always_failing_goes_to_dead_letters_after_n_and_moves_on(
     assert [i.status for i in log] == ["delivered", "dead_letter"]  # newest first
 
 
+async def test_a_redriven_dead_letter_is_sent_again_and_an_erased_one_never(
+    store: RedisConsentStore, tenant: str, receiver: Receiver
+) -> None:
+    admin = ChangeWebhookAdmin(
+        RedisChangeWebhooks(store.client), RedisChangeFeed(store.client), ALLOW
+    )
+    await register(store, tenant, receiver.url)
+    await change(store, tenant, 1, 1)
+    await change(store, tenant, 2, 2)
+    receiver.answer = lambda _n, _e: 500
+    d = dispatcher(store)
+    while await d.run_once():
+        pass
+    _, dead = await admin.deliveries(tenant, "crm", 10)
+    assert len(dead) == 2
+    by_address = {b["recipient"]["address"]: e for e, b, _ in receiver.got}
+    keep, erase = by_address["+14155550001"], by_address["+14155550002"]
+    with pytest.raises(ChangeWebhookNotFound):
+        await admin.redrive(tenant, "crm", "00-1-0")
+    with pytest.raises(InvalidArgument):
+        await admin.redrive(tenant, "crm", "not-an-id")
+    await admin.redrive(tenant, "crm", keep)
+    await admin.redrive(tenant, "crm", keep)  # idempotent while pending
+    await admin.redrive(tenant, "crm", erase)
+    await RedisSecurityStore(store.client, store.tombstones).forget(
+        tenant, Recipient(Channel.SMS, "+14155550002"), "er-2", "test"
+    )
+    receiver.answer = lambda _n, _e: 200
+    receiver.got.clear()
+    while await d.run_once():
+        pass
+    await d.stop()
+    sent = [(e, b["kind"]) for e, b, _ in receiver.got]
+    assert (keep, "consent") in sent and erase not in [e for e, _ in sent]
+    assert "4155550002" not in json.dumps([b for _, b, _ in receiver.got])
+    log, dead = await admin.deliveries(tenant, "crm", 10)
+    assert [i.event_id for i in dead if "no longer in the feed" in i.last_error] == [erase]
+    assert any(i.event_id == keep and i.status == "delivered" for i in log)
+    assert await RedisChangeWebhooks(store.client).redrives(tenant, "crm") == []
+
+
 async def test_4xx_is_permanent_and_dead_lettered_at_once(
     store: RedisConsentStore, tenant: str, receiver: Receiver
 ) -> None:
@@ -427,6 +469,8 @@ def test_e2e_consentctl_subscribes_and_every_later_change_arrives() -> None:
         assert refused.returncode == 1 and "url" in refused.stderr
         missing = run("webhooks", "get", "acme", "nope")
         assert missing.returncode == 1 and "CHANGE_WEBHOOK_NOT_FOUND" in missing.stderr
+        nothing = run("webhooks", "redrive", "acme", "local", "00-1-0")
+        assert nothing.returncode == 1 and "CHANGE_WEBHOOK_NOT_FOUND" in nothing.stderr
         assert run("webhooks", "delete", "acme", "local").returncode == 0
         assert "no change webhook" in run("webhooks", "list", "acme").stdout
         assert secret not in srv.log()

@@ -92,5 +92,12 @@ class ChangeWebhookHandlers:
             dead_letters=[delivery_to_pb(i) for i in dead],
         )
 
+    @rpc
+    async def RedriveChangeWebhookDeadLetter(
+        self, request: apb.RedriveChangeWebhookDeadLetterRequest, context: Ctx
+    ) -> apb.RedriveChangeWebhookDeadLetterResponse:
+        queued = await self._hooks.redrive(request.tenant_id, request.name, request.event_id)
+        return apb.RedriveChangeWebhookDeadLetterResponse(queued=queued)
+
 
 __all__ = ["ChangeWebhookHandlers", "delivery_to_pb", "webhook_to_pb"]

@@ -142,3 +142,18 @@ def deliveries(
             out.print("nothing delivered yet")
 
     emit(ctx, got, human)
+
+
+@app.command("redrive")
+def redrive(
+    ctx: typer.Context,
+    tenant: Tenant,
+    name: Name,
+    event_id: Annotated[str, typer.Argument(help="The dead letter's event id (deliveries).")],
+) -> None:
+    """Send a dead letter again (same event id, fresh attempts; outcome in the log)."""
+    req = apb.RedriveChangeWebhookDeadLetterRequest(tenant_id=tenant, name=name, event_id=event_id)
+    got: apb.RedriveChangeWebhookDeadLetterResponse = _admin(
+        ctx, "RedriveChangeWebhookDeadLetter", req, RetryMode.IDEMPOTENT_WRITE
+    )
+    emit(ctx, got, lambda: out.print("queued: the dispatcher sends it within about a second"))

@@ -12,7 +12,7 @@
     consentctl keys create / list / revoke / generate
     consentctl import TENANT optouts.csv [--dry-run] / export TENANT -o consent.csv
     consentctl watch TENANT [--from-token T | --from-oldest] [--limit N]
-    consentctl webhooks set TENANT NAME --url URL / get / list / delete / deliveries
+    consentctl webhooks set TENANT NAME --url URL / get / list / delete / deliveries / redrive
     consentctl doctor [--json]
 
 Every command takes the connection options of ``common`` (before or after it).

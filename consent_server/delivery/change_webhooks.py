@@ -35,6 +35,7 @@ from consent_server.domain.change_webhooks import (
     ChangeWebhookStore,
     DeliveryRecord,
     change_payload,
+    split_event_id,
 )
 from consent_server.domain.egress import EgressPolicy
 from consent_server.domain.feed import FeedEntry, FeedTrimmed, feed_event_id
@@ -50,6 +51,8 @@ log = logging.getLogger("consent_server.delivery.change_webhooks")
 EVENT_ID_HEADER = "X-Consent-Event-Id"
 WEBHOOK_HEADER = "X-Consent-Webhook"
 _RETRY_STATUS = {408, 425, 429}
+_MAX_SEQ = "9" * 16
+_NOWHERE = "9" * 16 + "-0"  # a position after every entry: reads nothing
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +170,7 @@ class ChangeWebhookDispatcher:
         hook = await self._hooks.get(tenant_id, name)
         if hook is None:
             return 0
+        redriven = await self._redrive(hook)
         positions = await self._hooks.cursor(tenant_id, name)
         try:
             batches = await self._feed.read(tenant_id, positions, opts.read_count)
@@ -174,7 +178,50 @@ class ChangeWebhookDispatcher:
             await self._skip_trimmed(hook, positions)
             return 0
         done = await asyncio.gather(*(self._partition(hook, p, es) for p, es in batches))
-        return sum(done)
+        return redriven + sum(done)
+
+    async def _redrive(self, hook: ChangeWebhook) -> int:
+        """Send the dead letters queued by RedriveChangeWebhookDeadLetter again."""
+        done = 0
+        for event_id in await self._hooks.redrives(hook.tenant_id, hook.name):
+            where = split_event_id(event_id, self._feed.partitions)
+            entry = await self._entry(hook.tenant_id, *where) if where else None
+            if where is None or entry is None:
+                item = DeliveryRecord(
+                    event_id,
+                    "dead_letter",
+                    0,
+                    "redrive: the change is no longer in the feed (trimmed, or its "
+                    "recipient erased)",
+                    0,
+                    0,
+                    self._clock_ms(),
+                )
+            else:
+                _current, got = await self._deliver(hook, where[0], entry)
+                if got is None:
+                    return done  # stopping, deleted or taken over: stays queued
+                item = got
+            await self._hooks.record(hook.tenant_id, hook.name, item)
+            await self._hooks.redriven(hook.tenant_id, hook.name, event_id)
+            done += 1
+        return done
+
+    async def _entry(self, tenant_id: str, part: int, entry_id: str) -> FeedEntry | None:
+        """One feed entry by id, or None when it is gone."""
+        ms_text, seq_text = entry_id.split("-")
+        ms, seq = int(ms_text), int(seq_text)
+        before = f"{ms}-{seq - 1}" if seq > 0 else f"{max(ms - 1, 0)}-{_MAX_SEQ}"
+        positions = [_NOWHERE] * self._feed.partitions
+        positions[part] = before
+        try:
+            batches = await self._feed.read(tenant_id, positions, 1)
+        except FeedTrimmed:
+            return None
+        for p, entries in batches:
+            if p == part and entries and entries[0].entry_id == entry_id:
+                return entries[0]
+        return None
 
     async def _skip_trimmed(self, hook: ChangeWebhook, positions: list[str]) -> None:
         """The endpoint fell behind the feed's retention: what was trimmed is lost to

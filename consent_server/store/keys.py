@@ -33,6 +33,7 @@ never change once data exists.
     ca:{cw:<tenant>/<name>}:log                  list: bounded delivery log (JSON, newest first)
     ca:{cw:<tenant>/<name>}:dead                 list: bounded dead letters (JSON, newest first)
     ca:{cw:<tenant>/<name>}:lease                string: the dispatcher holding the endpoint
+    ca:{cw:<tenant>/<name>}:redrive              list: dead letters' event ids to send again
 """
 
 from __future__ import annotations

@@ -2546,3 +2546,57 @@ class ListChangeWebhookDeliveriesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListChangeWebhookDeliveriesResponse: _TypeAlias = ListChangeWebhookDeliveriesResponse  # noqa: Y015
+
+@_typing.final
+class RedriveChangeWebhookDeadLetterRequest(_message.Message):
+    """Sends one dead letter of a change webhook again."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    """The tenant, ^[a-z0-9][a-z0-9_-]{0,63}$."""
+    name: _builtins.str
+    """The endpoint's name, ^[a-z0-9][a-z0-9_-]{0,63}$."""
+    event_id: _builtins.str
+    """The dead letter's event_id (ChangeWebhookDelivery.event_id), e.g.
+    "07-1796320123990-0".
+    """
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        event_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_id", b"event_id", "name", b"name", "tenant_id", b"tenant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RedriveChangeWebhookDeadLetterRequest: _TypeAlias = RedriveChangeWebhookDeadLetterRequest  # noqa: Y015
+
+@_typing.final
+class RedriveChangeWebhookDeadLetterResponse(_message.Message):
+    """What RedriveChangeWebhookDeadLetter did."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUEUED_FIELD_NUMBER: _builtins.int
+    queued: _builtins.bool
+    """True: queued for delivery (the dispatcher takes it within about a second)."""
+    def __init__(
+        self,
+        *,
+        queued: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["queued", b"queued"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RedriveChangeWebhookDeadLetterResponse: _TypeAlias = RedriveChangeWebhookDeadLetterResponse  # noqa: Y015

@@ -1307,6 +1307,25 @@ export interface ListChangeWebhookDeliveriesResponse {
   deadLetters: ChangeWebhookDelivery[];
 }
 
+/** Sends one dead letter of a change webhook again. */
+export interface RedriveChangeWebhookDeadLetterRequest {
+  /** The tenant, ^[a-z0-9][a-z0-9_-]{0,63}$. */
+  tenantId: string;
+  /** The endpoint's name, ^[a-z0-9][a-z0-9_-]{0,63}$. */
+  name: string;
+  /**
+   * The dead letter's event_id (ChangeWebhookDelivery.event_id), e.g.
+   * "07-1796320123990-0".
+   */
+  eventId: string;
+}
+
+/** What RedriveChangeWebhookDeadLetter did. */
+export interface RedriveChangeWebhookDeadLetterResponse {
+  /** True: queued for delivery (the dispatcher takes it within about a second). */
+  queued: boolean;
+}
+
 function createBaseTenant(): Tenant {
   return { tenantId: "", displayName: "", createdAt: undefined };
 }
@@ -8986,6 +9005,190 @@ export const ListChangeWebhookDeliveriesResponse: MessageFns<ListChangeWebhookDe
   },
 };
 
+function createBaseRedriveChangeWebhookDeadLetterRequest(): RedriveChangeWebhookDeadLetterRequest {
+  return { tenantId: "", name: "", eventId: "" };
+}
+
+export const RedriveChangeWebhookDeadLetterRequest: MessageFns<RedriveChangeWebhookDeadLetterRequest> = {
+  encode(message: RedriveChangeWebhookDeadLetterRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.tenantId !== "") {
+      writer.uint32(10).string(message.tenantId);
+    }
+    if (message.name !== "") {
+      writer.uint32(18).string(message.name);
+    }
+    if (message.eventId !== "") {
+      writer.uint32(26).string(message.eventId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RedriveChangeWebhookDeadLetterRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRedriveChangeWebhookDeadLetterRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.tenantId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.eventId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RedriveChangeWebhookDeadLetterRequest {
+    return {
+      tenantId: isSet(object.tenantId)
+        ? globalThis.String(object.tenantId)
+        : isSet(object.tenant_id)
+        ? globalThis.String(object.tenant_id)
+        : "",
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      eventId: isSet(object.eventId)
+        ? globalThis.String(object.eventId)
+        : isSet(object.event_id)
+        ? globalThis.String(object.event_id)
+        : "",
+    };
+  },
+
+  toJSON(message: RedriveChangeWebhookDeadLetterRequest): unknown {
+    const obj: any = {};
+    if (message.tenantId !== "") {
+      obj.tenantId = message.tenantId;
+    }
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.eventId !== "") {
+      obj.eventId = message.eventId;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RedriveChangeWebhookDeadLetterRequest>, I>>(
+    base?: I,
+  ): RedriveChangeWebhookDeadLetterRequest {
+    return RedriveChangeWebhookDeadLetterRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RedriveChangeWebhookDeadLetterRequest>, I>>(
+    object: I,
+  ): RedriveChangeWebhookDeadLetterRequest {
+    const message = createBaseRedriveChangeWebhookDeadLetterRequest();
+    message.tenantId = object.tenantId ?? "";
+    message.name = object.name ?? "";
+    message.eventId = object.eventId ?? "";
+    return message;
+  },
+};
+
+function createBaseRedriveChangeWebhookDeadLetterResponse(): RedriveChangeWebhookDeadLetterResponse {
+  return { queued: false };
+}
+
+export const RedriveChangeWebhookDeadLetterResponse: MessageFns<RedriveChangeWebhookDeadLetterResponse> = {
+  encode(message: RedriveChangeWebhookDeadLetterResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.queued !== false) {
+      writer.uint32(8).bool(message.queued);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RedriveChangeWebhookDeadLetterResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRedriveChangeWebhookDeadLetterResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.queued = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RedriveChangeWebhookDeadLetterResponse {
+    return { queued: isSet(object.queued) ? globalThis.Boolean(object.queued) : false };
+  },
+
+  toJSON(message: RedriveChangeWebhookDeadLetterResponse): unknown {
+    const obj: any = {};
+    if (message.queued !== false) {
+      obj.queued = message.queued;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RedriveChangeWebhookDeadLetterResponse>, I>>(
+    base?: I,
+  ): RedriveChangeWebhookDeadLetterResponse {
+    return RedriveChangeWebhookDeadLetterResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RedriveChangeWebhookDeadLetterResponse>, I>>(
+    object: I,
+  ): RedriveChangeWebhookDeadLetterResponse {
+    const message = createBaseRedriveChangeWebhookDeadLetterResponse();
+    message.queued = object.queued ?? false;
+    return message;
+  },
+};
+
 /** ConsentAdminService configures tenants and manages access and erasure. */
 export type ConsentAdminServiceService = typeof ConsentAdminServiceService;
 export const ConsentAdminServiceService = {
@@ -9325,6 +9528,29 @@ export const ConsentAdminServiceService = {
       ListChangeWebhookDeliveriesResponse.decode(value),
   },
   /**
+   * Sends a dead letter again: it leaves the dead letters and the dispatcher
+   * POSTs that change once more (same event id) within about a second, ahead
+   * of the endpoint's next changes, with a fresh set of attempts; the outcome
+   * appears in the delivery log (and in the dead letters again if it fails
+   * again). A change no longer in the feed (trimmed, or its recipient erased)
+   * is logged as a dead letter saying so and not sent. NOT_FOUND
+   * (CHANGE_WEBHOOK_NOT_FOUND) when the endpoint, or that dead letter, is
+   * unknown. Idempotent while the redrive is pending.
+   */
+  redriveChangeWebhookDeadLetter: {
+    path: "/consent.v1.ConsentAdminService/RedriveChangeWebhookDeadLetter" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: RedriveChangeWebhookDeadLetterRequest): Buffer =>
+      Buffer.from(RedriveChangeWebhookDeadLetterRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): RedriveChangeWebhookDeadLetterRequest =>
+      RedriveChangeWebhookDeadLetterRequest.decode(value),
+    responseSerialize: (value: RedriveChangeWebhookDeadLetterResponse): Buffer =>
+      Buffer.from(RedriveChangeWebhookDeadLetterResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): RedriveChangeWebhookDeadLetterResponse =>
+      RedriveChangeWebhookDeadLetterResponse.decode(value),
+  },
+  /**
    * Sets (replaces) the tenant's WhatsApp Cloud API webhook: the verify token
    * Meta echoes in the GET handshake, the app secret that signs every POST
    * (X-Hub-Signature-256) and the tenant's business phone number ids. Point the
@@ -9612,6 +9838,20 @@ export interface ConsentAdminServiceServer extends UntypedServiceImplementation 
    * tenant has no webhook of that name. Read-only.
    */
   listChangeWebhookDeliveries: handleUnaryCall<ListChangeWebhookDeliveriesRequest, ListChangeWebhookDeliveriesResponse>;
+  /**
+   * Sends a dead letter again: it leaves the dead letters and the dispatcher
+   * POSTs that change once more (same event id) within about a second, ahead
+   * of the endpoint's next changes, with a fresh set of attempts; the outcome
+   * appears in the delivery log (and in the dead letters again if it fails
+   * again). A change no longer in the feed (trimmed, or its recipient erased)
+   * is logged as a dead letter saying so and not sent. NOT_FOUND
+   * (CHANGE_WEBHOOK_NOT_FOUND) when the endpoint, or that dead letter, is
+   * unknown. Idempotent while the redrive is pending.
+   */
+  redriveChangeWebhookDeadLetter: handleUnaryCall<
+    RedriveChangeWebhookDeadLetterRequest,
+    RedriveChangeWebhookDeadLetterResponse
+  >;
   /**
    * Sets (replaces) the tenant's WhatsApp Cloud API webhook: the verify token
    * Meta echoes in the GET handshake, the app secret that signs every POST
@@ -10087,6 +10327,31 @@ export interface ConsentAdminServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ListChangeWebhookDeliveriesResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Sends a dead letter again: it leaves the dead letters and the dispatcher
+   * POSTs that change once more (same event id) within about a second, ahead
+   * of the endpoint's next changes, with a fresh set of attempts; the outcome
+   * appears in the delivery log (and in the dead letters again if it fails
+   * again). A change no longer in the feed (trimmed, or its recipient erased)
+   * is logged as a dead letter saying so and not sent. NOT_FOUND
+   * (CHANGE_WEBHOOK_NOT_FOUND) when the endpoint, or that dead letter, is
+   * unknown. Idempotent while the redrive is pending.
+   */
+  redriveChangeWebhookDeadLetter(
+    request: RedriveChangeWebhookDeadLetterRequest,
+    callback: (error: ServiceError | null, response: RedriveChangeWebhookDeadLetterResponse) => void,
+  ): ClientUnaryCall;
+  redriveChangeWebhookDeadLetter(
+    request: RedriveChangeWebhookDeadLetterRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: RedriveChangeWebhookDeadLetterResponse) => void,
+  ): ClientUnaryCall;
+  redriveChangeWebhookDeadLetter(
+    request: RedriveChangeWebhookDeadLetterRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: RedriveChangeWebhookDeadLetterResponse) => void,
   ): ClientUnaryCall;
   /**
    * Sets (replaces) the tenant's WhatsApp Cloud API webhook: the verify token
