@@ -40,7 +40,7 @@ from consent_server.store.feed import RedisChangeFeed
 from consent_server.store.repository import RedisConsentStore
 from consent_server.store.security import RedisSecurityStore
 
-from .support import ServerProcess
+from .support import RedisProcess, ServerProcess
 
 SECRET = "test-signing-secret-0123456789"
 TOLERANCE_S = 300
@@ -476,4 +476,69 @@ def test_e2e_consentctl_subscribes_and_every_later_change_arrives() -> None:
         assert secret not in srv.log()
     finally:
         srv.stop()
+        http.shutdown()
+
+
+def test_e2e_server_restarts_on_real_redis_and_resumes_without_loss(tmp_path: Path) -> None:
+    """Two server processes in turn on one redis-server: the first delivers part of the
+    stream and is stopped (SIGTERM) while changes keep coming; the second resumes from
+    the stored cursor. Every change arrives, in order per recipient."""
+    _Threaded.got = []
+    http = ThreadingHTTPServer(("127.0.0.1", 0), _Threaded)
+    threading.Thread(target=http.serve_forever, daemon=True).start()
+    port = http.server_address[1]
+    redis = RedisProcess(tmp_path).start()
+    env = {"CONSENT_EGRESS_ALLOW": f"127.0.0.1:{port}", "CONSENT_REDIS_URL": redis.url}
+    first = ServerProcess(env).start()
+    second: ServerProcess | None = None
+    try:
+
+        def opt(target: str, n: int) -> None:
+            with grpc.insecure_channel(target) as ch:
+                who = pb.Recipient(channel=pb.CHANNEL_SMS, address=f"+1415555{n % 3:04d}")
+                req = {"tenant_id": "acme", "recipient": who, "event_id": f"r-{n}"}
+                stub = consent_pb2_grpc.ConsentServiceStub(ch)
+                if n % 2:
+                    stub.OptOut(pb.OptOutRequest(**req))
+                else:
+                    stub.OptIn(pb.OptInRequest(**req))
+
+        with grpc.insecure_channel(first.target) as ch:
+            admin_pb2_grpc.ConsentAdminServiceStub(ch).SetChangeWebhook(
+                apb.SetChangeWebhookRequest(
+                    tenant_id="acme", name="crm", url=f"http://127.0.0.1:{port}/hook"
+                )
+            )
+        for n in range(10):
+            opt(first.target, n)
+        deadline = time.monotonic() + 20
+        while len(_Threaded.got) < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert first.stop() == 0
+        second = ServerProcess(env).start()
+        for n in range(10, 20):
+            opt(second.target, n)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if len({h["X-Consent-Event-Id"] for h, _ in _Threaded.got}) >= 20:
+                break
+            time.sleep(0.05)
+        ids = [h["X-Consent-Event-Id"] for h, _ in _Threaded.got]
+        assert len(set(ids)) == 20
+        seen: set[str] = set()
+        last: dict[str, int] = {}
+        for h, b in _Threaded.got:
+            if h["X-Consent-Event-Id"] in seen:
+                continue
+            seen.add(h["X-Consent-Event-Id"])
+            body = json.loads(b)
+            who = body["recipient"]["address"]
+            assert body["revision"] > last.get(who, 0)
+            last[who] = body["revision"]
+    finally:
+        if second is not None:
+            second.stop()
+        if first.proc.poll() is None:
+            first.stop()
+        redis.stop()
         http.shutdown()
