@@ -296,6 +296,30 @@ async def test_a_redriven_dead_letter_is_sent_again_and_an_erased_one_never(
     assert await RedisChangeWebhooks(store.client).redrives(tenant, "crm") == []
 
 
+async def test_the_status_changes_only_filter(
+    store: RedisConsentStore, tenant: str, receiver: Receiver
+) -> None:
+    admin = ChangeWebhookAdmin(
+        RedisChangeWebhooks(store.client), RedisChangeFeed(store.client), ALLOW
+    )
+    done = await admin.set(tenant, "crm", receiver.url, SECRET, status_changes_only=True)
+    assert done.hook.status_changes_only
+    await change(store, tenant, 1, 1, Action.OPT_OUT)
+    await change(store, tenant, 1, 2, Action.OPT_OUT)  # applies, changes nothing: skipped
+    await change(store, tenant, 1, 3, Action.OPT_IN)
+    await RedisSecurityStore(store.client, store.tombstones).forget(
+        tenant, Recipient(Channel.SMS, "+14155550009"), "er-9", "test"
+    )
+    d = dispatcher(store)
+    while await d.run_once():
+        pass
+    await d.stop()
+    got = [(b["kind"], b.get("source_event_id")) for _, b, _ in receiver.got]
+    assert sorted(got) == sorted(
+        [("consent", "ev-1-1"), ("consent", "ev-1-3"), ("erasure", "er-9")]
+    )
+
+
 async def test_4xx_is_permanent_and_dead_lettered_at_once(
     store: RedisConsentStore, tenant: str, receiver: Receiver
 ) -> None:

@@ -54,10 +54,21 @@ def set_(
             show_default=False,
         ),
     ] = "",
+    status_changes_only: Annotated[
+        bool,
+        typer.Option(
+            "--status-changes-only",
+            help="POST only changes that changed a status, and erasures (the filter).",
+        ),
+    ] = False,
 ) -> None:
     """Create or replace a change webhook; a generated secret is printed ONCE."""
     req = apb.SetChangeWebhookRequest(
-        tenant_id=tenant, name=name, url=url, signing_secret=signing_secret
+        tenant_id=tenant,
+        name=name,
+        url=url,
+        signing_secret=signing_secret,
+        status_changes_only=status_changes_only,
     )
     # Never retried: a retry after a lost answer would keep (not show) the new secret.
     done: apb.SetChangeWebhookResponse = _admin(ctx, "SetChangeWebhook", req, RetryMode.NEVER)

@@ -251,7 +251,7 @@ class ChangeWebhookDispatcher:
         for entry in entries:
             if self._stop.is_set():
                 break
-            if entry.tenant_id == hook.tenant_id:
+            if entry.tenant_id == hook.tenant_id and hook.wants(entry):
                 opts = self.options
                 if not await self._hooks.lease(
                     hook.tenant_id, hook.name, opts.owner, opts.lease_ms

@@ -55,6 +55,11 @@ class ChangeWebhook:
     secret: str
     created_at_ms: int
     updated_at_ms: int
+    status_changes_only: bool = False
+
+    def wants(self, entry: FeedEntry) -> bool:
+        """True when the endpoint's filter lets ``entry`` through."""
+        return not self.status_changes_only or entry.kind == "erasure" or entry.status_changed
 
     def encode(self) -> str:
         """The stored JSON form."""
@@ -64,6 +69,7 @@ class ChangeWebhook:
                 "secret": self.secret,
                 "created": self.created_at_ms,
                 "updated": self.updated_at_ms,
+                "sco": self.status_changes_only,
             },
             separators=(",", ":"),
         )
@@ -79,6 +85,7 @@ class ChangeWebhook:
             str(raw["secret"]),
             int(raw.get("created", 0)),
             int(raw.get("updated", 0)),
+            bool(raw.get("sco", False)),
         )
 
     @property
@@ -255,7 +262,15 @@ class ChangeWebhookAdmin:
         v.raise_if_any()
         return tenant, hook
 
-    async def set(self, tenant_id: str, name: str, url: str, secret: str) -> SetResult:
+    async def set(
+        self,
+        tenant_id: str,
+        name: str,
+        url: str,
+        secret: str,
+        *,
+        status_changes_only: bool = False,
+    ) -> SetResult:
         """Create or replace an endpoint. Without a secret the stored one is kept for the
         same URL; otherwise (new endpoint, or a new URL) one is generated and returned."""
         v = val.Violations()
@@ -285,6 +300,7 @@ class ChangeWebhookAdmin:
             secret,
             current.created_at_ms if current is not None else now,
             now,
+            status_changes_only,
         )
         cursor = None if current is not None else await self._feed.latest(tenant)
         await self._store.put(hook, cursor)

@@ -1190,6 +1190,12 @@ export interface SetChangeWebhookRequest {
    * and return it once in SetChangeWebhookResponse.signing_secret.
    */
   signingSecret: string;
+  /**
+   * The event filter: true = POST only the changes that changed a scope's
+   * status (status_changed; e.g. not an opt-out repeated after an opt-out) and
+   * every erasure; the others are skipped (not logged). False = every change.
+   */
+  statusChangesOnly: boolean;
 }
 
 /** The endpoint as stored, and its secret when the server generated it. */
@@ -1222,7 +1228,14 @@ export interface ChangeWebhook {
     | Date
     | undefined;
   /** When it was last set. */
-  updatedAt?: Date | undefined;
+  updatedAt?:
+    | Date
+    | undefined;
+  /**
+   * True: only status changes and erasures are POSTed (see
+   * SetChangeWebhookRequest.status_changes_only).
+   */
+  statusChangesOnly: boolean;
 }
 
 /** Asks for one change webhook. */
@@ -7762,7 +7775,7 @@ export const GetDeploymentHealthResponse: MessageFns<GetDeploymentHealthResponse
 };
 
 function createBaseSetChangeWebhookRequest(): SetChangeWebhookRequest {
-  return { tenantId: "", name: "", url: "", signingSecret: "" };
+  return { tenantId: "", name: "", url: "", signingSecret: "", statusChangesOnly: false };
 }
 
 export const SetChangeWebhookRequest: MessageFns<SetChangeWebhookRequest> = {
@@ -7778,6 +7791,9 @@ export const SetChangeWebhookRequest: MessageFns<SetChangeWebhookRequest> = {
     }
     if (message.signingSecret !== "") {
       writer.uint32(34).string(message.signingSecret);
+    }
+    if (message.statusChangesOnly !== false) {
+      writer.uint32(40).bool(message.statusChangesOnly);
     }
     return writer;
   },
@@ -7827,6 +7843,14 @@ export const SetChangeWebhookRequest: MessageFns<SetChangeWebhookRequest> = {
             message.signingSecret = reader.string();
             continue;
           }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.statusChangesOnly = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -7853,6 +7877,11 @@ export const SetChangeWebhookRequest: MessageFns<SetChangeWebhookRequest> = {
         : isSet(object.signing_secret)
         ? globalThis.String(object.signing_secret)
         : "",
+      statusChangesOnly: isSet(object.statusChangesOnly)
+        ? globalThis.Boolean(object.statusChangesOnly)
+        : isSet(object.status_changes_only)
+        ? globalThis.Boolean(object.status_changes_only)
+        : false,
     };
   },
 
@@ -7870,6 +7899,9 @@ export const SetChangeWebhookRequest: MessageFns<SetChangeWebhookRequest> = {
     if (message.signingSecret !== "") {
       obj.signingSecret = message.signingSecret;
     }
+    if (message.statusChangesOnly !== false) {
+      obj.statusChangesOnly = message.statusChangesOnly;
+    }
     return obj;
   },
 
@@ -7882,6 +7914,7 @@ export const SetChangeWebhookRequest: MessageFns<SetChangeWebhookRequest> = {
     message.name = object.name ?? "";
     message.url = object.url ?? "";
     message.signingSecret = object.signingSecret ?? "";
+    message.statusChangesOnly = object.statusChangesOnly ?? false;
     return message;
   },
 };
@@ -7994,7 +8027,15 @@ export const SetChangeWebhookResponse: MessageFns<SetChangeWebhookResponse> = {
 };
 
 function createBaseChangeWebhook(): ChangeWebhook {
-  return { tenantId: "", name: "", url: "", signingSecretHint: "", createdAt: undefined, updatedAt: undefined };
+  return {
+    tenantId: "",
+    name: "",
+    url: "",
+    signingSecretHint: "",
+    createdAt: undefined,
+    updatedAt: undefined,
+    statusChangesOnly: false,
+  };
 }
 
 export const ChangeWebhook: MessageFns<ChangeWebhook> = {
@@ -8016,6 +8057,9 @@ export const ChangeWebhook: MessageFns<ChangeWebhook> = {
     }
     if (message.updatedAt !== undefined) {
       Timestamp.encode(toTimestamp(message.updatedAt), writer.uint32(50).fork()).join();
+    }
+    if (message.statusChangesOnly !== false) {
+      writer.uint32(56).bool(message.statusChangesOnly);
     }
     return writer;
   },
@@ -8081,6 +8125,14 @@ export const ChangeWebhook: MessageFns<ChangeWebhook> = {
             message.updatedAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
             continue;
           }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.statusChangesOnly = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -8117,6 +8169,11 @@ export const ChangeWebhook: MessageFns<ChangeWebhook> = {
         : isSet(object.updated_at)
         ? fromJsonTimestamp(object.updated_at)
         : undefined,
+      statusChangesOnly: isSet(object.statusChangesOnly)
+        ? globalThis.Boolean(object.statusChangesOnly)
+        : isSet(object.status_changes_only)
+        ? globalThis.Boolean(object.status_changes_only)
+        : false,
     };
   },
 
@@ -8140,6 +8197,9 @@ export const ChangeWebhook: MessageFns<ChangeWebhook> = {
     if (message.updatedAt !== undefined) {
       obj.updatedAt = message.updatedAt.toISOString();
     }
+    if (message.statusChangesOnly !== false) {
+      obj.statusChangesOnly = message.statusChangesOnly;
+    }
     return obj;
   },
 
@@ -8154,6 +8214,7 @@ export const ChangeWebhook: MessageFns<ChangeWebhook> = {
     message.signingSecretHint = object.signingSecretHint ?? "";
     message.createdAt = object.createdAt ?? undefined;
     message.updatedAt = object.updatedAt ?? undefined;
+    message.statusChangesOnly = object.statusChangesOnly ?? false;
     return message;
   },
 };
