@@ -26,6 +26,7 @@ from typing import Any
 import grpc
 import pytest
 from aiohttp import web
+from prometheus_client import REGISTRY
 
 from consent_client.v1 import admin_pb2 as apb
 from consent_client.v1 import admin_pb2_grpc, consent_pb2_grpc
@@ -221,9 +222,14 @@ async def test_500_then_200_is_retried_and_delivered(
     receiver.answer = lambda n, _e: 500 if n == 1 else 200
     await register(store, tenant, receiver.url)
     await change(store, tenant, 1, 1)
+    retried = REGISTRY.get_sample_value(
+        "consent_change_webhook_posts_total", {"outcome": "retried"}
+    )
     d = dispatcher(store)
     await d.run_once()
     await d.stop()
+    after = REGISTRY.get_sample_value("consent_change_webhook_posts_total", {"outcome": "retried"})
+    assert (after or 0) - (retried or 0) == 1
     assert len(receiver.got) == 2 and receiver.got[0][0] == receiver.got[1][0]  # same event id
     log, dead = await RedisChangeWebhooks(store.client).deliveries(tenant, "crm", 10)
     assert [(i.status, i.attempts) for i in log] == [("delivered", 2)] and dead == []

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from consent_server import metrics as m
 from consent_server.domain.change_webhooks import (
     ChangeWebhook,
     ChangeWebhookStore,
@@ -285,6 +286,7 @@ class ChangeWebhookDispatcher:
             got = await self._post(current, event_id, body)
             if got.ok or got.permanent or attempts >= opts.max_attempts:
                 status = "delivered" if got.ok else "dead_letter"
+                m.CHANGE_WEBHOOK_POSTS.labels(status).inc()
                 if not got.ok:
                     log.warning(
                         "change webhook gave up on a change: dead letter",
@@ -305,6 +307,7 @@ class ChangeWebhookDispatcher:
                     got.latency_ms,
                     self._clock_ms(),
                 )
+            m.CHANGE_WEBHOOK_POSTS.labels("retried").inc()
             wait_s = backoff_ms(attempts, opts.backoff_base_ms, opts.backoff_max_ms) / 1000
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), wait_s)
