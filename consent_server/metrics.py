@@ -116,6 +116,14 @@ class Readiness:
 READINESS = Readiness()
 
 
+# -- change webhooks --
+CHANGE_WEBHOOK_POSTS = Counter(
+    "consent_change_webhook_posts",
+    "Change webhook POSTs by outcome: delivered, retried (a failed attempt that will be "
+    "retried), dead_letter (given up)",
+    ["outcome"],
+)
+
 # -- the WhatsApp webhook of the HTTP edge --
 WHATSAPP_UNAPPLIED = Counter(
     "consent_whatsapp_unapplied",

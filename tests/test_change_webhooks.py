@@ -254,3 +254,19 @@ async def test_rpcs_over_grpc_with_keys_of_two_tenants() -> None:
             )
         assert after.value.code() is grpc.StatusCode.NOT_FOUND
         assert pb.CHANGE_WEBHOOK_NOT_FOUND  # the reason exists on the wire
+
+
+async def test_deleting_a_tenant_deletes_its_change_webhooks(store: RedisConsentStore) -> None:
+    from consent_server.domain.tenants import TenantRegistry
+    from consent_server.store.tenants import RedisTenantStore
+
+    registry = TenantRegistry(RedisTenantStore(store))
+    await registry.create("hooked", "")
+    a = admin(store)
+    hooks = RedisChangeWebhooks(store.client)
+    await a.set("hooked", "crm", URL, "")
+    await hooks.record("hooked", "crm", DeliveryRecord("00-1-0", "dead_letter", 1, "", 0, 0, 1))
+    await registry.delete("hooked")
+    assert await hooks.endpoints("hooked") == []
+    assert ("hooked", "crm") not in await hooks.all_endpoints()
+    assert await hooks.deliveries("hooked", "crm", 10) == ([], [])

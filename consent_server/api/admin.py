@@ -154,6 +154,11 @@ class ConsentAdminService(apb_grpc.ConsentAdminServiceServicer):
     ) -> apb.ListChangeWebhookDeliveriesResponse:
         return await self._change_webhooks.ListChangeWebhookDeliveries(request, context)
 
+    async def RedriveChangeWebhookDeadLetter(
+        self, request: apb.RedriveChangeWebhookDeadLetterRequest, context: Ctx
+    ) -> apb.RedriveChangeWebhookDeadLetterResponse:
+        return await self._change_webhooks.RedriveChangeWebhookDeadLetter(request, context)
+
     # -- the WhatsApp webhook of the HTTP edge --
 
     async def SetWhatsAppWebhook(

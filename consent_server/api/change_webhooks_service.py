@@ -26,6 +26,7 @@ def webhook_to_pb(hook: ChangeWebhook) -> apb.ChangeWebhook:
         signing_secret_hint=hook.secret_hint,
         created_at=cv.timestamp(hook.created_at_ms),
         updated_at=cv.timestamp(hook.updated_at_ms),
+        status_changes_only=hook.status_changes_only,
     )
 
 
@@ -53,7 +54,11 @@ class ChangeWebhookHandlers:
         self, request: apb.SetChangeWebhookRequest, context: Ctx
     ) -> apb.SetChangeWebhookResponse:
         done = await self._hooks.set(
-            request.tenant_id, request.name, request.url, request.signing_secret
+            request.tenant_id,
+            request.name,
+            request.url,
+            request.signing_secret,
+            status_changes_only=request.status_changes_only,
         )
         return apb.SetChangeWebhookResponse(
             webhook=webhook_to_pb(done.hook),
@@ -91,6 +96,13 @@ class ChangeWebhookHandlers:
             deliveries=[delivery_to_pb(i) for i in logged],
             dead_letters=[delivery_to_pb(i) for i in dead],
         )
+
+    @rpc
+    async def RedriveChangeWebhookDeadLetter(
+        self, request: apb.RedriveChangeWebhookDeadLetterRequest, context: Ctx
+    ) -> apb.RedriveChangeWebhookDeadLetterResponse:
+        queued = await self._hooks.redrive(request.tenant_id, request.name, request.event_id)
+        return apb.RedriveChangeWebhookDeadLetterResponse(queued=queued)
 
 
 __all__ = ["ChangeWebhookHandlers", "delivery_to_pb", "webhook_to_pb"]

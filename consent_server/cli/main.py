@@ -12,6 +12,7 @@
     consentctl keys create / list / revoke / generate
     consentctl import TENANT optouts.csv [--dry-run] / export TENANT -o consent.csv
     consentctl watch TENANT [--from-token T | --from-oldest] [--limit N]
+    consentctl webhooks set TENANT NAME --url URL / get / list / delete / deliveries / redrive
     consentctl doctor [--json]
     consentctl migrate --redis-url URL   (round-1 data to the compact layout)
 
@@ -28,6 +29,7 @@ import typer
 
 from . import (
     bulk,
+    change_webhooks,
     consent,
     doctor,
     feed,
@@ -64,6 +66,7 @@ for module in (
     doctor,
     keys,
     migrate,
+    change_webhooks,
 ):
     module.register(app)
 

@@ -11,11 +11,14 @@ from consent_server.config import ConfigError, Settings
 from consent_server.domain.delivery import DeliveryAdmin
 from consent_server.domain.whatsapp import StatusHandler
 from consent_server.metrics import READINESS, MetricsListenError, serve_metrics
+from consent_server.store.change_webhooks import RedisChangeWebhooks
 from consent_server.store.connect import open_store
+from consent_server.store.feed import RedisChangeFeed
 from consent_server.store.outbox import DeliveryRepository
 from consent_server.store.providers import RedisProviderSettings
 from consent_server.store.repository import RedisConsentStore
 
+from .change_webhooks import ChangeWebhookDispatcher, DispatchOptions
 from .feedback import provider_feedback
 from .receipts import WebhookCallbacks, whatsapp_status_handler
 from .worker import DeliveryWorker, WorkerOptions
@@ -77,8 +80,27 @@ def start_metrics(settings: Settings) -> None:
         raise ConfigError(str(exc)) from None
 
 
+def change_webhook_dispatcher(
+    settings: Settings, store: RedisConsentStore
+) -> ChangeWebhookDispatcher:
+    """The change webhook dispatcher on ``store``'s client: the outbox's attempts and
+    backoff, the providers' egress rule."""
+    opts = worker_options(settings)
+    return ChangeWebhookDispatcher(
+        RedisChangeWebhooks(store.client),
+        RedisChangeFeed(store.client),
+        DispatchOptions(
+            max_attempts=opts.max_attempts,
+            backoff_base_ms=opts.backoff_base_ms,
+            backoff_max_ms=opts.backoff_max_ms,
+        ),
+        egress=settings.delivery.egress_allow,
+    )
+
+
 def build_worker(settings: Settings, store: RedisConsentStore) -> DeliveryWorker:
-    """A worker sharing ``store``'s Redis client (the inline worker of a server)."""
+    """A worker sharing ``store``'s Redis client (the inline worker of a server), with
+    the change webhook dispatcher beside it."""
     outbox = DeliveryRepository(store.client, cluster=settings.redis.cluster)
     return DeliveryWorker(
         store,
@@ -86,6 +108,7 @@ def build_worker(settings: Settings, store: RedisConsentStore) -> DeliveryWorker
         worker_options(settings),
         providers=RedisProviderSettings(store.client),
         egress=settings.delivery.egress_allow,
+        companions=(change_webhook_dispatcher(settings, store),),
     )
 
 

@@ -19,7 +19,9 @@ import os
 import secrets
 import socket
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import httpx
 
@@ -80,6 +82,19 @@ class WorkerOptions:
         return max(0.05, min(self.visibility_timeout_s / 4, self.backoff_base_ms / 2000, 1.0))
 
 
+class Companion(Protocol):
+    """Background work of the delivery role started and stopped with the worker (the
+    change webhook dispatcher)."""
+
+    async def start(self) -> None:
+        """Start in the background."""
+        ...
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        """Stop, finishing in-flight work for up to ``grace_s``."""
+        ...
+
+
 class DeliveryWorker:
     """One consumer of the outbox group; ``start``/``stop`` run it as background tasks."""
 
@@ -92,7 +107,9 @@ class DeliveryWorker:
         providers: ProviderConfigStore,
         feedback: ProviderFeedback | None = None,
         egress: EgressPolicy | None = None,
+        companions: Sequence[Companion] = (),
     ) -> None:
+        self._companions = tuple(companions)
         self._consent = consent
         self._outbox = outbox
         self._provider_settings = providers
@@ -123,6 +140,8 @@ class DeliveryWorker:
             asyncio.create_task(self._read_loop(), name="delivery-read"),
             asyncio.create_task(self._maintenance_loop(), name="delivery-maintenance"),
         ]
+        for companion in self._companions:
+            await companion.start()
         log.info(
             "delivery worker started",
             extra={"consumer": self.consumer, "concurrency": self.options.concurrency},
@@ -132,6 +151,8 @@ class DeliveryWorker:
         """Stop reading, let in-flight deliveries finish for up to ``grace_s``, then cancel
         the rest (their entries stay pending and another worker reclaims them)."""
         self._stopping = True
+        for companion in self._companions:
+            await companion.stop(grace_s)
         for task in self._loops:
             task.cancel()
         for task in self._loops:

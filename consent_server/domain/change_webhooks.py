@@ -32,6 +32,7 @@ from .feed import FeedEntry
 from .ports import ChangeFeedStore
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+EVENT_ID_RE = re.compile(r"^([0-9]{2})-((0|[1-9][0-9]{0,15})-(0|[1-9][0-9]{0,15}))$")
 MAX_ENDPOINTS = 10
 LOG_KEEP = 200
 DEAD_KEEP = 1000
@@ -54,6 +55,11 @@ class ChangeWebhook:
     secret: str
     created_at_ms: int
     updated_at_ms: int
+    status_changes_only: bool = False
+
+    def wants(self, entry: FeedEntry) -> bool:
+        """True when the endpoint's filter lets ``entry`` through."""
+        return not self.status_changes_only or entry.kind == "erasure" or entry.status_changed
 
     def encode(self) -> str:
         """The stored JSON form."""
@@ -63,6 +69,7 @@ class ChangeWebhook:
                 "secret": self.secret,
                 "created": self.created_at_ms,
                 "updated": self.updated_at_ms,
+                "sco": self.status_changes_only,
             },
             separators=(",", ":"),
         )
@@ -78,6 +85,7 @@ class ChangeWebhook:
             str(raw["secret"]),
             int(raw.get("created", 0)),
             int(raw.get("updated", 0)),
+            bool(raw.get("sco", False)),
         )
 
     @property
@@ -176,8 +184,22 @@ class ChangeWebhookStore(Protocol):
         """The newest delivery log items and dead letters, newest first."""
         ...
 
+    async def redrive(self, tenant_id: str, name: str, event_id: str) -> bool:
+        """Move a dead letter to the endpoint's redrive queue; False when there is no
+        dead letter (or pending redrive) with that event id."""
+        ...
+
+    async def redrives(self, tenant_id: str, name: str) -> list[str]:
+        """The event ids waiting to be sent again, oldest first."""
+        ...
+
+    async def redriven(self, tenant_id: str, name: str, event_id: str) -> None:
+        """Take an event id off the redrive queue (it was sent, or given up again)."""
+        ...
+
     async def lease(self, tenant_id: str, name: str, owner: str, ttl_ms: int) -> bool:
-        """Take or renew the endpoint's dispatch lease (one dispatcher per endpoint)."""
+        """Take or renew the endpoint's dispatch lease (one dispatcher per endpoint);
+        ``ttl_ms`` 0 releases it when ``owner`` holds it."""
         ...
 
 
@@ -240,7 +262,15 @@ class ChangeWebhookAdmin:
         v.raise_if_any()
         return tenant, hook
 
-    async def set(self, tenant_id: str, name: str, url: str, secret: str) -> SetResult:
+    async def set(
+        self,
+        tenant_id: str,
+        name: str,
+        url: str,
+        secret: str,
+        *,
+        status_changes_only: bool = False,
+    ) -> SetResult:
         """Create or replace an endpoint. Without a secret the stored one is kept for the
         same URL; otherwise (new endpoint, or a new URL) one is generated and returned."""
         v = val.Violations()
@@ -270,6 +300,7 @@ class ChangeWebhookAdmin:
             secret,
             current.created_at_ms if current is not None else now,
             now,
+            status_changes_only,
         )
         cursor = None if current is not None else await self._feed.latest(tenant)
         await self._store.put(hook, cursor)
@@ -305,6 +336,29 @@ class ChangeWebhookAdmin:
         await self.get(tenant, hook_name)
         return await self._store.deliveries(tenant, hook_name, limit or 50)
 
+    async def redrive(self, tenant_id: str, name: str, event_id: str) -> bool:
+        """Queue a dead letter to be sent again; ChangeWebhookNotFound when the
+        endpoint or the dead letter is unknown."""
+        tenant, hook_name = self._ids(tenant_id, name)
+        if split_event_id(event_id, self._feed.partitions) is None:
+            raise InvalidArgument.single(
+                "event_id", "must be a change feed event id such as 07-1796320123990-0"
+            )
+        await self.get(tenant, hook_name)
+        if not await self._store.redrive(tenant, hook_name, event_id):
+            raise ChangeWebhookNotFound(
+                f"no dead letter {event_id} for change webhook '{hook_name}'"
+            )
+        return True
+
+
+def split_event_id(event_id: str, partitions: int) -> tuple[int, str] | None:
+    """(partition, entry id) of a feed event id such as "07-1796320123990-0", or None."""
+    m = EVENT_ID_RE.fullmatch(event_id)
+    if m is None or int(m.group(1)) >= partitions:
+        return None
+    return int(m.group(1)), m.group(2)
+
 
 def _iso(ms: int) -> str:
     return (
@@ -332,7 +386,7 @@ def change_payload(tenant_id: str, event_id: str, e: FeedEntry) -> dict[str, obj
         kind="consent",
         recipient={"channel": e.channel.value if e.channel else "", "address": e.address},
         topic=e.topic,
-        action=e.action.value if e.action is not None else "",
+        action=f"opt_{e.action.value}" if e.action is not None else "",
         source=e.source.value if e.source is not None else "",
         occurred_at=_iso(e.occurred_at_ms),
         revision=e.revision,
@@ -351,4 +405,5 @@ __all__ = [
     "change_payload",
     "endpoint_name",
     "new_secret",
+    "split_event_id",
 ]

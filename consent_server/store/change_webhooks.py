@@ -27,7 +27,7 @@ from .replication import acks_of
 from .repository import guarded
 from .scripts import load_script
 
-_STATE = ("cursor", "log", "dead", "lease")
+_STATE = ("cursor", "log", "dead", "lease", "redrive")
 
 
 class RedisChangeWebhooks:
@@ -125,6 +125,35 @@ class RedisChangeWebhooks:
             [DeliveryRecord.decode(text(x)) for x in logged],
             [DeliveryRecord.decode(text(x)) for x in dead],
         )
+
+    async def redrive(self, tenant_id: str, name: str, event_id: str) -> bool:
+        """Move the newest dead letter of ``event_id`` to the redrive queue."""
+        dead_key = keys.change_webhook(tenant_id, name, "dead")
+        queue = keys.change_webhook(tenant_id, name, "redrive")
+
+        async def run() -> bool:
+            if await self._r.lpos(queue, event_id) is not None:
+                return True  # already pending
+            for raw in await self._r.lrange(dead_key, 0, -1):
+                if DeliveryRecord.decode(text(raw)).event_id == event_id:
+                    pipe = self._r.pipeline(transaction=True)  # one slot: MULTI is fine
+                    pipe.lrem(dead_key, 1, raw)
+                    pipe.rpush(queue, event_id)
+                    await pipe.execute()
+                    return True
+            return False
+
+        return bool(await guarded(run))
+
+    async def redrives(self, tenant_id: str, name: str) -> list[str]:
+        """The pending redrives, oldest first (at most 100 a pass)."""
+        queue = keys.change_webhook(tenant_id, name, "redrive")
+        return [text(x) for x in await guarded(lambda: self._r.lrange(queue, 0, 99))]
+
+    async def redriven(self, tenant_id: str, name: str, event_id: str) -> None:
+        """Take ``event_id`` off the redrive queue."""
+        queue = keys.change_webhook(tenant_id, name, "redrive")
+        await guarded(lambda: self._r.lrem(queue, 0, event_id))
 
     async def lease(self, tenant_id: str, name: str, owner: str, ttl_ms: int) -> bool:
         """Take or renew the endpoint's dispatch lease."""

@@ -64,6 +64,7 @@ IDEMPOTENCY_WINDOW events (its history holds each event's id and outcome); nothi
 keeps event ids, so they cost no memory of their own (docs/guarantees.md).
 
     ca:meta                                      hash: schema (SCHEMA), partitions, buckets
+    ca:{cw:<tenant>/<name>}:redrive              list: dead letters' event ids to send again
 """
 
 from __future__ import annotations

@@ -2179,6 +2179,7 @@ class SetChangeWebhookRequest(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     URL_FIELD_NUMBER: _builtins.int
     SIGNING_SECRET_FIELD_NUMBER: _builtins.int
+    STATUS_CHANGES_ONLY_FIELD_NUMBER: _builtins.int
     tenant_id: _builtins.str
     """The tenant, ^[a-z0-9][a-z0-9_-]{0,63}$."""
     name: _builtins.str
@@ -2195,6 +2196,11 @@ class SetChangeWebhookRequest(_message.Message):
     without spaces. Empty: keep the stored one (same URL), or generate one
     and return it once in SetChangeWebhookResponse.signing_secret.
     """
+    status_changes_only: _builtins.bool
+    """The event filter: true = POST only the changes that changed a scope's
+    status (status_changed; e.g. not an opt-out repeated after an opt-out) and
+    every erasure; the others are skipped (not logged). False = every change.
+    """
     def __init__(
         self,
         *,
@@ -2202,10 +2208,11 @@ class SetChangeWebhookRequest(_message.Message):
         name: _builtins.str = ...,
         url: _builtins.str = ...,
         signing_secret: _builtins.str = ...,
+        status_changes_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "signing_secret", b"signing_secret", "tenant_id", b"tenant_id", "url", b"url"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "signing_secret", b"signing_secret", "status_changes_only", b"status_changes_only", "tenant_id", b"tenant_id", "url", b"url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2257,6 +2264,7 @@ class ChangeWebhook(_message.Message):
     SIGNING_SECRET_HINT_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
+    STATUS_CHANGES_ONLY_FIELD_NUMBER: _builtins.int
     tenant_id: _builtins.str
     """The tenant it belongs to."""
     name: _builtins.str
@@ -2265,6 +2273,10 @@ class ChangeWebhook(_message.Message):
     """Where changes are POSTed."""
     signing_secret_hint: _builtins.str
     """The secret masked: "whsec_…" and its last four characters."""
+    status_changes_only: _builtins.bool
+    """True: only status changes and erasures are POSTed (see
+    SetChangeWebhookRequest.status_changes_only).
+    """
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp:
         """When it was created."""
@@ -2282,10 +2294,11 @@ class ChangeWebhook(_message.Message):
         signing_secret_hint: _builtins.str = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
+        status_changes_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "name", b"name", "signing_secret_hint", b"signing_secret_hint", "tenant_id", b"tenant_id", "updated_at", b"updated_at", "url", b"url"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "name", b"name", "signing_secret_hint", b"signing_secret_hint", "status_changes_only", b"status_changes_only", "tenant_id", b"tenant_id", "updated_at", b"updated_at", "url", b"url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2546,3 +2559,57 @@ class ListChangeWebhookDeliveriesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListChangeWebhookDeliveriesResponse: _TypeAlias = ListChangeWebhookDeliveriesResponse  # noqa: Y015
+
+@_typing.final
+class RedriveChangeWebhookDeadLetterRequest(_message.Message):
+    """Sends one dead letter of a change webhook again."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    """The tenant, ^[a-z0-9][a-z0-9_-]{0,63}$."""
+    name: _builtins.str
+    """The endpoint's name, ^[a-z0-9][a-z0-9_-]{0,63}$."""
+    event_id: _builtins.str
+    """The dead letter's event_id (ChangeWebhookDelivery.event_id), e.g.
+    "07-1796320123990-0".
+    """
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        event_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_id", b"event_id", "name", b"name", "tenant_id", b"tenant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RedriveChangeWebhookDeadLetterRequest: _TypeAlias = RedriveChangeWebhookDeadLetterRequest  # noqa: Y015
+
+@_typing.final
+class RedriveChangeWebhookDeadLetterResponse(_message.Message):
+    """What RedriveChangeWebhookDeadLetter did."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUEUED_FIELD_NUMBER: _builtins.int
+    queued: _builtins.bool
+    """True: queued for delivery (the dispatcher takes it within about a second)."""
+    def __init__(
+        self,
+        *,
+        queued: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["queued", b"queued"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RedriveChangeWebhookDeadLetterResponse: _TypeAlias = RedriveChangeWebhookDeadLetterResponse  # noqa: Y015

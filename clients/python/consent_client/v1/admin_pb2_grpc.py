@@ -131,6 +131,11 @@ class ConsentAdminServiceStub:
                 request_serializer=consent_dot_v1_dot_admin__pb2.ListChangeWebhookDeliveriesRequest.SerializeToString,
                 response_deserializer=consent_dot_v1_dot_admin__pb2.ListChangeWebhookDeliveriesResponse.FromString,
                 _registered_method=True)
+        self.RedriveChangeWebhookDeadLetter = channel.unary_unary(
+                '/consent.v1.ConsentAdminService/RedriveChangeWebhookDeadLetter',
+                request_serializer=consent_dot_v1_dot_admin__pb2.RedriveChangeWebhookDeadLetterRequest.SerializeToString,
+                response_deserializer=consent_dot_v1_dot_admin__pb2.RedriveChangeWebhookDeadLetterResponse.FromString,
+                _registered_method=True)
         self.SetWhatsAppWebhook = channel.unary_unary(
                 '/consent.v1.ConsentAdminService/SetWhatsAppWebhook',
                 request_serializer=consent_dot_v1_dot_admin__pb2.SetWhatsAppWebhookRequest.SerializeToString,
@@ -414,6 +419,20 @@ class ConsentAdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RedriveChangeWebhookDeadLetter(self, request, context):
+        """Sends a dead letter again: it leaves the dead letters and the dispatcher
+        POSTs that change once more (same event id) within about a second, ahead
+        of the endpoint's next changes, with a fresh set of attempts; the outcome
+        appears in the delivery log (and in the dead letters again if it fails
+        again). A change no longer in the feed (trimmed, or its recipient erased)
+        is logged as a dead letter saying so and not sent. NOT_FOUND
+        (CHANGE_WEBHOOK_NOT_FOUND) when the endpoint, or that dead letter, is
+        unknown. Idempotent while the redrive is pending.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def SetWhatsAppWebhook(self, request, context):
         """---- end of change webhooks ----
 
@@ -587,6 +606,11 @@ def add_ConsentAdminServiceServicer_to_server(servicer, server):
                     servicer.ListChangeWebhookDeliveries,
                     request_deserializer=consent_dot_v1_dot_admin__pb2.ListChangeWebhookDeliveriesRequest.FromString,
                     response_serializer=consent_dot_v1_dot_admin__pb2.ListChangeWebhookDeliveriesResponse.SerializeToString,
+            ),
+            'RedriveChangeWebhookDeadLetter': grpc.unary_unary_rpc_method_handler(
+                    servicer.RedriveChangeWebhookDeadLetter,
+                    request_deserializer=consent_dot_v1_dot_admin__pb2.RedriveChangeWebhookDeadLetterRequest.FromString,
+                    response_serializer=consent_dot_v1_dot_admin__pb2.RedriveChangeWebhookDeadLetterResponse.SerializeToString,
             ),
             'SetWhatsAppWebhook': grpc.unary_unary_rpc_method_handler(
                     servicer.SetWhatsAppWebhook,
@@ -1139,6 +1163,33 @@ class ConsentAdminService:
             '/consent.v1.ConsentAdminService/ListChangeWebhookDeliveries',
             consent_dot_v1_dot_admin__pb2.ListChangeWebhookDeliveriesRequest.SerializeToString,
             consent_dot_v1_dot_admin__pb2.ListChangeWebhookDeliveriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RedriveChangeWebhookDeadLetter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/consent.v1.ConsentAdminService/RedriveChangeWebhookDeadLetter',
+            consent_dot_v1_dot_admin__pb2.RedriveChangeWebhookDeadLetterRequest.SerializeToString,
+            consent_dot_v1_dot_admin__pb2.RedriveChangeWebhookDeadLetterResponse.FromString,
             options,
             channel_credentials,
             insecure,

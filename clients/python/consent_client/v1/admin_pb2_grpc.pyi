@@ -190,6 +190,16 @@ class ConsentAdminServiceStub:
     event_id, never a recipient. NOT_FOUND (CHANGE_WEBHOOK_NOT_FOUND) when the
     tenant has no webhook of that name. Read-only.
     """
+    RedriveChangeWebhookDeadLetter: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RedriveChangeWebhookDeadLetterRequest, _admin_pb2.RedriveChangeWebhookDeadLetterResponse]
+    """Sends a dead letter again: it leaves the dead letters and the dispatcher
+    POSTs that change once more (same event id) within about a second, ahead
+    of the endpoint's next changes, with a fresh set of attempts; the outcome
+    appears in the delivery log (and in the dead letters again if it fails
+    again). A change no longer in the feed (trimmed, or its recipient erased)
+    is logged as a dead letter saying so and not sent. NOT_FOUND
+    (CHANGE_WEBHOOK_NOT_FOUND) when the endpoint, or that dead letter, is
+    unknown. Idempotent while the redrive is pending.
+    """
     SetWhatsAppWebhook: _grpc.UnaryUnaryMultiCallable[_admin_pb2.SetWhatsAppWebhookRequest, _admin_pb2.SetWhatsAppWebhookResponse]
     """---- HTTP edge: WhatsApp webhook and consent links ----
 
@@ -395,6 +405,16 @@ class ConsentAdminServiceAsyncStub(ConsentAdminServiceStub):
     up after every attempt failed), newest first. Items name the feed's
     event_id, never a recipient. NOT_FOUND (CHANGE_WEBHOOK_NOT_FOUND) when the
     tenant has no webhook of that name. Read-only.
+    """
+    RedriveChangeWebhookDeadLetter: _aio.UnaryUnaryMultiCallable[_admin_pb2.RedriveChangeWebhookDeadLetterRequest, _admin_pb2.RedriveChangeWebhookDeadLetterResponse]  # type: ignore[assignment]
+    """Sends a dead letter again: it leaves the dead letters and the dispatcher
+    POSTs that change once more (same event id) within about a second, ahead
+    of the endpoint's next changes, with a fresh set of attempts; the outcome
+    appears in the delivery log (and in the dead letters again if it fails
+    again). A change no longer in the feed (trimmed, or its recipient erased)
+    is logged as a dead letter saying so and not sent. NOT_FOUND
+    (CHANGE_WEBHOOK_NOT_FOUND) when the endpoint, or that dead letter, is
+    unknown. Idempotent while the redrive is pending.
     """
     SetWhatsAppWebhook: _aio.UnaryUnaryMultiCallable[_admin_pb2.SetWhatsAppWebhookRequest, _admin_pb2.SetWhatsAppWebhookResponse]  # type: ignore[assignment]
     """---- HTTP edge: WhatsApp webhook and consent links ----
@@ -712,6 +732,22 @@ class ConsentAdminServiceServicer(metaclass=_abc_1.ABCMeta):
         up after every attempt failed), newest first. Items name the feed's
         event_id, never a recipient. NOT_FOUND (CHANGE_WEBHOOK_NOT_FOUND) when the
         tenant has no webhook of that name. Read-only.
+        """
+
+    @_abc_1.abstractmethod
+    def RedriveChangeWebhookDeadLetter(
+        self,
+        request: _admin_pb2.RedriveChangeWebhookDeadLetterRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.RedriveChangeWebhookDeadLetterResponse, _abc.Awaitable[_admin_pb2.RedriveChangeWebhookDeadLetterResponse]]:
+        """Sends a dead letter again: it leaves the dead letters and the dispatcher
+        POSTs that change once more (same event id) within about a second, ahead
+        of the endpoint's next changes, with a fresh set of attempts; the outcome
+        appears in the delivery log (and in the dead letters again if it fails
+        again). A change no longer in the feed (trimmed, or its recipient erased)
+        is logged as a dead letter saying so and not sent. NOT_FOUND
+        (CHANGE_WEBHOOK_NOT_FOUND) when the endpoint, or that dead letter, is
+        unknown. Idempotent while the redrive is pending.
         """
 
     @_abc_1.abstractmethod

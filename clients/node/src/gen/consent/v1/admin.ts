@@ -1190,6 +1190,12 @@ export interface SetChangeWebhookRequest {
    * and return it once in SetChangeWebhookResponse.signing_secret.
    */
   signingSecret: string;
+  /**
+   * The event filter: true = POST only the changes that changed a scope's
+   * status (status_changed; e.g. not an opt-out repeated after an opt-out) and
+   * every erasure; the others are skipped (not logged). False = every change.
+   */
+  statusChangesOnly: boolean;
 }
 
 /** The endpoint as stored, and its secret when the server generated it. */
@@ -1222,7 +1228,14 @@ export interface ChangeWebhook {
     | Date
     | undefined;
   /** When it was last set. */
-  updatedAt?: Date | undefined;
+  updatedAt?:
+    | Date
+    | undefined;
+  /**
+   * True: only status changes and erasures are POSTed (see
+   * SetChangeWebhookRequest.status_changes_only).
+   */
+  statusChangesOnly: boolean;
 }
 
 /** Asks for one change webhook. */
@@ -1305,6 +1318,25 @@ export interface ListChangeWebhookDeliveriesResponse {
   deliveries: ChangeWebhookDelivery[];
   /** The newest dead letters first (the last 1,000 are kept). */
   deadLetters: ChangeWebhookDelivery[];
+}
+
+/** Sends one dead letter of a change webhook again. */
+export interface RedriveChangeWebhookDeadLetterRequest {
+  /** The tenant, ^[a-z0-9][a-z0-9_-]{0,63}$. */
+  tenantId: string;
+  /** The endpoint's name, ^[a-z0-9][a-z0-9_-]{0,63}$. */
+  name: string;
+  /**
+   * The dead letter's event_id (ChangeWebhookDelivery.event_id), e.g.
+   * "07-1796320123990-0".
+   */
+  eventId: string;
+}
+
+/** What RedriveChangeWebhookDeadLetter did. */
+export interface RedriveChangeWebhookDeadLetterResponse {
+  /** True: queued for delivery (the dispatcher takes it within about a second). */
+  queued: boolean;
 }
 
 function createBaseTenant(): Tenant {
@@ -7743,7 +7775,7 @@ export const GetDeploymentHealthResponse: MessageFns<GetDeploymentHealthResponse
 };
 
 function createBaseSetChangeWebhookRequest(): SetChangeWebhookRequest {
-  return { tenantId: "", name: "", url: "", signingSecret: "" };
+  return { tenantId: "", name: "", url: "", signingSecret: "", statusChangesOnly: false };
 }
 
 export const SetChangeWebhookRequest: MessageFns<SetChangeWebhookRequest> = {
@@ -7759,6 +7791,9 @@ export const SetChangeWebhookRequest: MessageFns<SetChangeWebhookRequest> = {
     }
     if (message.signingSecret !== "") {
       writer.uint32(34).string(message.signingSecret);
+    }
+    if (message.statusChangesOnly !== false) {
+      writer.uint32(40).bool(message.statusChangesOnly);
     }
     return writer;
   },
@@ -7808,6 +7843,14 @@ export const SetChangeWebhookRequest: MessageFns<SetChangeWebhookRequest> = {
             message.signingSecret = reader.string();
             continue;
           }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.statusChangesOnly = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -7834,6 +7877,11 @@ export const SetChangeWebhookRequest: MessageFns<SetChangeWebhookRequest> = {
         : isSet(object.signing_secret)
         ? globalThis.String(object.signing_secret)
         : "",
+      statusChangesOnly: isSet(object.statusChangesOnly)
+        ? globalThis.Boolean(object.statusChangesOnly)
+        : isSet(object.status_changes_only)
+        ? globalThis.Boolean(object.status_changes_only)
+        : false,
     };
   },
 
@@ -7851,6 +7899,9 @@ export const SetChangeWebhookRequest: MessageFns<SetChangeWebhookRequest> = {
     if (message.signingSecret !== "") {
       obj.signingSecret = message.signingSecret;
     }
+    if (message.statusChangesOnly !== false) {
+      obj.statusChangesOnly = message.statusChangesOnly;
+    }
     return obj;
   },
 
@@ -7863,6 +7914,7 @@ export const SetChangeWebhookRequest: MessageFns<SetChangeWebhookRequest> = {
     message.name = object.name ?? "";
     message.url = object.url ?? "";
     message.signingSecret = object.signingSecret ?? "";
+    message.statusChangesOnly = object.statusChangesOnly ?? false;
     return message;
   },
 };
@@ -7975,7 +8027,15 @@ export const SetChangeWebhookResponse: MessageFns<SetChangeWebhookResponse> = {
 };
 
 function createBaseChangeWebhook(): ChangeWebhook {
-  return { tenantId: "", name: "", url: "", signingSecretHint: "", createdAt: undefined, updatedAt: undefined };
+  return {
+    tenantId: "",
+    name: "",
+    url: "",
+    signingSecretHint: "",
+    createdAt: undefined,
+    updatedAt: undefined,
+    statusChangesOnly: false,
+  };
 }
 
 export const ChangeWebhook: MessageFns<ChangeWebhook> = {
@@ -7997,6 +8057,9 @@ export const ChangeWebhook: MessageFns<ChangeWebhook> = {
     }
     if (message.updatedAt !== undefined) {
       Timestamp.encode(toTimestamp(message.updatedAt), writer.uint32(50).fork()).join();
+    }
+    if (message.statusChangesOnly !== false) {
+      writer.uint32(56).bool(message.statusChangesOnly);
     }
     return writer;
   },
@@ -8062,6 +8125,14 @@ export const ChangeWebhook: MessageFns<ChangeWebhook> = {
             message.updatedAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
             continue;
           }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.statusChangesOnly = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -8098,6 +8169,11 @@ export const ChangeWebhook: MessageFns<ChangeWebhook> = {
         : isSet(object.updated_at)
         ? fromJsonTimestamp(object.updated_at)
         : undefined,
+      statusChangesOnly: isSet(object.statusChangesOnly)
+        ? globalThis.Boolean(object.statusChangesOnly)
+        : isSet(object.status_changes_only)
+        ? globalThis.Boolean(object.status_changes_only)
+        : false,
     };
   },
 
@@ -8121,6 +8197,9 @@ export const ChangeWebhook: MessageFns<ChangeWebhook> = {
     if (message.updatedAt !== undefined) {
       obj.updatedAt = message.updatedAt.toISOString();
     }
+    if (message.statusChangesOnly !== false) {
+      obj.statusChangesOnly = message.statusChangesOnly;
+    }
     return obj;
   },
 
@@ -8135,6 +8214,7 @@ export const ChangeWebhook: MessageFns<ChangeWebhook> = {
     message.signingSecretHint = object.signingSecretHint ?? "";
     message.createdAt = object.createdAt ?? undefined;
     message.updatedAt = object.updatedAt ?? undefined;
+    message.statusChangesOnly = object.statusChangesOnly ?? false;
     return message;
   },
 };
@@ -8986,6 +9066,190 @@ export const ListChangeWebhookDeliveriesResponse: MessageFns<ListChangeWebhookDe
   },
 };
 
+function createBaseRedriveChangeWebhookDeadLetterRequest(): RedriveChangeWebhookDeadLetterRequest {
+  return { tenantId: "", name: "", eventId: "" };
+}
+
+export const RedriveChangeWebhookDeadLetterRequest: MessageFns<RedriveChangeWebhookDeadLetterRequest> = {
+  encode(message: RedriveChangeWebhookDeadLetterRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.tenantId !== "") {
+      writer.uint32(10).string(message.tenantId);
+    }
+    if (message.name !== "") {
+      writer.uint32(18).string(message.name);
+    }
+    if (message.eventId !== "") {
+      writer.uint32(26).string(message.eventId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RedriveChangeWebhookDeadLetterRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRedriveChangeWebhookDeadLetterRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.tenantId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.eventId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RedriveChangeWebhookDeadLetterRequest {
+    return {
+      tenantId: isSet(object.tenantId)
+        ? globalThis.String(object.tenantId)
+        : isSet(object.tenant_id)
+        ? globalThis.String(object.tenant_id)
+        : "",
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      eventId: isSet(object.eventId)
+        ? globalThis.String(object.eventId)
+        : isSet(object.event_id)
+        ? globalThis.String(object.event_id)
+        : "",
+    };
+  },
+
+  toJSON(message: RedriveChangeWebhookDeadLetterRequest): unknown {
+    const obj: any = {};
+    if (message.tenantId !== "") {
+      obj.tenantId = message.tenantId;
+    }
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.eventId !== "") {
+      obj.eventId = message.eventId;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RedriveChangeWebhookDeadLetterRequest>, I>>(
+    base?: I,
+  ): RedriveChangeWebhookDeadLetterRequest {
+    return RedriveChangeWebhookDeadLetterRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RedriveChangeWebhookDeadLetterRequest>, I>>(
+    object: I,
+  ): RedriveChangeWebhookDeadLetterRequest {
+    const message = createBaseRedriveChangeWebhookDeadLetterRequest();
+    message.tenantId = object.tenantId ?? "";
+    message.name = object.name ?? "";
+    message.eventId = object.eventId ?? "";
+    return message;
+  },
+};
+
+function createBaseRedriveChangeWebhookDeadLetterResponse(): RedriveChangeWebhookDeadLetterResponse {
+  return { queued: false };
+}
+
+export const RedriveChangeWebhookDeadLetterResponse: MessageFns<RedriveChangeWebhookDeadLetterResponse> = {
+  encode(message: RedriveChangeWebhookDeadLetterResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.queued !== false) {
+      writer.uint32(8).bool(message.queued);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RedriveChangeWebhookDeadLetterResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRedriveChangeWebhookDeadLetterResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.queued = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RedriveChangeWebhookDeadLetterResponse {
+    return { queued: isSet(object.queued) ? globalThis.Boolean(object.queued) : false };
+  },
+
+  toJSON(message: RedriveChangeWebhookDeadLetterResponse): unknown {
+    const obj: any = {};
+    if (message.queued !== false) {
+      obj.queued = message.queued;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RedriveChangeWebhookDeadLetterResponse>, I>>(
+    base?: I,
+  ): RedriveChangeWebhookDeadLetterResponse {
+    return RedriveChangeWebhookDeadLetterResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RedriveChangeWebhookDeadLetterResponse>, I>>(
+    object: I,
+  ): RedriveChangeWebhookDeadLetterResponse {
+    const message = createBaseRedriveChangeWebhookDeadLetterResponse();
+    message.queued = object.queued ?? false;
+    return message;
+  },
+};
+
 /** ConsentAdminService configures tenants and manages access and erasure. */
 export type ConsentAdminServiceService = typeof ConsentAdminServiceService;
 export const ConsentAdminServiceService = {
@@ -9325,6 +9589,29 @@ export const ConsentAdminServiceService = {
       ListChangeWebhookDeliveriesResponse.decode(value),
   },
   /**
+   * Sends a dead letter again: it leaves the dead letters and the dispatcher
+   * POSTs that change once more (same event id) within about a second, ahead
+   * of the endpoint's next changes, with a fresh set of attempts; the outcome
+   * appears in the delivery log (and in the dead letters again if it fails
+   * again). A change no longer in the feed (trimmed, or its recipient erased)
+   * is logged as a dead letter saying so and not sent. NOT_FOUND
+   * (CHANGE_WEBHOOK_NOT_FOUND) when the endpoint, or that dead letter, is
+   * unknown. Idempotent while the redrive is pending.
+   */
+  redriveChangeWebhookDeadLetter: {
+    path: "/consent.v1.ConsentAdminService/RedriveChangeWebhookDeadLetter" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: RedriveChangeWebhookDeadLetterRequest): Buffer =>
+      Buffer.from(RedriveChangeWebhookDeadLetterRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): RedriveChangeWebhookDeadLetterRequest =>
+      RedriveChangeWebhookDeadLetterRequest.decode(value),
+    responseSerialize: (value: RedriveChangeWebhookDeadLetterResponse): Buffer =>
+      Buffer.from(RedriveChangeWebhookDeadLetterResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): RedriveChangeWebhookDeadLetterResponse =>
+      RedriveChangeWebhookDeadLetterResponse.decode(value),
+  },
+  /**
    * Sets (replaces) the tenant's WhatsApp Cloud API webhook: the verify token
    * Meta echoes in the GET handshake, the app secret that signs every POST
    * (X-Hub-Signature-256) and the tenant's business phone number ids. Point the
@@ -9612,6 +9899,20 @@ export interface ConsentAdminServiceServer extends UntypedServiceImplementation 
    * tenant has no webhook of that name. Read-only.
    */
   listChangeWebhookDeliveries: handleUnaryCall<ListChangeWebhookDeliveriesRequest, ListChangeWebhookDeliveriesResponse>;
+  /**
+   * Sends a dead letter again: it leaves the dead letters and the dispatcher
+   * POSTs that change once more (same event id) within about a second, ahead
+   * of the endpoint's next changes, with a fresh set of attempts; the outcome
+   * appears in the delivery log (and in the dead letters again if it fails
+   * again). A change no longer in the feed (trimmed, or its recipient erased)
+   * is logged as a dead letter saying so and not sent. NOT_FOUND
+   * (CHANGE_WEBHOOK_NOT_FOUND) when the endpoint, or that dead letter, is
+   * unknown. Idempotent while the redrive is pending.
+   */
+  redriveChangeWebhookDeadLetter: handleUnaryCall<
+    RedriveChangeWebhookDeadLetterRequest,
+    RedriveChangeWebhookDeadLetterResponse
+  >;
   /**
    * Sets (replaces) the tenant's WhatsApp Cloud API webhook: the verify token
    * Meta echoes in the GET handshake, the app secret that signs every POST
@@ -10087,6 +10388,31 @@ export interface ConsentAdminServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ListChangeWebhookDeliveriesResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Sends a dead letter again: it leaves the dead letters and the dispatcher
+   * POSTs that change once more (same event id) within about a second, ahead
+   * of the endpoint's next changes, with a fresh set of attempts; the outcome
+   * appears in the delivery log (and in the dead letters again if it fails
+   * again). A change no longer in the feed (trimmed, or its recipient erased)
+   * is logged as a dead letter saying so and not sent. NOT_FOUND
+   * (CHANGE_WEBHOOK_NOT_FOUND) when the endpoint, or that dead letter, is
+   * unknown. Idempotent while the redrive is pending.
+   */
+  redriveChangeWebhookDeadLetter(
+    request: RedriveChangeWebhookDeadLetterRequest,
+    callback: (error: ServiceError | null, response: RedriveChangeWebhookDeadLetterResponse) => void,
+  ): ClientUnaryCall;
+  redriveChangeWebhookDeadLetter(
+    request: RedriveChangeWebhookDeadLetterRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: RedriveChangeWebhookDeadLetterResponse) => void,
+  ): ClientUnaryCall;
+  redriveChangeWebhookDeadLetter(
+    request: RedriveChangeWebhookDeadLetterRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: RedriveChangeWebhookDeadLetterResponse) => void,
   ): ClientUnaryCall;
   /**
    * Sets (replaces) the tenant's WhatsApp Cloud API webhook: the verify token
