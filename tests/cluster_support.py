@@ -6,7 +6,7 @@ enough for a test. Nodes can be killed, restarted, paused and resumed one by one
 
 ``cluster`` and ``cluster_store`` are the fixtures the store cluster suites share: a
 module imports them by name (one three-primary cluster per module, a flushed store with
-the test tenants per test).
+the test tenants per test); ``cases_on_cluster`` runs another suite's store tests on it.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -271,3 +271,17 @@ async def cluster_store(cluster: RedisClusterProcesses) -> AsyncIterator[RedisCo
     await create_tenants(store)
     yield store
     await store.aclose()
+
+
+StoreCase = Callable[[RedisConsentStore], Awaitable[None]]
+
+
+def cases_on_cluster(cases: list[StoreCase]) -> Callable[..., Awaitable[None]]:
+    """One test, parametrized by ``cases`` (store tests of other modules, named by their
+    name without ``test_``), that runs each case on ``cluster_store``."""
+
+    @pytest.mark.parametrize("case", cases, ids=[c.__name__.removeprefix("test_") for c in cases])
+    async def test(cluster_store: RedisConsentStore, case: StoreCase) -> None:
+        await case(cluster_store)
+
+    return test

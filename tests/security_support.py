@@ -47,6 +47,11 @@ def details(err: grpc.RpcError) -> dict[str, Any]:
     return out
 
 
+def bad_fields(err: grpc.RpcError) -> list[str]:
+    """The fields a failed call's BadRequest detail names, in its order."""
+    return [v.field for v in details(err)["BadRequest"].field_violations]
+
+
 def code_of(fn: Callable[..., Any], request: Any, key: str | None) -> grpc.StatusCode:
     """The status code of one call (OK when it succeeds)."""
     try:

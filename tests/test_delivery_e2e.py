@@ -18,8 +18,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from consent_client.v1 import admin_pb2 as apb
 from consent_client.v1 import admin_pb2_grpc, consent_pb2_grpc
@@ -29,6 +27,7 @@ from consent_server.domain.model import Channel, Recipient
 from consent_server.store import keys
 
 from .fake_provider import FakeProvider, fake_provider
+from .security_support import bad_fields
 from .support import RedisProcess, ServerProcess, free_port
 
 pytestmark = pytest.mark.xdist_group("delivery-e2e")
@@ -233,11 +232,7 @@ def test_provider_admin_rpcs_never_return_secrets() -> None:
                     )
                 )
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-            status = rpc_status.from_call(err.value)
-            assert status is not None
-            bad = error_details_pb2.BadRequest()
-            assert any(d.Unpack(bad) for d in status.details)
-            assert [v.field for v in bad.field_violations] == [
+            assert bad_fields(err.value) == [
                 "provider.webhook.url",
                 "provider.webhook.signing_secret",
             ]

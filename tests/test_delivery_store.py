@@ -95,6 +95,17 @@ async def use_webhook(store: RedisConsentStore, url: str, channel: str = ALL_CHA
     )
 
 
+async def use_whatsapp_cloud(
+    store: RedisConsentStore, url: str, token: str, pnid: str, channel: str = ALL_CHANNELS
+) -> None:
+    await DeliveryAdmin(RedisProviderSettings(store.client), LOOPBACK).set_provider(
+        TENANT,
+        RawProvider(
+            channel, ProviderKind.WHATSAPP_CLOUD, url=url, secret=token, phone_number_id=pnid
+        ),
+    )
+
+
 async def send(
     store: RedisConsentStore, topic: str = "marketing", text: str = "Hello!", **kw: object
 ) -> str:
@@ -338,16 +349,7 @@ async def assert_provider_opt_out(store: RedisConsentStore, topic: str, scope_to
 async def test_whatsapp_131050_opts_out_of_marketing(
     store: RedisConsentStore, worker: DeliveryWorker, fake: FakeProvider
 ) -> None:
-    await DeliveryAdmin(RedisProviderSettings(store.client), LOOPBACK).set_provider(
-        TENANT,
-        RawProvider(
-            "whatsapp",
-            ProviderKind.WHATSAPP_CLOUD,
-            url=fake.url + "/v21.0",
-            secret="EAAG-token",
-            phone_number_id="1234567890",
-        ),
-    )
+    await use_whatsapp_cloud(store, fake.url + "/v21.0", "EAAG-token", "1234567890", "whatsapp")
     fake.answer(
         (
             400,
@@ -386,16 +388,7 @@ async def test_whatsapp_131050_opts_out_of_marketing(
 async def test_whatsapp_template_message_shape(
     store: RedisConsentStore, worker: DeliveryWorker, fake: FakeProvider
 ) -> None:
-    await DeliveryAdmin(RedisProviderSettings(store.client), LOOPBACK).set_provider(
-        TENANT,
-        RawProvider(
-            ALL_CHANNELS,
-            ProviderKind.WHATSAPP_CLOUD,
-            url=fake.url,
-            secret="tok",
-            phone_number_id="42",
-        ),
-    )
+    await use_whatsapp_cloud(store, fake.url, "tok", "42")
     result = await ConsentAuthority(store).send(
         tenant_id=TENANT,
         recipient=WA,

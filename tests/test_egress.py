@@ -123,6 +123,17 @@ def worker_for(store: RedisConsentStore, **kw: object) -> DeliveryWorker:
     )
 
 
+async def send_and_settle(store: RedisConsentStore, **kw: object) -> str:
+    """Send one message and run a worker (``worker_for(store, **kw)``) until it fails;
+    its last_error."""
+    mid = await send(store)
+    worker = worker_for(store, **kw)
+    try:
+        return await settle(worker, store, mid)
+    finally:
+        await worker.stop(0)
+
+
 # -- the connect-time guard, through the real worker ------------------------------------
 
 
@@ -132,12 +143,7 @@ async def test_worker_never_contacts_an_internal_destination(
 ) -> None:
     url = internal_spellings(internal.port)[spelling]
     await put_raw_provider(store, url)
-    mid = await send(store)
-    worker = worker_for(store)
-    try:
-        error = await settle(worker, store, mid)
-    finally:
-        await worker.stop(0)
+    error = await send_and_settle(store)
     assert internal.requests == []
     assert "destination refused" in error, error
 
@@ -147,12 +153,7 @@ async def test_redirect_from_an_allowed_host_is_not_followed(
 ) -> None:
     await put_raw_provider(store, allowed.url + "/hook")
     allowed.answer((307, {}, {"Location": internal.url + "/hook"}))
-    mid = await send(store)
-    worker = worker_for(store, egress=allowed.policy)
-    try:
-        error = await settle(worker, store, mid)
-    finally:
-        await worker.stop(0)
+    error = await send_and_settle(store, egress=allowed.policy)
     assert len(allowed.requests) == 1
     assert internal.requests == []
     assert error == "webhook 307: destination refused: redirects are not followed"
@@ -164,12 +165,7 @@ async def test_last_error_never_echoes_the_answer_body(
     await put_raw_provider(store, allowed.url + "/hook")
     leaked = {"Code": "Success", "SecretAccessKey": "wJalrXUtnFEMI/K7MDENG", "code": 42}
     allowed.answer((400, leaked))
-    mid = await send(store)
-    worker = worker_for(store, egress=allowed.policy)
-    try:
-        error = await settle(worker, store, mid)
-    finally:
-        await worker.stop(0)
+    error = await send_and_settle(store, egress=allowed.policy)
     assert error == "webhook 400: error 42"
     assert "wJalr" not in error and "Secret" not in error
 

@@ -149,30 +149,21 @@ def test_batch_item_error_is_the_mapper_status() -> None:
     ],
 )
 def test_check_response_carries_the_typed_reason(block: BlockReason, code: int) -> None:
-    decision = Decision(
-        allowed=False,
-        status=Status.OPTED_OUT,
-        decided_by=Scope.ALL,
-        record=None,
-        block_reason=block,
-    )
-    resp = pb.CheckConsentResponse()
-    cv.fill_check_response(resp, _recipient(), "marketing", decision)
+    resp = _check_response(Decision(False, Status.OPTED_OUT, Scope.ALL, None, block))
     assert resp.reason == block.value
     assert resp.reason_code == code
 
 
 def test_allowed_check_response_has_no_reason() -> None:
-    decision = Decision(
-        allowed=True,
-        status=Status.NO_RECORD,
-        decided_by=Scope.DEFAULT_POLICY,
-        record=None,
-        block_reason=None,
-    )
+    resp = _check_response(Decision(True, Status.NO_RECORD, Scope.DEFAULT_POLICY, None, None))
+    assert resp.reason == "" and resp.reason_code == pb.ERROR_REASON_UNSPECIFIED
+
+
+def _check_response(decision: Decision) -> pb.CheckConsentResponse:
+    """A CheckConsentResponse for ``decision`` about an SMS number and ``marketing``."""
     resp = pb.CheckConsentResponse()
     cv.fill_check_response(resp, _recipient(), "marketing", decision)
-    assert resp.reason == "" and resp.reason_code == pb.ERROR_REASON_UNSPECIFIED
+    return resp
 
 
 def _recipient() -> Recipient:

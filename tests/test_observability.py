@@ -166,16 +166,7 @@ def test_every_change_and_every_blocked_send_is_one_info_line(server: ServerProc
 
 @pytest.mark.slow
 def test_metrics_are_summed_over_two_processes(tmp_path: Path) -> None:
-    redis = RedisProcess(tmp_path / "redis").start()
-    listen = f"127.0.0.1:{free_port()}"
-    srv = ServerProcess(
-        {
-            "CONSENT_REDIS_URL": redis.url,
-            "CONSENT_DELIVERY": "off",
-            "CONSENT_PROCESSES": "2",
-            "CONSENT_METRICS_LISTEN": listen,
-        }
-    ).start()
+    redis, listen, srv = _on_redis(tmp_path, {"CONSENT_PROCESSES": "2"})
     try:
         # Each call on its own connection, so that the kernel spreads them over both.
         exercise(srv.target)
@@ -184,6 +175,18 @@ def test_metrics_are_summed_over_two_processes(tmp_path: Path) -> None:
     finally:
         srv.stop()
         redis.stop()
+
+
+def _on_redis(
+    tmp_path: Path, env: dict[str, str], http: bool = False
+) -> tuple[RedisProcess, str, ServerProcess]:
+    """A redis-server and a server process on it with ``env``, delivery off, metrics on a
+    free port: (redis, metrics host:port, server)."""
+    redis = RedisProcess(tmp_path / "redis").start()
+    listen = f"127.0.0.1:{free_port()}"
+    env = {"CONSENT_REDIS_URL": redis.url, "CONSENT_DELIVERY": "off", **env}
+    srv = ServerProcess({**env, "CONSENT_METRICS_LISTEN": listen}, http=http).start()
+    return redis, listen, srv
 
 
 def http_status(url: str) -> tuple[int, str]:
@@ -200,16 +203,7 @@ def test_readyz_on_the_metrics_port_and_healthz_of_the_edge(server: ServerProces
 
 
 def test_healthz_and_readyz_follow_the_store(tmp_path: Path) -> None:
-    redis = RedisProcess(tmp_path / "redis").start()
-    listen = f"127.0.0.1:{free_port()}"
-    srv = ServerProcess(
-        {
-            "CONSENT_REDIS_URL": redis.url,
-            "CONSENT_DELIVERY": "off",
-            "CONSENT_METRICS_LISTEN": listen,
-        },
-        http=True,
-    ).start()
+    redis, listen, srv = _on_redis(tmp_path, {}, http=True)
     try:
         assert http_status(srv.http_url + "/healthz") == (200, "ok")
         assert http_status(f"http://{listen}/readyz")[0] == 200

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import pytest
 
-from consent_server.store.repository import RedisConsentStore
-
 from . import cluster_support
 from . import test_security_store as base
 
@@ -31,6 +29,4 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.__name__.removeprefix("test_") for c in CASES])
-async def test_security_case_on_cluster(cluster_store: RedisConsentStore, case) -> None:  # type: ignore[no-untyped-def]
-    await case(cluster_store)
+test_security_case_on_cluster = cluster_support.cases_on_cluster(CASES)

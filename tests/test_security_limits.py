@@ -12,7 +12,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from consent_client.v1 import consent_pb2 as pb
 from consent_client.v1 import consent_pb2_grpc
 
-from .security_support import details, failure
+from .security_support import bad_fields, failure
 from .support import ServerProcess
 
 pytestmark = pytest.mark.xdist_group("security-limits")
@@ -22,7 +22,8 @@ WHO = pb.Recipient(channel=pb.CHANNEL_SMS, address="+14155550123")
 
 
 @pytest.fixture(scope="module")
-def srv() -> Iterator[ServerProcess]:
+def server() -> Iterator[ServerProcess]:
+    """This module's server process, with small limits (conftest's ``stub`` talks to it)."""
     proc = ServerProcess(
         {
             "CONSENT_MAX_REQUEST_BYTES": "65536",
@@ -39,12 +40,6 @@ def srv() -> Iterator[ServerProcess]:
     proc.stop()
 
 
-@pytest.fixture(scope="module")
-def stub(srv: ServerProcess) -> Iterator[consent_pb2_grpc.ConsentServiceStub]:
-    with grpc.insecure_channel(srv.target) as ch:
-        yield consent_pb2_grpc.ConsentServiceStub(ch)
-
-
 def nothing_recorded(stub: consent_pb2_grpc.ConsentServiceStub) -> None:
     events = stub.ListConsentEvents(pb.ListConsentEventsRequest(tenant_id=T, recipient=WHO))
     assert list(events.events) == []
@@ -54,7 +49,7 @@ def nothing_recorded(stub: consent_pb2_grpc.ConsentServiceStub) -> None:
 
 def fields(err: grpc.RpcError) -> list[str]:
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
-    return [v.field for v in details(err)["BadRequest"].field_violations]
+    return bad_fields(err)
 
 
 def test_a_request_over_the_size_limit_is_refused_unread(stub) -> None:  # type: ignore[no-untyped-def]
@@ -112,10 +107,10 @@ def test_metadata_over_the_configured_limits(stub) -> None:  # type: ignore[no-u
     assert stub.SendIfAllowed(send({"a": "x" * 16, "b": ""})).message_id
 
 
-def test_concurrent_streams_are_capped_per_connection(srv: ServerProcess) -> None:
+def test_concurrent_streams_are_capped_per_connection(server: ServerProcess) -> None:
     """Four open streams on one connection use the whole allowance; a fifth call waits."""
     req = pb.CheckConsentRequest(tenant_id=T, recipient=WHO, topic="marketing")
-    with grpc.insecure_channel(srv.target) as ch:
+    with grpc.insecure_channel(server.target) as ch:
         reflect = reflection_pb2_grpc.ServerReflectionStub(ch)
         queues: list[queue.Queue[reflection_pb2.ServerReflectionRequest | None]] = [
             queue.Queue() for _ in range(4)

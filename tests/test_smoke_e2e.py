@@ -4,27 +4,10 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2, status_pb2
 
 from consent_client.v1 import consent_pb2 as pb
 
-
-def rich(err: grpc.RpcError) -> tuple[status_pb2.Status, dict[str, object]]:
-    """The google.rpc.Status of a failed call and its unpacked details by type name."""
-    md = dict(err.trailing_metadata() or ())  # type: ignore[attr-defined]
-    st = status_pb2.Status.FromString(md["grpc-status-details-bin"])
-    details: dict[str, object] = {}
-    for any_ in st.details:
-        for cls in (
-            error_details_pb2.ErrorInfo,
-            error_details_pb2.BadRequest,
-            error_details_pb2.RetryInfo,
-        ):
-            if any_.Is(cls.DESCRIPTOR):
-                msg = cls()
-                any_.Unpack(msg)
-                details[cls.DESCRIPTOR.name] = msg
-    return st, details
+from .security_support import details as error_details
 
 
 def test_seed_scenario(stub, tenant) -> None:
@@ -46,7 +29,7 @@ def test_seed_scenario(stub, tenant) -> None:
     with pytest.raises(grpc.RpcError) as blocked:
         stub.SendIfAllowed(send)
     assert blocked.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    _, details = rich(blocked.value)
+    details = error_details(blocked.value)
     info = details["ErrorInfo"]
     assert info.reason == "RECIPIENT_OPTED_OUT" and info.domain == "consent.v1"
     assert info.metadata["scope"] == "ALL" and info.metadata["source"] == "SOURCE_BUTTON"
@@ -67,7 +50,7 @@ def test_reused_ids_for_different_requests_are_refused(stub, tenant) -> None:
     with pytest.raises(grpc.RpcError) as err:
         stub.OptOut(pb.OptOutRequest(tenant_id=tenant, recipient=sms, event_id="evt-1"))
     assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
-    _, details = rich(err.value)
+    details = error_details(err.value)
     assert details["ErrorInfo"].reason == "EVENT_ID_REUSED"
     assert [v.field for v in details["BadRequest"].field_violations] == ["event_id"]
     events = stub.ListConsentEvents(pb.ListConsentEventsRequest(tenant_id=tenant, recipient=sms))
@@ -86,4 +69,4 @@ def test_reused_ids_for_different_requests_are_refused(stub, tenant) -> None:
     with pytest.raises(grpc.RpcError) as err:
         stub.SendIfAllowed(send)
     assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
-    assert rich(err.value)[1]["ErrorInfo"].reason == "IDEMPOTENCY_KEY_REUSED"
+    assert error_details(err.value)["ErrorInfo"].reason == "IDEMPOTENCY_KEY_REUSED"

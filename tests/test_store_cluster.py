@@ -50,9 +50,7 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.__name__.removeprefix("test_") for c in CASES])
-async def test_store_case_on_cluster(cluster_store: RedisConsentStore, case) -> None:  # type: ignore[no-untyped-def]
-    await case(cluster_store)
+test_store_case_on_cluster = cluster_support.cases_on_cluster(CASES)
 
 
 async def test_erasure_reads_the_message_index_on_its_shard(

@@ -119,15 +119,17 @@ def _authorization(details: grpc.HandlerCallDetails) -> str | None:
 Ctx = grpc.aio.ServicerContext[Any, Any]
 if TYPE_CHECKING:
     Handler: TypeAlias = grpc.RpcMethodHandler[Any, Any]
-else:  # grpc's runtime class is not generic
+    ServerInterceptor: TypeAlias = grpc.aio.ServerInterceptor[Any, Any]
+else:  # grpc's runtime classes are not generic
     Handler: TypeAlias = grpc.RpcMethodHandler
+    ServerInterceptor: TypeAlias = grpc.aio.ServerInterceptor
 
 
 # tenant id -> its settings, or None when the tenant does not exist.
 TenantLookup = Callable[[str], Awaitable[object | None]]
 
 
-class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+class AuthInterceptor(ServerInterceptor):
     """Authenticates and authorizes every call (see the module docstring)."""
 
     def __init__(

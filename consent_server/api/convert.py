@@ -30,7 +30,7 @@ _CHANNEL_FROM_PB = {
 }
 _CHANNEL_TO_PB = {v: k for k, v in _CHANNEL_FROM_PB.items()}
 _SOURCE_TO_PB = {s: pb.Source.Value(f"SOURCE_{s.name}") for s in Source}
-_SOURCE_FROM_PB = {v: k for k, v in _SOURCE_TO_PB.items()}
+_SOURCE_FROM_PB: dict[int, Source] = {v: k for k, v in _SOURCE_TO_PB.items()}
 _STATUS_TO_PB = {
     Status.OPTED_IN: pb.CONSENT_STATUS_OPTED_IN,
     Status.OPTED_OUT: pb.CONSENT_STATUS_OPTED_OUT,
@@ -60,7 +60,7 @@ def source(value: int) -> Source | None:
     """SOURCE_UNSPECIFIED means API; unknown numbers are None (rejected)."""
     if value == pb.SOURCE_UNSPECIFIED:
         return Source.API
-    return _SOURCE_FROM_PB.get(value)  # type: ignore[call-overload, no-any-return]
+    return _SOURCE_FROM_PB.get(value)
 
 
 def raw_timestamp(has: bool, ts: Timestamp) -> RawTimestamp | None:

@@ -22,7 +22,7 @@ import grpc
 
 from consent_server.metrics import GRPC_HANDLED, GRPC_HANDLING, GRPC_STARTED
 
-from .auth import Ctx, Handler
+from .auth import Ctx, Handler, ServerInterceptor
 
 _OK = grpc.StatusCode.OK
 
@@ -59,7 +59,7 @@ def _code(context: Ctx, default: grpc.StatusCode) -> grpc.StatusCode:
     return default
 
 
-class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+class MetricsInterceptor(ServerInterceptor):
     """Counts and times every unary RPC (see the module docstring)."""
 
     def __init__(self) -> None:

@@ -198,7 +198,8 @@ def to_record(row: Mapping[str, Any], cols: Columns, line: int, evidence: str) -
     topic = _get(row, cols.topic) if cols.topic in row else cols.default_topic
     rec.topic = "" if topic in ("*", "all") else topic
     action = (_get(row, cols.action) or cols.default_action).lower()
-    rec.action = cols.action_map.get(action, ACTIONS.get(action, pb.CONSENT_ACTION_UNSPECIFIED))  # type: ignore[assignment]
+    known = ACTIONS.get(action, pb.CONSENT_ACTION_UNSPECIFIED)
+    rec.action = pb.ConsentAction.ValueType(cols.action_map.get(action, known))
     when = parse_time(_get(row, cols.occurred_at) or cols.default_time)
     if when is not None:
         rec.occurred_at.CopyFrom(when)

@@ -29,13 +29,14 @@ status codes by consent_server.http.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -485,7 +486,7 @@ class WhatsAppEdge:
         reports: list[WebhookReport] = []
         not_bound = unrouted
         for tenant, ok in sorted(verified.items()):
-            part = _select(batch, lambda pnid, t=tenant: owners.get(pnid) == t)  # type: ignore[misc]
+            part = _select(batch, functools.partial(_owned_by, owners, tenant))
             if not ok:
                 not_bound += _size(part)
                 self._count(REASON_BAD_SIGNATURE, _size(part))
@@ -834,6 +835,11 @@ def _size(batch: WebhookBatch) -> int:
         *(u.path for u in batch.unapplied),
     }
     return len(paths)
+
+
+def _owned_by(owners: Mapping[str, str], tenant: str, pnid: str) -> bool:
+    """True when the phone number id ``pnid`` is registered to ``tenant``."""
+    return owners.get(pnid) == tenant
 
 
 def _select(batch: WebhookBatch, keep: Callable[[str], bool]) -> WebhookBatch:

@@ -8,21 +8,21 @@ replica acknowledgement, so every store object built on a client agrees on it.
 from __future__ import annotations
 
 import weakref
-from typing import Any
 
 from . import keys
+from .client import RedisClient
 
 DEFAULT_MAXLEN = 100_000
-_MAXLEN: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+_MAXLEN: weakref.WeakKeyDictionary[RedisClient, int] = weakref.WeakKeyDictionary()
 
 
-def configure_feed(client: Any, maxlen: int) -> None:
+def configure_feed(client: RedisClient, maxlen: int) -> None:
     """Keep at most ``maxlen`` entries per tenant and partition in feeds written on
     ``client``."""
     _MAXLEN[client] = maxlen
 
 
-def feed_maxlen(client: Any) -> int:
+def feed_maxlen(client: RedisClient) -> int:
     """The feed retention configured for ``client`` (DEFAULT_MAXLEN by default)."""
     return _MAXLEN.get(client, DEFAULT_MAXLEN)
 

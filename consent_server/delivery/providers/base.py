@@ -10,6 +10,7 @@ from typing import Any, Protocol
 
 import httpx
 
+from consent_server.domain.delivery import ProviderConfig
 from consent_server.domain.feedback import OPT_OUT_CODES, opt_out_scope
 from consent_server.egress import EgressRefused
 
@@ -175,3 +176,37 @@ async def post_and_classify(
             f"{name} {resp.status_code}: destination refused: redirects are not followed"
         )
     return classify(resp.status_code, resp.text)
+
+
+def answer(
+    name: str, status: int, payload: Any, *, scope: str | None, delivered: str | None, retry: bool
+) -> ProviderResult:
+    """A provider's answer as a result, in this order: an opt-out (``scope`` not None),
+    a delivery (``delivered``: the provider's message id, None when it is not one),
+    then retried (``retry``) or failed; never more than the ``summary`` of the body."""
+    if scope is not None:
+        return OptedOut(scope, summary(name, status, payload))
+    if delivered is not None:
+        return Delivered(delivered[:256])
+    if retry:
+        return TransientFailure(summary(name, status, payload))
+    return PermanentFailure(summary(name, status, payload))
+
+
+class HttpProvider:
+    """What the HTTP providers (webhook, whatsapp_cloud) share: one URL, the shared
+    client, the per-request timeout, and ``post_and_classify``."""
+
+    name = ""
+
+    def __init__(self, url: str, config: ProviderConfig, http: httpx.AsyncClient) -> None:
+        self._url = url
+        self._timeout = config.timeout_ms / 1000
+        self._http = http
+
+    async def _post(
+        self, classify: Callable[[int, str], ProviderResult], **request: Any
+    ) -> ProviderResult:
+        return await post_and_classify(
+            self._http, self.name, self._url, classify, request_timeout_s=self._timeout, **request
+        )

@@ -25,17 +25,13 @@ import httpx
 from consent_server.domain.delivery import ProviderConfig
 
 from .base import (
-    Delivered,
     DeliveryMessage,
-    OptedOut,
-    PermanentFailure,
+    HttpProvider,
     ProviderResult,
-    TransientFailure,
+    answer,
     error_code,
     opt_out_scope,
     parse_json,
-    post_and_classify,
-    summary,
 )
 
 SIGNATURE_HEADER = "X-Consent-Signature"
@@ -54,16 +50,14 @@ def verify(secret: str, timestamp: str, body: bytes, signature: str) -> bool:
     return hmac.compare_digest(sign(secret, timestamp, body), signature)
 
 
-class WebhookProvider:
+class WebhookProvider(HttpProvider):
     """Delivers by HTTP POST to one URL with an HMAC-SHA256 signature."""
 
     name = "webhook"
 
     def __init__(self, config: ProviderConfig, http: httpx.AsyncClient) -> None:
-        self._url = config.url
+        super().__init__(config.url, config, http)
         self._secret = config.secret
-        self._timeout = config.timeout_ms / 1000
-        self._http = http
 
     async def send(self, message: DeliveryMessage) -> ProviderResult:
         """POST the message; classify the answer (see the module docstring)."""
@@ -75,29 +69,23 @@ class WebhookProvider:
             TIMESTAMP_HEADER: timestamp,
             SIGNATURE_HEADER: sign(self._secret, timestamp, body),
         }
-        return await post_and_classify(
-            self._http,
-            "webhook",
-            self._url,
-            classify,
-            request_timeout_s=self._timeout,
-            content=body,
-            headers=headers,
-        )
+        return await self._post(classify, content=body, headers=headers)
 
 
 def classify(status: int, text: str) -> ProviderResult:
     """Turn a webhook answer into a provider result."""
     payload = parse_json(text)
     top = payload.get("error") if isinstance(payload, dict) else None
-    scope = opt_out_scope(error_code(payload), top if isinstance(top, str) else "")
-    if scope is not None:
-        return OptedOut(scope, summary("webhook", status, payload))
+    delivered = None
     if 200 <= status < 300:
-        pid = ""
+        delivered = ""
         if isinstance(payload, dict):
-            pid = str(payload.get("id") or payload.get("message_id") or "")
-        return Delivered(pid[:256])
-    if status in _RETRY_STATUS or status >= 500:
-        return TransientFailure(summary("webhook", status, payload))
-    return PermanentFailure(summary("webhook", status, payload))
+            delivered = str(payload.get("id") or payload.get("message_id") or "")
+    return answer(
+        "webhook",
+        status,
+        payload,
+        scope=opt_out_scope(error_code(payload), top if isinstance(top, str) else ""),
+        delivered=delivered,
+        retry=status in _RETRY_STATUS or status >= 500,
+    )

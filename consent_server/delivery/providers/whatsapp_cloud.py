@@ -19,17 +19,14 @@ import httpx
 from consent_server.domain.delivery import ProviderConfig
 
 from .base import (
-    Delivered,
     DeliveryMessage,
-    OptedOut,
+    HttpProvider,
     PermanentFailure,
     ProviderResult,
-    TransientFailure,
+    answer,
     error_code,
     opt_out_scope,
     parse_json,
-    post_and_classify,
-    summary,
 )
 
 # Meta's codes for throttling and temporary trouble: retry later.
@@ -61,16 +58,16 @@ def request_body(message: DeliveryMessage) -> dict[str, Any] | None:
     return None
 
 
-class WhatsAppCloudProvider:
+class WhatsAppCloudProvider(HttpProvider):
     """Delivers through Meta's WhatsApp Cloud API with a bearer token."""
 
     name = "whatsapp_cloud"
 
     def __init__(self, config: ProviderConfig, http: httpx.AsyncClient) -> None:
-        self._url = f"{config.url.rstrip('/')}/{config.phone_number_id}/messages"
+        super().__init__(
+            f"{config.url.rstrip('/')}/{config.phone_number_id}/messages", config, http
+        )
         self._token = config.secret
-        self._timeout = config.timeout_ms / 1000
-        self._http = http
 
     async def send(self, message: DeliveryMessage) -> ProviderResult:
         """POST one message; classify the answer (see the module docstring)."""
@@ -85,29 +82,24 @@ class WhatsAppCloudProvider:
             "Authorization": f"Bearer {self._token}",
             "Idempotency-Key": message.message_id,
         }
-        return await post_and_classify(
-            self._http,
-            "whatsapp_cloud",
-            self._url,
-            classify,
-            request_timeout_s=self._timeout,
-            json=body,
-            headers=headers,
-        )
+        return await self._post(classify, json=body, headers=headers)
 
 
 def classify(status: int, text: str) -> ProviderResult:
     """Turn a Cloud API answer into a provider result."""
     payload = parse_json(text)
     code = error_code(payload)
-    scope = opt_out_scope(code)
-    if scope is not None:
-        return OptedOut(scope, summary("whatsapp_cloud", status, payload))
+    delivered = None
     if 200 <= status < 300 and isinstance(payload, dict):
         messages = payload.get("messages")
+        delivered = ""
         if isinstance(messages, list) and messages and isinstance(messages[0], dict):
-            return Delivered(str(messages[0].get("id", ""))[:256])
-        return Delivered("")
-    if status == 429 or status >= 500 or code in _TRANSIENT_CODES:
-        return TransientFailure(summary("whatsapp_cloud", status, payload))
-    return PermanentFailure(summary("whatsapp_cloud", status, payload))
+            delivered = str(messages[0].get("id", ""))
+    return answer(
+        "whatsapp_cloud",
+        status,
+        payload,
+        scope=opt_out_scope(code),
+        delivered=delivered,
+        retry=status == 429 or status >= 500 or code in _TRANSIENT_CODES,
+    )
