@@ -9,15 +9,17 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from consent_server import logs, tracing
 from consent_server.app import serve
 from consent_server.config import ConfigError, load
 from consent_server.supervisor import supervise, supervised
 
+T = TypeVar("T")
 
-def run_loop(main: Coroutine[Any, Any, int], use_uvloop: bool) -> int:
+
+def run_loop(main: Coroutine[Any, Any, T], use_uvloop: bool) -> T:
     """Run ``main`` on uvloop when asked for and installed, else on asyncio's loop."""
     factory: Callable[[], asyncio.AbstractEventLoop] | None = None
     if use_uvloop:

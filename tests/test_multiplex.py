@@ -18,8 +18,9 @@ from hypothesis import strategies as st
 
 from consent_server.domain.errors import StoreUnavailable
 from consent_server.store.connect import open_store
-from consent_server.store.multiplex import MULTIPLEXED, MultiplexedRedis, multiplexed
+from consent_server.store.multiplex import MULTIPLEXED, MultiplexedRedis, multiplexed, run_script
 from tests.support import RedisProcess
+from tests.test_store import ALICE
 
 pytestmark = pytest.mark.redis
 
@@ -131,6 +132,13 @@ async def test_script_falls_back_on_noscript(client: MultiplexedRedis) -> None:
     assert await script(keys=["c"], args=["d"]) == b"cd"  # NOSCRIPT -> SCRIPT LOAD -> again
 
 
+async def test_run_script_loads_on_noscript(client: MultiplexedRedis) -> None:
+    script = client.register_script("return {KEYS[1], ARGV[1]}")
+    assert await run_script(client, script, ["k"], ["v"]) == [b"k", b"v"]
+    await client.script_flush()
+    assert await run_script(client, script, ["k2"], [3]) == [b"k2", b"3"]
+
+
 async def test_blocking_and_stateful_commands_stay_on_the_pool(client: MultiplexedRedis) -> None:
     for name in ("XREADGROUP", "XREAD", "BLPOP", "WAIT", "MULTI", "SELECT", "AUTH", "SUBSCRIBE"):
         assert name not in MULTIPLEXED
@@ -231,3 +239,33 @@ async def test_decoded_responses(redis_proc: RedisProcess) -> None:
         assert await c.hgetall("dec") == {"é": "ü"}
     finally:
         await c.aclose()
+
+
+async def test_store_on_the_shared_connection(redis_proc: RedisProcess) -> None:
+    """The repository's reads and scripts (read_states.lua via run_script, the writes via
+    redis-py's Script) agree on the multiplexed client, concurrently."""
+    from consent_server.domain.model import Action, Recipient, Status
+
+    from .support import create_tenants
+    from .test_store import event
+
+    store = open_store(redis_proc.url, multiplex=True)
+    try:
+        await store.client.flushdb()
+        await create_tenants(store, ["acme"])
+        people = [Recipient(ALICE.channel, f"+9198765432{i:02d}") for i in range(40)]
+        await asyncio.gather(
+            *(
+                store.record_event(event(Action.OPT_OUT, recipient=p, topic="marketing"))
+                for p in people[::2]
+            )
+        )
+        singles = await asyncio.gather(
+            *(store.read_records("acme", [p], "marketing") for p in people)
+        )
+        for i, [(topic_rec, _)] in enumerate(singles):
+            assert (topic_rec is not None and topic_rec.status is Status.OPTED_OUT) == (i % 2 == 0)
+        batch = await store.read_records("acme", people, "marketing")
+        assert [pair for [pair] in singles] == batch
+    finally:
+        await store.aclose()

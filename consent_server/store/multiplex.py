@@ -316,3 +316,18 @@ def multiplexed(pool: aioredis.ConnectionPool, *, timeout_s: float) -> Multiplex
     client.auto_close_connection_pool = True  # as Redis.from_pool: the client owns the pool
     client.mux = Multiplexer(pool, timeout_s=timeout_s)
     return client
+
+
+async def run_script(client: Any, script: Any, keys: list[str], args: list[Any]) -> Any:
+    """``script(keys=keys, args=args)``, straight onto the shared connection when
+    ``client`` has one (EVALSHA, and on NOSCRIPT: SCRIPT LOAD and EVALSHA again), which
+    skips redis-py's script and command layers on the hottest path."""
+    mux = getattr(client, "mux", None)
+    if mux is None or getattr(client, "single_connection_client", False):
+        return await script(keys=keys, args=args)
+    try:
+        return await mux.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+    except rex.NoScriptError:
+        sha = await mux.execute("SCRIPT LOAD", script.script)
+        script.sha = sha.decode() if isinstance(sha, bytes) else sha
+        return await mux.execute("EVALSHA", script.sha, len(keys), *keys, *args)

@@ -40,6 +40,7 @@ from consent_server.metrics import STORE_CALL
 
 from . import keys
 from .client import RedisClient
+from .multiplex import run_script
 from .records import (
     encode_body,
     encode_settings,
@@ -243,7 +244,9 @@ class RedisConsentStore:
         record decides.
         """
         fields = ["s:*", keys.scope_field(topic)] if topic else ["s:*"]
-        secret = await self._call(lambda: self.tombstones.secret(tenant_id))
+        secret = self.tombstones.cached_secret(tenant_id) or await self._call(
+            lambda: self.tombstones.secret(tenant_id)
+        )
 
         async def read() -> list[Any]:
             # partition -> (positions in the request, [state, tombstone] keys)
@@ -257,7 +260,7 @@ class RedisConsentStore:
                         keys.tombstone(tenant_id, rcpt, TombstoneNames.digest(secret, rcpt))
                     )
                 groups[part] = (positions, pair_keys)
-            calls = [self._read_states(keys=k, args=fields) for _, k in groups.values()]
+            calls = [run_script(self._r, self._read_states, k, fields) for _, k in groups.values()]
             # One partition (every CheckConsent) needs no gather: that would wrap the
             # call in a task and cost loop turns on the hottest path.
             replies = [await calls[0]] if len(calls) == 1 else await asyncio.gather(*calls)

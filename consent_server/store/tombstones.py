@@ -14,6 +14,7 @@ server process derives the same names; each process caches it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import secrets
@@ -25,6 +26,8 @@ from .client import RedisClient
 from .replication import acks_of
 
 _CACHE_LIMIT = 100_000
+# Recipients whose tombstone names are kept (~250 B each: ~16 MB at most).
+_DIGEST_CACHE = 65_536
 
 
 class TombstoneNames:
@@ -65,9 +68,16 @@ class TombstoneNames:
         self._secrets[tenant_id] = secret
         return secret
 
+    def cached_secret(self, tenant_id: str) -> bytes | None:
+        """The tenant's secret when this process already holds it (no I/O)."""
+        return self._secrets.get(tenant_id)
+
     @staticmethod
+    @functools.lru_cache(maxsize=_DIGEST_CACHE)
     def digest(secret: bytes, recipient: Recipient) -> str:
-        """The keyed hash naming a recipient's tombstone."""
+        """The keyed hash naming a recipient's tombstone (cached: a recipient checked
+        again costs a dictionary lookup, not an HMAC; the cache is bounded, least
+        recently used first out, and keyed by the secret too)."""
         message = f"{recipient.channel.value}:{recipient.address}".encode()
         return hmac.new(secret, message, hashlib.sha256).hexdigest()
 
