@@ -398,9 +398,12 @@ class RedisConsentStore:
         part = keys.partition(request.tenant_id, request.recipient)
         base = keys.recipient_base(request.tenant_id, request.recipient)
         message_id = keys.new_message_id(part)
-        tomb, index = await self._call(
-            lambda: self.tombstones.keys(request.tenant_id, request.recipient)
-        )
+        pair = self.tombstones.cached_keys(request.tenant_id, request.recipient)
+        if pair is None:
+            pair = await self._call(
+                lambda: self.tombstones.keys(request.tenant_id, request.recipient)
+            )
+        tomb, index = pair
         script_keys = [
             keys.state(base),
             keys.idempotency(base, request.idempotency_key or "-"),
@@ -433,7 +436,7 @@ class RedisConsentStore:
             request.idempotency_key,
         ]
         reply = await self._write(
-            script_keys[0], lambda c: self._send(keys=script_keys, args=args, client=c)
+            script_keys[0], lambda c: run_script(c, self._send, script_keys, args)
         )
         kind = text(reply[0])
         if kind == "accepted":

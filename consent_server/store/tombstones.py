@@ -86,6 +86,17 @@ class TombstoneNames:
         secret = await self.secret(tenant_id)
         return keys.tombstone(tenant_id, recipient, self.digest(secret, recipient))
 
+    def cached_keys(self, tenant_id: str, recipient: Recipient) -> tuple[str, str] | None:
+        """:meth:`keys` without I/O when the tenant's secret is already held, else None."""
+        secret = self._secrets.get(tenant_id)
+        if secret is None:
+            return None
+        digest = self.digest(secret, recipient)
+        return (
+            keys.tombstone(tenant_id, recipient, digest),
+            keys.message_index(tenant_id, recipient, digest),
+        )
+
     async def keys(self, tenant_id: str, recipient: Recipient) -> tuple[str, str]:
         """The recipient's tombstone key and message index key (both named by the digest)."""
         digest = self.digest(await self.secret(tenant_id), recipient)
