@@ -8,6 +8,10 @@ from bench.model import Aim, AimResult, Row
 
 AIMS: list[Aim] = [
     Aim("CheckConsent / empty handler", "check", "empty", 0.7),
+    Aim("SendIfAllowed / empty handler", "send", "empty", 0.6),
+    # Both servers on uvloop (the consent server's default loop): stated, no aim.
+    Aim("CheckConsent / empty handler, both on uvloop", "check_uv", "empty_uv", None),
+    Aim("uvloop / asyncio: CheckConsent", "check_uv", "check", None),
     Aim("BatchCheckConsent / raw pipelined HMGET", "batch", "raw_hmget", 1.0),
     # For reading, no aim set: does delivery keep up with accepting, and what does the
     # worker sharing the server's process cost the API?
@@ -23,6 +27,29 @@ AIMS: list[Aim] = [
     # Bulk import from one consentctl-like client process (also aimed: >= 50,000/s).
     Aim("ImportConsent records/s / raw pipelined HSET", "import", "raw_hset", 0.5),
 ]
+
+
+#: Latency aims: (label, row key, the most its p99 may be in ms).
+P99_AIMS: list[tuple[str, str, float]] = [
+    ("CheckConsent p99 with 2 calls in flight", "check_2", 2.0),
+]
+
+
+def evaluate_p99(rows: Sequence[Row]) -> list[str]:
+    """One line per latency aim: the row's worst p99 over rounds, MET / NOT MET."""
+    by_key = {row.key: row for row in rows}
+    out = []
+    for label, key, limit in P99_AIMS:
+        r = by_key.get(key)
+        if r is None or r.p99_ms is None:
+            out.append(f"- {label}: - (aim <= {limit:g} ms) NOT MEASURED")
+            continue
+        verdict = "MET" if r.p99_ms <= limit else "NOT MET"
+        out.append(
+            f"- {label}: {r.p99_ms:.2f} ms (aim <= {limit:g} ms) {verdict} "
+            f"(p50 {r.p50_ms or 0:.2f} ms)"
+        )
+    return out
 
 
 def evaluate(aims: Sequence[Aim], rows: Sequence[Row]) -> list[AimResult]:

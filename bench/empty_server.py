@@ -18,6 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 
 from consent_client.v1 import consent_pb2 as pb
+from consent_server.__main__ import run_loop
 from consent_server.app import SERVICE_NAME, server_options
 from consent_server.config import Settings
 
@@ -95,8 +96,11 @@ def main() -> None:
     parser.add_argument(
         "--reuse-port", action="store_true", help="SO_REUSEPORT: several copies share the port"
     )
+    parser.add_argument(
+        "--uvloop", action="store_true", help="run on uvloop (the ceiling of a uvloop server)"
+    )
     args = parser.parse_args()
-    asyncio.run(serve(args.listen, args.reuse_port))
+    run_loop(serve(args.listen, args.reuse_port), args.uvloop)
 
 
 if __name__ == "__main__":

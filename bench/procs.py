@@ -192,13 +192,17 @@ class GrpcProcess:
             self._reader.join(5)
 
 
-def consent_server(redis_url: str, delivery: str = "off", processes: int = 1) -> GrpcProcess:
+def consent_server(
+    redis_url: str, delivery: str = "off", processes: int = 1, uvloop: bool = False
+) -> GrpcProcess:
     """The real consent server on ``redis_url``, logging as in production (info, JSON).
 
     Inline delivery is off by default so that the API rows measure the API; the delivery
     scenario (``bench.delivery``) starts its own with ``delivery="inline"``. One process
     unless told otherwise (the rows compare one process with one empty handler; the
-    ``processes`` scenario compares N with 1).
+    ``processes`` scenario compares N with 1). On asyncio's default loop unless
+    ``uvloop`` (the server's own default is uvloop): the aims compare it with the
+    empty handler on the same loop; the ``uvloop`` scenario runs both on uvloop.
     """
     return GrpcProcess(
         "consent_server",
@@ -207,6 +211,7 @@ def consent_server(redis_url: str, delivery: str = "off", processes: int = 1) ->
             "CONSENT_LOG_LEVEL": "info",
             "CONSENT_DELIVERY": delivery,
             "CONSENT_PROCESSES": str(processes),
+            "CONSENT_UVLOOP": "1" if uvloop else "0",
             # Tenants are explicit: the benchmark's tenant is created at start.
             "CONSENT_TENANTS": "bench",
         },

@@ -169,4 +169,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(report.table(rows))
     print()
     print(report.aims(aims.evaluate(aims.AIMS, rows)))
+    print("\n".join(aims.evaluate_p99(rows)))
     return 0

@@ -16,7 +16,7 @@ from dataclasses import replace
 
 import redis
 
-from bench import redis_raw, workload
+from bench import procs, redis_raw, workload
 from bench.context import BenchContext
 from bench.delivery import delivery
 from bench.imports import bulk_import
@@ -113,10 +113,50 @@ def batch_check(ctx: BenchContext) -> list[Row]:
     ]
 
 
+def uvloop(ctx: BenchContext) -> list[Row]:
+    """CheckConsent and the empty handler, both on uvloop (servers started for the row,
+    on the bench's Redis and data)."""
+    request = workload.check_request()
+    empty = procs.empty_server(["--uvloop"]).start()
+    try:
+        size = workload.probe(empty.target, workload.CHECK, request)
+        r_empty = measure(ctx, empty, workload.CHECK, request, response_size=size)
+    finally:
+        empty.stop()
+    consent = procs.consent_server(ctx.redis.url, uvloop=True).start()
+    try:
+        size = workload.probe(consent.target, workload.CHECK, request)
+        r_check = measure(ctx, consent, workload.CHECK, request, response_size=size)
+    finally:
+        consent.stop()
+    return [
+        row("empty_uv", "empty grpc.aio handler, uvloop", r_empty),
+        row("check_uv", "CheckConsent, uvloop", r_check),
+    ]
+
+
+def low_concurrency(ctx: BenchContext) -> list[Row]:
+    """Latency with 2 calls in flight (1 connection x 2 streams): p99 is then service
+    time, not queueing behind 64 calls."""
+    request = workload.check_request()
+    two = replace(ctx.options, connections=1, streams=2)
+    rows = []
+    for key, label, server in (
+        ("empty_2", "empty grpc.aio handler, 2 in flight", ctx.empty),
+        ("check_2", "CheckConsent, 2 in flight", ctx.consent),
+    ):
+        size = workload.probe(server.target, workload.CHECK, request)
+        r = measure(ctx, server, workload.CHECK, request, response_size=size, options=two)
+        rows.append(row(key, label, r))
+    return rows
+
+
 SCENARIOS: list[Scenario] = [
     empty_handler,
     check_consent,
     send_if_allowed,
+    uvloop,
+    low_concurrency,
     batch_check,
     delivery,
     processes,

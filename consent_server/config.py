@@ -290,6 +290,13 @@ class ServerSettings(_Group):
         "([Tenants](#tenants))",
         shown="unset",
     )
+    uvloop: bool = option(
+        "CONSENT_UVLOOP",
+        True,
+        _SWITCH,
+        "`1` = run on uvloop's event loop when it is installed (a dependency); `0` = "
+        "asyncio's default loop",
+    )
     # Not configurable: how often health follows Redis reachability.
     health_interval_s: float = 1.0
 
@@ -318,6 +325,13 @@ class RedisSettings(_Group):
         2.0,
         _seconds(0.05, 60),
         "seconds before a Redis call counts as failed (→ `UNAVAILABLE`)",
+    )
+    multiplex: bool = option(
+        "CONSENT_REDIS_MULTIPLEX",
+        True,
+        _SWITCH,
+        "`1` = non-blocking commands share one pipelined connection per process "
+        "(`store/multiplex.py`; not on a cluster); `0` = redis-py's pool for every command",
     )
     min_replicas_ack: int = option(
         "CONSENT_REDIS_MIN_REPLICAS_ACK",

@@ -46,6 +46,24 @@ def test_check_against_ceiling_prints_table_and_aim(capsys: pytest.CaptureFixtur
     assert "BatchCheckConsent / raw pipelined HMGET: - (aim >= 1x) NOT MEASURED" in out
 
 
+def test_uvloop_and_two_in_flight_rows(capsys: pytest.CaptureFixture[str]) -> None:
+    """The uvloop pair and the 2-in-flight latency rows, with their ratios and p99 aim."""
+    assert main([*SHORT, "--only", "uvloop", "low_concurrency"]) == 0
+    out = capsys.readouterr().out
+    rows = _table_rows(out)
+    assert set(rows) == {
+        "empty grpc.aio handler, uvloop",
+        "CheckConsent, uvloop",
+        "empty grpc.aio handler, 2 in flight",
+        "CheckConsent, 2 in flight",
+    }
+    for cells in rows.values():
+        assert int(cells[1].replace(",", "")) > 0 and cells[6] == "0"
+    assert "- CheckConsent / empty handler, both on uvloop: " in out
+    assert "- CheckConsent p99 with 2 calls in flight: " in out
+    assert "NOT MEASURED" in out.split("- CheckConsent p99")[0].split("SendIfAllowed / empty")[1]
+
+
 def test_send_and_batch_with_python_generator(capsys: pytest.CaptureFixture[str]) -> None:
     """The fallback generator, and the scenarios that check their own side effects."""
     assert main([*SHORT, "--generator", "python", "--only", "send_if_allowed", "batch_check"]) == 0

@@ -30,14 +30,28 @@ def redis_srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess
     proc.stop()
 
 
-async def _burst(target: str, calls: int) -> Counter[str]:
+SEND = pb.SendIfAllowedRequest(
+    tenant_id="acme",
+    recipient=pb.Recipient(channel=pb.CHANNEL_SMS, address="+14155550101"),
+    topic="order_updates",
+    message=pb.Message(text="Your order is on its way."),
+)
+
+
+async def _burst(target: str, calls: int, send: bool = False) -> Counter[str]:
     # A channel of its own (not a connection shared with earlier channels), so that the
     # calls start before the client has seen the server's SETTINGS or any answer.
     options = [("grpc.use_local_subchannel_pool", 1)]
     async with grpc.aio.insecure_channel(target, options=options) as ch:
         stub = pbg.ConsentServiceStub(ch)
         results = await asyncio.gather(
-            *(stub.CheckConsent(CHECK, timeout=60) for _ in range(calls)), return_exceptions=True
+            *(
+                stub.SendIfAllowed(SEND, timeout=60)
+                if send
+                else stub.CheckConsent(CHECK, timeout=60)
+                for _ in range(calls)
+            ),
+            return_exceptions=True,
         )
     return Counter(
         f"{r.code().name}: {r.details()}" if isinstance(r, grpc.aio.AioRpcError) else "ok"
@@ -61,6 +75,35 @@ async def test_500_concurrent_calls_on_a_fresh_channel_all_succeed(
         for _ in range(3):
             assert await _burst(srv.target, 500) == Counter({"ok": 500})
     finally:
+        srv.stop()
+
+
+@pytest.mark.parametrize("uvloop", ["0", "1"])
+async def test_500_concurrent_sends_and_checks_on_one_shared_redis_connection(
+    redis_srv: RedisProcess, uvloop: str
+) -> None:
+    """500 calls at once all go through the one multiplexed Redis connection (on either
+    event loop): every check answers, every send is accepted and lands in the outbox."""
+    srv = ServerProcess(
+        {
+            "CONSENT_REDIS_URL": redis_srv.url,
+            "CONSENT_DELIVERY": "off",
+            "CONSENT_PROCESSES": "1",
+            "CONSENT_UVLOOP": uvloop,
+        }
+    ).start()
+    client = redis_srv.client()
+    try:
+
+        def outbox() -> int:
+            return sum(int(client.xlen(k)) for k in client.scan_iter(match="ca:*:outbox"))
+
+        before = outbox()
+        assert await _burst(srv.target, 500, send=True) == Counter({"ok": 500})
+        assert outbox() - before == 500
+        assert await _burst(srv.target, 500) == Counter({"ok": 500})
+    finally:
+        client.close()
         srv.stop()
 
 

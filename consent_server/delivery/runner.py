@@ -69,6 +69,7 @@ def consent_store(settings: Settings) -> RedisConsentStore:
         min_replicas_ack=settings.redis.min_replicas_ack,
         ack_timeout_ms=settings.redis.ack_timeout_ms,
         feed_maxlen=settings.redis.feed_maxlen,
+        multiplex=settings.redis.multiplex,
     )
 
 

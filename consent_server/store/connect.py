@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
 from .client import RedisClient
+from .multiplex import multiplexed
 from .replication import configure
 from .repository import RedisConsentStore
 from .retention import DEFAULT_MAXLEN, configure_feed
@@ -24,12 +25,15 @@ def open_store(
     min_replicas_ack: int = 0,
     ack_timeout_ms: int = 1000,
     feed_maxlen: int = DEFAULT_MAXLEN,
+    multiplex: bool = False,
 ) -> RedisConsentStore:
     """A store on ``url``; None = the embedded, in-process, NOT durable fakeredis.
 
     ``min_replicas_ack`` > 0: every write is acknowledged only once that many replicas
     confirmed it within ``ack_timeout_ms`` (store/replication.py). ``feed_maxlen``: the
-    change feed's retention per tenant and partition (store/retention.py)."""
+    change feed's retention per tenant and partition (store/retention.py).
+    ``multiplex`` (single node only): non-blocking commands share one pipelined
+    connection (store/multiplex.py); the pool serves the rest."""
     if url is None:
         import fakeredis  # only the embedded store needs it
 
@@ -55,7 +59,10 @@ def open_store(
             **_without_maintenance_notifications(aioredis.Redis),
         )
         pool.connection_class = _PACK_IN_C.get(pool.connection_class, pool.connection_class)
-        client = aioredis.Redis.from_pool(pool)  # the client owns and closes the pool
+        if multiplex:
+            client = multiplexed(pool, timeout_s=timeout_s)
+        else:
+            client = aioredis.Redis.from_pool(pool)  # the client owns and closes the pool
     if url is not None:
         # Before any store object is built on the client: they all look it up.
         configure(

@@ -40,6 +40,7 @@ from consent_server.metrics import STORE_CALL
 
 from . import keys
 from .client import RedisClient
+from .multiplex import run_script
 from .records import (
     encode_body,
     encode_settings,
@@ -243,7 +244,9 @@ class RedisConsentStore:
         record decides.
         """
         field = keys.scope_field(topic) if topic else ""
-        secret = await self._call(lambda: self.tombstones.secret(tenant_id))
+        secret = self.tombstones.cached_secret(tenant_id) or await self._call(
+            lambda: self.tombstones.secret(tenant_id)
+        )
 
         async def read() -> list[Any]:
             # partition -> (positions in the request, [bucket, tombstone] keys, args)
@@ -262,7 +265,7 @@ class RedisConsentStore:
                     )
                     args.append(keys.descriptor(rcpt, b))
                 groups[part] = (positions, pair_keys, args)
-            calls = [self._read_states(keys=k, args=a) for _, k, a in groups.values()]
+            calls = [run_script(self._r, self._read_states, k, a) for _, k, a in groups.values()]
             # One partition (every CheckConsent) needs no gather: that would wrap the
             # call in a task and cost loop turns on the hottest path.
             replies = [await calls[0]] if len(calls) == 1 else await asyncio.gather(*calls)
@@ -405,9 +408,12 @@ class RedisConsentStore:
         part = keys.partition(request.tenant_id, request.recipient)
         base = keys.recipient_base(request.tenant_id, request.recipient)
         message_id = keys.new_message_id(part)
-        tomb, index = await self._call(
-            lambda: self.tombstones.keys(request.tenant_id, request.recipient)
-        )
+        pair = self.tombstones.cached_keys(request.tenant_id, request.recipient)
+        if pair is None:
+            pair = await self._call(
+                lambda: self.tombstones.keys(request.tenant_id, request.recipient)
+            )
+        tomb, index = pair
         bucket, _, descriptor = keys.layout(request.tenant_id, request.recipient, part)
         script_keys = [
             bucket,
@@ -442,7 +448,7 @@ class RedisConsentStore:
             descriptor,
         ]
         reply = await self._write(
-            script_keys[0], lambda c: self._send(keys=script_keys, args=args, client=c)
+            script_keys[0], lambda c: run_script(c, self._send, script_keys, args)
         )
         kind = text(reply[0])
         if kind == "accepted":

@@ -14,6 +14,7 @@ server process derives the same names; each process caches it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import secrets
@@ -25,6 +26,8 @@ from .client import RedisClient
 from .replication import acks_of
 
 _CACHE_LIMIT = 100_000
+# Recipients whose tombstone names are kept (~250 B each: ~16 MB at most).
+_DIGEST_CACHE = 65_536
 
 
 class TombstoneNames:
@@ -65,9 +68,16 @@ class TombstoneNames:
         self._secrets[tenant_id] = secret
         return secret
 
+    def cached_secret(self, tenant_id: str) -> bytes | None:
+        """The tenant's secret when this process already holds it (no I/O)."""
+        return self._secrets.get(tenant_id)
+
     @staticmethod
+    @functools.lru_cache(maxsize=_DIGEST_CACHE)
     def digest(secret: bytes, recipient: Recipient) -> str:
-        """The keyed hash naming a recipient's tombstone."""
+        """The keyed hash naming a recipient's tombstone (cached: a recipient checked
+        again costs a dictionary lookup, not an HMAC; the cache is bounded, least
+        recently used first out, and keyed by the secret too)."""
         message = f"{recipient.channel.value}:{recipient.address}".encode()
         return hmac.new(secret, message, hashlib.sha256).hexdigest()
 
@@ -75,6 +85,17 @@ class TombstoneNames:
         """The recipient's tombstone key."""
         secret = await self.secret(tenant_id)
         return keys.tombstone(tenant_id, recipient, self.digest(secret, recipient))
+
+    def cached_keys(self, tenant_id: str, recipient: Recipient) -> tuple[str, str] | None:
+        """:meth:`keys` without I/O when the tenant's secret is already held, else None."""
+        secret = self._secrets.get(tenant_id)
+        if secret is None:
+            return None
+        digest = self.digest(secret, recipient)
+        return (
+            keys.tombstone(tenant_id, recipient, digest),
+            keys.message_index(tenant_id, recipient, digest),
+        )
 
     async def keys(self, tenant_id: str, recipient: Recipient) -> tuple[str, str]:
         """The recipient's tombstone key and message index key (both named by the digest)."""
