@@ -23,8 +23,8 @@ from google.rpc import error_details_pb2
 from consent_client.v1 import consent_pb2 as pb
 from consent_client.v1 import consent_pb2_grpc
 
+from .security_support import rich
 from .support import ServerProcess
-from .test_smoke_e2e import rich
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 NOT_FOUND = grpc.StatusCode.NOT_FOUND

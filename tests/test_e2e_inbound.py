@@ -23,8 +23,8 @@ from consent_client.v1 import admin_pb2_grpc, consent_pb2_grpc
 from consent_client.v1 import consent_pb2 as pb
 from consent_server.store import keys
 
+from .security_support import rich
 from .support import RedisProcess, ServerProcess
-from .test_smoke_e2e import rich
 
 WA = pb.Recipient(channel=pb.CHANNEL_WHATSAPP, address="+91 98765 43210")
 WA_ID = pb.Recipient(channel=pb.CHANNEL_WHATSAPP, address="919876543210")  # webhook spelling

@@ -37,8 +37,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from consent_client.v1 import consent_pb2 as pb
 from consent_client.v1 import consent_pb2_grpc
 
+from .security_support import rich
 from .support import RedisProcess, ServerProcess, create_tenant_on
-from .test_smoke_e2e import rich
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
