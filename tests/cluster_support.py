@@ -4,9 +4,10 @@ By default three primaries and no replicas; ``replicas=1`` gives each primary a
 replica (3 + 3), and ``node_timeout_ms`` makes failure detection and failover fast
 enough for a test. Nodes can be killed, restarted, paused and resumed one by one.
 
-``cluster`` and ``cluster_store`` are the fixtures the store cluster suites share: a
-module imports them by name (one three-primary cluster per module, a flushed store with
-the test tenants per test); ``cases_on_cluster`` runs another suite's store tests on it.
+``cluster`` and ``cluster_store`` are the fixtures the store cluster suites share
+(tests/conftest.py offers them to every module: one three-primary cluster per module, a
+flushed store with the test tenants per test); ``cases_on_cluster`` runs another
+suite's store tests on it.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from hypothesis import settings
 from consent_client.v1 import consent_pb2_grpc
 from consent_server.store.repository import RedisConsentStore
 
+from . import cluster_support
 from .client_fake import FakeConsentService
 from .cluster_support import RedisClusterProcesses
 from .support import (
@@ -26,6 +27,11 @@ from .support import (
     create_tenants,
     tenant_id_for,
 )
+
+# The cluster suites' fixtures (tests/cluster_support.py): one three-primary cluster per
+# module that asks for it, a fresh store on it for each test.
+cluster = cluster_support.cluster
+cluster_store = cluster_support.cluster_store
 
 # Property tests check properties, not speed: hypothesis's per-example deadline turns a
 # busy 2-core CI machine into flaky failures, so it is off (performance lives in bench/).

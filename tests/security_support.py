@@ -36,10 +36,20 @@ def details(err: grpc.RpcError) -> dict[str, Any]:
     """The unpacked google.rpc details of a failed call, by type name."""
     trailing = dict(err.trailing_metadata() or ())  # type: ignore[attr-defined]
     raw = trailing.get("grpc-status-details-bin")
-    if raw is None:
-        return {}
+    return {} if raw is None else _unpacked(status_pb2.Status.FromString(raw))
+
+
+def rich(err: grpc.RpcError) -> tuple[status_pb2.Status, dict[str, Any]]:
+    """The google.rpc.Status of a failed call (it must carry one) and its unpacked
+    details by type name."""
+    trailing = dict(err.trailing_metadata() or ())  # type: ignore[attr-defined]
+    st = status_pb2.Status.FromString(trailing["grpc-status-details-bin"])
+    return st, _unpacked(st)
+
+
+def _unpacked(st: status_pb2.Status) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for any_ in status_pb2.Status.FromString(raw).details:
+    for any_ in st.details:
         for cls in (
             error_details_pb2.ErrorInfo,
             error_details_pb2.BadRequest,

@@ -7,13 +7,8 @@ import pytest
 
 from consent_server.store.repository import RedisConsentStore
 
-from . import cluster_support
 from . import test_imports as imports
 from . import test_pointintime as pit
-
-# The shared fixtures: one cluster for the module, a fresh store for each test.
-cluster = cluster_support.cluster
-cluster_store = cluster_support.cluster_store
 
 
 @pytest.mark.parametrize("case", imports.CASES, ids=[c.name for c in imports.CASES])

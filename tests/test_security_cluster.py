@@ -12,10 +12,6 @@ import pytest
 from . import cluster_support
 from . import test_security_store as base
 
-# The shared fixtures: one cluster for the module, a fresh store for each test.
-cluster = cluster_support.cluster
-cluster_store = cluster_support.cluster_store
-
 pytestmark = pytest.mark.xdist_group("cluster")
 
 CASES = [

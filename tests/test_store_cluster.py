@@ -22,10 +22,6 @@ from . import test_tenants as tenants
 from .cluster_support import RedisClusterProcesses
 from .support import ServerProcess
 
-# The shared fixtures: one cluster for the module, a fresh store for each test.
-cluster = cluster_support.cluster
-cluster_store = cluster_support.cluster_store
-
 pytestmark = pytest.mark.xdist_group("cluster")
 
 CASES = [
