@@ -26,12 +26,6 @@ def md(key: str | None) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {key}"),) if key else ()
 
 
-def rich(err: grpc.RpcError) -> tuple[status_pb2.Status, dict[str, Any]]:
-    """The google.rpc.Status of a failed call and its unpacked details by type name."""
-    trailing = dict(err.trailing_metadata() or ())  # type: ignore[attr-defined]
-    return status_pb2.Status.FromString(trailing["grpc-status-details-bin"]), details(err)
-
-
 def details(err: grpc.RpcError) -> dict[str, Any]:
     """The unpacked google.rpc details of a failed call, by type name."""
     trailing = dict(err.trailing_metadata() or ())  # type: ignore[attr-defined]
