@@ -3,6 +3,11 @@
 No gRPC, no validation, no decision: what a Python program pays just to read those
 keys from Redis, with the client and parser (hiredis) the server itself uses, at
 the same number of batches in flight as the load generator keeps open.
+
+The keys are the ones the service reads for each recipient: its state hash AND its
+erasure tombstone (named by an HMAC under the tenant's secret, read from Redis), the
+same two fields of each, over the same distinct batches the BatchCheck row sends.
+The key names are computed before the clock starts: the baseline is the read alone.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from bench.load import percentile
 from bench.model import LoadResult
 from consent_server.domain.model import Channel, Recipient
 from consent_server.store import keys
+from consent_server.store.tombstones import TombstoneNames
 
 
 def state_keys(tenant: str, addresses: list[str]) -> list[str]:
@@ -23,28 +29,42 @@ def state_keys(tenant: str, addresses: list[str]) -> list[str]:
     return [keys.state(keys.recipient_base(tenant, Recipient(Channel.SMS, a))) for a in addresses]
 
 
+def read_keys(tenant: str, addresses: list[str], secret: bytes) -> list[str]:
+    """What the service reads per recipient, in its order: state hash, then tombstone."""
+    out: list[str] = []
+    for address in addresses:
+        rcpt = Recipient(Channel.SMS, address)
+        out.append(keys.state(keys.recipient_base(tenant, rcpt)))
+        out.append(keys.tombstone(tenant, rcpt, TombstoneNames.digest(secret, rcpt)))
+    return out
+
+
 async def _pipelined_reads(
     url: str,
-    hash_keys: list[str],
+    key_batches: list[list[str]],
     fields: list[str],
     concurrency: int,
     warmup_s: float,
     duration_s: float,
 ) -> LoadResult:
     client = aioredis.Redis.from_url(url, max_connections=max(concurrency, 1))
+    batches_of_keys = key_batches
     latencies: list[float] = []
     batches = 0
     measure_from = time.perf_counter() + warmup_s
     stop_at = measure_from + duration_s
     cpu_at_start: list[float] = []
     cpu_batches = 0  # every batch finished after cpu_at_start, late ones too
+    turn = 0
 
     async def worker() -> None:
-        nonlocal batches, cpu_batches
+        nonlocal batches, cpu_batches, turn
         while True:
             start = time.perf_counter()
             if start >= stop_at:
                 return
+            hash_keys = batches_of_keys[turn % len(batches_of_keys)]
+            turn += 1
             pipe = client.pipeline(transaction=False)
             for key in hash_keys:
                 pipe.hmget(key, fields)
@@ -80,17 +100,25 @@ async def _pipelined_reads(
 def pipelined_reads(
     url: str,
     tenant: str,
-    addresses: list[str],
+    batches: list[list[str]],
     topic: str,
     *,
     concurrency: int,
     warmup_s: float,
     duration_s: float,
 ) -> LoadResult:
-    """Batches of HMGET(state, s:*, s:<topic>) per second, one pipeline per batch."""
+    """Batches per second of HMGET(key, s:*, s:<topic>) for each recipient's state hash
+    and tombstone, one pipeline per batch (``batches``: each batch's addresses, in turn).
+
+    The tenant's erasure secret must exist (the server creates it on its first check)."""
+    import redis
+
+    with redis.Redis.from_url(url) as sync:
+        secret = sync.get(keys.erasure_secret(tenant))
+    if not isinstance(secret, bytes):
+        raise RuntimeError(f"tenant {tenant!r} has no erasure secret yet: check once first")
     fields = ["s:*", keys.scope_field(topic)]
+    key_batches = [read_keys(tenant, addresses, secret) for addresses in batches]
     return asyncio.run(
-        _pipelined_reads(
-            url, state_keys(tenant, addresses), fields, concurrency, warmup_s, duration_s
-        )
+        _pipelined_reads(url, key_batches, fields, concurrency, warmup_s, duration_s)
     )
