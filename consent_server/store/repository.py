@@ -10,6 +10,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
+import redis.asyncio as aioredis
 import redis.exceptions as rex
 
 from consent_server.domain.decision import decide
@@ -39,6 +40,7 @@ from consent_server.domain.ports import RecordPair
 from consent_server.metrics import STORE_CALL
 
 from . import keys
+from .batch_read import BatchKeys, lean_capable, pipelined_hmget
 from .client import RedisClient
 from .records import (
     encode_body,
@@ -145,6 +147,8 @@ class RedisConsentStore:
         self._settings_cache_s = settings_cache_s
         self.tombstones = TombstoneNames(client)
         self._acks = acks_of(client)
+        self._batch_keys = BatchKeys()
+        self._lean = lean_capable(client)
 
     @property
     def client(self) -> RedisClient:
@@ -275,6 +279,41 @@ class RedisConsentStore:
                 out.append((newer(parse_record(live[1]), parse_record(tomb[1])), all_record))
             else:
                 out.append((None, all_record))
+        return out
+
+    async def read_batch(
+        self, tenant_id: str, recipients: Sequence[tuple[Channel, str]], topic: str
+    ) -> list[RecordPair | None]:
+        """read_records for BatchCheckConsent, leaner: None where a recipient has no
+        record at all (the common case, decided by the policy alone), else its pair.
+
+        On one Redis node: plain HMGETs of each state hash and tombstone on one
+        connection, one round trip for the whole batch (store/batch_read.py says why no
+        script is needed). Elsewhere (cluster, fakeredis): read_records."""
+        if not self._lean:
+            pairs = await self.read_records(
+                tenant_id, [Recipient(c, a) for c, a in recipients], topic
+            )
+            return [None if p[0] is None and p[1] is None else p for p in pairs]
+        fields = ["s:*", keys.scope_field(topic)] if topic else ["s:*"]
+        secret = await self._call(lambda: self.tombstones.secret(tenant_id))
+        packed = self._batch_keys.packed(tenant_id, secret, recipients)
+        client = self._r
+        assert isinstance(client, aioredis.Redis)
+        rows = await self._call(lambda: pipelined_hmget(client, packed, fields))
+        out: list[RecordPair | None] = []
+        append = out.append
+        missing = [None] * len(fields)
+        for n in range(0, len(rows), 2):
+            live, tomb = rows[n], rows[n + 1]
+            if live == missing and tomb == missing:
+                append(None)
+                continue
+            all_record = newer(parse_record(live[0]), parse_record(tomb[0]))
+            if topic:
+                append((newer(parse_record(live[1]), parse_record(tomb[1])), all_record))
+            else:
+                append((None, all_record))
         return out
 
     async def list_events(
