@@ -149,10 +149,11 @@ class BatchAnswers:
 
 
 _CHANNEL_ERROR = "must be one of WHATSAPP, SMS, EMAIL, RCS, VOICE"
-# (region, channel, address as sent) -> normalised address: BatchCheckConsent's cache,
-# bounded; a dict lookup instead of lru_cache's argument tuple and bookkeeping.
-_NORMALISED: dict[tuple[str | None, Channel, str], str] = {}
-NORMALISED_CACHE = 100_000
+# region -> channel -> address as sent -> normalised address: BatchCheckConsent's cache,
+# bounded per (region, channel); a dict lookup instead of lru_cache's argument tuple and
+# bookkeeping. Room for a 100,000-recipient working set with headroom (~15 MB full).
+_NORMALISED: dict[str | None, dict[Channel, dict[str, str]]] = {}
+NORMALISED_CACHE = 131_072
 
 
 def encode_page_token(before_revision: int) -> str:
@@ -371,7 +372,11 @@ class ConsentAuthority:
         settings = await self._settings(tenant)
         v.raise_if_any()
         region = self._region(settings)
-        cache = _NORMALISED
+        if len(_NORMALISED) >= 8 and region not in _NORMALISED:
+            _NORMALISED.clear()  # bounded over regions too
+        by_channel = _NORMALISED.setdefault(region, {})
+        last_channel: Channel | None = None
+        cache: dict[str, str] = {}
         recipients: list[tuple[Channel, str] | None] = []
         outcomes: list[Decision | BatchItemError] = []
         good: list[tuple[Channel, str]] = []
@@ -382,7 +387,10 @@ class ConsentAuthority:
                     BatchItemError([FieldViolation(f"recipients[{i}].channel", _CHANNEL_ERROR)])
                 )
                 continue
-            norm = cache.get((region, channel, address))
+            if channel is not last_channel:  # Enum hashing is Python code: once a run
+                last_channel = channel
+                cache = by_channel.setdefault(channel, {})
+            norm = cache.get(address)
             if norm is None:
                 try:
                     norm = normalise_address(channel, address, region)
@@ -394,7 +402,7 @@ class ConsentAuthority:
                     continue
                 if len(cache) >= NORMALISED_CACHE:
                     cache.clear()
-                cache[(region, channel, address)] = norm
+                cache[address] = norm
             pair = (channel, norm)
             recipients.append(pair)
             good.append(pair)

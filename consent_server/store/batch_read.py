@@ -35,8 +35,10 @@ from consent_server.domain.model import Channel, Recipient
 from . import keys
 from .tombstones import TombstoneNames
 
-#: Entries of the per-store cache of packed key names (~250 B each: ~25 MB when full).
-BATCH_KEY_CACHE = 100_000
+#: Entries per (tenant, channel) of the per-store cache of packed key names (~300 B
+#: each: ~40 MB when full): a 100,000-recipient working set with headroom.
+BATCH_KEY_CACHE = 131_072
+_CACHED_RUNS = 8  # (tenant, channel) caches kept at once
 
 _HMGET = {2: b"*4\r\n$5\r\nHMGET\r\n", 1: b"*3\r\n$5\r\nHMGET\r\n"}
 
@@ -50,19 +52,25 @@ class BatchKeys:
 
     def __init__(self, limit: int = BATCH_KEY_CACHE) -> None:
         self._limit = limit
-        # (tenant, channel, address) -> (state key as a RESP bulk string, tombstone's)
-        self._packed: dict[tuple[str, Channel, str], tuple[bytes, bytes]] = {}
+        # (tenant, channel) -> address -> (state key as a RESP bulk string, tombstone's)
+        self._packed: dict[tuple[str, Channel], dict[str, tuple[bytes, bytes]]] = {}
 
     def packed(
         self, tenant_id: str, secret: bytes, recipients: Sequence[tuple[Channel, str]]
     ) -> list[bytes]:
         """[state, tombstone, state, tombstone, ...] bulk strings, in request order.
         ``secret``: the tenant's tombstone secret (it never changes once created)."""
-        cache = self._packed
         out: list[bytes] = []
         append = out.append
+        last: Channel | None = None
+        cache: dict[str, tuple[bytes, bytes]] = {}
         for channel, address in recipients:
-            entry = cache.get((tenant_id, channel, address))
+            if channel is not last:  # Enum hashing is Python code: once per run of a channel
+                last = channel
+                if len(self._packed) >= _CACHED_RUNS and (tenant_id, channel) not in self._packed:
+                    self._packed.clear()  # bounded over tenants too
+                cache = self._packed.setdefault((tenant_id, channel), {})
+            entry = cache.get(address)
             if entry is None:
                 rcpt = Recipient(channel, address)
                 part = keys.partition(tenant_id, rcpt)
@@ -73,7 +81,7 @@ class BatchKeys:
                 entry = (_bulk(state.encode()), _bulk(tomb.encode()))
                 if len(cache) >= self._limit:
                     cache.clear()
-                cache[(tenant_id, channel, address)] = entry
+                cache[address] = entry
             append(entry[0])
             append(entry[1])
         return out
