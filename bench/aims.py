@@ -12,6 +12,7 @@ AIMS: list[Aim] = [
     Aim("BatchCheckConsent / raw pipelined HMGET", "batch", "raw_hmget", 3.0),
     Aim("BatchCheckConsent decisions/s, one process", "batch", "", 400_000),
     Aim("BatchCheckConsent cold addresses / warm (same run)", "batch_cold", "batch", None),
+    Aim("BatchCheckConsent / Redis's own pipelined HMGET", "batch", "redis_own", None),
     # For reading, no aim set: does delivery keep up with accepting, and what does the
     # worker sharing the server's process cost the API?
     Aim(

@@ -13,6 +13,9 @@ The key names are computed before the clock starts: the baseline is the read alo
 from __future__ import annotations
 
 import asyncio
+import re
+import shutil
+import subprocess
 import time
 
 import redis.asyncio as aioredis
@@ -121,4 +124,57 @@ def pipelined_reads(
     key_batches = [read_keys(tenant, addresses, secret) for addresses in batches]
     return asyncio.run(
         _pipelined_reads(url, key_batches, fields, concurrency, warmup_s, duration_s)
+    )
+
+
+_RPS_RE = re.compile(r"([\d.]+) requests per second")
+
+
+def redis_own_rate(
+    port: int, tenant: str, addresses: list[str], topic: str, *, requests: int
+) -> LoadResult | None:
+    """Redis's own pipelined read rate: ``redis-benchmark`` (C) sending HMGETs of the
+    state hash of ``addresses[0]`` and of a tombstone-named key, 1,000 per pipeline
+    over 4 connections; ``ok`` counts decisions (two HMGETs each). None without
+    redis-benchmark. What no client can beat: the gap that remains is the client's."""
+    binary = shutil.which("redis-benchmark")
+    if binary is None:
+        return None
+    state = state_keys(tenant, addresses[:1])[0]
+    rates = []
+    for key in (state, state.replace(":s", ":x-absent", 1)):
+        out = subprocess.run(
+            [
+                binary,
+                "-p",
+                str(port),
+                "-n",
+                str(requests),
+                "-P",
+                "1000",
+                "-c",
+                "4",
+                "-q",
+                "HMGET",
+                key,
+                "s:*",
+                keys.scope_field(topic),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        ).stdout
+        found = _RPS_RE.findall(out.replace("\r", "\n"))
+        if not found:
+            return None
+        rates.append(float(found[-1]))
+    # One decision = one HMGET of each kind, one after the other.
+    per_decision_s = sum(1.0 / r for r in rates)
+    return LoadResult(
+        generator="redis-benchmark",
+        ok=round(1.0 / per_decision_s),
+        failed=0,
+        duration_s=1.0,
+        p50_ms=None,
+        p99_ms=None,
     )

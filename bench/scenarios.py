@@ -105,9 +105,16 @@ def batch_check(ctx: BenchContext) -> list[Row]:
         warmup_s=ctx.options.warmup_s,
         duration_s=ctx.options.duration_s,
     )
+    own = redis_raw.redis_own_rate(
+        ctx.redis.port,
+        workload.TENANT,
+        workload.batch_addresses(size_n),
+        workload.TOPIC,
+        requests=200_000,
+    )
     per_batch = f"times and CPU per batch of {size_n}"
     cycled = f"{count * size_n:,} addresses in turn"
-    return [
+    rows = [
         row(
             "batch",
             f"BatchCheckConsent x{size_n}",
@@ -133,6 +140,18 @@ def batch_check(ctx: BenchContext) -> list[Row]:
             f"{per_batch}; state hash + tombstone each; CPU of the client",
         ),
     ]
+    if own is not None:
+        rows.append(
+            row(
+                "redis_own",
+                "Redis's own pipelined HMGET (redis-benchmark)",
+                own,
+                1,
+                "decisions/s",
+                "-P 1000 -c 4, two HMGETs per decision: Redis's ceiling",
+            )
+        )
+    return rows
 
 
 SCENARIOS: list[Scenario] = [
