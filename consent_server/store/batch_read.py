@@ -23,6 +23,8 @@ the script read.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,7 +35,6 @@ from redis._parsers.hiredis import NOT_ENOUGH_DATA, _AsyncHiredisParser
 from consent_server.domain.model import Channel, Recipient
 
 from . import keys
-from .tombstones import TombstoneNames
 
 #: Entries per (tenant, channel) of the per-store cache of packed key names (~300 B
 #: each: ~40 MB when full): a 100,000-recipient working set with headroom.
@@ -54,6 +55,16 @@ class BatchKeys:
         self._limit = limit
         # (tenant, channel) -> address -> (state key as a RESP bulk string, tombstone's)
         self._packed: dict[tuple[str, Channel], dict[str, tuple[bytes, bytes]]] = {}
+        self._macs: dict[bytes, hmac.HMAC] = {}
+
+    def _mac(self, secret: bytes) -> hmac.HMAC:
+        """A fresh HMAC-SHA256 under ``secret`` (a copy of one keyed once)."""
+        base = self._macs.get(secret)
+        if base is None:
+            if len(self._macs) >= _CACHED_RUNS:
+                self._macs.clear()
+            base = self._macs[secret] = hmac.new(secret, digestmod=hashlib.sha256)
+        return base.copy()
 
     def packed(
         self, tenant_id: str, secret: bytes, recipients: Sequence[tuple[Channel, str]]
@@ -75,9 +86,10 @@ class BatchKeys:
                 rcpt = Recipient(channel, address)
                 part = keys.partition(tenant_id, rcpt)
                 state = keys.state(keys.partition_base(part, tenant_id, rcpt))
-                tomb = keys.tombstone(
-                    tenant_id, rcpt, TombstoneNames.digest(secret, rcpt), part=part
-                )
+                # TombstoneNames.digest, from the keyed state prepared once per secret.
+                mac = self._mac(secret)
+                mac.update(f"{channel.value}:{address}".encode())
+                tomb = keys.tombstone(tenant_id, rcpt, mac.hexdigest(), part=part)
                 entry = (_bulk(state.encode()), _bulk(tomb.encode()))
                 if len(cache) >= self._limit:
                     cache.clear()
