@@ -12,10 +12,14 @@ from __future__ import annotations
 
 import random
 
+import grpc
+import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from consent_client.v1 import consent_pb2 as pb
+from consent_client.v1 import consent_pb2_grpc as pb_grpc
 from consent_server.api import batch_encoding
 from consent_server.api import convert as cv
 from consent_server.api.errors import item_status
@@ -160,3 +164,32 @@ def test_encoding_is_protobufs_byte_for_byte(
     )
     decided = [o for o in answers.outcomes if not isinstance(o, BatchItemError)]
     assert sum(n for _, n in counted) == len(decided)
+
+
+def test_served_over_grpc_errors_and_point_in_time_keep_their_contract(
+    stub: pb_grpc.ConsentServiceStub, tenant: str
+) -> None:
+    """Through the real server: the bytes path answers a parseable response, bad items
+    as per-item errors, and a bad request (with or without ``at``) fails as a whole."""
+    rcpts = [
+        pb.Recipient(channel=pb.CHANNEL_SMS, address="+14155550123"),
+        pb.Recipient(channel=pb.CHANNEL_UNSPECIFIED, address="+14155550124"),
+        pb.Recipient(channel=pb.CHANNEL_SMS, address="not a number"),
+    ]
+    reply = stub.BatchCheckConsent(
+        pb.BatchCheckConsentRequest(tenant_id=tenant, topic="marketing", recipients=rcpts)
+    )
+    assert [r.WhichOneof("result") for r in reply.results] == ["decision", "error", "error"]
+    assert reply.results[0].decision.recipient.address == "+14155550123"
+    assert reply.results[0].decision.allowed
+    for at in (None, Timestamp(seconds=1_700_000_000)):
+        request = pb.BatchCheckConsentRequest(tenant_id=tenant, topic="", recipients=rcpts)
+        if at is not None:
+            request.at.CopyFrom(at)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.BatchCheckConsent(request)
+        assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    request = pb.BatchCheckConsentRequest(tenant_id=tenant, topic="marketing", recipients=rcpts)
+    request.at.CopyFrom(Timestamp(seconds=1_700_000_000))
+    at_reply = stub.BatchCheckConsent(request)
+    assert [r.WhichOneof("result") for r in at_reply.results] == ["decision", "error", "error"]

@@ -147,7 +147,7 @@ class ConsentServicer(FeedHandlers, pb_grpc.ConsentServiceServicer):
         """BatchCheckConsent as served: the response's bytes (api/batch_encoding.py), the
         same bytes as BatchCheckConsent's message serialized. ``at`` keeps its own path."""
         if request.HasField("at"):
-            return (await self.BatchCheckConsent(request, context)).SerializeToString()
+            return (await self._batch_reference(request)).SerializeToString()
         answers = await self._a.batch_decide(
             request.tenant_id, request.topic, cv.raw_recipients(request.recipients)
         )
@@ -158,6 +158,11 @@ class ConsentServicer(FeedHandlers, pb_grpc.ConsentServiceServicer):
         self, request: pb.BatchCheckConsentRequest, context: Ctx
     ) -> pb.BatchCheckConsentResponse:
         """The reference: one message per item (the point-in-time path serves it)."""
+        return await self._batch_reference(request)
+
+    async def _batch_reference(
+        self, request: pb.BatchCheckConsentRequest
+    ) -> pb.BatchCheckConsentResponse:
         results = await self._a.batch_check(
             request.tenant_id,
             request.topic,
