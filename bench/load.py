@@ -171,8 +171,16 @@ class PythonLoad:
 
     @staticmethod
     def _pyload(
-        target: str, method: str, body: Path, duration_s: float, options: BenchOptions
+        target: str,
+        method: str,
+        body: Path | list[Path],
+        duration_s: float,
+        options: BenchOptions,
+        *,
+        once: bool = False,
     ) -> dict[str, Any]:
+        bodies = body if isinstance(body, list) else [body]
+        files = [arg for b in bodies for arg in ("--request-file", str(b))]
         done = subprocess.run(
             [
                 sys.executable,
@@ -182,8 +190,8 @@ class PythonLoad:
                 target,
                 "--method",
                 method,
-                "--request-file",
-                str(body),
+                *files,
+                *(["--once"] if once else []),
                 "--duration",
                 f"{duration_s:g}",
                 "--warmup",
@@ -195,7 +203,7 @@ class PythonLoad:
             ],
             capture_output=True,
             text=True,
-            timeout=duration_s + 60,
+            timeout=duration_s + 600 if once else duration_s + 60,
             cwd=REPO_ROOT,
         )
         if done.returncode != 0:
@@ -235,6 +243,42 @@ class PythonLoad:
             p50_ms=percentile(latencies, 0.50),
             p99_ms=percentile(latencies, 0.99),
         )
+
+
+def run_distinct(
+    target: str,
+    method: str,
+    requests: list[bytes],
+    *,
+    duration_s: float,
+    options: BenchOptions,
+    once: bool = False,
+    on_measure_start: Callable[[], None] | None = None,
+) -> LoadResult:
+    """Distinct requests in turn (h2load sends one body only), by ``python -m bench.pyload``.
+
+    ``once``: each request exactly once, no warm-up; the rate is over the elapsed time.
+    Otherwise warm up with the same requests, then measure for ``duration_s``."""
+    with tempfile.TemporaryDirectory(prefix="bench-pyload-") as tmp:
+        bodies = []
+        for n, request in enumerate(requests):
+            body = Path(tmp) / f"request-{n}.bin"
+            body.write_bytes(request)
+            bodies.append(body)
+        if not once and options.warmup_s > 0:
+            PythonLoad._pyload(target, method, bodies, options.warmup_s, options)
+        if on_measure_start is not None:
+            on_measure_start()
+        result = PythonLoad._pyload(target, method, bodies, duration_s, options, once=once)
+    latencies = sorted(result["latencies_ms"])
+    return LoadResult(
+        generator=PythonLoad.name,
+        ok=result["ok"],
+        failed=result["failed"],
+        duration_s=result["elapsed_s"] if once else duration_s,
+        p50_ms=percentile(latencies, 0.50),
+        p99_ms=percentile(latencies, 0.99),
+    )
 
 
 def choose(generator: str) -> H2Load | PythonLoad:

@@ -13,6 +13,7 @@ from google.protobuf.message import Message
 
 from bench.context import BenchContext
 from bench.cpu import process_cpu_s
+from bench.load import run_distinct
 from bench.model import BenchOptions, LoadResult, Row
 from bench.procs import GrpcProcess
 
@@ -43,6 +44,34 @@ def measure(
         options=options or ctx.options,
         response_size=response_size,
         on_measure_start=started,
+    )
+    start, end = (cpu_at_start or [None])[0], process_cpu_s(server.pid)
+    calls = r.ok + r.failed
+    if start is None or end is None or calls == 0:
+        return r
+    return replace(r, cpu_us_per_call=(end - start) / calls * 1e6)
+
+
+def measure_distinct(
+    ctx: BenchContext,
+    server: GrpcProcess,
+    method: str,
+    requests: list[bytes],
+    *,
+    options: BenchOptions,
+    once: bool = False,
+) -> LoadResult:
+    """``measure`` for distinct requests sent in turn (``bench.load.run_distinct``: always
+    the Python generator, h2load sends one body only), with the server's CPU per call."""
+    cpu_at_start: list[float | None] = []
+    r = run_distinct(
+        server.target,
+        method,
+        requests,
+        duration_s=ctx.options.duration_s,
+        options=options,
+        once=once,
+        on_measure_start=lambda: cpu_at_start.append(process_cpu_s(server.pid)),
     )
     start, end = (cpu_at_start or [None])[0], process_cpu_s(server.pid)
     calls = r.ok + r.failed

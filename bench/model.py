@@ -17,6 +17,8 @@ class BenchOptions:
     # Batches in flight at once (each on its own connection); 64 batches of 1,000 would
     # only measure queueing.
     batch_in_flight: int = 4
+    # Distinct addresses the warm batch rows send in turn (batches of batch_size).
+    batch_cycle: int = 100_000
     generator: str = "auto"  # auto | h2load | python
     only: tuple[str, ...] = ()  # scenario names; empty = all
     rounds: int = 5  # every scenario once per round, interleaved
@@ -68,7 +70,8 @@ class Row:
 class Aim:
     """``numerator`` rate / ``denominator`` rate should be at least ``target``.
 
-    ``target`` None: a ratio printed for reading, with no aim set.
+    ``target`` None: a ratio printed for reading, with no aim set. ``denominator`` "":
+    an aim on the numerator's rate itself (per second), not a ratio.
     """
 
     label: str

@@ -53,13 +53,16 @@ def aims(results: Sequence[AimResult]) -> str:
     """One line per aim: ratio, target, MET / NOT MET (or "no aim set" for a plain ratio)."""
     out = []
     for r in results:
-        target = "no aim set" if r.aim.target is None else f"aim >= {r.aim.target:g}x"
+        absolute = not r.aim.denominator  # a rate aim, not a ratio
+        unit = "/s" if absolute else "x"
+        target = "no aim set" if r.aim.target is None else f"aim >= {r.aim.target:,g}{unit}"
+        shown = "-" if r.ratio is None else f"{r.ratio:,.0f}/s" if absolute else f"{r.ratio:.2f}x"
         if r.ratio is None:
-            verdict, ratio = " NOT MEASURED", "-"
+            verdict, ratio = " NOT MEASURED", shown
         elif r.met is None:
-            verdict, ratio = "", f"{r.ratio:.2f}x"
+            verdict, ratio = "", shown
         else:
-            verdict, ratio = (" MET" if r.met else " NOT MET"), f"{r.ratio:.2f}x"
+            verdict, ratio = (" MET" if r.met else " NOT MET"), shown
         extra = f" ({'; '.join(r.notes)})" if r.notes else ""
         out.append(f"- {r.aim.label}: {ratio} ({target}){verdict}{extra}")
     return "\n".join(out)

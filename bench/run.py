@@ -35,6 +35,12 @@ def parse_args(argv: Sequence[str] | None) -> BenchOptions:
     p.add_argument("--batch-size", type=int, default=1000, help="recipients per BatchCheck")
     p.add_argument("--batch-in-flight", type=int, default=4, help="batches in flight at once")
     p.add_argument(
+        "--batch-cycle",
+        type=int,
+        default=100_000,
+        help="distinct addresses the batch rows send in turn (batches of --batch-size)",
+    )
+    p.add_argument(
         "--generator",
         choices=("auto", "h2load", "python"),
         default="auto",
@@ -60,6 +66,7 @@ def parse_args(argv: Sequence[str] | None) -> BenchOptions:
         or a.connections < 1
         or a.streams < 1
         or a.batch_in_flight < 1
+        or a.batch_cycle < 1
     ):
         p.error("durations must be positive, rounds/connections/streams at least 1")
     if a.memory_recipients < 1:
@@ -73,6 +80,7 @@ def parse_args(argv: Sequence[str] | None) -> BenchOptions:
         streams=a.streams,
         batch_size=a.batch_size,
         batch_in_flight=a.batch_in_flight,
+        batch_cycle=a.batch_cycle,
         generator=a.generator,
         only=tuple(a.only),
         rounds=a.rounds,
@@ -143,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             started.append(consent)
             empty = procs.empty_server().start()
             started.append(empty)
-            workload.seed(consent.target, options.batch_size)
+            workload.seed(consent.target, options.batch_size, options.batch_cycle)
             ctx = BenchContext(options, generator, redis_server, consent, empty, workdir)
             print(
                 f"bench: {len(scenarios)} scenarios x {rounds} rounds, {options.duration_s:g} s "

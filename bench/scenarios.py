@@ -20,7 +20,7 @@ from bench import procs, redis_raw, workload
 from bench.context import BenchContext
 from bench.delivery import delivery
 from bench.imports import bulk_import
-from bench.measuring import measure, row
+from bench.measuring import measure, measure_distinct, row
 from bench.memory import memory
 from bench.model import Row
 from bench.processes import processes
@@ -76,41 +76,83 @@ def send_if_allowed(ctx: BenchContext) -> list[Row]:
     return [row("send", "SendIfAllowed (accepted)", r)]
 
 
+_cold_rounds = [0]  # each round's cold addresses are new to the server
+
+
 def batch_check(ctx: BenchContext) -> list[Row]:
-    """BatchCheckConsent of ``batch_size`` recipients, beside the raw pipelined read."""
+    """BatchCheckConsent of ``batch_size`` distinct recipients per batch (BATCH_CYCLE
+    addresses in turn), then batches of addresses never seen (cold normalisation), beside
+    the raw pipelined read of the same keys (state hashes and tombstones) and batches."""
     size_n = ctx.options.batch_size
     in_flight = ctx.options.batch_in_flight
-    request = workload.batch_request(size_n)
-    size = workload.probe(ctx.consent.target, workload.BATCH, request)
-    r = measure(
-        ctx,
-        ctx.consent,
-        workload.BATCH,
-        request,
-        response_size=size,
-        options=replace(ctx.options, connections=in_flight, streams=1),
+    count = workload.batch_count(size_n, ctx.options.batch_cycle)
+    workload.probe(ctx.consent.target, workload.BATCH, workload.batch_request(size_n))
+    opts = replace(ctx.options, connections=in_flight, streams=1)
+    requests = workload.batch_requests(size_n, count)
+    r = measure_distinct(ctx, ctx.consent, workload.BATCH, requests, options=opts)
+    cold_count = max(in_flight, min(50_000, ctx.options.batch_cycle) // size_n)
+    base = workload.COLD_BASE + _cold_rounds[0] * cold_count * size_n
+    _cold_rounds[0] += 1
+    cold_requests = workload.batch_requests(size_n, cold_count, base=base)
+    cold = measure_distinct(
+        ctx, ctx.consent, workload.BATCH, cold_requests, options=opts, once=True
     )
     raw = redis_raw.pipelined_reads(
         ctx.redis.url,
         workload.TENANT,
-        workload.batch_addresses(size_n),
+        [workload.batch_addresses(size_n, n) for n in range(count)],
         workload.TOPIC,
         concurrency=in_flight,
         warmup_s=ctx.options.warmup_s,
         duration_s=ctx.options.duration_s,
     )
+    own = redis_raw.redis_own_rate(
+        ctx.redis.port,
+        workload.TENANT,
+        workload.batch_addresses(size_n),
+        workload.TOPIC,
+        requests=200_000,
+    )
     per_batch = f"times and CPU per batch of {size_n}"
-    return [
-        row("batch", f"BatchCheckConsent x{size_n}", r, size_n, "decisions/s", per_batch),
+    cycled = f"{count * size_n:,} addresses in turn"
+    rows = [
+        row(
+            "batch",
+            f"BatchCheckConsent x{size_n}",
+            r,
+            size_n,
+            "decisions/s",
+            f"{per_batch}; {cycled} (python generator)",
+        ),
+        row(
+            "batch_cold",
+            f"BatchCheckConsent x{size_n}, cold addresses",
+            cold,
+            size_n,
+            "decisions/s",
+            f"{per_batch}; {cold_count * size_n:,} addresses never seen, each once",
+        ),
         row(
             "raw_hmget",
-            f"raw pipelined HMGET x{size_n} (redis-py)",
+            f"raw pipelined HMGET x{2 * size_n} (redis-py)",
             raw,
             size_n,
-            "keys/s",
-            per_batch + "; CPU of the client",
+            "decisions/s",
+            f"{per_batch}; state hash + tombstone each; CPU of the client",
         ),
     ]
+    if own is not None:
+        rows.append(
+            row(
+                "redis_own",
+                "Redis's own pipelined HMGET (redis-benchmark)",
+                own,
+                1,
+                "decisions/s",
+                "-P 1000 -c 4, two HMGETs per decision: Redis's ceiling",
+            )
+        )
+    return rows
 
 
 def uvloop(ctx: BenchContext) -> list[Row]:

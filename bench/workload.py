@@ -1,9 +1,12 @@
 """What the scenarios send: one tenant, its recipients, requests, and the data seeded first.
 
-Recipients are fictional US numbers (+1 415 555 01xx style, extended to 10,000
-distinct numbers) in E.164, so normalisation does real work but never fails. A
-third of the batch recipients carry consent records (opted out of marketing or of
-all topics), so reads return data, not just misses.
+Recipients are fictional US numbers (+1 415 555 01xx style, extended to millions of
+distinct numbers) in E.164, so normalisation does real work but never fails.
+Batches carry distinct recipients: BATCH_CYCLE (100,000) addresses in batches of
+``size``, sent in turn, so that no cache sees one batch again before all the others;
+the cold rows use addresses the server has never seen (COLD_BASE on, a new range each
+round). Every SEED_EVERY-th cycled recipient carries a consent record (opted out of
+marketing or of all topics), so reads return data, not just misses.
 """
 
 from __future__ import annotations
@@ -53,37 +56,64 @@ def send_request() -> pb.SendIfAllowedRequest:
     )
 
 
-def batch_addresses(size: int) -> list[str]:
-    """The batch's recipients (offset so they never clash with CHECKED or SENT_TO)."""
-    return [phone(1000 + i) for i in range(size)]
+BATCH_CYCLE = 100_000  # distinct addresses the warm batch rows cycle through
+SEED_EVERY = 10  # every 10th of them carries a record
+COLD_BASE = 5_000_000  # cold rows' addresses start here (far from the cycle)
 
 
-def batch_request(size: int) -> pb.BatchCheckConsentRequest:
+def batch_addresses(size: int, batch: int = 0, *, base: int = 1000) -> list[str]:
+    """The ``batch``-th batch's recipients (offset so they never clash with CHECKED or
+    SENT_TO)."""
+    first = base + batch * size
+    return [phone(first + i) for i in range(size)]
+
+
+def batch_count(size: int, cycle: int = BATCH_CYCLE) -> int:
+    """How many distinct batches of ``size`` cover at least ``cycle`` addresses."""
+    return max(1, -(-cycle // size))
+
+
+def batch_request(size: int, batch: int = 0, *, base: int = 1000) -> pb.BatchCheckConsentRequest:
     """One BatchCheckConsent of ``size`` recipients about TOPIC."""
     return pb.BatchCheckConsentRequest(
-        tenant_id=TENANT, topic=TOPIC, recipients=[recipient(a) for a in batch_addresses(size)]
+        tenant_id=TENANT,
+        topic=TOPIC,
+        recipients=[recipient(a) for a in batch_addresses(size, batch, base=base)],
     )
 
 
-def seed(target: str, batch_size: int) -> None:
-    """Record the opt-outs the scenarios read, through the real API (idempotent by event id)."""
+def batch_requests(size: int, count: int, *, base: int = 1000) -> list[bytes]:
+    """``count`` serialized batches of distinct recipients, from address ``base`` on."""
+    return [batch_request(size, n, base=base).SerializeToString() for n in range(count)]
+
+
+def seed(target: str, batch_size: int, cycle: int = BATCH_CYCLE) -> None:
+    """Record the opt-outs the scenarios read, through the real API (idempotent by event id).
+
+    Every SEED_EVERY-th recipient of the batch cycle, alternately of TOPIC and of all
+    topics; 64 calls in flight."""
+    total = batch_count(batch_size, cycle) * batch_size
     changes = [(CHECKED, TOPIC)] + [
-        (address, TOPIC if i % 2 else "")
-        for i, address in enumerate(batch_addresses(batch_size))
-        if i % 3 == 0
+        (phone(1000 + i), TOPIC if (i // SEED_EVERY) % 2 else "")
+        for i in range(0, total, SEED_EVERY)
     ]
     with grpc.insecure_channel(target) as channel:
         stub = pb_grpc.ConsentServiceStub(channel)
-        for address, topic in changes:
-            stub.OptOut(
-                pb.OptOutRequest(
-                    tenant_id=TENANT,
-                    recipient=recipient(address),
-                    topic=topic,
-                    event_id=f"bench-seed-{address}-{topic or 'all'}",
-                ),
-                timeout=10,
-            )
+        for start in range(0, len(changes), 64):
+            calls = [
+                stub.OptOut.future(
+                    pb.OptOutRequest(
+                        tenant_id=TENANT,
+                        recipient=recipient(address),
+                        topic=topic,
+                        event_id=f"bench-seed-{address}-{topic or 'all'}",
+                    ),
+                    timeout=30,
+                )
+                for address, topic in changes[start : start + 64]
+            ]
+            for call in calls:
+                call.result()
 
 
 def probe(target: str, method: str, request: Message) -> int:

@@ -25,7 +25,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection
 
-from consent_client.v1 import admin_pb2, admin_pb2_grpc, consent_pb2, consent_pb2_grpc
+from consent_client.v1 import admin_pb2, admin_pb2_grpc, consent_pb2
 from consent_server import tracing
 from consent_server.api.admin import ConsentAdminService
 from consent_server.api.admin_deployment import DeploymentHandlers
@@ -36,6 +36,7 @@ from consent_server.api.auth import AuthInterceptor, TenantLookup
 from consent_server.api.bulk_service import BulkHandlers
 from consent_server.api.change_webhooks_service import ChangeWebhookHandlers
 from consent_server.api.consent_service import ConsentServicer
+from consent_server.api.consent_service import add_to_server as add_consent_service
 from consent_server.api.delivery_admin_service import DeliveryProviderHandlers
 from consent_server.api.edge_admin_service import WhatsAppWebhookHandlers
 from consent_server.api.rpc_metrics import MetricsInterceptor
@@ -296,7 +297,7 @@ def grpc_server(
         # streams reset as soon as opened), now that streams count as HTTP/2 counts them.
         maximum_concurrent_rpcs=settings.limits.max_concurrent_calls,
     )
-    consent_pb2_grpc.add_ConsentServiceServicer_to_server(consent, server)
+    add_consent_service(consent, server)  # BatchCheckConsent answers pre-encoded bytes
     admin_pb2_grpc.add_ConsentAdminServiceServicer_to_server(admin, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

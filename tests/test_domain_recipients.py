@@ -6,11 +6,17 @@ import re
 
 import phonenumbers
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
+from phonenumbers.phonenumberutil import COUNTRY_CODE_TO_REGION_CODE
 
 from consent_server.domain.model import Channel
-from consent_server.domain.recipients import AddressError, normalise_address, plus_digits_e164
+from consent_server.domain.recipients import (
+    AddressError,
+    exact_e164,
+    normalise_address,
+    plus_digits_e164,
+)
 
 WA, SMS, EMAIL, VOICE = Channel.WHATSAPP, Channel.SMS, Channel.EMAIL, Channel.VOICE
 
@@ -159,3 +165,21 @@ def test_plus_digits_fast_path_takes_common_numbers(text: str) -> None:
 @pytest.mark.parametrize("text", ["+0123456789", "+1 415", "+١٤١٥٥٥٥٠١٢٣", "14155550123", "+12"])
 def test_plus_digits_fast_path_leaves_other_spellings_to_phonenumbers(text: str) -> None:
     assert plus_digits_e164(text) is None
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    st.sampled_from([*sorted(str(c) for c in COUNTRY_CODE_TO_REGION_CODE), "", "9", "0"]),
+    st.text(alphabet="0123456789", min_size=0, max_size=17),
+)
+def test_exact_e164_agrees_with_the_reference_path(code: str, rest: str) -> None:
+    text = f"+{code}{rest}"
+    assert exact_e164(text) == plus_digits_e164(text)
+
+
+def test_exact_e164_agrees_for_every_country_code_and_length() -> None:
+    for code in _CODES:
+        for head in ("", "0", "1", "8", "06", "00", "9"):
+            for length in range(0, 16):
+                text = f"+{code}{head}{'5' * length}"
+                assert exact_e164(text) == plus_digits_e164(text), text

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import grpc
 
@@ -17,6 +17,7 @@ from consent_server.domain.model import Action, Decision
 from consent_server.domain.service import BatchItemError, ChangeResult, ConsentAuthority
 from consent_server.metrics import ACCEPTED, DECISIONS
 
+from . import batch_encoding
 from . import convert as cv
 from .auth import current_principal
 from .errors import abort, item_status
@@ -62,6 +63,49 @@ def count_decision(rpc_name: str, decision: Decision) -> None:
     child.inc()
 
 
+def _count_batch(decision: Decision, n: int) -> None:
+    """``n`` BatchCheckConsent decisions like ``decision`` in consent_decisions_total."""
+    reason = decision.block_reason.value if decision.block_reason else "none"
+    key = ("BatchCheckConsent", decision.allowed, reason, decision.decided_by.value)
+    child = _DECISION_CHILDREN.get(key)
+    if child is None:
+        child = _DECISION_CHILDREN[key] = DECISIONS.labels(
+            key[0], "allowed" if decision.allowed else "blocked", reason, key[3]
+        )
+    child.inc(n)
+
+
+class _Recorder:
+    """Takes the method handlers a generated ``add_*_to_server`` registers."""
+
+    def __init__(self) -> None:
+        self.service = ""
+        self.handlers: dict[str, Any] = {}
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        pass
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, Any]) -> None:
+        self.service, self.handlers = service, dict(handlers)
+
+
+def add_to_server(servicer: ConsentServicer, server: grpc.aio.Server) -> None:
+    """pb_grpc.add_ConsentServiceServicer_to_server, except that BatchCheckConsent is
+    served by BatchCheckConsentBytes, whose bytes go out with no response serializer."""
+    recorder = _Recorder()
+    pb_grpc.add_ConsentServiceServicer_to_server(servicer, cast(Any, recorder))
+    handlers = recorder.handlers
+    handlers["BatchCheckConsent"] = grpc.unary_unary_rpc_method_handler(
+        servicer.BatchCheckConsentBytes,
+        request_deserializer=pb.BatchCheckConsentRequest.FromString,
+        response_serializer=None,  # the handler returns the serialized response
+    )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(recorder.service, handlers),)
+    )
+    cast(Any, server).add_registered_method_handlers(recorder.service, handlers)
+
+
 def principal_of(context: Ctx) -> str:
     """The calling principal: the API key id set by the auth interceptor, or "anonymous"."""
     return current_principal()
@@ -97,8 +141,27 @@ class ConsentServicer(FeedHandlers, pb_grpc.ConsentServiceServicer):
         return response
 
     @rpc
+    async def BatchCheckConsentBytes(
+        self, request: pb.BatchCheckConsentRequest, context: Ctx
+    ) -> bytes:
+        """BatchCheckConsent as served: the response's bytes (api/batch_encoding.py), the
+        same bytes as BatchCheckConsent's message serialized. ``at`` keeps its own path."""
+        if request.HasField("at"):
+            return (await self._batch_reference(request)).SerializeToString()
+        answers = await self._a.batch_decide(
+            request.tenant_id, request.topic, cv.raw_recipients(request.recipients)
+        )
+        return batch_encoding.encode(answers, _count_batch)
+
+    @rpc
     async def BatchCheckConsent(
         self, request: pb.BatchCheckConsentRequest, context: Ctx
+    ) -> pb.BatchCheckConsentResponse:
+        """The reference: one message per item (the point-in-time path serves it)."""
+        return await self._batch_reference(request)
+
+    async def _batch_reference(
+        self, request: pb.BatchCheckConsentRequest
     ) -> pb.BatchCheckConsentResponse:
         results = await self._a.batch_check(
             request.tenant_id,

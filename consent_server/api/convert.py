@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from consent_client.v1 import consent_pb2 as pb
@@ -49,6 +51,17 @@ _MESSAGE_STATE_TO_PB = {s: pb.MessageStatus.Value(f"MESSAGE_STATUS_{s.name}") fo
 def raw_recipient(recipient: pb.Recipient) -> RawRecipient:
     """The wire recipient as plain values (unknown channel -> None)."""
     return RawRecipient(_CHANNEL_FROM_PB.get(recipient.channel), recipient.address)
+
+
+def raw_recipients(recipients: Any) -> list[tuple[Channel | None, str]]:
+    """A batch's wire recipients as (channel or None when unknown, address) pairs."""
+    get = _CHANNEL_FROM_PB.get
+    return [(get(r.channel), r.address) for r in recipients]
+
+
+def channel_number(channel: Channel) -> int:
+    """The channel's enum number on the wire."""
+    return _CHANNEL_TO_PB[channel]
 
 
 def optional_recipient(has: bool, recipient: pb.Recipient) -> RawRecipient | None:

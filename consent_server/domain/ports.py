@@ -9,6 +9,7 @@ from .delivery import ReceiptOutcome, ReceiptStatus
 from .imports import RecipientView
 from .model import (
     ChangeOutcome,
+    Channel,
     ConfirmedChange,
     ConsentEvent,
     ConsentEventInput,
@@ -50,6 +51,13 @@ class ConsentStore(Protocol):
         self, tenant_id: str, recipients: Sequence[Recipient], topic: str
     ) -> list[RecordPair]:
         """The topic and all-topics records of each recipient, in order, in bounded round trips."""
+        ...
+
+    async def read_batch(
+        self, tenant_id: str, recipients: Sequence[tuple[Channel, str]], topic: str
+    ) -> list[RecordPair | None]:
+        """read_records for (channel, normalised address) pairs; None where a recipient
+        has no record of either scope (the policy decides), in one round trip per node."""
         ...
 
     async def record_event(self, event: ConsentEventInput) -> ChangeOutcome:

@@ -135,6 +135,27 @@ class BatchItemError:
     violations: list[FieldViolation]
 
 
+@dataclass(slots=True)
+class BatchAnswers:
+    """BatchCheckConsent's answers without an object per item (batch_decide).
+
+    ``outcomes[i]`` is the i-th item's Decision (one shared Decision object for every
+    recipient the policy alone decides) or its BatchItemError; ``recipients[i]`` its
+    normalised (channel, address), None for an error."""
+
+    topic: str
+    recipients: list[tuple[Channel, str] | None]
+    outcomes: list[Decision | BatchItemError]
+
+
+_CHANNEL_ERROR = "must be one of WHATSAPP, SMS, EMAIL, RCS, VOICE"
+# region -> channel -> address as sent -> normalised address: BatchCheckConsent's cache,
+# bounded per (region, channel); a dict lookup instead of lru_cache's argument tuple and
+# bookkeeping. Room for a 100,000-recipient working set with headroom (~15 MB full).
+_NORMALISED: dict[str | None, dict[Channel, dict[str, str]]] = {}
+NORMALISED_CACHE = 131_072
+
+
 def encode_page_token(before_revision: int) -> str:
     """Opaque page token: history continues below this revision."""
     return page_tokens.encode("v1", str(before_revision))
@@ -329,6 +350,80 @@ class ConsentAuthority:
                     CheckResult(item, norm_topic, decide(topic_record, all_record, policy))
                 )
         return results
+
+    async def batch_decide(
+        self,
+        tenant_id: str,
+        topic: str,
+        raws: Sequence[tuple[Channel | None, str]],
+    ) -> BatchAnswers:
+        """batch_check about now with the same answers, errors and order, without a
+        CheckResult per item: what BatchCheckConsent serves when ``at`` is unset (a
+        point-in-time batch keeps batch_check: each recipient's history). Reads through
+        store.read_batch; tests/test_batch_lean.py checks both agree."""
+        v = Violations()
+        tenant = val.tenant_id(v, tenant_id)
+        norm_topic = val.topic(v, topic, required=True)
+        limit = self._limits.max_batch
+        if not raws:
+            v.add("recipients", "must name at least one recipient")
+        elif len(raws) > limit:
+            v.add("recipients", f"must name at most {limit} recipients")
+        settings = await self._settings(tenant)
+        v.raise_if_any()
+        region = self._region(settings)
+        if len(_NORMALISED) >= 8 and region not in _NORMALISED:
+            _NORMALISED.clear()  # bounded over regions too
+        by_channel = _NORMALISED.setdefault(region, {})
+        last_channel: Channel | None = None
+        cache: dict[str, str] = {}
+        recipients: list[tuple[Channel, str] | None] = []
+        outcomes: list[Decision | BatchItemError] = []
+        good: list[tuple[Channel, str]] = []
+        for i, (channel, address) in enumerate(raws):
+            if channel is None:
+                recipients.append(None)
+                outcomes.append(
+                    BatchItemError([FieldViolation(f"recipients[{i}].channel", _CHANNEL_ERROR)])
+                )
+                continue
+            if channel is not last_channel:  # Enum hashing is Python code: once a run
+                last_channel = channel
+                cache = by_channel.setdefault(channel, {})
+            norm = cache.get(address)
+            if norm is None:
+                try:
+                    norm = normalise_address(channel, address, region)
+                except AddressError as exc:
+                    recipients.append(None)
+                    outcomes.append(
+                        BatchItemError([FieldViolation(f"recipients[{i}].address", str(exc))])
+                    )
+                    continue
+                if len(cache) >= NORMALISED_CACHE:
+                    cache.clear()
+                cache[address] = norm
+            pair = (channel, norm)
+            recipients.append(pair)
+            good.append(pair)
+        policy = settings.policy_for(norm_topic)
+        by_policy = decide(None, None, policy)
+        pairs = await self._store.read_batch(tenant, good, norm_topic) if good else []
+        if len(good) == len(outcomes) + len(good) and not outcomes:
+            # No item failed: the answers line up with the reads.
+            outcomes = [by_policy if p is None else decide(p[0], p[1], policy) for p in pairs]
+        else:
+            answers = iter(pairs)
+            merged: list[Decision | BatchItemError] = []
+            errors = iter(outcomes)
+            for rcpt in recipients:
+                if rcpt is None:
+                    merged.append(next(errors))
+                else:
+                    p = next(answers)
+                    merged.append(by_policy if p is None else decide(p[0], p[1], policy))
+            outcomes = merged
+        return BatchAnswers(norm_topic, recipients, outcomes)
 
     async def change(
         self,
