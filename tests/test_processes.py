@@ -366,8 +366,9 @@ async def test_sigterm_drains_calls_in_flight_on_every_process_then_exits_0(
             asyncio.ensure_future(pbg.ConsentServiceStub(ch).CheckConsent(CHECK, timeout=30))
             for ch in channels
         ]
-        # Every call is in a server process, waiting on its own Redis connection.
-        await _wait(lambda: queued_at(redis_srv.port) >= callers, 20, "calls waiting on Redis")
+        # Calls wait in every server process, on its shared Redis connection (the
+        # multiplexed one: one connection per process carries all its calls).
+        await _wait(lambda: queued_at(redis_srv.port) >= len(pids), 20, "calls waiting on Redis")
         srv.signal(signal.SIGTERM)
         await _wait(lambda: srv.log().count("shutting down") == 2, 20, "both processes draining")
         assert srv.proc.poll() is None  # still draining: the calls are not done

@@ -7,6 +7,7 @@ import logging
 import signal
 from dataclasses import dataclass
 
+from consent_server import tracing
 from consent_server.config import ConfigError, Settings
 from consent_server.domain.delivery import DeliveryAdmin
 from consent_server.domain.whatsapp import StatusHandler
@@ -69,7 +70,9 @@ def consent_store(settings: Settings) -> RedisConsentStore:
         min_replicas_ack=settings.redis.min_replicas_ack,
         ack_timeout_ms=settings.redis.ack_timeout_ms,
         feed_maxlen=settings.redis.feed_maxlen,
-        multiplex=settings.redis.multiplex,
+        # Tracing's Redis spans come from redis-py's instrumented command path, which
+        # the shared connection bypasses: with tracing on, every command takes the pool.
+        multiplex=settings.redis.multiplex and not tracing.enabled(),
     )
 
 
