@@ -44,14 +44,13 @@ from consent_server.domain.ports import ChangeFeedStore
 from consent_server.egress import EgressRefused, Resolver, guarded_client, system_resolve
 
 from .backoff import backoff_ms
-from .providers.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
+from .providers.webhook import RETRY_STATUS, SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from .worker import default_consumer_name
 
 log = logging.getLogger("consent_server.delivery.change_webhooks")
 
 EVENT_ID_HEADER = "X-Consent-Event-Id"
 WEBHOOK_HEADER = "X-Consent-Webhook"
-_RETRY_STATUS = {408, 425, 429}
 _MAX_SEQ = "9" * 16
 _NOWHERE = "9" * 16 + "-0"  # a position after every entry: reads nothing
 
@@ -354,7 +353,7 @@ class ChangeWebhookDispatcher:
             return _Attempt(True, False, "", code, took())
         if 300 <= code < 400:
             return _Attempt(False, True, f"http {code}: redirects are not followed", code, took())
-        permanent = 400 <= code < 500 and code not in _RETRY_STATUS
+        permanent = 400 <= code < 500 and code not in RETRY_STATUS
         return _Attempt(False, permanent, f"http {code}", code, took())
 
 

@@ -16,7 +16,6 @@ ids, never a recipient, so an erasure leaves no address behind in them.
 from __future__ import annotations
 
 import json
-import re
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -28,11 +27,9 @@ from . import validation as val
 from .delivery import MAX_SECRET, MIN_WEBHOOK_SECRET, http_url
 from .egress import EgressPolicy
 from .errors import InvalidArgument, NotFound
-from .feed import FeedEntry
+from .feed import FeedEntry, split_event_id
 from .ports import ChangeFeedStore
 
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
-EVENT_ID_RE = re.compile(r"^([0-9]{2})-((0|[1-9][0-9]{0,15})-(0|[1-9][0-9]{0,15}))$")
 MAX_ENDPOINTS = 10
 LOG_KEEP = 200
 DEAD_KEEP = 1000
@@ -209,14 +206,8 @@ def new_secret() -> str:
 
 
 def endpoint_name(v: val.Violations, value: str, field: str = "name") -> str:
-    """An endpoint name, or "" after recording a violation."""
-    if not value:
-        v.add(field, "is required")
-    elif not NAME_RE.fullmatch(value):
-        v.add(field, "must match ^[a-z0-9][a-z0-9_-]{0,63}$")
-    else:
-        return value
-    return ""
+    """An endpoint name (the tenant-id form), or "" after recording a violation."""
+    return val.slug(v, value, field)
 
 
 def _secret(v: val.Violations, value: str) -> str:
@@ -350,14 +341,6 @@ class ChangeWebhookAdmin:
                 f"no dead letter {event_id} for change webhook '{hook_name}'"
             )
         return True
-
-
-def split_event_id(event_id: str, partitions: int) -> tuple[int, str] | None:
-    """(partition, entry id) of a feed event id such as "07-1796320123990-0", or None."""
-    m = EVENT_ID_RE.fullmatch(event_id)
-    if m is None or int(m.group(1)) >= partitions:
-        return None
-    return int(m.group(1)), m.group(2)
 
 
 def _iso(ms: int) -> str:

@@ -122,6 +122,16 @@ def feed_event_id(part: int, entry_id: str) -> str:
     return f"{part:02d}-{entry_id}"
 
 
+def split_event_id(event_id: str, partitions: int) -> tuple[int, str] | None:
+    """(partition, entry id) of a feed event id such as "07-1796320123990-0" (the
+    inverse of feed_event_id), or None when it is not one of ``partitions``'."""
+    part, sep, entry_id = event_id.partition("-")
+    ok = sep and len(part) == 2 and part.isascii() and part.isdigit()
+    if not ok or _ENTRY_ID.fullmatch(entry_id) is None:
+        return None
+    return (int(part), entry_id) if int(part) < partitions else None
+
+
 class ChangeFeed:
     """WatchConsentEvents on a ChangeFeedStore."""
 
@@ -198,4 +208,5 @@ __all__ = [
     "encode_token",
     "feed_event_id",
     "parse_entry_id",
+    "split_event_id",
 ]

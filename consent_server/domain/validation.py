@@ -117,6 +117,12 @@ def free_text(
 
 def tenant_id(v: Violations, value: str, field: str = "tenant_id") -> str:
     """A tenant id, or "" after recording a violation."""
+    return slug(v, value, field)
+
+
+def slug(v: Violations, value: str, field: str) -> str:
+    """A required identifier of the tenant-id form (tenant ids, change webhook names),
+    or "" after recording a violation."""
     if not value:
         v.add(field, "is required")
     elif not TENANT_RE.fullmatch(value):

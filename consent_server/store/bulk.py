@@ -31,7 +31,7 @@ from consent_server.domain.model import (
 
 from . import keys
 from .client import RedisClient
-from .records import parse_record, text
+from .records import parse_record, record_event_args, text
 from .replication import acks_of
 from .repository import guarded
 from .retention import feed_keys, feed_maxlen
@@ -229,25 +229,7 @@ class RedisBulkStore:
                     keys.message_index(tenant_id, e.recipient, digest, part=part),
                     *feed,
                 )
-                args.append(
-                    "\0".join(
-                        (
-                            e.event_id,
-                            e.action.value,
-                            keys.scope_field(e.topic),
-                            e.topic,
-                            e.source.value,
-                            e.evidence,
-                            str(e.occurred_at_ms),
-                            e.principal,
-                            tenant_id,
-                            e.recipient.channel.value,
-                            e.recipient.address,
-                            maxlen,
-                            descriptor,
-                        )
-                    )
-                )
+                args.append("\0".join(record_event_args(e, maxlen, descriptor)))
             groups.append((positions, kk, args))
         out = [""] * len(events)
 

@@ -14,6 +14,7 @@ from consent_server.domain.model import (
     ButtonPayload,
     ChangeOutcome,
     ConsentEvent,
+    ConsentEventInput,
     ConsentRecord,
     KeywordKind,
     KeywordSet,
@@ -25,6 +26,7 @@ from consent_server.domain.model import (
     TenantSettings,
 )
 
+from . import keys
 from .client import Reply
 
 _STATUS = {"in": Status.OPTED_IN, "out": Status.OPTED_OUT}
@@ -57,6 +59,27 @@ def parse_record(raw: bytes | str | None) -> ConsentRecord | None:
         source=Source(source),
         event_id=event_id,
     )
+
+
+def record_event_args(event: ConsentEventInput, maxlen: int | str, descriptor: str) -> list[str]:
+    """ARGV[1..13] of record_event.lua, which the import's one-event path takes too: the
+    event, then the change feed's fields and max length (the feed is appended in the
+    same step), then the recipient's layout descriptor (keys.layout)."""
+    return [
+        event.event_id,
+        event.action.value,
+        keys.scope_field(event.topic),
+        event.topic,
+        event.source.value,
+        event.evidence,
+        str(event.occurred_at_ms),
+        event.principal,
+        event.tenant_id,
+        event.recipient.channel.value,
+        event.recipient.address,
+        str(maxlen),
+        descriptor,
+    ]
 
 
 def parse_outcome(raw: bytes | str, event_id: str, *, duplicate: bool) -> ChangeOutcome:

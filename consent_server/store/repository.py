@@ -52,6 +52,7 @@ from .records import (
     parse_packed_record,
     parse_record,
     parse_settings,
+    record_event_args,
     text,
 )
 from .replication import acks_of
@@ -249,9 +250,7 @@ class RedisConsentStore:
         record decides.
         """
         field = keys.scope_field(topic) if topic else ""
-        secret = self.tombstones.cached_secret(tenant_id) or await self._call(
-            lambda: self.tombstones.secret(tenant_id)
-        )
+        secret = await self._tenant_secret(tenant_id)
 
         async def read() -> list[Any]:
             # partition -> (positions in the request, [bucket, tombstone] keys, args)
@@ -304,9 +303,7 @@ class RedisConsentStore:
                 tenant_id, [Recipient(c, a) for c, a in recipients], topic
             )
             return [None if p[0] is None and p[1] is None else p for p in pairs]
-        secret = self.tombstones.cached_secret(tenant_id)
-        if secret is None:
-            secret = await self._call(lambda: self.tombstones.secret(tenant_id))
+        secret = await self._tenant_secret(tenant_id)
         payload = self._batch_keys.commands(tenant_id, secret, recipients, topic)
         client = self._r
         assert isinstance(client, aioredis.Redis)
@@ -400,6 +397,21 @@ class RedisConsentStore:
         outcome, queued = await self._run_record(event, extra_keys, extra_args)
         return ConfirmedChange(outcome, queued)
 
+    async def _tenant_secret(self, tenant_id: str) -> bytes:
+        """The tenant's tombstone secret: no I/O (and no guarded call) once it is held."""
+        secret = self.tombstones.cached_secret(tenant_id)
+        if secret is None:
+            secret = await self._call(lambda: self.tombstones.secret(tenant_id))
+        return secret
+
+    async def _tombstone_keys(self, tenant_id: str, recipient: Recipient) -> tuple[str, str]:
+        """The recipient's tombstone and message index keys: no I/O (and no guarded call)
+        once the tenant's secret is held, which is every call but the first."""
+        pair = self.tombstones.cached_keys(tenant_id, recipient)
+        if pair is None:
+            pair = await self._call(lambda: self.tombstones.keys(tenant_id, recipient))
+        return pair
+
     async def _run_record(
         self, event: ConsentEventInput, extra_keys: list[str], extra_args: list[str | int]
     ) -> tuple[ChangeOutcome, str]:
@@ -407,24 +419,9 @@ class RedisConsentStore:
         bucket, prefix, descriptor = keys.layout(event.tenant_id, event.recipient, part)
         # Every write reads the recipient's tombstone in the same script: an event dated
         # at or before an erasure changes and stores nothing (record_event.lua).
-        tomb, index = await self._call(
-            lambda: self.tombstones.keys(event.tenant_id, event.recipient)
-        )
+        tomb, index = await self._tombstone_keys(event.tenant_id, event.recipient)
         args: list[str | int] = [
-            event.event_id,
-            event.action.value,
-            keys.scope_field(event.topic),
-            event.topic,
-            event.source.value,
-            event.evidence,
-            str(event.occurred_at_ms),
-            event.principal,
-            # The change feed is appended in the same step (record_event.lua).
-            event.tenant_id,
-            event.recipient.channel.value,
-            event.recipient.address,
-            feed_maxlen(self._r),
-            descriptor,
+            *record_event_args(event, feed_maxlen(self._r), descriptor),
             *extra_args,
         ]
         script_keys = [
@@ -455,12 +452,7 @@ class RedisConsentStore:
         part = keys.partition(request.tenant_id, request.recipient)
         base = keys.recipient_base(request.tenant_id, request.recipient)
         message_id = keys.new_message_id(part)
-        pair = self.tombstones.cached_keys(request.tenant_id, request.recipient)
-        if pair is None:
-            pair = await self._call(
-                lambda: self.tombstones.keys(request.tenant_id, request.recipient)
-            )
-        tomb, index = pair
+        tomb, index = await self._tombstone_keys(request.tenant_id, request.recipient)
         bucket, _, descriptor = keys.layout(request.tenant_id, request.recipient, part)
         script_keys = [
             bucket,

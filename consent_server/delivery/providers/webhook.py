@@ -36,7 +36,9 @@ from .base import (
 
 SIGNATURE_HEADER = "X-Consent-Signature"
 TIMESTAMP_HEADER = "X-Consent-Timestamp"
-_RETRY_STATUS = {408, 425, 429}
+#: HTTP answers that mean "try again later" (besides 5xx): the webhook provider and the
+#: change webhook dispatcher retry them, every other 4xx is permanent.
+RETRY_STATUS = frozenset({408, 425, 429})
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:
@@ -87,5 +89,5 @@ def classify(status: int, text: str) -> ProviderResult:
         payload,
         scope=opt_out_scope(error_code(payload), top if isinstance(top, str) else ""),
         delivered=delivered,
-        retry=status in _RETRY_STATUS or status >= 500,
+        retry=status in RETRY_STATUS or status >= 500,
     )
