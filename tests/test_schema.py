@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -9,6 +13,8 @@ import pytest
 from consent_server.store import keys
 from consent_server.store.repository import RedisConsentStore
 from consent_server.store.schema import SchemaMismatch, check_schema, stored_schema
+
+from .support import RedisProcess
 
 
 async def test_a_new_store_records_schema_2(store: RedisConsentStore) -> None:
@@ -45,3 +51,32 @@ async def test_other_buckets_are_refused(store: RedisConsentStore) -> None:
     await r.hset(keys.META, mapping={"schema": "2", "buckets": "7"})
     with pytest.raises(SchemaMismatch, match="buckets"):
         await check_schema(r)
+
+
+@pytest.mark.e2e
+def test_the_server_process_refuses_a_round1_store_with_exit_2(tmp_path: Path) -> None:
+    """The real server, on a redis-server holding round-1 data and no schema, does not
+    serve: it exits 2 (configuration) and tells the operator to run consentctl migrate;
+    nothing is written to the store (it stays migratable)."""
+    redis_proc = RedisProcess(tmp_path / "redis").start()
+    try:
+        r = redis_proc.client()
+        r.hset("ca:{cp03}:acme:sms:+14155550100:s", mapping={"rev": "1"})
+        env = {
+            **os.environ,
+            "CONSENT_REDIS_URL": redis_proc.url,
+            "CONSENT_LISTEN": "127.0.0.1:0",
+            "CONSENT_HTTP_LISTEN": "127.0.0.1:0",
+        }
+        done = subprocess.run(
+            [sys.executable, "-m", "consent_server"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 2, done.stderr[-2000:]
+        assert "consentctl migrate" in done.stderr
+        assert not r.exists(keys.META)
+    finally:
+        redis_proc.stop()
