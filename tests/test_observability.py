@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -28,6 +29,25 @@ OTHER = pb.Recipient(channel=pb.CHANNEL_SMS, address="+14155550143")
 def scrape(listen: str) -> str:
     with urllib.request.urlopen(f"http://{listen}/metrics", timeout=10) as resp:
         return str(resp.read().decode())
+
+
+def settled(listen: str, check: Callable[[str], None], within: float = 10.0) -> None:
+    """Run ``check`` on a scrape until it passes or ``within`` seconds have gone.
+
+    grpc.aio's ``abort`` sends the status before it raises, so a client can see its
+    refused call end a moment before the server's interceptor counts it; a scrape taken
+    right after the last call may be one short. Counts only ever grow toward the
+    expected value, so waiting for it hides nothing.
+    """
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            check(scrape(listen))
+            return
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def sample(text: str, name: str, **labels: str) -> float:
@@ -142,7 +162,7 @@ def server() -> Iterator[ServerProcess]:
 
 
 def test_per_rpc_and_decision_metrics_of_one_process(server: ServerProcess) -> None:
-    check_metrics(scrape(server.env["_metrics"]))
+    settled(server.env["_metrics"], check_metrics)
 
 
 def test_every_change_and_every_blocked_send_is_one_info_line(server: ServerProcess) -> None:
@@ -170,7 +190,7 @@ def test_metrics_are_summed_over_two_processes(tmp_path: Path) -> None:
     try:
         # Each call on its own connection, so that the kernel spreads them over both.
         exercise(srv.target)
-        check_metrics(scrape(listen))
+        settled(listen, check_metrics)
         assert http_status(f"http://{listen}/readyz") == (200, "ready\n")
     finally:
         srv.stop()
@@ -282,17 +302,20 @@ def test_rate_limit_rejections_are_counted(tmp_path: Path) -> None:
                     codes.append(exc.code())
         refused = codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED)
         assert refused >= 1, codes
-        text = scrape(listen)
-        assert sample(text, "consent_rate_limited_total") == refused
-        assert (
-            sample(
-                text,
-                "grpc_server_handled_total",
-                grpc_method="CheckConsent",
-                grpc_code="RESOURCE_EXHAUSTED",
+
+        def counted(text: str) -> None:
+            assert sample(text, "consent_rate_limited_total") == refused
+            assert (
+                sample(
+                    text,
+                    "grpc_server_handled_total",
+                    grpc_method="CheckConsent",
+                    grpc_code="RESOURCE_EXHAUSTED",
+                )
+                == refused
             )
-            == refused
-        )
+
+        settled(listen, counted)
     finally:
         srv.stop()
         redis.stop()
