@@ -14,8 +14,8 @@ import signal
 from typing import Any
 
 import grpc
+from grpc_health.v1 import _async as health_aio  # = health.aio, which the stubs omit
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 
 from consent_client.v1 import consent_pb2 as pb
 from consent_server.__main__ import run_loop

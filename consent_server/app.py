@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from grpc_health.v1 import _async as health_aio  # = health.aio, which the stubs omit
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection
 
 from consent_client.v1 import admin_pb2, admin_pb2_grpc, consent_pb2

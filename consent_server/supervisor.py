@@ -118,7 +118,9 @@ def _serve_metrics(listen: str | None, directory: str, serving: Callable[[], boo
     from consent_server.metrics import start_metrics_server
 
     registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+    # prometheus_client leaves its multiprocess API unannotated; these are its types.
+    collector: Callable[..., object] = multiprocess.MultiProcessCollector
+    collector(registry, path=directory)
 
     def ready() -> tuple[bool, str]:
         if not serving():
@@ -229,7 +231,8 @@ class Supervisor:
         with contextlib.suppress(Exception):
             from prometheus_client import multiprocess
 
-            multiprocess.mark_process_dead(proc.pid, self._metrics_dir)  # type: ignore[no-untyped-call]
+            mark_dead: Callable[[int, str], None] = multiprocess.mark_process_dead
+            mark_dead(proc.pid, self._metrics_dir)
         if self.stopping:
             return
         try:

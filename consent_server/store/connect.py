@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 import hiredis
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import AbstractConnection
 
 from .client import RedisClient
 from .multiplex import multiplexed
@@ -75,13 +76,16 @@ def open_store(
 _PLAIN_ARGS = frozenset({str, bytes, int})
 
 
-class _PackInC:
+class _PackInC(AbstractConnection):
     """Commands packed into the Redis protocol by hiredis (C), not redis-py's Python loop.
 
     redis.asyncio packs every argument in Python; for an import's script call of 1,250
     arguments that cost ~10x hiredis' packing and was the server's largest single cost.
     hiredis packs str (UTF-8), bytes and int exactly as redis-py does (a test compares
-    the bytes); any other argument type, or another encoding, goes to redis-py."""
+    the bytes); any other argument type, or another encoding, goes to redis-py.
+
+    A mixin put before a concrete connection class (``super()`` is that class); its
+    base is theirs, so the type checker knows what ``super()`` has."""
 
     def pack_command(self, *args: Any) -> list[bytes]:
         """The command's bytes, as redis-py's pack_command would send them."""
@@ -99,7 +103,7 @@ class _PackInC:
             elif b" " in first:
                 args = (*first.split(), *args[1:])
             return [hiredis.pack_command(args)]
-        packed: list[bytes] = super().pack_command(*args)  # type: ignore[misc]
+        packed: list[bytes] = super().pack_command(*args)
         return packed
 
 

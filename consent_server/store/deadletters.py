@@ -17,6 +17,7 @@ import dataclasses
 import json
 from collections import defaultdict
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 from consent_server.domain.whatsapp_edge import DeadLetter, DeadLetterPage
@@ -94,9 +95,7 @@ class RedisDeadLetters:
             for item in group:
                 args += [item.id, item.received_at_ms, _encode(item)]
             script_keys = [keys.dead_letters(tenant), keys.dead_letter_order(tenant)]
-            evicted += int(
-                await guarded(lambda k=script_keys, a=args: self._add(keys=k, args=a))  # type: ignore[misc]
-            )
+            evicted += int(await guarded(partial(self._add, keys=script_keys, args=args)))
         return evicted
 
     async def put_dead_letter(self, item: DeadLetter) -> None:

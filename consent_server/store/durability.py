@@ -8,6 +8,7 @@ primary is asked.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -32,7 +33,7 @@ def _pairs(reply: Any) -> dict[str, str]:
 async def _config(node: aioredis.Redis | ClusterNode) -> dict[str, str]:
     out: dict[str, str] = {}
     for name in _SETTINGS:
-        out.update(_pairs(await guarded(lambda n=name: node.execute_command("CONFIG GET", n))))  # type: ignore[misc]
+        out.update(_pairs(await guarded(partial(node.execute_command, "CONFIG GET", name))))
     return out
 
 

@@ -18,6 +18,7 @@ import hashlib
 import json
 import secrets
 from collections.abc import Sequence
+from functools import partial
 
 from redis.typing import EncodableT, FieldT
 
@@ -99,11 +100,11 @@ class RedisEdgeStore:
         old = await self.whatsapp_webhook(tenant_id)
         claimed: list[str] = []
         for i, pnid in enumerate(config.phone_number_ids):
-            fresh = await self._store._call(lambda p=pnid: self._r.hsetnx(index, p, tenant_id))  # type: ignore[misc]
+            fresh = await self._store._call(partial(self._r.hsetnx, index, pnid, tenant_id))
             if fresh:
                 claimed.append(pnid)
                 continue
-            owner = await self._store._call(lambda p=pnid: self._r.hget(index, p))  # type: ignore[misc]
+            owner = await self._store._call(partial(self._r.hget, index, pnid))
             if owner is not None and text(owner) != tenant_id:
                 for p in claimed:
                     await self._unclaim(index, p, tenant_id)
@@ -128,7 +129,7 @@ class RedisEdgeStore:
         # Several commands on several slots: acknowledged once each slot is replicated
         # (CONSENT_REDIS_MIN_REPLICAS_ACK; a no-op when off).
         for key in (index, keys.whatsapp_webhook(tenant_id), tokens):
-            await self._store._call(lambda k=key: self._acks.confirm(k))  # type: ignore[misc]
+            await self._store._call(partial(self._acks.confirm, key))
 
     async def delete_whatsapp_webhook(self, tenant_id: str) -> bool:
         """Remove the tenant's webhook settings and release its numbers."""
@@ -143,7 +144,7 @@ class RedisEdgeStore:
                 keys.whatsapp_verify_tokens(), _token_digest(old.verify_token), tenant_id
             )
         for key in (keys.whatsapp_webhook(tenant_id), keys.whatsapp_phone_numbers()):
-            await self._store._call(lambda k=key: self._acks.confirm(k))  # type: ignore[misc]
+            await self._store._call(partial(self._acks.confirm, key))
         return removed > 0
 
     async def tenant_for_phone_number(self, phone_number_id: str) -> str | None:

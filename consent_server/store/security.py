@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from functools import partial
 from typing import Any, TypeVar
 
 from redis.typing import EncodableT, FieldT
@@ -214,7 +215,7 @@ class RedisSecurityStore:
         # tag, so they cannot be in the script; they map to nothing once it ran.
         for pid in reply[6] or []:
             key = keys.provider_message(tenant_id, text(pid))
-            await self._call(lambda key=key: self._r.delete(key))  # type: ignore[misc]
+            await self._call(partial(self._r.delete, key))
         # WhatsApp notifications kept as dead letters hold the raw item, which names the
         # person: they go too (counted with the other per-recipient records).
         if recipient.channel is Channel.WHATSAPP:
