@@ -18,6 +18,27 @@ from bench.model import BenchOptions, LoadResult, Row
 from bench.procs import GrpcProcess
 
 
+class _ServerCpu:
+    """The server's CPU time over the measured calls (not the warm-up), per call."""
+
+    def __init__(self, pid: int) -> None:
+        self._pid = pid
+        self._at_start: list[float | None] = []
+
+    def start(self) -> None:
+        """Called as measurement starts (a generator may call it more than once: the
+        first counts)."""
+        self._at_start.append(process_cpu_s(self._pid))
+
+    def per_call(self, r: LoadResult) -> LoadResult:
+        """``r`` with ``cpu_us_per_call``; as it is when the CPU time is unknown."""
+        start, end = (self._at_start or [None])[0], process_cpu_s(self._pid)
+        calls = r.ok + r.failed
+        if start is None or end is None or calls == 0:
+            return r
+        return replace(r, cpu_us_per_call=(end - start) / calls * 1e6)
+
+
 def measure(
     ctx: BenchContext,
     server: GrpcProcess,
@@ -29,10 +50,10 @@ def measure(
     on_measure_start: Callable[[], None] | None = None,
 ) -> LoadResult:
     """Run ``ctx.load`` against ``server`` and add the server's CPU time per call."""
-    cpu_at_start: list[float | None] = []
+    cpu = _ServerCpu(server.pid)
 
     def started() -> None:
-        cpu_at_start.append(process_cpu_s(server.pid))
+        cpu.start()
         if on_measure_start is not None:
             on_measure_start()
 
@@ -45,11 +66,7 @@ def measure(
         response_size=response_size,
         on_measure_start=started,
     )
-    start, end = (cpu_at_start or [None])[0], process_cpu_s(server.pid)
-    calls = r.ok + r.failed
-    if start is None or end is None or calls == 0:
-        return r
-    return replace(r, cpu_us_per_call=(end - start) / calls * 1e6)
+    return cpu.per_call(r)
 
 
 def measure_distinct(
@@ -63,7 +80,7 @@ def measure_distinct(
 ) -> LoadResult:
     """``measure`` for distinct requests sent in turn (``bench.load.run_distinct``: always
     the Python generator, h2load sends one body only), with the server's CPU per call."""
-    cpu_at_start: list[float | None] = []
+    cpu = _ServerCpu(server.pid)
     r = run_distinct(
         server.target,
         method,
@@ -71,13 +88,9 @@ def measure_distinct(
         duration_s=ctx.options.duration_s,
         options=options,
         once=once,
-        on_measure_start=lambda: cpu_at_start.append(process_cpu_s(server.pid)),
+        on_measure_start=cpu.start,
     )
-    start, end = (cpu_at_start or [None])[0], process_cpu_s(server.pid)
-    calls = r.ok + r.failed
-    if start is None or end is None or calls == 0:
-        return r
-    return replace(r, cpu_us_per_call=(end - start) / calls * 1e6)
+    return cpu.per_call(r)
 
 
 def row(

@@ -1,5 +1,6 @@
 """Real components for tests: a redis-server on a free port in a temp dir, and the
-consent server as a separate process spoken to over gRPC, like a user would."""
+consent server as a separate process spoken to over gRPC, like a user would; and the
+consent events the store tests record."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ from typing import Any, ClassVar
 
 import grpc
 import redis
+
+from consent_server.domain.model import Action, Channel, ConsentEventInput, Recipient, Source
 
 REDIS_SERVER = shutil.which("redis-server")
 
@@ -69,6 +72,54 @@ def create_tenant_on(target: str, tenant_id: str, api_key: str | None = None) ->
         except grpc.RpcError as exc:
             if exc.code() is not grpc.StatusCode.ALREADY_EXISTS:
                 raise
+
+
+#: When the numbered test events happen (``numbered_event``'s ``seq`` counts from it).
+EVENT_T0 = 1_700_000_000_000
+
+
+def consent_event(
+    tenant_id: str,
+    recipient: Recipient,
+    *,
+    event_id: str,
+    action: Action = Action.OPT_OUT,
+    topic: str = "",
+    occurred_at_ms: int = EVENT_T0,
+    evidence: str = "",
+    principal: str = "test",
+) -> ConsentEventInput:
+    """A consent event from the API, as the store records it."""
+    return ConsentEventInput(
+        tenant_id=tenant_id,
+        recipient=recipient,
+        topic=topic,
+        action=action,
+        source=Source.API,
+        evidence=evidence,
+        occurred_at_ms=occurred_at_ms,
+        event_id=event_id,
+        principal=principal,
+    )
+
+
+def numbered_recipient(n: int) -> Recipient:
+    """Test recipient ``n``: an SMS number of its own."""
+    return Recipient(Channel.SMS, f"+1415555{n:04d}")
+
+
+def numbered_event(
+    tenant_id: str, n: int, seq: int, *, action: Action = Action.OPT_OUT, topic: str = ""
+) -> ConsentEventInput:
+    """Recipient ``n``'s event ``seq`` (later ``seq``, later event; one id per pair)."""
+    return consent_event(
+        tenant_id,
+        numbered_recipient(n),
+        event_id=f"ev-{n}-{seq}",
+        action=action,
+        topic=topic,
+        occurred_at_ms=EVENT_T0 + seq,
+    )
 
 
 def free_port() -> int:

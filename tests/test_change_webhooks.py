@@ -17,12 +17,13 @@ from consent_server.domain.change_webhooks import (
 )
 from consent_server.domain.egress import EgressPolicy
 from consent_server.domain.errors import InvalidArgument
-from consent_server.domain.model import Action, Channel, ConsentEventInput, Recipient, Source
+from consent_server.domain.model import Channel, Recipient
 from consent_server.store.change_webhooks import RedisChangeWebhooks
 from consent_server.store.feed import RedisChangeFeed
 from consent_server.store.repository import RedisConsentStore
 
 from .inprocess import serving
+from .support import consent_event
 
 URL = "https://hooks.example.com/consent"
 
@@ -104,19 +105,7 @@ async def test_new_endpoint_starts_after_the_newest_change_and_update_keeps_the_
     store: RedisConsentStore, tenant: str
 ) -> None:
     who = Recipient(Channel.SMS, "+14155550100")
-    await store.record_event(
-        ConsentEventInput(
-            tenant_id=tenant,
-            recipient=who,
-            topic="",
-            action=Action.OPT_OUT,
-            source=Source.API,
-            evidence="",
-            occurred_at_ms=1_700_000_000_000,
-            event_id="before",
-            principal="t",
-        )
-    )
+    await store.record_event(consent_event(tenant, who, event_id="before", principal="t"))
     hooks = RedisChangeWebhooks(store.client)
     a = admin(store)
     await a.set(tenant, "crm", URL, "")

@@ -35,13 +35,13 @@ from consent_server.delivery.change_webhooks import ChangeWebhookDispatcher, Dis
 from consent_server.domain.change_webhooks import ChangeWebhookAdmin, ChangeWebhookNotFound
 from consent_server.domain.egress import EgressPolicy, IPAddress
 from consent_server.domain.errors import InvalidArgument
-from consent_server.domain.model import Action, Channel, ConsentEventInput, Recipient, Source
+from consent_server.domain.model import Action, Channel, Recipient
 from consent_server.store.change_webhooks import RedisChangeWebhooks
 from consent_server.store.feed import RedisChangeFeed
 from consent_server.store.repository import RedisConsentStore
 from consent_server.store.security import RedisSecurityStore
 
-from .support import RedisProcess, ServerProcess
+from .support import RedisProcess, ServerProcess, numbered_event
 
 SECRET = "test-signing-secret-0123456789"
 TOLERANCE_S = 300
@@ -131,19 +131,7 @@ async def register(
 async def change(
     store: RedisConsentStore, tenant: str, n: int, seq: int, action: Action = Action.OPT_OUT
 ) -> None:
-    await store.record_event(
-        ConsentEventInput(
-            tenant_id=tenant,
-            recipient=Recipient(Channel.SMS, f"+1415555{n:04d}"),
-            topic="",
-            action=action,
-            source=Source.API,
-            evidence="",
-            occurred_at_ms=1_700_000_000_000 + seq,
-            event_id=f"ev-{n}-{seq}",
-            principal="test",
-        )
-    )
+    await store.record_event(numbered_event(tenant, n, seq, action=action))
 
 
 async def until(cond: Callable[[], bool], within: float = 15) -> None:

@@ -33,6 +33,7 @@ from consent_server.store.providers import RedisProviderSettings
 from consent_server.store.repository import RedisConsentStore
 
 from .fake_provider import FakeProvider, fake_provider
+from .support import consent_event
 
 TENANT = "acme"
 PHONE = "+919876543210"
@@ -814,21 +815,11 @@ async def test_claim_script_agrees_with_the_decision_rule(
     events: list[tuple[str, Action, int]],
 ) -> None:
     """claim.lua re-implements the decision rule (atomic with the claim): same answers."""
-    from consent_server.domain.model import ConsentEventInput
-
     mid = await send(store, topic="marketing")
     for n, (topic, action, at) in enumerate(events):
         await store.record_event(
-            ConsentEventInput(
-                tenant_id=TENANT,
-                recipient=ALICE,
-                topic=topic,
-                action=action,
-                source=Source.API,
-                evidence="",
-                occurred_at_ms=at,
-                event_id=f"ev{n}",
-                principal="test",
+            consent_event(
+                TENANT, ALICE, event_id=f"ev{n}", action=action, topic=topic, occurred_at_ms=at
             )
         )
     expected = (await ConsentAuthority(store).check(TENANT, WA, "marketing")).decision

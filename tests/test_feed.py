@@ -30,7 +30,7 @@ from consent_server.domain.feed import (
     decode_token,
     encode_token,
 )
-from consent_server.domain.model import Action, Channel, ConsentEventInput, Recipient, Source
+from consent_server.domain.model import Action, Channel, ConsentEventInput, Source
 from consent_server.store import keys
 from consent_server.store.bulk import RedisBulkStore
 from consent_server.store.feed import RedisChangeFeed
@@ -38,7 +38,7 @@ from consent_server.store.repository import RedisConsentStore
 from consent_server.store.retention import configure_feed
 from consent_server.store.security import RedisSecurityStore
 
-from .support import ServerProcess
+from .support import ServerProcess, numbered_event, numbered_recipient
 
 CONSENTCTL = str(Path(sys.executable).parent / "consentctl")
 TENANT = "acme"
@@ -46,24 +46,13 @@ OTHER = "globex"
 _ids = st.tuples(st.integers(0, 2**48), st.integers(0, 2**20)).map(lambda t: f"{t[0]}-{t[1]}")
 
 
-def rcpt(n: int) -> Recipient:
-    return Recipient(Channel.SMS, f"+1415555{n:04d}")
+rcpt = numbered_recipient
 
 
 def event(
     n: int, seq: int, *, tenant: str = TENANT, action: Action = Action.OPT_OUT, topic: str = ""
 ) -> ConsentEventInput:
-    return ConsentEventInput(
-        tenant_id=tenant,
-        recipient=rcpt(n),
-        topic=topic,
-        action=action,
-        source=Source.API,
-        evidence="",
-        occurred_at_ms=1_700_000_000_000 + seq,
-        event_id=f"ev-{n}-{seq}",
-        principal="test",
-    )
+    return numbered_event(tenant, n, seq, action=action, topic=topic)
 
 
 def feed(store: RedisConsentStore, *, poll_s: float = 0.01) -> ChangeFeed:

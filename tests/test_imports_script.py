@@ -22,6 +22,7 @@ import pytest
 from consent_server.domain.model import Action, Channel, ConsentEventInput, Recipient, Source
 from consent_server.store import keys
 from consent_server.store.bulk import RedisBulkStore
+from consent_server.store.records import record_event_args
 from consent_server.store.repository import RedisConsentStore
 from consent_server.store.retention import feed_keys, feed_maxlen
 from consent_server.store.scripts import load_script
@@ -160,21 +161,9 @@ async def test_the_batch_script_writes_what_record_event_writes(
                 keys.message_index(ONE, e.recipient, digest),
                 *feed_keys(ONE, keys.partition(ONE, e.recipient)),
             ],
-            args=[
-                e.event_id,
-                e.action.value,
-                keys.scope_field(e.topic),
-                e.topic,
-                e.source.value,
-                e.evidence,
-                str(e.occurred_at_ms),
-                e.principal,
-                ONE,
-                e.recipient.channel.value,
-                e.recipient.address,
-                str(feed_maxlen(r)),
-                descriptor,
-            ],
+            # The arguments the repository sends (the batch path builds its own from
+            # the same function): the test compares the two scripts, given one event.
+            args=record_event_args(e, feed_maxlen(r), descriptor),
         )
         single.append(reply)
     bulk = RedisBulkStore(store.client, store.tombstones)

@@ -26,14 +26,13 @@ from consent_server.domain.model import (
     SendAccepted,
     SendBlocked,
     SendInput,
-    Source,
     Status,
     TenantSettings,
 )
 from consent_server.store import keys
 from consent_server.store.repository import RedisConsentStore
 
-from .support import RedisProcess
+from .support import RedisProcess, consent_event
 
 ALICE = Recipient(Channel.WHATSAPP, "+919876543210")
 BOB = Recipient(Channel.EMAIL, "bob@example.com")
@@ -49,15 +48,14 @@ def event(
     tenant: str = "acme",
     recipient: Recipient = ALICE,
 ) -> ConsentEventInput:
-    return ConsentEventInput(
-        tenant_id=tenant,
-        recipient=recipient,
-        topic=topic,
-        action=action,
-        source=Source.API,
-        evidence="test",
-        occurred_at_ms=at,
+    return consent_event(
+        tenant,
+        recipient,
         event_id=event_id or f"ev_{uuid.uuid4().hex}",
+        action=action,
+        topic=topic,
+        occurred_at_ms=at,
+        evidence="test",
         principal="tester",
     )
 
