@@ -216,6 +216,15 @@ class ConsentAuthority:
     def _region(self, settings: TenantSettings) -> str | None:
         return settings.default_region or self._default_region
 
+    async def _addressed(
+        self, v: Violations, tenant_id: str, raw: RawRecipient | None
+    ) -> tuple[str, TenantSettings, Recipient | None]:
+        """The tenant id, its settings and the recipient read in the tenant's region,
+        as every single-recipient use case starts (None: a violation is recorded)."""
+        tenant = val.tenant_id(v, tenant_id)
+        settings = await self._settings(tenant)
+        return tenant, settings, val.recipient(v, raw, self._region(settings))
+
     async def check(
         self,
         tenant_id: str,
@@ -228,9 +237,7 @@ class ConsentAuthority:
         if at is None:
             return await self._check(tenant_id, raw, topic, topic_required=True)
         v = Violations()
-        tenant = val.tenant_id(v, tenant_id)
-        settings = await self._settings(tenant)
-        rcpt = val.recipient(v, raw, self._region(settings))
+        tenant, settings, rcpt = await self._addressed(v, tenant_id, raw)
         norm_topic = val.topic(v, topic, required=True)
         at_ms = self._at_ms(v, at)
         v.raise_if_any()
@@ -279,9 +286,7 @@ class ConsentAuthority:
         self, tenant_id: str, raw: RawRecipient | None, topic: str, *, topic_required: bool
     ) -> CheckResult:
         v = Violations()
-        tenant = val.tenant_id(v, tenant_id)
-        settings = await self._settings(tenant)
-        rcpt = val.recipient(v, raw, self._region(settings))
+        tenant, settings, rcpt = await self._addressed(v, tenant_id, raw)
         norm_topic = val.topic(v, topic, required=topic_required)
         v.raise_if_any()
         assert rcpt is not None
@@ -440,9 +445,7 @@ class ConsentAuthority:
     ) -> ChangeResult:
         """OptOut / OptIn."""
         v = Violations()
-        tenant = val.tenant_id(v, tenant_id)
-        settings = await self._settings(tenant)
-        rcpt = val.recipient(v, recipient, self._region(settings))
+        tenant, _, rcpt = await self._addressed(v, tenant_id, recipient)
         norm_topic = val.topic(v, topic)
         if source is None:
             v.add("source", "is not a known Source")
@@ -482,9 +485,7 @@ class ConsentAuthority:
     ) -> SendResult:
         """SendIfAllowed: raises SendBlocked when consent does not allow it."""
         v = Violations()
-        tenant = val.tenant_id(v, tenant_id)
-        settings = await self._settings(tenant)
-        rcpt = val.recipient(v, recipient, self._region(settings))
+        tenant, settings, rcpt = await self._addressed(v, tenant_id, recipient)
         norm_topic = val.topic(v, topic, required=True)
         body = val.message(v, message)
         key = val.identifier(v, idempotency_key, "idempotency_key")
@@ -521,9 +522,7 @@ class ConsentAuthority:
     ) -> HistoryPage:
         """ListConsentEvents: newest first, paged by an opaque token."""
         v = Violations()
-        tenant = val.tenant_id(v, tenant_id)
-        settings = await self._settings(tenant)
-        rcpt = val.recipient(v, recipient, self._region(settings))
+        tenant, _, rcpt = await self._addressed(v, tenant_id, recipient)
         max_page = self._limits.max_page_size
         if page_size < 0 or page_size > max_page:
             default = min(DEFAULT_PAGE_SIZE, max_page)
@@ -564,9 +563,7 @@ class ConsentAuthority:
         ``button_tapped``: the channel reported a button tap that carried no payload
         (``text`` is then its title, never matched as a reply)."""
         v = Violations()
-        tenant = val.tenant_id(v, tenant_id)
-        settings = await self._settings(tenant)
-        rcpt = val.recipient(v, recipient, self._region(settings))
+        tenant, settings, rcpt = await self._addressed(v, tenant_id, recipient)
         if len(text) > val.MAX_TEXT_CHARS:
             v.add("text", f"must be at most {val.MAX_TEXT_CHARS} characters")
         elif "\x00" in text:
