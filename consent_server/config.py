@@ -40,6 +40,7 @@ class ConfigError(ValueError):
 
 T = TypeVar("T")
 L = TypeVar("L", bound=str)
+N = TypeVar("N", int, float)
 #: Turns the text of ``var`` into a value, or raises ConfigError naming ``var``.
 Parser: TypeAlias = Callable[[str, str], T]
 
@@ -72,17 +73,23 @@ def _choice(values: tuple[L, ...]) -> Parser[L]:
 _SWITCH = _one_of({"0": False, "1": True})
 
 
-def _whole(low: int, high: int) -> Parser[int]:
-    def parse(var: str, text: str) -> int:
+def _number(kind: Callable[[str], N], expected: str, low: N, high: N, bounds: str) -> Parser[N]:
+    """A number ``kind`` parses, from ``low`` to ``high`` (``bounds`` says them)."""
+
+    def parse(var: str, text: str) -> N:
         try:
-            value = int(text.strip())
+            value = kind(text.strip())
         except ValueError:
-            raise ConfigError(f"{var}={text!r}: expected a whole number") from None
+            raise ConfigError(f"{var}={text!r}: expected {expected}") from None
         if not low <= value <= high:
-            raise ConfigError(f"{var}={text!r}: must be between {low} and {high}")
+            raise ConfigError(f"{var}={text!r}: must be between {bounds}")
         return value
 
     return parse
+
+
+def _whole(low: int, high: int) -> Parser[int]:
+    return _number(int, "a whole number", low, high, f"{low} and {high}")
 
 
 def _egress(var: str, text: str) -> EgressPolicy:
@@ -103,16 +110,7 @@ def _tenant_ids(var: str, text: str) -> tuple[str, ...]:
 
 
 def _seconds(low: float, high: float) -> Parser[float]:
-    def parse(var: str, text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise ConfigError(f"{var}={text!r}: expected a number of seconds") from None
-        if not low <= value <= high:
-            raise ConfigError(f"{var}={text!r}: must be between {low:g} and {high:g}")
-        return value
-
-    return parse
+    return _number(float, "a number of seconds", low, high, f"{low:g} and {high:g}")
 
 
 def _host_port(example: str, *, any_port: bool = True) -> Parser[str]:
