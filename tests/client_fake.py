@@ -89,8 +89,24 @@ def sleep_then_forward(seconds: float) -> Action:
     return act
 
 
+CONSENT_METHODS = (
+    "CheckConsent",
+    "BatchCheckConsent",
+    "OptOut",
+    "OptIn",
+    "SendIfAllowed",
+    "HandleInboundMessage",
+    "ListConsentEvents",
+    "GetMessageStatus",
+)
+
+
 class FakeConsentService(pb_grpc.ConsentServiceServicer):
     def __init__(self, upstream: str | None = None, upstream_api_key: str | None = None) -> None:
+        # As FakeAdminService does: every RPC goes through _handle under its own name
+        # (instance attributes shadow the servicer's UNIMPLEMENTED methods).
+        for name in CONSENT_METHODS:
+            setattr(self, name, functools.partial(self._handle, name))
         self.calls: list[Seen] = []
         self.script: dict[str, list[Action]] = defaultdict(list)
         self._lock = threading.Lock()
@@ -155,30 +171,6 @@ class FakeConsentService(pb_grpc.ConsentServiceServicer):
         if action is None:
             return forward(request)
         return action(request, context, forward)
-
-    def CheckConsent(self, request, context):  # type: ignore[no-untyped-def]
-        return self._handle("CheckConsent", request, context)
-
-    def BatchCheckConsent(self, request, context):  # type: ignore[no-untyped-def]
-        return self._handle("BatchCheckConsent", request, context)
-
-    def OptOut(self, request, context):  # type: ignore[no-untyped-def]
-        return self._handle("OptOut", request, context)
-
-    def OptIn(self, request, context):  # type: ignore[no-untyped-def]
-        return self._handle("OptIn", request, context)
-
-    def SendIfAllowed(self, request, context):  # type: ignore[no-untyped-def]
-        return self._handle("SendIfAllowed", request, context)
-
-    def HandleInboundMessage(self, request, context):  # type: ignore[no-untyped-def]
-        return self._handle("HandleInboundMessage", request, context)
-
-    def ListConsentEvents(self, request, context):  # type: ignore[no-untyped-def]
-        return self._handle("ListConsentEvents", request, context)
-
-    def GetMessageStatus(self, request, context):  # type: ignore[no-untyped-def]
-        return self._handle("GetMessageStatus", request, context)
 
 
 ADMIN_METHODS = (

@@ -33,15 +33,26 @@ def _table_rows(out: str) -> dict[str, list[str]]:
     return rows
 
 
-def test_check_against_ceiling_prints_table_and_aim(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main([*SHORT, "--only", "empty_handler", "check_consent"]) == 0
+def _bench(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[str, dict[str, list[str]]]:
+    """Run the bench CLI briefly (SHORT) with ``args``: its output and its table's rows."""
+    assert main([*SHORT, *args]) == 0
     out = capsys.readouterr().out
-    rows = _table_rows(out)
+    return out, _table_rows(out)
+
+
+def _all_answered(cells: list[str], *, cpu: bool = False) -> None:
+    """A row that moved something and failed nothing (with ``cpu``: CPU per call read)."""
+    assert int(cells[1].replace(",", "")) > 0
+    assert cells[6] == "0"
+    if cpu:
+        assert cells[5] != "-"
+
+
+def test_check_against_ceiling_prints_table_and_aim(capsys: pytest.CaptureFixture[str]) -> None:
+    out, rows = _bench(capsys, "--only", "empty_handler", "check_consent")
     assert set(rows) == {"empty grpc.aio handler (ceiling)", "CheckConsent"}
     for cells in rows.values():
-        assert int(cells[1].replace(",", "")) > 0  # some calls were answered...
-        assert cells[6] == "0"  # ...and none failed
-        assert cells[5] != "-"  # the server's CPU per call was read
+        _all_answered(cells, cpu=True)  # the server's CPU per call was read
     assert "- CheckConsent / empty handler: " in out
     assert "BatchCheckConsent / raw pipelined HMGET: - (aim >= 3x) NOT MEASURED" in out
     assert "BatchCheckConsent decisions/s, one process: - (aim >= 400,000/s) NOT MEASURED" in out
@@ -49,9 +60,7 @@ def test_check_against_ceiling_prints_table_and_aim(capsys: pytest.CaptureFixtur
 
 def test_uvloop_and_two_in_flight_rows(capsys: pytest.CaptureFixture[str]) -> None:
     """The uvloop pair and the 2-in-flight latency rows, with their ratios and p99 aim."""
-    assert main([*SHORT, "--only", "uvloop", "low_concurrency"]) == 0
-    out = capsys.readouterr().out
-    rows = _table_rows(out)
+    out, rows = _bench(capsys, "--only", "uvloop", "low_concurrency")
     assert set(rows) == {
         "empty grpc.aio handler, uvloop",
         "CheckConsent, uvloop",
@@ -59,7 +68,7 @@ def test_uvloop_and_two_in_flight_rows(capsys: pytest.CaptureFixture[str]) -> No
         "CheckConsent, 2 in flight",
     }
     for cells in rows.values():
-        assert int(cells[1].replace(",", "")) > 0 and cells[6] == "0"
+        _all_answered(cells)
     assert "- CheckConsent / empty handler, both on uvloop: " in out
     assert "- CheckConsent p99 with 2 calls in flight: " in out
     assert "NOT MEASURED" in out.split("- CheckConsent p99")[0].split("SendIfAllowed / empty")[1]
@@ -67,10 +76,8 @@ def test_uvloop_and_two_in_flight_rows(capsys: pytest.CaptureFixture[str]) -> No
 
 def test_send_and_batch_with_python_generator(capsys: pytest.CaptureFixture[str]) -> None:
     """The fallback generator, and the scenarios that check their own side effects."""
-    assert main([*SHORT, "--generator", "python", "--only", "send_if_allowed", "batch_check"]) == 0
-    out = capsys.readouterr().out
+    out, rows = _bench(capsys, "--generator", "python", "--only", "send_if_allowed", "batch_check")
     assert "load generator: python grpc.aio" in out
-    rows = _table_rows(out)
     rows.pop("Redis's own pipelined HMGET (redis-benchmark)", None)  # where installed
     assert set(rows) == {
         "SendIfAllowed (accepted)",
@@ -79,15 +86,12 @@ def test_send_and_batch_with_python_generator(capsys: pytest.CaptureFixture[str]
         "raw pipelined HMGET x100 (redis-py)",
     }
     for cells in rows.values():
-        assert int(cells[1].replace(",", "")) > 0
-        assert cells[6] == "0"
+        _all_answered(cells)
 
 
 def test_processes_rows_two_against_one(capsys: pytest.CaptureFixture[str]) -> None:
     """CheckConsent and the empty handler with 1 and 2 processes, and their ratios."""
-    assert main([*SHORT, "--only", "processes"]) == 0
-    out = capsys.readouterr().out
-    rows = _table_rows(out)
+    out, rows = _bench(capsys, "--only", "processes")
     assert set(rows) == {
         "empty handler, 1 process",
         "empty handler, 2 processes (SO_REUSEPORT)",
@@ -95,18 +99,14 @@ def test_processes_rows_two_against_one(capsys: pytest.CaptureFixture[str]) -> N
         "CheckConsent, CONSENT_PROCESSES=2",
     }
     for cells in rows.values():
-        assert int(cells[1].replace(",", "")) > 0
-        assert cells[6] == "0"
-        assert cells[5] != "-"  # CPU of every process of the tree was read
+        _all_answered(cells, cpu=True)  # CPU of every process of the tree was read
     assert "- CheckConsent: CONSENT_PROCESSES=2 / 1: " in out
     assert "- empty handler: 2 processes / 1 (ceiling): " in out
 
 
 def test_delivery_rows_beside_the_same_runs_accept_rate(capsys: pytest.CaptureFixture[str]) -> None:
     """Its own redis-server and inline-delivery server: a drained backlog, then sends."""
-    assert main([*SHORT, "--only", "delivery"]) == 0
-    out = capsys.readouterr().out
-    rows = _table_rows(out)
+    out, rows = _bench(capsys, "--only", "delivery")
     assert set(rows) == {
         "SendIfAllowed (accepted), inline delivery on",
         "delivered, accept -> DELIVERED (log provider)",
@@ -118,8 +118,7 @@ def test_delivery_rows_beside_the_same_runs_accept_rate(capsys: pytest.CaptureFi
         "delivered, accept -> DELIVERED (log provider)",
         "delivery drain of 250 queued (capacity)",
     ):
-        assert int(rows[label][1].replace(",", "")) > 0  # something moved...
-        assert rows[label][6] == "0"  # ...every send accepted, every message DELIVERED
+        _all_answered(rows[label])  # every send accepted, every message DELIVERED
     delivered = rows["delivered, accept -> DELIVERED (log provider)"]
     assert delivered[3] != "-" and delivered[4] != "-"  # latencies of delivered messages
     lag = rows["outbox lag under that load"]
@@ -166,23 +165,19 @@ def test_latency_only_rows_and_plain_ratios() -> None:
 
 def test_import_rows_beside_the_raw_write(capsys: pytest.CaptureFixture[str]) -> None:
     """ImportConsent from a CSV file into the real redis-server, and the raw HSET row."""
-    assert main([*SHORT, "--only", "bulk_import"]) == 0
-    out = capsys.readouterr().out
-    rows = _table_rows(out)
+    out, rows = _bench(capsys, "--only", "bulk_import")
     assert set(rows) == {
         "ImportConsent x25000 (consentctl import, CSV)",
         "raw pipelined HSET x25000 (redis-py)",
     }
     for cells in rows.values():
-        assert int(cells[1].replace(",", "")) > 0
-        assert cells[6] == "0"  # every record applied
+        _all_answered(cells)  # every record applied
     assert "- ImportConsent records/s / raw pipelined HSET: " in out
 
 
 def test_memory_rows_per_record_and_event(capsys: pytest.CaptureFixture[str]) -> None:
     """The memory scenario at a small N: its rows beside the string baseline."""
-    assert main([*SHORT, "--only", "memory", "--memory-recipients", "3000"]) == 0
-    rows = _table_rows(capsys.readouterr().out)
+    _, rows = _bench(capsys, "--only", "memory", "--memory-recipients", "3000")
     assert {
         "baseline: one string key per recipient",
         "current record (record bucket)",
