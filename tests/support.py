@@ -23,6 +23,7 @@ import grpc
 import redis
 
 from consent_server.domain.model import Action, Channel, ConsentEventInput, Recipient, Source
+from consent_server.domain.validation import RawTimestamp
 
 REDIS_SERVER = shutil.which("redis-server")
 
@@ -101,6 +102,11 @@ def consent_event(
         event_id=event_id,
         principal=principal,
     )
+
+
+def raw_ts(ms: int) -> RawTimestamp:
+    """Unix milliseconds as a request carries them (seconds and nanos)."""
+    return RawTimestamp(ms // 1000, (ms % 1000) * 1_000_000)
 
 
 def numbered_recipient(n: int) -> Recipient:

@@ -21,7 +21,7 @@ from consent_server.domain.errors import SendBlocked
 from consent_server.domain.model import Action, Channel, MessageState, Recipient, Source, Status
 from consent_server.domain.security import RateLimits, SecurityAuthority
 from consent_server.domain.service import ConsentAuthority
-from consent_server.domain.validation import RawMessage, RawRecipient, RawTimestamp
+from consent_server.domain.validation import RawMessage, RawRecipient
 from consent_server.store import keys
 from consent_server.store.outbox import DeliveryRepository
 from consent_server.store.providers import RedisProviderSettings
@@ -29,6 +29,7 @@ from consent_server.store.repository import RedisConsentStore
 from consent_server.store.security import RedisSecurityStore
 
 from .fake_provider import FakeProvider, fake_provider
+from .support import raw_ts
 
 # The fake provider listens on loopback, which delivery refuses unless the operator
 # allows it: these tests are that operator.
@@ -40,10 +41,6 @@ DIGITS = b"9876543210"  # the address as any key or value would hold it
 WA = RawRecipient(Channel.WHATSAPP, PHONE)
 ALICE = Recipient(Channel.WHATSAPP, PHONE)
 CAROL = RawRecipient(Channel.EMAIL, "carol@example.com")
-
-
-def _ts(ms: int) -> RawTimestamp:
-    return RawTimestamp(ms // 1000, (ms % 1000) * 1_000_000)
 
 
 def _now_ms() -> int:
@@ -81,7 +78,7 @@ async def inbound(a: ConsentAuthority, text: str, wamid: str, at_ms: int) -> Any
         text=text,
         button_payload="",
         provider_message_id=wamid,
-        received_at=_ts(at_ms),
+        received_at=raw_ts(at_ms),
     )
 
 
@@ -95,7 +92,7 @@ async def change(
         topic=topic,
         source=Source.IMPORT,
         evidence="late import",
-        occurred_at=_ts(at_ms) if at_ms else None,
+        occurred_at=raw_ts(at_ms) if at_ms else None,
         event_id="",
     )
 

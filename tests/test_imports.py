@@ -29,7 +29,7 @@ from consent_server.store.bulk import RedisBulkStore
 from consent_server.store.repository import RedisConsentStore
 from consent_server.store.security import RedisSecurityStore
 
-from .support import create_tenants
+from .support import create_tenants, raw_ts
 
 TENANT = "acme"
 PHONE = "+14155550100"
@@ -37,10 +37,6 @@ WHO = RawRecipient(Channel.SMS, PHONE)
 ALICE = Recipient(Channel.SMS, PHONE)
 HOUR = 3_600_000
 T0 = time.time_ns() // 1_000_000 - 100 * HOUR  # every time in a case is T0 + n hours
-
-
-def ts(ms: int) -> RawTimestamp:
-    return RawTimestamp(ms // 1000, (ms % 1000) * 1_000_000)
 
 
 def rec(
@@ -54,7 +50,7 @@ def rec(
     source: Source | None = Source.IMPORT,
 ) -> RawImportRecord:
     return RawImportRecord(
-        who, topic, action, ts(T0 + int(hours * HOUR)), source, "test", external_id, line
+        who, topic, action, raw_ts(T0 + int(hours * HOUR)), source, "test", external_id, line
     )
 
 
@@ -88,7 +84,7 @@ async def prior(store: RedisConsentStore, action: Action, hours: float, topic: s
         topic=topic,
         source=Source.API,
         evidence="",
-        occurred_at=ts(T0 + int(hours * HOUR)),
+        occurred_at=raw_ts(T0 + int(hours * HOUR)),
         event_id="",
     )
 
@@ -273,7 +269,7 @@ async def test_an_opt_in_after_the_erasure_with_proof_applies(store: RedisConsen
     await prior(store, OUT, 1)
     erased_at = await erase(store)
     await asyncio.sleep(0.01)
-    late = RawImportRecord(WHO, "m", IN, ts(erased_at + 5), Source.IMPORT, "form", "", 0)
+    late = RawImportRecord(WHO, "m", IN, raw_ts(erased_at + 5), Source.IMPORT, "form", "", 0)
     summary = await run(store, [late], proof=True)
     assert counts(summary) == {"applied": 1, "changed": 1}
     assert await allowed(store, "m")
@@ -281,7 +277,7 @@ async def test_an_opt_in_after_the_erasure_with_proof_applies(store: RedisConsen
 
 
 MALFORMED = [
-    (RawImportRecord(None, "", OUT, ts(T0), Source.IMPORT, "", "", 0), "recipient"),
+    (RawImportRecord(None, "", OUT, raw_ts(T0), Source.IMPORT, "", "", 0), "recipient"),
     (rec(OUT, 1, who=RawRecipient(None, PHONE)), "recipient.channel"),
     (rec(OUT, 1, who=RawRecipient(Channel.SMS, "")), "recipient.address"),
     (rec(OUT, 1, who=RawRecipient(Channel.SMS, "x" * 300)), "recipient.address"),
@@ -297,8 +293,11 @@ MALFORMED = [
     (rec(OUT, 1, source=None), "source"),
     (rec(OUT, 1, external_id="has space"), "external_id"),
     (rec(OUT, 1, external_id="x" * 129), "external_id"),
-    (RawImportRecord(WHO, "", OUT, ts(T0), Source.IMPORT, "e" * 2000, "", 0), "evidence"),
-    (RawImportRecord(WHO, "", IN, ts(T0 + 1000 * HOUR), Source.IMPORT, "", "", 0), "occurred_at"),
+    (RawImportRecord(WHO, "", OUT, raw_ts(T0), Source.IMPORT, "e" * 2000, "", 0), "evidence"),
+    (
+        RawImportRecord(WHO, "", IN, raw_ts(T0 + 1000 * HOUR), Source.IMPORT, "", "", 0),
+        "occurred_at",
+    ),
 ]
 
 
@@ -416,7 +415,7 @@ async def test_export_then_import_into_a_fresh_tenant_is_the_same_state(
             RawRecipient(r.channel, r.address),
             topic,
             Action.OPT_IN if st is Status.OPTED_IN else OUT,
-            ts(ms),
+            raw_ts(ms),
             Source.IMPORT,
             "re-import",
             "",
@@ -443,7 +442,7 @@ async def test_export_then_import_into_a_fresh_tenant_is_the_same_state(
     assert only_all and all(r[1] == "" for r in only_all)
     ins = await export_all(store, TENANT, status="OPTED_IN")
     assert ins and all(r[2] is Status.OPTED_IN for r in ins)
-    recent = await export_all(store, TENANT, since=ts(T0 + 15 * HOUR))
+    recent = await export_all(store, TENANT, since=raw_ts(T0 + 15 * HOUR))
     assert recent and all(r[3] >= T0 + 15 * HOUR for r in recent)
     assert len(recent) < len(exported)
 

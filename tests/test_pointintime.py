@@ -30,6 +30,8 @@ from consent_server.store.history import RedisConsentHistory
 from consent_server.store.repository import RedisConsentStore
 from consent_server.store.security import RedisSecurityStore
 
+from .support import raw_ts
+
 TOPICS = ("", "m", "n")
 
 
@@ -112,10 +114,6 @@ def test_an_erasure_tombstone_answers_every_instant_before_later_events() -> Non
 WHO = RawRecipient(Channel.WHATSAPP, "+919876543210")
 
 
-def ts(ms: int) -> RawTimestamp:
-    return RawTimestamp(ms // 1000, (ms % 1000) * 1_000_000)
-
-
 async def test_checks_at_an_instant_through_the_store(store: RedisConsentStore) -> None:
     a = ConsentAuthority(store, history=RedisConsentHistory(store.client, store.tombstones))
     base = time.time_ns() // 1_000_000 - 3_600_000
@@ -128,17 +126,17 @@ async def test_checks_at_an_instant_through_the_store(store: RedisConsentStore) 
             topic=topic,
             source=Source.API,
             evidence="",
-            occurred_at=ts(base + minute * 60_000),
+            occurred_at=raw_ts(base + minute * 60_000),
             event_id="",
         )
     for minute in range(0, 30):
         at = base + minute * 60_000
         want = model(recorded, "m", minute, Policy.ALLOW_UNLESS_OPTED_OUT)
-        got = await a.check("acme", WHO, "m", ts(at))
+        got = await a.check("acme", WHO, "m", raw_ts(at))
         assert (got.decision.allowed, got.decision.status) == want[:2], minute
         assert (got.deciding_event.revision if got.deciding_event else None) == want[2]
     [one, bad] = await a.batch_check(
-        "acme", "m", [WHO, RawRecipient(Channel.SMS, "nope")], ts(base + 7 * 60_000)
+        "acme", "m", [WHO, RawRecipient(Channel.SMS, "nope")], raw_ts(base + 7 * 60_000)
     )
     assert not one.decision.allowed  # type: ignore[union-attr]
     assert not hasattr(bad, "decision")
@@ -152,16 +150,16 @@ async def test_checks_at_an_instant_through_the_store(store: RedisConsentStore) 
         topic="",
         source=Source.API,
         evidence="",
-        occurred_at=ts(base + 25 * 60_000),
+        occurred_at=raw_ts(base + 25 * 60_000),
         event_id="",
     )
-    assert (await a.check("acme", WHO, "m", ts(base + 12 * 60_000))).decision.allowed
+    assert (await a.check("acme", WHO, "m", raw_ts(base + 12 * 60_000))).decision.allowed
     sec = SecurityAuthority(
         RedisSecurityStore(store.client, store.tombstones), store, limits=RateLimits(0, 0)
     )
     await sec.forget("acme", WHO, "op")
     for minute in (0, 12, 25):
-        got = await a.check("acme", WHO, "m", ts(base + minute * 60_000))
+        got = await a.check("acme", WHO, "m", raw_ts(base + minute * 60_000))
         assert not got.decision.allowed and got.deciding_event is None
         assert got.decision.record is not None
         assert got.decision.record.source is Source.ERASURE
@@ -170,14 +168,14 @@ async def test_checks_at_an_instant_through_the_store(store: RedisConsentStore) 
 async def test_at_is_validated(store: RedisConsentStore) -> None:
     a = ConsentAuthority(store, history=RedisConsentHistory(store.client, store.tombstones))
     future = time.time_ns() // 1_000_000 + 3_600_000
-    for at in (RawTimestamp(-1, 0), RawTimestamp(0, -5), RawTimestamp(10**12, 0), ts(future)):
+    for at in (RawTimestamp(-1, 0), RawTimestamp(0, -5), RawTimestamp(10**12, 0), raw_ts(future)):
         with pytest.raises(InvalidArgument) as info:
             await a.check("acme", WHO, "m", at)
         assert [v.field for v in info.value.violations] == ["at"]
     many = [WHO] * 1001
     with pytest.raises(InvalidArgument) as info:
-        await a.batch_check("acme", "m", many, ts(future - 7_200_000))
+        await a.batch_check("acme", "m", many, raw_ts(future - 7_200_000))
     assert [v.field for v in info.value.violations] == ["recipients"]
     # A server without the history port refuses `at` instead of answering for now.
     with pytest.raises(InvalidArgument):
-        await ConsentAuthority(store).check("acme", WHO, "m", ts(future - 7_200_000))
+        await ConsentAuthority(store).check("acme", WHO, "m", raw_ts(future - 7_200_000))

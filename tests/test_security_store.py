@@ -19,9 +19,11 @@ from consent_server.domain.errors import InvalidArgument, SendBlocked
 from consent_server.domain.model import Action, Policy, Scope, Source, Status, TenantSettings
 from consent_server.domain.security import RateLimits, SecurityAuthority
 from consent_server.domain.service import ConsentAuthority
-from consent_server.domain.validation import RawMessage, RawRecipient, RawTimestamp
+from consent_server.domain.validation import RawMessage, RawRecipient
 from consent_server.store.repository import RedisConsentStore
 from consent_server.store.security import RedisSecurityStore
+
+from .support import raw_ts
 
 PHONE = "+919876543210"
 WA = RawRecipient(None, "")  # replaced below; keeps the import honest for mypy
@@ -53,9 +55,7 @@ async def opt(
         topic=topic,
         source=Source.API,
         evidence="form 7",
-        occurred_at=RawTimestamp(when_ms // 1000, (when_ms % 1000) * 1_000_000)
-        if when_ms
-        else None,
+        occurred_at=raw_ts(when_ms) if when_ms else None,
         event_id="",
     )
 
