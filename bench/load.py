@@ -64,6 +64,21 @@ def percentile(sorted_values: list[float], q: float) -> float | None:
     return sorted_values[index]
 
 
+def _result(
+    generator: str, ok: int, failed: int, duration_s: float, latencies_ms: list[float]
+) -> LoadResult:
+    """A generator's counts and its calls' median and p99 latency."""
+    ordered = sorted(latencies_ms)
+    return LoadResult(
+        generator=generator,
+        ok=ok,
+        failed=failed,
+        duration_s=duration_s,
+        p50_ms=percentile(ordered, 0.50),
+        p99_ms=percentile(ordered, 0.99),
+    )
+
+
 _DONE_RE = re.compile(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded")
 _STATUS_RE = re.compile(r"status codes: (\d+) 2xx")
 _DATA_RE = re.compile(r"traffic: .*?, [\d.]+\w*B \((\d+)\) data")
@@ -147,14 +162,7 @@ class H2Load:
             if data is None:
                 raise RuntimeError(f"cannot read h2load's traffic line:\n{out}")
             ok = min(ok, int(data.group(1)) // response_size)
-        return LoadResult(
-            generator=self.name,
-            ok=ok,
-            failed=finished - ok,
-            duration_s=duration_s,
-            p50_ms=percentile(latencies, 0.50),
-            p99_ms=percentile(latencies, 0.99),
-        )
+        return _result(self.name, ok, finished - ok, duration_s, latencies)
 
 
 class PythonLoad:
@@ -173,13 +181,12 @@ class PythonLoad:
     def _pyload(
         target: str,
         method: str,
-        body: Path | list[Path],
+        bodies: list[Path],
         duration_s: float,
         options: BenchOptions,
         *,
         once: bool = False,
     ) -> dict[str, Any]:
-        bodies = body if isinstance(body, list) else [body]
         files = [arg for b in bodies for arg in ("--request-file", str(b))]
         done = subprocess.run(
             [
@@ -226,22 +233,13 @@ class PythonLoad:
 
         The workers see every call's gRPC status, so ``response_size`` is not needed.
         """
-        with tempfile.TemporaryDirectory(prefix="bench-pyload-") as tmp:
-            body = Path(tmp) / "request.bin"
-            body.write_bytes(request)
-            if options.warmup_s > 0:
-                self._pyload(target, method, body, options.warmup_s, options)
-            if on_measure_start is not None:
-                on_measure_start()
-            result = self._pyload(target, method, body, duration_s, options)
-        latencies = sorted(result["latencies_ms"])
-        return LoadResult(
-            generator=self.name,
-            ok=result["ok"],
-            failed=result["failed"],
+        return run_distinct(
+            target,
+            method,
+            [request],
             duration_s=duration_s,
-            p50_ms=percentile(latencies, 0.50),
-            p99_ms=percentile(latencies, 0.99),
+            options=options,
+            on_measure_start=on_measure_start,
         )
 
 
@@ -270,15 +268,8 @@ def run_distinct(
         if on_measure_start is not None:
             on_measure_start()
         result = PythonLoad._pyload(target, method, bodies, duration_s, options, once=once)
-    latencies = sorted(result["latencies_ms"])
-    return LoadResult(
-        generator=PythonLoad.name,
-        ok=result["ok"],
-        failed=result["failed"],
-        duration_s=result["elapsed_s"] if once else duration_s,
-        p50_ms=percentile(latencies, 0.50),
-        p99_ms=percentile(latencies, 0.99),
-    )
+    elapsed = result["elapsed_s"] if once else duration_s
+    return _result(PythonLoad.name, result["ok"], result["failed"], elapsed, result["latencies_ms"])
 
 
 def choose(generator: str) -> H2Load | PythonLoad:

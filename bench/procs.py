@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import AnyStr
 
 import grpc
 import redis
@@ -30,6 +31,18 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def terminate(proc: subprocess.Popen[AnyStr], grace_s: float) -> None:
+    """SIGTERM a running process; SIGKILL it after ``grace_s`` seconds. Waits for its end."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
 
 
 class RedisServer:
@@ -97,13 +110,8 @@ class RedisServer:
 
     def stop(self) -> None:
         """Terminate it and wait."""
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        if self.proc:
+            terminate(self.proc, grace_s=10)
 
 
 class GrpcProcess:
@@ -181,13 +189,8 @@ class GrpcProcess:
 
     def stop(self) -> None:
         """SIGTERM (the servers drain and exit), SIGKILL if that takes too long."""
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        if self.proc:
+            terminate(self.proc, grace_s=15)
         if self._reader:
             self._reader.join(5)
 
