@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -23,7 +23,8 @@ import grpc
 import redis
 
 from consent_server.domain.model import Action, Channel, ConsentEventInput, Recipient, Source
-from consent_server.domain.validation import RawTimestamp
+from consent_server.domain.service import ConsentAuthority
+from consent_server.domain.validation import RawMessage, RawRecipient, RawTimestamp
 
 REDIS_SERVER = shutil.which("redis-server")
 
@@ -102,6 +103,29 @@ def consent_event(
         event_id=event_id,
         principal=principal,
     )
+
+
+async def send_text(
+    authority: ConsentAuthority,
+    tenant_id: str,
+    recipient: RawRecipient,
+    topic: str,
+    text: str,
+    *,
+    not_after: RawTimestamp | None = None,
+    metadata: Mapping[str, str] | None = None,
+) -> str:
+    """SendIfAllowed of a text message (no idempotency key): the accepted message's id."""
+    result = await authority.send(
+        tenant_id=tenant_id,
+        recipient=recipient,
+        topic=topic,
+        message=RawMessage("text", text=text),
+        idempotency_key="",
+        not_after=not_after,
+        metadata=metadata or {},
+    )
+    return result.accepted.message_id
 
 
 def raw_ts(ms: int) -> RawTimestamp:

@@ -33,13 +33,14 @@ from consent_server.store.providers import RedisProviderSettings
 from consent_server.store.repository import RedisConsentStore
 
 from .fake_provider import FakeProvider, fake_provider
-from .support import consent_event
+from .support import consent_event, send_text
 
 TENANT = "acme"
 PHONE = "+919876543210"
 SECRET = "whsec_0123456789abcdef"
 WA = RawRecipient(Channel.WHATSAPP, PHONE)
 ALICE = Recipient(Channel.WHATSAPP, PHONE)
+CAMPAIGN = {"campaign": "c1"}
 
 # The fake providers listen on loopback, which delivery refuses unless the operator
 # allows it: these tests are that operator.
@@ -108,18 +109,15 @@ async def use_whatsapp_cloud(
 
 
 async def send(
-    store: RedisConsentStore, topic: str = "marketing", text: str = "Hello!", **kw: object
+    store: RedisConsentStore,
+    topic: str = "marketing",
+    text: str = "Hello!",
+    *,
+    not_after: RawTimestamp | None = None,
 ) -> str:
-    result = await ConsentAuthority(store).send(
-        tenant_id=TENANT,
-        recipient=kw.pop("recipient", WA),  # type: ignore[arg-type]
-        topic=topic,
-        message=RawMessage("text", text=text),
-        idempotency_key="",
-        not_after=kw.pop("not_after", None),  # type: ignore[arg-type]
-        metadata={"campaign": "c1"},
+    return await send_text(
+        ConsentAuthority(store), TENANT, WA, topic, text, not_after=not_after, metadata=CAMPAIGN
     )
-    return result.accepted.message_id
 
 
 async def change(

@@ -23,7 +23,7 @@ from consent_server.domain.links import (
 from consent_server.domain.links_service import ConsentLinks, static_keyring, stored_keyring
 from consent_server.domain.model import Action, Channel, Recipient, Source, Status
 from consent_server.domain.service import ConsentAuthority
-from consent_server.domain.validation import RawMessage, RawRecipient
+from consent_server.domain.validation import RawRecipient
 from consent_server.domain.whatsapp import (
     InboundReply,
     StatusReceipt,
@@ -46,6 +46,8 @@ from consent_server.domain.whatsapp_edge import (
 from consent_server.store import keys
 from consent_server.store.edge import RedisEdgeStore
 from consent_server.store.repository import RedisConsentStore
+
+from .support import send_text
 
 FIXTURES = Path(__file__).parent / "fixtures" / "whatsapp"
 SECRET = b"s" * 40
@@ -342,17 +344,15 @@ async def _configure(store: RedisConsentStore, tenant: str) -> RedisEdgeStore:
 
 async def sent(store: RedisConsentStore, tenant: str, wamid: str, address: str = WA) -> str:
     """A message the tenant sent through us that the provider named ``wamid``."""
-    result = await ConsentAuthority(store).send(
-        tenant_id=tenant,
-        recipient=RawRecipient(Channel.WHATSAPP, address),
-        topic="orders",
-        message=RawMessage("text", text="Your order shipped"),
-        idempotency_key="",
-        not_after=None,
-        metadata={},
+    message_id = await send_text(
+        ConsentAuthority(store),
+        tenant,
+        RawRecipient(Channel.WHATSAPP, address),
+        "orders",
+        "Your order shipped",
     )
-    await store.client.set(keys.provider_message(tenant, wamid), result.accepted.message_id)
-    return result.accepted.message_id
+    await store.client.set(keys.provider_message(tenant, wamid), message_id)
+    return message_id
 
 
 WAMID_131050 = "wamid.HBgLMTY1MDM4Nzk0MzkVAgARGBI4NjA1NkQ3RTY0QzQ1NkNERjYA"

@@ -34,13 +34,13 @@ from consent_server.domain.delivery import (
 from consent_server.domain.errors import InvalidArgument
 from consent_server.domain.model import Channel, MessageState
 from consent_server.domain.service import ConsentAuthority
-from consent_server.domain.validation import RawMessage, RawRecipient
+from consent_server.domain.validation import RawRecipient
 from consent_server.store.outbox import DeliveryRepository
 from consent_server.store.providers import RedisProviderSettings
 from consent_server.store.repository import RedisConsentStore
 
 from .fake_provider import FakeProvider, fake_provider
-from .support import RedisProcess, ServerProcess
+from .support import RedisProcess, ServerProcess, send_text
 
 TENANT = "acme"
 PHONE = "+919876543210"
@@ -85,16 +85,13 @@ async def put_raw_provider(store: RedisConsentStore, url: str) -> None:
 
 
 async def send(store: RedisConsentStore) -> str:
-    result = await ConsentAuthority(store).send(
-        tenant_id=TENANT,
-        recipient=RawRecipient(Channel.WHATSAPP, PHONE),
-        topic="order_updates",
-        message=RawMessage("text", text="hello"),
-        idempotency_key="",
-        not_after=None,
-        metadata={},
+    return await send_text(
+        ConsentAuthority(store),
+        TENANT,
+        RawRecipient(Channel.WHATSAPP, PHONE),
+        "order_updates",
+        "hello",
     )
-    return result.accepted.message_id
 
 
 async def settle(worker: DeliveryWorker, store: RedisConsentStore, mid: str) -> str:

@@ -28,12 +28,13 @@ from consent_server.domain.egress import EgressPolicy
 from consent_server.domain.feedback import opt_out_scope
 from consent_server.domain.model import Action, Channel, MessageState, Source
 from consent_server.domain.service import ConsentAuthority
-from consent_server.domain.validation import MAX_EVIDENCE_BYTES, RawMessage, RawRecipient
+from consent_server.domain.validation import MAX_EVIDENCE_BYTES, RawRecipient
 from consent_server.store.outbox import DeliveryRepository
 from consent_server.store.providers import RedisProviderSettings
 from consent_server.store.repository import RedisConsentStore
 
 from .fake_provider import FakeProvider, fake_provider
+from .support import send_text
 
 TENANT = "acme"
 PHONE = "+919876543210"
@@ -66,16 +67,7 @@ async def _answered_and_delivered(store: RedisConsentStore, fake: FakeProvider) 
     ids = []
     fake.answer((400, {"code": 21610, "message": "unsubscribed"}))
     for topic in ("marketing", "order_updates"):
-        sent = await authority.send(
-            tenant_id=TENANT,
-            recipient=WA,
-            topic=topic,
-            message=RawMessage("text", text="hi"),
-            idempotency_key="",
-            not_after=None,
-            metadata={},
-        )
-        ids.append(sent.accepted.message_id)
+        ids.append(await send_text(authority, TENANT, WA, topic, "hi"))
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             await worker.run_once()
