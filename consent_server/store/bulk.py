@@ -14,7 +14,7 @@ single OptOut/OptIn call would have done.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from redis.commands.core import AsyncScript
@@ -237,10 +237,20 @@ class RedisBulkStore:
                 out[n] = _view(seen, wanted[n][1], scopes, tomb)
         return [v if v is not None else RecipientView() for v in out]
 
-    async def apply(self, events: Sequence[ConsentEventInput]) -> list[str]:
+    async def apply(
+        self, events: Sequence[ConsentEventInput], *, queued: Callable[[], None] | None = None
+    ) -> list[str]:
         """record_event.lua for every event, in order: one batch_script call per
-        partition (per APPLY_CHUNK events), every call of the batch sent pipelined."""
+        partition (per APPLY_CHUNK events), every call of the batch sent pipelined.
+
+        ``queued`` (domain.ports.BulkConsentStore.apply): called once these writes are
+        queued on the shared connection, so that an apply started after it is applied
+        after them; without one (a pool, a cluster, replica acks) it is called when the
+        writes are done. An apply given ``queued`` never re-sends on NOSCRIPT (another
+        may be queued behind it, and a re-send would overtake it): it fails instead."""
         if not events:
+            if queued is not None:
+                queued()
             return []
         tenant_id = events[0].tenant_id
         secret = await guarded(lambda: self._tombstones.secret(tenant_id))
@@ -268,7 +278,13 @@ class RedisBulkStore:
                     args.append("\0".join(record_event_args(e, maxlen, descriptor)))
                 positions_of.append(chunk)
                 calls.append((kk, args))
-        replies = await guarded(lambda: self._calls(self._apply, calls, write=True))
+        try:
+            replies = await guarded(
+                lambda: self._calls(self._apply, calls, write=True, queued=queued)
+            )
+        finally:
+            if queued is not None:
+                queued()  # done (or failed): nothing of this call is left to overtake
         out = [""] * len(events)
         for chunk, reply in zip(positions_of, replies, strict=True):
             for n, row in zip(chunk, reply, strict=True):
@@ -281,6 +297,7 @@ class RedisBulkStore:
         calls: Sequence[tuple[Sequence[str], Sequence[Any]]],
         *,
         write: bool = False,
+        queued: Callable[[], None] | None = None,
     ) -> list[Any]:
         """EVALSHA of ``script`` for each (keys, args), replies in order.
 
@@ -296,11 +313,11 @@ class RedisBulkStore:
         if write and self._acks.enabled:
             return await self._acked(script, calls)
         for attempt in (1, 2):
-            replies = await self._pipelined(script.sha, calls)
+            replies = await self._pipelined(script.sha, calls, queued)
             missing = [isinstance(r, NoScriptError) for r in replies]
             if not any(missing):
                 break
-            if attempt == 2 or not all(missing):
+            if attempt == 2 or not all(missing) or queued is not None:
                 # Part of the pipeline ran and part did not (the script cache was
                 # flushed meanwhile): retrying the rest would reorder events. The
                 # import's call fails; the client retries (every event id is stable).
@@ -313,12 +330,15 @@ class RedisBulkStore:
         return replies
 
     async def _pipelined(
-        self, sha: str, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]
+        self,
+        sha: str,
+        calls: Sequence[tuple[Sequence[str], Sequence[Any]]],
+        queued: Callable[[], None] | None = None,
     ) -> list[Any]:
         mux = getattr(self._r, "mux", None)
         if mux is not None and not getattr(self._r, "single_connection_client", False):
             replies: list[Any] = await mux.execute_many(
-                [("EVALSHA", sha, len(k), *k, *a) for k, a in calls]
+                [("EVALSHA", sha, len(k), *k, *a) for k, a in calls], queued
             )
             return replies
         pipe = self._r.pipeline(transaction=False)

@@ -41,7 +41,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import hiredis
@@ -171,13 +171,17 @@ class Multiplexer:
             self._timer = loop.call_later(self._timeout_s, self._check_timeout)
         return await future
 
-    async def execute_many(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+    async def execute_many(
+        self, commands: Sequence[tuple[Any, ...]], queued: Callable[[], None] | None = None
+    ) -> list[Any]:
         """Send several commands in one write, in order; their replies in order, an error
         reply (``NOSCRIPT``...) in its command's place as the exception object, not
         raised. A lost connection or a timeout raises, as for :meth:`execute`.
 
         One future per command and no coroutine each: a bulk write of hundreds of
-        script calls (an import batch over many partitions) costs little per call."""
+        script calls (an import batch over many partitions) costs little per call.
+        ``queued`` is called once the commands are queued on the connection: any command
+        sent after that, by anyone, runs after them."""
         if not commands:
             return []
         wire = self._wire
@@ -196,6 +200,8 @@ class Multiplexer:
             loop.call_soon(self._flush)
         if self._timer is None:
             self._timer = loop.call_later(self._timeout_s, self._check_timeout)
+        if queued is not None:
+            queued()
         out: list[Any] = []
         try:
             for future in futures:
