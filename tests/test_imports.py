@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import pytest
 
@@ -18,6 +19,7 @@ from consent_server.domain.imports import (
     ImportSummary,
     Outcome,
     RawImportRecord,
+    RecipientView,
     event_id_for,
     validate_record,
 )
@@ -26,10 +28,11 @@ from consent_server.domain.security import RateLimits, SecurityAuthority
 from consent_server.domain.service import ConsentAuthority
 from consent_server.domain.validation import RawRecipient, RawTimestamp
 from consent_server.store.bulk import RedisBulkStore
+from consent_server.store.connect import open_store
 from consent_server.store.repository import RedisConsentStore
 from consent_server.store.security import RedisSecurityStore
 
-from .support import create_tenants, raw_ts
+from .support import RedisProcess, create_tenants, raw_ts, tenant_id_for
 
 TENANT = "acme"
 PHONE = "+14155550100"
@@ -229,6 +232,111 @@ async def test_an_import_never_resubscribes_silently(store: RedisConsentStore, c
     assert again.duplicates == len(case.imported) - real.skipped_no_proof - real.skipped_opted_out
     for topic, want in case.allowed.items():
         assert await allowed(store, topic) is want, topic
+
+
+@pytest.fixture
+async def shared(
+    redis_proc: RedisProcess, request: pytest.FixtureRequest
+) -> AsyncIterator[RedisConsentStore]:
+    """A store on the shared pipelined connection (the server's default): the one on
+    which consecutive batches overlap (the next sent while the one before is applied)."""
+    s = open_store(redis_proc.url, multiplex=True)
+    await s.client.flushdb()
+    await create_tenants(s, (TENANT, tenant_id_for(request.node)))
+    yield s
+    await s.aclose()
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("per_batch", [1, 2])
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+async def test_the_rules_hold_when_batches_overlap(
+    shared: RedisConsentStore, case: Case, per_batch: int
+) -> None:
+    """The table again, on the shared connection, in batches of one or two records:
+    batches overlap there, and the outcome must be that of one after the other."""
+    for action, hours, topic in case.held:
+        await prior(shared, action, hours, topic)
+
+    async def stream() -> AsyncIterator[ImportMessage]:
+        yield ImportMessage(TENANT, case.proof, False, case.imported[:1])
+        for r in case.imported[1:]:
+            yield ImportMessage("", False, False, [r])
+
+    b = BulkConsent(shared, RedisBulkStore(shared.client, shared.tombstones), batch_size=per_batch)
+    real = await b.import_stream(stream(), "test-key")
+    assert counts(real) == case.expect
+    for topic, want in case.allowed.items():
+        assert await allowed(shared, topic) is want, topic
+
+
+async def test_batches_overlap_only_after_the_first_and_in_order() -> None:
+    """With a store that queues writes in order: the first batch completes before the
+    second starts; then each opt-out batch is handed over once the one before it is
+    queued (before it is done); a batch needing views waits for the one before; the
+    summary counts every batch."""
+    events: list[str] = []
+    redis = asyncio.Lock()
+    in_flight = most = 0
+
+    class Ordered:
+        async def views(self, tenant_id: str, wanted: Sequence[Any]) -> list[RecipientView]:
+            events.append("views")
+            return [RecipientView() for _ in wanted]
+
+        async def apply(
+            self, batch: Sequence[Any], *, queued: Callable[[], None] | None = None
+        ) -> list[str]:
+            name = batch[0].event_id[-4:]
+            events.append(f"start {name} {'queued' if queued else 'alone'}")
+            if queued is not None:
+                queued()
+            nonlocal in_flight, most
+            in_flight += 1
+            most = max(most, in_flight)
+            async with redis:  # one batch at a time, as Redis runs them
+                await asyncio.sleep(0.01)
+            in_flight -= 1
+            events.append(f"end {name}")
+            return [Outcome.CHANGED] * len(batch)
+
+        def export(self, tenant_id: str, query: Any) -> Any:
+            raise NotImplementedError
+
+    class Tenants:
+        async def tenant_lookup(self, tenant_id: str) -> Any:
+            from consent_server.domain.model import TenantSettings
+
+            return TenantSettings()
+
+    records = [rec(OUT, n, external_id=f"x{n:03d}") for n in range(1, 5)]
+    records.append(rec(IN, 9, external_id="x009"))
+
+    async def stream() -> AsyncIterator[ImportMessage]:
+        yield ImportMessage(TENANT, True, False, records)
+
+    b = BulkConsent(Tenants(), Ordered(), batch_size=1)  # type: ignore[arg-type]
+    summary = await b.import_stream(stream(), "p")
+    assert summary.applied == 5
+    ids = [
+        event_id_for(ALICE, "", a, T0 + n * HOUR, f"x{n:03d}")[-4:]
+        for a, n in [
+            (Action.OPT_OUT, 1),
+            (Action.OPT_OUT, 2),
+            (Action.OPT_OUT, 3),
+            (Action.OPT_OUT, 4),
+            (Action.OPT_IN, 9),
+        ]
+    ]
+    assert events[:3] == [f"start {ids[0]} alone", f"end {ids[0]}", f"start {ids[1]} queued"]
+    # Batches 3 and 4 were handed over while the one before was still being applied.
+    assert events.index(f"start {ids[2]} queued") < events.index(f"end {ids[1]}")
+    assert events.index(f"start {ids[3]} queued") < events.index(f"end {ids[2]}")
+    # The opt-in with proof needs its view: read only after batch 4 is done.
+    assert events.index("views") > events.index(f"end {ids[3]}")
+    starts = [e.split()[1] for e in events if e.startswith("start")]
+    assert starts == ids  # in stream order
+    assert most == 2
 
 
 async def test_a_dry_run_writes_nothing(store: RedisConsentStore) -> None:

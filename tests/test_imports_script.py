@@ -60,7 +60,8 @@ def events(tenant: str, seed: int) -> list[ConsentEventInput]:
                 topic=rnd.choice(["", "", "marketing", "news"]),
                 action=rnd.choice([Action.OPT_OUT, Action.OPT_OUT, Action.OPT_IN]),
                 source=Source.IMPORT,
-                evidence=f"line {n}",
+                # Some evidence long enough to continue in further history fields.
+                evidence=f"line {n}" + (" long" * 40 if n % 7 == 0 else ""),
                 occurred_at_ms=T0 + rnd.randrange(0, 50) * HOUR,
                 event_id=f"imp_{seed}_{n}",
                 principal="test-key",
@@ -191,3 +192,28 @@ async def test_the_lean_path_applies_a_new_recipients_first_event(
     main = await store.client.hget(bucket, keys.rfield(PEOPLE[5]))
     # Event count 1; the all-topics record packed (layout.lua): out, T0, rev 1, import.
     assert main == f"1;o{base36(T0)},1,i,imp_lean".encode()
+
+
+@pytest.mark.redis
+async def test_a_batch_over_every_partition_needs_one_connection(redis_proc: Any) -> None:
+    """A batch's calls go pipelined, not one pooled connection each: with a pool of one
+    connection a batch touching every partition still applies (a call per partition at
+    once would exhaust the pool and fail the import), and so does a dry run's read."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(redis_proc.url, max_connections=1)
+    try:
+        await client.flushdb()
+        bulk = RedisBulkStore(client)
+        people = [Recipient(Channel.SMS, f"+1415666{n:04d}") for n in range(400)]
+        assert len({keys.partition(BULK, p) for p in people}) == keys.PARTITIONS
+        batch = [
+            ConsentEventInput(BULK, p, "", Action.OPT_OUT, Source.IMPORT, "x", T0, f"i{n}", "k")
+            for n, p in enumerate(people)
+        ]
+        assert await bulk.apply(batch) == ["changed"] * len(batch)
+        assert await bulk.apply(batch) == ["duplicate"] * len(batch)
+        views = await bulk.views(BULK, [(p, [f"i{n}"]) for n, p in enumerate(people)])
+        assert all(v.seen == {f"i{n}"} for n, v in enumerate(views))
+    finally:
+        await client.aclose()

@@ -269,3 +269,42 @@ async def test_store_on_the_shared_connection(redis_proc: RedisProcess) -> None:
         assert [pair for [pair] in singles] == batch
     finally:
         await store.aclose()
+
+
+async def test_execute_many_sends_in_order_and_keeps_error_replies_in_place(
+    client: MultiplexedRedis,
+) -> None:
+    assert client.mux is not None
+    await client.set("s", "text")
+    replies = await client.mux.execute_many(
+        [
+            ("INCR", "n"),
+            ("HGET", "s", "f"),  # WRONGTYPE
+            ("EVALSHA", "0" * 40, 0),  # NOSCRIPT
+            ("INCR", "n"),
+            *[("INCR", "n")] * 300,
+        ]
+    )
+    assert replies[0] == 1 and replies[3] == 2 and replies[-1] == 302
+    assert isinstance(replies[1], rex.ResponseError) and "WRONGTYPE" in str(replies[1])
+    assert isinstance(replies[2], rex.NoScriptError)
+    assert await client.mux.execute_many([]) == []
+    assert await client.get("s") == b"text"  # the connection is still in step
+    assert client.mux.connects == 1
+
+
+async def test_execute_many_fails_every_command_when_the_server_dies(tmp_path: Path) -> None:
+    proc = RedisProcess(tmp_path).start()
+    c = _client(proc.url)
+    try:
+        assert c.mux is not None
+        await c.ping()
+        proc.pause()  # a stopped Redis: the commands stay in flight
+        task = asyncio.ensure_future(c.mux.execute_many([("INCR", "n")] * 50))
+        await asyncio.sleep(0.2)
+        proc.kill()
+        with pytest.raises(rex.ConnectionError):
+            await task
+    finally:
+        await c.aclose()
+        proc.stop()

@@ -22,6 +22,7 @@ from consent_server.domain.errors import ReplicationNotAcknowledged
 from consent_server.domain.model import Action, OutboundMessage, Policy, TenantSettings
 from consent_server.domain.whatsapp_edge import WhatsAppWebhookConfig
 from consent_server.store import keys
+from consent_server.store.bulk import RedisBulkStore
 from consent_server.store.connect import open_store
 from consent_server.store.edge import RedisEdgeStore
 from consent_server.store.providers import RedisProviderSettings
@@ -156,6 +157,14 @@ async def _provider(s: RedisConsentStore) -> object:
     return None
 
 
+async def _import(s: RedisConsentStore) -> object:
+    # Secret first: the import's write, not the secret's, is what must wait here.
+    await s.tombstones.secret("acme")
+    return await RedisBulkStore(s.client, s.tombstones).apply(
+        [event(Action.OPT_OUT), event(Action.OPT_OUT, recipient=BOB)]
+    )
+
+
 WRITES: dict[str, Write] = {
     "record_event": _record,
     "record_inbound": _inbound,
@@ -168,6 +177,7 @@ WRITES: dict[str, Write] = {
     "link_secret": _link_secret,
     "tombstone_secret": _tombstone_secret,
     "put_provider": _provider,
+    "import_apply": _import,
 }
 
 

@@ -1,18 +1,14 @@
-"""``consentctl webhooks``: a tenant's change webhooks (every change, POSTed signed).
-
-The Python client has no typed methods for these RPCs yet, so the commands make the
-calls through the client's invocation path (its key, TLS, retries and error mapping)
-with the raw protobuf messages.
-"""
+"""``consentctl webhooks``: a tenant's change webhooks (every change, POSTed signed),
+through the Python client's typed methods. ``--json`` prints the messages as the API
+returns them (the results' ``raw``)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
-from consent_client._calls import Call, RetryMode
-from consent_client.v1 import admin_pb2 as apb
+from consent_client import ChangeWebhook, ChangeWebhookDelivery
 
 from .common import Tenant, call, emit, jsonable, options, out, print_json, ts_text, tsv
 
@@ -28,15 +24,8 @@ def register(root: typer.Typer) -> None:
     root.add_typer(app, name="webhooks")
 
 
-def _admin(ctx: typer.Context, method: str, request: Any, mode: RetryMode) -> Any:
-    return call(
-        ctx,
-        lambda c: c._invoke(Call(method, request, mode, lambda r: r, admin=True), None),
-    )
-
-
-def _line(w: apb.ChangeWebhook) -> None:
-    tsv(w.name, w.url, f"secret {w.signing_secret_hint}", f"updated {ts_text(w.updated_at)}")
+def _line(w: ChangeWebhook) -> None:
+    tsv(w.name, w.url, f"secret {w.signing_secret_hint}", f"updated {ts_text(w.raw.updated_at)}")
 
 
 @app.command("set")
@@ -63,15 +52,18 @@ def set_(
     ] = False,
 ) -> None:
     """Create or replace a change webhook; a generated secret is printed ONCE."""
-    req = apb.SetChangeWebhookRequest(
-        tenant_id=tenant,
-        name=name,
-        url=url,
-        signing_secret=signing_secret,
-        status_changes_only=status_changes_only,
+    # Never retried (the client's rule): a retry after a lost answer would keep (not show)
+    # the new secret.
+    done = call(
+        ctx,
+        lambda c: c.set_change_webhook(
+            tenant,
+            name,
+            url,
+            signing_secret=signing_secret,
+            status_changes_only=status_changes_only,
+        ),
     )
-    # Never retried: a retry after a lost answer would keep (not show) the new secret.
-    done: apb.SetChangeWebhookResponse = _admin(ctx, "SetChangeWebhook", req, RetryMode.NEVER)
 
     def human() -> None:
         _line(done.webhook)
@@ -80,53 +72,49 @@ def set_(
                 f"signing secret (shown once, store it now): {done.signing_secret}", markup=False
             )
 
-    emit(ctx, done, human)
+    emit(ctx, done.raw, human)
 
 
 @app.command("get")
 def get(ctx: typer.Context, tenant: Tenant, name: Name) -> None:
     """One change webhook (its secret masked)."""
-    req = apb.GetChangeWebhookRequest(tenant_id=tenant, name=name)
-    got: apb.GetChangeWebhookResponse = _admin(ctx, "GetChangeWebhook", req, RetryMode.READ)
-    emit(ctx, got.webhook, lambda: _line(got.webhook))
+    got = call(ctx, lambda c: c.get_change_webhook(tenant, name))
+    emit(ctx, got.raw, lambda: _line(got))
 
 
 @app.command("list")
 def list_(ctx: typer.Context, tenant: Tenant) -> None:
     """The tenant's change webhooks, by name."""
-    req = apb.ListChangeWebhooksRequest(tenant_id=tenant)
-    got: apb.ListChangeWebhooksResponse = _admin(ctx, "ListChangeWebhooks", req, RetryMode.READ)
+    got = call(ctx, lambda c: c.list_change_webhooks(tenant))
     if options(ctx).json:
-        print_json({"webhooks": jsonable(list(got.webhooks))})
+        print_json({"webhooks": jsonable([w.raw for w in got])})
         return
-    for w in got.webhooks:
+    for w in got:
         _line(w)
-    if not got.webhooks:
+    if not got:
         out.print("no change webhook")
 
 
 @app.command("delete")
 def delete(ctx: typer.Context, tenant: Tenant, name: Name) -> None:
     """Delete a change webhook with its position, log and dead letters (idempotent)."""
-    req = apb.DeleteChangeWebhookRequest(tenant_id=tenant, name=name)
-    got: apb.DeleteChangeWebhookResponse = _admin(
-        ctx, "DeleteChangeWebhook", req, RetryMode.IDEMPOTENT_WRITE
+    deleted = call(ctx, lambda c: c.delete_change_webhook(tenant, name))
+    emit(
+        ctx,
+        {"deleted": deleted},
+        lambda: out.print("deleted" if deleted else "no such change webhook"),
     )
-    emit(ctx, got, lambda: out.print("deleted" if got.deleted else "no such change webhook"))
 
 
-def _delivery(kind: str, d: apb.ChangeWebhookDelivery) -> None:
-    status = apb.ChangeWebhookDeliveryStatus.Name(d.status).removeprefix(
-        "CHANGE_WEBHOOK_DELIVERY_STATUS_"
-    )
+def _delivery(kind: str, d: ChangeWebhookDelivery) -> None:
     tsv(
         kind,
         d.event_id,
-        status,
+        d.status.value.upper(),
         f"{d.attempts} attempt(s)",
         f"http {d.http_status or '-'}",
         f"{d.latency_ms} ms",
-        ts_text(d.finished_at),
+        ts_text(d.raw.finished_at),
         d.last_error or "-",
     )
 
@@ -139,10 +127,7 @@ def deliveries(
     limit: Annotated[int, typer.Option(min=0, max=1000, help="How many of each; 0 = 50.")] = 0,
 ) -> None:
     """The endpoint's delivery log and dead letters, newest first."""
-    req = apb.ListChangeWebhookDeliveriesRequest(tenant_id=tenant, name=name, limit=limit)
-    got: apb.ListChangeWebhookDeliveriesResponse = _admin(
-        ctx, "ListChangeWebhookDeliveries", req, RetryMode.READ
-    )
+    got = call(ctx, lambda c: c.list_change_webhook_deliveries(tenant, name, limit=limit))
 
     def human() -> None:
         for d in got.deliveries:
@@ -152,7 +137,7 @@ def deliveries(
         if not got.deliveries and not got.dead_letters:
             out.print("nothing delivered yet")
 
-    emit(ctx, got, human)
+    emit(ctx, got.raw, human)
 
 
 @app.command("redrive")
@@ -163,8 +148,9 @@ def redrive(
     event_id: Annotated[str, typer.Argument(help="The dead letter's event id (deliveries).")],
 ) -> None:
     """Send a dead letter again (same event id, fresh attempts; outcome in the log)."""
-    req = apb.RedriveChangeWebhookDeadLetterRequest(tenant_id=tenant, name=name, event_id=event_id)
-    got: apb.RedriveChangeWebhookDeadLetterResponse = _admin(
-        ctx, "RedriveChangeWebhookDeadLetter", req, RetryMode.IDEMPOTENT_WRITE
+    queued = call(ctx, lambda c: c.redrive_change_webhook_dead_letter(tenant, name, event_id))
+    emit(
+        ctx,
+        {"queued": queued},
+        lambda: out.print("queued: the dispatcher sends it within about a second"),
     )
-    emit(ctx, got, lambda: out.print("queued: the dispatcher sends it within about a second"))

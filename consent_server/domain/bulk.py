@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from . import imports as imp
 from . import validation as val
@@ -93,9 +93,37 @@ class BulkConsent:
         region: str | None = None
         position = 0
         # One batch is applied while the next one is read and validated: the store's
-        # round trips overlap the validation's CPU. Batches still apply one after the
-        # other (the next one's view is read after the previous one is written).
-        pending: asyncio.Future[None] | None = None
+        # round trips overlap the validation's CPU. Batches apply in stream order: the
+        # first one completes before the next starts; after it, a batch that needs no
+        # view of the store is handed over as soon as the one before it has its writes
+        # queued ahead (the store's ``queued``), so Redis applies one batch while the
+        # server builds the next one's calls. A batch that needs views waits for the one
+        # before it to be written. At most two batches in flight.
+        flights: list[_Flight] = []
+        started = 0
+
+        def start(f: ImportMessage, items: list[ImportItem]) -> None:
+            nonlocal started
+            before = flights[-1] if flights else None
+            flight = _Flight(asyncio.Event(), asyncio.Event(), leads=started == 0)
+            flight.task = asyncio.ensure_future(self._flush(f, items, summary, before, flight))
+            flight.task.add_done_callback(lambda _: flight.finished.set())
+            flights.append(flight)
+            started += 1
+
+        async def admit(f: ImportMessage, items: list[ImportItem]) -> None:
+            """Wait until the next batch (``items``) may be handed to the store."""
+            if not flights:
+                return
+            last = flights[-1]
+            if started == 1 or self._needs_views(f, items):
+                await last.finished.wait()
+            else:
+                await last.queued.wait()
+            # At most two in flight; a finished batch's error is raised here.
+            while flights and (len(flights) >= 2 or flights[0].finished.is_set()):
+                await flights.pop(0).task
+
         try:
             async for message in messages:
                 if first is None:
@@ -126,26 +154,50 @@ class BulkConsent:
                         continue
                     batch.append(checked)
                     if len(batch) >= self._batch_size:
-                        if pending is not None:
-                            await pending
-                        pending = asyncio.ensure_future(self._flush(first, batch, summary))
+                        await admit(first, batch)
+                        start(first, batch)
                         batch = []
             if first is None:
                 raise InvalidArgument.single("tenant_id", "is required: the stream sent no message")
-            if pending is not None:
-                await pending
-                pending = None
             if batch:
-                await self._flush(first, batch, summary)
+                await admit(first, batch)
+                start(first, batch)
+            while flights:
+                await flights.pop(0).task
         finally:
-            if pending is not None:
-                # The stream failed meanwhile: the batch in flight still completes (its
-                # records were valid), and its outcome is not lost as an unseen error.
-                await asyncio.gather(pending, return_exceptions=True)
+            if flights:
+                # The stream failed meanwhile: the batches in flight still complete
+                # (their records were valid), and their outcome is not lost as an
+                # unseen error.
+                await asyncio.gather(*(f.task for f in flights), return_exceptions=True)
         return summary
 
+    def _needs_views(self, first: ImportMessage, items: Sequence[ImportItem]) -> bool:
+        if first.dry_run:
+            return True
+        proof = first.opt_ins_have_proof
+        return any(imp.needs_view(item, proof=proof) for item in items)
+
     async def _flush(
-        self, first: ImportMessage, items: list[ImportItem], summary: ImportSummary
+        self,
+        first: ImportMessage,
+        items: list[ImportItem],
+        summary: ImportSummary,
+        before: _Flight | None,
+        flight: _Flight,
+    ) -> None:
+        try:
+            await self._flush_batch(first, items, summary, before, flight)
+        finally:
+            flight.queued.set()  # also when it failed: nothing of it is left to overtake
+
+    async def _flush_batch(
+        self,
+        first: ImportMessage,
+        items: list[ImportItem],
+        summary: ImportSummary,
+        before: _Flight | None,
+        flight: _Flight,
     ) -> None:
         proof, dry = first.opt_ins_have_proof, first.dry_run
         wanted: dict[Recipient, list[str]] = {}
@@ -170,9 +222,17 @@ class BulkConsent:
             for i, outcome in plan.decided.items():
                 outcomes[i] = outcome
             if plan.apply:
-                applied = await self._bulk.apply([items[i].event for i in plan.apply])
+                # The first batch of a stream passes no ``queued``: nothing overlaps it,
+                # so the store may re-send it after loading its scripts.
+                applied = await self._bulk.apply(
+                    [items[i].event for i in plan.apply],
+                    queued=None if flight.leads else flight.queued.set,
+                )
                 for i, outcome in zip(plan.apply, applied, strict=True):
                     outcomes[i] = outcome
+        flight.queued.set()
+        if before is not None:
+            await before.finished.wait()  # the summary takes the batches in order
         for item, outcome in zip(items, outcomes, strict=True):
             if outcome == REUSED:
                 summary.count(Outcome.INVALID)
@@ -213,6 +273,18 @@ class BulkConsent:
         query = ExportQuery(channel=raw.channel, scope=scope, status=status, since_ms=since)
         async for page in self._bulk.export(tenant, query):
             yield page
+
+
+@dataclass(slots=True)
+class _Flight:
+    """One batch handed to the store: ``queued`` once its writes are queued ahead of
+    any later batch's (or it is done), ``finished`` once it is done."""
+
+    queued: asyncio.Event
+    finished: asyncio.Event
+    leads: bool
+    """The stream's first batch: nothing overlaps it (it also loads the scripts)."""
+    task: asyncio.Future[None] = field(init=False)
 
 
 def _check_later(message: ImportMessage, tenant_id: str) -> None:

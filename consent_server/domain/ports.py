@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from .delivery import ReceiptOutcome, ReceiptStatus
@@ -122,11 +122,17 @@ class BulkConsentStore(Protocol):
         event ids it knows; one round trip per partition."""
         ...
 
-    async def apply(self, events: Sequence[ConsentEventInput]) -> list[str]:
+    async def apply(
+        self, events: Sequence[ConsentEventInput], *, queued: Callable[[], None] | None = None
+    ) -> list[str]:
         """Record the events in order with the OptOut/OptIn script, pipelined (one round
-        trip per partition). Per event an imports.Outcome value (APPLIED, CHANGED,
+        trip per batch). Per event an imports.Outcome value (APPLIED, CHANGED,
         IGNORED_OLDER, IGNORED_ERASED, DUPLICATE) or "reused" (the id was used for
-        another change of the recipient; nothing written)."""
+        another change of the recipient; nothing written).
+
+        ``queued``: called once the writes are queued ahead of any apply started later
+        (which is then applied after them), or, when the store cannot promise that, once
+        they are done; always called, also when the apply fails."""
         ...
 
     def export(self, tenant_id: str, query: ExportQuery) -> AsyncIterator[ExportPage]:

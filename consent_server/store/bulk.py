@@ -5,19 +5,22 @@ ordering, erasure tombstones and event-id idempotency are the same rules. The sc
 text is not copied: ``batch_script`` wraps it, unchanged, in a Lua function and calls it
 once per event, so one EVALSHA applies a partition's events of a batch in order (every
 key of a recipient carries its partition's hash tag, so the call touches one slot, as
-Redis Cluster requires). One round trip per partition per batch, the partitions
-concurrently; each call is atomic, and each event inside it is exactly what a single
-OptOut/OptIn call would have done.
+Redis Cluster requires). A batch's calls (one per partition, per APPLY_CHUNK events)
+are sent pipelined: one round trip per batch (per node on a cluster), however many
+partitions it spans; each call is atomic, and each event inside it is exactly what a
+single OptOut/OptIn call would have done.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
+from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
+from consent_server.domain.errors import StoreUnavailable
 from consent_server.domain.imports import Outcome, RecipientView, ScopeRecord
 from consent_server.domain.model import (
     Channel,
@@ -41,6 +44,8 @@ from .tombstones import TombstoneNames
 EXPORT_PAGE = 1000
 # Events per script call: bounds how long one call keeps Redis busy (~ms).
 APPLY_CHUNK = 250
+# Replica-acknowledged import calls in flight at once (each holds a pinned connection).
+_ACKED_IN_FLIGHT = 16
 _SCAN_COUNT = 1000
 _CHANNELS = {c.value: c for c in Channel}
 _STATUS = {"in": Status.OPTED_IN, "out": Status.OPTED_OUT}
@@ -80,18 +85,32 @@ local function fields(s)
   return split(s, '\0')
 end
 local t = redis.call('TIME')
-local recorded_s = string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+local recorded = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local recorded_s = string.format('%d', recorded)
+local recorded_36 = b36(recorded)
+-- Each feed's length as of the last XADD here (one XLEN per feed per call, not per
+-- event); record_one appends on its own, so it forgets them.
+local feed_len = {}
 -- record_event.lua for a recipient with no state, history or tombstone: revision 1,
--- applied, changed (nothing was before it), no confirmation (no outbox keys).
-local function first_event(k, a)
+-- applied, changed (nothing was before it), no confirmation (no outbox keys). The
+-- values are layout.lua's (pack_record, pack_event, put_long), built with the call's
+-- one TIME and one base-36 time, each bucket written by one HSET.
+local function first_event(k, a, d)
   local event_id, action, field, topic = a[1], a[2], a[3], a[4]
   local source, evidence, occurred, principal = a[5], a[6], a[7], a[8]
-  local rc = recipient(k[1], k[2], a[13])
+  local rc = {k[1], k[2], d[1], tonumber(d[2]), tonumber(d[3])}  -- layout.lua's recipient()
   local outcome = '1|1|' .. action .. '|1|' .. recorded_s .. '|' .. action .. ':' .. topic
-  set_record(rc, 1, field, pack_record(action, occurred, 1, source, event_id))
+  local src = SRC[source] or source
+  local occurred_36 = b36(occurred)
+  local packed = string.sub(action, 1, 1) .. occurred_36 .. ',1,' .. src .. ',' .. event_id
+  if field == 's:*' then
+    redis.call('HSET', rc[1], rc[3], '1;' .. packed)
+  else
+    redis.call('HSET', rc[1], rc[3] .. US .. string.sub(field, 3), packed, rc[3], '1')
+  end
   -- The change feed, as record_event.lua appends it (trim mark included).
   local feed, mark, maxlen = k[5], k[6], tonumber(a[12])
-  local len = redis.call('XLEN', feed)
+  local len = feed_len[feed] or redis.call('XLEN', feed)
   if len >= maxlen then
     local old = redis.call('XRANGE', feed, '-', '+', 'COUNT', len - maxlen + 1)
     if #old > 0 then redis.call('SET', mark, old[#old][1]) end
@@ -100,9 +119,25 @@ local function first_event(k, a)
     'k', 'change', 'tn', a[9], 'ch', a[10], 'addr', a[11], 'a', action,
     't', topic, 's', source, 'o', occurred, 'r', recorded_s,
     'rev', '1', 'id', event_id, 'chg', '1', 'p', principal)
-  put_event(rc, 1, {action = action, applied = 1, changed = 1, status = action,
-    topic = topic, source = source, occurred = occurred, recorded = tonumber(recorded_s),
-    id = event_id, principal = principal, feed = feed_id, conf = '', evidence = evidence})
+  feed_len[feed] = math.min(len + 1, maxlen)
+  -- The history event 1 (pack_event with applied = changed = 1, status = action).
+  local feed_short = feed_id
+  if string.sub(feed_id, 1, #recorded_s + 1) == recorded_s .. '-' then
+    feed_short = string.sub(feed_id, #recorded_s + 1)
+  end
+  local f = string.sub(action, 1, 1)
+  local v = f .. '11' .. f .. US .. topic .. US .. src .. US .. occurred_36 .. US
+    .. recorded_36 .. US .. event_id .. US .. principal .. US .. feed_short .. US .. ''
+    .. US .. evidence
+  local hkey, hfield = event_key(rc, 1)
+  local args = {hfield, string.sub(v, 1, CHUNK)}
+  local n, pos = 1, CHUNK + 1
+  while pos <= #v do
+    args[#args + 1] = hfield .. US .. n
+    args[#args + 1] = string.sub(v, pos, pos + CHUNK - 1)
+    n, pos = n + 1, pos + CHUNK
+  end
+  redis.call('HSET', hkey, unpack(args))
   return {0, outcome, ''}
 end
 local out = {}
@@ -110,10 +145,11 @@ for i = 0, #KEYS / 6 - 1 do
   local k = {KEYS[6 * i + 1], KEYS[6 * i + 2], KEYS[6 * i + 3], KEYS[6 * i + 4],
              KEYS[6 * i + 5], KEYS[6 * i + 6]}
   local a = fields(ARGV[i + 1])
-  local rf = split(a[13], US)[1]
-  if redis.call('HEXISTS', k[1], rf) == 0 and redis.call('EXISTS', k[3]) == 0 then
-    out[i + 1] = first_event(k, a)
+  local d = split(a[13], US)
+  if redis.call('HEXISTS', k[1], d[1]) == 0 and redis.call('EXISTS', k[3]) == 0 then
+    out[i + 1] = first_event(k, a, d)
   else
+    feed_len = {}
     out[i + 1] = record_one(k, a)
   end
 end
@@ -175,11 +211,11 @@ class RedisBulkStore:
     async def views(
         self, tenant_id: str, wanted: Sequence[tuple[Recipient, Sequence[str]]]
     ) -> list[RecipientView]:
-        """One import_view.lua call per partition, the partitions concurrently. Writes
-        nothing (a dry run reads only): a tenant without an erasure secret has no
-        tombstone, and a digest that is no hex string names none."""
+        """One import_view.lua call per partition, all sent pipelined. Writes nothing (a
+        dry run reads only): a tenant without an erasure secret has no tombstone, and a
+        digest that is no hex string names none."""
         secret = await guarded(lambda: self._tombstones.existing_secret(tenant_id))
-        groups: dict[int, tuple[list[int], list[str], list[str | int]]] = {}
+        groups: list[tuple[list[int], list[str], list[str | int]]] = []
         for part, positions in keys.by_partition(tenant_id, [r for r, _ in wanted]).items():
             kk: list[str] = []
             args: list[str | int] = []
@@ -192,74 +228,145 @@ class RedisBulkStore:
                 args.append(descriptor)
                 args.append(len(ids))
                 args.extend(ids)
-            groups[part] = (positions, kk, args)
-
-        async def read() -> list[Any]:
-            calls = [self._view(keys=k, args=a) for _, k, a in groups.values()]
-            return list(await asyncio.gather(*calls))
-
-        replies = await guarded(read)
+            groups.append((positions, kk, args))
+        calls = [(kk, args) for _, kk, args in groups]
+        replies = await guarded(lambda: self._calls(self._view, calls))
         out: list[RecipientView | None] = [None] * len(wanted)
-        for (positions, _, _), reply in zip(groups.values(), replies, strict=True):
+        for (positions, _, _), reply in zip(groups, replies, strict=True):
             for n, (seen, scopes, tomb) in zip(positions, reply, strict=True):
                 out[n] = _view(seen, wanted[n][1], scopes, tomb)
         return [v if v is not None else RecipientView() for v in out]
 
-    async def apply(self, events: Sequence[ConsentEventInput]) -> list[str]:
+    async def apply(
+        self, events: Sequence[ConsentEventInput], *, queued: Callable[[], None] | None = None
+    ) -> list[str]:
         """record_event.lua for every event, in order: one batch_script call per
-        partition (per APPLY_CHUNK events), the partitions concurrently."""
+        partition (per APPLY_CHUNK events), every call of the batch sent pipelined.
+
+        ``queued`` (domain.ports.BulkConsentStore.apply): called once these writes are
+        queued on the shared connection, so that an apply started after it is applied
+        after them; without one (a pool, a cluster, replica acks) it is called when the
+        writes are done. An apply given ``queued`` never re-sends on NOSCRIPT (another
+        may be queued behind it, and a re-send would overtake it): it fails instead."""
         if not events:
+            if queued is not None:
+                queued()
             return []
         tenant_id = events[0].tenant_id
         secret = await guarded(lambda: self._tombstones.secret(tenant_id))
         maxlen = str(feed_maxlen(self._r))
-        groups: list[tuple[list[int], list[str], list[str]]] = []
+        digest = TombstoneNames.digest
+        positions_of: list[list[int]] = []
+        calls: list[tuple[list[str], list[str]]] = []
         for part, positions in keys.by_partition(tenant_id, [e.recipient for e in events]).items():
-            kk: list[str] = []
-            args: list[str] = []
             feed = feed_keys(tenant_id, part)
-            for n in positions:
-                e = events[n]
-                bucket, prefix, descriptor = keys.layout(tenant_id, e.recipient, part)
-                digest = TombstoneNames.digest(secret, e.recipient)
-                kk += (
-                    bucket,
-                    prefix,
-                    keys.tombstone(tenant_id, e.recipient, digest, part=part),
-                    keys.message_index(tenant_id, e.recipient, digest, part=part),
-                    *feed,
-                )
-                args.append("\0".join(record_event_args(e, maxlen, descriptor)))
-            groups.append((positions, kk, args))
-        out = [""] * len(events)
-
-        async def run_group(positions: list[int], kk: list[str], args: list[str]) -> None:
             for start in range(0, len(positions), APPLY_CHUNK):
-                end = start + APPLY_CHUNK
-                call_keys, call_args = kk[6 * start : 6 * end], args[start:end]
-
-                async def call(
-                    client: RedisClient, k: list[str] = call_keys, a: list[str] = call_args
-                ) -> Any:  # a Lua reply: one outcome row per event
-                    return await self._run_apply(client, k, a)
-
-                replies = await self._acks.write(call_keys[0], call)
-                for n, reply in zip(positions[start:end], replies, strict=True):
-                    out[n] = _outcome(reply)
-
-        await guarded(lambda: asyncio.gather(*(run_group(*g) for g in groups)))
+                chunk = positions[start : start + APPLY_CHUNK]
+                kk: list[str] = []
+                args: list[str] = []
+                for n in chunk:
+                    e = events[n]
+                    bucket, prefix, descriptor = keys.layout(tenant_id, e.recipient, part)
+                    d = digest(secret, e.recipient)
+                    kk += (
+                        bucket,
+                        prefix,
+                        keys.tombstone(tenant_id, e.recipient, d, part=part),
+                        keys.message_index(tenant_id, e.recipient, d, part=part),
+                        *feed,
+                    )
+                    args.append("\0".join(record_event_args(e, maxlen, descriptor)))
+                positions_of.append(chunk)
+                calls.append((kk, args))
+        try:
+            replies = await guarded(
+                lambda: self._calls(self._apply, calls, write=True, queued=queued)
+            )
+        finally:
+            if queued is not None:
+                queued()  # done (or failed): nothing of this call is left to overtake
+        out = [""] * len(events)
+        for chunk, reply in zip(positions_of, replies, strict=True):
+            for n, row in zip(chunk, reply, strict=True):
+                out[n] = _outcome(row)
         return out
 
-    async def _run_apply(
-        self, client: RedisClient, call_keys: list[str], call_args: list[str]
-    ) -> Any:
-        """EVALSHA of the batch script; the registered script loads it when Redis lost
-        it. Not the Script object's own call: its per-call isinstance check against
-        redis-py's Pipeline protocol costs more than packing the call."""
-        try:
-            return await client.evalsha(self._apply.sha, len(call_keys), *call_keys, *call_args)
-        except NoScriptError:
-            return await self._apply(keys=call_keys, args=call_args, client=client)
+    async def _calls(
+        self,
+        script: AsyncScript,
+        calls: Sequence[tuple[Sequence[str], Sequence[Any]]],
+        *,
+        write: bool = False,
+        queued: Callable[[], None] | None = None,
+    ) -> list[Any]:
+        """EVALSHA of ``script`` for each (keys, args), replies in order.
+
+        Sent as one pipelined write (on the shared connection, else a redis-py
+        pipeline, which a cluster splits by node), not one awaited call each: with many
+        partitions a batch makes hundreds of calls, and a call each would cost a
+        coroutine and a pooled connection apiece (a pool that runs out fails the
+        import). The calls of one partition stay in order on its connection. Writes
+        that must wait for replicas go one call at a time per partition through
+        ReplicaAck, a bounded number at once."""
+        if not calls:
+            return []
+        if write and self._acks.enabled:
+            return await self._acked(script, calls)
+        for attempt in (1, 2):
+            replies = await self._pipelined(script.sha, calls, queued)
+            missing = [isinstance(r, NoScriptError) for r in replies]
+            if not any(missing):
+                break
+            if attempt == 2 or not all(missing) or queued is not None:
+                # Part of the pipeline ran and part did not (the script cache was
+                # flushed meanwhile): retrying the rest would reorder events. The
+                # import's call fails; the client retries (every event id is stable).
+                raise StoreUnavailable("consent store: scripts were flushed during an import")
+            sha = await self._r.script_load(script.script)
+            script.sha = text(sha)
+        for r in replies:
+            if isinstance(r, Exception):
+                raise r
+        return replies
+
+    async def _pipelined(
+        self,
+        sha: str,
+        calls: Sequence[tuple[Sequence[str], Sequence[Any]]],
+        queued: Callable[[], None] | None = None,
+    ) -> list[Any]:
+        mux = getattr(self._r, "mux", None)
+        if mux is not None and not getattr(self._r, "single_connection_client", False):
+            replies: list[Any] = await mux.execute_many(
+                [("EVALSHA", sha, len(k), *k, *a) for k, a in calls], queued
+            )
+            return replies
+        pipe = self._r.pipeline(transaction=False)
+        for k, a in calls:
+            pipe.evalsha(sha, len(k), *k, *a)
+        return list(await pipe.execute(raise_on_error=False))
+
+    async def _acked(
+        self, script: AsyncScript, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]
+    ) -> list[Any]:
+        out: list[Any] = [None] * len(calls)
+        by_slot: dict[str, list[int]] = {}
+        for i, (k, _) in enumerate(calls):
+            by_slot.setdefault(_tag_of(k[0]), []).append(i)
+        limit = asyncio.Semaphore(_ACKED_IN_FLIGHT)
+
+        async def run(indices: list[int]) -> None:
+            async with limit:
+                for i in indices:
+                    k, a = calls[i]
+
+                    async def call(client: RedisClient, k: Any = k, a: Any = a) -> Any:
+                        return await script(keys=k, args=a, client=client)
+
+                    out[i] = await self._acks.write(k[0], call)
+
+        await asyncio.gather(*(run(ix) for ix in by_slot.values()))
+        return out
 
     # -- export ------------------------------------------------------------------------
 
@@ -347,6 +454,13 @@ def _recipient_of(rfield: str) -> Recipient | None:
     if channel is None or not address:
         return None
     return Recipient(_CHANNELS[channel], address)
+
+
+def _tag_of(key: str) -> str:
+    """A key's hash tag (the whole key when it has none): calls of one tag run in order."""
+    start = key.find("{")
+    end = key.find("}", start + 1)
+    return key[start : end + 1] if start >= 0 and end > start else key
 
 
 def _outcome(reply: Any) -> str:

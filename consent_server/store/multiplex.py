@@ -46,6 +46,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import hiredis
@@ -191,6 +192,54 @@ class Multiplexer:
         if self._buffer and not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
+
+    async def execute_many(
+        self, commands: Sequence[tuple[Any, ...]], queued: Callable[[], None] | None = None
+    ) -> list[Any]:
+        """Send several commands in one write, in order; their replies in order, an error
+        reply (``NOSCRIPT``...) in its command's place as the exception object, not
+        raised. A lost connection or a timeout raises, as for :meth:`execute`.
+
+        One future per command and no coroutine each: a bulk write of hundreds of
+        script calls (an import batch over many partitions) costs little per call.
+        ``queued`` is called once the commands are queued on the connection: any command
+        sent after that, by anyone, runs after them."""
+        if not commands:
+            return []
+        wire = self._wire
+        if wire is None or wire.lost:
+            wire = await self._connect()
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        futures: list[asyncio.Future[Any]] = []
+        for args in commands:
+            future: asyncio.Future[Any] = loop.create_future()
+            futures.append(future)
+            wire.pending.append((future, now))
+            self._buffer.append(_pack(args))
+        if not self._flush_scheduled and not wire.unanswered:
+            self._flush_scheduled = True  # else they go when the batch on the wire is answered
+            loop.call_soon(self._flush)
+        if self._timer is None:
+            self._timer = loop.call_later(self._timeout_s, self._check_timeout)
+        if queued is not None:
+            queued()
+        out: list[Any] = []
+        try:
+            for future in futures:
+                try:
+                    out.append(await future)
+                except rex.ResponseError as exc:
+                    out.append(exc)
+        finally:
+            # Given up (cancelled, or the connection failed): the rest are dropped when
+            # their replies come, and their errors are not reported as unretrieved.
+            for future in futures:
+                if not future.done():
+                    future.cancel()
+                elif not future.cancelled():
+                    future.exception()  # marks it retrieved
+        return out
 
     def _flush(self) -> None:
         """Write every queued command at once, unless a batch is still unanswered (then

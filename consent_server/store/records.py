@@ -13,6 +13,7 @@ from consent_server.domain.model import (
     Action,
     ButtonPayload,
     ChangeOutcome,
+    Channel,
     ConsentEvent,
     ConsentEventInput,
     ConsentRecord,
@@ -67,19 +68,26 @@ def record_event_args(event: ConsentEventInput, maxlen: int | str, descriptor: s
     same step), then the recipient's layout descriptor (keys.layout)."""
     return [
         event.event_id,
-        event.action.value,
+        _ACTION_VALUE[event.action],
         keys.scope_field(event.topic),
         event.topic,
-        event.source.value,
+        _SOURCE_VALUE[event.source],
         event.evidence,
         str(event.occurred_at_ms),
         event.principal,
         event.tenant_id,
-        event.recipient.channel.value,
+        _CHANNEL_VALUE[event.recipient.channel],
         event.recipient.address,
         str(maxlen),
         descriptor,
     ]
+
+
+# An enum member's .value is a descriptor call (~0.5 us on Python 3.11); an import
+# builds these arguments for every record, so the values are looked up in dicts.
+_ACTION_VALUE = {a: a.value for a in Action}
+_SOURCE_VALUE = {s: s.value for s in Source}
+_CHANNEL_VALUE = {c: c.value for c in Channel}
 
 
 def parse_outcome(raw: bytes | str, event_id: str, *, duplicate: bool) -> ChangeOutcome:

@@ -24,6 +24,8 @@ from ._types import (
     ApiKeyRoleLike,
     BatchItem,
     ChangeResult,
+    ChangeWebhook,
+    ChangeWebhookDeliveries,
     ChannelLike,
     ConsentEvent,
     ConsentLinks,
@@ -43,6 +45,7 @@ from ._types import (
     ReplayResult,
     RevokedApiKey,
     SendResult,
+    SetChangeWebhookResult,
     SourceLike,
     Template,
     Tenant,
@@ -602,6 +605,81 @@ class AsyncConsentClient:
             timeout,
         )
 
+    # -- ConsentAdminService: change webhooks --------------------------------------------
+
+    async def set_change_webhook(
+        self,
+        tenant_id: str,
+        name: str,
+        url: str,
+        *,
+        signing_secret: str = "",
+        status_changes_only: bool = False,
+        timeout: float | None = None,
+    ) -> SetChangeWebhookResult:
+        """Create or replace the tenant's change webhook ``name``: every later consent
+        change is POSTed to ``url`` (https), signed with ``signing_secret`` (docs/webhooks.md).
+
+        An empty ``signing_secret`` keeps the stored one for the same URL, else the server
+        generates one and returns it in :attr:`SetChangeWebhookResult.signing_secret`,
+        shown only this once. ``status_changes_only`` POSTs only status changes and
+        erasures. Never retried: a retry after a lost answer would keep (not show) a
+        generated secret.
+
+        Raises:
+            InvalidArgument: a bad name or URL (an internal address is refused), or too
+                many endpoints; ``field_violations`` name each field.
+        """
+        call = _calls.set_change_webhook(tenant_id, name, url, signing_secret, status_changes_only)
+        return await self._invoke(call, timeout)
+
+    async def get_change_webhook(
+        self, tenant_id: str, name: str, *, timeout: float | None = None
+    ) -> ChangeWebhook:
+        """One change webhook (its secret masked).
+
+        Raises:
+            NotFound: the tenant has no change webhook of that name.
+        """
+        return await self._invoke(_calls.get_change_webhook(tenant_id, name), timeout)
+
+    async def list_change_webhooks(
+        self, tenant_id: str, *, timeout: float | None = None
+    ) -> list[ChangeWebhook]:
+        """The tenant's change webhooks, by name (secrets masked)."""
+        return await self._invoke(_calls.list_change_webhooks(tenant_id), timeout)
+
+    async def delete_change_webhook(
+        self, tenant_id: str, name: str, *, timeout: float | None = None
+    ) -> bool:
+        """Delete a change webhook with its position, log and dead letters; True when
+        there was one (retried when safe: deleting twice leaves nothing)."""
+        return await self._invoke(_calls.delete_change_webhook(tenant_id, name), timeout)
+
+    async def list_change_webhook_deliveries(
+        self, tenant_id: str, name: str, *, limit: int = 0, timeout: float | None = None
+    ) -> ChangeWebhookDeliveries:
+        """The endpoint's delivery log and dead letters, newest first: ``limit`` of each
+        (0-1000; 0 = 50).
+
+        Raises:
+            NotFound: the tenant has no change webhook of that name.
+        """
+        call = _calls.list_change_webhook_deliveries(tenant_id, name, limit)
+        return await self._invoke(call, timeout)
+
+    async def redrive_change_webhook_dead_letter(
+        self, tenant_id: str, name: str, event_id: str, *, timeout: float | None = None
+    ) -> bool:
+        """Send a dead letter (by its :attr:`ChangeWebhookDelivery.event_id`) again: same
+        event id, fresh attempts, the outcome in the delivery log. True when queued.
+
+        Raises:
+            NotFound: no such endpoint, or no dead letter with that event id.
+        """
+        call = _calls.redrive_change_webhook_dead_letter(tenant_id, name, event_id)
+        return await self._invoke(call, timeout)
+
     async def health(self, service: str = "", *, timeout: float | None = None) -> str:
         """The gRPC health status (``grpc.health.v1``) of ``service`` ("" = the server):
         ``"SERVING"``, ``"NOT_SERVING"``, ``"SERVICE_UNKNOWN"``... Needs no API key;
@@ -772,6 +850,14 @@ class AsyncTenantConsentClient(TenantBound[AsyncConsentClient]):
     set_whatsapp_webhook = WithTenant(AsyncConsentClient.set_whatsapp_webhook)
     get_whatsapp_webhook = WithTenant(AsyncConsentClient.get_whatsapp_webhook)
     delete_whatsapp_webhook = WithTenant(AsyncConsentClient.delete_whatsapp_webhook)
+    set_change_webhook = WithTenant(AsyncConsentClient.set_change_webhook)
+    get_change_webhook = WithTenant(AsyncConsentClient.get_change_webhook)
+    list_change_webhooks = WithTenant(AsyncConsentClient.list_change_webhooks)
+    delete_change_webhook = WithTenant(AsyncConsentClient.delete_change_webhook)
+    list_change_webhook_deliveries = WithTenant(AsyncConsentClient.list_change_webhook_deliveries)
+    redrive_change_webhook_dead_letter = WithTenant(
+        AsyncConsentClient.redrive_change_webhook_dead_letter
+    )
     list_unapplied_notifications = WithTenant(AsyncConsentClient.list_unapplied_notifications)
     replay_unapplied_notification = WithTenant(AsyncConsentClient.replay_unapplied_notification)
     discard_unapplied_notification = WithTenant(AsyncConsentClient.discard_unapplied_notification)

@@ -28,6 +28,8 @@ from ._types import (
     BatchError,
     BatchItem,
     ChangeResult,
+    ChangeWebhook,
+    ChangeWebhookDeliveries,
     ChannelLike,
     ConsentLinks,
     CreatedApiKey,
@@ -47,6 +49,7 @@ from ._types import (
     ReplayResult,
     RevokedApiKey,
     SendResult,
+    SetChangeWebhookResult,
     SourceLike,
     Template,
     Tenant,
@@ -532,6 +535,88 @@ def get_whatsapp_webhook(tenant_id: str) -> Call[WhatsAppWebhook]:
     """GetWhatsAppWebhook: read-only."""
     req = apb.GetWhatsAppWebhookRequest(tenant_id=tenant_id)
     return Call("GetWhatsAppWebhook", req, RetryMode.READ, WhatsAppWebhook.from_pb, admin=True)
+
+
+# -- ConsentAdminService: change webhooks -------------------------------------------------
+
+
+def set_change_webhook(
+    tenant_id: str, name: str, url: str, signing_secret: str, status_changes_only: bool
+) -> Call[SetChangeWebhookResult]:
+    """SetChangeWebhook: never retried, as consentctl: a retry after a lost answer that
+    had generated a secret would keep it without showing it."""
+    req = apb.SetChangeWebhookRequest(
+        tenant_id=tenant_id,
+        name=name,
+        url=url,
+        signing_secret=signing_secret,
+        status_changes_only=status_changes_only,
+    )
+    return Call(
+        "SetChangeWebhook", req, RetryMode.NEVER, SetChangeWebhookResult.from_pb, admin=True
+    )
+
+
+def get_change_webhook(tenant_id: str, name: str) -> Call[ChangeWebhook]:
+    """GetChangeWebhook: read-only."""
+    req = apb.GetChangeWebhookRequest(tenant_id=tenant_id, name=name)
+    return Call(
+        "GetChangeWebhook",
+        req,
+        RetryMode.READ,
+        lambda r: ChangeWebhook.from_pb(r.webhook),
+        admin=True,
+    )
+
+
+def list_change_webhooks(tenant_id: str) -> Call[list[ChangeWebhook]]:
+    """ListChangeWebhooks: read-only."""
+    req = apb.ListChangeWebhooksRequest(tenant_id=tenant_id)
+    return Call(
+        "ListChangeWebhooks",
+        req,
+        RetryMode.READ,
+        lambda r: [ChangeWebhook.from_pb(w) for w in r.webhooks],
+        admin=True,
+    )
+
+
+def delete_change_webhook(tenant_id: str, name: str) -> Call[bool]:
+    """DeleteChangeWebhook: deleting twice leaves nothing, so it is retried on
+    UNAVAILABLE (a retry after a lost answer reports False)."""
+    req = apb.DeleteChangeWebhookRequest(tenant_id=tenant_id, name=name)
+    return Call(
+        "DeleteChangeWebhook", req, RetryMode.IDEMPOTENT_WRITE, lambda r: r.deleted, admin=True
+    )
+
+
+def list_change_webhook_deliveries(
+    tenant_id: str, name: str, limit: int
+) -> Call[ChangeWebhookDeliveries]:
+    """ListChangeWebhookDeliveries: read-only."""
+    req = apb.ListChangeWebhookDeliveriesRequest(tenant_id=tenant_id, name=name, limit=limit)
+    return Call(
+        "ListChangeWebhookDeliveries",
+        req,
+        RetryMode.READ,
+        ChangeWebhookDeliveries.from_pb,
+        admin=True,
+    )
+
+
+def redrive_change_webhook_dead_letter(tenant_id: str, name: str, event_id: str) -> Call[bool]:
+    """RedriveChangeWebhookDeadLetter: queueing the same dead letter again sends the same
+    event id (receivers deduplicate by it), so it is retried on UNAVAILABLE."""
+    req = apb.RedriveChangeWebhookDeadLetterRequest(
+        tenant_id=tenant_id, name=name, event_id=event_id
+    )
+    return Call(
+        "RedriveChangeWebhookDeadLetter",
+        req,
+        RetryMode.IDEMPOTENT_WRITE,
+        lambda r: r.queued,
+        admin=True,
+    )
 
 
 # grpc.health.v1 without a dependency on grpcio-health-checking: HealthCheckRequest is

@@ -920,3 +920,123 @@ class DeploymentHealth:
             tuple(msg.durability_problems),
             msg,
         )
+
+
+class ChangeWebhookDeliveryStatus(enum.StrEnum):
+    """How a change's delivery to an endpoint finished
+    (``consent.v1.ChangeWebhookDeliveryStatus``)."""
+
+    DELIVERED = "delivered"
+    """The endpoint answered 2xx."""
+    DEAD_LETTER = "dead_letter"
+    """Every attempt failed (or was refused for good): kept as a dead letter."""
+    UNSPECIFIED = "unspecified"
+
+
+_DELIVERY_STATUS_NAMES = {int(v): k for k, v in apb.ChangeWebhookDeliveryStatus.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeWebhook:
+    """A tenant's change webhook: an endpoint that receives every consent change,
+    signed (docs/webhooks.md). Never its secret: ``signing_secret_hint`` is masked."""
+
+    tenant_id: str
+    name: str
+    url: str
+    signing_secret_hint: str
+    """``"whsec_…"`` and the secret's last four characters."""
+    created_at: datetime
+    updated_at: datetime
+    status_changes_only: bool
+    """True: only status changes and erasures are POSTed."""
+    raw: apb.ChangeWebhook = field(repr=False, compare=False)
+
+    @classmethod
+    def from_pb(cls, msg: apb.ChangeWebhook) -> ChangeWebhook:
+        """A ChangeWebhook from its message."""
+        return cls(
+            tenant_id=msg.tenant_id,
+            name=msg.name,
+            url=msg.url,
+            signing_secret_hint=msg.signing_secret_hint,
+            created_at=ts_to_datetime(msg.created_at),
+            updated_at=ts_to_datetime(msg.updated_at),
+            status_changes_only=msg.status_changes_only,
+            raw=msg,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SetChangeWebhookResult:
+    """What ``SetChangeWebhook`` stored, and the secret it generated (if it did).
+
+    ``signing_secret`` is set only when the server generated one: shown this once,
+    store it now. It is left out of ``repr`` (as is ``raw``, which carries it too)."""
+
+    webhook: ChangeWebhook
+    signing_secret: str = field(repr=False)
+    """The generated HMAC key; empty when one was given or the stored one was kept."""
+    created: bool
+    """True when the endpoint is new (it starts at the feed's newest change)."""
+    raw: apb.SetChangeWebhookResponse = field(repr=False, compare=False)
+
+    @classmethod
+    def from_pb(cls, msg: apb.SetChangeWebhookResponse) -> SetChangeWebhookResult:
+        """A SetChangeWebhookResult from its response."""
+        return cls(ChangeWebhook.from_pb(msg.webhook), msg.signing_secret, msg.created, msg)
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeWebhookDelivery:
+    """One change's delivery to an endpoint (the delivery log or a dead letter)."""
+
+    event_id: str
+    """The feed event's id (``X-Consent-Event-Id``; redrive a dead letter by it)."""
+    status: ChangeWebhookDeliveryStatus
+    attempts: int
+    last_error: str
+    """Why the last failed attempt failed ("http 500", "timeout"...); never a body."""
+    http_status: int
+    """The last answer's HTTP status (0 = no answer)."""
+    latency_ms: int
+    finished_at: datetime
+    raw: apb.ChangeWebhookDelivery = field(repr=False, compare=False)
+
+    @classmethod
+    def from_pb(cls, msg: apb.ChangeWebhookDelivery) -> ChangeWebhookDelivery:
+        """A ChangeWebhookDelivery from its message."""
+        return cls(
+            event_id=msg.event_id,
+            status=_enum_from_proto(
+                ChangeWebhookDeliveryStatus,
+                "CHANGE_WEBHOOK_DELIVERY_STATUS_",
+                _DELIVERY_STATUS_NAMES,
+                msg.status,
+            ),
+            attempts=msg.attempts,
+            last_error=msg.last_error,
+            http_status=msg.http_status,
+            latency_ms=msg.latency_ms,
+            finished_at=ts_to_datetime(msg.finished_at),
+            raw=msg,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeWebhookDeliveries:
+    """An endpoint's delivery log and dead letters, newest first
+    (``ListChangeWebhookDeliveries``)."""
+
+    deliveries: tuple[ChangeWebhookDelivery, ...]
+    dead_letters: tuple[ChangeWebhookDelivery, ...]
+    raw: apb.ListChangeWebhookDeliveriesResponse = field(repr=False, compare=False)
+
+    @classmethod
+    def from_pb(cls, msg: apb.ListChangeWebhookDeliveriesResponse) -> ChangeWebhookDeliveries:
+        """A ChangeWebhookDeliveries from its response."""
+        return cls(
+            tuple(ChangeWebhookDelivery.from_pb(d) for d in msg.deliveries),
+            tuple(ChangeWebhookDelivery.from_pb(d) for d in msg.dead_letters),
+            msg,
+        )
