@@ -23,7 +23,7 @@ import grpc
 import redis
 
 from consent_server.domain.model import Action, Channel, ConsentEventInput, Recipient, Source
-from consent_server.domain.service import ConsentAuthority
+from consent_server.domain.service import ChangeResult, ConsentAuthority
 from consent_server.domain.validation import RawMessage, RawRecipient, RawTimestamp
 
 REDIS_SERVER = shutil.which("redis-server")
@@ -126,6 +126,30 @@ async def send_text(
         metadata=metadata or {},
     )
     return result.accepted.message_id
+
+
+async def change_consent(
+    authority: ConsentAuthority,
+    action: Action,
+    tenant_id: str,
+    recipient: RawRecipient,
+    topic: str = "",
+    *,
+    source: Source = Source.API,
+    evidence: str = "",
+    occurred_at: RawTimestamp | None = None,
+) -> ChangeResult:
+    """OptOut / OptIn as a request asks for it (no event id): the authority's result."""
+    return await authority.change(
+        action,
+        tenant_id=tenant_id,
+        recipient=recipient,
+        topic=topic,
+        source=source,
+        evidence=evidence,
+        occurred_at=occurred_at,
+        event_id="",
+    )
 
 
 def raw_ts(ms: int) -> RawTimestamp:

@@ -29,7 +29,7 @@ from consent_server.store.repository import RedisConsentStore
 from consent_server.store.security import RedisSecurityStore
 
 from .fake_provider import FakeProvider, fake_provider
-from .support import raw_ts
+from .support import change_consent, raw_ts
 
 # The fake provider listens on loopback, which delivery refuses unless the operator
 # allows it: these tests are that operator.
@@ -85,15 +85,16 @@ async def inbound(a: ConsentAuthority, text: str, wamid: str, at_ms: int) -> Any
 async def change(
     a: ConsentAuthority, action: Action, at_ms: int | None, who: RawRecipient = WA, topic: str = ""
 ) -> Any:
-    return await a.change(
+    occurred_at = raw_ts(at_ms) if at_ms else None
+    return await change_consent(
+        a,
         action,
-        tenant_id=TENANT,
-        recipient=who,
-        topic=topic,
+        TENANT,
+        who,
+        topic,
         source=Source.IMPORT,
         evidence="late import",
-        occurred_at=raw_ts(at_ms) if at_ms else None,
-        event_id="",
+        occurred_at=occurred_at,
     )
 
 

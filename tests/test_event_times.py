@@ -8,10 +8,12 @@ from __future__ import annotations
 import pytest
 
 from consent_server.domain.errors import InvalidArgument
-from consent_server.domain.model import Action, Channel, InboundAction, Source, Status
-from consent_server.domain.service import ConsentAuthority
+from consent_server.domain.model import Action, Channel, InboundAction, Status
+from consent_server.domain.service import ChangeResult, ConsentAuthority
 from consent_server.domain.validation import RawRecipient, RawTimestamp
 from consent_server.store.repository import RedisConsentStore
+
+from .support import change_consent
 
 NOW_MS = 1_900_000_000_000
 RCPT = RawRecipient(Channel.WHATSAPP, "+16505551234")
@@ -26,33 +28,18 @@ def authority(store: RedisConsentStore) -> ConsentAuthority:
     return ConsentAuthority(store, clock_ms=lambda: NOW_MS)
 
 
-async def change(a: ConsentAuthority, action: Action, when: RawTimestamp, ev: str = "") -> object:
-    return await a.change(
-        action,
-        tenant_id="acme",
-        recipient=RCPT,
-        topic="",
-        source=Source.API,
-        evidence=ev,
-        occurred_at=when,
-        event_id="",
-    )
+async def change(
+    a: ConsentAuthority, action: Action, when: RawTimestamp, ev: str = ""
+) -> ChangeResult:
+    return await change_consent(a, action, "acme", RCPT, evidence=ev, occurred_at=when)
 
 
 async def test_opt_out_from_the_future_is_recorded_at_the_receive_time(
     store: RedisConsentStore,
 ) -> None:
     a = authority(store)
-    result = await a.change(
-        Action.OPT_OUT,
-        tenant_id="acme",
-        recipient=RCPT,
-        topic="",
-        source=Source.API,
-        evidence="x" * 1024,  # full evidence: the note still fits, the limit holds
-        occurred_at=at(HOUR_S),
-        event_id="",
-    )
+    # Full evidence: the note still fits, the limit holds.
+    result = await change(a, Action.OPT_OUT, at(HOUR_S), "x" * 1024)
     assert result.outcome.applied and result.outcome.status is Status.OPTED_OUT
     [event] = (await a.history("acme", RCPT, 0, "")).events
     assert event.occurred_at_ms == NOW_MS

@@ -32,7 +32,7 @@ from consent_server.store.connect import open_store
 from consent_server.store.repository import RedisConsentStore
 from consent_server.store.security import RedisSecurityStore
 
-from .support import RedisProcess, create_tenants, raw_ts, tenant_id_for
+from .support import RedisProcess, change_consent, create_tenants, raw_ts, tenant_id_for
 
 TENANT = "acme"
 PHONE = "+14155550100"
@@ -79,16 +79,9 @@ async def run(
 
 
 async def prior(store: RedisConsentStore, action: Action, hours: float, topic: str = "") -> None:
-    a = ConsentAuthority(store)
-    await a.change(
-        action,
-        tenant_id=TENANT,
-        recipient=WHO,
-        topic=topic,
-        source=Source.API,
-        evidence="",
-        occurred_at=raw_ts(T0 + int(hours * HOUR)),
-        event_id="",
+    occurred_at = raw_ts(T0 + int(hours * HOUR))
+    await change_consent(
+        ConsentAuthority(store), action, TENANT, WHO, topic, occurred_at=occurred_at
     )
 
 

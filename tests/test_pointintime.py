@@ -30,7 +30,7 @@ from consent_server.store.history import RedisConsentHistory
 from consent_server.store.repository import RedisConsentStore
 from consent_server.store.security import RedisSecurityStore
 
-from .support import raw_ts
+from .support import change_consent, raw_ts
 
 TOPICS = ("", "m", "n")
 
@@ -119,15 +119,8 @@ async def test_checks_at_an_instant_through_the_store(store: RedisConsentStore) 
     base = time.time_ns() // 1_000_000 - 3_600_000
     recorded = [(Action.OPT_IN, "m", 10), (Action.OPT_OUT, "", 5), (Action.OPT_IN, "", 20)]
     for action, topic, minute in recorded:
-        await a.change(
-            action,
-            tenant_id="acme",
-            recipient=WHO,
-            topic=topic,
-            source=Source.API,
-            evidence="",
-            occurred_at=raw_ts(base + minute * 60_000),
-            event_id="",
+        await change_consent(
+            a, action, "acme", WHO, topic, occurred_at=raw_ts(base + minute * 60_000)
         )
     for minute in range(0, 30):
         at = base + minute * 60_000
@@ -143,16 +136,7 @@ async def test_checks_at_an_instant_through_the_store(store: RedisConsentStore) 
 
     # Erase an opted-out recipient: the history is gone, the tombstone's suppression
     # answers for every instant (also those the recipient was allowed at).
-    await a.change(
-        Action.OPT_OUT,
-        tenant_id="acme",
-        recipient=WHO,
-        topic="",
-        source=Source.API,
-        evidence="",
-        occurred_at=raw_ts(base + 25 * 60_000),
-        event_id="",
-    )
+    await change_consent(a, Action.OPT_OUT, "acme", WHO, occurred_at=raw_ts(base + 25 * 60_000))
     assert (await a.check("acme", WHO, "m", raw_ts(base + 12 * 60_000))).decision.allowed
     sec = SecurityAuthority(
         RedisSecurityStore(store.client, store.tombstones), store, limits=RateLimits(0, 0)

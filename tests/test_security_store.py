@@ -23,7 +23,7 @@ from consent_server.domain.validation import RawMessage, RawRecipient
 from consent_server.store.repository import RedisConsentStore
 from consent_server.store.security import RedisSecurityStore
 
-from .support import raw_ts
+from .support import change_consent, raw_ts
 
 PHONE = "+919876543210"
 WA = RawRecipient(None, "")  # replaced below; keeps the import honest for mypy
@@ -48,16 +48,8 @@ def security(store: RedisConsentStore, rate: int = 0) -> SecurityAuthority:
 async def opt(
     a: ConsentAuthority, action: Action, who: RawRecipient, topic: str = "", when_ms: int = 0
 ) -> None:
-    await a.change(
-        action,
-        tenant_id="acme",
-        recipient=who,
-        topic=topic,
-        source=Source.API,
-        evidence="form 7",
-        occurred_at=raw_ts(when_ms) if when_ms else None,
-        event_id="",
-    )
+    occurred_at = raw_ts(when_ms) if when_ms else None
+    await change_consent(a, action, "acme", who, topic, evidence="form 7", occurred_at=occurred_at)
 
 
 async def send(a: ConsentAuthority, who: RawRecipient, topic: str = "marketing", key: str = ""):  # type: ignore[no-untyped-def]
