@@ -270,6 +270,17 @@ class RedisProcess:
         return redis.Redis(port=self.port)
 
 
+def auth_env(redis: RedisProcess, operator: str) -> dict[str, str]:
+    """The environment of a server on ``redis`` that requires API keys, takes ``operator``
+    as its bootstrap operator key and runs no delivery worker (sent messages stay queued)."""
+    return {
+        "CONSENT_REDIS_URL": redis.url,
+        "CONSENT_REQUIRE_AUTH": "1",
+        "CONSENT_BOOTSTRAP_ADMIN_KEY": operator,
+        "CONSENT_DELIVERY": "off",
+    }
+
+
 class ServerProcess:
     """``python -m consent_server`` on a free port, with the given environment."""
 

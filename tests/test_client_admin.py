@@ -34,7 +34,7 @@ from consent_client.v1 import admin_pb2 as apb
 from consent_server.domain.auth import new_key
 
 from .client_fake import FakeConsentService, forward_then_unavailable, unavailable
-from .support import RedisProcess, ServerProcess, create_tenant_on, tenant_id_for
+from .support import RedisProcess, ServerProcess, auth_env, create_tenant_on, tenant_id_for
 
 PUBLIC_URL = "https://consent.example.test"
 FAST = Backoff(initial=0.01, maximum=0.05)
@@ -57,15 +57,7 @@ class Authed:
 def authed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Authed]:
     redis = RedisProcess(tmp_path_factory.mktemp("client-admin-redis")).start()
     _, operator, _ = new_key()
-    server = ServerProcess(
-        {
-            "CONSENT_REDIS_URL": redis.url,
-            "CONSENT_REQUIRE_AUTH": "1",
-            "CONSENT_BOOTSTRAP_ADMIN_KEY": operator,
-            "CONSENT_DELIVERY": "off",
-            "CONSENT_PUBLIC_URL": PUBLIC_URL,
-        }
-    ).start()
+    server = ServerProcess({**auth_env(redis, operator), "CONSENT_PUBLIC_URL": PUBLIC_URL}).start()
     yield Authed(server, operator)
     server.stop()
     redis.stop()

@@ -18,7 +18,7 @@ import pytest
 from consent_client.v1 import consent_pb2 as pb
 from consent_client.v1 import consent_pb2_grpc as pbg
 
-from .support import RedisProcess, ServerProcess, free_port
+from .support import RedisProcess, ServerProcess, auth_env, free_port
 
 TENANT = "acme"
 NUMBER = "+14155550142"
@@ -277,10 +277,7 @@ def test_rate_limit_rejections_are_counted(tmp_path: Path) -> None:
     _, operator, _ = new_key()
     srv = ServerProcess(
         {
-            "CONSENT_REDIS_URL": redis.url,
-            "CONSENT_REQUIRE_AUTH": "1",
-            "CONSENT_BOOTSTRAP_ADMIN_KEY": operator,
-            "CONSENT_DELIVERY": "off",
+            **auth_env(redis, operator),
             "CONSENT_METRICS_LISTEN": listen,
             "CONSENT_RATE_LIMIT": "1",
             "CONSENT_RATE_BURST": "1",

@@ -23,7 +23,7 @@ from consent_client.v1 import consent_pb2 as pb
 from consent_server.domain.auth import new_key
 
 from .security_support import ROLES, Stubs, code_of, details, failure, md
-from .support import RedisProcess, ServerProcess
+from .support import RedisProcess, ServerProcess, auth_env
 
 pytestmark = pytest.mark.xdist_group("security-e2e")
 
@@ -52,11 +52,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     redis = RedisProcess(tmp_path_factory.mktemp("sec-redis")).start()
     _, operator, _ = new_key()
     env = {
-        "CONSENT_REDIS_URL": redis.url,
-        "CONSENT_REQUIRE_AUTH": "1",
-        "CONSENT_BOOTSTRAP_ADMIN_KEY": operator,
-        # Erasure tests look at queued messages: no delivery worker takes them.
-        "CONSENT_DELIVERY": "off",
+        # No delivery worker: erasure tests look at queued messages.
+        **auth_env(redis, operator),
         # Links can be minted (CreateConsentLink) without serving the HTTP edge here.
         "CONSENT_PUBLIC_URL": "https://consent.example.test",
         "CONSENT_TENANTS": f"{A},{B}",

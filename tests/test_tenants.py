@@ -35,7 +35,7 @@ from consent_server.domain.validation import RawRecipient
 from consent_server.store.repository import RedisConsentStore
 
 from .security_support import Stubs, details, md
-from .support import RedisProcess, ServerProcess
+from .support import RedisProcess, ServerProcess, auth_env
 
 UNKNOWN = "nosuch-tenant"
 WA = pb.Recipient(channel=pb.CHANNEL_WHATSAPP, address="+919876543210")
@@ -133,11 +133,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     _, operator, _ = new_key()
     srv = ServerProcess(
         {
-            "CONSENT_REDIS_URL": proc.url,
-            "CONSENT_REQUIRE_AUTH": "1",
-            "CONSENT_BOOTSTRAP_ADMIN_KEY": operator,
+            **auth_env(proc, operator),
             "CONSENT_TENANTS": "acme,globex",
-            "CONSENT_DELIVERY": "off",
             "CONSENT_PUBLIC_URL": "https://consent.example.test",
         },
         http=True,
