@@ -33,7 +33,7 @@ from consent_server.store.providers import RedisProviderSettings
 from consent_server.store.repository import RedisConsentStore
 
 from .fake_provider import FakeProvider, fake_provider
-from .support import consent_event, send_text
+from .support import change_consent, consent_event, send_text
 
 TENANT = "acme"
 PHONE = "+919876543210"
@@ -123,15 +123,8 @@ async def send(
 async def change(
     store: RedisConsentStore, action: Action, topic: str = "", source: Source = Source.API
 ) -> None:
-    await ConsentAuthority(store).change(
-        action,
-        tenant_id=TENANT,
-        recipient=WA,
-        topic=topic,
-        source=source,
-        evidence="test",
-        occurred_at=None,
-        event_id="",
+    await change_consent(
+        ConsentAuthority(store), action, TENANT, WA, topic, source=source, evidence="test"
     )
 
 

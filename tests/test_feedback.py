@@ -34,7 +34,7 @@ from consent_server.store.providers import RedisProviderSettings
 from consent_server.store.repository import RedisConsentStore
 
 from .fake_provider import FakeProvider, fake_provider
-from .support import send_text
+from .support import change_consent, send_text
 
 TENANT = "acme"
 PHONE = "+919876543210"
@@ -75,16 +75,8 @@ async def _answered_and_delivered(store: RedisConsentStore, fake: FakeProvider) 
             if st is not None and st.state in (MessageState.FAILED, MessageState.DELIVERED):
                 break
             await asyncio.sleep(0.02)
-        await authority.change(  # opt back in, so the next one is sent
-            Action.OPT_IN,
-            tenant_id=TENANT,
-            recipient=WA,
-            topic="",
-            source=Source.API,
-            evidence="back",
-            occurred_at=None,
-            event_id="",
-        )
+        # Opt back in, so the next one is sent.
+        await change_consent(authority, Action.OPT_IN, TENANT, WA, evidence="back")
     await worker.stop(0)
     return ids[0], ids[1]
 

@@ -30,6 +30,8 @@ from consent_server.domain.service import ConsentAuthority
 from consent_server.domain.validation import RawMessage, RawRecipient
 from consent_server.store.repository import RedisConsentStore
 
+from .support import change_consent
+
 WA = RawRecipient(Channel.WHATSAPP, "+919876543210")
 
 
@@ -46,10 +48,7 @@ def _fields(exc: InvalidArgument) -> list[str]:
 
 async def test_check_without_topic_is_refused_like_a_send(store: RedisConsentStore) -> None:
     authority = ConsentAuthority(store)
-    await authority.change(
-        Action.OPT_OUT, tenant_id="acme", recipient=WA, topic="marketing",
-        source=Source.KEYWORD, evidence="", occurred_at=None, event_id="",
-    )  # fmt: skip
+    await change_consent(authority, Action.OPT_OUT, "acme", WA, "marketing", source=Source.KEYWORD)
     with pytest.raises(InvalidArgument) as sent:
         await authority.send(
             tenant_id="acme", recipient=WA, topic="", message=RawMessage("text", text="hi"),

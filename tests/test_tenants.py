@@ -35,7 +35,7 @@ from consent_server.domain.validation import RawRecipient
 from consent_server.store.repository import RedisConsentStore
 
 from .security_support import Stubs, details, md
-from .support import RedisProcess, ServerProcess, auth_env
+from .support import RedisProcess, ServerProcess, auth_env, change_consent
 
 UNKNOWN = "nosuch-tenant"
 WA = pb.Recipient(channel=pb.CHANNEL_WHATSAPP, address="+919876543210")
@@ -430,7 +430,7 @@ async def test_registry_lifecycle_in_process(store: RedisConsentStore) -> None:
     """The registry on each store (and on Redis Cluster, see test_store_cluster.py):
     create, list, refuse to delete while an opt-out is held, delete when empty."""
     from consent_server.domain.errors import IdConflict, TenantNotEmpty, TenantNotFound
-    from consent_server.domain.model import Action, Source
+    from consent_server.domain.model import Action
     from consent_server.domain.tenants import TenantRegistry
     from consent_server.store.tenants import RedisTenantStore
 
@@ -443,10 +443,8 @@ async def test_registry_lifecycle_in_process(store: RedisConsentStore) -> None:
     rest = await registry.list_page(1000, page.next_page_token)
     ids = [t.tenant_id for t in page.tenants + rest.tenants]
     assert ids == sorted(ids) and "initech" in ids and rest.next_page_token == ""
-    await ConsentAuthority(store).change(
-        Action.OPT_OUT, tenant_id="initech", recipient=RawRecipient(Channel.SMS, "+14155550100"),
-        topic="", source=Source.API, evidence="", occurred_at=None, event_id="",
-    )  # fmt: skip
+    sms = RawRecipient(Channel.SMS, "+14155550100")
+    await change_consent(ConsentAuthority(store), Action.OPT_OUT, "initech", sms)
     with pytest.raises(TenantNotEmpty):
         await registry.delete("initech")
     assert (await registry.get("initech")) == made
