@@ -10,7 +10,7 @@ import typer
 
 from consent_client import ChangeWebhook, ChangeWebhookDelivery
 
-from .common import Tenant, call, emit, jsonable, options, out, print_json, ts_text, tsv
+from .common import Tenant, call, emit, emit_list, out, ts_text, tsv
 
 app = typer.Typer(
     help="Change webhooks: endpoints that receive every consent change, signed (docs/webhooks.md).",
@@ -86,13 +86,7 @@ def get(ctx: typer.Context, tenant: Tenant, name: Name) -> None:
 def list_(ctx: typer.Context, tenant: Tenant) -> None:
     """The tenant's change webhooks, by name."""
     got = call(ctx, lambda c: c.list_change_webhooks(tenant))
-    if options(ctx).json:
-        print_json({"webhooks": jsonable([w.raw for w in got])})
-        return
-    for w in got:
-        _line(w)
-    if not got:
-        out.print("no change webhook")
+    emit_list(ctx, "webhooks", got, _line, "no change webhook", json_of=lambda w: w.raw)
 
 
 @app.command("delete")

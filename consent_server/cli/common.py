@@ -7,7 +7,7 @@ import dataclasses
 import enum
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -282,6 +282,25 @@ def emit(ctx: typer.Context, value: Any, human: Callable[[], None]) -> None:
         print_json(value)
     else:
         human()
+
+
+def emit_list(
+    ctx: typer.Context,
+    key: str,
+    items: Sequence[T],
+    line: Callable[[T], None],
+    empty: str,
+    json_of: Callable[[T], Any] | None = None,
+) -> None:
+    """A list result: ``{key: [...]}`` with --json (each item through ``json_of`` when
+    given), otherwise one ``line`` per item, or ``empty`` when there is none."""
+    if options(ctx).json:
+        print_json({key: jsonable([json_of(i) for i in items] if json_of else list(items))})
+        return
+    for item in items:
+        line(item)
+    if not items:
+        out.print(empty)
 
 
 def fields(ctx: typer.Context, value: Any) -> None:

@@ -9,7 +9,7 @@ import typer
 from consent_client.v1 import admin_pb2 as apb
 from consent_client.v1 import consent_pb2 as pb
 
-from .common import Channel, Tenant, call, emit, jsonable, options, out, print_json, tsv
+from .common import Channel, Tenant, call, emit, emit_list, tsv
 
 app = typer.Typer(
     help="Delivery providers (log, webhook, whatsapp_cloud) per channel.", no_args_is_help=True
@@ -32,13 +32,9 @@ def _line(p: apb.DeliveryProviderInfo) -> None:
 def get(ctx: typer.Context, tenant: Tenant) -> None:
     """The tenant's providers, the all-channels entry first (no secrets; none = log)."""
     found = [p.raw for p in call(ctx, lambda c: c.get_delivery_providers(tenant))]
-    if options(ctx).json:
-        print_json({"providers": jsonable(found)})
-        return
-    for p in found:
-        _line(p)
-    if not found:
-        out.print("no provider set: messages are logged, not delivered (log)")
+    emit_list(
+        ctx, "providers", found, _line, "no provider set: messages are logged, not delivered (log)"
+    )
 
 
 @app.command("set")
