@@ -15,6 +15,7 @@ from consent_server.domain.feed import ChangeFeed
 from consent_server.domain.links_service import ConsentLinks
 from consent_server.domain.model import Action, Decision
 from consent_server.domain.service import BatchItemError, ChangeResult, ConsentAuthority
+from consent_server.domain.validation import RawRecipient
 from consent_server.metrics import ACCEPTED, DECISIONS
 
 from . import batch_encoding
@@ -51,8 +52,8 @@ _SEND_ALLOWED_RECORD = DECISIONS.labels("SendIfAllowed", "allowed", "none", "rec
 _SEND_ALLOWED_DEFAULT = DECISIONS.labels("SendIfAllowed", "allowed", "none", "default_policy")
 
 
-def count_decision(rpc_name: str, decision: Decision) -> None:
-    """One ``consent_decisions_total`` increment for an answered decision."""
+def _decision_child(rpc_name: str, decision: Decision) -> Any:
+    """The ``consent_decisions_total`` child of ``rpc_name``'s answers like ``decision``."""
     reason = decision.block_reason.value if decision.block_reason else "none"
     key = (rpc_name, decision.allowed, reason, decision.decided_by.value)
     child = _DECISION_CHILDREN.get(key)
@@ -60,19 +61,22 @@ def count_decision(rpc_name: str, decision: Decision) -> None:
         child = _DECISION_CHILDREN[key] = DECISIONS.labels(
             rpc_name, "allowed" if decision.allowed else "blocked", reason, key[3]
         )
-    child.inc()
+    return child
+
+
+def count_decision(rpc_name: str, decision: Decision) -> None:
+    """One ``consent_decisions_total`` increment for an answered decision."""
+    _decision_child(rpc_name, decision).inc()
 
 
 def _count_batch(decision: Decision, n: int) -> None:
     """``n`` BatchCheckConsent decisions like ``decision`` in consent_decisions_total."""
-    reason = decision.block_reason.value if decision.block_reason else "none"
-    key = ("BatchCheckConsent", decision.allowed, reason, decision.decided_by.value)
-    child = _DECISION_CHILDREN.get(key)
-    if child is None:
-        child = _DECISION_CHILDREN[key] = DECISIONS.labels(
-            key[0], "allowed" if decision.allowed else "blocked", reason, key[3]
-        )
-    child.inc(n)
+    _decision_child("BatchCheckConsent", decision).inc(n)
+
+
+def _recipient(request: Any) -> RawRecipient | None:
+    """The request's ``recipient`` field, None when it is not set."""
+    return cv.optional_recipient(request.HasField("recipient"), request.recipient)
 
 
 class _Recorder:
@@ -130,7 +134,7 @@ class ConsentServicer(FeedHandlers, pb_grpc.ConsentServiceServicer):
     ) -> pb.CheckConsentResponse:
         result = await self._a.check(
             request.tenant_id,
-            cv.optional_recipient(request.HasField("recipient"), request.recipient),
+            _recipient(request),
             request.topic,
             cv.raw_timestamp(request.HasField("at"), request.at),
         )
@@ -185,7 +189,7 @@ class ConsentServicer(FeedHandlers, pb_grpc.ConsentServiceServicer):
         return await self._a.change(
             action,
             tenant_id=request.tenant_id,
-            recipient=cv.optional_recipient(request.HasField("recipient"), request.recipient),
+            recipient=_recipient(request),
             topic=request.topic,
             source=cv.source(request.source),
             evidence=request.evidence,
@@ -226,7 +230,7 @@ class ConsentServicer(FeedHandlers, pb_grpc.ConsentServiceServicer):
         try:
             result = await self._a.send(
                 tenant_id=request.tenant_id,
-                recipient=cv.optional_recipient(request.HasField("recipient"), request.recipient),
+                recipient=_recipient(request),
                 topic=request.topic,
                 message=cv.raw_message(request.HasField("message"), request.message),
                 idempotency_key=request.idempotency_key,
@@ -255,7 +259,7 @@ class ConsentServicer(FeedHandlers, pb_grpc.ConsentServiceServicer):
     ) -> pb.HandleInboundMessageResponse:
         result = await self._a.inbound(
             tenant_id=request.tenant_id,
-            recipient=cv.optional_recipient(request.HasField("recipient"), request.recipient),
+            recipient=_recipient(request),
             text=request.text,
             button_payload=request.button_payload,
             provider_message_id=request.provider_message_id,
@@ -276,7 +280,7 @@ class ConsentServicer(FeedHandlers, pb_grpc.ConsentServiceServicer):
     ) -> pb.ListConsentEventsResponse:
         page = await self._a.history(
             request.tenant_id,
-            cv.optional_recipient(request.HasField("recipient"), request.recipient),
+            _recipient(request),
             request.page_size,
             request.page_token,
         )
@@ -311,7 +315,7 @@ class ConsentServicer(FeedHandlers, pb_grpc.ConsentServiceServicer):
             raise NotConfigured("consent links are not configured on this server")
         links = await self._links.create(
             request.tenant_id,
-            cv.optional_recipient(request.HasField("recipient"), request.recipient),
+            _recipient(request),
             request.topic,
             request.ttl_seconds,
             short=request.short_links,
