@@ -145,6 +145,20 @@ def _blocked_message(exc: SendBlocked) -> str:
     )
 
 
+def _retry_safely(reason: Reason, what: str) -> Rule:
+    """UNAVAILABLE whose change may have been recorded: ``what`` happened, then how to
+    retry without applying the change twice (a RetryInfo of one second)."""
+    message = (
+        f"{what} retry with the same event_id / idempotency_key (a replay is never applied twice)"
+    )
+    return Rule(
+        code_pb2.UNAVAILABLE,
+        (reason,),
+        message=lambda _: message,
+        details=lambda _: (_retry(1000),),
+    )
+
+
 # Looked up along the exception's MRO, so a subclass's rule wins over its base's.
 RULES: Mapping[type[Exception], Rule] = {
     Unauthenticated: Rule(code_pb2.UNAUTHENTICATED, (pb.UNAUTHENTICATED,)),
@@ -183,28 +197,18 @@ RULES: Mapping[type[Exception], Rule] = {
         message=_blocked_message,
         metadata=_blocked_metadata,
     ),
-    ReplicationNotAcknowledged: Rule(
-        code_pb2.UNAVAILABLE,
-        (pb.REPLICATION_NOT_ACKNOWLEDGED,),
-        message=lambda _: (
-            "change applied on the Redis primary but not yet confirmed by its replicas: "
-            "not acknowledged; retry with the same event_id / idempotency_key (a replay "
-            "is never applied twice)"
-        ),
-        details=lambda _: (_retry(1000),),
+    ReplicationNotAcknowledged: _retry_safely(
+        pb.REPLICATION_NOT_ACKNOWLEDGED,
+        "change applied on the Redis primary but not yet confirmed by its replicas: "
+        "not acknowledged;",
     ),
-    StoreUnavailable: Rule(
-        code_pb2.UNAVAILABLE,
-        (pb.STORE_UNAVAILABLE,),
-        # Nothing was allowed or accepted by this call. But a store that timed out rather
-        # than refused may still run a change it received, so the outcome of a change is
-        # unknown: say so, and say how to retry safely.
-        message=lambda _: (
-            "consent store unavailable: nothing was allowed or accepted by this call; "
-            "a change or send may still have been recorded, so retry with the same "
-            "event_id / idempotency_key (a replay is never applied twice)"
-        ),
-        details=lambda _: (_retry(1000),),
+    # Nothing was allowed or accepted by this call. But a store that timed out rather
+    # than refused may still run a change it received, so the outcome of a change is
+    # unknown: say so, and say how to retry safely.
+    StoreUnavailable: _retry_safely(
+        pb.STORE_UNAVAILABLE,
+        "consent store unavailable: nothing was allowed or accepted by this call; "
+        "a change or send may still have been recorded, so",
     ),
     IdConflict: Rule(
         code_pb2.ALREADY_EXISTS,
