@@ -20,22 +20,16 @@ from consent_server.domain.model import (
 )
 from consent_server.domain.service import ConsentAuthority
 
+from . import convert as cv
 from .consent_service import Ctx, rpc
 
-_KIND_FROM_PB = {
-    apb.KEYWORD_KIND_OPT_OUT: KeywordKind.OPT_OUT,
-    apb.KEYWORD_KIND_OPT_IN: KeywordKind.OPT_IN,
-    apb.KEYWORD_KIND_HELP: KeywordKind.HELP,
-}
-_KIND_TO_PB = {v: k for k, v in _KIND_FROM_PB.items()}
+_KIND_TO_PB = cv.to_pb_by_name(KeywordKind, apb.KeywordKind, "KEYWORD_KIND_")
+_KIND_FROM_PB = {v: k for k, v in _KIND_TO_PB.items()}
+_POLICY_TO_PB = cv.to_pb_by_name(Policy, pb.DefaultPolicy, "DEFAULT_POLICY_")
+# An unset default policy is the default: allow unless opted out.
 _POLICY_FROM_PB = {
     pb.DEFAULT_POLICY_UNSPECIFIED: Policy.ALLOW_UNLESS_OPTED_OUT,
-    pb.DEFAULT_POLICY_ALLOW_UNLESS_OPTED_OUT: Policy.ALLOW_UNLESS_OPTED_OUT,
-    pb.DEFAULT_POLICY_REQUIRE_OPT_IN: Policy.REQUIRE_OPT_IN,
-}
-_POLICY_TO_PB = {
-    Policy.ALLOW_UNLESS_OPTED_OUT: pb.DEFAULT_POLICY_ALLOW_UNLESS_OPTED_OUT,
-    Policy.REQUIRE_OPT_IN: pb.DEFAULT_POLICY_REQUIRE_OPT_IN,
+    **{v: k for k, v in _POLICY_TO_PB.items()},
 }
 _KINDS = "KEYWORD_KIND_OPT_OUT, KEYWORD_KIND_OPT_IN or KEYWORD_KIND_HELP"
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+import enum
+from typing import Any, Protocol, TypeVar
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -23,29 +24,34 @@ from consent_server.domain.validation import RawMessage, RawRecipient, RawTimest
 
 from .errors import BLOCK_REASONS, reason_name
 
-_CHANNEL_FROM_PB = {
-    pb.CHANNEL_WHATSAPP: Channel.WHATSAPP,
-    pb.CHANNEL_SMS: Channel.SMS,
-    pb.CHANNEL_EMAIL: Channel.EMAIL,
-    pb.CHANNEL_RCS: Channel.RCS,
-    pb.CHANNEL_VOICE: Channel.VOICE,
-}
-_CHANNEL_TO_PB = {v: k for k, v in _CHANNEL_FROM_PB.items()}
-_SOURCE_TO_PB = {s: pb.Source.Value(f"SOURCE_{s.name}") for s in Source}
+E = TypeVar("E", bound=enum.Enum)
+V = TypeVar("V")
+V_co = TypeVar("V_co", covariant=True)
+
+
+class ProtoEnum(Protocol[V_co]):
+    """A generated proto enum: its numbers by name."""
+
+    def Value(self, name: str) -> V_co:
+        """The number of the value called ``name``."""
+        ...
+
+
+def to_pb_by_name(members: type[E], proto: ProtoEnum[V], prefix: str) -> dict[E, V]:
+    """Each domain member's wire number: the proto value named ``prefix`` + its name
+    (a member the proto lacks fails at import, not on a call)."""
+    return {m: proto.Value(prefix + m.name) for m in members}
+
+
+_CHANNEL_TO_PB = to_pb_by_name(Channel, pb.Channel, "CHANNEL_")
+_CHANNEL_FROM_PB = {v: k for k, v in _CHANNEL_TO_PB.items()}
+_SOURCE_TO_PB = to_pb_by_name(Source, pb.Source, "SOURCE_")
 _SOURCE_FROM_PB: dict[int, Source] = {v: k for k, v in _SOURCE_TO_PB.items()}
-_STATUS_TO_PB = {
-    Status.OPTED_IN: pb.CONSENT_STATUS_OPTED_IN,
-    Status.OPTED_OUT: pb.CONSENT_STATUS_OPTED_OUT,
-    Status.NO_RECORD: pb.CONSENT_STATUS_NO_RECORD,
-}
-_SCOPE_TO_PB = {
-    Scope.TOPIC: pb.SCOPE_TOPIC,
-    Scope.ALL: pb.SCOPE_ALL,
-    Scope.DEFAULT_POLICY: pb.SCOPE_DEFAULT_POLICY,
-}
-_ACTION_TO_PB = {Action.OPT_OUT: pb.CONSENT_ACTION_OPT_OUT, Action.OPT_IN: pb.CONSENT_ACTION_OPT_IN}
-_INBOUND_TO_PB = {a: pb.InboundAction.Value(f"INBOUND_ACTION_{a.name}") for a in InboundAction}
-_MESSAGE_STATE_TO_PB = {s: pb.MessageStatus.Value(f"MESSAGE_STATUS_{s.name}") for s in MessageState}
+_STATUS_TO_PB = to_pb_by_name(Status, pb.ConsentStatus, "CONSENT_STATUS_")
+_SCOPE_TO_PB = to_pb_by_name(Scope, pb.Scope, "SCOPE_")
+_ACTION_TO_PB = to_pb_by_name(Action, pb.ConsentAction, "CONSENT_ACTION_")
+_INBOUND_TO_PB = to_pb_by_name(InboundAction, pb.InboundAction, "INBOUND_ACTION_")
+_MESSAGE_STATE_TO_PB = to_pb_by_name(MessageState, pb.MessageStatus, "MESSAGE_STATUS_")
 
 
 def raw_recipient(recipient: pb.Recipient) -> RawRecipient:

@@ -16,11 +16,7 @@ from consent_server.domain.model import Channel, Recipient
 from . import convert as cv
 from .consent_service import Ctx, rpc
 
-_KIND_TO_PB = {
-    ProviderKind.LOG: apb.DELIVERY_PROVIDER_KIND_LOG,
-    ProviderKind.WEBHOOK: apb.DELIVERY_PROVIDER_KIND_WEBHOOK,
-    ProviderKind.WHATSAPP_CLOUD: apb.DELIVERY_PROVIDER_KIND_WHATSAPP_CLOUD,
-}
+_KIND_TO_PB = cv.to_pb_by_name(ProviderKind, apb.DeliveryProviderKind, "DELIVERY_PROVIDER_KIND_")
 
 
 def raw_provider(has: bool, provider: apb.DeliveryProvider) -> RawProvider:
