@@ -18,7 +18,7 @@ import signal
 import ssl
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import grpc
@@ -566,15 +566,9 @@ async def _cancel_quietly(task: asyncio.Task[Any]) -> None:
 
 
 def limits_of(settings: Settings) -> Limits:
-    """The request limits the settings configure."""
-    limits = settings.limits
-    return Limits(
-        max_batch=limits.max_batch,
-        max_page_size=limits.max_page_size,
-        max_evidence_bytes=limits.max_evidence_bytes,
-        max_metadata_entries=limits.max_metadata_entries,
-        max_metadata_value=limits.max_metadata_value,
-    )
+    """The request limits the settings configure: each of Limits' fields from the setting
+    of the same name."""
+    return Limits(**{f.name: getattr(settings.limits, f.name) for f in fields(Limits)})
 
 
 class CertificateReloader:
