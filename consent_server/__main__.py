@@ -13,8 +13,9 @@ from typing import Any, TypeVar
 
 from consent_server import logs, tracing
 from consent_server.app import serve
-from consent_server.config import ConfigError, load
+from consent_server.config import load
 from consent_server.supervisor import supervise, supervised
+from consent_server.worker import run_main
 
 T = TypeVar("T")
 
@@ -37,13 +38,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse configuration, run the server, return the exit code (2 = bad configuration)."""
     args = sys.argv[1:] if argv is None else list(argv)
     child = supervised()
-    try:
+
+    def run() -> int:
         settings = load(args)
-    except ConfigError as exc:
-        print(f"consent-server: configuration error: {exc}", file=sys.stderr)
-        return 2
-    logs.configure(settings.observability.log_level, settings.observability.log_format)
-    try:
+        logs.configure(settings.observability.log_level, settings.observability.log_format)
         if child is not None or settings.processes == 1:
             # The supervisor serves no calls; each of its processes traces its own.
             tracing.setup("consent-server")
@@ -52,13 +50,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if settings.processes > 1:
             return asyncio.run(supervise(settings, args))
         return run_loop(serve(settings), settings.server.uvloop)
-    except ConfigError as exc:
-        # gRPC core's own lines about the failure first, then the one line that says it.
-        logs.release_native_stderr()
-        print(f"consent-server: configuration error: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        logs.release_native_stderr()
+
+    return run_main("consent-server", run)
 
 
 if __name__ == "__main__":
