@@ -10,7 +10,7 @@ import typer
 
 from consent_client import ChangeWebhook, ChangeWebhookDelivery
 
-from .common import Tenant, call, emit, emit_list, out, ts_text, tsv
+from .common import Tenant, call, emit, emit_list, out, secret_option, ts_text, tsv
 
 app = typer.Typer(
     help="Change webhooks: endpoints that receive every consent change, signed (docs/webhooks.md).",
@@ -36,11 +36,10 @@ def set_(
     url: Annotated[str, typer.Option(help="Where to POST each change (https://).")],
     signing_secret: Annotated[
         str,
-        typer.Option(
-            envvar="CONSENT_CHANGE_WEBHOOK_SECRET",
-            help="The HMAC key (prefer the env var); empty: keep the stored one for the "
+        secret_option(
+            "CONSENT_CHANGE_WEBHOOK_SECRET",
+            "The HMAC key (prefer the env var); empty: keep the stored one for the "
             "same URL, or generate one and print it once.",
-            show_default=False,
         ),
     ] = "",
     status_changes_only: Annotated[

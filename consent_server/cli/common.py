@@ -284,6 +284,12 @@ def emit(ctx: typer.Context, value: Any, human: Callable[[], None]) -> None:
         human()
 
 
+def secret_option(envvar: str, help_text: str) -> Any:
+    """The option of a secret: read from ``envvar`` too (which keeps it out of the shell
+    history), its value never shown as a default in --help."""
+    return typer.Option(envvar=envvar, help=help_text, show_default=False)
+
+
 def emit_list(
     ctx: typer.Context,
     key: str,

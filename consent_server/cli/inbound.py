@@ -23,6 +23,7 @@ from .common import (
     options,
     out,
     print_json,
+    secret_option,
     ts_text,
     tsv,
 )
@@ -184,10 +185,9 @@ def webhook_set(
     ],
     app_secret: Annotated[
         str,
-        typer.Option(
-            envvar="CONSENT_WHATSAPP_APP_SECRET",
-            help="The Meta app's App Secret; prefer the env var (shell history).",
-            show_default=False,
+        secret_option(
+            "CONSENT_WHATSAPP_APP_SECRET",
+            "The Meta app's App Secret; prefer the env var (shell history).",
         ),
     ],
     waba_id: Annotated[str, typer.Option(help="WhatsApp Business Account id.")] = "",

@@ -9,7 +9,7 @@ import typer
 from consent_client.v1 import admin_pb2 as apb
 from consent_client.v1 import consent_pb2 as pb
 
-from .common import Channel, Tenant, call, emit, emit_list, tsv
+from .common import Channel, Tenant, call, emit, emit_list, secret_option, tsv
 
 app = typer.Typer(
     help="Delivery providers (log, webhook, whatsapp_cloud) per channel.", no_args_is_help=True
@@ -46,19 +46,17 @@ def set_(
     url: Annotated[str, typer.Option(help="Webhook URL, or the WhatsApp Cloud API base URL.")] = "",
     signing_secret: Annotated[
         str,
-        typer.Option(
-            envvar="CONSENT_PROVIDER_SIGNING_SECRET",
-            help="webhook: the signing secret (prefer the env var); empty keeps the stored one.",
-            show_default=False,
+        secret_option(
+            "CONSENT_PROVIDER_SIGNING_SECRET",
+            "webhook: the signing secret (prefer the env var); empty keeps the stored one.",
         ),
     ] = "",
     phone_number_id: Annotated[str, typer.Option(help="whatsapp_cloud: phone number id.")] = "",
     access_token: Annotated[
         str,
-        typer.Option(
-            envvar="CONSENT_PROVIDER_ACCESS_TOKEN",
-            help="whatsapp_cloud: the access token (prefer the env var).",
-            show_default=False,
+        secret_option(
+            "CONSENT_PROVIDER_ACCESS_TOKEN",
+            "whatsapp_cloud: the access token (prefer the env var).",
         ),
     ] = "",
     timeout_ms: Annotated[int, typer.Option(min=0, help="Per request; 0 = 10 s.")] = 0,
