@@ -124,6 +124,9 @@ else:  # grpc's runtime classes are not generic
     Handler: TypeAlias = grpc.RpcMethodHandler
     ServerInterceptor: TypeAlias = grpc.aio.ServerInterceptor
 
+# What an interceptor's intercept_service is handed: the next step, to the handler.
+Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[Handler]]
+
 
 # tenant id -> its settings, or None when the tenant does not exist.
 TenantLookup = Callable[[str], Awaitable[object | None]]
@@ -147,9 +150,7 @@ class AuthInterceptor(ServerInterceptor):
         self._anonymous: dict[str, Handler] = {}
 
     async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
-        handler_call_details: grpc.HandlerCallDetails,
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> Handler:
         handler = await continuation(handler_call_details)
         method = handler_call_details.method

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 
 from consent_server.metrics import GRPC_HANDLED, GRPC_HANDLING, GRPC_STARTED
 
-from .auth import Ctx, Handler, ServerInterceptor
+from .auth import Continuation, Ctx, Handler, ServerInterceptor
 
 _OK = grpc.StatusCode.OK
 
@@ -72,9 +71,7 @@ class MetricsInterceptor(ServerInterceptor):
         self._wrapped: dict[str, tuple[Handler, Handler]] = {}
 
     async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
-        handler_call_details: grpc.HandlerCallDetails,
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> Handler:
         handler = await continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
