@@ -129,7 +129,7 @@ def _host_port(example: str, *, any_port: bool = True) -> Parser[str]:
 def _ip_host_port(var: str, text: str) -> str:
     """host:port with a real port and an IP address or localhost (the metrics listener)."""
     _host_port("127.0.0.1:9464", any_port=False)(var, text)
-    host = text.rpartition(":")[0].strip("[]")
+    host = host_of(text)
     if not is_loopback(host):
         try:
             ipaddress.ip_address(host)
@@ -301,7 +301,7 @@ class ServerSettings(_Group):
     @property
     def host(self) -> str:
         """The listen host without brackets."""
-        return self.listen.rsplit(":", 1)[0].strip("[]")
+        return host_of(self.listen)
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -605,7 +605,7 @@ class EdgeSettings(_Group):
     @property
     def listen_host(self) -> str:
         """The listen host without brackets ("" when the edge is off)."""
-        return (self.listen or "").rsplit(":", 1)[0].strip("[]")
+        return host_of(self.listen or "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -774,6 +774,11 @@ def cores() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
+
+
+def host_of(address: str) -> str:
+    """The host of a ``host:port`` address, without the brackets of an IPv6 one."""
+    return address.rsplit(":", 1)[0].strip("[]")
 
 
 def is_loopback(host: str) -> bool:

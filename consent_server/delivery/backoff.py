@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from dataclasses import dataclass
 
 
 def backoff_ms(
@@ -17,3 +18,17 @@ def backoff_ms(
     """
     step = min(cap_ms, base_ms * 2.0 ** max(attempt - 1, 0))
     return int(step / 2 + step / 2 * min(max(draw(), 0.0), 1.0))
+
+
+@dataclass(frozen=True, slots=True)
+class RetryTuning:
+    """How often and how far apart a transiently failing delivery is retried: the outbox
+    worker's options, which the change webhook dispatcher follows."""
+
+    max_attempts: int = 8
+    backoff_base_ms: float = 1000.0
+    backoff_max_ms: float = 300_000.0
+
+    def retry_wait_ms(self, attempt: int) -> int:
+        """The jittered wait before retrying after failed attempt ``attempt``."""
+        return backoff_ms(attempt, self.backoff_base_ms, self.backoff_max_ms)

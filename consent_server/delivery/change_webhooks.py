@@ -9,7 +9,7 @@ the cursor of a partition advances only once its entry is finished (delivered, o
 given up into the dead letters), so a restart resumes where it stopped and repeats
 at most the entry in flight (at least once; receivers deduplicate by the event id).
 
-A change that fails is retried with the outbox's backoff (``backoff.backoff_ms``) up
+A change that fails is retried with the outbox's backoff (``backoff.RetryTuning``) up
 to ``max_attempts``; then it goes to the endpoint's dead letters and the partition
 moves on: one poisoned change or a long outage must not stall every later change
 (the dead letters say what to re-send). A 4xx answer other than 408/425/429, a
@@ -43,7 +43,7 @@ from consent_server.domain.feed import FeedEntry, FeedTrimmed, feed_event_id
 from consent_server.domain.ports import ChangeFeedStore
 from consent_server.egress import EgressRefused, Resolver, guarded_client, system_resolve
 
-from .backoff import backoff_ms
+from .backoff import RetryTuning
 from .providers.webhook import RETRY_STATUS, SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from .worker import default_consumer_name
 
@@ -56,12 +56,9 @@ _NOWHERE = "9" * 16 + "-0"  # a position after every entry: reads nothing
 
 
 @dataclass(frozen=True, slots=True)
-class DispatchOptions:
-    """Tuning; the defaults follow the outbox worker's, tests shrink them."""
+class DispatchOptions(RetryTuning):
+    """Tuning; the retries default to the outbox worker's, tests shrink them."""
 
-    max_attempts: int = 8
-    backoff_base_ms: float = 1000.0
-    backoff_max_ms: float = 300_000.0
     poll_s: float = 0.5
     read_count: int = 100
     timeout_s: float = 10.0
@@ -307,7 +304,7 @@ class ChangeWebhookDispatcher:
                     self._clock_ms(),
                 )
             m.CHANGE_WEBHOOK_POSTS.labels("retried").inc()
-            wait_s = backoff_ms(attempts, opts.backoff_base_ms, opts.backoff_max_ms) / 1000
+            wait_s = opts.retry_wait_ms(attempts) / 1000
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), wait_s)
             if self._stop.is_set():

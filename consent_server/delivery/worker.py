@@ -35,7 +35,7 @@ from consent_server.domain.outbox import OutboxEntry
 from consent_server.domain.ports import ConsentStore, DeliveryOutbox
 from consent_server.egress import guarded_client
 
-from .backoff import backoff_ms
+from .backoff import RetryTuning
 from .feedback import provider_feedback
 from .providers import (
     Delivered,
@@ -61,7 +61,7 @@ def default_consumer_name() -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class WorkerOptions:
+class WorkerOptions(RetryTuning):
     """Tuning; the defaults suit production, tests shrink the timeouts."""
 
     concurrency: int = 32
@@ -69,9 +69,6 @@ class WorkerOptions:
     block_ms: int = 1000  # > 0: Redis reads BLOCK 0 as "forever"
     idle_poll_s: float = 0.05
     visibility_timeout_s: float = 60.0
-    max_attempts: int = 8
-    backoff_base_ms: float = 1000.0
-    backoff_max_ms: float = 300_000.0
     provider_cache_s: float = 1.0
     backlog_interval_s: float = 5.0
     consumer: str = field(default_factory=default_consumer_name)
@@ -382,7 +379,7 @@ class DeliveryWorker:
         if attempts >= opts.max_attempts:
             await self._fail(entry, provider, f"gave up after {attempts} attempts: {result.error}")
             return
-        due = _now_ms() + backoff_ms(attempts, opts.backoff_base_ms, opts.backoff_max_ms)
+        due = _now_ms() + opts.retry_wait_ms(attempts)
         if entry.not_after_ms and due >= entry.not_after_ms:
             if (
                 await self._outbox.finish(

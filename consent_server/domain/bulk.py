@@ -187,18 +187,33 @@ class BulkConsent:
         flight: _Flight,
     ) -> None:
         try:
-            await self._flush_batch(first, items, summary, before, flight)
+            outcomes = await self._outcomes(first, items, flight)
         finally:
             flight.queued.set()  # also when it failed: nothing of it is left to overtake
+        if before is not None:
+            await before.finished.wait()  # the summary takes the batches in order
+        for item, outcome in zip(items, outcomes, strict=True):
+            if outcome == REUSED:
+                summary.count(Outcome.INVALID)
+                summary.report(
+                    Problem(
+                        item.line,
+                        Outcome.INVALID,
+                        "external_id",
+                        "was already used for a different change of this recipient "
+                        "(another action or topic); nothing written",
+                    )
+                )
+                continue
+            summary.count(outcome)
+            problem = imp.problem_for(item, outcome)
+            if problem is not None:
+                summary.report(problem)
 
-    async def _flush_batch(
-        self,
-        first: ImportMessage,
-        items: list[ImportItem],
-        summary: ImportSummary,
-        before: _Flight | None,
-        flight: _Flight,
-    ) -> None:
+    async def _outcomes(
+        self, first: ImportMessage, items: list[ImportItem], flight: _Flight
+    ) -> list[str]:
+        """Each item's outcome: simulated (dry run) or planned and applied."""
         proof, dry = first.opt_ins_have_proof, first.dry_run
         wanted: dict[Recipient, list[str]] = {}
         for item in items:
@@ -230,26 +245,7 @@ class BulkConsent:
                 )
                 for i, outcome in zip(plan.apply, applied, strict=True):
                     outcomes[i] = outcome
-        flight.queued.set()
-        if before is not None:
-            await before.finished.wait()  # the summary takes the batches in order
-        for item, outcome in zip(items, outcomes, strict=True):
-            if outcome == REUSED:
-                summary.count(Outcome.INVALID)
-                summary.report(
-                    Problem(
-                        item.line,
-                        Outcome.INVALID,
-                        "external_id",
-                        "was already used for a different change of this recipient "
-                        "(another action or topic); nothing written",
-                    )
-                )
-                continue
-            summary.count(outcome)
-            problem = imp.problem_for(item, outcome)
-            if problem is not None:
-                summary.report(problem)
+        return outcomes
 
     async def export(self, raw: RawExportQuery) -> AsyncIterator[ExportPage]:
         """ExportConsent: validate the filters, then stream the store's pages."""

@@ -120,41 +120,59 @@ def tenant_id(v: Violations, value: str, field: str = "tenant_id") -> str:
     return slug(v, value, field)
 
 
-def slug(v: Violations, value: str, field: str) -> str:
-    """A required identifier of the tenant-id form (tenant ids, change webhook names),
-    or "" after recording a violation."""
+def _matching(
+    v: Violations,
+    value: str,
+    field: str,
+    pattern: re.Pattern[str],
+    invalid: str,
+    *,
+    required: bool,
+    missing: str = "is required",
+) -> str:
+    """``value`` when it matches ``pattern``; "" when it is empty (a violation only if
+    ``required``) or after recording that it does not match."""
     if not value:
-        v.add(field, "is required")
-    elif not TENANT_RE.fullmatch(value):
-        v.add(field, "must match ^[a-z0-9][a-z0-9_-]{0,63}$")
+        if required:
+            v.add(field, missing)
+    elif not pattern.fullmatch(value):
+        v.add(field, invalid)
     else:
         return value
     return ""
 
 
+def slug(v: Violations, value: str, field: str) -> str:
+    """A required identifier of the tenant-id form (tenant ids, change webhook names),
+    or "" after recording a violation."""
+    return _matching(
+        v, value, field, TENANT_RE, "must match ^[a-z0-9][a-z0-9_-]{0,63}$", required=True
+    )
+
+
 def topic(v: Violations, value: str, *, required: bool = False, field: str = "topic") -> str:
     """A lower-cased topic ("" = all topics) or "" after recording a violation."""
-    lowered = value.lower()
-    if not lowered:
-        if required:
-            v.add(field, "is required: name what the message is about, e.g. 'marketing'")
-        return ""
-    if not TOPIC_RE.fullmatch(lowered):
-        v.add(field, "must match ^[a-z0-9][a-z0-9_.-]{0,63}$ (case-insensitive)")
-        return ""
-    return lowered
+    return _matching(
+        v,
+        value.lower(),
+        field,
+        TOPIC_RE,
+        "must match ^[a-z0-9][a-z0-9_.-]{0,63}$ (case-insensitive)",
+        required=required,
+        missing="is required: name what the message is about, e.g. 'marketing'",
+    )
 
 
 def identifier(v: Violations, value: str, field: str, *, required: bool = False) -> str:
     """An id: 1-128 printable ASCII characters without spaces."""
-    if not value:
-        if required:
-            v.add(field, "is required")
-        return ""
-    if not ID_RE.fullmatch(value):
-        v.add(field, "must be 1-128 printable ASCII characters without spaces")
-        return ""
-    return value
+    return _matching(
+        v,
+        value,
+        field,
+        ID_RE,
+        "must be 1-128 printable ASCII characters without spaces",
+        required=required,
+    )
 
 
 def recipient(
