@@ -176,6 +176,21 @@ def numbered_event(
     )
 
 
+def run_module(
+    module: str, *args: str, env: Mapping[str, str], timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """``python -m module *args`` with exactly ``env``, waited for until it exits on its
+    own (a start-up that must fail, a one-shot command); its output as text."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 class RedisProcess:
     """A private redis-server: free port, its own directory, never the machine's 6379."""
 
