@@ -45,6 +45,36 @@ def terminate(proc: subprocess.Popen[AnyStr], grace_s: float) -> None:
         proc.wait(10)
 
 
+def redis_server_args(
+    binary: str, port: int, workdir: Path, *, appendonly: bool = False
+) -> list[str]:
+    """The command line of a private redis-server: loopback only, in the foreground, no
+    RDB snapshots, its files and log in ``workdir``; with ``appendonly`` every write is
+    fsync'd to the AOF before it is answered (without it ``--appendfsync`` is unused).
+
+    The test suite's Redis starts from it too, so bench and tests run the same server.
+    """
+    return [
+        binary,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--dir",
+        str(workdir),
+        "--save",
+        "",
+        "--daemonize",
+        "no",
+        "--appendonly",
+        "yes" if appendonly else "no",
+        "--appendfsync",
+        "always",
+        "--logfile",
+        str(workdir / "redis.log"),
+    ]
+
+
 class RedisServer:
     """A private redis-server on a free port in ``workdir``; never the machine's 6379."""
 
@@ -72,23 +102,7 @@ class RedisServer:
     def start(self) -> RedisServer:
         """Start it and wait until it answers PING."""
         self.workdir.mkdir(parents=True, exist_ok=True)
-        args = [
-            self.binary,
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            str(self.workdir),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--daemonize",
-            "no",
-            "--logfile",
-            str(self.workdir / "redis.log"),
-        ]
+        args = redis_server_args(self.binary, self.port, self.workdir)
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
         deadline = time.monotonic() + 10

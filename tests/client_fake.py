@@ -23,8 +23,15 @@ from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from consent_client import Backoff
 from consent_client.v1 import admin_pb2_grpc as apb_grpc
 from consent_client.v1 import consent_pb2_grpc as pb_grpc
+
+# Shared by the sync and asyncio client tests, so that both test the same calls.
+WA = "+91 98765 43210"
+"""A WhatsApp number as a caller writes it (the server normalises it)."""
+FAST = Backoff(initial=0.01, maximum=0.05)
+"""Retries a few milliseconds apart: the retry tests stay quick."""
 
 Forward = Callable[[Message], Message]
 Action = Callable[[Message, grpc.ServicerContext, Forward], Message]

@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -22,6 +21,7 @@ from typing import Any, ClassVar
 import grpc
 import redis
 
+from bench.procs import free_port, redis_server_args
 from consent_server.domain.model import Action, Channel, ConsentEventInput, Recipient, Source
 from consent_server.domain.service import ChangeResult, ConsentAuthority
 from consent_server.domain.validation import RawMessage, RawRecipient, RawTimestamp
@@ -176,11 +176,19 @@ def numbered_event(
     )
 
 
-def free_port() -> int:
-    """A TCP port free on loopback right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def run_module(
+    module: str, *args: str, env: Mapping[str, str], timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """``python -m module *args`` with exactly ``env``, waited for until it exits on its
+    own (a start-up that must fail, a one-shot command); its output as text."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 class RedisProcess:
@@ -191,6 +199,7 @@ class RedisProcess:
     ) -> None:
         if REDIS_SERVER is None:
             raise RuntimeError("redis-server is not installed (make install / .ci/run installs it)")
+        self.binary = REDIS_SERVER
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.appendonly = appendonly
@@ -204,25 +213,7 @@ class RedisProcess:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisProcess:
-        args = [
-            REDIS_SERVER,
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            str(self.workdir),
-            "--save",
-            "",
-            "--daemonize",
-            "no",
-            "--appendonly",
-            "yes" if self.appendonly else "no",
-            "--appendfsync",
-            "always",
-            "--logfile",
-            str(self.workdir / "redis.log"),
-        ]
+        args = redis_server_args(self.binary, self.port, self.workdir, appendonly=self.appendonly)
         if self.password is not None:
             args += ["--requirepass", self.password]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -46,6 +46,8 @@ from consent_client.v1 import admin_pb2
 from consent_client.v1 import consent_pb2 as pb
 
 from .client_fake import (
+    FAST,
+    WA,
     FakeConsentService,
     bad_request,
     fail,
@@ -57,9 +59,7 @@ from .client_fake import (
 )
 from .support import RedisProcess, ServerProcess, free_port
 
-WA = "+91 98765 43210"
 WA_E164 = "+919876543210"
-FAST = Backoff(initial=0.01, maximum=0.05)
 
 # Every status code with a class of its own, and two that fall back (ABORTED, UNKNOWN).
 CODE_CLASSES: list[tuple[grpc.StatusCode, type[ConsentError]]] = [

@@ -17,7 +17,6 @@ import pytest
 from consent_client import (
     ApiKeyRole,
     AsyncConsentClient,
-    Backoff,
     Channel,
     ConsentClient,
     ConsentStatus,
@@ -33,11 +32,10 @@ from consent_client import (
 from consent_client.v1 import admin_pb2 as apb
 from consent_server.domain.auth import new_key
 
-from .client_fake import FakeConsentService, forward_then_unavailable, unavailable
+from .client_fake import FAST, FakeConsentService, forward_then_unavailable, unavailable
 from .support import RedisProcess, ServerProcess, auth_env, create_tenant_on, tenant_id_for
 
 PUBLIC_URL = "https://consent.example.test"
-FAST = Backoff(initial=0.01, maximum=0.05)
 _n = itertools.count()
 
 

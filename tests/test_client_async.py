@@ -12,7 +12,6 @@ import pytest
 
 from consent_client import (
     AsyncConsentClient,
-    Backoff,
     ConsentStatus,
     DeadlineExceeded,
     InvalidArgument,
@@ -24,6 +23,8 @@ from consent_client import (
 )
 
 from .client_fake import (
+    FAST,
+    WA,
     FakeConsentService,
     fail,
     forward_then_unavailable,
@@ -33,9 +34,7 @@ from .client_fake import (
 )
 from .support import ServerProcess, free_port
 
-WA = "+91 98765 43210"
 SMS = "+1 202 555 0100"
-FAST = Backoff(initial=0.01, maximum=0.05)
 
 
 @pytest.fixture

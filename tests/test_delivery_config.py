@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
 from consent_server.config import ConfigError, load
 from consent_server.delivery.runner import worker_options
+
+from .support import run_module
 
 
 def test_defaults() -> None:
@@ -68,11 +67,9 @@ def test_bad_settings_name_the_setting(env: dict[str, str], names: str) -> None:
 
 
 def test_server_exits_2_on_bad_delivery_setting() -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "consent_server"],
+    proc = run_module(
+        "consent_server",
         env={"CONSENT_DELIVERY_MAX_ATTEMPTS": "lots", "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
         timeout=30,
     )
     assert proc.returncode == 2
@@ -89,11 +86,11 @@ def test_metrics_port_in_use_stops_start_up_with_exit_2() -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        proc = subprocess.run(
-            [sys.executable, "-m", "consent_server", "--listen", "127.0.0.1:0"],
+        proc = run_module(
+            "consent_server",
+            "--listen",
+            "127.0.0.1:0",
             env={"CONSENT_METRICS_LISTEN": f"127.0.0.1:{port}", "PATH": "/usr/bin:/bin"},
-            capture_output=True,
-            text=True,
             timeout=30,
         )
     assert proc.returncode == 2

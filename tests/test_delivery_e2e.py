@@ -28,7 +28,7 @@ from consent_server.store import keys
 
 from .fake_provider import FakeProvider, fake_provider
 from .security_support import bad_fields
-from .support import RedisProcess, ServerProcess, free_port
+from .support import RedisProcess, ServerProcess, free_port, run_module
 
 pytestmark = pytest.mark.xdist_group("delivery-e2e")
 
@@ -321,13 +321,7 @@ def test_worker_killed_mid_delivery_is_taken_over_once(
 
 def test_worker_without_redis_url_refuses_to_start() -> None:
     env = {k: v for k, v in os.environ.items() if k != "CONSENT_REDIS_URL"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "consent_server.worker"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    proc = run_module("consent_server.worker", env=env, timeout=30)
     assert proc.returncode == 2
     assert "CONSENT_REDIS_URL is required" in proc.stderr
 

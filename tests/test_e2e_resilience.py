@@ -21,7 +21,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -38,7 +37,7 @@ from consent_client.v1 import consent_pb2 as pb
 from consent_client.v1 import consent_pb2_grpc
 
 from .security_support import rich
-from .support import RedisProcess, ServerProcess, create_tenant_on
+from .support import RedisProcess, ServerProcess, create_tenant_on, run_module
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -815,14 +814,7 @@ def run_server_expecting_exit(
     if "CONSENT_LISTEN" not in env and "--listen" not in args:
         # Should a bad case start after all, it must not take the well-known port.
         args += ["--listen", "127.0.0.1:0"]
-    return subprocess.run(
-        [sys.executable, "-m", "consent_server", *args],
-        env=full,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    return run_module("consent_server", *args, env=full, timeout=timeout)
 
 
 BAD_CONFIG: list[tuple[dict[str, str], list[str], str]] = [

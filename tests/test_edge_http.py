@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +24,7 @@ from consent_server.domain.whatsapp import sign
 
 from .fake_provider import FakeProvider, fake_provider
 from .security_support import bad_fields
-from .support import RedisProcess, ServerProcess
+from .support import RedisProcess, ServerProcess, run_module
 
 FIXTURES = Path(__file__).parent / "fixtures" / "whatsapp"
 APP_SECRET = "meta-app-secret-0123456789"
@@ -662,12 +660,8 @@ def test_short_links_over_grpc_and_http(
     ],
 )
 def test_bad_edge_configuration_exits_2(env: dict[str, str], needle: str) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "consent_server", "--listen", "127.0.0.1:0"],
-        env={**ServerProcess().env, **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
+    proc = run_module(
+        "consent_server", "--listen", "127.0.0.1:0", env={**ServerProcess().env, **env}
     )
     assert proc.returncode == 2 and needle in proc.stderr
     if needle == "CONSENT_LINK_SECRET":
@@ -681,12 +675,11 @@ def test_http_port_in_use_exits_2() -> None:
         s.bind(("127.0.0.1", 0))
         s.listen(1)
         port = s.getsockname()[1]
-        proc = subprocess.run(
-            [sys.executable, "-m", "consent_server", "--listen", "127.0.0.1:0"],
+        proc = run_module(
+            "consent_server",
+            "--listen",
+            "127.0.0.1:0",
             env={**ServerProcess().env, "CONSENT_HTTP_LISTEN": f"127.0.0.1:{port}"},
-            capture_output=True,
-            text=True,
-            timeout=60,
         )
     assert proc.returncode == 2 and "CONSENT_HTTP_LISTEN" in proc.stderr
 

@@ -18,7 +18,7 @@ import pytest
 from consent_client.v1 import consent_pb2 as pb
 from consent_client.v1 import consent_pb2_grpc as pbg
 
-from .support import RedisProcess, ServerProcess, auth_env, free_port
+from .support import RedisProcess, ServerProcess, auth_env, free_port, run_module
 
 TENANT = "acme"
 NUMBER = "+14155550142"
@@ -244,19 +244,13 @@ def test_grpc_core_lines_are_json_and_the_config_error_stays_last() -> None:
     """gRPC core (absl) writes its own line to fd 2 when the port is taken; it comes out
     as a JSON record of the grpc.core logger, before the one configuration-error line."""
     import socket
-    import subprocess
-    import sys
 
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen(1)
         port = busy.getsockname()[1]
-        done = subprocess.run(
-            [sys.executable, "-m", "consent_server", "--listen", f"127.0.0.1:{port}"],
-            env={**ServerProcess().env},
-            capture_output=True,
-            text=True,
-            timeout=60,
+        done = run_module(
+            "consent_server", "--listen", f"127.0.0.1:{port}", env={**ServerProcess().env}
         )
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()

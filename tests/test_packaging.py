@@ -35,7 +35,7 @@ from consent_client.v1 import admin_pb2_grpc
 from consent_server.domain.auth import new_key
 
 from .security_support import md
-from .support import RedisProcess, ServerProcess, free_port
+from .support import RedisProcess, ServerProcess, free_port, run_module
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "k8s"
@@ -570,13 +570,7 @@ def test_dashboard_is_importable_grafana_json() -> None:
 
 def healthcheck(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("CONSENT_")}
-    return subprocess.run(
-        [sys.executable, "-m", "consent_server.healthcheck", *args],
-        env={**clean, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return run_module("consent_server.healthcheck", *args, env={**clean, **(env or {})})
 
 
 @pytest.fixture(scope="module")

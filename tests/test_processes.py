@@ -30,7 +30,7 @@ from consent_client.v1 import consent_pb2_grpc as pbg
 from consent_server.config import ConfigError, cores, load
 from consent_server.supervisor import MAX_START_FAILURES, Supervisor
 
-from .support import RedisProcess, ServerProcess, free_port
+from .support import RedisProcess, ServerProcess, free_port, run_module
 
 pytestmark = pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads /proc (Linux)")
 
@@ -152,13 +152,7 @@ def test_several_processes_on_the_embedded_store_is_a_config_error() -> None:
 
 
 def _run_server(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "consent_server", *args],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return run_module("consent_server", *args, env={**os.environ, **env})
 
 
 def test_bad_configuration_stops_the_supervisor_with_one_line_and_exit_2() -> None:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +12,7 @@ from consent_server.store import keys
 from consent_server.store.repository import RedisConsentStore
 from consent_server.store.schema import SchemaMismatch, check_schema, stored_schema
 
-from .support import RedisProcess
+from .support import RedisProcess, run_module
 
 
 async def test_a_new_store_records_schema_2(store: RedisConsentStore) -> None:
@@ -68,13 +66,7 @@ def test_the_server_process_refuses_a_round1_store_with_exit_2(tmp_path: Path) -
             "CONSENT_LISTEN": "127.0.0.1:0",
             "CONSENT_HTTP_LISTEN": "127.0.0.1:0",
         }
-        done = subprocess.run(
-            [sys.executable, "-m", "consent_server"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        done = run_module("consent_server", env=env)
         assert done.returncode == 2, done.stderr[-2000:]
         assert "consentctl migrate" in done.stderr
         assert not r.exists(keys.META)
