@@ -18,6 +18,7 @@ from redis.asyncio.cluster import RedisCluster
 
 from consent_server.domain.errors import StoreUnavailable
 
+from . import keys
 from .client import RedisClient
 from .records import text
 from .repository import guarded
@@ -33,6 +34,7 @@ async def probe(client: RedisClient) -> None:
     map is refreshed once and checked again, so that a failover (a replica promoted in
     place of a dead primary) counts as recovered as soon as the cluster says so.
     """
+    keys.require_layout()  # not serving before the store's layout is known
     if not isinstance(client, RedisCluster):
         await guarded(client.ping)
         return
