@@ -25,6 +25,7 @@ import redis
 
 from consent_server.store.connect import open_store
 from consent_server.store.repository import RedisConsentStore
+from consent_server.store.schema import check_schema
 
 from .support import create_tenants
 
@@ -266,9 +267,12 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterPr
 
 @pytest.fixture
 async def cluster_store(cluster: RedisClusterProcesses) -> AsyncIterator[RedisConsentStore]:
-    """A consent store on ``cluster``, flushed, with the test tenants created."""
+    """A consent store on ``cluster``, flushed, with the test tenants created: a new
+    store, so it records and uses a new store's default layout (128 partitions with
+    slot-spread tags), as a server starting on an empty cluster does."""
     store = open_store(cluster.url, cluster=True, timeout_s=2.0)
     await store.client.flushall()
+    await check_schema(store.client)
     await create_tenants(store)
     yield store
     await store.aclose()

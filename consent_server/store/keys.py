@@ -1,11 +1,16 @@
 """The Redis key schema.
 
 Every key of a (tenant, recipient) carries the hash tag of the recipient's
-partition, ``{cpNN}``, and so does the outbox stream of that partition: a send
+partition, ``{cpNN}`` below, and so does the outbox stream of that partition: a send
 script can decide and enqueue atomically even on Redis Cluster (a script may
 only touch keys of one slot). The partition is a fixed function of (tenant,
-channel, address), so each recipient has exactly one hash tag. PARTITIONS must
-never change once data exists.
+channel, address), so each recipient has exactly one hash tag.
+
+The layout (how many partitions, which tags) is recorded in ``ca:meta`` when a store
+is created and never changes (store/schema.py reads it and calls configure()). A new
+store's tags are placed by slot (spread_tags: 128 partitions split 43/43/42 over three
+masters); a store created before counts were recorded keeps the 16 legacy tags
+``{cp00}``..``{cp15}``.
 
     ca:{cpNN}:<tenant>:r:<b>                     hash: bucket of current records (schema 2)
     ca:{cpNN}:<tenant>:h:<b>                     hash: bucket of history events (schema 2)
