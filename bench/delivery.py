@@ -39,7 +39,6 @@ from bench.load import percentile
 from bench.measuring import measure, row
 from bench.model import LoadResult, Row
 from consent_server.domain.model import Channel, OutboundMessage, Policy, Recipient, SendInput
-from consent_server.store import keys
 from consent_server.store.outbox import DeliveryRepository
 from consent_server.store.repository import RedisConsentStore
 
@@ -120,11 +119,8 @@ class _Message:
 
 def _messages(client: redis.Redis) -> list[_Message]:
     """Every message status hash of the bench tenant (the private Redis holds only ours)."""
-    names = [
-        name
-        for part in range(keys.PARTITIONS)
-        for name in client.scan_iter(match=keys.message_pattern(workload.TENANT, part), count=1000)
-    ]
+    # Any partition tag: the server's layout, not this process's, names them.
+    names = list(client.scan_iter(match=f"ca:{{cp*}}:{workload.TENANT}:m:*", count=1000))
     pipe = client.pipeline(transaction=False)
     for name in names:
         pipe.hmget(name, ["st", "at", "up"])

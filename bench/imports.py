@@ -21,6 +21,7 @@ from pathlib import Path
 
 from bench.context import BenchContext
 from bench.cpu import process_cpu_s
+from bench.layout import use_store_layout
 from bench.model import Row
 from consent_client import ConsentClient
 from consent_server.cli import transfer
@@ -56,6 +57,7 @@ def _raw_write(url: str, tenant: str, records: int) -> float:
 
     client = redis.Redis.from_url(url)
     try:
+        use_store_layout(client)
         started = time.perf_counter()
         pipe = client.pipeline(transaction=False)
         for i in range(records):

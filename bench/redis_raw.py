@@ -20,6 +20,7 @@ import time
 
 import redis.asyncio as aioredis
 
+from bench.layout import use_store_layout
 from bench.load import percentile
 from bench.model import LoadResult
 from consent_server.domain.model import Channel, Recipient
@@ -124,6 +125,7 @@ def pipelined_reads(
     import redis
 
     with redis.Redis.from_url(url) as sync:
+        use_store_layout(sync)
         secret = sync.get(keys.erasure_secret(tenant))
     if not isinstance(secret, bytes):
         raise RuntimeError(f"tenant {tenant!r} has no erasure secret yet: check once first")

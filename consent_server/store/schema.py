@@ -88,7 +88,7 @@ async def check_schema(client: RedisClient, partitions: int | None = None) -> in
         schema = await stored_schema(client)
     if schema == keys.SCHEMA:
         meta = fields(await guarded(lambda: client.hgetall(keys.META)))
-        count, spread = _layout(meta)
+        count, spread = layout_of(meta)
         if partitions is not None and partitions != count:
             raise SchemaMismatch(
                 f"the store was created with {count} partitions and CONSENT_PARTITIONS is "
@@ -115,7 +115,7 @@ async def check_schema(client: RedisClient, partitions: int | None = None) -> in
     )
 
 
-def _layout(meta: dict[str, str]) -> tuple[int, bool]:
+def layout_of(meta: dict[str, str]) -> tuple[int, bool]:
     """(partitions, spread tags) as ca:meta records them; legacy 16 when it names none."""
     if "partitions" not in meta:
         return keys.LEGACY_PARTITIONS, False
@@ -139,5 +139,6 @@ __all__ = [
     "SchemaMismatch",
     "StoreUnavailable",
     "check_schema",
+    "layout_of",
     "stored_schema",
 ]
