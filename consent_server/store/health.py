@@ -34,9 +34,9 @@ async def probe(client: RedisClient) -> None:
     map is refreshed once and checked again, so that a failover (a replica promoted in
     place of a dead primary) counts as recovered as soon as the cluster says so.
     """
-    keys.require_layout()  # not serving before the store's layout is known
     if not isinstance(client, RedisCluster):
         await guarded(client.ping)
+        keys.require_layout()  # reachable, but not serving before the layout is read
         return
     problem = await _cluster_problem(client)
     if problem is not None:
@@ -45,6 +45,7 @@ async def probe(client: RedisClient) -> None:
         problem = await _cluster_problem(client)
     if problem is not None:
         raise StoreUnavailable(f"consent store unavailable: {problem}")
+    keys.require_layout()
 
 
 async def _cluster_problem(client: RedisCluster) -> str | None:

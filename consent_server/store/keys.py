@@ -115,7 +115,7 @@ def spread_tags(partitions: int) -> tuple[str, ...]:
     """Hash tags that spread ``partitions`` evenly over any contiguous division of the
     cluster's slots: partition p's tag ``{cp<p><n>}`` (hex) is the first whose slot lies
     in the p-th 1/partitions share of the 16,384 slots. Redis Cluster gives each master a
-    contiguous range, so each master holds its share of the partitions, within one."""
+    contiguous range, so each master holds its share of the partitions to within two."""
     from redis.crc import key_slot  # pure function of redis-py; kept out of import time
 
     tags = []
@@ -150,7 +150,7 @@ def await_layout() -> None:
 def require_layout() -> None:
     """Raise LayoutUnknown while the layout is still being read (the health probe)."""
     if _PENDING:
-        raise LayoutUnknown("the store's partition layout is not known yet (Redis unreachable)")
+        raise LayoutUnknown("the store's partition layout has not been read from Redis yet")
 
 
 def configure(partitions: int, *, spread: bool) -> None:

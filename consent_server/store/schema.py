@@ -10,11 +10,14 @@ it) it refuses to start too, rather than read or write a layout it does not unde
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from consent_server.domain.errors import StoreUnavailable
 
 from . import keys
 from .client import RedisClient
-from .records import fields
+from .records import fields, text
 from .repository import guarded
 
 ROUND1_SCHEMA = 1
@@ -73,6 +76,18 @@ async def check_schema(client: RedisClient, partitions: int | None = None) -> in
     never silently changed. A schema-2 store that records no count is the legacy
     16-partition layout."""
     schema = await stored_schema(client)
+    if schema is None and await has_legacy_keys(client):
+        # Partition keys but no record of their layout (written by a tool that never
+        # read ca:meta, or ca:meta deleted): they can only be the legacy layout's, and a
+        # new layout would hide them. Record that one.
+        mapping = {
+            "schema": str(keys.SCHEMA),
+            "partitions": str(keys.LEGACY_PARTITIONS),
+            "tags": "legacy",
+            "buckets": str(keys.buckets_for(keys.LEGACY_PARTITIONS)),
+        }
+        await guarded(lambda: client.eval(_CREATE, 1, keys.META, *_flat(mapping)))
+        schema = await stored_schema(client)
     if schema is None:
         count = DEFAULT_PARTITIONS if partitions is None else partitions
         if not 1 <= count <= keys.MAX_PARTITIONS:
@@ -83,8 +98,7 @@ async def check_schema(client: RedisClient, partitions: int | None = None) -> in
             "tags": "spread",
             "buckets": str(keys.buckets_for(count)),
         }
-        args = [x for kv in mapping.items() for x in kv]
-        await guarded(lambda: client.eval(_CREATE, 1, keys.META, *args))
+        await guarded(lambda: client.eval(_CREATE, 1, keys.META, *_flat(mapping)))
         schema = await stored_schema(client)
     if schema == keys.SCHEMA:
         meta = fields(await guarded(lambda: client.hgetall(keys.META)))
@@ -115,6 +129,29 @@ async def check_schema(client: RedisClient, partitions: int | None = None) -> in
     )
 
 
+def _flat(mapping: dict[str, str]) -> list[str]:
+    return [x for kv in mapping.items() for x in kv]
+
+
+async def has_legacy_keys(client: RedisClient) -> bool:
+    """True when the store holds a key under a legacy partition tag (``ca:{cpNN}:``).
+    Asked only while ca:meta records nothing: a new store has few keys."""
+
+    async def probe() -> bool:
+        async for _ in client.scan_iter(match="ca:{cp[0-9][0-9]}:*", count=1000):
+            return True
+        return False
+
+    return await guarded(probe)
+
+
+def adopt_recorded_layout(meta: Mapping[Any, Any]) -> None:
+    """Use the layout a ``ca:meta`` hash (as a client returned it) records, in this
+    process: for tools and tests that read a store a server created."""
+    count, spread = layout_of({text(k): text(v) for k, v in meta.items()})
+    keys.configure(count, spread=spread)
+
+
 def layout_of(meta: dict[str, str]) -> tuple[int, bool]:
     """(partitions, spread tags) as ca:meta records them; legacy 16 when it names none."""
     if "partitions" not in meta:
@@ -138,6 +175,7 @@ __all__ = [
     "DEFAULT_PARTITIONS",
     "SchemaMismatch",
     "StoreUnavailable",
+    "adopt_recorded_layout",
     "check_schema",
     "layout_of",
     "stored_schema",
