@@ -40,8 +40,8 @@ from bench.measuring import measure, row
 from bench.model import LoadResult, Row
 from consent_server.domain.model import Channel, OutboundMessage, Policy, Recipient, SendInput
 from consent_server.store.outbox import DeliveryRepository
-from consent_server.store.schema import check_schema
 from consent_server.store.repository import RedisConsentStore
+from consent_server.store.schema import check_schema
 
 # Final states of a message handed to its provider; the log provider's is "logged".
 HANDED_OFF = frozenset({"delivered", "logged"})
