@@ -21,7 +21,7 @@ from redis.asyncio.cluster import RedisCluster
 
 from bench.context import BenchContext
 from bench.model import Row
-from bench.procs import free_port, terminate
+from bench.procs import free_cluster_port, terminate
 from consent_server.domain.model import Action, Channel, ConsentEventInput, Recipient, Source
 from consent_server.store import keys
 from consent_server.store.bulk import RedisBulkStore
@@ -38,7 +38,7 @@ class Cluster:
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
-        self.ports = [free_port() for _ in range(MASTERS)]
+        self.ports = [free_cluster_port() for _ in range(MASTERS)]
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def start(self) -> Cluster:
