@@ -30,6 +30,10 @@ AIMS: list[Aim] = [
     Aim("CheckConsent / empty handler, 2 processes each", "check_p2", "empty_p2", None),
     # Bulk import from one consentctl-like client process (also aimed: >= 50,000/s).
     Aim("ImportConsent records/s / raw pipelined HSET", "import", "raw_hset", 0.5),
+    # Cluster spread: every master within 5 points of its third (28.3 % .. 38.3 %).
+    Aim("fewest on a master / even share (128 partitions)", "spread_min", "spread_ideal", 0.85),
+    Aim("even share / most on a master (128 partitions)", "spread_ideal", "spread_max", 0.87),
+    Aim("fewest on a master / even share (16 legacy tags)", "legacy_min", "spread_ideal", None),
 ]
 
 

@@ -39,9 +39,9 @@ from bench.load import percentile
 from bench.measuring import measure, row
 from bench.model import LoadResult, Row
 from consent_server.domain.model import Channel, OutboundMessage, Policy, Recipient, SendInput
-from consent_server.store import keys
 from consent_server.store.outbox import DeliveryRepository
 from consent_server.store.repository import RedisConsentStore
+from consent_server.store.schema import check_schema
 
 # Final states of a message handed to its provider; the log provider's is "logged".
 HANDED_OFF = frozenset({"delivered", "logged"})
@@ -60,6 +60,9 @@ def _now_ms() -> float:
 async def _prefill(url: str, count: int) -> None:
     """Queue ``count`` messages through the real send script, before any worker runs."""
     client = aioredis.Redis.from_url(url)
+    # Creates the store as a server would (its layout recorded), so the server started
+    # afterwards finds these messages under the same keys.
+    await check_schema(client)
     store = RedisConsentStore(client)
     try:
         for start in range(0, count, 50):
@@ -86,6 +89,7 @@ async def _prefill(url: str, count: int) -> None:
 async def _wait_drained(url: str, limit_s: float) -> None:
     """Poll the outboxes and retry queues until empty, or until ``limit_s`` has passed."""
     client = aioredis.Redis.from_url(url)
+    await check_schema(client)  # the layout the server recorded: its outboxes
     outbox = DeliveryRepository(client)
     deadline = time.monotonic() + limit_s
     try:
@@ -101,6 +105,7 @@ async def _wait_drained(url: str, limit_s: float) -> None:
 async def _sample_lag(url: str, stop: threading.Event, out: list[float]) -> None:
     """Every LAG_SAMPLE_S until ``stop``: the age of the oldest waiting message (0 if none)."""
     client = aioredis.Redis.from_url(url)
+    await check_schema(client)  # the layout the server recorded: its outboxes
     outbox = DeliveryRepository(client)
     try:
         while not stop.is_set():
@@ -120,11 +125,8 @@ class _Message:
 
 def _messages(client: redis.Redis) -> list[_Message]:
     """Every message status hash of the bench tenant (the private Redis holds only ours)."""
-    names = [
-        name
-        for part in range(keys.PARTITIONS)
-        for name in client.scan_iter(match=keys.message_pattern(workload.TENANT, part), count=1000)
-    ]
+    # Any partition tag: the server's layout, not this process's, names them.
+    names = list(client.scan_iter(match=f"ca:{{cp*}}:{workload.TENANT}:m:*", count=1000))
     pipe = client.pipeline(transaction=False)
     for name in names:
         pipe.hmget(name, ["st", "at", "up"])

@@ -26,6 +26,7 @@ from consent_client import ConsentClient
 from consent_server.cli import transfer
 from consent_server.domain.model import Channel, Recipient
 from consent_server.store import keys
+from consent_server.store.schema import adopt_recorded_layout
 
 # Records per round: 25,000 per second of --duration (the default 4 s: 100,000).
 PER_SECOND = 25_000
@@ -56,6 +57,7 @@ def _raw_write(url: str, tenant: str, records: int) -> float:
 
     client = redis.Redis.from_url(url)
     try:
+        adopt_recorded_layout(client.hgetall(keys.META))
         started = time.perf_counter()
         pipe = client.pipeline(transaction=False)
         for i in range(records):

@@ -33,6 +33,23 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def free_cluster_port() -> int:
+    """A free port p whose cluster bus port p+10000 is free too."""
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port >= 55000:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
 def terminate(proc: subprocess.Popen[AnyStr], grace_s: float) -> None:
     """SIGTERM a running process; SIGKILL it after ``grace_s`` seconds. Waits for its end."""
     if proc.poll() is not None:

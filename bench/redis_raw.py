@@ -24,6 +24,7 @@ from bench.load import percentile
 from bench.model import LoadResult
 from consent_server.domain.model import Channel, Recipient
 from consent_server.store import keys
+from consent_server.store.schema import adopt_recorded_layout
 from consent_server.store.tombstones import TombstoneNames
 
 
@@ -124,6 +125,7 @@ def pipelined_reads(
     import redis
 
     with redis.Redis.from_url(url) as sync:
+        adopt_recorded_layout(sync.hgetall(keys.META))
         secret = sync.get(keys.erasure_secret(tenant))
     if not isinstance(secret, bytes):
         raise RuntimeError(f"tenant {tenant!r} has no erasure secret yet: check once first")

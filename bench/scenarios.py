@@ -24,6 +24,7 @@ from bench.measuring import measure, measure_distinct, row
 from bench.memory import memory
 from bench.model import Row
 from bench.processes import processes
+from bench.spread import spread
 
 Scenario = Callable[[BenchContext], list[Row]]
 
@@ -204,4 +205,5 @@ SCENARIOS: list[Scenario] = [
     processes,
     bulk_import,
     memory,
+    spread,
 ]

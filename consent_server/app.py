@@ -65,6 +65,7 @@ from consent_server.domain.whatsapp_edge import WhatsAppEdge
 from consent_server.http.server import HttpEdge
 from consent_server.http.wiring import edge_app, keyring_for, whatsapp_edge
 from consent_server.metrics import READINESS, STORE_PROBE, STORE_UP, count_inbound
+from consent_server.store import keys
 from consent_server.store.bulk import RedisBulkStore
 from consent_server.store.change_webhooks import RedisChangeWebhooks
 from consent_server.store.connect import redis_address
@@ -353,7 +354,7 @@ async def run(
     loop = asyncio.get_running_loop()
     await _set_health(s.health, NOT_SERVING)
     refused: list[str] = []
-    schema_task = await check_store_schema(s.store, stop, refused)
+    schema_task = await check_store_schema(s.store, stop, refused, store_partitions(settings))
     bootstrap = await install_bootstrap(s)
     tenants_task = await ensure_tenants(tenant_registry(s.store), settings)
     start_metrics(settings)
@@ -397,14 +398,28 @@ async def run(
     return 0
 
 
+def store_partitions(settings: Settings) -> int | None:
+    """The partition count to create a new store with: CONSENT_PARTITIONS, else 16 on
+    the embedded store (one process, no cluster) and the schema default on Redis."""
+    if settings.redis.partitions is None and settings.redis.embedded:
+        return keys.LEGACY_PARTITIONS
+    return settings.redis.partitions
+
+
 async def check_store_schema(
-    store: RedisConsentStore, stop: asyncio.Event, refused: list[str]
+    store: RedisConsentStore,
+    stop: asyncio.Event,
+    refused: list[str],
+    partitions: int | None = None,
 ) -> asyncio.Task[None] | None:
     """Refuse to start on a store schema this release does not serve (store/schema.py):
     raise ConfigError now, or, when Redis answers only later, log it, append it to
-    ``refused`` and set ``stop`` (run() then raises it: exit code 2)."""
+    ``refused`` and set ``stop`` (run() then raises it: exit code 2). Until the store's
+    layout is read, no partition key can be used (keys.await_layout): calls get
+    UNAVAILABLE and health says NOT_SERVING."""
+    keys.await_layout()
     try:
-        await check_schema(store.client)
+        await check_schema(store.client, partitions)
         return None
     except SchemaMismatch as exc:
         raise ConfigError(f"store schema: {exc}") from None
@@ -415,7 +430,7 @@ async def check_store_schema(
         while True:
             await asyncio.sleep(1)
             try:
-                await check_schema(store.client)
+                await check_schema(store.client, partitions)
                 return
             except StoreUnavailable:
                 continue

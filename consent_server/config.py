@@ -346,13 +346,24 @@ class RedisSettings(_Group):
         "how long a write waits for its replicas before answering `UNAVAILABLE` "
         "(`REPLICATION_NOT_ACKNOWLEDGED`); below `CONSENT_REDIS_TIMEOUT`",
     )
-    feed_maxlen: int = option(
+    partitions: int | None = option(
+        "CONSENT_PARTITIONS",
+        None,
+        _whole(1, 256),
+        "partitions of a new store, fixed once it is created and recorded in Redis "
+        "(`ca:meta`); each is one cluster slot, so it caps the useful cluster masters; "
+        "on an existing store leave it unset (a different count refuses to start) "
+        "([Redis Cluster](#redis-cluster))",
+        shown="128 (16 on the embedded store); an existing store keeps its own",
+    )
+    feed_maxlen: int | None = option(
         "CONSENT_FEED_MAXLEN",
-        100_000,
+        None,
         _whole(1, 100_000_000),
-        "change feed retention: entries kept per tenant and partition (16 partitions); a "
-        "watcher further behind gets `OUT_OF_RANGE` and must re-export "
+        "change feed retention: entries kept per tenant and partition; a watcher further "
+        "behind gets `OUT_OF_RANGE` and must re-export "
         "([Change feed and webhooks](#change-feed-and-webhooks))",
+        shown="1,600,000 ÷ partitions (100,000 at 16, 12,500 at 128)",
     )
 
     @property

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -23,29 +22,14 @@ from pathlib import Path
 import pytest
 import redis
 
+from bench.procs import free_cluster_port
 from consent_server.store.connect import open_store
 from consent_server.store.repository import RedisConsentStore
+from consent_server.store.schema import check_schema
 
 from .support import create_tenants
 
 REDIS_CLI = shutil.which("redis-cli")
-
-
-def _free_cluster_port() -> int:
-    """A free port p whose cluster bus port p+10000 is free too."""
-    for _ in range(100):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port >= 55000:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port + 10000))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no free port pair for a cluster node")
 
 
 class RedisClusterProcesses:
@@ -103,7 +87,7 @@ class RedisClusterProcesses:
         if shutil.which("redis-server") is None or REDIS_CLI is None:
             raise RuntimeError("redis-server and redis-cli are needed for the cluster tests")
         for i in range(self.masters * (1 + self.replicas)):
-            port = _free_cluster_port()
+            port = free_cluster_port()
             d = self.workdir / f"node{i}"
             d.mkdir(parents=True)
             self.procs.append(
@@ -266,9 +250,12 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterPr
 
 @pytest.fixture
 async def cluster_store(cluster: RedisClusterProcesses) -> AsyncIterator[RedisConsentStore]:
-    """A consent store on ``cluster``, flushed, with the test tenants created."""
+    """A consent store on ``cluster``, flushed, with the test tenants created: a new
+    store, so it records and uses a new store's default layout (128 partitions with
+    slot-spread tags), as a server starting on an empty cluster does."""
     store = open_store(cluster.url, cluster=True, timeout_s=2.0)
     await store.client.flushall()
+    await check_schema(store.client)
     await create_tenants(store)
     yield store
     await store.aclose()

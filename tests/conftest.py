@@ -14,7 +14,9 @@ import redis.asyncio as aioredis
 from hypothesis import settings
 
 from consent_client.v1 import consent_pb2_grpc
+from consent_server.store import keys
 from consent_server.store.repository import RedisConsentStore
+from consent_server.store.schema import DEFAULT_PARTITIONS
 
 from . import cluster_support
 from .client_fake import FakeConsentService
@@ -39,6 +41,15 @@ settings.register_profile("consent", deadline=None)
 settings.load_profile("consent")
 
 
+@pytest.fixture(autouse=True)
+def legacy_layout_between_tests() -> Iterator[None]:
+    """Every test starts on the legacy 16-partition layout and leaves it so: a test (or
+    an in-process server) that reads a store's recorded layout changes the process's."""
+    keys.configure(keys.LEGACY_PARTITIONS, spread=False)
+    yield
+    keys.configure(keys.LEGACY_PARTITIONS, spread=False)
+
+
 @pytest.fixture(scope="session")
 def redis_proc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
     """One private redis-server per test worker process."""
@@ -49,13 +60,18 @@ def redis_proc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProces
 
 @pytest.fixture(params=["fakeredis", "redis-server"])
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[RedisConsentStore]:
-    """The repository on the embedded fakeredis and on a real redis-server (flushed)."""
+    """The repository on the embedded fakeredis and on a real redis-server (flushed).
+
+    Each runs one layout, so every store test covers both: fakeredis the legacy 16
+    partitions ({cp00}..{cp15}, what stores created before recorded counts use), the
+    real Redis a new store's default (128 partitions, slot-spread tags)."""
     if request.param == "fakeredis":
         client = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
     else:
         proc: RedisProcess = request.getfixturevalue("redis_proc")
         client = aioredis.Redis.from_url(proc.url)
         await client.flushdb()
+        keys.configure(DEFAULT_PARTITIONS, spread=True)
     s = RedisConsentStore(client, settings_cache_s=0)
     # Tenants exist only once created: the shared ones and this test's own (``tenant``).
     await create_tenants(s, (*TEST_TENANTS, tenant_id_for(request.node)))

@@ -183,3 +183,15 @@ def test_memory_rows_per_record_and_event(capsys: pytest.CaptureFixture[str]) ->
         "current record (record bucket)",
         "history event (history bucket)",
     } <= set(rows)
+
+
+@pytest.mark.cluster
+def test_spread_rows_on_a_real_three_master_cluster(capsys: pytest.CaptureFixture[str]) -> None:
+    """The spread scenario starts its own cluster: the new layout within its aims, the
+    legacy tags' 25/50 % split beside it."""
+    out, rows = _bench(capsys, "--only", "spread")
+    assert int(rows["fewest on a master, 128 partitions"][1]) >= 28
+    assert int(rows["most on a master, 128 partitions"][1]) <= 38
+    assert rows["most on a master, 16 legacy tags"][1] == "50"
+    verdicts = [line for line in out.splitlines() if "(128 partitions):" in line]
+    assert len(verdicts) == 2 and all(line.endswith(" MET") for line in verdicts), verdicts

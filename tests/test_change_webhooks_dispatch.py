@@ -35,7 +35,9 @@ from consent_server.delivery.change_webhooks import ChangeWebhookDispatcher, Dis
 from consent_server.domain.change_webhooks import ChangeWebhookAdmin, ChangeWebhookNotFound
 from consent_server.domain.egress import EgressPolicy, IPAddress
 from consent_server.domain.errors import InvalidArgument
+from consent_server.domain.feed import feed_event_id
 from consent_server.domain.model import Action, Channel, Recipient
+from consent_server.store import keys
 from consent_server.store.change_webhooks import RedisChangeWebhooks
 from consent_server.store.feed import RedisChangeFeed
 from consent_server.store.repository import RedisConsentStore
@@ -267,7 +269,7 @@ async def test_a_redriven_dead_letter_is_sent_again_and_an_erased_one_never(
     by_address = {b["recipient"]["address"]: e for e, b, _ in receiver.got}
     keep, erase = by_address["+14155550001"], by_address["+14155550002"]
     with pytest.raises(ChangeWebhookNotFound):
-        await admin.redrive(tenant, "crm", "00-1-0")
+        await admin.redrive(tenant, "crm", feed_event_id(0, "1-0", keys.PARTITIONS))
     with pytest.raises(InvalidArgument):
         await admin.redrive(tenant, "crm", "not-an-id")
     await admin.redrive(tenant, "crm", keep)

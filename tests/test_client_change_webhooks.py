@@ -71,8 +71,8 @@ async def _record(url: str, tenant: str, name: str, *records: DeliveryRecord) ->
 def _outcomes() -> tuple[DeliveryRecord, ...]:
     now = int(time.time() * 1000)
     return (
-        DeliveryRecord("03-1796320123990-0", "delivered", 1, "", 200, 12, now - 2000),
-        DeliveryRecord("05-1796320123991-0", "dead_letter", 8, "http 500", 500, 40, now - 1000),
+        DeliveryRecord("003-1796320123990-0", "delivered", 1, "", 200, 12, now - 2000),
+        DeliveryRecord("005-1796320123991-0", "dead_letter", 8, "http 500", 500, 40, now - 1000),
     )
 
 
@@ -110,8 +110,8 @@ def test_change_webhook_methods(running: Running, tenant: str) -> None:
         got = c.list_change_webhook_deliveries(tenant, "crm", limit=10)
         (dead,) = got.dead_letters
         assert [d.event_id for d in got.deliveries] == [
-            "05-1796320123991-0",
-            "03-1796320123990-0",
+            "005-1796320123991-0",
+            "003-1796320123990-0",
         ]  # newest first
         assert dead.status is ChangeWebhookDeliveryStatus.DEAD_LETTER
         assert got.deliveries[1].status is ChangeWebhookDeliveryStatus.DELIVERED
@@ -124,7 +124,7 @@ def test_change_webhook_methods(running: Running, tenant: str) -> None:
         assert dead.finished_at.tzinfo is not None
         assert c.redrive_change_webhook_dead_letter(tenant, "crm", dead.event_id) is True
         with pytest.raises(NotFound):
-            c.redrive_change_webhook_dead_letter(tenant, "crm", "00-1-0")
+            c.redrive_change_webhook_dead_letter(tenant, "crm", "000-1-0")
         with pytest.raises(NotFound):
             c.list_change_webhook_deliveries(tenant, "nope")
 

@@ -28,6 +28,7 @@ from consent_client.v1 import consent_pb2 as pb
 from consent_client.v1 import consent_pb2_grpc
 from consent_server.domain.model import Channel, Recipient
 from consent_server.store import keys
+from consent_server.store.schema import adopt_recorded_layout
 
 from .cluster_support import RedisClusterProcesses
 from .support import ServerProcess
@@ -41,6 +42,12 @@ NODE_TIMEOUT_MS = 1000
 
 def _phone(i: int) -> str:
     return f"+1415{i:07d}"
+
+
+def _adopt_server_layout(cluster: RedisClusterProcesses) -> None:
+    """Name keys (and so slots) as the server does: the layout it recorded on start."""
+    meta_node = cluster.primary_of_slot(key_slot(keys.META.encode()))
+    adopt_recorded_layout(cluster.client(meta_node).hgetall(keys.META))
 
 
 def _slot(address: str) -> int:
@@ -200,6 +207,7 @@ def test_failover_under_load_loses_no_acknowledged_opt_out(
     victim = replicated.primary_of_slot(16383)
     heir = replicated.replica_of(victim)
     srv = _server(replicated, ack=1)
+    _adopt_server_layout(replicated)
     ok: list[str] = []
     failed: dict[str, tuple[grpc.StatusCode, str]] = {}
     counter = iter(range(10_000_000))
@@ -291,14 +299,15 @@ def test_acknowledged_opt_outs_a_crash_would_lose(
     they were never acknowledged."""
     victim = replicated.primary_of_slot(16383)
     heir = replicated.replica_of(victim)
-    on_victim = [
-        a
-        for a in (_phone(i) for i in range(2000))
-        if replicated.primary_of_slot(_slot(a)) == victim
-    ]
-    people = on_victim[:20]
     srv = _server(replicated, ack=ack)
     try:
+        _adopt_server_layout(replicated)
+        on_victim = [
+            a
+            for a in (_phone(i) for i in range(2000))
+            if replicated.primary_of_slot(_slot(a)) == victim
+        ]
+        people = on_victim[:20]
         replicated.pause(heir)
         replicated.client(victim).client_kill_filter(_type="replica")
         with grpc.insecure_channel(srv.target) as ch:

@@ -25,6 +25,7 @@ from consent_client.v1 import consent_pb2 as pb
 from consent_server.delivery.providers.webhook import verify
 from consent_server.domain.model import Channel, Recipient
 from consent_server.store import keys
+from consent_server.store.schema import adopt_recorded_layout
 
 from .fake_provider import FakeProvider, fake_provider
 from .security_support import bad_fields
@@ -344,7 +345,9 @@ def test_worker_process_cancels_opted_out_sends_but_delivers_the_confirmation(
                     source=pb.SOURCE_KEYWORD,
                 )
             )
-            # The confirmation the inbound flow queues (docs/outbox.md), written directly.
+            # The confirmation the inbound flow queues (docs/outbox.md), written directly
+            # under the partition layout the server recorded.
+            adopt_recorded_layout(redis_server.client().hgetall(keys.META))
             part = keys.partition("acme", Recipient(Channel.SMS, PHONE))
             conf = keys.new_message_id(part)
             redis_server.client().xadd(

@@ -21,7 +21,6 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from consent_client.v1 import admin_pb2 as apb
 from consent_client.v1 import admin_pb2_grpc, consent_pb2_grpc
 from consent_client.v1 import consent_pb2 as pb
-from consent_server.store import keys
 
 from .security_support import rich
 from .support import RedisProcess, ServerProcess
@@ -44,8 +43,9 @@ class Env:
         """Every outbox entry of the tenant with purpose=confirmation (redis-server only)."""
         assert self.redis is not None
         found = []
-        for part in range(keys.PARTITIONS):
-            for _, fields in self.redis.xrange(keys.outbox(part)):
+        # Every partition's outbox, whatever layout the server's store recorded.
+        for name in self.redis.scan_iter(match="ca:{cp*}:outbox"):
+            for _, fields in self.redis.xrange(name):
                 f = {k.decode(): v.decode() for k, v in fields.items()}
                 if f["tenant"] == tenant and f.get("purpose") == "confirmation":
                     found.append(f)

@@ -104,7 +104,7 @@ async def dump(r: Any, tenant: str, since_ms: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key in sorted(await r.keys(f"*:{tenant}:*")):
         # The partition derives from the tenant too: compare without it.
-        name = re.sub(r"\{cp\d+\}", "{cp}", key.decode().replace(f":{tenant}:", ":T:"))
+        name = re.sub(r"\{cp[0-9a-f]+\}", "{cp}", key.decode().replace(f":{tenant}:", ":T:"))
         # Record and history buckets (their numbers derive from the tenant too): what
         # must agree is every recipient's fields, whichever bucket holds them.
         name = re.sub(r":([rh]):[0-9a-f]+$", r":\1:*", name)

@@ -10,6 +10,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from consent_server.domain.model import Action, Channel, ConsentEventInput, Recipient, Source
 from consent_server.store import keys
 from consent_server.store.migrate import migrate
@@ -47,6 +49,12 @@ def events(seed: int) -> list[ConsentEventInput]:
             )
         )
     return out
+
+
+@pytest.fixture(autouse=True)
+def round1_layout(store: RedisConsentStore) -> None:
+    """Round-1 stores had the 16 legacy partitions, and a migrated store keeps them."""
+    keys.configure(keys.LEGACY_PARTITIONS, spread=False)
 
 
 async def round1_write(r: Any, e: ConsentEventInput) -> None:

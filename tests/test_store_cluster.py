@@ -8,11 +8,14 @@ import time
 import grpc
 import pytest
 from redis.asyncio.cluster import RedisCluster
+from redis.crc import key_slot
 
 from consent_client.v1 import consent_pb2 as pb
 from consent_client.v1 import consent_pb2_grpc
 from consent_server.store import keys
+from consent_server.store.bulk import RedisBulkStore
 from consent_server.store.repository import RedisConsentStore
+from consent_server.store.schema import DEFAULT_PARTITIONS
 
 from . import cluster_support
 from . import test_erasure_fence as fence
@@ -20,7 +23,7 @@ from . import test_inbound_units as inbound
 from . import test_store as base
 from . import test_tenants as tenants
 from .cluster_support import RedisClusterProcesses
-from .support import ServerProcess
+from .support import ServerProcess, numbered_event
 
 pytestmark = pytest.mark.xdist_group("cluster")
 
@@ -65,6 +68,48 @@ async def test_recipients_really_spread_over_the_shards(
     assert isinstance(client, RedisCluster)
     nodes = {client.get_node_from_key(keys.outbox(p)).name for p in range(keys.PARTITIONS)}
     assert len(nodes) == 3
+
+
+async def test_recipients_spread_evenly_over_three_masters(
+    cluster_store: RedisConsentStore,
+) -> None:
+    """A new store's partitions are placed by slot: each of the three masters holds a
+    third of the recipients (33 % +- 5 %). The legacy layout's 16 tags split 4/8/4."""
+    client = cluster_store.client
+    assert isinstance(client, RedisCluster)
+    assert keys.PARTITIONS == DEFAULT_PARTITIONS and keys.SPREAD
+    people = 6_000
+    bulk = RedisBulkStore(client, cluster_store.tombstones)
+    try:
+        for first in range(0, people, 1_000):
+            batch = range(first, first + 1_000)
+            await bulk.apply([numbered_event("globex", n, 1) for n in batch])
+        held: dict[str, int] = {}
+        for node in client.get_primaries():
+            count = 0
+            pattern = "ca:*:globex:r:*"
+            async for key in client.scan_iter(match=pattern, count=1000, target_nodes=node):
+                count += int(await client.hlen(key))
+            held[node.name] = count
+    finally:
+        await client.flushall()  # the module's later tests share this cluster
+    assert sum(held.values()) == people  # every recipient counted once, one field each
+    for name, count in held.items():
+        assert abs(count / people - 1 / 3) <= 0.05, (name, held)
+
+
+def test_the_legacy_tags_do_not_spread_evenly() -> None:
+    """Why new stores use spread tags: on three masters' default slot ranges, the 16
+    legacy tags put half the partitions on one master."""
+    ranges = [(0, 5460), (5461, 10922), (10923, 16383)]
+
+    def per_master(tags: tuple[str, ...]) -> list[int]:
+        slots = [key_slot(t.encode()) for t in tags]
+        return [sum(lo <= s <= hi for s in slots) for lo, hi in ranges]
+
+    assert per_master(keys.legacy_tags()) == [4, 8, 4]
+    spread = per_master(keys.spread_tags(DEFAULT_PARTITIONS))
+    assert max(spread) - min(spread) <= 1 and sum(spread) == DEFAULT_PARTITIONS
 
 
 def test_server_process_on_cluster(cluster: RedisClusterProcesses) -> None:

@@ -230,7 +230,7 @@ class ChangeWebhookDispatcher:
                 hook.tenant_id,
                 hook.name,
                 DeliveryRecord(
-                    feed_event_id(part, oldest[part]),
+                    feed_event_id(part, oldest[part], self._feed.partitions),
                     "dead_letter",
                     0,
                     "changes up to this event were trimmed from the feed before they were "
@@ -269,7 +269,7 @@ class ChangeWebhookDispatcher:
     ) -> tuple[ChangeWebhook | None, DeliveryRecord | None]:
         """POST one change until it is delivered or given up."""
         opts = self.options
-        event_id = feed_event_id(part, entry.entry_id)
+        event_id = feed_event_id(part, entry.entry_id, self._feed.partitions)
         body = json.dumps(
             change_payload(hook.tenant_id, event_id, entry),
             ensure_ascii=False,

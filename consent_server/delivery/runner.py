@@ -12,12 +12,14 @@ from consent_server.config import ConfigError, Settings
 from consent_server.domain.delivery import DeliveryAdmin
 from consent_server.domain.whatsapp import StatusHandler
 from consent_server.metrics import READINESS, MetricsListenError, serve_metrics
+from consent_server.store import keys
 from consent_server.store.change_webhooks import RedisChangeWebhooks
 from consent_server.store.connect import open_store
 from consent_server.store.feed import RedisChangeFeed
 from consent_server.store.outbox import DeliveryRepository
 from consent_server.store.providers import RedisProviderSettings
 from consent_server.store.repository import RedisConsentStore
+from consent_server.store.schema import SchemaMismatch, check_schema
 
 from .change_webhooks import ChangeWebhookDispatcher, DispatchOptions
 from .feedback import provider_feedback
@@ -175,10 +177,15 @@ async def run_worker(settings: Settings) -> int:
     start_metrics(settings)
     store = consent_store(settings)
     worker = build_worker(settings, store)
+    keys.await_layout()  # nothing is read or written before the store's layout is known
     while True:
         try:
+            await check_schema(store.client, settings.redis.partitions)
             await worker.start()
             break
+        except SchemaMismatch as exc:
+            await store.aclose()
+            raise ConfigError(f"store schema: {exc}") from None
         except Exception as exc:  # Redis not up yet: keep trying until told to stop
             log.error("delivery worker cannot start yet", extra={"error": str(exc)})
             try:

@@ -27,7 +27,7 @@ from . import validation as val
 from .delivery import MAX_SECRET, MIN_WEBHOOK_SECRET, http_url
 from .egress import EgressPolicy
 from .errors import InvalidArgument, NotFound
-from .feed import FeedEntry, split_event_id
+from .feed import FeedEntry, feed_event_id, split_event_id
 from .ports import ChangeFeedStore
 
 MAX_ENDPOINTS = 10
@@ -331,9 +331,11 @@ class ChangeWebhookAdmin:
         """Queue a dead letter to be sent again; ChangeWebhookNotFound when the
         endpoint or the dead letter is unknown."""
         tenant, hook_name = self._ids(tenant_id, name)
-        if split_event_id(event_id, self._feed.partitions) is None:
+        parts = self._feed.partitions
+        if split_event_id(event_id, parts) is None:
+            example = feed_event_id(7 % parts, "1796320123990-0", parts)
             raise InvalidArgument.single(
-                "event_id", "must be a change feed event id such as 07-1796320123990-0"
+                "event_id", f"must be a change feed event id such as {example}"
             )
         await self.get(tenant, hook_name)
         if not await self._store.redrive(tenant, hook_name, event_id):

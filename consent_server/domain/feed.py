@@ -15,6 +15,7 @@ import base64
 import binascii
 import json
 import re
+import zlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
@@ -23,10 +24,12 @@ from .model import Action, Channel, Recipient, Source
 from .ports import ChangeFeedStore
 from .validation import TENANT_RE
 
-TOKEN_VERSION = 1
+TOKEN_VERSION = 2  # v2: sparse and compressed; v1 (a plain list) is still read
 _ENTRY_ID = re.compile(r"^(0|[1-9][0-9]{0,15})-(0|[1-9][0-9]{0,15})$")
-# Tokens are small (one id per partition); anything much longer is not ours.
-_MAX_TOKEN = 4096
+_START = "0-0"
+# Tokens are small (one id per partition, compressed); anything much longer is not ours.
+_MAX_TOKEN = 8192
+_MAX_RAW = 64 * 1024  # a token never inflates beyond this (no decompression bombs)
 POLL_S = 0.1
 READ_COUNT = 200
 
@@ -83,11 +86,26 @@ def parse_entry_id(entry_id: str) -> tuple[int, int] | None:
 
 
 def encode_token(tenant_id: str, positions: Sequence[str]) -> str:
-    """The opaque resume token of ``positions`` (one entry id per partition)."""
+    """The opaque resume token of ``positions`` (one entry id per partition): only the
+    partitions past their start are listed, and the whole is deflated, so a token of a
+    store with many partitions stays short."""
+    sparse = {str(n): p for n, p in enumerate(positions) if p != _START}
     raw = json.dumps(
-        {"v": TOKEN_VERSION, "t": tenant_id, "p": list(positions)}, separators=(",", ":")
+        {"v": TOKEN_VERSION, "t": tenant_id, "n": len(positions), "p": sparse},
+        separators=(",", ":"),
     )
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+    return base64.urlsafe_b64encode(zlib.compress(raw.encode(), 9)).decode().rstrip("=")
+
+
+def _inflate(packed: bytes) -> bytes:
+    """A v2 token's JSON; a v1 token is plain JSON (it starts with "{")."""
+    if packed[:1] == b"{":
+        return packed
+    inflater = zlib.decompressobj()
+    raw = inflater.decompress(packed, _MAX_RAW)
+    if inflater.unconsumed_tail:
+        raise ValueError("token too large")
+    return raw
 
 
 def decode_token(token: str, tenant_id: str, partitions: int) -> list[str]:
@@ -99,34 +117,54 @@ def decode_token(token: str, tenant_id: str, partitions: int) -> list[str]:
     if len(token) > _MAX_TOKEN:
         raise bad("not a resume token of WatchConsentEvents (too long)")
     try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        data = json.loads(raw)
-    except (binascii.Error, ValueError):
+        packed = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        data = json.loads(_inflate(packed))
+    except (binascii.Error, ValueError, zlib.error):
         raise bad("not a resume token of WatchConsentEvents (malformed)") from None
-    if not isinstance(data, dict) or data.get("v") != TOKEN_VERSION:
+    if not isinstance(data, dict) or data.get("v") not in (1, TOKEN_VERSION):
         raise bad("not a resume token of WatchConsentEvents (unknown version)")
     if data.get("t") != tenant_id:
         raise bad("the resume token belongs to another tenant's feed")
-    positions = data.get("p")
-    if (
-        not isinstance(positions, list)
-        or len(positions) != partitions
-        or not all(isinstance(p, str) and parse_entry_id(p) is not None for p in positions)
-    ):
+    positions = _positions(data, partitions)
+    if positions is None or not all(parse_entry_id(p) is not None for p in positions):
         raise bad("not a resume token of WatchConsentEvents (bad positions)")
-    return [str(p) for p in positions]
+    return positions
 
 
-def feed_event_id(part: int, entry_id: str) -> str:
-    """The stable id of a feed entry, unique within the tenant."""
-    return f"{part:02d}-{entry_id}"
+def _positions(data: dict[str, object], partitions: int) -> list[str] | None:
+    """The full position list of a decoded token (v1: a list; v2: count + sparse map)."""
+    listed = data.get("p")
+    if data.get("v") == 1:
+        if not isinstance(listed, list) or len(listed) != partitions:
+            return None
+        return [p if isinstance(p, str) else "" for p in listed]
+    if data.get("n") != partitions or not isinstance(listed, dict):
+        return None
+    positions = [_START] * partitions
+    for key, pos in listed.items():
+        if not (key.isascii() and key.isdigit() and int(key) < partitions):
+            return None
+        positions[int(key)] = pos if isinstance(pos, str) else ""
+    return positions
+
+
+def _part_width(partitions: int) -> int:
+    # Two digits while they suffice, so the ids of a 16-partition store never change.
+    return max(2, len(str(partitions - 1)))
+
+
+def feed_event_id(part: int, entry_id: str, partitions: int) -> str:
+    """The stable id of a feed entry, unique within the tenant: the partition, zero-padded
+    to the width ``partitions`` needs, then the stream entry id."""
+    return f"{part:0{_part_width(partitions)}d}-{entry_id}"
 
 
 def split_event_id(event_id: str, partitions: int) -> tuple[int, str] | None:
     """(partition, entry id) of a feed event id such as "07-1796320123990-0" (the
     inverse of feed_event_id), or None when it is not one of ``partitions``'."""
     part, sep, entry_id = event_id.partition("-")
-    ok = sep and len(part) == 2 and part.isascii() and part.isdigit()
+    width = _part_width(partitions)
+    ok = sep and len(part) == width and part.isascii() and part.isdigit()
     if not ok or _ENTRY_ID.fullmatch(entry_id) is None:
         return None
     return (int(part), entry_id) if int(part) < partitions else None
@@ -177,7 +215,7 @@ class ChangeFeed:
                         continue
                     got = True
                     yield ChangeEvent(
-                        feed_event_id(part, entry.entry_id),
+                        feed_event_id(part, entry.entry_id, len(positions)),
                         entry,
                         encode_token(tenant_id, positions),
                     )

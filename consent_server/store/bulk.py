@@ -374,7 +374,7 @@ class RedisBulkStore:
         """One SCAN pass over the tenant's record buckets (every partition, every primary
         of a cluster), each SCAN page's buckets read per partition in one script call,
         filtered, yielded in pages; the last page carries the last records."""
-        pattern = f"ca:{{cp??}}:{keys.glob_escape(tenant_id)}:r:*"
+        pattern = f"ca:{keys.tag_glob()}:{keys.glob_escape(tenant_id)}:r:*"
         total = int(await guarded(lambda: self._r.dbsize()))
         page: list[ExportedRecord] = []
         batch: list[str] = []

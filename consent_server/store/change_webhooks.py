@@ -33,10 +33,9 @@ _STATE = ("cursor", "log", "dead", "lease", "redrive")
 class RedisChangeWebhooks:
     """The ChangeWebhookStore port on one Redis client (a node or a cluster)."""
 
-    def __init__(self, client: RedisClient, partitions: int = keys.PARTITIONS) -> None:
+    def __init__(self, client: RedisClient) -> None:
         self._r: Any = client
         self._acks = acks_of(client)
-        self._parts = partitions
         self._lease = client.register_script(load_script("change_webhook_lease.lua"))
 
     async def get(self, tenant_id: str, name: str) -> ChangeWebhook | None:
@@ -89,7 +88,7 @@ class RedisChangeWebhooks:
         raw = fields(
             await guarded(lambda: self._r.hgetall(keys.change_webhook(tenant_id, name, "cursor")))
         )
-        return [raw.get(str(p), "0-0") for p in range(self._parts)]
+        return [raw.get(str(p), "0-0") for p in range(keys.PARTITIONS)]
 
     async def advance(self, tenant_id: str, name: str, part: int, entry_id: str) -> None:
         """Store one partition's position."""

@@ -15,7 +15,7 @@ from .client import RedisClient
 from .multiplex import multiplexed
 from .replication import configure
 from .repository import RedisConsentStore
-from .retention import DEFAULT_MAXLEN, configure_feed
+from .retention import configure_feed
 
 
 def open_store(
@@ -25,7 +25,7 @@ def open_store(
     timeout_s: float = 2.0,
     min_replicas_ack: int = 0,
     ack_timeout_ms: int = 1000,
-    feed_maxlen: int = DEFAULT_MAXLEN,
+    feed_maxlen: int | None = None,
     multiplex: bool = False,
 ) -> RedisConsentStore:
     """A store on ``url``; None = the embedded, in-process, NOT durable fakeredis.

@@ -1,6 +1,6 @@
 """The change feed on Redis (domain.ports.ChangeFeedStore).
 
-record_event.lua and forget.lua append to ``ca:{cpNN}:<tenant>:feed`` in the same
+record_event.lua and forget.lua append to ``ca:{<partition tag>}:<tenant>:feed`` in the same
 step that applies a change, so the feed holds exactly the applied changes. Each
 stream lives in its partition's hash tag, so those scripts stay single-slot on Redis
 Cluster; feed_read.lua reads one partition's stream and its trim mark atomically.
@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from typing import Any
+
+from redis.asyncio.cluster import RedisCluster
 
 from consent_server.domain.feed import FeedEntry, FeedTrimmed
 from consent_server.domain.model import Action, Channel, Source
@@ -58,11 +60,13 @@ def parse_entry(entry_id: Any, flat: Sequence[Any]) -> FeedEntry:
 
 
 class RedisChangeFeed:
-    """Reads the per-partition feed streams; one script call per partition, the
-    partitions concurrently (on a cluster each call goes to its slot's node)."""
+    """Reads the per-partition feed streams: one script call per partition, all of them
+    in one pipeline on a single Redis (one round trip however many partitions), and
+    concurrently on a cluster (each call goes to its slot's node)."""
 
     def __init__(self, client: RedisClient) -> None:
         self._r: Any = client
+        self._cluster = isinstance(client, RedisCluster)
         self._read = client.register_script(load_script("feed_read.lua"))
 
     @property
@@ -72,11 +76,19 @@ class RedisChangeFeed:
 
     async def _each(self, tenant_id: str, args: Sequence[Sequence[str | int]]) -> list[Any]:
         async def run() -> list[Any]:
-            calls = [
-                self._read(keys=feed_keys(tenant_id, part), args=list(a))
-                for part, a in enumerate(args)
-            ]
-            return list(await asyncio.gather(*calls))
+            if self._cluster:
+                calls = [
+                    self._read(keys=feed_keys(tenant_id, part), args=list(a))
+                    for part, a in enumerate(args)
+                ]
+                return list(await asyncio.gather(*calls))
+            pipe = self._r.pipeline(transaction=False)
+            for part, a in enumerate(args):
+                await self._read(keys=feed_keys(tenant_id, part), args=list(a), client=pipe)
+            # Shielded: a watcher cancelled mid-pipeline (the client went away) must not
+            # leave its connection half-read for the next user; the read completes and
+            # its replies are dropped.
+            return list(await asyncio.shield(pipe.execute()))
 
         return await guarded(run)
 

@@ -18,6 +18,7 @@ from redis.asyncio.cluster import RedisCluster
 
 from consent_server.domain.errors import StoreUnavailable
 
+from . import keys
 from .client import RedisClient
 from .records import text
 from .repository import guarded
@@ -35,6 +36,7 @@ async def probe(client: RedisClient) -> None:
     """
     if not isinstance(client, RedisCluster):
         await guarded(client.ping)
+        keys.require_layout()  # reachable, but not serving before the layout is read
         return
     problem = await _cluster_problem(client)
     if problem is not None:
@@ -43,6 +45,7 @@ async def probe(client: RedisClient) -> None:
         problem = await _cluster_problem(client)
     if problem is not None:
         raise StoreUnavailable(f"consent store unavailable: {problem}")
+    keys.require_layout()
 
 
 async def _cluster_problem(client: RedisCluster) -> str | None:

@@ -1,11 +1,16 @@
 """The Redis key schema.
 
 Every key of a (tenant, recipient) carries the hash tag of the recipient's
-partition, ``{cpNN}``, and so does the outbox stream of that partition: a send
+partition, ``{cpNN}`` below, and so does the outbox stream of that partition: a send
 script can decide and enqueue atomically even on Redis Cluster (a script may
 only touch keys of one slot). The partition is a fixed function of (tenant,
-channel, address), so each recipient has exactly one hash tag. PARTITIONS must
-never change once data exists.
+channel, address), so each recipient has exactly one hash tag.
+
+The layout (how many partitions, which tags) is recorded in ``ca:meta`` when a store
+is created and never changes (store/schema.py reads it and calls configure()). A new
+store's tags are placed by slot (spread_tags: 128 partitions split 43/43/42 over three
+masters); a store created before counts were recorded keeps the 16 legacy tags
+``{cp00}``..``{cp15}``.
 
     ca:{cpNN}:<tenant>:r:<b>                     hash: bucket of current records (schema 2)
     ca:{cpNN}:<tenant>:h:<b>                     hash: bucket of history events (schema 2)
@@ -75,9 +80,17 @@ import time
 import zlib
 from collections.abc import Sequence
 
+from consent_server.domain.errors import StoreUnavailable
 from consent_server.domain.model import Recipient
 
-PARTITIONS = 16
+# The layout in use: set once per process by configure() (store/schema.py calls it with
+# what ca:meta records) before anything reads or writes a partition key. Until then it
+# is the legacy layout, which is also what every store created before partition counts
+# were recorded has.
+LEGACY_PARTITIONS = 16
+MAX_PARTITIONS = 256  # message ids name the partition in two hex digits
+PARTITIONS = LEGACY_PARTITIONS
+SPREAD = False  # False: tags {cp00}..{cp15}; True: tags placed by slot (spread_tags)
 # Schema 2: record and history buckets per partition and tenant (never changes once
 # data exists; recorded in ca:meta).
 TOTAL_BUCKETS = 131_072  # per tenant: ~8 recipients a bucket at 1 M, ~80 at 10 M
@@ -89,6 +102,75 @@ META = "ca:meta"
 _CHANNEL_LETTER = {"whatsapp": "w", "sms": "s", "email": "e", "rcs": "r", "voice": "v"}
 CHANNEL_OF_LETTER = {v: k for k, v in _CHANNEL_LETTER.items()}
 MESSAGE_ID_RE = re.compile(r"^m[0-9a-f]{30}$")
+_SLOTS = 16_384
+
+
+def legacy_tags() -> tuple[str, ...]:
+    """The hash tags of the legacy 16-partition layout: ``{cp00}``..``{cp15}``. Their 16
+    slots are wherever CRC16 puts them (on 3 masters they split 4/8/4)."""
+    return tuple(f"{{cp{part:02d}}}" for part in range(LEGACY_PARTITIONS))
+
+
+def spread_tags(partitions: int) -> tuple[str, ...]:
+    """Hash tags that spread ``partitions`` evenly over any contiguous division of the
+    cluster's slots: partition p's tag ``{cp<p><n>}`` (hex) is the first whose slot lies
+    in the p-th 1/partitions share of the 16,384 slots. Redis Cluster gives each master a
+    contiguous range, so each master holds its share of the partitions to within two."""
+    from redis.crc import key_slot  # pure function of redis-py; kept out of import time
+
+    tags = []
+    for part in range(partitions):
+        low, high = part * _SLOTS // partitions, (part + 1) * _SLOTS // partitions
+        n = 0
+        while True:
+            candidate = f"{{cp{part:02x}{n:04x}}}"
+            if low <= key_slot(candidate.encode()) < high:
+                tags.append(candidate)
+                break
+            n += 1
+    return tuple(tags)
+
+
+class LayoutUnknown(StoreUnavailable):
+    """A partition key was asked for before the store's recorded layout was read (Redis
+    has not answered yet): nothing may be read or written under a guessed layout."""
+
+
+_PENDING = False  # True between await_layout() and configure()
+
+
+def await_layout() -> None:
+    """Refuse every partition key (LayoutUnknown) until configure() runs: a server
+    calls this before it first asks Redis for the layout, so a call that arrives
+    while Redis is unreachable can never write under the wrong partition count."""
+    global _PENDING
+    _PENDING = True
+
+
+def require_layout() -> None:
+    """Raise LayoutUnknown while the layout is still being read (the health probe)."""
+    if _PENDING:
+        raise LayoutUnknown("the store's partition layout has not been read from Redis yet")
+
+
+def configure(partitions: int, *, spread: bool) -> None:
+    """Use the layout a store records (store/schema.py): its partition count and tags.
+    Called before the process reads or writes any partition key."""
+    global PARTITIONS, SPREAD, BUCKETS_PER_PARTITION, _TAGS, _PART_OF_TAG, _PENDING
+    if not 1 <= partitions <= MAX_PARTITIONS:
+        raise ValueError(f"partitions must be 1..{MAX_PARTITIONS}, not {partitions}")
+    if not spread and partitions != LEGACY_PARTITIONS:
+        raise ValueError(f"the legacy layout has {LEGACY_PARTITIONS} partitions")
+    PARTITIONS, SPREAD = partitions, spread
+    BUCKETS_PER_PARTITION = buckets_for(partitions)
+    _TAGS = spread_tags(partitions) if spread else legacy_tags()
+    _PART_OF_TAG = {t: p for p, t in enumerate(_TAGS)}
+    _PENDING = False
+
+
+def buckets_for(partitions: int) -> int:
+    """Record (and history) buckets per partition and tenant for a partition count."""
+    return max(1, TOTAL_BUCKETS // partitions)
 
 
 def partition(tenant_id: str, recipient: Recipient) -> int:
@@ -107,12 +189,26 @@ def by_partition(tenant_id: str, recipients: Sequence[Recipient]) -> dict[int, l
     return groups
 
 
-_TAGS = tuple(f"{{cp{part:02d}}}" for part in range(PARTITIONS))
+_TAGS = legacy_tags()
+_PART_OF_TAG = {t: p for p, t in enumerate(_TAGS)}
 
 
 def tag(part: int) -> str:
-    """The hash tag of a partition."""
+    """The hash tag of a partition (every partition key is built from one)."""
+    if _PENDING:
+        require_layout()
     return _TAGS[part]
+
+
+def partition_of_key(key: str) -> int | None:
+    """The partition whose hash tag a key carries (``ca:{tag}:...``), or None."""
+    end = key.find("}")
+    return _PART_OF_TAG.get(key[3 : end + 1]) if key.startswith("ca:{") and end > 0 else None
+
+
+def tag_glob() -> str:
+    """A SCAN pattern piece matching exactly the partition tags of the layout in use."""
+    return "{cp" + "?" * (len(_TAGS[0]) - 4) + "}"
 
 
 def recipient_base(tenant_id: str, recipient: Recipient) -> str:
@@ -393,7 +489,7 @@ def tenant_config_pattern(tenant_id: str) -> str:
 def tenant_data_pattern(tenant_id: str) -> str:
     """A SCAN pattern for every partition key of a tenant (records, history, tombstones,
     erasure logs, messages, idempotency keys)."""
-    return f"ca:{{cp??}}:{glob_escape(tenant_id)}:*"
+    return f"ca:{tag_glob()}:{glob_escape(tenant_id)}:*"
 
 
 # -- change webhooks ---------------------------------------------------------------------

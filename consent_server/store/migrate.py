@@ -50,6 +50,10 @@ async def migrate(client: RedisClient) -> MigrationSummary:
     stored = {text(k): text(v) for k, v in meta.items()}
     if stored.get("schema") not in (None, "1", str(keys.SCHEMA)):
         raise ValueError(f"the store's schema is {stored['schema']!r}: not migrating")
+    if stored.get("tags", "legacy") != "legacy":
+        raise ValueError("the store already uses the current layout: nothing to migrate")
+    # Round-1 data lives under the 16 legacy tags and stays there (in place, per slot).
+    keys.configure(keys.LEGACY_PARTITIONS, spread=False)
 
     async def scan() -> list[str]:
         return [
@@ -86,7 +90,12 @@ async def migrate(client: RedisClient) -> MigrationSummary:
         await guarded(
             lambda: client.hset(
                 keys.META,
-                mapping={"schema": str(keys.SCHEMA), "buckets": str(keys.BUCKETS_PER_PARTITION)},
+                mapping={
+                    "schema": str(keys.SCHEMA),
+                    "partitions": str(keys.LEGACY_PARTITIONS),
+                    "tags": "legacy",
+                    "buckets": str(keys.BUCKETS_PER_PARTITION),
+                },
             )
         )
         summary.schema = keys.SCHEMA

@@ -82,20 +82,36 @@ class DeliveryRepository:
     async def _call(self, fn: Callable[[], Awaitable[T]]) -> T:
         return await guarded(fn)
 
+    async def _each_partition(
+        self, queue: Callable[[Any, int], object], parts: Sequence[int] | None = None
+    ) -> list[Any]:
+        """One command per partition (``queue(pipe, part)`` adds it), sent as one
+        pipeline: one round trip in all on one Redis, one per master on a cluster
+        (redis-py groups a cluster pipeline by node), instead of one per partition.
+        The replies come back in partition order; an error reply is returned in its
+        place (not raised), for the caller to judge."""
+        chosen = range(keys.PARTITIONS) if parts is None else parts
+
+        async def run() -> list[Any]:
+            pipe = self._r.pipeline(transaction=False)
+            for part in chosen:
+                queue(pipe, part)
+            return list(await pipe.execute(raise_on_error=False))
+
+        return await self._call(run)
+
     # -- consumer group ---------------------------------------------------------------
 
     async def ensure_groups(self) -> None:
         """Create the consumer group on every partition's outbox (from the start)."""
-        for part in range(keys.PARTITIONS):
-            try:
-                await self._call(
-                    lambda p=part: self._r.xgroup_create(  # type: ignore[misc]
-                        keys.outbox(p), GROUP, id="0", mkstream=True
-                    )
-                )
-            except rex.ResponseError as exc:
-                if "BUSYGROUP" not in str(exc):
-                    raise
+        replies = await self._each_partition(
+            lambda pipe, p: pipe.xgroup_create(keys.outbox(p), GROUP, id="0", mkstream=True)
+        )
+        for reply in replies:
+            if isinstance(reply, rex.ResponseError) and "BUSYGROUP" not in str(reply):
+                raise reply
+            if isinstance(reply, Exception) and not isinstance(reply, rex.ResponseError):
+                raise reply
 
     def _entries(self, part: int, rows: Sequence[Any]) -> list[OutboxEntry]:
         return [
@@ -120,44 +136,50 @@ class DeliveryRepository:
 
     async def _read(self, consumer: str, count: int, block_ms: int | None) -> list[OutboxEntry]:
         if not self._cluster:
+            # One XREADGROUP over every partition's stream (one node holds them all).
             streams: dict[KeyT, StreamIdT] = {keys.outbox(p): ">" for p in range(keys.PARTITIONS)}
             reply = await self._call(
                 lambda: self._r.xreadgroup(GROUP, consumer, streams, count=count, block=block_ms)
             )
             out: list[OutboxEntry] = []
             for name, rows in stream_reads(reply):
-                part = int(name.split("{cp", 1)[1][:2])
-                out.extend(self._entries(part, rows))
+                part = keys.partition_of_key(name)
+                if part is not None:
+                    out.extend(self._entries(part, rows))
             return out
-        # On a cluster the partitions live on different nodes: one read per partition.
+        # On a cluster the partitions live on different nodes and a multi-key command
+        # must stay in one slot: one non-blocking read per partition, pipelined, so the
+        # whole pass costs one round trip per master.
+        replies = await self._each_partition(
+            lambda pipe, p: pipe.xreadgroup(GROUP, consumer, {keys.outbox(p): ">"}, count=count)
+        )
         out = []
-        for part in range(keys.PARTITIONS):
-            reply = await self._call(
-                lambda p=part: self._r.xreadgroup(  # type: ignore[misc]
-                    GROUP, consumer, {keys.outbox(p): ">"}, count=count
-                )
-            )
+        for part, reply in enumerate(replies):
+            if isinstance(reply, Exception):
+                raise reply
             for _name, rows in stream_reads(reply):
                 out.extend(self._entries(part, rows))
         return out
 
     async def reclaim(self, consumer: str, min_idle_ms: int, count: int) -> list[OutboxEntry]:
         """Take over entries another consumer left pending for ``min_idle_ms`` (it crashed)."""
+        replies = await self._each_partition(
+            lambda pipe, p: pipe.xautoclaim(
+                keys.outbox(p), GROUP, consumer, min_idle_ms, start_id="0-0", count=count
+            )
+        )
         out: list[OutboxEntry] = []
-        for part in range(keys.PARTITIONS):
-            try:
-                reply = await self._call(
-                    lambda p=part: self._r.xautoclaim(  # type: ignore[misc]
-                        keys.outbox(p), GROUP, consumer, min_idle_ms, start_id="0-0", count=count
-                    )
-                )
-            except rex.ResponseError as exc:
-                if "NOGROUP" not in str(exc):
-                    raise
-                await self.ensure_groups()
+        missing_group = False
+        for part, reply in enumerate(replies):
+            if isinstance(reply, rex.ResponseError) and "NOGROUP" in str(reply):
+                missing_group = True
                 continue
+            if isinstance(reply, Exception):
+                raise reply
             rows = [row for row in reply[1] if row and row[1]]
             out.extend(self._entries(part, rows))
+        if missing_group:
+            await self.ensure_groups()
         return out
 
     async def touch(self, consumer: str, entries: Sequence[OutboxEntry]) -> None:
@@ -177,20 +199,17 @@ class DeliveryRepository:
         """Remove ``consumer`` from the group where it holds nothing pending (a clean stop),
         so consumer names of stopped processes do not pile up. Where it still holds
         entries it stays, and another worker reclaims them."""
-        for part in range(keys.PARTITIONS):
-            key = keys.outbox(part)
-
-            async def one(key: str = key) -> None:
-                held = await self._r.xpending_range(
-                    key, GROUP, min="-", max="+", count=1, consumername=consumer
-                )
-                if not held:
-                    await self._r.xgroup_delconsumer(key, GROUP, consumer)
-
-            try:
-                await self._call(one)
-            except rex.ResponseError:
-                continue  # no group there (streams flushed): nothing to retire
+        held = await self._each_partition(
+            lambda pipe, p: pipe.xpending_range(
+                keys.outbox(p), GROUP, min="-", max="+", count=1, consumername=consumer
+            )
+        )
+        # No group there (streams flushed) is an error reply: nothing to retire.
+        idle = [p for p, reply in enumerate(held) if not isinstance(reply, Exception) and not reply]
+        if idle:
+            await self._each_partition(
+                lambda pipe, p: pipe.xgroup_delconsumer(keys.outbox(p), GROUP, consumer), idle
+            )
 
     async def drop(self, entry: OutboxEntry) -> None:
         """Acknowledge and delete an entry that cannot be acted on (malformed)."""
@@ -288,55 +307,62 @@ class DeliveryRepository:
 
     async def requeue_due(self, now_ms: int, limit: int = 100) -> int:
         """Move retries that are due back onto their outbox; returns how many moved."""
-        moved = 0
-        for part in range(keys.PARTITIONS):
-            rq, data = keys.retry_queue(part), keys.retry_data(part)
-            ids = await self._call(
-                lambda rq=rq: self._r.zrangebyscore(  # type: ignore[misc]
-                    rq, "-inf", now_ms, start=0, num=limit
-                )
+        # Which partitions have due retries: one pipelined pass (most have none).
+        due = await self._each_partition(
+            lambda pipe, p: pipe.zrangebyscore(
+                keys.retry_queue(p), "-inf", now_ms, start=0, num=limit
             )
-            if not ids:
+        )
+        moved = 0
+        for part, ids in enumerate(due):
+            if isinstance(ids, Exception):
+                raise ids
+            if ids:
+                moved += await self._requeue_part(part, ids)
+        return moved
+
+    async def _requeue_part(self, part: int, ids: Sequence[Any]) -> int:
+        rq, data = keys.retry_queue(part), keys.retry_data(part)
+        payloads = await self._call(lambda: self._r.hmget(data, ids))
+        moved = 0
+        for ident, payload in zip(ids, payloads, strict=True):
+            fields: dict[str, str] = json.loads(text(payload)) if payload else {}
+            if not fields:  # lost its entry: nothing to resend; drop the retry
+                await self._call(lambda i=ident: self._r.zrem(rq, i))  # type: ignore[misc]
                 continue
-            payloads = await self._call(lambda data=data, ids=ids: self._r.hmget(data, ids))  # type: ignore[misc]
-            for ident, payload in zip(ids, payloads, strict=True):
-                fields: dict[str, str] = json.loads(text(payload)) if payload else {}
-                if not fields:  # lost its entry: nothing to resend; drop the retry
-                    await self._call(lambda rq=rq, i=ident: self._r.zrem(rq, i))  # type: ignore[misc]
-                    continue
-                flat = [x for kv in fields.items() for x in kv]
-                moved += int(
-                    await self._call(
-                        lambda rq=rq, data=data, i=ident, p=part, flat=flat, f=fields: (
-                            self._requeue(  # type: ignore[misc]
-                                keys=[
-                                    rq,
-                                    data,
-                                    keys.outbox(p),
-                                    keys.message(f.get("tenant", ""), p, text(i)),
-                                ],
-                                args=[text(i), *flat],
-                            )
-                        )
+            flat = [x for kv in fields.items() for x in kv]
+            script_keys = [
+                rq,
+                data,
+                keys.outbox(part),
+                keys.message(fields.get("tenant", ""), part, text(ident)),
+            ]
+            moved += int(
+                await self._call(
+                    lambda k=script_keys, i=ident, flat=flat: self._requeue(  # type: ignore[misc]
+                        keys=k, args=[text(i), *flat]
                     )
                 )
+            )
         return moved
 
     # -- observation ---------------------------------------------------------------------
 
     async def backlog(self) -> tuple[int, int | None]:
         """(messages waiting in outboxes and retry queues, acceptance ms of the oldest)."""
+
+        def queue(pipe: Any, p: int) -> None:
+            pipe.xlen(keys.outbox(p))
+            pipe.zcard(keys.retry_queue(p))
+            pipe.xrange(keys.outbox(p), "-", "+", count=1)
+
+        replies = await self._each_partition(queue)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
         total, oldest = 0, None
-        for part in range(keys.PARTITIONS):
-
-            async def one(p: int = part) -> tuple[int, int, Any]:
-                n = await self._r.xlen(keys.outbox(p))
-                r = await self._r.zcard(keys.retry_queue(p))
-                first = await self._r.xrange(keys.outbox(p), "-", "+", count=1)
-                return int(n), int(r), first
-
-            n, r, first = await self._call(one)
-            total += n + r
+        for n, r, first in zip(replies[0::3], replies[1::3], replies[2::3], strict=True):
+            total += int(n) + int(r)
             if first:
                 at = lenient_int(text(first[0][1].get(b"at") or first[0][1].get("at")))
                 if at and (oldest is None or at < oldest):

@@ -12,19 +12,30 @@ import weakref
 from . import keys
 from .client import RedisClient
 
-DEFAULT_MAXLEN = 100_000
+# By default a tenant's feed keeps about this many entries over all its partitions:
+# 100,000 per partition on a 16-partition store, 12,500 on a 128-partition one, so the
+# memory a feed may take does not grow with the partition count.
+TENANT_FEED_ENTRIES = 1_600_000
 _MAXLEN: weakref.WeakKeyDictionary[RedisClient, int] = weakref.WeakKeyDictionary()
 
 
-def configure_feed(client: RedisClient, maxlen: int) -> None:
+def default_maxlen() -> int:
+    """The default retention per tenant and partition for the layout in use."""
+    return max(1_000, TENANT_FEED_ENTRIES // keys.PARTITIONS)
+
+
+def configure_feed(client: RedisClient, maxlen: int | None) -> None:
     """Keep at most ``maxlen`` entries per tenant and partition in feeds written on
-    ``client``."""
-    _MAXLEN[client] = maxlen
+    ``client`` (None: default_maxlen())."""
+    if maxlen is None:
+        _MAXLEN.pop(client, None)
+    else:
+        _MAXLEN[client] = maxlen
 
 
 def feed_maxlen(client: RedisClient) -> int:
-    """The feed retention configured for ``client`` (DEFAULT_MAXLEN by default)."""
-    return _MAXLEN.get(client, DEFAULT_MAXLEN)
+    """The feed retention configured for ``client`` (default_maxlen() by default)."""
+    return _MAXLEN.get(client) or default_maxlen()
 
 
 def feed_keys(tenant_id: str, part: int) -> list[str]:

@@ -10,14 +10,20 @@ it) it refuses to start too, rather than read or write a layout it does not unde
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from consent_server.domain.errors import StoreUnavailable
 
 from . import keys
 from .client import RedisClient
-from .records import fields
+from .records import fields, text
 from .repository import guarded
 
 ROUND1_SCHEMA = 1
+#: Partitions of a new store on Redis: enough for 128 cluster masters, few enough that a
+#: change feed watcher (which reads every partition) stays cheap.
+DEFAULT_PARTITIONS = 128
 
 
 class SchemaMismatch(Exception):
@@ -51,21 +57,65 @@ async def has_round1_data(client: RedisClient) -> bool:
     return await guarded(probe)
 
 
-async def check_schema(client: RedisClient) -> int:
-    """Record schema 2 in a new store, accept a schema-2 store, refuse anything else
-    (SchemaMismatch); StoreUnavailable while Redis does not answer."""
+# Record a new store's layout in one step: two servers starting on an empty store at
+# once cannot record different partition counts (the second one reads the first's).
+_CREATE = """
+if redis.call('HEXISTS', KEYS[1], 'schema') == 1 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV))
+return 1
+"""
+
+
+async def check_schema(client: RedisClient, partitions: int | None = None) -> int:
+    """Record schema 2 and the layout in a new store, accept a schema-2 store, refuse
+    anything else (SchemaMismatch); StoreUnavailable while Redis does not answer. Then
+    use the store's layout in this process (keys.configure).
+
+    ``partitions``: the count to create a new store with (DEFAULT_PARTITIONS when None);
+    on an existing store, a count other than the recorded one is refused, so it is
+    never silently changed. A schema-2 store that records no count is the legacy
+    16-partition layout."""
     schema = await stored_schema(client)
+    if schema is None and await has_legacy_keys(client):
+        # Partition keys but no record of their layout (written by a tool that never
+        # read ca:meta, or ca:meta deleted): they can only be the legacy layout's, and a
+        # new layout would hide them. Record that one.
+        mapping = {
+            "schema": str(keys.SCHEMA),
+            "partitions": str(keys.LEGACY_PARTITIONS),
+            "tags": "legacy",
+            "buckets": str(keys.buckets_for(keys.LEGACY_PARTITIONS)),
+        }
+        await guarded(lambda: client.eval(_CREATE, 1, keys.META, *_flat(mapping)))
+        schema = await stored_schema(client)
     if schema is None:
-        await guarded(lambda: client.hsetnx(keys.META, "schema", str(keys.SCHEMA)))
-        await guarded(lambda: client.hsetnx(keys.META, "buckets", str(keys.BUCKETS_PER_PARTITION)))
+        count = DEFAULT_PARTITIONS if partitions is None else partitions
+        if not 1 <= count <= keys.MAX_PARTITIONS:
+            raise SchemaMismatch(f"partitions must be 1..{keys.MAX_PARTITIONS}, not {count}")
+        mapping = {
+            "schema": str(keys.SCHEMA),
+            "partitions": str(count),
+            "tags": "spread",
+            "buckets": str(keys.buckets_for(count)),
+        }
+        await guarded(lambda: client.eval(_CREATE, 1, keys.META, *_flat(mapping)))
         schema = await stored_schema(client)
     if schema == keys.SCHEMA:
-        buckets = fields(await guarded(lambda: client.hgetall(keys.META))).get("buckets")
-        if buckets is not None and buckets != str(keys.BUCKETS_PER_PARTITION):
+        meta = fields(await guarded(lambda: client.hgetall(keys.META)))
+        count, spread = layout_of(meta)
+        if partitions is not None and partitions != count:
+            raise SchemaMismatch(
+                f"the store was created with {count} partitions and CONSENT_PARTITIONS is "
+                f"{partitions}: the count is fixed when a store is created (unset "
+                "CONSENT_PARTITIONS to use the recorded one)"
+            )
+        buckets = meta.get("buckets")
+        if buckets is not None and buckets != str(keys.buckets_for(count)):
             raise SchemaMismatch(
                 f"the store was created with {buckets} buckets per partition and this "
-                f"server uses {keys.BUCKETS_PER_PARTITION}: it would not find the records"
+                f"server uses {keys.buckets_for(count)}: it would not find the records"
             )
+        keys.configure(count, spread=spread)
         return schema
     if schema == ROUND1_SCHEMA:
         raise SchemaMismatch(
@@ -79,4 +129,54 @@ async def check_schema(client: RedisClient) -> int:
     )
 
 
-__all__ = ["SchemaMismatch", "StoreUnavailable", "check_schema", "stored_schema"]
+def _flat(mapping: dict[str, str]) -> list[str]:
+    return [x for kv in mapping.items() for x in kv]
+
+
+async def has_legacy_keys(client: RedisClient) -> bool:
+    """True when the store holds a key under a legacy partition tag (``ca:{cpNN}:``).
+    Asked only while ca:meta records nothing: a new store has few keys."""
+
+    async def probe() -> bool:
+        async for _ in client.scan_iter(match="ca:{cp[0-9][0-9]}:*", count=1000):
+            return True
+        return False
+
+    return await guarded(probe)
+
+
+def adopt_recorded_layout(meta: Mapping[Any, Any]) -> None:
+    """Use the layout a ``ca:meta`` hash (as a client returned it) records, in this
+    process: for tools and tests that read a store a server created."""
+    count, spread = layout_of({text(k): text(v) for k, v in meta.items()})
+    keys.configure(count, spread=spread)
+
+
+def layout_of(meta: dict[str, str]) -> tuple[int, bool]:
+    """(partitions, spread tags) as ca:meta records them; legacy 16 when it names none."""
+    if "partitions" not in meta:
+        return keys.LEGACY_PARTITIONS, False
+    try:
+        count = int(meta["partitions"])
+    except ValueError:
+        count = 0
+    tags = meta.get("tags", "spread")
+    if not 1 <= count <= keys.MAX_PARTITIONS or tags not in ("spread", "legacy"):
+        raise SchemaMismatch(
+            f"ca:meta records a layout this release does not know "
+            f"(partitions={meta['partitions']!r}, tags={tags!r})"
+        )
+    if tags == "legacy" and count != keys.LEGACY_PARTITIONS:
+        raise SchemaMismatch(f"ca:meta records legacy tags with {count} partitions")
+    return count, tags == "spread"
+
+
+__all__ = [
+    "DEFAULT_PARTITIONS",
+    "SchemaMismatch",
+    "StoreUnavailable",
+    "adopt_recorded_layout",
+    "check_schema",
+    "layout_of",
+    "stored_schema",
+]
