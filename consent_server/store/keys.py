@@ -12,8 +12,8 @@ store's tags are placed by slot (spread_tags: 128 partitions split 43/43/42 over
 masters); a store created before counts were recorded keeps the 16 legacy tags
 ``{cp00}``..``{cp15}``.
 
-    ca:{cpNN}:<tenant>:r:<b>                     hash: bucket of current records (schema 2)
-    ca:{cpNN}:<tenant>:h:<b>                     hash: bucket of history events (schema 2)
+    ca:{cpNN}:<tenant>:r:<b>                     hash: bucket of current records (schema 2/3)
+    ca:{cpNN}:<tenant>:h:<b>                     hash: bucket of history events (schema 2/3)
     ca:{cpNN}:<tenant>:<channel>:<address>:i:<k> string: send idempotency key -> message
     ca:{cpNN}:<tenant>:m:<message_id>            hash: message status
     ca:{cpNN}:outbox                             stream: accepted messages to deliver
