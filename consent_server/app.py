@@ -439,6 +439,8 @@ async def check_store_schema(
                 refused.append(f"store schema: {exc}")
                 stop.set()
                 return
+            except Exception as exc:  # anything else: the layout stays unknown; keep trying
+                log.warning("store schema check failed; retrying", extra={"error": str(exc)})
 
     return asyncio.create_task(keep_trying(), name="schema-check")
 

@@ -15,16 +15,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.exceptions as rex
 from hypothesis import given
 from hypothesis import strategies as st
 from redis.crc import key_slot
 
+from consent_server.domain.delivery import ReceiptStatus
 from consent_server.domain.errors import InvalidArgument, StoreUnavailable
 from consent_server.domain.feed import decode_token, encode_token, feed_event_id, split_event_id
 from consent_server.domain.model import Channel, Recipient
 from consent_server.store import keys
+from consent_server.store.feed import RedisChangeFeed
 from consent_server.store.health import probe
+from consent_server.store.migrate import migrate
+from consent_server.store.outbox import DeliveryRepository
 from consent_server.store.repository import RedisConsentStore
+from consent_server.store.retention import feed_maxlen
 from consent_server.store.schema import (
     DEFAULT_PARTITIONS,
     SchemaMismatch,
@@ -261,7 +267,7 @@ def test_the_server_refuses_another_count_on_an_existing_store_with_exit_2(
     redis_proc = RedisProcess(tmp_path / "redis").start()
     try:
         r = redis_proc.client()
-        r.hset(keys.META, mapping={"schema": "2", "partitions": "128", "tags": "spread"})
+        r.hset(keys.META, mapping={"schema": "3", "partitions": "128", "tags": "spread"})
         r.hset(keys.META, "buckets", str(keys.buckets_for(128)))
         env = {
             **os.environ,
@@ -282,3 +288,135 @@ def test_the_server_refuses_another_count_on_an_existing_store_with_exit_2(
         assert r.hget(keys.META, "partitions") == b"128"
     finally:
         redis_proc.stop()
+
+
+# -- what a review found: each a way to hide an opt-out, now refused ---------------------------
+
+
+async def test_a_new_store_is_schema_3_so_a_release_knowing_only_2_refuses_it(
+    store: RedisConsentStore,
+) -> None:
+    """Even with 16 partitions (the legacy count and bucket count), a new store is not
+    schema 2: a rollback to a release that reads schema 2 under the legacy tags would
+    find none of its records, so it must refuse to start instead."""
+    r: Any = store.client
+    await check_schema(r, 16)
+    meta = await r.hgetall(keys.META)
+    assert meta[b"schema"] == b"3" and meta[b"tags"] == b"spread"
+    assert meta[b"buckets"] == str(keys.buckets_for(16)).encode()  # what schema 2 had too
+
+
+async def test_schema_and_tags_must_agree(store: RedisConsentStore) -> None:
+    r: Any = store.client
+    await r.hset(keys.META, mapping={"schema": "2", "partitions": "128", "tags": "spread"})
+    with pytest.raises(SchemaMismatch, match="schema 2 is the legacy layout"):
+        await check_schema(r)
+    await r.hset(keys.META, mapping={"schema": "3", "partitions": "16", "tags": "legacy"})
+    with pytest.raises(SchemaMismatch, match="schema 2 is the legacy layout"):
+        await check_schema(r)
+
+
+async def test_a_deleted_meta_over_spread_data_is_refused_not_recreated(
+    store: RedisConsentStore,
+) -> None:
+    r: Any = store.client
+    await check_schema(r, 64)
+    await store.record_event(numbered_event("acme", 1, 1))
+    await r.delete(keys.META)
+    keys.configure(keys.LEGACY_PARTITIONS, spread=False)
+    with pytest.raises(SchemaMismatch, match="restore ca:meta"):
+        await check_schema(r)
+    assert not await r.exists(keys.META)  # nothing recorded over the data
+
+
+async def test_migrate_never_overwrites_a_layout_recorded_meanwhile(
+    store: RedisConsentStore,
+) -> None:
+    """A server that created the (empty) store while a migration ran keeps its layout."""
+    r: Any = store.client
+    await check_schema(r)  # the server: 128, spread
+    with pytest.raises(ValueError, match="current layout"):
+        await migrate(r)
+    assert (await r.hgetall(keys.META))[b"partitions"] == str(DEFAULT_PARTITIONS).encode()
+
+
+async def test_while_the_layout_is_pending_every_count_reader_refuses(
+    store: RedisConsentStore,
+) -> None:
+    """Not only keys: readers of the partition count (receipts by message id, the change
+    feed, webhook cursors, retention) must not act on the legacy default meanwhile."""
+    r: Any = store.client
+    await check_schema(r)
+    mid = keys.new_message_id(100)  # a partition a legacy store does not have
+    keys.await_layout()
+    with pytest.raises(StoreUnavailable):
+        keys.message_partition(mid)
+    with pytest.raises(StoreUnavailable):
+        await DeliveryRepository(r).apply_receipt("acme", ReceiptStatus.FAILED, message_id=mid)
+    with pytest.raises(StoreUnavailable):
+        _ = RedisChangeFeed(r).partitions
+    with pytest.raises(StoreUnavailable):
+        feed_maxlen(r)
+    await check_schema(r)
+    assert keys.message_partition(mid) == 100
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"v": 2, "t": "acme", "n": 16, "p": {"9" * 5000: "1-0"}},  # a huge partition key
+        {"v": 2, "t": "acme", "n": True, "p": {}},  # a bool is not a count
+        {"v": 2, "t": "acme", "n": 16, "p": {"3": ["1-0"]}},
+        {"v": 2, "t": "acme", "n": 16, "p": []},
+    ],
+)
+def test_odd_v2_tokens_are_invalid_argument(raw: dict[str, Any]) -> None:
+    token = base64.urlsafe_b64encode(zlib.compress(json.dumps(raw).encode())).decode()
+    with pytest.raises(InvalidArgument):
+        decode_token(token.rstrip("="), "acme", 16 if raw["n"] is not True else 1)
+
+
+def test_deeply_nested_and_trailing_junk_tokens_are_invalid_argument() -> None:
+    nested = zlib.compress(b"[" * 5000 + b"]" * 5000, 9)
+    junk = zlib.compress(json.dumps({"v": 2, "t": "acme", "n": 16, "p": {}}).encode()) + b"x"
+    for packed in (nested, junk, b"[" * 3000):
+        token = base64.urlsafe_b64encode(packed).decode().rstrip("=")
+        with pytest.raises(InvalidArgument):
+            decode_token(token, "acme", 16)
+
+
+async def test_a_node_timing_out_in_a_partition_pipeline_is_an_outage(
+    store: RedisConsentStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cluster pipeline puts a node's timeout in its replies: it must surface as
+    StoreUnavailable (which the worker retries), not as a raw redis error."""
+
+    class TimingOut:
+        def __getattr__(self, _name: str) -> Any:
+            return lambda *_a, **_k: None
+
+        async def execute(self, raise_on_error: bool = True) -> list[Any]:
+            assert raise_on_error is False
+            return [rex.TimeoutError("Timeout reading from 127.0.0.1:7001")] * keys.partitions()
+
+    outbox = DeliveryRepository(store.client, cluster=True)
+    monkeypatch.setattr(outbox, "_r", type("C", (), {"pipeline": lambda *_a, **_k: TimingOut()})())
+    with pytest.raises(StoreUnavailable):
+        await outbox.ensure_groups()
+    with pytest.raises(StoreUnavailable):
+        await outbox.read("c1", 10, None)
+
+
+async def test_a_partition_answering_an_error_does_not_hold_back_the_others(
+    store: RedisConsentStore,
+) -> None:
+    """The per-partition reads of a cluster: entries read from healthy partitions are
+    handed over although another partition answered an error (they are this consumer's
+    pending entries now; raising would leave them waiting for a reclaim)."""
+    r: Any = store.client
+    outbox = DeliveryRepository(r, cluster=True)
+    await outbox.ensure_groups()
+    await r.delete(keys.outbox(0))  # partition 0 answers an error (NOGROUP: no stream)
+    await r.xadd(keys.outbox(1), {"id": keys.new_message_id(1), "tenant": "acme"})
+    got = await outbox.read("c1", 10, None)
+    assert [(e.partition, e.fields["tenant"]) for e in got] == [(1, "acme")]

@@ -15,12 +15,12 @@ from consent_server.store.schema import SchemaMismatch, check_schema, stored_sch
 from .support import RedisProcess, run_module
 
 
-async def test_a_new_store_records_schema_2(store: RedisConsentStore) -> None:
+async def test_a_new_store_records_schema_3(store: RedisConsentStore) -> None:
     r: Any = store.client
     assert await stored_schema(r) is None
     assert await check_schema(r) == keys.SCHEMA
     meta = await r.hgetall(keys.META)
-    assert meta[b"schema"] == b"2"
+    assert meta[b"schema"] == b"3"  # a recorded layout: releases that know only 2 refuse it
     assert meta[b"buckets"] == str(keys.BUCKETS_PER_PARTITION).encode()
     assert await check_schema(r) == keys.SCHEMA  # again: accepted, nothing changes
 
@@ -36,11 +36,11 @@ async def test_round1_data_without_meta_asks_for_consentctl_migrate(
     assert not await r.exists(keys.META)  # nothing written
 
 
-@pytest.mark.parametrize("schema", ["3", "99", "x"])
+@pytest.mark.parametrize("schema", ["4", "99", "x"])
 async def test_an_unknown_or_newer_schema_is_refused(store: RedisConsentStore, schema: str) -> None:
     r: Any = store.client
     await r.hset(keys.META, "schema", schema)
-    with pytest.raises(SchemaMismatch, match="this release serves schema 2"):
+    with pytest.raises(SchemaMismatch, match="this release serves schemas 2 and 3"):
         await check_schema(r)
 
 

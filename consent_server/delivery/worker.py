@@ -202,7 +202,7 @@ class DeliveryWorker:
                 self._store_ok()
                 self._groups_ready.set()
                 return
-            except StoreUnavailable as exc:
+            except Exception as exc:  # whatever it is, try again: never stop delivering
                 self._store_failed(exc)
                 await asyncio.sleep(1.0)
 

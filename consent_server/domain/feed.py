@@ -103,8 +103,8 @@ def _inflate(packed: bytes) -> bytes:
         return packed
     inflater = zlib.decompressobj()
     raw = inflater.decompress(packed, _MAX_RAW)
-    if inflater.unconsumed_tail:
-        raise ValueError("token too large")
+    if inflater.unconsumed_tail or not inflater.eof or inflater.unused_data:
+        raise ValueError("token too large, truncated or followed by junk")
     return raw
 
 
@@ -119,7 +119,7 @@ def decode_token(token: str, tenant_id: str, partitions: int) -> list[str]:
     try:
         packed = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         data = json.loads(_inflate(packed))
-    except (binascii.Error, ValueError, zlib.error):
+    except (binascii.Error, ValueError, zlib.error, RecursionError):
         raise bad("not a resume token of WatchConsentEvents (malformed)") from None
     if not isinstance(data, dict) or data.get("v") not in (1, TOKEN_VERSION):
         raise bad("not a resume token of WatchConsentEvents (unknown version)")
@@ -138,11 +138,12 @@ def _positions(data: dict[str, object], partitions: int) -> list[str] | None:
         if not isinstance(listed, list) or len(listed) != partitions:
             return None
         return [p if isinstance(p, str) else "" for p in listed]
-    if data.get("n") != partitions or not isinstance(listed, dict):
+    count = data.get("n")
+    if type(count) is not int or count != partitions or not isinstance(listed, dict):
         return None
     positions = [_START] * partitions
     for key, pos in listed.items():
-        if not (key.isascii() and key.isdigit() and int(key) < partitions):
+        if not (len(key) <= 3 and key.isascii() and key.isdigit() and int(key) < partitions):
             return None
         positions[int(key)] = pos if isinstance(pos, str) else ""
     return positions

@@ -88,7 +88,7 @@ class RedisChangeWebhooks:
         raw = fields(
             await guarded(lambda: self._r.hgetall(keys.change_webhook(tenant_id, name, "cursor")))
         )
-        return [raw.get(str(p), "0-0") for p in range(keys.PARTITIONS)]
+        return [raw.get(str(p), "0-0") for p in range(keys.partitions())]
 
     async def advance(self, tenant_id: str, name: str, part: int, entry_id: str) -> None:
         """Store one partition's position."""

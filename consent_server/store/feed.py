@@ -59,6 +59,12 @@ def parse_entry(entry_id: Any, flat: Sequence[Any]) -> FeedEntry:
     )
 
 
+def _drop_outcome(task: asyncio.Future[Any]) -> None:
+    """Retrieve a shielded read's error once nobody awaits it (no "never retrieved")."""
+    if not task.cancelled():
+        task.exception()
+
+
 class RedisChangeFeed:
     """Reads the per-partition feed streams: one script call per partition, all of them
     in one pipeline on a single Redis (one round trip however many partitions), and
@@ -72,7 +78,7 @@ class RedisChangeFeed:
     @property
     def partitions(self) -> int:
         """How many partitions (positions per token)."""
-        return keys.PARTITIONS
+        return keys.partitions()
 
     async def _each(self, tenant_id: str, args: Sequence[Sequence[str | int]]) -> list[Any]:
         async def run() -> list[Any]:
@@ -86,20 +92,22 @@ class RedisChangeFeed:
             for part, a in enumerate(args):
                 await self._read(keys=feed_keys(tenant_id, part), args=list(a), client=pipe)
             # Shielded: a watcher cancelled mid-pipeline (the client went away) must not
-            # leave its connection half-read for the next user; the read completes and
-            # its replies are dropped.
-            return list(await asyncio.shield(pipe.execute()))
+            # leave its connection half-read for the next user (seen on fakeredis); the
+            # read completes and its replies, or its error, are dropped.
+            read = asyncio.ensure_future(pipe.execute())
+            read.add_done_callback(_drop_outcome)
+            return list(await asyncio.shield(read))
 
         return await guarded(run)
 
     async def latest(self, tenant_id: str) -> list[str]:
         """Positions after every entry stored now."""
-        replies = await self._each(tenant_id, [["latest"]] * keys.PARTITIONS)
+        replies = await self._each(tenant_id, [["latest"]] * keys.partitions())
         return [text(r) for r in replies]
 
     async def oldest(self, tenant_id: str) -> list[str]:
         """Positions before the oldest entry still retained."""
-        replies = await self._each(tenant_id, [["oldest"]] * keys.PARTITIONS)
+        replies = await self._each(tenant_id, [["oldest"]] * keys.partitions())
         return [text(r) for r in replies]
 
     async def trimmed_parts(self, tenant_id: str, positions: Sequence[str]) -> list[int]:

@@ -12,8 +12,8 @@ store's tags are placed by slot (spread_tags: 128 partitions split 43/43/42 over
 masters); a store created before counts were recorded keeps the 16 legacy tags
 ``{cp00}``..``{cp15}``.
 
-    ca:{cpNN}:<tenant>:r:<b>                     hash: bucket of current records (schema 2)
-    ca:{cpNN}:<tenant>:h:<b>                     hash: bucket of history events (schema 2)
+    ca:{cpNN}:<tenant>:r:<b>                     hash: bucket of current records (schema 2/3)
+    ca:{cpNN}:<tenant>:h:<b>                     hash: bucket of history events (schema 2/3)
     ca:{cpNN}:<tenant>:<channel>:<address>:i:<k> string: send idempotency key -> message
     ca:{cpNN}:<tenant>:m:<message_id>            hash: message status
     ca:{cpNN}:outbox                             stream: accepted messages to deliver
@@ -68,7 +68,8 @@ Event-id idempotency: a replayed event id is recognised among the recipient's la
 IDEMPOTENCY_WINDOW events (its history holds each event's id and outcome); nothing else
 keeps event ids, so they cost no memory of their own (docs/guarantees.md).
 
-    ca:meta                                      hash: schema (SCHEMA), partitions, buckets
+    ca:meta                                      hash: schema (2 legacy tags, 3 recorded
+                                                 layout), partitions, tags, buckets
     ca:{cw:<tenant>/<name>}:redrive              list: dead letters' event ids to send again
 """
 
@@ -97,7 +98,7 @@ TOTAL_BUCKETS = 131_072  # per tenant: ~8 recipients a bucket at 1 M, ~80 at 10 
 BUCKETS_PER_PARTITION = max(1, TOTAL_BUCKETS // PARTITIONS)
 HISTORY_SPREAD = 8  # consecutive events of a recipient per history bucket
 IDEMPOTENCY_WINDOW = 32  # a replay is recognised among the recipient's last 32 events
-SCHEMA = 2
+SCHEMA = 3  # a new store: the compact layout with a recorded partition layout
 META = "ca:meta"
 _CHANNEL_LETTER = {"whatsapp": "w", "sms": "s", "email": "e", "rcs": "r", "voice": "v"}
 CHANNEL_OF_LETTER = {v: k for k, v in _CHANNEL_LETTER.items()}
@@ -168,15 +169,24 @@ def configure(partitions: int, *, spread: bool) -> None:
     _PENDING = False
 
 
+def partitions() -> int:
+    """The partition count of the layout in use; LayoutUnknown while it is being read.
+    Every caller that needs the count (not just a key) asks here, so none can act on
+    the legacy default before the store's layout is known."""
+    if _PENDING:
+        require_layout()
+    return PARTITIONS
+
+
 def buckets_for(partitions: int) -> int:
     """Record (and history) buckets per partition and tenant for a partition count."""
     return max(1, TOTAL_BUCKETS // partitions)
 
 
 def partition(tenant_id: str, recipient: Recipient) -> int:
-    """The recipient's partition: stable, spread evenly over PARTITIONS."""
+    """The recipient's partition: stable, spread evenly over the partitions."""
     key = f"{tenant_id}\x00{recipient.channel.value}\x00{recipient.address}".encode()
-    return zlib.crc32(key) % PARTITIONS
+    return zlib.crc32(key) % partitions()
 
 
 def by_partition(tenant_id: str, recipients: Sequence[Recipient]) -> dict[int, list[int]]:
@@ -308,7 +318,7 @@ def message_partition(message_id: str) -> int | None:
     if not MESSAGE_ID_RE.match(message_id):
         return None
     part = int(message_id[1:3], 16)
-    return part if part < PARTITIONS else None
+    return part if part < partitions() else None
 
 
 def message(tenant_id: str, part: int, message_id: str) -> str:

@@ -22,6 +22,7 @@ from . import keys
 from .client import RedisClient
 from .records import text
 from .repository import guarded
+from .schema import LEGACY_SCHEMA
 from .scripts import load_script
 
 _STATE = re.compile(r"^ca:\{cp(\d+)\}:([^:]+):([a-z]+):(.+):s$")
@@ -42,16 +43,28 @@ class MigrationSummary:
     schema: int | None = None
 
 
+# Record the legacy layout unless ca:meta already names another one.
+_RECORD_LEGACY = """
+local schema = redis.call('HGET', KEYS[1], 'schema')
+local tags = redis.call('HGET', KEYS[1], 'tags')
+if (schema and schema ~= '1' and schema ~= '2') or (tags and tags ~= 'legacy') then
+  return 0
+end
+redis.call('HSET', KEYS[1], unpack(ARGV))
+return 1
+"""
+
+
 async def migrate(client: RedisClient) -> MigrationSummary:
     """Migrate every round-1 recipient, then record schema 2 (see the module doc)."""
     script = client.register_script(load_script("migrate_one.lua"))
     summary = MigrationSummary()
     meta = await guarded(lambda: client.hgetall(keys.META))
     stored = {text(k): text(v) for k, v in meta.items()}
-    if stored.get("schema") not in (None, "1", str(keys.SCHEMA)):
-        raise ValueError(f"the store's schema is {stored['schema']!r}: not migrating")
-    if stored.get("tags", "legacy") != "legacy":
+    if stored.get("schema") == str(keys.SCHEMA):
         raise ValueError("the store already uses the current layout: nothing to migrate")
+    if stored.get("schema") not in (None, "1", str(LEGACY_SCHEMA)):
+        raise ValueError(f"the store's schema is {stored['schema']!r}: not migrating")
     # Round-1 data lives under the 16 legacy tags and stays there (in place, per slot).
     keys.configure(keys.LEGACY_PARTITIONS, spread=False)
 
@@ -87,16 +100,22 @@ async def migrate(client: RedisClient) -> MigrationSummary:
         else:
             summary.skipped += 1
     if not summary.unrecognised:
-        await guarded(
-            lambda: client.hset(
-                keys.META,
-                mapping={
-                    "schema": str(keys.SCHEMA),
-                    "partitions": str(keys.LEGACY_PARTITIONS),
-                    "tags": "legacy",
-                    "buckets": str(keys.BUCKETS_PER_PARTITION),
-                },
+        record = [
+            "schema",
+            str(LEGACY_SCHEMA),
+            "partitions",
+            str(keys.LEGACY_PARTITIONS),
+            "tags",
+            "legacy",
+            "buckets",
+            str(keys.BUCKETS_PER_PARTITION),
+        ]
+        # Only where no server recorded another layout meanwhile (an empty store that a
+        # new server created while this ran): overwriting it would hide its records.
+        if not await guarded(lambda: client.eval(_RECORD_LEGACY, 1, keys.META, *record)):
+            raise ValueError(
+                "a server recorded another layout in ca:meta while the migration ran: "
+                "left as it is (stop every server before migrating)"
             )
-        )
-        summary.schema = keys.SCHEMA
+        summary.schema = LEGACY_SCHEMA
     return summary

@@ -25,7 +25,7 @@ from . import keys
 from .client import RedisClient
 from .records import stream_entries, stream_reads, text
 from .replication import acks_of
-from .repository import MESSAGE_RETENTION_S, guarded
+from .repository import MESSAGE_RETENTION_S, UNAVAILABLE_ERRORS, guarded
 from .scripts import load_script
 from .tombstones import TombstoneNames
 
@@ -90,13 +90,19 @@ class DeliveryRepository:
         (redis-py groups a cluster pipeline by node), instead of one per partition.
         The replies come back in partition order; an error reply is returned in its
         place (not raised), for the caller to judge."""
-        chosen = range(keys.PARTITIONS) if parts is None else parts
+        chosen = range(keys.partitions()) if parts is None else parts
 
         async def run() -> list[Any]:
             pipe = self._r.pipeline(transaction=False)
             for part in chosen:
                 queue(pipe, part)
-            return list(await pipe.execute(raise_on_error=False))
+            replies = list(await pipe.execute(raise_on_error=False))
+            # A node that timed out or dropped the connection is an outage, whichever
+            # partition it served: raised here, guarded() makes it StoreUnavailable.
+            for reply in replies:
+                if isinstance(reply, UNAVAILABLE_ERRORS):
+                    raise reply
+            return replies
 
         return await self._call(run)
 
@@ -137,7 +143,7 @@ class DeliveryRepository:
     async def _read(self, consumer: str, count: int, block_ms: int | None) -> list[OutboxEntry]:
         if not self._cluster:
             # One XREADGROUP over every partition's stream (one node holds them all).
-            streams: dict[KeyT, StreamIdT] = {keys.outbox(p): ">" for p in range(keys.PARTITIONS)}
+            streams: dict[KeyT, StreamIdT] = {keys.outbox(p): ">" for p in range(keys.partitions())}
             reply = await self._call(
                 lambda: self._r.xreadgroup(GROUP, consumer, streams, count=count, block=block_ms)
             )
@@ -154,11 +160,17 @@ class DeliveryRepository:
             lambda pipe, p: pipe.xreadgroup(GROUP, consumer, {keys.outbox(p): ">"}, count=count)
         )
         out = []
+        errors = []
         for part, reply in enumerate(replies):
             if isinstance(reply, Exception):
-                raise reply
+                errors.append(reply)
+                continue
             for _name, rows in stream_reads(reply):
                 out.extend(self._entries(part, rows))
+        # The entries read are this consumer's now: hand them over even when another
+        # partition answered an error (raising would leave them to wait for a reclaim).
+        if errors and not out:
+            raise errors[0]
         return out
 
     async def reclaim(self, consumer: str, min_idle_ms: int, count: int) -> list[OutboxEntry]:

@@ -21,7 +21,7 @@ _MAXLEN: weakref.WeakKeyDictionary[RedisClient, int] = weakref.WeakKeyDictionary
 
 def default_maxlen() -> int:
     """The default retention per tenant and partition for the layout in use."""
-    return max(1_000, TENANT_FEED_ENTRIES // keys.PARTITIONS)
+    return max(1_000, TENANT_FEED_ENTRIES // keys.partitions())
 
 
 def configure_feed(client: RedisClient, maxlen: int | None) -> None:

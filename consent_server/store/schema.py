@@ -1,11 +1,15 @@
 """The store's schema version (``ca:meta`` field ``schema``), checked at start-up.
 
 Schema 1 is round 1's layout: a state hash and a history stream per recipient. Schema 2
-is the compact layout of store/keys.py (record and history buckets). A store with data
-but no ``schema`` field is a schema-1 store (round 1 wrote no ``ca:meta``; its data had
-16 partitions). The server serves schema 2 only: on schema 1 it refuses to start and
-says to run ``consentctl migrate``; on a schema it does not know (a newer release wrote
-it) it refuses to start too, rather than read or write a layout it does not understand.
+is the compact layout of store/keys.py (record and history buckets) under the 16 legacy
+partition tags; schema 3 the same with the partition count and slot-spread tags chosen
+when the store was created and recorded beside it (``partitions``, ``tags``,
+``buckets``). A store with data but no ``schema`` field is a schema-1 store (round 1
+wrote no ``ca:meta``; its data had 16 partitions). The server serves schemas 2 and 3: on
+schema 1 it refuses to start and says to run ``consentctl migrate``; on a schema it does
+not know (a newer release wrote it) it refuses to start too, rather than read or write a
+layout it does not understand. Releases that knew only schema 2 refuse schema 3 the same
+way, so a rollback cannot read a new store under the legacy tags.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from .records import fields, text
 from .repository import guarded
 
 ROUND1_SCHEMA = 1
+LEGACY_SCHEMA = 2  # the compact layout under the 16 legacy tags (no recorded count)
 #: Partitions of a new store on Redis: enough for 128 cluster masters, few enough that a
 #: change feed watcher (which reads every partition) stays cheap.
 DEFAULT_PARTITIONS = 128
@@ -66,43 +71,55 @@ return 1
 """
 
 
+def _layout_record(schema: int, partitions: int, tags: str) -> list[str]:
+    mapping = {
+        "schema": str(schema),
+        "partitions": str(partitions),
+        "tags": tags,
+        "buckets": str(keys.buckets_for(partitions)),
+    }
+    return _flat(mapping)
+
+
 async def check_schema(client: RedisClient, partitions: int | None = None) -> int:
-    """Record schema 2 and the layout in a new store, accept a schema-2 store, refuse
-    anything else (SchemaMismatch); StoreUnavailable while Redis does not answer. Then
-    use the store's layout in this process (keys.configure).
+    """Record the layout in a new store (schema 3), accept a schema-3 or a legacy
+    schema-2 store, refuse anything else (SchemaMismatch); StoreUnavailable while Redis
+    does not answer. Then use the store's layout in this process (keys.configure).
 
     ``partitions``: the count to create a new store with (DEFAULT_PARTITIONS when None);
     on an existing store, a count other than the recorded one is refused, so it is
-    never silently changed. A schema-2 store that records no count is the legacy
-    16-partition layout."""
+    never silently changed. Schema 2 is the legacy 16-partition layout; a new store is
+    schema 3 so that a release that knows only schema 2 refuses it rather than read it
+    under the legacy tags (where it would find none of its records)."""
     schema = await stored_schema(client)
+    if schema is None and await has_spread_keys(client):
+        raise SchemaMismatch(
+            "ca:meta is missing but the store holds partition keys of a recorded layout: "
+            "restore ca:meta (schema, partitions, tags, buckets) from a backup of this "
+            "store; starting would create a new layout and hide every record"
+        )
     if schema is None and await has_legacy_keys(client):
         # Partition keys but no record of their layout (written by a tool that never
         # read ca:meta, or ca:meta deleted): they can only be the legacy layout's, and a
         # new layout would hide them. Record that one.
-        mapping = {
-            "schema": str(keys.SCHEMA),
-            "partitions": str(keys.LEGACY_PARTITIONS),
-            "tags": "legacy",
-            "buckets": str(keys.buckets_for(keys.LEGACY_PARTITIONS)),
-        }
-        await guarded(lambda: client.eval(_CREATE, 1, keys.META, *_flat(mapping)))
+        record = _layout_record(LEGACY_SCHEMA, keys.LEGACY_PARTITIONS, "legacy")
+        await guarded(lambda: client.eval(_CREATE, 1, keys.META, *record))
         schema = await stored_schema(client)
     if schema is None:
         count = DEFAULT_PARTITIONS if partitions is None else partitions
         if not 1 <= count <= keys.MAX_PARTITIONS:
             raise SchemaMismatch(f"partitions must be 1..{keys.MAX_PARTITIONS}, not {count}")
-        mapping = {
-            "schema": str(keys.SCHEMA),
-            "partitions": str(count),
-            "tags": "spread",
-            "buckets": str(keys.buckets_for(count)),
-        }
-        await guarded(lambda: client.eval(_CREATE, 1, keys.META, *_flat(mapping)))
+        record = _layout_record(keys.SCHEMA, count, "spread")
+        await guarded(lambda: client.eval(_CREATE, 1, keys.META, *record))
         schema = await stored_schema(client)
-    if schema == keys.SCHEMA:
+    if schema in (LEGACY_SCHEMA, keys.SCHEMA):
         meta = fields(await guarded(lambda: client.hgetall(keys.META)))
         count, spread = layout_of(meta)
+        if spread != (schema == keys.SCHEMA):
+            raise SchemaMismatch(
+                f"ca:meta records schema {schema} with {meta.get('tags')!r} tags: "
+                "schema 2 is the legacy layout, schema 3 a recorded spread one"
+            )
         if partitions is not None and partitions != count:
             raise SchemaMismatch(
                 f"the store was created with {count} partitions and CONSENT_PARTITIONS is "
@@ -124,13 +141,26 @@ async def check_schema(client: RedisClient, partitions: int | None = None) -> in
             "then start this release"
         )
     raise SchemaMismatch(
-        f"the store's schema is {schema!r} and this release serves schema {keys.SCHEMA}: "
-        "run the release that wrote it (or a newer one)"
+        f"the store's schema is {schema!r} and this release serves schemas "
+        f"{LEGACY_SCHEMA} and {keys.SCHEMA}: run the release that wrote it (or a newer one)"
     )
 
 
 def _flat(mapping: dict[str, str]) -> list[str]:
     return [x for kv in mapping.items() for x in kv]
+
+
+async def has_spread_keys(client: RedisClient) -> bool:
+    """True when the store holds a key under a spread partition tag (``ca:{cp<6 hex>}:``),
+    which only a store with a recorded layout has. Asked only while ca:meta records
+    nothing."""
+
+    async def probe() -> bool:
+        async for _ in client.scan_iter(match="ca:{cp??????}:*", count=1000):
+            return True
+        return False
+
+    return await guarded(probe)
 
 
 async def has_legacy_keys(client: RedisClient) -> bool:
@@ -173,6 +203,7 @@ def layout_of(meta: dict[str, str]) -> tuple[int, bool]:
 
 __all__ = [
     "DEFAULT_PARTITIONS",
+    "LEGACY_SCHEMA",
     "SchemaMismatch",
     "StoreUnavailable",
     "adopt_recorded_layout",

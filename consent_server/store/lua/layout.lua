@@ -1,4 +1,4 @@
--- The compact layout (schema 2, store/keys.py): recipients' records and history events
+-- The compact layout (schemas 2 and 3, store/keys.py): recipients' records and history events
 -- as fields of shared hash buckets. load_script pastes this file where a script says
 -- "--! include layout.lua". Every value written here is at most 64 bytes (longer ones
 -- continue in further fields), so the buckets keep Redis's listpack encoding.
