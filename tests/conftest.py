@@ -76,6 +76,11 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[RedisConsentSto
     # Tenants exist only once created: the shared ones and this test's own (``tenant``).
     await create_tenants(s, (*TEST_TENANTS, tenant_id_for(request.node)))
     yield s
+    if request.param != "fakeredis":
+        # This worker's redis-server is shared with later tests, some of which start a
+        # server process on it: leave no partition keys without the ca:meta that would
+        # name their layout (a server refuses such a store rather than hide them).
+        await client.flushdb()
     await s.aclose()
 
 
