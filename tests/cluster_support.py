@@ -87,17 +87,9 @@ class RedisClusterProcesses:
         if shutil.which("redis-server") is None or REDIS_CLI is None:
             raise RuntimeError("redis-server and redis-cli are needed for the cluster tests")
         for i in range(self.masters * (1 + self.replicas)):
-            port = free_cluster_port()
             d = self.workdir / f"node{i}"
             d.mkdir(parents=True)
-            self.procs.append(
-                subprocess.Popen(
-                    self._args(port, d), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-                )
-            )
-            self.ports.append(port)
-        for port in self.ports:
-            self._wait_ping(port)
+            self._start_node(d)
         subprocess.run(
             [
                 REDIS_CLI,
@@ -218,6 +210,27 @@ class RedisClusterProcesses:
         """SIGCONT after pause()."""
         self._proc(port).send_signal(signal.SIGCONT)
         self._paused.discard(port)
+
+    def _start_node(self, d: Path) -> None:
+        """Start one node on a free port pair; another port when it exits at once (the
+        port was taken between choosing it and binding it: other suites run alongside)."""
+        for _ in range(5):
+            port = free_cluster_port()
+            proc = subprocess.Popen(
+                self._args(port, d), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+            deadline = time.monotonic() + 20
+            while proc.poll() is None and time.monotonic() < deadline:
+                try:
+                    if redis.Redis(port=port, socket_connect_timeout=0.2).ping():
+                        self.procs.append(proc)
+                        self.ports.append(port)
+                        return
+                except redis.ConnectionError:
+                    time.sleep(0.05)
+            proc.kill()
+            proc.wait(10)
+        raise RuntimeError(f"no cluster node would start in {d}")
 
     @staticmethod
     def _wait_ping(port: int) -> None:
