@@ -34,7 +34,7 @@ from consent_server.domain.model import (
 
 from . import keys
 from .client import RedisClient
-from .records import parse_record, record_event_args, text
+from .records import import_arg, parse_record, text
 from .replication import acks_of
 from .repository import guarded
 from .retention import feed_keys, feed_maxlen
@@ -55,12 +55,15 @@ def batch_script(record_event_src: str, layout_src: str) -> str:
     """record_event.lua, unchanged, as a function applied to each event in turn, with a
     lean path for an event whose recipient the store holds nothing of.
 
-    KEYS: 6 per event (record bucket, history bucket prefix, tombstone, message index,
-    feed, feed trim mark); ARGV: one per event, record_event.lua's 13 arguments joined by
-    NUL (validated values
-    never hold one: ids are printable, evidence has no control characters), which halves
-    what the client packs per event. Returns one record_event.lua reply per event, in
-    order.
+    KEYS: the partition's history bucket prefix, change feed and feed trim mark, once
+    per call, then 2 per event (record bucket, tombstone); ARGV[1]: the call's tenant,
+    feed max length and bucket count, NUL-joined; then one per event (records.
+    import_arg: record_event.lua's own arguments, channel, address, the recipient's
+    field and bucket, NUL-joined), matched in one string.match. What a call shares is
+    sent, parsed and turned into Lua strings once, not per event (per-event keys and
+    fields were most of Redis's time outside the commands themselves); the message
+    index is not sent (an import queues no confirmation, so record_event.lua never
+    touches it). Returns one record_event.lua reply per event, in order.
 
     The lean path (``first_event``): when the recipient has no record (one HEXISTS) and
     no tombstone (one EXISTS), record_event.lua's outcome is fixed: revision 1,
@@ -81,46 +84,46 @@ def batch_script(record_event_src: str, layout_src: str) -> str:
 
 
 _FIRST_EVENT = r"""
-local function fields(s)
-  return split(s, '\0')
-end
 local t = redis.call('TIME')
 local recorded = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local recorded_s = string.format('%d', recorded)
 local recorded_36 = b36(recorded)
--- Each feed's length as of the last XADD here (one XLEN per feed per call, not per
--- event); record_one appends on its own, so it forgets them.
-local feed_len = {}
+-- The call's shared keys and values (one partition, one tenant).
+local prefix, feed, mark = KEYS[1], KEYS[2], KEYS[3]
+local tenant, maxlen_s, buckets_s = string.match(ARGV[1], '^([^%z]*)%z([^%z]*)%z([^%z]*)$')
+local maxlen, buckets = tonumber(maxlen_s), tonumber(buckets_s)
+-- The feed's length as of the last XADD here (one XLEN per call, not per event);
+-- record_one appends on its own, so it forgets it.
+local feed_len = false
+-- One event's 12 fields, NUL-separated (bulk.import_arg), matched in one call.
+local EVENT = '^' .. string.rep('([^%z]*)%z', 11) .. '([^%z]*)$'
 -- record_event.lua for a recipient with no state, history or tombstone: revision 1,
 -- applied, changed (nothing was before it), no confirmation (no outbox keys). The
--- values are layout.lua's (pack_record, pack_event, put_long), built with the call's
--- one TIME and one base-36 time, each bucket written by one HSET.
-local function first_event(k, a, d)
-  local event_id, action, field, topic = a[1], a[2], a[3], a[4]
-  local source, evidence, occurred, principal = a[5], a[6], a[7], a[8]
-  local rc = {k[1], k[2], d[1], tonumber(d[2]), tonumber(d[3])}  -- layout.lua's recipient()
-  local outcome = '1|1|' .. action .. '|1|' .. recorded_s .. '|' .. action .. ':' .. topic
+-- values are layout.lua's (pack_record, pack_event, put_long, event_key), built with
+-- the call's one TIME and one base-36 time, each bucket written by one HSET.
+local function first_event(bucket, event_id, action, field, topic, source, evidence,
+                           occurred, principal, channel, address, rf, b)
   local src = SRC[source] or source
   local occurred_36 = b36(occurred)
   local packed = string.sub(action, 1, 1) .. occurred_36 .. ',1,' .. src .. ',' .. event_id
   if field == 's:*' then
-    redis.call('HSET', rc[1], rc[3], '1;' .. packed)
+    redis.call('HSET', bucket, rf, '1;' .. packed)
   else
-    redis.call('HSET', rc[1], rc[3] .. US .. string.sub(field, 3), packed, rc[3], '1')
+    redis.call('HSET', bucket, rf .. US .. string.sub(field, 3), packed, rf, '1')
   end
   -- The change feed, as record_event.lua appends it (trim mark included).
-  local feed, mark, maxlen = k[5], k[6], tonumber(a[12])
-  local len = feed_len[feed] or redis.call('XLEN', feed)
+  local len = feed_len or redis.call('XLEN', feed)
   if len >= maxlen then
     local old = redis.call('XRANGE', feed, '-', '+', 'COUNT', len - maxlen + 1)
     if #old > 0 then redis.call('SET', mark, old[#old][1]) end
   end
-  local feed_id = redis.call('XADD', feed, 'MAXLEN', maxlen, '*',
-    'k', 'change', 'tn', a[9], 'ch', a[10], 'addr', a[11], 'a', action,
+  local feed_id = redis.call('XADD', feed, 'MAXLEN', maxlen_s, '*',
+    'k', 'change', 'tn', tenant, 'ch', channel, 'addr', address, 'a', action,
     't', topic, 's', source, 'o', occurred, 'r', recorded_s,
     'rev', '1', 'id', event_id, 'chg', '1', 'p', principal)
-  feed_len[feed] = math.min(len + 1, maxlen)
-  -- The history event 1 (pack_event with applied = changed = 1, status = action).
+  feed_len = math.min(len + 1, maxlen)
+  -- The history event 1 (pack_event with applied = changed = 1, status = action), in
+  -- event_key(rc, 1)'s bucket and field.
   local feed_short = feed_id
   if string.sub(feed_id, 1, #recorded_s + 1) == recorded_s .. '-' then
     feed_short = string.sub(feed_id, #recorded_s + 1)
@@ -129,28 +132,37 @@ local function first_event(k, a, d)
   local v = f .. '11' .. f .. US .. topic .. US .. src .. US .. occurred_36 .. US
     .. recorded_36 .. US .. event_id .. US .. principal .. US .. feed_short .. US .. ''
     .. US .. evidence
-  local hkey, hfield = event_key(rc, 1)
-  local args = {hfield, string.sub(v, 1, CHUNK)}
-  local n, pos = 1, CHUNK + 1
-  while pos <= #v do
-    args[#args + 1] = hfield .. US .. n
-    args[#args + 1] = string.sub(v, pos, pos + CHUNK - 1)
-    n, pos = n + 1, pos + CHUNK
+  local hkey = prefix .. string.format('%x', tonumber(b) % buckets)
+  local hfield = rf .. US .. '1'
+  if #v <= CHUNK then
+    redis.call('HSET', hkey, hfield, v)
+  else
+    local args = {hfield, string.sub(v, 1, CHUNK)}
+    local n, pos = 1, CHUNK + 1
+    while pos <= #v do
+      args[#args + 1] = hfield .. US .. n
+      args[#args + 1] = string.sub(v, pos, pos + CHUNK - 1)
+      n, pos = n + 1, pos + CHUNK
+    end
+    redis.call('HSET', hkey, unpack(args))
   end
-  redis.call('HSET', hkey, unpack(args))
-  return {0, outcome, ''}
+  return {0, '1|1|' .. action .. '|1|' .. recorded_s .. '|' .. action .. ':' .. topic, ''}
 end
 local out = {}
-for i = 0, #KEYS / 6 - 1 do
-  local k = {KEYS[6 * i + 1], KEYS[6 * i + 2], KEYS[6 * i + 3], KEYS[6 * i + 4],
-             KEYS[6 * i + 5], KEYS[6 * i + 6]}
-  local a = fields(ARGV[i + 1])
-  local d = split(a[13], US)
-  if redis.call('HEXISTS', k[1], d[1]) == 0 and redis.call('EXISTS', k[3]) == 0 then
-    out[i + 1] = first_event(k, a, d)
+for i = 1, #ARGV - 1 do
+  local bucket, tomb = KEYS[2 * i + 2], KEYS[2 * i + 3]
+  local event_id, action, field, topic, source, evidence, occurred, principal, channel,
+    address, rf, b = string.match(ARGV[i + 1], EVENT)
+  if redis.call('HEXISTS', bucket, rf) == 0 and redis.call('EXISTS', tomb) == 0 then
+    out[i] = first_event(bucket, event_id, action, field, topic, source, evidence,
+      occurred, principal, channel, address, rf, b)
   else
-    feed_len = {}
-    out[i + 1] = record_one(k, a)
+    feed_len = false
+    -- record_event.lua's KEYS (no message index: an import queues no confirmation)
+    -- and ARGV (record_event_args).
+    out[i] = record_one({bucket, prefix, tomb, '', feed, mark},
+      {event_id, action, field, topic, source, evidence, occurred, principal, tenant,
+       channel, address, maxlen_s, rf .. US .. b .. US .. buckets_s})
   end
 end
 return out
@@ -258,24 +270,20 @@ class RedisBulkStore:
         digest = TombstoneNames.digest
         positions_of: list[list[int]] = []
         calls: list[tuple[list[str], list[str]]] = []
+        shared = f"{tenant_id}\0{maxlen}\0{keys.BUCKETS_PER_PARTITION}"
         for part, positions in keys.by_partition(tenant_id, [e.recipient for e in events]).items():
-            feed = feed_keys(tenant_id, part)
+            head = [keys.history_prefix(part, tenant_id), *feed_keys(tenant_id, part)]
             for start in range(0, len(positions), APPLY_CHUNK):
                 chunk = positions[start : start + APPLY_CHUNK]
-                kk: list[str] = []
-                args: list[str] = []
+                kk = list(head)
+                args = [shared]
                 for n in chunk:
                     e = events[n]
-                    bucket, prefix, descriptor = keys.layout(tenant_id, e.recipient, part)
-                    d = digest(secret, e.recipient)
-                    kk += (
-                        bucket,
-                        prefix,
-                        keys.tombstone(tenant_id, e.recipient, d, part=part),
-                        keys.message_index(tenant_id, e.recipient, d, part=part),
-                        *feed,
-                    )
-                    args.append("\0".join(record_event_args(e, maxlen, descriptor)))
+                    rcpt = e.recipient
+                    b = keys.bucket(tenant_id, rcpt)
+                    kk.append(keys.record_bucket(part, tenant_id, b))
+                    kk.append(keys.tombstone(tenant_id, rcpt, digest(secret, rcpt), part=part))
+                    args.append(import_arg(e, keys.rfield(rcpt), b))
                 positions_of.append(chunk)
                 calls.append((kk, args))
         try:

@@ -83,6 +83,30 @@ def record_event_args(event: ConsentEventInput, maxlen: int | str, descriptor: s
     ]
 
 
+def import_arg(event: ConsentEventInput, rfield: str, bucket: int) -> str:
+    """One event of the import's batch script (store/bulk.py): record_event.lua's
+    ARGV[1..8], the channel and address, then the recipient's field and record bucket
+    (keys.layout's descriptor without the bucket count, which the call shares, as it
+    does the tenant and the feed's max length), joined by NUL (validated values never
+    hold one: ids are printable, evidence has no control characters)."""
+    return "\0".join(
+        (
+            event.event_id,
+            _ACTION_VALUE[event.action],
+            keys.scope_field(event.topic),
+            event.topic,
+            _SOURCE_VALUE[event.source],
+            event.evidence,
+            str(event.occurred_at_ms),
+            event.principal,
+            _CHANNEL_VALUE[event.recipient.channel],
+            event.recipient.address,
+            rfield,
+            str(bucket),
+        )
+    )
+
+
 # An enum member's .value is a descriptor call (~0.5 us on Python 3.11); an import
 # builds these arguments for every record, so the values are looked up in dicts.
 _ACTION_VALUE = {a: a.value for a in Action}
