@@ -217,3 +217,44 @@ async def test_a_batch_over_every_partition_needs_one_connection(redis_proc: Any
         assert all(v.seen == {f"i{n}"} for n, v in enumerate(views))
     finally:
         await client.aclose()
+
+
+async def test_the_lean_path_writes_times_in_base_36_as_record_event_does(
+    store: RedisConsentStore,
+) -> None:
+    """The lean path's own base-36 of a time (the digits above the last four looked
+    up) agrees with layout.lua's b36 on either side of each digit boundary."""
+    r: Any = store.client
+    since = time.time_ns() // 1_000_000 - 1000
+    times = [0, 1, 35, 36, 36**4 - 1, 36**4, 36**4 + 1, 36**5 - 1, 36**8 - 1, 36**8, T0]
+    people = [Recipient(Channel.SMS, f"+1415777{n:04d}") for n in range(len(times))]
+    batch = {
+        tenant: [
+            ConsentEventInput(
+                tenant, p, topic, Action.OPT_OUT, Source.IMPORT, "x", t, f"b{n}{topic}", "k"
+            )
+            for n, (p, t) in enumerate(zip(people, times, strict=True))
+            for topic in ("", "news")
+        ]
+        for tenant in (ONE, BULK)
+    }
+    for tenant in (ONE, BULK):
+        await r.set(keys.erasure_secret(tenant), SECRET)
+    one = r.register_script(load_script("record_event.lua"))
+    for e in batch[ONE]:
+        bucket, prefix, descriptor = keys.layout(ONE, e.recipient)
+        digest = TombstoneNames.digest(SECRET.encode(), e.recipient)
+        await one(
+            keys=[
+                bucket,
+                prefix,
+                keys.tombstone(ONE, e.recipient, digest),
+                keys.message_index(ONE, e.recipient, digest),
+                *feed_keys(ONE, keys.partition(ONE, e.recipient)),
+            ],
+            args=record_event_args(e, feed_maxlen(r), descriptor),
+        )
+    assert await RedisBulkStore(r, store.tombstones).apply(batch[BULK]) == ["changed"] * len(
+        batch[BULK]
+    )
+    assert await dump(r, BULK, since) == await dump(r, ONE, since)

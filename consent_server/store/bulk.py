@@ -34,7 +34,7 @@ from consent_server.domain.model import (
 
 from . import keys
 from .client import RedisClient
-from .records import import_arg, parse_record, text
+from .records import import_args, parse_record, text
 from .replication import acks_of
 from .repository import guarded
 from .retention import feed_keys, feed_maxlen
@@ -57,9 +57,10 @@ def batch_script(record_event_src: str, layout_src: str) -> str:
 
     KEYS: the partition's history bucket prefix, change feed and feed trim mark, once
     per call, then 2 per event (record bucket, tombstone); ARGV[1]: the call's tenant,
-    feed max length and bucket count, NUL-joined; then one per event (records.
-    import_arg: record_event.lua's own arguments, channel, address, the recipient's
-    field and bucket, NUL-joined), matched in one string.match. What a call shares is
+    feed max length and bucket count, NUL-joined; then 12 per event (records.
+    import_args: record_event.lua's own arguments, channel, address, the recipient's
+    field and bucket; separate, as splitting a joined string in Lua cost more than
+    Redis making them strings). What a call shares is
     sent, parsed and turned into Lua strings once, not per event (per-event keys and
     fields were most of Redis's time outside the commands themselves); the message
     index is not sent (an import queues no confirmation, so record_event.lua never
@@ -70,7 +71,8 @@ def batch_script(record_event_src: str, layout_src: str) -> str:
     applied and changed, no confirmation. ``first_event`` writes exactly what
     record_event.lua writes then (state, history, change feed entry), with far fewer
     calls (most of an import's Redis time is per call: no idempotency look-up, no
-    tombstone or topic reads). Anything else (a known
+    tombstone or topic reads; for an all-topics event one HSETNX both checks and writes
+    the record). Anything else (a known
     recipient, an erasure, a replay) runs record_event.lua itself.
     tests/test_imports_script.py compares every key both write, so whatever
     record_event.lua comes to write for a first event must be written here too."""
@@ -84,10 +86,30 @@ def batch_script(record_event_src: str, layout_src: str) -> str:
 
 
 _FIRST_EVENT = r"""
+-- b36(n), its digits above the last four looked up (an import's times share them).
+local BYTE, HIGH = {}, {}
+for d = 0, 35 do BYTE[d] = string.byte(B36, d + 1) end
+local function b36_time(n)
+  n = math.floor(tonumber(n))
+  if n < 1679616 then return b36(n) end
+  local lo = n % 1679616
+  local hi = (n - lo) / 1679616
+  local h = HIGH[hi]
+  if not h then
+    h = b36(hi)
+    HIGH[hi] = h
+  end
+  local a = lo % 36
+  lo = (lo - a) / 36
+  local b = lo % 36
+  lo = (lo - b) / 36
+  local c = lo % 36
+  return h .. string.char(BYTE[(lo - c) / 36], BYTE[c], BYTE[b], BYTE[a])
+end
 local t = redis.call('TIME')
 local recorded = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local recorded_s = string.format('%d', recorded)
-local recorded_36 = b36(recorded)
+local recorded_36 = b36_time(recorded)
 -- The call's shared keys and values (one partition, one tenant).
 local prefix, feed, mark = KEYS[1], KEYS[2], KEYS[3]
 local tenant, maxlen_s, buckets_s = string.match(ARGV[1], '^([^%z]*)%z([^%z]*)%z([^%z]*)$')
@@ -95,22 +117,20 @@ local maxlen, buckets = tonumber(maxlen_s), tonumber(buckets_s)
 -- The feed's length as of the last XADD here (one XLEN per call, not per event);
 -- record_one appends on its own, so it forgets it.
 local feed_len = false
--- One event's 12 fields, NUL-separated (bulk.import_arg), matched in one call.
-local EVENT = '^' .. string.rep('([^%z]*)%z', 11) .. '([^%z]*)$'
 -- record_event.lua for a recipient with no state, history or tombstone: revision 1,
 -- applied, changed (nothing was before it), no confirmation (no outbox keys). The
 -- values are layout.lua's (pack_record, pack_event, put_long, event_key), built with
 -- the call's one TIME and one base-36 time, each bucket written by one HSET.
+-- pack_record(action, occurred, 1, source, event_id) with occurred in base 36.
+local function packed_record(action, occurred_36, source, event_id)
+  return string.sub(action, 1, 1) .. occurred_36 .. ',1,' .. (SRC[source] or source) .. ','
+    .. event_id
+end
+-- What follows the record's write (the caller's: "1;<record>" in the main field, or
+-- the topic's record and "1"): the change feed entry and the history event.
 local function first_event(bucket, event_id, action, field, topic, source, evidence,
-                           occurred, principal, channel, address, rf, b)
+                           occurred, occurred_36, principal, channel, address, rf, b)
   local src = SRC[source] or source
-  local occurred_36 = b36(occurred)
-  local packed = string.sub(action, 1, 1) .. occurred_36 .. ',1,' .. src .. ',' .. event_id
-  if field == 's:*' then
-    redis.call('HSET', bucket, rf, '1;' .. packed)
-  else
-    redis.call('HSET', bucket, rf .. US .. string.sub(field, 3), packed, rf, '1')
-  end
   -- The change feed, as record_event.lua appends it (trim mark included).
   local len = feed_len or redis.call('XLEN', feed)
   if len >= maxlen then
@@ -149,14 +169,33 @@ local function first_event(bucket, event_id, action, field, topic, source, evide
   return {0, '1|1|' .. action .. '|1|' .. recorded_s .. '|' .. action .. ':' .. topic, ''}
 end
 local out = {}
-for i = 1, #ARGV - 1 do
+for i = 1, (#ARGV - 1) / 12 do
   local bucket, tomb = KEYS[2 * i + 2], KEYS[2 * i + 3]
+  local at = 12 * i - 10
   local event_id, action, field, topic, source, evidence, occurred, principal, channel,
-    address, rf, b = string.match(ARGV[i + 1], EVENT)
-  if redis.call('HEXISTS', bucket, rf) == 0 and redis.call('EXISTS', tomb) == 0 then
-    out[i] = first_event(bucket, event_id, action, field, topic, source, evidence,
-      occurred, principal, channel, address, rf, b)
-  else
+    address, rf, b = unpack(ARGV, at, at + 11)
+  local lean = false
+  if redis.call('EXISTS', tomb) == 0 then
+    if field == 's:*' then
+      -- The record written only if the recipient has none (HSETNX: the check and the
+      -- write in one command).
+      local occurred_36 = b36_time(occurred)
+      lean = redis.call('HSETNX', bucket, rf, '1;' .. packed_record(action, occurred_36,
+        source, event_id)) == 1
+      if lean then
+        out[i] = first_event(bucket, event_id, action, field, topic, source, evidence,
+          occurred, occurred_36, principal, channel, address, rf, b)
+      end
+    elseif redis.call('HEXISTS', bucket, rf) == 0 then
+      local occurred_36 = b36_time(occurred)
+      redis.call('HSET', bucket, rf .. US .. string.sub(field, 3),
+        packed_record(action, occurred_36, source, event_id), rf, '1')
+      lean = true
+      out[i] = first_event(bucket, event_id, action, field, topic, source, evidence,
+        occurred, occurred_36, principal, channel, address, rf, b)
+    end
+  end
+  if not lean then
     feed_len = false
     -- record_event.lua's KEYS (no message index: an import queues no confirmation)
     -- and ARGV (record_event_args).
@@ -283,7 +322,7 @@ class RedisBulkStore:
                     b = keys.bucket(tenant_id, rcpt)
                     kk.append(keys.record_bucket(part, tenant_id, b))
                     kk.append(keys.tombstone(tenant_id, rcpt, digest(secret, rcpt), part=part))
-                    args.append(import_arg(e, keys.rfield(rcpt), b))
+                    args += import_args(e, keys.rfield(rcpt), b)
                 positions_of.append(chunk)
                 calls.append((kk, args))
         try:
