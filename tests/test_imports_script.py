@@ -258,3 +258,27 @@ async def test_the_lean_path_writes_times_in_base_36_as_record_event_does(
         batch[BULK]
     )
     assert await dump(r, BULK, since) == await dump(r, ONE, since)
+
+
+@pytest.mark.parametrize("partitions", [keys.LEGACY_PARTITIONS, 128])
+def test_the_import_names_keys_as_the_repository_does(partitions: int) -> None:
+    """The import's apply names keys from one CRC and prefixes built once per partition,
+    and tombstones with an uncached digester: the same names as keys.partition,
+    keys.bucket, keys.record_bucket, keys.tombstone and TombstoneNames.digest."""
+    before = (keys.PARTITIONS, keys.SPREAD)
+    keys.configure(partitions, spread=partitions != keys.LEGACY_PARTITIONS)
+    try:
+        name = TombstoneNames.digester(SECRET.encode())
+        for n in range(300):
+            who = Recipient(list(Channel)[n % len(Channel)], f"+1415888{n:04d}")
+            part, b = keys.placement(ONE, who)
+            assert (part, b) == (keys.partition(ONE, who), keys.bucket(ONE, who))
+            assert f"{keys.record_bucket_prefix(part, ONE)}{b:x}" == keys.layout(ONE, who)[0]
+            digest = TombstoneNames.digest(SECRET.encode(), who)
+            assert name(who) == digest
+            assert (
+                f"{keys.tombstone_prefix(part, ONE)}{who.channel.value}:{name(who)}"
+                == keys.tombstone(ONE, who, digest)
+            )
+    finally:
+        keys.configure(*before[:1], spread=before[1])

@@ -308,12 +308,20 @@ class RedisBulkStore:
         tenant_id = events[0].tenant_id
         secret = await guarded(lambda: self._tombstones.secret(tenant_id))
         maxlen = str(feed_maxlen(self._r))
-        digest = TombstoneNames.digest
+        name = TombstoneNames.digester(secret)
+        by_part: dict[int, list[int]] = {}
+        buckets: list[int] = [0] * len(events)
+        for n, e in enumerate(events):
+            part, buckets[n] = keys.placement(tenant_id, e.recipient)
+            by_part.setdefault(part, []).append(n)
         positions_of: list[list[int]] = []
         calls: list[tuple[list[str], list[str]]] = []
         shared = f"{tenant_id}\0{maxlen}\0{keys.BUCKETS_PER_PARTITION}"
-        for part, positions in keys.by_partition(tenant_id, [e.recipient for e in events]).items():
+        rfield = keys.rfield
+        for part, positions in by_part.items():
             head = [keys.history_prefix(part, tenant_id), *feed_keys(tenant_id, part)]
+            records = keys.record_bucket_prefix(part, tenant_id)
+            tombs = keys.tombstone_prefix(part, tenant_id)
             for start in range(0, len(positions), APPLY_CHUNK):
                 chunk = positions[start : start + APPLY_CHUNK]
                 kk = list(head)
@@ -321,10 +329,11 @@ class RedisBulkStore:
                 for n in chunk:
                     e = events[n]
                     rcpt = e.recipient
-                    b = keys.bucket(tenant_id, rcpt)
-                    kk.append(keys.record_bucket(part, tenant_id, b))
-                    kk.append(keys.tombstone(tenant_id, rcpt, digest(secret, rcpt), part=part))
-                    args += import_args(e, keys.rfield(rcpt), b)
+                    b = buckets[n]
+                    # keys.record_bucket and keys.tombstone, their prefixes built once.
+                    kk.append(f"{records}{b:x}")
+                    kk.append(f"{tombs}{rcpt.channel.value}:{name(rcpt)}")
+                    args += import_args(e, rfield(rcpt), b)
                 positions_of.append(chunk)
                 calls.append((kk, args))
         try:
