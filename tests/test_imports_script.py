@@ -70,6 +70,21 @@ def events(tenant: str, seed: int) -> list[ConsentEventInput]:
     return [replace(e, tenant_id=tenant) for e in out]
 
 
+def outcome_of(reply: Any) -> str:
+    """What an import counts for a record_event.lua reply {kind, "applied|changed|...", _}."""
+    kind = int(reply[0])
+    if kind == 1:
+        return "duplicate"
+    if kind == 2:
+        return "reused"
+    if kind == 3:
+        return "ignored_erased"
+    applied, changed = reply[1].decode().split("|", 2)[:2]
+    if applied != "1":
+        return "ignored_older"
+    return "changed" if changed == "1" else "applied"
+
+
 async def tombstones(r: Any, tenant: str) -> None:
     """Two erased recipients (one tombstone with its erasure time, one older kind without)."""
     for who, fields in (
@@ -175,6 +190,10 @@ async def test_the_batch_script_writes_what_record_event_writes(
         outcomes += await bulk.apply(batched[start : start + cut])
     assert len(outcomes) == len(single)
     assert "reused" not in outcomes
+    # The batch's one-letter outcomes are record_event.lua's replies, read as an import
+    # counts them.
+    assert outcomes == [outcome_of(reply) for reply in single]
+    assert {"changed", "duplicate"} <= set(outcomes)
     assert await dump(r, BULK, since) == await dump(r, ONE, since)
 
 

@@ -64,7 +64,9 @@ def batch_script(record_event_src: str, layout_src: str) -> str:
     sent, parsed and turned into Lua strings once, not per event (per-event keys and
     fields were most of Redis's time outside the commands themselves); the message
     index is not sent (an import queues no confirmation, so record_event.lua never
-    touches it). Returns one record_event.lua reply per event, in order.
+    touches it). Returns one
+    letter per event, in order: record_event.lua's reply as the import counts it
+    (``_OUTCOME``), not its three values.
 
     The lean path (``first_event``): when the recipient has no record (one HEXISTS) and
     no tombstone (one EXISTS), record_event.lua's outcome is fixed: revision 1,
@@ -168,7 +170,19 @@ local function first_event(bucket, event_id, action, field, topic, source, evide
     end
     redis.call('HSET', hkey, unpack(args))
   end
-  return {0, '1|1|' .. action .. '|1|' .. recorded_s .. '|' .. action .. ':' .. topic, ''}
+  return 'c'
+end
+-- record_event.lua's reply as one letter (what the import counts; store/bulk.py
+-- _OUTCOME): d replay, r id reused, e before the erasure, o ignored as older,
+-- c applied and changed, a applied.
+local KIND = {[1] = 'd', [2] = 'r', [3] = 'e'}
+local function outcome(reply)
+  local kind = KIND[reply[1]]
+  if kind then return kind end
+  local flags = string.sub(reply[2], 1, 3)
+  if string.sub(flags, 1, 1) ~= '1' then return 'o' end
+  if flags == '1|1' then return 'c' end
+  return 'a'
 end
 local out = {}
 for i = 1, (#ARGV - 1) / 12 do
@@ -201,9 +215,9 @@ for i = 1, (#ARGV - 1) / 12 do
     feed_len = false
     -- record_event.lua's KEYS (no message index: an import queues no confirmation)
     -- and ARGV (record_event_args).
-    out[i] = record_one({bucket, prefix, tomb, '', feed, mark},
+    out[i] = outcome(record_one({bucket, prefix, tomb, '', feed, mark},
       {event_id, action, field, topic, source, evidence, occurred, principal, tenant,
-       channel, address, maxlen_s, rf .. US .. b .. US .. buckets_s})
+       channel, address, maxlen_s, rf .. US .. b .. US .. buckets_s}))
   end
 end
 return out
@@ -344,9 +358,10 @@ class RedisBulkStore:
             if queued is not None:
                 queued()  # done (or failed): nothing of this call is left to overtake
         out = [""] * len(events)
+        outcome = _OUTCOME
         for chunk, reply in zip(positions_of, replies, strict=True):
             for n, row in zip(chunk, reply, strict=True):
-                out[n] = _outcome(row)
+                out[n] = outcome[row]
         return out
 
     async def _calls(
@@ -521,15 +536,18 @@ def _tag_of(key: str) -> str:
     return key[start : end + 1] if start >= 0 and end > start else key
 
 
-def _outcome(reply: Any) -> str:
-    kind = int(reply[0])
-    if kind == 1:
-        return Outcome.DUPLICATE
-    if kind == 2:
-        return "reused"
-    if kind == 3:
-        return Outcome.IGNORED_ERASED
-    applied, changed = text(reply[1]).split("|", 2)[:2]
-    if applied != "1":
-        return Outcome.IGNORED_OLDER
-    return Outcome.CHANGED if changed == "1" else Outcome.APPLIED
+# The batch script's one-letter outcomes (its ``outcome`` of record_event.lua's reply
+# {kind, "applied|changed|...", confirmation}; tests/test_imports_script.py checks them
+# against the replies of record_event.lua itself).
+_LETTERS = {
+    "d": Outcome.DUPLICATE,
+    "r": "reused",
+    "e": Outcome.IGNORED_ERASED,
+    "o": Outcome.IGNORED_OLDER,
+    "c": Outcome.CHANGED,
+    "a": Outcome.APPLIED,
+}
+# Keyed by the reply as it comes: bytes, or str from a client that decodes replies.
+_OUTCOME: dict[bytes | str, str] = {}
+for _letter, _name in _LETTERS.items():
+    _OUTCOME[_letter] = _OUTCOME[_letter.encode()] = _name
