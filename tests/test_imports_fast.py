@@ -74,3 +74,48 @@ def test_a_files_usual_record_takes_the_fast_path() -> None:
     assert item == imp.validate_record(
         raw, tenant_id="acme", region=None, now_ms=NOW, principal="k"
     )
+
+
+def test_the_api_reads_a_messages_records_as_the_converters_do() -> None:
+    """bulk_service._records, one loop per message, gives what convert's functions give
+    for each record: unset recipient and time as None, unknown enum numbers as None,
+    an unset source as SOURCE_IMPORT."""
+    from consent_client.v1 import admin_pb2 as apb
+    from consent_client.v1 import consent_pb2 as pb
+    from consent_server.api import bulk_service
+    from consent_server.api import convert as cv
+
+    records = [
+        apb.ImportRecord(
+            recipient=pb.Recipient(channel=pb.CHANNEL_SMS, address="+14155550123"),
+            topic="news",
+            action=pb.CONSENT_ACTION_OPT_OUT,
+            evidence="e",
+            external_id="x1",
+            line=3,
+            source=pb.SOURCE_IMPORT,
+        ),
+        apb.ImportRecord(line=4),
+        apb.ImportRecord(
+            recipient=pb.Recipient(channel=99, address=""),  # type: ignore[arg-type]
+            action=7,  # type: ignore[arg-type]
+            source=42,  # type: ignore[arg-type]
+        ),
+        apb.ImportRecord(recipient=pb.Recipient(), source=pb.SOURCE_API),
+    ]
+    records[0].occurred_at.FromMilliseconds(1_790_000_000_123)
+    records[2].occurred_at.seconds = -5
+    expected = [
+        imp.RawImportRecord(
+            recipient=cv.optional_recipient(r.HasField("recipient"), r.recipient),
+            topic=r.topic,
+            action=bulk_service._ACTION_FROM_PB.get(r.action),
+            occurred_at=cv.raw_timestamp(r.HasField("occurred_at"), r.occurred_at),
+            source=cv.source(pb.SOURCE_IMPORT if r.source == pb.SOURCE_UNSPECIFIED else r.source),
+            evidence=r.evidence,
+            external_id=r.external_id,
+            line=r.line,
+        )
+        for r in records
+    ]
+    assert bulk_service._records(records) == expected
