@@ -68,9 +68,10 @@ def batch_script(record_event_src: str, layout_src: str) -> str:
     letter per event, in order: record_event.lua's reply as the import counts it
     (``_OUTCOME``), not its three values.
 
-    The lean path (``first_event``): when the recipient has no record (one HEXISTS) and
-    no tombstone (one EXISTS), record_event.lua's outcome is fixed: revision 1,
-    applied and changed, no confirmation. ``first_event`` writes exactly what
+    The lean path (``first_event``): when the recipient has no tombstone (one EXISTS) and
+    no record (one HEXISTS, or the HSETNX that writes an all-topics record),
+    record_event.lua's outcome is fixed: revision 1, applied and changed, no
+    confirmation. ``first_event`` writes exactly what
     record_event.lua writes then (state, history, change feed entry), with far fewer
     calls (most of an import's Redis time is per call: no idempotency look-up, no
     tombstone or topic reads; for an all-topics event one HSETNX both checks and writes
