@@ -328,6 +328,10 @@ def test_opt_in_required(redis_proc: RedisProcess, tenant: str) -> None:
     async def require_opt_in() -> None:
         store = RedisConsentStore(aioredis.Redis.from_url(redis_proc.url))
         try:
+            # The worker's redis-server is shared: a store test before this one may have
+            # left partition keys without ca:meta, which a server refuses to start on
+            # (the store fixture flushes it the same way).
+            await store.client.flushdb()
             await create_tenants(store, (tenant,))
             await store.put_tenant_settings(
                 tenant, TenantSettings(default_policy=Policy.REQUIRE_OPT_IN)

@@ -70,6 +70,21 @@ def events(tenant: str, seed: int) -> list[ConsentEventInput]:
     return [replace(e, tenant_id=tenant) for e in out]
 
 
+def outcome_of(reply: Any) -> str:
+    """What an import counts for a record_event.lua reply {kind, "applied|changed|...", _}."""
+    kind = int(reply[0])
+    if kind == 1:
+        return "duplicate"
+    if kind == 2:
+        return "reused"
+    if kind == 3:
+        return "ignored_erased"
+    applied, changed = reply[1].decode().split("|", 2)[:2]
+    if applied != "1":
+        return "ignored_older"
+    return "changed" if changed == "1" else "applied"
+
+
 async def tombstones(r: Any, tenant: str) -> None:
     """Two erased recipients (one tombstone with its erasure time, one older kind without)."""
     for who, fields in (
@@ -175,6 +190,10 @@ async def test_the_batch_script_writes_what_record_event_writes(
         outcomes += await bulk.apply(batched[start : start + cut])
     assert len(outcomes) == len(single)
     assert "reused" not in outcomes
+    # The batch's one-letter outcomes are record_event.lua's replies, read as an import
+    # counts them.
+    assert outcomes == [outcome_of(reply) for reply in single]
+    assert {"changed", "duplicate"} <= set(outcomes)
     assert await dump(r, BULK, since) == await dump(r, ONE, since)
 
 
@@ -217,3 +236,68 @@ async def test_a_batch_over_every_partition_needs_one_connection(redis_proc: Any
         assert all(v.seen == {f"i{n}"} for n, v in enumerate(views))
     finally:
         await client.aclose()
+
+
+async def test_the_lean_path_writes_times_in_base_36_as_record_event_does(
+    store: RedisConsentStore,
+) -> None:
+    """The lean path's own base-36 of a time (the digits above the last four looked
+    up) agrees with layout.lua's b36 on either side of each digit boundary."""
+    r: Any = store.client
+    since = time.time_ns() // 1_000_000 - 1000
+    times = [0, 1, 35, 36, 36**4 - 1, 36**4, 36**4 + 1, 36**5 - 1, 36**8 - 1, 36**8, T0]
+    people = [Recipient(Channel.SMS, f"+1415777{n:04d}") for n in range(len(times))]
+    batch = {
+        tenant: [
+            ConsentEventInput(
+                tenant, p, topic, Action.OPT_OUT, Source.IMPORT, "x", t, f"b{n}{topic}", "k"
+            )
+            for n, (p, t) in enumerate(zip(people, times, strict=True))
+            for topic in ("", "news")
+        ]
+        for tenant in (ONE, BULK)
+    }
+    for tenant in (ONE, BULK):
+        await r.set(keys.erasure_secret(tenant), SECRET)
+    one = r.register_script(load_script("record_event.lua"))
+    for e in batch[ONE]:
+        bucket, prefix, descriptor = keys.layout(ONE, e.recipient)
+        digest = TombstoneNames.digest(SECRET.encode(), e.recipient)
+        await one(
+            keys=[
+                bucket,
+                prefix,
+                keys.tombstone(ONE, e.recipient, digest),
+                keys.message_index(ONE, e.recipient, digest),
+                *feed_keys(ONE, keys.partition(ONE, e.recipient)),
+            ],
+            args=record_event_args(e, feed_maxlen(r), descriptor),
+        )
+    assert await RedisBulkStore(r, store.tombstones).apply(batch[BULK]) == ["changed"] * len(
+        batch[BULK]
+    )
+    assert await dump(r, BULK, since) == await dump(r, ONE, since)
+
+
+@pytest.mark.parametrize("partitions", [keys.LEGACY_PARTITIONS, 128])
+def test_the_import_names_keys_as_the_repository_does(partitions: int) -> None:
+    """The import's apply names keys from one CRC and prefixes built once per partition,
+    and tombstones with an uncached digester: the same names as keys.partition,
+    keys.bucket, keys.record_bucket, keys.tombstone and TombstoneNames.digest."""
+    before = (keys.PARTITIONS, keys.SPREAD)
+    keys.configure(partitions, spread=partitions != keys.LEGACY_PARTITIONS)
+    try:
+        name = TombstoneNames.digester(SECRET.encode())
+        for n in range(300):
+            who = Recipient(list(Channel)[n % len(Channel)], f"+1415888{n:04d}")
+            part, b = keys.placement(ONE, who)
+            assert (part, b) == (keys.partition(ONE, who), keys.bucket(ONE, who))
+            assert f"{keys.record_bucket_prefix(part, ONE)}{b:x}" == keys.layout(ONE, who)[0]
+            digest = TombstoneNames.digest(SECRET.encode(), who)
+            assert name(who) == digest
+            assert (
+                f"{keys.tombstone_prefix(part, ONE)}{who.channel.value}:{name(who)}"
+                == keys.tombstone(ONE, who, digest)
+            )
+    finally:
+        keys.configure(*before[:1], spread=before[1])

@@ -161,26 +161,34 @@ _COUNTERS = tuple(f.name for f in fields(Totals) if f.name not in ("problems", "
 def parse_time(value: str) -> Timestamp | None:
     """An ISO 8601 time (a naive one is UTC; a date alone is midnight UTC), or Unix
     seconds, or Unix milliseconds (a number above 10^11); None when unreadable."""
+    ms = parse_time_ms(value)
+    if ms is None:
+        return None
+    ts = Timestamp()
+    ts.FromMilliseconds(ms)
+    return ts
+
+
+def parse_time_ms(value: str) -> int | None:
+    """parse_time's answer in Unix milliseconds (no Timestamp message built)."""
     text = value.strip()
     if not text:
         return None
-    ts = Timestamp()
-    try:
-        number = float(text)
-    except ValueError:
-        pass
-    else:
-        ms = int(number if abs(number) > 1e11 else number * 1000)
-        ts.FromMilliseconds(ms)
-        return ts
+    # No float is spelt with a colon: an ISO time of day skips the (raising) attempt.
+    if ":" not in text:
+        try:
+            number = float(text)
+        except ValueError:
+            pass
+        else:
+            return int(number if abs(number) > 1e11 else number * 1000)
     try:
         when = datetime.fromisoformat(text.replace(" ", "T", 1) if " " in text else text)
     except ValueError:
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
-    ts.FromMilliseconds(int(when.timestamp() * 1000))
-    return ts
+    return int(when.timestamp() * 1000)
 
 
 def _get(row: Mapping[str, Any], name: str) -> str:
@@ -200,9 +208,9 @@ def to_record(row: Mapping[str, Any], cols: Columns, line: int, evidence: str) -
     action = (_get(row, cols.action) or cols.default_action).lower()
     known = ACTIONS.get(action, pb.CONSENT_ACTION_UNSPECIFIED)
     rec.action = pb.ConsentAction.ValueType(cols.action_map.get(action, known))
-    when = parse_time(_get(row, cols.occurred_at) or cols.default_time)
+    when = parse_time_ms(_get(row, cols.occurred_at) or cols.default_time)
     if when is not None:
-        rec.occurred_at.CopyFrom(when)
+        rec.occurred_at.FromMilliseconds(when)
     rec.external_id = _get(row, cols.external_id)
     rec.evidence = _get(row, cols.evidence) or evidence
     rec.source = pb.SOURCE_IMPORT

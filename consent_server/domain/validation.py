@@ -36,6 +36,7 @@ MAX_FUTURE_MS = 5 * 60 * 1000
 # 0001-01-01 .. 9999-12-31, as google.protobuf.Timestamp allows.
 _MIN_TS_SECONDS = -62135596800
 _MAX_TS_SECONDS = 253402300799
+MAX_TS_SECONDS = _MAX_TS_SECONDS  # a valid timestamp's last second (9999-12-31)
 
 
 @dataclass(frozen=True, slots=True)

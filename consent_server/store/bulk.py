@@ -34,7 +34,7 @@ from consent_server.domain.model import (
 
 from . import keys
 from .client import RedisClient
-from .records import parse_record, record_event_args, text
+from .records import import_args, parse_record, text
 from .replication import acks_of
 from .repository import guarded
 from .retention import feed_keys, feed_maxlen
@@ -55,19 +55,27 @@ def batch_script(record_event_src: str, layout_src: str) -> str:
     """record_event.lua, unchanged, as a function applied to each event in turn, with a
     lean path for an event whose recipient the store holds nothing of.
 
-    KEYS: 6 per event (record bucket, history bucket prefix, tombstone, message index,
-    feed, feed trim mark); ARGV: one per event, record_event.lua's 13 arguments joined by
-    NUL (validated values
-    never hold one: ids are printable, evidence has no control characters), which halves
-    what the client packs per event. Returns one record_event.lua reply per event, in
-    order.
+    KEYS: the partition's history bucket prefix, change feed and feed trim mark, once
+    per call, then 2 per event (record bucket, tombstone); ARGV[1]: the call's tenant,
+    feed max length and bucket count, NUL-joined; then 12 per event (records.
+    import_args: record_event.lua's own arguments, channel, address, the recipient's
+    field and bucket; separate, as splitting a joined string in Lua cost more than
+    Redis making them strings). What a call shares is
+    sent, parsed and turned into Lua strings once, not per event (per-event keys and
+    fields were most of Redis's time outside the commands themselves); the message
+    index is not sent (an import queues no confirmation, so record_event.lua never
+    touches it). Returns one
+    letter per event, in order: record_event.lua's reply as the import counts it
+    (``_OUTCOME``), not its three values.
 
-    The lean path (``first_event``): when the recipient has no record (one HEXISTS) and
-    no tombstone (one EXISTS), record_event.lua's outcome is fixed: revision 1,
-    applied and changed, no confirmation. ``first_event`` writes exactly what
+    The lean path (``first_event``): when the recipient has no tombstone (one EXISTS) and
+    no record (one HEXISTS, or the HSETNX that writes an all-topics record),
+    record_event.lua's outcome is fixed: revision 1, applied and changed, no
+    confirmation. ``first_event`` writes exactly what
     record_event.lua writes then (state, history, change feed entry), with far fewer
     calls (most of an import's Redis time is per call: no idempotency look-up, no
-    tombstone or topic reads). Anything else (a known
+    tombstone or topic reads; for an all-topics event one HSETNX both checks and writes
+    the record). Anything else (a known
     recipient, an erasure, a replay) runs record_event.lua itself.
     tests/test_imports_script.py compares every key both write, so whatever
     record_event.lua comes to write for a first event must be written here too."""
@@ -81,46 +89,66 @@ def batch_script(record_event_src: str, layout_src: str) -> str:
 
 
 _FIRST_EVENT = r"""
-local function fields(s)
-  return split(s, '\0')
+-- b36(n), its digits above the last four looked up (an import's times share them).
+-- BYTE[d]: the byte of B36's digit d (a constructor: no loop of calls per call).
+local BYTE = {[0] = 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 97, 98, 99, 100, 101, 102, 103,
+  104, 105, 106, 107, 108, 109, 110, 111, 112, 113, 114, 115, 116, 117, 118, 119, 120, 121, 122}
+local HIGH = {}
+local function b36_time(n)
+  n = math.floor(tonumber(n))
+  if n < 1679616 then return b36(n) end
+  local lo = n % 1679616
+  local hi = (n - lo) / 1679616
+  local h = HIGH[hi]
+  if not h then
+    h = b36(hi)
+    HIGH[hi] = h
+  end
+  local a = lo % 36
+  lo = (lo - a) / 36
+  local b = lo % 36
+  lo = (lo - b) / 36
+  local c = lo % 36
+  return h .. string.char(BYTE[(lo - c) / 36], BYTE[c], BYTE[b], BYTE[a])
 end
 local t = redis.call('TIME')
 local recorded = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local recorded_s = string.format('%d', recorded)
-local recorded_36 = b36(recorded)
--- Each feed's length as of the last XADD here (one XLEN per feed per call, not per
--- event); record_one appends on its own, so it forgets them.
-local feed_len = {}
+local recorded_36 = b36_time(recorded)
+-- The call's shared keys and values (one partition, one tenant).
+local prefix, feed, mark = KEYS[1], KEYS[2], KEYS[3]
+local tenant, maxlen_s, buckets_s = string.match(ARGV[1], '^([^%z]*)%z([^%z]*)%z([^%z]*)$')
+local maxlen, buckets = tonumber(maxlen_s), tonumber(buckets_s)
+-- The feed's length as of the last XADD here (one XLEN per call, not per event);
+-- record_one appends on its own, so it forgets it.
+local feed_len = false
 -- record_event.lua for a recipient with no state, history or tombstone: revision 1,
 -- applied, changed (nothing was before it), no confirmation (no outbox keys). The
--- values are layout.lua's (pack_record, pack_event, put_long), built with the call's
--- one TIME and one base-36 time, each bucket written by one HSET.
-local function first_event(k, a, d)
-  local event_id, action, field, topic = a[1], a[2], a[3], a[4]
-  local source, evidence, occurred, principal = a[5], a[6], a[7], a[8]
-  local rc = {k[1], k[2], d[1], tonumber(d[2]), tonumber(d[3])}  -- layout.lua's recipient()
-  local outcome = '1|1|' .. action .. '|1|' .. recorded_s .. '|' .. action .. ':' .. topic
+-- values are layout.lua's (pack_record, pack_event, put_long, event_key), built with
+-- the call's one TIME and one base-36 time, each bucket written by one HSET.
+-- pack_record(action, occurred, 1, source, event_id) with occurred in base 36.
+local function packed_record(action, occurred_36, source, event_id)
+  return string.sub(action, 1, 1) .. occurred_36 .. ',1,' .. (SRC[source] or source) .. ','
+    .. event_id
+end
+-- What follows the record's write (the caller's: "1;<record>" in the main field, or
+-- the topic's record and "1"): the change feed entry and the history event.
+local function first_event(bucket, event_id, action, field, topic, source, evidence,
+                           occurred, occurred_36, principal, channel, address, rf, b)
   local src = SRC[source] or source
-  local occurred_36 = b36(occurred)
-  local packed = string.sub(action, 1, 1) .. occurred_36 .. ',1,' .. src .. ',' .. event_id
-  if field == 's:*' then
-    redis.call('HSET', rc[1], rc[3], '1;' .. packed)
-  else
-    redis.call('HSET', rc[1], rc[3] .. US .. string.sub(field, 3), packed, rc[3], '1')
-  end
   -- The change feed, as record_event.lua appends it (trim mark included).
-  local feed, mark, maxlen = k[5], k[6], tonumber(a[12])
-  local len = feed_len[feed] or redis.call('XLEN', feed)
+  local len = feed_len or redis.call('XLEN', feed)
   if len >= maxlen then
     local old = redis.call('XRANGE', feed, '-', '+', 'COUNT', len - maxlen + 1)
     if #old > 0 then redis.call('SET', mark, old[#old][1]) end
   end
-  local feed_id = redis.call('XADD', feed, 'MAXLEN', maxlen, '*',
-    'k', 'change', 'tn', a[9], 'ch', a[10], 'addr', a[11], 'a', action,
+  local feed_id = redis.call('XADD', feed, 'MAXLEN', maxlen_s, '*',
+    'k', 'change', 'tn', tenant, 'ch', channel, 'addr', address, 'a', action,
     't', topic, 's', source, 'o', occurred, 'r', recorded_s,
     'rev', '1', 'id', event_id, 'chg', '1', 'p', principal)
-  feed_len[feed] = math.min(len + 1, maxlen)
-  -- The history event 1 (pack_event with applied = changed = 1, status = action).
+  feed_len = math.min(len + 1, maxlen)
+  -- The history event 1 (pack_event with applied = changed = 1, status = action), in
+  -- event_key(rc, 1)'s bucket and field.
   local feed_short = feed_id
   if string.sub(feed_id, 1, #recorded_s + 1) == recorded_s .. '-' then
     feed_short = string.sub(feed_id, #recorded_s + 1)
@@ -129,28 +157,68 @@ local function first_event(k, a, d)
   local v = f .. '11' .. f .. US .. topic .. US .. src .. US .. occurred_36 .. US
     .. recorded_36 .. US .. event_id .. US .. principal .. US .. feed_short .. US .. ''
     .. US .. evidence
-  local hkey, hfield = event_key(rc, 1)
-  local args = {hfield, string.sub(v, 1, CHUNK)}
-  local n, pos = 1, CHUNK + 1
-  while pos <= #v do
-    args[#args + 1] = hfield .. US .. n
-    args[#args + 1] = string.sub(v, pos, pos + CHUNK - 1)
-    n, pos = n + 1, pos + CHUNK
+  local hkey = prefix .. string.format('%x', tonumber(b) % buckets)
+  local hfield = rf .. US .. '1'
+  if #v <= CHUNK then
+    redis.call('HSET', hkey, hfield, v)
+  else
+    local args = {hfield, string.sub(v, 1, CHUNK)}
+    local n, pos = 1, CHUNK + 1
+    while pos <= #v do
+      args[#args + 1] = hfield .. US .. n
+      args[#args + 1] = string.sub(v, pos, pos + CHUNK - 1)
+      n, pos = n + 1, pos + CHUNK
+    end
+    redis.call('HSET', hkey, unpack(args))
   end
-  redis.call('HSET', hkey, unpack(args))
-  return {0, outcome, ''}
+  return 'c'
+end
+-- record_event.lua's reply as one letter (what the import counts; store/bulk.py
+-- _OUTCOME): d replay, r id reused, e before the erasure, o ignored as older,
+-- c applied and changed, a applied.
+local KIND = {[1] = 'd', [2] = 'r', [3] = 'e'}
+local function outcome(reply)
+  local kind = KIND[reply[1]]
+  if kind then return kind end
+  local flags = string.sub(reply[2], 1, 3)
+  if string.sub(flags, 1, 1) ~= '1' then return 'o' end
+  if flags == '1|1' then return 'c' end
+  return 'a'
 end
 local out = {}
-for i = 0, #KEYS / 6 - 1 do
-  local k = {KEYS[6 * i + 1], KEYS[6 * i + 2], KEYS[6 * i + 3], KEYS[6 * i + 4],
-             KEYS[6 * i + 5], KEYS[6 * i + 6]}
-  local a = fields(ARGV[i + 1])
-  local d = split(a[13], US)
-  if redis.call('HEXISTS', k[1], d[1]) == 0 and redis.call('EXISTS', k[3]) == 0 then
-    out[i + 1] = first_event(k, a, d)
-  else
-    feed_len = {}
-    out[i + 1] = record_one(k, a)
+for i = 1, (#ARGV - 1) / 12 do
+  local bucket, tomb = KEYS[2 * i + 2], KEYS[2 * i + 3]
+  local at = 12 * i - 10
+  local event_id, action, field, topic, source, evidence, occurred, principal, channel,
+    address, rf, b = unpack(ARGV, at, at + 11)
+  local lean = false
+  if redis.call('EXISTS', tomb) == 0 then
+    if field == 's:*' then
+      -- The record written only if the recipient has none (HSETNX: the check and the
+      -- write in one command).
+      local occurred_36 = b36_time(occurred)
+      lean = redis.call('HSETNX', bucket, rf, '1;' .. packed_record(action, occurred_36,
+        source, event_id)) == 1
+      if lean then
+        out[i] = first_event(bucket, event_id, action, field, topic, source, evidence,
+          occurred, occurred_36, principal, channel, address, rf, b)
+      end
+    elseif redis.call('HEXISTS', bucket, rf) == 0 then
+      local occurred_36 = b36_time(occurred)
+      redis.call('HSET', bucket, rf .. US .. string.sub(field, 3),
+        packed_record(action, occurred_36, source, event_id), rf, '1')
+      lean = true
+      out[i] = first_event(bucket, event_id, action, field, topic, source, evidence,
+        occurred, occurred_36, principal, channel, address, rf, b)
+    end
+  end
+  if not lean then
+    feed_len = false
+    -- record_event.lua's KEYS (no message index: an import queues no confirmation)
+    -- and ARGV (record_event_args).
+    out[i] = outcome(record_one({bucket, prefix, tomb, '', feed, mark},
+      {event_id, action, field, topic, source, evidence, occurred, principal, tenant,
+       channel, address, maxlen_s, rf .. US .. b .. US .. buckets_s}))
   end
 end
 return out
@@ -255,27 +323,32 @@ class RedisBulkStore:
         tenant_id = events[0].tenant_id
         secret = await guarded(lambda: self._tombstones.secret(tenant_id))
         maxlen = str(feed_maxlen(self._r))
-        digest = TombstoneNames.digest
+        name = TombstoneNames.digester(secret)
+        by_part: dict[int, list[int]] = {}
+        buckets: list[int] = [0] * len(events)
+        for n, e in enumerate(events):
+            part, buckets[n] = keys.placement(tenant_id, e.recipient)
+            by_part.setdefault(part, []).append(n)
         positions_of: list[list[int]] = []
         calls: list[tuple[list[str], list[str]]] = []
-        for part, positions in keys.by_partition(tenant_id, [e.recipient for e in events]).items():
-            feed = feed_keys(tenant_id, part)
+        shared = f"{tenant_id}\0{maxlen}\0{keys.BUCKETS_PER_PARTITION}"
+        rfield = keys.rfield
+        for part, positions in by_part.items():
+            head = [keys.history_prefix(part, tenant_id), *feed_keys(tenant_id, part)]
+            records = keys.record_bucket_prefix(part, tenant_id)
+            tombs = keys.tombstone_prefix(part, tenant_id)
             for start in range(0, len(positions), APPLY_CHUNK):
                 chunk = positions[start : start + APPLY_CHUNK]
-                kk: list[str] = []
-                args: list[str] = []
+                kk = list(head)
+                args = [shared]
                 for n in chunk:
                     e = events[n]
-                    bucket, prefix, descriptor = keys.layout(tenant_id, e.recipient, part)
-                    d = digest(secret, e.recipient)
-                    kk += (
-                        bucket,
-                        prefix,
-                        keys.tombstone(tenant_id, e.recipient, d, part=part),
-                        keys.message_index(tenant_id, e.recipient, d, part=part),
-                        *feed,
-                    )
-                    args.append("\0".join(record_event_args(e, maxlen, descriptor)))
+                    rcpt = e.recipient
+                    b = buckets[n]
+                    # keys.record_bucket and keys.tombstone, their prefixes built once.
+                    kk.append(f"{records}{b:x}")
+                    kk.append(f"{tombs}{rcpt.channel.value}:{name(rcpt)}")
+                    args += import_args(e, rfield(rcpt), b)
                 positions_of.append(chunk)
                 calls.append((kk, args))
         try:
@@ -286,9 +359,10 @@ class RedisBulkStore:
             if queued is not None:
                 queued()  # done (or failed): nothing of this call is left to overtake
         out = [""] * len(events)
+        outcome = _OUTCOME
         for chunk, reply in zip(positions_of, replies, strict=True):
             for n, row in zip(chunk, reply, strict=True):
-                out[n] = _outcome(row)
+                out[n] = outcome[row]
         return out
 
     async def _calls(
@@ -463,15 +537,18 @@ def _tag_of(key: str) -> str:
     return key[start : end + 1] if start >= 0 and end > start else key
 
 
-def _outcome(reply: Any) -> str:
-    kind = int(reply[0])
-    if kind == 1:
-        return Outcome.DUPLICATE
-    if kind == 2:
-        return "reused"
-    if kind == 3:
-        return Outcome.IGNORED_ERASED
-    applied, changed = text(reply[1]).split("|", 2)[:2]
-    if applied != "1":
-        return Outcome.IGNORED_OLDER
-    return Outcome.CHANGED if changed == "1" else Outcome.APPLIED
+# The batch script's one-letter outcomes (its ``outcome`` of record_event.lua's reply
+# {kind, "applied|changed|...", confirmation}; tests/test_imports_script.py checks them
+# against the replies of record_event.lua itself).
+_LETTERS = {
+    "d": Outcome.DUPLICATE,
+    "r": "reused",
+    "e": Outcome.IGNORED_ERASED,
+    "o": Outcome.IGNORED_OLDER,
+    "c": Outcome.CHANGED,
+    "a": Outcome.APPLIED,
+}
+# Keyed by the reply as it comes: bytes, or str from a client that decodes replies.
+_OUTCOME: dict[bytes | str, str] = {}
+for _letter, _name in _LETTERS.items():
+    _OUTCOME[_letter] = _OUTCOME[_letter.encode()] = _name

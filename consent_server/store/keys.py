@@ -189,6 +189,14 @@ def partition(tenant_id: str, recipient: Recipient) -> int:
     return zlib.crc32(key) % partitions()
 
 
+def placement(tenant_id: str, recipient: Recipient) -> tuple[int, int]:
+    """(partition, record bucket) of a recipient from one CRC: what partition() and
+    bucket() return, for a caller that needs both (an import, per record)."""
+    key = f"{tenant_id}\x00{recipient.channel.value}\x00{recipient.address}".encode()
+    crc = zlib.crc32(key)
+    return crc % partitions(), (crc >> 10) % BUCKETS_PER_PARTITION
+
+
 def by_partition(tenant_id: str, recipients: Sequence[Recipient]) -> dict[int, list[int]]:
     """The positions of ``recipients`` grouped by partition, in request order within
     each: every multi-recipient read or write makes one call per group (a script may
@@ -255,7 +263,13 @@ def bucket(tenant_id: str, recipient: Recipient) -> int:
 
 def record_bucket(part: int, tenant_id: str, b: int) -> str:
     """A record bucket."""
-    return f"ca:{tag(part)}:{tenant_id}:r:{b:x}"
+    return f"{record_bucket_prefix(part, tenant_id)}{b:x}"
+
+
+def record_bucket_prefix(part: int, tenant_id: str) -> str:
+    """What every record bucket of a tenant's partition is named with (then the
+    bucket's number in hex)."""
+    return f"ca:{tag(part)}:{tenant_id}:r:"
 
 
 def history_prefix(part: int, tenant_id: str) -> str:
@@ -377,7 +391,13 @@ def tombstone(tenant_id: str, recipient: Recipient, digest: str, *, part: int | 
     ``part``: the recipient's partition when the caller already knows it."""
     if part is None:
         part = partition(tenant_id, recipient)
-    return f"ca:{tag(part)}:{tenant_id}:x:{recipient.channel.value}:{digest}"
+    return f"{tombstone_prefix(part, tenant_id)}{recipient.channel.value}:{digest}"
+
+
+def tombstone_prefix(part: int, tenant_id: str) -> str:
+    """What every tombstone key of a tenant's partition starts with (then
+    ``<channel>:<digest>``)."""
+    return f"ca:{tag(part)}:{tenant_id}:x:"
 
 
 def message_index(

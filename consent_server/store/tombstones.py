@@ -15,8 +15,10 @@ server process derives the same names; each process caches it.
 from __future__ import annotations
 
 import functools
+import hashlib
 import hmac
 import secrets
+from collections.abc import Callable
 
 from consent_server.domain.model import ConsentRecord, Recipient
 
@@ -79,6 +81,20 @@ class TombstoneNames:
         recently used first out, and keyed by the secret too)."""
         message = f"{recipient.channel.value}:{recipient.address}".encode()
         return hmac.digest(secret, message, "sha256").hex()  # one-shot C HMAC: same bytes
+
+    @staticmethod
+    def digester(secret: bytes) -> Callable[[Recipient], str]:
+        """``digest(secret, recipient)`` for many recipients seen once (an import's):
+        the keyed state is set up once and copied per name, and nothing is cached
+        (a cache of names never asked again costs more than it saves)."""
+        base = hmac.new(secret, digestmod=hashlib.sha256)
+
+        def name(recipient: Recipient) -> str:
+            h = base.copy()
+            h.update(f"{recipient.channel.value}:{recipient.address}".encode())
+            return h.hexdigest()
+
+        return name
 
     async def key(self, tenant_id: str, recipient: Recipient) -> str:
         """The recipient's tombstone key."""
