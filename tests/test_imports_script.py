@@ -155,6 +155,24 @@ async def dump(r: Any, tenant: str, since_ms: int) -> dict[str, Any]:
     return out
 
 
+async def record_one(r: Any, e: ConsentEventInput) -> Any:
+    """record_event.lua for one event of tenant ONE, with the keys and arguments the
+    repository sends (the batch path builds its own from the same functions): the tests
+    compare the two scripts, given the same events."""
+    bucket, prefix, descriptor = keys.layout(ONE, e.recipient)
+    digest = TombstoneNames.digest(SECRET.encode(), e.recipient)
+    return await r.register_script(load_script("record_event.lua"))(
+        keys=[
+            bucket,
+            prefix,
+            keys.tombstone(ONE, e.recipient, digest),
+            keys.message_index(ONE, e.recipient, digest),
+            *feed_keys(ONE, keys.partition(ONE, e.recipient)),
+        ],
+        args=record_event_args(e, feed_maxlen(r), descriptor),
+    )
+
+
 @pytest.mark.parametrize("seed", range(4))
 async def test_the_batch_script_writes_what_record_event_writes(
     store: RedisConsentStore, seed: int
@@ -164,24 +182,7 @@ async def test_the_batch_script_writes_what_record_event_writes(
     for tenant in (ONE, BULK):
         await r.set(keys.erasure_secret(tenant), SECRET)
         await tombstones(r, tenant)
-    one = r.register_script(load_script("record_event.lua"))
-    single: list[Any] = []
-    for e in events(ONE, seed):
-        digest = TombstoneNames.digest(SECRET.encode(), e.recipient)
-        bucket, prefix, descriptor = keys.layout(ONE, e.recipient)
-        reply = await one(
-            keys=[
-                bucket,
-                prefix,
-                keys.tombstone(ONE, e.recipient, digest),
-                keys.message_index(ONE, e.recipient, digest),
-                *feed_keys(ONE, keys.partition(ONE, e.recipient)),
-            ],
-            # The arguments the repository sends (the batch path builds its own from
-            # the same function): the test compares the two scripts, given one event.
-            args=record_event_args(e, feed_maxlen(r), descriptor),
-        )
-        single.append(reply)
+    single = [await record_one(r, e) for e in events(ONE, seed)]
     bulk = RedisBulkStore(store.client, store.tombstones)
     batched = events(BULK, seed)
     outcomes: list[str] = []
@@ -259,20 +260,8 @@ async def test_the_lean_path_writes_times_in_base_36_as_record_event_does(
     }
     for tenant in (ONE, BULK):
         await r.set(keys.erasure_secret(tenant), SECRET)
-    one = r.register_script(load_script("record_event.lua"))
     for e in batch[ONE]:
-        bucket, prefix, descriptor = keys.layout(ONE, e.recipient)
-        digest = TombstoneNames.digest(SECRET.encode(), e.recipient)
-        await one(
-            keys=[
-                bucket,
-                prefix,
-                keys.tombstone(ONE, e.recipient, digest),
-                keys.message_index(ONE, e.recipient, digest),
-                *feed_keys(ONE, keys.partition(ONE, e.recipient)),
-            ],
-            args=record_event_args(e, feed_maxlen(r), descriptor),
-        )
+        await record_one(r, e)
     assert await RedisBulkStore(r, store.tombstones).apply(batch[BULK]) == ["changed"] * len(
         batch[BULK]
     )

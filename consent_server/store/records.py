@@ -67,6 +67,18 @@ def record_event_args(event: ConsentEventInput, maxlen: int | str, descriptor: s
     event, then the change feed's fields and max length (the feed is appended in the
     same step), then the recipient's layout descriptor (keys.layout)."""
     return [
+        *_event_args(event),
+        event.tenant_id,
+        _CHANNEL_VALUE[event.recipient.channel],
+        event.recipient.address,
+        str(maxlen),
+        descriptor,
+    ]
+
+
+def _event_args(event: ConsentEventInput) -> tuple[str, ...]:
+    """record_event.lua's ARGV[1..8]: what both scripts are told of the event itself."""
+    return (
         event.event_id,
         _ACTION_VALUE[event.action],
         keys.scope_field(event.topic),
@@ -75,12 +87,7 @@ def record_event_args(event: ConsentEventInput, maxlen: int | str, descriptor: s
         event.evidence,
         str(event.occurred_at_ms),
         event.principal,
-        event.tenant_id,
-        _CHANNEL_VALUE[event.recipient.channel],
-        event.recipient.address,
-        str(maxlen),
-        descriptor,
-    ]
+    )
 
 
 def import_args(event: ConsentEventInput, rfield: str, bucket: int) -> tuple[str, ...]:
@@ -91,14 +98,7 @@ def import_args(event: ConsentEventInput, rfield: str, bucket: int) -> tuple[str
     not one joined string: Redis hands them to the script as strings already, where
     splitting one in Lua cost more than all of them."""
     return (
-        event.event_id,
-        _ACTION_VALUE[event.action],
-        keys.scope_field(event.topic),
-        event.topic,
-        _SOURCE_VALUE[event.source],
-        event.evidence,
-        str(event.occurred_at_ms),
-        event.principal,
+        *_event_args(event),
         _CHANNEL_VALUE[event.recipient.channel],
         event.recipient.address,
         rfield,
