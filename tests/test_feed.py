@@ -13,9 +13,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
+import redis.asyncio as aioredis
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -364,3 +366,27 @@ def run_cli(srv: ServerProcess, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [CONSENTCTL, *args], env=env, capture_output=True, text=True, timeout=60, check=False
     )
+
+
+async def test_a_poll_is_one_round_trip_and_survives_a_script_flush(redis_proc: Any) -> None:
+    """Watching polls every partition: one pipelined EVALSHA per partition, no SCRIPT
+    EXISTS before each poll; after Redis lost its scripts (restart, SCRIPT FLUSH) the
+    next poll loads it again instead of failing."""
+    client = aioredis.Redis.from_url(redis_proc.url)
+    try:
+        await client.flushdb()
+        reader = RedisChangeFeed(client)
+        positions = await reader.latest(TENANT)
+
+        async def script_calls() -> int:
+            stats = await client.info("commandstats")
+            return sum(int(v["calls"]) for k, v in stats.items() if k.startswith("cmdstat_script"))
+
+        before = await script_calls()
+        for _ in range(5):
+            assert await reader.read(TENANT, positions, 10) == []
+        assert await script_calls() == before  # no SCRIPT EXISTS (nor LOAD) per poll
+        await client.script_flush()
+        assert await reader.read(TENANT, positions, 10) == []
+    finally:
+        await client.aclose()

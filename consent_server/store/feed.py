@@ -14,6 +14,7 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
+import redis.exceptions as rex
 from redis.asyncio.cluster import RedisCluster
 
 from consent_server.domain.feed import FeedEntry, FeedTrimmed
@@ -74,6 +75,7 @@ class RedisChangeFeed:
         self._r: Any = client
         self._cluster = isinstance(client, RedisCluster)
         self._read = client.register_script(load_script("feed_read.lua"))
+        self._loaded = False  # feed_read.lua known to this Redis (single node only)
 
     @property
     def partitions(self) -> int:
@@ -88,15 +90,26 @@ class RedisChangeFeed:
                     for part, a in enumerate(args)
                 ]
                 return list(await asyncio.gather(*calls))
-            pipe = self._r.pipeline(transaction=False)
-            for part, a in enumerate(args):
-                await self._read(keys=feed_keys(tenant_id, part), args=list(a), client=pipe)
-            # Shielded: a watcher cancelled mid-pipeline (the client went away) must not
-            # leave its connection half-read for the next user (seen on fakeredis); the
-            # read completes and its replies, or its error, are dropped.
-            read = asyncio.ensure_future(pipe.execute())
-            read.add_done_callback(_drop_outcome)
-            return list(await asyncio.shield(read))
+            # EVALSHA queued directly: a Script handed to a pipeline makes redis-py ask
+            # SCRIPT EXISTS before every execute, one more round trip per poll. The
+            # script is loaded once (again after NOSCRIPT: Redis restarted or flushed).
+            for _ in range(2):
+                if not self._loaded:
+                    self._read.sha = text(await self._r.script_load(self._read.script))
+                    self._loaded = True
+                pipe = self._r.pipeline(transaction=False)
+                for part, a in enumerate(args):
+                    pipe.evalsha(self._read.sha, 2, *feed_keys(tenant_id, part), *a)
+                # Shielded: a watcher cancelled mid-pipeline (the client went away) must
+                # not leave its connection half-read for the next user (seen on
+                # fakeredis); the read completes and its replies, or its error, are dropped.
+                read = asyncio.ensure_future(pipe.execute())
+                read.add_done_callback(_drop_outcome)
+                try:
+                    return list(await asyncio.shield(read))
+                except rex.NoScriptError:
+                    self._loaded = False
+            raise rex.NoScriptError("feed_read.lua is not loaded")
 
         return await guarded(run)
 

@@ -22,7 +22,7 @@ from . import keys
 from .client import RedisClient
 from .records import text
 from .repository import guarded
-from .schema import LEGACY_SCHEMA
+from .schema import LEGACY_SCHEMA, layout_record
 from .scripts import load_script
 
 _STATE = re.compile(r"^ca:\{cp(\d+)\}:([^:]+):([a-z]+):(.+):s$")
@@ -100,16 +100,7 @@ async def migrate(client: RedisClient) -> MigrationSummary:
         else:
             summary.skipped += 1
     if not summary.unrecognised:
-        record = [
-            "schema",
-            str(LEGACY_SCHEMA),
-            "partitions",
-            str(keys.LEGACY_PARTITIONS),
-            "tags",
-            "legacy",
-            "buckets",
-            str(keys.BUCKETS_PER_PARTITION),
-        ]
+        record = layout_record(LEGACY_SCHEMA, keys.LEGACY_PARTITIONS, "legacy")
         # Only where no server recorded another layout meanwhile (an empty store that a
         # new server created while this ran): overwriting it would hide its records.
         if not await guarded(lambda: client.eval(_RECORD_LEGACY, 1, keys.META, *record)):

@@ -113,10 +113,8 @@ class DeliveryRepository:
         replies = await self._each_partition(
             lambda pipe, p: pipe.xgroup_create(keys.outbox(p), GROUP, id="0", mkstream=True)
         )
-        for reply in replies:
-            if isinstance(reply, rex.ResponseError) and "BUSYGROUP" not in str(reply):
-                raise reply
-            if isinstance(reply, Exception) and not isinstance(reply, rex.ResponseError):
+        for reply in replies:  # BUSYGROUP: the group exists already, as wanted
+            if isinstance(reply, Exception) and "BUSYGROUP" not in str(reply):
                 raise reply
 
     def _entries(self, part: int, rows: Sequence[Any]) -> list[OutboxEntry]:

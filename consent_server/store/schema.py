@@ -71,14 +71,14 @@ return 1
 """
 
 
-def _layout_record(schema: int, partitions: int, tags: str) -> list[str]:
-    mapping = {
-        "schema": str(schema),
-        "partitions": str(partitions),
-        "tags": tags,
-        "buckets": str(keys.buckets_for(partitions)),
-    }
-    return _flat(mapping)
+def layout_record(schema: int, partitions: int, tags: str) -> list[str]:
+    """The ``ca:meta`` fields of a layout, flat (field, value, ...) for a script's ARGV."""
+    return [
+        "schema", str(schema),
+        "partitions", str(partitions),
+        "tags", tags,
+        "buckets", str(keys.buckets_for(partitions)),
+    ]  # fmt: skip
 
 
 async def check_schema(client: RedisClient, partitions: int | None = None) -> int:
@@ -102,14 +102,14 @@ async def check_schema(client: RedisClient, partitions: int | None = None) -> in
         # Partition keys but no record of their layout (written by a tool that never
         # read ca:meta, or ca:meta deleted): they can only be the legacy layout's, and a
         # new layout would hide them. Record that one.
-        record = _layout_record(LEGACY_SCHEMA, keys.LEGACY_PARTITIONS, "legacy")
+        record = layout_record(LEGACY_SCHEMA, keys.LEGACY_PARTITIONS, "legacy")
         await guarded(lambda: client.eval(_CREATE, 1, keys.META, *record))
         schema = await stored_schema(client)
     if schema is None:
         count = DEFAULT_PARTITIONS if partitions is None else partitions
         if not 1 <= count <= keys.MAX_PARTITIONS:
             raise SchemaMismatch(f"partitions must be 1..{keys.MAX_PARTITIONS}, not {count}")
-        record = _layout_record(keys.SCHEMA, count, "spread")
+        record = layout_record(keys.SCHEMA, count, "spread")
         await guarded(lambda: client.eval(_CREATE, 1, keys.META, *record))
         schema = await stored_schema(client)
     if schema in (LEGACY_SCHEMA, keys.SCHEMA):
@@ -144,10 +144,6 @@ async def check_schema(client: RedisClient, partitions: int | None = None) -> in
         f"the store's schema is {schema!r} and this release serves schemas "
         f"{LEGACY_SCHEMA} and {keys.SCHEMA}: run the release that wrote it (or a newer one)"
     )
-
-
-def _flat(mapping: dict[str, str]) -> list[str]:
-    return [x for kv in mapping.items() for x in kv]
 
 
 async def has_spread_keys(client: RedisClient) -> bool:
@@ -209,5 +205,6 @@ __all__ = [
     "adopt_recorded_layout",
     "check_schema",
     "layout_of",
+    "layout_record",
     "stored_schema",
 ]
