@@ -33,6 +33,7 @@ from .errors import FieldViolation
 from .masking import mask_text
 from .model import Action, Channel, ConsentEventInput, Recipient, Source, Status
 from .recipients import MAX_ADDRESS_LEN, AddressError, exact_e164, normalise_address
+from .values import fast_init
 
 MAX_RECORDS_PER_MESSAGE = 1000
 MAX_PROBLEMS = 1000
@@ -52,6 +53,7 @@ class Outcome:
     DUPLICATE = "duplicate"
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class RawImportRecord:
     """One record as the api decoded it (unknown enum values are None)."""
@@ -66,6 +68,7 @@ class RawImportRecord:
     line: int
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ImportItem:
     """A valid record, ready to plan and apply."""
@@ -282,6 +285,7 @@ def _valid_record(
     )
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ScopeRecord:
     """A scope's record as the store holds it: status and time (ms), revision."""

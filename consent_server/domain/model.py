@@ -9,6 +9,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from .values import fast_init
+
 
 class Channel(enum.Enum):
     """The channel a recipient is reached on."""
@@ -87,6 +89,7 @@ class MessageState(enum.Enum):
     LOGGED = "logged"
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Recipient:
     """A normalised recipient; ``address`` is E.164 or a lower-cased e-mail."""
@@ -95,6 +98,7 @@ class Recipient:
     address: str
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ConsentRecord:
     """The current record of one scope. Times are Unix milliseconds."""
@@ -106,6 +110,7 @@ class ConsentRecord:
     event_id: str
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Decision:
     """The outcome of the decision rule for one recipient and topic."""
@@ -117,6 +122,7 @@ class Decision:
     block_reason: BlockReason | None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ConsentEventInput:
     """A validated opt-out or opt-in, ready to record."""
@@ -132,6 +138,7 @@ class ConsentEventInput:
     principal: str
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ChangeOutcome:
     """What recording an event did (or did the first time, when ``duplicate``)."""

@@ -12,6 +12,7 @@ from .errors import FieldViolation, InvalidArgument
 from .masking import mask_text
 from .model import Channel, OutboundMessage, Recipient
 from .recipients import AddressError, normalise_address
+from .values import fast_init
 
 TENANT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 TOPIC_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
@@ -39,6 +40,7 @@ _MAX_TS_SECONDS = 253402300799
 MAX_TS_SECONDS = _MAX_TS_SECONDS  # a valid timestamp's last second (9999-12-31)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class RawTimestamp:
     """A timestamp as it came off the wire, not yet validated."""
@@ -47,6 +49,7 @@ class RawTimestamp:
     nanos: int
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class RawRecipient:
     """A recipient as it came off the wire; channel None = unspecified or unknown."""

@@ -34,7 +34,7 @@ from consent_server.domain.model import (
 
 from . import keys
 from .client import RedisClient
-from .records import import_args, parse_record, text
+from .records import import_profile, parse_record, text
 from .replication import acks_of
 from .repository import guarded
 from .retention import feed_keys, feed_maxlen
@@ -55,15 +55,16 @@ def batch_script(record_event_src: str, layout_src: str) -> str:
     """record_event.lua, unchanged, as a function applied to each event in turn, with a
     lean path for an event whose recipient the store holds nothing of.
 
-    KEYS: the partition's history bucket prefix, change feed and feed trim mark, once
-    per call, then 2 per event (record bucket, tombstone); ARGV[1]: the call's tenant,
-    feed max length and bucket count, NUL-joined; then 12 per event (records.
-    import_args: record_event.lua's own arguments, channel, address, the recipient's
-    field and bucket; separate, as splitting a joined string in Lua cost more than
-    Redis making them strings). What a call shares is
-    sent, parsed and turned into Lua strings once, not per event (per-event keys and
-    fields were most of Redis's time outside the commands themselves); the message
-    index is not sent (an import queues no confirmation, so record_event.lua never
+    KEYS: the partition's history bucket prefix, change feed, feed trim mark, record
+    bucket prefix and tombstone prefix (every key the call touches is named from these,
+    all in the partition's slot); ARGV[1]: the call's tenant, feed max length and bucket
+    count, NUL-joined; ARGV[2]: how many profiles follow, 8 values each (records.
+    import_profile: what events share, an import's records mostly all of it); then 6
+    values per event (its profile's number, event id, time, address, record bucket in
+    hex, tombstone digest). What a call shares is sent, parsed and turned into Lua
+    strings once, not per event (arguments were most of Redis's time outside the
+    commands themselves); the message index is not sent (an import queues no
+    confirmation, so record_event.lua never
     touches it). Returns one
     letter per event, in order: record_event.lua's reply as the import counts it
     (``_OUTCOME``), not its three values.
@@ -134,7 +135,7 @@ end
 -- What follows the record's write (the caller's: "1;<record>" in the main field, or
 -- the topic's record and "1"): the change feed entry and the history event.
 local function first_event(bucket, event_id, action, field, topic, source, evidence,
-                           occurred, occurred_36, principal, channel, address, rf, b)
+                           occurred, occurred_36, principal, channel, address, rf, bhex)
   local src = SRC[source] or source
   -- The change feed, as record_event.lua appends it (trim mark included).
   local len = feed_len or redis.call('XLEN', feed)
@@ -157,7 +158,8 @@ local function first_event(bucket, event_id, action, field, topic, source, evide
   local v = f .. '11' .. f .. US .. topic .. US .. src .. US .. occurred_36 .. US
     .. recorded_36 .. US .. event_id .. US .. principal .. US .. feed_short .. US .. ''
     .. US .. evidence
-  local hkey = prefix .. string.format('%x', tonumber(b) % buckets)
+  -- event_key(rc, 1)'s bucket: the record's own (b < buckets).
+  local hkey = prefix .. bhex
   local hfield = rf .. US .. '1'
   if #v <= CHUNK then
     redis.call('HSET', hkey, hfield, v)
@@ -185,12 +187,26 @@ local function outcome(reply)
   if flags == '1|1' then return 'c' end
   return 'a'
 end
+-- What the call's events share (an import's records mostly share all of it): ARGV[2]
+-- profiles of 8 values each (action, field, topic, source, evidence, principal,
+-- channel, channel letter); then 6 values per event: its profile's number, event id,
+-- time, address, record bucket (hex) and tombstone digest. Keys are named here from the
+-- partition's prefixes (KEYS[4], KEYS[5]), as the history buckets always were.
+local PROFILES = {}
+local nprof = tonumber(ARGV[2])
+for k = 1, nprof do
+  PROFILES[k] = {unpack(ARGV, 8 * k - 5, 8 * k + 2)}
+end
+local records_prefix, tombs_prefix = KEYS[4], KEYS[5]
+local first_arg = 3 + 8 * nprof
 local out = {}
-for i = 1, (#ARGV - 1) / 12 do
-  local bucket, tomb = KEYS[2 * i + 2], KEYS[2 * i + 3]
-  local at = 12 * i - 10
-  local event_id, action, field, topic, source, evidence, occurred, principal, channel,
-    address, rf, b = unpack(ARGV, at, at + 11)
+for i = 1, (#ARGV - first_arg + 1) / 6 do
+  local at = first_arg + 6 * (i - 1)
+  local k, event_id, occurred, address, bhex, digest = unpack(ARGV, at, at + 5)
+  local action, field, topic, source, evidence, principal, channel, letter =
+    unpack(PROFILES[tonumber(k)])
+  local rf = letter .. address
+  local bucket, tomb = records_prefix .. bhex, tombs_prefix .. channel .. ':' .. digest
   local lean = false
   if redis.call('EXISTS', tomb) == 0 then
     if field == 's:*' then
@@ -201,7 +217,7 @@ for i = 1, (#ARGV - 1) / 12 do
         source, event_id)) == 1
       if lean then
         out[i] = first_event(bucket, event_id, action, field, topic, source, evidence,
-          occurred, occurred_36, principal, channel, address, rf, b)
+          occurred, occurred_36, principal, channel, address, rf, bhex)
       end
     elseif redis.call('HEXISTS', bucket, rf) == 0 then
       local occurred_36 = b36_time(occurred)
@@ -209,7 +225,7 @@ for i = 1, (#ARGV - 1) / 12 do
         packed_record(action, occurred_36, source, event_id), rf, '1')
       lean = true
       out[i] = first_event(bucket, event_id, action, field, topic, source, evidence,
-        occurred, occurred_36, principal, channel, address, rf, b)
+        occurred, occurred_36, principal, channel, address, rf, bhex)
     end
   end
   if not lean then
@@ -218,7 +234,8 @@ for i = 1, (#ARGV - 1) / 12 do
     -- and ARGV (record_event_args).
     out[i] = outcome(record_one({bucket, prefix, tomb, '', feed, mark},
       {event_id, action, field, topic, source, evidence, occurred, principal, tenant,
-       channel, address, maxlen_s, rf .. US .. b .. US .. buckets_s}))
+       channel, address, maxlen_s,
+       rf .. US .. string.format('%d', tonumber(bhex, 16)) .. US .. buckets_s}))
   end
 end
 return out
@@ -332,25 +349,51 @@ class RedisBulkStore:
         positions_of: list[list[int]] = []
         calls: list[tuple[list[str], list[str]]] = []
         shared = f"{tenant_id}\0{maxlen}\0{keys.BUCKETS_PER_PARTITION}"
-        rfield = keys.rfield
         for part, positions in by_part.items():
-            head = [keys.history_prefix(part, tenant_id), *feed_keys(tenant_id, part)]
-            records = keys.record_bucket_prefix(part, tenant_id)
-            tombs = keys.tombstone_prefix(part, tenant_id)
+            head = [
+                keys.history_prefix(part, tenant_id),
+                *feed_keys(tenant_id, part),
+                keys.record_bucket_prefix(part, tenant_id),
+                keys.tombstone_prefix(part, tenant_id),
+            ]
             for start in range(0, len(positions), APPLY_CHUNK):
                 chunk = positions[start : start + APPLY_CHUNK]
-                kk = list(head)
-                args = [shared]
+                profiles: dict[tuple[str, ...], str] = {}
+                shared_args: list[str] = []
+                per_event: list[str] = []
+                last: ConsentEventInput | None = None
+                number = ""
                 for n in chunk:
                     e = events[n]
                     rcpt = e.recipient
-                    b = buckets[n]
-                    # keys.record_bucket and keys.tombstone, their prefixes built once.
-                    kk.append(f"{records}{b:x}")
-                    kk.append(f"{tombs}{rcpt.channel.value}:{name(rcpt)}")
-                    args += import_args(e, rfield(rcpt), b)
+                    # Most events share the one before them's profile: compared by
+                    # identity and equality, without building and hashing its key.
+                    if not (
+                        last is not None
+                        and e.action is last.action
+                        and e.source is last.source
+                        and rcpt.channel is last.recipient.channel
+                        and e.topic == last.topic
+                        and e.evidence == last.evidence
+                        and e.principal == last.principal
+                    ):
+                        profile = import_profile(e)
+                        found = profiles.get(profile)
+                        if found is None:
+                            found = profiles[profile] = str(len(profiles) + 1)
+                            shared_args += profile
+                        number = found
+                    last = e
+                    per_event += (
+                        number,
+                        e.event_id,
+                        str(e.occurred_at_ms),
+                        rcpt.address,
+                        f"{buckets[n]:x}",
+                        name(rcpt),
+                    )
                 positions_of.append(chunk)
-                calls.append((kk, args))
+                calls.append((head, [shared, str(len(profiles)), *shared_args, *per_event]))
         try:
             replies = await guarded(
                 lambda: self._calls(self._apply, calls, write=True, queued=queued)

@@ -254,6 +254,11 @@ def rfield(recipient: Recipient) -> str:
     return _CHANNEL_LETTER[recipient.channel.value] + recipient.address
 
 
+def channel_letter(channel: str) -> str:
+    """The letter a channel's recipients' field names start with (rfield)."""
+    return _CHANNEL_LETTER[channel]
+
+
 def bucket(tenant_id: str, recipient: Recipient) -> int:
     """The recipient's record bucket within its partition: bits of the same CRC above
     those the partition uses, so buckets fill evenly in every partition."""

@@ -90,19 +90,24 @@ def _event_args(event: ConsentEventInput) -> tuple[str, ...]:
     )
 
 
-def import_args(event: ConsentEventInput, rfield: str, bucket: int) -> tuple[str, ...]:
-    """One event's 12 arguments to the import's batch script (store/bulk.py):
-    record_event.lua's ARGV[1..8], the channel and address, then the recipient's field
-    and record bucket (keys.layout's descriptor without the bucket count, which the
-    call shares, as it does the tenant and the feed's max length). Separate arguments,
-    not one joined string: Redis hands them to the script as strings already, where
-    splitting one in Lua cost more than all of them."""
+def import_profile(event: ConsentEventInput) -> tuple[str, ...]:
+    """What the import's batch script (store/bulk.py) takes once for all the events of a
+    call that share it: record_event.lua's action, scope field, topic, source, evidence
+    and principal, then the channel and its letter in the recipient's field name. Each
+    event then sends only its own values (number of its profile, event id, time,
+    address, bucket, tombstone digest): Redis turns every argument into a string and
+    the script into a Lua value, so an argument sent once per call instead of once per
+    event is Redis time saved per record."""
+    channel = _CHANNEL_VALUE[event.recipient.channel]
     return (
-        *_event_args(event),
-        _CHANNEL_VALUE[event.recipient.channel],
-        event.recipient.address,
-        rfield,
-        str(bucket),
+        _ACTION_VALUE[event.action],
+        keys.scope_field(event.topic),
+        event.topic,
+        _SOURCE_VALUE[event.source],
+        event.evidence,
+        event.principal,
+        channel,
+        keys.channel_letter(channel),
     )
 
 
