@@ -700,16 +700,17 @@ class WhatsAppEdge:
         """ListUnappliedNotifications: the tenant's kept items, newest first."""
         v = Violations()
         tenant = val.tenant_id(v, tenant_id)
-        if not 0 <= page_size <= MAX_DEAD_LETTER_PAGE:
-            v.add("page_size", f"must be between 0 and {MAX_DEAD_LETTER_PAGE} (0 = 50)")
-        offset = 0
-        if page_token:
-            try:
-                offset = decode_page_token(page_token)
-            except ValueError:
-                v.add("page_token", "is not a token returned by ListUnappliedNotifications")
+        size, start = page_tokens.check_page(
+            v,
+            page_size,
+            page_token,
+            decode_page_token,
+            rpc="ListUnappliedNotifications",
+            max_size=MAX_DEAD_LETTER_PAGE,
+            default_size=50,
+        )
         v.raise_if_any()
-        size = page_size or 50
+        offset = start or 0
         page = await self._store.dead_letters(tenant, offset, size)
         more = offset + len(page.items) < page.total and len(page.items) == size
         return DeadLetterPage(
