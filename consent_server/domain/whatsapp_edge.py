@@ -587,25 +587,9 @@ class WhatsAppEdge:
         for change in batch.changes:
             await self._change(tenant_id, change, out, vouched=vouched)
         for reply in batch.replies:
-            await self._hand_on(
-                self._on_inbound,
-                reply,
-                "messages",
-                reply.recipient,
-                out,
-                reply.path,
-                reply.phone_number_id,
-            )
+            await self._hand_on(self._on_inbound, reply, "messages", out)
         for receipt in batch.statuses:
-            await self._hand_on(
-                self._on_status,
-                receipt,
-                "statuses",
-                receipt.recipient,
-                out,
-                receipt.path,
-                receipt.phone_number_id,
-            )
+            await self._hand_on(self._on_status, receipt, "statuses", out)
         return out
 
     async def _change(
@@ -672,10 +656,7 @@ class WhatsAppEdge:
         handler: Callable[[Any], Awaitable[None]],
         item: InboundReply | StatusReceipt,
         kind: str,
-        recipient: Recipient | None,
         out: _Outcome,
-        path: str,
-        pnid: str,
     ) -> None:
         try:
             await handler(item)
@@ -683,11 +664,11 @@ class WhatsAppEdge:
             raise
         except Exception as exc:
             out.failed += 1
-            out.kept.append(_failure(exc, path, pnid, _item_json(item), kind))
+            out.kept.append(_failure(exc, item.path, item.phone_number_id, _item_json(item), kind))
             log.warning(
                 f"whatsapp {kind} not handled",
                 extra={
-                    "recipient": mask_address(recipient.address) if recipient else "",
+                    "recipient": mask_address(item.recipient.address) if item.recipient else "",
                     "error": f"{type(exc).__name__}: {mask_text(str(exc))}",
                 },
             )
