@@ -17,8 +17,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from consent_client.v1 import admin_pb2 as apb
 from consent_client.v1 import admin_pb2_grpc, consent_pb2_grpc
@@ -40,6 +38,7 @@ from consent_server.store.providers import RedisProviderSettings
 from consent_server.store.repository import RedisConsentStore
 
 from .fake_provider import FakeProvider, fake_provider
+from .security_support import bad_fields
 from .support import RedisProcess, ServerProcess, send_text
 
 TENANT = "acme"
@@ -296,18 +295,6 @@ def redis_server(tmp_path: Path) -> Iterator[RedisProcess]:
     proc.stop()
 
 
-def _bad_fields(exc: grpc.RpcError) -> list[str]:
-    status = rpc_status.from_call(exc)  # type: ignore[arg-type]
-    assert status is not None
-    fields = []
-    for detail in status.details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            br = error_details_pb2.BadRequest()
-            detail.Unpack(br)
-            fields += [v.field for v in br.field_violations]
-    return fields
-
-
 def _send(stub: consent_pb2_grpc.ConsentServiceStub) -> str:
     return stub.SendIfAllowed(
         pb.SendIfAllowedRequest(
@@ -352,7 +339,7 @@ def test_e2e_internal_destination_is_refused_and_never_contacted(
                     )
                 )
             assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
-            assert _bad_fields(err.value) == ["provider.webhook.url"]
+            assert bad_fields(err.value) == ["provider.webhook.url"]
             # A configuration stored before the guard existed: refused at connect time.
             client = redis_server.client()
             from consent_server.store import keys
