@@ -306,6 +306,18 @@ def _send(stub: consent_pb2_grpc.ConsentServiceStub) -> str:
     ).message_id
 
 
+def _webhook_at(
+    url: str, channel: pb.Channel.ValueType = pb.CHANNEL_UNSPECIFIED
+) -> apb.SetDeliveryProviderRequest:
+    """TENANT's webhook provider at ``url`` for ``channel`` (unspecified: every channel)."""
+    return apb.SetDeliveryProviderRequest(
+        tenant_id=TENANT,
+        provider=apb.DeliveryProvider(
+            channel=channel, webhook=apb.WebhookProvider(url=url, signing_secret=SECRET)
+        ),
+    )
+
+
 def _final(stub: consent_pb2_grpc.ConsentServiceStub, mid: str) -> pb.GetMessageStatusResponse:
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
@@ -327,17 +339,7 @@ def test_e2e_internal_destination_is_refused_and_never_contacted(
             admin = admin_pb2_grpc.ConsentAdminServiceStub(ch)
             stub = consent_pb2_grpc.ConsentServiceStub(ch)
             with pytest.raises(grpc.RpcError) as err:
-                admin.SetDeliveryProvider(
-                    apb.SetDeliveryProviderRequest(
-                        tenant_id=TENANT,
-                        provider=apb.DeliveryProvider(
-                            webhook=apb.WebhookProvider(
-                                url=f"http://2130706433:{internal.port}/hook",
-                                signing_secret=SECRET,
-                            )
-                        ),
-                    )
-                )
+                admin.SetDeliveryProvider(_webhook_at(f"http://2130706433:{internal.port}/hook"))
             assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
             assert bad_fields(err.value) == ["provider.webhook.url"]
             # A configuration stored before the guard existed: refused at connect time.
@@ -368,29 +370,10 @@ def test_e2e_operator_allowlist_reaches_the_named_destination(
         with grpc.insecure_channel(srv.target) as ch:
             admin = admin_pb2_grpc.ConsentAdminServiceStub(ch)
             stub = consent_pb2_grpc.ConsentServiceStub(ch)
-            admin.SetDeliveryProvider(
-                apb.SetDeliveryProviderRequest(
-                    tenant_id=TENANT,
-                    provider=apb.DeliveryProvider(
-                        webhook=apb.WebhookProvider(
-                            url=allowed.url + "/hook", signing_secret=SECRET
-                        )
-                    ),
-                )
-            )
+            admin.SetDeliveryProvider(_webhook_at(allowed.url + "/hook"))
             # The allowance names one port: the other loopback listener stays refused.
             with pytest.raises(grpc.RpcError) as err:
-                admin.SetDeliveryProvider(
-                    apb.SetDeliveryProviderRequest(
-                        tenant_id=TENANT,
-                        provider=apb.DeliveryProvider(
-                            channel=pb.CHANNEL_SMS,
-                            webhook=apb.WebhookProvider(
-                                url=internal.url + "/hook", signing_secret=SECRET
-                            ),
-                        ),
-                    )
-                )
+                admin.SetDeliveryProvider(_webhook_at(internal.url + "/hook", pb.CHANNEL_SMS))
             assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
             st = _final(stub, _send(stub))
             assert st.status == pb.MESSAGE_STATUS_DELIVERED, st.last_error
