@@ -57,9 +57,20 @@ def _unpacked(st: status_pb2.Status) -> dict[str, Any]:
     return out
 
 
+def status_fields(st: status_pb2.Status) -> list[str]:
+    """The fields a google.rpc.Status's BadRequest detail names, in its order ([] without
+    one): a failed call's, or a batch item's error."""
+    return _fields(_unpacked(st))
+
+
 def bad_fields(err: grpc.RpcError) -> list[str]:
-    """The fields a failed call's BadRequest detail names, in its order."""
-    return [v.field for v in details(err)["BadRequest"].field_violations]
+    """The fields a failed call's BadRequest detail names, in its order ([] without one)."""
+    return _fields(details(err))
+
+
+def _fields(unpacked: dict[str, Any]) -> list[str]:
+    bad = unpacked.get("BadRequest")
+    return [v.field for v in bad.field_violations] if bad is not None else []
 
 
 def code_of(fn: Callable[..., Any], request: Any, key: str | None) -> grpc.StatusCode:

@@ -20,7 +20,6 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2
 from redis.crc import key_slot
 
@@ -31,6 +30,7 @@ from consent_server.store import keys
 from consent_server.store.schema import adopt_recorded_layout
 
 from .cluster_support import RedisClusterProcesses
+from .security_support import details
 from .support import ServerProcess
 
 pytestmark = [pytest.mark.xdist_group("cluster"), pytest.mark.cluster, pytest.mark.slow]
@@ -57,14 +57,8 @@ def _slot(address: str) -> int:
 
 
 def _reason(err: grpc.RpcError) -> str:
-    for key, value in err.trailing_metadata() or ():  # type: ignore[attr-defined]
-        if key == "grpc-status-details-bin":
-            status = status_pb2.Status.FromString(value)
-            for detail in status.details:
-                info = error_details_pb2.ErrorInfo()
-                if detail.Unpack(info):
-                    return info.reason
-    return ""
+    info = details(err).get("ErrorInfo")
+    return info.reason if info is not None else ""
 
 
 def _blocked(stub: consent_pb2_grpc.ConsentServiceStub, addresses: list[str]) -> dict[str, bool]:

@@ -23,7 +23,7 @@ from google.rpc import error_details_pb2
 from consent_client.v1 import consent_pb2 as pb
 from consent_client.v1 import consent_pb2_grpc
 
-from .security_support import rich
+from .security_support import rich, status_fields
 from .support import ServerProcess
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
@@ -1214,13 +1214,7 @@ def test_topic_opt_out_blocks_only_that_topic(stub: Any, tenant: str) -> None:
 def _item_violations(result: pb.BatchCheckConsentResult) -> list[str]:
     assert result.WhichOneof("result") == "error"
     assert result.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
-    fields = []
-    for any_ in result.error.details:
-        if any_.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            any_.Unpack(bad)
-            fields += [v.field for v in bad.field_violations]
-    return fields
+    return status_fields(result.error)
 
 
 def test_batch_mixed_items_in_request_order(stub: Any, tenant: str) -> None:

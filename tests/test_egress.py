@@ -17,8 +17,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from consent_client.v1 import admin_pb2 as apb
 from consent_client.v1 import admin_pb2_grpc, consent_pb2_grpc
@@ -40,6 +38,7 @@ from consent_server.store.providers import RedisProviderSettings
 from consent_server.store.repository import RedisConsentStore
 
 from .fake_provider import FakeProvider, fake_provider
+from .security_support import bad_fields
 from .support import RedisProcess, ServerProcess, send_text
 
 TENANT = "acme"
@@ -296,18 +295,6 @@ def redis_server(tmp_path: Path) -> Iterator[RedisProcess]:
     proc.stop()
 
 
-def _bad_fields(exc: grpc.RpcError) -> list[str]:
-    status = rpc_status.from_call(exc)  # type: ignore[arg-type]
-    assert status is not None
-    fields = []
-    for detail in status.details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            br = error_details_pb2.BadRequest()
-            detail.Unpack(br)
-            fields += [v.field for v in br.field_violations]
-    return fields
-
-
 def _send(stub: consent_pb2_grpc.ConsentServiceStub) -> str:
     return stub.SendIfAllowed(
         pb.SendIfAllowedRequest(
@@ -317,6 +304,18 @@ def _send(stub: consent_pb2_grpc.ConsentServiceStub) -> str:
             message=pb.Message(text="hi"),
         )
     ).message_id
+
+
+def _webhook_at(
+    url: str, channel: pb.Channel.ValueType = pb.CHANNEL_UNSPECIFIED
+) -> apb.SetDeliveryProviderRequest:
+    """TENANT's webhook provider at ``url`` for ``channel`` (unspecified: every channel)."""
+    return apb.SetDeliveryProviderRequest(
+        tenant_id=TENANT,
+        provider=apb.DeliveryProvider(
+            channel=channel, webhook=apb.WebhookProvider(url=url, signing_secret=SECRET)
+        ),
+    )
 
 
 def _final(stub: consent_pb2_grpc.ConsentServiceStub, mid: str) -> pb.GetMessageStatusResponse:
@@ -340,19 +339,9 @@ def test_e2e_internal_destination_is_refused_and_never_contacted(
             admin = admin_pb2_grpc.ConsentAdminServiceStub(ch)
             stub = consent_pb2_grpc.ConsentServiceStub(ch)
             with pytest.raises(grpc.RpcError) as err:
-                admin.SetDeliveryProvider(
-                    apb.SetDeliveryProviderRequest(
-                        tenant_id=TENANT,
-                        provider=apb.DeliveryProvider(
-                            webhook=apb.WebhookProvider(
-                                url=f"http://2130706433:{internal.port}/hook",
-                                signing_secret=SECRET,
-                            )
-                        ),
-                    )
-                )
+                admin.SetDeliveryProvider(_webhook_at(f"http://2130706433:{internal.port}/hook"))
             assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
-            assert _bad_fields(err.value) == ["provider.webhook.url"]
+            assert bad_fields(err.value) == ["provider.webhook.url"]
             # A configuration stored before the guard existed: refused at connect time.
             client = redis_server.client()
             from consent_server.store import keys
@@ -381,29 +370,10 @@ def test_e2e_operator_allowlist_reaches_the_named_destination(
         with grpc.insecure_channel(srv.target) as ch:
             admin = admin_pb2_grpc.ConsentAdminServiceStub(ch)
             stub = consent_pb2_grpc.ConsentServiceStub(ch)
-            admin.SetDeliveryProvider(
-                apb.SetDeliveryProviderRequest(
-                    tenant_id=TENANT,
-                    provider=apb.DeliveryProvider(
-                        webhook=apb.WebhookProvider(
-                            url=allowed.url + "/hook", signing_secret=SECRET
-                        )
-                    ),
-                )
-            )
+            admin.SetDeliveryProvider(_webhook_at(allowed.url + "/hook"))
             # The allowance names one port: the other loopback listener stays refused.
             with pytest.raises(grpc.RpcError) as err:
-                admin.SetDeliveryProvider(
-                    apb.SetDeliveryProviderRequest(
-                        tenant_id=TENANT,
-                        provider=apb.DeliveryProvider(
-                            channel=pb.CHANNEL_SMS,
-                            webhook=apb.WebhookProvider(
-                                url=internal.url + "/hook", signing_secret=SECRET
-                            ),
-                        ),
-                    )
-                )
+                admin.SetDeliveryProvider(_webhook_at(internal.url + "/hook", pb.CHANNEL_SMS))
             assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
             st = _final(stub, _send(stub))
             assert st.status == pb.MESSAGE_STATUS_DELIVERED, st.last_error

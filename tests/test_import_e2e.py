@@ -15,7 +15,6 @@ from pathlib import Path
 import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
-from google.rpc import error_details_pb2, status_pb2
 
 from consent_client import ConsentClient
 from consent_client.v1 import admin_pb2 as apb
@@ -23,6 +22,7 @@ from consent_client.v1 import admin_pb2_grpc
 from consent_client.v1 import consent_pb2 as pb
 from consent_server.cli import transfer
 
+from .security_support import bad_fields
 from .support import RedisProcess, ServerProcess
 
 CONSENTCTL = str(Path(sys.executable).parent / "consentctl")
@@ -282,18 +282,6 @@ def ts(ms: int) -> Timestamp:
     t = Timestamp()
     t.FromMilliseconds(ms)
     return t
-
-
-def bad_fields(err: grpc.RpcError) -> list[str]:
-    for key, value in err.trailing_metadata() or ():  # type: ignore[attr-defined]
-        if key == "grpc-status-details-bin":
-            status = status_pb2.Status.FromString(value)
-            for detail in status.details:
-                if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-                    br = error_details_pb2.BadRequest()
-                    detail.Unpack(br)
-                    return [v.field for v in br.field_violations]
-    return []
 
 
 def test_import_export_and_point_in_time_over_grpc(server: ServerProcess, tenant: str) -> None:

@@ -9,6 +9,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Callable
+from typing import TypeVar
+
+from .validation import Violations
+
+T = TypeVar("T")
 
 
 def encode(kind: str, value: str) -> str:
@@ -35,3 +41,26 @@ def decode_number(kind: str, token: str, max_digits: int) -> int:
     if not value.isdigit() or len(value) > max_digits:
         raise ValueError("not a page token")
     return int(value)
+
+
+def check_page(
+    v: Violations,
+    page_size: int,
+    page_token: str,
+    decode_token: Callable[[str], T],
+    *,
+    rpc: str,
+    max_size: int,
+    default_size: int,
+) -> tuple[int, T | None]:
+    """A paged request's size and token checked onto ``v``, the same way for every list:
+    (the size to read, the decoded token; None when there is none or it is not ours)."""
+    if not 0 <= page_size <= max_size:
+        v.add("page_size", f"must be between 0 and {max_size} (0 = {default_size})")
+    position = None
+    if page_token:
+        try:
+            position = decode_token(page_token)
+        except ValueError:
+            v.add("page_token", f"is not a token returned by {rpc}")
+    return page_size or default_size, position

@@ -524,18 +524,17 @@ class ConsentAuthority:
         v = Violations()
         tenant, _, rcpt = await self._addressed(v, tenant_id, recipient)
         max_page = self._limits.max_page_size
-        if page_size < 0 or page_size > max_page:
-            default = min(DEFAULT_PAGE_SIZE, max_page)
-            v.add("page_size", f"must be between 0 and {max_page} (0 = {default})")
-        before: int | None = None
-        if page_token:
-            try:
-                before = decode_page_token(page_token)
-            except ValueError:
-                v.add("page_token", "is not a token returned by ListConsentEvents")
+        size, before = page_tokens.check_page(
+            v,
+            page_size,
+            page_token,
+            decode_page_token,
+            rpc="ListConsentEvents",
+            max_size=max_page,
+            default_size=min(DEFAULT_PAGE_SIZE, max_page),
+        )
         v.raise_if_any()
         assert rcpt is not None
-        size = page_size or min(DEFAULT_PAGE_SIZE, max_page)
         page = await self._store.list_events(tenant, rcpt, size, before)
         token = (
             encode_page_token(page.next_before_revision)

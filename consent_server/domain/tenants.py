@@ -129,17 +129,17 @@ class TenantRegistry:
     async def list_page(self, page_size: int, page_token: str) -> TenantPage:
         """ListTenants: by id, paged by an opaque token."""
         v = Violations()
-        if not 0 <= page_size <= MAX_PAGE_SIZE:
-            v.add("page_size", f"must be between 0 and {MAX_PAGE_SIZE} (0 = {DEFAULT_PAGE_SIZE})")
-        after = ""
-        if page_token:
-            try:
-                after = _decode_token(page_token)
-            except ValueError:
-                v.add("page_token", "is not a token returned by ListTenants")
+        size, after = page_tokens.check_page(
+            v,
+            page_size,
+            page_token,
+            _decode_token,
+            rpc="ListTenants",
+            max_size=MAX_PAGE_SIZE,
+            default_size=DEFAULT_PAGE_SIZE,
+        )
         v.raise_if_any()
-        size = page_size or DEFAULT_PAGE_SIZE
-        found = await self._store.list_tenants(after, size + 1)
+        found = await self._store.list_tenants(after or "", size + 1)
         page = found[:size]
         token = _encode_token(page[-1].tenant_id) if len(found) > size and page else ""
         return TenantPage(page, token)

@@ -587,25 +587,9 @@ class WhatsAppEdge:
         for change in batch.changes:
             await self._change(tenant_id, change, out, vouched=vouched)
         for reply in batch.replies:
-            await self._hand_on(
-                self._on_inbound,
-                reply,
-                "messages",
-                reply.recipient,
-                out,
-                reply.path,
-                reply.phone_number_id,
-            )
+            await self._hand_on(self._on_inbound, reply, "messages", out)
         for receipt in batch.statuses:
-            await self._hand_on(
-                self._on_status,
-                receipt,
-                "statuses",
-                receipt.recipient,
-                out,
-                receipt.path,
-                receipt.phone_number_id,
-            )
+            await self._hand_on(self._on_status, receipt, "statuses", out)
         return out
 
     async def _change(
@@ -672,10 +656,7 @@ class WhatsAppEdge:
         handler: Callable[[Any], Awaitable[None]],
         item: InboundReply | StatusReceipt,
         kind: str,
-        recipient: Recipient | None,
         out: _Outcome,
-        path: str,
-        pnid: str,
     ) -> None:
         try:
             await handler(item)
@@ -683,11 +664,11 @@ class WhatsAppEdge:
             raise
         except Exception as exc:
             out.failed += 1
-            out.kept.append(_failure(exc, path, pnid, _item_json(item), kind))
+            out.kept.append(_failure(exc, item.path, item.phone_number_id, _item_json(item), kind))
             log.warning(
                 f"whatsapp {kind} not handled",
                 extra={
-                    "recipient": mask_address(recipient.address) if recipient else "",
+                    "recipient": mask_address(item.recipient.address) if item.recipient else "",
                     "error": f"{type(exc).__name__}: {mask_text(str(exc))}",
                 },
             )
@@ -700,16 +681,17 @@ class WhatsAppEdge:
         """ListUnappliedNotifications: the tenant's kept items, newest first."""
         v = Violations()
         tenant = val.tenant_id(v, tenant_id)
-        if not 0 <= page_size <= MAX_DEAD_LETTER_PAGE:
-            v.add("page_size", f"must be between 0 and {MAX_DEAD_LETTER_PAGE} (0 = 50)")
-        offset = 0
-        if page_token:
-            try:
-                offset = decode_page_token(page_token)
-            except ValueError:
-                v.add("page_token", "is not a token returned by ListUnappliedNotifications")
+        size, start = page_tokens.check_page(
+            v,
+            page_size,
+            page_token,
+            decode_page_token,
+            rpc="ListUnappliedNotifications",
+            max_size=MAX_DEAD_LETTER_PAGE,
+            default_size=50,
+        )
         v.raise_if_any()
-        size = page_size or 50
+        offset = start or 0
         page = await self._store.dead_letters(tenant, offset, size)
         more = offset + len(page.items) < page.total and len(page.items) == size
         return DeadLetterPage(
