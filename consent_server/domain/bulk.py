@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -22,6 +23,16 @@ from .ports import BulkConsentStore, ConsentStore
 
 DEFAULT_BATCH = 2000
 REUSED = "reused"
+# Outcomes that report no problem (imports.problem_for returns None for them).
+_COUNTED_ONLY = frozenset(
+    (
+        Outcome.APPLIED,
+        Outcome.CHANGED,
+        Outcome.IGNORED_OLDER,
+        Outcome.IGNORED_ERASED,
+        Outcome.DUPLICATE,
+    )
+)
 
 
 def _now_ms() -> int:
@@ -192,9 +203,14 @@ class BulkConsent:
             flight.queued.set()  # also when it failed: nothing of it is left to overtake
         if before is not None:
             await before.finished.wait()  # the summary takes the batches in order
+        # Counted once per distinct outcome (a batch's records mostly share one);
+        # only the outcomes that report a problem are looked at one by one.
+        for outcome, n in Counter(outcomes).items():
+            summary.count(Outcome.INVALID if outcome == REUSED else outcome, n)
         for item, outcome in zip(items, outcomes, strict=True):
+            if outcome in _COUNTED_ONLY:
+                continue
             if outcome == REUSED:
-                summary.count(Outcome.INVALID)
                 summary.report(
                     Problem(
                         item.line,
@@ -205,7 +221,6 @@ class BulkConsent:
                     )
                 )
                 continue
-            summary.count(outcome)
             problem = imp.problem_for(item, outcome)
             if problem is not None:
                 summary.report(problem)

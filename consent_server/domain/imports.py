@@ -104,15 +104,15 @@ class ImportSummary:
     problems_omitted: int = 0
     dry_run: bool = False
 
-    def count(self, outcome: str) -> None:
-        """Count one record's outcome (CHANGED counts as applied too)."""
+    def count(self, outcome: str, n: int = 1) -> None:
+        """Count ``n`` records of one outcome (CHANGED counts as applied too)."""
         if outcome == Outcome.CHANGED:
-            self.applied += 1
-            self.changed += 1
+            self.applied += n
+            self.changed += n
         elif outcome == Outcome.DUPLICATE:
-            self.duplicates += 1
+            self.duplicates += n
         else:
-            setattr(self, outcome, getattr(self, outcome) + 1)
+            setattr(self, outcome, getattr(self, outcome) + n)
 
     def report(self, problem: Problem) -> None:
         """Keep a problem (bounded: past MAX_PROBLEMS only the number is kept)."""
@@ -418,8 +418,13 @@ def plan_batch(
     return Plan(apply, decided)
 
 
+_SKIPPED = frozenset((Outcome.SKIPPED_NO_PROOF, Outcome.SKIPPED_OPTED_OUT))
+
+
 def problem_for(item: ImportItem, outcome: str) -> Problem | None:
     """The problem to report for a skipped opt-in; None for every other outcome."""
+    if outcome not in _SKIPPED:
+        return None
     scope = f"topic '{item.event.topic}'" if item.event.topic else "all topics"
     if outcome == Outcome.SKIPPED_NO_PROOF:
         return Problem(
