@@ -207,22 +207,23 @@ def to_record(row: Mapping[str, Any], cols: Columns, line: int, evidence: str) -
     action = (_get(row, cols.action) or cols.default_action).lower()
     known = ACTIONS.get(action, pb.CONSENT_ACTION_UNSPECIFIED)
     when = parse_time_ms(_get(row, cols.occurred_at) or cols.default_time)
-    return apb.ImportRecord(
-        line=line,
-        recipient={
+    # Nested messages as dicts (the constructor accepts them; the stubs do not say so).
+    fields: dict[str, Any] = {
+        "line": line,
+        "recipient": {
             "channel": CHANNELS.get(channel, pb.CHANNEL_UNSPECIFIED),
             "address": _get(row, cols.address),
         },
-        topic="" if topic in ("*", "all") else topic,
-        action=pb.ConsentAction.ValueType(cols.action_map.get(action, known)),
+        "topic": "" if topic in ("*", "all") else topic,
+        "action": cols.action_map.get(action, known),
+        "external_id": _get(row, cols.external_id),
+        "evidence": _get(row, cols.evidence) or evidence,
+        "source": pb.SOURCE_IMPORT,
+    }
+    if when is not None:
         # Timestamp.FromMilliseconds's fields (floor division: a time before 1970 too).
-        occurred_at=None
-        if when is None
-        else {"seconds": when // 1000, "nanos": (when % 1000) * 1_000_000},
-        external_id=_get(row, cols.external_id),
-        evidence=_get(row, cols.evidence) or evidence,
-        source=pb.SOURCE_IMPORT,
-    )
+        fields["occurred_at"] = {"seconds": when // 1000, "nanos": (when % 1000) * 1_000_000}
+    return apb.ImportRecord(**fields)
 
 
 class CountingLines:
