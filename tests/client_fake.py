@@ -8,11 +8,12 @@ sync and the asyncio client can talk to it.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +26,10 @@ from grpc_status import rpc_status
 
 from consent_client import Backoff
 from consent_client.v1 import admin_pb2_grpc as apb_grpc
+from consent_client.v1 import consent_pb2 as pb
 from consent_client.v1 import consent_pb2_grpc as pb_grpc
+
+from .support import free_port
 
 # Shared by the sync and asyncio client tests, so that both test the same calls.
 WA = "+91 98765 43210"
@@ -229,3 +233,43 @@ def bad_request(field: str, description: str) -> list[Message]:
             ]
         ),
     ]
+
+
+class _Allow(pb_grpc.ConsentServiceServicer):
+    """CheckConsent answers allowed; nothing else is served."""
+
+    def CheckConsent(
+        self, request: pb.CheckConsentRequest, context: Any
+    ) -> pb.CheckConsentResponse:
+        return pb.CheckConsentResponse(allowed=True, topic=request.topic)
+
+
+def allowing_server(port: int) -> grpc.Server:
+    """A started server on ``port`` whose CheckConsent allows: a server to restart."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    pb_grpc.add_ConsentServiceServicer_to_server(_Allow(), server)
+    assert server.add_insecure_port(f"127.0.0.1:{port}") == port
+    server.start()
+    return server
+
+
+@contextlib.contextmanager
+def restarting_server(after_s: float) -> Iterator[tuple[str, Callable[[], None]]]:
+    """(target, stop): ``stop()`` stops the allowing server, which comes back on the
+    same port ``after_s`` later (a restart, a deploy)."""
+    port = free_port()
+    servers = [allowing_server(port)]
+    timer = threading.Timer(after_s, lambda: servers.append(allowing_server(port)))
+
+    def stop() -> None:
+        servers[0].stop(0).wait()
+        timer.start()
+
+    try:
+        yield f"127.0.0.1:{port}", stop
+    finally:
+        timer.cancel()
+        if timer.is_alive():
+            timer.join()
+        for s in servers:
+            s.stop(0)

@@ -53,6 +53,7 @@ from .client_fake import (
     fail,
     forward_then_unavailable,
     opted_out_info,
+    restarting_server,
     rich_status,
     sleep_then_forward,
     unavailable,
@@ -657,3 +658,12 @@ def test_tenant_settings_round_trip(client: ConsentClient, tenant: str) -> None:
             {"templates": [{"language": "es", "opt_out_confirmation": "Responde ALTA"}]},
         )
     assert err.value.fields == ["settings.templates[0].opt_out_confirmation"]
+
+
+def test_a_read_retried_while_the_server_restarts_succeeds_once_it_is_back() -> None:
+    # gRPC's default reconnect backoff (1 s) made every retry fail at once while a server
+    # restarting in 0.25 s was already back: the read failed with Unavailable.
+    with restarting_server(after_s=0.25) as (target, stop), ConsentClient(target) as c:
+        assert c.check_consent("t", "sms", "+14155550100", "marketing").allowed
+        stop()
+        assert c.check_consent("t", "sms", "+14155550100", "marketing").allowed

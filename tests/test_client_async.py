@@ -29,6 +29,7 @@ from .client_fake import (
     fail,
     forward_then_unavailable,
     opted_out_info,
+    restarting_server,
     sleep_then_forward,
     unavailable,
 )
@@ -207,3 +208,11 @@ async def test_async_for_tenant(proxy: FakeConsentService, tenant: str) -> None:
         events = [e async for e in acme.iter_consent_events("sms", SMS)]
         assert len(events) == 1
     assert {s.request.tenant_id for s in proxy.calls} == {tenant}
+
+
+async def test_a_read_retried_while_the_server_restarts_succeeds_once_it_is_back() -> None:
+    with restarting_server(after_s=0.25) as (target, stop):
+        async with AsyncConsentClient(target) as c:
+            assert (await c.check_consent("t", "sms", "+14155550100", "marketing")).allowed
+            stop()
+            assert (await c.check_consent("t", "sms", "+14155550100", "marketing")).allowed

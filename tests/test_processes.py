@@ -25,6 +25,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from consent_client._client import RECONNECT_OPTIONS
 from consent_client.v1 import consent_pb2 as pb
 from consent_client.v1 import consent_pb2_grpc as pbg
 from consent_server.config import ConfigError, cores, load
@@ -38,7 +39,8 @@ TENANT = "acme"
 WA = pb.Recipient(channel=pb.CHANNEL_WHATSAPP, address="+14155550100")
 CHECK = pb.CheckConsentRequest(tenant_id=TENANT, recipient=WA, topic="marketing")
 # Each channel its own connection: grpc otherwise shares one among channels to a target.
-OWN = [("grpc.use_local_subchannel_pool", 1)]
+# Each channel its own connection, reconnecting as the thin client's channels do.
+OWN = [("grpc.use_local_subchannel_pool", 1), *RECONNECT_OPTIONS]
 
 
 # -- reading /proc: which process holds the server end of which connection --

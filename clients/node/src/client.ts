@@ -316,6 +316,12 @@ export class ConsentClient {
     const creds = channelCredentials(options);
     const channelOptions: Partial<ClientOptions> = {
       "grpc.primary_user_agent": USER_AGENT,
+      // gRPC reconnects a channel whose server went away after 1 s at first, backing off
+      // to 120 s, and fails every call meanwhile: retries 5-1000 ms apart would all fail
+      // while a server restarting in a fraction of a second is already back. 100 ms,
+      // backing off to 5 s, lines reconnects up with the retries' backoff.
+      "grpc.initial_reconnect_backoff_ms": 100,
+      "grpc.max_reconnect_backoff_ms": 5000,
       ...(options.channelOptions ?? {}),
     };
     this.stub = new ConsentServiceClient(target, creds, channelOptions);
