@@ -6,11 +6,27 @@ with the enqueue); tests check both agree.
 
 from __future__ import annotations
 
+from typing import Protocol, TypeVar
+
 from .model import BlockReason, ConsentRecord, Decision, Policy, Scope, Status
 
 
-def newer(a: ConsentRecord | None, b: ConsentRecord | None) -> ConsentRecord | None:
-    """The newer of two records by (occurred_at, revision); None when both are None."""
+class Dated(Protocol):
+    """A record ordered by the rule: its event time, then its revision."""
+
+    @property
+    def occurred_at_ms(self) -> int: ...
+
+    @property
+    def revision(self) -> int: ...
+
+
+R = TypeVar("R", bound=Dated)
+
+
+def newer(a: R | None, b: R | None) -> R | None:
+    """The newer of two records by (occurred_at, revision); None when both are None
+    (a ConsentRecord, or an import's ScopeRecord: one rule for both)."""
     if a is None:
         return b
     if b is None:

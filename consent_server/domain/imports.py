@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from . import validation as val
+from .decision import newer
 from .errors import FieldViolation
 from .masking import mask_text
 from .model import Action, Channel, ConsentEventInput, Recipient, Source, Status
@@ -310,15 +311,7 @@ class RecipientView:
 
     def record(self, scope: str) -> ScopeRecord | None:
         """The deciding record of a scope: the newer of the live and the tombstone one."""
-        return _newer(self.scopes.get(scope), self.tombstone.get(scope))
-
-
-def _newer(a: ScopeRecord | None, b: ScopeRecord | None) -> ScopeRecord | None:
-    if a is None:
-        return b
-    if b is None:
-        return a
-    return a if (a.occurred_at_ms, a.revision) > (b.occurred_at_ms, b.revision) else b
+        return newer(self.scopes.get(scope), self.tombstone.get(scope))
 
 
 def scope_field(topic: str) -> str:
