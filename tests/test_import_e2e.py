@@ -184,6 +184,32 @@ def test_malformed_lines_are_reported_with_their_numbers(
     assert summary_counts(proc.stdout)["applied"] == 2
 
 
+def test_lines_that_cannot_be_sent_are_reported_and_the_file_goes_on(
+    server: ServerProcess, tenant: str, tmp_path: Path
+) -> None:
+    """Bytes that are not UTF-8, a time past 64-bit seconds, "inf": each its line's
+    problem, never the end of the import (it used to stop at the first, and resuming
+    met the same line again)."""
+    csv_file = tmp_path / "unsendable.csv"
+    csv_file.write_bytes(
+        b"address,occurred_at,evidence\n"
+        b"+14155550120,2026-11-01T00:00:00Z,ok\n"  # 2 ok
+        b"+14155550121,2026-11-01T00:00:00Z,caf\xe9\n"  # 3 Latin-1, not UTF-8
+        b"+14155550122,1e30,\n"  # 4 beyond int64 seconds
+        b"+14155550123,inf,\n"  # 5 no time at all
+        b"+14155550124,2026-11-01T00:00:00Z,ok\n"  # 6 ok
+    )
+    proc = run(server, "import", tenant, str(csv_file), "--action", "opt_out")
+    assert proc.returncode == 4, proc.stdout + proc.stderr
+    counts = summary_counts(proc.stdout)
+    assert counts["records read"] == 5 and counts["invalid"] == 3 and counts["applied"] == 2
+    rows = proc.stdout.splitlines()
+    assert any(r.startswith("line 3: invalid") and "UTF-8" in r for r in rows), proc.stdout
+    assert any(r.startswith("line 4: invalid") and "out of range" in r for r in rows)
+    assert any(r.startswith("line 5: invalid") and "occurred_at" in r for r in rows)
+    assert check(server, tenant, "sms", "+14155550124", "x") == 3  # the line after them
+
+
 def write_numbers(path: Path, n: int, start: int = 0) -> None:
     with path.open("w") as f:
         f.write("address,occurred_at\n")

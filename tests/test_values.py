@@ -107,6 +107,14 @@ def test_refuses_what_it_cannot_reproduce() -> None:
     class KwOnly:
         a: int
 
-    for cls in (NoSlots, NotFrozen, Factory, PostInit, KwOnly, int):
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class Base:
+        a: int
+
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class Derived(Base):
+        b: int
+
+    for cls in (NoSlots, NotFrozen, Factory, PostInit, KwOnly, Derived, int):
         with pytest.raises(TypeError):
             fast_init(cls)

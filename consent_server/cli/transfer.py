@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import math
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -181,6 +182,8 @@ def parse_time_ms(value: str) -> int | None:
         except ValueError:
             pass
         else:
+            if not math.isfinite(number):  # "inf", "nan", a JSON 1e400: no time at all
+                return None
             return int(number if abs(number) > 1e11 else number * 1000)
     try:
         when = datetime.fromisoformat(text.replace(" ", "T", 1) if " " in text else text)
@@ -226,6 +229,13 @@ def to_record(row: Mapping[str, Any], cols: Columns, line: int, evidence: str) -
     return apb.ImportRecord(**fields)
 
 
+def _unsendable(exc: Exception) -> str:
+    """Why a row could not become an ImportRecord, without echoing its values."""
+    if isinstance(exc, UnicodeError):
+        return "a value is not valid UTF-8 text"
+    return "a value is out of range (a time too far from 1970 to be sent)"
+
+
 class CountingLines:
     """The decoded lines of a binary file, counting the bytes read (for progress)."""
 
@@ -236,7 +246,11 @@ class CountingLines:
     def __iter__(self) -> Iterator[str]:
         for chunk in self._raw:
             self.bytes_read += len(chunk)
-            yield chunk.decode("utf-8-sig" if self.bytes_read == len(chunk) else "utf-8")
+            # Bytes that are not UTF-8 become lone surrogates, not an error that would stop
+            # the file: the row holding them cannot be sent and is reported by its line.
+            yield chunk.decode(
+                "utf-8-sig" if self.bytes_read == len(chunk) else "utf-8", "surrogateescape"
+            )
 
 
 Row = tuple[int, Mapping[str, Any] | None, str]  # (line, row or None, why unreadable)
@@ -379,8 +393,17 @@ def run_import(
                         totals.invalid += 1
                         totals.keep(n, "invalid", f"line {why}")
                     else:
-                        current.append(to_record(row, cols, n, evidence))
-                        sent += 1
+                        try:
+                            record = to_record(row, cols, n, evidence)
+                        except (ValueError, OverflowError) as exc:
+                            # A value protobuf cannot carry (text that is not UTF-8, a
+                            # time beyond its 64-bit seconds): this line, not the file.
+                            totals.records += 1
+                            totals.invalid += 1
+                            totals.keep(n, "invalid", f"line cannot be sent: {_unsendable(exc)}")
+                        else:
+                            current.append(record)
+                            sent += 1
                     if len(current) >= batch:
                         yield current
                         current = []

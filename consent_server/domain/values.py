@@ -22,8 +22,8 @@ def fast_init(cls: type[T]) -> type[T]:
     """Give a frozen ``slots=True`` dataclass the faster ``__init__`` (see the module).
 
     Refuses (TypeError) a class it cannot reproduce exactly: not a frozen slotted
-    dataclass, or one with ``__post_init__``, init-only, keyword-only, ``init=False``
-    or default-factory fields."""
+    dataclass, or one with ``__post_init__``, inherited, init-only, keyword-only,
+    ``init=False`` or default-factory fields."""
     params = getattr(cls, "__dataclass_params__", None)
     if params is None or not params.frozen or "__slots__" not in cls.__dict__:
         raise TypeError(f"fast_init: {cls.__name__} is not a frozen slots=True dataclass")
@@ -41,7 +41,10 @@ def fast_init(cls: type[T]) -> type[T]:
         else:
             namespace[f"_default{n}"] = f.default
             params_src.append(f"{f.name}=_default{n}")
-        namespace[f"_set{n}"] = cls.__dict__[f.name].__set__  # the slot's member descriptor
+        slot = cls.__dict__.get(f.name)
+        if slot is None:  # declared by a base class: its slot is the base's
+            raise TypeError(f"fast_init: {cls.__name__}.{f.name} is inherited")
+        namespace[f"_set{n}"] = slot.__set__  # the slot's member descriptor
         body.append(f"    _set{n}(self, {f.name})")
     source = f"def __init__(self, {', '.join(params_src)}):\n" + ("\n".join(body) or "    pass")
     exec(source, namespace)  # noqa: S102 - built from the class's own field names only

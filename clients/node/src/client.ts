@@ -318,10 +318,11 @@ export class ConsentClient {
       "grpc.primary_user_agent": USER_AGENT,
       // gRPC reconnects a channel whose server went away after 1 s at first, backing off
       // to 120 s, and fails every call meanwhile: retries 5-1000 ms apart would all fail
-      // while a server restarting in a fraction of a second is already back. 100 ms,
-      // backing off to 5 s, lines reconnects up with the retries' backoff.
+      // while a server restarting in a fraction of a second is already back. 100 ms
+      // lines the first reconnects up with the retries' backoff; backing off to 10 s
+      // keeps a long outage to one attempt per channel every ~10 s.
       "grpc.initial_reconnect_backoff_ms": 100,
-      "grpc.max_reconnect_backoff_ms": 5000,
+      "grpc.max_reconnect_backoff_ms": 10_000,
       ...(options.channelOptions ?? {}),
     };
     this.stub = new ConsentServiceClient(target, creds, channelOptions);

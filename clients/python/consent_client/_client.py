@@ -106,11 +106,13 @@ def tls_credentials(
 # gRPC reconnects a channel whose server went away after 1 s at first, backing off to
 # 120 s; until then every call fails at once. Retries 0.1-0.4 s apart then all fail
 # while a server restarting in a fraction of a second is already back, and after a
-# long outage a client may not notice the server's return for two minutes. 100 ms,
-# backing off to 5 s, lines reconnects up with the retries' backoff.
+# long outage a client may not notice the server's return for two minutes. 100 ms
+# lines the first reconnects up with the retries' backoff; backing off to 10 s keeps a
+# long outage to one connection attempt per channel every ~10 s (gRPC's jitter spreads
+# them) while clients notice the server's return within seconds.
 RECONNECT_OPTIONS: tuple[tuple[str, Any], ...] = (
     ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 5000),
+    ("grpc.max_reconnect_backoff_ms", 10_000),
 )
 
 
