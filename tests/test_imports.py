@@ -434,9 +434,15 @@ async def test_an_external_id_reused_for_another_change_is_reported(
 ) -> None:
     first = await run(store, [rec(OUT, 1, "m", external_id="row-1")])
     assert first.applied == 1
-    other = await run(store, [rec(OUT, 1, "n", external_id="row-1", line=9)])
-    assert counts(other) == {"invalid": 1}
-    assert [(p.line, p.field) for p in other.problems] == [(9, "external_id")]
+    reused = [rec(OUT, 1, "n", external_id="row-1", line=9), rec(IN, 2, "m", external_id="row-1")]
+    # The dry run predicts it (it took the id for a replay, a duplicate, before).
+    dry = await run(store, reused, dry=True, proof=True)
+    other = await run(store, reused, proof=True)
+    assert counts(other) == counts(dry) == {"invalid": 2}
+    assert [(p.line, p.field) for p in other.problems] == [(9, "external_id"), (2, "external_id")]
+    assert [(p.line, p.description) for p in dry.problems] == [
+        (p.line, p.description) for p in other.problems
+    ]
 
 
 def test_event_ids_derive_from_the_external_id_or_the_content() -> None:

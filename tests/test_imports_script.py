@@ -283,7 +283,7 @@ async def test_a_batch_over_every_partition_needs_one_connection(redis_proc: Any
         assert await bulk.apply(batch) == ["changed"] * len(batch)
         assert await bulk.apply(batch) == ["duplicate"] * len(batch)
         views = await bulk.views(BULK, [(p, [f"i{n}"]) for n, p in enumerate(people)])
-        assert all(v.seen == {f"i{n}"} for n, v in enumerate(views))
+        assert all(v.seen == {f"i{n}": "out:"} for n, v in enumerate(views))
     finally:
         await client.aclose()
 

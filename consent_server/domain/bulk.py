@@ -22,7 +22,7 @@ from .model import Channel, ExportPage, ExportQuery, Recipient, Status
 from .ports import BulkConsentStore, ConsentStore
 
 DEFAULT_BATCH = 2000
-REUSED = "reused"
+REUSED = Outcome.REUSED
 # Outcomes that report no problem (imports.problem_for returns None for them).
 _COUNTED_ONLY = frozenset(
     (

@@ -52,6 +52,9 @@ class Outcome:
     SKIPPED_OPTED_OUT = "skipped_opted_out"
     INVALID = "invalid"
     DUPLICATE = "duplicate"
+    # The record's event id is known for another change (action or topic): reported
+    # as an invalid record, nothing written.
+    REUSED = "reused"
 
 
 @fast_init
@@ -302,12 +305,13 @@ class RecipientView:
 
     ``scopes``: the live records by state-hash field (``s:<topic>``, ``s:*``);
     ``tombstone``: the erasure tombstone's records by field; ``erased_at``: the
-    erasure's time (ms) or None; ``seen``: which of the batch's event ids are known."""
+    erasure's time (ms) or None; ``seen``: the batch's event ids that are known, each
+    with the change it recorded (``fingerprint``)."""
 
     scopes: dict[str, ScopeRecord] = field(default_factory=dict)
     tombstone: dict[str, ScopeRecord] = field(default_factory=dict)
     erased_at: int | None = None
-    seen: set[str] = field(default_factory=set)
+    seen: dict[str, str] = field(default_factory=dict)
 
     def record(self, scope: str) -> ScopeRecord | None:
         """The deciding record of a scope: the newer of the live and the tombstone one."""
@@ -343,6 +347,11 @@ def needs_view(item: ImportItem, *, proof: bool) -> bool:
     return proof and item.event.action is Action.OPT_IN
 
 
+def fingerprint(event: ConsentEventInput) -> str:
+    """The change an event id stands for, as record_event.lua compares it on a replay."""
+    return f"{event.action.value}:{event.topic}"
+
+
 def simulate(item: ImportItem, view: RecipientView, *, proof: bool) -> str:
     """The outcome of importing one record on top of ``view``, which it then updates
     as the store would (so the next record of the same recipient sees it).
@@ -351,15 +360,18 @@ def simulate(item: ImportItem, view: RecipientView, *, proof: bool) -> str:
     import rules, decided before anything reaches the store), then a known event id
     (duplicate), then the erasure, then the scope's time ordering."""
     e = item.event
+    seen = view.seen.get(e.event_id)
     if e.action is Action.OPT_IN:
         if not proof:
             return Outcome.SKIPPED_NO_PROOF
-        if e.event_id not in view.seen:
+        if seen is None:
             blocker = covering_opt_out(view, e)
             if blocker is not None and blocker.occurred_at_ms >= e.occurred_at_ms:
                 return Outcome.SKIPPED_OPTED_OUT
-    if e.event_id in view.seen:
-        return Outcome.DUPLICATE
+    if seen is not None:
+        # record_event.lua's idempotency: the first outcome stands for the same change;
+        # the same id for another change is refused, not silently taken as a replay.
+        return Outcome.DUPLICATE if seen == fingerprint(e) else Outcome.REUSED
     if view.erased_at is not None and e.occurred_at_ms <= view.erased_at:
         if e.action is Action.OPT_OUT:
             field_ = scope_field(e.topic)
@@ -367,7 +379,7 @@ def simulate(item: ImportItem, view: RecipientView, *, proof: bool) -> str:
             if kept is None or kept.status is not Status.OPTED_OUT:
                 view.tombstone[field_] = ScopeRecord(Status.OPTED_OUT, view.erased_at, 0)
         return Outcome.IGNORED_ERASED
-    view.seen.add(e.event_id)
+    view.seen[e.event_id] = fingerprint(e)
     field_ = scope_field(e.topic)
     before = view.record(field_)
     if before is not None and e.occurred_at_ms < before.occurred_at_ms:

@@ -255,7 +255,7 @@ def _pairs(flat: Sequence[Any]) -> list[tuple[str, Any]]:
 
 def _view(seen_flags: Sequence[Any], ids: Sequence[str], scopes: Any, tomb: Any) -> RecipientView:
     view = RecipientView()
-    view.seen = {i for i, flag in zip(ids, seen_flags, strict=True) if int(flag)}
+    view.seen = {i: text(fp) for i, fp in zip(ids, seen_flags, strict=True) if fp}
     for f, value in _pairs(scopes):
         rec = _scope_record(value)
         if rec is not None:

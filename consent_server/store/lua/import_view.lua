@@ -3,9 +3,10 @@
 -- partition (one hash tag, so this runs on Redis Cluster).
 -- ARGV: per pair, the recipient's descriptor (keys.descriptor), the number n of event
 -- ids to look up, then the n ids.
--- Returns per pair {seen: 1/0 per id (among the recipient's last 32 events, as
--- record_event.lua's idempotency), its scope records (flat field, round-1 value list),
--- the whole tombstone hash (flat)}.
+-- Returns per pair {seen: per id, the change its event recorded ("action:topic", the
+-- fingerprint record_event.lua compares) or "" when unknown (among the recipient's
+-- last 32 events, as record_event.lua's idempotency), its scope records (flat field,
+-- round-1 value list), the whole tombstone hash (flat)}.
 --! include layout.lua
 local out = {}
 local a = 1
@@ -23,12 +24,12 @@ for i = 1, #KEYS, 2 do
     if low < 1 then low = 1 end
     for seq = count, low, -1 do
       local e = get_event(rc, seq)
-      if e then recent[e.id] = true end
+      if e then recent[e.id] = e.action .. ':' .. e.topic end
     end
   end
   local seen = {}
   for j = 1, n do
-    if recent[ARGV[a]] then seen[j] = 1 else seen[j] = 0 end
+    seen[j] = recent[ARGV[a]] or ''
     a = a + 1
   end
   local scopes = {}
