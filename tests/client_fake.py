@@ -253,23 +253,37 @@ def allowing_server(port: int) -> grpc.Server:
     return server
 
 
+@dataclass(frozen=True)
+class RestartOnFirstRetry(Backoff):
+    """A backoff that restarts the server (``restart``) when the first attempt has
+    failed, then retries after 0.1, 0.2 and 0.3 s: every retry lands after the server
+    is back and before gRPC's own reconnect backoff (0.8-1.2 s) would have ended."""
+
+    restart: Callable[[], None] = lambda: None
+
+    def delay(self, attempt: int, hint: float | None = None) -> float:
+        """Restart on the first retry; 0.1 s more per retry."""
+        if attempt == 0:
+            self.restart()
+        return 0.1 * (attempt + 1)
+
+
 @contextlib.contextmanager
-def restarting_server(after_s: float) -> Iterator[tuple[str, Callable[[], None]]]:
-    """(target, stop): ``stop()`` stops the allowing server, which comes back on the
-    same port ``after_s`` later (a restart, a deploy)."""
+def restarting_server() -> Iterator[tuple[str, Callable[[], None], Backoff]]:
+    """(target, stop, backoff): ``stop()`` stops the allowing server; a client retrying
+    with ``backoff`` brings it back on the same port once its first attempt failed (a
+    restart, a deploy), synchronously, so the test does not race a timer."""
     port = free_port()
     servers = [allowing_server(port)]
-    timer = threading.Timer(after_s, lambda: servers.append(allowing_server(port)))
 
     def stop() -> None:
         servers[0].stop(0).wait()
-        timer.start()
+
+    def restart() -> None:
+        servers.append(allowing_server(port))
 
     try:
-        yield f"127.0.0.1:{port}", stop
+        yield f"127.0.0.1:{port}", stop, RestartOnFirstRetry(restart=restart)
     finally:
-        timer.cancel()
-        if timer.is_alive():
-            timer.join()
         for s in servers:
             s.stop(0)

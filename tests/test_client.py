@@ -661,9 +661,12 @@ def test_tenant_settings_round_trip(client: ConsentClient, tenant: str) -> None:
 
 
 def test_a_read_retried_while_the_server_restarts_succeeds_once_it_is_back() -> None:
-    # gRPC's default reconnect backoff (1 s) made every retry fail at once while a server
-    # restarting in 0.25 s was already back: the read failed with Unavailable.
-    with restarting_server(after_s=0.25) as (target, stop), ConsentClient(target) as c:
+    # gRPC's default reconnect backoff (1 s) made every retry fail at once while the
+    # restarted server was already back: the read failed with Unavailable.
+    with (
+        restarting_server() as (target, stop, backoff),
+        ConsentClient(target, backoff=backoff, retries=3) as c,
+    ):
         assert c.check_consent("t", "sms", "+14155550100", "marketing").allowed
         stop()
         assert c.check_consent("t", "sms", "+14155550100", "marketing").allowed

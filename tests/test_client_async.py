@@ -211,8 +211,8 @@ async def test_async_for_tenant(proxy: FakeConsentService, tenant: str) -> None:
 
 
 async def test_a_read_retried_while_the_server_restarts_succeeds_once_it_is_back() -> None:
-    with restarting_server(after_s=0.25) as (target, stop):
-        async with AsyncConsentClient(target) as c:
+    with restarting_server() as (target, stop, backoff):
+        async with AsyncConsentClient(target, backoff=backoff, retries=3) as c:
             assert (await c.check_consent("t", "sms", "+14155550100", "marketing")).allowed
             stop()
             assert (await c.check_consent("t", "sms", "+14155550100", "marketing")).allowed
