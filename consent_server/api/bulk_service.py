@@ -20,11 +20,6 @@ _ACTION_FROM_PB = {
     pb.CONSENT_ACTION_OPT_OUT: Action.OPT_OUT,
     pb.CONSENT_ACTION_OPT_IN: Action.OPT_IN,
 }
-# convert.optional_recipient's channel of each wire number (None: unspecified/unknown).
-_CHANNEL_FROM_PB = {
-    n: cv.optional_recipient(True, pb.Recipient(channel=n)).channel  # type: ignore[union-attr]
-    for n in pb.Channel.values()
-}
 # An ImportRecord's source: unset means SOURCE_IMPORT here (convert.source of it).
 _SOURCE_FROM_PB = {
     n: cv.source(pb.SOURCE_IMPORT if n == pb.SOURCE_UNSPECIFIED else n) for n in pb.Source.values()
@@ -45,9 +40,9 @@ def _records(records: Iterable[apb.ImportRecord]) -> list[RawImportRecord]:
     """A message's records as the domain takes them: what convert.optional_recipient,
     raw_timestamp and source give for each, in one loop (no calls of their own per
     record: a message holds up to 1,000 of them)."""
-    channel_of = _CHANNEL_FROM_PB.get
+    channel_of = cv.CHANNEL_FROM_PB.get
     action_of = _ACTION_FROM_PB.get
-    source_of = _SOURCE_FROM_PB
+    source_of = _SOURCE_FROM_PB.get
     out: list[RawImportRecord] = []
     append = out.append
     for r in records:
@@ -59,7 +54,7 @@ def _records(records: Iterable[apb.ImportRecord]) -> list[RawImportRecord]:
                 r.topic,
                 action_of(r.action),
                 None if ts is None else RawTimestamp(ts.seconds, ts.nanos),
-                source_of.get(r.source),
+                source_of(r.source),
                 r.evidence,
                 r.external_id,
                 r.line,

@@ -44,7 +44,8 @@ def to_pb_by_name(members: type[E], proto: ProtoEnum[V], prefix: str) -> dict[E,
 
 
 _CHANNEL_TO_PB = to_pb_by_name(Channel, pb.Channel, "CHANNEL_")
-_CHANNEL_FROM_PB = {v: k for k, v in _CHANNEL_TO_PB.items()}
+# The domain channel of each wire number (unspecified and unknown numbers: absent).
+CHANNEL_FROM_PB = {v: k for k, v in _CHANNEL_TO_PB.items()}
 _SOURCE_TO_PB = to_pb_by_name(Source, pb.Source, "SOURCE_")
 _SOURCE_FROM_PB: dict[int, Source] = {v: k for k, v in _SOURCE_TO_PB.items()}
 _STATUS_TO_PB = to_pb_by_name(Status, pb.ConsentStatus, "CONSENT_STATUS_")
@@ -56,12 +57,12 @@ _MESSAGE_STATE_TO_PB = to_pb_by_name(MessageState, pb.MessageStatus, "MESSAGE_ST
 
 def raw_recipient(recipient: pb.Recipient) -> RawRecipient:
     """The wire recipient as plain values (unknown channel -> None)."""
-    return RawRecipient(_CHANNEL_FROM_PB.get(recipient.channel), recipient.address)
+    return RawRecipient(CHANNEL_FROM_PB.get(recipient.channel), recipient.address)
 
 
 def raw_recipients(recipients: Any) -> list[tuple[Channel | None, str]]:
     """A batch's wire recipients as (channel or None when unknown, address) pairs."""
-    get = _CHANNEL_FROM_PB.get
+    get = CHANNEL_FROM_PB.get
     return [(get(r.channel), r.address) for r in recipients]
 
 
@@ -72,7 +73,7 @@ def channel_number(channel: Channel) -> int:
 
 def optional_recipient(has: bool, recipient: pb.Recipient) -> RawRecipient | None:
     """None when the request did not set the recipient at all."""
-    return RawRecipient(_CHANNEL_FROM_PB.get(recipient.channel), recipient.address) if has else None
+    return RawRecipient(CHANNEL_FROM_PB.get(recipient.channel), recipient.address) if has else None
 
 
 def source(value: int) -> Source | None:

@@ -130,6 +130,12 @@ class Totals:
             self.keep(p.line, kind.lower(), what)
         self.problems_omitted += r.problems_omitted
 
+    def invalid_line(self, line: int, what: str) -> None:
+        """Count a line the client could not turn into a record, and keep why."""
+        self.records += 1
+        self.invalid += 1
+        self.keep(line, "invalid", what)
+
     def keep(self, line: int, kind: str, what: str) -> None:
         """Keep one problem (bounded)."""
         if len(self.problems) < MAX_KEPT_PROBLEMS:
@@ -211,7 +217,7 @@ def to_record(row: Mapping[str, Any], cols: Columns, line: int, evidence: str) -
     known = ACTIONS.get(action, pb.CONSENT_ACTION_UNSPECIFIED)
     when = parse_time_ms(_get(row, cols.occurred_at) or cols.default_time)
     # Nested messages as dicts (the constructor accepts them; the stubs do not say so).
-    fields: dict[str, Any] = {
+    kw: dict[str, Any] = {
         "line": line,
         "recipient": {
             "channel": CHANNELS.get(channel, pb.CHANNEL_UNSPECIFIED),
@@ -225,8 +231,8 @@ def to_record(row: Mapping[str, Any], cols: Columns, line: int, evidence: str) -
     }
     if when is not None:
         # Timestamp.FromMilliseconds's fields (floor division: a time before 1970 too).
-        fields["occurred_at"] = {"seconds": when // 1000, "nanos": (when % 1000) * 1_000_000}
-    return apb.ImportRecord(**fields)
+        kw["occurred_at"] = {"seconds": when // 1000, "nanos": (when % 1000) * 1_000_000}
+    return apb.ImportRecord(**kw)
 
 
 def _unsendable(exc: Exception) -> str:
@@ -389,18 +395,14 @@ def run_import(
                         continue
                     last_line = n
                     if row is None:
-                        totals.records += 1
-                        totals.invalid += 1
-                        totals.keep(n, "invalid", f"line {why}")
+                        totals.invalid_line(n, f"line {why}")
                     else:
                         try:
                             record = to_record(row, cols, n, evidence)
                         except (ValueError, OverflowError) as exc:
                             # A value protobuf cannot carry (text that is not UTF-8, a
                             # time beyond its 64-bit seconds): this line, not the file.
-                            totals.records += 1
-                            totals.invalid += 1
-                            totals.keep(n, "invalid", f"line cannot be sent: {_unsendable(exc)}")
+                            totals.invalid_line(n, f"line cannot be sent: {_unsendable(exc)}")
                         else:
                             current.append(record)
                             sent += 1

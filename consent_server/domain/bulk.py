@@ -22,17 +22,6 @@ from .model import Channel, ExportPage, ExportQuery, Recipient, Status
 from .ports import BulkConsentStore, ConsentStore
 
 DEFAULT_BATCH = 2000
-REUSED = Outcome.REUSED
-# Outcomes that report no problem (imports.problem_for returns None for them).
-_COUNTED_ONLY = frozenset(
-    (
-        Outcome.APPLIED,
-        Outcome.CHANGED,
-        Outcome.IGNORED_OLDER,
-        Outcome.IGNORED_ERASED,
-        Outcome.DUPLICATE,
-    )
-)
 
 
 def _now_ms() -> int:
@@ -206,24 +195,10 @@ class BulkConsent:
         # Counted once per distinct outcome (a batch's records mostly share one);
         # only the outcomes that report a problem are looked at one by one.
         for outcome, n in Counter(outcomes).items():
-            summary.count(Outcome.INVALID if outcome == REUSED else outcome, n)
+            summary.count(outcome, n)
         for item, outcome in zip(items, outcomes, strict=True):
-            if outcome in _COUNTED_ONLY:
-                continue
-            if outcome == REUSED:
-                summary.report(
-                    Problem(
-                        item.line,
-                        Outcome.INVALID,
-                        "external_id",
-                        "was already used for a different change of this recipient "
-                        "(another action or topic); nothing written",
-                    )
-                )
-                continue
-            problem = imp.problem_for(item, outcome)
-            if problem is not None:
-                summary.report(problem)
+            if outcome in imp.PROBLEM_OUTCOMES:
+                summary.report(imp.problem_for(item, outcome))
 
     async def _outcomes(
         self, first: ImportMessage, items: list[ImportItem], flight: _Flight

@@ -33,7 +33,7 @@ from .decision import newer
 from .errors import FieldViolation
 from .masking import mask_text
 from .model import Action, Channel, ConsentEventInput, Recipient, Source, Status
-from .recipients import MAX_ADDRESS_LEN, AddressError, exact_e164, normalise_address
+from .recipients import AddressError, normalise_address, normalise_uncached
 from .values import fast_init
 
 MAX_RECORDS_PER_MESSAGE = 1000
@@ -109,12 +109,15 @@ class ImportSummary:
     dry_run: bool = False
 
     def count(self, outcome: str, n: int = 1) -> None:
-        """Count ``n`` records of one outcome (CHANGED counts as applied too)."""
+        """Count ``n`` records of one outcome (CHANGED counts as applied too, REUSED as
+        invalid)."""
         if outcome == Outcome.CHANGED:
             self.applied += n
             self.changed += n
         elif outcome == Outcome.DUPLICATE:
             self.duplicates += n
+        elif outcome == Outcome.REUSED:
+            self.invalid += n
         else:
             setattr(self, outcome, getattr(self, outcome) + n)
 
@@ -261,16 +264,8 @@ def _valid_record(
     text, bad_evidence = _evidence(raw.evidence, max_evidence_bytes)
     if bad_topic or bad_evidence:
         return None
-    address = rr.address
-    # normalise_address's own first answer for an exact E.164 phone number, without its
-    # cache (an import's addresses are new to it: each would only miss and evict).
-    e164 = (
-        exact_e164(address)
-        if rr.channel is not Channel.EMAIL and len(address) <= MAX_ADDRESS_LEN
-        else None
-    )
     try:
-        rcpt = Recipient(rr.channel, e164 or normalise_address(rr.channel, address, region))
+        rcpt = Recipient(rr.channel, normalise_uncached(rr.channel, rr.address, region))
     except AddressError:
         return None
     return ImportItem(
@@ -349,7 +344,7 @@ def needs_view(item: ImportItem, *, proof: bool) -> bool:
 
 def fingerprint(event: ConsentEventInput) -> str:
     """The change an event id stands for, as record_event.lua compares it on a replay."""
-    return f"{event.action.value}:{event.topic}"
+    return f"{_VALUE[event.action]}:{event.topic}"
 
 
 def simulate(item: ImportItem, view: RecipientView, *, proof: bool) -> str:
@@ -423,13 +418,20 @@ def plan_batch(
     return Plan(apply, decided)
 
 
-_SKIPPED = frozenset((Outcome.SKIPPED_NO_PROOF, Outcome.SKIPPED_OPTED_OUT))
+# The outcomes a record is reported for (problem_for), beside being counted.
+PROBLEM_OUTCOMES = frozenset((Outcome.SKIPPED_NO_PROOF, Outcome.SKIPPED_OPTED_OUT, Outcome.REUSED))
 
 
-def problem_for(item: ImportItem, outcome: str) -> Problem | None:
-    """The problem to report for a skipped opt-in; None for every other outcome."""
-    if outcome not in _SKIPPED:
-        return None
+def problem_for(item: ImportItem, outcome: str) -> Problem:
+    """The problem to report for an outcome of PROBLEM_OUTCOMES."""
+    if outcome == Outcome.REUSED:
+        return Problem(
+            item.line,
+            Outcome.INVALID,
+            "external_id",
+            "was already used for a different change of this recipient "
+            "(another action or topic); nothing written",
+        )
     scope = f"topic '{item.event.topic}'" if item.event.topic else "all topics"
     if outcome == Outcome.SKIPPED_NO_PROOF:
         return Problem(
@@ -447,4 +449,4 @@ def problem_for(item: ImportItem, outcome: str) -> Problem | None:
             f"opt-in to {scope} skipped: the service holds an opt-out covering it dated at "
             "or after it; an import never re-subscribes",
         )
-    return None
+    raise ValueError(f"no problem is reported for a record {outcome}")

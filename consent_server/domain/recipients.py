@@ -69,12 +69,16 @@ def normalise_address(channel: Channel, raw: str, default_region: str | None) ->
     return normalise_phone(raw, default_region, whatsapp=channel is Channel.WHATSAPP)
 
 
+# normalise_address without its cache, for addresses seen once (an import's): each
+# would only miss the cache and evict an address that is asked about again.
+normalise_uncached = normalise_address.__wrapped__
+
+
 def normalise_phone(raw: str, default_region: str | None, *, whatsapp: bool = False) -> str:
     """E.164 for a phone number typed in any of the accepted spellings."""
-    if _PLUS_DIGITS_RE.fullmatch(raw):  # already E.164-shaped: the common case of a file
-        fast = exact_e164(raw)
-        if fast is not None:
-            return fast
+    fast = exact_e164(raw)  # already E.164-shaped: the common case of a file
+    if fast is not None:
+        return fast
     text = raw.strip()
     lowered = text.lower()
     for prefix in _PREFIXES:

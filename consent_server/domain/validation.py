@@ -36,8 +36,7 @@ MAX_MESSAGE_BYTES = 64 * 1024
 MAX_FUTURE_MS = 5 * 60 * 1000
 # 0001-01-01 .. 9999-12-31, as google.protobuf.Timestamp allows.
 _MIN_TS_SECONDS = -62135596800
-_MAX_TS_SECONDS = 253402300799
-MAX_TS_SECONDS = _MAX_TS_SECONDS  # a valid timestamp's last second (9999-12-31)
+MAX_TS_SECONDS = 253402300799  # a valid timestamp's last second (9999-12-31)
 
 
 @fast_init
@@ -209,7 +208,7 @@ def timestamp_ms(v: Violations, raw: RawTimestamp | None, field: str) -> int | N
     if raw is None:
         return None
     if not (0 <= raw.nanos < 1_000_000_000) or not (
-        _MIN_TS_SECONDS <= raw.seconds <= _MAX_TS_SECONDS
+        _MIN_TS_SECONDS <= raw.seconds <= MAX_TS_SECONDS
     ):
         v.add(field, "is not a valid timestamp")
         return None
