@@ -24,9 +24,7 @@ the script read.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import hiredis
@@ -36,6 +34,7 @@ from redis._parsers.hiredis import NOT_ENOUGH_DATA, _AsyncHiredisParser
 from consent_server.domain.model import Channel, Recipient
 
 from . import keys
+from .tombstones import TombstoneNames
 
 #: Entries per (tenant, channel) of the per-store cache of packed key names (~300 B
 #: each: ~40 MB when full): a 100,000-recipient working set with headroom.
@@ -55,16 +54,16 @@ class BatchKeys:
         # (tenant, channel) -> address -> (record bucket key + main field as RESP bulk
         # strings, the main field's bytes, the tombstone key as a bulk string)
         self._packed: dict[tuple[str, Channel], dict[str, tuple[bytes, bytes, bytes]]] = {}
-        self._macs: dict[bytes, hmac.HMAC] = {}
+        # secret -> TombstoneNames.digester(secret): the HMAC keyed once per secret.
+        self._names: dict[bytes, Callable[[Recipient], str]] = {}
 
-    def _mac(self, secret: bytes) -> hmac.HMAC:
-        """A fresh HMAC-SHA256 under ``secret`` (a copy of one keyed once)."""
-        base = self._macs.get(secret)
-        if base is None:
-            if len(self._macs) >= _CACHED_RUNS:
-                self._macs.clear()
-            base = self._macs[secret] = hmac.new(secret, digestmod=hashlib.sha256)
-        return base.copy()
+    def _namer(self, secret: bytes) -> Callable[[Recipient], str]:
+        name = self._names.get(secret)
+        if name is None:
+            if len(self._names) >= _CACHED_RUNS:
+                self._names.clear()
+            name = self._names[secret] = TombstoneNames.digester(secret)
+        return name
 
     def commands(
         self,
@@ -98,13 +97,10 @@ class BatchKeys:
             entry = cache.get(address)
             if entry is None:
                 rcpt = Recipient(channel, address)
-                part = keys.partition(tenant_id, rcpt)
-                bucket = keys.record_bucket(part, tenant_id, keys.bucket(tenant_id, rcpt))
+                part, b = keys.placement(tenant_id, rcpt)
+                bucket = keys.record_bucket(part, tenant_id, b)
                 field = keys.rfield(rcpt).encode()
-                # TombstoneNames.digest, from the keyed state prepared once per secret.
-                mac = self._mac(secret)
-                mac.update(f"{channel.value}:{address}".encode())
-                tomb = keys.tombstone(tenant_id, rcpt, mac.hexdigest(), part=part)
+                tomb = keys.tombstone(tenant_id, rcpt, self._namer(secret)(rcpt), part=part)
                 entry = (_bulk(bucket.encode()) + _bulk(field), field, _bulk(tomb.encode()))
                 if len(cache) >= self._limit:
                     cache.clear()

@@ -119,7 +119,7 @@ local recorded_36 = b36_time(recorded)
 -- The call's shared keys and values (one partition, one tenant).
 local prefix, feed, mark = KEYS[1], KEYS[2], KEYS[3]
 local tenant, maxlen_s, buckets_s = string.match(ARGV[1], '^([^%z]*)%z([^%z]*)%z([^%z]*)$')
-local maxlen, buckets = tonumber(maxlen_s), tonumber(buckets_s)
+local maxlen = tonumber(maxlen_s)
 -- The feed's length as of the last XADD here (one XLEN per call, not per event);
 -- record_one appends on its own, so it forgets it.
 local feed_len = false
@@ -134,8 +134,8 @@ local function packed_record(action, occurred_36, source, event_id)
 end
 -- What follows the record's write (the caller's: "1;<record>" in the main field, or
 -- the topic's record and "1"): the change feed entry and the history event.
-local function first_event(bucket, event_id, action, field, topic, source, evidence,
-                           occurred, occurred_36, principal, channel, address, rf, bhex)
+local function first_event(event_id, action, topic, source, evidence, occurred, occurred_36,
+                           principal, channel, address, rf, bhex)
   local src = SRC[source] or source
   -- The change feed, as record_event.lua appends it (trim mark included).
   local len = feed_len or redis.call('XLEN', feed)
@@ -216,7 +216,7 @@ for i = 1, (#ARGV - first_arg + 1) / 6 do
       lean = redis.call('HSETNX', bucket, rf, '1;' .. packed_record(action, occurred_36,
         source, event_id)) == 1
       if lean then
-        out[i] = first_event(bucket, event_id, action, field, topic, source, evidence,
+        out[i] = first_event(event_id, action, topic, source, evidence,
           occurred, occurred_36, principal, channel, address, rf, bhex)
       end
     elseif redis.call('HEXISTS', bucket, rf) == 0 then
@@ -224,7 +224,7 @@ for i = 1, (#ARGV - first_arg + 1) / 6 do
       redis.call('HSET', bucket, rf .. US .. string.sub(field, 3),
         packed_record(action, occurred_36, source, event_id), rf, '1')
       lean = true
-      out[i] = first_event(bucket, event_id, action, field, topic, source, evidence,
+      out[i] = first_event(event_id, action, topic, source, evidence,
         occurred, occurred_36, principal, channel, address, rf, bhex)
     end
   end
@@ -366,8 +366,9 @@ class RedisBulkStore:
                 for n in chunk:
                     e = events[n]
                     rcpt = e.recipient
-                    # Most events share the one before them's profile: compared by
-                    # identity and equality, without building and hashing its key.
+                    # Most events share the one before them's profile: the values
+                    # import_profile reads, compared by identity and equality, without
+                    # building and hashing its key.
                     if not (
                         last is not None
                         and e.action is last.action
@@ -585,7 +586,7 @@ def _tag_of(key: str) -> str:
 # against the replies of record_event.lua itself).
 _LETTERS = {
     "d": Outcome.DUPLICATE,
-    "r": "reused",
+    "r": Outcome.REUSED,
     "e": Outcome.IGNORED_ERASED,
     "o": Outcome.IGNORED_OLDER,
     "c": Outcome.CHANGED,

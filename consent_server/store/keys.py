@@ -82,7 +82,7 @@ import zlib
 from collections.abc import Sequence
 
 from consent_server.domain.errors import StoreUnavailable
-from consent_server.domain.model import Recipient
+from consent_server.domain.model import Channel, Recipient
 
 # The layout in use: set once per process by configure() (store/schema.py calls it with
 # what ca:meta records) before anything reads or writes a partition key. Until then it
@@ -100,6 +100,7 @@ HISTORY_SPREAD = 8  # consecutive events of a recipient per history bucket
 IDEMPOTENCY_WINDOW = 32  # a replay is recognised among the recipient's last 32 events
 SCHEMA = 3  # a new store: the compact layout with a recorded partition layout
 META = "ca:meta"
+_CHANNEL_VALUE = {c: c.value for c in Channel}
 _CHANNEL_LETTER = {"whatsapp": "w", "sms": "s", "email": "e", "rcs": "r", "voice": "v"}
 CHANNEL_OF_LETTER = {v: k for k, v in _CHANNEL_LETTER.items()}
 MESSAGE_ID_RE = re.compile(r"^m[0-9a-f]{30}$")
@@ -173,7 +174,7 @@ def partitions() -> int:
     """The partition count of the layout in use; LayoutUnknown while it is being read.
     Every caller that needs the count (not just a key) asks here, so none can act on
     the legacy default before the store's layout is known."""
-    if _PENDING:
+    if _PENDING:  # checked here first: this runs for every key of every call
         require_layout()
     return PARTITIONS
 
@@ -183,17 +184,22 @@ def buckets_for(partitions: int) -> int:
     return max(1, TOTAL_BUCKETS // partitions)
 
 
+def _crc(tenant_id: str, recipient: Recipient) -> int:
+    """The CRC a recipient's partition (low bits) and record bucket (higher bits) come
+    from. The channel's value from a dict: an enum's .value is a descriptor call."""
+    key = f"{tenant_id}\x00{_CHANNEL_VALUE[recipient.channel]}\x00{recipient.address}"
+    return zlib.crc32(key.encode())
+
+
 def partition(tenant_id: str, recipient: Recipient) -> int:
     """The recipient's partition: stable, spread evenly over the partitions."""
-    key = f"{tenant_id}\x00{recipient.channel.value}\x00{recipient.address}".encode()
-    return zlib.crc32(key) % partitions()
+    return _crc(tenant_id, recipient) % partitions()
 
 
 def placement(tenant_id: str, recipient: Recipient) -> tuple[int, int]:
     """(partition, record bucket) of a recipient from one CRC: what partition() and
-    bucket() return, for a caller that needs both (an import, per record)."""
-    key = f"{tenant_id}\x00{recipient.channel.value}\x00{recipient.address}".encode()
-    crc = zlib.crc32(key)
+    bucket() return, for a caller that needs both."""
+    crc = _crc(tenant_id, recipient)
     return crc % partitions(), (crc >> 10) % BUCKETS_PER_PARTITION
 
 
@@ -262,8 +268,7 @@ def channel_letter(channel: str) -> str:
 def bucket(tenant_id: str, recipient: Recipient) -> int:
     """The recipient's record bucket within its partition: bits of the same CRC above
     those the partition uses, so buckets fill evenly in every partition."""
-    key = f"{tenant_id}\x00{recipient.channel.value}\x00{recipient.address}".encode()
-    return (zlib.crc32(key) >> 10) % BUCKETS_PER_PARTITION
+    return (_crc(tenant_id, recipient) >> 10) % BUCKETS_PER_PARTITION
 
 
 def record_bucket(part: int, tenant_id: str, b: int) -> str:
@@ -298,8 +303,9 @@ def layout(tenant_id: str, recipient: Recipient, part: int | None = None) -> tup
     """(record bucket, history prefix, descriptor) of a recipient: a script's KEYS[1],
     KEYS[2] (same hash tag, so the script stays on one slot) and its descriptor ARGV."""
     if part is None:
-        part = partition(tenant_id, recipient)
-    b = bucket(tenant_id, recipient)
+        part, b = placement(tenant_id, recipient)
+    else:
+        b = bucket(tenant_id, recipient)
     return (
         record_bucket(part, tenant_id, b),
         history_prefix(part, tenant_id),

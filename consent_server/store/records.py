@@ -63,22 +63,10 @@ def parse_record(raw: bytes | str | None) -> ConsentRecord | None:
 
 
 def record_event_args(event: ConsentEventInput, maxlen: int | str, descriptor: str) -> list[str]:
-    """ARGV[1..13] of record_event.lua, which the import's one-event path takes too: the
-    event, then the change feed's fields and max length (the feed is appended in the
-    same step), then the recipient's layout descriptor (keys.layout)."""
+    """ARGV[1..13] of record_event.lua: the event, then the change feed's fields and max
+    length (the feed is appended in the same step), then the recipient's layout
+    descriptor (keys.layout)."""
     return [
-        *_event_args(event),
-        event.tenant_id,
-        _CHANNEL_VALUE[event.recipient.channel],
-        event.recipient.address,
-        str(maxlen),
-        descriptor,
-    ]
-
-
-def _event_args(event: ConsentEventInput) -> tuple[str, ...]:
-    """record_event.lua's ARGV[1..8]: what both scripts are told of the event itself."""
-    return (
         event.event_id,
         _ACTION_VALUE[event.action],
         keys.scope_field(event.topic),
@@ -87,7 +75,12 @@ def _event_args(event: ConsentEventInput) -> tuple[str, ...]:
         event.evidence,
         str(event.occurred_at_ms),
         event.principal,
-    )
+        event.tenant_id,
+        _CHANNEL_VALUE[event.recipient.channel],
+        event.recipient.address,
+        str(maxlen),
+        descriptor,
+    ]
 
 
 def import_profile(event: ConsentEventInput) -> tuple[str, ...]:
@@ -97,7 +90,9 @@ def import_profile(event: ConsentEventInput) -> tuple[str, ...]:
     event then sends only its own values (number of its profile, event id, time,
     address, bucket, tombstone digest): Redis turns every argument into a string and
     the script into a Lua value, so an argument sent once per call instead of once per
-    event is Redis time saved per record."""
+    event is Redis time saved per record. RedisBulkStore.apply reuses the previous
+    event's profile when the six event values read here are the same: a value added
+    here must be compared there too."""
     channel = _CHANNEL_VALUE[event.recipient.channel]
     return (
         _ACTION_VALUE[event.action],

@@ -450,7 +450,7 @@ class RedisConsentStore:
     async def send(self, request: SendInput, policy: Policy) -> SendAccepted | SendBlocked:
         """Run send.lua: idempotency, decision, outbox append and status record in one step."""
         part = keys.partition(request.tenant_id, request.recipient)
-        base = keys.recipient_base(request.tenant_id, request.recipient)
+        base = keys.partition_base(part, request.tenant_id, request.recipient)
         message_id = keys.new_message_id(part)
         tomb, index = await self._tombstone_keys(request.tenant_id, request.recipient)
         bucket, _, descriptor = keys.layout(request.tenant_id, request.recipient, part)
