@@ -16,7 +16,7 @@ import json
 import math
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
@@ -26,6 +26,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from consent_client import ConsentClient
 from consent_client.v1 import admin_pb2 as apb
 from consent_client.v1 import consent_pb2 as pb
+from consent_server.domain.imports import COUNTER_NAMES, ImportCounts
 
 CHANNELS = {
     "whatsapp": pb.CHANNEL_WHATSAPP,
@@ -105,24 +106,15 @@ class Columns:
 
 
 @dataclass
-class Totals:
+class Totals(ImportCounts):
     """The running summary of an import (all chunks, client-side problems included)."""
 
-    records: int = 0
-    applied: int = 0
-    changed: int = 0
-    ignored_older: int = 0
-    ignored_erased: int = 0
-    skipped_no_proof: int = 0
-    skipped_opted_out: int = 0
-    invalid: int = 0
-    duplicates: int = 0
     problems: list[tuple[int, str, str]] = field(default_factory=list)
     problems_omitted: int = 0
 
     def add(self, r: apb.ImportConsentResponse) -> None:
         """Add one call's summary."""
-        for name in _COUNTERS:
+        for name in COUNTER_NAMES:
             setattr(self, name, getattr(self, name) + getattr(r, name))
         for p in r.problems:
             kind = apb.ImportProblemKind.Name(p.kind).removeprefix("IMPORT_PROBLEM_KIND_")
@@ -145,7 +137,7 @@ class Totals:
 
     def to_json(self) -> dict[str, Any]:
         """The totals for the checkpoint file."""
-        data: dict[str, Any] = {name: getattr(self, name) for name in _COUNTERS}
+        data: dict[str, Any] = {name: getattr(self, name) for name in COUNTER_NAMES}
         data["problems"] = self.problems
         data["problems_omitted"] = self.problems_omitted
         return data
@@ -154,15 +146,12 @@ class Totals:
     def from_json(cls, data: Mapping[str, Any]) -> Totals:
         """Totals read back from a checkpoint file."""
         t = cls()
-        for name in _COUNTERS:
+        for name in COUNTER_NAMES:
             setattr(t, name, int(data.get(name, 0)))
         t.problems = [(int(a), str(b), str(c)) for a, b, c in data.get("problems", [])]
         t.problems_omitted = int(data.get("problems_omitted", 0))
         return t
 
-
-# The counters, named like the ImportConsentResponse fields they add up.
-_COUNTERS = tuple(f.name for f in fields(Totals) if f.name not in ("problems", "problems_omitted"))
 
 
 def parse_time(value: str) -> Timestamp | None:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import lru_cache
 
 from . import validation as val
@@ -92,8 +92,11 @@ class Problem:
 
 
 @dataclass(slots=True)
-class ImportSummary:
-    """The counters of an import and its first MAX_PROBLEMS problems."""
+class ImportCounts:
+    """The counters of an import, named like the ImportConsent response's fields.
+
+    The server's summary and consentctl's running totals (over every call of a chunked
+    import) both count these, so they are declared once here."""
 
     records: int = 0
     applied: int = 0
@@ -104,6 +107,16 @@ class ImportSummary:
     skipped_opted_out: int = 0
     invalid: int = 0
     duplicates: int = 0
+
+
+#: The names of the ImportCounts counters, in their declared order.
+COUNTER_NAMES = tuple(f.name for f in fields(ImportCounts))
+
+
+@dataclass(slots=True)
+class ImportSummary(ImportCounts):
+    """The counters of an import and its first MAX_PROBLEMS problems."""
+
     problems: list[Problem] = field(default_factory=list)
     problems_omitted: int = 0
     dry_run: bool = False
