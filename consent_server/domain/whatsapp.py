@@ -73,12 +73,13 @@ def body_digest(body: bytes) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class Unapplied:
+class UnappliedItem:
     """An item we should act on but cannot: what it is, why, and where it was.
 
-    ``raw`` is the item as received (JSON text, for an operator to replay);
-    ``field`` and ``kind`` say where it sat (``messages``, ``statuses``,
-    ``user_preferences``, or ``entry``/``change`` for a broken envelope part).
+    ``raw`` is the item as received (JSON text, for an operator to replay); ``kind``
+    says where it sat (``messages``, ``statuses``, ``user_preferences``, or
+    ``entry``/``change`` for a broken envelope part). Both the item as parsing finds it
+    (Unapplied) and the dead letter that keeps it (whatsapp_edge.DeadLetter) carry these.
     """
 
     reason: str
@@ -87,6 +88,12 @@ class Unapplied:
     path: str
     phone_number_id: str
     raw: str
+
+
+@dataclass(frozen=True, slots=True)
+class Unapplied(UnappliedItem):
+    """An unapplied item as parsing finds it; ``field`` is the change field it sat in."""
+
     field: str = "messages"
 
 

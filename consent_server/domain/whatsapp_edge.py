@@ -55,6 +55,7 @@ from .whatsapp import (
     StatusHandler,
     StatusReceipt,
     Unapplied,
+    UnappliedItem,
     WebhookBatch,
     WebhookMalformed,
     body_digest,
@@ -141,7 +142,7 @@ class WhatsAppWebhookConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class DeadLetter:
+class DeadLetter(UnappliedItem):
     """A notification item kept because it could not be applied.
 
     ``raw`` is the item as received (JSON); ``body_digest`` and ``path`` identify it
@@ -151,12 +152,6 @@ class DeadLetter:
     id: str
     tenant_id: str
     received_at_ms: int
-    reason: str
-    detail: str
-    kind: str
-    path: str
-    phone_number_id: str
-    raw: str
     body_digest: str
     attempts: int = 0
 
