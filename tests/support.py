@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import grpc
 import redis
@@ -25,6 +25,9 @@ from bench.procs import free_port, redis_server_args
 from consent_server.domain.model import Action, Channel, ConsentEventInput, Recipient, Source
 from consent_server.domain.service import ChangeResult, ConsentAuthority
 from consent_server.domain.validation import RawMessage, RawRecipient, RawTimestamp
+
+if TYPE_CHECKING:
+    from consent_client.v1 import consent_pb2
 
 REDIS_SERVER = shutil.which("redis-server")
 
@@ -149,6 +152,27 @@ async def change_consent(
         evidence=evidence,
         occurred_at=occurred_at,
         event_id="",
+    )
+
+
+def text_send_request(
+    tenant_id: str,
+    recipient: consent_pb2.Recipient,
+    text: str,
+    *,
+    topic: str = "marketing",
+    **fields: Any,
+) -> consent_pb2.SendIfAllowedRequest:
+    """A gRPC SendIfAllowed request of a text message (``fields``: the rest of the
+    request, such as ``idempotency_key``); a promotion unless ``topic`` says otherwise."""
+    from consent_client.v1 import consent_pb2
+
+    return consent_pb2.SendIfAllowedRequest(
+        tenant_id=tenant_id,
+        recipient=recipient,
+        topic=topic,
+        message=consent_pb2.Message(text=text),
+        **fields,
     )
 
 

@@ -30,6 +30,14 @@ def redis_srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess
     proc.stop()
 
 
+def _server(redis_srv: RedisProcess, **env: str) -> ServerProcess:
+    """A started server on the module's redis-server with delivery off (the bursts are
+    about the API's calls, not about delivering what they accept), plus ``env``."""
+    return ServerProcess(
+        {"CONSENT_REDIS_URL": redis_srv.url, "CONSENT_DELIVERY": "off", **env}
+    ).start()
+
+
 SEND = pb.SendIfAllowedRequest(
     tenant_id="acme",
     recipient=pb.Recipient(channel=pb.CHANNEL_SMS, address="+14155550101"),
@@ -64,13 +72,7 @@ async def test_500_concurrent_calls_on_a_fresh_channel_all_succeed(
     redis_srv: RedisProcess, processes: str
 ) -> None:
     # 500 is five times the default CONSENT_MAX_CONCURRENT_STREAMS (100).
-    srv = ServerProcess(
-        {
-            "CONSENT_REDIS_URL": redis_srv.url,
-            "CONSENT_DELIVERY": "off",
-            "CONSENT_PROCESSES": processes,
-        }
-    ).start()
+    srv = _server(redis_srv, CONSENT_PROCESSES=processes)
     try:
         for _ in range(3):
             assert await _burst(srv.target, 500) == Counter({"ok": 500})
@@ -84,14 +86,7 @@ async def test_500_concurrent_sends_and_checks_on_one_shared_redis_connection(
 ) -> None:
     """500 calls at once all go through the one multiplexed Redis connection (on either
     event loop): every check answers, every send is accepted and lands in the outbox."""
-    srv = ServerProcess(
-        {
-            "CONSENT_REDIS_URL": redis_srv.url,
-            "CONSENT_DELIVERY": "off",
-            "CONSENT_PROCESSES": "1",
-            "CONSENT_UVLOOP": uvloop,
-        }
-    ).start()
+    srv = _server(redis_srv, CONSENT_PROCESSES="1", CONSENT_UVLOOP=uvloop)
     client = redis_srv.client()
     try:
 
@@ -112,14 +107,7 @@ async def test_calls_beyond_the_process_limit_are_refused_resource_exhausted(
 ) -> None:
     """The backstop on handlers per process: with Redis paused, 8 calls hang in the
     server and every further one is answered RESOURCE_EXHAUSTED at once."""
-    srv = ServerProcess(
-        {
-            "CONSENT_REDIS_URL": redis_srv.url,
-            "CONSENT_DELIVERY": "off",
-            "CONSENT_MAX_CONCURRENT_CALLS": "8",
-            "CONSENT_REDIS_TIMEOUT": "30",
-        }
-    ).start()
+    srv = _server(redis_srv, CONSENT_MAX_CONCURRENT_CALLS="8", CONSENT_REDIS_TIMEOUT="30")
     options = [("grpc.use_local_subchannel_pool", 1)]
     try:
         async with grpc.aio.insecure_channel(srv.target, options=options) as ch:

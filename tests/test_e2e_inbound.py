@@ -23,7 +23,7 @@ from consent_client.v1 import admin_pb2_grpc, consent_pb2_grpc
 from consent_client.v1 import consent_pb2 as pb
 
 from .security_support import rich
-from .support import RedisProcess, ServerProcess
+from .support import RedisProcess, ServerProcess, text_send_request
 
 WA = pb.Recipient(channel=pb.CHANNEL_WHATSAPP, address="+91 98765 43210")
 WA_ID = pb.Recipient(channel=pb.CHANNEL_WHATSAPP, address="919876543210")  # webhook spelling
@@ -99,11 +99,7 @@ def inbound(
 
 
 def send(env: Env, tenant: str, topic: str = "marketing") -> Any:
-    return env.stub.SendIfAllowed(
-        pb.SendIfAllowedRequest(
-            tenant_id=tenant, recipient=WA, topic=topic, message=pb.Message(text="20% off")
-        )
-    )
+    return env.stub.SendIfAllowed(text_send_request(tenant, WA, "20% off", topic=topic))
 
 
 def allowed(env: Env, tenant: str, topic: str) -> bool:
@@ -781,14 +777,7 @@ def test_confirmation_is_delivered_to_the_opted_out_recipient(tenant: str) -> No
                 time.sleep(0.05)
             assert status is not None and status.status == pb.MESSAGE_STATUS_LOGGED, status
             with pytest.raises(grpc.RpcError) as blocked:
-                stub.SendIfAllowed(
-                    pb.SendIfAllowedRequest(
-                        tenant_id=tenant,
-                        recipient=WA,
-                        topic="marketing",
-                        message=pb.Message(text="20% off"),
-                    )
-                )
+                stub.SendIfAllowed(text_send_request(tenant, WA, "20% off"))
             assert blocked.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     finally:
         assert srv.stop() == 0

@@ -18,7 +18,14 @@ import pytest
 from consent_client.v1 import consent_pb2 as pb
 from consent_client.v1 import consent_pb2_grpc as pbg
 
-from .support import RedisProcess, ServerProcess, auth_env, free_port, run_module
+from .support import (
+    RedisProcess,
+    ServerProcess,
+    auth_env,
+    free_port,
+    run_module,
+    text_send_request,
+)
 
 TENANT = "acme"
 NUMBER = "+14155550142"
@@ -87,13 +94,7 @@ def exercise(target: str) -> None:
 
         def send(recipient: pb.Recipient, idempotency_key: str) -> None:
             stub.SendIfAllowed(
-                pb.SendIfAllowedRequest(
-                    tenant_id=TENANT,
-                    recipient=recipient,
-                    topic="marketing",
-                    message=pb.Message(text="hi"),
-                    idempotency_key=idempotency_key,
-                ),
+                text_send_request(TENANT, recipient, "hi", idempotency_key=idempotency_key),
                 timeout=10,
             )
 

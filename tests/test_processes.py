@@ -31,7 +31,7 @@ from consent_client.v1 import consent_pb2_grpc as pbg
 from consent_server.config import ConfigError, cores, load
 from consent_server.supervisor import MAX_START_FAILURES, Supervisor
 
-from .support import RedisProcess, ServerProcess, free_port, run_module
+from .support import RedisProcess, ServerProcess, free_port, run_module, text_send_request
 
 pytestmark = pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads /proc (Linux)")
 
@@ -221,14 +221,7 @@ def test_two_processes_both_serve_and_metrics_sum_over_them(two: ServerProcess) 
             stub = pbg.ConsentServiceStub(ch)
             assert stub.CheckConsent(CHECK, timeout=10).allowed
             stub.SendIfAllowed(
-                pb.SendIfAllowedRequest(
-                    tenant_id=TENANT,
-                    recipient=WA,
-                    topic="marketing",
-                    message=pb.Message(text="hello"),
-                    idempotency_key=f"metrics-{i}",
-                ),
-                timeout=10,
+                text_send_request(TENANT, WA, "hello", idempotency_key=f"metrics-{i}"), timeout=10
             )
         served = connections_by_pid(pids, port_of(two))
         assert sorted(served) == sorted(pids), served
