@@ -153,7 +153,6 @@ class Totals(ImportCounts):
         return t
 
 
-
 def parse_time(value: str) -> Timestamp | None:
     """An ISO 8601 time (a naive one is UTC; a date alone is midnight UTC), or Unix
     seconds, or Unix milliseconds (a number above 10^11); None when unreadable."""
