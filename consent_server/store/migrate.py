@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from consent_server.domain.model import Channel, Recipient
@@ -89,9 +90,7 @@ async def migrate(client: RedisClient) -> MigrationSummary:
         bucket, prefix, descriptor = keys.layout(tenant, rcpt, part)
         hist = name[:-2] + ":h"
         reply: Any = await guarded(
-            lambda n=name, h=hist, b=bucket, p=prefix, d=descriptor: script(  # type: ignore[misc]
-                keys=[n, h, b, p], args=[d]
-            )
+            partial(script, keys=[name, hist, bucket, prefix], args=[descriptor])
         )
         if int(reply[0]) == 1:
             summary.recipients += 1

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypeVar
 
 import redis.exceptions as rex
@@ -195,14 +196,12 @@ class DeliveryRepository:
     async def touch(self, consumer: str, entries: Sequence[OutboxEntry]) -> None:
         """Reset the idle time of entries ``consumer`` is still working on (a heartbeat), so
         a slow provider call is not mistaken for a crashed worker and reclaimed."""
-        by_part: dict[int, list[str]] = {}
+        by_part: dict[int, list[StreamIdT]] = {}
         for entry in entries:
             by_part.setdefault(entry.partition, []).append(entry.entry_id)
         for part, ids in by_part.items():
             await self._call(
-                lambda p=part, ids=ids: self._r.xclaim(  # type: ignore[misc]
-                    keys.outbox(p), GROUP, consumer, 0, ids, justid=True
-                )
+                partial(self._r.xclaim, keys.outbox(part), GROUP, consumer, 0, ids, justid=True)
             )
 
     async def retire(self, consumer: str) -> None:
@@ -338,7 +337,7 @@ class DeliveryRepository:
         for ident, payload in zip(ids, payloads, strict=True):
             fields: dict[str, str] = json.loads(text(payload)) if payload else {}
             if not fields:  # lost its entry: nothing to resend; drop the retry
-                await self._call(lambda i=ident: self._r.zrem(rq, i))  # type: ignore[misc]
+                await self._call(partial(self._r.zrem, rq, ident))
                 continue
             flat = [x for kv in fields.items() for x in kv]
             script_keys = [
@@ -349,9 +348,7 @@ class DeliveryRepository:
             ]
             moved += int(
                 await self._call(
-                    lambda k=script_keys, i=ident, flat=flat: self._requeue(  # type: ignore[misc]
-                        keys=k, args=[text(i), *flat]
-                    )
+                    partial(self._requeue, keys=script_keys, args=[text(ident), *flat])
                 )
             )
         return moved
