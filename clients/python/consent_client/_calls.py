@@ -106,14 +106,26 @@ class Backoff:
 
 @dataclass(frozen=True, slots=True)
 class Call(Generic[T]):
-    """One RPC to make: the stub attribute, the request, its retry mode and its parser."""
+    """One RPC to make: the request, its retry mode and its parser.
 
-    method: str
+    The request names the RPC: buf lint (RPC_REQUEST_STANDARD_NAME) holds each request
+    message to ``<Method>Request``, and ConsentAdminService's messages live in its own
+    admin.proto, so a builder states the method once, in the message it builds.
+    """
+
     request: ProtoMessage
     mode: RetryMode
     parse: Callable[[Any], T]
-    admin: bool = False
-    """True for a ``consent.v1.ConsentAdminService`` method."""
+
+    @property
+    def method(self) -> str:
+        """The RPC's name and stub attribute: ``CheckConsentRequest`` -> ``CheckConsent``."""
+        return self.request.DESCRIPTOR.name.removesuffix("Request")
+
+    @property
+    def admin(self) -> bool:
+        """True for a ``consent.v1.ConsentAdminService`` method (a message of admin.proto)."""
+        return self.request.DESCRIPTOR.file.name == apb.DESCRIPTOR.name
 
 
 def new_event_id() -> str:
@@ -141,7 +153,7 @@ def check_consent(
     )
     if at is not None:
         req.at.CopyFrom(datetime_to_ts(at, "at"))
-    return Call("CheckConsent", req, RetryMode.READ, Decision.from_pb)
+    return Call(req, RetryMode.READ, Decision.from_pb)
 
 
 def batch_check_consent(
@@ -163,7 +175,7 @@ def batch_check_consent(
                 items.append(BatchError(i, error_from_status(r.error)))
         return items
 
-    return Call("BatchCheckConsent", req, RetryMode.READ, parse)
+    return Call(req, RetryMode.READ, parse)
 
 
 def change(
@@ -192,7 +204,7 @@ def change(
         pb.OptOutRequest(**fields) if method == "OptOut" else pb.OptInRequest(**fields)
     )
     mode = RetryMode.IDEMPOTENT_WRITE if fields["event_id"] else RetryMode.NEVER
-    return Call(method, req, mode, ChangeResult.from_pb)
+    return Call(req, mode, ChangeResult.from_pb)
 
 
 def message(
@@ -243,7 +255,7 @@ def send_if_allowed(
         req.not_after.CopyFrom(datetime_to_ts(not_after, "not_after"))
     mode = RetryMode.IDEMPOTENT_WRITE if key else RetryMode.NEVER
     used = key or ""
-    return Call("SendIfAllowed", req, mode, lambda r: SendResult.from_pb(r, used))
+    return Call(req, mode, lambda r: SendResult.from_pb(r, used))
 
 
 def handle_inbound_message(
@@ -266,7 +278,7 @@ def handle_inbound_message(
     if received_at is not None:
         req.received_at.CopyFrom(datetime_to_ts(received_at, "received_at"))
     mode = RetryMode.IDEMPOTENT_WRITE if provider_message_id else RetryMode.NEVER
-    return Call("HandleInboundMessage", req, mode, InboundResult.from_pb)
+    return Call(req, mode, InboundResult.from_pb)
 
 
 def list_consent_events(
@@ -279,13 +291,13 @@ def list_consent_events(
         page_size=page_size,
         page_token=page_token,
     )
-    return Call("ListConsentEvents", req, RetryMode.READ, EventPage.from_pb)
+    return Call(req, RetryMode.READ, EventPage.from_pb)
 
 
 def get_message_status(tenant_id: str, message_id: str) -> Call[MessageStatus]:
     """GetMessageStatus: read-only."""
     req = pb.GetMessageStatusRequest(tenant_id=tenant_id, message_id=message_id)
-    return Call("GetMessageStatus", req, RetryMode.READ, MessageStatus.from_pb)
+    return Call(req, RetryMode.READ, MessageStatus.from_pb)
 
 
 # -- ConsentAdminService: tenant settings -------------------------------------------------
@@ -296,7 +308,7 @@ SettingsLike = apb.TenantSettings | Mapping[str, Any]
 def get_tenant_settings(tenant_id: str) -> Call[apb.TenantSettings]:
     """GetTenantSettings: read-only."""
     req = apb.GetTenantSettingsRequest(tenant_id=tenant_id)
-    return Call("GetTenantSettings", req, RetryMode.READ, lambda r: r, admin=True)
+    return Call(req, RetryMode.READ, lambda r: r)
 
 
 def update_tenant_settings(
@@ -329,32 +341,32 @@ def update_tenant_settings(
     )
     if version is not None:
         req.version = version
-    return Call("UpdateTenantSettings", req, RetryMode.IDEMPOTENT_WRITE, lambda r: r, admin=True)
+    return Call(req, RetryMode.IDEMPOTENT_WRITE, lambda r: r)
 
 
 def create_tenant(tenant_id: str, display_name: str) -> Call[Tenant]:
     """CreateTenant: a retry after a lost answer fails with ALREADY_EXISTS, so it is
     never retried automatically."""
     req = apb.CreateTenantRequest(tenant_id=tenant_id, display_name=display_name)
-    return Call("CreateTenant", req, RetryMode.NEVER, Tenant.from_pb, admin=True)
+    return Call(req, RetryMode.NEVER, Tenant.from_pb)
 
 
 def get_tenant(tenant_id: str) -> Call[Tenant]:
     """GetTenant: read-only."""
     req = apb.GetTenantRequest(tenant_id=tenant_id)
-    return Call("GetTenant", req, RetryMode.READ, Tenant.from_pb, admin=True)
+    return Call(req, RetryMode.READ, Tenant.from_pb)
 
 
 def list_tenants(page_size: int, page_token: str) -> Call[TenantPage]:
     """ListTenants: read-only."""
     req = apb.ListTenantsRequest(page_size=page_size, page_token=page_token)
-    return Call("ListTenants", req, RetryMode.READ, TenantPage.from_pb, admin=True)
+    return Call(req, RetryMode.READ, TenantPage.from_pb)
 
 
 def delete_tenant(tenant_id: str) -> Call[DeletedTenant]:
     """DeleteTenant: a retry after a lost answer fails with NOT_FOUND, so never retried."""
     req = apb.DeleteTenantRequest(tenant_id=tenant_id)
-    return Call("DeleteTenant", req, RetryMode.NEVER, DeletedTenant.from_pb, admin=True)
+    return Call(req, RetryMode.NEVER, DeletedTenant.from_pb)
 
 
 def _snake(path: str) -> str:
@@ -379,7 +391,7 @@ def create_consent_link(
         ttl_seconds=ttl_seconds,
         short_links=short_links,
     )
-    return Call("CreateConsentLink", req, RetryMode.READ, ConsentLinks.from_pb)
+    return Call(req, RetryMode.READ, ConsentLinks.from_pb)
 
 
 # -- ConsentAdminService: API keys and erasure --------------------------------------------
@@ -396,35 +408,27 @@ def create_api_key(
         description=description,
         rate_limit_per_second=rate_limit_per_second,
     )
-    return Call("CreateApiKey", req, RetryMode.NEVER, CreatedApiKey.from_pb, admin=True)
+    return Call(req, RetryMode.NEVER, CreatedApiKey.from_pb)
 
 
 def list_api_keys(tenant_id: str, include_revoked: bool) -> Call[list[ApiKey]]:
     """ListApiKeys: read-only."""
     req = apb.ListApiKeysRequest(tenant_id=tenant_id, include_revoked=include_revoked)
-    return Call(
-        "ListApiKeys",
-        req,
-        RetryMode.READ,
-        lambda r: [ApiKey.from_pb(k) for k in r.keys],
-        admin=True,
-    )
+    return Call(req, RetryMode.READ, lambda r: [ApiKey.from_pb(k) for k in r.keys])
 
 
 def revoke_api_key(tenant_id: str, key_id: str) -> Call[RevokedApiKey]:
     """RevokeApiKey: revoking twice leaves the key revoked, so it is retried on UNAVAILABLE
     (a retry after a lost answer reports ``already_revoked=True``)."""
     req = apb.RevokeApiKeyRequest(tenant_id=tenant_id, key_id=key_id)
-    return Call("RevokeApiKey", req, RetryMode.IDEMPOTENT_WRITE, RevokedApiKey.from_pb, admin=True)
+    return Call(req, RetryMode.IDEMPOTENT_WRITE, RevokedApiKey.from_pb)
 
 
 def forget_recipient(tenant_id: str, channel: ChannelLike, address: str) -> Call[ForgetResult]:
     """ForgetRecipient: erasing again finds nothing more to erase and keeps the tombstone,
     so it is retried on UNAVAILABLE (the counts are then those of the last attempt)."""
     req = apb.ForgetRecipientRequest(tenant_id=tenant_id, recipient=_recipient(channel, address))
-    return Call(
-        "ForgetRecipient", req, RetryMode.IDEMPOTENT_WRITE, ForgetResult.from_pb, admin=True
-    )
+    return Call(req, RetryMode.IDEMPOTENT_WRITE, ForgetResult.from_pb)
 
 
 # -- ConsentAdminService: delivery providers ----------------------------------------------
@@ -486,24 +490,14 @@ def set_delivery_provider(
     """SetDeliveryProvider: replaces the channel's provider with the given one, so a
     retry sets the same value again: retried on UNAVAILABLE."""
     req = apb.SetDeliveryProviderRequest(tenant_id=tenant_id, provider=provider)
-    return Call(
-        "SetDeliveryProvider",
-        req,
-        RetryMode.IDEMPOTENT_WRITE,
-        lambda r: DeliveryProviderInfo.from_pb(r.provider),
-        admin=True,
-    )
+    return Call(req, RetryMode.IDEMPOTENT_WRITE, lambda r: DeliveryProviderInfo.from_pb(r.provider))
 
 
 def get_delivery_providers(tenant_id: str) -> Call[list[DeliveryProviderInfo]]:
     """GetDeliveryProviders: read-only."""
     req = apb.GetDeliveryProvidersRequest(tenant_id=tenant_id)
     return Call(
-        "GetDeliveryProviders",
-        req,
-        RetryMode.READ,
-        lambda r: [DeliveryProviderInfo.from_pb(p) for p in r.providers],
-        admin=True,
+        req, RetryMode.READ, lambda r: [DeliveryProviderInfo.from_pb(p) for p in r.providers]
     )
 
 
@@ -526,15 +520,13 @@ def set_whatsapp_webhook(
         phone_number_ids=list(phone_number_ids),
         waba_id=waba_id,
     )
-    return Call(
-        "SetWhatsAppWebhook", req, RetryMode.IDEMPOTENT_WRITE, WhatsAppWebhook.from_pb, admin=True
-    )
+    return Call(req, RetryMode.IDEMPOTENT_WRITE, WhatsAppWebhook.from_pb)
 
 
 def get_whatsapp_webhook(tenant_id: str) -> Call[WhatsAppWebhook]:
     """GetWhatsAppWebhook: read-only."""
     req = apb.GetWhatsAppWebhookRequest(tenant_id=tenant_id)
-    return Call("GetWhatsAppWebhook", req, RetryMode.READ, WhatsAppWebhook.from_pb, admin=True)
+    return Call(req, RetryMode.READ, WhatsAppWebhook.from_pb)
 
 
 # -- ConsentAdminService: change webhooks -------------------------------------------------
@@ -552,42 +544,26 @@ def set_change_webhook(
         signing_secret=signing_secret,
         status_changes_only=status_changes_only,
     )
-    return Call(
-        "SetChangeWebhook", req, RetryMode.NEVER, SetChangeWebhookResult.from_pb, admin=True
-    )
+    return Call(req, RetryMode.NEVER, SetChangeWebhookResult.from_pb)
 
 
 def get_change_webhook(tenant_id: str, name: str) -> Call[ChangeWebhook]:
     """GetChangeWebhook: read-only."""
     req = apb.GetChangeWebhookRequest(tenant_id=tenant_id, name=name)
-    return Call(
-        "GetChangeWebhook",
-        req,
-        RetryMode.READ,
-        lambda r: ChangeWebhook.from_pb(r.webhook),
-        admin=True,
-    )
+    return Call(req, RetryMode.READ, lambda r: ChangeWebhook.from_pb(r.webhook))
 
 
 def list_change_webhooks(tenant_id: str) -> Call[list[ChangeWebhook]]:
     """ListChangeWebhooks: read-only."""
     req = apb.ListChangeWebhooksRequest(tenant_id=tenant_id)
-    return Call(
-        "ListChangeWebhooks",
-        req,
-        RetryMode.READ,
-        lambda r: [ChangeWebhook.from_pb(w) for w in r.webhooks],
-        admin=True,
-    )
+    return Call(req, RetryMode.READ, lambda r: [ChangeWebhook.from_pb(w) for w in r.webhooks])
 
 
 def delete_change_webhook(tenant_id: str, name: str) -> Call[bool]:
     """DeleteChangeWebhook: deleting twice leaves nothing, so it is retried on
     UNAVAILABLE (a retry after a lost answer reports False)."""
     req = apb.DeleteChangeWebhookRequest(tenant_id=tenant_id, name=name)
-    return Call(
-        "DeleteChangeWebhook", req, RetryMode.IDEMPOTENT_WRITE, lambda r: r.deleted, admin=True
-    )
+    return Call(req, RetryMode.IDEMPOTENT_WRITE, lambda r: r.deleted)
 
 
 def list_change_webhook_deliveries(
@@ -595,13 +571,7 @@ def list_change_webhook_deliveries(
 ) -> Call[ChangeWebhookDeliveries]:
     """ListChangeWebhookDeliveries: read-only."""
     req = apb.ListChangeWebhookDeliveriesRequest(tenant_id=tenant_id, name=name, limit=limit)
-    return Call(
-        "ListChangeWebhookDeliveries",
-        req,
-        RetryMode.READ,
-        ChangeWebhookDeliveries.from_pb,
-        admin=True,
-    )
+    return Call(req, RetryMode.READ, ChangeWebhookDeliveries.from_pb)
 
 
 def redrive_change_webhook_dead_letter(tenant_id: str, name: str, event_id: str) -> Call[bool]:
@@ -610,13 +580,7 @@ def redrive_change_webhook_dead_letter(tenant_id: str, name: str, event_id: str)
     req = apb.RedriveChangeWebhookDeadLetterRequest(
         tenant_id=tenant_id, name=name, event_id=event_id
     )
-    return Call(
-        "RedriveChangeWebhookDeadLetter",
-        req,
-        RetryMode.IDEMPOTENT_WRITE,
-        lambda r: r.queued,
-        admin=True,
-    )
+    return Call(req, RetryMode.IDEMPOTENT_WRITE, lambda r: r.queued)
 
 
 # grpc.health.v1 without a dependency on grpcio-health-checking: HealthCheckRequest is
@@ -640,16 +604,14 @@ def health_status(data: bytes) -> str:
 def get_deployment_health() -> Call[DeploymentHealth]:
     """GetDeploymentHealth: read-only."""
     req = apb.GetDeploymentHealthRequest()
-    return Call("GetDeploymentHealth", req, RetryMode.READ, DeploymentHealth.from_pb, admin=True)
+    return Call(req, RetryMode.READ, DeploymentHealth.from_pb)
 
 
 def delete_whatsapp_webhook(tenant_id: str) -> Call[bool]:
     """DeleteWhatsAppWebhook: deleting twice leaves nothing, so it is retried on
     UNAVAILABLE (a retry after a lost answer reports False)."""
     req = apb.DeleteWhatsAppWebhookRequest(tenant_id=tenant_id)
-    return Call(
-        "DeleteWhatsAppWebhook", req, RetryMode.IDEMPOTENT_WRITE, lambda r: r.deleted, admin=True
-    )
+    return Call(req, RetryMode.IDEMPOTENT_WRITE, lambda r: r.deleted)
 
 
 def list_unapplied_notifications(
@@ -659,30 +621,20 @@ def list_unapplied_notifications(
     req = apb.ListUnappliedNotificationsRequest(
         tenant_id=tenant_id, page_size=page_size, page_token=page_token
     )
-    return Call(
-        "ListUnappliedNotifications", req, RetryMode.READ, NotificationPage.from_pb, admin=True
-    )
+    return Call(req, RetryMode.READ, NotificationPage.from_pb)
 
 
 def replay_unapplied_notification(tenant_id: str, notification_id: str) -> Call[ReplayResult]:
     """ReplayUnappliedNotification: the first delivery's event ids make a repeat a
     duplicate, so it is retried on UNAVAILABLE."""
     req = apb.ReplayUnappliedNotificationRequest(tenant_id=tenant_id, id=notification_id)
-    return Call(
-        "ReplayUnappliedNotification",
-        req,
-        RetryMode.IDEMPOTENT_WRITE,
-        ReplayResult.from_pb,
-        admin=True,
-    )
+    return Call(req, RetryMode.IDEMPOTENT_WRITE, ReplayResult.from_pb)
 
 
 def discard_unapplied_notification(tenant_id: str, notification_id: str) -> Call[bool]:
     """DiscardUnappliedNotification: not retried (a repeat would answer NOT_FOUND)."""
     req = apb.DiscardUnappliedNotificationRequest(tenant_id=tenant_id, id=notification_id)
-    return Call(
-        "DiscardUnappliedNotification", req, RetryMode.NEVER, lambda r: r.discarded, admin=True
-    )
+    return Call(req, RetryMode.NEVER, lambda r: r.discarded)
 
 
 def import_messages(

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Literal, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, TypeVar
 
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -19,6 +19,8 @@ from .v1 import admin_pb2 as apb
 from .v1 import consent_pb2 as pb
 
 if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
     from ._errors import ClientValidationError, ConsentError
 
 
@@ -179,6 +181,29 @@ def ts_to_datetime(ts: Timestamp) -> datetime:
     return ts.ToDatetime(tzinfo=UTC)
 
 
+def _ts_or_none(msg: Message, name: str) -> datetime | None:
+    """The optional Timestamp field ``name`` as a datetime; None when it is not set."""
+    return ts_to_datetime(getattr(msg, name)) if msg.HasField(name) else None
+
+
+_D = TypeVar("_D", bound="DataclassInstance")
+
+
+def _from_message(cls: type[_D], msg: Message, **converted: Any) -> _D:
+    """The result dataclass ``cls`` read from the response message ``msg``.
+
+    A field named in ``converted`` takes the value given there (the timestamps, enums,
+    nested messages and tuples its ``from_pb`` converts); ``raw`` is ``msg`` itself
+    unless given; every other field is ``msg``'s scalar field of the same name, as is.
+    One rule for the plain fields, so that no result restates its message field by field.
+    """
+    values: dict[str, Any] = {"raw": msg, **converted}
+    for f in fields(cls):
+        if f.init and f.name not in values:
+            values[f.name] = getattr(msg, f.name)
+    return cls(**values)
+
+
 def datetime_to_ts(value: datetime, what: str) -> Timestamp:
     """A tz-aware datetime as a protobuf Timestamp (naive datetimes are ambiguous: rejected)."""
     if not isinstance(value, datetime):
@@ -283,17 +308,14 @@ class Decision:
     def from_pb(cls, msg: pb.CheckConsentResponse) -> Decision:
         """A Decision from a ``CheckConsentResponse``."""
         source = source_from_pb(msg.source)
-        return cls(
-            allowed=msg.allowed,
+        return _from_message(
+            cls,
+            msg,
             status=_enum_from_proto(ConsentStatus, "CONSENT_STATUS_", _STATUS_NAMES, msg.status),
             decided_by=_enum_from_proto(Scope, "SCOPE_", _SCOPE_NAMES, msg.decided_by),
-            reason=msg.reason,
-            since=ts_to_datetime(msg.since) if msg.HasField("since") else None,
+            since=_ts_or_none(msg, "since"),
             source=None if source is Source.UNSPECIFIED else source,
-            revision=msg.revision,
             recipient=Recipient.from_pb(msg.recipient),
-            topic=msg.topic,
-            raw=msg,
         )
 
 
@@ -351,17 +373,12 @@ class ChangeResult:
     @classmethod
     def from_pb(cls, msg: pb.OptOutResponse | pb.OptInResponse) -> ChangeResult:
         """A ChangeResult from an ``OptOutResponse`` or ``OptInResponse``."""
-        return cls(
-            applied=msg.applied,
-            changed=msg.changed,
+        return _from_message(
+            cls,
+            msg,
             status=_enum_from_proto(ConsentStatus, "CONSENT_STATUS_", _STATUS_NAMES, msg.status),
-            revision=msg.revision,
-            event_id=msg.event_id,
-            duplicate=msg.duplicate,
             recipient=Recipient.from_pb(msg.recipient),
-            topic=msg.topic,
             recorded_at=ts_to_datetime(msg.recorded_at),
-            raw=msg,
         )
 
 
@@ -382,14 +399,12 @@ class SendResult:
     @classmethod
     def from_pb(cls, msg: pb.SendIfAllowedResponse, idempotency_key: str = "") -> SendResult:
         """A SendResult from a ``SendIfAllowedResponse``."""
-        return cls(
-            message_id=msg.message_id,
+        return _from_message(
+            cls,
+            msg,
             accepted_at=ts_to_datetime(msg.accepted_at),
-            consent_revision=msg.consent_revision,
-            duplicate=msg.duplicate,
             recipient=Recipient.from_pb(msg.recipient),
             idempotency_key=idempotency_key,
-            raw=msg,
         )
 
 
@@ -407,13 +422,10 @@ class InboundResult:
     @classmethod
     def from_pb(cls, msg: pb.HandleInboundMessageResponse) -> InboundResult:
         """An InboundResult from a ``HandleInboundMessageResponse``."""
-        return cls(
+        return _from_message(
+            cls,
+            msg,
             action=_enum_from_proto(InboundAction, "INBOUND_ACTION_", _INBOUND_NAMES, msg.action),
-            matched_keyword=msg.matched_keyword,
-            reply_text=msg.reply_text,
-            reply_message_id=msg.reply_message_id,
-            revision=msg.revision,
-            raw=msg,
         )
 
 
@@ -436,18 +448,13 @@ class ConsentEvent:
     @classmethod
     def from_pb(cls, msg: pb.ConsentEvent) -> ConsentEvent:
         """A ConsentEvent from a ``consent.v1.ConsentEvent``."""
-        return cls(
-            event_id=msg.event_id,
+        return _from_message(
+            cls,
+            msg,
             action=_enum_from_proto(ConsentAction, "CONSENT_ACTION_", _ACTION_NAMES, msg.action),
-            topic=msg.topic,
             source=source_from_pb(msg.source),
-            evidence=msg.evidence,
             occurred_at=ts_to_datetime(msg.occurred_at),
             recorded_at=ts_to_datetime(msg.recorded_at),
-            applied=msg.applied,
-            revision=msg.revision,
-            principal=msg.principal,
-            raw=msg,
         )
 
 
@@ -464,11 +471,11 @@ class EventPage:
     @classmethod
     def from_pb(cls, msg: pb.ListConsentEventsResponse) -> EventPage:
         """An EventPage from a ``ListConsentEventsResponse``."""
-        return cls(
+        return _from_message(
+            cls,
+            msg,
             events=tuple(ConsentEvent.from_pb(e) for e in msg.events),
-            next_page_token=msg.next_page_token,
             recipient=Recipient.from_pb(msg.recipient),
-            raw=msg,
         )
 
 
@@ -490,17 +497,13 @@ class MessageStatus:
     @classmethod
     def from_pb(cls, msg: pb.GetMessageStatusResponse) -> MessageStatus:
         """A MessageStatus from a ``GetMessageStatusResponse``."""
-        return cls(
-            message_id=msg.message_id,
+        return _from_message(
+            cls,
+            msg,
             status=_enum_from_proto(MessageState, "MESSAGE_STATUS_", _MESSAGE_NAMES, msg.status),
-            attempts=msg.attempts,
-            last_error=msg.last_error,
-            provider_message_id=msg.provider_message_id,
             accepted_at=ts_to_datetime(msg.accepted_at),
             updated_at=ts_to_datetime(msg.updated_at),
             recipient=Recipient.from_pb(msg.recipient),
-            topic=msg.topic,
-            raw=msg,
         )
 
 
@@ -531,19 +534,11 @@ class ConsentLinks:
     @classmethod
     def from_pb(cls, msg: pb.CreateConsentLinkResponse) -> ConsentLinks:
         """ConsentLinks from a ``CreateConsentLinkResponse``."""
-        return cls(
-            opt_out_url=msg.opt_out_url,
-            resubscribe_url=msg.resubscribe_url,
-            list_unsubscribe=msg.list_unsubscribe,
-            list_unsubscribe_post=msg.list_unsubscribe_post,
-            opt_out_token_id=msg.opt_out_token_id,
-            resubscribe_token_id=msg.resubscribe_token_id,
+        return _from_message(
+            cls,
+            msg,
             expires_at=ts_to_datetime(msg.expires_at),
             recipient=Recipient.from_pb(msg.recipient),
-            topic=msg.topic,
-            raw=msg,
-            short_opt_out_url=msg.short_opt_out_url,
-            short_resubscribe_url=msg.short_resubscribe_url,
         )
 
 
@@ -598,10 +593,6 @@ def provider_kind_from(value: DeliveryProviderKindLike) -> DeliveryProviderKind:
         {int(v): k for k, v in apb.DeliveryProviderKind.items()},
         number,
     )
-
-
-def _ts_or_none(msg: Message, name: str) -> datetime | None:
-    return ts_to_datetime(getattr(msg, name)) if msg.HasField(name) else None
 
 
 _ROLE_NAMES = {int(v): k for k, v in apb.ApiKeyRole.items()}
@@ -672,17 +663,12 @@ class ApiKey:
     @classmethod
     def from_pb(cls, msg: apb.ApiKey) -> ApiKey:
         """An ApiKey from a ``consent.v1.ApiKey``."""
-        return cls(
-            key_id=msg.key_id,
-            tenant_id=msg.tenant_id,
+        return _from_message(
+            cls,
+            msg,
             role=_enum_from_proto(ApiKeyRole, "API_KEY_ROLE_", _ROLE_NAMES, msg.role),
-            description=msg.description,
             created_at=ts_to_datetime(msg.created_at),
-            created_by=msg.created_by,
-            revoked=msg.revoked,
             revoked_at=_ts_or_none(msg, "revoked_at"),
-            rate_limit_per_second=msg.rate_limit_per_second,
-            raw=msg,
         )
 
 
@@ -721,18 +707,11 @@ class ForgetResult:
     @classmethod
     def from_pb(cls, msg: apb.ForgetRecipientResponse) -> ForgetResult:
         """A ForgetResult from a ``ForgetRecipientResponse``."""
-        return cls(
-            records_removed=msg.records_removed,
-            events_removed=msg.events_removed,
-            idempotency_entries_removed=msg.idempotency_entries_removed,
-            messages_cancelled=msg.messages_cancelled,
-            messages_erased=msg.messages_erased,
-            suppressed=msg.suppressed,
+        return _from_message(
+            cls,
+            msg,
             suppressed_topics=tuple(msg.suppressed_topics),
-            erasure_id=msg.erasure_id,
             recipient=Recipient.from_pb(msg.recipient),
-            other_records_removed=msg.other_records_removed,
-            raw=msg,
         )
 
 
@@ -753,16 +732,13 @@ class DeliveryProviderInfo:
     @classmethod
     def from_pb(cls, msg: apb.DeliveryProviderInfo) -> DeliveryProviderInfo:
         """A DeliveryProviderInfo from its message."""
-        return cls(
+        return _from_message(
+            cls,
+            msg,
             channel=channel_from_pb(msg.channel),
             kind=_enum_from_proto(
                 DeliveryProviderKind, "DELIVERY_PROVIDER_KIND_", _KIND_NAMES, msg.kind
             ),
-            url=msg.url,
-            phone_number_id=msg.phone_number_id,
-            timeout_ms=msg.timeout_ms,
-            secret_set=msg.secret_set,
-            raw=msg,
         )
 
 
@@ -791,14 +767,8 @@ class WhatsAppWebhook:
         """A WhatsAppWebhook from either answer (a set one is configured by definition)."""
         if isinstance(msg, apb.SetWhatsAppWebhookResponse):
             return cls(True, msg.webhook_path, msg.webhook_url, msg.app_webhook_path, (), "", msg)
-        return cls(
-            configured=msg.configured,
-            webhook_path=msg.webhook_path,
-            webhook_url=msg.webhook_url,
-            app_webhook_path="",
-            phone_number_ids=tuple(msg.phone_number_ids),
-            waba_id=msg.waba_id,
-            raw=msg,
+        return _from_message(
+            cls, msg, app_webhook_path="", phone_number_ids=tuple(msg.phone_number_ids)
         )
 
 
@@ -825,17 +795,9 @@ class UnappliedNotification:
     @classmethod
     def from_pb(cls, msg: apb.UnappliedNotification) -> UnappliedNotification:
         """An UnappliedNotification from its message."""
-        return cls(
-            id=msg.id,
-            received_at=ts_to_datetime(msg.received_at),
-            reason=msg.reason,
-            detail=msg.detail,
-            kind=msg.kind,
-            path=msg.path,
-            phone_number_id=msg.phone_number_id,
-            raw=msg.raw,
-            attempts=msg.attempts,
-            message=msg,
+        # Here ``raw`` is the message's own JSON text field, and the message is ``message``.
+        return _from_message(
+            cls, msg, received_at=ts_to_datetime(msg.received_at), raw=msg.raw, message=msg
         )
 
 
@@ -955,15 +917,11 @@ class ChangeWebhook:
     @classmethod
     def from_pb(cls, msg: apb.ChangeWebhook) -> ChangeWebhook:
         """A ChangeWebhook from its message."""
-        return cls(
-            tenant_id=msg.tenant_id,
-            name=msg.name,
-            url=msg.url,
-            signing_secret_hint=msg.signing_secret_hint,
+        return _from_message(
+            cls,
+            msg,
             created_at=ts_to_datetime(msg.created_at),
             updated_at=ts_to_datetime(msg.updated_at),
-            status_changes_only=msg.status_changes_only,
-            raw=msg,
         )
 
 
@@ -1006,20 +964,16 @@ class ChangeWebhookDelivery:
     @classmethod
     def from_pb(cls, msg: apb.ChangeWebhookDelivery) -> ChangeWebhookDelivery:
         """A ChangeWebhookDelivery from its message."""
-        return cls(
-            event_id=msg.event_id,
+        return _from_message(
+            cls,
+            msg,
             status=_enum_from_proto(
                 ChangeWebhookDeliveryStatus,
                 "CHANGE_WEBHOOK_DELIVERY_STATUS_",
                 _DELIVERY_STATUS_NAMES,
                 msg.status,
             ),
-            attempts=msg.attempts,
-            last_error=msg.last_error,
-            http_status=msg.http_status,
-            latency_ms=msg.latency_ms,
             finished_at=ts_to_datetime(msg.finished_at),
-            raw=msg,
         )
 
 
